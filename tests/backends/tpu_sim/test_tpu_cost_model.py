@@ -142,3 +142,22 @@ def test_unknown_collective_and_negative_bytes_raise():
     with pytest.raises(SimulationError, match="negative"):
         op_time(V5E, -1, 0)
     assert math.isfinite(collective_time(V5E, topology, "collective_permute", 8, axes=0))
+
+
+MESHES = [(16, 16), (8, 4), (2, 4, 8), (256,), (4, 4, 4), (8, 8), (1, 8), (64, 64)]
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("kind", ["all_gather", "reduce_scatter", "all_reduce", "all_to_all",
+                                  "broadcast", "collective_permute"])
+def test_times_are_finite_and_grow_with_bytes_on_every_layout(mesh: tuple[int, ...], kind: str):
+    chip = load_chip("v4" if math.prod(mesh) > 256 else "v5e")
+    topology = topology_for(chip, mesh)
+    for axis in range(len(mesh)):
+        small = collective_time(chip, topology, kind, 2**10, axes=axis)
+        large = collective_time(chip, topology, kind, 2**30, axes=axis)
+        assert 0 <= small <= large < 10
+        if mesh[axis] > 1:
+            assert large > small
+    every = collective_time(chip, topology, kind, 2**20, axes=tuple(range(len(mesh))))
+    assert math.isfinite(every)

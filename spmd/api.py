@@ -1,0 +1,288 @@
+"""spmd.jit: trace once per signature, optimize, compile through spmd.dispatch, run.
+
+The cache key is the pytree structure, each leaf's shape/dtype/weak type/sharding, and
+the static arguments; a cached call never retraces (see `trace_count`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.array import Array
+from spmd.errors import ShapeError
+from spmd.ir.graph import Graph
+from spmd.ir.types import TensorType
+from spmd.tracing import Trace, Tracer, current_trace, describe_loc, trace_counter, trace_scope
+from spmd.tracing import type_of
+from spmd.tree import tree_flatten, tree_unflatten
+
+
+@dataclass(frozen=True)
+class ShapeDtypeStruct:
+    """An abstract argument for `lower`: shape, dtype and optional sharding."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    sharding: Any = None
+    weak_type: bool = False
+
+    @property
+    def aval(self) -> TensorType:
+        return TensorType(tuple(self.shape), dtypes.canonical(self.dtype), self.weak_type)
+
+
+def _leaf_type(x: Any) -> TensorType:
+    if isinstance(x, ShapeDtypeStruct):
+        return x.aval
+    return type_of(x)
+
+
+def _leaf_sharding(x: Any) -> Any:
+    if isinstance(x, ShapeDtypeStruct):
+        return x.sharding
+    if isinstance(x, Array) and x.committed:
+        return x.sharding
+    return None
+
+
+class Lowered:
+    """A traced, optimized global program: `.as_text()` prints it, `.compile()` builds it."""
+
+    def __init__(self, jitted: JitFunction, graph: Graph, out_tree: Any,
+                 in_shardings: tuple[Any, ...], donate: tuple[bool, ...]):
+        self.jitted = jitted
+        self.graph = graph
+        self.out_tree = out_tree
+        self.in_shardings = in_shardings
+        self.donate = donate
+
+    def as_text(self) -> str:
+        from spmd.ir.printer import print_graph
+
+        return print_graph(self.graph, name=self.jitted.__name__)
+
+    def compile(self) -> Compiled:
+        from spmd import dispatch
+
+        out_shardings = self.jitted.out_shardings_for(self.graph)
+        executable = dispatch.compile_graph(self.graph, self.in_shardings, out_shardings,
+                                            self.donate)
+        return Compiled(self, executable)
+
+
+class Compiled:
+    """A compiled program: call it with the same kinds of arguments it was lowered for."""
+
+    def __init__(self, lowered: Lowered, executable: Any):
+        self.lowered = lowered
+        self.executable = executable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leaves = self.lowered.jitted.dynamic_leaves(args, kwargs)
+        return self.call_flat(leaves)
+
+    def call_flat(self, leaves: Sequence[Any]) -> Any:
+        outs = self.executable(list(leaves))
+        types = self.lowered.graph.result_types
+        outs = [o if isinstance(o, Array) else Array(o, weak=t.weak) for o, t in zip(outs, types)]
+        for leaf, donated in zip(leaves, self.lowered.donate):
+            if donated and isinstance(leaf, Array):
+                leaf.delete()
+        return tree_unflatten(self.lowered.out_tree, outs)
+
+    def as_text(self) -> str:
+        if hasattr(self.executable, "as_text"):
+            return self.executable.as_text()
+        return self.lowered.as_text()
+
+    def collectives(self) -> list[Any]:
+        return list(getattr(self.executable, "collectives", lambda: [])())
+
+    def memory_per_device(self) -> int:
+        return self.executable.memory_per_device()
+
+    def simulate(self, **options: Any) -> Any:
+        return self.executable.simulate(**options)
+
+
+class JitFunction:
+    """The object `spmd.jit(f)` returns."""
+
+    def __init__(self, fun: Callable[..., Any], *, static_argnums: Any = (),
+                 static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
+                 out_shardings: Any = None):
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.static_argnums = _as_tuple(static_argnums)
+        self.static_argnames = _as_tuple(static_argnames)
+        self.donate_argnums = _as_tuple(donate_argnums)
+        self.in_shardings = in_shardings
+        self.out_shardings = out_shardings
+        self.trace_count = 0
+        self._cache: dict[Any, Compiled] = {}
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fun)
+        except (TypeError, ValueError):
+            self._signature = None
+
+    # -- argument handling ------------------------------------------------------------------
+    def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
+        nums = {i % len(args) if args else i for i in self.static_argnums}
+        dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
+        static = tuple((i, _hashable(a)) for i, a in enumerate(args) if i in nums)
+        dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
+        static += tuple(sorted((k, _hashable(v)) for k, v in kwargs.items()
+                               if k in self.static_argnames))
+        return dyn_args, dyn_kwargs, static
+
+    def dynamic_leaves(self, args: tuple, kwargs: dict) -> list[Any]:
+        dyn_args, dyn_kwargs, _ = self._split(args, kwargs)
+        leaves, _ = tree_flatten((dyn_args, dyn_kwargs))
+        return leaves
+
+    def _donated_leaves(self, args: tuple, kwargs: dict) -> tuple[bool, ...]:
+        flags: list[bool] = []
+        nums = {i % len(args) if args else i for i in self.static_argnums}
+        for i, a in enumerate(args):
+            if i in nums:
+                continue
+            n = len(tree_flatten(a)[0])
+            flags += [i in self.donate_argnums] * n
+        flags += [False] * len(tree_flatten(self._split(args, kwargs)[1])[0])
+        return tuple(flags)
+
+    # -- tracing ----------------------------------------------------------------------------
+    def _trace(self, args: tuple, kwargs: dict) -> tuple[Graph, Any]:
+        dyn_args, dyn_kwargs, _ = self._split(args, kwargs)
+        leaves, treedef = tree_flatten((dyn_args, dyn_kwargs))
+        nums = {i % len(args) if args else i for i in self.static_argnums}
+        trace = Trace()
+        params = [trace.new_param(_leaf_type(x)) for x in leaves]
+        d_args, d_kwargs = tree_unflatten(treedef, params)
+        it = iter(d_args)
+        full_args = [args[i] if i in nums else next(it) for i in range(len(args))]
+        full_kwargs = dict(kwargs)
+        full_kwargs.update(d_kwargs)
+        self.trace_count += 1
+        trace_counter["count"] += 1
+        with trace_scope(trace):
+            out = self.fun(*full_args, **full_kwargs)
+            out_leaves, out_tree = tree_flatten(out)
+            from spmd.autodiff import _as_traced
+
+            out_leaves = [_as_traced(trace, x) for x in out_leaves]
+        return trace.to_graph(out_leaves), out_tree
+
+    def lower(self, *args: Any, **kwargs: Any) -> Lowered:
+        """Trace for these (possibly abstract) arguments and optimize the global program."""
+        graph, out_tree = self._trace(args, kwargs)
+        from spmd.passes import optimize
+
+        graph = optimize(graph)
+        leaves = self.dynamic_leaves(args, kwargs)
+        in_shardings = self._in_shardings_for(leaves, args, kwargs)
+        return Lowered(self, graph, out_tree, in_shardings, self._donated_leaves(args, kwargs))
+
+    def _in_shardings_for(self, leaves: list[Any], args: tuple, kwargs: dict) -> tuple[Any, ...]:
+        found = [_leaf_sharding(x) for x in leaves]
+        if self.in_shardings is None:
+            return tuple(found)
+        dyn_args, dyn_kwargs, _ = self._split(args, kwargs)
+        given = self.in_shardings
+        if not isinstance(given, tuple) or len(dyn_args) == 1 and not _is_tuple_of_specs(given):
+            given = (given,) if len(dyn_args) == 1 else given
+        from spmd.tree import tree_map
+
+        per_leaf: list[Any] = []
+        for arg, spec in zip(dyn_args, tuple(given) + (None,) * (len(dyn_args) - len(given))):
+            n = len(tree_flatten(arg)[0])
+            if spec is None or not _is_pytree_of_shardings(spec):
+                per_leaf += [spec] * n
+            else:
+                per_leaf += tree_flatten(tree_map(lambda s: s, spec))[0]
+        per_leaf += [None] * (len(leaves) - len(per_leaf))
+        return tuple(p if p is not None else f for p, f in zip(per_leaf, found))
+
+    def out_shardings_for(self, graph: Graph) -> tuple[Any, ...]:
+        n = len(graph.results)
+        if self.out_shardings is None:
+            return (None,) * n
+        flat = tree_flatten(self.out_shardings)[0] if isinstance(
+            self.out_shardings, (list, tuple, dict)) else [self.out_shardings]
+        if len(flat) == 1:
+            return tuple(flat) * n
+        if len(flat) != n:
+            raise ShapeError(f"out_shardings has {len(flat)} entries but the function returns "
+                             f"{n} arrays", describe_loc())
+        return tuple(flat)
+
+    # -- calling ----------------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if current_trace() is not None or _any_tracer(args, kwargs):
+            return self.fun(*args, **kwargs)  # nested jit: inline into the enclosing trace
+        leaves = self.dynamic_leaves(args, kwargs)
+        key = self._key(args, kwargs, leaves)
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self.lower(*args, **kwargs).compile()
+            self._cache[key] = compiled
+        return compiled.call_flat(leaves)
+
+    def _key(self, args: tuple, kwargs: dict, leaves: list[Any]) -> Any:
+        _, _, static = self._split(args, kwargs)
+        structure = tree_flatten(self._split(args, kwargs)[:2])[1]
+        avals = tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves)
+        return structure, avals, static
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+
+def _any_tracer(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(x, Tracer) for x in tree_flatten((args, kwargs))[0])
+
+
+def _is_tuple_of_specs(x: Any) -> bool:
+    return isinstance(x, tuple) and all(_is_pytree_of_shardings(v) or v is None for v in x)
+
+
+def _is_pytree_of_shardings(x: Any) -> bool:
+    from spmd.sharding import Sharding
+
+    return all(isinstance(v, Sharding) for v in tree_flatten(x)[0])
+
+
+def _as_tuple(x: Any) -> tuple:
+    if x is None:
+        return ()
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _hashable(x: Any) -> Any:
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        if isinstance(x, np.ndarray):
+            return ("ndarray", x.shape, x.dtype.str, x.tobytes())
+        raise ShapeError(f"static argument {x!r} is not hashable", describe_loc(),
+                         "pass a tuple instead of a list, or make the argument dynamic") from None
+
+
+def jit(fun: Callable[..., Any] | None = None, *, static_argnums: Any = (),
+        static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
+        out_shardings: Any = None) -> Any:
+    """Compile `fun` for the mesh its inputs live on; usable as @jit or @jit(...)."""
+    if fun is None:
+        return functools.partial(jit, static_argnums=static_argnums,
+                                 static_argnames=static_argnames, donate_argnums=donate_argnums,
+                                 in_shardings=in_shardings, out_shardings=out_shardings)
+    return JitFunction(fun, static_argnums=static_argnums, static_argnames=static_argnames,
+                       donate_argnums=donate_argnums, in_shardings=in_shardings,
+                       out_shardings=out_shardings)

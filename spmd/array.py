@@ -1,0 +1,142 @@
+"""spmd.Array: a concrete value, laid out on devices by a sharding.
+
+It holds either the global value or one buffer per device (its shards); each view is
+built from the other on demand. The runtime decides which it keeps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.array_methods import ArrayMethods
+from spmd.ir.types import TensorType
+from spmd.sharding import Sharding, SingleDeviceSharding
+
+
+class Shard:
+    """One device's piece of an Array: its device, index (slices) and data."""
+
+    def __init__(self, device: Any, index: tuple[slice, ...], data: np.ndarray):
+        self.device = device
+        self.index = index
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Shard(device={self.device!r}, index={self.index!r}, shape={self.data.shape})"
+
+
+class Array(ArrayMethods):
+    """A concrete array: np.asarray works, and so do operators and spmd.numpy."""
+
+    __array_priority__ = 100
+
+    def __init__(self, value: np.ndarray | None = None, *, weak: bool = False,
+                 sharding: Sharding | None = None, shards: Sequence[np.ndarray] | None = None,
+                 aval: TensorType | None = None, committed: bool = False):
+        if value is not None:
+            value = np.asarray(value)
+            aval = TensorType(value.shape, dtypes.canonical(value.dtype), weak)
+        if aval is None:
+            raise TypeError("Array needs a value or an aval")
+        self.type = aval
+        self._value = value
+        self._shards = list(shards) if shards is not None else None
+        self.sharding = sharding if sharding is not None else SingleDeviceSharding()
+        self.committed = committed
+        self.deleted = False
+
+    # -- data ------------------------------------------------------------------------------
+    def _global_value(self) -> np.ndarray:
+        if self.deleted:
+            raise RuntimeError("this Array was donated to a jit call and deleted; "
+                               "use the call's result instead")
+        if self._value is None:
+            from spmd import dispatch
+
+            self._value = dispatch.assemble(self)
+        return self._value
+
+    def device_buffers(self) -> list[np.ndarray]:
+        """One buffer per device of the sharding's mesh (padded shards for uneven splits)."""
+        if self._shards is None:
+            from spmd import dispatch
+
+            self._shards = dispatch.split(self)
+        return self._shards
+
+    @property
+    def addressable_shards(self) -> list[Shard]:
+        from spmd import dispatch
+
+        return dispatch.addressable_shards(self)
+
+    # -- numpy protocol ------------------------------------------------------------------
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        value = self._global_value()
+        return value if dtype is None else value.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return dtypes.to_numpy(self.type.dtype)
+
+    @property
+    def weak_type(self) -> bool:
+        return self.type.weak
+
+    def block_until_ready(self) -> Array:
+        return self
+
+    def item(self) -> Any:
+        return self._global_value().item()
+
+    def tolist(self) -> Any:
+        return self._global_value().tolist()
+
+    def __bool__(self) -> bool:
+        return bool(self._global_value())
+
+    def __int__(self) -> int:
+        return int(self._global_value())
+
+    def __float__(self) -> float:
+        return float(self._global_value())
+
+    def __index__(self) -> int:
+        return int(self._global_value())
+
+    def __format__(self, spec: str) -> str:
+        if not self.shape:
+            return format(self._global_value().item(), spec)
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        body = np.array2string(self._global_value(), separator=", ", prefix="Array(")
+        return f"Array({body}, dtype={self.type.dtype}{', weak_type=True' if self.weak_type else ''})"
+
+    def __str__(self) -> str:
+        return str(self._global_value())
+
+    def delete(self) -> None:
+        self.deleted = True
+        self._value = None
+        self._shards = None
+
+    def is_deleted(self) -> bool:
+        return self.deleted
+
+
+def block_until_ready(tree: Any) -> Any:
+    """Wait for every Array in a pytree (ours run synchronously), then return it."""
+    from spmd.tree import tree_leaves
+
+    for leaf in tree_leaves(tree):
+        if isinstance(leaf, Array):
+            leaf.block_until_ready()
+    return tree

@@ -1,0 +1,230 @@
+"""Reverse-mode autodiff as a graph transformation: vjp, grad, value_and_grad, jvp.
+
+`vjp` traces the function to a graph, replays it in the caller's context (a trace or
+eager), and runs each op's registry VJP rule backwards. Rules are written with
+spmd.lax, so the backward pass is traced (or run) like user code. `jvp` transposes
+the (linear) VJP once more, so no separate forward-mode rules are needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from spmd import dtypes
+from spmd.errors import DTypeError, NonDifferentiableError, ShapeError
+from spmd.ir.graph import Graph, Op
+from spmd.ops import REGISTRY, ZERO_GRAD
+from spmd.ops.opdef import NONDIFF
+from spmd.tracing import Trace, Tracer, bind, current_trace, describe_loc, trace_scope, type_of
+from spmd.tree import tree_flatten, tree_unflatten
+
+
+def trace_to_graph(fun: Callable[..., Any], leaves: Sequence[Any], treedef: Any,
+                   ) -> tuple[Graph, Any, list[Any]]:
+    """Trace fun(*unflatten(leaves)) in a child trace; returns (graph, out_treedef, captured).
+
+    The graph's params are the leaves, then values captured from enclosing traces.
+    """
+    trace = Trace(parent=current_trace())
+    params = [trace.new_param(type_of(x)) for x in leaves]
+    with trace_scope(trace):
+        out = fun(*tree_unflatten(treedef, params))
+        out_leaves, out_tree = tree_flatten(out)
+        out_leaves = [_as_traced(trace, x) for x in out_leaves]
+    return trace.to_graph(out_leaves), out_tree, trace.captured_values()
+
+
+def _as_traced(trace: Trace, x: Any) -> Tracer:
+    if isinstance(x, Tracer) and x.trace is trace:
+        return x
+    return bind("stop_gradient", x) if isinstance(x, Tracer) else _constant_in(trace, x)
+
+
+def _constant_in(trace: Trace, x: Any) -> Tracer:
+    from spmd import lax
+
+    t = type_of(x)
+    import numpy as np
+
+    return lax.constant(np.asarray(x, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
+
+
+def replay(graph: Graph, args: Sequence[Any]) -> dict[int, Any]:
+    """Run graph's ops with `bind` in the current context; returns value id -> value."""
+    env: dict[int, Any] = dict(zip(graph.params, args))
+    for op in graph.ops:
+        outs = bind(op.name, *[env[v] for v in op.inputs], **op.attrs)
+        outs = outs if REGISTRY[op.name].multi_output else (outs,)
+        env.update(zip(op.outputs, outs))
+    return env
+
+
+def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> list[Any]:
+    """Cotangents of graph.params given cotangents of graph.results (None means zero)."""
+    from spmd import lax
+
+    cts: dict[int, Any] = {}
+    for vid, ct in zip(graph.results, result_cts):
+        _accumulate(cts, vid, ct, graph)
+    for op in reversed(graph.ops):
+        out_cts = [cts.pop(v, None) for v in op.outputs]
+        if all(ct is None for ct in out_cts):
+            continue
+        in_cts = _op_vjp(op, out_cts, env)
+        for vid, ct in zip(op.inputs, in_cts):
+            _accumulate(cts, vid, ct, graph)
+    out = []
+    for vid, t in zip(graph.params, graph.param_types):
+        ct = cts.get(vid)
+        out.append(ct if ct is not None else lax.full(t.shape, 0, t.dtype))
+    return out
+
+
+def _accumulate(cts: dict[int, Any], vid: int, ct: Any, graph: Graph) -> None:
+    from spmd import lax
+
+    if ct is None or not dtypes.is_differentiable(graph.types[vid].dtype):
+        return
+    t = graph.types[vid]
+    if type_of(ct).dtype != t.dtype:
+        ct = lax.convert_element_type(ct, t.dtype)
+    cts[vid] = ct if vid not in cts else lax.add(cts[vid], ct)
+
+
+def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
+    opdef = REGISTRY[op.name]
+    if opdef.vjp is ZERO_GRAD:
+        return [None] * len(op.inputs)
+    if opdef.vjp is NONDIFF:
+        if not any(dtypes.is_differentiable(op.types[i].dtype) and ct is not None
+                   for i, ct in enumerate(out_cts)):
+            return [None] * len(op.inputs)
+        raise NonDifferentiableError(
+            f"cannot differentiate through {op.name!r}", op.loc or describe_loc(),
+            "wrap its input in spmd.lax.stop_gradient, or move it out of the differentiated "
+            "function")
+    primals = [env[v] for v in op.inputs]
+    outs = [env[v] for v in op.outputs]
+    if opdef.multi_output:
+        result = opdef.vjp(tuple(out_cts), *primals, out=tuple(outs), **op.attrs)
+    else:
+        result = opdef.vjp(out_cts[0], *primals, out=outs[0], **op.attrs)
+    if not isinstance(result, (tuple, list)):
+        result = (result,)
+    return result
+
+
+def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """(out, vjp_fn) or (out, vjp_fn, aux): vjp_fn(ct) gives one cotangent per primal."""
+    leaves, treedef = tree_flatten(primals)
+    wrapped = (lambda *a: fun(*a)[0]) if has_aux else fun
+    aux_box: list[Any] = []
+    if has_aux:
+        def wrapped(*a: Any) -> Any:
+            out, aux = fun(*a)
+            aux_box.append(aux)
+            return out
+    graph, out_tree, captured = trace_to_graph(wrapped, leaves, treedef)
+    env = replay(graph, list(leaves) + captured)
+    out = tree_unflatten(out_tree, [env[v] for v in graph.results])
+    n = len(leaves)
+
+    def vjp_fn(ct: Any) -> tuple[Any, ...]:
+        ct_leaves, ct_tree = tree_flatten(ct)
+        if ct_tree != out_tree:
+            raise ShapeError(f"vjp_fn got a cotangent with structure {ct_tree}, the function's "
+                             f"output has {out_tree}", describe_loc())
+        param_cts = backward(graph, env, ct_leaves)
+        return tree_unflatten(treedef, param_cts[:n])
+
+    if has_aux:
+        aux = _replay_aux(aux_box[0], graph, env) if aux_box else None
+        return out, vjp_fn, aux
+    return out, vjp_fn
+
+
+def _replay_aux(aux: Any, graph: Graph, env: dict[int, Any]) -> Any:
+    """aux was traced in the child trace; map its tracers to the replayed values."""
+    from spmd.tree import tree_map
+
+    def convert(x: Any) -> Any:
+        if isinstance(x, Tracer) and x.id in env:
+            return env[x.id]
+        if isinstance(x, Tracer):
+            sub = Graph(graph.params, graph.param_types, graph.ops, (x.id,))
+            return replay(sub, [env[p] for p in graph.params])[x.id]
+        return x
+
+    return tree_map(convert, aux)
+
+
+def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
+                   has_aux: bool = False) -> Callable[..., Any]:
+    """Like jax.value_and_grad: f must return a float scalar (or (scalar, aux))."""
+    many = not isinstance(argnums, int)
+    nums = tuple(argnums) if many else (argnums,)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for i in nums:
+            if i >= len(args):
+                raise ShapeError(f"argnums={argnums!r} but the function got {len(args)} "
+                                 f"positional args", describe_loc())
+        chosen = tuple(args[i] for i in nums)
+
+        def partial(*picked: Any) -> Any:
+            full = list(args)
+            for i, v in zip(nums, picked):
+                full[i] = v
+            return fun(*full, **kwargs)
+
+        _check_differentiable(chosen)
+        result = vjp(partial, *chosen, has_aux=has_aux)
+        out, vjp_fn = result[0], result[1]
+        t = type_of(out) if not isinstance(out, (tuple, list, dict)) else None
+        if t is None or t.shape != () or not dtypes.is_float(t.dtype):
+            raise ShapeError(f"grad needs a function returning a float scalar, got "
+                             f"{t if t is not None else type(out).__name__}", describe_loc(),
+                             "reduce the output first (e.g. .sum() or .mean()), or use vjp")
+        from spmd import lax
+
+        grads = vjp_fn(lax.full((), 1.0, t.dtype))
+        grads = grads if many else grads[0]
+        value = (out, result[2]) if has_aux else out
+        return value, grads
+
+    return run
+
+
+def grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
+         has_aux: bool = False) -> Callable[..., Any]:
+    """The gradient of a scalar function, as jax.grad."""
+    vg = value_and_grad(fun, argnums, has_aux)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        value, grads = vg(*args, **kwargs)
+        return (grads, value[1]) if has_aux else grads
+
+    return run
+
+
+def _check_differentiable(args: Sequence[Any]) -> None:
+    leaves, _ = tree_flatten(args)
+    for leaf in leaves:
+        t = type_of(leaf)
+        if not dtypes.is_float(t.dtype):
+            raise DTypeError(f"grad needs float inputs, got {t.dtype}", describe_loc(),
+                             "differentiate only float arguments (argnums=...), or cast with "
+                             ".astype('float32')")
+
+
+def jvp(fun: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any],
+        ) -> tuple[Any, Any]:
+    """(f(primals), J @ tangents), by transposing the linear VJP map."""
+    from spmd import lax
+    from spmd.tree import tree_map
+
+    out, vjp_fn = vjp(fun, *primals)
+    ct_zero = tree_map(lambda o: lax.zeros_like(o), out)
+    _, vjp_of_vjp = vjp(vjp_fn, ct_zero)
+    (tangent_out,) = vjp_of_vjp(tuple(tangents))
+    return out, tangent_out

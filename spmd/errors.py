@@ -1,0 +1,84 @@
+"""Every error a user can cause, one class per mistake. Imports nothing of ours.
+
+A message has three parts: the problem with the actual values, where it happened
+(the user's file:line), and what to do about it.
+"""
+
+from __future__ import annotations
+
+DOCS = "https://spmd.readthedocs.io/en/latest/errors.html"
+
+
+class SpmdError(Exception):
+    """Base of every spmd error."""
+
+    def __init__(self, problem: str, loc: str | None = None, hint: str | None = None):
+        self.problem = problem
+        self.loc = loc
+        self.hint = hint
+        parts = [problem]
+        if loc:
+            parts.append(f"  at {loc}")
+        if hint:
+            parts.append(f"  hint: {hint}")
+        parts.append(f"  docs: {DOCS}#{type(self).__name__.lower()}")
+        super().__init__("\n".join(parts))
+
+
+class ShapeError(SpmdError, ValueError):
+    """Operand shapes do not fit the op."""
+
+
+class DTypeError(SpmdError, TypeError):
+    """Operand dtypes do not fit the op."""
+
+
+class ShardingError(SpmdError, ValueError):
+    """A sharding or partition spec is invalid for its array or mesh."""
+
+
+class MeshError(SpmdError, ValueError):
+    """A mesh is malformed or larger than the devices available."""
+
+
+class TracerError(SpmdError, TypeError):
+    """A traced value was used where a concrete Python value is needed (if, int(), bool())."""
+
+
+class NonDifferentiableError(SpmdError, TypeError):
+    """grad reached an op that has no derivative."""
+
+
+class IRParseError(SpmdError, ValueError):
+    """IR text could not be parsed."""
+
+
+class VerifierError(SpmdError, RuntimeError):
+    """A graph broke an IR invariant (after a pass)."""
+
+
+class CollectiveTimeoutError(SpmdError, RuntimeError):
+    """A collective waited longer than SPMD_COLLECTIVE_TIMEOUT."""
+
+
+class RemoteError(SpmdError, RuntimeError):
+    """A rank, thread or actor failed; carries its traceback."""
+
+
+class LaunchError(SpmdError, ValueError):
+    """Bad spmd-launch input."""
+
+
+class CheckpointError(SpmdError, ValueError):
+    """A checkpoint is corrupt, incomplete or does not match its target."""
+
+
+class SimulationError(SpmdError, RuntimeError):
+    """The simulated device ran out of memory or was asked for something it cannot model."""
+
+
+class InternalError(SpmdError, RuntimeError):
+    """A broken internal invariant: this is a bug in spmd."""
+
+    def __init__(self, problem: str, loc: str | None = None, hint: str | None = None):
+        super().__init__(f"{problem} (this is a bug in spmd)", loc, hint)

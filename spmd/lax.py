@@ -1,0 +1,294 @@
+"""spmd.lax: the primitive ops, one thin function per registry entry (JAX's names).
+
+Binary ops need equal shapes and dtypes, except that a Python scalar takes the
+other operand's type. Control flow (cond, scan, fori_loop) lives in spmd.control
+and collectives for shard_map in spmd.collective_api; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.ir.types import TensorType
+from spmd.tracing import bind, type_of
+
+
+def _scalar_like(value: Any, like: TensorType) -> Any:
+    t = TensorType((), like.dtype, like.weak)
+    scalar = np.asarray(value, dtype=dtypes.to_numpy(like.dtype))
+    const = bind("constant", value=scalar, weak=t.weak)
+    return broadcast_in_dim(const, like.shape, ()) if like.shape else const
+
+
+def _pair(x: Any, y: Any) -> tuple[Any, Any]:
+    if isinstance(y, (int, float, bool)) and not isinstance(x, (int, float, bool)):
+        return x, _scalar_like(y, type_of(x))
+    if isinstance(x, (int, float, bool)) and not isinstance(y, (int, float, bool)):
+        return _scalar_like(x, type_of(y)), y
+    return x, y
+
+
+def _binary(name: str) -> Any:
+    def op(x: Any, y: Any) -> Any:
+        return bind(name, *_pair(x, y))
+
+    op.__name__ = name
+    op.__doc__ = f"Elementwise `{name}` (lax semantics: equal shapes and dtypes)."
+    return op
+
+
+def _unary(name: str) -> Any:
+    def op(x: Any) -> Any:
+        return bind(name, x)
+
+    op.__name__ = name
+    op.__doc__ = f"Elementwise `{name}`."
+    return op
+
+
+add, sub, mul, div, rem, pow = (_binary(n) for n in ("add", "sub", "mul", "div", "rem", "pow"))
+max, min, atan2 = _binary("max"), _binary("min"), _binary("atan2")
+eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
+bitwise_and, bitwise_or, bitwise_xor = _binary("and"), _binary("or"), _binary("xor")
+shift_left, shift_right = _binary("shift_left"), _binary("shift_right")
+neg, exp, log, log1p, expm1 = (_unary(n) for n in ("neg", "exp", "log", "log1p", "expm1"))
+tanh, logistic, sin, cos, tan = (_unary(n) for n in ("tanh", "logistic", "sin", "cos", "tan"))
+sqrt, rsqrt, abs, sign = (_unary(n) for n in ("sqrt", "rsqrt", "abs", "sign"))
+floor, ceil, round, erf = (_unary(n) for n in ("floor", "ceil", "round", "erf"))
+bitwise_not, is_finite = _unary("not"), _unary("is_finite")
+
+
+def select(pred: Any, on_true: Any, on_false: Any) -> Any:
+    """pred ? on_true : on_false, elementwise (all three the same shape)."""
+    on_true, on_false = _pair(on_true, on_false)
+    return bind("select", pred, on_true, on_false)
+
+
+def convert_element_type(x: Any, new_dtype: Any, weak: bool = False) -> Any:
+    dtype = dtypes.canonical(new_dtype)
+    t = type_of(x)
+    if t.dtype == dtype and t.weak == weak:
+        return x
+    return bind("convert_element_type", x, new_dtype=dtype, weak=weak)
+
+
+def constant(value: Any, dtype: Any = None, weak: bool = False) -> Any:
+    arr = np.asarray(value, dtype=None if dtype is None else dtypes.to_numpy(dtypes.canonical(dtype)))
+    return bind("constant", value=arr, weak=weak)
+
+
+def full(shape: Sequence[int], fill_value: Any, dtype: Any = None) -> Any:
+    dtype = dtypes.canonical(dtype if dtype is not None else np.asarray(fill_value).dtype)
+    scalar = constant(np.asarray(fill_value, dtype=dtypes.to_numpy(dtype)))
+    return broadcast_in_dim(scalar, tuple(shape), ())
+
+
+def full_like(x: Any, fill_value: Any, dtype: Any = None) -> Any:
+    t = type_of(x)
+    return full(t.shape, fill_value, dtype if dtype is not None else t.dtype)
+
+
+def zeros_like(x: Any) -> Any:
+    return full_like(x, 0)
+
+
+def iota(dtype: Any, shape: Sequence[int], dimension: int = 0) -> Any:
+    return bind("iota", dtype=dtypes.canonical(dtype), shape=tuple(shape), dimension=dimension)
+
+
+def broadcast_in_dim(x: Any, shape: Sequence[int], broadcast_dimensions: Sequence[int]) -> Any:
+    shape, dims = tuple(int(s) for s in shape), tuple(broadcast_dimensions)
+    if type_of(x).shape == shape and dims == tuple(range(len(shape))):
+        return x
+    return bind("broadcast_in_dim", x, shape=shape, broadcast_dimensions=dims)
+
+
+def broadcast(x: Any, sizes: Sequence[int]) -> Any:
+    """Add leading dims of the given sizes."""
+    t = type_of(x)
+    n = len(sizes)
+    return broadcast_in_dim(x, tuple(sizes) + t.shape, tuple(range(n, n + t.ndim)))
+
+
+def reshape(x: Any, new_sizes: Sequence[int]) -> Any:
+    new_sizes = tuple(int(s) for s in new_sizes)
+    if type_of(x).shape == new_sizes:
+        return x
+    return bind("reshape", x, new_sizes=new_sizes)
+
+
+def transpose(x: Any, permutation: Sequence[int]) -> Any:
+    permutation = tuple(int(p) for p in permutation)
+    if permutation == tuple(range(len(permutation))):
+        return x
+    return bind("transpose", x, permutation=permutation)
+
+
+def reduce(x: Any, kind: str, axes: Sequence[int]) -> Any:
+    """Reduce over `axes` with kind in sum/max/min/prod/and/or."""
+    axes = tuple(sorted(int(a) for a in axes))
+    if not axes:
+        return x
+    return bind("reduce", x, kind=kind, axes=axes)
+
+
+def reduce_sum(x: Any, axes: Sequence[int]) -> Any:
+    return reduce(x, "sum", axes)
+
+
+def reduce_max(x: Any, axes: Sequence[int]) -> Any:
+    return reduce(x, "max", axes)
+
+
+def reduce_min(x: Any, axes: Sequence[int]) -> Any:
+    return reduce(x, "min", axes)
+
+
+def reduce_prod(x: Any, axes: Sequence[int]) -> Any:
+    return reduce(x, "prod", axes)
+
+
+def argmax(x: Any, axis: int, index_dtype: Any = "int32") -> Any:
+    return bind("argmax", x, axis=int(axis), index_dtype=dtypes.canonical(index_dtype))
+
+
+def argmin(x: Any, axis: int, index_dtype: Any = "int32") -> Any:
+    return bind("argmin", x, axis=int(axis), index_dtype=dtypes.canonical(index_dtype))
+
+
+def cumsum(x: Any, axis: int = 0, reverse: bool = False) -> Any:
+    return bind("cumsum", x, axis=int(axis), reverse=bool(reverse))
+
+
+def dot_general(lhs: Any, rhs: Any, dimension_numbers: Any,
+                preferred_element_type: Any = None) -> Any:
+    """JAX's dot_general: ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)).
+
+    The result is batch dims, then lhs free dims, then rhs free dims.
+    """
+    (lc, rc), (lb, rb) = dimension_numbers
+    dn = ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+    pet = None if preferred_element_type is None else dtypes.canonical(preferred_element_type)
+    return bind("dot_general", lhs, rhs, dimension_numbers=dn, preferred_element_type=pet)
+
+
+def slice(x: Any, start_indices: Sequence[int], limit_indices: Sequence[int],
+          strides: Sequence[int] | None = None) -> Any:
+    n = len(start_indices)
+    strides = tuple(strides) if strides is not None else (1,) * n
+    return bind("slice", x, start_indices=tuple(start_indices),
+                limit_indices=tuple(limit_indices), strides=strides)
+
+
+def slice_in_dim(x: Any, start: int, limit: int, stride: int = 1, axis: int = 0) -> Any:
+    t = type_of(x)
+    starts = [0] * t.ndim
+    limits = list(t.shape)
+    strides = [1] * t.ndim
+    starts[axis], limits[axis], strides[axis] = start, limit, stride
+    return slice(x, starts, limits, strides)
+
+
+def pad(x: Any, padding_value: Any, padding_config: Sequence[tuple[int, int, int]]) -> Any:
+    """padding_config: (low, high, interior) per dim; low/high may be negative."""
+    if isinstance(padding_value, (int, float, bool)):
+        padding_value = constant(np.asarray(padding_value, dtype=x.dtype))
+    return bind("pad", x, padding_value,
+                padding_config=tuple(tuple(int(v) for v in c) for c in padding_config))
+
+
+def concatenate(operands: Sequence[Any], dimension: int) -> Any:
+    if len(operands) == 1:
+        return operands[0]
+    return bind("concatenate", *operands, dimension=int(dimension))
+
+
+def rev(x: Any, dimensions: Sequence[int]) -> Any:
+    return bind("rev", x, dimensions=tuple(dimensions))
+
+
+def squeeze(x: Any, dimensions: Sequence[int]) -> Any:
+    t = type_of(x)
+    dims = {d % t.ndim for d in dimensions}
+    return reshape(x, tuple(s for i, s in enumerate(t.shape) if i not in dims))
+
+
+def expand_dims(x: Any, dimensions: Sequence[int]) -> Any:
+    t = type_of(x)
+    shape = list(t.shape)
+    for d in sorted(d % (t.ndim + len(dimensions)) for d in dimensions):
+        shape.insert(d, 1)
+    return reshape(x, shape)
+
+
+def stop_gradient(x: Any) -> Any:
+    return bind("stop_gradient", x)
+
+
+def dynamic_slice(x: Any, start_indices: Sequence[Any], slice_sizes: Sequence[int]) -> Any:
+    """x[start:start+size] per dim with traced starts (clamped into range, as JAX does)."""
+    starts = [_index_scalar(s) for s in start_indices]
+    return bind("dynamic_slice", x, *starts, slice_sizes=tuple(int(s) for s in slice_sizes))
+
+
+def dynamic_update_slice(x: Any, update: Any, start_indices: Sequence[Any]) -> Any:
+    starts = [_index_scalar(s) for s in start_indices]
+    return bind("dynamic_update_slice", x, update, *starts)
+
+
+def dynamic_index_in_dim(x: Any, index: Any, axis: int = 0, keepdims: bool = True) -> Any:
+    t = type_of(x)
+    starts = [0] * t.ndim
+    starts[axis] = index
+    sizes = list(t.shape)
+    sizes[axis] = 1
+    out = dynamic_slice(x, starts, sizes)
+    return out if keepdims else squeeze(out, (axis,))
+
+
+def dynamic_update_index_in_dim(x: Any, update: Any, index: Any, axis: int = 0) -> Any:
+    t = type_of(x)
+    if type_of(update).ndim == t.ndim - 1:
+        update = expand_dims(update, (axis,))
+    starts = [0] * t.ndim
+    starts[axis] = index
+    return dynamic_update_slice(x, update, starts)
+
+
+def _index_scalar(s: Any) -> Any:
+    if isinstance(s, (int, np.integer)):
+        return constant(np.asarray(s, dtype=np.int32))
+    t = type_of(s)
+    if t.dtype != "int32":
+        return convert_element_type(s, "int32")
+    return s
+
+
+def gather(x: Any, indices: Any, axis: int = 0) -> Any:
+    """Take along one axis: out = x[..., indices, ...] (indices clamped, as JAX does)."""
+    return bind("gather", x, indices, axis=int(axis))
+
+
+def scatter_add(x: Any, indices: Any, updates: Any, axis: int = 0) -> Any:
+    """x with updates added at `indices` along `axis` (duplicates accumulate)."""
+    return bind("scatter_add", x, indices, updates, axis=int(axis))
+
+
+def with_sharding_constraint(x: Any, sharding: Any) -> Any:
+    """Ask the partitioner to lay x out as `sharding` here (identity on values)."""
+    from spmd.sharding import sharding_attr
+
+    return bind("sharding_constraint", x, sharding=sharding_attr(sharding, type_of(x)))
+
+
+def __getattr__(name: str) -> Any:
+    # cond/scan/fori_loop/while_loop and shard_map collectives are defined elsewhere.
+    from spmd import collective_api, control
+
+    for module in (control, collective_api):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module 'spmd.lax' has no attribute {name!r}")

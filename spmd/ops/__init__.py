@@ -1,0 +1,20 @@
+"""The op registry: every op of the IR, keyed by its lax name.
+
+Each family file defines OPS; the registry is built here from all of them, so it
+never matters which module is imported first.
+"""
+
+from __future__ import annotations
+
+from spmd.ops.opdef import NONDIFF, ZERO_GRAD, Factors, OpDef
+
+from spmd.ops import collective, contract, control, elementwise, index, reduce, rng, shape
+
+REGISTRY: dict[str, OpDef] = {}
+for _family in (elementwise, reduce, shape, contract, index, control, collective, rng):
+    for _op in _family.OPS:
+        if _op.name in REGISTRY:
+            raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")
+        REGISTRY[_op.name] = _op
+
+__all__ = ["REGISTRY", "OpDef", "Factors", "NONDIFF", "ZERO_GRAD"]

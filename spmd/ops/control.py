@@ -1,0 +1,3 @@
+"""Placeholder filled in below."""
+
+OPS: list = []

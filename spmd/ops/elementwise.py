@@ -1,0 +1,226 @@
+"""Elementwise ops: unary math, binary arithmetic, comparisons, select, convert.
+
+Sharding rule: every operand dim and the result dim are the same factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.errors import DTypeError
+from spmd.ir.types import TensorType
+from spmd.ops.common import letters, need_float, same_dtypes, same_shapes
+from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+
+
+def _lax() -> Any:
+    from spmd import lax
+
+    return lax
+
+
+def elementwise_factors(*types: TensorType, **_: Any) -> Factors:
+    dims = tuple(letters(types[0].ndim)) if types else ()
+    return Factors(tuple(dims for _ in types), (dims,))
+
+
+def _unary_type(float_only: bool) -> Callable[..., TensorType]:
+    def infer(x: TensorType, **_: Any) -> TensorType:
+        if float_only:
+            need_float("this op", x)
+        return x
+
+    return infer
+
+
+def _binary_type(name: str, result_dtype: str | None = None) -> Callable[..., TensorType]:
+    def infer(x: TensorType, y: TensorType, **_: Any) -> TensorType:
+        same_shapes(name, x, y)
+        same_dtypes(name, x, y)
+        if result_dtype is not None:
+            return TensorType(x.shape, result_dtype)
+        return TensorType(x.shape, x.dtype, x.weak and y.weak)
+
+    return infer
+
+
+def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """numpy semantics (inf, nan, wraparound) without numpy's warnings."""
+
+    def run(*args: Any, **_: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+
+    return run
+
+
+def _unary(name: str, ref: Callable[..., Any], vjp: Any, float_only: bool = True,
+           linear: str = "none") -> OpDef:
+    return OpDef(name, _unary_type(float_only), _quiet(ref), vjp, elementwise_factors,
+                 linear=linear)
+
+
+def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Truncating integer division (lax.div), 0 where y == 0 like numpy."""
+    if dtypes.is_float(dtypes.canonical(x.dtype)):
+        return x / y
+    safe = np.where(y == 0, 1, y)
+    q = np.abs(x) // np.abs(safe)
+    q = np.where((x < 0) != (safe < 0), -q, q)
+    return np.where(y == 0, 0, q).astype(x.dtype)
+
+
+def _pow_vjp(ct: Any, x: Any, y: Any, *, out: Any) -> tuple[Any, Any]:
+    lax = _lax()
+    dx = lax.mul(ct, lax.mul(y, lax.pow(x, lax.sub(y, 1.0))))
+    safe_log = lax.select(lax.eq(x, 0.0), lax.zeros_like(x), lax.log(lax.abs(x)))
+    return dx, lax.mul(ct, lax.mul(out, safe_log))
+
+
+def _minmax_vjp(pick_first: str) -> Callable[..., tuple[Any, Any]]:
+    """Ties split the cotangent in half between both operands (as JAX does)."""
+
+    def vjp(ct: Any, x: Any, y: Any, *, out: Any) -> tuple[Any, Any]:
+        lax = _lax()
+        first = getattr(lax, pick_first)(x, y)
+        half = lax.mul(ct, 0.5)
+        zero = lax.zeros_like(ct)
+        tie = lax.eq(x, y)
+        dx = lax.select(tie, half, lax.select(first, ct, zero))
+        dy = lax.select(tie, half, lax.select(first, zero, ct))
+        return dx, dy
+
+    return vjp
+
+
+def _convert_type(x: TensorType, *, new_dtype: str, weak: bool = False) -> TensorType:
+    return TensorType(x.shape, new_dtype, weak)
+
+
+def _convert_ref(x: np.ndarray, *, new_dtype: str, weak: bool = False) -> np.ndarray:
+    target = dtypes.to_numpy(new_dtype)
+    with np.errstate(all="ignore"):
+        if dtypes.is_int(new_dtype) and np.issubdtype(x.dtype, np.floating):
+            # Out-of-range floats: saturate like XLA instead of numpy's undefined cast.
+            info = np.iinfo(target)
+            x = np.nan_to_num(np.trunc(x), nan=0, posinf=info.max, neginf=info.min)
+            return np.clip(x, info.min, info.max).astype(target)
+        if new_dtype == "bool":
+            return x != 0
+        return x.astype(target)
+
+
+def _convert_vjp(ct: Any, x: Any, *, out: Any, new_dtype: str, weak: bool = False) -> Any:
+    if not dtypes.is_float(x.type.dtype):
+        return None
+    return _lax().convert_element_type(ct, x.type.dtype, x.type.weak)
+
+
+def _select_type(p: TensorType, a: TensorType, b: TensorType) -> TensorType:
+    same_shapes("select", p, a, b)
+    same_dtypes("select", a, b)
+    if p.dtype != "bool":
+        raise DTypeError(f"select needs a bool predicate, got {p.dtype}",
+                         hint="compare first, e.g. x > 0")
+    return TensorType(a.shape, a.dtype, a.weak and b.weak)
+
+
+def _select_vjp(ct: Any, p: Any, a: Any, b: Any, *, out: Any) -> tuple[Any, Any, Any]:
+    lax = _lax()
+    zero = lax.zeros_like(ct)
+    return None, lax.select(p, ct, zero), lax.select(p, zero, ct)
+
+
+def _bool_or_int(name: str) -> Callable[..., TensorType]:
+    def infer(x: TensorType, y: TensorType | None = None, **_: Any) -> TensorType:
+        types = (x,) if y is None else (x, y)
+        same_shapes(name, *types)
+        same_dtypes(name, *types)
+        if dtypes.is_float(x.dtype):
+            raise DTypeError(f"{name} needs bool or integer operands, got {x.dtype}")
+        return TensorType(x.shape, x.dtype, all(t.weak for t in types))
+
+    return infer
+
+
+def _mul(*a: Any) -> Any:
+    return _lax().mul(*a)
+
+
+OPS = [
+    _unary("neg", np.negative, lambda ct, x, *, out: _lax().neg(ct), False, linear="all"),
+    _unary("exp", np.exp, lambda ct, x, *, out: _mul(ct, out)),
+    _unary("log", np.log, lambda ct, x, *, out: _lax().div(ct, x)),
+    _unary("log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0))),
+    _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, _lax().add(out, 1.0))),
+    _unary("tanh", np.tanh, lambda ct, x, *, out: _mul(ct, _lax().sub(1.0, _mul(out, out)))),
+    _unary("logistic", lambda x: 1 / (1 + np.exp(-x)),
+           lambda ct, x, *, out: _mul(ct, _mul(out, _lax().sub(1.0, out)))),
+    _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, _lax().cos(x))),
+    _unary("cos", np.cos, lambda ct, x, *, out: _lax().neg(_mul(ct, _lax().sin(x)))),
+    _unary("tan", np.tan, lambda ct, x, *, out: _mul(ct, _lax().add(1.0, _mul(out, out)))),
+    _unary("sqrt", np.sqrt, lambda ct, x, *, out: _lax().div(_mul(ct, 0.5), out)),
+    _unary("rsqrt", lambda x: 1 / np.sqrt(x),
+           lambda ct, x, *, out: _mul(ct, _mul(_lax().div(out, x), -0.5))),
+    _unary("erf", lambda x: _erf(x),
+           lambda ct, x, *, out: _mul(ct, _mul(_lax().exp(_lax().neg(_mul(x, x))),
+                                               2 / np.sqrt(np.pi)))),
+    _unary("abs", np.abs, lambda ct, x, *, out: _mul(ct, _lax().sign(x)), False),
+    _unary("sign", np.sign, ZERO_GRAD, False),
+    _unary("floor", np.floor, ZERO_GRAD),
+    _unary("ceil", np.ceil, ZERO_GRAD),
+    _unary("round", np.round, ZERO_GRAD),
+    OpDef("is_finite", lambda x: (need_float("is_finite", x), x.with_dtype("bool"))[1],
+          np.isfinite, ZERO_GRAD, elementwise_factors),
+    OpDef("add", _binary_type("add"), _quiet(np.add), lambda ct, x, y, *, out: (ct, ct),
+          elementwise_factors, linear="all"),
+    OpDef("sub", _binary_type("sub"), _quiet(np.subtract),
+          lambda ct, x, y, *, out: (ct, _lax().neg(ct)), elementwise_factors, linear="all"),
+    OpDef("mul", _binary_type("mul"), _quiet(np.multiply),
+          lambda ct, x, y, *, out: (_mul(ct, y), _mul(ct, x)), elementwise_factors,
+          linear="each"),
+    OpDef("div", _binary_type("div"), _quiet(_int_div),
+          lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
+          elementwise_factors, linear="first"),
+    OpDef("rem", _binary_type("rem"), _quiet(np.fmod),
+          lambda ct, x, y, *, out: (ct, _mul(_lax().neg(ct), _lax().round(_lax().div(
+              _lax().sub(x, out), y)))), elementwise_factors),
+    OpDef("pow", _binary_type("pow"), _quiet(np.power), _pow_vjp, elementwise_factors),
+    OpDef("atan2", _binary_type("atan2"), _quiet(np.arctan2),
+          lambda ct, x, y, *, out: _atan2_vjp(ct, x, y), elementwise_factors),
+    OpDef("max", _binary_type("max"), _quiet(np.maximum), _minmax_vjp("gt"), elementwise_factors),
+    OpDef("min", _binary_type("min"), _quiet(np.minimum), _minmax_vjp("lt"), elementwise_factors),
+    *(OpDef(n, _binary_type(n, "bool"), _quiet(f), ZERO_GRAD, elementwise_factors)
+      for n, f in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                   ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal))),
+    OpDef("and", _bool_or_int("and"), np.bitwise_and, ZERO_GRAD, elementwise_factors),
+    OpDef("or", _bool_or_int("or"), np.bitwise_or, ZERO_GRAD, elementwise_factors),
+    OpDef("xor", _bool_or_int("xor"), np.bitwise_xor, ZERO_GRAD, elementwise_factors),
+    OpDef("not", _bool_or_int("not"), np.invert, ZERO_GRAD, elementwise_factors),
+    OpDef("shift_left", _bool_or_int("shift_left"), _quiet(np.left_shift), ZERO_GRAD,
+          elementwise_factors),
+    OpDef("shift_right", _bool_or_int("shift_right"), _quiet(np.right_shift), ZERO_GRAD,
+          elementwise_factors),
+    OpDef("select", _select_type, np.where, _select_vjp, elementwise_factors, linear="select"),
+    OpDef("convert_element_type", _convert_type, _convert_ref, _convert_vjp,
+          elementwise_factors, linear="all"),
+    OpDef("stop_gradient", _unary_type(False), lambda x: x, ZERO_GRAD, elementwise_factors,
+          linear="all"),
+]
+
+
+def _atan2_vjp(ct: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    lax = _lax()
+    denom = lax.add(_mul(x, x), _mul(y, y))
+    return lax.div(_mul(ct, y), denom), lax.neg(lax.div(_mul(ct, x), denom))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    flat = np.asarray(x, dtype=np.float64).ravel()
+    return np.array([erf(v) for v in flat]).reshape(np.shape(x)).astype(x.dtype)
+

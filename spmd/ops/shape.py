@@ -1,0 +1,315 @@
+"""Shape ops: constant, iota, broadcast_in_dim, reshape, transpose, slice, pad,
+concatenate, rev, sharding_constraint.
+
+Dims a rule cannot map to one factor (a sliced, padded, concatenated or reversed dim)
+are `blocked`; the partitioner's hand-written rules handle them with halos.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.errors import ShapeError
+from spmd.ir.types import TensorType
+from spmd.ops.common import LETTERS, letters, same_dtypes
+from spmd.ops.elementwise import elementwise_factors
+from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+
+
+def _lax() -> Any:
+    from spmd import lax
+
+    return lax
+
+
+def _fresh(n: int, used: str = "") -> str:
+    return "".join([c for c in LETTERS if c not in used][:n])
+
+
+# constant / iota ------------------------------------------------------------------------
+
+def _constant_type(*, value: np.ndarray, weak: bool = False) -> TensorType:
+    return TensorType(value.shape, dtypes.canonical(value.dtype), weak)
+
+
+def _iota_type(*, dtype: str, shape: tuple[int, ...], dimension: int) -> TensorType:
+    if not 0 <= dimension < max(len(shape), 1):
+        raise ShapeError(f"iota dimension {dimension} out of range for shape {shape}")
+    return TensorType(shape, dtype)
+
+
+def _iota_ref(*, dtype: str, shape: tuple[int, ...], dimension: int) -> np.ndarray:
+    ramp = np.arange(shape[dimension], dtype=dtypes.to_numpy(dtype)) if shape else np.zeros(())
+    view = [1] * len(shape)
+    if shape:
+        view[dimension] = shape[dimension]
+    return np.broadcast_to(ramp.reshape(view), shape).astype(dtypes.to_numpy(dtype))
+
+
+# broadcast_in_dim ------------------------------------------------------------------------
+
+def _broadcast_type(x: TensorType, *, shape: tuple[int, ...],
+                    broadcast_dimensions: tuple[int, ...]) -> TensorType:
+    dims = broadcast_dimensions
+    ok = len(dims) == x.ndim and all(0 <= d < len(shape) for d in dims) and \
+        list(dims) == sorted(set(dims))
+    if ok:
+        ok = all(x.shape[i] in (1, shape[d]) for i, d in enumerate(dims))
+    if not ok:
+        raise ShapeError(f"cannot broadcast shape {x.shape} to {shape} along dims {dims}",
+                         hint="each operand dim must be 1 or equal the target dim")
+    return TensorType(shape, x.dtype, x.weak)
+
+
+def _broadcast_ref(x: np.ndarray, *, shape: tuple[int, ...],
+                   broadcast_dimensions: tuple[int, ...]) -> np.ndarray:
+    view = [1] * len(shape)
+    for i, d in enumerate(broadcast_dimensions):
+        view[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(view), shape).copy()
+
+
+def _broadcast_factors(x: TensorType, *, shape: tuple[int, ...],
+                       broadcast_dimensions: tuple[int, ...]) -> Factors:
+    out = list(_fresh(len(shape)))
+    operand: list[str | None] = []
+    for i, d in enumerate(broadcast_dimensions):
+        operand.append(out[d] if x.shape[i] == shape[d] else None)
+    return Factors((tuple(operand),), (tuple(out),))
+
+
+def _broadcast_vjp(ct: Any, x: Any, *, out: Any, shape: tuple[int, ...],
+                   broadcast_dimensions: tuple[int, ...]) -> Any:
+    lax = _lax()
+    dims = broadcast_dimensions
+    summed = [d for d in range(len(shape)) if d not in dims]
+    summed += [d for i, d in enumerate(dims) if x.type.shape[i] == 1 and shape[d] != 1]
+    return lax.reshape(lax.reduce_sum(ct, sorted(summed)), x.type.shape)
+
+
+# reshape --------------------------------------------------------------------------------
+
+def _reshape_type(x: TensorType, *, new_sizes: tuple[int, ...]) -> TensorType:
+    if math.prod(new_sizes) != x.size or any(s < 0 for s in new_sizes):
+        raise ShapeError(f"cannot reshape {x.shape} ({x.size} elements) to {new_sizes}",
+                         hint="the sizes must multiply to the same element count")
+    return TensorType(new_sizes, x.dtype, x.weak)
+
+
+def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Split a reshape into groups of source and target dims with equal products."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) or j < len(dst):
+        gi, gj = [], []
+        pi = pj = 1
+        while True:
+            if pi == pj and (gi or gj) and (pi != 1 or (i >= len(src) or src[i] != 1)
+                                             and (j >= len(dst) or dst[j] != 1)):
+                break
+            if (pi <= pj and i < len(src)) or j >= len(dst):
+                if i >= len(src):
+                    break
+                gi.append(i)
+                pi *= src[i]
+                i += 1
+            else:
+                gj.append(j)
+                pj *= dst[j]
+                j += 1
+        groups.append((gi, gj))
+    return groups
+
+
+def _reshape_factors(x: TensorType, *, new_sizes: tuple[int, ...]) -> Factors:
+    """Each group of dims with equal products maps its major dims to one factor.
+
+    Merging (a, b) -> (ab): a's factor goes to the merged dim, b is blocked. Splitting
+    (ab) -> (a, b): the dim's factor goes to the new major dim. The partitioner checks
+    that the shard count divides the major dim, and reshards otherwise.
+    """
+    operand: list[str | None] = [None] * x.ndim
+    result: list[str | None] = [None] * len(new_sizes)
+    blocked = []
+    names = iter(LETTERS)
+    for gi, gj in reshape_groups(x.shape, new_sizes):
+        gi = [d for d in gi if x.shape[d] != 1]
+        gj = [d for d in gj if new_sizes[d] != 1]
+        if not gi or not gj:
+            continue
+        major = next(names)
+        operand[gi[0]] = major
+        result[gj[0]] = major
+        for d in gi[1:]:
+            operand[d] = next(names)
+            blocked.append(operand[d])
+        for d in gj[1:]:
+            result[d] = next(names)
+    return Factors((tuple(operand),), (tuple(result),), blocked=frozenset(blocked))
+
+
+# transpose ------------------------------------------------------------------------------
+
+def _transpose_type(x: TensorType, *, permutation: tuple[int, ...]) -> TensorType:
+    if sorted(permutation) != list(range(x.ndim)):
+        raise ShapeError(f"transpose permutation {permutation} is not a permutation of "
+                         f"{x.ndim} dims")
+    return TensorType(tuple(x.shape[p] for p in permutation), x.dtype, x.weak)
+
+
+def _transpose_factors(x: TensorType, *, permutation: tuple[int, ...]) -> Factors:
+    dims = letters(x.ndim)
+    return Factors.parse(dims + "->" + "".join(dims[p] for p in permutation))
+
+
+# slice / pad / concatenate / rev ------------------------------------------------------
+
+def _slice_type(x: TensorType, *, start_indices: tuple[int, ...], limit_indices: tuple[int, ...],
+                strides: tuple[int, ...]) -> TensorType:
+    n = x.ndim
+    if not len(start_indices) == len(limit_indices) == len(strides) == n:
+        raise ShapeError(f"slice of a rank-{n} array needs {n} starts, limits and strides")
+    for s, lim, st, size in zip(start_indices, limit_indices, strides, x.shape):
+        if not (0 <= s <= lim <= size and st >= 1):
+            raise ShapeError(f"slice [{s}:{lim}:{st}] is out of bounds for a dim of size {size}")
+    shape = tuple(-(-(lim - s) // st) for s, lim, st in zip(start_indices, limit_indices, strides))
+    return TensorType(shape, x.dtype, x.weak)
+
+
+def _slice_ref(x: np.ndarray, *, start_indices: Any, limit_indices: Any, strides: Any) -> Any:
+    return x[tuple(slice(s, lim, st) for s, lim, st in zip(start_indices, limit_indices, strides))]
+
+
+def _slice_factors(x: TensorType, *, start_indices: Any, limit_indices: Any,
+                   strides: Any) -> Factors:
+    dims = letters(x.ndim)
+    cut = [dims[i] for i in range(x.ndim)
+           if (start_indices[i], limit_indices[i], strides[i]) != (0, x.shape[i], 1)]
+    return Factors.parse(f"{dims}->{dims}", blocked="".join(cut))
+
+
+def _slice_vjp(ct: Any, x: Any, *, out: Any, start_indices: Any, limit_indices: Any,
+               strides: Any) -> Any:
+    config = []
+    for s, st, size, n in zip(start_indices, strides, x.type.shape, ct.type.shape):
+        used = s + (n - 1) * st + 1 if n else s
+        config.append((s, size - used, st - 1) if n else (0, size, 0))
+    if any(n == 0 for n in ct.type.shape):
+        return _lax().zeros_like(x)
+    return _lax().pad(ct, 0, config)
+
+
+def _pad_type(x: TensorType, v: TensorType, *, padding_config: Any) -> TensorType:
+    same_dtypes("pad", x, v)
+    if v.ndim != 0 or len(padding_config) != x.ndim:
+        raise ShapeError(f"pad needs a scalar padding value and {x.ndim} (low, high, interior)")
+    shape = []
+    for (lo, hi, interior), n in zip(padding_config, x.shape):
+        size = lo + hi + n + max(n - 1, 0) * interior
+        if interior < 0 or size < 0:
+            raise ShapeError(f"pad config {(lo, hi, interior)} is invalid for a dim of size {n}")
+        shape.append(size)
+    return TensorType(tuple(shape), x.dtype, x.weak)
+
+
+def _pad_ref(x: np.ndarray, v: np.ndarray, *, padding_config: Any) -> np.ndarray:
+    shape = _pad_type(TensorType(x.shape, dtypes.canonical(x.dtype)),
+                      TensorType((), dtypes.canonical(v.dtype)), padding_config=padding_config).shape
+    # Place x (with interior gaps) into a buffer padded by max(lo, 0), then crop negatives.
+    big = [max(lo, 0) + max(hi, 0) + n + max(n - 1, 0) * it
+           for (lo, hi, it), n in zip(padding_config, x.shape)]
+    out = np.full(big, v, dtype=x.dtype)
+    out[tuple(slice(max(lo, 0), max(lo, 0) + (n - 1) * (it + 1) + 1 if n else max(lo, 0), it + 1)
+              for (lo, hi, it), n in zip(padding_config, x.shape))] = x
+    crop = tuple(slice(max(-lo, 0), max(-lo, 0) + s) for (lo, _, _), s in zip(padding_config, shape))
+    return out[crop]
+
+
+def _pad_factors(x: TensorType, v: TensorType, *, padding_config: Any) -> Factors:
+    dims = letters(x.ndim)
+    cut = [dims[i] for i, c in enumerate(padding_config) if tuple(c) != (0, 0, 0)]
+    return Factors.parse(f"{dims},->{dims}", blocked="".join(cut))
+
+
+def _pad_vjp(ct: Any, x: Any, v: Any, *, out: Any, padding_config: Any) -> tuple[Any, Any]:
+    lax = _lax()
+    unneg = [(max(-lo, 0), max(-hi, 0), 0) for lo, hi, _ in padding_config]
+    full = lax.pad(ct, 0, unneg) if any(a or b for a, b, _ in unneg) else ct
+    starts, limits, strides = [], [], []
+    for (lo, _, it), n in zip(padding_config, x.type.shape):
+        start = max(lo, 0)
+        starts.append(start)
+        limits.append(start + (n - 1) * (it + 1) + 1 if n else start)
+        strides.append(it + 1)
+    ct_x = lax.slice(full, starts, limits, strides)
+    all_axes = tuple(range(x.type.ndim))
+    ct_v = lax.sub(lax.reduce_sum(ct, all_axes), lax.reduce_sum(ct_x, all_axes))
+    return ct_x, ct_v
+
+
+def _concat_type(*xs: TensorType, dimension: int) -> TensorType:
+    same_dtypes("concatenate", *xs)
+    first = xs[0]
+    if not 0 <= dimension < first.ndim:
+        raise ShapeError(f"concatenate dimension {dimension} out of range for rank {first.ndim}")
+    for t in xs:
+        rest = [s for i, s in enumerate(t.shape) if i != dimension]
+        if t.ndim != first.ndim or rest != [s for i, s in enumerate(first.shape) if i != dimension]:
+            raise ShapeError("concatenate needs equal shapes except along the axis, got "
+                             + ", ".join(str(x.shape) for x in xs))
+    shape = list(first.shape)
+    shape[dimension] = sum(t.shape[dimension] for t in xs)
+    return TensorType(tuple(shape), first.dtype, all(t.weak for t in xs))
+
+
+def _concat_factors(*xs: TensorType, dimension: int) -> Factors:
+    dims = letters(xs[0].ndim)
+    return Factors.parse(",".join([dims] * len(xs)) + "->" + dims, blocked=dims[dimension])
+
+
+def _concat_vjp(ct: Any, *xs: Any, out: Any, dimension: int) -> tuple[Any, ...]:
+    cts, offset = [], 0
+    for x in xs:
+        n = x.type.shape[dimension]
+        cts.append(_lax().slice_in_dim(ct, offset, offset + n, 1, dimension))
+        offset += n
+    return tuple(cts)
+
+
+def _rev_type(x: TensorType, *, dimensions: tuple[int, ...]) -> TensorType:
+    if any(not 0 <= d < x.ndim for d in dimensions):
+        raise ShapeError(f"rev dimensions {dimensions} out of range for rank {x.ndim}")
+    return x
+
+
+def _rev_factors(x: TensorType, *, dimensions: tuple[int, ...]) -> Factors:
+    dims = letters(x.ndim)
+    return Factors.parse(f"{dims}->{dims}", blocked="".join(dims[d] for d in dimensions))
+
+
+OPS = [
+    OpDef("constant", _constant_type, lambda *, value, weak=False: value, ZERO_GRAD,
+          lambda *, value, weak=False: Factors((), (tuple(letters(value.ndim)),))),
+    OpDef("iota", _iota_type, _iota_ref, ZERO_GRAD,
+          lambda *, dtype, shape, dimension: Factors((), (tuple(letters(len(shape))),))),
+    OpDef("broadcast_in_dim", _broadcast_type, _broadcast_ref, _broadcast_vjp,
+          _broadcast_factors, linear="all"),
+    OpDef("reshape", _reshape_type, lambda x, *, new_sizes: x.reshape(new_sizes),
+          lambda ct, x, *, out, new_sizes: _lax().reshape(ct, x.type.shape), _reshape_factors,
+          linear="all"),
+    OpDef("transpose", _transpose_type, lambda x, *, permutation: np.transpose(x, permutation),
+          lambda ct, x, *, out, permutation: _lax().transpose(ct, np.argsort(permutation)),
+          _transpose_factors, linear="all"),
+    OpDef("slice", _slice_type, _slice_ref, _slice_vjp, _slice_factors, linear="all"),
+    OpDef("pad", _pad_type, _pad_ref, _pad_vjp, _pad_factors, linear="first"),
+    OpDef("concatenate", _concat_type, lambda *xs, dimension: np.concatenate(xs, dimension),
+          _concat_vjp, _concat_factors, linear="all"),
+    OpDef("rev", _rev_type, lambda x, *, dimensions: np.flip(x, dimensions) if dimensions else x,
+          lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions), _rev_factors, linear="all"),
+    OpDef("sharding_constraint", lambda x, *, sharding: x, lambda x, *, sharding: x,
+          lambda ct, x, *, out, sharding: ct, elementwise_factors, linear="all"),
+]

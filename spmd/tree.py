@@ -1,0 +1,36 @@
+"""Pytrees (dict/list/tuple/namedtuple/None and registered classes), through optree."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optree
+
+NAMESPACE = "spmd"
+
+
+def tree_flatten(tree: Any) -> tuple[list[Any], Any]:
+    return optree.tree_flatten(tree, namespace=NAMESPACE)
+
+
+def tree_unflatten(treedef: Any, leaves: Any) -> Any:
+    return optree.tree_unflatten(treedef, list(leaves))
+
+
+def tree_leaves(tree: Any) -> list[Any]:
+    return optree.tree_leaves(tree, namespace=NAMESPACE)
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)
+
+
+def tree_structure(tree: Any) -> Any:
+    return optree.tree_structure(tree, namespace=NAMESPACE)
+
+
+def register_pytree_node(cls: type, flatten: Callable[..., Any],
+                         unflatten: Callable[..., Any]) -> None:
+    """flatten(obj) -> (children, aux); unflatten(aux, children) -> obj (JAX's order)."""
+    optree.register_pytree_node(cls, flatten, lambda aux, children: unflatten(aux, children),
+                                namespace=NAMESPACE)

@@ -37,7 +37,7 @@ _MISSING = object()
 class _Round:
     """One rendezvous of a group: every member's payload, filled as they arrive."""
 
-    __slots__ = ("signature", "payloads", "arrived", "complete")
+    __slots__ = ("arrived", "complete", "payloads", "signature")
 
     def __init__(self, size: int):
         self.signature: tuple | None = None
@@ -188,14 +188,14 @@ class LocalCommunicator(Communicator):
         signature = ("all_reduce", axes, x.shape, x.dtype, op)
         if x.nbytes <= SNAPSHOT_BYTES:
             with self._exchange(signature, x.copy(), where, snapshot=True) as (inputs, _):
-                out = ufunc(inputs[0], inputs[1])
-                for other in inputs[2:]:
+                out = inputs[0].copy()
+                for other in inputs[1:]:
                     ufunc(out, other, out=out)
                 return out
         # Large: member i reduces chunk i of the flat arrays and writes it into every output.
         x = np.ascontiguousarray(x)
         out = np.empty_like(x)
-        with self._exchange(signature, (x, out), where, snapshot=False) as (pairs, index):
+        with self._exchange(signature, (x, out), where, snapshot=False) as (pairs, _):
             chunk = -(-x.size // found.size)
             low, high = index * chunk, min((index + 1) * chunk, x.size)
             flats = [(a.reshape(-1), o.reshape(-1)) for a, o in pairs]
@@ -230,8 +230,8 @@ class LocalCommunicator(Communicator):
         signature = ("reduce_scatter", axes, x.shape, x.dtype, dim, op)
         with self._exchange(signature, payload, where, snapshot) as (inputs, index):
             blocks = [block(a, dim, index, found.size) for a in inputs]
-            out = ufunc(blocks[0], blocks[1])
-            for other in blocks[2:]:
+            out = blocks[0].copy()
+            for other in blocks[1:]:
                 ufunc(out, other, out=out)
             return out
 

@@ -137,7 +137,8 @@ class LocalWorld:
         missing = [i for i, p in enumerate(current.payloads) if p is _MISSING]
         kind, axes = signature[0], signature[1]
         return CollectiveTimeoutError(
-            timeout_message(kind, axes, where, self.timeout) + f"; group members {missing} never joined",
+            timeout_message(kind, axes, where, self.timeout)
+            + f"; group members {missing} never joined",
             loc=where,
             hint="a device is stuck or called a different collective; raise SPMD_COLLECTIVE_TIMEOUT "
             "if it is just slow",

@@ -25,8 +25,22 @@ from spmd.errors import CollectiveTimeoutError, DTypeError, MeshError, RemoteErr
 # Polls of Request.Test before each poll also yields the CPU (time.sleep(0)); measured in
 # benchmarks/RESULTS.md: spinning alone starves oversubscribed ranks, yielding costs no bandwidth.
 SPIN_POLLS = 64
-_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD, "and": MPI.LAND, "or": MPI.LOR}
-_BOOL_OPS = {"sum": MPI.LOR, "max": MPI.LOR, "min": MPI.LAND, "prod": MPI.LAND, "and": MPI.LAND, "or": MPI.LOR}
+_OPS = {
+    "sum": MPI.SUM,
+    "max": MPI.MAX,
+    "min": MPI.MIN,
+    "prod": MPI.PROD,
+    "and": MPI.LAND,
+    "or": MPI.LOR,
+}
+_BOOL_OPS = {
+    "sum": MPI.LOR,
+    "max": MPI.LOR,
+    "min": MPI.LAND,
+    "prod": MPI.LAND,
+    "and": MPI.LAND,
+    "or": MPI.LOR,
+}
 # 16-bit floats have no portable MPI type: they move as bytes and reduce in float32.
 _WIDENED = ("float16", "bfloat16")
 

@@ -135,8 +135,10 @@ def expected(case: Case, inputs: list[np.ndarray], index: int) -> np.ndarray:
     kw = case.kwargs
     count = len(inputs)
     if case.kind in ("all_reduce", "reduce_scatter"):
-        wide = [a.astype(np.float32) if a.dtype.itemsize == 2 and a.dtype.kind != "i" else a
-                for a in inputs]
+        wide = [
+            a.astype(np.float32) if a.dtype.itemsize == 2 and a.dtype.kind != "i" else a
+            for a in inputs
+        ]
         total = wide[0].copy()
         for other in wide[1:]:
             total = UFUNCS[kw["op"]](total, other)
@@ -165,8 +167,10 @@ def compare(got: np.ndarray, want: np.ndarray) -> str | None:
         rtol = 1e-5 if want.dtype.itemsize == 4 else 1e-12
         close = np.allclose(got, want, rtol=rtol, atol=rtol)
     else:
-        close = np.array_equal(got.astype(np.float64) if want.dtype.itemsize == 2 else got,
-                               want.astype(np.float64) if want.dtype.itemsize == 2 else want)
+        close = np.array_equal(
+            got.astype(np.float64) if want.dtype.itemsize == 2 else got,
+            want.astype(np.float64) if want.dtype.itemsize == 2 else want,
+        )
     if close:
         return None
     return f"values differ: got {got.ravel()[:6]}..., want {want.ravel()[:6]}..."
@@ -197,4 +201,3 @@ def run_checks(comm: Communicator) -> tuple[int, list[str]]:
                 failures.append(f"rank {comm.rank} axes {axes} {case.name}: {problem}")
     comm.barrier()
     return checks, failures
-

@@ -27,8 +27,10 @@ def run_suite() -> None:
         checks, failures = run_checks(comm)
         for failure in failures:
             print(f"FAIL {mesh_shape} {failure}", flush=True)
-        print(f"RESULT {mesh_shape} rank={comm.rank} checks={checks} failures={len(failures)}",
-              flush=True)
+        print(
+            f"RESULT {mesh_shape} rank={comm.rank} checks={checks} failures={len(failures)}",
+            flush=True,
+        )
         comm.close()
 
 

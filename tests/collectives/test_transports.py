@@ -35,7 +35,8 @@ def mpiexec(*args: str, timeout: float = 120.0, env_extra: dict[str, str] | None
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **(env_extra or {}))
     command = ["mpiexec", "-n", "8", sys.executable, str(HELPER), *args]
     done = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+        command, check=False, capture_output=True, text=True, timeout=timeout, env=env
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"mpiexec exited {done.returncode}:\n{output[-4000:]}"
     return output
@@ -103,7 +104,8 @@ def test_mpi_transport_matches_numpy_oracle(mpi_suite_output, mesh_shape, axis_n
     )
     assert sorted(int(rank) for rank, _, _ in results) == list(range(8)), mpi_suite_output[-3000:]
     assert all(int(checks) > 50 for _, checks, _ in results)
-    failures = [line for line in mpi_suite_output.splitlines()
-                if line.startswith(f"FAIL {mesh_shape}")]
+    failures = [
+        line for line in mpi_suite_output.splitlines() if line.startswith(f"FAIL {mesh_shape}")
+    ]
     assert not failures, "\n".join(failures[:20])
     assert all(int(count) == 0 for _, _, count in results)

@@ -20,7 +20,10 @@ Axes = tuple[str, ...]
 
 
 def collective_timeout() -> float:
-    """Seconds a collective may wait: SPMD_COLLECTIVE_TIMEOUT, default 300."""
+    """Seconds a collective may wait: SPMD_COLLECTIVE_TIMEOUT, default 300; 0 or less: forever.
+
+    With no timeout the MPI transport uses blocking calls instead of polling nonblocking ones.
+    """
     text = os.environ.get("SPMD_COLLECTIVE_TIMEOUT", "")
     if not text:
         return DEFAULT_TIMEOUT_S

@@ -110,6 +110,7 @@ class LocalWorld:
         self, found: _Group, index: int, signature: tuple, payload: Any, where: str | None
     ) -> list[Any]:
         """Deposits payload and waits for every member; returns all payloads in group order."""
+        endless = self.timeout <= 0
         deadline = time.monotonic() + self.timeout
         with found.cond:
             self.check_alive()
@@ -127,8 +128,8 @@ class LocalWorld:
                 return current.payloads
             while not current.complete:
                 self.check_alive()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                remaining = None if endless else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     raise self._timeout(signature, current, where)
                 found.cond.wait(remaining)
             return current.payloads

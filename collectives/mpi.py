@@ -6,6 +6,7 @@ Imports nothing of ours except spmd.errors and collectives.base; importing it im
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -22,9 +23,10 @@ from collectives.base import (
 )
 from spmd.errors import CollectiveTimeoutError, DTypeError, MeshError, RemoteError
 
-# Polls of Request.Test before each poll also yields the CPU (time.sleep(0)); measured in
-# benchmarks/RESULTS.md: spinning alone starves oversubscribed ranks, yielding costs no bandwidth.
-SPIN_POLLS = 64
+# After SPIN_POLLS failed Request.Test polls, each further poll first yields the CPU: a
+# Python busy-loop starves oversubscribed ranks (measured in benchmarks/RESULTS.md).
+SPIN_POLLS = 1
+YIELD = os.sched_yield
 _OPS = {
     "sum": MPI.SUM,
     "max": MPI.MAX,
@@ -118,7 +120,10 @@ class MPICommunicator(Communicator):
         return sub
 
     def _wait(self, request: MPI.Request, kind: str, axes: Axes, where: str | None) -> None:
-        """Polls request until done; CollectiveTimeoutError past the deadline."""
+        """Polls request until done; CollectiveTimeoutError past the deadline (none if timeout <= 0)."""
+        if self.timeout <= 0:
+            request.Wait()
+            return
         deadline = time.monotonic() + self.timeout
         polls = 0
         try:
@@ -133,13 +138,22 @@ class MPICommunicator(Communicator):
                         loc=where,
                         hint="another rank died, is stuck, or called a different collective",
                     )
-                time.sleep(0)
+                YIELD()
         except MPI.Exception as exc:
             raise RemoteError(
                 f"{kind} over mesh axes {axes!r} failed on MPI rank {self.rank}: "
                 f"{exc.Get_error_string()}",
                 loc=where,
             ) from exc
+
+    def _collective(
+        self, sub: MPI.Comm, name: str, args: tuple, kind: str, axes: Axes, where: str | None
+    ) -> None:
+        """Runs MPI call name (e.g. "Allreduce"): blocking if timeout <= 0, else its I-variant."""
+        if self.timeout <= 0:
+            getattr(sub, name)(*args)
+            return
+        self._wait(getattr(sub, "I" + name.lower())(*args), kind, axes, where)
 
     def _all_reduce(self, x: np.ndarray, axes: Axes, op: str, where: str | None) -> np.ndarray:
         sub = self._subcomm(axes, "all_reduce", where)
@@ -148,8 +162,8 @@ class MPICommunicator(Communicator):
         dtype, mpi_type, mpi_op = _reduction_types(x.dtype, op)
         send = _contiguous(x, dtype)
         received = np.empty_like(send)
-        request = sub.Iallreduce([send, mpi_type], [received, mpi_type], mpi_op)
-        self._wait(request, "all_reduce", axes, where)
+        args = ([send, mpi_type], [received, mpi_type], mpi_op)
+        self._collective(sub, "Allreduce", args, "all_reduce", axes, where)
         return received.astype(x.dtype, copy=False)
 
     def _all_gather(self, x: np.ndarray, axes: Axes, dim: int, where: str | None) -> np.ndarray:
@@ -159,8 +173,8 @@ class MPICommunicator(Communicator):
             return x.copy()
         send = _contiguous(x)
         received = np.empty((count,) + x.shape, x.dtype)
-        request = sub.Iallgather([send, send.nbytes, MPI.BYTE], [received, send.nbytes, MPI.BYTE])
-        self._wait(request, "all_gather", axes, where)
+        args = ([send, send.nbytes, MPI.BYTE], [received, send.nbytes, MPI.BYTE])
+        self._collective(sub, "Allgather", args, "all_gather", axes, where)
         return _joined(received, dim)
 
     def _reduce_scatter(
@@ -173,8 +187,8 @@ class MPICommunicator(Communicator):
         dtype, mpi_type, mpi_op = _reduction_types(x.dtype, op)
         send = _blocks_first(x.astype(dtype, copy=False), dim, count)
         received = np.empty(send.shape[1:], dtype)
-        request = sub.Ireduce_scatter_block([send, mpi_type], [received, mpi_type], mpi_op)
-        self._wait(request, "reduce_scatter", axes, where)
+        args = ([send, mpi_type], [received, mpi_type], mpi_op)
+        self._collective(sub, "Reduce_scatter_block", args, "reduce_scatter", axes, where)
         return received.astype(x.dtype, copy=False)
 
     def _all_to_all(
@@ -187,8 +201,8 @@ class MPICommunicator(Communicator):
         send = _blocks_first(x, split_dim, count)
         received = np.empty_like(send)
         block_bytes = send.nbytes // count
-        request = sub.Ialltoall([send, block_bytes, MPI.BYTE], [received, block_bytes, MPI.BYTE])
-        self._wait(request, "all_to_all", axes, where)
+        args = ([send, block_bytes, MPI.BYTE], [received, block_bytes, MPI.BYTE])
+        self._collective(sub, "Alltoall", args, "all_to_all", axes, where)
         return _joined(received, concat_dim)
 
     def _permute(
@@ -217,10 +231,11 @@ class MPICommunicator(Communicator):
             return x.copy()
         is_root = sub.Get_rank() == root
         buffer = _contiguous(x) if is_root else np.empty(x.shape, x.dtype)
-        request = sub.Ibcast([buffer, buffer.nbytes, MPI.BYTE], root=root)
-        self._wait(request, "broadcast", axes, where)
+        self._collective(
+            sub, "Bcast", ([buffer, buffer.nbytes, MPI.BYTE], root), "broadcast", axes, where
+        )
         return x.copy() if is_root else buffer
 
     def _barrier(self, axes: Axes, where: str | None) -> None:
         sub = self._subcomm(axes, "barrier", where)
-        self._wait(sub.Ibarrier(), "barrier", axes, where)
+        self._collective(sub, "Barrier", (), "barrier", axes, where)

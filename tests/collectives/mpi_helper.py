@@ -32,6 +32,12 @@ def run_suite() -> None:
             flush=True,
         )
         comm.close()
+    mesh_shape, axis_names = MESHES[1]
+    comm = MPICommunicator(mesh_shape, axis_names, timeout=0)  # blocking calls, no polling
+    checks, failures = run_checks(comm)
+    for failure in failures:
+        print(f"FAIL blocking {failure}", flush=True)
+    print(f"RESULT blocking rank={comm.rank} checks={checks} failures={len(failures)}", flush=True)
 
 
 def run_missing_rank(how: str) -> None:

@@ -109,3 +109,13 @@ def test_mpi_transport_matches_numpy_oracle(mpi_suite_output, mesh_shape, axis_n
     ]
     assert not failures, "\n".join(failures[:20])
     assert all(int(count) == 0 for _, _, count in results)
+
+
+@pytest.mark.mpi
+def test_mpi_transport_without_timeout_uses_blocking_calls_and_matches(mpi_suite_output) -> None:
+    results = re.findall(
+        r"RESULT blocking rank=(\d+) checks=(\d+) failures=(\d+)", mpi_suite_output
+    )
+    assert sorted(int(rank) for rank, _, _ in results) == list(range(8)), mpi_suite_output[-3000:]
+    failures = [line for line in mpi_suite_output.splitlines() if line.startswith("FAIL blocking")]
+    assert not failures, "\n".join(failures[:20])

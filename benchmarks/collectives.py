@@ -1,0 +1,182 @@
+"""nccl-tests style bandwidth table for the collectives transports (MPI vs raw mpi4py, local threads).
+
+Run: OMP_NUM_THREADS=1 mpiexec -n 8 python benchmarks/collectives.py [--max-mb 64]
+     OMP_NUM_THREADS=1 python benchmarks/collectives.py --transport local [--devices 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+
+
+def bus_factor(kind: str, count: int) -> float:
+    """busbw / algbw, as in nccl-tests."""
+    if kind == "all_reduce":
+        return 2 * (count - 1) / count
+    return (count - 1) / count
+
+
+def sizes(max_mb: float) -> list[int]:
+    """Total buffer sizes in bytes: 1 KB, 4 KB, ..., max_mb MB."""
+    result = []
+    size = 1024
+    while size <= max_mb * 2**20:
+        result.append(size)
+        size *= 4
+    return result
+
+
+def iterations(size: int) -> int:
+    """Timed iterations per size: many for small messages, few for large ones."""
+    return int(max(3, min(100, 2e8 // max(size, 1) // 4)))
+
+
+def operand(kind: str, size: int, count: int) -> np.ndarray:
+    """The per-device input whose 'size' (nccl-tests convention) is size bytes."""
+    elements = size // 4
+    if kind == "all_gather":
+        elements //= count  # size is the gathered output
+    elements -= elements % count
+    return np.ones(max(elements, count), np.float32)
+
+
+def row(kind: str, size: int, seconds: float, count: int) -> tuple[float, float]:
+    """(algbw, busbw) in GB/s."""
+    algbw = size / seconds / 1e9
+    return algbw, algbw * bus_factor(kind, count)
+
+
+def run_mpi(max_mb: float) -> None:
+    """Our MPICommunicator against the same raw mpi4py blocking calls, in one run."""
+    from mpi4py import MPI
+
+    from collectives import MPICommunicator
+
+    world = MPI.COMM_WORLD
+    count = world.Get_size()
+    comm = MPICommunicator((count,), ("x",))
+    blocking = MPICommunicator((count,), ("x",), timeout=0)
+    raw = world.Dup()
+
+    def time_it(fn: Callable[[], object], repeats: int) -> float:
+        fn()
+        world.Barrier()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        elapsed = (time.perf_counter() - start) / repeats
+        return world.allreduce(elapsed, op=MPI.MAX)
+
+    for kind in KINDS:
+        if world.rank == 0:
+            print(f"\n# {kind}, {count} MPI ranks, float32")
+            print(
+                f"{'size':>10} {'ours us':>10} {'busbw':>7} {'raw us':>10} {'busbw':>7} "
+                f"{'ratio':>6} {'no-timeout us':>13} {'ratio':>6}"
+            )
+        for size in sizes(max_mb):
+            x = operand(kind, size, count)
+            ours, plain = mpi_calls(kind, comm, raw, x, count)
+            unpolled, _ = mpi_calls(kind, blocking, raw, x, count)
+            repeats = iterations(size)
+            ours_s = time_it(ours, repeats)
+            raw_s = time_it(plain, repeats)
+            blocking_s = time_it(unpolled, repeats)
+            if world.rank == 0:
+                ours_bus = row(kind, size, ours_s, count)[1]
+                raw_bus = row(kind, size, raw_s, count)[1]
+                print(
+                    f"{size:>10} {ours_s * 1e6:>10.1f} {ours_bus:>7.3f} "
+                    f"{raw_s * 1e6:>10.1f} {raw_bus:>7.3f} {ours_bus / raw_bus:>6.2f} "
+                    f"{blocking_s * 1e6:>13.1f} {raw_s / blocking_s:>6.2f}",
+                    flush=True,
+                )
+
+
+def mpi_calls(
+    kind: str, comm: object, raw: object, x: np.ndarray, count: int
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(our call, raw mpi4py call with preallocated buffers) for one kind and operand."""
+    from mpi4py import MPI
+
+    if kind == "all_reduce":
+        out = np.empty_like(x)
+        return (lambda: comm.all_reduce(x, "x"), lambda: raw.Allreduce(x, out, MPI.SUM))
+    if kind == "all_gather":
+        out = np.empty(x.size * count, x.dtype)
+        return (lambda: comm.all_gather(x, "x", 0), lambda: raw.Allgather(x, out))
+    if kind == "reduce_scatter":
+        out = np.empty(x.size // count, x.dtype)
+        return (
+            lambda: comm.reduce_scatter(x, "x", 0),
+            lambda: raw.Reduce_scatter_block(x, out, MPI.SUM),
+        )
+    out = np.empty_like(x)
+    return (lambda: comm.all_to_all(x, "x", 0, 0), lambda: raw.Alltoall(x, out))
+
+
+def run_local(devices: int, max_mb: float) -> None:
+    """Our LocalCommunicator: one thread per device in this process."""
+    from collectives import LocalWorld, run_on_devices
+
+    world = LocalWorld((devices,), ("x",))
+    for kind in KINDS:
+        print(f"\n# {kind}, {devices} local threads, float32")
+        print(f"{'size':>10} {'time us':>10} {'algbw':>7} {'busbw':>7}")
+        for size in sizes(max_mb):
+            x = operand(kind, size, devices)
+            repeats = iterations(size)
+
+            def program(
+                comm: object, x: np.ndarray = x, repeats: int = repeats, kind: str = kind
+            ) -> float:
+                call = local_call(kind, comm, x)
+                call()
+                comm.barrier()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    call()
+                comm.barrier()
+                return (time.perf_counter() - start) / repeats
+
+            seconds = max(run_on_devices(world, program))
+            algbw, busbw = row(kind, size, seconds, devices)
+            print(f"{size:>10} {seconds * 1e6:>10.1f} {algbw:>7.3f} {busbw:>7.3f}", flush=True)
+
+
+def local_call(kind: str, comm: object, x: np.ndarray) -> Callable[[], object]:
+    """One collective call of the given kind on comm."""
+    if kind == "all_reduce":
+        return lambda: comm.all_reduce(x, "x")
+    if kind == "all_gather":
+        return lambda: comm.all_gather(x, "x", 0)
+    if kind == "reduce_scatter":
+        return lambda: comm.reduce_scatter(x, "x", 0)
+    return lambda: comm.all_to_all(x, "x", 0, 0)
+
+
+def main() -> None:
+    """Parses arguments and runs one transport's table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--transport", choices=("mpi", "local"), default="mpi")
+    parser.add_argument("--devices", type=int, default=8)
+    parser.add_argument("--max-mb", type=float, default=64)
+    args = parser.parse_args()
+    if args.transport == "local":
+        run_local(args.devices, args.max_mb)
+    else:
+        run_mpi(args.max_mb)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,15 +1,53 @@
-"""Generic graph passes, registered by name; `optimize` runs the default pipeline."""
+"""Generic graph passes, registered by name; `optimize` runs a pipeline of them.
+
+With SPMD_VERIFY=1 the verifier runs after every pass and names the pass that broke
+the graph.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from spmd.ir.graph import Graph
+from spmd.passes.constant_fold import constant_fold
+from spmd.passes.cse import cse
 from spmd.passes.dce import dce
+from spmd.passes.simplify import simplify
 
-PASSES = {"dce": dce}
-DEFAULT_PIPELINE = ("dce",)
+Pass = Callable[[Graph], Graph]
+PASSES: dict[str, Pass] = {
+    "simplify": simplify,
+    "constant_fold": constant_fold,
+    "cse": cse,
+    "dce": dce,
+}
+DEFAULT_PIPELINE = ("simplify", "constant_fold", "cse", "dce")
 
 
-def optimize(graph: Graph, pipeline: tuple[str, ...] = DEFAULT_PIPELINE) -> Graph:
+def register_pass(name: str) -> Callable[[Pass], Pass]:
+    """@register_pass("name") makes a pass runnable by name (spmd.opt, optimize)."""
+
+    def register(fn: Pass) -> Pass:
+        PASSES[name] = fn
+        return fn
+
+    return register
+
+
+def optimize(graph: Graph, pipeline: tuple[str, ...] | list[str] = DEFAULT_PIPELINE,
+             verify: bool | None = None) -> Graph:
+    """Run the named passes in order; verify after each when `verify` or SPMD_VERIFY=1."""
+    if verify is None:
+        verify = os.environ.get("SPMD_VERIFY", "") not in ("", "0")
     for name in pipeline:
+        if name not in PASSES:
+            from spmd.errors import SpmdError
+
+            raise SpmdError(f"unknown pass {name!r}", hint=f"use one of {', '.join(PASSES)}")
         graph = PASSES[name](graph)
+        if verify:
+            from spmd.ir.verifier import verify as verify_graph
+
+            verify_graph(graph, name)
     return graph

@@ -8,11 +8,13 @@ the (linear) VJP once more, so no separate forward-mode rules are needed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from spmd import dtypes
-from spmd.errors import DTypeError, NonDifferentiableError, ShapeError
+from spmd.errors import DTypeError, InternalError, NonDifferentiableError, ShapeError
 from spmd.ir.graph import Graph, Op
+from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY, ZERO_GRAD
 from spmd.ops.opdef import NONDIFF
 from spmd.tracing import Trace, Tracer, bind, current_trace, describe_loc, trace_scope, type_of
@@ -30,8 +32,50 @@ def trace_to_graph(fun: Callable[..., Any], leaves: Sequence[Any], treedef: Any,
     with trace_scope(trace):
         out = fun(*tree_unflatten(treedef, params))
         out_leaves, out_tree = tree_flatten(out)
-        out_leaves = [_as_traced(trace, x) for x in out_leaves]
+        out_leaves = [as_result(trace, x) for x in out_leaves]
     return trace.to_graph(out_leaves), out_tree, trace.captured_values()
+
+
+def trace_flat(fun: Callable[..., Sequence[Any]], in_types: Sequence[TensorType],
+               ) -> tuple[Graph, list[Any]]:
+    """Trace fun(*params) (a flat list of results) in a child trace: (graph, captured).
+
+    The graph's params are one per type in `in_types`, then the captured outer values.
+    """
+    trace = Trace(parent=current_trace())
+    params = [trace.new_param(t) for t in in_types]
+    with trace_scope(trace):
+        outs = [as_result(trace, x) for x in fun(*params)]
+    return trace.to_graph(outs), trace.captured_values()
+
+
+def as_result(trace: Trace, x: Any) -> Tracer:
+    """x as a value of `trace`: an outer tracer is captured (so gradients still reach it)."""
+    if isinstance(x, Tracer) and x.trace is not trace:
+        return Tracer(trace, trace.capture(x), x.type)
+    return _as_traced(trace, x)
+
+
+def vjp_graph(graph: Graph, wrt_mask: Sequence[bool]) -> Graph:
+    """The VJP of `graph` as a graph.
+
+    Params: graph's params, then one cotangent per differentiable result. Results: the
+    cotangents of the params where wrt_mask is true (zeros where none reaches them).
+    """
+    n = len(graph.params)
+    diff = [dtypes.is_differentiable(t.dtype) for t in graph.result_types]
+
+    def run(*args: Any) -> list[Any]:
+        env = replay(graph, args[:n])
+        cts = iter(args[n:])
+        param_cts = backward(graph, env, [next(cts) if d else None for d in diff])
+        return [ct for ct, wanted in zip(param_cts, wrt_mask) if wanted]
+
+    ct_types = [t for t, d in zip(graph.result_types, diff) if d]
+    out, captured = trace_flat(run, list(graph.param_types) + ct_types)
+    if captured:
+        raise InternalError("the VJP of a sub-graph captured outer values")
+    return out
 
 
 def _as_traced(trace: Trace, x: Any) -> Tracer:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def astype(x: Any, dtype: Any) -> Any:
 def result_type(*args: Any) -> tuple[str, bool]:
     typed = []
     for a in args:
-        if isinstance(a, str) or isinstance(a, np.dtype) or isinstance(a, type):
+        if isinstance(a, (str, np.dtype, type)):
             typed.append((dtypes.canonical(a), False))
         else:
             t = type_of(a)

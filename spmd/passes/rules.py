@@ -32,12 +32,16 @@ class GraphView:
         return self.producers.get(vid)
 
     def constant_value(self, vid: int) -> np.ndarray | None:
-        """The value of a constant, or of a broadcast_in_dim of a constant; else None."""
+        """The value of a constant, an iota, or a broadcast_in_dim of one; else None."""
         op = self.producers.get(vid)
         if op is None:
             return None
         if op.name == "constant":
             return op.attrs["value"]
+        if op.name == "iota":
+            from spmd.interpreter import run_reference
+
+            return run_reference(op, [])[0]
         if op.name != "broadcast_in_dim":
             return None
         inner = self.constant_value(op.inputs[0])

@@ -22,3 +22,6 @@ __all__ = [
     "device_count", "devices", "errors", "grad", "jit", "jvp", "make_mesh", "tree_flatten",
     "tree_leaves", "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
 ]
+
+from spmd.dispatch import device_put  # noqa: E402  (lazy bridge to the runtime)
+from spmd.lax import with_sharding_constraint  # noqa: E402

@@ -1,15 +1,20 @@
 """The one bridge from the public API to the rest of the pipeline (partitioner,
-backends, launch). Imported lazily by spmd.api, never by the compiler core.
+backends, launch). Imported lazily by spmd.api and spmd.array, never by the core.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from spmd import dtypes
+from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
-from spmd.sharding import Device, env_device_count
+from spmd.ir.types import TensorType
+from spmd.sharding import (Device, Mesh, NamedSharding, PartitionSpec, Sharding, ShardingAttr,
+                           SingleDeviceSharding, env_device_count, make_mesh)
 
 _DEVICES: list[Device] | None = None
 
@@ -25,34 +30,216 @@ def devices() -> list[Device]:
     return _DEVICES
 
 
-class Executable:
-    """A compiled program for one device: runs the graph with the reference interpreter."""
+def mesh_shape(mesh: Mesh) -> Any:
+    from partitioner.spec import MeshShape
+
+    return MeshShape(tuple(mesh.axis_names), tuple(mesh.axis_sizes))
+
+
+def spec_of(sharding: Sharding, ndim: int) -> Any:
+    from partitioner.spec import ShardSpec
+
+    return ShardSpec(tuple(sharding.dim_axes(ndim)))
+
+
+# -- compiling -----------------------------------------------------------------------------
+
+class SingleDeviceExecutable:
+    """A program with no mesh: runs on one device (the CPU backend, or the interpreter)."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
+        self.program = _compile_for_device(graph)
 
-    def __call__(self, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from spmd.interpreter import evaluate
+    def __call__(self, args: Sequence[Any]) -> list[Any]:
+        from spmd.array import Array
 
-        return evaluate(self.graph, args)
+        values = [_global(a, t) for a, t in zip(args, self.graph.param_types)]
+        outs = self.program(values)
+        return [Array(o, weak=t.weak) for o, t in zip(outs, self.graph.result_types)]
+
+    def collectives(self) -> list[Any]:
+        return []
+
+    def as_text(self) -> str:
+        from spmd.ir.printer import print_graph
+
+        return print_graph(self.graph)
+
+    def memory_per_device(self) -> int:
+        from partitioner.memory import peak_bytes
+
+        return peak_bytes(self.graph)
+
+
+def _compile_for_device(graph: Graph) -> Any:
+    from spmd.interpreter import evaluate
+
+    if os.environ.get("SPMD_BACKEND", "cpu") == "interpreter":
+        return lambda args: evaluate(graph, args)
+    try:
+        from backends.cpu import compile_program
+    except ImportError:
+        return lambda args: evaluate(graph, args)
+    return compile_program(graph)
+
+
+class ShardedExecutable:
+    """A partitioned program on the local runtime's devices."""
+
+    def __init__(self, graph: Graph, mesh: Mesh, partitioned: Any):
+        from launch.local import LocalExecutable
+
+        self.graph = graph
+        self.mesh = mesh
+        self.partitioned = partitioned
+        self.local = LocalExecutable(partitioned)
+        self.out_shardings = [NamedSharding(mesh, user_spec(s.dims))
+                              for s in partitioned.result_specs]
+
+    def __call__(self, args: Sequence[Any]) -> list[Any]:
+        from spmd.array import Array
+
+        per_param = [self._shards_for(a, t, spec) for a, t, spec in
+                     zip(args, self.graph.param_types, self.partitioned.param_specs)]
+        n = self.mesh.size
+        per_device = [[shards[d] for shards in per_param] for d in range(n)]
+        outs = self.local.run(per_device)
+        results = []
+        for i, (t, sharding) in enumerate(zip(self.graph.result_types, self.out_shardings)):
+            results.append(Array(shards=[outs[d][i] for d in range(n)], sharding=sharding,
+                                 aval=t, committed=True))
+        return results
+
+    def _shards_for(self, a: Any, t: TensorType, spec: Any) -> list[np.ndarray]:
+        from partitioner import layout
+        from spmd.array import Array
+
+        if isinstance(a, Array) and a._shards is not None and isinstance(
+                a.sharding, NamedSharding) and a.sharding.mesh == self.mesh and \
+                spec_of(a.sharding, t.ndim) == spec:
+            return a._shards
+        return layout.split(_global(a, t), spec, mesh_shape(self.mesh))
+
+    def collectives(self) -> list[Any]:
+        return list(self.partitioned.records)
+
+    def as_text(self) -> str:
+        from spmd.ir.printer import print_graph
+
+        return print_graph(self.partitioned.program, name="per_device")
+
+    def memory_per_device(self) -> int:
+        from partitioner.memory import peak_bytes
+
+        return peak_bytes(self.partitioned.program)
+
+
+def user_spec(dims: Sequence[tuple[str, ...]]) -> PartitionSpec:
+    """P('data', None) rather than P(('data',), ()); trailing replicated dims dropped."""
+    entries = [None if not d else d[0] if len(d) == 1 else tuple(d) for d in dims]
+    while entries and entries[-1] is None:
+        entries.pop()
+    return PartitionSpec(*entries)
+
+
+def _global(a: Any, t: TensorType) -> np.ndarray:
+    if hasattr(a, "_global_value"):
+        value = a._global_value()
+    else:
+        value = np.asarray(a)
+    want = dtypes.to_numpy(t.dtype)
+    return value if value.dtype == want else value.astype(want)
+
+
+def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:
+    """The mesh of the shardings the program mentions (one mesh per program)."""
+    meshes = {s.mesh for s in shardings if isinstance(s, NamedSharding)}
+    if len(meshes) > 1:
+        raise ShardingError(f"one program uses several meshes: {sorted(map(repr, meshes))}",
+                            hint="put every input on the same Mesh")
+    if meshes:
+        return meshes.pop()
+    for op in graph.walk():
+        attr = op.attrs.get("sharding")
+        if isinstance(attr, ShardingAttr):
+            return make_mesh(attr.axis_sizes, attr.axis_names)
+        if op.name == "shard_map":
+            return make_mesh(op.attrs["axis_sizes"], op.attrs["axis_names"])
+    return None
 
 
 def compile_graph(graph: Graph, in_shardings: Sequence[Any], out_shardings: Sequence[Any],
-                  donate: Sequence[bool]) -> Executable:
-    return Executable(graph)
+                  donate: Sequence[bool]) -> Any:
+    mesh = find_mesh(graph, list(in_shardings) + list(out_shardings))
+    if mesh is None:
+        return SingleDeviceExecutable(graph)
+    from partitioner.partition import partition
 
+    def dims(s: Any, t: TensorType) -> Any:
+        if s is None or isinstance(s, SingleDeviceSharding):
+            return None
+        if isinstance(s, PartitionSpec):
+            s = NamedSharding(mesh, s)
+        return tuple(s.dim_axes(t.ndim))
+
+    in_dims = [dims(s, t) for s, t in zip(in_shardings, graph.param_types)]
+    out_dims = [dims(s, t) for s, t in zip(out_shardings, graph.result_types)]
+    partitioned = partition(graph, mesh_shape(mesh), in_dims, out_dims)
+    return ShardedExecutable(graph, mesh, partitioned)
+
+
+# -- arrays --------------------------------------------------------------------------------
 
 def assemble(array: Any) -> np.ndarray:
-    shards = array._shards
-    return shards[0]
+    from partitioner import layout
+
+    sharding = array.sharding
+    if isinstance(sharding, SingleDeviceSharding):
+        return array._shards[0]
+    return layout.assemble(array._shards, array.shape, spec_of(sharding, array.ndim),
+                           mesh_shape(sharding.mesh))
 
 
 def split(array: Any) -> list[np.ndarray]:
-    return [array._value]
+    from partitioner import layout
+
+    sharding = array.sharding
+    if isinstance(sharding, SingleDeviceSharding):
+        return [array._value]
+    return layout.split(array._value, spec_of(sharding, array.ndim), mesh_shape(sharding.mesh))
 
 
 def addressable_shards(array: Any) -> list[Any]:
+    from partitioner import layout
     from spmd.array import Shard
 
-    value = array._global_value()
-    return [Shard(devices()[0], tuple(slice(None) for _ in value.shape), value)]
+    sharding = array.sharding
+    if isinstance(sharding, SingleDeviceSharding):
+        value = array._global_value()
+        return [Shard(sharding.device, tuple(slice(0, n) for n in value.shape), value)]
+    mesh = mesh_shape(sharding.mesh)
+    spec = spec_of(sharding, array.ndim)
+    out = []
+    for device, coords, buf in zip(sharding.mesh.devices.flat, layout.device_coords(mesh),
+                                   array.device_buffers()):
+        index = layout.shard_slices(array.shape, spec, mesh, coords)
+        out.append(Shard(device, index, buf[tuple(slice(0, s.stop - s.start) for s in index)]))
+    return out
+
+
+def device_put(x: Any, sharding: Any = None) -> Any:
+    """Place x on devices as `sharding` (uneven shapes are padded per shard)."""
+    from partitioner import layout
+    from spmd.array import Array
+    from spmd.tracing import type_of
+
+    t = type_of(x)
+    value = _global(x, t)
+    if sharding is None or isinstance(sharding, SingleDeviceSharding):
+        return Array(value, weak=t.weak, committed=sharding is not None)
+    if not isinstance(sharding, NamedSharding):
+        raise ShardingError(f"device_put needs a NamedSharding, got {type(sharding).__name__}",
+                            hint="use NamedSharding(mesh, P(...))")
+    shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh))
+    return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)

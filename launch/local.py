@@ -1,0 +1,75 @@
+"""The embedded local runtime: N logical devices in one process.
+
+A per-device program runs either in lockstep (each op for every device, collectives as
+plain numpy over the group: cheapest for small programs) or on one thread per device
+with shared-memory collectives through collectives.local (BLAS and native kernels
+release the GIL, so large programs overlap).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from collectives.local import LocalWorld, run_on_devices
+from partitioner.partition import Partitioned
+from spmd.interpreter import evaluate, run_reference
+from spmd.ir.graph import Op
+from spmd.spmd_interpreter import evaluate_spmd
+
+# Below this many elements moved per step, lockstep beats threads (see benchmarks/dispatch.py).
+THREADS_MIN_ELEMENTS = 1 << 16
+
+
+class LocalExecutable:
+    """Runs one partitioned program on the mesh's devices."""
+
+    def __init__(self, partitioned: Partitioned, mode: str | None = None):
+        self.partitioned = partitioned
+        self.program = partitioned.program
+        self.mesh = partitioned.mesh
+        size = sum(t.size for t in self.program.types.values())
+        self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or (
+            "threads" if size >= THREADS_MIN_ELEMENTS else "lockstep")
+        self._kernel = None
+
+    def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+        if self.mode == "lockstep":
+            return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
+        return self._run_threads(per_device_args)
+
+    def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
+                     ) -> list[list[np.ndarray]]:
+        world = LocalWorld(self.mesh.sizes, self.mesh.names)
+        program = self.program
+
+        def device(comm: Any) -> list[np.ndarray]:
+            def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+                return run_collective(comm, op, inputs)
+
+            return evaluate(program, per_device_args[comm.rank], run_op)
+
+        return run_on_devices(world, device)
+
+
+def run_collective(comm: Any, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """A per-device op: collectives through the communicator, the rest by reference."""
+    a = op.attrs
+    where = op.loc or None
+    if op.name == "all_reduce":
+        return [comm.all_reduce(inputs[0], a["axes"], a.get("kind", "sum"), where=where)]
+    if op.name == "all_gather":
+        return [comm.all_gather(inputs[0], a["axes"], a["dim"], where=where)]
+    if op.name == "reduce_scatter":
+        return [comm.reduce_scatter(inputs[0], a["axes"], a["dim"], a.get("kind", "sum"),
+                                    where=where)]
+    if op.name == "all_to_all":
+        return [comm.all_to_all(inputs[0], a["axes"], a["split_dim"], a["concat_dim"],
+                                where=where)]
+    if op.name == "collective_permute":
+        return [comm.permute(inputs[0], a["axes"], a["pairs"], where=where)]
+    if op.name == "axis_index":
+        return [np.asarray(comm.group_index(a["axes"]), dtype=np.int32)]
+    return run_reference(op, inputs)

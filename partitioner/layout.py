@@ -1,0 +1,60 @@
+"""Host-side layout: split a global numpy array into per-device padded shards, and back."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+
+from partitioner.spec import MeshShape, ShardSpec, shard_size
+
+
+def device_coords(mesh: MeshShape) -> list[dict[str, int]]:
+    """Mesh coordinates of each device, row-major."""
+    return [dict(zip(mesh.names, c)) for c in itertools.product(*(range(s) for s in mesh.sizes))]
+
+
+def group_index(coords: dict[str, int], axes: Sequence[str], mesh: MeshShape) -> int:
+    index = 0
+    for a in axes:
+        index = index * mesh.sizes[mesh.names.index(a)] + coords[a]
+    return index
+
+
+def shard_slices(shape: Sequence[int], spec: ShardSpec, mesh: MeshShape,
+                 coords: dict[str, int]) -> tuple[slice, ...]:
+    """The global index range a device holds (clipped to the array; padding is extra)."""
+    out = []
+    for n, axes in zip(shape, spec.dims):
+        if not axes:
+            out.append(slice(0, n))
+            continue
+        size = shard_size(n, mesh.size(axes))
+        start = min(group_index(coords, axes, mesh) * size, n)
+        out.append(slice(start, min(start + size, n)))
+    return tuple(out)
+
+
+def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarray]:
+    """One padded shard per device (padding filled with zeros)."""
+    shards = []
+    local = tuple(shard_size(n, mesh.size(a)) if a else n for n, a in zip(value.shape, spec.dims))
+    for coords in device_coords(mesh):
+        block = value[shard_slices(value.shape, spec, mesh, coords)]
+        if block.shape != local:
+            padded = np.zeros(local, dtype=value.dtype)
+            padded[tuple(slice(0, s) for s in block.shape)] = block
+            block = padded
+        shards.append(np.ascontiguousarray(block))
+    return shards
+
+
+def assemble(shards: Sequence[np.ndarray], shape: Sequence[int], spec: ShardSpec,
+             mesh: MeshShape) -> np.ndarray:
+    """The global array from per-device shards (replicated copies are taken once)."""
+    out = np.empty(tuple(shape), dtype=shards[0].dtype)
+    for coords, shard in zip(device_coords(mesh), shards):
+        where = shard_slices(shape, spec, mesh, coords)
+        out[where] = shard[tuple(slice(0, s.stop - s.start) for s in where)]
+    return out

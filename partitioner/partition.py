@@ -1,0 +1,281 @@
+"""The SPMD partitioner: one global program -> ONE per-device program with collectives.
+
+Each op's layout comes from its factor rule: the factors' mesh axes are read from the
+propagated result layout and the operands' actual layouts; operands are resharded to
+what the op needs; a sharded reduction factor leaves the result partial (a pending sum,
+resolved as late as possible by the resharding planner).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from partitioner.builder import ProgramBuilder
+from partitioner.collective_report import CollectiveRecord
+from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
+from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard
+from partitioner.reshard import resolve_partial
+from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
+from spmd.errors import InternalError
+from spmd.ir.graph import Graph, Op
+from spmd.ops import REGISTRY, Factors
+
+
+@dataclass
+class Partitioned:
+    """The per-device program and how its params and results are laid out."""
+
+    program: Graph
+    mesh: MeshShape
+    param_specs: list[ShardSpec]
+    result_specs: list[ShardSpec]
+    records: list[CollectiveRecord]
+
+
+class Partitioner:
+    def __init__(self, graph: Graph, mesh: MeshShape, dims_of: dict[int, Dims]):
+        self.graph = graph
+        self.mesh = mesh
+        self.dims_of = dims_of
+        self.types = graph.types
+        self.b = ProgramBuilder(mesh)
+        self.env: dict[int, tuple[int, ShardSpec]] = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
+        lv, spec = self.env[v]
+        lv, _ = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)
+        return lv
+
+    def bind_result(self, v: int, lv: int, spec: ShardSpec) -> None:
+        want = local_type(self.types[v], spec, self.mesh)
+        got = self.b.types[lv]
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise InternalError(f"partitioned value has local type {got}, expected {want} for "
+                                f"layout {spec}")
+        self.env[v] = (lv, spec)
+
+    # -- ops -------------------------------------------------------------------------------
+    def run(self, op: Op) -> None:
+        handler = getattr(self, "op_" + op.name, None)
+        if handler is not None:
+            handler(op)
+            return
+        f = op_factors(op, self.types)
+        if f is None:
+            self.replicated(op)
+            return
+        self.generic(op, f)
+
+    def replicated(self, op: Op) -> None:
+        """Ops without a factor rule run on whole values on every device."""
+        ins = []
+        for v in op.inputs:
+            spec = self.env[v][1]
+            if not spec.is_replicated() and spec.dims and any(spec.dims):
+                warnings.warn(ReplicationWarning(
+                    f"{op.loc}: {op.name} has no sharding rule yet; its sharded operand is "
+                    f"gathered on every device"), stacklevel=2)
+            ins.append(self.operand(v, ((),) * self.types[v].ndim, op.loc, f"{op.name} input"))
+        outs = self.b.emit(op.name, ins, op.loc, **op.attrs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for v, lv in zip(op.outputs, outs):
+            self.bind_result(v, lv, ShardSpec.replicated(self.types[v].ndim))
+
+    def op_constant(self, op: Op) -> None:
+        self.replicated(op)
+
+    def op_iota(self, op: Op) -> None:
+        self.replicated(op)
+
+    def op_sharding_constraint(self, op: Op) -> None:
+        dims = op.attrs["sharding"].dims
+        lv = self.operand(op.inputs[0], dims, op.loc, "with_sharding_constraint")
+        self.bind_result(op.outputs[0], lv, ShardSpec(dims))
+
+    def op_shard_map(self, op: Op) -> None:
+        body: Graph = op.attrs["body"]
+        in_specs, out_specs = op.attrs["in_specs"], op.attrs["out_specs"]
+        env: dict[int, int] = {}
+        for i, (v, p) in enumerate(zip(op.inputs, body.params)):
+            dims = in_specs[i] if i < len(in_specs) else ((),) * self.types[v].ndim
+            env[p] = self.operand(v, dims, op.loc, "shard_map in_specs")
+        for bop in body.ops:
+            outs = self.b.emit(bop.name, [env[v] for v in bop.inputs], bop.loc or op.loc,
+                               **bop.attrs)
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            env.update(zip(bop.outputs, outs))
+            if bop.name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all",
+                            "collective_permute"):
+                t = self.b.types[env[bop.inputs[0]]]
+                self.b.records.append(CollectiveRecord(
+                    bop.name, bop.attrs["axes"], t.nbytes, t.shape, t.dtype, bop.loc or op.loc,
+                    "written in shard_map"))
+        for v, r, dims in zip(op.outputs, body.results, out_specs):
+            self.bind_result(v, env[r], ShardSpec(dims))
+
+    def generic(self, op: Op, f: Factors) -> None:
+        fa = self.op_factor_axes(op, f)
+        part_axes: set[str] = set()
+        part_kind = "sum"
+        ins = []
+        for i, v in enumerate(op.inputs):
+            lv, spec = self.env[v]
+            want = dims_from_factors(f.operands[i], fa, self.types[v].shape)
+            if spec.partial and self.can_pass_partial(op, i, spec, want, fa):
+                lv, spec = reshard_keep_partial(self.b, lv, self.types[v], spec, want, op.loc)
+                part_axes |= set(spec.partial)
+                part_kind = spec.partial_kind
+            else:
+                lv, spec = reshard(self.b, lv, self.types[v], spec, want, op.loc,
+                                   f"{op.name} operand {i}")
+            lv = self.mask_if_reduced(lv, v, spec, f, i, fa, op.loc)
+            ins.append(lv)
+        for factor in f.reduce:
+            if factor in fa:
+                part_axes |= set(fa[factor])
+                part_kind = f.reduce_kind
+        attrs = self.local_attrs(op, ins, fa, f)
+        outs = self.b.emit(op.name, ins, op.loc, **attrs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        partial = tuple(a for a in self.mesh.names if a in part_axes)
+        for v, lv, fdims in zip(op.outputs, outs, f.results):
+            dims = dims_from_factors(fdims, fa, self.types[v].shape)
+            self.bind_result(v, lv, ShardSpec(dims, partial, part_kind))
+
+    def op_factor_axes(self, op: Op, f: Factors) -> dict[str, AxisTuple]:
+        """Factor -> mesh axes: result factors from propagation, the rest from operands."""
+        fa: dict[str, AxisTuple] = {}
+        used: set[str] = set()
+        result_factors = {x for fd in f.results for x in fd if x is not None}
+        for v, fdims in zip(op.outputs, f.results):
+            for factor, axes in zip(fdims, self.dims_of[v]):
+                if factor is not None and axes and factor not in fa and not used & set(axes):
+                    fa[factor] = axes
+                    used |= set(axes)
+        current = {v: self.env[v][1].dims for v in op.inputs}
+        for factor, axes in factor_axes(op, f, current, self.types, include_results=False).items():
+            if factor in fa or factor in result_factors or used & set(axes):
+                continue
+            fa[factor] = axes
+            used |= set(axes)
+        if op.name == "reshape":
+            fa = self.even_only(op, f, fa)
+        return fa
+
+    def even_only(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> dict[str, AxisTuple]:
+        """A reshape keeps a factor sharded only where every dim it names splits evenly."""
+        keep = dict(fa)
+        for v, fdims in zip(op.inputs + op.outputs, f.operands + f.results):
+            for factor, n in zip(fdims, self.types[v].shape):
+                if factor in keep and n % self.mesh.size(keep[factor]):
+                    del keep[factor]
+        return keep
+
+    def can_pass_partial(self, op: Op, i: int, spec: ShardSpec, want: Dims,
+                         fa: dict[str, AxisTuple]) -> bool:
+        """Linear ops keep a pending sum pending (see OpDef.linear)."""
+        linear = REGISTRY[op.name].linear
+        pending = set(spec.partial)
+        if pending & {a for d in want for a in d}:
+            return False
+        others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]
+        if linear == "sum_only":
+            return op.attrs.get("kind") == spec.partial_kind and not (
+                pending & {a for axes in fa.values() for a in axes})
+        if spec.partial_kind != "sum":
+            return False
+        if linear == "all":
+            return all(o.partial == spec.partial and o.partial_kind == "sum" for o in others)
+        if linear == "each" or (linear == "first" and i == 0):
+            return all(not o.partial and not pending & o.used_axes() for o in others)
+        if linear == "select" and i > 0:
+            return all(o.partial == spec.partial for o in others[1:]) and not others[0].partial
+        return False
+
+    def mask_if_reduced(self, lv: int, v: int, spec: ShardSpec, f: Factors, i: int,
+                        fa: dict[str, AxisTuple], loc: str) -> int:
+        """Padding rows of a sharded dim that the op reduces over must not count."""
+        reduced = [d for d, factor in enumerate(f.operands[i]) if factor in f.reduce and factor in fa]
+        dims = [d for d in reduced if d in padded_dims(self.types[v], spec, self.mesh)]
+        if not dims:
+            return lv
+        return mask_padding(self.b, lv, self.types[v], spec, dims, IDENTITY.get(f.reduce_kind, 0),
+                            loc)
+
+    def local_attrs(self, op: Op, ins: Sequence[int], fa: dict[str, AxisTuple],
+                    f: Factors) -> dict[str, Any]:
+        """Attributes that spell out shapes, rewritten for the local shard."""
+        attrs = dict(op.attrs)
+        out_local = [local_type(self.types[v], ShardSpec(dims_from_factors(
+            fd, fa, self.types[v].shape)), self.mesh) for v, fd in zip(op.outputs, f.results)]
+        if op.name == "broadcast_in_dim":
+            attrs["shape"] = out_local[0].shape
+        elif op.name == "reshape":
+            attrs["new_sizes"] = out_local[0].shape
+        elif op.name == "slice":
+            gshape = self.types[op.inputs[0]].shape
+            lshape = self.b.types[ins[0]].shape
+            limits = list(attrs["limit_indices"])
+            for d, (s, lim, st) in enumerate(zip(attrs["start_indices"], limits,
+                                                   attrs["strides"])):
+                if (s, lim, st) == (0, gshape[d], 1):
+                    limits[d] = lshape[d]
+            attrs["limit_indices"] = tuple(limits)
+        elif op.name == "dynamic_slice":
+            gshape = self.types[op.inputs[0]].shape
+            lshape = self.b.types[ins[0]].shape
+            attrs["slice_sizes"] = tuple(lshape[d] if s == gshape[d] else s
+                                         for d, s in enumerate(attrs["slice_sizes"]))
+        return attrs
+
+
+def reshard_keep_partial(b: ProgramBuilder, lv: int, gtype: Any, spec: ShardSpec, want: Dims,
+                         loc: str) -> tuple[int, ShardSpec]:
+    """Change dims while the value stays partial (its pending axes are untouched)."""
+    lv, dims_spec = reshard(b, lv, gtype, ShardSpec(spec.dims), want, loc, "layout")
+    return lv, ShardSpec(dims_spec.dims, spec.partial, spec.partial_kind)
+
+
+def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
+              out_dims: Sequence[Dims | None]) -> Partitioned:
+    """Partition `graph` for `mesh`; None entries mean "let propagation choose"."""
+    seeds: dict[int, Dims] = {}
+    for v, d in zip(graph.params, in_dims):
+        if d is not None:
+            seeds[v] = d
+    for v, d in zip(graph.results, out_dims):
+        if d is not None and v not in seeds:
+            seeds[v] = d
+    dims_of = propagate(graph, mesh, seeds)
+    p = Partitioner(graph, mesh, dims_of)
+    param_specs = []
+    for v, t in zip(graph.params, graph.param_types):
+        spec = ShardSpec(dims_of[v])
+        param_specs.append(spec)
+        p.env[v] = (p.b.param(local_type(t, spec, mesh)), spec)
+    for op in graph.ops:
+        p.run(op)
+    results, result_specs = [], []
+    for v, d in zip(graph.results, out_dims):
+        lv, spec = p.env[v]
+        dims = d if d is not None else dims_of[v]
+        if spec.partial or spec.dims != dims:
+            lv, spec = reshard(p.b, lv, graph.types[v], spec, dims, _loc_of(graph, v),
+                               "jit output layout")
+        results.append(lv)
+        result_specs.append(spec)
+    from partitioner.combine import combine_all_reduces
+
+    program, records = combine_all_reduces(p.b.finish(results), p.b.records, mesh)
+    return Partitioned(program, mesh, param_specs, result_specs, records)
+
+
+def _loc_of(graph: Graph, v: int) -> str:
+    op = graph.producers.get(v)
+    return op.loc if op is not None else ""
+
+
+__all__ = ["Partitioned", "partition", "resolve_partial"]

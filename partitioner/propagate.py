@@ -1,0 +1,102 @@
+"""Sharding propagation over the registry's factor rules, forward and backward.
+
+User shardings (params, results, sharding_constraint) are seeds and never change. An op
+with a known operand or result passes the known factors' mesh axes to its unknown
+values; when two values disagree on a factor, the bigger one wins (resharding the
+smaller moves fewer bytes). Values nothing reaches stay replicated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from partitioner.spec import AxisTuple, MeshShape
+from spmd.ir.graph import Graph, Op
+from spmd.ops import REGISTRY, Factors
+
+Dims = tuple[AxisTuple, ...]
+
+# Ops whose result layout the partitioner decides itself (not from factors).
+OPAQUE = {"shard_map", "scan", "cond", "while_loop", "constant", "iota"}
+
+
+def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
+    if op.name in OPAQUE:
+        return None
+    opdef = REGISTRY[op.name]
+    return opdef.factors(*(types[v] for v in op.inputs), **op.attrs)
+
+
+def factor_axes(op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any],
+                include_results: bool = True) -> dict[str, AxisTuple]:
+    """Mesh axes of each factor, from the op's known values (bigger values first)."""
+    values = list(zip(op.inputs, f.operands))
+    if include_results:
+        values += list(zip(op.outputs, f.results))
+    values = [(v, fd) for v, fd in values if v in known]
+    values.sort(key=lambda p: -types[p[0]].nbytes)
+    out: dict[str, AxisTuple] = {}
+    used: set[str] = set()
+    for vid, fdims in values:
+        for factor, axes in zip(fdims, known[vid]):
+            if factor is None or not axes or factor in out or factor in f.blocked:
+                continue
+            if used & set(axes):
+                continue
+            out[factor] = axes
+            used |= set(axes)
+    return out
+
+
+def dims_from_factors(fdims: tuple[str | None, ...], fa: dict[str, AxisTuple],
+                      shape: tuple[int, ...]) -> Dims:
+    out: list[AxisTuple] = []
+    used: set[str] = set()
+    for factor, n in zip(fdims, shape):
+        axes = fa.get(factor, ()) if factor is not None else ()
+        if used & set(axes) or n == 1:
+            axes = ()
+        used |= set(axes)
+        out.append(axes)
+    return tuple(out)
+
+
+def propagate(graph: Graph, mesh: MeshShape, seeds: dict[int, Dims]) -> dict[int, Dims]:
+    """Dims for every value of the graph (replicated where nothing reached it)."""
+    known: dict[int, Dims] = dict(seeds)
+    fixed = set(seeds)
+    types = graph.types
+    factors = {id(op): op_factors(op, types) for op in graph.ops}
+    for op in graph.ops:
+        if op.name == "sharding_constraint":
+            dims = op.attrs["sharding"].dims
+            known[op.outputs[0]] = dims
+            fixed.add(op.outputs[0])
+    for _ in range(4):
+        changed = False
+        for order in (graph.ops, tuple(reversed(graph.ops))):
+            for op in order:
+                f = factors[id(op)]
+                if f is None:
+                    continue
+                touched = [v for v in op.inputs + op.outputs if v in known]
+                if not touched:
+                    continue
+                fa = factor_axes(op, f, known, types)
+                for vid, fdims in zip(op.inputs + op.outputs, f.operands + f.results):
+                    if vid in fixed:
+                        continue
+                    dims = dims_from_factors(fdims, fa, types[vid].shape)
+                    if known.get(vid) != dims and (vid not in known or _better(dims, known[vid])):
+                        known[vid] = dims
+                        changed = True
+        if not changed:
+            break
+    for vid, t in types.items():
+        known.setdefault(vid, ((),) * t.ndim)
+    return known
+
+
+def _better(new: Dims, old: Dims) -> bool:
+    """Only refine a propagated value by sharding more dims, never by un-sharding."""
+    return sum(len(d) for d in new) > sum(len(d) for d in old)

@@ -1,0 +1,192 @@
+"""The resharding planner: moves a value from one layout to another with the fewest
+bytes, and emits the collectives into the per-device program.
+
+Order: resolve pending sums (reduce-scatter where the target shards that dim on the
+summed axes, all-reduce otherwise), then move axes between dims (all-to-all), then
+gather axes the target drops (all-gather), then slice axes the target adds (free).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from partitioner.builder import ProgramBuilder
+from partitioner.spec import AxisTuple, MeshShape, ShardSpec, shard_size
+from spmd.ir.types import TensorType
+
+Dims = tuple[AxisTuple, ...]
+
+IDENTITY = {"sum": 0, "max": float("-inf"), "min": float("inf"), "prod": 1}
+
+
+class ReplicationWarning(UserWarning):
+    """A layout change had to gather a whole dim where a cheaper plan was wanted."""
+
+
+def _even(n: int, mesh: MeshShape, axes: AxisTuple) -> bool:
+    return n % mesh.size(axes) == 0
+
+
+def reshard(b: ProgramBuilder, x: int, gtype: TensorType, src: ShardSpec, dst: Dims,
+            loc: str, reason: str) -> tuple[int, ShardSpec]:
+    """Emit what turns x (laid out as src) into the layout dst, with no pending sum."""
+    x, spec = resolve_partial(b, x, gtype, src, dst, loc, reason)
+    cur = list(spec.dims)
+    if tuple(cur) == tuple(dst):
+        return x, ShardSpec(tuple(cur))
+    x = _all_to_all_moves(b, x, gtype, cur, dst, loc, reason)
+    x = _gathers(b, x, gtype, cur, dst, loc, reason)
+    x = _slices(b, x, gtype, cur, dst, loc, reason)
+    return x, ShardSpec(tuple(cur))
+
+
+def resolve_partial(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpec,
+                    dst: Dims, loc: str, reason: str) -> tuple[int, ShardSpec]:
+    """Finish a pending reduction: reduce-scatter into dims dst shards, all-reduce the rest."""
+    if not spec.partial:
+        return x, spec
+    pending = list(spec.partial)
+    dims = list(spec.dims)
+    kind = spec.partial_kind
+    for i, want in enumerate(dst):
+        if dims[i] or not want or not set(want) <= set(pending):
+            continue
+        k = b.mesh.size(want)
+        size = shard_size(gtype.shape[i], k)
+        if b.types[x].shape[i] != size * k:
+            x = _pad_dim(b, x, i, size * k - b.types[x].shape[i], loc)
+        x = b.collective("reduce_scatter", x, want, loc,
+                         f"{reason}: pending {kind} over {','.join(want)}, consumer wants dim "
+                         f"{i} sharded", dim=i, kind=kind)
+        dims[i] = want
+        pending = [a for a in pending if a not in want]
+    if pending:
+        axes = tuple(a for a in b.mesh.names if a in pending)
+        x = b.collective("all_reduce", x, axes, loc,
+                         f"{reason}: pending {kind} over {','.join(axes)}", kind=kind)
+    return x, ShardSpec(tuple(dims))
+
+
+def _all_to_all_moves(b: ProgramBuilder, x: int, gtype: TensorType, cur: list[AxisTuple],
+                      dst: Dims, loc: str, reason: str) -> int:
+    """An axis leaving dim i for dim j moves in one all-to-all instead of gather + slice."""
+    moved = True
+    while moved:
+        moved = False
+        for i, axes in enumerate(cur):
+            if not axes or axes[-1] in dst[i]:
+                continue
+            a = axes[-1]
+            for j in range(len(cur)):
+                grown = cur[j] + (a,)
+                if j == i or dst[j][:len(grown)] != grown:
+                    continue
+                if not (_even(gtype.shape[i], b.mesh, axes) and
+                        _even(gtype.shape[j], b.mesh, grown)):
+                    continue
+                x = b.collective("all_to_all", x, (a,), loc,
+                                 f"{reason}: move axis {a} from dim {i} to dim {j}",
+                                 split_dim=j, concat_dim=i)
+                cur[i], cur[j] = axes[:-1], grown
+                moved = True
+                break
+            if moved:
+                break
+    return x
+
+
+def _gathers(b: ProgramBuilder, x: int, gtype: TensorType, cur: list[AxisTuple], dst: Dims,
+             loc: str, reason: str) -> int:
+    for i in range(len(cur)):
+        while cur[i] and dst[i][:len(cur[i])] != cur[i]:
+            axes = cur[i]
+            n = gtype.shape[i]
+            if _even(n, b.mesh, axes):
+                x = b.collective("all_gather", x, (axes[-1],), loc,
+                                 f"{reason}: dim {i} drops axis {axes[-1]}", dim=i)
+                cur[i] = axes[:-1]
+                continue
+            # Uneven shards: gather the whole dim at once, then drop the padding.
+            x = b.collective("all_gather", x, axes, loc,
+                             f"{reason}: dim {i} (uneven, {n} over {b.mesh.size(axes)}) "
+                             f"gathered whole", dim=i)
+            x = _slice_dim(b, x, i, 0, n, loc)
+            cur[i] = ()
+    return x
+
+
+def _slices(b: ProgramBuilder, x: int, gtype: TensorType, cur: list[AxisTuple], dst: Dims,
+            loc: str, reason: str) -> int:
+    for i in range(len(cur)):
+        if cur[i] == dst[i]:
+            continue
+        n = gtype.shape[i]
+        target = dst[i]
+        if not _even(n, b.mesh, target) and cur[i]:
+            warnings.warn(ReplicationWarning(
+                f"{loc}: {reason}: re-sharding uneven dim {i} ({n}) from {cur[i]} to {target} "
+                f"gathers the dim first"), stacklevel=2)
+            x = b.collective("all_gather", x, cur[i], loc,
+                             f"{reason}: dim {i} uneven re-split", dim=i)
+            x = _slice_dim(b, x, i, 0, n, loc)
+            cur[i] = ()
+        extra = target[len(cur[i]):]
+        size = shard_size(n, b.mesh.size(target))
+        have = b.types[x].shape[i]
+        need = size * b.mesh.size(extra)
+        if have < need:
+            x = _pad_dim(b, x, i, need - have, loc)
+        index = b.axis_index(extra)
+        offset = b.emit("mul", (index, b.const(size, "int32")), loc)
+        x = _dynamic_slice_dim(b, x, i, offset, size, loc)
+        cur[i] = target
+    return x
+
+
+def _pad_dim(b: ProgramBuilder, x: int, dim: int, amount: int, loc: str) -> int:
+    t = b.types[x]
+    config = tuple((0, amount if d == dim else 0, 0) for d in range(t.ndim))
+    return b.emit("pad", (x, b.const(0, t.dtype)), loc, padding_config=config)
+
+
+def _slice_dim(b: ProgramBuilder, x: int, dim: int, start: int, stop: int, loc: str) -> int:
+    t = b.types[x]
+    starts = tuple(start if d == dim else 0 for d in range(t.ndim))
+    limits = tuple(stop if d == dim else s for d, s in enumerate(t.shape))
+    return b.emit("slice", (x,), loc, start_indices=starts, limit_indices=limits,
+                  strides=(1,) * t.ndim)
+
+
+def _dynamic_slice_dim(b: ProgramBuilder, x: int, dim: int, offset: int, size: int,
+                       loc: str) -> int:
+    t = b.types[x]
+    zero = b.const(0, "int32")
+    starts = tuple(offset if d == dim else zero for d in range(t.ndim))
+    sizes = tuple(size if d == dim else s for d, s in enumerate(t.shape))
+    return b.emit("dynamic_slice", (x, *starts), loc, slice_sizes=sizes)
+
+
+def mask_padding(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpec,
+                 dims: list[int], fill: float, loc: str) -> int:
+    """Replace the padding rows of sharded dims by `fill` (the reduction's identity)."""
+    t = b.types[x]
+    valid = None
+    for i in dims:
+        axes = spec.dims[i]
+        size = t.shape[i]
+        pos = b.emit("iota", (), loc, dtype="int32", shape=t.shape, dimension=i)
+        offset = b.emit("mul", (b.axis_index(axes), b.const(size, "int32")), loc)
+        offset = b.emit("broadcast_in_dim", (offset,), loc, shape=t.shape, broadcast_dimensions=())
+        limit = b.full(gtype.shape[i], t.with_dtype("int32"))
+        ok = b.emit("lt", (b.emit("add", (pos, offset), loc), limit), loc)
+        valid = ok if valid is None else b.emit("and", (valid, ok), loc)
+    if valid is None:
+        return x
+    from spmd import dtypes
+
+    if not dtypes.is_float(t.dtype) and fill in (float("inf"), float("-inf")):
+        import numpy as np
+
+        info = np.iinfo(dtypes.to_numpy(t.dtype)) if t.dtype != "bool" else None
+        fill = (info.max if fill > 0 else info.min) if info else (fill > 0)
+    return b.emit("select", (valid, x, b.full(fill, t.strong())), loc)

@@ -106,8 +106,10 @@ def _convert_ref(x: np.ndarray, *, new_dtype: str, weak: bool = False) -> np.nda
         if dtypes.is_int(new_dtype) and np.issubdtype(x.dtype, np.floating):
             # Out-of-range floats: saturate like XLA instead of numpy's undefined cast.
             info = np.iinfo(target)
-            x = np.nan_to_num(np.trunc(x), nan=0, posinf=info.max, neginf=info.min)
-            return np.clip(x, info.min, info.max).astype(target)
+            wide = np.nan_to_num(np.trunc(x.astype(np.float64)), posinf=info.max, neginf=info.min)
+            out = np.clip(wide, info.min, info.max).astype(target)
+            # float(info.max) rounds up past the range (2**31 in float32, 2**63 in float64).
+            return np.where(wide >= float(info.max), info.max, out).astype(target)
         if new_dtype == "bool":
             return x != 0
         return x.astype(target)

@@ -137,19 +137,45 @@ def test_nested_sub_graphs_round_trip():
     graph = Graph((x,), (t,), (op,), (out,))
     text = assert_round_trip(graph)
     assert re.search(r"branches = \(graph\(%\d+: tensor<4xfloat32>\) \{\n +%\d+ = neg", text)
-    if "scan" in REGISTRY or "cond" in REGISTRY:
-        pytest.skip("control ops exist: test_control_ops_trace_and_round_trip covers them")
 
 
-@pytest.mark.skipif("scan" not in REGISTRY, reason="spmd.control (scan) is not written yet")
-def test_control_ops_trace_and_round_trip():
-    def f(x):
-        def body(carry, item):
-            return lax.add(carry, item), lax.mul(item, 2.0)
+def scan_program(x):
+    def body(carry, item):
+        return lax.add(carry, item), lax.mul(item, 2.0)
 
-        return lax.scan(body, lax.reduce_sum(x, (0,)), x)
+    return lax.scan(body, lax.reduce_sum(x, (0,)), x)
 
-    assert_round_trip(trace(f, X48))
+
+def cond_program(x):
+    return lax.cond(lax.gt(lax.reduce_sum(x, (0, 1)), 0.0), lax.exp, lax.neg, x)
+
+
+def while_program(x):
+    def body(carry):
+        i, c = carry
+        return lax.add(i, 1), lax.mul(c, 2.0)
+
+    return lax.while_loop(lambda carry: lax.lt(carry[0], 3), body, (lax.constant(0), x))[1]
+
+
+@pytest.mark.parametrize("fn,op", [(scan_program, "scan"), (cond_program, "cond"),
+                                   (while_program, "while_loop")])
+def test_control_ops_trace_verify_optimize_and_round_trip(fn, op):
+    if op not in REGISTRY:
+        pytest.skip(f"{op} is not registered yet")
+    from spmd.interpreter import evaluate
+    from spmd.ir.verifier import verify
+    from spmd.passes import optimize
+
+    graph = trace(fn, X48)
+    assert op in [o.name for o in graph.ops]
+    text = assert_round_trip(graph)
+    assert re.search(rf"= {op}\(.*graph\(%\d+", text)
+    verify(graph)
+    optimized = optimize(graph, verify=True)
+    assert_round_trip(optimized)
+    for want, got in zip(evaluate(graph, [X48]), evaluate(optimized, [X48])):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_text_reads_like_stablehlo():

@@ -1,0 +1,281 @@
+"""The CPU executable: a schedule of fused native kernels, BLAS dots, numpy views and
+fallback ops over planned buffers. `compile_program` is the backend's entry point.
+
+Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes, spmd.interpreter).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from backends.cpu import cache, memory
+from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
+from backends.cpu.fusion import Kernel, build_kernel, group_ops
+from backends.cpu.lower import lowering
+from spmd import dtypes
+from spmd.interpreter import evaluate, run_reference
+from spmd.ir.graph import Graph, Op
+
+RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
+SPLIT_MIN_ELEMENTS = 1 << 15
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def thread_pool(n: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        if n not in _pools:
+            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="spmd-cpu")
+        return _pools[n]
+
+
+def default_threads() -> int:
+    return max(1, int(os.environ.get("SPMD_CPU_THREADS", 0)) or os.cpu_count() or 1)
+
+
+@dataclass
+class Step:
+    kind: str  # "kernel" | "dot" | "view" | "const" | "fallback"
+    op: Op
+    kernel: Kernel | None = None
+    fn: Any = None
+    value: np.ndarray | None = None
+
+
+class Executable:
+    """A compiled per-device program: call it with numpy arrays, get numpy arrays."""
+
+    def __init__(self, graph: Graph, run_op: RunOp | None = None,
+                 donate: Sequence[bool] | None = None, num_threads: int | None = None) -> None:
+        self.graph = graph
+        self.run_op = run_op or run_reference
+        self.donate = list(donate) if donate is not None else [False] * len(graph.params)
+        self.num_threads = num_threads or default_threads()
+        self.steps = self._schedule()
+        self.kernels = [s.kernel for s in self.steps if s.kind == "kernel"]
+        self.cache_hits = 0
+        for step in self.steps:
+            if step.kind == "kernel":
+                step.fn, _, hit = cache.compile_kernel(_builder(step.kernel))
+                self.cache_hits += hit
+        nbytes = {v: t.nbytes for v, t in graph.types.items()}
+        self.plan = memory.plan_memory(list(graph.params), self.donate, list(graph.results),
+                                       [self._uses(s) for s in self.steps], nbytes)
+        self._local = threading.local()
+
+    def _schedule(self) -> list[Step]:
+        g = self.graph
+        kernels = {k.root: k for k in (build_kernel(g, grp) for grp in group_ops(g))}
+        members = {id(op) for k in kernels.values() for op in k.ops}
+        steps = []
+        for i, op in enumerate(g.ops):
+            if i in kernels:
+                steps.append(Step("kernel", op, kernels[i]))
+            elif id(op) in members:
+                continue
+            elif op.name == "constant":
+                value = np.asarray(op.attrs["value"], dtype=dtypes.to_numpy(op.types[0].dtype))
+                steps.append(Step("const", op, value=value))
+            elif op.name == "dot_general":
+                steps.append(Step("dot", op))
+            else:
+                kind = lowering(op.name).kind
+                steps.append(Step("view" if kind == "view" else "fallback", op))
+        return steps
+
+    def _uses(self, step: Step) -> memory.StepUse:
+        op = step.op
+        if step.kind == "kernel":
+            k = step.kernel
+            return memory.StepUse(list(k.inputs), allocates=list(k.outputs),
+                                  inplace=_inplace_candidates(k))
+        if step.kind == "dot":
+            return memory.StepUse(list(op.inputs), allocates=list(op.outputs))
+        if step.kind == "view":
+            return memory.StepUse(list(op.inputs), aliases=list(op.outputs))
+        if step.kind == "const":
+            return memory.StepUse([], external=list(op.outputs))
+        return memory.StepUse(list(op.inputs), aliases=list(op.outputs),
+                              external=list(op.outputs))
+
+    def memory_per_device(self) -> int:
+        """Planned peak bytes of live buffers (params + temporaries + results)."""
+        return self.plan.peak_bytes
+
+    # -- running -------------------------------------------------------------------------
+    def __call__(self, args: Sequence[Any]) -> list[np.ndarray]:
+        g = self.graph
+        if len(args) != len(g.params):
+            raise ValueError(f"program takes {len(g.params)} arguments, got {len(args)}")
+        buffers: list[np.ndarray | None] = [None] * len(self.plan.slots)
+        env: dict[int, np.ndarray] = {}
+        for k, (v, t, a) in enumerate(zip(g.params, g.param_types, args)):
+            arr = np.ascontiguousarray(np.asarray(a, dtype=dtypes.to_numpy(t.dtype)))
+            env[v] = arr
+            buffers[k] = arr.reshape(-1).view(np.uint8)
+        pool = self._temp_pool()
+        for s, slot in enumerate(self.plan.slots):
+            if slot.kind == "temp":
+                buffers[s] = pool[s]
+            elif slot.kind == "result":
+                buffers[s] = np.empty(slot.nbytes, np.uint8)
+        for step in self.steps:
+            kernel = step.kernel
+            ins = [env[v] for v in (kernel.inputs if kernel else step.op.inputs)]
+            outs = self._run(step, ins, buffers)
+            env.update(zip(kernel.outputs if kernel else step.op.outputs, outs))
+        return [env[v] for v in g.results]
+
+    def _temp_pool(self) -> dict[int, np.ndarray]:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = {s: np.empty(slot.nbytes, np.uint8)
+                    for s, slot in enumerate(self.plan.slots) if slot.kind == "temp"}
+            self._local.pool = pool
+        return pool
+
+    def _array(self, v: int, buffers: list[np.ndarray | None]) -> np.ndarray:
+        t = self.graph.types[v]
+        buf = buffers[self.plan.slot_of[v]]
+        return buf[:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
+
+    def _run(self, step: Step, ins: list[np.ndarray], buffers: list[np.ndarray | None]
+             ) -> list[np.ndarray]:
+        op = step.op
+        if step.kind == "const":
+            return [step.value]
+        if step.kind == "view":
+            return [_view(op, ins[0])]
+        if step.kind == "fallback":
+            return list(self.run_op(op, ins))
+        if step.kind == "dot":
+            out = self._array(op.outputs[0], buffers)
+            _dot(op, ins[0], ins[1], out)
+            return [out]
+        k = step.kernel
+        outs = [self._array(v, buffers) for v in k.outputs]
+        self._run_kernel(step, ins, outs)
+        return outs
+
+    def _run_kernel(self, step: Step, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
+        spec = step.kernel.spec
+        args = [np.ascontiguousarray(a) for a in ins] + outs
+        target = acc = None
+        if spec.reduce is not None:
+            kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
+            target = outs[-1]
+            empty = any(n == 0 for n in spec.domain)
+            if spec.reduce_mode == "memory" or empty:
+                acc_dtype = dtypes.to_numpy(accumulator_dtype(dtype))
+                acc = np.full(target.shape, reduce_identity(kind, dtype), acc_dtype)
+                args[-1] = acc
+        if all(n != 0 for n in spec.domain):
+            pointers = (ctypes.c_void_p * len(args))(*[a.ctypes.data for a in args])
+            address = ctypes.addressof(pointers)
+            chunks = self._chunks(spec)
+            if len(chunks) == 1:
+                step.fn(chunks[0][0], chunks[0][1], address)
+            else:
+                futures = [thread_pool(self.num_threads).submit(step.fn, a, b, address)
+                           for a, b in chunks]
+                for f in futures:
+                    f.result()
+        if acc is not None:
+            np.copyto(target, acc, casting="unsafe")
+
+    def _chunks(self, spec: Any) -> list[tuple[int, int]]:
+        outer = spec.domain[0] if spec.domain else 1
+        size = int(np.prod(spec.domain)) if spec.domain else 1
+        n = min(self.num_threads, outer, max(1, size // SPLIT_MIN_ELEMENTS))
+        if n <= 1 or not spec.splittable:
+            return [(0, outer)]
+        bounds = np.linspace(0, outer, n + 1).astype(np.int64)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _builder(kernel: Kernel) -> Callable[[str], Any]:
+    return lambda name: build_module(kernel.spec, name)
+
+
+def _inplace_candidates(k: Kernel) -> dict[int, list[int]]:
+    """Outputs that may overwrite an input: every load of it walks exactly as the store."""
+    spec = k.spec
+    loads: dict[int, set[tuple[int, ...]]] = {}
+    for node in spec.nodes:
+        if node[0] == "load":
+            loads.setdefault(node[2], set()).add(node[3])
+    found: dict[int, list[int]] = {}
+    for _, arg, strides in spec.stores:
+        out = k.outputs[arg - spec.n_in]
+        found[out] = [k.inputs[i] for i, s in loads.items()
+                      if s == {strides} and spec.arg_dtypes[i] == spec.arg_dtypes[arg]]
+    return found
+
+
+def _view(op: Op, x: np.ndarray) -> np.ndarray:
+    a = op.attrs
+    if op.name == "reshape":
+        return x.reshape(a["new_sizes"])
+    if op.name == "transpose":
+        return np.transpose(x, a["permutation"])
+    if op.name == "slice":
+        return x[tuple(slice(s, e, st) for s, e, st in
+                       zip(a["start_indices"], a["limit_indices"], a["strides"]))]
+    if op.name == "rev":
+        return np.flip(x, a["dimensions"]) if a["dimensions"] else x
+    return x
+
+
+def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
+    """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`."""
+    (lc, rc), (lb, rb) = op.attrs["dimension_numbers"]
+    lf = [i for i in range(lhs.ndim) if i not in lc and i not in lb]
+    rf = [i for i in range(rhs.ndim) if i not in rc and i not in rb]
+    batch = int(np.prod([lhs.shape[i] for i in lb]))
+    m, k = int(np.prod([lhs.shape[i] for i in lf])), int(np.prod([lhs.shape[i] for i in lc]))
+    n = int(np.prod([rhs.shape[i] for i in rf]))
+    compute = out.dtype
+    if out.dtype.name in ("bfloat16", "float16"):
+        compute = np.dtype(np.float32)
+    a = np.transpose(lhs, (*lb, *lf, *lc)).reshape(batch, m, k).astype(compute, copy=False)
+    b = np.transpose(rhs, (*rb, *rc, *rf)).reshape(batch, k, n).astype(compute, copy=False)
+    if compute == out.dtype:
+        np.matmul(a, b, out=out.reshape(batch, m, n))
+    else:
+        out[...] = np.matmul(a, b).reshape(out.shape)
+
+
+class InterpretedProgram:
+    """SPMD_BACKEND=interpreter: the reference interpreter behind the same interface."""
+
+    def __init__(self, graph: Graph, run_op: RunOp | None = None) -> None:
+        self.graph = graph
+        self.run_op = run_op
+        self.kernels: list[Kernel] = []
+
+    def __call__(self, args: Sequence[Any]) -> list[np.ndarray]:
+        return evaluate(self.graph, args, self.run_op)
+
+    def memory_per_device(self) -> int:
+        return sum(t.nbytes for t in self.graph.types.values())
+
+
+def compile_program(graph: Graph, run_op: RunOp | None = None, *,
+                    donate: Sequence[bool] | None = None,
+                    num_threads: int | None = None) -> Executable | InterpretedProgram:
+    """Compile a per-device program for the host CPU.
+
+    `run_op(op, inputs)` executes ops the backend does not lower (collectives, control
+    flow); `donate[i]` lets param i's buffer be reused; `num_threads` (or
+    $SPMD_CPU_THREADS) bounds kernel threads. SPMD_BACKEND=interpreter interprets instead.
+    """
+    if os.environ.get("SPMD_BACKEND") == "interpreter":
+        return InterpretedProgram(graph, run_op)
+    return Executable(graph, run_op, donate, num_threads)

@@ -1,0 +1,287 @@
+"""Scalar semantics of every fusible elementwise op in LLVM IR, matching the numpy reference.
+
+Floats compute in float (bfloat16/float16/float32) or double; ints in their own width
+(numpy's wraparound); bool as i1. Only llvmlite.ir is used here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from llvmlite import ir
+
+from spmd import dtypes
+
+F32, F64 = ir.FloatType(), ir.DoubleType()
+I1, I64 = ir.IntType(1), ir.IntType(64)
+LIBM = ("erf", "log1p", "expm1", "tan", "atan2")
+
+
+def compute_type(dtype: str) -> ir.Type:
+    if dtype == "float64":
+        return F64
+    if dtypes.is_float(dtype):
+        return F32
+    if dtype == "bool":
+        return I1
+    return ir.IntType(8 * dtypes.itemsize(dtype))
+
+
+def constant(dtype: str, value: Any) -> ir.Constant:
+    ty = compute_type(dtype)
+    if isinstance(ty, ir.IntType):
+        return ir.Constant(ty, int(value) & ((1 << ty.width) - 1))
+    return ir.Constant(ty, float(value))
+
+
+class Math:
+    """Emits one op at a time into a builder; caches intrinsic and libm declarations."""
+
+    def __init__(self, module: ir.Module, builder: ir.IRBuilder) -> None:
+        self.module = module
+        self.b = builder
+
+    def intrinsic(self, name: str, ty: ir.Type, *args: ir.Value) -> ir.Value:
+        suffix = "f64" if ty == F64 else "f32"
+        full = f"llvm.{name}.{suffix}"
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), full)
+        return self.b.call(fn, args)
+
+    def libm(self, name: str, ty: ir.Type, *args: ir.Value) -> ir.Value:
+        full = name if ty == F64 else name + "f"
+        fn = self.module.globals.get(full)
+        if fn is None:
+            fn = ir.Function(self.module, ir.FunctionType(ty, [ty] * len(args)), full)
+        return self.b.call(fn, args)
+
+    def fconst(self, ty: ir.Type, value: float) -> ir.Constant:
+        return ir.Constant(ty, value)
+
+    # -- float helpers -------------------------------------------------------------------
+    def exp(self, x: ir.Value) -> ir.Value:
+        """exp; float32 through a vectorizable Cephes polynomial (~1 ulp), double via libm."""
+        if x.type == F64:
+            return self.intrinsic("exp", F64, x)
+        b, c = self.b, lambda v: ir.Constant(F32, v)
+        nan = b.fcmp_unordered("uno", x, x)
+        clamped = b.select(b.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
+        clamped = b.select(b.fcmp_ordered(">", clamped, c(89.0)), c(89.0), clamped)
+        clamped = b.select(nan, c(0.0), clamped)
+        k = self.intrinsic("roundeven", F32, b.fmul(clamped, c(1.44269504088896341)))
+        r = b.fsub(clamped, b.fmul(k, c(0.693359375)))
+        r = b.fsub(r, b.fmul(k, c(-2.12194440e-4)))
+        p = c(1.9875691500e-4)
+        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                     5.0000001201e-1):
+            p = b.fadd(b.fmul(p, r), c(coef))
+        p = b.fadd(b.fadd(b.fmul(b.fmul(p, r), r), r), c(1.0))
+        ki = b.fptosi(k, ir.IntType(32))
+        half = b.ashr(ki, ir.Constant(ir.IntType(32), 1))
+        for part in (half, b.sub(ki, half)):
+            bits = b.shl(b.add(part, ir.Constant(ir.IntType(32), 127)),
+                         ir.Constant(ir.IntType(32), 23))
+            p = b.fmul(p, b.bitcast(bits, F32))
+        p = b.select(b.fcmp_ordered(">", x, c(88.72283935546875)), c(float("inf")), p)
+        p = b.select(b.fcmp_ordered("<", x, c(-103.97)), c(0.0), p)
+        return b.select(nan, x, p)
+
+    def tanh(self, x: ir.Value) -> ir.Value:
+        """tanh(x) = sign(x)(1-e)/(1+e), e = exp(-2|x|); an odd Taylor series near 0."""
+        if x.type == F64:
+            return self.libm("tanh", F64, x)
+        b, c = self.b, lambda v: ir.Constant(F32, v)
+        ax = self.intrinsic("fabs", F32, x)
+        e = self.exp(b.fmul(ax, c(-2.0)))
+        big = b.fdiv(b.fsub(c(1.0), e), b.fadd(c(1.0), e))
+        big = self.intrinsic("copysign", F32, big, x)
+        x2 = b.fmul(x, x)
+        series = c(-17.0 / 315.0)
+        for coef in (2.0 / 15.0, -1.0 / 3.0, 1.0):
+            series = b.fadd(b.fmul(series, x2), c(coef))
+        small = b.fmul(series, x)
+        return b.select(b.fcmp_ordered("<", ax, c(0.0625)), small, big)
+
+    def maxmin(self, x: ir.Value, y: ir.Value, is_max: bool, unsigned: bool) -> ir.Value:
+        """np.maximum / np.minimum: NaN in either operand propagates."""
+        b = self.b
+        if isinstance(x.type, ir.IntType):
+            op = (">" if is_max else "<")
+            cmp = b.icmp_unsigned(op, x, y) if unsigned or x.type == I1 else b.icmp_signed(op, x, y)
+            return b.select(cmp, x, y)
+        picked = b.select(b.fcmp_ordered(">" if is_max else "<", x, y), x, y)
+        return b.select(b.fcmp_unordered("uno", x, x), x, picked)
+
+
+def _int_div(m: Math, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:
+    b = m.b
+    zero, one = ir.Constant(x.type, 0), ir.Constant(x.type, 1)
+    is_zero = b.icmp_unsigned("==", y, zero)
+    safe = b.select(is_zero, one, y)
+    if unsigned:
+        return b.select(is_zero, zero, b.udiv(x, safe))
+    minus_one = b.icmp_signed("==", safe, ir.Constant(x.type, -1))
+    safe = b.select(minus_one, one, safe)
+    q = b.sdiv(x, safe)
+    return b.select(is_zero, zero, b.select(minus_one, b.neg(x), q))
+
+
+def _int_rem(m: Math, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:
+    b = m.b
+    zero, one = ir.Constant(x.type, 0), ir.Constant(x.type, 1)
+    bad = b.icmp_unsigned("==", y, zero)
+    if not unsigned:
+        bad = b.or_(bad, b.icmp_signed("==", y, ir.Constant(x.type, -1)))
+    safe = b.select(bad, one, y)
+    r = b.urem(x, safe) if unsigned else b.srem(x, safe)
+    return b.select(bad, zero, r)
+
+
+def _shift(m: Math, x: ir.Value, y: ir.Value, left: bool, unsigned: bool) -> ir.Value:
+    b = m.b
+    width = ir.Constant(x.type, x.type.width)
+    inside = b.icmp_unsigned("<", y, width)
+    safe = b.select(inside, y, ir.Constant(x.type, 0))
+    zero = ir.Constant(x.type, 0)
+    if left:
+        return b.select(inside, b.shl(x, safe), zero)
+    if unsigned:
+        return b.select(inside, b.lshr(x, safe), zero)
+    fill = b.select(b.icmp_signed("<", x, zero), ir.Constant(x.type, -1), zero)
+    return b.select(inside, b.ashr(x, safe), fill)
+
+
+def _compare(m: Math, name: str, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:
+    sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
+    if isinstance(x.type, ir.IntType):
+        if unsigned or x.type == I1:
+            return m.b.icmp_unsigned(sym, x, y)
+        return m.b.icmp_signed(sym, x, y)
+    if name == "ne":
+        return m.b.fcmp_unordered("!=", x, y)
+    return m.b.fcmp_ordered(sym, x, y)
+
+
+def _sign(m: Math, x: ir.Value, unsigned: bool) -> ir.Value:
+    b = m.b
+    if isinstance(x.type, ir.IntType):
+        zero = ir.Constant(x.type, 0)
+        pos = b.zext(b.icmp_unsigned("!=", x, zero) if unsigned else
+                     b.icmp_signed(">", x, zero), x.type)
+        if unsigned or x.type == I1:
+            return pos if x.type != I1 else x
+        return b.sub(pos, b.zext(b.icmp_signed("<", x, zero), x.type))
+    one, zero = ir.Constant(x.type, 1.0), ir.Constant(x.type, 0.0)
+    s = b.select(b.fcmp_ordered(">", x, zero), one,
+                 b.select(b.fcmp_ordered("<", x, zero), ir.Constant(x.type, -1.0), zero))
+    return b.select(b.fcmp_unordered("uno", x, x), x, s)
+
+
+def convert(m: Math, x: ir.Value, src: str, dst: str) -> ir.Value:
+    """convert_element_type: floats to ints truncate and saturate (NaN -> 0) like the reference."""
+    b, target = m.b, compute_type(dst)
+    if dst == "bool":
+        if isinstance(x.type, ir.IntType):
+            return b.icmp_unsigned("!=", x, ir.Constant(x.type, 0))
+        return b.fcmp_unordered("!=", x, ir.Constant(x.type, 0.0))
+    if isinstance(x.type, ir.IntType) and isinstance(target, ir.IntType):
+        if x.type.width == target.width:
+            return x
+        if x.type.width > target.width:
+            return b.trunc(x, target)
+        widen = b.zext if dtypes.is_unsigned(src) or src == "bool" else b.sext
+        return widen(x, target)
+    if isinstance(x.type, ir.IntType):
+        to_float = b.uitofp if dtypes.is_unsigned(src) or src == "bool" else b.sitofp
+        return to_float(x, target)
+    if isinstance(target, ir.IntType):
+        kind = "fptoui" if dtypes.is_unsigned(dst) else "fptosi"
+        name = f"llvm.{kind}.sat.i{target.width}.{'f64' if x.type == F64 else 'f32'}"
+        fn = m.module.globals.get(name) or ir.Function(
+            m.module, ir.FunctionType(target, [x.type]), name)
+        return b.call(fn, [x])
+    if x.type == target:
+        return x
+    return b.fpext(x, target) if target == F64 else b.fptrunc(x, target)
+
+
+def emit(m: Math, name: str, args: list[ir.Value], in_dtype: str,
+         attrs: dict[str, Any], out_dtype: str) -> ir.Value:
+    """One elementwise op on compute-typed scalars."""
+    b = m.b
+    x = args[0]
+    unsigned = dtypes.is_unsigned(in_dtype)
+    is_int = isinstance(x.type, ir.IntType)
+    if name in ("stop_gradient",):
+        return x
+    if name == "convert_element_type":
+        return convert(m, x, in_dtype, out_dtype)
+    if name in ("eq", "ne", "lt", "le", "gt", "ge"):
+        return _compare(m, name, x, args[1], unsigned)
+    if name == "select":
+        return b.select(x, args[1], args[2])
+    if name in ("max", "min"):
+        return m.maxmin(x, args[1], name == "max", unsigned)
+    if x.type == I1 and name in ("add", "mul"):
+        return b.or_(x, args[1]) if name == "add" else b.and_(x, args[1])
+    if is_int:
+        return _INT[name](m, *args, unsigned)
+    return _FLOAT[name](m, *args)
+
+
+def _unary_intrinsic(name: str) -> Callable[..., ir.Value]:
+    return lambda m, x: m.intrinsic(name, x.type, x)
+
+
+def _libm(name: str) -> Callable[..., ir.Value]:
+    return lambda m, *xs: m.libm(name, xs[0].type, *xs)
+
+
+def _one(x: ir.Value) -> ir.Constant:
+    return ir.Constant(x.type, 1.0)
+
+
+_FLOAT: dict[str, Callable[..., ir.Value]] = {
+    "neg": lambda m, x: m.b.fneg(x),
+    "exp": lambda m, x: m.exp(x),
+    "log": _unary_intrinsic("log"),
+    "sin": _unary_intrinsic("sin"),
+    "cos": _unary_intrinsic("cos"),
+    "sqrt": _unary_intrinsic("sqrt"),
+    "floor": _unary_intrinsic("floor"),
+    "ceil": _unary_intrinsic("ceil"),
+    "round": _unary_intrinsic("roundeven"),
+    "abs": _unary_intrinsic("fabs"),
+    "rsqrt": lambda m, x: m.b.fdiv(_one(x), m.intrinsic("sqrt", x.type, x)),
+    "tanh": lambda m, x: m.tanh(x),
+    "logistic": lambda m, x: m.b.fdiv(_one(x), m.b.fadd(_one(x), m.exp(m.b.fneg(x)))),
+    "sign": lambda m, x: _sign(m, x, False),
+    "is_finite": lambda m, x: m.b.fcmp_ordered(
+        "!=", m.intrinsic("fabs", x.type, x), ir.Constant(x.type, float("inf"))),
+    "add": lambda m, x, y: m.b.fadd(x, y),
+    "sub": lambda m, x, y: m.b.fsub(x, y),
+    "mul": lambda m, x, y: m.b.fmul(x, y),
+    "div": lambda m, x, y: m.b.fdiv(x, y),
+    "rem": lambda m, x, y: m.b.frem(x, y),
+    "pow": lambda m, x, y: m.intrinsic("pow", x.type, x, y),
+    **{n: _libm(n) for n in LIBM},
+}
+
+_INT: dict[str, Callable[..., ir.Value]] = {
+    "neg": lambda m, x, u: m.b.neg(x),
+    "abs": lambda m, x, u: x if u else m.b.select(
+        m.b.icmp_signed("<", x, ir.Constant(x.type, 0)), m.b.neg(x), x),
+    "sign": lambda m, x, u: _sign(m, x, u),
+    "add": lambda m, x, y, u: m.b.add(x, y),
+    "sub": lambda m, x, y, u: m.b.sub(x, y),
+    "mul": lambda m, x, y, u: m.b.mul(x, y),
+    "div": lambda m, x, y, u: _int_div(m, x, y, u),
+    "rem": lambda m, x, y, u: _int_rem(m, x, y, u),
+    "and": lambda m, x, y, u: m.b.and_(x, y),
+    "or": lambda m, x, y, u: m.b.or_(x, y),
+    "xor": lambda m, x, y, u: m.b.xor(x, y),
+    "not": lambda m, x, u: m.b.not_(x),
+    "shift_left": lambda m, x, y, u: _shift(m, x, y, True, u),
+    "shift_right": lambda m, x, y, u: _shift(m, x, y, False, u),
+}

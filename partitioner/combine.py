@@ -1,7 +1,9 @@
 """Collective optimisation: independent all-reduces over the same axes, kind and dtype
 are combined into one bucket (flatten, concatenate, one all-reduce, split back).
 
-Data-parallel gradients then cost one collective instead of one per parameter.
+Members must not depend on each other. The program is re-scheduled so every member's
+input is computed before the bucket and every user of a member runs after it, so
+data-parallel gradients cost one collective instead of one per parameter.
 """
 
 from __future__ import annotations
@@ -13,61 +15,71 @@ from partitioner.spec import MeshShape
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 
-BUCKET_BYTES = 64 << 20  # like PyTorch DDP's bucket cap (25 MB) and XLA's combiner threshold
+BUCKET_BYTES = 64 << 20  # a cap like XLA's all-reduce combiner threshold
+
+
+def _descendants(ops: list[Op], start: int) -> set[int]:
+    """Indices of ops that (transitively) use the outputs of ops[start]."""
+    reached = set(ops[start].outputs)
+    found: set[int] = set()
+    for i in range(start + 1, len(ops)):
+        if reached & set(ops[i].inputs):
+            found.add(i)
+            reached |= set(ops[i].outputs)
+    return found
 
 
 def combine_all_reduces(program: Graph, records: list[CollectiveRecord], mesh: MeshShape,
                         ) -> tuple[Graph, list[CollectiveRecord]]:
     ops = list(program.ops)
-    index_of_def = {v: i for i, op in enumerate(ops) for v in op.outputs}
-    first_use: dict[int, int] = {}
-    for i, op in enumerate(ops):
-        for v in op.inputs:
-            first_use.setdefault(v, i)
-    for v in program.results:
-        first_use.setdefault(v, len(ops))
+    candidates = [i for i, op in enumerate(ops) if op.name == "all_reduce"]
+    groups: dict[tuple, list[int]] = {}
+    for i in candidates:
+        op = ops[i]
+        groups.setdefault((op.attrs["axes"], op.attrs.get("kind", "sum"), op.types[0].dtype),
+                          []).append(i)
     buckets: list[list[int]] = []
-    open_buckets: dict[tuple, tuple[list[int], int, int, int]] = {}
-    for i, op in enumerate(ops):
-        if op.name != "all_reduce":
+    for members in groups.values():
+        if len(members) < 2:
             continue
-        key = (op.attrs["axes"], op.attrs.get("kind", "sum"), op.types[0].dtype)
-        defined = index_of_def.get(op.inputs[0], -1)
-        use = first_use.get(op.outputs[0], len(ops))
-        members, max_def, insert, nbytes = open_buckets.get(key, ([], -1, len(ops) + 1, 0))
-        size = op.types[0].nbytes
-        if members and max(max_def, defined) < min(insert, use) and nbytes + size <= BUCKET_BYTES:
-            open_buckets[key] = (members + [i], max(max_def, defined), min(insert, use),
-                                 nbytes + size)
-        else:
-            if len(members) > 1:
-                buckets.append(members)
-            open_buckets[key] = ([i], defined, use, size)
-    buckets += [m for m, *_ in open_buckets.values() if len(m) > 1]
+        desc = {i: _descendants(ops, i) for i in members}
+        current: list[int] = []
+        size = 0
+        for i in members:
+            nbytes = ops[i].types[0].nbytes
+            independent = all(i not in desc[m] for m in current)
+            if current and (not independent or size + nbytes > BUCKET_BYTES):
+                if len(current) > 1:
+                    buckets.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += nbytes
+        if len(current) > 1:
+            buckets.append(current)
     if not buckets:
         return program, records
-    return _rewrite(program, ops, buckets, first_use, records)
-
-
-def _rewrite(program: Graph, ops: list[Op], buckets: list[list[int]], first_use: dict[int, int],
-             records: list[CollectiveRecord]) -> tuple[Graph, list[CollectiveRecord]]:
-    removed = {i for b in buckets for i in b}
-    inserts: dict[int, list[Op]] = {}
-    combined_records = []
+    new_records = [r for r in records]
     for bucket in buckets:
         members = [ops[i] for i in bucket]
-        at = min(first_use.get(m.outputs[0], len(ops)) for m in members)
-        new_ops, record = _bucket_ops(members)
-        inserts.setdefault(at, []).extend(new_ops)
-        combined_records.append(record)
-    out: list[Op] = []
-    for i, op in enumerate(ops + [None]):  # type: ignore[list-item]
-        out.extend(inserts.get(i, []))
-        if op is not None and i not in removed:
-            out.append(op)
-    merged = {ops[i].outputs[0] for b in buckets for i in b}
-    kept = [r for r in records if r.value not in merged]
-    return program.replace(ops=tuple(out)), kept + combined_records
+        ops, record = _apply(ops, members)
+        merged = {m.outputs[0] for m in members}
+        new_records = [r for r in new_records if r.value not in merged] + [record]
+    return program.replace(ops=tuple(ops)), new_records
+
+
+def _apply(ops: list[Op], members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
+    """Schedule: everything not downstream of a member, the bucket, then the rest."""
+    member_ids = {id(m) for m in members}
+    downstream: set[int] = set()
+    reached = {v for m in members for v in m.outputs}
+    for i, op in enumerate(ops):
+        if id(op) not in member_ids and reached & set(op.inputs):
+            downstream.add(i)
+            reached |= set(op.outputs)
+    before = [op for i, op in enumerate(ops) if i not in downstream and id(op) not in member_ids]
+    after = [op for i, op in enumerate(ops) if i in downstream]
+    bucket, record = _bucket_ops(members)
+    return before + bucket + after, record
 
 
 def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
@@ -77,15 +89,14 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
     flats = []
     for m in members:
         t = m.types[0]
-        flat_t = TensorType((t.size,), dtype)
         flat = fresh_id()
-        new.append(Op("reshape", m.inputs, (flat,), (flat_t,), Attrs(new_sizes=(t.size,)), m.loc))
+        new.append(Op("reshape", m.inputs, (flat,), (TensorType((t.size,), dtype),),
+                      Attrs(new_sizes=(t.size,)), m.loc))
         flats.append(flat)
     total = sum(m.types[0].size for m in members)
-    cat = fresh_id()
+    cat, reduced = fresh_id(), fresh_id()
     cat_t = TensorType((total,), dtype)
     new.append(Op("concatenate", tuple(flats), (cat,), (cat_t,), Attrs(dimension=0), first.loc))
-    reduced = fresh_id()
     new.append(replace(first, inputs=(cat,), outputs=(reduced,), types=(cat_t,)))
     offset = 0
     for m in members:
@@ -96,8 +107,8 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
                             strides=(1,)), m.loc))
         new.append(Op("reshape", (part,), m.outputs, m.types, Attrs(new_sizes=t.shape), m.loc))
         offset += t.size
-    record = CollectiveRecord(
-        "all_reduce", first.attrs["axes"], cat_t.nbytes, cat_t.shape, dtype, first.loc,
-        f"bucket of {len(members)} all-reduces ({', '.join(sorted({m.loc for m in members}))})",
-        value=reduced)
+    lines = ", ".join(sorted({m.loc for m in members if m.loc}))
+    record = CollectiveRecord("all_reduce", first.attrs["axes"], cat_t.nbytes, cat_t.shape,
+                              dtype, first.loc,
+                              f"bucket of {len(members)} all-reduces ({lines})", value=reduced)
     return new, record

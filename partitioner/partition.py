@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from partitioner.builder import ProgramBuilder
 from partitioner.collective_report import CollectiveRecord
 from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
-from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard
+from partitioner.reshard import IDENTITY, ReplicationWarning, estimate_bytes, mask_padding
+from partitioner.reshard import reshard
 from partitioner.reshard import resolve_partial
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
@@ -46,6 +47,9 @@ class Partitioner:
     # -- helpers ---------------------------------------------------------------------------
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
         lv, spec = self.env[v]
+        producer = self.graph.producers.get(v)
+        if spec.dims != dst and producer is not None and producer.name == "broadcast_in_dim":
+            return self.broadcast_as(producer, dst)
         lv, _ = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)
         return lv
 
@@ -84,6 +88,16 @@ class Partitioner:
         for v, lv in zip(op.outputs, outs):
             self.bind_result(v, lv, ShardSpec.replicated(self.types[v].ndim))
 
+    def broadcast_as(self, op: Op, dst: Dims) -> int:
+        """Re-emit a broadcast directly in layout dst: cheaper than moving its result."""
+        f = op_factors(op, self.types)
+        fa = {factor: axes for factor, axes in zip(f.results[0], dst) if factor and axes}
+        want = dims_from_factors(f.operands[0], fa, self.types[op.inputs[0]].shape)
+        x = self.operand(op.inputs[0], want, op.loc, "broadcast operand")
+        shape = local_type(self.types[op.outputs[0]], ShardSpec(dst), self.mesh).shape
+        return self.b.emit("broadcast_in_dim", (x,), op.loc, shape=shape,
+                           broadcast_dimensions=op.attrs["broadcast_dimensions"])
+
     def op_constant(self, op: Op) -> None:
         self.replicated(op)
 
@@ -117,7 +131,7 @@ class Partitioner:
             self.bind_result(v, env[r], ShardSpec(dims))
 
     def generic(self, op: Op, f: Factors) -> None:
-        fa = self.op_factor_axes(op, f)
+        fa = self.choose_factor_axes(op, f)
         part_axes: set[str] = set()
         part_kind = "sum"
         ins = []
@@ -145,19 +159,45 @@ class Partitioner:
             dims = dims_from_factors(fdims, fa, self.types[v].shape)
             self.bind_result(v, lv, ShardSpec(dims, partial, part_kind))
 
-    def op_factor_axes(self, op: Op, f: Factors) -> dict[str, AxisTuple]:
-        """Factor -> mesh axes: result factors from propagation, the rest from operands."""
+    def choose_factor_axes(self, op: Op, f: Factors) -> dict[str, AxisTuple]:
+        """Factor -> mesh axes: the cheaper of "as propagation wants the result" and "as
+        the operands already are" (then the result is resharded), by bytes moved."""
+        by_result = self.factor_axes_from(op, f, results_first=True)
+        by_operands = self.factor_axes_from(op, f, results_first=False)
+        if by_result == by_operands:
+            return by_result
+        cost_result = self.operand_cost(op, f, by_result)
+        cost_operands = self.operand_cost(op, f, by_operands)
+        for v, fdims in zip(op.outputs, f.results):
+            spec = ShardSpec(dims_from_factors(fdims, by_operands, self.types[v].shape),
+                             self.reduced_axes(f, by_operands), f.reduce_kind)
+            cost_operands += estimate_bytes(self.types[v], spec, self.dims_of[v], self.mesh)
+        return by_operands if cost_operands < cost_result else by_result
+
+    def operand_cost(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> float:
+        cost = 0.0
+        for v, fdims in zip(op.inputs, f.operands):
+            want = dims_from_factors(fdims, fa, self.types[v].shape)
+            cost += estimate_bytes(self.types[v], self.env[v][1], want, self.mesh)
+        return cost
+
+    def reduced_axes(self, f: Factors, fa: dict[str, AxisTuple]) -> tuple[str, ...]:
+        axes = {a for factor in f.reduce if factor in fa for a in fa[factor]}
+        return tuple(a for a in self.mesh.names if a in axes)
+
+    def factor_axes_from(self, op: Op, f: Factors, results_first: bool) -> dict[str, AxisTuple]:
         fa: dict[str, AxisTuple] = {}
         used: set[str] = set()
         result_factors = {x for fd in f.results for x in fd if x is not None}
-        for v, fdims in zip(op.outputs, f.results):
-            for factor, axes in zip(fdims, self.dims_of[v]):
-                if factor is not None and axes and factor not in fa and not used & set(axes):
-                    fa[factor] = axes
-                    used |= set(axes)
+        if results_first:
+            for v, fdims in zip(op.outputs, f.results):
+                for factor, axes in zip(fdims, self.dims_of[v]):
+                    if factor is not None and axes and factor not in fa and not used & set(axes):
+                        fa[factor] = axes
+                        used |= set(axes)
         current = {v: self.env[v][1].dims for v in op.inputs}
         for factor, axes in factor_axes(op, f, current, self.types, include_results=False).items():
-            if factor in fa or factor in result_factors or used & set(axes):
+            if factor in fa or used & set(axes) or (results_first and factor in result_factors):
                 continue
             fa[factor] = axes
             used |= set(axes)
@@ -179,6 +219,8 @@ class Partitioner:
         """Linear ops keep a pending sum pending (see OpDef.linear)."""
         linear = REGISTRY[op.name].linear
         pending = set(spec.partial)
+        if sum(t.size for t in op.types) > self.types[op.inputs[i]].size:
+            return False  # resolve before a broadcast: the all-reduce moves fewer bytes
         if pending & {a for d in want for a in d}:
             return False
         others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]

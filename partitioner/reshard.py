@@ -190,3 +190,20 @@ def mask_padding(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpec,
         info = np.iinfo(dtypes.to_numpy(t.dtype)) if t.dtype != "bool" else None
         fill = (info.max if fill > 0 else info.min) if info else (fill > 0)
     return b.emit("select", (valid, x, b.full(fill, t.strong())), loc)
+
+
+def estimate_bytes(gtype: TensorType, src: ShardSpec, dst: Dims, mesh: MeshShape) -> float:
+    """Bytes per device that reshard(src -> dst) moves, by the cost table of DESIGN.md."""
+    shards = mesh.size(tuple(a for d in src.dims for a in d))
+    local = gtype.nbytes / max(shards, 1)
+    cost = 0.0
+    if src.partial:
+        n = mesh.size(src.partial)
+        scattered = any(not s and d and set(d) <= set(src.partial)
+                        for s, d in zip(src.dims, dst))
+        cost += local * (n - 1) / n * (1 if scattered else 2)
+    dropped = tuple(a for s, d in zip(src.dims, dst) for a in s if a not in d)
+    if dropped:
+        n = mesh.size(dropped)
+        cost += local * n * (n - 1) / n
+    return cost

@@ -75,7 +75,7 @@ class SingleDeviceExecutable:
 def _compile_for_device(graph: Graph) -> Any:
     from spmd.interpreter import evaluate
 
-    if os.environ.get("SPMD_BACKEND", "cpu") == "interpreter":
+    if os.environ.get("SPMD_BACKEND", "interpreter") == "interpreter":  # TODO(#5): cpu default
         return lambda args: evaluate(graph, args)
     try:
         from backends.cpu import compile_program

@@ -95,12 +95,26 @@ def _constant_in(trace: Trace, x: Any) -> Tracer:
 
 def replay(graph: Graph, args: Sequence[Any]) -> dict[int, Any]:
     """Run graph's ops with `bind` in the current context; returns value id -> value."""
-    env: dict[int, Any] = dict(zip(graph.params, args))
+    env: dict[int, Any] = {v: _as_value(x, t)
+                           for v, x, t in zip(graph.params, args, graph.param_types)}
     for op in graph.ops:
         outs = bind(op.name, *[env[v] for v in op.inputs], **op.attrs)
         outs = outs if REGISTRY[op.name].multi_output else (outs,)
         env.update(zip(op.outputs, outs))
     return env
+
+
+def _as_value(x: Any, t: TensorType) -> Any:
+    """A Tracer or Array for x (VJP rules read `.type` off their primals)."""
+    from spmd.array import Array
+    from spmd.tracing import concrete_value
+
+    if isinstance(x, (Tracer, Array)):
+        return x
+    value = concrete_value(x, t)
+    if current_trace() is None:
+        return Array(value, weak=t.weak)
+    return bind("constant", value=value, weak=t.weak)
 
 
 def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> list[Any]:
@@ -109,6 +123,8 @@ def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> li
 
     cts: dict[int, Any] = {}
     for vid, ct in zip(graph.results, result_cts):
+        if ct is not None:
+            ct = _as_value(ct, graph.types[vid])
         _accumulate(cts, vid, ct, graph)
     for op in reversed(graph.ops):
         out_cts = [cts.pop(v, None) for v in op.outputs]

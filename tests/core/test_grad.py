@@ -277,6 +277,46 @@ def test_second_derivative_through_scan():
     assert float(second) == pytest.approx(want, rel=1e-5)
 
 
+def test_grad_through_scan_in_scan():
+    def f(w, xs):
+        def outer(c, row):
+            inner, _ = control.scan(lambda a, x: (lax.sin(lax.add(lax.mul(a, w), x)), None), c,
+                                    row)
+            return inner, inner
+
+        c, ys = control.scan(outer, np.array(0.3), xs)
+        return lax.add(c, lax.reduce_sum(ys, (0,)))
+
+    w, xs = np.array(0.8), RNG.standard_normal((3, 4))
+    want = numeric_grad(f, (w, xs))
+    assert_trees_close(spmd.grad(f, argnums=(0, 1))(w, xs), want)
+    assert_trees_close(spmd.jit(spmd.grad(f, argnums=(0, 1)))(w, xs), want)
+
+
+def test_grad_through_scan_bodies_that_pass_values_through():
+    """A carry returned unchanged, an x returned as y, a closed-over value returned as y."""
+
+    def f(w, x, xs):
+        def step(c, xi):
+            return (c[0], lax.add(c[1], xi)), (xi, w, c[0])
+
+        (keep, total), (same, closed, firsts) = control.scan(step, (x, x), xs)
+        out = lax.reduce_sum(lax.mul(closed, firsts), (0, 1))
+        return lax.add(out, lax.reduce_sum(lax.add(keep, lax.mul(total, same[1])), (0,)))
+
+    args = (RNG.standard_normal(3), RNG.standard_normal(3), RNG.standard_normal((4, 3)))
+    assert_trees_close(spmd.grad(f, argnums=(0, 1, 2))(*args), numeric_grad(f, args))
+
+
+def test_grad_through_cond_with_an_int_operand():
+    def f(w, n):
+        out = control.cond(lax.gt(n, 2), lambda v, m: w, lambda v, m: lax.mul(v, v), w, n)
+        return lax.reduce_sum(out, (0,))
+
+    np.testing.assert_allclose(spmd.grad(f)(X, np.int32(3)), np.ones(4))
+    np.testing.assert_allclose(spmd.grad(f)(X, np.int32(1)), 2 * X)
+
+
 @pytest.mark.parametrize("flag", [True, False])
 def test_grad_through_cond_reaches_closed_over_values(flag):
     def f(x, w, p):

@@ -28,7 +28,7 @@ TOKEN_PATTERNS = [
     ("opaque", r'#opaque<"(?:[^"\\]|\\.)*">'),
     ("set", r"#set\("),
     ("value", r"%\d+"),
-    ("symbol", r"@[A-Za-z_][\w.$-]*"),
+    ("symbol", r'@(?:[A-Za-z_][\w.$-]*|"(?:[^"\\]|\\.)*")'),
     ("string", r'"(?:[^"\\]|\\.)*"'),
     ("number", r"-?(?:inf|nan|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w.])"),
     ("ident", r"[A-Za-z_][\w.]*"),
@@ -123,6 +123,7 @@ class Parser:
     def function(self) -> tuple[str, Graph]:
         self.expect("func")
         name = self.expect("symbol").text[1:]
+        name = json.loads(name) if name.startswith('"') else name
         params, types = self.params()
         self.expect("->")
         self.expect("(")

@@ -55,7 +55,8 @@ class Printer:
 
     def function(self, graph: Graph, name: str) -> str:
         results = ", ".join(_type_or_unknown(graph, v) for v in graph.results)
-        self.write(f"func @{name}({_params(graph)}) -> ({results}) {{")
+        symbol = name if re.fullmatch(r"[A-Za-z_][\w.$-]*", name) else json.dumps(name)
+        self.write(f"func @{symbol}({_params(graph)}) -> ({results}) {{")
         self.newline()
         self.body(graph, 1)
         self.write("}")

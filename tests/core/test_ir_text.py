@@ -190,6 +190,13 @@ def test_text_reads_like_stablehlo():
     assert re.fullmatch(r"  return %\d+", lines[2]) and lines[3] == "}"
 
 
+def test_function_names_that_are_not_identifiers_are_quoted():
+    graph = trace(lambda x: lax.neg(x), X48)
+    text = print_graph(graph, name="<lambda>")
+    assert text.startswith('func @"<lambda>"(')
+    assert parse_function(text) == ("<lambda>", graph)
+
+
 def test_parse_reserves_ids_so_fresh_ids_do_not_collide():
     text = "func @f(%900000001: tensor<f32>) -> (tensor<float32>) {\n  return %900000001\n}"
     with pytest.raises(IRParseError):

@@ -60,6 +60,7 @@ LOWERINGS: dict[str, Lowering] = {
     "while_loop": CONTROL,
     "fori_loop": CONTROL,
     "call": CONTROL,
+    "shard_map": CONTROL,
     "all_reduce": RUNTIME,
     "all_gather": RUNTIME,
     "reduce_scatter": RUNTIME,

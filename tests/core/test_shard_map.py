@@ -167,6 +167,15 @@ def test_pytrees_of_args_outputs_and_psum():
     assert int(np.asarray(size)) == 4
 
 
+def test_mesh_from_with_block_and_psum_of_python_scalar():
+    mesh = spmd.make_mesh((2, 4), ("data", "model"))
+    x = np.arange(8.0, dtype=np.float32)
+    with mesh:
+        mapped = shard_map(lambda b: lax.mul(b, float(lax.psum(1, ("data", "model")))),
+                           in_specs=P(("data", "model")), out_specs=P(("data", "model")))
+        np.testing.assert_array_equal(np.asarray(mapped(x)), x * 8)
+
+
 def _mse(x, w, y):
     pred = lax.dot_general(x, w, (((1,), (0,)), ((), ())))
     err = lax.sub(pred, y)

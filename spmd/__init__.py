@@ -25,3 +25,4 @@ __all__ = [
 
 from spmd.dispatch import device_put  # noqa: E402  (lazy bridge to the runtime)
 from spmd.lax import with_sharding_constraint  # noqa: E402
+from spmd import nn  # noqa: E402,F401  (needs spmd.numpy)

@@ -243,3 +243,39 @@ def device_put(x: Any, sharding: Any = None) -> Any:
                             hint="use NamedSharding(mesh, P(...))")
     shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh))
     return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)
+
+
+# -- eager ops on sharded arrays -----------------------------------------------------------
+
+_EAGER_CACHE: dict[Any, Any] = {}
+
+
+def eager_op(opdef: Any, inputs: Sequence[Any], in_types: Sequence[TensorType],
+             out_types: Sequence[TensorType], attrs: dict[str, Any]) -> Any:
+    """One op outside jit: on sharded inputs it runs partitioned (results stay sharded)."""
+    from spmd.array import Array
+    from spmd.ir.graph import Attrs
+    from spmd.tracing import _run_reference_eager, bind
+
+    sharded = [x for x in inputs if isinstance(x, Array) and isinstance(x.sharding, NamedSharding)]
+    if not sharded or opdef.name in ("shard_map",):
+        return _run_reference_eager(opdef, inputs, in_types, out_types, attrs)
+    key = (opdef.name, Attrs(attrs), tuple(in_types))
+    jitted = _EAGER_CACHE.get(key)
+    if jitted is None:
+        from spmd.api import jit
+
+        name = opdef.name
+        jitted = jit(lambda *xs: bind(name, *xs, **attrs))
+        jitted.__name__ = name
+        _EAGER_CACHE[key] = jitted
+    return jitted(*inputs)
+
+
+def _install() -> None:
+    from spmd import tracing
+
+    tracing.eager_hook = eager_op
+
+
+_install()

@@ -5,6 +5,7 @@ It is the oracle every test compares with. Imports only the core (IR, registry).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,19 +20,29 @@ def evaluate(graph: Graph, args: Sequence[Any],
              ) -> list[np.ndarray]:
     """Run `graph` on numpy `args`; returns its results as numpy arrays.
 
-    `run_op` overrides how one op executes (a device with collectives, a simulator).
+    `run_op` overrides how one op executes (a device with collectives, a simulator); it
+    stays in force for sub-graphs (scan bodies, cond branches) run by nested evaluate calls
+    on this thread.
     """
     if len(args) != len(graph.params):
         raise InternalError(f"graph takes {len(graph.params)} args, got {len(args)}")
     env: dict[int, np.ndarray] = {}
     for vid, t, a in zip(graph.params, graph.param_types, args):
         env[vid] = np.asarray(a, dtype=dtypes.to_numpy(t.dtype))
-    run = run_op or run_reference
-    for op in graph.ops:
-        outs = run(op, [env[v] for v in op.inputs])
-        for vid, value in zip(op.outputs, outs):
-            env[vid] = value
+    saved = getattr(_active, "run_op", None)
+    run = run_op or saved or run_reference
+    _active.run_op = run
+    try:
+        for op in graph.ops:
+            outs = run(op, [env[v] for v in op.inputs])
+            for vid, value in zip(op.outputs, outs):
+                env[vid] = value
+    finally:
+        _active.run_op = saved
     return [env[v] for v in graph.results]
+
+
+_active = threading.local()  # the run_op of the evaluate call in progress on this thread
 
 
 def run_reference(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -196,6 +196,8 @@ def type_of(x: Any) -> TensorType:
         return x.type
     if hasattr(x, "aval"):
         return x.aval
+    if isinstance(x, np.generic):  # np.float64(1.0) is a float subclass but not weak
+        return TensorType((), dtypes.canonical(x.dtype))
     if isinstance(x, bool):
         return TensorType((), "bool")
     if isinstance(x, int):
@@ -255,6 +257,11 @@ def _run_eager(opdef: Any, inputs: Sequence[Any], in_types: list[TensorType],
                out_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> Any:
     if eager_hook is not None:
         return eager_hook(opdef, inputs, in_types, out_types, attrs)
+    return _run_reference_eager(opdef, inputs, in_types, out_types, attrs)
+
+
+def _run_reference_eager(opdef: Any, inputs: Sequence[Any], in_types: list[TensorType],
+                         out_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> Any:
     from spmd.array import Array
 
     args = [concrete_value(x, t) for x, t in zip(inputs, in_types)]

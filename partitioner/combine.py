@@ -58,9 +58,8 @@ def combine_all_reduces(program: Graph, records: list[CollectiveRecord], mesh: M
             buckets.append(current)
     if not buckets:
         return program, records
-    new_records = [r for r in records]
-    for bucket in buckets:
-        members = [ops[i] for i in bucket]
+    new_records = list(records)
+    for members in [[ops[i] for i in bucket] for bucket in buckets]:  # before any reordering
         ops, record = _apply(ops, members)
         merged = {m.outputs[0] for m in members}
         new_records = [r for r in new_records if r.value not in merged] + [record]

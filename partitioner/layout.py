@@ -52,9 +52,9 @@ def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarra
 
 def assemble(shards: Sequence[np.ndarray], shape: Sequence[int], spec: ShardSpec,
              mesh: MeshShape) -> np.ndarray:
-    """The global array from per-device shards (replicated copies are taken once)."""
+    """The global array from per-device shards; of replicated copies, device 0's wins (JAX)."""
     out = np.empty(tuple(shape), dtype=shards[0].dtype)
-    for coords, shard in zip(device_coords(mesh), shards):
+    for coords, shard in reversed(list(zip(device_coords(mesh), shards))):
         where = shard_slices(shape, spec, mesh, coords)
         out[where] = shard[tuple(slice(0, s.stop - s.start) for s in where)]
     return out

@@ -288,7 +288,9 @@ def __getattr__(name: str) -> Any:
     # cond/scan/fori_loop/while_loop and shard_map collectives are defined elsewhere.
     from spmd import collective_api, control
 
+    public = {"cond", "switch", "scan", "fori_loop", "while_loop", "psum", "pmean", "pmax", "pmin",
+              "all_gather", "psum_scatter", "all_to_all", "ppermute", "axis_index", "axis_size"}
     for module in (control, collective_api):
-        if hasattr(module, name):
+        if name in public and hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(f"module 'spmd.lax' has no attribute {name!r}")

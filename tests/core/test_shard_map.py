@@ -348,9 +348,6 @@ def test_grad_of_grad_through_shard_map_eager():
     np.testing.assert_allclose(np.asarray(_second_order(_psum_tanh_map())(x)), want, rtol=1e-10)
 
 
-@pytest.mark.xfail(reason="partitioner/combine.py: combine_all_reduces indexes `ops` with "
-                   "bucket indices that are stale once an earlier bucket reordered it",
-                   strict=False)
 def test_grad_of_grad_through_shard_map_under_jit():
     x = np.random.default_rng(8).standard_normal((4, 8))
     th = np.tanh(x)

@@ -69,7 +69,10 @@ def run_step(step: Step, pool: list[Any], lib: str) -> Any:
     if name == "reduce_sum":
         return lax.reduce_sum(x, params) if spmd_side else np.sum(x, axis=params, dtype=x.dtype)
     if name == "reduce_max":
-        return lax.reduce_max(x, params) if spmd_side else np.max(x, axis=params)
+        if spmd_side:
+            return lax.reduce_max(x, params)
+        lowest = -np.inf if is_float(x) else np.iinfo(x.dtype).min  # XLA's identity of max
+        return np.max(x, axis=params, initial=lowest)
     if name == "transpose":
         return lax.transpose(x, params) if spmd_side else np.transpose(x, params)
     if name == "reshape":

@@ -46,7 +46,7 @@ def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarra
             padded = np.zeros(local, dtype=value.dtype)
             padded[tuple(slice(0, s) for s in block.shape)] = block
             block = padded
-        shards.append(np.ascontiguousarray(block))
+        shards.append(np.array(block, order="C", copy=True))
     return shards
 
 

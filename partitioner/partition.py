@@ -43,15 +43,28 @@ class Partitioner:
         self.types = graph.types
         self.b = ProgramBuilder(mesh)
         self.env: dict[int, tuple[int, ShardSpec]] = {}
+        self.resharded: dict[tuple[int, Dims], int] = {}  # (value, layout) -> local value
 
     # -- helpers ---------------------------------------------------------------------------
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
-        lv, spec = self.env[v]
+        spec = self.env[v][1]
         producer = self.graph.producers.get(v)
         if spec.dims != dst and producer is not None and producer.name == "broadcast_in_dim":
             return self.broadcast_as(producer, dst)
-        lv, _ = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)
-        return lv
+        return self.reshard_cached(v, dst, loc, reason)
+
+    def reshard_cached(self, v: int, dst: Dims, loc: str, reason: str) -> int:
+        """v in layout dst; a pending sum is resolved once for all consumers."""
+        lv, spec = self.env[v]
+        if spec.partial:
+            resolved, rspec = resolve_partial(self.b, lv, self.types[v], spec, dst, loc, reason)
+            if rspec.dims == spec.dims:
+                self.env[v] = (resolved, rspec)
+            lv, spec = resolved, rspec
+        key = (v, tuple(dst))
+        if key not in self.resharded:
+            self.resharded[key] = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)[0]
+        return self.resharded[key]
 
     def bind_result(self, v: int, lv: int, spec: ShardSpec) -> None:
         want = local_type(self.types[v], spec, self.mesh)
@@ -143,8 +156,8 @@ class Partitioner:
                 part_axes |= set(spec.partial)
                 part_kind = spec.partial_kind
             else:
-                lv, spec = reshard(self.b, lv, self.types[v], spec, want, op.loc,
-                                   f"{op.name} operand {i}")
+                lv = self.operand(v, want, op.loc, f"{op.name} operand {i}")
+                spec = ShardSpec(want)
             lv = self.mask_if_reduced(lv, v, spec, f, i, fa, op.loc)
             ins.append(lv)
         for factor in f.reduce:
@@ -191,8 +204,10 @@ class Partitioner:
         result_factors = {x for fd in f.results for x in fd if x is not None}
         if results_first:
             for v, fdims in zip(op.outputs, f.results):
-                for factor, axes in zip(fdims, self.dims_of[v]):
-                    if factor is not None and axes and factor not in fa and not used & set(axes):
+                for factor, axes, n in zip(fdims, self.dims_of[v], self.types[v].shape):
+                    if factor is None or factor in f.blocked or n == 1:
+                        continue
+                    if axes and factor not in fa and not used & set(axes):
                         fa[factor] = axes
                         used |= set(axes)
         current = {v: self.env[v][1].dims for v in op.inputs}

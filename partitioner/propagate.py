@@ -38,8 +38,8 @@ def factor_axes(op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any
     out: dict[str, AxisTuple] = {}
     used: set[str] = set()
     for vid, fdims in values:
-        for factor, axes in zip(fdims, known[vid]):
-            if factor is None or not axes or factor in out or factor in f.blocked:
+        for factor, axes, n in zip(fdims, known[vid], types[vid].shape):
+            if factor is None or not axes or factor in out or factor in f.blocked or n == 1:
                 continue
             if used & set(axes):
                 continue

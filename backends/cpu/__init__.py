@@ -6,4 +6,4 @@ Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes, spmd.interpreter
 from backends.cpu.executable import Executable, compile_program
 from backends.cpu.lower import LOWERINGS, Lowering
 
-__all__ = ["compile_program", "Executable", "LOWERINGS", "Lowering"]
+__all__ = ["LOWERINGS", "Executable", "Lowering", "compile_program"]

@@ -12,8 +12,8 @@ import ctypes.util
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -81,7 +81,7 @@ def cache_dir() -> Path:
 
 def kernel_key(text: str) -> str:
     j = jit()
-    blob = "\n".join([text, j.triple, j.cpu, j.features, llvm.__name__])
+    blob = f"{text}\n{j.triple}\n{j.cpu}\n{j.features}\n{llvm.__name__}"
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

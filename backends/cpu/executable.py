@@ -7,11 +7,13 @@ Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes, spmd.interpreter
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,7 @@ def thread_pool(n: int) -> ThreadPoolExecutor:
 
 
 def default_threads() -> int:
-    return max(1, int(os.environ.get("SPMD_CPU_THREADS", 0)) or os.cpu_count() or 1)
+    return max(1, int(os.environ.get("SPMD_CPU_THREADS", "0")) or os.cpu_count() or 1)
 
 
 @dataclass
@@ -197,7 +199,7 @@ class Executable:
         if n <= 1 or not spec.splittable:
             return [(0, outer)]
         bounds = np.linspace(0, outer, n + 1).astype(np.int64)
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _builder(kernel: Kernel) -> Callable[[str], Any]:

@@ -6,7 +6,8 @@ Floats compute in float (bfloat16/float16/float32) or double; ints in their own 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from llvmlite import ir
 
@@ -110,8 +111,7 @@ class Math:
             op = (">" if is_max else "<")
             cmp = b.icmp_unsigned(op, x, y) if unsigned or x.type == I1 else b.icmp_signed(op, x, y)
             return b.select(cmp, x, y)
-        picked = b.select(b.fcmp_ordered(">" if is_max else "<", x, y), x, y)
-        return b.select(b.fcmp_unordered("uno", x, x), x, picked)
+        return self.intrinsic("maximum" if is_max else "minimum", x.type, x, y)
 
 
 def _int_div(m: Math, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:

@@ -12,7 +12,6 @@ from spmd.interpreter import evaluate
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
-from spmd.ops.elementwise import OPS as ELEMENTWISE_OPS
 
 TOLERANCE = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1e-2}
 SHAPES = [(), (0,), (7,), (3, 5), (2, 1, 13)]
@@ -161,12 +160,12 @@ def test_shape_ops_match_reference(dtype: str) -> None:
     x = sample((3, 1, 5), dtype, rng)
     t = [TensorType((3, 1, 5), dtype)]
     cases = [
-        ("broadcast_in_dim", dict(shape=(2, 3, 4, 5), broadcast_dimensions=(1, 2, 3))),
-        ("reshape", dict(new_sizes=(5, 3))),
-        ("transpose", dict(permutation=(2, 0, 1))),
-        ("slice", dict(start_indices=(1, 0, 0), limit_indices=(3, 1, 5), strides=(1, 1, 2))),
-        ("rev", dict(dimensions=(0, 2))),
-        ("cumsum", dict(axis=2, reverse=False)),
+        ("broadcast_in_dim", {"shape": (2, 3, 4, 5), "broadcast_dimensions": (1, 2, 3)}),
+        ("reshape", {"new_sizes": (5, 3)}),
+        ("transpose", {"permutation": (2, 0, 1)}),
+        ("slice", {"start_indices": (1, 0, 0), "limit_indices": (3, 1, 5), "strides": (1, 1, 2)}),
+        ("rev", {"dimensions": (0, 2)}),
+        ("cumsum", {"axis": 2, "reverse": False}),
     ]
     for name, attrs in cases:
         if name == "cumsum" and dtype == "bool":

@@ -1,0 +1,115 @@
+"""Fused elementwise/reduction chains: the CPU backend vs numpy vs JAX (jax.jit on CPU).
+
+Run: python benchmarks/fused_chains.py [--size 16777216] [--repeat 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import spmd
+from backends.cpu import compile_program
+
+B1, B2, LR, EPS = 0.9, 0.999, 1e-3, 1e-8
+
+
+def gelu(np_: Any) -> Callable[..., Any]:
+    def f(x: Any) -> Any:
+        return 0.5 * x * (1 + np_.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+    return f
+
+
+def layernorm(np_: Any) -> Callable[..., Any]:
+    def f(x: Any, gamma: Any, beta: Any) -> Any:
+        mean = np_.mean(x, axis=-1, keepdims=True)
+        centered = x - mean
+        var = np_.mean(centered * centered, axis=-1, keepdims=True)
+        return centered / np_.sqrt(var + 1e-5) * gamma + beta
+    return f
+
+
+def softmax(np_: Any) -> Callable[..., Any]:
+    def f(x: Any) -> Any:
+        e = np_.exp(x - np_.max(x, axis=-1, keepdims=True))
+        return e / np_.sum(e, axis=-1, keepdims=True)
+    return f
+
+
+def adam(np_: Any) -> Callable[..., Any]:
+    def f(p: Any, m: Any, v: Any, g: Any) -> Any:
+        m = B1 * m + (1 - B1) * g
+        v = B2 * v + (1 - B2) * g * g
+        p = p - LR * (m / (1 - B1)) / (np_.sqrt(v / (1 - B2)) + EPS)
+        return p, m, v
+    return f
+
+
+def best_time(run: Callable[[], Any], repeat: int) -> float:
+    run()  # warm up (and compile)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], list[np.ndarray]]]:
+    rng = np.random.default_rng(0)
+    cols = 1024
+    rows = max(size // cols, 1)
+    flat = rng.standard_normal(size).astype(np.float32)
+    mat = rng.standard_normal((rows, cols)).astype(np.float32)
+    vec = rng.standard_normal(cols).astype(np.float32)
+    state = [rng.standard_normal(size).astype(np.float32) for _ in range(4)]
+    state[2] = np.abs(state[2])
+    return [("gelu (tanh)", gelu, [flat]),
+            ("layernorm fwd", layernorm, [mat, vec, vec + 1]),
+            ("softmax", softmax, [mat]),
+            ("adam update", adam, state)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=16 * 1024 * 1024)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    opts = parser.parse_args()
+    try:
+        import jax
+        import jax.numpy as jnp_jax
+
+        jax.config.update("jax_platforms", "cpu")
+    except ImportError:
+        jax = None
+    import spmd.numpy as snp
+
+    print(f"size={opts.size} float32, best of {opts.repeat}")
+    print(f"{'chain':16s} {'ours ms':>9s} {'numpy ms':>9s} {'jax ms':>9s} "
+          f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s}")
+    for name, make, args in cases(opts.size):
+        exe = compile_program(spmd.jit(make(snp)).lower(*args).graph, num_threads=opts.threads)
+        ours = best_time(lambda exe=exe, args=args: exe(args), opts.repeat)
+        np_f = make(np)
+        numpy_t = best_time(lambda f=np_f, args=args: f(*args), opts.repeat)
+        jax_t = float("nan")
+        if jax is not None:
+            jitted = jax.jit(make(jnp_jax))
+            device_args = [jax.device_put(a) for a in args]
+            jax_t = best_time(
+                lambda f=jitted, a=device_args: jax.block_until_ready(f(*a)), opts.repeat)
+        print(f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
+              f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d}")
+
+
+if __name__ == "__main__":
+    main()

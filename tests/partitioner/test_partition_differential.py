@@ -16,9 +16,6 @@ from tests.partitioner.helpers import check_sharded, mesh, rand
 
 D, M, Q = "data", "model", "pipe"
 BUGS = "/tmp/partitioner_bugs.md"
-BUG1 = pytest.mark.xfail(reason=f"bug 1 in {BUGS}", strict=True)
-BUG2 = pytest.mark.xfail(reason=f"bug 2 in {BUGS}", strict=True)
-BUG3 = pytest.mark.xfail(reason=f"bug 3 in {BUGS}", strict=True)
 BUG7 = pytest.mark.xfail(reason=f"bug 7 in {BUGS}", strict=True)
 
 
@@ -72,8 +69,7 @@ REDUCTIONS = [
     case("sum-all-axes", lambda x: snp.sum(x), [(7, 9)], "2x2x2", [(D, (M, Q))], ()),
     case("sum-two-axes", lambda x: snp.sum(x, axis=(0, 2)), [(4, 6, 10)], "2x2x2",
          [(D, M, Q)], (M,)),
-    case("sum-size1-sharded", lambda x: snp.sum(x, axis=0), [(1, 6)], "8", [(D,)], (),
-         marks=BUG3),
+    case("sum-size1-sharded", lambda x: snp.sum(x, axis=0), [(1, 6)], "8", [(D,)], ()),
     case("max-uneven", lambda x: snp.max(x, axis=0), [(7, 5)], "8", [(D,)], ()),
     case("max-negative", lambda x: snp.max(x - 10.0, axis=1), [(4, 10)], "2x4", [(D, M)], (D,)),
     case("min-uneven", lambda x: snp.min(x + 10.0, axis=1), [(6, 10)], "4x2", [(None, D)], ()),
@@ -129,27 +125,25 @@ SHAPES = [
          [(D, M, Q)], (Q, D, M)),
     case("slice-unsharded", lambda x: x[:, 1:5], [(8, 8)], "2x4", [(M,)], (M,)),
     case("slice-sharded", lambda x: x[2:9], [(12, 4)], "2x4", [(M,)]),
-    case("slice-sharded-out", lambda x: x[2:9], [(12, 4)], "2x4", [(M,)], (M,), marks=BUG2),
+    case("slice-sharded-out", lambda x: x[2:9], [(12, 4)], "2x4", [(M,)], (M,)),
     case("slice-strided", lambda x: x[::3, :], [(16, 4)], "8", [(D,)], ()),
     case("pad-sharded", lambda x: lax.pad(x, 0.0, ((1, 2, 0), (0, 0, 0))), [(8, 3)], "2x4",
          [(M,)]),
     case("pad-sharded-out", lambda x: lax.pad(x, 0.0, ((1, 2, 0), (0, 0, 0))), [(8, 3)], "2x4",
-         [(M,)], (M,), marks=BUG2),
+         [(M,)], (M,)),
     case("pad-unsharded", lambda x: lax.pad(x, 0.5, ((0, 0, 0), (2, 1, 1))), [(8, 3)], "2x4",
          [(M,)], (M,)),
     case("concat-sharded", lambda a, b: snp.concatenate([a, b], axis=0), [(8, 4), (6, 4)], "2x4",
          [(M,), (M,)]),
     case("concat-sharded-out", lambda a, b: snp.concatenate([a, b], axis=0), [(8, 4), (6, 4)],
-         "2x4", [(M,), (M,)], (M,), marks=BUG2),
+         "2x4", [(M,), (M,)], (M,)),
     case("concat-unsharded", lambda a, b: snp.concatenate([a, b], axis=1), [(8, 4), (8, 2)],
          "4x2", [(D,), (D,)], (D,)),
     case("rev-sharded", lambda x: snp.flip(x, axis=0), [(10, 3)], "2x4", [(M,)]),
-    case("rev-sharded-out", lambda x: snp.flip(x, axis=0), [(10, 3)], "2x4", [(M,)], (M,),
-         marks=BUG2),
+    case("rev-sharded-out", lambda x: snp.flip(x, axis=0), [(10, 3)], "2x4", [(M,)], (M,)),
     case("rev-unsharded", lambda x: snp.flip(x, axis=1), [(8, 5)], "8", [(D,)], (D,)),
     case("roll-sharded", lambda x: snp.roll(x, 3, axis=0), [(16, 2)], "8", [(D,)]),
-    case("roll-sharded-out", lambda x: snp.roll(x, 3, axis=0), [(16, 2)], "8", [(D,)], (D,),
-         marks=BUG2),
+    case("roll-sharded-out", lambda x: snp.roll(x, 3, axis=0), [(16, 2)], "8", [(D,)], (D,)),
     case("roll-unsharded", lambda x: snp.roll(x, -2, axis=1), [(8, 6)], "2x4", [(M,)], (M,)),
 ]
 
@@ -162,9 +156,9 @@ INDEXING = [
          [(6, 8), ((5,), "int32")], "2x4", [(None, M), None], (None, M)),
     case("getitem-int", lambda x: x[3], [(10, 8)], "2x4", [(M, D)], ()),
     case("dynamic-slice", lambda x, i: lax.dynamic_slice(x, (i, 0), (3, 4)),
-         [(10, 4), ((), "int32")], "2x4", [(M,), None], (), marks=BUG1),
+         [(10, 4), ((), "int32")], "2x4", [(M,), None], ()),
     case("dynamic-slice-unsharded", lambda x, i: lax.dynamic_slice(x, (0, i), (8, 2)),
-         [(8, 6), ((), "int32")], "4x2", [(D,), None], (D,), marks=BUG1),
+         [(8, 6), ((), "int32")], "4x2", [(D,), None], (D,)),
 ]
 
 
@@ -243,10 +237,8 @@ MESH_SWEEP = ["8", "2x4", "4x2", "2x2x2"]
 @pytest.mark.parametrize("mesh_name", MESH_SWEEP)
 @pytest.mark.parametrize("rows", [1, 7, 10, 16])
 @pytest.mark.parametrize("op", ["sum0", "max1", "matmul", "softmax", "reshape", "transpose"])
-def test_sweep(mesh_name: str, rows: int, op: str, request: pytest.FixtureRequest) -> None:
+def test_sweep(mesh_name: str, rows: int, op: str) -> None:
     """Every mesh x uneven row count x op, with each mesh axis on a different dim."""
-    if op == "sum0" and rows == 1:
-        request.applymarker(BUG3)
     axes = mesh(mesh_name).axis_names
     first, rest = axes[0], (axes[1:] or None)
     fns = {

@@ -127,9 +127,7 @@ def run(program: dict[str, Any]) -> None:
         check_shards(got, full)
 
 
-# Size-1 dims are left out while bug 3 (reducing a sharded size-1 dim) is open; bugs 3 and 7
-# have directed xfail cases in test_partition_differential.py.
-@given(programs(min_size=2))
+@given(programs(min_size=1))
 def test_fuzz_sharded_matches_unsharded(program: dict[str, Any]) -> None:
     run(program)
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from partitioner.builder import ProgramBuilder
 from partitioner.collective_report import CollectiveRecord
+from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, estimate_bytes, mask_padding
 from partitioner.reshard import reshard
@@ -111,6 +112,15 @@ class Partitioner:
         return self.b.emit("broadcast_in_dim", (x,), op.loc, shape=shape,
                            broadcast_dimensions=op.attrs["broadcast_dimensions"])
 
+    def op_scan(self, op: Op) -> None:
+        partition_scan(self, op)
+
+    def op_cond(self, op: Op) -> None:
+        partition_cond(self, op)
+
+    def op_while_loop(self, op: Op) -> None:
+        partition_while(self, op)
+
     def op_constant(self, op: Op) -> None:
         self.replicated(op)
 
@@ -184,7 +194,8 @@ class Partitioner:
         for v, fdims in zip(op.outputs, f.results):
             spec = ShardSpec(dims_from_factors(fdims, by_operands, self.types[v].shape),
                              self.reduced_axes(f, by_operands), f.reduce_kind)
-            cost_operands += estimate_bytes(self.types[v], spec, self.dims_of[v], self.mesh)
+            if v in self.dims_of:
+                cost_operands += estimate_bytes(self.types[v], spec, self.dims_of[v], self.mesh)
         return by_operands if cost_operands < cost_result else by_result
 
     def operand_cost(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> float:
@@ -204,7 +215,8 @@ class Partitioner:
         result_factors = {x for fd in f.results for x in fd if x is not None}
         if results_first:
             for v, fdims in zip(op.outputs, f.results):
-                for factor, axes, n in zip(fdims, self.dims_of[v], self.types[v].shape):
+                preferred = self.dims_of.get(v, ((),) * len(fdims))
+                for factor, axes, n in zip(fdims, preferred, self.types[v].shape):
                     if factor is None or factor in f.blocked or n == 1:
                         continue
                     if axes and factor not in fa and not used & set(axes):
@@ -310,7 +322,7 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
     p = Partitioner(graph, mesh, dims_of)
     param_specs = []
     for v, t in zip(graph.params, graph.param_types):
-        spec = ShardSpec(dims_of[v])
+        spec = ShardSpec(dims_of.get(v, ((),) * t.ndim))
         param_specs.append(spec)
         p.env[v] = (p.b.param(local_type(t, spec, mesh)), spec)
     for op in graph.ops:
@@ -318,7 +330,7 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
     results, result_specs = [], []
     for v, d in zip(graph.results, out_dims):
         lv, spec = p.env[v]
-        dims = d if d is not None else dims_of[v]
+        dims = d if d is not None else spec.dims  # no request: keep the layout it has
         if spec.partial or spec.dims != dims:
             lv, spec = reshard(p.b, lv, graph.types[v], spec, dims, _loc_of(graph, v),
                                "jit output layout")

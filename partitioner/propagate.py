@@ -3,7 +3,7 @@
 User shardings (params, results, sharding_constraint) are seeds and never change. An op
 with a known operand or result passes the known factors' mesh axes to its unknown
 values; when two values disagree on a factor, the bigger one wins (resharding the
-smaller moves fewer bytes). Values nothing reaches stay replicated.
+smaller moves fewer bytes). Values nothing reaches have no preference.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from spmd.ops import REGISTRY, Factors
 Dims = tuple[AxisTuple, ...]
 
 # Ops whose result layout the partitioner decides itself (not from factors).
-OPAQUE = {"shard_map", "scan", "cond", "while_loop", "constant", "iota"}
+OPAQUE = {"shard_map", "constant", "iota"}
 
 
 def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
@@ -62,7 +62,7 @@ def dims_from_factors(fdims: tuple[str | None, ...], fa: dict[str, AxisTuple],
 
 
 def propagate(graph: Graph, mesh: MeshShape, seeds: dict[int, Dims]) -> dict[int, Dims]:
-    """Dims for every value of the graph (replicated where nothing reached it)."""
+    """Dims for the values propagation reached (the others: no preference)."""
     known: dict[int, Dims] = dict(seeds)
     fixed = set(seeds)
     types = graph.types
@@ -92,8 +92,6 @@ def propagate(graph: Graph, mesh: MeshShape, seeds: dict[int, Dims]) -> dict[int
                         changed = True
         if not changed:
             break
-    for vid, t in types.items():
-        known.setdefault(vid, ((),) * t.ndim)
     return known
 
 

@@ -6,6 +6,38 @@ A message has three parts: the problem with the actual values, where it happened
 
 from __future__ import annotations
 
+import linecache
+import os
+import sys
+import threading
+
+# Frames from these folders are ours; a user's location is the first frame outside them.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTERNAL_DIRS: list[str] = [os.path.join(_ROOT, pkg) + os.sep for pkg in
+                            ("spmd", "partitioner", "collectives", "backends", "launch")]
+INTERNAL_DIRS.append(os.path.dirname(threading.__file__) + os.sep)  # stdlib (functools, ...)
+
+
+def user_frame() -> tuple[str, int, str] | None:
+    """(file, line, function) of the innermost frame outside our packages."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(tuple(INTERNAL_DIRS)) and not filename.startswith("<frozen"):
+            return filename, frame.f_lineno, frame.f_code.co_name
+        frame = frame.f_back
+    return None
+
+
+def describe_loc() -> str | None:
+    """The user's location with function and source text, for error messages."""
+    found = user_frame()
+    if found is None:
+        return None
+    filename, line, func = found
+    text = linecache.getline(filename, line).strip()
+    return f"{os.path.basename(filename)}:{line} in {func}:   {text}"
+
 DOCS = "https://spmd.readthedocs.io/en/latest/errors.html"
 
 
@@ -14,11 +46,11 @@ class SpmdError(Exception):
 
     def __init__(self, problem: str, loc: str | None = None, hint: str | None = None):
         self.problem = problem
-        self.loc = loc
+        self.loc = loc if loc is not None else describe_loc()
         self.hint = hint
         parts = [problem]
-        if loc:
-            parts.append(f"  at {loc}")
+        if self.loc:
+            parts.append(f"  at {self.loc}")
         if hint:
             parts.append(f"  hint: {hint}")
         parts.append(f"  docs: {DOCS}#{type(self).__name__.lower()}")

@@ -6,40 +6,29 @@ implementation, or through `eager_hook` when a runtime has installed one.
 
 from __future__ import annotations
 
-import linecache
 import os
-import sys
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from spmd import dtypes
-from spmd.errors import InternalError, SpmdError, TracerError
+from spmd.errors import (
+    INTERNAL_DIRS,
+    InternalError,
+    SpmdError,
+    TracerError,
+    describe_loc,
+    user_frame,
+)
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
-
-# Frames from these folders are ours; a user's location is the first frame outside them.
-_OUR_DIRS: list[str] = []
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _pkg in ("spmd", "partitioner", "collectives", "backends", "launch"):
-    _OUR_DIRS.append(os.path.join(_ROOT, _pkg) + os.sep)
-_OUR_DIRS.append(os.path.dirname(threading.__file__) + os.sep)  # stdlib (functools, threading)
 
 
 def register_internal_dir(path: str) -> None:
     """Frames under `path` are treated as library code when finding the user's line."""
-    _OUR_DIRS.append(os.path.abspath(path) + os.sep)
-
-
-def user_frame() -> tuple[str, int, str] | None:
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(tuple(_OUR_DIRS)) and not filename.startswith("<frozen"):
-            return filename, frame.f_lineno, frame.f_code.co_name
-        frame = frame.f_back
-    return None
+    INTERNAL_DIRS.append(os.path.abspath(path) + os.sep)
 
 
 def user_loc() -> str:
@@ -48,16 +37,6 @@ def user_loc() -> str:
     if found is None:
         return ""
     return f"{os.path.basename(found[0])}:{found[1]}"
-
-
-def describe_loc() -> str:
-    """The user's location with function and source text, for error messages."""
-    found = user_frame()
-    if found is None:
-        return "<unknown location>"
-    filename, line, func = found
-    text = linecache.getline(filename, line).strip()
-    return f"{os.path.basename(filename)}:{line} in {func}:   {text}"
 
 
 def with_loc(err: SpmdError) -> SpmdError:
@@ -132,13 +111,13 @@ class trace_scope:
 trace_counter = {"count": 0}  # incremented on every jit trace (tests check caching with it)
 
 
-from spmd.array_methods import ArrayMethods  # noqa: E402  (needs the names above)
+from spmd.array_methods import ArrayMethods
 
 
 class Tracer(ArrayMethods):
     """A value in a graph being traced: has a type, no data."""
 
-    __slots__ = ("trace", "id", "type")
+    __slots__ = ("id", "trace", "type")
     __array_priority__ = 100
 
     def __init__(self, trace: Trace, vid: int, t: TensorType):

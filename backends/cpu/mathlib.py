@@ -115,24 +115,17 @@ class Math:
 
 
 def _int_div(m: Math, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:
-    """The reference's truncating division, literally: |x| // |y| (floor, on wrapped abs)
-    with the sign of x*y, and 0 where y == 0. Differs from C only at INT_MIN."""
+    """Truncating division (lax.div, C's sdiv), 0 where y == 0 like the reference; x / -1
+    is negation (wrapping at INT_MIN, where sdiv would be undefined)."""
     b = m.b
     zero, one = ir.Constant(x.type, 0), ir.Constant(x.type, 1)
     is_zero = b.icmp_unsigned("==", y, zero)
-    safe = b.select(is_zero, one, y)
     if unsigned:
-        return b.select(is_zero, zero, b.udiv(x, safe))
-    negative = b.icmp_signed("<", x, zero)
-    a = b.select(negative, b.neg(x), x)
-    d = b.select(b.icmp_signed("<", safe, zero), b.neg(safe), safe)
-    q = b.sdiv(a, d)
-    r = b.srem(a, d)
-    floor_fix = b.and_(b.icmp_unsigned("!=", r, zero),
-                       b.xor(b.icmp_signed("<", r, zero), b.icmp_signed("<", d, zero)))
-    q = b.select(floor_fix, b.sub(q, one), q)
-    flip = b.xor(negative, b.icmp_signed("<", safe, zero))
-    return b.select(is_zero, zero, b.select(flip, b.neg(q), q))
+        return b.select(is_zero, zero, b.udiv(x, b.select(is_zero, one, y)))
+    minus_one = b.icmp_signed("==", y, ir.Constant(x.type, -1))
+    safe = b.select(b.or_(is_zero, minus_one), one, y)
+    q = b.select(minus_one, b.neg(x), b.sdiv(x, safe))
+    return b.select(is_zero, zero, q)
 
 
 def _int_rem(m: Math, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:

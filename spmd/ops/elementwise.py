@@ -68,8 +68,8 @@ def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if dtypes.is_float(dtypes.canonical(x.dtype)):
         return x / y
     safe = np.where(y == 0, 1, y)
-    q = np.abs(x) // np.abs(safe)
-    q = np.where((x < 0) != (safe < 0), -q, q)
+    q = np.floor_divide(x, safe)  # floor, then step toward zero where it rounded down
+    q = np.where((np.remainder(x, safe) != 0) & ((x < 0) != (safe < 0)), q + 1, q)
     return np.where(y == 0, 0, q).astype(x.dtype)
 
 

@@ -38,9 +38,13 @@ def _reduce_type(x: TensorType, *, kind: str, axes: tuple[int, ...]) -> TensorTy
 
 def _reduce_ref(x: np.ndarray, *, kind: str, axes: tuple[int, ...]) -> np.ndarray:
     if kind in ("max", "min") and x.size == 0:
-        info = np.finfo(x.dtype) if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype)
-        fill = -np.inf if kind == "max" else np.inf
-        if not np.issubdtype(x.dtype, np.floating):
+        name = dtypes.canonical(x.dtype)
+        if dtypes.is_float(name):
+            fill = -np.inf if kind == "max" else np.inf
+        elif name == "bool":
+            fill = kind == "min"
+        else:
+            info = np.iinfo(x.dtype)
             fill = info.min if kind == "max" else info.max
         shape = tuple(s for i, s in enumerate(x.shape) if i not in axes)
         return np.full(shape, fill, dtype=x.dtype)

@@ -31,14 +31,9 @@ def check(err: pytest.ExceptionInfo, marker: str) -> None:
 
 
 X = np.ones((3, 4), np.float32)
-# TODO(#errors-loc): errors raised in spmd.numpy (broadcast_shapes, matmul) and in
-# dtypes.canonical carry no user location yet; these tests document the wanted behaviour.
-NO_LOC_YET = pytest.mark.xfail(reason="spmd.numpy/dtypes raise without the user's loc",
-                               strict=False)
 W = np.ones((5, 2), np.float32)
 
 
-@NO_LOC_YET
 def test_matmul_shape_mismatch_is_shape_error():
     def f(x, w):
         return snp.matmul(x, w)  # <- matmul mismatch
@@ -58,7 +53,6 @@ def test_dot_general_contracting_mismatch_is_shape_error():
     check(err, "# <- dot mismatch")
 
 
-@NO_LOC_YET
 def test_add_of_unbroadcastable_shapes_is_shape_error():
     def f(x, y):
         return x + y  # <- add mismatch
@@ -77,7 +71,6 @@ def test_lax_add_needs_equal_dtypes():
     check(err, "# <- lax dtype mismatch")
 
 
-@NO_LOC_YET
 def test_unknown_dtype_is_dtype_error():
     def f(x):
         return x.astype("float8_e9m9")  # <- unknown dtype

@@ -1,0 +1,102 @@
+"""Partitioning of control flow: scan, cond and while_loop bodies become per-device
+sub-programs, partitioned recursively with the layouts their operands already have.
+
+A carry keeps one layout across iterations (the body's carry results are resharded to
+the layout the carry came in with), and the scan dim of xs/ys is never sharded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from partitioner.collective_report import CollectiveRecord
+from partitioner.spec import AxisTuple, ShardSpec
+from spmd.ir.graph import Op
+
+if TYPE_CHECKING:
+    from partitioner.partition import Partitioner
+
+Dims = tuple[AxisTuple, ...]
+
+
+def _current(p: Partitioner, op: Op, values: Sequence[int], drop_lead: Sequence[bool]) -> list[Dims]:
+    """Each operand as it is (pending sums resolved), with the leading dim unsharded where
+    asked (the scan dim of xs)."""
+    out = []
+    for v, lead in zip(values, drop_lead):
+        dims = p.env[v][1].dims
+        if lead and dims and dims[0]:
+            dims = ((),) + dims[1:]
+        out.append(tuple(dims))
+    return out
+
+
+def _inner_records(p: Partitioner, records: list[CollectiveRecord], what: str) -> None:
+    for r in records:
+        p.b.records.append(CollectiveRecord(r.kind, r.axes, r.bytes, r.shape, r.dtype, r.loc,
+                                            f"{r.reason} (in {what})", value=r.value))
+
+
+def partition_scan(p: Partitioner, op: Op) -> None:
+    from partitioner.partition import partition
+
+    a = op.attrs
+    nc, ncar = a["num_consts"], a["num_carry"]
+    fixed = nc + ncar
+    operands = list(op.inputs)
+    dims = _current(p, op, operands, [i >= fixed for i in range(len(operands))])
+    ys = len(a["body"].results) - ncar
+    # A carry that starts replicated takes the layout the body gives it (a gradient
+    # accumulator starts as zeros but should stay sharded like its parameter).
+    trial = partition(a["body"], p.mesh, dims[:fixed] + [d[1:] for d in dims[fixed:]],
+                      [None] * (ncar + ys))
+    for i in range(ncar):
+        if not any(dims[nc + i]):
+            dims[nc + i] = trial.result_specs[i].dims
+    local_in = [p.operand(v, d, op.loc, "scan operand") for v, d in zip(operands, dims)]
+    body_in = dims[:fixed] + [d[1:] for d in dims[fixed:]]
+    carry_dims: list[Dims | None] = list(dims[nc:fixed])
+    sub = partition(a["body"], p.mesh, body_in, carry_dims + [None] * ys)
+    _inner_records(p, sub.records, f"scan body, x{a['length']}")
+    outs = p.b.emit("scan", local_in, op.loc, **{**a, "body": sub.program})
+    out_dims = list(dims[nc:fixed]) + [((),) + s.dims for s in sub.result_specs[ncar:]]
+    for v, lv, d in zip(op.outputs, outs, out_dims):
+        p.bind_result(v, lv, ShardSpec(d))
+
+
+def partition_cond(p: Partitioner, op: Op) -> None:
+    from partitioner.partition import partition
+
+    branches = op.attrs["branches"]
+    index = p.operand(op.inputs[0], (), op.loc, "cond index")
+    operands = list(op.inputs[1:])
+    dims = _current(p, op, operands, [False] * len(operands))
+    local_in = [p.operand(v, d, op.loc, "cond operand") for v, d in zip(operands, dims)]
+    first = partition(branches[0], p.mesh, dims, [None] * len(branches[0].results))
+    out_dims = [s.dims for s in first.result_specs]
+    subs = [first] + [partition(g, p.mesh, dims, out_dims) for g in branches[1:]]
+    for i, sub in enumerate(subs):
+        _inner_records(p, sub.records, f"cond branch {i}")
+    outs = p.b.emit("cond", [index] + local_in, op.loc,
+                    branches=tuple(s.program for s in subs))
+    for v, lv, d in zip(op.outputs, outs, out_dims):
+        p.bind_result(v, lv, ShardSpec(d))
+
+
+def partition_while(p: Partitioner, op: Op) -> None:
+    from partitioner.partition import partition
+
+    a = op.attrs
+    ncc, nbc = a["cond_num_consts"], a["body_num_consts"]
+    operands = list(op.inputs)
+    dims = _current(p, op, operands, [False] * len(operands))
+    local_in = [p.operand(v, d, op.loc, "while_loop operand") for v, d in zip(operands, dims)]
+    carry = dims[ncc + nbc:]
+    cond = partition(a["cond_graph"], p.mesh, dims[:ncc] + carry, [()])
+    body = partition(a["body_graph"], p.mesh, dims[ncc:ncc + nbc] + carry, list(carry))
+    _inner_records(p, cond.records, "while_loop cond")
+    _inner_records(p, body.records, "while_loop body")
+    outs = p.b.emit("while_loop", local_in, op.loc,
+                    **{**a, "cond_graph": cond.program, "body_graph": body.program})
+    for v, lv, d in zip(op.outputs, outs, carry):
+        p.bind_result(v, lv, ShardSpec(d))

@@ -45,6 +45,7 @@ class Partitioner:
         self.b = ProgramBuilder(mesh)
         self.env: dict[int, tuple[int, ShardSpec]] = {}
         self.resharded: dict[tuple[int, Dims], int] = {}  # (value, layout) -> local value
+        self.uses = {v: len(ops) for v, ops in graph.users().items()}
 
     # -- helpers ---------------------------------------------------------------------------
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
@@ -229,7 +230,8 @@ class Partitioner:
             fa[factor] = axes
             used |= set(axes)
         if op.name == "reshape":
-            fa = self.even_only(op, f, fa)
+            operand_factors = {x for x in f.operands[0] if x is not None}
+            fa = self.even_only(op, f, {k: v for k, v in fa.items() if k in operand_factors})
         return fa
 
     def even_only(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> dict[str, AxisTuple]:
@@ -248,6 +250,8 @@ class Partitioner:
         pending = set(spec.partial)
         if sum(t.size for t in op.types) > self.types[op.inputs[i]].size:
             return False  # resolve before a broadcast: the all-reduce moves fewer bytes
+        if self.uses.get(op.inputs[i], 0) > 1:
+            return False  # resolve once here rather than once per consumer
         if pending & {a for d in want for a in d}:
             return False
         others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]

@@ -202,8 +202,13 @@ def estimate_bytes(gtype: TensorType, src: ShardSpec, dst: Dims, mesh: MeshShape
         scattered = any(not s and d and set(d) <= set(src.partial)
                         for s, d in zip(src.dims, dst))
         cost += local * (n - 1) / n * (1 if scattered else 2)
-    dropped = tuple(a for s, d in zip(src.dims, dst) for a in s if a not in d)
-    if dropped:
+    kept = {a for d in dst for a in d}
+    moved = tuple(a for s, d in zip(src.dims, dst) for a in s if a not in d and a in kept)
+    dropped = tuple(a for s, d in zip(src.dims, dst) for a in s if a not in kept)
+    if moved:  # an all-to-all: each device sends all but its own block
+        n = mesh.size(moved)
+        cost += local * (n - 1) / n
+    if dropped:  # an all-gather: each device receives the other n - 1 blocks
         n = mesh.size(dropped)
         cost += local * n * (n - 1) / n
     return cost

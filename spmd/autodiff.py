@@ -18,6 +18,7 @@ from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY, ZERO_GRAD
 from spmd.ops.opdef import NONDIFF
 from spmd.tracing import Trace, Tracer, bind, current_trace, describe_loc, trace_scope, type_of
+from spmd.tracing import loc_scope
 from spmd.tree import tree_flatten, tree_unflatten
 
 
@@ -98,7 +99,8 @@ def replay(graph: Graph, args: Sequence[Any]) -> dict[int, Any]:
     env: dict[int, Any] = {v: _as_value(x, t)
                            for v, x, t in zip(graph.params, args, graph.param_types)}
     for op in graph.ops:
-        outs = bind(op.name, *[env[v] for v in op.inputs], **op.attrs)
+        with loc_scope(op.loc):
+            outs = bind(op.name, *[env[v] for v in op.inputs], **op.attrs)
         outs = outs if REGISTRY[op.name].multi_output else (outs,)
         env.update(zip(op.outputs, outs))
     return env
@@ -130,7 +132,8 @@ def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> li
         out_cts = [cts.pop(v, None) for v in op.outputs]
         if all(ct is None for ct in out_cts):
             continue
-        in_cts = _op_vjp(op, out_cts, env)
+        with loc_scope(op.loc):
+            in_cts = _op_vjp(op, out_cts, env)
         for vid, ct in zip(op.inputs, in_cts):
             _accumulate(cts, vid, ct, graph)
     out = []

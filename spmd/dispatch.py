@@ -229,7 +229,24 @@ def addressable_shards(array: Any) -> list[Any]:
 
 
 def device_put(x: Any, sharding: Any = None) -> Any:
-    """Place x on devices as `sharding` (uneven shapes are padded per shard)."""
+    """Place x (an array or a pytree of them) on devices as `sharding` (one sharding, or a
+    matching pytree of them); uneven shapes are padded per shard."""
+    from spmd.tree import tree_flatten, tree_unflatten
+
+    leaves, treedef = tree_flatten(x)
+    if treedef.num_leaves == 1 and not treedef.num_nodes > 1:
+        return _device_put_one(x, sharding)
+    if isinstance(sharding, Sharding) or sharding is None:
+        shardings = [sharding] * len(leaves)
+    else:
+        shardings, _ = tree_flatten(sharding)
+        if len(shardings) != len(leaves):
+            raise ShardingError(f"device_put got {len(leaves)} arrays but {len(shardings)} "
+                                f"shardings", hint="give one sharding, or a matching pytree")
+    return tree_unflatten(treedef, [_device_put_one(v, s) for v, s in zip(leaves, shardings)])
+
+
+def _device_put_one(x: Any, sharding: Any) -> Any:
     from partitioner import layout
     from spmd.array import Array
     from spmd.tracing import type_of

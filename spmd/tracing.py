@@ -31,8 +31,26 @@ def register_internal_dir(path: str) -> None:
     INTERNAL_DIRS.append(os.path.abspath(path) + os.sep)
 
 
+class loc_scope:
+    """`with loc_scope(op.loc):` ops bound inside take that location (replay, VJP rules)."""
+
+    def __init__(self, loc: str):
+        self.loc = loc
+
+    def __enter__(self) -> None:
+        self.saved = getattr(_state, "loc", None)
+        if self.loc:
+            _state.loc = self.loc
+
+    def __exit__(self, *exc: object) -> None:
+        _state.loc = self.saved
+
+
 def user_loc() -> str:
     """The user's file:line of the op being traced now ('' when none is found)."""
+    override = getattr(_state, "loc", None)
+    if override:
+        return override
     found = user_frame()
     if found is None:
         return ""

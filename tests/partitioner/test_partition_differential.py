@@ -15,8 +15,6 @@ from spmd import NamedSharding, P, lax, nn
 from tests.partitioner.helpers import check_sharded, mesh, rand
 
 D, M, Q = "data", "model", "pipe"
-BUGS = "/tmp/partitioner_bugs.md"
-BUG7 = pytest.mark.xfail(reason=f"bug 7 in {BUGS}", strict=True)
 
 
 def case(name: str, fn: Callable[..., Any], shapes: list[Any], mesh_name: str,
@@ -117,7 +115,7 @@ SHAPES = [
     case("reshape-split", lambda x: snp.reshape(x, (8, 4)), [(32,)], "2x4", [(M,)], (M,)),
     case("reshape-split-uneven", lambda x: snp.reshape(x, (5, 6)), [(30,)], "8", [(D,)], (D,)),
     case("reshape-transposing", lambda x: snp.reshape(x, (3, 2)), [(2, 3)], "4x2", [(D,)],
-         (None, M), marks=BUG7),
+         (None, M)),
     case("reshape-2d-mesh", lambda x: snp.reshape(x, (4, 2, 6)), [(8, 6)], "2x4", [((D, M),)],
          (D,)),
     case("transpose", lambda x: x.T, [(10, 6)], "2x4", [(M, D)], (D, M)),

@@ -38,22 +38,17 @@ def specs(draw: Any, mesh_name: str, ndim: int) -> P:
 
 
 @st.composite
-def programs(draw: Any, min_size: int, avoid_bug7: bool = True) -> dict[str, Any]:
+def programs(draw: Any, min_size: int) -> dict[str, Any]:
     mesh_name = draw(st.sampled_from(tuple(MESH_SHAPES)))
     rows = draw(st.integers(min_size, 10))
     cols = draw(st.integers(min_size, 10))
     ops = draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=4))
-    if avoid_bug7 and "reshape" in ops:
-        # Bug 7: a constrained (or out_shardings) layout after a reshape; while it is open
-        # the main fuzz keeps reshapes out of programs with constraints.
-        ops = [op for op in ops if op != "constrain"] or ["tanh"]
     constraint_specs = [draw(specs(mesh_name, 2)) for _ in ops]
     return {
         "mesh": mesh_name, "shape": (rows, cols), "ops": ops,
         "x_spec": draw(specs(mesh_name, 2)), "y_spec": draw(specs(mesh_name, 2)),
         "constraints": constraint_specs, "final": draw(st.sampled_from(FINAL)),
-        "out_spec": None if avoid_bug7 and "reshape" in ops else draw(
-            st.one_of(st.none(), specs(mesh_name, 2))),
+        "out_spec": draw(st.one_of(st.none(), specs(mesh_name, 2))),
     }
 
 

@@ -20,7 +20,6 @@ from spmd.spmd_interpreter import evaluate_spmd
 MESH_8 = MeshShape(("data",), (8,))
 MESH_2X4 = MeshShape(("data", "model"), (2, 4))
 MESH_2X2X2 = MeshShape(("data", "model", "pipe"), (2, 2, 2))
-BUG6 = pytest.mark.xfail(reason="bug 6 in /tmp/partitioner_bugs.md", strict=True)
 
 
 def addends(x: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarray]:
@@ -95,7 +94,7 @@ def test_table_collective_kind_and_result(name: str, mesh: MeshShape, shape: tup
 
 
 @pytest.mark.parametrize("name,mesh,shape,src,dst,kinds,moved", [
-    pytest.param(*row, id=row[0], marks=BUG6 if row[0] == "all-to-all" else ())
+    pytest.param(*row, id=row[0])
     for row in TABLE])
 def test_table_estimate_bytes(name: str, mesh: MeshShape, shape: tuple, src: ShardSpec,
                               dst: tuple, kinds: list, moved: float) -> None:

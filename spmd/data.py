@@ -7,7 +7,8 @@ one global Array sharded over the mesh's data axis. Imports only the public spmd
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -60,6 +60,8 @@ SAMPLES: dict[str, Callable[[], Sample]] = {
     "argmax": lambda: ((F23,), {"axis": 1, "index_dtype": "int32"}),
     "argmin": lambda: ((F23,), {"axis": 0, "index_dtype": "int32"}),
     "cumsum": lambda: ((F23,), {"axis": 1, "reverse": False}),
+    "sort": lambda: ((F23,), {"dimension": 1}),
+    "argsort": lambda: ((F23,), {"dimension": 0}),
     "dot_general": lambda: ((F23, TensorType((3, 4), "float32")),
                             {"dimension_numbers": (((1,), (0,)), ((), ())),
                              "preferred_element_type": None}),

@@ -47,6 +47,8 @@ LOWERINGS: dict[str, Lowering] = {
     "argmax": REFERENCE,
     "argmin": REFERENCE,
     "cumsum": REFERENCE,
+    "sort": REFERENCE,
+    "argsort": REFERENCE,
     "gather": REFERENCE,
     "scatter_add": REFERENCE,
     "dynamic_slice": REFERENCE,

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from spmd.ops.opdef import NONDIFF, ZERO_GRAD, Factors, OpDef
 
-from spmd.ops import (collective, contract, control, elementwise, index, reduce, rng, shape,
+from spmd.ops import (collective, contract, control, elementwise, index, reduce, rng, shape, sort,
                       spmd_map)
 
 REGISTRY: dict[str, OpDef] = {}
-for _family in (elementwise, reduce, shape, contract, index, control, collective, rng, spmd_map):
+for _family in (elementwise, reduce, shape, contract, index, control, collective, rng, spmd_map,
+                sort):
     for _op in _family.OPS:
         if _op.name in REGISTRY:
             raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")

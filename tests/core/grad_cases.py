@@ -86,6 +86,8 @@ for _kind, _axes in (("sum", (1,)), ("max", (0,)), ("min", (0, 1)), ("prod", (1,
          label=_kind)
 case("cumsum", lambda a: bind("cumsum", a, axis=1, reverse=False), normal(2, 4), label="fwd")
 case("cumsum", lambda a: bind("cumsum", a, axis=0, reverse=True), normal(3, 2), label="rev")
+case("sort", lambda a: bind("sort", a, dimension=1), normal(3, 4), label="rows")
+case("sort", lambda a: bind("sort", a, dimension=0), normal(5), label="vector")
 
 case("broadcast_in_dim", lambda a: bind("broadcast_in_dim", a, shape=(3, 2, 4),
                                         broadcast_dimensions=(0, 2)), normal(1, 4))

@@ -140,6 +140,10 @@ for dtype in ("float32", "int32", "float64"):
         add("cumsum", [r((3, 6), dtype)], lambda x, a=axis, rv=reverse: np.flip(np.cumsum(
             np.flip(x, a) if rv else x, a), a) if rv else np.cumsum(x, a), axis=axis,
             reverse=reverse)
+for dtype in ("float32", "int32", "uint32"):
+    for name, fn in (("sort", np.sort), ("argsort", np.argsort)):
+        add(name, [r((3, 6), dtype, 0, 9)], lambda x, f=fn: f(x, axis=1, kind="stable"),
+            dimension=1)
 
 # shape ops -----------------------------------------------------------------------------
 add("constant", [], lambda: np.arange(6.0).reshape(2, 3),

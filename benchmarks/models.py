@@ -40,9 +40,13 @@ class Framework:
     partition_spec: Callable[..., Any]
     device_put_fn: Callable[[Any, Any], Any]
     block_until_ready: Callable[[Any], Any]
+    constrain_fn: Callable[[Any, Any], Any]
 
     def sharding(self, spec: Spec) -> Any:
         return self.named_sharding(self.mesh, self.partition_spec(*spec))
+
+    def constrain(self, x: Any, spec: Spec) -> Any:
+        return self.constrain_fn(x, self.sharding(spec))
 
     def put(self, x: np.ndarray, spec: Spec) -> Any:
         return self.device_put_fn(x, self.sharding(spec))
@@ -59,7 +63,7 @@ def ours(mesh_shape: tuple[int, ...] = (2, 4), names: tuple[str, ...] = ("data",
 
     return Framework("ours", snp, nn, spmd.jit, spmd.value_and_grad, spmd.tree_map,
                      spmd.make_mesh(mesh_shape, names), spmd.NamedSharding, spmd.P,
-                     spmd.device_put, spmd.block_until_ready)
+                     spmd.device_put, spmd.block_until_ready, spmd.with_sharding_constraint)
 
 
 def jax_framework(mesh_shape: tuple[int, ...] = (2, 4),
@@ -71,7 +75,7 @@ def jax_framework(mesh_shape: tuple[int, ...] = (2, 4),
     devices = np.array(jax.devices()[: int(np.prod(mesh_shape))]).reshape(mesh_shape)
     return Framework("jax", jnp, jax.nn, jax.jit, jax.value_and_grad, jax.tree_util.tree_map,
                      Mesh(devices, names), NamedSharding, PartitionSpec, jax.device_put,
-                     jax.block_until_ready)
+                     jax.block_until_ready, jax.lax.with_sharding_constraint)
 
 
 def header(title: str) -> str:

@@ -1,0 +1,246 @@
+"""Collective bytes per device, ours (compiled.collectives()) vs XLA (parsed compiled HLO).
+
+Run: python benchmarks/collective_bytes.py [--scale 1] [--verbose] (2x4 mesh, 8 host devices)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import models as M
+import numpy as np
+
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "s32": 4, "s64": 8, "u32": 4, "u64": 8,
+               "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
+KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+MESH = (2, 4)
+AXES = ("data", "model")
+
+
+@dataclass
+class Program:
+    """A function of a Framework plus numpy args, their specs and optional output specs."""
+
+    name: str
+    build: Callable[[M.Framework], Callable[..., Any]]
+    args: list[Any]
+    in_specs: list[Any]
+    out_specs: Any = None
+
+
+# -- XLA side: per-device operand bytes of each collective in the optimized HLO ------------
+
+def _shape_bytes(shape: str) -> int:
+    total = 0
+    for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", shape):
+        if dtype in DTYPE_BYTES:
+            total += DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+    return total
+
+
+def _split_definition(rest: str) -> tuple[str, str, str]:
+    """'SHAPE op(operands), attrs' -> (shape, op, operands)."""
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                break
+        shape, rest = rest[: i + 1], rest[i + 2:]
+    else:
+        shape, _, rest = rest.partition(" ")
+    op, _, rest = rest.partition("(")
+    depth, end = 1, 0
+    for end, ch in enumerate(rest):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+            break
+    return shape, op, rest[:end]
+
+
+def _first_group(attrs: str) -> list[int]:
+    """The devices of the group holding device 0, from either replica_groups format."""
+    named = re.search(r"mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)\]T\(([\d,]+)\)\))?"
+                      r"\s*\{([^}]*)\}", attrs)
+    if named:
+        sizes = [int(s) for s in re.findall(r"=(\d+)", named.group(1))]
+        ids = np.arange(int(np.prod(sizes)))
+        if named.group(2):
+            dims = [int(s) for s in named.group(2).split(",")]
+            perm = [int(s) for s in named.group(3).split(",")]
+            ids = ids.reshape(dims).transpose(perm)
+        ids = ids.reshape(sizes)
+        grouped = {int(a) for a in re.findall(r"axis_(\d+)", named.group(4))}
+        where = np.argwhere(ids == 0)[0]
+        index = tuple(slice(None) if i in grouped else int(where[i]) for i in range(len(sizes)))
+        return [int(d) for d in ids[index].ravel()]
+    groups = re.search(r"replica_groups=\{\{([\d,]+)\}", attrs)
+    return [int(d) for d in groups.group(1).split(",")] if groups else []
+
+
+def _group_axes(attrs: str) -> str:
+    coords = [np.unravel_index(d, MESH) for d in _first_group(attrs)]
+    if not coords:
+        return "?"
+    return ",".join(a for i, a in enumerate(AXES) if len({c[i] for c in coords}) > 1)
+
+
+def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str]], bool]:
+    """(kind, axes, operand bytes, result shape) per collective; and whether any is in a loop."""
+    shapes: dict[str, str] = {}
+    found: list[tuple[str, str, int, str, str]] = []
+    computation, bodies = "", set()
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
+        if head and "=" not in line.split("{")[0]:
+            computation = head.group(1)
+        bodies.update(re.findall(r"body=%?([\w.\-]+)", line))
+        m = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$", line)
+        if not m:
+            continue
+        shape, op, operands = _split_definition(m.group(2))
+        shapes[m.group(1)] = shape
+        kind = op.removesuffix("-start")
+        if kind in KINDS and not op.endswith("-done"):
+            names = re.findall(r"%([\w.\-]+)", operands)
+            found.append((kind, names, m.group(2), shape, computation))
+    out = []
+    for kind, names, attrs, shape, comp in found:
+        nbytes = sum(_shape_bytes(shapes.get(n, "")) for n in names)
+        out.append((kind, _group_axes(attrs), nbytes, re.sub(r"\{[\d,]*\}", "", shape) + (
+            " (in loop body)" if comp in bodies else "")))
+    return out, any(comp in bodies for *_, comp in found)
+
+
+def measure_xla(fw: M.Framework, prog: Program) -> tuple[list[Any], bool]:
+    import jax
+
+    shardings = [jax.tree_util.tree_map(lambda s: fw.sharding(s), spec,
+                                        is_leaf=lambda s: isinstance(s, tuple))
+                 for spec in prog.in_specs]
+    kwargs: dict[str, Any] = {"in_shardings": tuple(shardings)}
+    if prog.out_specs is not None:
+        kwargs["out_shardings"] = fw.sharding(prog.out_specs)
+    hlo = jax.jit(prog.build(fw), **kwargs).lower(*prog.args).compile().as_text()
+    return xla_collectives(hlo)
+
+
+def measure_ours(fw: M.Framework, prog: Program) -> list[Any]:
+    args = []
+    for value, spec in zip(prog.args, prog.in_specs):
+        if isinstance(value, dict):
+            args.append(fw.put_tree(value, spec))
+        else:
+            args.append(fw.put(value, spec))
+    kwargs = {} if prog.out_specs is None else {"out_shardings": fw.sharding(prog.out_specs)}
+    return fw.jit(prog.build(fw), **kwargs).lower(*args).compile().collectives()
+
+
+# -- the programs --------------------------------------------------------------------------
+
+def megatron(fw: M.Framework) -> Callable[..., Any]:
+    return lambda x, w1, w2: fw.nn.relu(x @ w1) @ w2
+
+
+def programs(scale: int) -> list[Program]:
+    b, d, h, o = 16 * scale, 64 * scale, 256 * scale, 32 * scale
+    mlp_p, mlp_x, mlp_y = M.mlp_inputs(b, d, h, o)
+    replicated = {k: () for k in mlp_p}
+    blk_p, blk_x, blk_y = M.block_inputs(4 * scale, 16, 32 * scale, 8, 8, 128 * scale)
+    x, w1, w2 = M.rand((b, d), 20), M.rand((d, h), 21), M.rand((h, o), 22)
+    seq = M.rand((4, 16, 32 * scale), 23)
+    attn_specs = {k: v for k, v in M.BLOCK_SPECS.items() if k in ("wq", "wk", "wv", "wo")}
+    attn_p = {k: blk_p[k] for k in attn_specs}
+    feat = M.rand((8 * scale, 128 * scale), 24)
+
+    def dp_step(fw: M.Framework) -> Callable[..., Any]:
+        return M.sgd_step(fw, M.mlp_loss(fw))
+
+    def megatron_grad(fw: M.Framework) -> Callable[..., Any]:
+        loss = (lambda x_, a, c: fw.np.sum(fw.np.tanh(megatron(fw)(x_, a, c))))
+        return fw.value_and_grad(loss, argnums=(0, 1, 2))
+
+    def block_step(fw: M.Framework) -> Callable[..., Any]:
+        return M.sgd_step(fw, M.block_loss(fw))
+
+    def reduce_scatter(fw: M.Framework) -> Callable[..., Any]:
+        return lambda a, c: fw.constrain(a @ c, ("model", None))
+
+    def uneven_megatron(fw: M.Framework) -> Callable[..., Any]:
+        return lambda x_, a, c: fw.constrain(fw.nn.relu(x_ @ a), (None, "model")) @ c
+
+    def uneven_softmax(fw: M.Framework) -> Callable[..., Any]:
+        return lambda a: fw.nn.softmax(fw.constrain(a * 2.0, ("data", "model")), axis=-1)
+
+    return [
+        Program("dp MLP step (batch on data)", dp_step, [mlp_p, mlp_x, mlp_y],
+                [replicated, ("data",), ("data",)]),
+        Program("2D MLP step (data x model)", dp_step, [mlp_p, mlp_x, mlp_y],
+                [M.MLP_SPECS, ("data",), ("data",)]),
+        Program("Megatron MLP fwd", megatron, [x, w1, w2], [(), (None, "model"), ("model",)]),
+        Program("Megatron MLP fwd+bwd", megatron_grad, [x, w1, w2],
+                [(), (None, "model"), ("model",)]),
+        Program("attention, heads on model", lambda fw: lambda p, s: M.attention(fw, s, p),
+                [attn_p, seq], [attn_specs, ()]),
+        Program("layernorm, features on model",
+                lambda fw: lambda a: M.layer_norm(fw.np, a, 1.0, 0.0), [feat],
+                [("data", "model")]),
+        Program("softmax, features on model", lambda fw: lambda a: fw.nn.softmax(a, axis=-1),
+                [feat], [("data", "model")]),
+        Program("contraction -> sharded (RS)", reduce_scatter, [x, w1],
+                [(None, "model"), ("model",)]),
+        Program("move sharded dim (A2A)", lambda fw: lambda a: a * 2.0, [feat],
+                [("model", None)], (None, "model")),
+        Program("unshard a dim (AG)", lambda fw: lambda a: a * 2.0, [feat], [("model", None)],
+                ()),
+        Program("2D block fwd", lambda fw: M.block_forward(fw), [blk_p, blk_x],
+                [M.BLOCK_SPECS, ("data",)]),
+        Program("2D block fwd+bwd step", block_step, [blk_p, blk_x, blk_y],
+                [M.BLOCK_SPECS, ("data",), ("data",)]),
+        Program("uneven Megatron (hidden 30/4)", uneven_megatron,
+                [M.rand((6, 16), 25), M.rand((16, 30), 26), M.rand((30, 8), 27)], [(), (), ()]),
+        Program("uneven softmax (10x30 on 2x4)", uneven_softmax, [M.rand((10, 30), 28)], [()], ()),
+    ]
+
+
+def describe(records: list[Any]) -> str:
+    return "; ".join(f"{r[0]}[{r[1]}] {r[2]}B {r[3]}" for r in records) or "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=int, default=1, help="multiply the model sizes")
+    parser.add_argument("--verbose", action="store_true", help="print both collective lists")
+    args = parser.parse_args()
+    print(M.header("collective bytes per device, ours vs XLA, mesh 2x4"))
+    ours, jax_fw = M.ours(MESH, AXES), M.jax_framework(MESH, AXES)
+    rows, worse, loops = [], [], False
+    for prog in programs(args.scale):
+        mine = [(r.kind.replace("_", "-"), ",".join(r.axes), r.bytes,
+                 f"{r.dtype}{list(r.shape)}") for r in measure_ours(ours, prog)]
+        theirs, in_loop = measure_xla(jax_fw, prog)
+        loops |= in_loop
+        a, b = sum(r[2] for r in mine), sum(r[2] for r in theirs)
+        ratio = a / b if b else (1.0 if a == 0 else float("inf"))
+        rows.append((prog.name, a, len(mine), b, len(theirs), ratio))
+        if a > b or args.verbose:
+            worse.append((prog.name, mine, theirs))
+    print("\n| program | ours bytes | ours n | XLA bytes | XLA n | ours/XLA |")
+    print("|---|---|---|---|---|---|")
+    for name, a, na, b, nb, ratio in rows:
+        print(f"| {name} | {a} | {na} | {b} | {nb} | {ratio:.2f} |")
+    met = sum(r[1] <= r[3] for r in rows)
+    print(f"\ngoal ours <= XLA met on {met}/{len(rows)} programs"
+          f"{'; XLA collectives inside while bodies counted once' if loops else ''}")
+    for name, mine, theirs in worse:
+        print(f"\n{name}\n  ours: {describe(mine)}\n  XLA:  {describe(theirs)}")
+
+
+if __name__ == "__main__":
+    main()

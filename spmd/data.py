@@ -6,6 +6,7 @@ one global Array sharded over the mesh's data axis. Imports only the public spmd
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -84,8 +85,15 @@ class DataLoader:
         return self.order(epoch)[start:start + self.batch_size]
 
     def local_indices(self, epoch: int, step: int) -> np.ndarray:
-        """This process's contiguous slice of the global batch."""
+        """This process's contiguous slice of the global batch.
+
+        Under a multi-process runtime it is the rows this process's devices hold (processes
+        that differ only along a model axis read the same rows).
+        """
         indices = self.batch_indices(epoch, step)
+        box = self._runtime_rows(len(indices))
+        if box is not None:
+            return indices[box]
         per_process = len(indices) // self.process_count
         start = self.process_index * per_process
         if self.process_index == self.process_count - 1:
@@ -107,11 +115,18 @@ class DataLoader:
             return None
         return NamedSharding(self.mesh, PartitionSpec(self.batch_axis, *([None] * (ndim - 1))))
 
+    def _runtime_rows(self, global_rows: int) -> slice | None:
+        """The batch rows the runtime places on this process, if several processes run."""
+        runtime = _distributed()
+        if runtime is None or self.mesh is None or runtime.process_count() == 1:
+            return None
+        return runtime.process_local_slices(self.sharding(1), (global_rows,))[0]
+
     def _global_array(self, local: np.ndarray, global_rows: int) -> Any:
         sharding = self.sharding(local.ndim)
         if self.process_count == 1:
             return spmd.device_put(local, sharding)
-        make = getattr(spmd, "make_array_from_process_local_data", None)
+        make = getattr(_distributed(), "make_array_from_process_local_data", None)
         if make is None or sharding is None:
             raise ShapeError(
                 f"DataLoader runs on {self.process_count} processes but "
@@ -151,10 +166,18 @@ def _common_length(arrays: list[np.ndarray], keys: list[str] | None) -> int:
     return next(iter(lengths.values()))
 
 
+def _distributed() -> Any:
+    """spmd.distributed (the multi-process runtimes' API), or None in a build without it."""
+    try:
+        return importlib.import_module("spmd.distributed")
+    except ImportError:
+        return None
+
+
 def _default(value: int | None, name: str, fallback: int) -> int:
     if value is not None:
         return int(value)
-    query = getattr(spmd, name, None)
+    query = getattr(_distributed(), name, None)
     return int(query()) if callable(query) else fallback
 
 

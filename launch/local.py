@@ -9,13 +9,14 @@ release the GIL, so large programs overlap).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Sequence
 
 import numpy as np
 
 from collectives.local import LocalWorld, run_on_devices
 from partitioner.partition import Partitioned
-from spmd.interpreter import evaluate, run_reference
+from spmd.interpreter import evaluate, run_op_scope, run_reference
 from spmd.ir.graph import Op
 from spmd.spmd_interpreter import evaluate_spmd
 
@@ -43,15 +44,41 @@ class LocalExecutable:
     def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
                      ) -> list[list[np.ndarray]]:
         world = LocalWorld(self.mesh.sizes, self.mesh.names)
-        program = self.program
+        kernel = self._compiled()
 
         def device(comm: Any) -> list[np.ndarray]:
             def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
                 return run_collective(comm, op, inputs)
 
-            return evaluate(program, per_device_args[comm.rank], run_op)
+            _device.run_op = run_op
+            with run_op_scope(run_op):
+                if kernel is None:
+                    return evaluate(self.program, per_device_args[comm.rank], run_op)
+                return kernel(per_device_args[comm.rank])
 
         return run_on_devices(world, device)
+
+    def _compiled(self) -> Any:
+        """The per-device program compiled once for the CPU (shared by the device threads),
+        or None to interpret it (SPMD_BACKEND=interpreter)."""
+        from spmd.dispatch import backend_for
+
+        if backend_for(self.program) == "interpreter":
+            return None
+        if self._kernel is None:
+            from backends.cpu import compile_program
+
+            threads = max(1, (os.cpu_count() or 1) // self.mesh.num_devices)
+            self._kernel = compile_program(self.program, run_op=_this_device_op,
+                                           num_threads=threads)
+        return self._kernel
+
+
+_device = threading.local()  # the run_op of the device this thread plays
+
+
+def _this_device_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    return _device.run_op(op, inputs)
 
 
 def run_collective(comm: Any, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:

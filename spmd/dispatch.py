@@ -54,6 +54,8 @@ class SingleDeviceExecutable:
     def __call__(self, args: Sequence[Any]) -> list[Any]:
         from spmd.array import Array
 
+        if (abstract := _simulated(self, args)) is not None:
+            return abstract
         values = [_global(a, t) for a, t in zip(args, self.graph.param_types)]
         outs = self.program(values)
         return [Array(o, weak=t.weak) for o, t in zip(outs, self.graph.result_types)]
@@ -71,16 +73,32 @@ class SingleDeviceExecutable:
 
         return peak_bytes(self.graph)
 
+    def simulate(self, **options: Any) -> Any:
+        """The TPU simulator's SimReport for one call (one chip; chip= picks it, default v5e)."""
+        return simulate(self.graph, None, **options)
+
+
+# Below this many elements in a program, numpy op by op beats compiling native kernels
+# (LLVM takes tens of ms per kernel on a cold cache); see benchmarks/dispatch.py.
+NATIVE_MIN_ELEMENTS = 1 << 16
+
+
+def backend_for(graph: Graph) -> str:
+    """SPMD_BACKEND: cpu (native kernels), interpreter (reference), or auto (by size)."""
+    choice = os.environ.get("SPMD_BACKEND", "auto")
+    if choice != "auto":
+        return choice
+    size = sum(t.size for op in graph.walk() for t in op.types)
+    return "cpu" if size >= NATIVE_MIN_ELEMENTS else "interpreter"
+
 
 def _compile_for_device(graph: Graph) -> Any:
     from spmd.interpreter import evaluate
 
-    if os.environ.get("SPMD_BACKEND", "interpreter") == "interpreter":  # TODO(#5): cpu default
+    if backend_for(graph) == "interpreter":
         return lambda args: evaluate(graph, args)
-    try:
-        from backends.cpu import compile_program
-    except ImportError:
-        return lambda args: evaluate(graph, args)
+    from backends.cpu import compile_program
+
     return compile_program(graph)
 
 
@@ -100,11 +118,15 @@ class ShardedExecutable:
     def __call__(self, args: Sequence[Any]) -> list[Any]:
         from spmd.array import Array
 
+        if (abstract := _simulated(self, args)) is not None:
+            return abstract
         per_param = [self._shards_for(a, t, spec) for a, t, spec in
                      zip(args, self.graph.param_types, self.partitioned.param_specs)]
         n = self.mesh.size
         per_device = [[shards[d] for shards in per_param] for d in range(n)]
-        outs = self.local.run(per_device)
+        runtime = _RUNTIME
+        outs = runtime.run(self.partitioned, self.mesh, per_device) if runtime else \
+            self.local.run(per_device)
         results = []
         for i, (t, sharding) in enumerate(zip(self.graph.result_types, self.out_shardings)):
             results.append(Array(shards=[outs[d][i] for d in range(n)], sharding=sharding,
@@ -119,7 +141,8 @@ class ShardedExecutable:
                 a.sharding, NamedSharding) and a.sharding.mesh == self.mesh and \
                 spec_of(a.sharding, t.ndim) == spec:
             return a._shards
-        return layout.split(_global(a, t), spec, mesh_shape(self.mesh))
+        shards = layout.split(_global(a, t), spec, mesh_shape(self.mesh))
+        return _RUNTIME.put(shards, self.mesh) if _RUNTIME else shards
 
     def collectives(self) -> list[Any]:
         return list(self.partitioned.records)
@@ -133,6 +156,27 @@ class ShardedExecutable:
         from partitioner.memory import peak_bytes
 
         return peak_bytes(self.partitioned.program)
+
+    def simulate(self, **options: Any) -> Any:
+        """The TPU simulator's SimReport for one call of the per-device program."""
+        return simulate(self.partitioned.program, self.mesh, **options)
+
+
+def simulate(program: Graph, mesh: Mesh | None, **options: Any) -> Any:
+    """Simulate one call of a per-device program on the mesh's TPU slice (backends/tpu_sim)."""
+    from backends.tpu_sim.abstract import simulate_program
+
+    if mesh is None:
+        return simulate_program(program, (), (), **options)
+    return simulate_program(program, mesh.axis_names, mesh.axis_sizes, mesh.device_kind,
+                            mesh.topology, **options)
+
+
+def _simulated(executable: Any, args: Sequence[Any]) -> list[Any] | None:
+    """Abstract calls (spmd.sim) get ShapeDtypeStruct results; tpu-sim meshes accrue time."""
+    from spmd import sim
+
+    return sim.on_call(executable, args)
 
 
 def user_spec(dims: Sequence[tuple[str, ...]]) -> PartitionSpec:
@@ -197,6 +241,8 @@ def assemble(array: Any) -> np.ndarray:
     sharding = array.sharding
     if isinstance(sharding, SingleDeviceSharding):
         return array._shards[0]
+    if _RUNTIME is not None:
+        return runtime_api().assemble(_RUNTIME, array)
     return layout.assemble(array._shards, array.shape, spec_of(sharding, array.ndim),
                            mesh_shape(sharding.mesh))
 
@@ -221,8 +267,12 @@ def addressable_shards(array: Any) -> list[Any]:
     mesh = mesh_shape(sharding.mesh)
     spec = spec_of(sharding, array.ndim)
     out = []
+    buffers = _RUNTIME.fetch(array.device_buffers(), sharding.mesh) if _RUNTIME else \
+        array.device_buffers()
     for device, coords, buf in zip(sharding.mesh.devices.flat, layout.device_coords(mesh),
-                                   array.device_buffers()):
+                                   buffers):
+        if buf is None:
+            continue
         index = layout.shard_slices(array.shape, spec, mesh, coords)
         out.append(Shard(device, index, buf[tuple(slice(0, s.stop - s.start) for s in index)]))
     return out
@@ -259,6 +309,8 @@ def _device_put_one(x: Any, sharding: Any) -> Any:
         raise ShardingError(f"device_put needs a NamedSharding, got {type(sharding).__name__}",
                             hint="use NamedSharding(mesh, P(...))")
     shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh))
+    if _RUNTIME is not None:
+        shards = _RUNTIME.put(shards, sharding.mesh)
     return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)
 
 
@@ -287,6 +339,29 @@ def eager_op(opdef: Any, inputs: Sequence[Any], in_types: Sequence[TensorType],
         jitted.__name__ = name
         _EAGER_CACHE[key] = jitted
     return jitted(*inputs)
+
+
+# -- multi-process runtimes (mpi, ray): spmd.distributed installs one ----------------------
+
+_RUNTIME: Any = None  # a launch.runtime.Runtime, or None for the local runtime
+
+
+def current_runtime() -> Any:
+    return _RUNTIME
+
+
+def set_runtime(runtime: Any) -> None:
+    """Routes sharded execution and arrays through runtime (None: back to the local one)."""
+    global _RUNTIME, _DEVICES
+    _RUNTIME = runtime
+    _DEVICES = None if runtime is None else runtime.devices()
+
+
+def runtime_api() -> Any:
+    """launch.runtime: starting runtimes and global arrays from per-process data."""
+    import launch.runtime
+
+    return launch.runtime
 
 
 def _install() -> None:

@@ -45,6 +45,21 @@ def evaluate(graph: Graph, args: Sequence[Any],
 _active = threading.local()  # the run_op of the evaluate call in progress on this thread
 
 
+class run_op_scope:
+    """`with run_op_scope(fn):` sub-graphs run on this thread by reference ops (scan bodies
+    reached through a backend's fallback) execute their ops with fn."""
+
+    def __init__(self, run_op: Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]):
+        self.run_op = run_op
+
+    def __enter__(self) -> None:
+        self.saved = getattr(_active, "run_op", None)
+        _active.run_op = self.run_op
+
+    def __exit__(self, *exc: object) -> None:
+        _active.run_op = self.saved
+
+
 def run_reference(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """One op through its registry reference, cast to its declared output types."""
     from spmd.ops import REGISTRY

@@ -119,7 +119,7 @@ class Executable:
         buffers: list[np.ndarray | None] = [None] * len(self.plan.slots)
         env: dict[int, np.ndarray] = {}
         for k, (v, t, a) in enumerate(zip(g.params, g.param_types, args)):
-            arr = np.ascontiguousarray(np.asarray(a, dtype=dtypes.to_numpy(t.dtype)))
+            arr = np.asarray(a, dtype=dtypes.to_numpy(t.dtype), order="C")  # keeps 0-d
             env[v] = arr
             buffers[k] = arr.reshape(-1).view(np.uint8)
         pool = self._temp_pool()

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import optree
 
 from spmd import dtypes
 from spmd.array import Array
-from spmd.errors import ShapeError
+from spmd.errors import ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
+from spmd.sharding import NamedSharding, PartitionSpec, Sharding, current_mesh
 from spmd.tracing import Trace, Tracer, current_trace, describe_loc, trace_counter, trace_scope
 from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_unflatten
@@ -90,7 +92,8 @@ class Compiled:
     def call_flat(self, leaves: Sequence[Any]) -> Any:
         outs = self.executable(list(leaves))
         types = self.lowered.graph.result_types
-        outs = [o if isinstance(o, Array) else Array(o, weak=t.weak) for o, t in zip(outs, types)]
+        outs = [o if isinstance(o, (Array, ShapeDtypeStruct)) else Array(o, weak=t.weak)
+                for o, t in zip(outs, types)]
         for leaf, donated in zip(leaves, self.lowered.donate):
             if donated and isinstance(leaf, Array):
                 leaf.delete()
@@ -190,31 +193,44 @@ class JitFunction:
         return Lowered(self, graph, out_tree, in_shardings, self._donated_leaves(args, kwargs))
 
     def _in_shardings_for(self, leaves: list[Any], args: tuple, kwargs: dict) -> tuple[Any, ...]:
+        """One sharding (or None) per leaf: jit's in_shardings (JAX's form: one sharding for
+        every argument, or one entry per positional argument, each a sharding, None or a
+        pytree of them matching the argument), else the committed inputs' own."""
         found = [_leaf_sharding(x) for x in leaves]
         if self.in_shardings is None:
             return tuple(found)
-        dyn_args, dyn_kwargs, _ = self._split(args, kwargs)
+        dyn_args, _, _ = self._split(args, kwargs)
         given = self.in_shardings
-        if not isinstance(given, tuple) or len(dyn_args) == 1 and not _is_tuple_of_specs(given):
-            given = (given,) if len(dyn_args) == 1 else given
-        from spmd.tree import tree_map
-
+        if not isinstance(given, (tuple, list)) or isinstance(given, PartitionSpec):
+            given = (given,) * len(dyn_args)
+        if len(given) != len(dyn_args):
+            raise ShardingError(f"in_shardings has {len(given)} entries but the function takes "
+                                f"{len(dyn_args)} positional arguments",
+                                hint="give one entry per positional argument, or one sharding")
         per_leaf: list[Any] = []
-        for arg, spec in zip(dyn_args, tuple(given) + (None,) * (len(dyn_args) - len(given))):
+        for arg, spec in zip(dyn_args, given):
             n = len(tree_flatten(arg)[0])
-            if spec is None or not _is_pytree_of_shardings(spec):
-                per_leaf += [spec] * n
-            else:
-                per_leaf += tree_flatten(tree_map(lambda s: s, spec))[0]
-        per_leaf += [None] * (len(leaves) - len(per_leaf))
+            if spec is None or isinstance(spec, (Sharding, PartitionSpec)):
+                per_leaf += [_as_sharding(spec)] * n
+                continue
+            flat = optree.tree_leaves(spec, none_is_leaf=True, namespace="spmd")
+            if len(flat) != n:
+                raise ShardingError(f"in_shardings entry {spec!r} has {len(flat)} shardings for "
+                                    f"an argument with {n} arrays")
+            per_leaf += [_as_sharding(s) for s in flat]
+        per_leaf += [None] * (len(leaves) - len(per_leaf))  # keyword arguments
         return tuple(p if p is not None else f for p, f in zip(per_leaf, found))
 
     def out_shardings_for(self, graph: Graph) -> tuple[Any, ...]:
         n = len(graph.results)
         if self.out_shardings is None:
             return (None,) * n
-        flat = tree_flatten(self.out_shardings)[0] if isinstance(
-            self.out_shardings, (list, tuple, dict)) else [self.out_shardings]
+        flat = [self.out_shardings]
+        if isinstance(self.out_shardings, (list, dict)) or (
+                isinstance(self.out_shardings, tuple)
+                and not isinstance(self.out_shardings, PartitionSpec)):
+            flat = optree.tree_leaves(self.out_shardings, none_is_leaf=True, namespace="spmd")
+        flat = [_as_sharding(s) for s in flat]
         if len(flat) == 1:
             return tuple(flat) * n
         if len(flat) != n:
@@ -248,14 +264,18 @@ def _any_tracer(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(x, Tracer) for x in tree_flatten((args, kwargs))[0])
 
 
-def _is_tuple_of_specs(x: Any) -> bool:
-    return isinstance(x, tuple) and all(_is_pytree_of_shardings(v) or v is None for v in x)
-
-
-def _is_pytree_of_shardings(x: Any) -> bool:
-    from spmd.sharding import Sharding
-
-    return all(isinstance(v, Sharding) for v in tree_flatten(x)[0])
+def _as_sharding(s: Any) -> Any:
+    """A bare P(...) means the mesh of the enclosing `with mesh:` block (JAX's habit)."""
+    if not isinstance(s, PartitionSpec):
+        if s is not None and not isinstance(s, Sharding):
+            raise ShardingError(f"expected a Sharding, a PartitionSpec or None, got {s!r}",
+                                hint="use NamedSharding(mesh, P(...))")
+        return s
+    mesh = current_mesh()
+    if mesh is None:
+        raise ShardingError(f"a bare {s!r} needs a mesh", hint="use NamedSharding(mesh, spec) "
+                            "or call inside `with mesh:`")
+    return NamedSharding(mesh, s)
 
 
 def _as_tuple(x: Any) -> tuple:

@@ -57,6 +57,9 @@ class GraphView:
         value = self.constant_value(vid)
         if value is None:
             return False
+        # A broadcast repeats its operand along stride-0 dims: compare the operand only.
+        if value.size:
+            value = value[tuple(slice(0, 1) if st == 0 else slice(None) for st in value.strides)]
         with np.errstate(all="ignore"):
             return bool(np.all(value == scalar))
 

@@ -1,0 +1,83 @@
+"""How each registered op is costed on the simulated TPU: one row per op, keyed by registry name.
+
+No rules here, only data; backends/tpu_sim/simulate.py reads the rows. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Costing:
+    """One row: the cost class of an op and FLOPs per output element where that applies.
+
+    kinds: "elementwise" (VPU, flops_per_element x output size, fusible), "matmul" (MXU
+    roofline with padding), "reduce" (one FLOP per input element, fusible as a consumer),
+    "copy" (reads and writes HBM, no FLOPs), "view" (free: a layout change XLA folds
+    away), "collective" (ICI time from the torus model), "control" (sub-graphs are walked),
+    "free" (nothing is charged).
+    """
+
+    kind: str
+    flops_per_element: float = 0.0
+    note: str = ""
+
+
+ELEMENTWISE = Costing("elementwise", 1.0)
+# Transcendentals run on the VPU/EUP as a short polynomial; a rough per-element count.
+TRANSCENDENTAL = Costing("elementwise", 10.0, "transcendental: ~10 VPU ops per element")
+COMPARE = Costing("elementwise", 1.0)
+MATMUL = Costing("matmul", note="2*B*M*N*K FLOPs; M, N, K pad up to the MXU size")
+REDUCE = Costing("reduce", 1.0, "one FLOP per input element")
+COPY = Costing("copy", note="reads its inputs and writes its output through HBM")
+VIEW = Costing("view", note="layout only: XLA folds it into its neighbours")
+COLLECTIVE = Costing("collective", note="torus ring model in cost_model.collective_cost")
+CONTROL = Costing("control", note="sub-graphs walked: scan body x length, cond max of branches")
+FREE = Costing("free", note="no device work")
+
+LOWERINGS: dict[str, Costing] = {
+    **{name: ELEMENTWISE for name in (
+        "add", "sub", "mul", "div", "rem", "max", "min", "neg", "abs", "sign", "floor", "ceil",
+        "round", "and", "or", "xor", "not", "shift_left", "shift_right", "select",
+        "convert_element_type", "is_finite", "stop_gradient", "broadcast_in_dim", "iota",
+        "sqrt", "rsqrt")},
+    **{name: COMPARE for name in ("eq", "ne", "lt", "le", "gt", "ge")},
+    **{name: TRANSCENDENTAL for name in (
+        "exp", "expm1", "log", "log1p", "tanh", "logistic", "sin", "cos", "tan", "erf", "pow",
+        "atan2")},
+    "dot_general": MATMUL,
+    "reduce": REDUCE,
+    "argmax": REDUCE,
+    "argmin": REDUCE,
+    "cumsum": Costing("reduce", 1.0, "a scan along one axis: one FLOP per element"),
+    "sort": Costing("reduce", 10.0, "sorting network: ~log2(n) compare passes per element"),
+    "argsort": Costing("reduce", 10.0, "sorting network: ~log2(n) compare passes per element"),
+    "reshape": VIEW,
+    "sharding_constraint": VIEW,
+    "transpose": COPY,
+    "slice": COPY,
+    "pad": COPY,
+    "concatenate": COPY,
+    "rev": COPY,
+    "gather": COPY,
+    "scatter_add": Costing("copy", note="reads operand and updates, writes the operand"),
+    "dynamic_slice": COPY,
+    "dynamic_update_slice": Costing("copy", note="in place: reads and writes the update only"),
+    "constant": FREE,
+    "axis_index": FREE,
+    "all_reduce": COLLECTIVE,
+    "all_gather": COLLECTIVE,
+    "reduce_scatter": COLLECTIVE,
+    "all_to_all": COLLECTIVE,
+    "collective_permute": COLLECTIVE,
+    "scan": CONTROL,
+    "cond": CONTROL,
+    "while_loop": CONTROL,
+    "shard_map": CONTROL,
+}
+
+
+def costing(name: str) -> Costing:
+    """The row for an op; an op without one is costed as a copy (tests flag the gap)."""
+    return LOWERINGS.get(name, COPY)

@@ -1,0 +1,250 @@
+"""Walk ONE per-device program (every device runs the same SPMD program): schedule its cost
+units on a timeline from data dependencies, track HBM liveness, and build a SimReport.
+
+Imports only the IR core, spmd.errors and this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spmd.ir.graph import Graph, Op
+
+from .chips import ChipSpec
+from .memory import MemoryTracker
+from .report import OpRow, SimReport
+from .timeline import Timeline
+from .topology import Topology
+from .units import Unit, build_units
+
+MAX_EXPANDED_EVENTS = 20000  # beyond this a scan's iterations are one event each op, x length
+
+
+class Simulator:
+    """Simulates one per-device program on a chip of a torus slice."""
+
+    def __init__(self, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...],
+                 axis_sizes: tuple[int, ...], *, overlap: bool = False, fuse: bool = True,
+                 check_memory: bool = True, while_iterations: int = 1) -> None:
+        self.chip = chip
+        self.topology = topology
+        self.axis_names = tuple(axis_names)
+        self.axis_sizes = tuple(axis_sizes)
+        self.overlap = overlap
+        self.fuse = fuse
+        self.check_memory = check_memory
+        self.while_iterations = while_iterations
+        self.timeline = Timeline(1, overlap=overlap)
+        self.rows: dict[int, OpRow] = {}
+        self.notes: list[str] = []
+        self._units: dict[int, list[Unit]] = {}
+        self._events: dict[int, int] = {}
+        self._repeat = 1  # events stand for this many executions (collapsed scans)
+
+    # -- units -----------------------------------------------------------------------------
+    def units(self, graph: Graph) -> list[Unit]:
+        """Cost units of a graph, built once per graph."""
+        key = id(graph)
+        if key not in self._units:
+            self._units[key] = build_units(graph, self.chip, self.topology, self.axis_names,
+                                           self.fuse)
+        return self._units[key]
+
+    def events(self, graph: Graph) -> int:
+        """Timeline events one execution of `graph` adds (sub-graphs expanded)."""
+        key = id(graph)
+        if key in self._events:
+            return self._events[key]
+        count = 0
+        for u in self.units(graph):
+            if u.op is None:
+                count += 1
+                continue
+            op = u.op
+            if op.name == "scan":
+                count += op.attrs["length"] * self.events(op.attrs["body"])
+            elif op.name == "cond":
+                count += max(self.events(b) for b in op.attrs["branches"])
+            elif op.name == "while_loop":
+                count += self.while_iterations * (self.events(op.attrs["cond_graph"]) +
+                                                  self.events(op.attrs["body_graph"]))
+            else:
+                count += self.events(op.attrs["body"])
+        self._events[key] = count
+        return count
+
+    # -- scheduling ------------------------------------------------------------------------
+    def schedule(self, graph: Graph, ready_in: list[float]) -> list[float]:
+        """Schedule one execution of `graph`; returns when each result is ready."""
+        ready = dict(zip(graph.params, ready_in))
+        for unit in self.units(graph):
+            start = max((ready.get(v, 0.0) for v in unit.inputs), default=0.0)
+            if unit.op is not None:
+                outs = self.control(unit.op, [ready.get(v, 0.0) for v in unit.op.inputs])
+                ready.update(zip(unit.op.outputs, outs))
+                continue
+            if unit.time <= 0.0 and unit.flops <= 0.0:
+                ready.update(dict.fromkeys(unit.outputs, start))
+                continue
+            end = self.emit(unit, start)
+            ready.update(dict.fromkeys(unit.outputs, end))
+        return [ready.get(v, 0.0) for v in graph.results]
+
+    def emit(self, unit: Unit, start: float) -> float:
+        """Put one unit on the timeline and into its report row; returns its end time."""
+        category = "collective" if unit.kind == "collective" else "compute"
+        duration = unit.time * self._repeat
+        args: dict[str, Any] = {"loc": unit.loc, "flops": unit.flops, "bytes": unit.bytes}
+        if self._repeat > 1:
+            args["repeat"] = self._repeat
+        if unit.axes:
+            args["axes"] = ",".join(unit.axes)
+        event = self.timeline.add(0, unit.name, duration, category, args, ready=start)
+        row = self.rows.get(id(unit))
+        if row is None:
+            row = OpRow(unit.name, unit.kind, 0.0, 0.0, 0.0, unit.loc, 0, unit.axes)
+            self.rows[id(unit)] = row
+        row.time_s += duration
+        row.flops += unit.flops * self._repeat
+        row.bytes += unit.bytes * self._repeat
+        row.count += self._repeat
+        return event.end
+
+    def control(self, op: Op, ready_in: list[float]) -> list[float]:
+        """Scan: the body x length (carries chain); cond: the costliest branch; while: the
+        body x `while_iterations` (its trip count is data-dependent)."""
+        if op.name == "scan":
+            return self.scan(op, ready_in)
+        if op.name == "cond":
+            branches = op.attrs["branches"]
+            costliest = max(branches, key=self.static_time)
+            return self.schedule(costliest, ready_in[1:])
+        if op.name == "while_loop":
+            return self.while_loop(op, ready_in)
+        return self.schedule(op.attrs["body"], ready_in)
+
+    def scan(self, op: Op, ready_in: list[float]) -> list[float]:
+        body = op.attrs["body"]
+        length = int(op.attrs["length"])
+        consts = ready_in[:op.attrs["num_consts"]]
+        k = op.attrs["num_carry"]
+        carry = ready_in[len(consts):len(consts) + k]
+        xs_ready = max(ready_in[len(consts) + k:], default=0.0)
+        n_xs = len(body.params) - len(consts) - k
+        ys = [0.0] * (len(body.results) - k)
+        iterations = length
+        if length * self.events(body) > MAX_EXPANDED_EVENTS:
+            iterations = 1
+            self._repeat *= length
+        try:
+            for _ in range(iterations):
+                outs = self.schedule(body, consts + carry + [xs_ready] * n_xs)
+                carry = outs[:k]
+                ys = [max(a, b) for a, b in zip(ys, outs[k:])]
+        finally:
+            if iterations != length:
+                self._repeat //= length
+        return carry + ys
+
+    def while_loop(self, op: Op, ready_in: list[float]) -> list[float]:
+        n_cond = op.attrs["cond_num_consts"]
+        n_body = op.attrs["body_num_consts"]
+        cond_consts = ready_in[:n_cond]
+        body_consts = ready_in[n_cond:n_cond + n_body]
+        carry = ready_in[n_cond + n_body:]
+        note = (f"while_loop at {op.loc or '?'}: trip count unknown, costed as "
+                f"{self.while_iterations} iteration(s) (simulate(while_iterations=...))")
+        if note not in self.notes:
+            self.notes.append(note)
+        for _ in range(self.while_iterations):
+            self.schedule(op.attrs["cond_graph"], cond_consts + carry)
+            carry = self.schedule(op.attrs["body_graph"], body_consts + carry)
+        return carry
+
+    def static_time(self, graph: Graph) -> float:
+        """Serial seconds of one execution of a graph (to pick a cond's costliest branch)."""
+        total = 0.0
+        for u in self.units(graph):
+            if u.op is None:
+                total += u.time
+            elif u.op.name == "scan":
+                total += u.op.attrs["length"] * self.static_time(u.op.attrs["body"])
+            elif u.op.name == "cond":
+                total += max(self.static_time(b) for b in u.op.attrs["branches"])
+            elif u.op.name == "while_loop":
+                total += self.while_iterations * self.static_time(u.op.attrs["body_graph"])
+            else:
+                total += self.static_time(u.op.attrs["body"])
+        return total
+
+    # -- memory ----------------------------------------------------------------------------
+    def transient_peak(self, graph: Graph) -> int:
+        """Peak bytes a graph's execution allocates beyond its params (sub-graph temporaries)."""
+        tracker = MemoryTracker(1 << 62)
+        self.track(graph, tracker, keep_params=False)
+        return tracker.peak
+
+    def track(self, graph: Graph, tracker: MemoryTracker, keep_params: bool = True) -> None:
+        """Liveness over units: outputs allocate at their unit, inputs free at last use.
+
+        A view's output aliases its input. Params stay live (the caller holds them); a
+        control op adds its sub-graph's transient peak while it runs.
+        """
+        types = graph.types
+        units = self.units(graph)
+        alias: dict[int, int] = {}
+        last: dict[int, int] = {}
+        for i, u in enumerate(units):
+            for v in u.inputs:
+                last[alias.get(v, v)] = i
+            if u.kind == "view" and u.inputs:
+                for v in u.outputs:
+                    alias[v] = alias.get(u.inputs[0], u.inputs[0])
+        end = len(units)
+        for v in graph.results:
+            last[alias.get(v, v)] = end
+        if keep_params:
+            for i, v in enumerate(graph.params):
+                tracker.alloc(f"argument {i} {types[v]}", types[v].nbytes)
+        params = set(graph.params)
+        live: dict[int, str] = {}
+        for i, u in enumerate(units):
+            for v in u.outputs:
+                if v in alias:
+                    continue
+                live[v] = f"%{v} {u.name} {types[v]}"
+                tracker.alloc(live[v], types[v].nbytes, u.loc or None)
+            if u.op is not None:
+                self._transient(u.op, tracker)
+            for v in {alias.get(x, x) for x in u.inputs} | set(u.outputs):
+                if v in live and last.get(v, -1) <= i and v not in params:
+                    tracker.free(live.pop(v))
+
+    def _transient(self, op: Op, tracker: MemoryTracker) -> None:
+        subs = [g for key in ("body", "body_graph", "cond_graph") if isinstance(
+            g := op.attrs.get(key), Graph)] + list(op.attrs.get("branches", ()))
+        extra = max((self.transient_peak(g) for g in subs), default=0)
+        if extra <= 0:
+            return
+        name = f"{op.name} temporaries at {op.loc or '?'} #{id(op)}"
+        tracker.alloc(name, extra, op.loc or None)
+        tracker.free(name)
+
+    # -- the whole program -----------------------------------------------------------------
+    def run(self, program: Graph) -> SimReport:
+        """Simulate one call of `program` and report it."""
+        tracker = MemoryTracker(self.chip.hbm_bytes if self.check_memory else 1 << 62)
+        self.track(program, tracker)
+        self.schedule(program, [0.0] * len(program.params))
+        rows = list(self.rows.values())
+        compute = sum(r.time_s for r in rows if r.kind != "collective")
+        collective = sum(r.time_s for r in rows if r.kind == "collective")
+        return SimReport(
+            chip=self.chip.name, mesh=dict(zip(self.axis_names, self.axis_sizes)),
+            topology=self.topology.shape, step_time_s=self.timeline.step_time(),
+            compute_time_s=compute, collective_time_s=collective,
+            flops=sum(r.flops for r in rows), peak_flops=self.chip.peak_flops_bf16,
+            peak_memory_bytes=tracker.peak, hbm_bytes=self.chip.hbm_bytes, ops=rows,
+            timeline=self.timeline, peak_buffers=tracker.peak_live, overlap=self.overlap,
+            notes=list(self.notes))
+

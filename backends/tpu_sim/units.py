@@ -1,0 +1,169 @@
+"""Cost units of one graph: ops grouped into XLA-like fusions, each with FLOPs, bytes and time.
+
+Elementwise and view ops fuse into a single elementwise or reduce consumer, so their
+intermediates never touch HBM. Imports only the IR core and this package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from spmd.errors import SimulationError
+from spmd.ir.graph import Graph, Op
+
+from .chips import ChipSpec
+from .cost_model import collective_time, op_time
+from .lower import costing
+from .topology import Topology
+
+CONSUMER_KINDS = ("elementwise", "reduce", "view")
+
+
+@dataclass
+class Unit:
+    """One scheduled piece of work: a fusion, a matmul, a copy, a collective or a control op."""
+
+    name: str
+    kind: str
+    loc: str
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    flops: float = 0.0
+    bytes: float = 0.0
+    time: float = 0.0
+    axes: tuple[str, ...] = ()
+    op: Op | None = None  # the control op whose sub-graphs the scheduler walks
+    producer: bool = False  # can fuse into its consumer (its root is elementwise or a view)
+
+
+def _nbytes(graph: Graph, values: tuple[int, ...] | list[int]) -> int:
+    types = graph.types
+    return sum(types[v].nbytes for v in values if v in types)
+
+
+def matmul_dims(op: Op, graph: Graph) -> tuple[int, int, int, int]:
+    """(batch, M, N, K) of a dot_general from its dimension numbers."""
+    (lc, rc), (lb, _rb) = op.attrs["dimension_numbers"]
+    lhs = graph.types[op.inputs[0]].shape
+    rhs = graph.types[op.inputs[1]].shape
+    batch = math.prod(lhs[d] for d in lb)
+    k = math.prod(lhs[d] for d in lc)
+    m = math.prod(d for i, d in enumerate(lhs) if i not in lc and i not in lb)
+    n = math.prod(rhs) // max(1, k * batch)
+    del rc
+    return batch, m, n, k
+
+
+def _peak_dtype(chip: ChipSpec, dtype: str) -> str:
+    try:
+        chip.peak_flops(dtype)
+    except SimulationError:
+        return "float32"
+    return dtype
+
+
+def _matmul(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
+    batch, m, n, k = matmul_dims(op, graph)
+    flops = 2.0 * batch * m * n * k
+    nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
+    dtype = _peak_dtype(chip, graph.types[op.inputs[0]].dtype)
+    if batch * m * n * k == 0:
+        return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, 0.0, nbytes, 0.0)
+    seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(m, n, k))
+    return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, flops, nbytes, seconds)
+
+
+def _collective(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
+                axis_names: tuple[str, ...]) -> Unit:
+    axes = op.attrs.get("axes", ())
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    indices = [axis_names.index(a) for a in axes if a in axis_names]
+    nbytes = _nbytes(graph, op.inputs)
+    shift = 1
+    pairs = op.attrs.get("pairs", ())
+    moving = [(s, d) for s, d in pairs if s != d]
+    if op.name == "collective_permute":
+        size = int(op.attrs.get("group_size", 1)) or 1
+        shift = (moving[0][1] - moving[0][0]) % size if moving else 0
+    seconds = collective_time(chip, topology, op.name, nbytes, indices, shift=shift)
+    return Unit(op.name, "collective", op.loc, op.inputs, op.outputs, 0.0, nbytes, seconds,
+                axes=axes)
+
+
+def _single(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
+            axis_names: tuple[str, ...]) -> Unit:
+    row = costing(op.name)
+    if row.kind == "matmul":
+        return _matmul(op, graph, chip)
+    if row.kind == "collective":
+        return _collective(op, graph, chip, topology, axis_names)
+    if row.kind in ("control", "free", "view"):
+        return Unit(op.name, row.kind, op.loc, op.inputs, op.outputs,
+                    op=op if row.kind == "control" else None, producer=row.kind == "view")
+    nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
+    if op.name == "dynamic_update_slice":
+        nbytes = 2 * _nbytes(graph, op.inputs[1:2])
+    size = sum(graph.types[v].size for v in (op.inputs[:1] if row.kind == "reduce" else op.outputs))
+    flops = row.flops_per_element * size
+    return Unit(op.name, row.kind, op.loc, op.inputs, op.outputs, flops, nbytes,
+                producer=row.kind == "elementwise")
+
+
+def build_units(graph: Graph, chip: ChipSpec, topology: Topology,
+                axis_names: tuple[str, ...], fuse: bool = True) -> list[Unit]:
+    """The graph's ops as cost units in program order (fusions replace their members)."""
+    users = graph.users()
+    results = set(graph.results)
+    units: list[Unit | None] = []
+    group_of: dict[int, int] = {}  # value id -> index of the unit that defines it
+    members: dict[int, list[Op]] = {}
+    for op in graph.ops:
+        unit = _single(op, graph, chip, topology, axis_names)
+        absorbed: list[int] = []
+        if fuse and unit.kind in CONSUMER_KINDS:
+            for v in dict.fromkeys(op.inputs):
+                index = group_of.get(v)
+                if index is None or index in absorbed or units[index] is None \
+                        or not units[index].producer:
+                    continue
+                outs = units[index].outputs
+                if any(o in results for o in outs):
+                    continue
+                if all(u is op for o in outs for u in users.get(o, [])):
+                    absorbed.append(index)
+        if absorbed:
+            unit = _merge([units[i] for i in absorbed], unit, [members[i] for i in absorbed], op)
+            for i in absorbed:
+                units[i] = None
+        index = len(units)
+        units.append(unit)
+        members[index] = [m for i in absorbed for m in members[i]] + [op]
+        for v in unit.outputs:
+            group_of[v] = index
+        for v in op.outputs:
+            group_of[v] = index
+    done = [u for u in units if u is not None]
+    for u in done:
+        if u.kind in ("elementwise", "reduce", "copy", "fusion"):
+            _price(u, graph, chip)
+    return done
+
+
+def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) -> Unit:
+    inside = {v for p in parts for v in p.outputs}
+    inputs = tuple(dict.fromkeys([v for p in parts for v in p.inputs] +
+                                 [v for v in root.inputs if v not in inside]))
+    kinds = {p.kind for p in parts} | {root.kind}
+    count = sum(len(m) for m in member_ops) + 1
+    kind = "fusion" if kinds - {"view"} and count > 1 else root.kind
+    name = f"fusion[{count}]:{root.name}" if kind == "fusion" else root.name
+    return Unit(name, kind, op.loc, inputs, root.outputs,
+                sum(p.flops for p in parts) + root.flops, producer=root.producer)
+
+
+def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
+    """Roofline of an elementwise/reduce/copy/fusion unit: VPU FLOPs vs HBM traffic."""
+    if unit.kind != "copy":
+        unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
+    unit.time = op_time(chip, unit.flops, unit.bytes, "float32")

@@ -1,0 +1,180 @@
+"""The TPU pod simulator's user API: abstract mode, simulate(f, *args), compare(f, args, shardings).
+
+Reaches backends/tpu_sim only through spmd.dispatch (executables' `simulate`).
+
+    >>> import spmd, spmd.sim
+    >>> f = spmd.jit(lambda a, b: a @ b)
+    >>> x = spmd.ShapeDtypeStruct((1024, 1024), "bfloat16")
+    >>> with spmd.sim.abstract():
+    ...     y = f(x, x)
+    >>> y.shape, spmd.sim.last_report().step_time_s > 0
+    ((1024, 1024), True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spmd.api import JitFunction, ShapeDtypeStruct, jit
+from spmd.array import Array
+from spmd.errors import ShardingError
+from spmd.sharding import Sharding
+from spmd.tree import tree_flatten, tree_unflatten
+
+
+@dataclass
+class _State:
+    depth: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    last: Any = None
+    elapsed_s: float = 0.0
+    steps: int = 0
+
+
+_STATE = _State()
+
+
+@contextlib.contextmanager
+def abstract(**options: Any) -> Iterator[None]:
+    """Jitted calls run shapes only: they return ShapeDtypeStructs and record a SimReport.
+
+    Options go to the simulator (chip=, topology=, overlap=, fuse=, check_memory=).
+    """
+    saved = dict(_STATE.options)
+    _STATE.depth += 1
+    _STATE.options.update(options)
+    try:
+        yield
+    finally:
+        _STATE.depth -= 1
+        _STATE.options = saved
+
+
+def last_report() -> Any:
+    """The SimReport of the latest simulated call (abstract, or numerics on a tpu-sim mesh)."""
+    return _STATE.last
+
+
+def elapsed() -> float:
+    """Simulated seconds accrued by calls since the last `reset()`."""
+    return _STATE.elapsed_s
+
+
+def reset() -> None:
+    """Forget the accrued simulated time and the last report."""
+    _STATE.elapsed_s = 0.0
+    _STATE.steps = 0
+    _STATE.last = None
+
+
+def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
+    """Called by the dispatcher on every call of a compiled program.
+
+    Abstract calls (ShapeDtypeStruct args, or inside `abstract()`) return ShapeDtypeStructs
+    and allocate nothing; real calls on a tpu-sim mesh run normally while the simulated time
+    accrues (the report is cached per program: cost does not depend on the data).
+    """
+    is_abstract = _STATE.depth > 0 or any(isinstance(a, ShapeDtypeStruct) for a in args)
+    mesh = getattr(executable, "mesh", None)
+    on_tpu_sim = mesh is not None and str(mesh.device_kind).startswith("tpu-sim")
+    if not is_abstract and not on_tpu_sim:
+        return None
+    report = executable.simulate(**_STATE.options)
+    _STATE.last = report
+    _STATE.elapsed_s += report.step_time_s
+    _STATE.steps += 1
+    if not is_abstract:
+        return None
+    shardings = getattr(executable, "out_shardings", None) or [None] * len(
+        executable.graph.results)
+    return [ShapeDtypeStruct(t.shape, t.dtype, s, t.weak)
+            for t, s in zip(executable.graph.result_types, shardings)]
+
+
+def _abstract_leaf(x: Any, sharding: Any = None) -> Any:
+    if isinstance(x, ShapeDtypeStruct):
+        if sharding is None:
+            return x
+        return ShapeDtypeStruct(x.shape, x.dtype, sharding, x.weak_type)
+    if isinstance(x, Array) or hasattr(x, "shape") and hasattr(x, "dtype"):
+        if sharding is None and isinstance(x, Array) and x.committed:
+            sharding = x.sharding
+        return ShapeDtypeStruct(tuple(x.shape), str(x.dtype), sharding)
+    return x
+
+
+def abstract_args(args: Sequence[Any], shardings: Sequence[Any] | None = None) -> tuple:
+    """Args as ShapeDtypeStructs; `shardings` gives per arg a Sharding, a pytree of them, or None."""
+    given = list(shardings) if shardings is not None else [None] * len(args)
+    if len(given) != len(args):
+        raise ShardingError(f"compare got {len(given)} shardings for {len(args)} arguments",
+                            hint="give one sharding (or pytree of shardings, or None) per arg")
+    out = []
+    for arg, spec in zip(args, given):
+        leaves, tree = tree_flatten(arg)
+        if spec is None or isinstance(spec, Sharding):
+            specs = [spec] * len(leaves)
+        else:
+            specs = tree_flatten(spec)[0]
+            if len(specs) != len(leaves):
+                raise ShardingError(
+                    f"a sharding pytree has {len(specs)} leaves but its argument has "
+                    f"{len(leaves)}", hint="match the argument's structure, or pass one Sharding")
+        out.append(tree_unflatten(tree, [_abstract_leaf(x, s) for x, s in zip(leaves, specs)]))
+    return tuple(out)
+
+
+def simulate(f: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """Trace, partition and simulate one call of f on abstract versions of args (no data)."""
+    jitted = f if isinstance(f, JitFunction) else jit(f)
+    compiled = jitted.lower(*abstract_args(args)).compile()
+    report = compiled.simulate(**options)
+    _STATE.last = report
+    return report
+
+
+def compare(f: Callable[..., Any], args: Sequence[Any], shardings: Sequence[Sequence[Any]],
+            labels: Sequence[str] | None = None, *, show: bool = True, **options: Any
+            ) -> list[Any]:
+    """Simulate f under each sharding of its args and print them side by side.
+
+    Each entry of `shardings` has one Sharding (or pytree of them, or None) per arg. Memory
+    is not enforced here (check_memory=False): a layout that does not fit is marked.
+    """
+    options.setdefault("check_memory", False)
+    names = list(labels) if labels is not None else [f"#{i}" for i in range(len(shardings))]
+    reports = [simulate(f, *abstract_args(args, s), **options) for s in shardings]
+    if show:
+        print(format_comparison(reports, names))
+    return reports
+
+
+def format_comparison(reports: Sequence[Any], labels: Sequence[str]) -> str:
+    """A side-by-side table of reports: time, compute/ICI split, MFU, memory, bytes moved."""
+    rows: list[tuple[str, Callable[[Any], str]]] = [
+        ("step time", lambda r: _seconds(r.step_time_s)),
+        ("compute", lambda r: _seconds(r.compute_time_s)),
+        ("collectives", lambda r: _seconds(r.collective_time_s)),
+        ("exposed comm.", lambda r: _seconds(r.exposed_collective_s)),
+        ("MFU", lambda r: f"{r.mfu * 100:.1f}%"),
+        ("peak HBM", lambda r: f"{r.peak_memory_bytes / 2**30:.2f} GiB" + (
+            " OOM" if r.peak_memory_bytes > r.hbm_bytes else "")),
+        ("bytes moved", lambda r: f"{r.collective_bytes / 2**20:.1f} MiB"),
+        ("collectives #", lambda r: str(sum(o.count for o in r.collectives()))),
+    ]
+    width = max([14, *(len(label) + 2 for label in labels)])
+    lines = ["".ljust(15) + "".join(label.rjust(width) for label in labels)]
+    for name, fmt in rows:
+        lines.append(name.ljust(15) + "".join(fmt(r).rjust(width) for r in reports))
+    return "\n".join(lines)
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.3f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
+
+
+__all__ = ["abstract", "abstract_args", "compare", "elapsed", "format_comparison",
+           "last_report", "on_call", "reset", "simulate"]

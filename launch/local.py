@@ -44,7 +44,7 @@ class LocalExecutable:
     def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
                      ) -> list[list[np.ndarray]]:
         world = LocalWorld(self.mesh.sizes, self.mesh.names)
-        kernel = self._compiled()
+        kernel = self.compiled_program()
 
         def device(comm: Any) -> list[np.ndarray]:
             def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -58,7 +58,7 @@ class LocalExecutable:
 
         return run_on_devices(world, device)
 
-    def _compiled(self) -> Any:
+    def compiled_program(self) -> Any:
         """The per-device program compiled once for the CPU (shared by the device threads),
         or None to interpret it (SPMD_BACKEND=interpreter)."""
         from spmd.dispatch import backend_for

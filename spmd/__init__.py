@@ -21,10 +21,11 @@ __all__ = [
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "device_count", "devices", "errors", "grad", "jit", "jvp", "make_mesh", "tree_flatten",
     "tree_leaves", "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
-    "device_put", "with_sharding_constraint", "nn", "shard_map",
+    "device_put", "with_sharding_constraint", "nn", "shard_map", "visualize_sharding",
 ]
 
 from spmd.dispatch import device_put  # noqa: E402  (lazy bridge to the runtime)
 from spmd.lax import with_sharding_constraint  # noqa: E402
 from spmd import nn  # noqa: E402,F401  (needs spmd.numpy)
 from spmd.shard_map import shard_map  # noqa: E402
+from spmd.visualize import visualize_sharding  # noqa: E402

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import optree
@@ -20,8 +21,15 @@ from spmd.errors import ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.sharding import NamedSharding, PartitionSpec, Sharding, current_mesh
-from spmd.tracing import Trace, Tracer, current_trace, describe_loc, trace_counter, trace_scope
-from spmd.tracing import type_of
+from spmd.tracing import (
+    Trace,
+    Tracer,
+    current_trace,
+    describe_loc,
+    trace_counter,
+    trace_scope,
+    type_of,
+)
 from spmd.tree import tree_flatten, tree_unflatten
 
 
@@ -105,7 +113,7 @@ class Compiled:
         return self.lowered.as_text()
 
     def collectives(self) -> list[Any]:
-        return list(getattr(self.executable, "collectives", lambda: [])())
+        return list(getattr(self.executable, "collectives", list)())
 
     def memory_per_device(self) -> int:
         return self.executable.memory_per_device()

@@ -69,6 +69,9 @@ class SingleDeviceExecutable:
         return print_graph(self.graph)
 
     def memory_per_device(self) -> int:
+        """The CPU backend's planned peak when it compiled the program, else liveness."""
+        if hasattr(self.program, "memory_per_device"):
+            return self.program.memory_per_device()
         from partitioner.memory import peak_bytes
 
         return peak_bytes(self.graph)
@@ -153,6 +156,10 @@ class ShardedExecutable:
         return print_graph(self.partitioned.program, name="per_device")
 
     def memory_per_device(self) -> int:
+        """The CPU backend's planned peak when it runs the program, else liveness."""
+        kernel = self.local.compiled_program()
+        if kernel is not None:
+            return kernel.memory_per_device()
         from partitioner.memory import peak_bytes
 
         return peak_bytes(self.partitioned.program)

@@ -1,0 +1,288 @@
+"""spmd.checkpoint: sharded, atomic checkpoints of pytrees (npy shard files + index.json).
+
+    save(dir, tree, step)  ->  dir/step_00000042/{index.json, leaf_0000.shard_000.npy, ...}
+    restore(dir, target)   ->  the tree, resharded onto the target's shardings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from typing import Any
+
+import numpy as np
+
+from spmd import checkpoint_files as files
+from spmd import dtypes
+from spmd.errors import CheckpointError
+
+FORMAT = "spmd-checkpoint"
+VERSION = 1
+_STEP = re.compile(r"^step_(\d+)$")
+_TEMP = re.compile(r"^step_\d+\.(tmp|old)-[0-9a-f]+$")
+
+
+def _step_name(step: int) -> str:
+    return f"step_{int(step):08d}"
+
+
+def all_steps(directory: str) -> list[int]:
+    """The steps with a complete checkpoint in `directory`, ascending."""
+    if not os.path.isdir(directory):
+        return []
+    steps = []
+    for name in os.listdir(directory):
+        found = _STEP.match(name)
+        if found and os.path.isfile(os.path.join(directory, name, "index.json")):
+            steps.append(int(found.group(1)))
+    return sorted(steps)
+
+
+def latest_step(directory: str) -> int | None:
+    """The step LATEST names (if it is complete), else the newest complete step, else None."""
+    steps = all_steps(directory)
+    try:
+        with open(os.path.join(directory, "LATEST"), encoding="utf-8") as handle:
+            found = _STEP.match(handle.read().strip())
+    except OSError:
+        found = None
+    if found and int(found.group(1)) in steps:
+        return int(found.group(1))
+    return steps[-1] if steps else None
+
+
+# -- save ------------------------------------------------------------------------------------
+
+def _unique_shards(leaf: Any) -> list[tuple[files.Box, np.ndarray]]:
+    """Each distinct (global range, data) of a leaf once: replicated copies are written once."""
+    from spmd.array import Array
+    from spmd.sharding import NamedSharding
+
+    if isinstance(leaf, Array) and isinstance(leaf.sharding, NamedSharding):
+        seen: dict[files.Box, np.ndarray] = {}
+        for shard in leaf.addressable_shards:
+            box = (tuple(s.start for s in shard.index), tuple(s.stop for s in shard.index))
+            seen.setdefault(box, np.asarray(shard.data))
+        return list(seen.items())
+    value = np.asarray(leaf)
+    return [((tuple(0 for _ in value.shape), tuple(value.shape)), value)]
+
+
+def _write_step(folder: str, tree: Any, step: int) -> None:
+    paths, leaves, _ = files.leaf_paths(tree)
+    index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": int(step),
+                             "tree": files.encode_tree(tree), "leaves": []}
+    for number, (path, leaf) in enumerate(zip(paths, leaves)):
+        dtype = files.storable_dtype_name(getattr(leaf, "dtype", np.asarray(leaf).dtype))
+        entry: dict[str, Any] = {"path": path, "shape": list(np.shape(leaf)), "dtype": dtype,
+                                 "shards": []}
+        for count, (box, data) in enumerate(_unique_shards(leaf)):
+            name = f"leaf_{number:04d}.shard_{count:03d}.npy"
+            payload = files.npy_bytes(files.to_storable(np.asarray(data, dtypes.to_numpy(dtype)),
+                                                        dtype))
+            files.write_durably(os.path.join(folder, name), payload)
+            entry["shards"].append({"file": name, "start": list(box[0]), "stop": list(box[1]),
+                                    "sha256": files.sha256(payload)})
+        index["leaves"].append(entry)
+    text = json.dumps(index, indent=1).encode("utf-8")
+    files.write_durably(os.path.join(folder, "index.json"), text)
+    files.fsync_directory(folder)
+
+
+def _remove_leftovers(directory: str) -> None:
+    """Temp folders of saves that crashed midway are never read; delete them."""
+    for name in os.listdir(directory):
+        if _TEMP.match(name):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def _publish_latest(directory: str, step: int) -> None:
+    temp = os.path.join(directory, f"LATEST.tmp-{secrets.token_hex(4)}")
+    files.write_durably(temp, _step_name(step).encode("utf-8"))
+    os.replace(temp, os.path.join(directory, "LATEST"))
+    files.fsync_directory(directory)
+
+
+def save(directory: str, tree: Any, step: int, keep: int | None = 3) -> str:
+    """Write `tree` (a pytree of Arrays, numpy arrays and scalars) as checkpoint `step`.
+
+    Atomic: shards go into a temp folder that is renamed into place, then LATEST is
+    replaced. Keeps the newest `keep` steps (None: all). Returns the step's folder.
+    """
+    if int(step) < 0:
+        raise CheckpointError(f"checkpoint step must be >= 0, got {step!r}")
+    os.makedirs(directory, exist_ok=True)
+    _remove_leftovers(directory)
+    final = os.path.join(directory, _step_name(step))
+    temp = f"{final}.tmp-{secrets.token_hex(4)}"
+    os.makedirs(temp)
+    try:
+        _write_step(temp, tree, step)
+        stale = None
+        if os.path.exists(final):  # re-saving a step: move the old one aside first
+            stale = f"{final}.old-{secrets.token_hex(4)}"
+            os.rename(final, stale)
+        os.rename(temp, final)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    files.fsync_directory(directory)
+    _publish_latest(directory, step)
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep is not None:
+        for old in all_steps(directory)[:-max(int(keep), 1)]:
+            shutil.rmtree(os.path.join(directory, _step_name(old)), ignore_errors=True)
+    return final
+
+
+# -- restore ---------------------------------------------------------------------------------
+
+def _load_index(directory: str, step: int | None) -> tuple[str, dict[str, Any]]:
+    if step is None:
+        step = latest_step(directory)
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory!r}",
+                                  hint="check the path, or save one first")
+    folder = os.path.join(directory, _step_name(step))
+    path = os.path.join(folder, "index.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except OSError:
+        raise CheckpointError(f"no checkpoint for step {step} in {directory!r}",
+                              hint=f"available steps: {all_steps(directory)}") from None
+    except ValueError as err:
+        raise CheckpointError(f"corrupt index {path}: {err}") from None
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise CheckpointError(f"{path} is not a {FORMAT} v{VERSION} index")
+    return folder, index
+
+
+class _Reader:
+    """Reads each shard file of one leaf at most once, and only when a range needs it."""
+
+    def __init__(self, folder: str, leaf: dict[str, Any]):
+        self.folder = folder
+        self.leaf = leaf
+        self.cache: dict[str, np.ndarray] = {}
+
+    def region(self, box: files.Box) -> np.ndarray:
+        """The global range `box`, assembled from the shard files that overlap it."""
+        shape = tuple(e - s for s, e in zip(box[0], box[1]))
+        out = np.zeros(shape, dtypes.to_numpy(self.leaf["dtype"]))
+        covered = np.zeros(shape, bool)
+        for entry in self.leaf["shards"]:
+            piece = files.overlap(box, (tuple(entry["start"]), tuple(entry["stop"])))
+            if piece is None:
+                continue
+            if entry["file"] not in self.cache:
+                self.cache[entry["file"]] = files.read_shard(self.folder, entry, self.leaf)
+            data = self.cache[entry["file"]]
+            out[files.local(piece, box[0])] = data[files.local(piece, tuple(entry["start"]))]
+            covered[files.local(piece, box[0])] = True
+        if not covered.all():
+            raise CheckpointError(f"checkpoint {self.folder} lacks part of leaf "
+                                  f"{self.leaf['path']!r} (range {box}): shard files missing "
+                                  "from index.json")
+        return out
+
+
+def _restore_leaf(folder: str, leaf: dict[str, Any], sharding: Any) -> Any:
+    from spmd.array import Array
+    from spmd.ir.types import TensorType
+    from spmd.sharding import NamedSharding
+
+    shape = tuple(leaf["shape"])
+    reader = _Reader(folder, leaf)
+    if not isinstance(sharding, NamedSharding):
+        value = reader.region((tuple(0 for _ in shape), shape))
+        return value if sharding is None else Array(value, committed=True)
+    boxes, padded = files.shard_boxes(shape, sharding)
+    shards = []
+    for box, buffer_shape in zip(boxes, padded):
+        buffer = np.zeros(buffer_shape, dtypes.to_numpy(leaf["dtype"]))
+        buffer[tuple(slice(0, e - s) for s, e in zip(*box))] = reader.region(box)
+        shards.append(buffer)
+    return Array(shards=shards, sharding=sharding, aval=TensorType(shape, leaf["dtype"]),
+                 committed=True)
+
+
+def _target_sharding(leaf: Any) -> Any:
+    from spmd.api import ShapeDtypeStruct
+    from spmd.array import Array
+
+    if isinstance(leaf, (Array, ShapeDtypeStruct)):
+        sharding = leaf.sharding
+        return sharding if sharding is not None else "array"
+    return None
+
+
+def restore(directory: str, target: Any = None, step: int | None = None,
+            shardings: Any = None) -> Any:
+    """Read checkpoint `step` (default: the latest).
+
+    target: a pytree of Arrays / ShapeDtypeStructs / numpy arrays whose structure, shapes
+    and dtypes the checkpoint must match; Arrays come back on the target's shardings (or on
+    `shardings`, a matching pytree), reading only the files each device's range overlaps.
+    With no target: the saved structure, as numpy arrays (or on `shardings`).
+    """
+    folder, index = _load_index(directory, step)
+    saved = {leaf["path"]: leaf for leaf in index["leaves"]}
+    if target is None:
+        per_leaf = _flat_shardings(shardings, len(index["leaves"]))
+        leaves = [_restore_leaf(folder, leaf, s) for leaf, s in zip(index["leaves"], per_leaf)]
+        return files.decode_tree(index["tree"], leaves)
+    from spmd.tree import tree_unflatten
+
+    paths, target_leaves, treedef = files.leaf_paths(target)
+    missing = sorted(set(paths) - set(saved))
+    extra = sorted(set(saved) - set(paths))
+    if missing or extra:
+        raise CheckpointError(f"checkpoint {folder} does not match the target's structure: "
+                              f"missing from the checkpoint {missing}, not in the target {extra}",
+                              hint="restore with target=None to see what was saved")
+    per_leaf = _flat_shardings(shardings, len(paths))
+    out = []
+    for path, leaf, given in zip(paths, target_leaves, per_leaf):
+        entry = saved[path]
+        _check_leaf(folder, entry, leaf)
+        sharding = given if given is not None else _target_sharding(leaf)
+        value = _restore_leaf(folder, entry, None if sharding == "array" else sharding)
+        if sharding == "array":
+            from spmd.array import Array
+
+            value = Array(value)
+        out.append(value)
+    return tree_unflatten(treedef, out)
+
+
+def _check_leaf(folder: str, entry: dict[str, Any], leaf: Any) -> None:
+    shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+    dtype = dtypes.canonical(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+    if shape != tuple(entry["shape"]) or dtype != entry["dtype"]:
+        raise CheckpointError(f"leaf {entry['path']!r} of checkpoint {folder} is "
+                              f"{entry['dtype']}{entry['shape']}, the target wants "
+                              f"{dtype}{list(shape)}",
+                              hint="restore into a target with the saved shapes and dtypes")
+
+
+def _flat_shardings(shardings: Any, count: int) -> list[Any]:
+    from spmd.sharding import Sharding
+    from spmd.tree import tree_leaves
+
+    if shardings is None:
+        return [None] * count
+    if isinstance(shardings, Sharding):
+        return [shardings] * count
+    flat = tree_leaves(shardings)
+    if len(flat) != count:
+        raise CheckpointError(f"shardings has {len(flat)} entries for {count} leaves",
+                              hint="pass one sharding, or a pytree shaped like the target")
+    return flat
+
+
+__all__ = ["all_steps", "latest_step", "restore", "save"]

@@ -1,0 +1,265 @@
+"""The Ray runtime (single controller): the script runs once; one actor per device holds that
+device's shards; the controller sends each compiled per-device program once and then only
+buffer handles per step, never the data. Collectives between actors: collectives.ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChannel
+from launch.local import run_collective
+from spmd.errors import LaunchError, RemoteError
+from spmd.interpreter import evaluate
+from spmd.ir.graph import Op
+from spmd.sharding import Device, Mesh
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120.0
+# Measured in benchmarks/RESULTS.md: sockets beat the object store at every size here.
+DEFAULT_CHANNEL = "sockets"
+MeshKey = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]]
+
+
+@ray.remote(max_concurrency=8)  # one thread runs programs; the others take deliveries, aborts
+class DeviceActor:
+    """One device: its buffers (by handle), programs (by key) and communicators (by mesh)."""
+
+    def __init__(self, index: int, channel: str):
+        self.index = index
+        self.mailbox = Mailbox()
+        self.channel_name = channel
+        self.channel: Any = SocketChannel(self.mailbox) if channel == "sockets" else None
+        self.buffers: dict[int, np.ndarray] = {}
+        self.programs: dict[str, Any] = {}
+        self.comms: dict[MeshKey, RayCommunicator] = {}
+
+    def address(self) -> tuple[str, int]:
+        port = self.channel.port if self.channel is not None else 0
+        return ray.util.get_node_ip_address(), port
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def connect(self, handles: list[Any], addresses: list[tuple[str, int]]) -> None:
+        if self.channel_name == "sockets":
+            self.channel.connect(addresses)
+        else:
+            self.channel = ObjectChannel(handles)
+
+    def deliver(self, key: tuple, value: np.ndarray) -> None:
+        self.mailbox.put(key, value)
+
+    def abort(self, message: str) -> None:
+        self.mailbox.abort(message)
+
+    def store(self, handle: int, value: np.ndarray) -> None:
+        self.buffers[handle] = value
+
+    def fetch(self, handles: list[int]) -> list[np.ndarray]:
+        return [self.buffers[h] for h in handles]
+
+    def free(self, handles: list[int]) -> None:
+        for handle in handles:
+            self.buffers.pop(handle, None)
+
+    def load(self, key: str, program: Any) -> None:
+        self.programs[key] = program
+
+    def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int]) -> None:
+        """Runs program key on this device's args (handles or arrays); results go to outs."""
+        program = self.programs[key]
+        comm = self._communicator(mesh)
+        values = [self.buffers[a] if isinstance(a, int) else a for a in args]
+
+        def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+            return run_collective(comm, op, inputs)
+
+        for handle, value in zip(outs, evaluate(program, values, run_op)):
+            self.buffers[handle] = value
+
+    def _communicator(self, mesh: MeshKey) -> RayCommunicator:
+        found = self.comms.get(mesh)
+        if found is None:
+            shape, names, actors = mesh
+            found = RayCommunicator(actors.index(self.index), shape, names, self.channel,
+                                    self.mailbox, actors, tag=mesh)
+            self.comms[mesh] = found
+        return found
+
+
+class RemoteShard:
+    """A buffer held by an actor; freed there when the controller drops the last reference."""
+
+    __slots__ = ("__weakref__", "actor", "handle", "runtime")
+
+    def __init__(self, runtime: RayRuntime, actor: int, handle: int):
+        self.runtime = runtime
+        self.actor = actor
+        self.handle = handle
+
+    def __del__(self) -> None:
+        self.runtime.garbage.append((self.actor, self.handle))
+
+
+class RayRuntime:
+    """One Ray actor per device, placed by a placement group; this process is the controller."""
+
+    kind = "ray"
+
+    def __init__(self, num_devices: int = 8, address: str | None = None, platform: str = "cpu",
+                 channel: str | None = None):
+        self.channel = channel or os.environ.get("SPMD_RAY_CHANNEL", DEFAULT_CHANNEL)
+        if self.channel not in ("sockets", "objects"):
+            raise LaunchError(f"SPMD_RAY_CHANNEL={self.channel!r}: use 'sockets' or 'objects'")
+        self.owns_ray = not ray.is_initialized()
+        if self.owns_ray:
+            init_ray(address, num_devices)
+        self._devices = [Device(i, platform) for i in range(num_devices)]
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        strategy = "SPREAD" if len(nodes) > 1 else "PACK"
+        self.group = placement_group([{"CPU": 1}] * num_devices, strategy=strategy)
+        ray.get(self.group.ready(), timeout=START_TIMEOUT_S)
+        self.actors = [
+            DeviceActor.options(
+                num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
+            ).remote(i, self.channel)
+            for i in range(num_devices)
+        ]
+        addresses = ray.get([a.address.remote() for a in self.actors], timeout=START_TIMEOUT_S)
+        ray.get([a.connect.remote(self.actors, addresses) for a in self.actors])
+        self._handles = itertools.count()
+        self._programs: dict[int, tuple[Any, str]] = {}
+        self.garbage: list[tuple[int, int]] = []
+
+    # -- processes and devices -------------------------------------------------------------
+    def process_index(self) -> int:
+        return 0
+
+    def process_count(self) -> int:
+        return 1
+
+    def devices(self) -> list[Device]:
+        return list(self._devices)
+
+    def local_devices(self) -> list[Device]:
+        return list(self._devices)
+
+    def barrier(self) -> None:
+        return None
+
+    def pids(self) -> list[int]:
+        """The actors' process ids (for tests and monitoring)."""
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        remove_placement_group(self.group)
+        if self.owns_ray:
+            ray.shutdown()
+
+    # -- shards ----------------------------------------------------------------------------
+    def put(self, shards: Sequence[Any], mesh: Mesh) -> list[Any]:
+        """Sends each numpy shard to its device's actor (once); handles pass through."""
+        out = []
+        for shard, device in zip(shards, mesh.devices.flat):
+            if isinstance(shard, RemoteShard) or shard is None:
+                out.append(shard)
+                continue
+            handle = next(self._handles)
+            self.actors[device.id].store.remote(handle, shard)
+            out.append(RemoteShard(self, device.id, handle))
+        return out
+
+    def fetch(self, shards: Sequence[Any], mesh: Mesh) -> list[np.ndarray | None]:
+        refs = [self.actors[s.actor].fetch.remote([s.handle]) if isinstance(s, RemoteShard)
+                else None for s in shards]
+        pending = [r for r in refs if r is not None]
+        values = iter(self._wait(pending, [s.actor for s in shards if isinstance(s, RemoteShard)]))
+        return [next(values)[0] if r is not None else s for r, s in zip(refs, shards)]
+
+    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
+            ) -> list[list[Any]]:
+        """Each device's actor runs the per-device program; results stay in the actors."""
+        self._collect_garbage()
+        key = self._load(partitioned.program)
+        actors = tuple(int(i) for i in mesh.device_ids)
+        mesh_key = (tuple(mesh.axis_sizes), tuple(mesh.axis_names), actors)
+        count = len(partitioned.program.results)
+        refs, results = [], []
+        for actor, args in zip(actors, per_device):
+            handles = [a.handle if isinstance(a, RemoteShard) else a for a in args]
+            outs = [next(self._handles) for _ in range(count)]
+            refs.append(self.actors[actor].run.remote(key, mesh_key, handles, outs))
+            results.append([RemoteShard(self, actor, h) for h in outs])
+        self._wait(refs, list(actors))
+        return results
+
+    def _load(self, program: Any) -> str:
+        """The program's key; sends it to every actor the first time."""
+        found = self._programs.get(id(program))
+        if found is not None:
+            return found[1]
+        from spmd.ir.printer import print_graph
+
+        key = hashlib.sha256(print_graph(program).encode()).hexdigest()[:16]
+        ray.get([a.load.remote(key, program) for a in self.actors])
+        self._programs[id(program)] = (program, key)
+        return key
+
+    def _collect_garbage(self) -> None:
+        dropped, self.garbage = self.garbage, []
+        by_actor: dict[int, list[int]] = {}
+        for actor, handle in dropped:
+            by_actor.setdefault(actor, []).append(handle)
+        for actor, handles in by_actor.items():
+            if actor < len(self.actors):
+                self.actors[actor].free.remote(handles)
+
+    def _wait(self, refs: list[Any], devices: list[int]) -> list[Any]:
+        """Results of refs; on the first failure every actor is told to stop waiting."""
+        remaining = list(refs)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            try:
+                ray.get(done[0])
+            except (ray.exceptions.RayError, RemoteError) as exc:
+                device = devices[refs.index(done[0])]
+                message = f"device {device} (Ray actor) failed:\n{_original(exc)}"
+                for actor in self.actors:
+                    actor.abort.remote(message)
+                raise RemoteError(message) from None
+        return ray.get(refs)
+
+
+def _original(exc: BaseException) -> str:
+    """The remote traceback Ray carries (its text), or why the actor died."""
+    return str(exc).rstrip()
+
+
+def init_ray(address: str | None, num_devices: int) -> None:
+    """A local Ray (num_cpus may exceed the cores; no dashboard) or the cluster at address."""
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                               "configure_logging": False}
+    # Workers inherit this environment (a runtime_env would start a second, slower worker pool):
+    # our packages on the path, one BLAS thread per actor.
+    path = os.environ.get("PYTHONPATH", "")
+    if str(REPO) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if address:
+        ray.init(address=address, **options)
+        return
+    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), **options)

@@ -1,0 +1,131 @@
+"""spmd.distributed: multi-process runtimes (mpi, ray) and global arrays from per-process data.
+
+JAX's names: initialize, process_index, process_count, local_devices. Everything runtime-
+specific is reached through spmd.dispatch (lazily), so the core imports no MPI or Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spmd import dispatch
+from spmd.errors import LaunchError
+from spmd.sharding import Device, Mesh, NamedSharding, make_mesh
+
+
+def initialize(runtime: str | None = None, **options: Any) -> None:
+    """Starts the mpi or ray runtime; with no argument: SPMD_RUNTIME, else mpi under mpiexec.
+
+    Under `mpiexec -n 8 python train.py` call it first thing: each rank then holds one device
+    of an 8-device world. torchrun-style RANK/WORLD_SIZE are honoured only under mpiexec.
+
+        >>> import spmd.distributed
+        >>> spmd.distributed.initialize("local")
+        >>> spmd.distributed.process_count()
+        1
+    """
+    if dispatch.current_runtime() is not None:
+        raise LaunchError("spmd.distributed.initialize() was already called",
+                          hint="call it once, before any jit or device_put")
+    api = dispatch.runtime_api()
+    started = api.start(runtime, **options)
+    if started is None and runtime is None and api.torchrun_variables():
+        raise LaunchError("RANK/WORLD_SIZE are set but this process was not started by mpiexec",
+                          hint="torchrun-style launches need mpiexec here: use "
+                               "spmd-launch --runtime mpi, or mpiexec -n N python script.py")
+    dispatch.set_runtime(started)
+
+
+def shutdown() -> None:
+    """Stops the runtime started by initialize (Ray actors; MPI finalizes at exit)."""
+    runtime = dispatch.current_runtime()
+    if runtime is None:
+        return
+    dispatch.set_runtime(None)
+    runtime.shutdown()
+
+
+def is_initialized() -> bool:
+    return dispatch.current_runtime() is not None
+
+
+def runtime_kind() -> str:
+    """'local', 'mpi' or 'ray'."""
+    runtime = dispatch.current_runtime()
+    return "local" if runtime is None else runtime.kind
+
+
+def process_index() -> int:
+    """This process's index: the MPI rank; 0 with one controller (local, ray)."""
+    runtime = dispatch.current_runtime()
+    return 0 if runtime is None else runtime.process_index()
+
+
+def process_count() -> int:
+    runtime = dispatch.current_runtime()
+    return 1 if runtime is None else runtime.process_count()
+
+
+def local_devices() -> list[Device]:
+    """The devices this process drives (all of them with one controller)."""
+    runtime = dispatch.current_runtime()
+    return dispatch.devices() if runtime is None else runtime.local_devices()
+
+
+def barrier() -> None:
+    """Waits until every process gets here (nothing to wait for with one controller)."""
+    runtime = dispatch.current_runtime()
+    if runtime is not None:
+        runtime.barrier()
+
+
+def launch_mesh(shape: Sequence[int] | None = None,
+                axis_names: Sequence[str] | None = None) -> Mesh:
+    """The mesh given to spmd-launch (SPMD_MESH="2x4", SPMD_AXES="data,model", SPMD_DEVICE).
+
+    Outside spmd-launch, shape/axis_names are the fallback (default: one axis over all devices).
+    """
+    text = os.environ.get("SPMD_MESH", "")
+    if text:
+        shape = parse_mesh(text)
+    elif shape is None:
+        shape = (len(dispatch.devices()),)
+    names_text = os.environ.get("SPMD_AXES", "")
+    names = tuple(names_text.split(",")) if names_text else axis_names
+    if names is not None and len(names) != len(shape):
+        raise LaunchError(f"mesh {tuple(shape)} has {len(shape)} axes but the axis names are "
+                          f"{tuple(names)!r}", hint="give one name per mesh dim in --axes")
+    device = os.environ.get("SPMD_DEVICE", "cpu")
+    return make_mesh(tuple(shape), names, device=device)
+
+
+def parse_mesh(text: str) -> tuple[int, ...]:
+    """'2x4' -> (2, 4); LaunchError for anything else."""
+    parts = text.lower().split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise LaunchError(f"malformed mesh {text!r}",
+                          hint="write the mesh as positive sizes joined by 'x', e.g. 2x4")
+    shape = tuple(int(p) for p in parts)
+    return shape if math.prod(shape) > 0 else (1,)
+
+
+def process_local_slices(sharding: NamedSharding, global_shape: Sequence[int],
+                         ) -> tuple[slice, ...]:
+    """The box of the global array this process's devices hold (everything with one controller)."""
+    return dispatch.runtime_api().process_local_slices(sharding, global_shape)
+
+
+def make_array_from_process_local_data(sharding: NamedSharding, local_data: Any,
+                                       global_shape: Sequence[int] | None = None) -> Any:
+    """A global Array from this process's part of it (see process_local_slices)."""
+    return dispatch.runtime_api().make_array_from_process_local_data(sharding, local_data,
+                                                                     global_shape)
+
+
+def make_array_from_callback(shape: Sequence[int], sharding: NamedSharding,
+                             data_callback: Callable[[tuple[slice, ...]], Any]) -> Any:
+    """A global Array whose shard on each local device is data_callback(global index)."""
+    return dispatch.runtime_api().make_array_from_callback(shape, sharding, data_callback)

@@ -1,0 +1,204 @@
+"""NCCL collectives on device arrays (cupy.cuda.nccl): the methods of collectives/base.py's
+Communicator, one NCCL communicator per group of mesh axes, on their own stream.
+
+Backends may not import collectives/ (tests/test_layering.py), so this class repeats the
+small mesh-group arithmetic. The NCCL unique id of each group travels through `exchange`
+(MPI: `mpi_exchange(comm)`; Ray: the controller). cupy is imported when one is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from backends.gpu import device
+from spmd.errors import DTypeError, MeshError
+
+# exchange(group_key, unique_id or None) -> the group root's unique id, called on every rank
+Exchange = Callable[[tuple[str, ...], int, Any], Any]
+_NCCL_TYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32",
+               "uint32": "NCCL_UINT32", "int64": "NCCL_INT64", "uint64": "NCCL_UINT64",
+               "float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
+               "bfloat16": "NCCL_BFLOAT16", "bool": "NCCL_UINT8"}
+_NCCL_OPS = {"sum": "NCCL_SUM", "prod": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
+_BOOL_OPS = {"sum": "max", "or": "max", "max": "max", "prod": "min", "and": "min", "min": "min"}
+
+
+def mpi_exchange(comm: Any) -> Exchange:
+    """Exchange through an mpi4py communicator: every rank calls it for the same axes in the
+    same order (SPMD), so one allgather carries every group's root id."""
+
+    def exchange(axes: tuple[str, ...], key: int, unique_id: Any) -> Any:
+        found = comm.allgather((key, unique_id))
+        return next(uid for k, uid in found if k == key and uid is not None)
+
+    return exchange
+
+
+class NcclCommunicator:
+    """One GPU's view of collectives over groups of mesh axes (rank = row-major mesh index)."""
+
+    def __init__(self, rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
+                 exchange: Exchange, device_id: int = 0) -> None:
+        self.cp = device.cupy_module()
+        from cupy.cuda import nccl
+
+        self.nccl = nccl
+        self.rank, self.mesh_shape = int(rank), tuple(int(s) for s in mesh_shape)
+        self.axis_names = tuple(axis_names)
+        if len(self.mesh_shape) != len(self.axis_names):
+            raise MeshError(f"mesh shape {self.mesh_shape} and axis names {self.axis_names} "
+                            "differ in length")
+        self.exchange = exchange
+        self.device_id = device_id
+        with self.cp.cuda.Device(device_id):
+            self.stream = self.cp.cuda.Stream(non_blocking=True)
+        self._comms: dict[tuple[str, ...], Any] = {}
+
+    # -- mesh groups (as collectives/base.py) ------------------------------------------------
+    def _axes(self, axes: str | Sequence[str]) -> tuple[str, ...]:
+        result = (axes,) if isinstance(axes, str) else tuple(axes)
+        unknown = [a for a in result if a not in self.axis_names]
+        if unknown or len(set(result)) != len(result):
+            raise MeshError(f"bad collective axes {result!r}",
+                            hint=f"use distinct names of the mesh axes {self.axis_names!r}")
+        return result
+
+    def group_index(self, axes: str | Sequence[str]) -> int:
+        coords = np.unravel_index(self.rank, self.mesh_shape)
+        index = 0
+        for name in self._axes(axes):
+            p = self.axis_names.index(name)
+            index = index * self.mesh_shape[p] + int(coords[p])
+        return index
+
+    def group_size(self, axes: str | Sequence[str]) -> int:
+        return math.prod(self.mesh_shape[self.axis_names.index(a)] for a in self._axes(axes))
+
+    def _group_key(self, axes: tuple[str, ...]) -> int:
+        coords = np.unravel_index(self.rank, self.mesh_shape)
+        key = 0
+        for p, name in enumerate(self.axis_names):
+            if name not in axes:
+                key = key * self.mesh_shape[p] + int(coords[p])
+        return key
+
+    def _comm(self, axes: str | Sequence[str]) -> Any:
+        axes = self._axes(axes)
+        if axes not in self._comms:
+            root = self.group_index(axes) == 0
+            uid = self.nccl.get_unique_id() if root else None
+            uid = self.exchange(axes, self._group_key(axes), uid)
+            with self.cp.cuda.Device(self.device_id):
+                self._comms[axes] = self.nccl.NcclCommunicator(
+                    self.group_size(axes), uid, self.group_index(axes))
+        return self._comms[axes]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _type(self, x: Any, dtype: str) -> int:
+        name = _NCCL_TYPES.get(dtype)
+        if name is None or not hasattr(self.nccl, name):
+            raise DTypeError(f"NCCL cannot move dtype {dtype}")
+        return getattr(self.nccl, name)
+
+    def _op(self, op: str, dtype: str) -> int:
+        if dtype == "bool":
+            op = _BOOL_OPS[op]
+        if op not in _NCCL_OPS:
+            raise DTypeError(f"NCCL has no reduction {op!r} for dtype {dtype}")
+        return getattr(self.nccl, _NCCL_OPS[op])
+
+    def _run(self, fn: Callable[[Any], None]) -> None:
+        with self.cp.cuda.Device(self.device_id):
+            fn(self.stream.ptr)
+            self.stream.synchronize()
+
+    # -- the Communicator methods, on C-contiguous device arrays -----------------------------
+    def all_reduce(self, x: Any, axes: str | Sequence[str], op: str = "sum", *,
+                   dtype: str = "", where: str | None = None) -> Any:
+        dtype = dtype or x.dtype.name
+        x = self.cp.ascontiguousarray(x)
+        out = self.cp.empty_like(x)
+        comm = self._comm(axes)
+        self._run(lambda s: comm.allReduce(x.data.ptr, out.data.ptr, x.size,
+                                           self._type(x, dtype), self._op(op, dtype), s))
+        return out
+
+    def all_gather(self, x: Any, axes: str | Sequence[str], dim: int, *, dtype: str = "",
+                   where: str | None = None) -> Any:
+        dtype = dtype or x.dtype.name
+        n = self.group_size(axes)
+        moved = self.cp.ascontiguousarray(self.cp.moveaxis(x, dim, 0))
+        out = self.cp.empty((n, *moved.shape), moved.dtype)
+        comm = self._comm(axes)
+        self._run(lambda s: comm.allGather(moved.data.ptr, out.data.ptr, moved.size,
+                                           self._type(x, dtype), s))
+        joined = out.reshape((n * moved.shape[0], *moved.shape[1:]))
+        return self.cp.ascontiguousarray(self.cp.moveaxis(joined, 0, dim))
+
+    def reduce_scatter(self, x: Any, axes: str | Sequence[str], dim: int, op: str = "sum", *,
+                       dtype: str = "", where: str | None = None) -> Any:
+        dtype = dtype or x.dtype.name
+        n = self.group_size(axes)
+        moved = self.cp.ascontiguousarray(self.cp.moveaxis(x, dim, 0))
+        out = self.cp.empty((moved.shape[0] // n, *moved.shape[1:]), moved.dtype)
+        comm = self._comm(axes)
+        self._run(lambda s: comm.reduceScatter(moved.data.ptr, out.data.ptr, out.size,
+                                               self._type(x, dtype), self._op(op, dtype), s))
+        return self.cp.ascontiguousarray(self.cp.moveaxis(out, 0, dim))
+
+    def broadcast(self, x: Any, axes: str | Sequence[str], root: int = 0, *, dtype: str = "",
+                  where: str | None = None) -> Any:
+        dtype = dtype or x.dtype.name
+        buf = self.cp.array(x, copy=True, order="C")
+        comm = self._comm(axes)
+        self._run(lambda s: comm.bcast(buf.data.ptr, buf.size, self._type(x, dtype), root, s))
+        return buf
+
+    def permute(self, x: Any, axes: str | Sequence[str], pairs: Sequence[tuple[int, int]], *,
+                dtype: str = "", where: str | None = None) -> Any:
+        """Each (src, dst) sends src's x to dst; a device nobody sends to gets zeros."""
+        dtype = dtype or x.dtype.name
+        me = self.group_index(axes)
+        x = self.cp.ascontiguousarray(x)
+        out = self.cp.zeros_like(x)
+        comm, kind = self._comm(axes), self._type(x, dtype)
+
+        def run(stream: int) -> None:
+            self.nccl.groupStart()
+            for src, dst in pairs:
+                if src == me:
+                    comm.send(x.data.ptr, x.size, kind, dst, stream)
+                if dst == me:
+                    comm.recv(out.data.ptr, out.size, kind, src, stream)
+            self.nccl.groupEnd()
+
+        self._run(run)
+        return out
+
+    def all_to_all(self, x: Any, axes: str | Sequence[str], split_dim: int, concat_dim: int, *,
+                   dtype: str = "", where: str | None = None) -> Any:
+        """Block j of x along split_dim goes to member j; received blocks join on concat_dim."""
+        dtype = dtype or x.dtype.name
+        n, cp = self.group_size(axes), self.cp
+        shape = x.shape[:split_dim] + (n, x.shape[split_dim] // n) + x.shape[split_dim + 1:]
+        blocks = cp.ascontiguousarray(cp.moveaxis(x.reshape(shape), split_dim, 0))
+        received = cp.empty_like(blocks)
+        comm, kind, count = self._comm(axes), self._type(x, dtype), blocks[0].size
+
+        def run(stream: int) -> None:
+            self.nccl.groupStart()
+            for peer in range(n):
+                comm.send(blocks[peer].data.ptr, count, kind, peer, stream)
+                comm.recv(received[peer].data.ptr, count, kind, peer, stream)
+            self.nccl.groupEnd()
+
+        self._run(run)
+        return cp.concatenate(list(received), axis=concat_dim)
+
+    def barrier(self, *, where: str | None = None) -> None:
+        one = self.cp.ones(1, np.float32)
+        self.all_reduce(one, self.axis_names)

@@ -29,3 +29,4 @@ from spmd.lax import with_sharding_constraint  # noqa: E402
 from spmd import nn  # noqa: E402,F401  (needs spmd.numpy)
 from spmd.shard_map import shard_map  # noqa: E402
 from spmd.visualize import visualize_sharding  # noqa: E402
+from spmd import sim  # noqa: E402,F401  (the TPU simulator API: spmd.sim.abstract())

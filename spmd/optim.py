@@ -84,6 +84,10 @@ class StateSharding:
 
     def __init__(self, axis: str | None, mesh: Any, param_specs: Any = None):
         if axis is not None and mesh is None:
+            from spmd.sharding import current_mesh
+
+            mesh = current_mesh()  # the mesh of an enclosing `with mesh:` block
+        if axis is not None and mesh is None:
             raise ShardingError(f"shard_state_over={axis!r} needs the mesh",
                                 hint="pass mesh=... to the optimizer")
         if axis is not None and axis not in mesh.axis_names:

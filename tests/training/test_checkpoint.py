@@ -289,3 +289,34 @@ def test_bfloat16_round_trip_is_bit_exact_sharded(tmp_path):
         (8,), "bfloat16", spmd.NamedSharding(spmd.make_mesh((8,), ("data",)), spmd.P("data")))})
     assert got["x"].dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(np.asarray(got["x"]).view(np.uint16), values.view(np.uint16))
+
+
+def test_a_zero1_training_state_resumes_identically(tmp_path):
+    import spmd.numpy as snp
+    from spmd import optim
+
+    mesh = spmd.make_mesh((8,), ("data",))
+    opt = optim.adamw(1e-2, weight_decay=0.1, shard_state_over="data", mesh=mesh)
+    replicated = spmd.NamedSharding(mesh, spmd.P())
+    params = {"w": spmd.device_put(W, replicated)}
+    x = spmd.device_put(RNG.standard_normal((16, 12)).astype(np.float32),
+                        spmd.NamedSharding(mesh, spmd.P("data")))
+
+    @spmd.jit
+    def step(params, state):
+        grads = spmd.grad(lambda p: snp.mean(snp.square(x @ p["w"])))(params)
+        return opt.update(grads, state, params)
+
+    state = opt.init(params)
+    for _ in range(2):
+        params, state = step(params, state)
+    checkpoint.save(str(tmp_path), {"params": params, "opt": state}, step=2)
+    restored = checkpoint.restore(str(tmp_path), {"params": params, "opt": state})
+    assert restored["opt"]["mu"]["w"].sharding == state["mu"]["w"].sharding
+    assert_tree_equal(restored, {"params": params, "opt": state})
+    for _ in range(2):
+        params, state = step(params, state)
+    again, again_state = restored["params"], restored["opt"]
+    for _ in range(2):
+        again, again_state = step(again, again_state)
+    assert_tree_equal(again, params)

@@ -18,6 +18,9 @@ from collectives.local import LocalWorld, run_on_devices
 from partitioner.partition import Partitioned
 from spmd.interpreter import evaluate, run_op_scope, run_reference
 from spmd.ir.graph import Op
+from launch.stacked import StackedProgram
+from spmd.ir.graph import subgraphs
+from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import evaluate_spmd
 
 # Below this many elements moved per step, lockstep beats threads (see benchmarks/dispatch.py).
@@ -31,14 +34,26 @@ class LocalExecutable:
         self.partitioned = partitioned
         self.program = partitioned.program
         self.mesh = partitioned.mesh
-        size = sum(t.size for t in self.program.types.values())
-        self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or (
-            "threads" if size >= THREADS_MIN_ELEMENTS else "lockstep")
+        self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or self._choose_mode()
         self._kernel = None
+        self._stacked: StackedProgram | None = None
+
+    def _choose_mode(self) -> str:
+        """Small programs: one numpy call per op over all devices' stacked shards; large
+        ones, or collectives inside loops: a thread per device running native kernels."""
+        in_loops = any(sub_op.name in COLLECTIVES
+                       for op in self.program.ops for sub in subgraphs(op)
+                       for sub_op in sub.walk())
+        size = sum(t.size for t in self.program.types.values())
+        return "threads" if in_loops or size >= THREADS_MIN_ELEMENTS else "stacked"
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         if self.mode == "lockstep":
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
+        if self.mode == "stacked":
+            if self._stacked is None:
+                self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes)
+            return self._stacked(per_device_args)
         return self._run_threads(per_device_args)
 
     def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],

@@ -22,6 +22,7 @@ __all__ = [
     "device_count", "devices", "errors", "grad", "jit", "jvp", "make_mesh", "tree_flatten",
     "tree_leaves", "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
     "device_put", "with_sharding_constraint", "nn", "shard_map", "visualize_sharding",
+    "checkpoint", "optim", "random",
 ]
 
 from spmd.dispatch import device_put  # noqa: E402  (lazy bridge to the runtime)
@@ -29,4 +30,5 @@ from spmd.lax import with_sharding_constraint  # noqa: E402
 from spmd import nn  # noqa: E402,F401  (needs spmd.numpy)
 from spmd.shard_map import shard_map  # noqa: E402
 from spmd.visualize import visualize_sharding  # noqa: E402
+from spmd import checkpoint, optim, random  # noqa: E402,F401
 from spmd import sim  # noqa: E402,F401  (the TPU simulator API: spmd.sim.abstract())

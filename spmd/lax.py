@@ -23,10 +23,13 @@ def _scalar_like(value: Any, like: TensorType) -> Any:
     return broadcast_in_dim(const, like.shape, ()) if like.shape else const
 
 
+_SCALARS = (int, float, bool, np.generic)
+
+
 def _pair(x: Any, y: Any) -> tuple[Any, Any]:
-    if isinstance(y, (int, float, bool)) and not isinstance(x, (int, float, bool)):
+    if isinstance(y, _SCALARS) and not isinstance(x, _SCALARS):
         return x, _scalar_like(y, type_of(x))
-    if isinstance(x, (int, float, bool)) and not isinstance(y, (int, float, bool)):
+    if isinstance(x, _SCALARS) and not isinstance(y, _SCALARS):
         return _scalar_like(x, type_of(y)), y
     return x, y
 

@@ -1,0 +1,101 @@
+"""One training step (value_and_grad + SGD) of a 2x4-sharded MLP and transformer block on
+the local runtime, ours (SPMD_BACKEND x SPMD_LOCAL_MODE) vs JAX on 8 host devices.
+
+Run: python benchmarks/step_time.py [--scale 1] [--repeat 5] [--number 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+import models as M
+
+
+def configs() -> list[tuple[str, str]]:
+    """(SPMD_LOCAL_MODE, SPMD_BACKEND): the backend only matters where devices run compiled
+    per-device programs (threads); lockstep and stacked run numpy directly."""
+    import launch.local
+
+    modes = ["lockstep"] + (["stacked"] if hasattr(launch.local, "StackedProgram") else [])
+    return ([(m, "interpreter") for m in modes] + [("threads", "interpreter"),
+                                                   ("threads", "cpu"), ("auto", "auto")])
+
+
+def cases(scale: int) -> list[tuple[str, Callable[..., Any], tuple, dict]]:
+    mlp = M.mlp_inputs(128 * scale, 256 * scale, 1024 * scale, 256 * scale)
+    block = M.block_inputs(8 * scale, 64, 128 * scale, 8, 16 * scale, 512 * scale)
+    return [(f"MLP {mlp[1].shape[0]}x{mlp[1].shape[1]} hidden {mlp[0]['w1'].shape[1]}",
+             M.mlp_loss, mlp, M.MLP_SPECS),
+            ((f"block b{block[1].shape[0]} t{block[1].shape[1]} d{block[1].shape[2]} "
+              f"ff{block[0]['w1'].shape[1]}"), M.block_loss, block, M.BLOCK_SPECS)]
+
+
+def compile_ours(fw: M.Framework, loss: Callable[..., Any], args: tuple, mode: str,
+                 backend: str) -> tuple[Callable[[], Any], str, int]:
+    """A jitted step compiled and first run under SPMD_BACKEND=backend (read when the
+    per-device program is compiled, which may be at the first call); returns the runner,
+    the mode it runs in, and how many native kernels it built or loaded."""
+    from backends.cpu import cache
+
+    before = sum(cache.STATS.values())
+    saved = {k: os.environ.get(k) for k in ("SPMD_BACKEND", "SPMD_LOCAL_MODE")}
+    os.environ["SPMD_BACKEND"] = backend
+    os.environ.pop("SPMD_LOCAL_MODE", None)
+    if mode != "auto":
+        os.environ["SPMD_LOCAL_MODE"] = mode
+    try:
+        compiled = fw.jit(M.sgd_step(fw, loss(fw))).lower(*args).compile()
+        fw.block_until_ready(compiled(*args))
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+    kernels = sum(cache.STATS.values()) - before
+
+    def run() -> Any:
+        return fw.block_until_ready(compiled(*args))
+    return run, compiled.executable.local.mode, kernels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=int, default=1, help="multiply the model widths")
+    parser.add_argument("--repeat", type=int, default=5, help="samples (median reported)")
+    parser.add_argument("--number", type=int, default=2, help="steps per sample")
+    args = parser.parse_args()
+    print(M.header("training step on a 2x4 mesh (batch on data, hidden/heads on model), "
+                   "ours vs JAX"))
+    ours, jax_fw = M.ours(), M.jax_framework()
+    grid = configs()
+    print("\n| program | JAX ms | " + " | ".join(f"ours {m}/{b} ms" for m, b in grid)
+          + " | best ours/JAX |")
+    print("|---|---|" + "---|" * len(grid) + "---|")
+    notes = []
+    for name, loss, inputs, specs in cases(args.scale):
+        jax_args = M.placed(jax_fw, inputs[0], specs, inputs[1], inputs[2])
+        ours_args = M.placed(ours, inputs[0], specs, inputs[1], inputs[2])
+        jax_step = jax_fw.jit(M.sgd_step(jax_fw, loss(jax_fw)))
+        runs: dict[str, Callable[[], Any]] = {
+            "jax": lambda fn=jax_step, xs=jax_args: jax_fw.block_until_ready(fn(*xs))}
+        for mode, backend in grid:
+            run, actual, kernels = compile_ours(ours, loss, ours_args, mode, backend)
+            runs[f"{mode}/{backend}"] = run
+            notes.append(f"{name}: ours {mode}/{backend} ran as {actual}, {kernels} native "
+                         f"kernels built or loaded")
+        for run in runs.values():
+            run()  # warm up
+        times = M.interleaved(runs, args.repeat, args.number)
+        best = min(v for k, v in times.items() if k != "jax")
+        cells = " | ".join(f"{times[f'{m}/{b}'] * 1e3:.1f}" for m, b in grid)
+        print(f"| {name} | {times['jax'] * 1e3:.2f} | {cells} | {best / times['jax']:.1f} |")
+    print()
+    for note in notes:
+        print(note)
+
+
+if __name__ == "__main__":
+    main()

@@ -103,7 +103,7 @@ def _convert_type(x: TensorType, *, new_dtype: str, weak: bool = False) -> Tenso
 def _convert_ref(x: np.ndarray, *, new_dtype: str, weak: bool = False) -> np.ndarray:
     target = dtypes.to_numpy(new_dtype)
     with np.errstate(all="ignore"):
-        if dtypes.is_int(new_dtype) and np.issubdtype(x.dtype, np.floating):
+        if dtypes.is_int(new_dtype) and dtypes.is_float(dtypes.canonical(x.dtype)):
             # Out-of-range floats: saturate like XLA instead of numpy's undefined cast.
             info = np.iinfo(target)
             wide = np.nan_to_num(np.trunc(x.astype(np.float64)), posinf=info.max, neginf=info.min)

@@ -20,7 +20,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import spmd.checkpoint
 
 import spmd
 import spmd.numpy as snp
@@ -193,6 +192,8 @@ def train(config: Config, mesh: spmd.Mesh | None, *, checkpoint_dir: str | None 
     params = init_params(config, mesh)
     opt_state = optimizer.init(params)
     start = 0
+    if checkpoint_dir:
+        import spmd.checkpoint
     if resume and checkpoint_dir and spmd.checkpoint.latest_step(checkpoint_dir) is not None:
         state = spmd.checkpoint.restore(checkpoint_dir, target=_checkpoint_tree(
             params, opt_state, loader))

@@ -1,0 +1,329 @@
+"""A small GPT (decoder-only, character level) on examples/data: Megatron tensor parallel over
+'model' (attention heads, MLP column/row-parallel) and data parallel over 'data'.
+
+Run: python3 examples/transformer.py [--steps 60] [--mesh 2x4]
+     python3 examples/transformer.py --simulate tpu-sim:v5e --mesh 16x16
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import spmd
+import spmd.numpy as snp
+import spmd.optim
+import spmd.random
+from spmd import NamedSharding, P
+from spmd.data import DataLoader
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "python_reference.txt")
+PEAK_FLOPS = 2 * 32e9  # nominal: 2 cores x ~32 GFLOP/s float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Model and optimiser settings (the defaults train in about a minute on 2 cores)."""
+
+    vocab: int = 128
+    context: int = 32
+    width: int = 64
+    heads: int = 4
+    layers: int = 2
+    mlp_ratio: int = 4
+    steps: int = 60
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 6
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    @property
+    def head_width(self) -> int:
+        return self.width // self.heads
+
+
+# -- data and mesh ---------------------------------------------------------------------------
+
+def load_corpus(config: Config, path: str = CORPUS) -> np.ndarray:
+    """Windows of context+1 characters (byte values; the corpus is ASCII), one per row."""
+    with open(path, "rb") as f:
+        tokens = np.frombuffer(f.read(), np.uint8).astype(np.int32) % config.vocab
+    rows = (len(tokens) - 1) // config.context
+    starts = np.arange(rows) * config.context
+    return tokens[starts[:, None] + np.arange(config.context + 1)]
+
+
+def parse_mesh(text: str | None, device: str = "cpu") -> spmd.Mesh | None:
+    """'2x4' -> Mesh (data=2, model=4); '8' -> Mesh (data=8); '1' -> None (one device)."""
+    if text is None:
+        text = "2x4" if spmd.device_count() >= 8 else str(spmd.device_count())
+    shape = tuple(int(n) for n in text.lower().split("x"))
+    if math.prod(shape) == 1 and device == "cpu":
+        return None
+    return spmd.make_mesh(shape, ("data", "model")[:len(shape)], device=device)
+
+
+def sharding(mesh: spmd.Mesh | None, *axes: str | None) -> NamedSharding | None:
+    """NamedSharding over the axes this mesh has (the others replicate)."""
+    if mesh is None:
+        return None
+    return NamedSharding(mesh, P(*[a if a in mesh.axis_names else None for a in axes]))
+
+
+def param_shardings(mesh: spmd.Mesh | None) -> dict[str, Any]:
+    """Megatron: q/k/v and the MLP's first layer split their outputs over 'model' (heads,
+    hidden units); the attention output and the MLP's second layer split their inputs."""
+    layer = {
+        "ln1_scale": sharding(mesh), "ln1_bias": sharding(mesh),
+        "qkv": sharding(mesh, None, None, None, "model", None),   # [layer, in, q/k/v, head, e]
+        "out": sharding(mesh, None, "model", None, None),         # [layer, head, e, out]
+        "ln2_scale": sharding(mesh), "ln2_bias": sharding(mesh),
+        "mlp_in": sharding(mesh, None, None, "model"),            # [layer, width, hidden]
+        "mlp_in_bias": sharding(mesh, None, "model"),
+        "mlp_out": sharding(mesh, None, "model", None),           # [layer, hidden, width]
+        "mlp_out_bias": sharding(mesh),
+    }
+    return {"embed": sharding(mesh), "position": sharding(mesh), "layers": layer,
+            "final_scale": sharding(mesh), "final_bias": sharding(mesh),
+            "unembed": sharding(mesh, None, "model")}
+
+
+# -- model -----------------------------------------------------------------------------------
+
+def init_params(config: Config, mesh: spmd.Mesh | None) -> dict[str, Any]:
+    """GPT-2 style initialisation from spmd.random: the same values on every mesh."""
+    c = config
+    names = ("embed", "position", "qkv", "out", "mlp_in", "mlp_out", "unembed")
+    keys = dict(zip(names, spmd.random.split(spmd.random.key(c.seed), len(names))))
+    hidden = c.mlp_ratio * c.width
+    residual_scale = 0.02 / math.sqrt(2 * c.layers)
+
+    def normal(name: str, shape: tuple[int, ...], scale: float = 0.02) -> np.ndarray:
+        return np.asarray(spmd.random.normal(keys[name], shape, np.float32)) * np.float32(scale)
+
+    def full(shape: tuple[int, ...], value: float) -> np.ndarray:
+        return np.full(shape, value, np.float32)
+
+    layers = {
+        "ln1_scale": full((c.layers, c.width), 1.0), "ln1_bias": full((c.layers, c.width), 0.0),
+        "qkv": normal("qkv", (c.layers, c.width, 3, c.heads, c.head_width)),
+        "out": normal("out", (c.layers, c.heads, c.head_width, c.width), residual_scale),
+        "ln2_scale": full((c.layers, c.width), 1.0), "ln2_bias": full((c.layers, c.width), 0.0),
+        "mlp_in": normal("mlp_in", (c.layers, c.width, hidden)),
+        "mlp_in_bias": full((c.layers, hidden), 0.0),
+        "mlp_out": normal("mlp_out", (c.layers, hidden, c.width), residual_scale),
+        "mlp_out_bias": full((c.layers, c.width), 0.0),
+    }
+    params = {"embed": normal("embed", (c.vocab, c.width)),
+              "position": normal("position", (c.context, c.width), 0.01), "layers": layers,
+              "final_scale": full((c.width,), 1.0), "final_bias": full((c.width,), 0.0),
+              "unembed": normal("unembed", (c.width, c.vocab))}
+    return spmd.tree_map(spmd.device_put, params, param_shardings(mesh))
+
+
+def block(x: Any, layer: dict[str, Any]) -> Any:
+    """One pre-norm transformer block on x [batch, time, width]."""
+    h = spmd.nn.layer_norm(x, layer["ln1_scale"], layer["ln1_bias"])
+    qkv = snp.einsum("btd,dkhe->kbthe", h, layer["qkv"])
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scores = snp.einsum("bthe,bshe->bhts", q, k) / math.sqrt(q.shape[-1])
+    time_steps = x.shape[1]
+    causal = snp.arange(time_steps)[:, None] >= snp.arange(time_steps)[None, :]
+    scores = snp.where(causal, scores, -1e9)
+    attention = snp.einsum("bhts,bshe->bthe", spmd.nn.softmax(scores, axis=-1), v)
+    x = x + snp.einsum("bthe,hed->btd", attention, layer["out"])
+    h = spmd.nn.layer_norm(x, layer["ln2_scale"], layer["ln2_bias"])
+    h = spmd.nn.gelu(h @ layer["mlp_in"] + layer["mlp_in_bias"])
+    return x + h @ layer["mlp_out"] + layer["mlp_out_bias"]
+
+
+def forward(params: dict[str, Any], tokens: Any) -> Any:
+    """Logits [batch, time, vocab] of the next character; the layers run under lax.scan."""
+    vocab = params["embed"].shape[0]
+    x = spmd.nn.one_hot(tokens, vocab) @ params["embed"] + params["position"]
+
+    def step(carry: Any, layer: dict[str, Any]) -> tuple[Any, None]:
+        return block(carry, layer), None
+
+    x, _ = spmd.lax.scan(step, x, params["layers"])
+    x = spmd.nn.layer_norm(x, params["final_scale"], params["final_bias"])
+    return x @ params["unembed"]
+
+
+def loss_fn(params: dict[str, Any], batch: Any) -> Any:
+    """Mean cross-entropy of each next character."""
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = forward(params, inputs)
+    log_probs = spmd.nn.log_softmax(logits, axis=-1)
+    return -snp.mean(snp.sum(log_probs * spmd.nn.one_hot(targets, logits.shape[-1]), axis=-1))
+
+
+def make_optimizer(config: Config) -> Any:
+    schedule = spmd.optim.warmup_cosine(config.learning_rate, config.warmup_steps, config.steps)
+    return spmd.optim.adamw(schedule, b1=0.9, b2=0.95, eps=1e-8,
+                            weight_decay=config.weight_decay, clip_norm=1.0)
+
+
+def make_train_step(optimizer: Any, mesh: spmd.Mesh | None, params: Any,
+                    opt_state: Any) -> Any:
+    """The jitted step (params, opt_state, batch) -> (params, opt_state, loss)."""
+
+    def step(params: Any, opt_state: Any, batch: Any) -> Any:
+        loss, grads = spmd.value_and_grad(loss_fn)(params, batch)
+        params, opt_state = optimizer.update(grads, opt_state, params)
+        return params, opt_state, loss
+
+    if mesh is None:
+        return spmd.jit(step)
+    replicated = NamedSharding(mesh, P())
+    return spmd.jit(step, out_shardings=(_shardings_of(params, replicated),
+                                         _shardings_of(opt_state, replicated), replicated))
+
+
+def _shardings_of(tree: Any, default: NamedSharding) -> Any:
+    def of(leaf: Any) -> Any:
+        found = getattr(leaf, "sharding", None)
+        return found if isinstance(found, NamedSharding) else default
+
+    return spmd.tree_map(of, tree)
+
+
+def parameter_count(config: Config) -> int:
+    c = config
+    per_layer = 4 * c.width + 3 * c.width * c.width + c.width * c.width \
+        + 2 * c.width * c.mlp_ratio * c.width + c.mlp_ratio * c.width + c.width
+    return c.layers * per_layer + 2 * c.vocab * c.width + c.context * c.width + 2 * c.width
+
+
+def flops_per_token(config: Config) -> float:
+    """Training FLOPs per token: 6 x parameters + 12 x layers x context x width (attention)."""
+    return 6 * parameter_count(config) + 12 * config.layers * config.context * config.width
+
+
+# -- training and simulation -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Result:
+    params: dict[str, Any]
+    losses: list[float]
+    seconds: float
+    tokens_per_second: float
+
+
+def train(config: Config, mesh: spmd.Mesh | None, *, progress: bool = True) -> Result:
+    """config.steps of AdamW on random windows of the corpus; prints loss, tokens/s and MFU."""
+    windows = load_corpus(config)
+    loader = DataLoader({"tokens": windows}, config.batch_size, mesh=mesh,
+                        batch_axis="data" if mesh is not None else None, seed=config.seed)
+    optimizer = make_optimizer(config)
+    params = init_params(config, mesh)
+    opt_state = optimizer.init(params)
+    step_fn = make_train_step(optimizer, mesh, params, opt_state)
+    tokens_per_step = config.batch_size * config.context
+    losses: list[float] = []
+    batches = loader.forever()
+    began = time.perf_counter()
+    timed_from, timed_steps = began, 0
+    for step in range(config.steps):
+        params, opt_state, loss = step_fn(params, opt_state, next(batches)["tokens"])
+        losses.append(float(loss))
+        if step == 0:
+            timed_from = time.perf_counter()  # the first step compiles: leave it out of rates
+        else:
+            timed_steps += 1
+        rate = timed_steps * tokens_per_step / max(time.perf_counter() - timed_from, 1e-9)
+        if progress and (step % 10 == 0 or step == config.steps - 1):
+            mfu = rate * flops_per_token(config) / PEAK_FLOPS
+            print(f"step {step:4d}  loss {losses[-1]:.3f}  {rate:8.0f} tokens/s  "
+                  f"MFU {mfu:6.2%}", flush=True)
+    seconds = time.perf_counter() - began
+    rate = timed_steps * tokens_per_step / max(time.perf_counter() - timed_from, 1e-9)
+    return Result(params, losses, seconds, rate)
+
+
+def simulate(config: Config, mesh: spmd.Mesh) -> Any:
+    """The same train step, partitioned for `mesh` and run by the TPU simulator (no data)."""
+    import spmd.sim
+
+    optimizer = make_optimizer(config)
+    shapes = spmd.tree_map(lambda s: spmd.ShapeDtypeStruct(s.shape, "float32"),
+                           spmd.tree_map(np.shape, _param_shapes(config)),
+                           is_leaf=lambda s: isinstance(s, tuple))
+    params = spmd.sim.abstract_args([shapes], [param_shardings(mesh)])[0]
+    with spmd.sim.abstract():
+        opt_state = spmd.jit(optimizer.init)(params)
+    batch = spmd.ShapeDtypeStruct((config.batch_size, config.context + 1), "int32",
+                                  sharding(mesh, "data", None))
+    step_fn = make_train_step(optimizer, mesh, params, opt_state)
+    return spmd.sim.simulate(step_fn, params, opt_state, batch)
+
+
+def _param_shapes(config: Config) -> Any:
+    """The parameter pytree's shapes, without allocating it."""
+    c = config
+    hidden = c.mlp_ratio * c.width
+    layer = {"ln1_scale": (c.layers, c.width), "ln1_bias": (c.layers, c.width),
+             "qkv": (c.layers, c.width, 3, c.heads, c.head_width),
+             "out": (c.layers, c.heads, c.head_width, c.width),
+             "ln2_scale": (c.layers, c.width), "ln2_bias": (c.layers, c.width),
+             "mlp_in": (c.layers, c.width, hidden), "mlp_in_bias": (c.layers, hidden),
+             "mlp_out": (c.layers, hidden, c.width), "mlp_out_bias": (c.layers, c.width)}
+    return {"embed": (c.vocab, c.width), "position": (c.context, c.width), "layers": layer,
+            "final_scale": (c.width,), "final_bias": (c.width,), "unembed": (c.width, c.vocab)}
+
+
+# A GPT of about 1.2B parameters: what --simulate models on a pod unless sizes are given.
+POD_CONFIG = Config(vocab=256, context=1024, width=2048, heads=16, layers=24, batch_size=256)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("steps", "batch-size", "context", "width", "heads", "layers"):
+        parser.add_argument(f"--{name}", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--mesh", default=None, help="DATAxMODEL, e.g. 2x4 (default 2x4)")
+    parser.add_argument("--simulate", default=None, metavar="tpu-sim:CHIP",
+                        help="simulate one step on this chip kind (e.g. tpu-sim:v5e)")
+    parser.add_argument("--peak-gflops", type=float, default=PEAK_FLOPS / 1e9,
+                        help="the peak the MFU estimate divides by")
+    args = parser.parse_args(argv)
+    base = POD_CONFIG if args.simulate else Config()
+    given = {field: getattr(args, field) for field in
+             ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate")}
+    config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    globals()["PEAK_FLOPS"] = args.peak_gflops * 1e9
+    million = parameter_count(config) / 1e6
+    if args.simulate:
+        mesh = parse_mesh(args.mesh or "16x16", device=args.simulate)
+        print(f"GPT {million:.0f}M parameters, batch {config.batch_size} x {config.context}, "
+              f"simulated on {args.simulate} mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}")
+        report = simulate(config, mesh)
+        print(report)
+        return report
+    mesh = parse_mesh(args.mesh)
+    layout = "1 device" if mesh is None else " x ".join(
+        f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
+    print(f"GPT {million:.2f}M parameters, {config.layers} layers, batch {config.batch_size} x "
+          f"{config.context} characters, mesh {layout}")
+    result = train(config, mesh)
+    print(f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} in {result.seconds:.1f} s; "
+          f"{result.tokens_per_second:.0f} tokens/s, MFU "
+          f"{result.tokens_per_second * flops_per_token(config) / PEAK_FLOPS:.2%} of "
+          f"{PEAK_FLOPS / 1e9:.0f} GFLOP/s")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -258,34 +258,47 @@ def simulate(config: Config, mesh: spmd.Mesh) -> Any:
     import spmd.sim
 
     optimizer = make_optimizer(config)
-    shapes = spmd.tree_map(lambda s: spmd.ShapeDtypeStruct(s.shape, "float32"),
-                           spmd.tree_map(np.shape, _param_shapes(config)),
-                           is_leaf=lambda s: isinstance(s, tuple))
-    params = spmd.sim.abstract_args([shapes], [param_shardings(mesh)])[0]
+    params = spmd.sim.abstract_args([_param_shapes(config)], [param_shardings(mesh)])[0]
     with spmd.sim.abstract():
-        opt_state = spmd.jit(optimizer.init)(params)
+        opt_state = _sharded_like(spmd.jit(optimizer.init)(params), params, mesh)
     batch = spmd.ShapeDtypeStruct((config.batch_size, config.context + 1), "int32",
                                   sharding(mesh, "data", None))
     step_fn = make_train_step(optimizer, mesh, params, opt_state)
     return spmd.sim.simulate(step_fn, params, opt_state, batch)
 
 
+def _sharded_like(state: Any, params: Any, mesh: spmd.Mesh) -> Any:
+    """Abstract optimiser state whose param-shaped subtrees (moments) take the params' layout."""
+    import spmd.sim
+
+    if spmd.tree_structure(state) == spmd.tree_structure(params):
+        return spmd.sim.abstract_args([state], [param_shardings(mesh)])[0]
+    if isinstance(state, dict):
+        return {name: _sharded_like(value, params, mesh) for name, value in state.items()}
+    return state
+
+
 def _param_shapes(config: Config) -> Any:
-    """The parameter pytree's shapes, without allocating it."""
+    """The parameter pytree as ShapeDtypeStructs, without allocating it."""
     c = config
     hidden = c.mlp_ratio * c.width
-    layer = {"ln1_scale": (c.layers, c.width), "ln1_bias": (c.layers, c.width),
-             "qkv": (c.layers, c.width, 3, c.heads, c.head_width),
-             "out": (c.layers, c.heads, c.head_width, c.width),
-             "ln2_scale": (c.layers, c.width), "ln2_bias": (c.layers, c.width),
-             "mlp_in": (c.layers, c.width, hidden), "mlp_in_bias": (c.layers, hidden),
-             "mlp_out": (c.layers, hidden, c.width), "mlp_out_bias": (c.layers, c.width)}
-    return {"embed": (c.vocab, c.width), "position": (c.context, c.width), "layers": layer,
-            "final_scale": (c.width,), "final_bias": (c.width,), "unembed": (c.width, c.vocab)}
+
+    def f32(*shape: int) -> Any:
+        return spmd.ShapeDtypeStruct(shape, "float32")
+
+    layer = {"ln1_scale": f32(c.layers, c.width), "ln1_bias": f32(c.layers, c.width),
+             "qkv": f32(c.layers, c.width, 3, c.heads, c.head_width),
+             "out": f32(c.layers, c.heads, c.head_width, c.width),
+             "ln2_scale": f32(c.layers, c.width), "ln2_bias": f32(c.layers, c.width),
+             "mlp_in": f32(c.layers, c.width, hidden), "mlp_in_bias": f32(c.layers, hidden),
+             "mlp_out": f32(c.layers, hidden, c.width), "mlp_out_bias": f32(c.layers, c.width)}
+    return {"embed": f32(c.vocab, c.width), "position": f32(c.context, c.width),
+            "layers": layer, "final_scale": f32(c.width), "final_bias": f32(c.width),
+            "unembed": f32(c.width, c.vocab)}
 
 
-# A GPT of about 1.2B parameters: what --simulate models on a pod unless sizes are given.
-POD_CONFIG = Config(vocab=256, context=1024, width=2048, heads=16, layers=24, batch_size=256)
+# A GPT of about 600M parameters: what --simulate models on a pod unless sizes are given.
+POD_CONFIG = Config(vocab=256, context=1024, width=2048, heads=16, layers=12, batch_size=128)
 
 
 def main(argv: Sequence[str] | None = None) -> Any:

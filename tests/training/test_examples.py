@@ -115,7 +115,7 @@ def test_mlp_main_runs_with_flags(mlp, capsys):
 
 def gpt_config(gpt: ModuleType) -> object:
     return gpt.Config(context=8, width=16, heads=4, layers=2, steps=20, batch_size=8,
-                      warmup_steps=4)
+                      learning_rate=2e-2, warmup_steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_transformer_parameters_after_20_steps_do_not_depend_on_the_mesh(gpt_run
 def test_transformer_loss_falls(gpt_runs):
     losses = gpt_runs["2x4"].losses
     assert losses[0] > np.log(64)  # about uniform over the 128 byte values at the start
-    assert np.mean(losses[-5:]) < 0.8 * losses[0]
+    assert np.mean(losses[-5:]) < losses[0] - 0.8
 
 
 def test_transformer_attention_heads_are_sharded_over_model(gpt_runs):

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from collectives.local import LocalWorld, run_on_devices
+from launch.stacked import StackedProgram
 from partitioner.partition import Partitioned
 from spmd.interpreter import evaluate, run_op_scope, run_reference
-from spmd.ir.graph import Op
-from launch.stacked import StackedProgram
-from spmd.ir.graph import subgraphs
+from spmd.ir.graph import Op, subgraphs
 from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import evaluate_spmd
 

@@ -10,7 +10,8 @@ device and is re-stacked, exactly as in lockstep.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Op
 from spmd.ops import REGISTRY
 from spmd.spmd_interpreter import axis_groups, run_collective_lockstep
+
 
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(d + 1 for d in dims)

@@ -7,7 +7,8 @@ the layout the carry came in with), and the scan dim of xs/ys is never sharded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import AxisTuple, ShardSpec

@@ -9,16 +9,22 @@ resolved as late as possible by the resharding planner).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from partitioner.builder import ProgramBuilder
 from partitioner.collective_report import CollectiveRecord
 from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
-from partitioner.reshard import IDENTITY, ReplicationWarning, estimate_bytes, mask_padding
-from partitioner.reshard import reshard
-from partitioner.reshard import resolve_partial
+from partitioner.reshard import (
+    IDENTITY,
+    ReplicationWarning,
+    estimate_bytes,
+    mask_padding,
+    reshard,
+    resolve_partial,
+)
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op

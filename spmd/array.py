@@ -6,7 +6,8 @@ built from the other on demand. The runtime decides which it keeps.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

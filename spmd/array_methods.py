@@ -128,10 +128,10 @@ class ArrayMethods:
     def __ge__(self, o: Any) -> Any:
         return _np().greater_equal(self, o)
 
-    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+    def __eq__(self, o: object) -> Any:  # type: ignore[override]
         return _np().equal(self, o)
 
-    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+    def __ne__(self, o: object) -> Any:  # type: ignore[override]
         return _np().not_equal(self, o)
 
     __hash__ = None  # type: ignore[assignment]

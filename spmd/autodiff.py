@@ -17,8 +17,16 @@ from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY, ZERO_GRAD
 from spmd.ops.opdef import NONDIFF
-from spmd.tracing import Trace, Tracer, bind, current_trace, describe_loc, trace_scope, type_of
-from spmd.tracing import loc_scope
+from spmd.tracing import (
+    Trace,
+    Tracer,
+    bind,
+    current_trace,
+    describe_loc,
+    loc_scope,
+    trace_scope,
+    type_of,
+)
 from spmd.tree import tree_flatten, tree_unflatten
 
 

@@ -5,7 +5,8 @@ backends, launch). Imported lazily by spmd.api and spmd.array, never by the core
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,8 +14,17 @@ from spmd import dtypes
 from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
-from spmd.sharding import (Device, Mesh, NamedSharding, PartitionSpec, Sharding, ShardingAttr,
-                           SingleDeviceSharding, env_device_count, make_mesh)
+from spmd.sharding import (
+    Device,
+    Mesh,
+    NamedSharding,
+    PartitionSpec,
+    Sharding,
+    ShardingAttr,
+    SingleDeviceSharding,
+    env_device_count,
+    make_mesh,
+)
 
 _DEVICES: list[Device] | None = None
 

@@ -6,7 +6,8 @@ It is the oracle every test compares with. Imports only the core (IR, registry).
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

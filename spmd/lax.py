@@ -7,7 +7,8 @@ and collectives for shard_map in spmd.collective_api; both are re-exported here.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

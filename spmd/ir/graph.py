@@ -7,9 +7,10 @@ sub-graphs in their attrs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterator
+from typing import Any
 
 from spmd.ir.types import TensorType
 

@@ -5,7 +5,8 @@ Sharding rule: every operand dim and the result dim are the same factor.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -7,8 +7,9 @@ op's sharding rule as an einsum-like factor signature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from spmd.ir.types import TensorType
 

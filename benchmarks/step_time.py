@@ -14,14 +14,24 @@ from typing import Any
 import models as M
 
 
-def configs() -> list[tuple[str, str]]:
-    """(SPMD_LOCAL_MODE, SPMD_BACKEND): the backend only matters where devices run compiled
-    per-device programs (threads); lockstep and stacked run numpy directly."""
+def configs() -> list[tuple[str, str, int]]:
+    """(SPMD_LOCAL_MODE, SPMD_BACKEND, BLAS threads or 0 for as is): the backend only matters
+    where devices run compiled per-device programs (threads); lockstep and stacked run numpy
+    directly. BLAS threads are capped with threadpoolctl around our calls only."""
     import launch.local
 
     modes = ["lockstep"] + (["stacked"] if hasattr(launch.local, "StackedProgram") else [])
-    return ([(m, "interpreter") for m in modes] + [("threads", "interpreter"),
-                                                   ("threads", "cpu"), ("auto", "auto")])
+    grid = [(m, "interpreter", 0) for m in modes] + [("threads", "interpreter", 0),
+                                                     ("threads", "cpu", 0), ("auto", "auto", 0)]
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return grid
+    return grid + [("stacked", "interpreter", 1), ("threads", "cpu", 1)]
+
+
+def label(mode: str, backend: str, blas: int) -> str:
+    return f"{mode}/{backend}" + (f"/blas={blas}" if blas else "")
 
 
 def cases(scale: int) -> list[tuple[str, Callable[..., Any], tuple, dict]]:
@@ -34,7 +44,7 @@ def cases(scale: int) -> list[tuple[str, Callable[..., Any], tuple, dict]]:
 
 
 def compile_ours(fw: M.Framework, loss: Callable[..., Any], args: tuple, mode: str,
-                 backend: str) -> tuple[Callable[[], Any], str, int]:
+                 backend: str, blas: int = 0) -> tuple[Callable[[], Any], str, int]:
     """A jitted step compiled and first run under SPMD_BACKEND=backend (read when the
     per-device program is compiled, which may be at the first call); returns the runner,
     the mode it runs in, and how many native kernels it built or loaded."""
@@ -57,7 +67,12 @@ def compile_ours(fw: M.Framework, loss: Callable[..., Any], args: tuple, mode: s
     kernels = sum(cache.STATS.values()) - before
 
     def run() -> Any:
-        return fw.block_until_ready(compiled(*args))
+        if not blas:
+            return fw.block_until_ready(compiled(*args))
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(blas, "blas"):
+            return fw.block_until_ready(compiled(*args))
     return run, compiled.executable.local.mode, kernels
 
 
@@ -71,7 +86,7 @@ def main() -> None:
                    "ours vs JAX"))
     ours, jax_fw = M.ours(), M.jax_framework()
     grid = configs()
-    print("\n| program | JAX ms | " + " | ".join(f"ours {m}/{b} ms" for m, b in grid)
+    print("\n| program | JAX ms | " + " | ".join(f"ours {label(*c)} ms" for c in grid)
           + " | best ours/JAX |")
     print("|---|---|" + "---|" * len(grid) + "---|")
     notes = []
@@ -81,16 +96,16 @@ def main() -> None:
         jax_step = jax_fw.jit(M.sgd_step(jax_fw, loss(jax_fw)))
         runs: dict[str, Callable[[], Any]] = {
             "jax": lambda fn=jax_step, xs=jax_args: jax_fw.block_until_ready(fn(*xs))}
-        for mode, backend in grid:
-            run, actual, kernels = compile_ours(ours, loss, ours_args, mode, backend)
-            runs[f"{mode}/{backend}"] = run
-            notes.append(f"{name}: ours {mode}/{backend} ran as {actual}, {kernels} native "
+        for config in grid:
+            run, actual, kernels = compile_ours(ours, loss, ours_args, *config)
+            runs[label(*config)] = run
+            notes.append(f"{name}: ours {label(*config)} ran as {actual}, {kernels} native "
                          f"kernels built or loaded")
         for run in runs.values():
             run()  # warm up
         times = M.interleaved(runs, args.repeat, args.number)
         best = min(v for k, v in times.items() if k != "jax")
-        cells = " | ".join(f"{times[f'{m}/{b}'] * 1e3:.1f}" for m, b in grid)
+        cells = " | ".join(f"{times[label(*c)] * 1e3:.1f}" for c in grid)
         print(f"| {name} | {times['jax'] * 1e3:.2f} | {cells} | {best / times['jax']:.1f} |")
     print()
     for note in notes:

@@ -79,17 +79,6 @@ class Array(ArrayMethods):
         value = self._global_value()
         return value if dtype is None else value.astype(dtype)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.type.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return dtypes.to_numpy(self.type.dtype)
-
-    @property
-    def weak_type(self) -> bool:
-        return self.type.weak
 
     def block_until_ready(self) -> Array:
         return self

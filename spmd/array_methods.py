@@ -17,6 +17,20 @@ class ArrayMethods:
     __slots__ = ()
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> Any:
+        from spmd import dtypes
+
+        return dtypes.to_numpy(self.type.dtype)
+
+    @property
+    def weak_type(self) -> bool:
+        return self.type.weak
+
+    @property
     def ndim(self) -> int:
         return len(self.shape)
 

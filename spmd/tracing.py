@@ -143,17 +143,6 @@ class Tracer(ArrayMethods):
         self.id = vid
         self.type = t
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.type.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return dtypes.to_numpy(self.type.dtype)
-
-    @property
-    def weak_type(self) -> bool:
-        return self.type.weak
 
     def _concrete_error(self, what: str) -> TracerError:
         return TracerError(

@@ -8,12 +8,14 @@ resolved as late as possible by the resharding planner).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from partitioner.builder import ProgramBuilder
+from partitioner.combine import combine_all_reduces
 from partitioner.collective_report import CollectiveRecord
 from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
@@ -28,7 +30,9 @@ from partitioner.reshard import (
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
+from spmd.ir.verifier import verify
 from spmd.ops import REGISTRY, Factors
+from spmd.passes.dce import dce
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Partitioned:
 
 
 class Partitioner:
+    """Walks the global program once, emitting each op's per-device form."""
+
     def __init__(self, graph: Graph, mesh: MeshShape, dims_of: dict[int, Dims]):
         self.graph = graph
         self.mesh = mesh
@@ -98,8 +104,7 @@ class Partitioner:
         """Ops without a factor rule run on whole values on every device."""
         ins = []
         for v in op.inputs:
-            spec = self.env[v][1]
-            if not spec.is_replicated() and spec.dims and any(spec.dims):
+            if any(self.env[v][1].dims):
                 warnings.warn(ReplicationWarning(
                     f"{op.loc}: {op.name} has no sharding rule yet; its sharded operand is "
                     f"gathered on every device"), stacklevel=2)
@@ -346,9 +351,9 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
                                "jit output layout")
         results.append(lv)
         result_specs.append(spec)
-    from partitioner.combine import combine_all_reduces
-
-    program, records = combine_all_reduces(p.b.finish(results), p.b.records, mesh)
+    program, records = combine_all_reduces(dce(p.b.finish(results)), p.b.records, mesh)
+    if os.environ.get("SPMD_VERIFY") == "1":
+        verify(program, pass_name="partition")
     return Partitioned(program, mesh, param_specs, result_specs, records)
 
 

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ class Step:
     kernel: Kernel | None = None
     fn: Any = None
     value: np.ndarray | None = None
+    chunks: list[tuple[int, int]] = field(default_factory=list)
+    partials: bool = False  # a reduce over every dim, split into per-thread partials
+    empty: bool = False
 
 
 class Executable:
@@ -67,10 +70,12 @@ class Executable:
             if step.kind == "kernel":
                 step.fn, _, hit = cache.compile_kernel(_builder(step.kernel))
                 self.cache_hits += hit
+                self._prepare(step)
         nbytes = {v: t.nbytes for v, t in graph.types.items()}
         self.plan = memory.plan_memory(list(graph.params), self.donate, list(graph.results),
                                        [self._uses(s) for s in self.steps], nbytes)
         self._local = threading.local()
+        self._param_dtypes = [dtypes.to_numpy(t.dtype) for t in graph.param_types]
 
     def _schedule(self) -> list[Step]:
         g = self.graph
@@ -116,90 +121,150 @@ class Executable:
         g = self.graph
         if len(args) != len(g.params):
             raise ValueError(f"program takes {len(g.params)} arguments, got {len(args)}")
-        buffers: list[np.ndarray | None] = [None] * len(self.plan.slots)
         env: dict[int, np.ndarray] = {}
-        for k, (v, t, a) in enumerate(zip(g.params, g.param_types, args)):
-            arr = np.asarray(a, dtype=dtypes.to_numpy(t.dtype), order="C")  # keeps 0-d
-            env[v] = arr
-            buffers[k] = arr.reshape(-1).view(np.uint8)
-        pool = self._temp_pool()
-        for s, slot in enumerate(self.plan.slots):
-            if slot.kind == "temp":
-                buffers[s] = pool[s]
-            elif slot.kind == "result":
-                buffers[s] = np.empty(slot.nbytes, np.uint8)
+        for v, dtype, a in zip(g.params, self._param_dtypes, args):
+            ok = type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous
+            env[v] = a if ok else np.asarray(a, dtype=dtype, order="C")  # keeps 0-d
+        temps = self._temps()
         for step in self.steps:
             kernel = step.kernel
-            ins = [env[v] for v in (kernel.inputs if kernel else step.op.inputs)]
-            outs = self._run(step, ins, buffers)
-            env.update(zip(kernel.outputs if kernel else step.op.outputs, outs))
+            if step.kind == "kernel":
+                ins = [env[v] for v in kernel.inputs]
+                outs = [self._output(v, env, temps) for v in kernel.outputs]
+                self._run_kernel(step, ins, outs)
+                env.update(zip(kernel.outputs, outs))
+                continue
+            op = step.op
+            ins = [env[v] for v in op.inputs]
+            if step.kind == "const":
+                outs = [step.value]
+            elif step.kind == "view":
+                outs = [_view(op, ins[0])]
+            elif step.kind == "dot":
+                outs = [self._output(op.outputs[0], env, temps)]
+                _dot(op, ins[0], ins[1], outs[0])
+            else:
+                outs = list(self.run_op(op, ins))
+            env.update(zip(op.outputs, outs))
         return [env[v] for v in g.results]
 
-    def _temp_pool(self) -> dict[int, np.ndarray]:
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = {s: np.empty(slot.nbytes, np.uint8)
-                    for s, slot in enumerate(self.plan.slots) if slot.kind == "temp"}
-            self._local.pool = pool
-        return pool
+    def _temps(self) -> dict[int, np.ndarray]:
+        """This thread's arrays of temporaries (slots reused across calls), made once."""
+        temps = getattr(self._local, "temps", None)
+        if temps is not None:
+            return temps
+        pool = {s: np.empty(slot.nbytes, np.uint8)
+                for s, slot in enumerate(self.plan.slots) if slot.kind == "temp"}
+        temps = {}
+        for v, s in self.plan.slot_of.items():
+            if s in pool:
+                t = self.graph.types[v]
+                temps[v] = pool[s][:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
+        self._local.temps = temps
+        self._local.addresses = {id(a): address(a) for a in temps.values() if a.size}
+        return temps
 
-    def _array(self, v: int, buffers: list[np.ndarray | None]) -> np.ndarray:
+    def _output(self, v: int, env: dict[int, np.ndarray], temps: dict[int, np.ndarray]
+                ) -> np.ndarray:
+        """The planned buffer of value v: a temporary, a donated param's buffer or a result."""
+        found = temps.get(v)
+        if found is not None:
+            return found
         t = self.graph.types[v]
-        buf = buffers[self.plan.slot_of[v]]
-        return buf[:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
-
-    def _run(self, step: Step, ins: list[np.ndarray], buffers: list[np.ndarray | None]
-             ) -> list[np.ndarray]:
-        op = step.op
-        if step.kind == "const":
-            return [step.value]
-        if step.kind == "view":
-            return [_view(op, ins[0])]
-        if step.kind == "fallback":
-            return list(self.run_op(op, ins))
-        if step.kind == "dot":
-            out = self._array(op.outputs[0], buffers)
-            _dot(op, ins[0], ins[1], out)
-            return [out]
-        k = step.kernel
-        outs = [self._array(v, buffers) for v in k.outputs]
-        self._run_kernel(step, ins, outs)
-        return outs
+        slot = self.plan.slots[self.plan.slot_of[v]]
+        if slot.kind != "param":
+            return np.empty(t.shape, dtypes.to_numpy(t.dtype))
+        base = env[self.graph.params[slot.param]].reshape(-1).view(np.uint8)
+        return base[:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
 
     def _run_kernel(self, step: Step, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         spec = step.kernel.spec
-        args = [np.ascontiguousarray(a) for a in ins] + outs
-        target = acc = None
-        if spec.reduce is not None:
+        args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in ins] + outs
+        if step.empty:
+            if spec.reduce is not None:
+                kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
+                np.copyto(outs[-1], reduce_identity(kind, dtype), casting="unsafe")
+            return
+        if spec.reduce_mode == "memory":
             kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
             target = outs[-1]
-            empty = any(n == 0 for n in spec.domain)
-            if spec.reduce_mode == "memory" or empty:
-                acc_dtype = dtypes.to_numpy(accumulator_dtype(dtype))
-                acc = np.full(target.shape, reduce_identity(kind, dtype), acc_dtype)
-                args[-1] = acc
-        if all(n != 0 for n in spec.domain):
-            pointers = (ctypes.c_void_p * len(args))(*[a.ctypes.data for a in args])
-            address = ctypes.addressof(pointers)
-            chunks = self._chunks(spec)
-            if len(chunks) == 1:
-                step.fn(chunks[0][0], chunks[0][1], address)
-            else:
-                futures = [thread_pool(self.num_threads).submit(step.fn, a, b, address)
-                           for a, b in chunks]
-                for f in futures:
-                    f.result()
-        if acc is not None:
+            acc = np.full(target.shape, reduce_identity(kind, dtype),
+                          dtypes.to_numpy(accumulator_dtype(dtype)))
+            args[-1] = acc
+            self._launch(step, args)
             np.copyto(target, acc, casting="unsafe")
+            return
+        if step.partials:
+            self._run_split_reduce(step, args)
+            return
+        self._launch(step, args)
 
-    def _chunks(self, spec: Any) -> list[tuple[int, int]]:
+    def _launch(self, step: Step, args: list[np.ndarray]) -> None:
+        known = self._local.addresses
+        pointers = (ctypes.c_void_p * len(args))(*[known.get(id(a)) or address(a) for a in args])
+        where = ctypes.addressof(pointers)
+        chunks = step.chunks
+        if len(chunks) == 1:
+            step.fn(chunks[0][0], chunks[0][1], where)
+            return
+        pool = thread_pool(self.num_threads)
+        futures = [pool.submit(step.fn, a, b, where) for a, b in chunks[1:]]
+        step.fn(chunks[0][0], chunks[0][1], where)  # the calling thread takes a chunk too
+        for f in futures:
+            f.result()
+
+    def _run_split_reduce(self, step: Step, args: list[np.ndarray]) -> None:
+        """A reduce over every dim: each thread reduces a slice into its own partial, then
+        the partials are combined (sums may be reassociated, as in one thread)."""
+        target = args[-1]
+        partials = np.empty(len(step.chunks), target.dtype)
+        addresses = [address(a) for a in args[:-1]]
+        pool = thread_pool(self.num_threads)
+        arrays, futures = [], []
+        for k, (a, b) in enumerate(step.chunks):
+            pointers = (ctypes.c_void_p * len(args))(*addresses, partials[k:].ctypes.data)
+            arrays.append(pointers)
+            if k:
+                futures.append(pool.submit(step.fn, a, b, ctypes.addressof(pointers)))
+        a, b = step.chunks[0]
+        step.fn(a, b, ctypes.addressof(arrays[0]))
+        for f in futures:
+            f.result()
+        combine = _COMBINE[step.kernel.spec.reduce[0]]
+        target.reshape(-1)[0] = combine.reduce(partials, dtype=partials.dtype)
+
+    def _chunks(self, spec: Any, split_reduce: bool = False) -> list[tuple[int, int]]:
         outer = spec.domain[0] if spec.domain else 1
         size = int(np.prod(spec.domain)) if spec.domain else 1
         n = min(self.num_threads, outer, max(1, size // SPLIT_MIN_ELEMENTS))
-        if n <= 1 or not spec.splittable:
+        if n <= 1 or not (spec.splittable or split_reduce):
             return [(0, outer)]
         bounds = np.linspace(0, outer, n + 1).astype(np.int64)
         return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def _prepare(self, step: Step) -> None:
+        """Per-step launch facts fixed at compile time: thread chunks, split reduces."""
+        spec = step.kernel.spec
+        step.empty = any(n == 0 for n in spec.domain)
+        reduce_dtype = spec.arg_dtypes[spec.reduce[2]] if spec.reduce else ""
+        step.partials = (spec.reduce_mode == "trailing" and bool(spec.domain)
+                         and not any(spec.reduce[3]) and reduce_dtype not in HALF)
+        step.chunks = self._chunks(spec, step.partials)
+        step.partials = step.partials and len(step.chunks) > 1
+
+
+def address(a: np.ndarray) -> int:
+    """The data pointer of a contiguous array (a writable buffer export is ~3x cheaper than
+    a.ctypes.data)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
+HALF = ("bfloat16", "float16")
+_COMBINE = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum,
+            "and": np.logical_and, "or": np.logical_or}
 
 
 def _builder(kernel: Kernel) -> Callable[[str], Any]:

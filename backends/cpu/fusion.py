@@ -1,5 +1,6 @@
-"""Loop fusion: groups elementwise ops, broadcasts, converts, iota and a trailing reduce into
-kernels (producer into consumer, no duplication); a value used outside its group is stored.
+"""Loop fusion: groups elementwise ops, broadcasts, converts, iota, index-remapping views and a
+trailing reduce into kernels (producer into consumer; cheap producers are recomputed in each
+consumer kernel); a value used outside its group is stored.
 
 Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes).
 """
@@ -79,6 +80,12 @@ class _Group:
     extra: list[int] = field(default_factory=list)
 
 
+# Ops whose scalar code is a libm call (not vectorized): stored once rather than recomputed.
+EXPENSIVE = frozenset({"sin", "cos", "log", "pow", "rem", "erf", "log1p", "expm1", "tan",
+                       "atan2"})
+MAX_COPIES = 4  # a cheap producer is recomputed in at most this many kernels
+
+
 def is_scalar_constant(op: Op) -> bool:
     return op.name == "constant" and op.types[0].ndim == 0
 
@@ -93,6 +100,25 @@ def fusible(op: Op, graph: Graph) -> bool:
     return op.name == "reduce" and op.attrs["kind"] in REDUCE_KINDS
 
 
+def inlinable(op: Op, graph: Graph) -> bool:
+    """Index-remapping views that may be members of a kernel (never its root)."""
+    if op.name == "transpose":
+        return True
+    if op.name != "reshape":
+        return False
+    in_shape = graph.types[op.inputs[0]].shape
+    return [n for n in in_shape if n != 1] == [n for n in op.types[0].shape if n != 1]
+
+
+def duplicable(op: Op, graph: Graph) -> bool:
+    """Cheap enough to recompute in every kernel that uses it instead of storing it."""
+    if op.name == "reduce" or op.name in EXPENSIVE:
+        return False
+    if op.name in ("exp", "tanh", "logistic"):
+        return graph.types[op.inputs[0]].dtype != "float64"  # float64 calls libm
+    return True
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, step = [], 1
     for n in reversed(shape):
@@ -102,91 +128,146 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def group_ops(graph: Graph) -> list[_Group]:
-    """Reverse walk: an op joins its users' group when all of them are in one group."""
+    """Reverse walk: an op joins its users' group when all of them are in one group; a cheap
+    op used by several groups joins (is recomputed in) each of them; a result joins only a
+    group of its own shape (which stores it)."""
     users: dict[int, list[int]] = {}
     for i, op in enumerate(graph.ops):
         for v in op.inputs:
             users.setdefault(v, []).append(i)
     results = set(graph.results)
-    group_of: dict[int, _Group] = {}
+    groups_of: dict[int, list[_Group]] = {}
     groups: list[_Group] = []
     for i in reversed(range(len(graph.ops))):
         op = graph.ops[i]
-        if not fusible(op, graph) or len(op.outputs) != 1:
+        root_ok = fusible(op, graph)
+        if not (root_ok or inlinable(op, graph)) or len(op.outputs) != 1:
             continue
         out = op.outputs[0]
-        owners = {id(group_of.get(j)) for j in users.get(out, [])}
-        owner = group_of.get(users[out][0]) if users.get(out) else None
-        joins = (op.name != "reduce" and owner is not None and len(owners) == 1
-                 and owner.domain == op.types[0].shape)
-        if joins:
-            owner.members.add(i)
-            group_of[i] = owner
-            if out in results:
-                owner.extra.append(out)
+        owners = _owners(users.get(out, []), groups_of)
+        if owners and op.name != "reduce" and _may_join(op, graph, owners, out in results):
+            for owner in owners:
+                owner.members.add(i)
+                if out in results:
+                    owner.extra.append(out)
+            groups_of[i] = owners
+            continue
+        if not root_ok:
             continue
         domain = graph.types[op.inputs[0]].shape if op.name == "reduce" else op.types[0].shape
         group = _Group(i, domain, {i})
-        group_of[i] = group
+        groups_of[i] = [group]
         groups.append(group)
     return sorted(groups, key=lambda g: g.root)
 
 
+def _owners(user_ops: list[int], groups_of: dict[int, list[_Group]]) -> list[_Group] | None:
+    """The distinct groups of all users, or None when some user is in no group."""
+    found: dict[int, _Group] = {}
+    for u in user_ops:
+        if u not in groups_of:
+            return None
+        for g in groups_of[u]:
+            found[id(g)] = g
+    return list(found.values()) or None
+
+
+def _may_join(op: Op, graph: Graph, owners: list[_Group], is_result: bool) -> bool:
+    if is_result:
+        return len(owners) == 1 and owners[0].domain == op.types[0].shape
+    return len(owners) == 1 or (len(owners) <= MAX_COPIES and duplicable(op, graph))
+
+
+IndexMap = tuple  # per dim of a value: the domain dim indexing it, or None (index 0)
+
+
 def build_kernel(graph: Graph, group: _Group) -> Kernel:
-    """Turn a group into a KernelSpec: nodes in program order, loads and stores with strides."""
+    """Turn a group into a KernelSpec: members are inlined at the index map they are used
+    through (broadcasts, unit reshapes and transposes remap dims), others are loads."""
     domain = group.domain
-    flat = contiguous_strides(domain)
+    identity: IndexMap = tuple(range(len(domain)))
     nodes: list[Node] = []
-    node_of: dict[int, int] = {}
+    memo: dict[tuple[int, IndexMap], int] = {}
     loads: dict[tuple[int, tuple[int, ...]], int] = {}
     inputs: list[int] = []
+    member_ids = {id(graph.ops[i]) for i in group.members}
 
     def add(node: Node) -> int:
         nodes.append(node)
         return len(nodes) - 1
 
-    def load(vid: int, strides: tuple[int, ...]) -> int:
-        if vid in node_of:
-            return node_of[vid]
+    def strides_of(vid: int, index: IndexMap) -> tuple[int, ...]:
+        strides = [0] * len(domain)
+        for own, d in zip(contiguous_strides(graph.types[vid].shape), index):
+            if d is not None:
+                strides[d] += own
+        return tuple(strides)
+
+    def value(vid: int, index: IndexMap) -> int:
+        if (vid, index) not in memo:
+            memo[vid, index] = _node(vid, index)
+        return memo[vid, index]
+
+    def _node(vid: int, index: IndexMap) -> int:
         producer = graph.producers.get(vid)
         if producer is not None and is_scalar_constant(producer):
-            value = np.asarray(producer.attrs["value"]).item()
-            return add(("const", producer.types[0].dtype, value))
-        if (vid, strides) not in loads:
+            return add(("const", producer.types[0].dtype,
+                        np.asarray(producer.attrs["value"]).item()))
+        if producer is None or id(producer) not in member_ids or producer.name == "reduce":
+            strides = strides_of(vid, index)
             if vid not in inputs:
                 inputs.append(vid)
-            loads[vid, strides] = add(("load", graph.types[vid].dtype, inputs.index(vid), strides))
-        return loads[vid, strides]
+            if (vid, strides) not in loads:
+                loads[vid, strides] = add(("load", graph.types[vid].dtype, inputs.index(vid),
+                                           strides))
+            return loads[vid, strides]
+        op, t = producer, producer.types[0]
+        if op.name in ("broadcast_in_dim", "reshape", "transpose"):
+            return value(op.inputs[0], _operand_index(graph, op, index))
+        if op.name == "iota":
+            d = index[op.attrs["dimension"]]
+            strides = tuple(int(k == d) for k in range(len(domain)))
+            return add(("iota", t.dtype, strides))
+        args = tuple(value(v, index) for v in op.inputs)
+        attrs = tuple(sorted((k, v) for k, v in op.attrs.items() if k != "weak"))
+        return add(("op", t.dtype, op.name, attrs, args))
 
-    ops = [graph.ops[i] for i in sorted(group.members)]
-    reduce = None
-    for op in ops:
-        t = op.types[0]
-        if op.name == "broadcast_in_dim":
-            node_of[op.outputs[0]] = load(op.inputs[0], _broadcast_strides(graph, op))
-        elif op.name == "iota":
-            strides = tuple(int(d == op.attrs["dimension"]) for d in range(len(domain)))
-            node_of[op.outputs[0]] = add(("iota", t.dtype, strides))
-        elif op.name == "reduce":
-            axes = set(op.attrs["axes"])
-            kept = iter(contiguous_strides(t.shape))
-            strides = tuple(0 if d in axes else next(kept) for d in range(len(domain)))
-            reduce = (op.attrs["kind"], load(op.inputs[0], flat), strides)
-        else:
-            args = tuple(load(v, flat) for v in op.inputs)
-            attrs = tuple(sorted((k, v) for k, v in op.attrs.items() if k != "weak"))
-            node_of[op.outputs[0]] = add(("op", t.dtype, op.name, attrs, args))
     root = graph.ops[group.root]
-    stored = [] if reduce else [root.outputs[0]]
-    stored += [v for v in group.extra if v not in stored]
+    reduce = None
+    stored = list(dict.fromkeys(group.extra))
+    if root.name == "reduce":
+        axes = set(root.attrs["axes"])
+        kept = iter(contiguous_strides(root.types[0].shape))
+        strides = tuple(0 if d in axes else next(kept) for d in range(len(domain)))
+        reduce = (root.attrs["kind"], value(root.inputs[0], identity), strides)
+    else:
+        stored = [root.outputs[0]] + [v for v in stored if v != root.outputs[0]]
+    flat = contiguous_strides(domain)
+    store_nodes = [value(v, identity) for v in stored]
     n_in = len(inputs)
-    stores = tuple((node_of[v], n_in + k, flat) for k, v in enumerate(stored))
+    stores = tuple((node, n_in + k, flat) for k, node in enumerate(store_nodes))
     outputs = stored + ([root.outputs[0]] if reduce else [])
     reduce_spec = (reduce[0], reduce[1], n_in + len(stored), reduce[2]) if reduce else None
     arg_dtypes = tuple(graph.types[v].dtype for v in inputs + outputs)
+    ops = [graph.ops[i] for i in sorted(group.members)]
     spec = coalesce(KernelSpec(domain, arg_dtypes, n_in, tuple(nodes), stores, reduce_spec))
     return Kernel(spec, ops, inputs, outputs, group.root, root if reduce else None,
                   name=f"k{group.root}_{root.name}")
+
+
+def _operand_index(graph: Graph, op: Op, index: IndexMap) -> IndexMap:
+    """The index map of a view-like op's operand, given the map of its result."""
+    shape = graph.types[op.inputs[0]].shape
+    if op.name == "transpose":
+        found: list[int | None] = [None] * len(shape)
+        for k, p in enumerate(op.attrs["permutation"]):
+            found[p] = index[k]
+        return tuple(found)
+    if op.name == "broadcast_in_dim":
+        return tuple(index[d] if n != 1 else None
+                     for d, n in zip(op.attrs["broadcast_dimensions"], shape))
+    kept = iter([d for d, n in zip(index, op.types[0].shape) if n != 1])
+    return tuple(next(kept) if n != 1 else None for n in shape)
 
 
 def _broadcast_strides(graph: Graph, op: Op) -> tuple[int, ...]:

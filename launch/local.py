@@ -41,13 +41,16 @@ class LocalExecutable:
     def _choose_mode(self) -> str:
         """Small programs: one numpy call per op over all devices' stacked shards; large
         ones, or collectives inside loops: a thread per device running native kernels."""
-        in_loops = any(sub_op.name in COLLECTIVES
-                       for op in self.program.ops for sub in subgraphs(op)
-                       for sub_op in sub.walk())
         size = sum(t.size for t in self.program.types.values())
-        return "threads" if in_loops or size >= THREADS_MIN_ELEMENTS else "stacked"
+        return "threads" if size >= THREADS_MIN_ELEMENTS else "stacked"
+
+    def collectives_in_loops(self) -> bool:
+        return any(sub_op.name in COLLECTIVES for op in self.program.ops
+                   for sub in subgraphs(op) for sub_op in sub.walk())
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+        if self.collectives_in_loops():  # only device threads can pause inside a loop body
+            return self._run_threads(per_device_args)
         if self.mode == "lockstep":
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
         if self.mode == "stacked":

@@ -175,8 +175,21 @@ def _place(tree: Any, specs: list[Any] | None) -> Any:
 
 
 def _zeros_like(params: Any) -> Any:
+    """Zeros laid out like each parameter (a committed sharded parameter's state is too)."""
+    from spmd.array import Array
+    from spmd.dispatch import device_put
+    from spmd.sharding import NamedSharding
+
     snp = _snp()
-    return tree_map(lambda p: snp.zeros_like(p), params)
+
+    def zeros(p: Any) -> Any:
+        z = snp.zeros_like(p)
+        sharding = getattr(p, "sharding", None)
+        if isinstance(p, Array) and isinstance(sharding, NamedSharding):
+            return device_put(z, sharding)
+        return z
+
+    return tree_map(zeros, params)
 
 
 def _step_zero() -> Any:

@@ -7,6 +7,8 @@ result partial): [b,m,k]x[b,k,n] is "bmk,bkn->bmn" with k reduced.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -57,23 +59,26 @@ def _dot_type(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,
 
 def _dot_ref(lhs: np.ndarray, rhs: np.ndarray, *, dimension_numbers: DimNums,
              preferred_element_type: str | None) -> np.ndarray:
+    """As a batched matmul (BLAS): lhs -> [batch, free, contract], rhs -> [batch, contract,
+    free]; float16/bfloat16 accumulate in float32, as XLA does on CPU."""
     (lc, rc), (lb, rb) = dimension_numbers
     lf, rf = free_dims(lhs.ndim, lc, lb), free_dims(rhs.ndim, rc, rb)
-    names = iter(LETTERS)
-    ls = [""] * lhs.ndim
-    rs = [""] * rhs.ndim
-    for i, j in zip(lb + lc, rb + rc):
-        ls[i] = rs[j] = next(names)
-    for i in lf:
-        ls[i] = next(names)
-    for j in rf:
-        rs[j] = next(names)
-    out = "".join(ls[i] for i in lb) + "".join(ls[i] for i in lf) + "".join(rs[j] for j in rf)
     dtype = dtypes.to_numpy(preferred_element_type or dtypes.canonical(lhs.dtype))
-    compute = np.float32 if dtype.name in ("bfloat16", "float16") else dtype  # f32 accumulate
-    result = np.einsum(f"{''.join(ls)},{''.join(rs)}->{out}", lhs.astype(compute),
-                       rhs.astype(compute))
-    return np.asarray(result).astype(dtype)
+    compute = np.float32 if dtype.name in ("bfloat16", "float16") else dtype
+    if not dtypes.is_float(dtypes.canonical(dtype)):
+        compute = np.int64  # integers wrap to the result type exactly as in its own width
+
+    def size(x: np.ndarray, dims: Sequence[int]) -> int:
+        return math.prod(x.shape[d] for d in dims)
+
+    a = np.transpose(lhs, (*lb, *lf, *lc)).astype(compute, copy=False)
+    b = np.transpose(rhs, (*rb, *rc, *rf)).astype(compute, copy=False)
+    a = a.reshape(size(lhs, lb), size(lhs, lf), size(lhs, lc))
+    b = b.reshape(size(rhs, rb), size(rhs, rc), size(rhs, rf))
+    out = np.matmul(a, b)
+    shape = [lhs.shape[d] for d in lb] + [lhs.shape[d] for d in lf] + [rhs.shape[d] for d in rf]
+    with np.errstate(all="ignore"):
+        return out.reshape(shape).astype(dtype)
 
 
 def _dot_factors(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,

@@ -1,13 +1,15 @@
 """LLVM IR for one fused kernel: `void NAME(i64 start, i64 end, ptr args)` loops over the
 domain (outer dim in [start, end)), loads via constant strides, stores with rounding.
 
-bfloat16/float16 compute in float32 and round on store (bfloat16: round to nearest even).
+bfloat16/float16 compute each op in float32 and round its result to the half type (round to
+nearest even), like the reference interpreter (numpy/ml_dtypes) does after every op.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from llvmlite import ir
 
 from backends.cpu.fusion import KernelSpec
@@ -74,6 +76,20 @@ def narrow(b: ir.IRBuilder, value: ir.Value, dtype: str) -> ir.Value:
     quiet = b.or_(b.lshr(bits, ir.Constant(I32, 16)), ir.Constant(I32, 0x40))
     nan = b.fcmp_unordered("uno", value, value)
     return b.trunc(b.select(nan, quiet, rounded), I16)
+
+
+def round_half(b: ir.IRBuilder, value: ir.Value, dtype: str) -> ir.Value:
+    """A float32 compute value rounded to bfloat16/float16 (and back to float32)."""
+    if dtype not in ("bfloat16", "float16"):
+        return value
+    return widen(b, narrow(b, value, dtype), dtype)
+
+
+def _exact(value: Any, dtype: str) -> Any:
+    """A constant as the dtype holds it (half types round the Python float)."""
+    if dtype not in ("bfloat16", "float16"):
+        return value
+    return float(np.asarray(value, dtype=dtypes.to_numpy(dtype)))
 
 
 def combine(m: Math, kind: str, acc: ir.Value, x: ir.Value, dtype: str) -> ir.Value:
@@ -149,13 +165,14 @@ class _Emitter:
                               typ=storage_type(dtype))
                 values.append(widen(b, raw, dtype))
             elif kind == "const":
-                values.append(constant(dtype, node[2]))
+                values.append(constant(dtype, _exact(node[2], dtype)))
             elif kind == "iota":
-                values.append(self._iota(self.offset(idx, node[2]), dtype))
+                values.append(round_half(b, self._iota(self.offset(idx, node[2]), dtype), dtype))
             else:
                 args = [values[i] for i in node[4]]
                 in_dtype = spec.nodes[node[4][0]][1] if node[4] else dtype
-                values.append(emit(self.math, node[2], args, in_dtype, dict(node[3]), dtype))
+                value = emit(self.math, node[2], args, in_dtype, dict(node[3]), dtype)
+                values.append(round_half(b, value, dtype))
         for node, arg, strides in spec.stores:
             dtype = spec.arg_dtypes[arg]
             b.store(narrow(b, values[node], dtype), self.address(arg, dtype, idx, strides))

@@ -204,7 +204,23 @@ def convert(m: Math, x: ir.Value, src: str, dst: str) -> ir.Value:
         return b.call(fn, [x])
     if x.type == target:
         return x
+    if dst == "float16" and x.type == F64:  # numpy rounds once (bfloat16 goes via float32)
+        return b.fpext(b.fptrunc(_to_float32_odd(m, x), ir.HalfType()), target)
     return b.fpext(x, target) if target == F64 else b.fptrunc(x, target)
+
+
+def _to_float32_odd(m: Math, x: ir.Value) -> ir.Value:
+    """float64 -> float32 rounded to odd, so a second rounding to float16 equals one direct
+    rounding (LLVM's direct fptrunc f64->f16 is a compiler-rt call MCJIT cannot resolve)."""
+    b, i32 = m.b, ir.IntType(32)
+    near = b.fptrunc(x, F32)
+    wide = b.fpext(near, F64)
+    bits = b.bitcast(near, i32)
+    over = b.fcmp_ordered(">", m.intrinsic("fabs", F64, wide), m.intrinsic("fabs", F64, x))
+    toward_zero = b.select(over, b.sub(bits, ir.Constant(i32, 1)), bits)
+    inexact = b.fcmp_ordered("!=", wide, x)
+    odd = b.select(inexact, b.or_(toward_zero, ir.Constant(i32, 1)), bits)
+    return b.bitcast(odd, F32)
 
 
 def emit(m: Math, name: str, args: list[ir.Value], in_dtype: str,

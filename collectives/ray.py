@@ -100,7 +100,7 @@ class SocketChannel:
         with lock:
             connection.sendall(_HEADER.pack(len(header)) + header)
             if value.nbytes:
-                connection.sendall(memoryview(value.reshape(-1)).cast("B"))
+                connection.sendall(memoryview(value.reshape(-1).view(np.uint8)))
 
     def _connection(self, actor: int) -> tuple[socket.socket, threading.Lock]:
         with self._lock:
@@ -129,7 +129,7 @@ class SocketChannel:
                 key, dtype, shape = pickle.loads(_read_exactly(connection, length))
                 value = np.empty(shape, dtype)
                 if value.nbytes:
-                    view = memoryview(value.reshape(-1)).cast("B")
+                    view = memoryview(value.reshape(-1).view(np.uint8))
                     received = 0
                     while received < value.nbytes:
                         count = connection.recv_into(view[received:])
@@ -138,6 +138,9 @@ class SocketChannel:
                         received += count
                 self.mailbox.put(key, value)
         except (ConnectionError, OSError):
+            connection.close()
+        except Exception as exc:  # noqa: BLE001 - a dead reader must not leave peers waiting
+            self.mailbox.abort(f"the socket reader failed: {exc!r}")
             connection.close()
 
     def close(self) -> None:

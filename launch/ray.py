@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
 # Measured in benchmarks/RESULTS.md: sockets beat the object store at every size here.
 DEFAULT_CHANNEL = "sockets"
+ABORT_WAIT_S = 5.0  # after a failure, how long the other actors get to notice the abort
 MeshKey = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]]
 
 
@@ -40,6 +41,7 @@ class DeviceActor:
         self.mailbox = Mailbox()
         self.channel_name = channel
         self.channel: Any = SocketChannel(self.mailbox) if channel == "sockets" else None
+        self.objects: ObjectChannel | None = None
         self.buffers: dict[int, np.ndarray] = {}
         self.programs: dict[str, Any] = {}
         self.comms: dict[MeshKey, RayCommunicator] = {}
@@ -52,10 +54,11 @@ class DeviceActor:
         return os.getpid()
 
     def connect(self, handles: list[Any], addresses: list[tuple[str, int]]) -> None:
+        self.objects = ObjectChannel(handles)
         if self.channel_name == "sockets":
             self.channel.connect(addresses)
         else:
-            self.channel = ObjectChannel(handles)
+            self.channel = self.objects
 
     def deliver(self, key: tuple, value: np.ndarray) -> None:
         self.mailbox.put(key, value)
@@ -88,13 +91,25 @@ class DeviceActor:
         for handle, value in zip(outs, evaluate(program, values, run_op)):
             self.buffers[handle] = value
 
-    def _communicator(self, mesh: MeshKey) -> RayCommunicator:
-        found = self.comms.get(mesh)
+    def call(self, function: Any, mesh: MeshKey, channel: str | None = None) -> Any:
+        """function(communicator) on this device (tests, benchmarks); channel picks the wire."""
+        return function(self._communicator(mesh, channel))
+
+    def reset(self) -> None:
+        """Forgets messages, communicators and the abort after a failed step."""
+        self.mailbox = Mailbox()
+        if self.channel_name == "sockets":
+            self.channel.mailbox = self.mailbox
+        self.comms.clear()
+
+    def _communicator(self, mesh: MeshKey, channel: str | None = None) -> RayCommunicator:
+        found = self.comms.get((mesh, channel))
         if found is None:
             shape, names, actors = mesh
-            found = RayCommunicator(actors.index(self.index), shape, names, self.channel,
-                                    self.mailbox, actors, tag=mesh)
-            self.comms[mesh] = found
+            wire = self.channel if channel in (None, self.channel_name) else self.objects
+            found = RayCommunicator(actors.index(self.index), shape, names, wire,
+                                    self.mailbox, actors, tag=(mesh, channel))
+            self.comms[(mesh, channel)] = found
         return found
 
 
@@ -158,6 +173,15 @@ class RayRuntime:
     def barrier(self) -> None:
         return None
 
+    def run_on_devices(self, function: Any, mesh_shape: Sequence[int],
+                       axis_names: Sequence[str], channel: str | None = None) -> list[Any]:
+        """function(communicator) on every actor of a mesh over the first devices, like
+        collectives.local.run_on_devices; channel 'sockets' or 'objects' (default: ours)."""
+        count = int(np.prod(mesh_shape))
+        mesh_key = (tuple(mesh_shape), tuple(axis_names), tuple(range(count)))
+        refs = [self.actors[i].call.remote(function, mesh_key, channel) for i in range(count)]
+        return self._wait(refs, list(range(count)))
+
     def pids(self) -> list[int]:
         """The actors' process ids (for tests and monitoring)."""
         return ray.get([a.pid.remote() for a in self.actors])
@@ -215,7 +239,7 @@ class RayRuntime:
         from spmd.ir.printer import print_graph
 
         key = hashlib.sha256(print_graph(program).encode()).hexdigest()[:16]
-        ray.get([a.load.remote(key, program) for a in self.actors])
+        self._wait([a.load.remote(key, program) for a in self.actors], list(range(len(self.actors))))
         self._programs[id(program)] = (program, key)
         return key
 
@@ -240,6 +264,9 @@ class RayRuntime:
                 message = f"device {device} (Ray actor) failed:\n{_original(exc)}"
                 for actor in self.actors:
                     actor.abort.remote(message)
+                ray.wait(remaining, num_returns=len(remaining), timeout=ABORT_WAIT_S)
+                for actor in self.actors:
+                    actor.reset.remote()
                 raise RemoteError(message) from None
         return ray.get(refs)
 

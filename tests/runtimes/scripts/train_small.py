@@ -1,12 +1,14 @@
 """A small MLP trained for 10 steps with data parallelism over 'data' and tensor parallelism
-over 'model'; prints one line "RESULT loss=<x> checksum=<y>" (rank 0 only under MPI).
+over 'model'; prints one line "RESULT loss=<x> checksum=<y>" (rank 0 only under MPI); fault modes for tests.
 
 Run: spmd-launch --mesh 2x4 --axes data,model [--runtime mpi|ray] tests/runtimes/scripts/train_small.py
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import numpy as np
 
@@ -61,10 +63,19 @@ def main() -> None:
     if distributed.process_index() == 0:
         print(f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
               f"processes={distributed.process_count()} mesh={dict(mesh.shape)}", flush=True)
-    if len(sys.argv) > 1 and sys.argv[1] == "--fail-on-rank":
-        if distributed.process_index() == int(sys.argv[2]):
-            raise ValueError(f"deliberate failure on process {distributed.process_index()}")
-        distributed.barrier()
+    faults(sys.argv[1:])
+
+
+def faults(argv: list[str]) -> None:
+    """--fail-on-rank R: process R raises; --wait: every process prints its pid and waits
+    (for a test to kill one, or to interrupt the launcher). Other arguments are ignored."""
+    rank = distributed.process_index()
+    if "--fail-on-rank" in argv and rank == int(argv[argv.index("--fail-on-rank") + 1]):
+        raise ValueError(f"deliberate failure on process {rank}")
+    if "--wait" in argv:
+        print(f"WAITING rank={rank} pid={os.getpid()}", flush=True)
+        time.sleep(60)
+    distributed.barrier()
 
 
 if __name__ == "__main__":

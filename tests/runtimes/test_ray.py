@@ -1,0 +1,130 @@
+"""The Ray runtime and transport on a local Ray (8 actors, oversubscribed): every collective
+against numpy on both wires, the training script against the local runtime, and faults."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collectives"))
+
+import cases
+from cases import MESHES, run_checks
+from ray import cloudpickle
+
+from spmd import dispatch
+from spmd.errors import RemoteError
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+cloudpickle.register_pickle_by_value(cases)  # the actors cannot import tests/collectives
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "train_small.py"
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    from launch.ray import RayRuntime
+
+    os.environ.setdefault("SPMD_COLLECTIVE_TIMEOUT", "60")  # the actors inherit it
+    started = RayRuntime(num_devices=8)
+    pids = started.pids()
+    yield started
+    started.shutdown()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "orphan actors"
+
+
+@pytest.mark.parametrize("channel", ["sockets", "objects"])
+def test_every_collective_matches_numpy(runtime, channel) -> None:
+    meshes = MESHES if channel == "sockets" else MESHES[1:2]
+    for mesh_shape, axis_names in meshes:
+        results = runtime.run_on_devices(run_checks, mesh_shape, axis_names, channel)
+        failures = [f for _, device_failures in results for f in device_failures]
+        assert results[0][0] > 50
+        assert not failures, "\n".join(failures[:20])
+
+
+def run_script(env: dict[str, str]) -> tuple[float, float]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    found = re.search(r"RESULT loss=(\S+) checksum=(\S+)", out.getvalue())
+    assert found, out.getvalue()
+    return float(found.group(1)), float(found.group(2))
+
+
+def test_training_gives_the_same_numbers_on_ray_and_local(runtime, monkeypatch) -> None:
+    env = {"SPMD_MESH": "2x4", "SPMD_AXES": "data,model"}
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
+    local = run_script(env)
+    dispatch.set_runtime(runtime)
+    try:
+        on_ray = run_script(env)
+        x = np.arange(24.0).reshape(4, 6)
+        import spmd
+        from spmd import P
+
+        mesh = spmd.make_mesh((2, 4), ("data", "model"))
+        placed = spmd.device_put(x, spmd.NamedSharding(mesh, P("data", "model")))
+        assert type(placed._shards[0]).__name__ == "RemoteShard"  # the data lives in actors
+        np.testing.assert_array_equal(np.asarray(placed * 2), x * 2)
+    finally:
+        dispatch.set_runtime(None)
+    np.testing.assert_allclose(on_ray, local, rtol=1e-5)
+
+
+def one_step(runtime, bad_device: int | None = None) -> None:
+    """A sharded matmul whose contraction needs an all_reduce; bad_device gets a wrong shape."""
+    import spmd
+    from spmd import P
+
+    dispatch.set_runtime(runtime)
+    try:
+        mesh = spmd.make_mesh((8,), ("x",))
+        f = spmd.jit(lambda a, b: a @ b)
+        a = spmd.device_put(np.ones((4, 16)), spmd.NamedSharding(mesh, P(None, "x")))
+        b = spmd.device_put(np.ones((16, 4)), spmd.NamedSharding(mesh, P("x", None)))
+        executable = f.lower(a, b).compile().executable
+        per_device = [[a._shards[d], b._shards[d]] for d in range(8)]
+        if bad_device is not None:
+            per_device[bad_device][0] = np.ones((3, 5))
+        runtime.run(executable.partitioned, mesh, per_device)
+    finally:
+        dispatch.set_runtime(None)
+
+
+def test_a_raising_actor_stops_the_step_with_its_traceback(runtime) -> None:
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as caught:
+        one_step(runtime, bad_device=3)
+    assert time.monotonic() - start < 10
+    text = str(caught.value)
+    assert "device 3 (Ray actor) failed" in text
+    assert 'interpreter.py", line' in text and "ValueError: matmul" in text  # the actor's frames
+    one_step(runtime)  # the actors were reset: the next step works
+
+
+def test_a_killed_actor_is_detected(runtime) -> None:
+    os.kill(runtime.pids()[5], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(RemoteError, match="device 5"):
+        one_step(runtime)
+    assert time.monotonic() - start < 10

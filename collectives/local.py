@@ -10,6 +10,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -279,11 +280,13 @@ class LocalCommunicator(Communicator):
         self.world.rendezvous(found, index, ("barrier", axes), None, where)
 
 
-def run_on_devices(world: LocalWorld, fn: Callable[[LocalCommunicator], Any]) -> list[Any]:
+def run_on_devices(world: LocalWorld, fn: Callable[[LocalCommunicator], Any],
+                   executor: Executor | None = None) -> list[Any]:
     """Runs fn(comm) on one thread per device; returns results in rank order.
 
-    If a device raises, the others are woken (LocalWorld.abort) and the first failure is
-    re-raised with a note naming its device.
+    `executor` (with at least one worker per device) reuses long-lived threads instead of
+    starting new ones. If a device raises, the others are woken (LocalWorld.abort) and the
+    first failure is re-raised with a note naming its device.
     """
     results: list[Any] = [None] * world.size
     failures: list[tuple[int, BaseException]] = []
@@ -297,14 +300,19 @@ def run_on_devices(world: LocalWorld, fn: Callable[[LocalCommunicator], Any]) ->
                 failures.append((comm.rank, exc))
             world.abort(exc, device=comm.rank)
 
-    threads = [
-        threading.Thread(target=body, args=(comm,), name=f"spmd-device-{comm.rank}", daemon=True)
-        for comm in world.communicators()
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if executor is not None:
+        futures = [executor.submit(body, comm) for comm in world.communicators()]
+        wait(futures)
+    else:
+        threads = [
+            threading.Thread(target=body, args=(comm,), name=f"spmd-device-{comm.rank}",
+                             daemon=True)
+            for comm in world.communicators()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     if not failures:
         return results
     first = next((f for f in failures if f[0] == world.error_device), failures[0])

@@ -8,12 +8,15 @@ release the GIL, so large programs overlap).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from collectives.local import LocalWorld, run_on_devices
 from launch.stacked import StackedProgram
@@ -36,6 +39,7 @@ class LocalExecutable:
         self.mesh = partitioned.mesh
         self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or self._choose_mode()
         self._kernel = None
+        self._backend: str | None = None
         self._stacked: StackedProgram | None = None
 
     def _choose_mode(self) -> str:
@@ -63,6 +67,7 @@ class LocalExecutable:
                      ) -> list[list[np.ndarray]]:
         world = LocalWorld(self.mesh.sizes, self.mesh.names)
         kernel = self.compiled_program()
+        n = self.mesh.num_devices
 
         def device(comm: Any) -> list[np.ndarray]:
             def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -74,14 +79,20 @@ class LocalExecutable:
                     return evaluate(self.program, per_device_args[comm.rank], run_op)
                 return kernel(per_device_args[comm.rank])
 
-        return run_on_devices(world, device)
+        # Device threads share the cores: BLAS gets its share instead of every thread
+        # starting a full-width BLAS pool (oversubscription made steps 2-7x slower).
+        with _blas_controller().limit(limits=max(1, (os.cpu_count() or 1) // n),
+                                      user_api="blas"):
+            return run_on_devices(world, device, _device_threads(n))
 
     def compiled_program(self) -> Any:
         """The per-device program compiled once for the CPU (shared by the device threads),
         or None to interpret it (SPMD_BACKEND=interpreter)."""
-        from spmd.dispatch import backend_for
+        if self._backend is None:
+            from spmd.dispatch import backend_for
 
-        if backend_for(self.program) == "interpreter":
+            self._backend = backend_for(self.program)
+        if self._backend == "interpreter":
             return None
         if self._kernel is None:
             from backends.cpu import compile_program
@@ -93,6 +104,19 @@ class LocalExecutable:
 
 
 _device = threading.local()  # the run_op of the device this thread plays
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _device_threads(n: int) -> ThreadPoolExecutor:
+    """Long-lived threads, one per device (starting threads on every call costs ~1 ms)."""
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="spmd-device")
+    return _POOLS[n]
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def _this_device_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:

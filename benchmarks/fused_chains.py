@@ -1,6 +1,8 @@
 """Fused elementwise/reduction chains: the CPU backend vs numpy vs JAX (jax.jit on CPU).
 
-Run: python benchmarks/fused_chains.py [--size 16777216] [--repeat 5] [--threads N]
+Run: python benchmarks/fused_chains.py [--size 16777216] [--rounds 9] [--threads N]
+The three runners are interleaved (ours, numpy, JAX, ours, ...) and each figure is the median
+of the rounds, so load from other jobs on a shared machine hits all three alike.
 """
 
 from __future__ import annotations
@@ -53,14 +55,17 @@ def adam(np_: Any) -> Callable[..., Any]:
     return f
 
 
-def best_time(run: Callable[[], Any], repeat: int) -> float:
-    run()  # warm up (and compile)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def interleaved_medians(runs: list[Callable[[], Any]], rounds: int) -> list[float]:
+    """Median seconds of each runner over `rounds` rounds, one call of each per round."""
+    for run in runs:
+        run()  # warm up (and compile)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, found in zip(runs, times):
+            start = time.perf_counter()
+            run()
+            found.append(time.perf_counter() - start)
+    return [float(np.median(found)) for found in times]
 
 
 def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], list[np.ndarray]]]:
@@ -81,7 +86,7 @@ def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
     opts = parser.parse_args()
     try:
@@ -93,20 +98,19 @@ def main() -> None:
         jax = None
     import spmd.numpy as snp
 
-    print(f"size={opts.size} float32, best of {opts.repeat}")
+    print(f"size={opts.size} float32, median of {opts.rounds} interleaved rounds")
     print(f"{'chain':16s} {'ours ms':>9s} {'numpy ms':>9s} {'jax ms':>9s} "
           f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s}")
     for name, make, args in cases(opts.size):
         exe = compile_program(spmd.jit(make(snp)).lower(*args).graph, num_threads=opts.threads)
-        ours = best_time(lambda exe=exe, args=args: exe(args), opts.repeat)
         np_f = make(np)
-        numpy_t = best_time(lambda f=np_f, args=args: f(*args), opts.repeat)
-        jax_t = float("nan")
+        runs = [lambda exe=exe, args=args: exe(args), lambda f=np_f, args=args: f(*args)]
         if jax is not None:
             jitted = jax.jit(make(jnp_jax))
             device_args = [jax.device_put(a) for a in args]
-            jax_t = best_time(
-                lambda f=jitted, a=device_args: jax.block_until_ready(f(*a)), opts.repeat)
+            runs.append(lambda f=jitted, a=device_args: jax.block_until_ready(f(*a)))
+        ours, numpy_t, *rest = interleaved_medians(runs, opts.rounds)
+        jax_t = rest[0] if rest else float("nan")
         print(f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
               f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d}")
 

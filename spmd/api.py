@@ -248,28 +248,21 @@ class JitFunction:
 
     # -- calling ----------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if current_trace() is not None or _any_tracer(args, kwargs):
+        if current_trace() is not None:
             return self.fun(*args, **kwargs)  # nested jit: inline into the enclosing trace
-        leaves = self.dynamic_leaves(args, kwargs)
-        key = self._key(args, kwargs, leaves)
+        dyn_args, dyn_kwargs, static = self._split(args, kwargs)
+        leaves, structure = tree_flatten((dyn_args, dyn_kwargs))
+        if any(isinstance(x, Tracer) for x in leaves):
+            return self.fun(*args, **kwargs)
+        key = (structure, tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves), static)
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = self.lower(*args, **kwargs).compile()
             self._cache[key] = compiled
         return compiled.call_flat(leaves)
 
-    def _key(self, args: tuple, kwargs: dict, leaves: list[Any]) -> Any:
-        _, _, static = self._split(args, kwargs)
-        structure = tree_flatten(self._split(args, kwargs)[:2])[1]
-        avals = tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves)
-        return structure, avals, static
-
     def clear_cache(self) -> None:
         self._cache.clear()
-
-
-def _any_tracer(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(x, Tracer) for x in tree_flatten((args, kwargs))[0])
 
 
 def _as_sharding(s: Any) -> Any:

@@ -23,10 +23,15 @@ DEFAULT_FLOAT = "float32"
 DEFAULT_INT = "int32"
 
 
+_BY_NUMPY = {np_dtype: name for name, np_dtype in _NUMPY.items()}
+
+
 def canonical(dtype: object) -> str:
     """The dtype's name, from a name, a numpy dtype, a scalar type or a Python type."""
     if isinstance(dtype, str) and dtype in _NUMPY:
         return dtype
+    if isinstance(dtype, np.dtype) and dtype in _BY_NUMPY:
+        return _BY_NUMPY[dtype]
     if dtype is float:
         return DEFAULT_FLOAT
     if dtype is int:

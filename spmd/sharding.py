@@ -56,6 +56,7 @@ class Mesh:
             raise MeshError(f"mesh axis names must be distinct, got {names!r}")
         self.devices = arr
         self.axis_names = names
+        self._hash_key = (names, arr.shape, tuple(int(d.id) for d in arr.flat), device_kind)
         self.device_kind = device_kind
         self.topology = topology
 
@@ -82,7 +83,7 @@ class Mesh:
         return hash(self._key())
 
     def _key(self) -> tuple:
-        return (self.axis_names, self.devices.shape, self.device_ids, self.device_kind)
+        return self._hash_key
 
     def __enter__(self) -> Mesh:
         _mesh_stack.append(self)

@@ -2,6 +2,9 @@
 
 Run: OMP_NUM_THREADS=1 mpiexec -n 8 python benchmarks/collectives.py [--max-mb 64]
      OMP_NUM_THREADS=1 python benchmarks/collectives.py --transport local [--devices 8]
+     OMP_NUM_THREADS=1 python benchmarks/collectives.py --transport ray [--devices 8]
+       (both Ray wires, sockets and object store, and the ratio to our MPI transport, which it
+       runs first under mpiexec)
 """
 
 from __future__ import annotations
@@ -165,15 +168,79 @@ def local_call(kind: str, comm: object, x: np.ndarray) -> Callable[[], object]:
     return lambda: comm.all_to_all(x, "x", 0, 0)
 
 
+def timed_on_actor(kind: str, size: int, repeats: int) -> Callable[[object], float]:
+    """A function for RayRuntime.run_on_devices: seconds per call of kind on that actor."""
+
+    def program(comm: object) -> float:
+        x = operand(kind, size, comm.size)
+        call = local_call(kind, comm, x)
+        call()
+        comm.barrier()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        comm.barrier()
+        return (time.perf_counter() - start) / repeats
+
+    return program
+
+
+def mpi_busbw(max_mb: float, devices: int) -> dict[tuple[str, int], float]:
+    """Our MPI transport's busbw by (kind, size), from a run of this script under mpiexec."""
+    import subprocess
+
+    command = ["mpiexec", "-n", str(devices), sys.executable, __file__, "--max-mb", str(max_mb)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    table: dict[tuple[str, int], float] = {}
+    kind = ""
+    for line in output.splitlines():
+        if line.startswith("# "):
+            kind = line.split()[1].rstrip(",")
+        elif line.strip() and line.split()[0].isdigit():
+            fields = line.split()  # size, ours us, ...: busbw from the time, not the rounded column
+            size = int(fields[0])
+            table[(kind, size)] = row(kind, size, float(fields[1]) * 1e-6, devices)[1]
+    return table
+
+
+def run_ray(devices: int, max_mb: float) -> None:
+    """Our Ray transport on both wires, against our MPI transport's busbw (run first)."""
+    from launch.ray import RayRuntime
+
+    mpi = mpi_busbw(max_mb, devices)
+    runtime = RayRuntime(num_devices=devices)
+    try:
+        for kind in KINDS:
+            print(f"\n# {kind}, {devices} Ray actors, float32 (busbw GB/s)")
+            print(f"{'size':>10} {'sockets us':>11} {'busbw':>7} {'objects us':>11} {'busbw':>7} "
+                  f"{'mpi busbw':>9} {'ray/mpi':>7}")
+            for size in sizes(max_mb):
+                repeats = max(2, iterations(size) // 4)
+                times = {}
+                for wire in ("sockets", "objects"):
+                    program = timed_on_actor(kind, size, repeats)
+                    times[wire] = max(runtime.run_on_devices(program, (devices,), ("x",), wire))
+                bus = {w: row(kind, size, t, devices)[1] for w, t in times.items()}
+                best = max(bus.values())
+                reference = mpi.get((kind, size), float("nan"))
+                print(f"{size:>10} {times['sockets'] * 1e6:>11.1f} {bus['sockets']:>7.4f} "
+                      f"{times['objects'] * 1e6:>11.1f} {bus['objects']:>7.4f} "
+                      f"{reference:>9.4f} {best / reference:>7.2f}", flush=True)
+    finally:
+        runtime.shutdown()
+
+
 def main() -> None:
     """Parses arguments and runs one transport's table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--transport", choices=("mpi", "local"), default="mpi")
+    parser.add_argument("--transport", choices=("mpi", "local", "ray"), default="mpi")
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--max-mb", type=float, default=64)
     args = parser.parse_args()
     if args.transport == "local":
         run_local(args.devices, args.max_mb)
+    elif args.transport == "ray":
+        run_ray(args.devices, args.max_mb)
     else:
         run_mpi(args.max_mb)
 

@@ -1,6 +1,6 @@
 """Fused elementwise/reduction chains: the CPU backend vs numpy vs JAX (jax.jit on CPU).
 
-Run: python benchmarks/fused_chains.py [--size 16777216] [--rounds 9] [--threads N]
+Run: python benchmarks/fused_chains.py [--size N] [--rounds 9] [--threads N] [--dispatch]
 The three runners are interleaved (ours, numpy, JAX, ours, ...) and each figure is the median
 of the rounds, so load from other jobs on a shared machine hits all three alike.
 """
@@ -83,11 +83,28 @@ def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], lis
             ("adam update", adam, state)]
 
 
+def dispatch_us(calls: int = 5000) -> float:
+    """Median microseconds per call of a tiny fused program (tanh(2a + b) on 8x8 float32)."""
+    import spmd.numpy as snp
+
+    x = np.ones((8, 8), np.float32)
+    exe = compile_program(spmd.jit(lambda a, b: snp.tanh(a * 2.0 + b)).lower(x, x).graph)
+    args = [x, x]
+    rounds = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(calls):
+            exe(args)
+        rounds.append((time.perf_counter() - start) / calls * 1e6)
+    return float(np.median(rounds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dispatch", action="store_true", help="also time a tiny call")
     opts = parser.parse_args()
     try:
         import jax
@@ -113,6 +130,8 @@ def main() -> None:
         jax_t = rest[0] if rest else float("nan")
         print(f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
               f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d}")
+    if opts.dispatch:
+        print(f"tiny fused program (8x8): {dispatch_us():.1f} us per call")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class LocalExecutable:
         self.program = partitioned.program
         self.mesh = partitioned.mesh
         self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or self._choose_mode()
+        self._in_loops = self.collectives_in_loops()
         self._kernel = None
         self._backend: str | None = None
         self._stacked: StackedProgram | None = None
@@ -53,7 +54,7 @@ class LocalExecutable:
                    for sub in subgraphs(op) for sub_op in sub.walk())
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
-        if self.collectives_in_loops():  # only device threads can pause inside a loop body
+        if self._in_loops:  # only device threads can pause inside a loop body
             return self._run_threads(per_device_args)
         if self.mode == "lockstep":
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)

@@ -82,8 +82,13 @@ class StackedProgram:
         self.mesh_shape = tuple(mesh_shape)
         self.n = math.prod(mesh_shape)
         self.steps: list[tuple[str, Op]] = []
+        self.constants: dict[int, np.ndarray] = {}  # values that need no input, made once
         for op in program.ops:
-            self.steps.append(self._plan(op))
+            kind, planned = self._plan(op)
+            if kind == "replicate":
+                self.constants.update(zip(op.outputs, self._replicate(op, [])))
+                continue
+            self.steps.append((kind, planned))
 
     def _plan(self, op: Op) -> tuple[str, Op]:
         if op.name == "axis_index":
@@ -98,7 +103,7 @@ class StackedProgram:
         return "batched", batched
 
     def __call__(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
-        env: dict[int, np.ndarray] = {}
+        env: dict[int, np.ndarray] = dict(self.constants)
         for k, (vid, t) in enumerate(zip(self.program.params, self.program.param_types)):
             env[vid] = np.stack([np.asarray(a[k], dtype=dtypes.to_numpy(t.dtype))
                                  for a in per_device_args])

@@ -13,6 +13,14 @@ from spmd.api import Compiled, JitFunction, Lowered, ShapeDtypeStruct, jit
 from spmd.array import Array, block_until_ready
 from spmd.autodiff import grad, jvp, value_and_grad, vjp
 from spmd.dispatch import device_put
+from spmd.distributed import (
+    launch_mesh,
+    local_devices,
+    make_array_from_callback,
+    make_array_from_process_local_data,
+    process_count,
+    process_index,
+)
 from spmd.lax import with_sharding_constraint
 from spmd.sharding import (
     Device,
@@ -30,12 +38,14 @@ from spmd.tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_
 from spmd.visualize import visualize_sharding
 
 # Modules users reach as spmd.<name>; they import spmd.numpy, so they come last.
-from spmd import checkpoint, nn, optim, random, sim  # isort: skip
+from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
 
 __all__ = [
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
-    "checkpoint", "device_count", "device_put", "devices", "errors", "grad", "jit", "jvp",
+    "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",
+    "jit", "jvp", "launch_mesh", "local_devices", "make_array_from_callback",
+    "make_array_from_process_local_data", "process_count", "process_index",
     "make_mesh", "nn", "optim", "random", "shard_map", "sim", "tree_flatten", "tree_leaves",
     "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
     "visualize_sharding", "with_sharding_constraint",

@@ -182,9 +182,12 @@ class NamedSharding(Sharding):
         self.mesh = mesh
         self.spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
         normalize_spec(self.spec, len(self.spec), mesh)
+        self._dims: dict[int, tuple[DimSpec, ...]] = {}
 
     def dim_axes(self, ndim: int) -> tuple[DimSpec, ...]:
-        return normalize_spec(self.spec, ndim, self.mesh)
+        if ndim not in self._dims:
+            self._dims[ndim] = normalize_spec(self.spec, ndim, self.mesh)
+        return self._dims[ndim]
 
     def _key(self) -> tuple:
         return (self.mesh, tuple(self.dim_axes(len(self.spec))))

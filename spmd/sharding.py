@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class Mesh:
     def _key(self) -> tuple:
         return self._hash_key
 
-    def __enter__(self) -> Mesh:
+    def __enter__(self) -> Self:
         _mesh_stack.append(self)
         return self
 
@@ -130,7 +130,7 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
 class PartitionSpec(tuple):
     """Per dim: a mesh axis name, a tuple of names (major first), or None."""
 
-    def __new__(cls, *entries: Any) -> PartitionSpec:
+    def __new__(cls, *entries: Any) -> Self:
         return super().__new__(cls, entries)
 
     def __repr__(self) -> str:
@@ -176,7 +176,7 @@ class Sharding:
 class NamedSharding(Sharding):
     """NamedSharding(mesh, P("data", None))."""
 
-    def __init__(self, mesh: Mesh, spec: Any = PartitionSpec()):
+    def __init__(self, mesh: Mesh, spec: Any = ()):
         if not isinstance(mesh, Mesh):
             raise ShardingError(f"NamedSharding needs a Mesh, got {type(mesh).__name__}")
         self.mesh = mesh

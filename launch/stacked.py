@@ -1,24 +1,30 @@
 """Stacked execution: all devices' shards stacked on a leading device axis, so each op of
-the per-device program runs once (one numpy call) instead of once per device.
+the per-device program runs once instead of once per device (shard shapes are equal on
+every device: uneven dims are padded).
 
-Shard shapes are equal on every device (uneven dims are padded), so stacking is exact.
-Ops whose attributes only need the extra leading dim run batched; a collective becomes
-numpy over the device axis; anything else (per-device starts, sub-graphs) runs per
-device and is re-stacked, exactly as in lockstep.
+Native path (CPU backend): the program is batched over the device axis (launch/batching.py)
+and compiled once: fused kernels and batched matmuls cover every device, collectives are
+reshapes and reductions. Numpy path (SPMD_BACKEND=interpreter, or a program that cannot be
+batched): each op is one numpy call on the stacked arrays, a collective is numpy over the
+device axis, and anything else (per-device starts, sub-graphs) runs per device.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from launch.batched_collectives import run_stacked
+from launch.batching import Batched, NotBatchable, batch_program, run_per_device
 from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Op
 from spmd.ops import REGISTRY
+from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import axis_groups, run_collective_lockstep
 
 
@@ -76,19 +82,52 @@ _ELEMENTWISE = {
 class StackedProgram:
     """A per-device program prepared for stacked execution on a mesh."""
 
-    def __init__(self, program: Any, axis_names: Sequence[str], mesh_shape: Sequence[int]):
+    def __init__(self, program: Any, axis_names: Sequence[str], mesh_shape: Sequence[int],
+                 native: bool | None = None):
         self.program = program
         self.axis_names = tuple(axis_names)
         self.mesh_shape = tuple(mesh_shape)
         self.n = math.prod(mesh_shape)
         self.steps: list[tuple[str, Op]] = []
         self.constants: dict[int, np.ndarray] = {}  # values that need no input, made once
+        self.batched: Batched | None = None
+        self.kernel: Any = None
+        if native is None:
+            native = os.environ.get("SPMD_BACKEND", "auto") != "interpreter"
+        if native:
+            self._compile_native()
+        if self.kernel is not None:
+            return
         for op in program.ops:
             kind, planned = self._plan(op)
             if kind == "replicate":
                 self.constants.update(zip(op.outputs, self._replicate(op, [])))
                 continue
             self.steps.append((kind, planned))
+
+    @property
+    def native(self) -> bool:
+        return self.kernel is not None
+
+    def _compile_native(self) -> None:
+        """One batched program compiled by the CPU backend (left None when not batchable)."""
+        from backends.cpu import compile_program
+
+        try:
+            self.batched = batch_program(self.program, self.axis_names, self.mesh_shape)
+        except NotBatchable:
+            return
+        self.kernel = compile_program(self.batched.graph, run_op=self._run_op,
+                                      num_threads=os.cpu_count() or 1)
+
+    def _run_op(self, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Ops of the batched program the backend does not run: per device, or numpy."""
+        original = self.batched.per_device.get(op.outputs[0]) if self.batched else None
+        if original is None:
+            return run_reference(op, inputs)
+        if original.name in COLLECTIVES:
+            return [run_stacked(original, inputs[0], self.axis_names, self.mesh_shape)]
+        return run_per_device(original, inputs, self.n)
 
     def _plan(self, op: Op) -> tuple[str, Op]:
         if op.name == "axis_index":
@@ -103,6 +142,11 @@ class StackedProgram:
         return "batched", batched
 
     def __call__(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+        if self.kernel is not None:
+            stacked = [np.stack([a[k] for a in per_device_args])
+                       for k in range(len(self.program.params))]
+            results = self.kernel(stacked)
+            return [[r[d] for r in results] for d in range(self.n)]
         env: dict[int, np.ndarray] = dict(self.constants)
         for k, (vid, t) in enumerate(zip(self.program.params, self.program.param_types)):
             env[vid] = np.stack([np.asarray(a[k], dtype=dtypes.to_numpy(t.dtype))

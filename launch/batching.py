@@ -1,0 +1,272 @@
+"""Batching over the device axis ("vmap over devices"): a per-device program becomes one
+global program whose values carry a leading axis of the N devices, so a backend compiles
+it once and every op runs once for all devices. Collectives become ordinary ops on that
+axis (launch/batched_collectives.py). Ops that cannot be batched keep their name and run
+per device through the runtime's `run_op` (`Batched.per_device`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spmd import dtypes
+from spmd.errors import InternalError
+from spmd.interpreter import run_reference
+from spmd.ir.graph import Graph, Op, fresh_id, subgraphs
+from spmd.ir.types import TensorType
+from spmd.ops import REGISTRY
+from spmd.ops.collective import COLLECTIVES
+from spmd.ops.elementwise import elementwise_factors
+from spmd.spmd_interpreter import axis_groups
+
+KNOWN_MAX_ELEMENTS = 64  # values computed at batching time (index arithmetic) up to this size
+
+
+class NotBatchable(Exception):
+    """The program cannot run as one batched program (collectives inside sub-graphs)."""
+
+
+@dataclass
+class Batched:
+    """The batched program, and which of its ops run per device (keyed by first output)."""
+
+    graph: Graph
+    per_device: dict[int, Op] = field(default_factory=dict)
+
+
+def _shift(dims: Sequence[int]) -> tuple[int, ...]:
+    return tuple(d + 1 for d in dims)
+
+
+def batched_attrs(op: Op, n: int) -> dict[str, Any] | None:
+    """The attrs of `op` on inputs with a leading device dim, or None when attrs cannot say it."""
+    a = op.attrs
+    name = op.name
+    if name == "broadcast_in_dim":
+        return {**a, "shape": (n,) + tuple(a["shape"]),
+                "broadcast_dimensions": (0,) + _shift(a["broadcast_dimensions"])}
+    if name == "reshape":
+        return {**a, "new_sizes": (n,) + tuple(a["new_sizes"])}
+    if name == "transpose":
+        return {**a, "permutation": (0,) + _shift(a["permutation"])}
+    if name == "reduce":
+        return {**a, "axes": _shift(a["axes"])}
+    if name in ("argmax", "argmin", "cumsum", "gather"):
+        return {**a, "axis": a["axis"] + 1}
+    if name in ("sort", "argsort", "concatenate"):
+        return {**a, "dimension": a["dimension"] + 1}
+    if name == "dot_general":
+        (lc, rc), (lb, rb) = a["dimension_numbers"]
+        return {**a, "dimension_numbers": ((_shift(lc), _shift(rc)),
+                                           ((0,) + _shift(lb), (0,) + _shift(rb)))}
+    if name == "slice":
+        return {**a, "start_indices": (0,) + tuple(a["start_indices"]),
+                "limit_indices": (n,) + tuple(a["limit_indices"]),
+                "strides": (1,) + tuple(a["strides"])}
+    if name == "pad":
+        return {**a, "padding_config": ((0, 0, 0),) + tuple(a["padding_config"])}
+    if name == "rev":
+        return {**a, "dimensions": _shift(a["dimensions"])}
+    if is_elementwise(name):
+        return dict(a)
+    return None
+
+
+def is_elementwise(name: str) -> bool:
+    return REGISTRY[name].factors is elementwise_factors and name not in COLLECTIVES
+
+
+# Inputs that must be the same on every device for the attrs rule to hold (pad's value,
+# gather's indices); a batched one sends the op to the per-device path.
+_SHARED_INPUTS = {"pad": (1,), "gather": (1,)}
+
+
+class Batcher:
+    """Builds the batched graph op by op; `batched[v]` says whether new value v has the
+    device axis (values the same on every device stay unbatched until combined)."""
+
+    def __init__(self, axis_names: Sequence[str], mesh_shape: Sequence[int]):
+        self.axis_names = tuple(axis_names)
+        self.mesh_shape = tuple(mesh_shape)
+        self.n = math.prod(self.mesh_shape)
+        self.ops: list[Op] = []
+        self.types: dict[int, TensorType] = {}
+        self.batched: dict[int, bool] = {}
+        self.known: dict[int, np.ndarray] = {}  # values known now (stacked when batched)
+        self.per_device: dict[int, Op] = {}
+
+    # -- emitting --------------------------------------------------------------------------
+    def emit(self, name: str, inputs: Sequence[int], loc: str = "", **attrs: Any) -> int:
+        types = REGISTRY[name].infer(*[self.types[v] for v in inputs], **attrs)
+        out = fresh_id()
+        self.ops.append(Op(name, tuple(inputs), (out,), (types,), _attrs(attrs), loc))
+        self.types[out] = types
+        self.batched[out] = any(self.batched[v] for v in inputs)
+        return out
+
+    def constant(self, value: np.ndarray, batched: bool) -> int:
+        out = self.emit("constant", (), value=np.asarray(value))
+        self.batched[out] = batched
+        if value.size <= KNOWN_MAX_ELEMENTS * (self.n if batched else 1):
+            self.known[out] = np.asarray(value)
+        return out
+
+    def to_batched(self, v: int) -> int:
+        """v with the device axis (a broadcast, fused into its users by the backend)."""
+        if self.batched[v]:
+            return v
+        t = self.types[v]
+        out = self.emit("broadcast_in_dim", (v,), shape=(self.n,) + t.shape,
+                        broadcast_dimensions=_shift(range(t.ndim)))
+        self.batched[out] = True
+        if v in self.known:
+            self.known[out] = np.broadcast_to(self.known[v], (self.n,) + t.shape)
+        return out
+
+    def per_device_type(self, v: int) -> TensorType:
+        t = self.types[v]
+        return t.with_shape(t.shape[1:]) if self.batched[v] else t
+
+    # -- one op ----------------------------------------------------------------------------
+    def add(self, op: Op, ins: list[int]) -> list[int]:
+        if any(s.name in COLLECTIVES or s.name == "axis_index"
+               for sub in subgraphs(op) for s in sub.walk()):
+            raise NotBatchable(f"{op.name} holds collectives in its sub-graphs")
+        if op.name == "axis_index":
+            return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
+        if op.name in COLLECTIVES:
+            from launch.batched_collectives import batch_collective
+
+            return [batch_collective(self, op, self.to_batched(ins[0]))]
+        if not any(self.batched[v] for v in ins):
+            return self.copy(op, ins)
+        if op.name == "dynamic_slice" and all(v in self.known for v in ins[1:]):
+            return [self.static_slices(op, ins)]
+        attrs = batched_attrs(op, self.n)
+        shared = _SHARED_INPUTS.get(op.name, ())
+        if attrs is None or any(self.batched[ins[i]] for i in shared):
+            return self.run_per_device(op, ins)
+        batched_ins = [v if i in shared else self.to_batched(v) for i, v in enumerate(ins)]
+        out = self.emit(op.name, batched_ins, op.loc, **attrs)
+        self.fold(out, op, ins)
+        return [out]
+
+    def copy(self, op: Op, ins: list[int]) -> list[int]:
+        """An op on values the same on every device: it runs once, unbatched."""
+        outs = tuple(fresh_id() for _ in op.outputs)
+        self.ops.append(Op(op.name, tuple(ins), outs, op.types, op.attrs, op.loc))
+        for v, t in zip(outs, op.types):
+            self.types[v] = t
+            self.batched[v] = False
+        if len(outs) == 1:
+            self.fold(outs[0], op, ins)
+        return list(outs)
+
+    def fold(self, out: int, op: Op, ins: list[int]) -> None:
+        """Compute small values that depend only on known values (start indices)."""
+        if subgraphs(op) or not all(v in self.known for v in ins):
+            return
+        if op.name == "constant":
+            value = np.asarray(op.attrs["value"])
+            if value.size <= KNOWN_MAX_ELEMENTS:
+                self.known[out] = value
+            return
+        if self.per_device_type(out).size > KNOWN_MAX_ELEMENTS:
+            return
+        if not self.batched[out]:
+            self.known[out] = run_reference(op, [self.known[v] for v in ins])[0]
+            return
+        stacked = [np.broadcast_to(self.known[v], (self.n,) + self.per_device_type(v).shape)
+                   for v in ins]
+        self.known[out] = np.stack([run_reference(op, [x[d] for x in stacked])[0]
+                                    for d in range(self.n)])
+
+    def run_per_device(self, op: Op, ins: list[int]) -> list[int]:
+        """The op as it is, once per device, on batched inputs (the fallback)."""
+        batched_ins = tuple(self.to_batched(v) for v in ins)
+        outs = tuple(fresh_id() for _ in op.outputs)
+        types = tuple(t.with_shape((self.n,) + t.shape) for t in op.types)
+        self.ops.append(Op(op.name, batched_ins, outs, types, op.attrs, op.loc))
+        for v, t in zip(outs, types):
+            self.types[v] = t
+            self.batched[v] = True
+        self.per_device[outs[0]] = op
+        return list(outs)
+
+    def static_slices(self, op: Op, ins: list[int]) -> int:
+        """dynamic_slice with starts known now (the partitioner's axis_index * size): one
+        static slice per distinct start, concatenated along the device axis."""
+        x = self.to_batched(ins[0])
+        sizes = tuple(op.attrs["slice_sizes"])
+        shape = self.types[x].shape[1:]
+        starts = np.stack([np.broadcast_to(self.known[v], (self.n,)) for v in ins[1:]], -1)
+        starts = np.clip(starts, 0, np.asarray(shape, dtype=np.int64) - sizes)
+        pieces, d = [], 0
+        while d < self.n:
+            e = d + 1
+            while e < self.n and (starts[e] == starts[d]).all():
+                e += 1
+            begin = (d,) + tuple(int(s) for s in starts[d])
+            limit = (e,) + tuple(b + k for b, k in zip(begin[1:], sizes))
+            pieces.append(self.emit("slice", (x,), op.loc, start_indices=begin,
+                                    limit_indices=limit, strides=(1,) * len(begin)))
+            d = e
+        if len(pieces) == 1:
+            return pieces[0]
+        return self.emit("concatenate", pieces, op.loc, dimension=0)
+
+    def group_indices(self, axes: Sequence[str]) -> np.ndarray:
+        """Each device's index in its group over `axes` (axis_index), as int32[N]."""
+        out = np.zeros(self.n, np.int32)
+        for members in axis_groups(self.axis_names, self.mesh_shape, axes):
+            for i, m in enumerate(members):
+                out[m] = i
+        return out
+
+
+def _attrs(attrs: dict[str, Any]) -> Any:
+    from spmd.ir.graph import Attrs
+
+    return Attrs(attrs)
+
+
+def batch_program(program: Graph, axis_names: Sequence[str],
+                  mesh_shape: Sequence[int]) -> Batched:
+    """The per-device `program` as one program over all devices: each param and result
+    gains a leading dim of size N (row-major device ids of the mesh)."""
+    b = Batcher(axis_names, mesh_shape)
+    env: dict[int, int] = {}
+    params = []
+    for v, t in zip(program.params, program.param_types):
+        new = fresh_id()
+        b.types[new] = t.with_shape((b.n,) + t.shape)
+        b.batched[new] = True
+        env[v] = new
+        params.append(new)
+    for op in program.ops:
+        outs = b.add(op, [env[v] for v in op.inputs])
+        if len(outs) != len(op.outputs):
+            raise InternalError(f"batching {op.name} gave {len(outs)} results; "
+                                "this is a bug in spmd")
+        env.update(zip(op.outputs, outs))
+    results = []
+    for v in program.results:
+        out = b.to_batched(env[v])
+        if out in results or out in params:  # each result its own buffer
+            out = b.emit("stop_gradient", (out,))
+        results.append(out)
+    graph = Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops),
+                  tuple(results))
+    return Batched(graph, b.per_device)
+
+
+def run_per_device(op: Op, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """A fallback op of a batched program: the original op once per device, re-stacked."""
+    per = [run_reference(op, [x[d] for x in inputs]) for d in range(n)]
+    return [np.stack([p[i] for p in per]).astype(dtypes.to_numpy(t.dtype), copy=False)
+            for i, t in enumerate(op.types)]

@@ -282,9 +282,6 @@ def test_grad_through_collective_matches_finite_differences(name):
                                atol=1e-8)
 
 
-@pytest.mark.xfail(reason="partitioner/layout.assemble keeps the last device's copy of an "
-                   "output replicated over an axis; JAX (and the eager oracle) take device 0",
-                   strict=False)
 def test_unreplicated_output_under_jit_comes_from_device_0():
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     x = np.arange(32.0).reshape(4, 8)

@@ -13,16 +13,18 @@ from spmd.ir.graph import Graph
 from spmd.passes.constant_fold import constant_fold
 from spmd.passes.cse import cse
 from spmd.passes.dce import dce
+from spmd.passes.scan_merge import scan_merge
 from spmd.passes.simplify import simplify
 
 Pass = Callable[[Graph], Graph]
 PASSES: dict[str, Pass] = {
     "simplify": simplify,
     "constant_fold": constant_fold,
+    "scan_merge": scan_merge,
     "cse": cse,
     "dce": dce,
 }
-DEFAULT_PIPELINE = ("simplify", "constant_fold", "cse", "dce")
+DEFAULT_PIPELINE = ("simplify", "constant_fold", "scan_merge", "cse", "dce")
 
 
 def register_pass(name: str) -> Callable[[Pass], Pass]:

@@ -98,19 +98,7 @@ class Executable:
         return steps
 
     def _uses(self, step: Step) -> memory.StepUse:
-        op = step.op
-        if step.kind == "kernel":
-            k = step.kernel
-            return memory.StepUse(list(k.inputs), allocates=list(k.outputs),
-                                  inplace=_inplace_candidates(k))
-        if step.kind == "dot":
-            return memory.StepUse(list(op.inputs), allocates=list(op.outputs))
-        if step.kind == "view":
-            return memory.StepUse(list(op.inputs), aliases=list(op.outputs))
-        if step.kind == "const":
-            return memory.StepUse([], external=list(op.outputs))
-        return memory.StepUse(list(op.inputs), aliases=list(op.outputs),
-                              external=list(op.outputs))
+        return memory.step_use(step.kind, step.op, step.kernel)
 
     def memory_per_device(self) -> int:
         """Planned peak bytes of live buffers (params + temporaries + results)."""
@@ -269,21 +257,6 @@ _COMBINE = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.min
 
 def _builder(kernel: Kernel) -> Callable[[str], Any]:
     return lambda name: build_module(kernel.spec, name)
-
-
-def _inplace_candidates(k: Kernel) -> dict[int, list[int]]:
-    """Outputs that may overwrite an input: every load of it walks exactly as the store."""
-    spec = k.spec
-    loads: dict[int, set[tuple[int, ...]]] = {}
-    for node in spec.nodes:
-        if node[0] == "load":
-            loads.setdefault(node[2], set()).add(node[3])
-    found: dict[int, list[int]] = {}
-    for _, arg, strides in spec.stores:
-        out = k.outputs[arg - spec.n_in]
-        found[out] = [k.inputs[i] for i, s in loads.items()
-                      if s == {strides} and spec.arg_dtypes[i] == spec.arg_dtypes[arg]]
-    return found
 
 
 def _view(op: Op, x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ brings its own memory (constants, fallback results), counted but not planned.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 END = 1 << 60
 
@@ -125,3 +126,34 @@ def _pick(slots: list[Slot], free: list[int], size: int, escapes: bool, inplace:
 
 def _usable(slot: Slot, escapes: bool) -> bool:
     return slot.kind == "param" or not escapes
+
+
+def inplace_candidates(kernel: Any) -> dict[int, list[int]]:
+    """Outputs of a fused kernel that may overwrite an input: every load of that input
+    walks exactly as the store does, with the same dtype."""
+    spec = kernel.spec
+    loads: dict[int, set[tuple[int, ...]]] = {}
+    for node in spec.nodes:
+        if node[0] == "load":
+            loads.setdefault(node[2], set()).add(node[3])
+    found: dict[int, list[int]] = {}
+    for _, arg, strides in spec.stores:
+        out = kernel.outputs[arg - spec.n_in]
+        found[out] = [kernel.inputs[i] for i, s in loads.items()
+                      if s == {strides} and spec.arg_dtypes[i] == spec.arg_dtypes[arg]]
+    return found
+
+
+def step_use(kind: str, op: Any, kernel: Any = None) -> StepUse:
+    """What one executable step (kernel, dot, view, const or fallback) needs of the plan;
+    shared by every backend that runs the CPU backend's fusion groups."""
+    if kind == "kernel":
+        return StepUse(list(kernel.inputs), allocates=list(kernel.outputs),
+                       inplace=inplace_candidates(kernel))
+    if kind == "dot":
+        return StepUse(list(op.inputs), allocates=list(op.outputs))
+    if kind == "view":
+        return StepUse(list(op.inputs), aliases=list(op.outputs))
+    if kind == "const":
+        return StepUse([], external=list(op.outputs))
+    return StepUse(list(op.inputs), aliases=list(op.outputs), external=list(op.outputs))

@@ -16,13 +16,16 @@ import models as M
 
 def configs() -> list[tuple[str, str, int]]:
     """(SPMD_LOCAL_MODE, SPMD_BACKEND, BLAS threads or 0 for as is): the backend only matters
-    where devices run compiled per-device programs (threads); lockstep and stacked run numpy
-    directly. BLAS threads are capped with threadpoolctl around our calls only."""
+    where devices run compiled per-device programs (threads) or the batched program (stacked:
+    cpu compiles it, interpreter runs numpy op by op); lockstep runs numpy directly. BLAS
+    threads are capped with threadpoolctl around our calls only."""
     import launch.local
 
     modes = ["lockstep"] + (["stacked"] if hasattr(launch.local, "StackedProgram") else [])
+    native = [("stacked", "cpu", 0)] if "stacked" in modes else []  # batched, compiled once
     grid = [(m, "interpreter", 0) for m in modes] + [("threads", "interpreter", 0),
-                                                     ("threads", "cpu", 0), ("auto", "auto", 0)]
+                                                     ("threads", "cpu", 0), *native,
+                                                     ("auto", "auto", 0)]
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:

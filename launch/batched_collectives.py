@@ -58,18 +58,23 @@ class _Group:
         return b.emit("reshape", (y,), new_sizes=(b.n,) + tail)
 
     def broadcast(self, y: int) -> int:
-        """rest + tail -> (N,)+tail: every member of a group gets its group's value."""
+        """rest + tail -> (N,)+tail: every member of a group gets its group's value (one
+        broadcast straight into mesh order; the final reshape is a view)."""
         b = self.b
-        shape = b.types[y].shape
-        tail = shape[self.r:]
-        dims = tuple(range(self.r)) + tuple(range(self.r + 1, len(shape) + 1))
-        full = b.emit("broadcast_in_dim", (y,), shape=self.rest_sizes + (self.k,) + tail,
+        tail = b.types[y].shape[self.r:]
+        m = len(b.mesh_shape)
+        dims = tuple(self.rest) + tuple(range(m, m + len(tail)))
+        full = b.emit("broadcast_in_dim", (y,), shape=b.mesh_shape + tail,
                       broadcast_dimensions=dims)
-        return self.unmajor(full)
+        return b.emit("reshape", (full,), new_sizes=(b.n,) + tail)
 
     def reduce(self, x: int, kind: str) -> int:
-        """rest + tail: the group's combination of x."""
-        return self.b.emit("reduce", (self.major(x),), kind=kind, axes=(self.r,))
+        """rest + tail: the group's combination of x, reduced over the group's mesh axes in
+        place (mesh order: a float sum may round differently from group order)."""
+        b = self.b
+        s = b.types[x].shape[1:]
+        y = b.emit("reshape", (x,), new_sizes=b.mesh_shape + s)
+        return b.emit("reduce", (y,), kind=kind, axes=tuple(sorted(self.pos)))
 
 
 def batch_collective(b: Batcher, op: Op, x: int) -> int:

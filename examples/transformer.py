@@ -312,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--peak-gflops", type=float, default=PEAK_FLOPS / 1e9,
                         help="the peak the MFU estimate divides by")
     args = parser.parse_args(argv)
+    launched = os.environ.get("SPMD_SIMULATE") == "1"  # spmd-launch --device tpu-sim:X --simulate
+    if launched and args.simulate is None:
+        args.simulate = os.environ.get("SPMD_DEVICE", "tpu-sim:v5e")
+        args.mesh = args.mesh or os.environ.get("SPMD_MESH")
     base = POD_CONFIG if args.simulate else Config()
     given = {field: getattr(args, field) for field in
              ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate")}
@@ -323,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> Any:
         print(f"GPT {million:.0f}M parameters, batch {config.batch_size} x {config.context}, "
               f"simulated on {args.simulate} mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}")
         report = simulate(config, mesh)
-        print(report)
+        if not launched:  # the launcher prints its own, fuller report
+            print(report)
         return report
     mesh = parse_mesh(args.mesh)
     layout = "1 device" if mesh is None else " x ".join(

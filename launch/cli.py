@@ -18,9 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from spmd.errors import LaunchError
+from spmd.errors import LaunchError, SimulationError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = """examples:
@@ -30,6 +30,16 @@ EXAMPLES = """examples:
   spmd-launch --mesh 2x4 --runtime ray train.py            # local Ray, 8 actors
   spmd-launch --mesh 4x8 --runtime ray --address ray://head:10001 train.py
   spmd-launch --mesh 16x16 --device tpu-sim:v5e --simulate train.py
+
+--simulate (with --device tpu-sim:<chip>, local runtime) runs any script unchanged without
+data: every jitted call on the tpu-sim mesh is simulated (shapes only, nothing allocated)
+and returns placeholders. The script stops cleanly where it first reads one (float(loss)
+after its first training step); the launcher then prints the slowest simulated program,
+taken as the training step: step time, compute/communication split, MFU, peak HBM per
+device, the slowest ops and the collectives, and writes a Chrome trace (--trace; one track
+per device, up to --trace-devices; open it in Perfetto). A bare --simulate after the script
+is the launcher's too. A step that does not fit in HBM stops with an error
+naming the largest live buffers and the lines that made them (exit 1).
 """
 STOP_GRACE_S = 3.0
 
@@ -59,7 +69,11 @@ def parser() -> argparse.ArgumentParser:
     hosts.add_argument("--hostfile", help="MPI hostfile")
     p.add_argument("--timeout", type=float, help="seconds before the whole job is stopped")
     p.add_argument("--simulate", action="store_true",
-                   help="simulate the device (tpu-sim) instead of running numerics on it")
+                   help="simulate the script's first step on the tpu-sim device (see below)")
+    p.add_argument("--trace", default="spmd_trace.json",
+                   help="--simulate: Chrome trace of the step (default ./spmd_trace.json)")
+    p.add_argument("--trace-devices", type=int, default=16, metavar="N",
+                   help="--simulate: device tracks in the trace (default 16; 0: every device)")
     p.add_argument("script", help="the Python script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     return p
@@ -86,6 +100,18 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
         raise LaunchError("--hosts/--hostfile need --runtime mpi")
     if options.address and options.runtime != "ray":
         raise LaunchError("--address needs --runtime ray")
+    if options.simulate and not (options.device.startswith("tpu-sim")
+                                 and options.runtime == "local"):
+        raise LaunchError("--simulate needs --device tpu-sim:<chip> and the local runtime")
+    if options.simulate:
+        from backends.tpu_sim.chips import load_chip
+
+        try:
+            load_chip(options.device.partition(":")[2] or "v5e")
+        except SimulationError as exc:
+            raise LaunchError(exc.problem, hint=exc.hint) from None
+    if options.trace_devices < 0:
+        raise LaunchError(f"--trace-devices {options.trace_devices} must be 0 (all) or more")
     if options.runtime != "local":
         from launch.runtime import check_launch_mesh
 
@@ -96,6 +122,7 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
 
 def main(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
+    options.simulate = options.simulate or _take_simulate_flag(options)
     try:
         shape, names = check(options)
     except LaunchError as exc:
@@ -117,6 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_here(options, shape)
 
 
+def _take_simulate_flag(options: argparse.Namespace) -> bool:
+    """A bare --simulate after the script (`spmd-launch ... train.py --simulate`) is ours when
+    the device is tpu-sim; one followed by a value stays the script's own option."""
+    args = options.args
+    if "--simulate" not in args or not options.device.startswith("tpu-sim"):
+        return False
+    at = args.index("--simulate")
+    if at + 1 < len(args) and not args[at + 1].startswith("-"):
+        return False
+    options.args = args[:at] + args[at + 1:]
+    return True
+
+
 def run_here(options: argparse.Namespace, shape: tuple[int, ...]) -> int:
     """local and ray: the script runs once, in this process (ray: after starting the actors)."""
     from spmd import distributed
@@ -128,6 +168,8 @@ def run_here(options: argparse.Namespace, shape: tuple[int, ...]) -> int:
         distributed.initialize("ray", num_devices=options.processes or math.prod(shape),
                                address=options.address, platform=options.device)
     sys.argv = [options.script, *options.args]
+    if options.simulate:
+        return run_simulated(options)
     try:
         runpy.run_path(options.script, run_name="__main__")
     except SystemExit as exc:
@@ -135,6 +177,78 @@ def run_here(options: argparse.Namespace, shape: tuple[int, ...]) -> int:
     finally:
         distributed.shutdown()
     return 0
+
+
+def run_simulated(options: argparse.Namespace) -> int:
+    """--simulate: the script runs under spmd.sim.first_step(); then the step's report."""
+    import spmd.sim
+
+    stopped_at, code = None, 0
+    with spmd.sim.first_step() as programs:
+        try:
+            runpy.run_path(options.script, run_name="__main__")
+        except spmd.sim.SimulationDone as done:
+            stopped_at = done.loc or "?"
+        except SimulationError as exc:
+            sys.stderr.write(f"spmd-launch --simulate: {exc}\n")
+            return 1
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if not programs:
+        sys.stderr.write("spmd-launch --simulate: the script made no jitted call on a "
+                         f"{options.device} mesh (build it with "
+                         "spmd.distributed.launch_mesh(), or pass device=)\n")
+        return 1
+    entries = list(programs.values())
+    step = max(entries, key=lambda e: (e.report.step_time_s, e.report.flops))
+    tracks = options.trace_devices or step.report.num_devices
+    path = step.report.to_chrome_trace(options.trace, max_devices=tracks)
+    print(simulation_summary(entries, step, stopped_at, path, tracks), flush=True)
+    return code
+
+
+def simulation_summary(entries: list, step: Any, stopped_at: str | None, trace: Path,
+                       tracks: int) -> str:
+    """Every simulated program in one line each, then the training step's full report."""
+    report = step.report
+    lines = [(f"spmd-launch --simulate: {len(entries)} program(s) simulated; the slowest is "
+              "taken as the training step"),
+             f"  {'step time':>10} {'MFU':>6} {'peak HBM':>10} {'calls':>5}  called at"]
+    for entry in entries:
+        r = entry.report
+        lines.append(f"  {r.step_time_s * 1e3:>7.3f} ms {_percent(r.mfu):>6} "
+                     f"{r.peak_memory_bytes / 2**20:>6.1f} MiB {entry.calls:>5}  {entry.loc}")
+    lines += ["", f"training step, called at {step.loc}", report.table(), "",
+              f"  {'collective':<28} {'count':>6} {'time':>12} {'MiB/device':>11}"]
+    totals: dict[str, list[float]] = {}
+    for row in report.ops:
+        if row.kind == "collective":
+            name = row.op if not row.axes else f"{row.op}[{','.join(row.axes)}]"
+            total = totals.setdefault(name, [0, 0.0, 0.0])
+            total[0] += row.count
+            total[1] += row.time_s
+            total[2] += row.bytes
+    for name, (count, seconds, nbytes) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  {name:<28} {count:>6.0f} {seconds * 1e3:>9.3f} ms "
+                     f"{nbytes / 2**20:>11.2f}")
+    if not totals:
+        lines.append("  (none)")
+    step_s = max(report.step_time_s, 1e-30)
+    lines += ["", (f"compute {report.compute_time_s / step_s:.1%} of the step, communication "
+                   f"{report.collective_time_s / step_s:.1%} "
+                   f"({report.exposed_collective_s / step_s:.1%} exposed); "
+                   f"MFU {_percent(report.mfu)}; step time {report.step_time_s * 1e3:.3f} ms"),
+              (f"Chrome trace: {trace} ({min(tracks, report.num_devices)} of "
+               f"{report.num_devices} device tracks, identical SPMD schedules; open it in "
+               "Perfetto)")]
+    if stopped_at:
+        lines.append(f"stopped after the first step: the script read a simulated value at "
+                     f"{stopped_at}")
+    return "\n".join(lines)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
 
 
 def _on_alarm(signum: int, frame: object) -> None:

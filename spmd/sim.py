@@ -32,8 +32,56 @@ class _State:
     last: Any = None
     elapsed_s: float = 0.0
     steps: int = 0
+    programs: dict[int, SimulatedProgram] | None = None  # set inside first_step()
 
 
+@dataclass
+class SimulatedProgram:
+    """A program simulated under `first_step()`: its report and the user line that called it."""
+
+    report: Any
+    loc: str
+    calls: int = 1
+    executable: Any = field(default=None, repr=False)
+
+
+class SimulationDone(BaseException):
+    """Raised under `first_step()` when the script reads a simulated value: its step is done."""
+
+    def __init__(self, loc: str | None):
+        self.loc = loc
+        super().__init__(f"the script read a simulated value at {loc or '?'}")
+
+
+class SimulatedValue(ShapeDtypeStruct):
+    """A jitted result under `first_step()`: shape, dtype and sharding only.
+
+    Jitted functions take it like any array; reading it or eager math on it (float(),
+    np.asarray, print, `x + 1` outside jit) raises SimulationDone.
+    """
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return self.aval.size
+
+    def _read(self, *args: Any, **kwargs: Any) -> Any:
+        from spmd.errors import describe_loc
+
+        raise SimulationDone(describe_loc())
+
+    __array__ = __float__ = __int__ = __index__ = __bool__ = __complex__ = _read
+    item = tolist = __str__ = __format__ = __len__ = __iter__ = __getitem__ = _read
+    __neg__ = __pos__ = __abs__ = __round__ = __lt__ = __le__ = __gt__ = __ge__ = _read
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
+              "xor"):
+    setattr(SimulatedValue, f"__{_name}__", SimulatedValue._read)
+    setattr(SimulatedValue, f"__r{_name}__", SimulatedValue._read)
 _STATE = _State()
 
 
@@ -70,6 +118,36 @@ def reset() -> None:
     _STATE.last = None
 
 
+@contextlib.contextmanager
+def first_step(**options: Any) -> Iterator[dict[int, SimulatedProgram]]:
+    """Run a whole script's first step on tpu-sim meshes without data (spmd-launch --simulate).
+
+    Every jitted call on a tpu-sim mesh is simulated (recorded in the yielded dict, keyed by
+    program) and returns SimulatedValues. The script stops with SimulationDone where it first
+    reads one (float(loss) after its step).
+    """
+    saved = (_STATE.programs, dict(_STATE.options))
+    _STATE.programs = {}
+    _STATE.options.update(options)
+    try:
+        yield _STATE.programs
+    finally:
+        _STATE.programs, _STATE.options = saved
+
+
+def _record(executable: Any, report: Any) -> None:
+    from spmd.tracing import user_loc
+
+    programs = _STATE.programs
+    if programs is None:
+        return
+    entry = programs.get(id(executable))
+    if entry is not None and entry.executable is executable:
+        entry.calls += 1
+        return
+    programs[id(executable)] = SimulatedProgram(report, user_loc() or "?", 1, executable)
+
+
 def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     """Called by the dispatcher on every call of a compiled program.
 
@@ -77,20 +155,23 @@ def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     and allocate nothing; real calls on a tpu-sim mesh run normally while the simulated time
     accrues (the report is cached per program: cost does not depend on the data).
     """
-    is_abstract = _STATE.depth > 0 or any(isinstance(a, ShapeDtypeStruct) for a in args)
     mesh = getattr(executable, "mesh", None)
     on_tpu_sim = mesh is not None and str(mesh.device_kind).startswith("tpu-sim")
+    is_abstract = _STATE.depth > 0 or any(isinstance(a, ShapeDtypeStruct) for a in args) or (
+        on_tpu_sim and _STATE.programs is not None)
     if not is_abstract and not on_tpu_sim:
         return None
     report = executable.simulate(**_STATE.options)
     _STATE.last = report
     _STATE.elapsed_s += report.step_time_s
     _STATE.steps += 1
+    _record(executable, report)
     if not is_abstract:
         return None
     shardings = getattr(executable, "out_shardings", None) or [None] * len(
         executable.graph.results)
-    return [ShapeDtypeStruct(t.shape, t.dtype, s, t.weak)
+    kind = ShapeDtypeStruct if _STATE.programs is None else SimulatedValue
+    return [kind(t.shape, t.dtype, s, t.weak)
             for t, s in zip(executable.graph.result_types, shardings)]
 
 
@@ -133,6 +214,7 @@ def simulate(f: Callable[..., Any], *args: Any, **options: Any) -> Any:
     compiled = jitted.lower(*abstract_args(args)).compile()
     report = compiled.simulate(**options)
     _STATE.last = report
+    _record(compiled, report)
     return report
 
 
@@ -176,5 +258,6 @@ def _seconds(s: float) -> str:
     return f"{s * 1e3:.3f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
 
 
-__all__ = ["abstract", "abstract_args", "compare", "elapsed", "format_comparison",
-           "last_report", "on_call", "reset", "simulate"]
+__all__ = ["SimulatedProgram", "SimulatedValue", "SimulationDone", "abstract", "abstract_args",
+           "compare", "elapsed", "first_step", "format_comparison", "last_report", "on_call",
+           "reset", "simulate"]

@@ -1,9 +1,9 @@
 """The embedded local runtime: N logical devices in one process.
 
-A per-device program runs either in lockstep (each op for every device, collectives as
-plain numpy over the group: cheapest for small programs) or on one thread per device
-with shared-memory collectives through collectives.local (BLAS and native kernels
-release the GIL, so large programs overlap).
+A per-device program runs stacked (launch/stacked.py: batched over a leading device axis
+and compiled once by the CPU backend, or numpy op by op for small programs: the default),
+in lockstep (the reference, op by op per device), or on one thread per device with
+shared-memory collectives through collectives.local (needed for collectives inside loops).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from spmd.ir.graph import Op, subgraphs
 from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import evaluate_spmd
 
-# Below this many elements moved per step, lockstep beats threads (see benchmarks/dispatch.py).
+# Kept for the benchmarks' notes; mode choice no longer depends on size: the batched
+# program beat device threads at every size measured (benchmarks/step_time.py, dispatch.py).
 THREADS_MIN_ELEMENTS = 1 << 16
 
 
@@ -44,10 +45,10 @@ class LocalExecutable:
         self._stacked: StackedProgram | None = None
 
     def _choose_mode(self) -> str:
-        """Small programs: one numpy call per op over all devices' stacked shards; large
-        ones, or collectives inside loops: a thread per device running native kernels."""
-        size = sum(t.size for t in self.program.types.values())
-        return "threads" if size >= THREADS_MIN_ELEMENTS else "stacked"
+        """Stacked: one batched program for all devices (native above the backend's size
+        threshold, numpy below), measured faster than device threads at every size
+        (collectives inside loops still go to threads: see `run`)."""
+        return "stacked"
 
     def collectives_in_loops(self) -> bool:
         return any(sub_op.name in COLLECTIVES for op in self.program.ops
@@ -60,7 +61,8 @@ class LocalExecutable:
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
         if self.mode == "stacked":
             if self._stacked is None:
-                self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes)
+                self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes,
+                                               native=self._backend_name() == "cpu")
             return self._stacked(per_device_args)
         return self._run_threads(per_device_args)
 
@@ -86,14 +88,18 @@ class LocalExecutable:
                                       user_api="blas"):
             return run_on_devices(world, device, _device_threads(n))
 
-    def compiled_program(self) -> Any:
-        """The per-device program compiled once for the CPU (shared by the device threads),
-        or None to interpret it (SPMD_BACKEND=interpreter)."""
+    def _backend_name(self) -> str:
+        """SPMD_BACKEND (cpu, interpreter, or by size), read once per executable."""
         if self._backend is None:
             from spmd.dispatch import backend_for
 
             self._backend = backend_for(self.program)
-        if self._backend == "interpreter":
+        return self._backend
+
+    def compiled_program(self) -> Any:
+        """The per-device program compiled once for the CPU (shared by the device threads),
+        or None to interpret it (SPMD_BACKEND=interpreter)."""
+        if self._backend_name() == "interpreter":
             return None
         if self._kernel is None:
             from backends.cpu import compile_program

@@ -13,12 +13,19 @@ from spmd.passes.rules import map_subgraphs, rename_inputs
 
 
 def scan_merge(graph: Graph) -> Graph:
-    """Fold each scan into an earlier one over the same operands that computes its carries."""
+    """Fold each scan into an earlier one over the same operands that computes its carries.
+
+    Dead scans go first and unread ys after, so a merge never makes a loop do more work."""
+    return drop_unread_ys(merge_all(dce(graph)))
+
+
+def merge_all(graph: Graph) -> Graph:
+    """Merge the scans of graph, then those of its sub-graphs."""
     renamed: dict[int, int] = {}
     ops: list[Op] = []
     scans: dict[Any, list[int]] = {}
     for op in graph.ops:
-        op = map_subgraphs(rename_inputs(op, renamed), scan_merge)
+        op = rename_inputs(op, renamed)
         if op.name != "scan":
             ops.append(op)
             continue
@@ -33,7 +40,25 @@ def scan_merge(graph: Graph) -> Graph:
             scans.setdefault(key, []).append(len(ops))
             ops.append(op)
     results = tuple(renamed.get(v, v) for v in graph.results)
-    return graph.replace(ops=tuple(ops), results=results)
+    # Inner scans merge after the outer ones: both outer bodies still hold them unchanged.
+    return graph.replace(ops=tuple(map_subgraphs(op, merge_all) for op in ops), results=results)
+
+
+def drop_unread_ys(graph: Graph) -> Graph:
+    """Each scan without the ys nothing reads (and the body ops only they needed)."""
+    read = set(graph.results).union(*(op.inputs for op in graph.ops))
+    ops = []
+    for op in graph.ops:
+        if op.name != "scan" or all(v in read for v in op.outputs[op.attrs["num_carry"]:]):
+            ops.append(op)
+            continue
+        kept = [i for i, v in enumerate(op.outputs) if i < op.attrs["num_carry"] or v in read]
+        body = op.attrs["body"]
+        attrs = Attrs(op.attrs)
+        attrs["body"] = dce(body.replace(results=tuple(body.results[i] for i in kept)))
+        ops.append(Op("scan", op.inputs, tuple(op.outputs[i] for i in kept),
+                      tuple(op.types[i] for i in kept), attrs, op.loc))
+    return graph.replace(ops=tuple(map_subgraphs(op, drop_unread_ys) for op in ops))
 
 
 def merge_scans(first: Op, second: Op, renamed: dict[int, int]) -> Op | None:

@@ -115,6 +115,23 @@ def test_grad_through_jit_matches_finite_differences_for_every_input():
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_a_merge_never_makes_the_loop_compute_ys_nobody_reads():
+    def loss(w, xs):
+        def body(c, x):
+            c2 = lax.tanh(lax.add(lax.mul(c, w), x))
+            return c2, lax.exp(lax.sin(c2))
+
+        c, _ = control.scan(body, lax.full((3,), 0.5, "float32"), xs)
+        return lax.reduce_sum(c, axes=(0,))
+
+    w, xs = rand(3), rand(5, 3)
+    graph = trace(spmd.grad(loss), w, xs)
+    after = optimize(graph, verify=True)
+    (forward,) = forward_scans(after)
+    assert [op.name for op in forward.attrs["body"].ops] == ["mul", "add", "tanh"]
+    check_same_results(without_scan_merge(graph), after, w, xs)
+
+
 # nested scans ---------------------------------------------------------------------------
 
 def nested_loss(w, xs):

@@ -130,7 +130,7 @@ class Executable:
                 outs = [_view(op, ins[0])]
             elif step.kind == "dot":
                 outs = [self._output(op.outputs[0], env, temps)]
-                _dot(op, ins[0], ins[1], outs[0])
+                _dot(op, ins[0], ins[1], outs[0], self.num_threads)
             else:
                 outs = list(self.run_op(op, ins))
             env.update(zip(op.outputs, outs))
@@ -273,8 +273,14 @@ def _view(op: Op, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
-    """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`."""
+# Below this many multiply-adds a matmul is not worth splitting across threads.
+DOT_SPLIT_MIN_MACS = 1 << 20
+
+
+def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
+    """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`;
+    large ones are split over the batch (or the rows) across threads, since numpy runs a
+    batched matmul one gemm after another and BLAS may be held to one thread per device."""
     (lc, rc), (lb, rb) = op.attrs["dimension_numbers"]
     lf = [i for i in range(lhs.ndim) if i not in lc and i not in lb]
     rf = [i for i in range(rhs.ndim) if i not in rc and i not in rb]
@@ -286,10 +292,25 @@ def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
         compute = np.dtype(np.float32)
     a = np.transpose(lhs, (*lb, *lf, *lc)).reshape(batch, m, k).astype(compute, copy=False)
     b = np.transpose(rhs, (*rb, *rc, *rf)).reshape(batch, k, n).astype(compute, copy=False)
-    if compute == out.dtype:
-        np.matmul(a, b, out=out.reshape(batch, m, n))
+    direct = compute == out.dtype  # out is a contiguous planned buffer: reshape is a view
+    result = out.reshape(batch, m, n) if direct else np.empty((batch, m, n), compute)
+    parts = min(threads, batch if batch > 1 else m)
+    if parts > 1 and batch * m * n * k >= DOT_SPLIT_MIN_MACS:
+        axis = 0 if batch > 1 else 1
+        bounds = np.linspace(0, result.shape[axis], parts + 1).astype(int)
+
+        def chunk(i: int) -> None:
+            lo, hi = bounds[i], bounds[i + 1]
+            if axis == 0:
+                np.matmul(a[lo:hi], b[lo:hi], out=result[lo:hi])
+            else:
+                np.matmul(a[:, lo:hi], b, out=result[:, lo:hi])
+
+        list(thread_pool(parts).map(chunk, range(parts)))
     else:
-        out[...] = np.matmul(a, b).reshape(out.shape)
+        np.matmul(a, b, out=result)
+    if not direct:
+        out[...] = result.reshape(out.shape)
 
 
 class InterpretedProgram:

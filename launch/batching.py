@@ -136,6 +136,8 @@ class Batcher:
     def add(self, op: Op, ins: list[int]) -> list[int]:
         if any(s.name in COLLECTIVES or s.name == "axis_index"
                for sub in subgraphs(op) for s in sub.walk()):
+            if op.name == "scan":
+                return self.scan(op, ins)
             raise NotBatchable(f"{op.name} holds collectives in its sub-graphs")
         if op.name == "axis_index":
             return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
@@ -155,6 +157,38 @@ class Batcher:
         out = self.emit(op.name, batched_ins, op.loc, **attrs)
         self.fold(out, op, ins)
         return [out]
+
+    def scan(self, op: Op, ins: list[int]) -> list[int]:
+        """A scan whose body talks to other devices: its body is batched too (a layer stack
+        under tensor parallelism). xs and ys carry the scan dim first, so the device axis
+        moves to dim 1 inside the loop and back after it."""
+        a = op.attrs
+        fixed = a["num_consts"] + a["num_carry"]
+        body = batch_program(a["body"], self.axis_names, self.mesh_shape)
+        if body.per_device:
+            raise NotBatchable("a scan body holds ops that run per device")
+        operands = [self.to_batched(v) for v in ins]
+        for i in range(fixed, len(operands)):
+            operands[i] = self._swap_leading(operands[i], op.loc)
+        outs = self.emit_multi("scan", operands, op.loc, **{**a, "body": body.graph})
+        carries = outs[:a["num_carry"]]
+        ys = [self._swap_leading(v, op.loc) for v in outs[a["num_carry"]:]]
+        return carries + ys
+
+    def _swap_leading(self, v: int, loc: str) -> int:
+        perm = (1, 0) + tuple(range(2, self.types[v].ndim))
+        out = self.emit("transpose", (v,), loc, permutation=perm)
+        self.batched[out] = True
+        return out
+
+    def emit_multi(self, name: str, inputs: Sequence[int], loc: str, **attrs: Any) -> list[int]:
+        types = REGISTRY[name].infer(*[self.types[v] for v in inputs], **attrs)
+        outs = tuple(fresh_id() for _ in types)
+        self.ops.append(Op(name, tuple(inputs), outs, tuple(types), _attrs(attrs), loc))
+        for v, t in zip(outs, types):
+            self.types[v] = t
+            self.batched[v] = True
+        return list(outs)
 
     def copy(self, op: Op, ins: list[int]) -> list[int]:
         """An op on values the same on every device: it runs once, unbatched."""

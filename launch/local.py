@@ -55,16 +55,18 @@ class LocalExecutable:
                    for sub in subgraphs(op) for sub_op in sub.walk())
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
-        if self._in_loops:  # only device threads can pause inside a loop body
-            return self._run_threads(per_device_args)
-        if self.mode == "lockstep":
+        mode = self.mode
+        if self._in_loops and mode == "lockstep":
+            mode = "stacked"  # lockstep cannot pause inside a loop body; batching can
+        if mode == "lockstep":
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
-        if self.mode == "stacked":
+        if mode == "stacked":
             if self._stacked is None:
                 self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes,
                                                native=self._backend_name() == "cpu")
-            return self._stacked(per_device_args)
-        return self._run_threads(per_device_args)
+            if not (self._in_loops and self._stacked.kernel is None):
+                return self._stacked(per_device_args)
+        return self._run_threads(per_device_args)  # device threads can run anything
 
     def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
                      ) -> list[list[np.ndarray]]:

@@ -23,8 +23,8 @@ from threadpoolctl import ThreadpoolController
 from launch.batched_collectives import run_stacked
 from launch.batching import Batched, NotBatchable, batch_program, run_per_device
 from spmd import dtypes
-from spmd.interpreter import run_reference
-from spmd.ir.graph import Attrs, Op
+from spmd.interpreter import evaluate, run_reference
+from spmd.ir.graph import Attrs, Op, subgraphs
 from spmd.ops import REGISTRY
 from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import axis_groups, run_collective_lockstep
@@ -103,9 +103,11 @@ class StackedProgram:
         self.kernel: Any = None
         if native is None:
             native = os.environ.get("SPMD_BACKEND", "auto") != "interpreter"
-        if native:
-            self._compile_native()
-        if self.kernel is not None:
+        loops = any(s.name in COLLECTIVES for op in program.ops for sub in subgraphs(op)
+                    for s in sub.walk())
+        if native or loops:  # collectives inside loops run only in the batched program
+            self._compile_batched(native)
+        if self.kernel is not None or loops:
             return
         for op in program.ops:
             kind, planned = self._plan(op)
@@ -118,14 +120,19 @@ class StackedProgram:
     def native(self) -> bool:
         return self.kernel is not None
 
-    def _compile_native(self) -> None:
-        """One batched program compiled by the CPU backend (left None when not batchable)."""
-        from backends.cpu import compile_program
-
+    def _compile_batched(self, native: bool) -> None:
+        """One batched program, compiled by the CPU backend or interpreted (numpy, op by
+        op); `kernel` stays None when the program is not batchable."""
         try:
             self.batched = batch_program(self.program, self.axis_names, self.mesh_shape)
         except NotBatchable:
             return
+        if not native:
+            graph = self.batched.graph
+            self.kernel = lambda args: evaluate(graph, args, self._run_op)
+            return
+        from backends.cpu import compile_program
+
         self.kernel = compile_program(self.batched.graph, run_op=self._run_op,
                                       num_threads=os.cpu_count() or 1)
 

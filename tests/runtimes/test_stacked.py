@@ -171,13 +171,13 @@ def native_stacked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     monkeypatch.setenv("SPMD_BACKEND", "cpu")
     monkeypatch.setenv("SPMD_LOCAL_MODE", "stacked")
     paths: list[bool] = []
-    compile_native = stacked_module.StackedProgram._compile_native
+    compile_batched = stacked_module.StackedProgram._compile_batched
 
-    def recorded(self: StackedProgram) -> None:
-        compile_native(self)
-        paths.append(self.native)
+    def recorded(self: StackedProgram, native: bool) -> None:
+        compile_batched(self, native)
+        paths.append(self.native and native)
 
-    monkeypatch.setattr(stacked_module.StackedProgram, "_compile_native", recorded)
+    monkeypatch.setattr(stacked_module.StackedProgram, "_compile_batched", recorded)
     return paths
 
 
@@ -187,3 +187,41 @@ def test_differential_suite_on_native_stacked(fn: Any, shapes: Any, mesh_name: s
                                               native_stacked: list[bool]) -> None:
     differential.test_sharded_matches_unsharded(fn, shapes, mesh_name, in_specs, out_spec, scale)
     assert all(native_stacked)
+
+
+@pytest.mark.parametrize("backend", ["interpreter", "cpu"])
+def test_scan_with_collectives_in_its_body_runs_batched(backend: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Megatron layer stack under lax.scan: the body's all-reduces run on the device axis
+    of one batched program (no device threads meeting at every layer)."""
+    import spmd
+    import spmd.numpy as snp
+    from spmd import NamedSharding, P, lax
+
+    monkeypatch.setenv("SPMD_BACKEND", backend)
+    mesh = spmd.make_mesh((2, 4), ("data", "model"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 16)).astype(np.float32)
+    w1 = (rng.normal(size=(3, 16, 32)) / 4).astype(np.float32)
+    w2 = (rng.normal(size=(3, 32, 16)) / 4).astype(np.float32)
+
+    def model(x: Any, w1: Any, w2: Any) -> Any:
+        def layer(h: Any, ws: Any) -> Any:
+            return h + snp.tanh(h @ ws[0]) @ ws[1], h.sum()
+
+        h, ys = lax.scan(layer, x, (w1, w2))
+        return (h ** 2).mean() + ys.sum()
+
+    step = spmd.jit(spmd.value_and_grad(model, argnums=(1, 2)))
+    want_loss, want_grads = step(x, w1, w2)
+    args = (spmd.device_put(x, NamedSharding(mesh, P("data"))),
+            spmd.device_put(w1, NamedSharding(mesh, P(None, None, "model"))),
+            spmd.device_put(w2, NamedSharding(mesh, P(None, "model"))))
+    compiled = step.lower(*args).compile()
+    loss, grads = compiled(*args)
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    local = compiled.executable.local
+    assert local.mode == "stacked" and local._stacked.kernel is not None
+    assert any(r.kind == "all_reduce" and "scan body" in r.reason for r in compiled.collectives())

@@ -44,7 +44,7 @@ def default_threads() -> int:
 
 @dataclass
 class Step:
-    kind: str  # "kernel" | "dot" | "view" | "const" | "fallback"
+    kind: str  # "kernel" | "dot" | "view" | "const" | "scan" | "fallback"
     op: Op
     kernel: Kernel | None = None
     fn: Any = None
@@ -92,6 +92,8 @@ class Executable:
                 steps.append(Step("const", op, value=value))
             elif op.name == "dot_general":
                 steps.append(Step("dot", op))
+            elif op.name == "scan":
+                steps.append(Step("scan", op))
             else:
                 kind = lowering(op.name).kind
                 steps.append(Step("view" if kind == "view" else "fallback", op))
@@ -131,10 +133,29 @@ class Executable:
             elif step.kind == "dot":
                 outs = [self._output(op.outputs[0], env, temps)]
                 _dot(op, ins[0], ins[1], outs[0], self.num_threads)
+            elif step.kind == "scan":
+                outs = self._run_scan(step, ins)
             else:
                 outs = list(self.run_op(op, ins))
             env.update(zip(op.outputs, outs))
         return [env[v] for v in g.results]
+
+    def _run_scan(self, step: Step, ins: list[np.ndarray]) -> list[np.ndarray]:
+        """A scan loop in Python around its body compiled once (native kernels per step)."""
+        a = step.op.attrs
+        if step.fn is None:
+            step.fn = Executable(a["body"], self.run_op, num_threads=self.num_threads)
+        nc, ncar, length = a["num_consts"], a["num_carry"], a["length"]
+        consts = ins[:nc]
+        carry = ins[nc:nc + ncar]
+        xs = ins[nc + ncar:]
+        ys = [np.empty(t.shape, dtypes.to_numpy(t.dtype)) for t in step.op.types[ncar:]]
+        for i in (reversed(range(length)) if a["reverse"] else range(length)):
+            outs = step.fn([*consts, *carry, *(x[i] for x in xs)])
+            carry = [np.array(c) for c in outs[:ncar]]  # results may be reused buffers
+            for y, value in zip(ys, outs[ncar:]):
+                y[i] = value
+        return [*carry, *ys]
 
     def _temps(self) -> dict[int, np.ndarray]:
         """This thread's arrays of temporaries (slots reused across calls), made once."""

@@ -89,7 +89,9 @@ def test_bad_arguments_raise_spmd_errors():
 @pytest.mark.parametrize("how", ["finish", "hang"])
 def test_mpi_rank_that_leaves_makes_the_others_time_out(how: str) -> None:
     start = time.monotonic()
-    output = mpiexec(how, timeout=60, env_extra={"SPMD_COLLECTIVE_TIMEOUT": "2"})
+    # Once a rank has left, mpiexec may kill the others after they report (exit 9 under
+    # load): what must hold is that every other rank timed out instead of hanging.
+    output = mpiexec(how, timeout=60, env_extra={"SPMD_COLLECTIVE_TIMEOUT": "2"}, check=False)
     assert time.monotonic() - start < 30
     # ranks print concurrently, so lines may interleave: match records, not lines
     reports = re.findall(r"TIMEOUT rank=(\d+) after=[\d.]+ (.*?) \| (mpi_helper\.py:49)", output)

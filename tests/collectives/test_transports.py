@@ -30,15 +30,18 @@ REPO = Path(__file__).resolve().parents[2]
 MESH_IDS = ["x".join(map(str, shape)) for shape, _ in MESHES]
 
 
-def mpiexec(*args: str, timeout: float = 120.0, env_extra: dict[str, str] | None = None) -> str:
-    """Runs the MPI helper on 8 ranks; returns its output, failing the test on a bad exit."""
+def mpiexec(*args: str, timeout: float = 120.0, env_extra: dict[str, str] | None = None,
+            check: bool = True) -> str:
+    """Runs the MPI helper on 8 ranks; returns its output, failing the test on a bad exit
+    (unless check=False: a job that loses a rank may be torn down by mpiexec)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **(env_extra or {}))
     command = ["mpiexec", "-n", "8", sys.executable, str(HELPER), *args]
     done = subprocess.run(
         command, check=False, capture_output=True, text=True, timeout=timeout, env=env
     )
     output = done.stdout + done.stderr
-    assert done.returncode == 0, f"mpiexec exited {done.returncode}:\n{output[-4000:]}"
+    if check:
+        assert done.returncode == 0, f"mpiexec exited {done.returncode}:\n{output[-4000:]}"
     return output
 
 

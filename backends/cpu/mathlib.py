@@ -66,48 +66,51 @@ class Math:
         return ir.Constant(ty, value)
 
     # -- float helpers -------------------------------------------------------------------
+    def _expm1_reduced(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """float32 x = k ln2 + r, |r| <= ln2/2: returns (expm1(r), k << 23 as i32 bits).
+
+        k is rounded by adding 1.5 * 2**23 (its low mantissa bits then hold k, two's
+        complement); expm1(r) = r + r^2 q(r), q a degree-4 least-squares fit (relative error
+        1e-8 on the interval). Garbage for |x| > 2**20; the callers select those lanes away."""
+        b, c, i32 = self.b, lambda v: ir.Constant(F32, v), ir.IntType(32)
+        shifted = self.muladd(x, c(1.4426950408889634), c(12582912.0))
+        k = b.fsub(shifted, c(12582912.0))
+        r = self.muladd(k, c(-0.693145751953125), x)
+        r = self.muladd(k, c(-1.4286068202862268e-06), r)
+        q = c(0.0013933650916442275)
+        for coef in (0.008363178931176662, 0.04166646674275398, 0.16666576266288757, 0.5):
+            q = self.muladd(q, r, c(coef))
+        minus_one = self.muladd(q, b.fmul(r, r), r)
+        return minus_one, b.shl(b.bitcast(shifted, i32), ir.Constant(i32, 23))
+
     def exp(self, x: ir.Value) -> ir.Value:
-        """exp; float32 through a vectorizable Cephes polynomial (~1 ulp), double via libm."""
+        """exp; float32 through a vectorizable polynomial (~1 ulp: 2^k applied by an integer
+        add into the exponent bits, one extra scaling for subnormal results), double via libm."""
         if x.type == F64:
             return self.intrinsic("exp", F64, x)
-        b, c = self.b, lambda v: ir.Constant(F32, v)
-        nan = b.fcmp_unordered("uno", x, x)
-        clamped = b.select(b.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
-        clamped = b.select(b.fcmp_ordered(">", clamped, c(89.0)), c(89.0), clamped)
-        clamped = b.select(nan, c(0.0), clamped)
-        k = self.intrinsic("roundeven", F32, b.fmul(clamped, c(1.44269504088896341)))
-        r = self.muladd(k, c(-0.693359375), clamped)
-        r = self.muladd(k, c(2.12194440e-4), r)
-        p = c(1.9875691500e-4)
-        for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                     5.0000001201e-1):
-            p = self.muladd(p, r, c(coef))
-        p = b.fadd(self.muladd(b.fmul(p, r), r, r), c(1.0))
-        ki = b.fptosi(k, ir.IntType(32))
-        half = b.ashr(ki, ir.Constant(ir.IntType(32), 1))
-        for part in (half, b.sub(ki, half)):
-            bits = b.shl(b.add(part, ir.Constant(ir.IntType(32), 127)),
-                         ir.Constant(ir.IntType(32), 23))
-            p = b.fmul(p, b.bitcast(bits, F32))
-        p = b.select(b.fcmp_ordered(">", x, c(88.72283935546875)), c(float("inf")), p)
-        p = b.select(b.fcmp_ordered("<", x, c(-103.97)), c(0.0), p)
-        return b.select(nan, x, p)
+        b, c, i32 = self.b, lambda v: ir.Constant(F32, v), ir.IntType(32)
+        minus_one, k_bits = self._expm1_reduced(x)
+        p = b.fadd(minus_one, c(1.0))
+        tiny = b.fcmp_ordered("<", x, c(-86.0))  # 2^k p may be subnormal: scale in two steps
+        k_bits = b.add(k_bits, b.select(tiny, ir.Constant(i32, 64 << 23), ir.Constant(i32, 0)))
+        y = b.bitcast(b.add(b.bitcast(p, i32), k_bits), F32)
+        y = b.select(tiny, b.fmul(y, c(2.0 ** -64)), y)
+        y = b.select(b.fcmp_ordered("<", x, c(-103.97283935546875)), c(0.0), y)
+        # x above the largest float32 with a finite exp, or NaN: x + inf is inf or NaN
+        return b.select(b.fcmp_unordered(">", x, c(88.72283172607422)),
+                        b.fadd(x, c(float("inf"))), y)
 
     def tanh(self, x: ir.Value) -> ir.Value:
-        """tanh(x) = sign(x)(1-e)/(1+e), e = exp(-2|x|); an odd Taylor series near 0."""
+        """tanh(|x|) = e / (e + 2) with e = expm1(2|x|) (no cancellation near 0), sign of x."""
         if x.type == F64:
             return self.libm("tanh", F64, x)
-        b, c = self.b, lambda v: ir.Constant(F32, v)
+        b, c, i32 = self.b, lambda v: ir.Constant(F32, v), ir.IntType(32)
         ax = self.intrinsic("fabs", F32, x)
-        e = self.exp(b.fmul(ax, c(-2.0)))
-        big = b.fdiv(b.fsub(c(1.0), e), b.fadd(c(1.0), e))
-        big = self.intrinsic("copysign", F32, big, x)
-        x2 = b.fmul(x, x)
-        series = c(-17.0 / 315.0)
-        for coef in (2.0 / 15.0, -1.0 / 3.0, 1.0):
-            series = self.muladd(series, x2, c(coef))
-        small = b.fmul(series, x)
-        return b.select(b.fcmp_ordered("<", ax, c(0.0625)), small, big)
+        ax = b.select(b.fcmp_ordered(">", ax, c(10.0)), c(10.0), ax)  # tanh(10) rounds to 1
+        minus_one, k_bits = self._expm1_reduced(b.fadd(ax, ax))
+        scale = b.bitcast(b.add(k_bits, ir.Constant(i32, 127 << 23)), F32)
+        e = self.muladd(scale, minus_one, b.fsub(scale, c(1.0)))
+        return self.intrinsic("copysign", F32, b.fdiv(e, b.fadd(e, c(2.0))), x)
 
     def maxmin(self, x: ir.Value, y: ir.Value, is_max: bool, unsigned: bool) -> ir.Value:
         """np.maximum / np.minimum: NaN in either operand propagates."""

@@ -1,13 +1,13 @@
-"""MPI transport: mpi4py nonblocking buffer calls on one sub-communicator per axes tuple.
+"""MPI transport: blocking mpi4py buffer calls on cached sub-communicators and result buffers.
 
-Imports nothing of ours except spmd.errors and collectives.base; importing it imports mpi4py.
+A Watchdog thread (collectives/watchdog.py) ends the job when a call passes SPMD_COLLECTIVE_TIMEOUT.
+Imports nothing of ours except spmd.errors and collectives; importing it imports mpi4py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,67 +19,23 @@ from collectives.base import (
     collective_timeout,
     group_index,
     group_key,
-    timeout_message,
 )
-from spmd.errors import CollectiveTimeoutError, DTypeError, MeshError, RemoteError
+from collectives.mpi_plans import FastPaths, Group
+from collectives.watchdog import Watchdog
+from spmd.errors import MeshError, RemoteError
 
-# After SPIN_POLLS failed Request.Test polls, each further poll first yields the CPU: a
-# Python busy-loop starves oversubscribed ranks (measured in benchmarks/RESULTS.md).
-SPIN_POLLS = 1
-YIELD = os.sched_yield
-_OPS = {
-    "sum": MPI.SUM,
-    "max": MPI.MAX,
-    "min": MPI.MIN,
-    "prod": MPI.PROD,
-    "and": MPI.LAND,
-    "or": MPI.LOR,
-}
-_BOOL_OPS = {
-    "sum": MPI.LOR,
-    "max": MPI.LOR,
-    "min": MPI.LAND,
-    "prod": MPI.LAND,
-    "and": MPI.LAND,
-    "or": MPI.LOR,
-}
-# 16-bit floats have no portable MPI type: they move as bytes and reduce in float32.
-_WIDENED = ("float16", "bfloat16")
+# sys.getrefcount of a cached buffer that nobody but the cache holds (cache, local, argument):
+# only then may the next call overwrite it.
+UNSHARED_REFS = 3
+MAX_CACHED_BUFFERS = 32
 
 
-def _reduction_types(dtype: np.dtype, op: str) -> tuple[np.dtype, MPI.Datatype, MPI.Op]:
-    """(dtype the reduction runs in, its MPI datatype, the MPI op)."""
-    if dtype.name in _WIDENED:
-        dtype = np.dtype(np.float32)
-    if dtype == np.bool_:
-        return dtype, MPI.C_BOOL, _BOOL_OPS[op]
-    try:
-        mpi_type = MPI.Datatype.fromcode(dtype.char)
-    except (KeyError, ValueError) as exc:
-        raise DTypeError(f"dtype {dtype} has no MPI reduction type") from exc
-    return dtype, mpi_type, _OPS[op]
+class MPICommunicator(FastPaths, Communicator):
+    """One MPI rank as one device; rank order of comm is row-major mesh order.
 
-
-def _contiguous(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
-    """x itself when it is C-contiguous of dtype, else a contiguous copy (0-d stays 0-d)."""
-    return np.asarray(x, dtype=dtype, order="C")
-
-
-def _blocks_first(x: np.ndarray, dim: int, count: int) -> np.ndarray:
-    """Contiguous array of shape (count, *block) whose [j] is block j of x along dim."""
-    shape = x.shape[:dim] + (count, x.shape[dim] // count) + x.shape[dim + 1 :]
-    return np.ascontiguousarray(np.moveaxis(x.reshape(shape), dim, 0))
-
-
-def _joined(received: np.ndarray, dim: int) -> np.ndarray:
-    """Concatenation of received[0], received[1], ... along dim."""
-    if dim == 0:
-        return received.reshape((-1,) + received.shape[2:])
-    return np.concatenate(list(received), axis=dim)
-
-
-class MPICommunicator(Communicator):
-    """One MPI rank as one device; rank order of comm is row-major mesh order."""
+    timeout <= 0 (or SPMD_COLLECTIVE_TIMEOUT=0): no watchdog. A result buffer is reused by a
+    later call only once the caller holds no reference to it (nor to a view of it).
+    """
 
     def __init__(
         self,
@@ -98,47 +54,46 @@ class MPICommunicator(Communicator):
         super().__init__(comm.Get_rank(), mesh_shape, axis_names)
         self.comm = comm
         self.timeout = collective_timeout() if timeout is None else float(timeout)
-        self._subcomms: dict[Axes, MPI.Comm] = {}
+        self.watchdog = (
+            Watchdog(self.timeout, self.rank, MPI.COMM_WORLD.Abort) if self.timeout > 0 else None
+        )
+        self._groups: dict[Axes, Group] = {}
+        self._plans: dict[tuple, tuple] = {}
+        self._buffers: dict[tuple, np.ndarray] = {}
 
     def close(self) -> None:
-        """Frees the cached sub-communicators."""
-        for sub in self._subcomms.values():
-            sub.Free()
-        self._subcomms.clear()
+        """Frees the cached sub-communicators and buffers."""
+        for group in self._groups.values():
+            group.comm.Free()
+        self._groups.clear()
+        self._plans.clear()
+        self._buffers.clear()
 
-    def _subcomm(self, axes: Axes, kind: str, where: str | None) -> MPI.Comm:
-        """Sub-communicator of this rank's group over axes; its ranks are group indices."""
-        cached = self._subcomms.get(axes)
-        if cached is not None:
-            return cached
-        # Split blocks with no timeout: first check with a timed barrier that every rank is here.
-        self._wait(self.comm.Ibarrier(), kind, axes, where)
+    def _group(self, axes: Axes, kind: str, where: str | None) -> Group:
+        """This rank's group over axes, its sub-communicator made (collectively) on first use."""
+        group = self._groups.get(axes)
+        if group is not None:
+            return group
+        self._call(self.comm.Barrier, (), kind, axes, where)  # watched: every rank is here
         color = group_key(self.rank, self.mesh_shape, self.axis_names, axes)
         key = group_index(self.rank, self.mesh_shape, self.axis_names, axes)
         sub = self.comm.Split(color, key)
-        self._subcomms[axes] = sub
-        return sub
+        group = Group(sub, sub.Get_size(), sub.Get_rank())
+        self._groups[axes] = group
+        return group
 
-    def _wait(self, request: MPI.Request, kind: str, axes: Axes, where: str | None) -> None:
-        """Polls request until done; CollectiveTimeoutError past the deadline (none if timeout <= 0)."""
-        if self.timeout <= 0:
-            request.Wait()
-            return
-        deadline = time.monotonic() + self.timeout
-        polls = 0
+    def _call(self, function: object, args: tuple, kind: str, axes: Axes, where: str | None) -> None:
+        """Runs one blocking MPI call under the watchdog; MPI errors become RemoteError."""
+        watchdog = self.watchdog
         try:
-            while not request.Test():
-                polls += 1
-                if polls < SPIN_POLLS:
-                    continue
-                if time.monotonic() > deadline:
-                    raise CollectiveTimeoutError(
-                        timeout_message(kind, axes, where, self.timeout)
-                        + f" on MPI rank {self.rank}",
-                        loc=where,
-                        hint="another rank died, is stuck, or called a different collective",
-                    )
-                YIELD()
+            if watchdog is None:
+                function(*args)
+                return
+            watchdog.arm(kind, axes, where)
+            try:
+                function(*args)
+            finally:
+                watchdog.armed = None
         except MPI.Exception as exc:
             raise RemoteError(
                 f"{kind} over mesh axes {axes!r} failed on MPI rank {self.rank}: "
@@ -146,96 +101,71 @@ class MPICommunicator(Communicator):
                 loc=where,
             ) from exc
 
-    def _collective(
-        self, sub: MPI.Comm, name: str, args: tuple, kind: str, axes: Axes, where: str | None
-    ) -> None:
-        """Runs MPI call name (e.g. "Allreduce"): blocking if timeout <= 0, else its I-variant."""
-        if self.timeout <= 0:
-            getattr(sub, name)(*args)
-            return
-        self._wait(getattr(sub, "I" + name.lower())(*args), kind, axes, where)
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A result buffer: the cached one of that shape and dtype if the caller let go of it."""
+        cache = self._buffers
+        key = (shape, dtype)
+        buffer = cache.get(key)
+        if buffer is not None and sys.getrefcount(buffer) <= UNSHARED_REFS:
+            return buffer
+        if len(cache) >= MAX_CACHED_BUFFERS:
+            cache.clear()
+        buffer = cache[key] = np.empty(shape, dtype)
+        return buffer
 
+    # -- general paths (the fast paths in collectives/mpi_plans.py fall back to these) --------
     def _all_reduce(self, x: np.ndarray, axes: Axes, op: str, where: str | None) -> np.ndarray:
-        sub = self._subcomm(axes, "all_reduce", where)
-        if sub.Get_size() == 1:
-            return x.copy()
-        dtype, mpi_type, mpi_op = _reduction_types(x.dtype, op)
-        send = _contiguous(x, dtype)
-        received = np.empty_like(send)
-        args = ([send, mpi_type], [received, mpi_type], mpi_op)
-        self._collective(sub, "Allreduce", args, "all_reduce", axes, where)
-        return received.astype(x.dtype, copy=False)
+        plan = self._reduce_plan("all_reduce", axes, op, x.dtype, where)
+        return self._run_all_reduce(x, plan, where)
 
     def _all_gather(self, x: np.ndarray, axes: Axes, dim: int, where: str | None) -> np.ndarray:
-        sub = self._subcomm(axes, "all_gather", where)
-        count = sub.Get_size()
-        if count == 1:
-            return x.copy()
-        send = _contiguous(x)
-        received = np.empty((count,) + x.shape, x.dtype)
-        args = ([send, send.nbytes, MPI.BYTE], [received, send.nbytes, MPI.BYTE])
-        self._collective(sub, "Allgather", args, "all_gather", axes, where)
-        return _joined(received, dim)
+        group = self._group(axes, "all_gather", where)
+        return self._run_all_gather(x, group, axes, dim, where)
 
     def _reduce_scatter(
         self, x: np.ndarray, axes: Axes, dim: int, op: str, where: str | None
     ) -> np.ndarray:
-        sub = self._subcomm(axes, "reduce_scatter", where)
-        count = sub.Get_size()
-        if count == 1:
-            return x.copy()
-        dtype, mpi_type, mpi_op = _reduction_types(x.dtype, op)
-        send = _blocks_first(x.astype(dtype, copy=False), dim, count)
-        received = np.empty(send.shape[1:], dtype)
-        args = ([send, mpi_type], [received, mpi_type], mpi_op)
-        self._collective(sub, "Reduce_scatter_block", args, "reduce_scatter", axes, where)
-        return received.astype(x.dtype, copy=False)
+        plan = self._reduce_plan("reduce_scatter", axes, op, x.dtype, where)
+        return self._run_reduce_scatter(x, plan, dim, where)
 
     def _all_to_all(
         self, x: np.ndarray, axes: Axes, split_dim: int, concat_dim: int, where: str | None
     ) -> np.ndarray:
-        sub = self._subcomm(axes, "all_to_all", where)
-        count = sub.Get_size()
-        if count == 1:
-            return x.copy()
-        send = _blocks_first(x, split_dim, count)
-        received = np.empty_like(send)
-        block_bytes = send.nbytes // count
-        args = ([send, block_bytes, MPI.BYTE], [received, block_bytes, MPI.BYTE])
-        self._collective(sub, "Alltoall", args, "all_to_all", axes, where)
-        return _joined(received, concat_dim)
+        group = self._group(axes, "all_to_all", where)
+        return self._run_all_to_all(x, group, axes, split_dim, concat_dim, where)
 
     def _permute(
         self, x: np.ndarray, axes: Axes, pairs: list[tuple[int, int]], where: str | None
     ) -> np.ndarray:
-        sub = self._subcomm(axes, "permute", where)
-        index = sub.Get_rank()
+        group = self._group(axes, "permute", where)
+        index = group.index
         source = {dst: src for src, dst in pairs}.get(index)
         target = {src: dst for src, dst in pairs}.get(index)
         if source == index:
             return x.copy()
-        requests = []
-        send = _contiguous(x)
+        send = np.asarray(x, order="C")
         received = np.zeros_like(send)
-        if target is not None:
-            requests.append(sub.Isend([send, send.nbytes, MPI.BYTE], dest=target))
-        if source is not None:
-            requests.append(sub.Irecv([received, received.nbytes, MPI.BYTE], source=source))
-        for request in requests:
-            self._wait(request, "permute", axes, where)
+        message = [send, send.nbytes, MPI.BYTE]
+        into = [received, received.nbytes, MPI.BYTE]
+        if target is not None and source is not None:
+            args = (message, target, 0, into, source, 0)
+            self._call(group.comm.Sendrecv, args, "permute", axes, where)
+        elif target is not None:
+            self._call(group.comm.Send, (message, target), "permute", axes, where)
+        elif source is not None:
+            self._call(group.comm.Recv, (into, source), "permute", axes, where)
         return received
 
     def _broadcast(self, x: np.ndarray, axes: Axes, root: int, where: str | None) -> np.ndarray:
-        sub = self._subcomm(axes, "broadcast", where)
-        if sub.Get_size() == 1:
+        group = self._group(axes, "broadcast", where)
+        if group.size == 1:
             return x.copy()
-        is_root = sub.Get_rank() == root
-        buffer = _contiguous(x) if is_root else np.empty(x.shape, x.dtype)
-        self._collective(
-            sub, "Bcast", ([buffer, buffer.nbytes, MPI.BYTE], root), "broadcast", axes, where
-        )
+        is_root = group.index == root
+        buffer = np.asarray(x, order="C") if is_root else np.empty(x.shape, x.dtype)
+        args = ([buffer, buffer.nbytes, MPI.BYTE], root)
+        self._call(group.comm.Bcast, args, "broadcast", axes, where)
         return x.copy() if is_root else buffer
 
     def _barrier(self, axes: Axes, where: str | None) -> None:
-        sub = self._subcomm(axes, "barrier", where)
-        self._collective(sub, "Barrier", (), "barrier", axes, where)
+        group = self._group(axes, "barrier", where)
+        self._call(group.comm.Barrier, (), "barrier", axes, where)

@@ -147,6 +147,8 @@ class Batcher:
             return [batch_collective(self, op, self.to_batched(ins[0]))]
         if not any(self.batched[v] for v in ins):
             return self.copy(op, ins)
+        if op.name == "scan":  # a backend runs a scan op natively: its body is batched too
+            return self.scan(op, ins)
         if op.name == "dynamic_slice" and all(v in self.known for v in ins[1:]):
             return [self.static_slices(op, ins)]
         attrs = batched_attrs(op, self.n)
@@ -159,8 +161,8 @@ class Batcher:
         return [out]
 
     def scan(self, op: Op, ins: list[int]) -> list[int]:
-        """A scan whose body talks to other devices: its body is batched too (a layer stack
-        under tensor parallelism). xs and ys carry the scan dim first, so the device axis
+        """A scan on batched values: its body is batched too (a layer stack, its body
+        talking to other devices under tensor parallelism). xs and ys carry the scan dim first, so the device axis
         moves to dim 1 inside the loop and back after it."""
         a = op.attrs
         fixed = a["num_consts"] + a["num_carry"]
@@ -273,6 +275,9 @@ def batch_program(program: Graph, axis_names: Sequence[str],
                   mesh_shape: Sequence[int]) -> Batched:
     """The per-device `program` as one program over all devices: each param and result
     gains a leading dim of size N (row-major device ids of the mesh)."""
+    from launch.batched_collectives import unbucket
+
+    program = unbucket(program)
     b = Batcher(axis_names, mesh_shape)
     env: dict[int, int] = {}
     params = []

@@ -63,7 +63,7 @@ class LocalExecutable:
         if mode == "stacked":
             if self._stacked is None:
                 self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes,
-                                               native=self._backend_name() == "cpu")
+                                               native=self._stacked_native())
             if not (self._in_loops and self._stacked.kernel is None):
                 return self._stacked(per_device_args)
         return self._run_threads(per_device_args)  # device threads can run anything
@@ -97,6 +97,18 @@ class LocalExecutable:
 
             self._backend = backend_for(self.program)
         return self._backend
+
+    def _stacked_native(self) -> bool:
+        """Compile the batched program (SPMD_BACKEND=cpu, or auto and the program over all
+        devices at the backend's size threshold): it covers every device, so its size is N
+        per-device programs (a 2D MLP step was 2x faster compiled than numpy op by op)."""
+        choice = os.environ.get("SPMD_BACKEND", "auto")
+        if choice != "auto":
+            return choice == "cpu"
+        from spmd.dispatch import NATIVE_MIN_ELEMENTS
+
+        size = sum(t.size for op in self.program.walk() for t in op.types)
+        return size * self.mesh.num_devices >= NATIVE_MIN_ELEMENTS
 
     def compiled_program(self) -> Any:
         """The per-device program compiled once for the CPU (shared by the device threads),

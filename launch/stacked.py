@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from launch.batched_collectives import run_stacked
+from launch.batched_collectives import run_stacked, unbucket
 from launch.batching import Batched, NotBatchable, batch_program, run_per_device
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
@@ -109,7 +109,7 @@ class StackedProgram:
             self._compile_batched(native)
         if self.kernel is not None or loops:
             return
-        for op in program.ops:
+        for op in unbucket(program).ops:
             kind, planned = self._plan(op)
             if kind == "replicate":
                 self.constants.update(zip(op.outputs, self._replicate(op, [])))

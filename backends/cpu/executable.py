@@ -197,8 +197,13 @@ class Executable:
         if spec.reduce_mode == "memory":
             kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
             target = outs[-1]
-            acc = np.full(target.shape, reduce_identity(kind, dtype),
-                          dtypes.to_numpy(accumulator_dtype(dtype)))
+            acc_dtype = dtypes.to_numpy(accumulator_dtype(dtype))
+            if (acc_dtype == target.dtype and target.flags.c_contiguous
+                    and not any(np.may_share_memory(target, a) for a in args[:-1])):
+                target.fill(reduce_identity(kind, dtype))  # accumulate in place: no copy
+                self._launch(step, args)
+                return
+            acc = np.full(target.shape, reduce_identity(kind, dtype), acc_dtype)
             args[-1] = acc
             self._launch(step, args)
             np.copyto(target, acc, casting="unsafe")

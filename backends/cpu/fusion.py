@@ -1,6 +1,7 @@
 """Loop fusion: groups elementwise ops, broadcasts, converts, iota, index-remapping views and a
 trailing reduce into kernels (producer into consumer; cheap producers are recomputed in each
-consumer kernel); a value used outside its group is stored.
+consumer kernel, except an exp/tanh a reduce kernel also uses: that kernel stores it); a
+value used outside its group is stored.
 
 Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes).
 """
@@ -84,6 +85,7 @@ class _Group:
 EXPENSIVE = frozenset({"sin", "cos", "log", "pow", "rem", "erf", "log1p", "expm1", "tan",
                        "atan2"})
 MAX_COPIES = 4  # a cheap producer is recomputed in at most this many kernels
+STORE_IN_REDUCE = frozenset({"exp", "tanh", "logistic"})
 
 
 def is_scalar_constant(op: Op) -> bool:
@@ -145,6 +147,12 @@ def group_ops(graph: Graph) -> list[_Group]:
             continue
         out = op.outputs[0]
         owners = _owners(users.get(out, []), groups_of)
+        first = _reduce_that_stores(op, graph, owners, out in results)
+        if first is not None:  # computed once in the reduce kernel, which stores it
+            first.members.add(i)
+            first.extra.append(out)
+            groups_of[i] = [first]
+            continue
         if owners and op.name != "reduce" and _may_join(op, graph, owners, out in results):
             for owner in owners:
                 owner.members.add(i)
@@ -170,6 +178,19 @@ def _owners(user_ops: list[int], groups_of: dict[int, list[_Group]]) -> list[_Gr
         for g in groups_of[u]:
             found[id(g)] = g
     return list(found.values()) or None
+
+
+def _reduce_that_stores(op: Op, graph: Graph, owners: list[_Group] | None, is_result: bool
+                        ) -> _Group | None:
+    """For a transcendental used by a reduce kernel and by later kernels (softmax's exp): the
+    reduce kernel, which then stores it for the others (measured faster than recomputing)."""
+    if (not STORE_IN_REDUCE or is_result or not owners or len(owners) < 2
+            or op.name not in STORE_IN_REDUCE or not duplicable(op, graph)):
+        return None
+    first = min(owners, key=lambda g: g.root)
+    if graph.ops[first.root].name != "reduce" or first.domain != op.types[0].shape:
+        return None
+    return first
 
 
 def _may_join(op: Op, graph: Graph, owners: list[_Group], is_result: bool) -> bool:

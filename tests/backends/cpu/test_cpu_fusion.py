@@ -36,7 +36,7 @@ def test_layernorm_runs_as_two_reductions_and_one_normalize_kernel() -> None:
     np.testing.assert_allclose(exe([x, gamma, beta])[0], want, rtol=1e-5, atol=1e-5)
 
 
-def test_softmax_recomputes_exp_instead_of_storing_it() -> None:
+def test_softmax_stores_exp_in_its_sum_kernel_for_the_divide() -> None:
     def softmax(x: object) -> object:
         e = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
         return e / jnp.sum(e, axis=-1, keepdims=True)
@@ -45,6 +45,9 @@ def test_softmax_recomputes_exp_instead_of_storing_it() -> None:
     graph = lowered(softmax, x)
     exe = compile_program(graph)
     assert len(exe.kernels) == 3
+    _, sum_kernel, divide_kernel = exe.kernels
+    assert len(sum_kernel.spec.stores) == 1 and sum_kernel.spec.reduce is not None
+    assert not any(n[0] == "op" and n[2] == "exp" for n in divide_kernel.spec.nodes)
     np.testing.assert_allclose(exe([x])[0], evaluate(graph, [x])[0], rtol=1e-6, atol=1e-7)
 
 

@@ -26,7 +26,11 @@ from spmd.interpreter import evaluate, run_reference
 from spmd.ir.graph import Graph, Op
 
 RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
-SPLIT_MIN_ELEMENTS = 1 << 15
+# Below this many elements a kernel runs on the calling thread: handing a chunk to a pool
+# thread costs more than it saves on 2 shared cores (GPT example step 84 -> 61 ms with the
+# dot threshold below, benchmarks/examples_vs_jax.py's model, same process, interleaved).
+SPLIT_MIN_ELEMENTS = 1 << 18
+SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partials) split sooner
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
@@ -250,7 +254,8 @@ class Executable:
     def _chunks(self, spec: Any, split_reduce: bool = False) -> list[tuple[int, int]]:
         outer = spec.domain[0] if spec.domain else 1
         size = int(np.prod(spec.domain)) if spec.domain else 1
-        n = min(self.num_threads, outer, max(1, size // SPLIT_MIN_ELEMENTS))
+        least = SPLIT_REDUCE_MIN_ELEMENTS if split_reduce else SPLIT_MIN_ELEMENTS
+        n = min(self.num_threads, outer, max(1, size // least))
         if n <= 1 or not (spec.splittable or split_reduce):
             return [(0, outer)]
         bounds = np.linspace(0, outer, n + 1).astype(np.int64)
@@ -300,7 +305,7 @@ def _view(op: Op, x: np.ndarray) -> np.ndarray:
 
 
 # Below this many multiply-adds a matmul is not worth splitting across threads.
-DOT_SPLIT_MIN_MACS = 1 << 20
+DOT_SPLIT_MIN_MACS = 1 << 24
 
 
 def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:

@@ -7,7 +7,9 @@ Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes, spmd.interpreter
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -308,21 +310,30 @@ def _view(op: Op, x: np.ndarray) -> np.ndarray:
 DOT_SPLIT_MIN_MACS = 1 << 24
 
 
+@functools.lru_cache(maxsize=4096)
+def _dot_layout(dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[int, ...],
+                out_dtype: np.dtype) -> tuple[tuple[int, ...], tuple[int, ...],
+                                              tuple[int, int, int, int], np.dtype]:
+    """The operand permutations to [B,M,K] and [B,K,N], (B, M, K, N) and the compute dtype
+    of one dot's shapes (worked out once: a dot step runs with the same shapes each call)."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    lf = [i for i in range(len(lshape)) if i not in lc and i not in lb]
+    rf = [i for i in range(len(rshape)) if i not in rc and i not in rb]
+    batch = math.prod(lshape[i] for i in lb)
+    m, k = math.prod(lshape[i] for i in lf), math.prod(lshape[i] for i in lc)
+    n = math.prod(rshape[i] for i in rf)
+    compute = np.dtype(np.float32) if out_dtype.name in ("bfloat16", "float16") else out_dtype
+    return (*lb, *lf, *lc), (*rb, *rc, *rf), (batch, m, k, n), compute
+
+
 def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
     """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`;
     large ones are split over the batch (or the rows) across threads, since numpy runs a
     batched matmul one gemm after another and BLAS may be held to one thread per device."""
-    (lc, rc), (lb, rb) = op.attrs["dimension_numbers"]
-    lf = [i for i in range(lhs.ndim) if i not in lc and i not in lb]
-    rf = [i for i in range(rhs.ndim) if i not in rc and i not in rb]
-    batch = int(np.prod([lhs.shape[i] for i in lb]))
-    m, k = int(np.prod([lhs.shape[i] for i in lf])), int(np.prod([lhs.shape[i] for i in lc]))
-    n = int(np.prod([rhs.shape[i] for i in rf]))
-    compute = out.dtype
-    if out.dtype.name in ("bfloat16", "float16"):
-        compute = np.dtype(np.float32)
-    a = np.transpose(lhs, (*lb, *lf, *lc)).reshape(batch, m, k).astype(compute, copy=False)
-    b = np.transpose(rhs, (*rb, *rc, *rf)).reshape(batch, k, n).astype(compute, copy=False)
+    lperm, rperm, (batch, m, k, n), compute = _dot_layout(
+        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
+    a = np.transpose(lhs, lperm).reshape(batch, m, k).astype(compute, copy=False)
+    b = np.transpose(rhs, rperm).reshape(batch, k, n).astype(compute, copy=False)
     direct = compute == out.dtype  # out is a contiguous planned buffer: reshape is a view
     result = out.reshape(batch, m, n) if direct else np.empty((batch, m, n), compute)
     parts = min(threads, batch if batch > 1 else m)

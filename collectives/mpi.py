@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from time import monotonic
 
 import numpy as np
 from mpi4py import MPI
@@ -89,7 +90,7 @@ class MPICommunicator(FastPaths, Communicator):
             if watchdog is None:
                 function(*args)
                 return
-            watchdog.arm(kind, axes, where)
+            watchdog.armed = (monotonic() + watchdog.seconds, kind, axes, where)  # arm, inlined
             try:
                 function(*args)
             finally:

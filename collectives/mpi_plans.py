@@ -85,7 +85,8 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, op: str = "sum", *, where: str | None = None
     ) -> np.ndarray:
         """Elementwise reduction of every member's x; every member gets the result."""
-        x = np.asarray(x)
+        if x.__class__ is not np.ndarray:
+            x = np.asarray(x)
         key = ("all_reduce", axes, op, x.dtype)
         try:
             plan = self._plans[key]
@@ -165,7 +166,7 @@ class FastPaths:
         if plan.group.size == 1:
             return x.copy()
         dtype = plan.dtype
-        send = np.asarray(x, dtype, order="C")
+        send = x if dtype is x.dtype and x.flags.c_contiguous else np.asarray(x, dtype, order="C")
         received = self._buffer(x.shape, dtype)
         args = ([send, plan.mpi_type], [received, plan.mpi_type], plan.mpi_op)
         self._call(plan.group.comm.Allreduce, args, "all_reduce", plan.axes, where)

@@ -24,9 +24,9 @@ HINT = "another rank died, is stuck, or called a different collective"
 class Watchdog:
     """Watches one collective at a time; on expiry prints a CollectiveTimeoutError and aborts.
 
-    arm(kind, axes, where) before a blocking call, disarm() after it. A daemon thread, started on
-    the first arm, sleeps until the armed call's deadline and fires only if that same call (same
-    tuple) is still armed then.
+    arm(kind, axes, where) before a blocking call, disarm() after it (hot callers may set
+    .armed directly). A daemon thread sleeps until the armed call's deadline and fires only if
+    that same call (same tuple) is still armed then.
     """
 
     def __init__(self, seconds: float, rank: int, abort: Callable[[int], None]):
@@ -34,14 +34,12 @@ class Watchdog:
         self.rank = rank
         self.abort = abort
         self.armed: tuple[float, str, Axes, str | None] | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = threading.Thread(target=self._run, name="spmd-mpi-watchdog", daemon=True)
+        self._thread.start()
 
     def arm(self, kind: str, axes: Axes, where: str | None) -> None:
-        """Starts watching one call; the thread is started on first use."""
+        """Starts watching one call."""
         self.armed = (time.monotonic() + self.seconds, kind, axes, where)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="spmd-mpi-watchdog", daemon=True)
-            self._thread.start()
 
     def disarm(self) -> None:
         """The watched call returned."""

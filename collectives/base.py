@@ -22,7 +22,8 @@ Axes = tuple[str, ...]
 def collective_timeout() -> float:
     """Seconds a collective may wait: SPMD_COLLECTIVE_TIMEOUT, default 300; 0 or less: forever.
 
-    With no timeout the MPI transport uses blocking calls instead of polling nonblocking ones.
+    The local transport raises CollectiveTimeoutError; the MPI transport's watchdog prints it
+    and aborts the job (its calls block); with no timeout the watchdog is off.
     """
     text = os.environ.get("SPMD_COLLECTIVE_TIMEOUT", "")
     if not text:

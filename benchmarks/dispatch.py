@@ -150,8 +150,8 @@ def main() -> None:
             stages[mode] = breakdown(ours_fn, ours_args, args.number)
         local.mode = auto_mode
         details.append((name, auto_mode, stages, ours_fn, ours_args))
-    print("\nour steady-state call by stage, ms per call (auto mode picks by size: "
-          "launch/local.py THREADS_MIN_ELEMENTS)")
+    print("\nour steady-state call by stage, ms per call (auto: launch/local.py "
+          "LocalExecutable._choose_mode)")
     print("| program | mode | args+key | shards_for | local.run | outputs | sum |")
     print("|---|---|---|---|---|---|---|")
     for name, auto_mode, stages, _, _ in details:

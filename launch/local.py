@@ -26,10 +26,6 @@ from spmd.ir.graph import Op, subgraphs
 from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import evaluate_spmd
 
-# Kept for the benchmarks' notes; mode choice no longer depends on size: the batched
-# program beat device threads at every size measured (benchmarks/step_time.py, dispatch.py).
-THREADS_MIN_ELEMENTS = 1 << 16
-
 
 class LocalExecutable:
     """Runs one partitioned program on the mesh's devices."""
@@ -47,7 +43,7 @@ class LocalExecutable:
     def _choose_mode(self) -> str:
         """Stacked: one batched program for all devices (native above the backend's size
         threshold, numpy below), measured faster than device threads at every size
-        (collectives inside loops still go to threads: see `run`)."""
+        (benchmarks/step_time.py, dispatch.py); threads only for what cannot be batched."""
         return "stacked"
 
     def collectives_in_loops(self) -> bool:

@@ -183,5 +183,7 @@ def test_every_op_has_a_lowering_on_every_backend(backend):
     missing = sorted(set(REGISTRY) - set(table))
     core = [name for name in missing if name not in OWNED_ELSEWHERE]
     assert core == [], f"backends/{backend}/lower.py LOWERINGS lacks rows for {core}"
+    stale = sorted(set(table) - set(REGISTRY))
+    assert stale == [], f"backends/{backend}/lower.py has rows for ops that do not exist: {stale}"
     if missing:
         pytest.xfail(f"backends/{backend}/lower.py lacks rows for ops written elsewhere: {missing}")

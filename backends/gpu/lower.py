@@ -55,15 +55,9 @@ LOWERINGS: dict[str, Lowering] = {
     "scatter_add": REFERENCE,
     "dynamic_slice": REFERENCE,
     "dynamic_update_slice": REFERENCE,
-    "rng_bits": REFERENCE,
-    "rng_uniform": REFERENCE,
-    "rng_normal": REFERENCE,
-    "random_bits": REFERENCE,
     "scan": CONTROL,
     "cond": CONTROL,
     "while_loop": CONTROL,
-    "fori_loop": CONTROL,
-    "call": CONTROL,
     "shard_map": CONTROL,
     "all_reduce": RUNTIME,
     "all_gather": RUNTIME,
@@ -71,12 +65,6 @@ LOWERINGS: dict[str, Lowering] = {
     "all_to_all": RUNTIME,
     "collective_permute": RUNTIME,
     "axis_index": RUNTIME,
-    "psum": RUNTIME,
-    "pmax": RUNTIME,
-    "pmin": RUNTIME,
-    "ppermute": RUNTIME,
-    "broadcast": RUNTIME,
-    "barrier": RUNTIME,
 }
 
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from backends.cpu import memory
+from backends.cpu.codegen import reduce_identity
 from backends.cpu.fusion import Kernel, build_kernel, group_ops
 from backends.gpu import codegen, device
 from backends.gpu.lower import lowering
-from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op
 
@@ -163,7 +163,7 @@ class Executable:
                 kind, _, arg, _ = spec.reduce
                 dtype = spec.arg_dtypes[arg]
                 outs[-1][...] = device.to_device(
-                    cp, np.full(outs[-1].shape, identity(kind, dtype)), dtype)
+                    cp, np.full(outs[-1].shape, reduce_identity(kind, dtype)), dtype)
             return
         block = (codegen.BLOCK,)
         if main.strategy == "elementwise":
@@ -203,19 +203,6 @@ class Executable:
         in_dtype = self.graph.types[op.inputs[0]].dtype
         device.gemm(cp, a, b, out.reshape(batch, m, n), in_dtype, op.types[0].dtype)
 
-
-def identity(kind: str, dtype: str) -> Any:
-    """The reduction's identity as a Python number (what an empty reduce yields)."""
-    if kind in ("sum", "or"):
-        return 0
-    if kind in ("prod", "and"):
-        return 1
-    if dtype == "bool":
-        return int(kind == "min")
-    if dtypes.is_float(dtype):
-        return float("-inf") if kind == "max" else float("inf")
-    info = np.iinfo(dtypes.to_numpy(dtype))
-    return int(info.min) if kind == "max" else int(info.max)
 
 
 def _view(op: Op, x: Any) -> Any:

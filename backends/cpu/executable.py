@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.cpu import cache, memory
+from backends.cpu import blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
 from backends.cpu.fusion import Kernel, build_kernel, group_ops
 from backends.cpu.lower import lowering
@@ -97,6 +97,7 @@ class Executable:
                 value = np.asarray(op.attrs["value"], dtype=dtypes.to_numpy(op.types[0].dtype))
                 steps.append(Step("const", op, value=value))
             elif op.name == "dot_general":
+                blas.prime()
                 steps.append(Step("dot", op))
             elif op.name == "scan":
                 steps.append(Step("scan", op))

@@ -37,6 +37,25 @@ def _blas_controller() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def stack_shards(shards: Sequence[Any]) -> np.ndarray:
+    """The shards stacked on a new leading axis. When they already are consecutive rows of
+    one array (the previous step's stacked result, split per device), that array is
+    returned as a view instead of copying every parameter on every step."""
+    first = shards[0]
+    if type(first) is np.ndarray and first.base is not None and first.flags.c_contiguous:
+        base, start, size = first.base, _data_address(first), first.nbytes
+        if all(type(s) is np.ndarray and s.base is base and s.dtype == first.dtype
+               and s.shape == first.shape and s.flags.c_contiguous
+               and _data_address(s) == start + k * size for k, s in enumerate(shards)):
+            return np.lib.stride_tricks.as_strided(
+                first, (len(shards), *first.shape), (size, *first.strides))
+    return np.stack(shards)
+
+
+def _data_address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(d + 1 for d in dims)
 
@@ -159,7 +178,7 @@ class StackedProgram:
 
     def __call__(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         if self.kernel is not None:
-            stacked = [np.stack([a[k] for a in per_device_args])
+            stacked = [stack_shards([a[k] for a in per_device_args])
                        for k in range(len(self.program.params))]
             # One BLAS thread: numpy's batched matmul runs one small gemm per device, and a
             # multi-threaded BLAS syncs on each (measured 4x slower on 2 shared cores).

@@ -225,3 +225,18 @@ def test_scan_with_collectives_in_its_body_runs_batched(backend: str,
     local = compiled.executable.local
     assert local.mode == "stacked" and local._stacked.kernel is not None
     assert any(r.kind == "all_reduce" and "scan body" in r.reason for r in compiled.collectives())
+
+
+@pytest.mark.parametrize("order", ["rows", "reversed", "other_base", "strided"])
+def test_stack_shards_reuses_the_stacked_result_only_when_rows_are_consecutive(
+        order: str) -> None:
+    """The previous step's result split per device comes back as a view of that result;
+    any other shards are copied by np.stack. Either way the values are np.stack's."""
+    result = rand((8, 3, 5), seed=1)
+    shards = {"rows": [result[d] for d in range(8)],
+              "reversed": [result[d] for d in reversed(range(8))],
+              "other_base": [result[d] for d in range(7)] + [rand((3, 5), seed=2)],
+              "strided": [result[d, :, ::2] for d in range(8)]}[order]
+    stacked = stacked_module.stack_shards(shards)
+    np.testing.assert_array_equal(stacked, np.stack(shards))
+    assert np.shares_memory(stacked, result) == (order == "rows")

@@ -1,62 +1,22 @@
 """Ray transport: collectives between Ray actors (one per device) built on point-to-point
-messages, over direct TCP sockets between actors or over Ray's object store (actor calls).
+messages (collectives.messages), over direct TCP sockets between actors (collectives.sockets)
+or over Ray's object store (actor calls).
 
-Imports nothing of ours except spmd.errors and collectives.base; needs no Ray import itself
+Imports nothing of ours except spmd.errors and collectives; needs no Ray import itself
 (the object-store channel is given the actors' handles).
 """
 
 from __future__ import annotations
 
-import pickle
-import socket
-import struct
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from collectives.base import Axes, Communicator, block, collective_timeout, timeout_message
-from spmd.errors import CollectiveTimeoutError, RemoteError
+from collectives.messages import Key, Mailbox, MessageCommunicator
+from collectives.sockets import SocketChannel
 
-# Up to this many bytes an all_reduce sends its whole operand to every member (one round);
-# above, it reduce-scatters then all-gathers chunks (two rounds, 2(n-1)/n of the bytes).
-ONE_ROUND_BYTES = 1 << 16
-_HEADER = struct.Struct("!I")
-Key = tuple[Any, ...]
-
-
-class Mailbox:
-    """Messages that arrived for one actor, keyed by (mesh tag, sequence number, sender)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.items: dict[Key, np.ndarray] = {}
-        self.error: str | None = None
-
-    def put(self, key: Key, value: np.ndarray) -> None:
-        with self.cond:
-            self.items[key] = value
-            self.cond.notify_all()
-
-    def abort(self, message: str) -> None:
-        """Wakes every waiting take() with a RemoteError (another device failed)."""
-        with self.cond:
-            self.error = message
-            self.cond.notify_all()
-
-    def take(self, key: Key, deadline: float | None) -> np.ndarray | None:
-        """The message for key; None once the deadline passes."""
-        with self.cond:
-            while key not in self.items:
-                if self.error is not None:
-                    raise RemoteError(self.error)
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self.cond.wait(remaining)
-            return self.items.pop(key)
+__all__ = ["Mailbox", "ObjectChannel", "RayCommunicator", "SocketChannel"]
 
 
 class ObjectChannel:
@@ -74,222 +34,8 @@ class ObjectChannel:
         self.handles = []
 
 
-class SocketChannel:
-    """Direct TCP connections between actors: a header (pickled key, dtype, shape), then bytes."""
-
-    name = "sockets"
-
-    def __init__(self, mailbox: Mailbox, host: str = "0.0.0.0"):
-        self.mailbox = mailbox
-        self.server = socket.create_server((host, 0), backlog=64)
-        self.port = self.server.getsockname()[1]
-        self.addresses: list[tuple[str, int]] = []
-        self._connections: dict[int, tuple[socket.socket, threading.Lock]] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True, name="spmd-ray-accept").start()
-
-    def connect(self, addresses: Sequence[tuple[str, int]]) -> None:
-        """Records every actor's (host, port); connections open on first send."""
-        self.addresses = [tuple(a) for a in addresses]
-
-    def send(self, actor: int, key: Key, value: np.ndarray) -> None:
-        connection, lock = self._connection(actor)
-        value = np.asarray(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-        header = pickle.dumps((key, value.dtype, value.shape))
-        with lock:
-            connection.sendall(_HEADER.pack(len(header)) + header)
-            if value.nbytes:
-                connection.sendall(memoryview(value.reshape(-1).view(np.uint8)))
-
-    def _connection(self, actor: int) -> tuple[socket.socket, threading.Lock]:
-        with self._lock:
-            found = self._connections.get(actor)
-            if found is None:
-                connection = socket.create_connection(self.addresses[actor])
-                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                found = (connection, threading.Lock())
-                self._connections[actor] = found
-            return found
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._read, args=(connection,), daemon=True,
-                             name="spmd-ray-read").start()
-
-    def _read(self, connection: socket.socket) -> None:
-        try:
-            while True:
-                length = _HEADER.unpack(_read_exactly(connection, _HEADER.size))[0]
-                key, dtype, shape = pickle.loads(_read_exactly(connection, length))
-                value = np.empty(shape, dtype)
-                if value.nbytes:
-                    view = memoryview(value.reshape(-1).view(np.uint8))
-                    received = 0
-                    while received < value.nbytes:
-                        count = connection.recv_into(view[received:])
-                        if not count:
-                            raise ConnectionError("peer closed the connection")
-                        received += count
-                self.mailbox.put(key, value)
-        except (ConnectionError, OSError):
-            connection.close()
-        except Exception as exc:  # noqa: BLE001 - a dead reader must not leave peers waiting
-            self.mailbox.abort(f"the socket reader failed: {exc!r}")
-            connection.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self.server.close()
-        for connection, _ in self._connections.values():
-            connection.close()
-
-
-def _read_exactly(connection: socket.socket, count: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < count:
-        data = connection.recv(count - len(chunks))
-        if not data:
-            raise ConnectionError("peer closed the connection")
-        chunks += data
-    return bytes(chunks)
-
-
-def _widened(x: np.ndarray) -> np.ndarray:
-    """16-bit floats reduce in float32 (like the MPI transport)."""
-    return x.astype(np.float32) if x.dtype.kind in "fV" and x.dtype.itemsize == 2 else x
-
-
-class RayCommunicator(Communicator):
+class RayCommunicator(MessageCommunicator):
     """One actor's device of a mesh; actors[p] is the actor index of mesh position p."""
 
-    def __init__(self, rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-                 channel: Any, mailbox: Mailbox, actors: Sequence[int], tag: Any = 0,
-                 timeout: float | None = None):
-        super().__init__(rank, mesh_shape, axis_names)
-        self.channel = channel
-        self.mailbox = mailbox
-        self.actors = list(actors)
-        self.tag = tag
-        self.timeout = collective_timeout() if timeout is None else float(timeout)
-        self.sequence = 0
-
-    def _exchange(self, kind: str, axes: Axes, outgoing: dict[int, np.ndarray],
-                  incoming: Sequence[int], where: str | None) -> dict[int, np.ndarray]:
-        """Sends outgoing[j] to group member j; returns what each member in incoming sent."""
-        self.sequence += 1
-        members = self.group_members(axes)
-        for index, value in outgoing.items():
-            self.channel.send(self.actors[members[index]], (self.tag, self.sequence, self.rank),
-                              value)
-        deadline = None if self.timeout <= 0 else time.monotonic() + self.timeout
-        received = {}
-        for index in incoming:
-            value = self.mailbox.take((self.tag, self.sequence, members[index]), deadline)
-            if value is None:
-                raise CollectiveTimeoutError(
-                    timeout_message(kind, axes, where, self.timeout)
-                    + f" on Ray actor {self.rank}; member {index} never sent",
-                    loc=where,
-                    hint="another actor died, is stuck, or called a different collective")
-            received[index] = value
-        return received
-
-    def _everyone(self, axes: Axes) -> tuple[int, int, list[int]]:
-        """(my index, group size, the other members' indices)."""
-        index = self.group_index(axes)
-        count = self.group_size(axes)
-        return index, count, [j for j in range(count) if j != index]
-
-    def _all_reduce(self, x: np.ndarray, axes: Axes, op: str, where: str | None) -> np.ndarray:
-        from collectives.base import reduce_ufunc
-
-        index, count, others = self._everyone(axes)
-        if count == 1:
-            return x.copy()
-        wide = _widened(x)
-        ufunc = reduce_ufunc(op, wide.dtype)
-        if x.nbytes <= ONE_ROUND_BYTES:
-            got = self._exchange("all_reduce", axes, {j: wide for j in others}, others, where)
-            got[index] = wide
-            return _reduce_in_order(got, count, ufunc).astype(x.dtype, copy=False)
-        chunks = np.array_split(np.ascontiguousarray(wide).reshape(-1), count)
-        got = self._exchange("all_reduce", axes, {j: chunks[j] for j in others}, others, where)
-        got[index] = chunks[index]
-        mine = _reduce_in_order(got, count, ufunc)
-        parts = self._exchange("all_reduce", axes, {j: mine for j in others}, others, where)
-        parts[index] = mine
-        flat = np.concatenate([parts[j] for j in range(count)])
-        return flat.reshape(x.shape).astype(x.dtype, copy=False)
-
-    def _all_gather(self, x: np.ndarray, axes: Axes, dim: int, where: str | None) -> np.ndarray:
-        index, count, others = self._everyone(axes)
-        if count == 1:
-            return x.copy()
-        got = self._exchange("all_gather", axes, {j: x for j in others}, others, where)
-        got[index] = x
-        return np.concatenate([got[j] for j in range(count)], axis=dim)
-
-    def _reduce_scatter(self, x: np.ndarray, axes: Axes, dim: int, op: str,
-                        where: str | None) -> np.ndarray:
-        from collectives.base import reduce_ufunc
-
-        index, count, others = self._everyone(axes)
-        if count == 1:
-            return x.copy()
-        wide = _widened(x)
-        ufunc = reduce_ufunc(op, wide.dtype)
-        outgoing = {j: np.ascontiguousarray(block(wide, dim, j, count)) for j in others}
-        got = self._exchange("reduce_scatter", axes, outgoing, others, where)
-        got[index] = block(wide, dim, index, count)
-        return _reduce_in_order(got, count, ufunc).astype(x.dtype, copy=False)
-
-    def _all_to_all(self, x: np.ndarray, axes: Axes, split_dim: int, concat_dim: int,
-                    where: str | None) -> np.ndarray:
-        index, count, others = self._everyone(axes)
-        if count == 1:
-            return x.copy()
-        outgoing = {j: np.ascontiguousarray(block(x, split_dim, j, count)) for j in others}
-        got = self._exchange("all_to_all", axes, outgoing, others, where)
-        got[index] = block(x, split_dim, index, count)
-        return np.concatenate([got[j] for j in range(count)], axis=concat_dim)
-
-    def _permute(self, x: np.ndarray, axes: Axes, pairs: list[tuple[int, int]],
-                 where: str | None) -> np.ndarray:
-        index = self.group_index(axes)
-        source = {dst: src for src, dst in pairs}.get(index)
-        target = {src: dst for src, dst in pairs}.get(index)
-        outgoing = {} if target is None or target == index else {target: x}
-        incoming = [] if source is None or source == index else [source]
-        got = self._exchange("permute", axes, outgoing, incoming, where)
-        if source is None:
-            return np.zeros_like(x)
-        return x.copy() if source == index else np.array(got[source])
-
-    def _broadcast(self, x: np.ndarray, axes: Axes, root: int, where: str | None) -> np.ndarray:
-        index, count, others = self._everyone(axes)
-        if count == 1:
-            return x.copy()
-        if index == root:
-            self._exchange("broadcast", axes, {j: x for j in others}, [], where)
-            return x.copy()
-        return np.array(self._exchange("broadcast", axes, {}, [root], where)[root])
-
-    def _barrier(self, axes: Axes, where: str | None) -> None:
-        _, count, others = self._everyone(axes)
-        if count > 1:
-            token = np.zeros(0, np.uint8)
-            self._exchange("barrier", axes, {j: token for j in others}, others, where)
-
-
-def _reduce_in_order(parts: dict[int, np.ndarray], count: int, ufunc: np.ufunc) -> np.ndarray:
-    """parts[0] op parts[1] op ... in member order, so every member gets the same bits."""
-    out = np.array(parts[0], copy=True)
-    for j in range(1, count):
-        ufunc(out, parts[j], out=out)
-    return out
+    member = "Ray actor"
+    hint = "another actor died, is stuck, or called a different collective"

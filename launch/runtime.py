@@ -1,4 +1,4 @@
-"""The Runtime protocol of the multi-process runtimes (mpi, ray), choosing one, and global
+"""The Runtime protocol of the multi-process runtimes (mpi, tcp, ray), choosing one, and global
 arrays built from per-process data. spmd.distributed reaches this module through
 spmd.dispatch.runtime_api(); the local runtime needs none of it (no runtime installed).
 """
@@ -20,7 +20,7 @@ Shard = Any  # a numpy array (held here), a remote handle (Ray), or None (anothe
 
 
 class Runtime(Protocol):
-    """What spmd.dispatch asks of a multi-process runtime (launch/mpi.py, launch/ray.py)."""
+    """What spmd.dispatch asks of a multi-process runtime (launch/mpi.py, tcp.py, ray.py)."""
 
     kind: str
 
@@ -45,19 +45,30 @@ class Runtime(Protocol):
 
 
 def start(kind: str | None = None, **options: Any) -> Runtime | None:
-    """The runtime named kind (or SPMD_RUNTIME, or mpi when started by mpiexec); None: local."""
-    kind = kind or os.environ.get("SPMD_RUNTIME") or ("mpi" if under_mpiexec() else "local")
+    """The runtime named kind (or SPMD_RUNTIME, else default_kind()); None: local."""
+    kind = kind or os.environ.get("SPMD_RUNTIME") or default_kind()
     if kind == "local":
         return None
     if kind == "mpi":
         from launch.mpi import MPIRuntime
 
         return MPIRuntime(**options)
+    if kind == "tcp":
+        from launch.tcp import TCPRuntime
+
+        return TCPRuntime(**options)
     if kind == "ray":
         from launch.ray import RayRuntime
 
         return RayRuntime(**options)
-    raise LaunchError(f"unknown runtime {kind!r}", hint="use one of 'local', 'mpi', 'ray'")
+    raise LaunchError(f"unknown runtime {kind!r}", hint="use one of 'local', 'mpi', 'tcp', 'ray'")
+
+
+def default_kind() -> str:
+    """mpi under mpiexec, tcp with torchrun-style RANK/WORLD_SIZE, else local."""
+    if under_mpiexec():
+        return "mpi"
+    return "tcp" if torchrun_variables() else "local"
 
 
 def under_mpiexec() -> bool:

@@ -1,4 +1,4 @@
-"""spmd.distributed: multi-process runtimes (mpi, ray) and global arrays from per-process data.
+"""spmd.distributed: multi-process runtimes (mpi, tcp, ray), global arrays from per-process data.
 
 JAX's names: initialize, process_index, process_count, local_devices. Everything runtime-
 specific is reached through spmd.dispatch (lazily), so the core imports no MPI or Ray.
@@ -17,10 +17,14 @@ from spmd.sharding import Device, Mesh, NamedSharding, make_mesh
 
 
 def initialize(runtime: str | None = None, **options: Any) -> None:
-    """Starts the mpi or ray runtime; with no argument: SPMD_RUNTIME, else mpi under mpiexec.
+    """Starts the mpi, tcp or ray runtime; with no argument: SPMD_RUNTIME, else mpi under
+    mpiexec, else tcp when torchrun-style RANK and WORLD_SIZE > 1 are set, else local.
 
-    Under `mpiexec -n 8 python train.py` call it first thing: each rank then holds one device
-    of an 8-device world. torchrun-style RANK/WORLD_SIZE are honoured only under mpiexec.
+    Call it first thing under `mpiexec -n 8 python train.py`, or in each of 8 processes started
+    by torchrun or by hand with RANK, WORLD_SIZE=8, MASTER_ADDR and MASTER_PORT (LOCAL_RANK
+    optional): each process then holds one device of an 8-device world. The tcp runtime meets
+    at rank 0 (MASTER_ADDR:MASTER_PORT, within SPMD_RENDEZVOUS_TIMEOUT seconds, default 60)
+    and runs collectives over TCP sockets between the processes.
 
         >>> import spmd.distributed
         >>> spmd.distributed.initialize("local")
@@ -30,13 +34,7 @@ def initialize(runtime: str | None = None, **options: Any) -> None:
     if dispatch.current_runtime() is not None:
         raise LaunchError("spmd.distributed.initialize() was already called",
                           hint="call it once, before any jit or device_put")
-    api = dispatch.runtime_api()
-    started = api.start(runtime, **options)
-    if started is None and runtime is None and api.torchrun_variables():
-        raise LaunchError("RANK/WORLD_SIZE are set but this process was not started by mpiexec",
-                          hint="torchrun-style launches need mpiexec here: use "
-                               "spmd-launch --runtime mpi, or mpiexec -n N python script.py")
-    dispatch.set_runtime(started)
+    dispatch.set_runtime(dispatch.runtime_api().start(runtime, **options))
 
 
 def shutdown() -> None:
@@ -53,13 +51,13 @@ def is_initialized() -> bool:
 
 
 def runtime_kind() -> str:
-    """'local', 'mpi' or 'ray'."""
+    """'local', 'mpi', 'tcp' or 'ray'."""
     runtime = dispatch.current_runtime()
     return "local" if runtime is None else runtime.kind
 
 
 def process_index() -> int:
-    """This process's index: the MPI rank; 0 with one controller (local, ray)."""
+    """This process's index: the MPI or torchrun rank; 0 with one controller (local, ray)."""
     runtime = dispatch.current_runtime()
     return 0 if runtime is None else runtime.process_index()
 

@@ -1,0 +1,239 @@
+"""The tcp runtime (multi-controller, like mpi): processes started by hand or by torchrun with
+RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT meet at rank 0, then run collectives over direct
+TCP sockets (collectives.sockets). A process that raises or dies stops the others fast.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from collectives.messages import Mailbox
+from collectives.sockets import SocketChannel, SocketCommunicator
+from launch.multicontroller import MultiControllerRuntime
+from spmd.errors import LaunchError, RemoteError
+from spmd.sharding import Mesh
+
+RENDEZVOUS_TIMEOUT_S = 60.0  # SPMD_RENDEZVOUS_TIMEOUT overrides it
+RETRY_S = 0.05
+# After a peer is lost, how long this process may go on (to raise from a collective and print
+# why) before it is ended anyway: a process computing or sleeping outside collectives.
+PEER_LOST_GRACE_S = 2.0
+HINT = ("start every rank with the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT (rank 0 first "
+        "or within SPMD_RENDEZVOUS_TIMEOUT seconds)")
+VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """torchrun's variables for this process."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    local_rank: int
+
+
+def read_launch(environ: Any = os.environ) -> Launch:
+    """The torchrun variables; LaunchError naming any that is missing or malformed."""
+    missing = [name for name in VARIABLES if not environ.get(name)]
+    if missing:
+        raise LaunchError(f"the tcp runtime needs {', '.join(VARIABLES)}; {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not set",
+                          hint="launch with torchrun, or set them by hand (MASTER_ADDR=127.0.0.1 "
+                               "MASTER_PORT=29500 RANK=r WORLD_SIZE=n python train.py)")
+    numbers = {}
+    for name in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK"):
+        text = environ.get(name, environ.get("RANK"))
+        if not text.isdigit():
+            raise LaunchError(f"{name}={text!r} is not a non-negative integer")
+        numbers[name] = int(text)
+    if numbers["RANK"] >= numbers["WORLD_SIZE"]:
+        raise LaunchError(f"RANK={numbers['RANK']} is not below WORLD_SIZE="
+                          f"{numbers['WORLD_SIZE']}", hint="ranks count from 0")
+    return Launch(numbers["RANK"], numbers["WORLD_SIZE"], environ["MASTER_ADDR"],
+                  numbers["MASTER_PORT"], numbers["LOCAL_RANK"])
+
+
+def rendezvous_timeout() -> float:
+    text = os.environ.get("SPMD_RENDEZVOUS_TIMEOUT", "")
+    try:
+        return float(text) if text else RENDEZVOUS_TIMEOUT_S
+    except ValueError:
+        raise LaunchError(f"SPMD_RENDEZVOUS_TIMEOUT={text!r} is not a number of seconds") from None
+
+
+def rendezvous(launch: Launch, port: int, timeout: float) -> list[tuple[str, int]]:
+    """Every rank's (host, port) of its message socket, in rank order: each rank sends its
+    own to rank 0 (listening on MASTER_ADDR:MASTER_PORT), which answers with the table."""
+    deadline = time.monotonic() + timeout
+    if launch.rank == 0:
+        return _serve(launch, port, deadline, timeout)
+    return _join(launch, port, deadline, timeout)
+
+
+def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[tuple[str, int]]:
+    try:
+        server = socket.create_server(("", launch.master_port), backlog=launch.world_size)
+    except OSError as exc:
+        raise LaunchError(f"rank 0 cannot listen on MASTER_PORT={launch.master_port}: {exc}",
+                          hint="choose a free MASTER_PORT") from None
+    table: dict[int, tuple[str, int]] = {0: (launch.master_addr, port)}
+    joined: list[socket.socket] = []
+    try:
+        while len(table) < launch.world_size:
+            server.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                missing = sorted(set(range(launch.world_size)) - set(table))
+                raise LaunchError(f"rank 0 waited {timeout:g} s for ranks {missing} of "
+                                  f"WORLD_SIZE={launch.world_size} to join",
+                                  hint=HINT) from None
+            joined.append(connection)
+            connection.settimeout(max(deadline - time.monotonic(), 0.001))
+            hello = json.loads(connection.makefile("r").readline() or "{}")
+            problem = _check_hello(hello, launch, table)
+            if problem:
+                _answer(joined, {"error": problem})
+                raise LaunchError(problem, hint=HINT)
+            table[hello["rank"]] = (hello["host"], hello["port"])
+        _answer(joined, {"table": [table[r] for r in range(launch.world_size)]})
+    finally:
+        server.close()
+        for connection in joined:
+            connection.close()
+    return [table[r] for r in range(launch.world_size)]
+
+
+def _check_hello(hello: dict, launch: Launch, table: dict[int, tuple[str, int]]) -> str | None:
+    """Why rank 0 refuses a joining rank's hello; None if it fits."""
+    if hello.get("world_size") != launch.world_size:
+        return (f"rank {hello.get('rank')} has WORLD_SIZE={hello.get('world_size')} but rank 0 "
+                f"has WORLD_SIZE={launch.world_size}")
+    if hello.get("rank") in table:
+        return f"two processes have RANK={hello.get('rank')}"
+    return None
+
+
+def _answer(connections: list[socket.socket], message: dict) -> None:
+    data = (json.dumps(message) + "\n").encode()
+    for connection in connections:
+        try:
+            connection.sendall(data)
+        except OSError:
+            continue
+
+
+def _join(launch: Launch, port: int, deadline: float, timeout: float) -> list[tuple[str, int]]:
+    address = (launch.master_addr, launch.master_port)
+    while True:
+        try:
+            connection = socket.create_connection(address, timeout=RETRY_S * 20)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise LaunchError(f"rank {launch.rank} could not reach rank 0 at "
+                                  f"{launch.master_addr}:{launch.master_port} within {timeout:g} s",
+                                  hint=HINT) from None
+            time.sleep(RETRY_S)
+    with connection:
+        host = connection.getsockname()[0]  # the address that routes to rank 0
+        hello = {"rank": launch.rank, "world_size": launch.world_size, "host": host, "port": port}
+        connection.sendall((json.dumps(hello) + "\n").encode())
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            answer = json.loads(connection.makefile("r").readline() or "{}")
+        except TimeoutError:
+            answer = {"error": f"rank 0 did not answer within {timeout:g} s (not every rank "
+                               f"of WORLD_SIZE={launch.world_size} joined)"}
+    if "table" not in answer:
+        raise LaunchError(answer.get("error", "rank 0 closed the rendezvous without an answer"),
+                          hint=HINT)
+    return [tuple(entry) for entry in answer["table"]]
+
+
+class TCPRuntime(MultiControllerRuntime):
+    """One device per process, collectives over TCP sockets between the processes."""
+
+    kind = "tcp"
+    world = "the tcp world"
+
+    def __init__(self, platform: str = "cpu", install_excepthook: bool = True,
+                 timeout: float | None = None):
+        launch = read_launch()
+        super().__init__(launch.rank, launch.world_size, platform)
+        self.local_rank = launch.local_rank
+        self.mailbox = Mailbox()
+        self.channel = SocketChannel(self.mailbox, label="process", on_lost=self._peer_lost)
+        try:
+            table = rendezvous(launch, self.channel.port,
+                               rendezvous_timeout() if timeout is None else timeout)
+            self.channel.connect(table, me=self.rank)
+        except BaseException:
+            self.channel.close()
+            raise
+        self._world = SocketCommunicator(self.rank, (self.size,), ("processes",), self.channel,
+                                         self.mailbox, range(self.size), tag="world")
+        self._closed = False
+        if install_excepthook:
+            sys.excepthook = self._excepthook
+        atexit.register(self.shutdown)
+        self.barrier()
+
+    def barrier(self) -> None:
+        self._world.barrier()
+
+    def shutdown(self) -> None:
+        """Says goodbye to every peer and closes the sockets (also run at exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._meshes.clear()
+        self.channel.close()
+
+    def _communicator(self, mesh: Mesh, ids: list[int], position: int | None,
+                      ) -> SocketCommunicator | None:
+        if position is None:
+            return None
+        tag = (mesh.axis_names, mesh.axis_sizes, tuple(ids))
+        return SocketCommunicator(position, mesh.axis_sizes, mesh.axis_names, self.channel,
+                                  self.mailbox, ids, tag=tag)
+
+    # -- faults ----------------------------------------------------------------------------
+    def _excepthook(self, kind: type, value: BaseException, trace: Any) -> None:
+        """An uncaught exception ends this process and, through an abort message, the others;
+        a RemoteError caused by a peer's failure is one line (that peer prints its traceback)."""
+        lost = self.channel.lost
+        if isinstance(value, RemoteError) and lost is not None:
+            self._stop(f"stopping: {lost[1]}", 1)
+        text = "".join(traceback.format_exception(value)).rstrip()
+        sys.stderr.write(f"[spmd rank {self.rank}] {text}\n")
+        summary = f"{kind.__name__}: {value}".splitlines()[0]
+        self.channel.announce("abort", f"process {self.rank} failed with {summary}")
+        self._stop(None, 130 if isinstance(value, KeyboardInterrupt) else 1)
+
+    def _peer_lost(self, peer: int, text: str) -> None:
+        """Called by a socket reader: ends this process unless it ends by itself first."""
+
+        def end_later() -> None:
+            time.sleep(PEER_LOST_GRACE_S)
+            self._stop(f"stopping: {text}", 1)
+
+        threading.Thread(target=end_later, daemon=True, name="spmd-tcp-peer-lost").start()
+
+    def _stop(self, message: str | None, code: int) -> None:
+        if message:
+            sys.stderr.write(f"[spmd rank {self.rank}] {message}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)

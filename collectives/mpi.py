@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from time import monotonic
 
 import numpy as np
 from mpi4py import MPI
@@ -21,12 +20,19 @@ from collectives.base import (
     group_index,
     group_key,
 )
-from collectives.mpi_plans import FastPaths, Group
+from collectives.mpi_plans import (
+    FastPaths,
+    Group,
+    ReducePlan,
+    blocks_first,
+    joined,
+    reduction_types,
+)
 from collectives.watchdog import Watchdog
 from spmd.errors import MeshError, RemoteError
 
-# sys.getrefcount of a cached buffer that nobody but the cache holds (cache, local, argument):
-# only then may the next call overwrite it.
+# sys.getrefcount of a general-path buffer that nobody but the cache holds (cache, local,
+# argument): only then may the next call overwrite it. (Fast plans keep their own buffers.)
 UNSHARED_REFS = 3
 MAX_CACHED_BUFFERS = 32
 
@@ -90,7 +96,7 @@ class MPICommunicator(FastPaths, Communicator):
             if watchdog is None:
                 function(*args)
                 return
-            watchdog.armed = (monotonic() + watchdog.seconds, kind, axes, where)  # arm, inlined
+            watchdog.armed = ((kind, axes), where)  # arm, inlined
             try:
                 function(*args)
             finally:
@@ -114,7 +120,7 @@ class MPICommunicator(FastPaths, Communicator):
         buffer = cache[key] = np.empty(shape, dtype)
         return buffer
 
-    # -- general paths (the fast paths in collectives/mpi_plans.py fall back to these) --------
+    # -- general paths (Communicator's, and the fast paths' fallback for slow plans) ----------
     def _all_reduce(self, x: np.ndarray, axes: Axes, op: str, where: str | None) -> np.ndarray:
         plan = self._reduce_plan("all_reduce", axes, op, x.dtype, where)
         return self._run_all_reduce(x, plan, where)
@@ -134,6 +140,67 @@ class MPICommunicator(FastPaths, Communicator):
     ) -> np.ndarray:
         group = self._group(axes, "all_to_all", where)
         return self._run_all_to_all(x, group, axes, split_dim, concat_dim, where)
+
+    def _reduce_plan(
+        self, kind: str, axes: Axes, op: str, dtype: np.dtype, where: str | None
+    ) -> ReducePlan:
+        """The group and MPI types of a reduction (makes the sub-communicator on first use)."""
+        group = self._group(axes, kind, where)
+        return ReducePlan(group, axes, *reduction_types(dtype, op))
+
+    def _run_all_reduce(self, x: np.ndarray, plan: ReducePlan, where: str | None) -> np.ndarray:
+        """Allreduce into a (reused) result buffer."""
+        if plan.group.size == 1:
+            return x.copy()
+        dtype = plan.dtype
+        send = x if dtype is x.dtype and x.flags.c_contiguous else np.asarray(x, dtype, order="C")
+        received = self._buffer(x.shape, dtype)
+        args = ([send, plan.mpi_type], [received, plan.mpi_type], plan.mpi_op)
+        self._call(plan.group.comm.Allreduce, args, "all_reduce", plan.axes, where)
+        return received if dtype is x.dtype else received.astype(x.dtype)
+
+    def _run_all_gather(
+        self, x: np.ndarray, group: Group, axes: Axes, dim: int, where: str | None
+    ) -> np.ndarray:
+        """Allgather of raw bytes into a (count, *x.shape) buffer, then joined along dim."""
+        count = group.size
+        if count == 1:
+            return x.copy()
+        send = np.asarray(x, order="C")
+        received = self._buffer((count,) + x.shape, x.dtype)
+        nbytes = send.nbytes
+        args = ([send, nbytes, MPI.BYTE], [received, nbytes, MPI.BYTE])
+        self._call(group.comm.Allgather, args, "all_gather", axes, where)
+        return joined(received, dim)
+
+    def _run_reduce_scatter(
+        self, x: np.ndarray, plan: ReducePlan, dim: int, where: str | None
+    ) -> np.ndarray:
+        """Reduce_scatter_block of x's blocks along dim, laid out block-major."""
+        count = plan.group.size
+        if count == 1:
+            return x.copy()
+        dtype = plan.dtype
+        send = blocks_first(np.asarray(x, dtype), dim, count)
+        received = self._buffer(send.shape[1:], dtype)
+        args = ([send, plan.mpi_type], [received, plan.mpi_type], plan.mpi_op)
+        self._call(plan.group.comm.Reduce_scatter_block, args, "reduce_scatter", plan.axes, where)
+        return received if dtype is x.dtype else received.astype(x.dtype)
+
+    def _run_all_to_all(
+        self, x: np.ndarray, group: Group, axes: Axes, split_dim: int, concat_dim: int,
+        where: str | None,
+    ) -> np.ndarray:
+        """Alltoall of x's blocks along split_dim; received blocks joined along concat_dim."""
+        count = group.size
+        if count == 1:
+            return x.copy()
+        send = blocks_first(x, split_dim, count)
+        received = self._buffer(send.shape, x.dtype)
+        block_bytes = send.nbytes // count
+        args = ([send, block_bytes, MPI.BYTE], [received, block_bytes, MPI.BYTE])
+        self._call(group.comm.Alltoall, args, "all_to_all", axes, where)
+        return joined(received, concat_dim)
 
     def _permute(
         self, x: np.ndarray, axes: Axes, pairs: list[tuple[int, int]], where: str | None

@@ -1,6 +1,7 @@
 """A per-communicator watchdog thread: ends the MPI job when a blocking collective passes its deadline.
 
-Arming stores one tuple and disarming clears it (well under a microsecond); nothing polls MPI.
+Arming stores one (label, where) tuple and disarming clears it; the thread samples it a few times
+per timeout, so the hot path reads no clock. Nothing polls MPI.
 """
 
 from __future__ import annotations
@@ -18,28 +19,32 @@ TIMEOUT_EXIT_CODE = 124
 # After reporting, a rank waits this long before aborting, so that the other ranks stuck in the
 # same (or another) collective print their own report before the job is torn down.
 ABORT_GRACE_S = 1.0
+# Samples of .armed per timeout: a stuck call is reported between 1 and 1 + 1/SAMPLES timeouts
+# after it started.
+SAMPLES = 4
 HINT = "another rank died, is stuck, or called a different collective"
 
 
 class Watchdog:
     """Watches one collective at a time; on expiry prints a CollectiveTimeoutError and aborts.
 
-    arm(kind, axes, where) before a blocking call, disarm() after it (hot callers may set
-    .armed directly). A daemon thread sleeps until the armed call's deadline and fires only if
-    that same call (same tuple) is still armed then.
+    arm(kind, axes, where) before a blocking call, disarm() after it (hot callers set .armed to a
+    fresh ((kind, axes), where) tuple directly, and to None after). The thread fires when it has
+    seen the very same tuple armed for a whole timeout: each call arms a new tuple, so a stream of
+    short calls never fires.
     """
 
     def __init__(self, seconds: float, rank: int, abort: Callable[[int], None]):
         self.seconds = float(seconds)
         self.rank = rank
         self.abort = abort
-        self.armed: tuple[float, str, Axes, str | None] | None = None
+        self.armed: tuple[tuple[str, Axes], str | None] | None = None
         self._thread = threading.Thread(target=self._run, name="spmd-mpi-watchdog", daemon=True)
         self._thread.start()
 
     def arm(self, kind: str, axes: Axes, where: str | None) -> None:
         """Starts watching one call."""
-        self.armed = (time.monotonic() + self.seconds, kind, axes, where)
+        self.armed = ((kind, axes), where)
 
     def disarm(self) -> None:
         """The watched call returned."""
@@ -55,18 +60,20 @@ class Watchdog:
         return f"CollectiveTimeoutError: {error}\n  (rank {self.rank} aborts the MPI job)"
 
     def _run(self) -> None:
-        """Sleeps until the armed deadline (or one timeout when idle); fires on a stale call."""
+        """Samples .armed; fires once the same armed call has been seen for a whole timeout."""
+        seen = None
+        since = 0.0
         while True:
+            time.sleep(self.seconds / SAMPLES)
             armed = self.armed
-            if armed is None:
-                time.sleep(self.seconds)
+            now = time.monotonic()
+            if armed is None or armed is not seen:
+                seen = armed  # holding it keeps its id from being reused by a later call's tuple
+                since = now
                 continue
-            wait = armed[0] - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-                continue
-            if self.armed is armed:
-                self._fire(*armed[1:])
+            if now - since >= self.seconds:
+                (kind, axes), where = armed
+                self._fire(kind, axes, where)
                 return
 
     def _fire(self, kind: str, axes: Axes, where: str | None) -> None:

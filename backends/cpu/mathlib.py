@@ -84,21 +84,24 @@ class Math:
         return minus_one, b.shl(b.bitcast(shifted, i32), ir.Constant(i32, 23))
 
     def exp(self, x: ir.Value) -> ir.Value:
-        """exp; float32 through a vectorizable polynomial (~1 ulp: 2^k applied by an integer
-        add into the exponent bits, one extra scaling for subnormal results), double via libm."""
+        """exp; float32 through a vectorizable polynomial (~1 ulp), double via libm.
+
+        x is clamped to [-104, 89] (NaN passes through: the compares are ordered), where k is
+        in [-150, 128]; 2^k is applied as p * 2^(k -+ 64) * 2^(+-64), so both factors and the
+        intermediate are normal: overflow to inf, subnormal results and underflow to 0 come
+        out of the last multiply, rounded once, with no per-case selects."""
         if x.type == F64:
             return self.intrinsic("exp", F64, x)
         b, c, i32 = self.b, lambda v: ir.Constant(F32, v), ir.IntType(32)
+        x = b.select(b.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
+        x = b.select(b.fcmp_ordered(">", x, c(89.0)), c(89.0), x)
         minus_one, k_bits = self._expm1_reduced(x)
-        p = b.fadd(minus_one, c(1.0))
-        tiny = b.fcmp_ordered("<", x, c(-86.0))  # 2^k p may be subnormal: scale in two steps
-        k_bits = b.add(k_bits, b.select(tiny, ir.Constant(i32, 64 << 23), ir.Constant(i32, 0)))
-        y = b.bitcast(b.add(b.bitcast(p, i32), k_bits), F32)
-        y = b.select(tiny, b.fmul(y, c(2.0 ** -64)), y)
-        y = b.select(b.fcmp_ordered("<", x, c(-103.97283935546875)), c(0.0), y)
-        # x above the largest float32 with a finite exp, or NaN: x + inf is inf or NaN
-        return b.select(b.fcmp_unordered(">", x, c(88.72283172607422)),
-                        b.fadd(x, c(float("inf"))), y)
+        negative = b.fcmp_ordered("<", x, c(0.0))
+        bias = b.select(negative, ir.Constant(i32, (127 + 64) << 23),
+                        ir.Constant(i32, (127 - 64) << 23))
+        scale = b.bitcast(b.add(k_bits, bias), F32)
+        y = self.muladd(minus_one, scale, scale)  # exact product: one rounding either way
+        return b.fmul(y, b.select(negative, c(2.0 ** -64), c(2.0 ** 64)))
 
     def tanh(self, x: ir.Value) -> ir.Value:
         """tanh(|x|) = e / (e + 2) with e = expm1(2|x|) (no cancellation near 0), sign of x."""

@@ -36,6 +36,7 @@ class Mailbox:
         self.cond = threading.Condition()
         self.items: dict[Key, np.ndarray] = {}
         self.error: str | None = None
+        self.departed: dict[int, str] = {}  # sender -> why: it said goodbye, nothing more comes
 
     def put(self, key: Key, value: np.ndarray) -> None:
         with self.cond:
@@ -48,12 +49,22 @@ class Mailbox:
             self.error = message
             self.cond.notify_all()
 
-    def take(self, key: Key, deadline: float | None) -> np.ndarray | None:
-        """The message for key; None once the deadline passes."""
+    def depart(self, sender: int, message: str) -> None:
+        """sender left: a take() still waiting for it raises RemoteError (messages arrive in
+        order, so nothing it sent is still on the way)."""
+        with self.cond:
+            self.departed[sender] = message
+            self.cond.notify_all()
+
+    def take(self, key: Key, deadline: float | None, sender: int | None = None,
+             ) -> np.ndarray | None:
+        """The message for key (from channel member sender); None once the deadline passes."""
         with self.cond:
             while key not in self.items:
                 if self.error is not None:
                     raise RemoteError(self.error)
+                if sender in self.departed:
+                    raise RemoteError(self.departed[sender])
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
@@ -98,7 +109,8 @@ class MessageCommunicator(Communicator):
         deadline = None if self.timeout <= 0 else time.monotonic() + self.timeout
         received = {}
         for index in incoming:
-            value = self.mailbox.take((self.tag, self.sequence, members[index]), deadline)
+            sender = self.actors[members[index]]
+            value = self.mailbox.take((self.tag, self.sequence, members[index]), deadline, sender)
             if value is None:
                 raise CollectiveTimeoutError(
                     timeout_message(kind, axes, where, self.timeout)

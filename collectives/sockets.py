@@ -117,7 +117,10 @@ class SocketChannel:
                     continue
                 _, what, sender, text = key
                 peer = sender if what == "hello" else peer
-                said_goodbye = said_goodbye or what == "goodbye"
+                if what == "goodbye":
+                    said_goodbye = True
+                    self.mailbox.depart(sender, f"{self.label} {sender} exited while "
+                                                f"{self.label} {self.me} still waits for it")
                 if what == "abort":
                     self._lose(sender, text)
         except (ConnectionError, OSError):

@@ -99,9 +99,11 @@ def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[t
                 raise LaunchError(f"rank 0 waited {timeout:g} s for ranks {missing} of "
                                   f"WORLD_SIZE={launch.world_size} to join",
                                   hint=HINT) from None
+            hello = _read_message(connection, deadline)
+            if not hello:
+                connection.close()  # not one of ours (a port probe)
+                continue
             joined.append(connection)
-            connection.settimeout(max(deadline - time.monotonic(), 0.001))
-            hello = json.loads(connection.makefile("r").readline() or "{}")
             problem = _check_hello(hello, launch, table)
             if problem:
                 _answer(joined, {"error": problem})
@@ -113,6 +115,16 @@ def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[t
         for connection in joined:
             connection.close()
     return [table[r] for r in range(launch.world_size)]
+
+
+def _read_message(connection: socket.socket, deadline: float) -> dict:
+    """One JSON line from connection; {} if none comes before the deadline or it is garbage."""
+    connection.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        message = json.loads(connection.makefile("r").readline() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return message if isinstance(message, dict) else {}
 
 
 def _check_hello(hello: dict, launch: Launch, table: dict[int, tuple[str, int]]) -> str | None:
@@ -150,12 +162,9 @@ def _join(launch: Launch, port: int, deadline: float, timeout: float) -> list[tu
         host = connection.getsockname()[0]  # the address that routes to rank 0
         hello = {"rank": launch.rank, "world_size": launch.world_size, "host": host, "port": port}
         connection.sendall((json.dumps(hello) + "\n").encode())
-        connection.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            answer = json.loads(connection.makefile("r").readline() or "{}")
-        except TimeoutError:
-            answer = {"error": f"rank 0 did not answer within {timeout:g} s (not every rank "
-                               f"of WORLD_SIZE={launch.world_size} joined)"}
+        answer = _read_message(connection, deadline) or {
+            "error": f"rank 0 did not answer within {timeout:g} s (not every rank of "
+                     f"WORLD_SIZE={launch.world_size} joined, or rank 0 failed)"}
     if "table" not in answer:
         raise LaunchError(answer.get("error", "rank 0 closed the rendezvous without an answer"),
                           hint=HINT)

@@ -200,12 +200,17 @@ def pair() -> tuple[list[SocketChannel], list[SocketCommunicator]]:
     return channels, comms
 
 
-def test_a_peer_closing_its_socket_is_a_remote_error_naming_it() -> None:
+@pytest.mark.parametrize("how,message", [
+    ("killed", "process 1 closed its connection without a goodbye"),
+    ("exited", "process 1 exited while process 0 still waits for it"),
+])
+def test_a_peer_leaving_is_a_remote_error_naming_it(how, message) -> None:
     channels, comms = pair()
-    channels[1].me = None  # closes like a killed process: no goodbye
+    if how == "killed":
+        channels[1].me = None  # closes like a killed process: no goodbye
     channels[1].close()
     start = time.monotonic()
-    with pytest.raises(RemoteError, match="process 1 closed its connection without a goodbye"):
+    with pytest.raises(RemoteError, match=message):
         comms[0].all_reduce(np.ones(3), "x")
     assert time.monotonic() - start < 5
     channels[0].close()

@@ -163,6 +163,20 @@ def test_unreachable_master_is_a_launch_error(monkeypatch) -> None:
     assert not distributed.is_initialized()
 
 
+def test_explicit_tcp_runtime_with_one_process(monkeypatch) -> None:
+    clean_environment(monkeypatch, RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+    distributed.initialize("tcp", install_excepthook=False)
+    try:
+        assert (distributed.runtime_kind(), distributed.process_index(),
+                distributed.process_count()) == ("tcp", 0, 1)
+        assert [d.id for d in distributed.local_devices()] == [0]
+        distributed.barrier()
+    finally:
+        distributed.shutdown()
+    assert not distributed.is_initialized()
+
+
 def test_missing_master_variables_are_named(monkeypatch) -> None:
     clean_environment(monkeypatch, RANK="0", WORLD_SIZE="2")
     with pytest.raises(LaunchError, match="MASTER_ADDR, MASTER_PORT are not set"):

@@ -53,7 +53,7 @@ def read_launch(environ: Any = os.environ) -> Launch:
                                "MASTER_PORT=29500 RANK=r WORLD_SIZE=n python train.py)")
     numbers = {}
     for name in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK"):
-        text = environ.get(name, environ.get("RANK"))
+        text = environ.get(name, environ.get("RANK"))  # LOCAL_RANK is optional: one host
         if not text.isdigit():
             raise LaunchError(f"{name}={text!r} is not a non-negative integer")
         numbers[name] = int(text)

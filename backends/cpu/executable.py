@@ -21,7 +21,7 @@ import numpy as np
 
 from backends.cpu import blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
-from backends.cpu.fusion import Kernel, build_kernel, group_ops
+from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
@@ -85,7 +85,7 @@ class Executable:
 
     def _schedule(self) -> list[Step]:
         g = self.graph
-        kernels = {k.root: k for k in (build_kernel(g, grp) for grp in group_ops(g))}
+        kernels = {k.root: k for k in fuse(g)}
         members = {id(op) for k in kernels.values() for op in k.ops}
         steps = []
         for i, op in enumerate(g.ops):

@@ -3,15 +3,24 @@ trailing reduce into kernels (producer into consumer; cheap producers are recomp
 consumer kernel, except an exp/tanh a reduce kernel also uses: that kernel stores it); a
 value used outside its group is stored.
 
-Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes).
+Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes) and backends.cpu.loop_nest.
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from backends.cpu.loop_nest import (
+    KernelSpec,
+    Node,
+    coalesce,
+    contiguous_strides,
+    small_reduction_last,
+)
 from spmd import dtypes
 from spmd.ir.graph import Graph, Op
 from spmd.ops import elementwise
@@ -19,46 +28,6 @@ from spmd.ops import elementwise
 ELEMENTWISE = frozenset(d.name for d in elementwise.OPS
                         if d.factors is elementwise.elementwise_factors)
 REDUCE_KINDS = frozenset({"sum", "max", "min", "prod", "and", "or"})
-
-# A node of a kernel's expression DAG; every node has a dtype (the value's dtype name):
-#   ("load", dtype, arg, strides)   ("const", dtype, value)   ("iota", dtype, strides)
-#   ("op", dtype, name, attrs, input_node_ids)
-Node = tuple
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    """A fused loop nest over `domain`: loads, an expression DAG, stores and an optional reduce.
-
-    Args are buffers: loads refer to args[0:n_in], stores and the reduce to args[n_in:].
-    Strides are in elements per domain dim (0 = broadcast / reduced dim).
-    """
-
-    domain: tuple[int, ...]
-    arg_dtypes: tuple[str, ...]
-    n_in: int
-    nodes: tuple[Node, ...]
-    stores: tuple[tuple[int, int, tuple[int, ...]], ...]  # (node, arg, strides)
-    reduce: tuple[str, int, int, tuple[int, ...]] | None = None  # (kind, node, arg, strides)
-
-    @property
-    def reduce_mode(self) -> str:
-        """'' (no reduce), 'trailing' (register accumulator) or 'memory' (accumulate in place)."""
-        if self.reduce is None:
-            return ""
-        strides = self.reduce[3]
-        reduced = [i for i, s in enumerate(strides) if s == 0]
-        if not reduced or reduced == list(range(reduced[0], len(strides))):
-            return "trailing"
-        return "memory"
-
-    @property
-    def splittable(self) -> bool:
-        """Whether chunks of the outer dim may run on different threads."""
-        if not self.domain:
-            return False
-        return self.reduce is None or self.reduce[3][0] != 0
-
 
 @dataclass
 class Kernel:
@@ -102,14 +71,24 @@ def fusible(op: Op, graph: Graph) -> bool:
     return op.name == "reduce" and op.attrs["kind"] in REDUCE_KINDS
 
 
-def inlinable(op: Op, graph: Graph) -> bool:
+def inlinable(op: Op, graph: Graph, excluded: frozenset[int] = frozenset()) -> bool:
     """Index-remapping views that may be members of a kernel (never its root)."""
     if op.name == "transpose":
         return True
-    if op.name != "reshape":
+    if op.name != "reshape" or id(op) in excluded:
         return False
-    in_shape = graph.types[op.inputs[0]].shape
-    return [n for n in in_shape if n != 1] == [n for n in op.types[0].shape if n != 1]
+    return splits_and_merges(graph.types[op.inputs[0]].shape, op.types[0].shape)
+
+
+def splits_and_merges(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """Whether a row-major reshape only splits and merges dims, so that a loop over the
+    finer of the two shapes indexes both (true when the running products of both shapes
+    together form a chain of divisors: (2,4,n) <-> (8,n) yes, (4,6) <-> (3,8) no)."""
+    if 0 in in_shape or 0 in out_shape:
+        return [n for n in in_shape if n != 1] == [n for n in out_shape if n != 1]
+    bounds = sorted(set(itertools.accumulate(in_shape, operator.mul))
+                    | set(itertools.accumulate(out_shape, operator.mul)))
+    return all(b % a == 0 for a, b in itertools.pairwise(bounds))
 
 
 def duplicable(op: Op, graph: Graph) -> bool:
@@ -121,15 +100,7 @@ def duplicable(op: Op, graph: Graph) -> bool:
     return True
 
 
-def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-def group_ops(graph: Graph) -> list[_Group]:
+def group_ops(graph: Graph, excluded: frozenset[int] = frozenset()) -> list[_Group]:
     """Reverse walk: an op joins its users' group when all of them are in one group; a cheap
     op used by several groups joins (is recomputed in) each of them; a result joins only a
     group of its own shape (which stores it)."""
@@ -143,7 +114,7 @@ def group_ops(graph: Graph) -> list[_Group]:
     for i in reversed(range(len(graph.ops))):
         op = graph.ops[i]
         root_ok = fusible(op, graph)
-        if not (root_ok or inlinable(op, graph)) or len(op.outputs) != 1:
+        if not (root_ok or inlinable(op, graph, excluded)) or len(op.outputs) != 1:
             continue
         out = op.outputs[0]
         owners = _owners(users.get(out, []), groups_of)
@@ -199,14 +170,54 @@ def _may_join(op: Op, graph: Graph, owners: list[_Group], is_result: bool) -> bo
     return len(owners) == 1 or (len(owners) <= MAX_COPIES and duplicable(op, graph))
 
 
-IndexMap = tuple  # per dim of a value: the domain dim indexing it, or None (index 0)
+# Per dim of a value: the loop dims that index it, outer first (a reshape may merge several
+# loop dims into one value dim); () = the dim is read at index 0.
+IndexMap = tuple[tuple[int, ...], ...]
+
+
+class _Refine(Exception):
+    """A reshape member needs loop dim `dim` split into `sizes` (the build restarts)."""
+
+    def __init__(self, dim: int, sizes: tuple[int, int]):
+        self.dim, self.sizes = dim, sizes
+
+
+class ReshapeConflict(Exception):
+    """Two reshape members need incompatible splits of the loop: `op` stays a view."""
+
+    def __init__(self, op: Op):
+        self.op = op
+
+
+def fuse(graph: Graph) -> list[Kernel]:
+    """group_ops + build_kernel; a reshape that cannot share its group's loop is left out of
+    fusion (it stays a view) and the graph is grouped again."""
+    excluded: frozenset[int] = frozenset()
+    while True:
+        try:
+            return [build_kernel(graph, group) for group in group_ops(graph, excluded)]
+        except ReshapeConflict as conflict:
+            excluded |= {id(conflict.op)}
 
 
 def build_kernel(graph: Graph, group: _Group) -> Kernel:
     """Turn a group into a KernelSpec: members are inlined at the index map they are used
-    through (broadcasts, unit reshapes and transposes remap dims), others are loads."""
-    domain = group.domain
-    identity: IndexMap = tuple(range(len(domain)))
+    through (broadcasts, reshapes and transposes remap dims), others are loads. The loop
+    runs over the group's domain, refined where a reshape member splits one of its dims."""
+    factors = [[n] for n in group.domain]  # each domain dim as the loop dims it splits into
+    while True:
+        try:
+            return _build(graph, group, factors)
+        except _Refine as refine:
+            flat = [(d, k) for d, parts in enumerate(factors) for k in range(len(parts))]
+            d, k = flat[refine.dim]
+            factors[d][k:k + 1] = refine.sizes
+
+
+def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
+    sizes = tuple(n for parts in factors for n in parts)
+    loop_dims = iter(range(len(sizes)))
+    identity: IndexMap = tuple(tuple(next(loop_dims) for _ in parts) for parts in factors)
     nodes: list[Node] = []
     memo: dict[tuple[int, IndexMap], int] = {}
     loads: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -217,11 +228,11 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
         nodes.append(node)
         return len(nodes) - 1
 
-    def strides_of(vid: int, index: IndexMap) -> tuple[int, ...]:
-        strides = [0] * len(domain)
-        for own, d in zip(contiguous_strides(graph.types[vid].shape), index):
-            if d is not None:
-                strides[d] += own
+    def strides_of(shape: tuple[int, ...], index: IndexMap) -> tuple[int, ...]:
+        strides = [0] * len(sizes)
+        for own, dims in zip(contiguous_strides(shape), index):
+            for d, inner in zip(dims, _inner_sizes(dims, sizes)):
+                strides[d] += own * inner
         return tuple(strides)
 
     def value(vid: int, index: IndexMap) -> int:
@@ -235,7 +246,7 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
             return add(("const", producer.types[0].dtype,
                         np.asarray(producer.attrs["value"]).item()))
         if producer is None or id(producer) not in member_ids or producer.name == "reduce":
-            strides = strides_of(vid, index)
+            strides = strides_of(graph.types[vid].shape, index)
             if vid not in inputs:
                 inputs.append(vid)
             if (vid, strides) not in loads:
@@ -244,11 +255,13 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
             return loads[vid, strides]
         op, t = producer, producer.types[0]
         if op.name in ("broadcast_in_dim", "reshape", "transpose"):
-            return value(op.inputs[0], _operand_index(graph, op, index))
+            return value(op.inputs[0], _operand_index(graph, op, index, sizes))
         if op.name == "iota":
-            d = index[op.attrs["dimension"]]
-            strides = tuple(int(k == d) for k in range(len(domain)))
-            return add(("iota", t.dtype, strides))
+            dims = index[op.attrs["dimension"]]
+            strides = [0] * len(sizes)
+            for d, inner in zip(dims, _inner_sizes(dims, sizes)):
+                strides[d] = inner
+            return add(("iota", t.dtype, tuple(strides)))
         args = tuple(value(v, index) for v in op.inputs)
         attrs = tuple(sorted((k, v) for k, v in op.attrs.items() if k != "weak"))
         return add(("op", t.dtype, op.name, attrs, args))
@@ -258,12 +271,12 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
     stored = list(dict.fromkeys(group.extra))
     if root.name == "reduce":
         axes = set(root.attrs["axes"])
-        kept = iter(contiguous_strides(root.types[0].shape))
-        strides = tuple(0 if d in axes else next(kept) for d in range(len(domain)))
+        kept = tuple(dims for d, dims in enumerate(identity) if d not in axes)
+        strides = strides_of(root.types[0].shape, kept)
         reduce = (root.attrs["kind"], value(root.inputs[0], identity), strides)
     else:
         stored = [root.outputs[0]] + [v for v in stored if v != root.outputs[0]]
-    flat = contiguous_strides(domain)
+    flat = contiguous_strides(sizes)
     store_nodes = [value(v, identity) for v in stored]
     n_in = len(inputs)
     stores = tuple((node, n_in + k, flat) for k, node in enumerate(store_nodes))
@@ -271,71 +284,44 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
     reduce_spec = (reduce[0], reduce[1], n_in + len(stored), reduce[2]) if reduce else None
     arg_dtypes = tuple(graph.types[v].dtype for v in inputs + outputs)
     ops = [graph.ops[i] for i in sorted(group.members)]
-    spec = coalesce(KernelSpec(domain, arg_dtypes, n_in, tuple(nodes), stores, reduce_spec))
+    spec = KernelSpec(sizes, arg_dtypes, n_in, tuple(nodes), stores, reduce_spec)
+    spec = coalesce(small_reduction_last(spec))
     return Kernel(spec, ops, inputs, outputs, group.root, root if reduce else None,
                   name=f"k{group.root}_{root.name}")
 
 
-def _operand_index(graph: Graph, op: Op, index: IndexMap) -> IndexMap:
+def _inner_sizes(dims: tuple[int, ...], sizes: tuple[int, ...]) -> list[int]:
+    """For loop dims merged row-major into one index: the product of the sizes after each."""
+    return [int(np.prod([sizes[e] for e in dims[k + 1:]], dtype=np.int64))
+            for k in range(len(dims))]
+
+
+def _operand_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
     """The index map of a view-like op's operand, given the map of its result."""
     shape = graph.types[op.inputs[0]].shape
     if op.name == "transpose":
-        found: list[int | None] = [None] * len(shape)
+        found: list[tuple[int, ...]] = [()] * len(shape)
         for k, p in enumerate(op.attrs["permutation"]):
             found[p] = index[k]
         return tuple(found)
     if op.name == "broadcast_in_dim":
-        return tuple(index[d] if n != 1 else None
+        return tuple(index[d] if n != 1 else ()
                      for d, n in zip(op.attrs["broadcast_dimensions"], shape))
-    kept = iter([d for d, n in zip(index, op.types[0].shape) if n != 1])
-    return tuple(next(kept) if n != 1 else None for n in shape)
-
-
-def _broadcast_strides(graph: Graph, op: Op) -> tuple[int, ...]:
-    x = graph.types[op.inputs[0]]
-    own = contiguous_strides(x.shape)
-    strides = [0] * len(op.attrs["shape"])
-    for i, d in enumerate(op.attrs["broadcast_dimensions"]):
-        strides[d] = own[i] if x.shape[i] != 1 else 0
-    return tuple(strides)
-
-
-def _stride_vectors(spec: KernelSpec) -> list[tuple[int, ...]]:
-    found = [n[3] for n in spec.nodes if n[0] == "load"] + [n[2] for n in spec.nodes
-                                                             if n[0] == "iota"]
-    found += [s[2] for s in spec.stores]
-    if spec.reduce:
-        found.append(spec.reduce[3])
-    return found
-
-
-def coalesce(spec: KernelSpec) -> KernelSpec:
-    """Drop unit dims and merge adjacent dims every access walks contiguously."""
-    if any(n == 0 for n in spec.domain):
-        return spec
-    keep = [d for d, n in enumerate(spec.domain) if n != 1]
-    dims = [[d] for d in keep]
-    vectors = _stride_vectors(spec)
-    merged: list[list[int]] = []
-    for group in dims:
-        if merged:
-            last, d = merged[-1][-1], group[0]
-            if all(v[last] == v[d] * spec.domain[d] for v in vectors):
-                merged[-1].append(d)
-                continue
-        merged.append(group)
-    domain = tuple(int(np.prod([spec.domain[d] for d in g])) for g in merged)
-
-    def remap(strides: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(strides[g[-1]] for g in merged)
-
-    nodes = []
-    for n in spec.nodes:
-        if n[0] == "load":
-            n = (*n[:3], remap(n[3]))
-        elif n[0] == "iota":
-            n = (n[0], n[1], remap(n[2]))
-        nodes.append(n)
-    stores = tuple((node, arg, remap(s)) for node, arg, s in spec.stores)
-    reduce = spec.reduce and (*spec.reduce[:3], remap(spec.reduce[3]))
-    return KernelSpec(domain, spec.arg_dtypes, spec.n_in, tuple(nodes), stores, reduce)
+    # reshape: the operand's dims take the result's loop dims in row-major order
+    queue = [d for dims in index for d in dims if sizes[d] != 1]
+    operand: list[tuple[int, ...]] = []
+    for n in shape:
+        dims: list[int] = []
+        while n > 1:
+            if not queue:
+                raise ReshapeConflict(op)
+            d = queue[0]
+            if n % sizes[d] == 0:
+                dims.append(queue.pop(0))
+                n //= sizes[d]
+            elif sizes[d] % n == 0:
+                raise _Refine(d, (n, sizes[d] // n))
+            else:
+                raise ReshapeConflict(op)
+        operand.append(tuple(dims))
+    return tuple(operand)

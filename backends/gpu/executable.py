@@ -16,7 +16,7 @@ import numpy as np
 
 from backends.cpu import memory
 from backends.cpu.codegen import reduce_identity
-from backends.cpu.fusion import Kernel, build_kernel, group_ops
+from backends.cpu.fusion import Kernel, fuse
 from backends.gpu import codegen, device
 from backends.gpu.lower import lowering
 from spmd.interpreter import run_reference
@@ -38,7 +38,7 @@ class Step:
 
 def kernel_sources(graph: Graph) -> list[codegen.CudaKernel]:
     """The CUDA kernels of a program (no cupy needed: what the nvcc tests compile)."""
-    kernels = [build_kernel(graph, group) for group in group_ops(graph)]
+    kernels = fuse(graph)
     return [c for k in kernels for c in codegen.generate(k.spec, k.name)]
 
 
@@ -63,7 +63,7 @@ class Executable:
 
     def _schedule(self) -> list[Step]:
         g, cp = self.graph, self.cp
-        kernels = {k.root: k for k in (build_kernel(g, grp) for grp in group_ops(g))}
+        kernels = {k.root: k for k in fuse(g)}
         members = {id(op) for k in kernels.values() for op in k.ops}
         steps: list[Step] = []
         for i, op in enumerate(g.ops):

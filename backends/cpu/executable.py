@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.cpu import blas, cache, memory
+from backends.cpu import allocator, blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
 from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
@@ -69,6 +69,7 @@ class Executable:
         self.run_op = run_op or run_reference
         self.donate = list(donate) if donate is not None else [False] * len(graph.params)
         self.num_threads = num_threads or default_threads()
+        allocator.tune()
         self.steps = self._schedule()
         self.kernels = [s.kernel for s in self.steps if s.kind == "kernel"]
         self.cache_hits = 0

@@ -1,8 +1,9 @@
-"""spmd-launch: run a script on a mesh with the local, mpi or ray runtime.
+"""spmd-launch: run a script on a mesh with the local, mpi, tcp or ray runtime.
 
 Parses and checks the command line (bad input: one line on stderr, exit 2), sets the
-SPMD_MESH / SPMD_AXES / SPMD_DEVICE variables spmd.distributed.launch_mesh() reads, then
-runs the script in this process (local, ray) or under the mpich wheel's mpiexec (mpi).
+SPMD_MESH / SPMD_AXES / SPMD_DEVICE variables spmd.distributed.launch_mesh() reads, then runs
+the script in this process (local, ray), under the mpich wheel's mpiexec (mpi), or in one local
+child process per device with torchrun's variables (tcp; supervised by launch.processes).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ EXAMPLES = """examples:
   spmd-launch --mesh 2x4 --axes data,model train.py --steps 10
   spmd-launch --mesh 8 --runtime mpi train.py              # 8 MPI ranks, one device each
   spmd-launch --mesh 2x4 --runtime mpi --hosts n1,n2 train.py
+  spmd-launch --mesh 2x4 --runtime tcp train.py            # 8 local processes, no mpiexec
   spmd-launch --mesh 2x4 --runtime ray train.py            # local Ray, 8 actors
   spmd-launch --mesh 4x8 --runtime ray --address ray://head:10001 train.py
   spmd-launch --mesh 16x16 --device tpu-sim:v5e --simulate train.py
@@ -40,6 +42,12 @@ device, the slowest ops and the collectives, and writes a Chrome trace (--trace;
 per device, up to --trace-devices; open it in Perfetto). A bare --simulate after the script
 is the launcher's too. A step that does not fit in HBM stops with an error
 naming the largest live buffers and the lines that made them (exit 1).
+
+--runtime tcp starts one `python script.py args` process per device on this host only (for
+several hosts use torchrun or set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT by hand), with
+RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, a free MASTER_PORT and OMP_NUM_THREADS=1
+unless set. If one process fails, the others are stopped (SIGTERM, then SIGKILL) and the
+launcher exits with its code; Ctrl-C or --timeout (exit 124) stops them all.
 """
 STOP_GRACE_S = 3.0
 
@@ -60,12 +68,14 @@ def parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mesh", required=True, help="mesh shape, e.g. 8 or 2x4")
     p.add_argument("--axes", help="axis names, e.g. data,model (default: data,model,pipe,...)")
-    p.add_argument("--runtime", choices=("local", "mpi", "ray"), default="local")
+    p.add_argument("--runtime", choices=("local", "mpi", "tcp", "ray"), default="local")
     p.add_argument("--device", default="cpu", help="cpu, gpu or tpu-sim:<chip>")
-    p.add_argument("--processes", type=int, help="MPI ranks or Ray actors (default: mesh size)")
+    p.add_argument("--processes", type=int,
+                   help="MPI ranks, tcp processes (must be the mesh size) or Ray actors "
+                        "(default: mesh size)")
     p.add_argument("--address", help="address of a running Ray cluster (ray runtime)")
     hosts = p.add_mutually_exclusive_group()
-    hosts.add_argument("--hosts", help="comma-separated MPI hosts")
+    hosts.add_argument("--hosts", help="comma-separated MPI hosts (tcp: this host only)")
     hosts.add_argument("--hostfile", help="MPI hostfile")
     p.add_argument("--timeout", type=float, help="seconds before the whole job is stopped")
     p.add_argument("--simulate", action="store_true",
@@ -112,6 +122,10 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
             raise LaunchError(exc.problem, hint=exc.hint) from None
     if options.trace_devices < 0:
         raise LaunchError(f"--trace-devices {options.trace_devices} must be 0 (all) or more")
+    if options.runtime == "tcp" and options.processes not in (None, math.prod(shape)):
+        raise LaunchError(f"--runtime tcp runs one device per process: --processes "
+                          f"{options.processes} must equal the size {math.prod(shape)} of mesh "
+                          f"{options.mesh}")
     if options.runtime != "local":
         from launch.runtime import check_launch_mesh
 
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         env["SPMD_SIMULATE"] = "1"
     if options.runtime == "mpi":
         return run_mpi(options, shape, env)
+    if options.runtime == "tcp":
+        return run_tcp(options, shape, env)
     os.environ.update(env)
     if options.runtime == "local":
         count = int(os.environ.get("SPMD_NUM_DEVICES", "8") or "8")
@@ -296,6 +312,17 @@ def run_mpi(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
     except KeyboardInterrupt:
         stop(process)
         return 130
+
+
+def run_tcp(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, str]) -> int:
+    """One local process per device, each `python -m launch.tcp_entry script args` (it starts
+    the tcp runtime, then runs the script as __main__), supervised until all end."""
+    from launch.processes import run_group, torchrun_environments
+
+    path = os.environ.get("PYTHONPATH", "")
+    base = dict(os.environ, **env, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
+    command = [sys.executable, "-m", "launch.tcp_entry", options.script, *options.args]
+    return run_group(command, torchrun_environments(base, math.prod(shape)), options.timeout)
 
 
 def stop(process: subprocess.Popen) -> None:

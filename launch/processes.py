@@ -1,0 +1,178 @@
+"""A group of local child processes for `spmd-launch --runtime tcp`: torchrun's variables per
+rank, then supervision (one failure, Ctrl-C, SIGTERM or --timeout stops them all, no orphans).
+Imports nothing from spmd.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+POLL_S = 0.05
+# After one process fails, how long the others may take to end by themselves (the tcp runtime
+# stops them within milliseconds, each saying why) before they get SIGTERM.
+FAILURE_GRACE_S = 1.0
+STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
+TIMEOUT_CODE = 124
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a child gets when its parent dies
+# Set by a parent mpiexec or torchrun; a child must see only the variables of its own world.
+INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+             "PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+             "MPI_LOCALNRANKS")
+
+
+class Interrupted(Exception):
+    """The launcher got SIGINT or SIGTERM."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (rank 0 binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_environments(base: Mapping[str, str], size: int, host: str = "127.0.0.1",
+                          ) -> list[dict[str, str]]:
+    """One environment per rank: base plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, a free
+    MASTER_PORT, and OMP_NUM_THREADS=1 unless base sets it (size processes share the cores)."""
+    common = {name: value for name, value in base.items() if name not in INHERITED}
+    common.setdefault("OMP_NUM_THREADS", "1")
+    common.update(WORLD_SIZE=str(size), MASTER_ADDR=host, MASTER_PORT=str(free_port(host)),
+                  LOCAL_WORLD_SIZE=str(size), SPMD_LAUNCHER_PID=str(os.getpid()))
+    return [dict(common, RANK=str(rank), LOCAL_RANK=str(rank)) for rank in range(size)]
+
+
+def run_group(command: Sequence[str], environments: Sequence[Mapping[str, str]],
+              timeout: float | None = None) -> int:
+    """Runs command once per environment and waits for all: 0 if every process exits 0. The
+    first failure stops the others (its code is returned); SIGINT/SIGTERM to the launcher stop
+    all (128 + signal); so does timeout seconds passing (124). Nothing is left running."""
+    processes: list[subprocess.Popen] = []
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for environment in environments:
+            processes.append(_start(command, environment))
+        return _wait(processes, timeout)
+    except Interrupted as exc:
+        for sig in previous:  # a second Ctrl-C must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        _say(f"{exc}: stopping {_count(processes)}")
+        _stop(processes, grace=0.0)
+        return 128 + exc.signum
+    finally:
+        _stop(processes, grace=0.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def _start(command: Sequence[str], environment: Mapping[str, str]) -> subprocess.Popen:
+    """Its own session: a terminal's Ctrl-C reaches only the launcher, which stops the group
+    once, instead of every rank printing a KeyboardInterrupt traceback."""
+    return subprocess.Popen(list(command), env=dict(environment), start_new_session=True)
+
+
+def end_with_launcher() -> None:
+    """Called first thing in a child: SIGTERM to it when the launcher dies (Linux), so even a
+    SIGKILLed launcher leaves no orphans; exits now if the launcher is already gone."""
+    launcher = os.environ.get("SPMD_LAUNCHER_PID", "")
+    if not launcher.isdigit():
+        return
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):
+        os._exit(1)
+
+
+def _wait(processes: list[subprocess.Popen], timeout: float | None) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended: queue.SimpleQueue[int] = queue.SimpleQueue()  # ranks in the order they exit
+    for rank, process in enumerate(processes):
+        threading.Thread(target=_report_end, args=(process, rank, ended), daemon=True,
+                         name=f"spmd-launch-wait-{rank}").start()
+    remaining = len(processes)
+    while remaining:
+        try:
+            rank = ended.get(timeout=POLL_S)
+        except queue.Empty:
+            rank = None
+        if rank is not None:
+            remaining -= 1
+            if processes[rank].returncode != 0:
+                return _on_failure(processes, rank)
+        if deadline is not None and time.monotonic() > deadline:
+            _say(f"--timeout {timeout:g} s expired: stopping {_count(processes)}")
+            _stop(processes, grace=0.0)
+            return TIMEOUT_CODE
+    return 0
+
+
+def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) -> None:
+    process.wait()
+    ended.put(rank)
+
+
+def _on_failure(processes: list[subprocess.Popen], rank: int) -> int:
+    """One line naming the first process seen to end badly, then stops the rest. Not always
+    the culprit: a failing process prints its traceback, tells its peers, which print one line
+    each and exit too, and the kernel may reap one of them first."""
+    code = processes[rank].returncode
+    how = f"exited with code {code}" if code > 0 else f"was killed by {_signal_name(-code)}"
+    _say(f"process {rank} {how}; stopping the others")
+    _stop(processes, grace=FAILURE_GRACE_S)
+    return code if code > 0 else 128 - code
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _count(processes: list[subprocess.Popen]) -> str:
+    running = sum(process.poll() is None for process in processes)
+    return f"{running} running process{'es' if running != 1 else ''}"
+
+
+def _stop(processes: list[subprocess.Popen], grace: float) -> None:
+    """Waits up to grace seconds for the processes to end by themselves, then SIGTERM to each
+    one's process group (its children too), then SIGKILL to what is left after STOP_GRACE_S."""
+    for sig, wait_s in ((None, grace), (signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        for process in processes:
+            if sig is not None:
+                _signal_group(process, sig)
+        deadline = time.monotonic() + wait_s
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if all(p.poll() is not None for p in processes) and sig is not None:
+            return
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    """The group outlives its leader while a grandchild is in it; its id is not reused then."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"spmd-launch: {message}\n")
+    sys.stderr.flush()

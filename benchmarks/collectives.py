@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROUNDS = 5  # interleaved timing rounds per size (MPI table)
+ROUNDS = 9  # interleaved timing rounds per size (MPI table): best of 9 resists load spikes
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
@@ -16,20 +17,31 @@ from mpi4py import MPI
 from collectives.base import (
     Axes,
     Communicator,
+    all_to_all_shape,
+    check_divisible,
     collective_timeout,
+    gathered_shape,
     group_index,
     group_key,
+    normalize_axes,
+    normalize_dim,
+    reduce_ufunc,
 )
 from collectives.mpi_plans import (
+    MAX_PLANS,
     FastPaths,
     Group,
+    Plan,
     ReducePlan,
     blocks_first,
     joined,
+    leading,
+    move_type,
     reduction_types,
+    remote_error,
 )
 from collectives.watchdog import Watchdog
-from spmd.errors import MeshError, RemoteError
+from spmd.errors import MeshError
 
 # sys.getrefcount of a general-path buffer that nobody but the cache holds (cache, local,
 # argument): only then may the next call overwrite it. (Fast plans keep their own buffers.)
@@ -65,15 +77,17 @@ class MPICommunicator(FastPaths, Communicator):
             Watchdog(self.timeout, self.rank, MPI.COMM_WORLD.Abort) if self.timeout > 0 else None
         )
         self._groups: dict[Axes, Group] = {}
-        self._plans: dict[tuple, tuple] = {}
+        self._plans: dict[tuple, Plan] = {}
+        self._signatures: dict[tuple, Plan] = {}
         self._buffers: dict[tuple, np.ndarray] = {}
 
     def close(self) -> None:
-        """Frees the cached sub-communicators and buffers."""
+        """Frees the cached sub-communicators, plans and buffers."""
         for group in self._groups.values():
             group.comm.Free()
         self._groups.clear()
         self._plans.clear()
+        self._signatures.clear()
         self._buffers.clear()
 
     def _group(self, axes: Axes, kind: str, where: str | None) -> Group:
@@ -102,11 +116,7 @@ class MPICommunicator(FastPaths, Communicator):
             finally:
                 watchdog.armed = None
         except MPI.Exception as exc:
-            raise RemoteError(
-                f"{kind} over mesh axes {axes!r} failed on MPI rank {self.rank}: "
-                f"{exc.Get_error_string()}",
-                loc=where,
-            ) from exc
+            raise remote_error(exc, (kind, axes), self.rank, where) from exc
 
     def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A result buffer: the cached one of that shape and dtype if the caller let go of it."""
@@ -140,6 +150,72 @@ class MPICommunicator(FastPaths, Communicator):
     ) -> np.ndarray:
         group = self._group(axes, "all_to_all", where)
         return self._run_all_to_all(x, group, axes, split_dim, concat_dim, where)
+
+    # -- plan making (on a signature's first call) -------------------------------------------
+    @staticmethod
+    def _remember(cache: dict[tuple, Plan], key: tuple, plan: Plan) -> Plan:
+        """Stores a plan (starting afresh past MAX_PLANS, since plans hold buffers)."""
+        if len(cache) >= MAX_PLANS:
+            cache.clear()
+        cache[key] = plan
+        return plan
+
+    def _reduce_plan_for(
+        self, key: tuple, x: np.ndarray, axes: Any, op: str, dim: int | None, where: str | None
+    ) -> Plan:
+        """Validates an all_reduce (dim None) or reduce_scatter call and caches its Plan."""
+        kind = key[0]
+        if dim is None:
+            reduce_ufunc(op, x.dtype)
+        normalized = normalize_axes(axes, self.axis_names)
+        shape = x.shape
+        if dim is not None:
+            dim = normalize_dim(dim, x.ndim, kind)
+            check_divisible(x.shape, dim, self.group_size(normalized), kind)
+            reduce_ufunc(op, x.dtype)
+        reduce_plan = self._reduce_plan(kind, normalized, op, x.dtype, where)
+        count = reduce_plan.group.size
+        fast = count > 1 and reduce_plan.dtype == x.dtype and x.flags.c_contiguous
+        comm = reduce_plan.group.comm
+        function = comm.Allreduce
+        general: tuple = (reduce_plan,)
+        if dim is not None:
+            fast = fast and leading(shape, dim)
+            shape = shape[:dim] + (shape[dim] // count,) + shape[dim + 1 :]
+            function = comm.Reduce_scatter_block
+            general = (reduce_plan, dim)
+        plan = Plan(x, fast, general, (kind, normalized), function, reduce_plan.mpi_type,
+                    reduce_plan.mpi_op, shape)
+        return self._remember(self._signatures, key, plan)
+
+    def _move_plan_for(
+        self, key: tuple, x: np.ndarray, axes: Any, dim: int, concat_dim: int | None,
+        where: str | None,
+    ) -> Plan:
+        """Validates an all_gather (concat_dim None) or all_to_all call and caches its Plan."""
+        kind = key[0]
+        if concat_dim is None:
+            dim = normalize_dim(dim, x.ndim, kind)
+        normalized = normalize_axes(axes, self.axis_names)
+        if concat_dim is not None:
+            dim = normalize_dim(dim, x.ndim, kind)
+            concat_dim = normalize_dim(concat_dim, x.ndim, kind)
+            check_divisible(x.shape, dim, self.group_size(normalized), kind)
+        group = self._group(normalized, kind, where)
+        count = group.size
+        fast = count > 1 and x.flags.c_contiguous and leading(x.shape, dim)
+        if concat_dim is None:
+            shape = gathered_shape(x.shape, dim, count)
+            function = group.comm.Allgather
+            general: tuple = (group, normalized, dim)
+        else:
+            shape = all_to_all_shape(x.shape, dim, concat_dim, count)
+            fast = fast and leading(shape, concat_dim)
+            function = group.comm.Alltoall
+            general = (group, normalized, dim, concat_dim)
+        plan = Plan(x, fast, general, (kind, normalized), function, move_type(x.dtype), None,
+                    shape)
+        return self._remember(self._signatures, key, plan)
 
     def _reduce_plan(
         self, kind: str, axes: Axes, op: str, dtype: np.dtype, where: str | None

@@ -1,5 +1,5 @@
-"""Fast paths of the MPI transport: per-call plans cached by the call's arguments (axes, op, dims,
-dtype, shape, strides), each holding the MPI call, its types and its result buffer ready to go.
+"""Fast paths of the MPI transport: Plans (the MPI call, its types and result buffer, ready to go)
+cached by call site and by full signature, so that a repeated call does a few checks and one MPI call.
 """
 
 from __future__ import annotations
@@ -11,16 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from mpi4py import MPI
 
-from collectives.base import (
-    Axes,
-    Communicator,
-    all_to_all_shape,
-    check_divisible,
-    gathered_shape,
-    normalize_axes,
-    normalize_dim,
-    reduce_ufunc,
-)
+from collectives.base import Axes, Communicator
 from spmd.errors import DTypeError, RemoteError
 
 _OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD, "and": MPI.LAND,
@@ -58,18 +49,21 @@ class Plan:
     """One call signature's MPI call, ready to go; fast is False where the general runner
     (in collectives/mpi.py) must do it, with the arguments in general."""
 
-    __slots__ = ("fast", "function", "general", "into", "label", "op", "received", "send_type")
+    __slots__ = ("dtype", "fast", "function", "general", "into", "label", "op", "received",
+                 "send_type", "shape")
 
-    def __init__(self, fast: bool, general: tuple, label: tuple[str, Axes], function: Any,
-                 send_type: MPI.Datatype, op: MPI.Op | None, shape: tuple[int, ...],
-                 dtype: np.dtype):
+    def __init__(self, x: np.ndarray, fast: bool, general: tuple, label: tuple[str, Axes],
+                 function: Any, send_type: MPI.Datatype, op: MPI.Op | None,
+                 shape: tuple[int, ...]):
+        self.dtype = x.dtype  # the operand's: a fast path checks x.dtype is plan.dtype
+        self.shape = x.shape
         self.fast = fast
         self.general = general
         self.label = label
         self.function = function
         self.send_type = send_type
         self.op = op
-        self.received = np.empty(shape, dtype) if fast else None
+        self.received = np.empty(shape, x.dtype) if fast else None
         self.into = [self.received, send_type]
 
     def renew(self) -> np.ndarray:
@@ -133,31 +127,31 @@ def remote_error(exc: MPI.Exception, label: tuple[str, Axes], rank: int,
 class FastPaths:
     """Mixin of MPICommunicator: the four bandwidth collectives through cached Plans.
 
-    A miss validates exactly as Communicator does, then caches a Plan. A hit whose plan is fast
-    (group of 2 or more, C-contiguous operand, no widening, blocks along dim already in order)
-    makes one MPI call from x itself into the plan's buffer; other plans take the general runners.
-    Unhashable arguments (a list of axes) take Communicator's path.
+    _plans maps a call site's arguments (kind, axes, op or dims, as given) to its current fast
+    Plan: a call whose x has that plan's dtype (the same object) and shape, C-contiguous, makes
+    one MPI call from x itself into the plan's buffer, with no other checks. Anything else goes
+    to _<kind>_planned: _signatures maps the full signature (those arguments, dtype, shape,
+    strides) to its Plan, validated exactly as Communicator does on a miss; general plans (a
+    group of one, widened 16-bit floats, blocks out of order, strided x) run the general runners
+    of collectives/mpi.py. Unhashable arguments (a list of axes) take Communicator's path.
     """
 
     rank: int
     watchdog: Any
-    axis_names: tuple[str, ...]
     _plans: dict[tuple, Plan]
+    _signatures: dict[tuple, Plan]
 
     def all_reduce(
         self, x: np.ndarray, axes: Any, op: str = "sum", *, where: str | None = None
     ) -> np.ndarray:
         """Elementwise reduction of every member's x; every member gets the result."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
         try:
-            plan = self._plans[("all_reduce", axes, op, x.dtype, x.shape, x.strides)]
-        except KeyError:
-            plan = self._reduce_plan_for("all_reduce", x, axes, op, None, where)
-        except TypeError:
-            return Communicator.all_reduce(self, x, axes, op, where=where)
-        if not plan.fast:
-            return self._run_all_reduce(x, *plan.general, where)
+            plan = self._plans[("all_reduce", axes, op)]
+            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
+        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
+            fast = False
+        if not fast:
+            return self._all_reduce_planned(x, axes, op, where)
         received = plan.received
         if getrefcount(received) > PLAN_REFS:
             received = plan.renew()
@@ -177,16 +171,13 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, dim: int, op: str = "sum", *, where: str | None = None
     ) -> np.ndarray:
         """Block i (along dim) of the reduction of every member's x goes to member i."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
         try:
-            plan = self._plans[("reduce_scatter", axes, dim, op, x.dtype, x.shape, x.strides)]
-        except KeyError:
-            plan = self._reduce_plan_for("reduce_scatter", x, axes, op, dim, where)
-        except TypeError:
-            return Communicator.reduce_scatter(self, x, axes, dim, op, where=where)
-        if not plan.fast:
-            return self._run_reduce_scatter(x, *plan.general, where)
+            plan = self._plans[("reduce_scatter", axes, dim, op)]
+            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
+        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
+            fast = False
+        if not fast:
+            return self._reduce_scatter_planned(x, axes, dim, op, where)
         received = plan.received
         if getrefcount(received) > PLAN_REFS:
             received = plan.renew()
@@ -206,16 +197,13 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, dim: int, *, where: str | None = None
     ) -> np.ndarray:
         """Concatenation of every member's x along dim, in group order (tiled)."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
         try:
-            plan = self._plans[("all_gather", axes, dim, x.dtype, x.shape, x.strides)]
-        except KeyError:
-            plan = self._move_plan_for("all_gather", x, axes, dim, None, where)
-        except TypeError:
-            return Communicator.all_gather(self, x, axes, dim, where=where)
-        if not plan.fast:
-            return self._run_all_gather(x, *plan.general, where)
+            plan = self._plans[("all_gather", axes, dim)]
+            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
+        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
+            fast = False
+        if not fast:
+            return self._all_gather_planned(x, axes, dim, where)
         received = plan.received
         if getrefcount(received) > PLAN_REFS:
             received = plan.renew()
@@ -235,17 +223,13 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, split_dim: int, concat_dim: int, *, where: str | None = None
     ) -> np.ndarray:
         """Block j of x along split_dim goes to member j; received blocks concatenate on concat_dim."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
         try:
-            plan = self._plans[("all_to_all", axes, split_dim, concat_dim, x.dtype, x.shape,
-                                x.strides)]
-        except KeyError:
-            plan = self._move_plan_for("all_to_all", x, axes, split_dim, concat_dim, where)
-        except TypeError:
-            return Communicator.all_to_all(self, x, axes, split_dim, concat_dim, where=where)
-        if not plan.fast:
-            return self._run_all_to_all(x, *plan.general, where)
+            plan = self._plans[("all_to_all", axes, split_dim, concat_dim)]
+            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
+        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
+            fast = False
+        if not fast:
+            return self._all_to_all_planned(x, axes, split_dim, concat_dim, where)
         received = plan.received
         if getrefcount(received) > PLAN_REFS:
             received = plan.renew()
@@ -261,68 +245,79 @@ class FastPaths:
                 watchdog.armed = None
         return received
 
-    # -- plan making (on a miss) --------------------------------------------------------------
-    def _cache(self, key: tuple, plan: Plan) -> Plan:
-        """Stores a plan (starting afresh past MAX_PLANS, since plans hold buffers)."""
-        if len(self._plans) >= MAX_PLANS:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
+    # -- the slow path: plan lookup by signature ---------------------------------------------
+    def _all_reduce_planned(
+        self, x: np.ndarray, axes: Any, op: str, where: str | None
+    ) -> np.ndarray:
+        """all_reduce through the plan of x's signature (made on a miss); a fast one becomes the
+        site's current plan and runs through the fast path."""
+        if x.__class__ is not np.ndarray:
+            x = np.asarray(x)
+        key = ("all_reduce", axes, op, x.dtype, x.shape, x.strides)
+        try:
+            plan = self._signatures[key]
+        except KeyError:
+            plan = self._reduce_plan_for(key, x, axes, op, None, where)
+        except TypeError:
+            return Communicator.all_reduce(self, x, axes, op, where=where)
+        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
+            self._remember(self._plans, key[:3], plan)
+            return self.all_reduce(x, axes, op, where=where)
+        return self._run_all_reduce(x, *plan.general, where)
 
-    def _reduce_plan_for(
-        self, kind: str, x: np.ndarray, axes: Any, op: str, dim: int | None, where: str | None
-    ) -> Plan:
-        """Validates an all_reduce (dim None) or reduce_scatter call and caches its Plan."""
-        key = (kind, axes) + ((op,) if dim is None else (dim, op)) + (x.dtype, x.shape, x.strides)
-        if dim is None:
-            reduce_ufunc(op, x.dtype)
-        normalized = normalize_axes(axes, self.axis_names)
-        shape = x.shape
-        if dim is not None:
-            dim = normalize_dim(dim, x.ndim, kind)
-            check_divisible(x.shape, dim, self.group_size(normalized), kind)
-            reduce_ufunc(op, x.dtype)
-        reduce_plan = self._reduce_plan(kind, normalized, op, x.dtype, where)
-        count = reduce_plan.group.size
-        fast = count > 1 and reduce_plan.dtype == x.dtype and x.flags.c_contiguous
-        comm = reduce_plan.group.comm
-        function = comm.Allreduce
-        general: tuple = (reduce_plan,)
-        if dim is not None:
-            fast = fast and leading(shape, dim)
-            shape = shape[:dim] + (shape[dim] // count,) + shape[dim + 1 :]
-            function = comm.Reduce_scatter_block
-            general = (reduce_plan, dim)
-        plan = Plan(fast, general, (kind, normalized), function, reduce_plan.mpi_type,
-                    reduce_plan.mpi_op, shape, x.dtype)
-        return self._cache(key, plan)
+    def _reduce_scatter_planned(
+        self, x: np.ndarray, axes: Any, dim: int, op: str, where: str | None
+    ) -> np.ndarray:
+        """reduce_scatter through the plan of x's signature (made on a miss); a fast one becomes the
+        site's current plan and runs through the fast path."""
+        if x.__class__ is not np.ndarray:
+            x = np.asarray(x)
+        key = ("reduce_scatter", axes, dim, op, x.dtype, x.shape, x.strides)
+        try:
+            plan = self._signatures[key]
+        except KeyError:
+            plan = self._reduce_plan_for(key, x, axes, op, dim, where)
+        except TypeError:
+            return Communicator.reduce_scatter(self, x, axes, dim, op, where=where)
+        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
+            self._remember(self._plans, key[:4], plan)
+            return self.reduce_scatter(x, axes, dim, op, where=where)
+        return self._run_reduce_scatter(x, *plan.general, where)
 
-    def _move_plan_for(
-        self, kind: str, x: np.ndarray, axes: Any, dim: int, concat_dim: int | None,
-        where: str | None,
-    ) -> Plan:
-        """Validates an all_gather (concat_dim None) or all_to_all call and caches its Plan."""
-        extra = (dim,) if concat_dim is None else (dim, concat_dim)
-        key = (kind, axes) + extra + (x.dtype, x.shape, x.strides)
-        if concat_dim is None:
-            dim = normalize_dim(dim, x.ndim, kind)
-        normalized = normalize_axes(axes, self.axis_names)
-        if concat_dim is not None:
-            dim = normalize_dim(dim, x.ndim, kind)
-            concat_dim = normalize_dim(concat_dim, x.ndim, kind)
-            check_divisible(x.shape, dim, self.group_size(normalized), kind)
-        group = self._group(normalized, kind, where)
-        count = group.size
-        fast = count > 1 and x.flags.c_contiguous and leading(x.shape, dim)
-        if concat_dim is None:
-            shape = gathered_shape(x.shape, dim, count)
-            function = group.comm.Allgather
-            general: tuple = (group, normalized, dim)
-        else:
-            shape = all_to_all_shape(x.shape, dim, concat_dim, count)
-            fast = fast and leading(shape, concat_dim)
-            function = group.comm.Alltoall
-            general = (group, normalized, dim, concat_dim)
-        plan = Plan(fast, general, (kind, normalized), function, move_type(x.dtype), None,
-                    shape, x.dtype)
-        return self._cache(key, plan)
+    def _all_gather_planned(
+        self, x: np.ndarray, axes: Any, dim: int, where: str | None
+    ) -> np.ndarray:
+        """all_gather through the plan of x's signature (made on a miss); a fast one becomes the
+        site's current plan and runs through the fast path."""
+        if x.__class__ is not np.ndarray:
+            x = np.asarray(x)
+        key = ("all_gather", axes, dim, x.dtype, x.shape, x.strides)
+        try:
+            plan = self._signatures[key]
+        except KeyError:
+            plan = self._move_plan_for(key, x, axes, dim, None, where)
+        except TypeError:
+            return Communicator.all_gather(self, x, axes, dim, where=where)
+        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
+            self._remember(self._plans, key[:3], plan)
+            return self.all_gather(x, axes, dim, where=where)
+        return self._run_all_gather(x, *plan.general, where)
+
+    def _all_to_all_planned(
+        self, x: np.ndarray, axes: Any, split_dim: int, concat_dim: int, where: str | None
+    ) -> np.ndarray:
+        """all_to_all through the plan of x's signature (made on a miss); a fast one becomes the
+        site's current plan and runs through the fast path."""
+        if x.__class__ is not np.ndarray:
+            x = np.asarray(x)
+        key = ("all_to_all", axes, split_dim, concat_dim, x.dtype, x.shape, x.strides)
+        try:
+            plan = self._signatures[key]
+        except KeyError:
+            plan = self._move_plan_for(key, x, axes, split_dim, concat_dim, where)
+        except TypeError:
+            return Communicator.all_to_all(self, x, axes, split_dim, concat_dim, where=where)
+        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
+            self._remember(self._plans, key[:4], plan)
+            return self.all_to_all(x, axes, split_dim, concat_dim, where=where)
+        return self._run_all_to_all(x, *plan.general, where)

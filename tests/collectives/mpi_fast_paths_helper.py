@@ -62,9 +62,9 @@ class Checker:
         return got
 
     def plan_is_fast(self, kind: str, x: np.ndarray, **kwargs: int) -> bool:
-        keys = [k for k in self.comm._plans if k[0] == kind and k[-2:] == (x.shape, x.strides)]
+        keys = [k for k in self.comm._signatures if k[0] == kind and k[-2:] == (x.shape, x.strides)]
         keys = [k for k in keys if k[-3] == x.dtype and all(v in k for v in kwargs.values())]
-        return bool(keys) and self.comm._plans[keys[-1]].fast
+        return bool(keys) and self.comm._signatures[keys[-1]].fast
 
 
 def fast_and_general_cases(check: Checker) -> None:
@@ -108,6 +108,19 @@ def strides_are_part_of_the_plan(check: Checker) -> None:
     check.run("reduce_scatter", wide[rank][:, ::2], inputs, dim=0)
 
 
+def one_site_with_alternating_signatures(check: Checker) -> None:
+    """One call site fed shapes, dtypes and non-arrays in turn: each call gets its own answer."""
+    rank = check.comm.rank
+    for round_ in range(3):
+        for shape, dtype in (((8,), np.float32), ((16,), np.float32), ((8,), np.float64)):
+            inputs = [operand(r, shape, dtype, salt=4) for r in range(COUNT)]
+            check.run("all_to_all", inputs[rank], inputs, split_dim=0, concat_dim=0)
+            check.run("all_reduce", inputs[rank], inputs)
+        listed = [[float(rank), 1.0]] * COUNT
+        got = check.comm.all_reduce(listed[rank], "x")
+        check.expect(np.array_equal(got, [sum(range(COUNT)), COUNT]), f"list input: {got}")
+
+
 def buffers_are_reused_only_once_released(check: Checker) -> None:
     """A released fast result's buffer comes back; a held one (or a view of it) never does."""
     rank = check.comm.rank
@@ -133,7 +146,7 @@ def many_shapes_overflow_the_plan_cache(check: Checker) -> None:
     for length in range(COUNT, COUNT * (MAX_PLANS + 8), COUNT):
         inputs = [operand(r, (length,), np.float32, salt=3) for r in range(COUNT)]
         check.run("all_gather", inputs[rank], inputs, dim=0)
-    check.expect(len(check.comm._plans) <= MAX_PLANS, "plan cache unbounded")
+    check.expect(len(check.comm._signatures) <= MAX_PLANS, "plan cache unbounded")
 
 
 def main() -> None:
@@ -142,6 +155,7 @@ def main() -> None:
         check = Checker(comm)
         fast_and_general_cases(check)
         strides_are_part_of_the_plan(check)
+        one_site_with_alternating_signatures(check)
         buffers_are_reused_only_once_released(check)
         many_shapes_overflow_the_plan_cache(check)
         comm.barrier()

@@ -23,6 +23,9 @@ class GraphView:
     def __init__(self, graph: Graph):
         self.types: dict[int, TensorType] = dict(zip(graph.params, graph.param_types))
         self.producers: dict[int, Op] = {}
+        self.uses: dict[int, int] = {}  # of the graph as the sweep began (results count)
+        for v in [*(v for op in graph.ops for v in op.inputs), *graph.results]:
+            self.uses[v] = self.uses.get(v, 0) + 1
 
     def add(self, op: Op) -> None:
         self.types.update(zip(op.outputs, op.types))

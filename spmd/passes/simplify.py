@@ -1,5 +1,7 @@
 """Algebraic identities. After it: no x*1, 1*x, x/1, x+0, 0+x, x-0, neg(neg(x)), transpose of
-transpose, no-op reshape/convert/broadcast, or select with a constant or repeated choice.
+transpose, no-op reshape/convert/broadcast, select with a constant or repeated choice, or a
+transpose that only swaps the two sides of its single-use dot_general (autodiff's weight
+gradients): that dot computes the swapped product directly.
 
 A rule fires only when the value it forwards has exactly the op's type (weak bit included).
 """
@@ -64,6 +66,25 @@ def transpose_transpose(op: Op, view: GraphView) -> int | Op | None:
         return inner.inputs[0]
     return Op("transpose", inner.inputs, op.outputs, op.types, Attrs(permutation=composed),
               op.loc)
+
+
+@rules.on("transpose")
+def transpose_of_dot(op: Op, view: GraphView) -> Op | None:
+    """transpose(dot_general(a, b), (batch, b's free, a's free)) -> dot_general(b, a)"""
+    x = op.inputs[0]
+    dot = view.producer(x)
+    if dot is None or dot.name != "dot_general" or view.uses.get(x) != 1:
+        return None
+    (lc, rc), (lb, rb) = dot.attrs["dimension_numbers"]
+    batch = len(lb)
+    lhs_free = view.types[dot.inputs[0]].ndim - batch - len(lc)
+    rhs_free = view.types[dot.inputs[1]].ndim - batch - len(rc)
+    swapped = (*range(batch), *range(batch + lhs_free, batch + lhs_free + rhs_free),
+               *range(batch, batch + lhs_free))
+    if tuple(op.attrs["permutation"]) != swapped:
+        return None
+    attrs = Attrs({**dot.attrs, "dimension_numbers": ((rc, lc), (rb, lb))})
+    return Op("dot_general", dot.inputs[::-1], op.outputs, op.types, attrs, dot.loc)
 
 
 @rules.on("reshape")

@@ -76,6 +76,31 @@ def test_simplify_composes_transposes_and_keeps_the_outer_loc():
     check_same_results(graph, after, np.arange(24, dtype=F32).reshape(2, 3, 4))
 
 
+DOT_BATCHED = (((2,), (1,)), ((0,), (0,)))  # [b,m,k] x [b,k,n] -> [b,m,n]
+
+
+@pytest.mark.parametrize(("permutation", "folded"), [((0, 2, 1), True), ((1, 0, 2), False)])
+def test_simplify_folds_a_side_swapping_transpose_into_its_dot(permutation, folded):
+    a, b = RNG.standard_normal((2, 3, 4)).astype(F32), RNG.standard_normal((2, 4, 5)).astype(F32)
+    graph = trace(lambda a, b: lax.transpose(
+        lax.dot_general(a, b, DOT_BATCHED), permutation), a, b)
+    after = dce(simplify(graph))
+    assert names(after) == (["dot_general"] if folded else ["dot_general", "transpose"])
+    assert after.ops[0].loc == graph.ops[0].loc
+    check_same_results(graph, after, a, b)
+
+
+def test_simplify_keeps_the_transpose_of_a_dot_used_twice():
+    a, b = RNG.standard_normal((3, 4)).astype(F32), RNG.standard_normal((4, 5)).astype(F32)
+
+    def f(a, b):
+        product = lax.dot_general(a, b, (((1,), (0,)), ((), ())))
+        return lax.transpose(product, (1, 0)), product
+
+    after = dce(simplify(trace(f, a, b)))
+    assert names(after) == ["dot_general", "transpose"]  # never computes the product twice
+
+
 def test_simplify_never_changes_a_type_even_the_weak_bit():
     x = fresh_id()
     weak = TensorType((3, 4), "float32", weak=True)

@@ -2,7 +2,8 @@
 
 Run: python benchmarks/fused_chains.py [--size N] [--rounds 9] [--threads N] [--dispatch]
 The three runners are interleaved (ours, numpy, JAX, ours, ...) and each figure is the median
-of the rounds, so load from other jobs on a shared machine hits all three alike.
+of the rounds, so load from other jobs on a shared machine hits all three alike. The cpu
+columns are process CPU time per call (all threads), which other jobs' load moves far less.
 """
 
 from __future__ import annotations
@@ -55,17 +56,22 @@ def adam(np_: Any) -> Callable[..., Any]:
     return f
 
 
-def interleaved_medians(runs: list[Callable[[], Any]], rounds: int) -> list[float]:
-    """Median seconds of each runner over `rounds` rounds, one call of each per round."""
+def interleaved_medians(runs: list[Callable[[], Any]], rounds: int
+                        ) -> tuple[list[float], list[float]]:
+    """Median wall seconds and median process CPU seconds of each runner over `rounds`
+    rounds, one call of each per round."""
     for run in runs:
         run()  # warm up (and compile)
-    times: list[list[float]] = [[] for _ in runs]
+    walls: list[list[float]] = [[] for _ in runs]
+    cpus: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds):
-        for run, found in zip(runs, times):
-            start = time.perf_counter()
+        for run, wall, cpu in zip(runs, walls, cpus):
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            found.append(time.perf_counter() - start)
-    return [float(np.median(found)) for found in times]
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return ([float(np.median(found)) for found in walls],
+            [float(np.median(found)) for found in cpus])
 
 
 def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], list[np.ndarray]]]:
@@ -117,7 +123,8 @@ def main() -> None:
 
     print(f"size={opts.size} float32, median of {opts.rounds} interleaved rounds")
     print(f"{'chain':16s} {'ours ms':>9s} {'numpy ms':>9s} {'jax ms':>9s} "
-          f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s}")
+          f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s} | cpu ms: {'ours':>7s} "
+          f"{'numpy':>7s} {'jax':>7s} {'np/ours':>7s} {'jax/ours':>8s}")
     for name, make, args in cases(opts.size):
         exe = compile_program(spmd.jit(make(snp)).lower(*args).graph, num_threads=opts.threads)
         np_f = make(np)
@@ -126,10 +133,13 @@ def main() -> None:
             jitted = jax.jit(make(jnp_jax))
             device_args = [jax.device_put(a) for a in args]
             runs.append(lambda f=jitted, a=device_args: jax.block_until_ready(f(*a)))
-        ours, numpy_t, *rest = interleaved_medians(runs, opts.rounds)
-        jax_t = rest[0] if rest else float("nan")
+        walls, cpus = interleaved_medians(runs, opts.rounds)
+        ours, numpy_t, jax_t = (walls + [float("nan")])[:3]
+        ours_cpu, numpy_cpu, jax_cpu = (cpus + [float("nan")])[:3]
         print(f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
-              f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d}")
+              f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d} |         "
+              f"{ours_cpu * 1e3:7.1f} {numpy_cpu * 1e3:7.1f} {jax_cpu * 1e3:7.1f} "
+              f"{numpy_cpu / ours_cpu:7.2f} {jax_cpu / ours_cpu:8.2f}")
     if opts.dispatch:
         print(f"tiny fused program (8x8): {dispatch_us():.1f} us per call")
 

@@ -19,7 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROUNDS = 9  # interleaved timing rounds per size (MPI table): best of 9 resists load spikes
+# Interleaved timing rounds per size (MPI table): at least ROUNDS, and up to MAX_ROUNDS short ones
+# of 4 calls for small messages, so that the best round catches a quiet spell of a shared host.
+ROUNDS = 9
+MAX_ROUNDS = 25
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
@@ -81,11 +84,12 @@ def run_mpi(max_mb: float) -> None:
         return world.allreduce(elapsed, op=MPI.MAX)
 
     def best_of(calls: list[Callable[[], object]], repeats: int) -> list[float]:
-        """Per call, the best of ROUNDS rounds that interleave the calls (load spikes hit all)."""
+        """Per call, the best of several rounds that interleave the calls (load spikes hit all)."""
         for fn in calls:
             fn()
-        per_round = max(1, repeats // ROUNDS)
-        times = [[time_it(fn, per_round) for fn in calls] for _ in range(ROUNDS)]
+        rounds = max(ROUNDS, min(MAX_ROUNDS, repeats // 4))
+        per_round = max(1, repeats // rounds)
+        times = [[time_it(fn, per_round) for fn in calls] for _ in range(rounds)]
         return [min(column) for column in zip(*times)]
 
     for kind in KINDS:

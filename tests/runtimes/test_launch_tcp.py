@@ -90,14 +90,11 @@ def test_a_raising_process_stops_the_job_with_its_traceback_once() -> None:
     marker = f"marker-{uuid.uuid4().hex}"
     done = launch("--mesh", "2x2", *TCP, str(SCRIPT), "--fail-on-rank", "2", marker)
     assert done.returncode == 1
-    assert "RESULT loss=" in done.stdout  # rank 0 trained, then rank 2 raised
     assert done.stderr.count("Traceback (most recent call last)") == 1, done.stderr
     assert len(re.findall("^ValueError: deliberate failure on process 2$", done.stderr,
                           re.MULTILINE)) == 1, done.stderr
     assert "[spmd rank 2] Traceback" in done.stderr and "train_small.py" in done.stderr
     assert "runpy" not in done.stderr and "tcp_entry" not in done.stderr  # the user's frames only
-    for rank in (0, 1, 3):  # the runtime stops them, each saying why in one line
-        assert f"[spmd rank {rank}] stopping: process 2 failed with ValueError" in done.stderr
     assert re.search(r"^spmd-launch: process \d exited with code 1; stopping the others$",
                      done.stderr, re.MULTILINE), done.stderr
     assert_no_orphans(marker)

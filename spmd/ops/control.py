@@ -18,6 +18,7 @@ from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS
 from spmd.ops.opdef import NONDIFF, Factors, OpDef
+from spmd.ops.scan_residuals import split_residuals
 
 
 def _evaluate(graph: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -120,8 +121,9 @@ def _scan_factors(*types: TensorType, body: Graph, num_consts: int, num_carry: i
 
 def _scan_vjp(cts: Sequence[Any], *primals: Any, out: Any, body: Graph, num_consts: int,
               num_carry: int, length: int, reverse: bool) -> tuple[Any, ...]:
-    """Rematerialize: a forward scan stacks each step's input carry, then a reverse scan
-    runs the body's VJP, carrying the carry's cotangent and the consts' summed cotangent."""
+    """A forward scan stacks each step's input carry and the residuals the backward step
+    needs (spmd/ops/scan_residuals.py), then a reverse scan runs the body's VJP on them,
+    carrying the carry's cotangent and the consts' summed cotangent."""
     from spmd.autodiff import trace_flat
     from spmd.passes.dce import dce
     from spmd.tracing import bind
@@ -135,23 +137,30 @@ def _scan_vjp(cts: Sequence[Any], *primals: Any, out: Any, body: Graph, num_cons
     d_const = [i for i, t in enumerate(const_t) if is_diff(t)]
     d_carry = [i for i, t in enumerate(carry_t) if is_diff(t)]
     d_x = [i for i, t in enumerate(x_t) if is_diff(t)]
-    d_y = [i for i, t in enumerate(y_t) if is_diff(t)]
+    d_y = [i for i, t in enumerate(y_t) if is_diff(t) and cts[ncar + i] is not None]
     if not (d_const or d_carry or d_x):
         return (None,) * len(primals)
-    keep = dce(body.replace(results=body.results[:ncar] + body.params[nc:fixed]))
-    forward = bind("scan", *primals, body=keep, num_consts=nc, num_carry=ncar, length=length,
-                   reverse=reverse)
+    keep = body.replace(results=body.results[:ncar] + body.params[nc:fixed])
     step = _scan_vjp_step(body, nc, ncar, d_const, d_carry, d_x, d_y)
     in_types = (list(const_t) + [carry_t[i] for i in d_carry] + [const_t[i] for i in d_const]
                 + list(carry_t) + list(x_t) + [y_t[i] for i in d_y])
     graph, captured = trace_flat(step, in_types)
+    # the step's consts, carry and xs params stand for the body's params
+    n_ct = len(d_carry) + len(d_const)
+    primal_params = graph.params[:nc] + graph.params[nc + n_ct:nc + n_ct + len(body.params) - nc]
+    split = split_residuals(graph, keep, primal_params, len(in_types))
+    if split is not None:
+        keep, graph = split.forward, split.backward
+    forward = bind("scan", *primals, body=dce(keep), num_consts=nc, num_carry=ncar,
+                   length=length, reverse=reverse)
+    residuals = forward[2 * ncar:]
     graph = hoist_captures(graph, len(captured))
     ct_carry = [ct_or_zeros(cts[i], carry_t[i]) for i in d_carry]
     acc = [ct_or_zeros(None, const_t[i]) for i in d_const]
     stacked_y = [TensorType((length,) + y_t[i].shape, y_t[i].dtype) for i in d_y]
     ct_ys = [ct_or_zeros(cts[ncar + i], t) for i, t in zip(d_y, stacked_y)]
-    outs = bind("scan", *captured, *primals[:nc], *ct_carry, *acc, *forward[ncar:],
-                *primals[fixed:], *ct_ys, body=graph, num_consts=len(captured) + nc,
+    outs = bind("scan", *captured, *primals[:nc], *ct_carry, *acc, *forward[ncar:2 * ncar],
+                *primals[fixed:], *ct_ys, *residuals, body=graph, num_consts=len(captured) + nc,
                 num_carry=len(d_carry) + len(d_const), length=length, reverse=not reverse)
     result: list[Any] = [None] * len(primals)
     found = iter(outs)

@@ -241,7 +241,9 @@ class TCPRuntime(MultiControllerRuntime):
         threading.Thread(target=end_later, daemon=True, name="spmd-tcp-peer-lost").start()
 
     def _stop(self, message: str | None, code: int) -> None:
-        if message:
+        if message:  # stopped by a peer's failure: a goodbye, so that no third process
+            # blames this one instead of the peer whose abort message it is still reading
+            self.channel.announce("goodbye")
             sys.stderr.write(f"[spmd rank {self.rank}] {message}\n")
         sys.stderr.flush()
         sys.stdout.flush()

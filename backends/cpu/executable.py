@@ -23,6 +23,7 @@ from backends.cpu import allocator, blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
 from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
+from backends.cpu.result_pool import ResultPool
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
 from spmd.ir.graph import Graph, Op
@@ -70,6 +71,7 @@ class Executable:
         self.donate = list(donate) if donate is not None else [False] * len(graph.params)
         self.num_threads = num_threads or default_threads()
         allocator.tune()
+        self._results = ResultPool()
         self.steps = self._schedule()
         self.kernels = [s.kernel for s in self.steps if s.kind == "kernel"]
         self.cache_hits = 0
@@ -190,7 +192,7 @@ class Executable:
         t = self.graph.types[v]
         slot = self.plan.slots[self.plan.slot_of[v]]
         if slot.kind != "param":
-            return np.empty(t.shape, dtypes.to_numpy(t.dtype))
+            return self._results.take(v, t.shape, dtypes.to_numpy(t.dtype))
         base = env[self.graph.params[slot.param]].reshape(-1).view(np.uint8)
         return base[:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
 

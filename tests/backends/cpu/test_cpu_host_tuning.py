@@ -1,5 +1,6 @@
-"""Process-wide host tuning done by the CPU backend: glibc malloc thresholds (results of a
-step reuse freed pages instead of faulting fresh ones) and its opt-out."""
+"""Host memory tuning done by the CPU backend: glibc malloc thresholds (results of a step
+reuse freed pages instead of faulting fresh ones) and its opt-out, and the pool of results
+too large for malloc to keep."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
-from backends.cpu import allocator
+import spmd
+from backends.cpu import allocator, compile_program
+from backends.cpu.result_pool import POOLED_MIN_BYTES, ResultPool
 
 STEP = textwrap.dedent("""
     import resource
@@ -46,3 +50,32 @@ def test_step_results_reuse_freed_pages_instead_of_faulting_new_ones() -> None:
 def test_opt_out_leaves_malloc_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPMD_MALLOC_TUNING", "0")
     assert allocator.tune.__wrapped__() is False
+
+
+def test_large_results_reuse_a_buffer_only_once_the_caller_dropped_it() -> None:
+    """Results above the mmap threshold come from a pool; a held result is never reused."""
+    pool = ResultPool()
+    shape, dtype = (POOLED_MIN_BYTES // 4,), np.dtype(np.float32)
+    first = pool.take(1, shape, dtype)
+    first_address = first.ctypes.data
+    held = pool.take(1, shape, dtype)  # `first` is still held: a second buffer
+    assert not np.shares_memory(first, held)
+    del first
+    again = pool.take(1, shape, dtype)
+    assert again.ctypes.data == first_address  # dropped by the caller: reused
+    view = again[:10]  # a view holds its base
+    del again
+    assert not np.shares_memory(pool.take(1, shape, dtype), view)
+    small = pool.take(2, (4,), dtype)
+    assert small is not pool.take(2, (4,), dtype)  # small results are plain np.empty
+
+
+def test_a_program_returning_a_large_result_twice_keeps_both_values() -> None:
+    graph = spmd.jit(lambda x: x * 2).lower(np.ones(POOLED_MIN_BYTES // 4, np.float32)).graph
+    exe = compile_program(graph)
+    a = exe([np.full(POOLED_MIN_BYTES // 4, 1, np.float32)])[0]
+    b = exe([np.full(POOLED_MIN_BYTES // 4, 3, np.float32)])[0]
+    assert a[0] == 2 and b[0] == 6  # a was held, so b got another buffer
+    del a
+    c = exe([np.full(POOLED_MIN_BYTES // 4, 5, np.float32)])[0]
+    assert b[0] == 6 and c[0] == 10

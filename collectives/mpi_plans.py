@@ -77,6 +77,8 @@ def reduction_types(dtype: np.dtype, op: str) -> tuple[np.dtype, MPI.Datatype, M
     """(dtype the reduction runs in, its MPI datatype, the MPI op)."""
     if dtype.name in _WIDENED:
         dtype = np.dtype(np.float32)
+    elif not dtype.isnative:  # MPI reduces native-order values: convert, reduce, convert back
+        dtype = dtype.newbyteorder("=")
     if dtype == np.bool_:
         return dtype, MPI.C_BOOL, _BOOL_OPS[op]
     try:

@@ -30,6 +30,8 @@ from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import axis_groups, run_collective_lockstep
 
 BLAS_THREADS = 1
+# Below this many bytes per shard np.stack's copy is cheaper than checking for a view.
+RESTACK_MIN_BYTES = 1 << 14
 
 
 @functools.cache
@@ -39,10 +41,11 @@ def _blas_controller() -> ThreadpoolController:
 
 def stack_shards(shards: Sequence[Any]) -> np.ndarray:
     """The shards stacked on a new leading axis. When they already are consecutive rows of
-    one array (the previous step's stacked result, split per device), that array is
-    returned as a view instead of copying every parameter on every step."""
+    one array (the previous step's stacked result, split per device) and are not tiny,
+    that array is returned as a view instead of copying every parameter on every step."""
     first = shards[0]
-    if type(first) is np.ndarray and first.base is not None and first.flags.c_contiguous:
+    if (type(first) is np.ndarray and first.nbytes >= RESTACK_MIN_BYTES
+            and first.base is not None and first.flags.c_contiguous):
         base, start, size = first.base, _data_address(first), first.nbytes
         if all(type(s) is np.ndarray and s.base is base and s.dtype == first.dtype
                and s.shape == first.shape and s.flags.c_contiguous

@@ -232,11 +232,19 @@ def test_stack_shards_reuses_the_stacked_result_only_when_rows_are_consecutive(
         order: str) -> None:
     """The previous step's result split per device comes back as a view of that result;
     any other shards are copied by np.stack. Either way the values are np.stack's."""
-    result = rand((8, 3, 5), seed=1)
+    result = rand((8, 64, 80), seed=1)  # 20 KB per shard: above RESTACK_MIN_BYTES
     shards = {"rows": [result[d] for d in range(8)],
               "reversed": [result[d] for d in reversed(range(8))],
-              "other_base": [result[d] for d in range(7)] + [rand((3, 5), seed=2)],
+              "other_base": [result[d] for d in range(7)] + [rand((64, 80), seed=2)],
               "strided": [result[d, :, ::2] for d in range(8)]}[order]
     stacked = stacked_module.stack_shards(shards)
     np.testing.assert_array_equal(stacked, np.stack(shards))
     assert np.shares_memory(stacked, result) == (order == "rows")
+
+
+def test_stack_shards_copies_tiny_consecutive_rows() -> None:
+    """Below RESTACK_MIN_BYTES per shard the copy is cheaper than the checks."""
+    result = rand((8, 3, 5), seed=3)
+    stacked = stacked_module.stack_shards([result[d] for d in range(8)])
+    np.testing.assert_array_equal(stacked, result)
+    assert not np.shares_memory(stacked, result)

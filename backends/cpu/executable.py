@@ -7,13 +7,10 @@ Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes, spmd.interpreter
 from __future__ import annotations
 
 import ctypes
-import functools
 import itertools
-import math
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +18,11 @@ import numpy as np
 
 from backends.cpu import allocator, blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
+from backends.cpu.dots import DotThreads
 from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
 from backends.cpu.result_pool import ResultPool
+from backends.cpu.threads import thread_pool
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
 from spmd.ir.graph import Graph, Op
@@ -34,17 +33,6 @@ RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
 # dot threshold below, benchmarks/examples_vs_jax.py's model, same process, interleaved).
 SPLIT_MIN_ELEMENTS = 1 << 18
 SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partials) split sooner
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def thread_pool(n: int) -> ThreadPoolExecutor:
-    with _pools_lock:
-        if n not in _pools:
-            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="spmd-cpu")
-        return _pools[n]
-
-
 def default_threads() -> int:
     return max(1, int(os.environ.get("SPMD_CPU_THREADS", "0")) or os.cpu_count() or 1)
 
@@ -59,6 +47,7 @@ class Step:
     chunks: list[tuple[int, int]] = field(default_factory=list)
     partials: bool = False  # a reduce over every dim, split into per-thread partials
     empty: bool = False
+    dot_threads: DotThreads | None = None
 
 
 class Executable:
@@ -142,7 +131,9 @@ class Executable:
                 outs = [_view(op, ins[0])]
             elif step.kind == "dot":
                 outs = [self._output(op.outputs[0], env, temps)]
-                _dot(op, ins[0], ins[1], outs[0], self.num_threads)
+                if step.dot_threads is None:
+                    step.dot_threads = DotThreads(self.num_threads)
+                step.dot_threads.run(op, ins[0], ins[1], outs[0])
             elif step.kind == "scan":
                 outs = self._run_scan(step, ins)
             else:
@@ -308,55 +299,6 @@ def _view(op: Op, x: np.ndarray) -> np.ndarray:
     if op.name == "rev":
         return np.flip(x, a["dimensions"]) if a["dimensions"] else x
     return x
-
-
-# Below this many multiply-adds a matmul is not worth splitting across threads.
-DOT_SPLIT_MIN_MACS = 1 << 24
-
-
-@functools.lru_cache(maxsize=4096)
-def _dot_layout(dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[int, ...],
-                out_dtype: np.dtype) -> tuple[tuple[int, ...], tuple[int, ...],
-                                              tuple[int, int, int, int], np.dtype]:
-    """The operand permutations to [B,M,K] and [B,K,N], (B, M, K, N) and the compute dtype
-    of one dot's shapes (worked out once: a dot step runs with the same shapes each call)."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    lf = [i for i in range(len(lshape)) if i not in lc and i not in lb]
-    rf = [i for i in range(len(rshape)) if i not in rc and i not in rb]
-    batch = math.prod(lshape[i] for i in lb)
-    m, k = math.prod(lshape[i] for i in lf), math.prod(lshape[i] for i in lc)
-    n = math.prod(rshape[i] for i in rf)
-    compute = np.dtype(np.float32) if out_dtype.name in ("bfloat16", "float16") else out_dtype
-    return (*lb, *lf, *lc), (*rb, *rc, *rf), (batch, m, k, n), compute
-
-
-def _dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
-    """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`;
-    large ones are split over the batch (or the rows) across threads, since numpy runs a
-    batched matmul one gemm after another and BLAS may be held to one thread per device."""
-    lperm, rperm, (batch, m, k, n), compute = _dot_layout(
-        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
-    a = np.transpose(lhs, lperm).reshape(batch, m, k).astype(compute, copy=False)
-    b = np.transpose(rhs, rperm).reshape(batch, k, n).astype(compute, copy=False)
-    direct = compute == out.dtype  # out is a contiguous planned buffer: reshape is a view
-    result = out.reshape(batch, m, n) if direct else np.empty((batch, m, n), compute)
-    parts = min(threads, batch if batch > 1 else m)
-    if parts > 1 and batch * m * n * k >= DOT_SPLIT_MIN_MACS:
-        axis = 0 if batch > 1 else 1
-        bounds = np.linspace(0, result.shape[axis], parts + 1).astype(int)
-
-        def chunk(i: int) -> None:
-            lo, hi = bounds[i], bounds[i + 1]
-            if axis == 0:
-                np.matmul(a[lo:hi], b[lo:hi], out=result[lo:hi])
-            else:
-                np.matmul(a[:, lo:hi], b, out=result[:, lo:hi])
-
-        list(thread_pool(parts).map(chunk, range(parts)))
-    else:
-        np.matmul(a, b, out=result)
-    if not direct:
-        out[...] = result.reshape(out.shape)
 
 
 class InterpretedProgram:

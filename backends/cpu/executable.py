@@ -47,6 +47,8 @@ class Step:
     chunks: list[tuple[int, int]] = field(default_factory=list)
     partials: bool = False  # a reduce over every dim, split into per-thread partials
     empty: bool = False
+    reduce_mode: str = ""  # spec.reduce_mode, worked out once
+    pointers: Any = None  # the ctypes array type of the kernel's argument pointers
     dot_threads: DotThreads | None = None
 
 
@@ -195,7 +197,7 @@ class Executable:
                 kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
                 np.copyto(outs[-1], reduce_identity(kind, dtype), casting="unsafe")
             return
-        if spec.reduce_mode == "memory":
+        if step.reduce_mode == "memory":
             kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
             target = outs[-1]
             acc_dtype = dtypes.to_numpy(accumulator_dtype(dtype))
@@ -216,7 +218,7 @@ class Executable:
 
     def _launch(self, step: Step, args: list[np.ndarray]) -> None:
         known = self._local.addresses
-        pointers = (ctypes.c_void_p * len(args))(*[known.get(id(a)) or address(a) for a in args])
+        pointers = step.pointers(*[known.get(id(a)) or address(a) for a in args])
         where = ctypes.addressof(pointers)
         chunks = step.chunks
         if len(chunks) == 1:
@@ -266,6 +268,8 @@ class Executable:
         step.partials = (spec.reduce_mode == "trailing" and bool(spec.domain)
                          and not any(spec.reduce[3]) and reduce_dtype not in HALF)
         step.chunks = self._chunks(spec, step.partials)
+        step.reduce_mode = spec.reduce_mode
+        step.pointers = ctypes.c_void_p * len(spec.arg_dtypes)
         step.partials = step.partials and len(step.chunks) > 1
 
 

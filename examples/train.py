@@ -289,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> Result:
     config = dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
                                  hidden=args.hidden, learning_rate=args.learning_rate,
                                  seed=args.seed)
+    runtime = distributed()
+    if runtime is not None and not runtime.is_initialized():
+        runtime.initialize()  # under mpiexec or torchrun-style variables: that runtime
     mesh = parse_mesh(args.mesh)
     layout = "1 device" if mesh is None else " x ".join(
         f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))

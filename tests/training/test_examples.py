@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -111,6 +115,32 @@ def test_mlp_main_runs_with_flags(mlp, capsys):
     out = capsys.readouterr().out
     assert "samples/s" in out and "test accuracy" in out
     assert len(result.losses) == 3
+
+
+def test_mlp_started_like_torchrun_trains_as_one_two_process_job(mlp, capsys):
+    """RANK/WORLD_SIZE/MASTER_* set by hand (what torchrun sets): the script joins the tcp
+    runtime itself, rank 0 alone prints, and the accuracy is the local run's."""
+    flags = ["--steps", "3", "--batch-size", "16", "--hidden", "16", "--mesh", "2"]
+    mlp.main(flags)
+    local = re.search(r"test accuracy \S+", capsys.readouterr().out).group(0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")}
+    env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               OMP_NUM_THREADS="1", PYTHONPATH=str(EXAMPLES.parent))
+    processes = [subprocess.Popen([sys.executable, str(EXAMPLES / "train.py"), *flags],
+                                  env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    try:
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    assert local in outputs[0][0]
+    assert "test accuracy" not in outputs[1][0]  # one job: only rank 0 reports
 
 
 def gpt_config(gpt: ModuleType) -> object:

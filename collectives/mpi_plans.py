@@ -50,7 +50,7 @@ class Plan:
     (in collectives/mpi.py) must do it, with the arguments in general."""
 
     __slots__ = ("dtype", "fast", "function", "general", "into", "label", "op", "received",
-                 "send_type", "shape")
+                 "send_type", "shape", "tail")
 
     def __init__(self, x: np.ndarray, fast: bool, general: tuple, label: tuple[str, Axes],
                  function: Any, send_type: MPI.Datatype, op: MPI.Op | None,
@@ -65,6 +65,7 @@ class Plan:
         self.op = op
         self.received = np.empty(shape, x.dtype) if fast else None
         self.into = [self.received, send_type]
+        self.tail = () if op is None else (op,)  # reductions take the MPI op last
 
     def renew(self) -> np.ndarray:
         """A fresh result buffer (the caller still holds the last one)."""
@@ -154,20 +155,7 @@ class FastPaths:
             fast = False
         if not fast:
             return self._all_reduce_planned(x, axes, op, where)
-        received = plan.received
-        if getrefcount(received) > PLAN_REFS:
-            received = plan.renew()
-        watchdog = self.watchdog
-        if watchdog is not None:
-            watchdog.armed = (plan.label, where)
-        try:
-            plan.function([x, plan.send_type], plan.into, plan.op)
-        except MPI.Exception as exc:
-            raise remote_error(exc, plan.label, self.rank, where) from exc
-        finally:
-            if watchdog is not None:
-                watchdog.armed = None
-        return received
+        return self._run_plan(plan, x, where)
 
     def reduce_scatter(
         self, x: np.ndarray, axes: Any, dim: int, op: str = "sum", *, where: str | None = None
@@ -180,20 +168,7 @@ class FastPaths:
             fast = False
         if not fast:
             return self._reduce_scatter_planned(x, axes, dim, op, where)
-        received = plan.received
-        if getrefcount(received) > PLAN_REFS:
-            received = plan.renew()
-        watchdog = self.watchdog
-        if watchdog is not None:
-            watchdog.armed = (plan.label, where)
-        try:
-            plan.function([x, plan.send_type], plan.into, plan.op)
-        except MPI.Exception as exc:
-            raise remote_error(exc, plan.label, self.rank, where) from exc
-        finally:
-            if watchdog is not None:
-                watchdog.armed = None
-        return received
+        return self._run_plan(plan, x, where)
 
     def all_gather(
         self, x: np.ndarray, axes: Any, dim: int, *, where: str | None = None
@@ -206,20 +181,7 @@ class FastPaths:
             fast = False
         if not fast:
             return self._all_gather_planned(x, axes, dim, where)
-        received = plan.received
-        if getrefcount(received) > PLAN_REFS:
-            received = plan.renew()
-        watchdog = self.watchdog
-        if watchdog is not None:
-            watchdog.armed = (plan.label, where)
-        try:
-            plan.function([x, plan.send_type], plan.into)
-        except MPI.Exception as exc:
-            raise remote_error(exc, plan.label, self.rank, where) from exc
-        finally:
-            if watchdog is not None:
-                watchdog.armed = None
-        return received
+        return self._run_plan(plan, x, where)
 
     def all_to_all(
         self, x: np.ndarray, axes: Any, split_dim: int, concat_dim: int, *, where: str | None = None
@@ -232,6 +194,10 @@ class FastPaths:
             fast = False
         if not fast:
             return self._all_to_all_planned(x, axes, split_dim, concat_dim, where)
+        return self._run_plan(plan, x, where)
+
+    def _run_plan(self, plan: Plan, x: np.ndarray, where: str | None) -> np.ndarray:
+        """One MPI call from x into the plan's buffer (a new one while the caller holds it)."""
         received = plan.received
         if getrefcount(received) > PLAN_REFS:
             received = plan.renew()
@@ -239,7 +205,7 @@ class FastPaths:
         if watchdog is not None:
             watchdog.armed = (plan.label, where)
         try:
-            plan.function([x, plan.send_type], plan.into)
+            plan.function([x, plan.send_type], plan.into, *plan.tail)
         except MPI.Exception as exc:
             raise remote_error(exc, plan.label, self.rank, where) from exc
         finally:

@@ -108,10 +108,17 @@ class Executable:
         return self.plan.peak_bytes
 
     # -- running -------------------------------------------------------------------------
-    def __call__(self, args: Sequence[Any]) -> list[np.ndarray]:
+    def __call__(self, args: Sequence[Any], into: Sequence[np.ndarray | None] | None = None,
+                 ) -> list[np.ndarray]:
+        """Runs the program; into[k], where given, is a C-contiguous array of result k's type
+        that receives it (computed there directly where its step allows, else copied)."""
         g = self.graph
         if len(args) != len(g.params):
             raise ValueError(f"program takes {len(g.params)} arguments, got {len(args)}")
+        dests: dict[int, np.ndarray] = {}
+        for v, dest in zip(g.results, into or ()):
+            if dest is not None:
+                dests.setdefault(v, dest)
         env: dict[int, np.ndarray] = {}
         for v, dtype, a in zip(g.params, self._param_dtypes, args):
             ok = type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous
@@ -121,7 +128,7 @@ class Executable:
             kernel = step.kernel
             if step.kind == "kernel":
                 ins = [env[v] for v in kernel.inputs]
-                outs = [self._output(v, env, temps) for v in kernel.outputs]
+                outs = [self._output(v, env, temps, dests) for v in kernel.outputs]
                 self._run_kernel(step, ins, outs)
                 env.update(zip(kernel.outputs, outs))
                 continue
@@ -132,7 +139,7 @@ class Executable:
             elif step.kind == "view":
                 outs = [_view(op, ins[0])]
             elif step.kind == "dot":
-                outs = [self._output(op.outputs[0], env, temps)]
+                outs = [self._output(op.outputs[0], env, temps, dests)]
                 if step.dot_threads is None:
                     step.dot_threads = DotThreads(self.num_threads)
                 step.dot_threads.run(op, ins[0], ins[1], outs[0])
@@ -141,7 +148,12 @@ class Executable:
             else:
                 outs = list(self.run_op(op, ins))
             env.update(zip(op.outputs, outs))
-        return [env[v] for v in g.results]
+        results = [env[v] for v in g.results]
+        for k, dest in enumerate(into or ()):
+            if dest is not None and results[k] is not dest:
+                np.copyto(dest, results[k])
+                results[k] = dest
+        return results
 
     def _run_scan(self, step: Step, ins: list[np.ndarray]) -> list[np.ndarray]:
         """A scan loop in Python around its body compiled once (native kernels per step)."""
@@ -154,10 +166,9 @@ class Executable:
         xs = ins[nc + ncar:]
         ys = [np.empty(t.shape, dtypes.to_numpy(t.dtype)) for t in step.op.types[ncar:]]
         for i in (reversed(range(length)) if a["reverse"] else range(length)):
-            outs = step.fn([*consts, *carry, *(x[i] for x in xs)])
+            into = [None] * ncar + [y[i, ...] for y in ys]  # each step's ys land in place
+            outs = step.fn([*consts, *carry, *(x[i] for x in xs)], into)
             carry = [np.array(c) for c in outs[:ncar]]  # results may be reused buffers
-            for y, value in zip(ys, outs[ncar:]):
-                y[i] = value
         return [*carry, *ys]
 
     def _temps(self) -> dict[int, np.ndarray]:
@@ -176,10 +187,13 @@ class Executable:
         self._local.addresses = {id(a): address(a) for a in temps.values() if a.size}
         return temps
 
-    def _output(self, v: int, env: dict[int, np.ndarray], temps: dict[int, np.ndarray]
-                ) -> np.ndarray:
-        """The planned buffer of value v: a temporary, a donated param's buffer or a result."""
+    def _output(self, v: int, env: dict[int, np.ndarray], temps: dict[int, np.ndarray],
+                dests: dict[int, np.ndarray]) -> np.ndarray:
+        """The planned buffer of value v: a temporary, the caller's array for a result, a
+        donated param's buffer or a new result."""
         found = temps.get(v)
+        if found is None:
+            found = dests.get(v)
         if found is not None:
             return found
         t = self.graph.types[v]

@@ -103,3 +103,23 @@ def test_tiny_program_dispatch_reuses_buffers() -> None:
     second = exe([x, 2 * x])[0]
     assert not np.shares_memory(first, second)
     np.testing.assert_allclose(second, np.tanh(4.0) * np.ones((8, 8)), rtol=1e-6)
+
+
+def test_results_land_in_the_callers_arrays() -> None:
+    """into[k] receives result k: computed there by its kernel or dot, copied otherwise
+    (a param passed through, the same value returned twice)."""
+    def f(x: object, w: object) -> object:
+        y = jnp.tanh(x) * 2
+        return y, x @ w, x, y
+
+    x = np.random.default_rng(3).standard_normal((4, 5)).astype(np.float32)
+    w = np.random.default_rng(4).standard_normal((5, 3)).astype(np.float32)
+    graph = lowered(f, x, w)
+    exe = compile_program(graph)
+    want = evaluate(graph, [x, w])
+    into = [np.empty((4, 5), np.float32), np.empty((4, 3), np.float32), None,
+            np.empty((4, 5), np.float32)]
+    got = exe([x, w], into)
+    assert got[0] is into[0] and got[1] is into[1] and got[3] is into[3]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

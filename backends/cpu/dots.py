@@ -1,22 +1,29 @@
-"""dot_general on the host CPU: a batched matmul over numpy's BLAS written into the planned
-output, split across threads where that was measured faster for the dot's shape.
+"""dot_general on the host CPU: a batched matmul written into the planned output, over numpy's
+BLAS or (small float GEMMs) our native kernel, split across threads or not: each dot keeps the
+variant its first calls measured fastest.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import os
 import statistics
 import time
 from typing import Any
 
 import numpy as np
 
+from backends.cpu import cache, gemm
 from backends.cpu.threads import thread_pool
 from spmd.ir.graph import Op
 
 # Below this many multiply-adds a matmul is not worth splitting across threads.
 DOT_SPLIT_MIN_MACS = 1 << 24
+# The native kernel is tried only where every one of M, K, N is at most this: beyond it the
+# BLAS's cache blocking wins (128^3 float32 here: BLAS 49, native 35 GFLOP/s).
+NATIVE_MAX_DIM = 128
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,30 +71,107 @@ def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: 
         out[...] = result.reshape(out.shape)
 
 
+def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
+                    ) -> tuple[cache.KernelFn, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The native kernel and the [B,M,K], [B,K,N], [B,M,N] views it runs on, where it fits
+    (small, one float dtype, whole element strides, the output contiguous and apart from
+    the inputs), else None."""
+    lperm, rperm, (batch, m, k, n), _ = dot_layout(
+        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
+    if not lhs.dtype == rhs.dtype == out.dtype:
+        return None
+    if min(batch, m, k, n) < 1 or max(m, k, n) > NATIVE_MAX_DIM:
+        return None
+    a = np.transpose(lhs, lperm).reshape(batch, m, k)
+    b = np.transpose(rhs, rperm).reshape(batch, k, n)
+    result = out.reshape(batch, m, n)
+    if not result.flags.c_contiguous:
+        return None
+    if np.may_share_memory(result, a) or np.may_share_memory(result, b):
+        return None
+    kernel = gemm.kernel_for(a, b, result)
+    return None if kernel is None else (kernel, a, b, result)
+
+
+def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts: int = 1
+               ) -> None:
+    """dot_general by the native kernel, its batch split in `parts` (the calling thread runs
+    the first); a call whose operands do not fit it runs the BLAS instead."""
+    operands = native_operands(op, lhs, rhs, out)
+    if operands is None:
+        run_dot(op, lhs, rhs, out)
+        return
+    kernel, a, b, result = operands
+    pointers = (ctypes.c_void_p * 3)(gemm.address(a), gemm.address(b), gemm.address(result))
+    where = ctypes.addressof(pointers)
+    batch = a.shape[0]
+    parts = min(parts, batch)
+    if parts < 2:
+        kernel(0, batch, where)
+        return
+    bounds = np.linspace(0, batch, parts + 1).astype(int).tolist()
+    pool = thread_pool(parts)
+    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], where) for i in range(1, parts)]
+    kernel(bounds[0], bounds[1], where)
+    for future in futures:
+        future.result()
+
+
+def native_enabled() -> bool:
+    """SPMD_NATIVE_GEMM=0 keeps every dot on the BLAS (to compare against)."""
+    return os.environ.get("SPMD_NATIVE_GEMM", "1") != "0"
+
+
+Variant = tuple[str, int]  # ("blas" | "native", threads)
+
+
 class DotThreads:
-    """Whether one dot runs faster split across threads, measured on its first calls.
+    """Which way one dot runs fastest, measured on its first calls: the BLAS unsplit or
+    split across threads, and for small float GEMMs the native kernel unsplit or split.
 
     Which is faster depends on the shape and the host: on this 2-vCPU machine a split
     doubles a short-contraction GEMM (k=64: 33 -> 58 GFLOP/s) and slows a long one (k=256:
-    31 -> 27), as the two vCPUs share FMA units. So the first TRIALS calls alternate a split
-    and an unsplit run (same results), and the faster median is kept from then on.
+    31 -> 27), as the two vCPUs share FMA units; numpy loops over a batch of tiny GEMMs at
+    18-25 GFLOP/s where the native kernel runs 33-37. So the first TRIALS rounds run each
+    variant in turn (same results), and the one of smallest median time is kept.
     """
 
     TRIALS = 3
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.times: tuple[list[float], list[float]] = ([], [])  # unsplit, split
-        self.chosen: int | None = None if threads > 1 else 1
+        self.variants: list[Variant] = []
+        self.times: list[list[float]] = []
+        self.chosen: int | None = None if threads > 1 else 1  # the BLAS's thread count
+        self.kind = "blas"
+
+    def _candidates(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
+                    ) -> list[Variant]:
+        variants: list[Variant] = [("blas", 1)]
+        if self.threads > 1:
+            variants.append(("blas", self.threads))
+        operands = native_operands(op, lhs, rhs, out) if native_enabled() else None
+        if operands is None:
+            return variants
+        variants.append(("native", 1))
+        if self.threads > 1 and operands[1].shape[0] > 1:
+            variants.append(("native", 2))
+        return variants
 
     def run(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
         if self.chosen is not None:
-            run_dot(op, lhs, rhs, out, self.chosen)
+            runner = run_native if self.kind == "native" else run_dot
+            runner(op, lhs, rhs, out, self.chosen)
             return
-        split = len(self.times[1]) < len(self.times[0])
+        if not self.variants:
+            self.variants = self._candidates(op, lhs, rhs, out)
+            self.times = [[] for _ in self.variants]
+        index = min(range(len(self.variants)), key=lambda i: len(self.times[i]))
+        kind, threads = self.variants[index]
+        runner = run_native if kind == "native" else run_dot
         start = time.perf_counter()
-        run_dot(op, lhs, rhs, out, self.threads if split else 1)
-        self.times[split].append(time.perf_counter() - start)
-        if len(self.times[1]) >= self.TRIALS:
-            unsplit, split_times = (statistics.median(t) for t in self.times)
-            self.chosen = self.threads if split_times < unsplit else 1
+        runner(op, lhs, rhs, out, threads)
+        self.times[index].append(time.perf_counter() - start)
+        if len(self.times[-1]) >= self.TRIALS:
+            medians = [statistics.median(t) for t in self.times]
+            self.kind, self.chosen = self.variants[medians.index(min(medians))]

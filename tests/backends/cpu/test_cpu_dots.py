@@ -25,6 +25,7 @@ def test_dot_threads_keeps_the_faster_variant_and_both_match_numpy(
         monkeypatch: pytest.MonkeyPatch, split_is_faster: bool) -> None:
     op, a, b = _batched_dot()
     monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)  # small enough to split
+    monkeypatch.setenv("SPMD_NATIVE_GEMM", "0")  # the BLAS variants only (native: test_cpu_gemm)
     threads = dots.DotThreads(2)
     ran: list[int] = []
     now = [0.0]  # a fake clock: each run advances it by its variant's cost

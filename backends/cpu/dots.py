@@ -24,6 +24,9 @@ DOT_SPLIT_MIN_MACS = 1 << 24
 # The native kernel is tried only where every one of M, K, N is at most this: beyond it the
 # BLAS's cache blocking wins (128^3 float32 here: BLAS 49, native 35 GFLOP/s).
 NATIVE_MAX_DIM = 128
+# The native kernel's batch is split across threads only from this many multiply-adds: a
+# thread handoff costs ~0.1 ms here, and halves of smaller dots measured 2-5x slower.
+NATIVE_SPLIT_MIN_MACS = 1 << 23
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,8 +135,9 @@ class DotThreads:
     Which is faster depends on the shape and the host: on this 2-vCPU machine a split
     doubles a short-contraction GEMM (k=64: 33 -> 58 GFLOP/s) and slows a long one (k=256:
     31 -> 27), as the two vCPUs share FMA units; numpy loops over a batch of tiny GEMMs at
-    18-25 GFLOP/s where the native kernel runs 33-37. So the first TRIALS rounds run each
-    variant in turn (same results), and the one of smallest median time is kept.
+    17-25 GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). So the
+    first TRIALS rounds run each variant in turn (same results), and the one of smallest
+    median time is kept. Splits are tried only on dots big enough to gain from one.
     """
 
     TRIALS = 3
@@ -142,19 +146,21 @@ class DotThreads:
         self.threads = threads
         self.variants: list[Variant] = []
         self.times: list[list[float]] = []
-        self.chosen: int | None = None if threads > 1 else 1  # the BLAS's thread count
         self.kind = "blas"
+        self.chosen: int | None = None  # the thread count of the kept variant
 
     def _candidates(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
                     ) -> list[Variant]:
-        variants: list[Variant] = [("blas", 1)]
-        if self.threads > 1:
-            variants.append(("blas", self.threads))
         operands = native_operands(op, lhs, rhs, out) if native_enabled() else None
         if operands is None:
-            return variants
-        variants.append(("native", 1))
-        if self.threads > 1 and operands[1].shape[0] > 1:
+            return [("blas", 1), ("blas", self.threads)] if self.threads > 1 else [("blas", 1)]
+        macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
+                                    out.dtype)[2])
+        variants: list[Variant] = [("blas", 1), ("native", 1)]
+        # below these sizes a split costs more than it saves (the BLAS's is not even made)
+        if self.threads > 1 and macs >= DOT_SPLIT_MIN_MACS:
+            variants.append(("blas", self.threads))
+        if self.threads > 1 and macs >= NATIVE_SPLIT_MIN_MACS and operands[1].shape[0] > 1:
             variants.append(("native", 2))
         return variants
 
@@ -166,6 +172,10 @@ class DotThreads:
         if not self.variants:
             self.variants = self._candidates(op, lhs, rhs, out)
             self.times = [[] for _ in self.variants]
+            if len(self.variants) == 1:
+                self.kind, self.chosen = self.variants[0]
+                run_dot(op, lhs, rhs, out, self.chosen)
+                return
         index = min(range(len(self.variants)), key=lambda i: len(self.times[i]))
         kind, threads = self.variants[index]
         runner = run_native if kind == "native" else run_dot

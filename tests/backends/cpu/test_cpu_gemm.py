@@ -92,6 +92,8 @@ def _run_with_fake_clock(monkeypatch: pytest.MonkeyPatch, variants: dots.DotThre
 def test_small_dot_keeps_the_fastest_of_four_variants(monkeypatch: pytest.MonkeyPatch,
                                                       fastest: tuple[str, int]) -> None:
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "1")
+    monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)  # small enough to split
+    monkeypatch.setattr(dots, "NATIVE_SPLIT_MIN_MACS", 1)
     op, a, b = _dot((8, 32, 64), (8, 64, 24))
     cost = {("blas", 1): 4.0, ("blas", 2): 3.0, ("native", 1): 2.0, ("native", 2): 2.5}
     cost[fastest] = 1.0
@@ -103,8 +105,22 @@ def test_small_dot_keeps_the_fastest_of_four_variants(monkeypatch: pytest.Monkey
     assert ran[trials:] == [fastest] * 3
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_dots_try_no_split(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Below the split thresholds (or on one thread) only the unsplit variants are tried."""
+    monkeypatch.setenv("SPMD_NATIVE_GEMM", "1")
+    op, a, b = _dot((8, 32, 64), (8, 64, 24))
+    cost = {("blas", 1): 2.0, ("native", 1): 1.0}
+    variants = dots.DotThreads(threads)
+    ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost,
+                               2 * dots.DotThreads.TRIALS + 2)
+    assert set(ran) == set(cost)
+    assert (variants.kind, variants.chosen) == ("native", 1)
+
+
 def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
+    monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)
     cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("native", 1): 0.5, ("native", 2): 0.5}
     cases = [("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
              ("1", _dot((2, 8, 200), (2, 200, 8))),  # k above NATIVE_MAX_DIM

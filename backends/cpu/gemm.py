@@ -21,6 +21,7 @@ VOID = ir.VoidType()
 VECTOR_BYTES = 32  # one AVX2 register
 TILE_ROWS = 4  # output rows per register tile
 TILE_VECTORS = 3  # vectors of output columns per tile: 4 x 3 accumulators, 3 loads, 1 splat
+K_UNROLL = 4  # steps of k per loop trip
 DTYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
 DTYPE_NAMES = {np.dtype(name): name for name in DTYPES}
 
@@ -53,6 +54,7 @@ class _GemmEmitter:
         self.lanes = VECTOR_BYTES // self.itemsize
         self.m, self.k, self.n = shape
         self.a_strides = a_strides
+        self.b_row_stride = self.n  # of the b the tiles read: contiguous columns
         self.b = ir.IRBuilder(fn.append_basic_block("entry"))
         self.entry = self.b.block
         self.allocas = ir.IRBuilder(self.entry)
@@ -110,7 +112,7 @@ class _GemmEmitter:
                   for r in range(rows)]
 
         def step(k: ir.Value) -> None:
-            b_row = b.mul(k, ir.Constant(I64, n))
+            b_row = b.mul(k, ir.Constant(I64, self.b_row_stride))
             loaded = [b.load(self.element(b_, b.add(b_row, ir.Constant(I64, o))), typ=t,
                              align=self.itemsize) for o, t in zip(offsets, types)]
             for a_row, row_accumulators in zip(a_rows, accumulators):
@@ -123,7 +125,15 @@ class _GemmEmitter:
                     total = self.fma(splats[t.count], vector, b.load(slot, typ=t))
                     b.store(total, slot)
 
-        self.loop(ir.Constant(I64, 0), ir.Constant(I64, k_total), step)
+        def unrolled(k: ir.Value) -> None:
+            first = b.mul(k, ir.Constant(I64, K_UNROLL))
+            for j in range(K_UNROLL):
+                step(b.add(first, ir.Constant(I64, j)))
+
+        whole = k_total // K_UNROLL
+        self.loop(ir.Constant(I64, 0), ir.Constant(I64, whole), unrolled)
+        if k_total % K_UNROLL:
+            self.loop(ir.Constant(I64, whole * K_UNROLL), ir.Constant(I64, k_total), step)
         for r, row_accumulators in enumerate(accumulators):
             c_row = b.mul(b.add(row, ir.Constant(I64, r)), ir.Constant(I64, n))
             for slot, o, t in zip(row_accumulators, offsets, types):
@@ -144,20 +154,24 @@ class _GemmEmitter:
             self.row_block(a, b_, c, ir.Constant(I64, full * TILE_ROWS), self.m % TILE_ROWS)
 
     def pack(self, source: ir.Value, strides: Strides, target: ir.Value) -> None:
-        """target[k, n] = source[k, n] contiguous (a [K,N] operand whose columns are not)."""
+        """target[k, n] = source[k, n] contiguous (a [K,N] operand whose columns are not);
+        the inner loop walks the source's shorter stride (a transposed b: along k)."""
         b = self.b
         _, row_stride, column_stride = strides
+        inner_is_k = abs(row_stride) < abs(column_stride)
+        outer_size, inner_size = (self.n, self.k) if inner_is_k else (self.k, self.n)
 
-        def row(k: ir.Value) -> None:
-            def column(n: ir.Value) -> None:
+        def outer(i: ir.Value) -> None:
+            def inner(j: ir.Value) -> None:
+                k, n = (j, i) if inner_is_k else (i, j)
                 at = b.add(b.mul(k, ir.Constant(I64, row_stride)),
                            b.mul(n, ir.Constant(I64, column_stride)))
                 value = b.load(self.element(source, at), typ=self.scalar)
                 b.store(value, self.element(target, b.add(b.mul(k, ir.Constant(I64, self.n)), n)))
 
-            self.loop(ir.Constant(I64, 0), ir.Constant(I64, self.n), column)
+            self.loop(ir.Constant(I64, 0), ir.Constant(I64, inner_size), inner)
 
-        self.loop(ir.Constant(I64, 0), ir.Constant(I64, self.k), row)
+        self.loop(ir.Constant(I64, 0), ir.Constant(I64, outer_size), outer)
 
 
 def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
@@ -165,7 +179,7 @@ def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
     """`void NAME(i64 start, i64 end, ptr args)`: the matmuls of batch entries [start, end),
     args = [a, b, c] pointers to [B,M,K] and [B,K,N] arrays of the given strides (in
     elements) and a contiguous [B,M,N] one. A b whose columns are not contiguous is copied to
-    a contiguous [K,N] scratch first, so the tiles' loads of b are vector loads."""
+    a contiguous [K,N] scratch first, so that the tiles' loads of b are vector loads."""
     module = ir.Module(name=name)
     fn = ir.Function(module, ir.FunctionType(VOID, [I64, I64, PTR]), name)
     emitter = _GemmEmitter(module, fn, dtype, shape, a_strides)
@@ -175,7 +189,8 @@ def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
         slot = b.gep(fn.args[2], [ir.Constant(I64, index)], inbounds=True, source_etype=PTR)
         pointers.append(b.load(slot, typ=PTR))
     m, k, n = shape
-    packed = b_strides[1:] != (n, 1)
+    packed = b_strides[2] != 1
+    emitter.b_row_stride = n if packed else b_strides[1]
     scratch = b.alloca(emitter.scalar, size=ir.Constant(I64, k * n)) if packed else None
 
     def matrix(i: ir.Value) -> None:

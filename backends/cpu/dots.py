@@ -21,9 +21,10 @@ from spmd.ir.graph import Op
 
 # Below this many multiply-adds a matmul is not worth splitting across threads.
 DOT_SPLIT_MIN_MACS = 1 << 24
-# The native kernel is tried only where every one of M, K, N is at most this: beyond it the
-# BLAS's cache blocking wins (128^3 float32 here: BLAS 49, native 35 GFLOP/s).
-NATIVE_MAX_DIM = 128
+# The native kernel is tried only where every one of M, K, N is at most this: it is ahead
+# on GPT's 8 x [256,16]@[16,64] (33 vs 26 GFLOP/s) and behind on 8 x [256,64]@[64,48] (37 vs
+# 51); the trials pick per dot, and bigger dots go to the BLAS's cache blocking untried.
+NATIVE_MAX_DIM = 256
 # The native kernel's batch is split across threads only from this many multiply-adds: a
 # thread handoff costs ~0.1 ms here, and halves of smaller dots measured 2-5x slower.
 NATIVE_SPLIT_MIN_MACS = 1 << 23

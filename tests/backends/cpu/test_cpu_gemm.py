@@ -123,7 +123,7 @@ def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.Mon
     monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)
     cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("native", 1): 0.5, ("native", 2): 0.5}
     cases = [("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
-             ("1", _dot((2, 8, 200), (2, 200, 8))),  # k above NATIVE_MAX_DIM
+             ("1", _dot((2, 8, 300), (2, 300, 8))),  # k above NATIVE_MAX_DIM
              ("1", _dot((2, 8, 16), (2, 16, 8), "int32"))]  # not a float dtype
     for flag, (op, a, b) in cases:
         monkeypatch.setenv("SPMD_NATIVE_GEMM", flag)

@@ -135,7 +135,8 @@ def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("layout", ["ab", "aT", "bT", "aTbT", "sliced", "every_other_column"])
+@pytest.mark.parametrize("layout", ["ab", "aT", "bT", "aTbT", "sliced", "every_other_column",
+                                    "reversed"])
 def test_native_gemm_reads_strided_operands(layout: str, dtype: str) -> None:
     """a with any strides; b packed first where its columns are not contiguous."""
     rng = np.random.default_rng(2)
@@ -147,6 +148,8 @@ def test_native_gemm_reads_strided_operands(layout: str, dtype: str) -> None:
     if layout == "sliced":  # every other row of a and of b, and b's first n of 2n columns
         a = rng.standard_normal((batch, 2 * m, k)).astype(dtype)[:, ::2]
         b = rng.standard_normal((batch, 2 * k, 2 * n)).astype(dtype)[:, ::2, :n]
+    if layout == "reversed":  # negative strides: a's rows and b's columns backwards
+        a, b = a[:, ::-1], b[:, :, ::-1]
     if layout == "every_other_column":  # b packed along its rows
         b = rng.standard_normal((batch, k, 2 * n)).astype(dtype)[:, :, ::2]
     out = np.full((batch, m, n), np.nan, dtype)

@@ -107,6 +107,25 @@ def combine(m: Math, kind: str, acc: ir.Value, x: ir.Value, dtype: str) -> ir.Va
     return b.and_(acc, x) if kind == "and" else b.or_(acc, x)
 
 
+def counted_loop(b: ir.IRBuilder, fn: ir.Function, lo: ir.Value, hi: ir.Value,
+                 body: Any) -> None:
+    """for i in [lo, hi): body(i), emitted at b's position (which ends after the loop)."""
+    before = b.block
+    header = fn.append_basic_block("header")
+    inner = fn.append_basic_block("body")
+    done = fn.append_basic_block("done")
+    b.branch(header)
+    b.position_at_end(header)
+    i = b.phi(I64)
+    i.add_incoming(lo, before)
+    b.cbranch(b.icmp_signed("<", i, hi), inner, done)
+    b.position_at_end(inner)
+    body(i)
+    i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
+    b.branch(header)
+    b.position_at_end(done)
+
+
 class _Emitter:
     def __init__(self, spec: KernelSpec, module: ir.Module, fn: ir.Function) -> None:
         self.spec = spec
@@ -139,21 +158,7 @@ class _Emitter:
                           source_etype=storage_type(dtype))
 
     def loop(self, lo: ir.Value, hi: ir.Value, body: Any) -> None:
-        b = self.b
-        before = b.block
-        header = self.fn.append_basic_block("header")
-        inner = self.fn.append_basic_block("body")
-        done = self.fn.append_basic_block("done")
-        b.branch(header)
-        b.position_at_end(header)
-        i = b.phi(I64)
-        i.add_incoming(lo, before)
-        b.cbranch(b.icmp_signed("<", i, hi), inner, done)
-        b.position_at_end(inner)
-        body(i)
-        i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-        b.branch(header)
-        b.position_at_end(done)
+        counted_loop(self.b, self.fn, lo, hi, body)
 
     def point(self, idx: list[ir.Value]) -> None:
         spec, b = self.spec, self.b

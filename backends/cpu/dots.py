@@ -135,8 +135,8 @@ class DotThreads:
 
     Which is faster depends on the shape and the host: on this 2-vCPU machine a split
     doubles a short-contraction GEMM (k=64: 33 -> 58 GFLOP/s) and slows a long one (k=256:
-    31 -> 27), as the two vCPUs share FMA units; numpy loops over a batch of tiny GEMMs at
-    17-25 GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). So the
+    31 -> 27: two concurrent long-k GEMMs do not scale on these vCPUs); numpy loops over a
+    batch of tiny GEMMs at 17-25 GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). So the
     first TRIALS rounds run each variant in turn (same results), and the one of smallest
     median time is kept. Splits are tried only on dots big enough to gain from one.
     """

@@ -13,6 +13,7 @@ import numpy as np
 from llvmlite import ir
 
 from backends.cpu import cache
+from backends.cpu.codegen import counted_loop
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
@@ -60,21 +61,7 @@ class _GemmEmitter:
         self.allocas = ir.IRBuilder(self.entry)
 
     def loop(self, lo: ir.Value, hi: ir.Value, body: Callable[[ir.Value], None]) -> None:
-        b = self.b
-        before = b.block
-        header = self.fn.append_basic_block("header")
-        inner = self.fn.append_basic_block("body")
-        done = self.fn.append_basic_block("done")
-        b.branch(header)
-        b.position_at_end(header)
-        i = b.phi(I64)
-        i.add_incoming(lo, before)
-        b.cbranch(b.icmp_signed("<", i, hi), inner, done)
-        b.position_at_end(inner)
-        body(i)
-        i.add_incoming(b.add(i, ir.Constant(I64, 1)), b.block)
-        b.branch(header)
-        b.position_at_end(done)
+        counted_loop(self.b, self.fn, lo, hi, body)
 
     def alloca(self, ty: ir.Type) -> ir.Value:
         """A slot in the entry block (promoted to a register by LLVM's mem2reg)."""

@@ -228,7 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="interleaved samples per side")
     parser.add_argument("--number", type=int, default=3, help="steps per sample")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compiles)")
+    parser.add_argument("--warmup", type=int, default=15,
+                        help="untimed steps: compiles, and each dot's variant trials (<= 12 calls)")
     args = parser.parse_args()
     import jax
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import models as M
 
+WARMUP_STEPS = 15  # a dot tries its variants on its first <= 12 calls (backends/cpu/dots.py)
+
 
 def configs() -> list[tuple[str, str, int]]:
     """(SPMD_LOCAL_MODE, SPMD_BACKEND, BLAS threads or 0 for as is): the backend only matters
@@ -105,7 +107,8 @@ def main() -> None:
             notes.append(f"{name}: ours {label(*config)} ran as {actual}, {kernels} native "
                          f"kernels built or loaded")
         for run in runs.values():
-            run()  # warm up
+            for _ in range(WARMUP_STEPS):  # compiles, then each dot's variant trials
+                run()
         times = M.interleaved(runs, args.repeat, args.number)
         best = min(v for k, v in times.items() if k != "jax")
         cells = " | ".join(f"{times[label(*c)] * 1e3:.1f}" for c in grid)

@@ -36,12 +36,21 @@ def shard_slices(shape: Sequence[int], spec: ShardSpec, mesh: MeshShape,
     return tuple(out)
 
 
-def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarray]:
-    """One padded shard per device (padding filled with zeros)."""
-    shards = []
+def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape, stacked: bool = False,
+          ) -> list[np.ndarray]:
+    """One padded shard per device (padding filled with zeros). stacked: the shards are the
+    rows of one [devices, *shard] buffer, which the stacked local runtime then takes as is
+    instead of copying every shard into such a buffer on each call."""
     local = tuple(shard_size(n, mesh.size(a)) if a else n for n, a in zip(value.shape, spec.dims))
-    for coords in device_coords(mesh):
+    coords_list = list(device_coords(mesh))
+    rows = np.zeros((len(coords_list), *local), value.dtype) if stacked else None
+    shards = []
+    for k, coords in enumerate(coords_list):
         block = value[shard_slices(value.shape, spec, mesh, coords)]
+        if rows is not None:
+            rows[k][tuple(slice(0, s) for s in block.shape)] = block
+            shards.append(rows[k])
+            continue
         if block.shape != local:
             padded = np.zeros(local, dtype=value.dtype)
             padded[tuple(slice(0, s) for s in block.shape)] = block

@@ -270,7 +270,8 @@ def split(array: Any) -> list[np.ndarray]:
     sharding = array.sharding
     if isinstance(sharding, SingleDeviceSharding):
         return [array._value]
-    return layout.split(array._value, spec_of(sharding, array.ndim), mesh_shape(sharding.mesh))
+    return layout.split(array._value, spec_of(sharding, array.ndim), mesh_shape(sharding.mesh),
+                        stacked=_RUNTIME is None)
 
 
 def addressable_shards(array: Any) -> list[Any]:
@@ -325,7 +326,9 @@ def _device_put_one(x: Any, sharding: Any) -> Any:
     if not isinstance(sharding, NamedSharding):
         raise ShardingError(f"device_put needs a NamedSharding, got {type(sharding).__name__}",
                             hint="use NamedSharding(mesh, P(...))")
-    shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh))
+    # one process holds every device: shards as rows of one buffer (see layout.split)
+    shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh),
+                          stacked=_RUNTIME is None)
     if _RUNTIME is not None:
         shards = _RUNTIME.put(shards, sharding.mesh)
     return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)

@@ -248,3 +248,17 @@ def test_stack_shards_copies_tiny_consecutive_rows() -> None:
     stacked = stacked_module.stack_shards([result[d] for d in range(8)])
     np.testing.assert_array_equal(stacked, result)
     assert not np.shares_memory(stacked, result)
+
+
+def test_device_put_lays_shards_out_as_rows_the_stacked_runtime_takes_as_is() -> None:
+    """On the local runtime a placed array's shards are the rows of one buffer, so a step
+    fed the same placed params each call copies none of them into its stacked input."""
+    import spmd
+
+    mesh = spmd.make_mesh((2, 4), ("a", "b"))
+    value = rand((16, 4096), seed=5)  # 8 x 1024 float32 shards: 32 KB each
+    x = spmd.device_put(value, spmd.NamedSharding(mesh, spmd.P("a", "b")))
+    shards = x.device_buffers()
+    stacked = stacked_module.stack_shards(shards)
+    assert all(np.shares_memory(stacked, shard) for shard in shards)
+    np.testing.assert_array_equal(np.asarray(x), value)

@@ -47,15 +47,9 @@ def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape, stacked: bool = F
     shards = []
     for k, coords in enumerate(coords_list):
         block = value[shard_slices(value.shape, spec, mesh, coords)]
-        if rows is not None:
-            rows[k][tuple(slice(0, s) for s in block.shape)] = block
-            shards.append(rows[k])
-            continue
-        if block.shape != local:
-            padded = np.zeros(local, dtype=value.dtype)
-            padded[tuple(slice(0, s) for s in block.shape)] = block
-            block = padded
-        shards.append(np.array(block, order="C", copy=True))
+        shard = rows[k] if rows is not None else np.zeros(local, value.dtype)
+        shard[tuple(slice(0, s) for s in block.shape)] = block
+        shards.append(shard)
     return shards
 
 

@@ -133,7 +133,7 @@ class FastPaths:
     _plans maps a call site's arguments (kind, axes, op or dims, as given) to its current fast
     Plan: a call whose x has that plan's dtype (the same object) and shape, C-contiguous, makes
     one MPI call from x itself into the plan's buffer, with no other checks. Anything else goes
-    to _<kind>_planned: _signatures maps the full signature (those arguments, dtype, shape,
+    to _planned: _signatures maps the full signature (those arguments, dtype, shape,
     strides) to its Plan, validated exactly as Communicator does on a miss; general plans (a
     group of one, widened 16-bit floats, blocks out of order, strided x) run the general runners
     of collectives/mpi.py. Unhashable arguments (a list of axes) take Communicator's path.
@@ -154,7 +154,7 @@ class FastPaths:
         except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
             fast = False
         if not fast:
-            return self._all_reduce_planned(x, axes, op, where)
+            return self._planned("all_reduce", x, (axes, op), where)
         return self._run_plan(plan, x, where)
 
     def reduce_scatter(
@@ -167,7 +167,7 @@ class FastPaths:
         except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
             fast = False
         if not fast:
-            return self._reduce_scatter_planned(x, axes, dim, op, where)
+            return self._planned("reduce_scatter", x, (axes, dim, op), where)
         return self._run_plan(plan, x, where)
 
     def all_gather(
@@ -180,7 +180,7 @@ class FastPaths:
         except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
             fast = False
         if not fast:
-            return self._all_gather_planned(x, axes, dim, where)
+            return self._planned("all_gather", x, (axes, dim), where)
         return self._run_plan(plan, x, where)
 
     def all_to_all(
@@ -193,7 +193,7 @@ class FastPaths:
         except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
             fast = False
         if not fast:
-            return self._all_to_all_planned(x, axes, split_dim, concat_dim, where)
+            return self._planned("all_to_all", x, (axes, split_dim, concat_dim), where)
         return self._run_plan(plan, x, where)
 
     def _run_plan(self, plan: Plan, x: np.ndarray, where: str | None) -> np.ndarray:
@@ -214,78 +214,35 @@ class FastPaths:
         return received
 
     # -- the slow path: plan lookup by signature ---------------------------------------------
-    def _all_reduce_planned(
-        self, x: np.ndarray, axes: Any, op: str, where: str | None
-    ) -> np.ndarray:
-        """all_reduce through the plan of x's signature (made on a miss); a fast one becomes the
-        site's current plan and runs through the fast path."""
+    def _planned(self, kind: str, x: np.ndarray, args: tuple, where: str | None) -> np.ndarray:
+        """kind(x, *args) (args as the public method takes them) through the plan of x's
+        signature, made on a miss; a fast one becomes the site's current plan and runs
+        through the fast path."""
         if x.__class__ is not np.ndarray:
             x = np.asarray(x)
-        key = ("all_reduce", axes, op, x.dtype, x.shape, x.strides)
+        key = (kind, *args, x.dtype, x.shape, x.strides)
         try:
             plan = self._signatures[key]
         except KeyError:
-            plan = self._reduce_plan_for(key, x, axes, op, None, where)
-        except TypeError:
-            return Communicator.all_reduce(self, x, axes, op, where=where)
+            plan = self._plan_for(kind, key, x, args, where)
+        except TypeError:  # unhashable arguments (a list of axes)
+            return getattr(Communicator, kind)(self, x, *args, where=where)
         if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
-            self._remember(self._plans, key[:3], plan)
-            return self.all_reduce(x, axes, op, where=where)
-        return self._run_all_reduce(x, *plan.general, where)
+            self._remember(self._plans, key[:1 + len(args)], plan)
+            return getattr(self, kind)(x, *args, where=where)
+        return getattr(self, "_run_" + kind)(x, *plan.general, where)
 
-    def _reduce_scatter_planned(
-        self, x: np.ndarray, axes: Any, dim: int, op: str, where: str | None
-    ) -> np.ndarray:
-        """reduce_scatter through the plan of x's signature (made on a miss); a fast one becomes the
-        site's current plan and runs through the fast path."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
-        key = ("reduce_scatter", axes, dim, op, x.dtype, x.shape, x.strides)
-        try:
-            plan = self._signatures[key]
-        except KeyError:
-            plan = self._reduce_plan_for(key, x, axes, op, dim, where)
-        except TypeError:
-            return Communicator.reduce_scatter(self, x, axes, dim, op, where=where)
-        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
-            self._remember(self._plans, key[:4], plan)
-            return self.reduce_scatter(x, axes, dim, op, where=where)
-        return self._run_reduce_scatter(x, *plan.general, where)
-
-    def _all_gather_planned(
-        self, x: np.ndarray, axes: Any, dim: int, where: str | None
-    ) -> np.ndarray:
-        """all_gather through the plan of x's signature (made on a miss); a fast one becomes the
-        site's current plan and runs through the fast path."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
-        key = ("all_gather", axes, dim, x.dtype, x.shape, x.strides)
-        try:
-            plan = self._signatures[key]
-        except KeyError:
-            plan = self._move_plan_for(key, x, axes, dim, None, where)
-        except TypeError:
-            return Communicator.all_gather(self, x, axes, dim, where=where)
-        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
-            self._remember(self._plans, key[:3], plan)
-            return self.all_gather(x, axes, dim, where=where)
-        return self._run_all_gather(x, *plan.general, where)
-
-    def _all_to_all_planned(
-        self, x: np.ndarray, axes: Any, split_dim: int, concat_dim: int, where: str | None
-    ) -> np.ndarray:
-        """all_to_all through the plan of x's signature (made on a miss); a fast one becomes the
-        site's current plan and runs through the fast path."""
-        if x.__class__ is not np.ndarray:
-            x = np.asarray(x)
-        key = ("all_to_all", axes, split_dim, concat_dim, x.dtype, x.shape, x.strides)
-        try:
-            plan = self._signatures[key]
-        except KeyError:
-            plan = self._move_plan_for(key, x, axes, split_dim, concat_dim, where)
-        except TypeError:
-            return Communicator.all_to_all(self, x, axes, split_dim, concat_dim, where=where)
-        if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
-            self._remember(self._plans, key[:4], plan)
-            return self.all_to_all(x, axes, split_dim, concat_dim, where=where)
-        return self._run_all_to_all(x, *plan.general, where)
+    def _plan_for(self, kind: str, key: tuple, x: np.ndarray, args: tuple,
+                  where: str | None) -> Plan:
+        """A new plan for kind's signature key (validated as Communicator does)."""
+        if kind == "all_reduce":
+            axes, op = args
+            return self._reduce_plan_for(key, x, axes, op, None, where)
+        if kind == "reduce_scatter":
+            axes, dim, op = args
+            return self._reduce_plan_for(key, x, axes, op, dim, where)
+        if kind == "all_gather":
+            axes, dim = args
+            return self._move_plan_for(key, x, axes, dim, None, where)
+        axes, split_dim, concat_dim = args
+        return self._move_plan_for(key, x, axes, split_dim, concat_dim, where)

@@ -146,21 +146,7 @@ def run_local(devices: int, max_mb: float) -> None:
         print(f"\n# {kind}, {devices} local threads, float32")
         print(f"{'size':>10} {'time us':>10} {'algbw':>7} {'busbw':>7}")
         for size in sizes(max_mb):
-            x = operand(kind, size, devices)
-            repeats = iterations(size)
-
-            def program(
-                comm: object, x: np.ndarray = x, repeats: int = repeats, kind: str = kind
-            ) -> float:
-                call = local_call(kind, comm, x)
-                call()
-                comm.barrier()
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    call()
-                comm.barrier()
-                return (time.perf_counter() - start) / repeats
-
+            program = timed_on_device(kind, size, iterations(size))
             seconds = max(run_on_devices(world, program))
             algbw, busbw = row(kind, size, seconds, devices)
             print(f"{size:>10} {seconds * 1e6:>10.1f} {algbw:>7.3f} {busbw:>7.3f}", flush=True)
@@ -177,8 +163,8 @@ def local_call(kind: str, comm: object, x: np.ndarray) -> Callable[[], object]:
     return lambda: comm.all_to_all(x, "x", 0, 0)
 
 
-def timed_on_actor(kind: str, size: int, repeats: int) -> Callable[[object], float]:
-    """A function for RayRuntime.run_on_devices: seconds per call of kind on that actor."""
+def timed_on_device(kind: str, size: int, repeats: int) -> Callable[[object], float]:
+    """A function for run_on_devices (local threads, Ray actors): seconds per call of kind."""
 
     def program(comm: object) -> float:
         x = operand(kind, size, comm.size)
@@ -227,7 +213,7 @@ def run_ray(devices: int, max_mb: float) -> None:
                 repeats = max(2, iterations(size) // 4)
                 times = {}
                 for wire in ("sockets", "objects"):
-                    program = timed_on_actor(kind, size, repeats)
+                    program = timed_on_device(kind, size, repeats)
                     times[wire] = max(runtime.run_on_devices(program, (devices,), ("x",), wire))
                 bus = {w: row(kind, size, t, devices)[1] for w, t in times.items()}
                 best = max(bus.values())

@@ -64,7 +64,11 @@ def assert_no_orphans(marker: str) -> None:
     (["--mesh", "2x4"], "the following arguments are required: script"),
 ])
 def test_bad_launch_input_gets_one_line_and_exit_2(args, message) -> None:
-    done = launch(*args)
+    assert_one_line_error(launch(*args), message)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+    """spmd-launch exited 2 with one line naming the problem."""
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("spmd-launch: error: ")
     assert message in done.stderr

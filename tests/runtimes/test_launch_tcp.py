@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from launch.processes import torchrun_environments
-from tests.runtimes.test_launch import SCRIPT, assert_no_orphans, launch, result, survivors
+from tests.runtimes.test_launch import (
+    SCRIPT,
+    assert_no_orphans,
+    assert_one_line_error,
+    launch,
+    result,
+    survivors,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TCP = ["--runtime", "tcp"]
@@ -45,10 +52,7 @@ def test_each_process_gets_torchrun_variables_and_only_them() -> None:
     (["--mesh", "2x2", "--runtime", "tcpx", str(SCRIPT)], "invalid choice: 'tcpx'"),
 ])
 def test_bad_tcp_input_gets_one_line_and_exit_2(args, message) -> None:
-    done = launch(*args)
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("spmd-launch: error: ")
-    assert message in done.stderr
+    assert_one_line_error(launch(*args), message)
 
 
 def test_help_shows_the_tcp_runtime() -> None:

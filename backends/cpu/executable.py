@@ -92,7 +92,7 @@ class Executable:
                 steps.append(Step("const", op, value=value))
             elif op.name == "dot_general":
                 blas.prime()
-                steps.append(Step("dot", op))
+                steps.append(Step("dot", op, dot_threads=DotThreads(self.num_threads)))
             elif op.name == "scan":
                 steps.append(Step("scan", op))
             else:
@@ -140,8 +140,6 @@ class Executable:
                 outs = [_view(op, ins[0])]
             elif step.kind == "dot":
                 outs = [self._output(op.outputs[0], env, temps, dests)]
-                if step.dot_threads is None:
-                    step.dot_threads = DotThreads(self.num_threads)
                 step.dot_threads.run(op, ins[0], ins[1], outs[0])
             elif step.kind == "scan":
                 outs = self._run_scan(step, ins)

@@ -13,6 +13,7 @@ import numpy as np
 from llvmlite import ir
 
 from backends.cpu.fusion import KernelSpec
+from backends.cpu.loop_nest import SMALL_REDUCTION
 from backends.cpu.mathlib import F32, I1, I64, Math, compute_type, constant, emit
 from spmd import dtypes
 
@@ -207,6 +208,11 @@ class _Emitter:
             self.b.store(init, self.acc)
         if level == len(domain):
             self.point(idx)
+        elif level == first_reduced > 0 and self.acc is not None and _small(domain[level:]):
+            # a few reduced points written out: the kept dim above becomes the innermost
+            # loop, which LLVM vectorizes (it vectorizes innermost loops only, unrolling is off)
+            for point in np.ndindex(*domain[level:]):
+                self.point(idx + [ir.Constant(I64, i) for i in point])
         else:
             lo = self.start if level == 0 else ir.Constant(I64, 0)
             hi = self.end if level == 0 else ir.Constant(I64, domain[level])
@@ -216,6 +222,10 @@ class _Emitter:
             value = self.b.load(self.acc, typ=self.acc.allocated_type)
             self.b.store(narrow(self.b, value, self.reduce_dtype),
                          self.address(arg, self.reduce_dtype, idx, strides))
+
+
+def _small(dims: tuple[int, ...]) -> bool:
+    return int(np.prod(dims)) <= SMALL_REDUCTION
 
 
 def build_module(spec: KernelSpec, name: str, triple: str = "") -> ir.Module:

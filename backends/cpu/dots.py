@@ -9,14 +9,13 @@ import ctypes
 import functools
 import math
 import os
-import statistics
-import time
 from typing import Any
 
 import numpy as np
 
 from backends.cpu import cache, gemm
 from backends.cpu.threads import thread_pool
+from backends.cpu.trials import Fastest
 from spmd.ir.graph import Op
 
 # Below this many multiply-adds a matmul is not worth splitting across threads.
@@ -121,68 +120,87 @@ def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts:
         future.result()
 
 
+@functools.cache
+def _blas_library() -> Any | None:
+    """threadpoolctl's handle on the one BLAS numpy calls (None where it finds none or
+    several): setting its thread count is a ~2 us call, cheap enough around one dot."""
+    from threadpoolctl import ThreadpoolController
+
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    return libraries[0] if len(libraries) == 1 else None
+
+
+def run_blas_threaded(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray,
+                      threads: int = 1) -> None:
+    """dot_general by the BLAS on `threads` of its own threads, the caller's limit restored
+    after (the stacked runtime holds the BLAS to one thread outside its dots)."""
+    library = _blas_library()
+    if library is None:
+        run_dot(op, lhs, rhs, out)
+        return
+    before = library.get_num_threads()
+    library.set_num_threads(threads)
+    try:
+        run_dot(op, lhs, rhs, out)
+    finally:
+        library.set_num_threads(before)
+
+
 def native_enabled() -> bool:
     """SPMD_NATIVE_GEMM=0 keeps every dot on the BLAS (to compare against)."""
     return os.environ.get("SPMD_NATIVE_GEMM", "1") != "0"
 
 
-Variant = tuple[str, int]  # ("blas" | "native", threads)
+Variant = tuple[str, int]  # ("blas" | "blas_threaded" | "native", threads)
 
 
 class DotThreads:
-    """Which way one dot runs fastest, measured on its first calls: the BLAS unsplit or
-    split across threads, and for small float GEMMs the native kernel unsplit or split.
+    """Which way one dot runs fastest, measured on its first calls (trials.Fastest): the
+    BLAS unsplit, split across our threads or on its own threads, and for small float GEMMs
+    the native kernel unsplit or split.
 
-    Which is faster depends on the shape and the host: on this 2-vCPU machine a split
-    doubles a short-contraction GEMM (k=64: 33 -> 58 GFLOP/s) and slows a long one (k=256:
-    31 -> 27: two concurrent long-k GEMMs do not scale on these vCPUs); numpy loops over a
-    batch of tiny GEMMs at 17-25 GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). So the
-    first TRIALS rounds run each variant in turn (same results), and the one of smallest
-    median time is kept. Splits are tried only on dots big enough to gain from one.
+    Which is faster depends on the shape and the host: on this 2-vCPU machine the BLAS's own
+    two threads run 8 x [64,256]@[256,256] at 57-59 GFLOP/s against 32-37 on one thread
+    (two of our threads each calling a one-thread BLAS do not scale: 28-34), yet collapse
+    when other processes load the cores; numpy loops over a batch of tiny GEMMs at 17-25
+    GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). Splits are
+    tried only on dots big enough to gain from one.
     """
-
-    TRIALS = 3
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
-        self.variants: list[Variant] = []
-        self.times: list[list[float]] = []
-        self.kind = "blas"
-        self.chosen: int | None = None  # the thread count of the kept variant
+        self.trials: Fastest | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.trials.chosen[0] if self.trials and self.trials.chosen else "blas"
+
+    @property
+    def chosen(self) -> int | None:
+        """The thread count of the kept variant (None while trials last)."""
+        return self.trials.chosen[1] if self.trials and self.trials.chosen else None
 
     def _candidates(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
                     ) -> list[Variant]:
         operands = native_operands(op, lhs, rhs, out) if native_enabled() else None
-        if operands is None:
-            return [("blas", 1), ("blas", self.threads)] if self.threads > 1 else [("blas", 1)]
         macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
                                     out.dtype)[2])
-        variants: list[Variant] = [("blas", 1), ("native", 1)]
+        variants: list[Variant] = [("blas", 1)] + ([("native", 1)] if operands else [])
         # below these sizes a split costs more than it saves (the BLAS's is not even made)
         if self.threads > 1 and macs >= DOT_SPLIT_MIN_MACS:
             variants.append(("blas", self.threads))
-        if self.threads > 1 and macs >= NATIVE_SPLIT_MIN_MACS and operands[1].shape[0] > 1:
+            if _blas_library() is not None:
+                variants.append(("blas_threaded", self.threads))
+        if (operands and self.threads > 1 and macs >= NATIVE_SPLIT_MIN_MACS
+                and operands[1].shape[0] > 1):
             variants.append(("native", 2))
         return variants
 
     def run(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
-        if self.chosen is not None:
-            runner = run_native if self.kind == "native" else run_dot
-            runner(op, lhs, rhs, out, self.chosen)
-            return
-        if not self.variants:
-            self.variants = self._candidates(op, lhs, rhs, out)
-            self.times = [[] for _ in self.variants]
-            if len(self.variants) == 1:
-                self.kind, self.chosen = self.variants[0]
-                run_dot(op, lhs, rhs, out, self.chosen)
-                return
-        index = min(range(len(self.variants)), key=lambda i: len(self.times[i]))
-        kind, threads = self.variants[index]
-        runner = run_native if kind == "native" else run_dot
-        start = time.perf_counter()
-        runner(op, lhs, rhs, out, threads)
-        self.times[index].append(time.perf_counter() - start)
-        if len(self.times[-1]) >= self.TRIALS:
-            medians = [statistics.median(t) for t in self.times]
-            self.kind, self.chosen = self.variants[medians.index(min(medians))]
+        if self.trials is None:
+            self.trials = Fastest(self._candidates(op, lhs, rhs, out))
+        self.trials.run(lambda variant: _runner(variant[0])(op, lhs, rhs, out, variant[1]))
+
+
+def _runner(kind: str) -> Any:
+    return {"blas": run_dot, "blas_threaded": run_blas_threaded, "native": run_native}[kind]

@@ -23,6 +23,7 @@ from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
 from backends.cpu.result_pool import ResultPool
 from backends.cpu.threads import thread_pool
+from backends.cpu.trials import Fastest
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
 from spmd.ir.graph import Graph, Op
@@ -33,6 +34,12 @@ RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
 # dot threshold below, benchmarks/examples_vs_jax.py's model, same process, interleaved).
 SPLIT_MIN_ELEMENTS = 1 << 18
 SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partials) split sooner
+# From this many elements up to SPLIT_MIN_ELEMENTS a kernel's first calls measure whether a
+# split pays (trials.Fastest): it does for heavy ones (the block's GELU backward on 262K
+# elements: 0.88 -> 0.5 ms), not for a light one of the same size.
+SPLIT_TRIAL_MIN_ELEMENTS = 1 << 15
+
+
 def default_threads() -> int:
     return max(1, int(os.environ.get("SPMD_CPU_THREADS", "0")) or os.cpu_count() or 1)
 
@@ -50,6 +57,7 @@ class Step:
     reduce_mode: str = ""  # spec.reduce_mode, worked out once
     pointers: Any = None  # the ctypes array type of the kernel's argument pointers
     dot_threads: DotThreads | None = None
+    split_trial: Fastest | None = None  # unsplit vs split chunks, while being measured
 
 
 class Executable:
@@ -232,13 +240,20 @@ class Executable:
         known = self._local.addresses
         pointers = step.pointers(*[known.get(id(a)) or address(a) for a in args])
         where = ctypes.addressof(pointers)
-        chunks = step.chunks
+        if step.split_trial is not None:
+            step.split_trial.run(lambda chunks: self._run_chunks(step.fn, chunks, where))
+            if step.split_trial.chosen is not None:
+                step.chunks, step.split_trial = step.split_trial.chosen, None
+            return
+        self._run_chunks(step.fn, step.chunks, where)
+
+    def _run_chunks(self, fn: Any, chunks: list[tuple[int, int]], where: int) -> None:
         if len(chunks) == 1:
-            step.fn(chunks[0][0], chunks[0][1], where)
+            fn(chunks[0][0], chunks[0][1], where)
             return
         pool = thread_pool(self.num_threads)
-        futures = [pool.submit(step.fn, a, b, where) for a, b in chunks[1:]]
-        step.fn(chunks[0][0], chunks[0][1], where)  # the calling thread takes a chunk too
+        futures = [pool.submit(fn, a, b, where) for a, b in chunks[1:]]
+        fn(chunks[0][0], chunks[0][1], where)  # the calling thread takes a chunk too
         for f in futures:
             f.result()
 
@@ -262,10 +277,11 @@ class Executable:
         combine = _COMBINE[step.kernel.spec.reduce[0]]
         target.reshape(-1)[0] = combine.reduce(partials, dtype=partials.dtype)
 
-    def _chunks(self, spec: Any, split_reduce: bool = False) -> list[tuple[int, int]]:
+    def _chunks(self, spec: Any, split_reduce: bool = False, least: int = 0
+                ) -> list[tuple[int, int]]:
         outer = spec.domain[0] if spec.domain else 1
         size = int(np.prod(spec.domain)) if spec.domain else 1
-        least = SPLIT_REDUCE_MIN_ELEMENTS if split_reduce else SPLIT_MIN_ELEMENTS
+        least = least or (SPLIT_REDUCE_MIN_ELEMENTS if split_reduce else SPLIT_MIN_ELEMENTS)
         n = min(self.num_threads, outer, max(1, size // least))
         if n <= 1 or not (spec.splittable or split_reduce):
             return [(0, outer)]
@@ -280,6 +296,9 @@ class Executable:
         step.partials = (spec.reduce_mode == "trailing" and bool(spec.domain)
                          and not any(spec.reduce[3]) and reduce_dtype not in HALF)
         step.chunks = self._chunks(spec, step.partials)
+        if len(step.chunks) == 1 and not step.partials:
+            split = self._chunks(spec, least=SPLIT_TRIAL_MIN_ELEMENTS)
+            step.split_trial = Fastest([step.chunks, split]) if len(split) > 1 else None
         step.reduce_mode = spec.reduce_mode
         step.pointers = ctypes.c_void_p * len(spec.arg_dtypes)
         step.partials = step.partials and len(step.chunks) > 1

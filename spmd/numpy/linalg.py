@@ -40,14 +40,31 @@ def matmul(a: Any, b: Any) -> Any:
             hint="the last dim of a must equal the second-to-last dim of b",
         )
     batch = broadcast_shapes("matmul", _shape(x)[:-2], _shape(y)[:-2])
+    if type_of(y).ndim == 2 or type_of(x).ndim == 2:
+        out = _unbatched_matmul(x, y)
+    else:
+        out = _batched_matmul(x, y, batch)
+    rows, cols = _shape(out)[-2:]
+    shape = batch + (() if x_vec else (rows,)) + (() if y_vec else (cols,))
+    return lax.reshape(out, shape)
+
+
+def _unbatched_matmul(x: Any, y: Any) -> Any:
+    """One side is a matrix: contract without broadcasting it over the other's batch dims
+    (a [..., m, k] @ [k, n] is one GEMM of (... * m) rows, not a batch of copies of w)."""
+    nx, ny = type_of(x).ndim, type_of(y).ndim
+    out = lax.dot_general(x, y, (((nx - 1,), (ny - 2,)), ((), ())))
+    if nx == 2 and ny > 2:  # [m, *batch, n] -> [*batch, m, n]
+        out = lax.transpose(out, (*range(1, ny - 1), 0, ny - 1))
+    return out
+
+
+def _batched_matmul(x: Any, y: Any, batch: tuple[int, ...]) -> Any:
     x = broadcast_to_shape(x, batch + _shape(x)[-2:])
     y = broadcast_to_shape(y, batch + _shape(y)[-2:])
     nb = len(batch)
     dims = (((nb + 1,), (nb,)), (tuple(range(nb)), tuple(range(nb))))
-    out = lax.dot_general(x, y, dims)
-    rows, cols = _shape(out)[-2:]
-    shape = batch + (() if x_vec else (rows,)) + (() if y_vec else (cols,))
-    return lax.reshape(out, shape)
+    return lax.dot_general(x, y, dims)
 
 
 def tensordot(a: Any, b: Any, axes: Any = 2) -> Any:

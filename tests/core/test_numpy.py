@@ -86,6 +86,8 @@ case("matmul", lambda m, x, y: m.matmul(x, y), [(3, 4), (4, 5)], NUMERIC)
 case("matmul_batched", lambda m, x, y: x @ y, [(2, 1, 3, 4), (5, 4, 2)])
 case("matmul_vec_mat", lambda m, x, y: m.matmul(x, y), [(4,), (2, 4, 3)])
 case("matmul_mat_vec", lambda m, x, y: m.matmul(x, y), [(2, 3, 4), (4,)])
+case("matmul_batch_mat", lambda m, x, y: x @ y, [(2, 3, 3, 4), (4, 5)])
+case("matmul_mat_batch", lambda m, x, y: x @ y, [(3, 4), (2, 3, 4, 5)])
 case("matmul_vec_vec", lambda m, x, y: m.matmul(x, y), [(4,), (4,)], ("float32", "int32"))
 case("dot_nd", lambda m, x, y: m.dot(x, y), [(2, 3, 4), (5, 4, 2)])
 case("dot_scalar", lambda m, x, y: m.dot(x, y), [(), (3,)])
@@ -167,6 +169,16 @@ def test_mean_and_var_give_floats(dtype: str, expected: str) -> None:
     x = np.ones((4,), np_dtype(dtype))
     assert np.asarray(snp.mean(x)).dtype == np_dtype(expected)
     assert np.asarray(snp.var(x)).dtype == np_dtype(expected)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (4, 5)), ((3, 4), (2, 3, 4, 5))])
+def test_matmul_with_a_matrix_side_is_one_dot_without_broadcast_copies(
+        shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    """x[..., m, k] @ w[k, n] contracts w as is (one GEMM of ... * m rows), as jnp does,
+    instead of broadcasting w over x's batch dims into a batch of copies."""
+    graph = spmd.jit(lambda x, w: x @ w).lower(*(np.ones(s, np.float32) for s in shapes)).graph
+    assert [op.name for op in graph.ops if op.name in ("dot_general", "broadcast_in_dim")] == [
+        "dot_general"]
 
 
 def test_half_precision_mean_is_computed_in_float32() -> None:

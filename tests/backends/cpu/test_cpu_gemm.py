@@ -8,6 +8,7 @@ import pytest
 
 import spmd
 from backends.cpu import dots, gemm
+from backends.cpu.trials import Fastest
 
 SHAPES = [  # (B, M, K, N)
     (1, 1, 1, 1), (1, 1, 64, 64), (3, 5, 7, 13), (2, 4, 1, 24), (2, 9, 3, 1), (1, 17, 33, 65),
@@ -68,7 +69,10 @@ def _run_with_fake_clock(monkeypatch: pytest.MonkeyPatch, variants: dots.DotThre
                          cost: dict[tuple[str, int], float], calls: int) -> list[tuple[str, int]]:
     ran: list[tuple[str, int]] = []
     now = [0.0]  # each run advances the fake clock by its variant's cost
-    real = {"blas": dots.run_dot, "native": dots.run_native}
+    # the BLAS's own threads are tested in test_cpu_dots: here its variant runs unsplit
+    real = {"blas": dots.run_dot, "native": dots.run_native,
+            "blas_threaded": lambda op, lhs, rhs, out, threads, dot=dots.run_dot: dot(
+                op, lhs, rhs, out)}
 
     def recording(kind: str) -> object:
         def run(op: object, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray,
@@ -78,9 +82,10 @@ def _run_with_fake_clock(monkeypatch: pytest.MonkeyPatch, variants: dots.DotThre
             real[kind](op, lhs, rhs, out, threads)
         return run
 
-    monkeypatch.setattr(dots, "run_dot", recording("blas"))
-    monkeypatch.setattr(dots, "run_native", recording("native"))
-    monkeypatch.setattr(dots.time, "perf_counter", lambda: now[0])
+    for kind, name in [("blas", "run_dot"), ("native", "run_native"),
+                       ("blas_threaded", "run_blas_threaded")]:
+        monkeypatch.setattr(dots, name, recording(kind))
+    monkeypatch.setattr("backends.cpu.trials.time.perf_counter", lambda: now[0])
     for _ in range(calls):
         out = np.full_like(expected, -1)
         variants.run(op, a, b, out)
@@ -88,17 +93,20 @@ def _run_with_fake_clock(monkeypatch: pytest.MonkeyPatch, variants: dots.DotThre
     return ran
 
 
-@pytest.mark.parametrize("fastest", [("blas", 1), ("blas", 2), ("native", 1), ("native", 2)])
-def test_small_dot_keeps_the_fastest_of_four_variants(monkeypatch: pytest.MonkeyPatch,
+VARIANTS = [("blas", 1), ("blas", 2), ("blas_threaded", 2), ("native", 1), ("native", 2)]
+
+
+@pytest.mark.parametrize("fastest", VARIANTS)
+def test_small_dot_keeps_the_fastest_of_five_variants(monkeypatch: pytest.MonkeyPatch,
                                                       fastest: tuple[str, int]) -> None:
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "1")
     monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)  # small enough to split
     monkeypatch.setattr(dots, "NATIVE_SPLIT_MIN_MACS", 1)
     op, a, b = _dot((8, 32, 64), (8, 64, 24))
-    cost = {("blas", 1): 4.0, ("blas", 2): 3.0, ("native", 1): 2.0, ("native", 2): 2.5}
+    cost = dict(zip(VARIANTS, [5.0, 3.0, 3.5, 2.0, 2.5]))
     cost[fastest] = 1.0
     variants = dots.DotThreads(2)
-    trials = 4 * dots.DotThreads.TRIALS
+    trials = len(VARIANTS) * Fastest.TRIALS
     ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost, trials + 3)
     assert set(ran[:trials]) == set(cost)  # every variant was tried
     assert (variants.kind, variants.chosen) == fastest
@@ -113,7 +121,7 @@ def test_small_dots_try_no_split(monkeypatch: pytest.MonkeyPatch, threads: int) 
     cost = {("blas", 1): 2.0, ("native", 1): 1.0}
     variants = dots.DotThreads(threads)
     ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost,
-                               2 * dots.DotThreads.TRIALS + 2)
+                               2 * Fastest.TRIALS + 2)
     assert set(ran) == set(cost)
     assert (variants.kind, variants.chosen) == ("native", 1)
 
@@ -121,7 +129,8 @@ def test_small_dots_try_no_split(monkeypatch: pytest.MonkeyPatch, threads: int) 
 def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
     monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)
-    cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("native", 1): 0.5, ("native", 2): 0.5}
+    cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("blas_threaded", 2): 2.0, ("native", 1): 0.5,
+            ("native", 2): 0.5}
     cases = [("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
              ("1", _dot((2, 8, 300), (2, 300, 8))),  # k above NATIVE_MAX_DIM
              ("1", _dot((2, 8, 16), (2, 16, 8), "int32"))]  # not a float dtype
@@ -129,8 +138,8 @@ def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.Mon
         monkeypatch.setenv("SPMD_NATIVE_GEMM", flag)
         variants = dots.DotThreads(2)
         ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost,
-                                   2 * dots.DotThreads.TRIALS + 1)
-        assert {kind for kind, _ in ran} == {"blas"}
+                                   3 * Fastest.TRIALS + 1)
+        assert {kind for kind, _ in ran} == {"blas", "blas_threaded"}
         assert (variants.kind, variants.chosen) == ("blas", 1)
 
 

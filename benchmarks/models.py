@@ -100,12 +100,24 @@ def median_time(run: Callable[[], Any], repeat: int, number: int = 1) -> float:
     return statistics.median(samples)
 
 
+# A BLAS's idle worker threads spin for up to ~0.1 s after a multi-threaded call (OpenBLAS:
+# 2^28 cycles): the next run measured would share a core with them. JAX's 2x4 block step
+# measured 28 ms right after ours against 22 ms alone, so samples start this long apart.
+SETTLE_SECONDS = 0.2
+
+
 def interleaved(runs: dict[str, Callable[[], Any]], repeat: int, number: int = 1,
-                ) -> dict[str, float]:
-    """Median times of several runs measured alternately (fair on a shared machine)."""
+                settle: float = SETTLE_SECONDS) -> dict[str, float]:
+    """Median times of several runs measured alternately (fair on a shared machine). Each
+    sample starts `settle` seconds after the previous one ended and after one untimed call,
+    so it times the run's own steady state (threads awake, caches warm), not its neighbour's
+    leftovers."""
     samples: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeat):
         for name, run in runs.items():
+            if settle:
+                time.sleep(settle)
+                run()
             start = time.perf_counter()
             for _ in range(number):
                 run()

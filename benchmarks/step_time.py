@@ -1,7 +1,8 @@
-"""One training step (value_and_grad + SGD) of a 2x4-sharded MLP and transformer block on
-the local runtime, ours (SPMD_BACKEND x SPMD_LOCAL_MODE) vs JAX on 8 host devices.
+"""One training step (value_and_grad + SGD) of an MLP and a transformer block, on one device
+and 2x4-sharded on the local runtime, ours (SPMD_BACKEND x SPMD_LOCAL_MODE) vs JAX on as
+many host devices.
 
-Run: python benchmarks/step_time.py [--scale 1] [--repeat 5] [--number 2]
+Run: python benchmarks/step_time.py [--scale 1] [--repeat 5] [--number 2] [--all-configs]
 """
 
 from __future__ import annotations
@@ -16,23 +17,20 @@ import models as M
 WARMUP_STEPS = 15  # a dot tries its variants on its first <= 12 calls (backends/cpu/dots.py)
 
 
-def configs() -> list[tuple[str, str, int]]:
+def configs(devices: int, every: bool) -> list[tuple[str, str, int]]:
     """(SPMD_LOCAL_MODE, SPMD_BACKEND, BLAS threads or 0 for as is): the backend only matters
     where devices run compiled per-device programs (threads) or the batched program (stacked:
     cpu compiles it, interpreter runs numpy op by op); lockstep runs numpy directly. BLAS
-    threads are capped with threadpoolctl around our calls only."""
-    import launch.local
-
-    modes = ["lockstep"] + (["stacked"] if hasattr(launch.local, "StackedProgram") else [])
-    native = [("stacked", "cpu", 0)] if "stacked" in modes else []  # batched, compiled once
-    grid = [(m, "interpreter", 0) for m in modes] + [("threads", "interpreter", 0),
-                                                     ("threads", "cpu", 0), *native,
-                                                     ("auto", "auto", 0)]
-    try:
-        import threadpoolctl  # noqa: F401
-    except ImportError:
+    threads are capped with threadpoolctl around our calls only. On one device every mode
+    runs the same program: the numpy reference and the compiled one are compared."""
+    if devices == 1:
+        return [("lockstep", "interpreter", 0), ("auto", "auto", 0)]
+    grid = [("lockstep", "interpreter", 0), ("threads", "cpu", 0), ("stacked", "cpu", 0),
+            ("auto", "auto", 0)]
+    if not every:
         return grid
-    return grid + [("stacked", "interpreter", 1), ("threads", "cpu", 1)]
+    return grid + [("stacked", "interpreter", 0), ("threads", "interpreter", 0),
+                   ("stacked", "interpreter", 1), ("threads", "cpu", 1)]
 
 
 def label(mode: str, backend: str, blas: int) -> str:
@@ -86,15 +84,27 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="multiply the model widths")
     parser.add_argument("--repeat", type=int, default=5, help="samples (median reported)")
     parser.add_argument("--number", type=int, default=2, help="steps per sample")
+    parser.add_argument("--all-configs", action="store_true",
+                        help="also the interpreter on stacked/threads and BLAS-capped runs")
     args = parser.parse_args()
-    print(M.header("training step on a 2x4 mesh (batch on data, hidden/heads on model), "
-                   "ours vs JAX"))
-    ours, jax_fw = M.ours(), M.jax_framework()
-    grid = configs()
-    print("\n| program | JAX ms | " + " | ".join(f"ours {label(*c)} ms" for c in grid)
-          + " | best ours/JAX |")
-    print("|---|---|" + "---|" * len(grid) + "---|")
-    notes = []
+    print(M.header("training step, one device and a 2x4 mesh (batch on data, hidden/heads on "
+                   "model), ours vs JAX"))
+    notes: list[str] = []
+    for mesh in ((1, 1), (2, 4)):
+        table(mesh, args, notes)
+    print()
+    for note in notes:
+        print(note)
+
+
+def table(mesh: tuple[int, int], args: argparse.Namespace, notes: list[str]) -> None:
+    """One markdown table: each program's step time under JAX and each config of ours."""
+    ours, jax_fw = M.ours(mesh), M.jax_framework(mesh)
+    grid = configs(mesh[0] * mesh[1], args.all_configs)
+    where = f"{mesh[0]}x{mesh[1]}"
+    print(f"\n| program | mesh | JAX ms | "
+          + " | ".join(f"ours {label(*c)} ms" for c in grid) + " | best ours/JAX |")
+    print("|---|---|---|" + "---|" * len(grid) + "---|")
     for name, loss, inputs, specs in cases(args.scale):
         jax_args = M.placed(jax_fw, inputs[0], specs, inputs[1], inputs[2])
         ours_args = M.placed(ours, inputs[0], specs, inputs[1], inputs[2])
@@ -104,18 +114,16 @@ def main() -> None:
         for config in grid:
             run, actual, kernels = compile_ours(ours, loss, ours_args, *config)
             runs[label(*config)] = run
-            notes.append(f"{name}: ours {label(*config)} ran as {actual}, {kernels} native "
-                         f"kernels built or loaded")
+            notes.append(f"{name} on {where}: ours {label(*config)} ran as {actual}, "
+                         f"{kernels} native kernels built or loaded")
         for run in runs.values():
             for _ in range(WARMUP_STEPS):  # compiles, then each dot's variant trials
                 run()
         times = M.interleaved(runs, args.repeat, args.number)
         best = min(v for k, v in times.items() if k != "jax")
         cells = " | ".join(f"{times[label(*c)] * 1e3:.1f}" for c in grid)
-        print(f"| {name} | {times['jax'] * 1e3:.2f} | {cells} | {best / times['jax']:.1f} |")
-    print()
-    for note in notes:
-        print(note)
+        print(f"| {name} | {where} | {times['jax'] * 1e3:.2f} | {cells} | "
+              f"{best / times['jax']:.2f} |")
 
 
 if __name__ == "__main__":

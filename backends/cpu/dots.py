@@ -47,26 +47,33 @@ def dot_layout(dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[in
 
 
 def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
-    """dot_general as a batched matmul [B,M,K] x [B,K,N] -> [B,M,N] written into `out`;
-    large ones are split over the batch (or the rows) across threads, since numpy runs a
-    batched matmul one gemm after another and BLAS may be held to one thread per device."""
+    """dot_general as a batched matmul [*batch,M,K] x [*batch,K,N] -> [*batch,M,N] written
+    into `out`; large ones are split over the batch (or the rows) across threads, since numpy
+    runs a batched matmul one gemm after another and BLAS may be held to one thread.
+
+    The batch dims stay apart: numpy's matmul steps over any batch strides, so an operand
+    whose batch dims do not merge (attention's [b, h] read from a [b, t, h, k] buffer) is
+    not copied; only row or contraction dims that do not merge are."""
     lperm, rperm, (batch, m, k, n), compute = dot_layout(
         op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
-    a = np.transpose(lhs, lperm).reshape(batch, m, k).astype(compute, copy=False)
-    b = np.transpose(rhs, rperm).reshape(batch, k, n).astype(compute, copy=False)
+    nbatch = len(op.attrs["dimension_numbers"][1][0])
+    batch_shape = tuple(lhs.shape[i] for i in lperm[:nbatch])
+    a = np.transpose(lhs, lperm).reshape(*batch_shape, m, k).astype(compute, copy=False)
+    b = np.transpose(rhs, rperm).reshape(*batch_shape, k, n).astype(compute, copy=False)
     direct = compute == out.dtype  # out is a contiguous planned buffer: reshape is a view
-    result = out.reshape(batch, m, n) if direct else np.empty((batch, m, n), compute)
-    parts = min(threads, batch if batch > 1 else m)
+    result = (out.reshape(*batch_shape, m, n) if direct
+              else np.empty((*batch_shape, m, n), compute))
+    by_batch = nbatch > 0 and batch_shape[0] > 1
+    parts = min(threads, batch_shape[0] if by_batch else m)
     if parts > 1 and batch * m * n * k >= DOT_SPLIT_MIN_MACS:
-        axis = 0 if batch > 1 else 1
-        bounds = np.linspace(0, result.shape[axis], parts + 1).astype(int)
+        bounds = np.linspace(0, batch_shape[0] if by_batch else m, parts + 1).astype(int)
 
         def chunk(i: int) -> None:
             lo, hi = bounds[i], bounds[i + 1]
-            if axis == 0:
+            if by_batch:
                 np.matmul(a[lo:hi], b[lo:hi], out=result[lo:hi])
             else:
-                np.matmul(a[:, lo:hi], b, out=result[:, lo:hi])
+                np.matmul(a[..., lo:hi, :], b, out=result[..., lo:hi, :])
 
         list(thread_pool(parts).map(chunk, range(parts)))
     else:

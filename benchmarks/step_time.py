@@ -102,7 +102,7 @@ def table(mesh: tuple[int, int], args: argparse.Namespace, notes: list[str]) -> 
     ours, jax_fw = M.ours(mesh), M.jax_framework(mesh)
     grid = configs(mesh[0] * mesh[1], args.all_configs)
     where = f"{mesh[0]}x{mesh[1]}"
-    print(f"\n| program | mesh | JAX ms | "
+    print("\n| program | mesh | JAX ms | "
           + " | ".join(f"ours {label(*c)} ms" for c in grid) + " | best ours/JAX |")
     print("|---|---|---|" + "---|" * len(grid) + "---|")
     for name, loss, inputs, specs in cases(args.scale):

@@ -11,6 +11,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ _HEADER = struct.Struct("!I")
 # First element of a control message's key (never a mesh tag): (CONTROL, what, sender, text).
 CONTROL = "__spmd_control__"
 EMPTY = np.zeros(0, np.uint8)
+UNREACHABLE_GRACE_SECONDS = 1.0  # a failed send waits this long for the peer's goodbye
 
 
 class SocketChannel:
@@ -69,8 +71,25 @@ class SocketChannel:
                 if value.nbytes:
                     connection.sendall(memoryview(value.reshape(-1).view(np.uint8)))
         except OSError as exc:
-            raise RemoteError(f"sending to {self.label} {actor} failed ({exc}); it has "
-                              f"probably died") from None
+            raise RemoteError(self._why_unreachable(actor, exc)) from None
+
+    def _why_unreachable(self, actor: int, exc: OSError) -> str:
+        """Why a send to actor failed: the goodbye or the loss its reader records (given a
+        moment: the connection reset can reach this thread before the reader has read the
+        goodbye already in the socket), else the socket error."""
+        box = self.mailbox
+        deadline = time.monotonic() + UNREACHABLE_GRACE_SECONDS
+        with box.cond:
+            while actor not in box.departed and box.error is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                box.cond.wait(remaining)
+            if actor in box.departed:
+                return box.departed[actor]
+            if box.error is not None:
+                return box.error
+        return f"sending to {self.label} {actor} failed ({exc}); it has probably died"
 
     def announce(self, what: str, text: str = "") -> None:
         """Sends a control message (goodbye, abort) to every member; dead members are skipped."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 import os
 from typing import Any
@@ -14,20 +15,21 @@ from typing import Any
 import numpy as np
 
 from backends.cpu import cache, gemm
-from backends.cpu.threads import thread_pool
+from backends.cpu.spin_pool import native_address, spin_pool
 from backends.cpu.trials import Fastest
 from spmd.ir.graph import Op
+from spmd.ir.types import TensorType
 
-# Below this many multiply-adds a matmul is not worth splitting across threads (nor trying
-# to): the block's 8 x [256,128]@[128,32] projections (8.4M) run 25 -> ~45 GFLOP/s split.
+# From this many multiply-adds a dot our workers cannot split (one GEMM, or too big for the
+# native kernel) tries the BLAS on its own threads.
 DOT_SPLIT_MIN_MACS = 1 << 22
 # The native kernel is tried only where every one of M, K, N is at most this: it is ahead
 # on GPT's 8 x [256,16]@[16,64] (33 vs 26 GFLOP/s) and behind on 8 x [256,64]@[64,48] (37 vs
 # 51); the trials pick per dot, and bigger dots go to the BLAS's cache blocking untried.
 NATIVE_MAX_DIM = 256
-# The native kernel's batch is split across threads only from this many multiply-adds: a
-# thread handoff costs ~0.1 ms here, and halves of smaller dots measured 2-5x slower.
-NATIVE_SPLIT_MIN_MACS = 1 << 23
+# The native kernel's batch split across our spinning workers is tried from this many
+# multiply-adds (~60 us of work; a handoff costs ~10 us).
+NATIVE_SPLIT_MIN_MACS = 1 << 20
 
 
 @functools.lru_cache(maxsize=4096)
@@ -46,40 +48,23 @@ def dot_layout(dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[in
     return (*lb, *lf, *lc), (*rb, *rc, *rf), (batch, m, k, n), compute
 
 
-def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
-    """dot_general as a batched matmul [*batch,M,K] x [*batch,K,N] -> [*batch,M,N] written
-    into `out`; large ones are split over the batch (or the rows) across threads, since numpy
-    runs a batched matmul one gemm after another and BLAS may be held to one thread.
+def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
+    """dot_general as numpy's batched matmul [*batch,M,K] x [*batch,K,N] -> [*batch,M,N]
+    written into `out`, on the BLAS's current threads.
 
     The batch dims stay apart: numpy's matmul steps over any batch strides, so an operand
     whose batch dims do not merge (attention's [b, h] read from a [b, t, h, k] buffer) is
     not copied; only row or contraction dims that do not merge are."""
-    lperm, rperm, (batch, m, k, n), compute = dot_layout(
+    lperm, rperm, (_, m, k, n), compute = dot_layout(
         op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
     nbatch = len(op.attrs["dimension_numbers"][1][0])
     batch_shape = tuple(lhs.shape[i] for i in lperm[:nbatch])
     a = np.transpose(lhs, lperm).reshape(*batch_shape, m, k).astype(compute, copy=False)
     b = np.transpose(rhs, rperm).reshape(*batch_shape, k, n).astype(compute, copy=False)
-    direct = compute == out.dtype  # out is a contiguous planned buffer: reshape is a view
-    result = (out.reshape(*batch_shape, m, n) if direct
-              else np.empty((*batch_shape, m, n), compute))
-    by_batch = nbatch > 0 and batch_shape[0] > 1
-    parts = min(threads, batch_shape[0] if by_batch else m)
-    if parts > 1 and batch * m * n * k >= DOT_SPLIT_MIN_MACS:
-        bounds = np.linspace(0, batch_shape[0] if by_batch else m, parts + 1).astype(int)
-
-        def chunk(i: int) -> None:
-            lo, hi = bounds[i], bounds[i + 1]
-            if by_batch:
-                np.matmul(a[lo:hi], b[lo:hi], out=result[lo:hi])
-            else:
-                np.matmul(a[..., lo:hi, :], b, out=result[..., lo:hi, :])
-
-        list(thread_pool(parts).map(chunk, range(parts)))
+    if compute == out.dtype:  # out is a contiguous planned buffer: the reshape is a view
+        np.matmul(a, b, out=out.reshape(*batch_shape, m, n))
     else:
-        np.matmul(a, b, out=result)
-    if not direct:
-        out[...] = result.reshape(out.shape)
+        out[...] = np.matmul(a, b).reshape(out.shape)
 
 
 def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
@@ -121,11 +106,8 @@ def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts:
         kernel(0, batch, where)
         return
     bounds = np.linspace(0, batch, parts + 1).astype(int).tolist()
-    pool = thread_pool(parts)
-    futures = [pool.submit(kernel, bounds[i], bounds[i + 1], where) for i in range(1, parts)]
-    kernel(bounds[0], bounds[1], where)
-    for future in futures:
-        future.result()
+    spin_pool(parts).run(kernel, native_address(kernel), list(itertools.pairwise(bounds)),
+                         [where] * parts)
 
 
 @functools.cache
@@ -138,11 +120,11 @@ def _blas_library() -> Any | None:
     return libraries[0] if len(libraries) == 1 else None
 
 
-def run_blas_threaded(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray,
-                      threads: int = 1) -> None:
+def run_blas(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1
+             ) -> None:
     """dot_general by the BLAS on `threads` of its own threads, the caller's limit restored
     after (the stacked runtime holds the BLAS to one thread outside its dots)."""
-    library = _blas_library()
+    library = _blas_library() if threads > 1 else None
     if library is None:
         run_dot(op, lhs, rhs, out)
         return
@@ -159,24 +141,55 @@ def native_enabled() -> bool:
     return os.environ.get("SPMD_NATIVE_GEMM", "1") != "0"
 
 
-Variant = tuple[str, int]  # ("blas" | "blas_threaded" | "native", threads)
+Variant = tuple[str, int]  # ("blas" | "native", threads)
+
+
+def workers_can_split(op: Op, lhs: TensorType, rhs: TensorType) -> bool:
+    """Whether our workers can split this dot: a batch of float GEMMs the native kernel
+    takes (decided from the types; its trials may still keep it unsplit)."""
+    out = op.types[0]
+    _, _, (batch, m, k, n), _ = dot_layout(op.attrs["dimension_numbers"], lhs.shape,
+                                           rhs.shape, np.dtype(np.float32))
+    return (native_enabled() and lhs.dtype == rhs.dtype == out.dtype
+            and out.dtype in ("float32", "float64") and batch > 1
+            and max(m, k, n) <= NATIVE_MAX_DIM)
+
+
+def use_blas_threads(dots: list[tuple[Op, TensorType, TensorType]]) -> bool:
+    """A program's one choice of parallelism for its dots (op, lhs and rhs types): the
+    BLAS's own threads, or our spinning workers (which also split its fused kernels).
+    Never both: OpenBLAS's idle workers spin for ~0.1 s without yielding, so our workers
+    and the caller would share the other core (measured: the 1x1 block step 18 -> 68 ms
+    with both). The BLAS's threads where most multiply-adds are in dots our workers cannot
+    split (one big GEMM, as on one device: MLP 1x1 8.2 ms vs 13.5 with our workers), else
+    ours (2x4 block: 19.4 vs 24 ms)."""
+    ours = theirs = 0
+    for op, lhs, rhs in dots:
+        macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
+                                    np.dtype(np.float32))[2])
+        if workers_can_split(op, lhs, rhs):
+            ours += macs
+        else:
+            theirs += macs
+    return theirs > ours
 
 
 class DotThreads:
     """Which way one dot runs fastest, measured on its first calls (trials.Fastest): the
-    BLAS unsplit, split across our threads or on its own threads, and for small float GEMMs
-    the native kernel unsplit or split.
+    BLAS on one thread or our native kernel for small float GEMMs, and a split of either
+    by the program's choice of parallelism (use_blas_threads): the native kernel's batch
+    across our spinning workers, or the BLAS on its own threads.
 
-    Which is faster depends on the shape and the host: on this 2-vCPU machine the BLAS's own
-    two threads run 8 x [64,256]@[256,256] at 57-59 GFLOP/s against 32-37 on one thread
-    (two of our threads each calling a one-thread BLAS do not scale: 28-34), yet collapse
-    when other processes load the cores; numpy loops over a batch of tiny GEMMs at 17-25
-    GFLOP/s where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]). Splits are
-    tried only on dots big enough to gain from one.
+    Measured on this 2-vCPU host: numpy loops over a batch of tiny GEMMs at 17-25 GFLOP/s
+    where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]); the BLAS's two threads
+    run 8 x [64,256]@[256,256] at 57-59 GFLOP/s against 32-37 on one. numpy's matmul holds
+    the GIL over a small batch, so two of our threads calling it do not run at once: that
+    split is not tried.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, blas_threads: bool = False) -> None:
         self.threads = threads
+        self.blas_threads = blas_threads  # the program's choice: see use_blas_threads
         self.trials: Fastest | None = None
 
     @property
@@ -194,14 +207,13 @@ class DotThreads:
         macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
                                     out.dtype)[2])
         variants: list[Variant] = [("blas", 1)] + ([("native", 1)] if operands else [])
-        # below these sizes a split costs more than it saves (the BLAS's is not even made)
-        if self.threads > 1 and macs >= DOT_SPLIT_MIN_MACS:
-            variants.append(("blas", self.threads))
-            if _blas_library() is not None:
-                variants.append(("blas_threaded", self.threads))
-        if (operands and self.threads > 1 and macs >= NATIVE_SPLIT_MIN_MACS
-                and operands[1].shape[0] > 1):
-            variants.append(("native", 2))
+        if self.threads < 2:
+            return variants
+        if self.blas_threads:
+            if macs >= DOT_SPLIT_MIN_MACS and _blas_library() is not None:
+                variants.append(("blas", self.threads))
+        elif operands and operands[1].shape[0] > 1 and macs >= NATIVE_SPLIT_MIN_MACS:
+            variants.append(("native", self.threads))
         return variants
 
     def run(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
@@ -211,4 +223,4 @@ class DotThreads:
 
 
 def _runner(kind: str) -> Any:
-    return {"blas": run_dot, "blas_threaded": run_blas_threaded, "native": run_native}[kind]
+    return run_native if kind == "native" else run_blas

@@ -18,30 +18,31 @@ import numpy as np
 
 from backends.cpu import allocator, blas, cache, memory
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
-from backends.cpu.dots import DotThreads
+from backends.cpu.dots import DotThreads, use_blas_threads
 from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
 from backends.cpu.result_pool import ResultPool
-from backends.cpu.threads import thread_pool
-from backends.cpu.trials import Fastest
+from backends.cpu.spin_pool import native_address, spin_pool
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
-from spmd.ir.graph import Graph, Op
+from spmd.ir.graph import Graph, Op, subgraphs
 
 RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
-# Below this many elements a kernel runs on the calling thread: handing a chunk to a pool
-# thread costs more than it saves on 2 shared cores (GPT example step 84 -> 61 ms with the
-# dot threshold below, benchmarks/examples_vs_jax.py's model, same process, interleaved).
-SPLIT_MIN_ELEMENTS = 1 << 18
-SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partials) split sooner
-# From this many elements up to SPLIT_MIN_ELEMENTS a kernel's first calls measure whether a
-# split pays (trials.Fastest): it does for heavy ones (the block's GELU backward on 262K
-# elements: 0.88 -> 0.5 ms), not for a light one of the same size.
-SPLIT_TRIAL_MIN_ELEMENTS = 1 << 15
+# Below this many elements a kernel runs on the calling thread. Chunks go to workers that
+# spin between chunks (spin_pool.py), a ~10 us handoff: the 2x4 block step ran 24 -> 20 ms
+# with this threshold down from 2^18 (a sleeping pool's wake-up cost more than it saved).
+SPLIT_MIN_ELEMENTS = 1 << 15
+SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partials)
 
 
 def default_threads() -> int:
-    return max(1, int(os.environ.get("SPMD_CPU_THREADS", "0")) or os.cpu_count() or 1)
+    """SPMD_CPU_THREADS, else OMP_NUM_THREADS (our launchers set 1 where ranks share the
+    cores: a rank's spinning workers would take another rank's core), else every core."""
+    for name in ("SPMD_CPU_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
 
 
 @dataclass
@@ -57,18 +58,23 @@ class Step:
     reduce_mode: str = ""  # spec.reduce_mode, worked out once
     pointers: Any = None  # the ctypes array type of the kernel's argument pointers
     dot_threads: DotThreads | None = None
-    split_trial: Fastest | None = None  # unsplit vs split chunks, while being measured
+    address: int = 0  # the kernel's native entry point, for the spinning workers
 
 
 class Executable:
     """A compiled per-device program: call it with numpy arrays, get numpy arrays."""
 
     def __init__(self, graph: Graph, run_op: RunOp | None = None,
-                 donate: Sequence[bool] | None = None, num_threads: int | None = None) -> None:
+                 donate: Sequence[bool] | None = None, num_threads: int | None = None,
+                 blas_threads: bool | None = None) -> None:
         self.graph = graph
         self.run_op = run_op or run_reference
         self.donate = list(donate) if donate is not None else [False] * len(graph.params)
         self.num_threads = num_threads or default_threads()
+        # the program's parallelism: the BLAS's threads in its dots, or our workers in its
+        # dots and kernels (dots.use_blas_threads); a scan body keeps its program's
+        self.blas_threads = (use_blas_threads(_dots(graph)) if blas_threads is None
+                             else blas_threads)
         allocator.tune()
         self._results = ResultPool()
         self.steps = self._schedule()
@@ -100,7 +106,8 @@ class Executable:
                 steps.append(Step("const", op, value=value))
             elif op.name == "dot_general":
                 blas.prime()
-                steps.append(Step("dot", op, dot_threads=DotThreads(self.num_threads)))
+                steps.append(Step("dot", op, dot_threads=DotThreads(self.num_threads,
+                                                                    self.blas_threads)))
             elif op.name == "scan":
                 steps.append(Step("scan", op))
             else:
@@ -165,7 +172,8 @@ class Executable:
         """A scan loop in Python around its body compiled once (native kernels per step)."""
         a = step.op.attrs
         if step.fn is None:
-            step.fn = Executable(a["body"], self.run_op, num_threads=self.num_threads)
+            step.fn = Executable(a["body"], self.run_op, num_threads=self.num_threads,
+                                 blas_threads=self.blas_threads)
         nc, ncar, length = a["num_consts"], a["num_carry"], a["length"]
         consts = ins[:nc]
         carry = ins[nc:nc + ncar]
@@ -240,22 +248,11 @@ class Executable:
         known = self._local.addresses
         pointers = step.pointers(*[known.get(id(a)) or address(a) for a in args])
         where = ctypes.addressof(pointers)
-        if step.split_trial is not None:
-            step.split_trial.run(lambda chunks: self._run_chunks(step.fn, chunks, where))
-            if step.split_trial.chosen is not None:
-                step.chunks, step.split_trial = step.split_trial.chosen, None
-            return
-        self._run_chunks(step.fn, step.chunks, where)
-
-    def _run_chunks(self, fn: Any, chunks: list[tuple[int, int]], where: int) -> None:
+        chunks = step.chunks
         if len(chunks) == 1:
-            fn(chunks[0][0], chunks[0][1], where)
+            step.fn(chunks[0][0], chunks[0][1], where)
             return
-        pool = thread_pool(self.num_threads)
-        futures = [pool.submit(fn, a, b, where) for a, b in chunks[1:]]
-        fn(chunks[0][0], chunks[0][1], where)  # the calling thread takes a chunk too
-        for f in futures:
-            f.result()
+        spin_pool(self.num_threads).run(step.fn, step.address, chunks, [where] * len(chunks))
 
     def _run_split_reduce(self, step: Step, args: list[np.ndarray]) -> None:
         """A reduce over every dim: each thread reduces a slice into its own partial, then
@@ -263,27 +260,19 @@ class Executable:
         target = args[-1]
         partials = np.empty(len(step.chunks), target.dtype)
         addresses = [address(a) for a in args[:-1]]
-        pool = thread_pool(self.num_threads)
-        arrays, futures = [], []
-        for k, (a, b) in enumerate(step.chunks):
-            pointers = (ctypes.c_void_p * len(args))(*addresses, partials[k:].ctypes.data)
-            arrays.append(pointers)
-            if k:
-                futures.append(pool.submit(step.fn, a, b, ctypes.addressof(pointers)))
-        a, b = step.chunks[0]
-        step.fn(a, b, ctypes.addressof(arrays[0]))
-        for f in futures:
-            f.result()
+        arrays = [(ctypes.c_void_p * len(args))(*addresses, partials[k:].ctypes.data)
+                  for k in range(len(step.chunks))]
+        spin_pool(self.num_threads).run(step.fn, step.address, step.chunks,
+                                        [ctypes.addressof(a) for a in arrays])
         combine = _COMBINE[step.kernel.spec.reduce[0]]
         target.reshape(-1)[0] = combine.reduce(partials, dtype=partials.dtype)
 
-    def _chunks(self, spec: Any, split_reduce: bool = False, least: int = 0
-                ) -> list[tuple[int, int]]:
+    def _chunks(self, spec: Any, split_reduce: bool = False) -> list[tuple[int, int]]:
         outer = spec.domain[0] if spec.domain else 1
         size = int(np.prod(spec.domain)) if spec.domain else 1
-        least = least or (SPLIT_REDUCE_MIN_ELEMENTS if split_reduce else SPLIT_MIN_ELEMENTS)
+        least = SPLIT_REDUCE_MIN_ELEMENTS if split_reduce else SPLIT_MIN_ELEMENTS
         n = min(self.num_threads, outer, max(1, size // least))
-        if n <= 1 or not (spec.splittable or split_reduce):
+        if n <= 1 or self.blas_threads or not (spec.splittable or split_reduce):
             return [(0, outer)]
         bounds = np.linspace(0, outer, n + 1).astype(np.int64)
         return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
@@ -296,12 +285,21 @@ class Executable:
         step.partials = (spec.reduce_mode == "trailing" and bool(spec.domain)
                          and not any(spec.reduce[3]) and reduce_dtype not in HALF)
         step.chunks = self._chunks(spec, step.partials)
-        if len(step.chunks) == 1 and not step.partials:
-            split = self._chunks(spec, least=SPLIT_TRIAL_MIN_ELEMENTS)
-            step.split_trial = Fastest([step.chunks, split]) if len(split) > 1 else None
         step.reduce_mode = spec.reduce_mode
         step.pointers = ctypes.c_void_p * len(spec.arg_dtypes)
+        step.address = native_address(step.fn)
         step.partials = step.partials and len(step.chunks) > 1
+
+
+def _dots(graph: Graph) -> list[tuple[Op, Any, Any]]:
+    """Every dot of the graph and of its sub-graphs (scan bodies), with its operand types."""
+    found = []
+    for op in graph.ops:
+        if op.name == "dot_general":
+            found.append((op, graph.types[op.inputs[0]], graph.types[op.inputs[1]]))
+        for sub in subgraphs(op):
+            found.extend(_dots(sub))
+    return found
 
 
 def address(a: np.ndarray) -> int:

@@ -124,33 +124,3 @@ def test_results_land_in_the_callers_arrays() -> None:
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
-
-@pytest.mark.parametrize("split_is_faster", [True, False])
-def test_mid_size_kernel_keeps_the_faster_of_one_chunk_and_a_split(
-        monkeypatch: pytest.MonkeyPatch, split_is_faster: bool) -> None:
-    """Between SPLIT_TRIAL_MIN_ELEMENTS and SPLIT_MIN_ELEMENTS a kernel's first calls time
-    one chunk against one per thread (a fake clock here) and keep the faster; both give
-    the interpreter's result."""
-    from backends.cpu import executable, trials
-
-    x = np.random.default_rng(5).standard_normal((64, 1024)).astype(np.float32)
-    graph = lowered(lambda x: jnp.tanh(x) * 2 + 1, x)
-    exe = compile_program(graph, num_threads=2)
-    (step,) = [s for s in exe.steps if s.kind == "kernel"]
-    assert executable.SPLIT_TRIAL_MIN_ELEMENTS <= x.size < executable.SPLIT_MIN_ELEMENTS
-    one, split = step.split_trial.variants
-    assert len(one) == 1 and len(split) == 2
-    now = [0.0]
-    real_run_chunks = exe._run_chunks
-
-    def timed(fn: object, chunks: list, where: int) -> None:
-        now[0] += 1.0 if (len(chunks) == 2) == split_is_faster else 2.0
-        real_run_chunks(fn, chunks, where)
-
-    monkeypatch.setattr(exe, "_run_chunks", timed)
-    monkeypatch.setattr(trials.time, "perf_counter", lambda: now[0])
-    want = evaluate(graph, [x])[0]
-    for _ in range(2 * trials.Fastest.TRIALS + 1):
-        np.testing.assert_allclose(exe([x])[0], want, rtol=1e-6, atol=1e-6)
-    assert step.split_trial is None
-    assert step.chunks == (split if split_is_faster else one)

@@ -6,7 +6,7 @@ GEMM): measured on the 2x4 transformer block, splitting kernels across a sleepin
 the step slower (24 -> 27 ms) once its dots ran on OpenBLAS's threads, and faster without
 them. So, as OpenBLAS does, each worker waits for its next chunk in native code (no GIL),
 yielding the core between polls, and only falls back to sleeping on an Event after
-SPIN_POLLS idle polls (about a millisecond). Each worker owns one slot: int64 words shared
+SPIN_POLLS idle polls (a few milliseconds). Each worker owns one slot: int64 words shared
 with the submitting thread, the submitter's and the worker's on separate cache lines.
 """
 
@@ -28,10 +28,6 @@ SPIN_POLLS = 4000
 
 I32, I64 = ir.IntType(32), ir.IntType(64)
 _ENTRY = ir.FunctionType(ir.VoidType(), [I64, I64, ir.PointerType()])
-
-
-def _slot(b: ir.IRBuilder, fn: ir.Function) -> ir.Value:
-    return fn.args[2]
 
 
 def _word(b: ir.IRBuilder, slot: ir.Value, index: int) -> ir.Value:
@@ -62,7 +58,7 @@ def _worker(module: ir.Module, name: str) -> None:
     fn = ir.Function(module, _ENTRY, name)
     polls = fn.args[1]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    slot = _slot(b, fn)
+    slot = fn.args[2]
     seen0 = b.load(_word(b, slot, SEEN), typ=I64)
     _store(b, ir.Constant(I64, 1), slot, SPINNING, "seq_cst")
     entry, loop = b.block, fn.append_basic_block("loop")
@@ -113,7 +109,7 @@ def _publish(module: ir.Module, name: str) -> None:
     and sets WAKE where the worker had stopped spinning."""
     fn = ir.Function(module, _ENTRY, name)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    slot = _slot(b, fn)
+    slot = fn.args[2]
     _store(b, b.add(b.load(_word(b, slot, SEQ), typ=I64), ir.Constant(I64, 1)), slot, SEQ,
            "seq_cst")
     b.fence("seq_cst")
@@ -127,7 +123,7 @@ def _wait(module: ir.Module, name: str) -> None:
     fn = ir.Function(module, _ENTRY, name)
     target = fn.args[0]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    slot = _slot(b, fn)
+    slot = fn.args[2]
     loop, poll, out = (fn.append_basic_block(n) for n in ("loop", "poll", "out"))
     b.branch(loop)
     b.position_at_end(loop)

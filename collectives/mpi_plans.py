@@ -144,16 +144,22 @@ class FastPaths:
     _plans: dict[tuple, Plan]
     _signatures: dict[tuple, Plan]
 
+    def _cached_plan(self, key: tuple, x: Any) -> Plan | None:
+        """The call site's plan where x is a contiguous array of the dtype and shape it was
+        made for (the hot path: one dict lookup), else None."""
+        try:
+            plan = self._plans[key]
+            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
+        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
+            return None
+        return plan if fast else None
+
     def all_reduce(
         self, x: np.ndarray, axes: Any, op: str = "sum", *, where: str | None = None
     ) -> np.ndarray:
         """Elementwise reduction of every member's x; every member gets the result."""
-        try:
-            plan = self._plans[("all_reduce", axes, op)]
-            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
-        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
-            fast = False
-        if not fast:
+        plan = self._cached_plan(("all_reduce", axes, op), x)
+        if plan is None:
             return self._planned("all_reduce", x, (axes, op), where)
         return self._run_plan(plan, x, where)
 
@@ -161,12 +167,8 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, dim: int, op: str = "sum", *, where: str | None = None
     ) -> np.ndarray:
         """Block i (along dim) of the reduction of every member's x goes to member i."""
-        try:
-            plan = self._plans[("reduce_scatter", axes, dim, op)]
-            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
-        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
-            fast = False
-        if not fast:
+        plan = self._cached_plan(("reduce_scatter", axes, dim, op), x)
+        if plan is None:
             return self._planned("reduce_scatter", x, (axes, dim, op), where)
         return self._run_plan(plan, x, where)
 
@@ -174,12 +176,8 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, dim: int, *, where: str | None = None
     ) -> np.ndarray:
         """Concatenation of every member's x along dim, in group order (tiled)."""
-        try:
-            plan = self._plans[("all_gather", axes, dim)]
-            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
-        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
-            fast = False
-        if not fast:
+        plan = self._cached_plan(("all_gather", axes, dim), x)
+        if plan is None:
             return self._planned("all_gather", x, (axes, dim), where)
         return self._run_plan(plan, x, where)
 
@@ -187,12 +185,8 @@ class FastPaths:
         self, x: np.ndarray, axes: Any, split_dim: int, concat_dim: int, *, where: str | None = None
     ) -> np.ndarray:
         """Block j of x along split_dim goes to member j; received blocks concatenate on concat_dim."""
-        try:
-            plan = self._plans[("all_to_all", axes, split_dim, concat_dim)]
-            fast = plan.dtype is x.dtype and plan.shape == x.shape and x.flags.c_contiguous
-        except (KeyError, TypeError, AttributeError):  # new site, a list of axes, not an array
-            fast = False
-        if not fast:
+        plan = self._cached_plan(("all_to_all", axes, split_dim, concat_dim), x)
+        if plan is None:
             return self._planned("all_to_all", x, (axes, split_dim, concat_dim), where)
         return self._run_plan(plan, x, where)
 

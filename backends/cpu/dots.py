@@ -22,7 +22,7 @@ from spmd.ir.types import TensorType
 
 # From this many multiply-adds a dot our workers cannot split (one GEMM, or too big for the
 # native kernel) tries the BLAS on its own threads.
-DOT_SPLIT_MIN_MACS = 1 << 22
+BLAS_THREADS_MIN_MACS = 1 << 22
 # The native kernel is tried only where every one of M, K, N is at most this: it is ahead
 # on GPT's 8 x [256,16]@[16,64] (33 vs 26 GFLOP/s) and behind on 8 x [256,64]@[64,48] (37 vs
 # 51); the trials pick per dot, and bigger dots go to the BLAS's cache blocking untried.
@@ -210,7 +210,7 @@ class DotThreads:
         if self.threads < 2:
             return variants
         if self.blas_threads:
-            if macs >= DOT_SPLIT_MIN_MACS and _blas_library() is not None:
+            if macs >= BLAS_THREADS_MIN_MACS and _blas_library() is not None:
                 variants.append(("blas", self.threads))
         elif operands and operands[1].shape[0] > 1 and macs >= NATIVE_SPLIT_MIN_MACS:
             variants.append(("native", self.threads))

@@ -25,7 +25,7 @@ def _batched_dot() -> tuple[object, np.ndarray, np.ndarray]:
 def test_dot_the_native_kernel_cannot_take_tries_the_blas_threads_and_keeps_the_faster(
         monkeypatch: pytest.MonkeyPatch, threaded_is_faster: bool) -> None:
     op, a, b = _batched_dot()
-    monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)  # big enough to try the BLAS threads
+    monkeypatch.setattr(dots, "BLAS_THREADS_MIN_MACS", 1)  # big enough to try the BLAS threads
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "0")  # the BLAS variants only (native: test_cpu_gemm)
     threads = dots.DotThreads(2, blas_threads=True)
     ran: list[int] = []

@@ -98,7 +98,7 @@ def test_batched_dot_keeps_the_fastest_of_blas_native_and_native_split(
     """A batched dot the native kernel takes tries it unsplit and split over our workers
     beside the BLAS on one thread (not the BLAS's own threads: see dots.DotThreads)."""
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "1")
-    monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(dots, "BLAS_THREADS_MIN_MACS", 1)
     monkeypatch.setattr(dots, "NATIVE_SPLIT_MIN_MACS", 1)
     op, a, b = _dot((8, 32, 64), (8, 64, 24))
     cost = dict(zip(VARIANTS, [3.0, 2.0, 2.5]))
@@ -126,7 +126,7 @@ def test_small_dots_try_no_split(monkeypatch: pytest.MonkeyPatch, threads: int) 
 
 def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    monkeypatch.setattr(dots, "DOT_SPLIT_MIN_MACS", 1)
+    monkeypatch.setattr(dots, "BLAS_THREADS_MIN_MACS", 1)
     cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("native", 1): 0.5, ("native", 2): 0.5}
     cases = [("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
              ("1", _dot((2, 8, 300), (2, 300, 8))),  # k above NATIVE_MAX_DIM

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitioner.builder import ProgramBuilder
-from partitioner.combine import combine_all_reduces
 from partitioner.collective_report import CollectiveRecord
+from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
 from partitioner.reshard import (

@@ -6,10 +6,19 @@ never matters which module is imported first.
 
 from __future__ import annotations
 
+from spmd.ops import (
+    collective,
+    contract,
+    control,
+    elementwise,
+    index,
+    reduce,
+    rng,
+    shape,
+    sort,
+    spmd_map,
+)
 from spmd.ops.opdef import NONDIFF, ZERO_GRAD, Factors, OpDef
-
-from spmd.ops import (collective, contract, control, elementwise, index, reduce, rng, shape, sort,
-                      spmd_map)
 
 REGISTRY: dict[str, OpDef] = {}
 for _family in (elementwise, reduce, shape, contract, index, control, collective, rng, spmd_map,
@@ -19,4 +28,4 @@ for _family in (elementwise, reduce, shape, contract, index, control, collective
             raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")
         REGISTRY[_op.name] = _op
 
-__all__ = ["REGISTRY", "OpDef", "Factors", "NONDIFF", "ZERO_GRAD"]
+__all__ = ["NONDIFF", "REGISTRY", "ZERO_GRAD", "Factors", "OpDef"]

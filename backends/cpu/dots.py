@@ -182,9 +182,9 @@ class DotThreads:
 
     Measured on this 2-vCPU host: numpy loops over a batch of tiny GEMMs at 17-25 GFLOP/s
     where the native kernel runs 26-37 (GPT's 64 x [32,64]@[64,64]); the BLAS's two threads
-    run 8 x [64,256]@[256,256] at 57-59 GFLOP/s against 32-37 on one. numpy's matmul holds
-    the GIL over a small batch, so two of our threads calling it do not run at once: that
-    split is not tried.
+    run 8 x [64,256]@[256,256] at 57-59 GFLOP/s against 32-37 on one. Two of our threads
+    each calling the BLAS do not scale (40 GFLOP/s together, through ctypes with the GIL
+    released, against 70 from two processes): that split is not tried.
     """
 
     def __init__(self, threads: int, blas_threads: bool = False) -> None:

@@ -67,6 +67,13 @@ def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
         out[...] = np.matmul(a, b).reshape(out.shape)
 
 
+def native_fits(dtype: str, m: int, k: int, n: int) -> bool:
+    """Whether the native kernel takes [M,K] x [K,N] GEMMs of this dtype (by name): float32
+    or float64, every dim from 1 to NATIVE_MAX_DIM. Checked on the arrays before each run
+    and, from the types alone, for the program's choice of threads (workers_can_split)."""
+    return dtype in gemm.DTYPES and 1 <= min(m, k, n) and max(m, k, n) <= NATIVE_MAX_DIM
+
+
 def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
                     ) -> tuple[cache.KernelFn, np.ndarray, np.ndarray, np.ndarray] | None:
     """The native kernel and the [B,M,K], [B,K,N], [B,M,N] views it runs on, where it fits
@@ -74,9 +81,9 @@ def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
     the inputs), else None."""
     lperm, rperm, (batch, m, k, n), _ = dot_layout(
         op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
-    if not lhs.dtype == rhs.dtype == out.dtype:
+    if not lhs.dtype == rhs.dtype == out.dtype or batch < 1:
         return None
-    if min(batch, m, k, n) < 1 or max(m, k, n) > NATIVE_MAX_DIM:
+    if not native_fits(out.dtype.name, m, k, n):
         return None
     a = np.transpose(lhs, lperm).reshape(batch, m, k)
     b = np.transpose(rhs, rperm).reshape(batch, k, n)
@@ -150,9 +157,8 @@ def workers_can_split(op: Op, lhs: TensorType, rhs: TensorType) -> bool:
     out = op.types[0]
     _, _, (batch, m, k, n), _ = dot_layout(op.attrs["dimension_numbers"], lhs.shape,
                                            rhs.shape, np.dtype(np.float32))
-    return (native_enabled() and lhs.dtype == rhs.dtype == out.dtype
-            and out.dtype in ("float32", "float64") and batch > 1
-            and max(m, k, n) <= NATIVE_MAX_DIM)
+    return (native_enabled() and lhs.dtype == rhs.dtype == out.dtype and batch > 1
+            and native_fits(out.dtype, m, k, n))
 
 
 def use_blas_threads(dots: list[tuple[Op, TensorType, TensorType]]) -> bool:

@@ -75,7 +75,7 @@ class ProgramBuilder:
         t = self.types[x]
         out = self.emit(op_name, (x,), loc, axes=axes, group_size=self.mesh.size(axes), **attrs)
         self.records.append(CollectiveRecord(op_name, axes, t.nbytes, t.shape, t.dtype, loc, reason,
-                                            value=out))
+                                            value=out, group_size=self.mesh.size(axes)))
         return out
 
     def finish(self, results: Sequence[int]) -> Graph:

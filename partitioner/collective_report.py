@@ -18,11 +18,30 @@ class CollectiveRecord:
     loc: str
     reason: str
     value: int = field(default=0, repr=False, compare=False)  # the collective's output id
+    group_size: int = field(default=1, compare=False)
+
+    @property
+    def moved(self) -> float:
+        """Bytes one device sends on a ring (DESIGN.md's table): what the planner minimises."""
+        return moved_bytes(self.kind, self.bytes, self.group_size)
 
     def __str__(self) -> str:
         shape = "x".join(map(str, self.shape)) or "scalar"
         return (f"{self.kind:<18} axes={','.join(self.axes):<12} {self.bytes:>10} B  "
                 f"{self.dtype}[{shape}]  {self.loc or '?'}  {self.reason}")
+
+
+def moved_bytes(kind: str, operand: float, n: int) -> float:
+    """Per-device bytes a collective of `operand` bytes per device moves over a group of n."""
+    if n <= 1:
+        return 0.0
+    if kind == "all_gather":
+        return operand * (n - 1)
+    if kind == "all_reduce":
+        return 2 * operand * (n - 1) / n
+    if kind in ("reduce_scatter", "all_to_all"):
+        return operand * (n - 1) / n
+    return float(operand)  # collective_permute: the whole operand goes to another device
 
 
 def format_report(records: list[CollectiveRecord]) -> str:

@@ -109,5 +109,6 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
     lines = ", ".join(sorted({m.loc for m in members if m.loc}))
     record = CollectiveRecord("all_reduce", first.attrs["axes"], cat_t.nbytes, cat_t.shape,
                               dtype, first.loc,
-                              f"bucket of {len(members)} all-reduces ({lines})", value=reduced)
+                              f"bucket of {len(members)} all-reduces ({lines})", value=reduced,
+                              group_size=first.attrs["group_size"])
     return new, record

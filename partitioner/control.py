@@ -35,7 +35,8 @@ def _current(p: Partitioner, op: Op, values: Sequence[int], drop_lead: Sequence[
 def _inner_records(p: Partitioner, records: list[CollectiveRecord], what: str) -> None:
     for r in records:
         p.b.records.append(CollectiveRecord(r.kind, r.axes, r.bytes, r.shape, r.dtype, r.loc,
-                                            f"{r.reason} (in {what})", value=r.value))
+                                            f"{r.reason} (in {what})", value=r.value,
+                                            group_size=r.group_size))
 
 
 def partition_scan(p: Partitioner, op: Op) -> None:

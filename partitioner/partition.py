@@ -15,18 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from partitioner.builder import ProgramBuilder
+from partitioner.choose import choose_factor_axes
 from partitioner.collective_report import CollectiveRecord
 from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
-from partitioner.propagate import Dims, dims_from_factors, factor_axes, op_factors, propagate
-from partitioner.reshard import (
-    IDENTITY,
-    ReplicationWarning,
-    estimate_bytes,
-    mask_padding,
-    reshard,
-    resolve_partial,
-)
+from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
+from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
@@ -57,7 +51,9 @@ class Partitioner:
         self.b = ProgramBuilder(mesh)
         self.env: dict[int, tuple[int, ShardSpec]] = {}
         self.resharded: dict[tuple[int, Dims], int] = {}  # (value, layout) -> local value
-        self.uses = {v: len(ops) for v, ops in graph.users().items()}
+        self.users_of = graph.users()
+        self.uses = {v: len(ops) for v, ops in self.users_of.items()}
+        self.notes: dict[int, str] = {}  # value -> why its pending sum is there (report)
 
     # -- helpers ---------------------------------------------------------------------------
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
@@ -71,7 +67,8 @@ class Partitioner:
         """v in layout dst; a pending sum is resolved once for all consumers."""
         lv, spec = self.env[v]
         if spec.partial:
-            resolved, rspec = resolve_partial(self.b, lv, self.types[v], spec, dst, loc, reason)
+            resolved, rspec = resolve_partial(self.b, lv, self.types[v], spec, dst, loc,
+                                              reason + self.note(v))
             if rspec.dims == spec.dims:
                 self.env[v] = (resolved, rspec)
             lv, spec = resolved, rspec
@@ -79,6 +76,9 @@ class Partitioner:
         if key not in self.resharded:
             self.resharded[key] = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)[0]
         return self.resharded[key]
+
+    def note(self, v: int) -> str:
+        return f" ({self.notes[v]})" if v in self.notes else ""
 
     def bind_result(self, v: int, lv: int, spec: ShardSpec) -> None:
         want = local_type(self.types[v], spec, self.mesh)
@@ -161,12 +161,13 @@ class Partitioner:
                 t = self.b.types[env[bop.inputs[0]]]
                 self.b.records.append(CollectiveRecord(
                     bop.name, bop.attrs["axes"], t.nbytes, t.shape, t.dtype, bop.loc or op.loc,
-                    "written in shard_map"))
+                    "written in shard_map", group_size=bop.attrs.get("group_size", 1)))
         for v, r, dims in zip(op.outputs, body.results, out_specs):
             self.bind_result(v, env[r], ShardSpec(dims))
 
     def generic(self, op: Op, f: Factors) -> None:
-        fa = self.choose_factor_axes(op, f)
+        fa, note = choose_factor_axes(self, op, f)
+        why = f" ({note})" if note else ""
         part_axes: set[str] = set()
         part_kind = "sum"
         ins = []
@@ -178,7 +179,7 @@ class Partitioner:
                 part_axes |= set(spec.partial)
                 part_kind = spec.partial_kind
             else:
-                lv = self.operand(v, want, op.loc, f"{op.name} operand {i}")
+                lv = self.operand(v, want, op.loc, f"{op.name} operand {i}{why}")
                 spec = ShardSpec(want)
             lv = self.mask_if_reduced(lv, v, spec, f, i, fa, op.loc)
             ins.append(lv)
@@ -193,66 +194,8 @@ class Partitioner:
         for v, lv, fdims in zip(op.outputs, outs, f.results):
             dims = dims_from_factors(fdims, fa, self.types[v].shape)
             self.bind_result(v, lv, ShardSpec(dims, partial, part_kind))
-
-    def choose_factor_axes(self, op: Op, f: Factors) -> dict[str, AxisTuple]:
-        """Factor -> mesh axes: the cheaper of "as propagation wants the result" and "as
-        the operands already are" (then the result is resharded), by bytes moved."""
-        by_result = self.factor_axes_from(op, f, results_first=True)
-        by_operands = self.factor_axes_from(op, f, results_first=False)
-        if by_result == by_operands:
-            return by_result
-        cost_result = self.operand_cost(op, f, by_result)
-        cost_operands = self.operand_cost(op, f, by_operands)
-        for v, fdims in zip(op.outputs, f.results):
-            spec = ShardSpec(dims_from_factors(fdims, by_operands, self.types[v].shape),
-                             self.reduced_axes(f, by_operands), f.reduce_kind)
-            if v in self.dims_of:
-                cost_operands += estimate_bytes(self.types[v], spec, self.dims_of[v], self.mesh)
-        return by_operands if cost_operands < cost_result else by_result
-
-    def operand_cost(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> float:
-        cost = 0.0
-        for v, fdims in zip(op.inputs, f.operands):
-            want = dims_from_factors(fdims, fa, self.types[v].shape)
-            cost += estimate_bytes(self.types[v], self.env[v][1], want, self.mesh)
-        return cost
-
-    def reduced_axes(self, f: Factors, fa: dict[str, AxisTuple]) -> tuple[str, ...]:
-        axes = {a for factor in f.reduce if factor in fa for a in fa[factor]}
-        return tuple(a for a in self.mesh.names if a in axes)
-
-    def factor_axes_from(self, op: Op, f: Factors, results_first: bool) -> dict[str, AxisTuple]:
-        fa: dict[str, AxisTuple] = {}
-        used: set[str] = set()
-        result_factors = {x for fd in f.results for x in fd if x is not None}
-        if results_first:
-            for v, fdims in zip(op.outputs, f.results):
-                preferred = self.dims_of.get(v, ((),) * len(fdims))
-                for factor, axes, n in zip(fdims, preferred, self.types[v].shape):
-                    if factor is None or factor in f.blocked or n == 1:
-                        continue
-                    if axes and factor not in fa and not used & set(axes):
-                        fa[factor] = axes
-                        used |= set(axes)
-        current = {v: self.env[v][1].dims for v in op.inputs}
-        for factor, axes in factor_axes(op, f, current, self.types, include_results=False).items():
-            if factor in fa or used & set(axes) or (results_first and factor in result_factors):
-                continue
-            fa[factor] = axes
-            used |= set(axes)
-        if op.name == "reshape":
-            operand_factors = {x for x in f.operands[0] if x is not None}
-            fa = self.even_only(op, f, {k: v for k, v in fa.items() if k in operand_factors})
-        return fa
-
-    def even_only(self, op: Op, f: Factors, fa: dict[str, AxisTuple]) -> dict[str, AxisTuple]:
-        """A reshape keeps a factor sharded only where every dim it names splits evenly."""
-        keep = dict(fa)
-        for v, fdims in zip(op.inputs + op.outputs, f.operands + f.results):
-            for factor, n in zip(fdims, self.types[v].shape):
-                if factor in keep and n % self.mesh.size(keep[factor]):
-                    del keep[factor]
-        return keep
+            if partial and note:
+                self.notes[v] = note
 
     def can_pass_partial(self, op: Op, i: int, spec: ShardSpec, want: Dims,
                          fa: dict[str, AxisTuple]) -> bool:
@@ -348,7 +291,7 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
         dims = d if d is not None else spec.dims  # no request: keep the layout it has
         if spec.partial or spec.dims != dims:
             lv, spec = reshard(p.b, lv, graph.types[v], spec, dims, _loc_of(graph, v),
-                               "jit output layout")
+                               "jit output layout" + p.note(v))
         results.append(lv)
         result_specs.append(spec)
     program, records = combine_all_reduces(dce(p.b.finish(results)), p.b.records, mesh)

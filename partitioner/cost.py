@@ -1,0 +1,38 @@
+"""What a layout change costs, measured by planning it: the resharding planner runs on a
+scratch program and the bytes its collectives move (DESIGN.md's table) are summed.
+
+The partitioner compares alternative plans with these figures, so the estimate and the
+emitted collectives can never disagree.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from partitioner.builder import ProgramBuilder
+from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type
+from spmd.ir.types import TensorType
+
+Dims = tuple[AxisTuple, ...]
+Plan = Callable[[ProgramBuilder, int], object]
+
+
+def plan_moved(mesh: MeshShape, local: TensorType, plan: Plan) -> float:
+    """Bytes per device that `plan(builder, x)` moves, x being a value of type `local`."""
+    b = ProgramBuilder(mesh)
+    x = b.param(local)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan(b, x)
+    return sum(r.moved for r in b.records)
+
+
+def reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims) -> float:
+    """Bytes per device that reshard(src -> dst) moves (pending sums resolved too)."""
+    if not src.partial and src.dims == tuple(dst):
+        return 0.0
+    from partitioner.reshard import reshard
+
+    return plan_moved(mesh, local_type(gtype, src, mesh),
+                      lambda b, x: reshard(b, x, gtype, src, dst, "", "cost"))

@@ -12,7 +12,7 @@ from spmd import errors
 from spmd.api import Compiled, JitFunction, Lowered, ShapeDtypeStruct, jit
 from spmd.array import Array, block_until_ready
 from spmd.autodiff import grad, jvp, value_and_grad, vjp
-from spmd.dispatch import device_put
+from spmd.explicit import ShapedArray, auto_axes, device_put, explicit_axes, reshard, typeof
 from spmd.distributed import (
     launch_mesh,
     local_devices,
@@ -21,8 +21,11 @@ from spmd.distributed import (
     process_count,
     process_index,
 )
+from spmd.jaxpr import make_jaxpr
 from spmd.lax import with_sharding_constraint
 from spmd.sharding import (
+    AbstractMesh,
+    AxisType,
     Device,
     Mesh,
     NamedSharding,
@@ -31,7 +34,9 @@ from spmd.sharding import (
     SingleDeviceSharding,
     device_count,
     devices,
+    get_abstract_mesh,
     make_mesh,
+    set_mesh,
 )
 from spmd.shard_map import shard_map
 from spmd.tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
@@ -39,8 +44,11 @@ from spmd.visualize import visualize_sharding
 
 # Modules users reach as spmd.<name>; they import spmd.numpy, so they come last.
 from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
+from spmd import debug, scipy, sharding  # isort: skip
 
 __all__ = [
+    "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
+    "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",

@@ -42,6 +42,12 @@ class ShapeDtypeStruct:
     sharding: Any = None
     weak_type: bool = False
 
+    def __post_init__(self) -> None:
+        from spmd.validate import check_shape
+
+        object.__setattr__(self, "shape", check_shape("ShapeDtypeStruct", self.shape))
+        dtypes.canonical(self.dtype)
+
     @property
     def aval(self) -> TensorType:
         return TensorType(tuple(self.shape), dtypes.canonical(self.dtype), self.weak_type)
@@ -128,11 +134,14 @@ class JitFunction:
     def __init__(self, fun: Callable[..., Any], *, static_argnums: Any = (),
                  static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
                  out_shardings: Any = None):
+        from spmd.validate import check_argnums, check_callable
+
+        check_callable("jit", fun)
         functools.update_wrapper(self, fun)
         self.fun = fun
-        self.static_argnums = _as_tuple(static_argnums)
+        self.static_argnums = check_argnums("static_argnums", static_argnums, fun)
         self.static_argnames = _as_tuple(static_argnames)
-        self.donate_argnums = _as_tuple(donate_argnums)
+        self.donate_argnums = check_argnums("donate_argnums", donate_argnums, fun)
         self.in_shardings = in_shardings
         self.out_shardings = out_shardings
         self.trace_count = 0
@@ -144,6 +153,9 @@ class JitFunction:
 
     # -- argument handling ------------------------------------------------------------------
     def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
+        from spmd.validate import check_argnums_in_call
+
+        check_argnums_in_call(self.static_argnums, len(args), "static_argnums")
         nums = {i % len(args) if args else i for i in self.static_argnums}
         dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
         static = tuple((i, _hashable(a)) for i, a in enumerate(args) if i in nums)
@@ -175,6 +187,9 @@ class JitFunction:
         nums = {i % len(args) if args else i for i in self.static_argnums}
         trace = Trace()
         params = [trace.new_param(_leaf_type(x)) for x in leaves]
+        # typeof(x).sharding inside the function reads the inputs' shardings from here
+        shardings = self._in_shardings_for(leaves, args, kwargs)
+        trace.param_shardings = {p.id: s for p, s in zip(params, shardings) if s is not None}
         d_args, d_kwargs = tree_unflatten(treedef, params)
         it = iter(d_args)
         full_args = [args[i] if i in nums else next(it) for i in range(len(args))]
@@ -189,6 +204,13 @@ class JitFunction:
 
             out_leaves = [_as_traced(trace, x) for x in out_leaves]
         return trace.to_graph(out_leaves), out_tree
+
+    def trace(self, *args: Any, **kwargs: Any) -> Any:
+        """JAX's jit(f).trace(*args): the traced program (`.jaxpr`, `.out_info`, `.lower()`)."""
+        from spmd.jaxpr import Traced
+
+        graph, out_tree = self._trace(args, kwargs)
+        return Traced(self, graph, out_tree, args, kwargs)
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace for these (possibly abstract) arguments and optimize the global program."""

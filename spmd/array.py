@@ -74,6 +74,17 @@ class Array(ArrayMethods):
 
         return dispatch.addressable_shards(self)
 
+    def devices(self) -> set[Any]:
+        """The devices holding a piece of this array (JAX's Array.devices())."""
+        return set(self.sharding.mesh.devices.flat)
+
+    @property
+    def device(self) -> Any:
+        """The one device of a single-device array, else the sharding (JAX's Array.device)."""
+        if isinstance(self.sharding, SingleDeviceSharding):
+            return self.sharding.device
+        return self.sharding
+
     # -- numpy protocol ------------------------------------------------------------------
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         value = self._global_value()

@@ -262,6 +262,53 @@ def dynamic_update_index_in_dim(x: Any, update: Any, index: Any, axis: int = 0) 
     return dynamic_update_slice(x, update, starts)
 
 
+def dynamic_slice_in_dim(x: Any, start_index: Any, slice_size: int, axis: int = 0) -> Any:
+    """x[start:start+slice_size] along `axis` with a traced start (clamped, as JAX does)."""
+    t = type_of(x)
+    axis = _axis(axis, t.ndim, "dynamic_slice_in_dim")
+    starts: list[Any] = [0] * t.ndim
+    starts[axis] = start_index
+    sizes = list(t.shape)
+    sizes[axis] = slice_size
+    return dynamic_slice(x, starts, sizes)
+
+
+def dynamic_update_slice_in_dim(x: Any, update: Any, start_index: Any, axis: int) -> Any:
+    """x with `update` written at start_index along `axis` (clamped, as JAX does)."""
+    t = type_of(x)
+    axis = _axis(axis, t.ndim, "dynamic_update_slice_in_dim")
+    starts: list[Any] = [0] * t.ndim
+    starts[axis] = start_index
+    return dynamic_update_slice(x, update, starts)
+
+
+def _axis(axis: int, ndim: int, what: str) -> int:
+    from spmd.errors import ShapeError
+
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
+            not -ndim <= axis < max(ndim, 1):
+        raise ShapeError(f"{what}: axis {axis!r} is out of range for rank {ndim}",
+                         hint=f"use an axis from {-ndim} to {ndim - 1}")
+    return int(axis) % max(ndim, 1)
+
+
+def pvary(x: Any, axis_name: Any) -> Any:
+    """Inside shard_map: mark x as varying over `axis_name` (JAX's lax.pvary; values are
+    unchanged, only the varying-axes check of out_specs and scan carries sees it)."""
+    from spmd.shard_map import mark_varying
+
+    return mark_varying(x, axis_name)
+
+
+def pcast(x: Any, axis_name: Any, *, to: str) -> Any:
+    """JAX's lax.pcast(x, axes, to='varying'): the newer spelling of pvary."""
+    from spmd.errors import ShardingError
+
+    if to != "varying":
+        raise ShardingError(f"pcast(to={to!r}) is not supported", hint="use to='varying'")
+    return pvary(x, axis_name)
+
+
 def _index_scalar(s: Any) -> Any:
     if isinstance(s, (int, np.integer)):
         return constant(np.asarray(s, dtype=np.int32))

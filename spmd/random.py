@@ -105,9 +105,9 @@ def fold_in(k: Any, data: Any) -> Any:
 # -- raw bits --------------------------------------------------------------------------------
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
+    from spmd.validate import check_shape
+
+    return check_shape("random", shape)
 
 
 def _global_index(shape: tuple[int, ...]) -> Any:
@@ -167,8 +167,14 @@ def _float_dtype(dtype: Any) -> str:
 # -- distributions ---------------------------------------------------------------------------
 
 def uniform(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", minval: Any = 0.0,
-            maxval: Any = 1.0) -> Any:
-    """Uniform floats in [minval, maxval)."""
+            maxval: Any = 1.0, *, out_sharding: Any = None) -> Any:
+    """Uniform floats in [minval, maxval) (laid out as out_sharding when given)."""
+    from spmd.explicit import place
+
+    return place(_uniform(k, shape, dtype, minval, maxval), out_sharding)
+
+
+def _uniform(k: Any, shape: Sequence[int], dtype: Any, minval: Any, maxval: Any) -> Any:
     from spmd import numpy as snp
 
     dtype = _float_dtype(dtype)
@@ -190,8 +196,16 @@ def _below(high: Any, dtype: str) -> Any:
     return snp.where(high > 0, high * (1 - tiny / 2), high * (1 + tiny))
 
 
-def normal(k: Any, shape: Sequence[int] = (), dtype: Any = "float32") -> Any:
-    """Standard normal floats (Box-Muller on the element's two words)."""
+def normal(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", *,
+           out_sharding: Any = None) -> Any:
+    """Standard normal floats (laid out as out_sharding when given)."""
+    from spmd.explicit import place
+
+    return place(_normal(k, shape, dtype), out_sharding)
+
+
+def _normal(k: Any, shape: Sequence[int], dtype: Any) -> Any:
+    """Box-Muller on the element's two words."""
     from spmd import numpy as snp
 
     dtype = _float_dtype(dtype)

@@ -1,140 +1,94 @@
-"""Devices, meshes and shardings (JAX's names): pure data, no runtime.
+"""Shardings (JAX's names): PartitionSpec, NamedSharding, SingleDeviceSharding. Pure data.
 
 A NamedSharding is a Mesh plus a PartitionSpec; `spec_of` normalizes it to one tuple of
-mesh axes per dim, which is what the partitioner reasons about.
+mesh axes per dim, which is what the partitioner reasons about. Meshes live in spmd.mesh
+(re-exported here, where the rest of the code has always imported them from).
 """
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
 
-from spmd.errors import MeshError, ShardingError
-
-
-@dataclass(frozen=True)
-class Device:
-    """One logical device of a runtime."""
-
-    id: int
-    platform: str = "cpu"
-    process_index: int = 0
-
-    def __repr__(self) -> str:
-        return f"{self.platform.upper()}Device(id={self.id})"
-
-
-def device_count() -> int:
-    """Logical devices of the local runtime: SPMD_NUM_DEVICES (default 8)."""
-    from spmd import dispatch
-
-    return dispatch.device_count()
-
-
-def devices() -> list[Device]:
-    from spmd import dispatch
-
-    return dispatch.devices()
-
-
-class Mesh:
-    """An n-d array of devices with a name per axis: Mesh(devices, ("data", "model"))."""
-
-    def __init__(self, devices: Any, axis_names: Sequence[str], *, device_kind: str = "cpu",
-                 topology: str | None = None):
-        arr = np.asarray(devices, dtype=object)
-        names = tuple(axis_names)
-        if arr.ndim != len(names):
-            raise MeshError(f"mesh of shape {arr.shape} needs {arr.ndim} axis names, "
-                            f"got {names!r}")
-        if len(set(names)) != len(names):
-            raise MeshError(f"mesh axis names must be distinct, got {names!r}")
-        self.devices = arr
-        self.axis_names = names
-        self._hash_key = (names, arr.shape, tuple(int(d.id) for d in arr.flat), device_kind)
-        self.device_kind = device_kind
-        self.topology = topology
-
-    @property
-    def shape(self) -> dict[str, int]:
-        return dict(zip(self.axis_names, self.devices.shape))
-
-    @property
-    def axis_sizes(self) -> tuple[int, ...]:
-        return tuple(self.devices.shape)
-
-    @property
-    def size(self) -> int:
-        return int(self.devices.size)
-
-    @property
-    def device_ids(self) -> tuple[int, ...]:
-        return tuple(int(d.id) for d in self.devices.flat)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mesh) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def _key(self) -> tuple:
-        return self._hash_key
-
-    def __enter__(self) -> Self:
-        _mesh_stack.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _mesh_stack.pop()
-
-    def __repr__(self) -> str:
-        axes = ", ".join(f"{n!r}: {s}" for n, s in self.shape.items())
-        return f"Mesh({axes})"
-
-
-_mesh_stack: list[Mesh] = []
-
-
-def current_mesh() -> Mesh | None:
-    return _mesh_stack[-1] if _mesh_stack else None
-
-
-def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = None, *,
-              device: str = "cpu", devices: Sequence[Device] | None = None,
-              topology: str | None = None) -> Mesh:
-    """make_mesh((2, 4), ("data", "model")): a mesh over the first devices available."""
-    shape = tuple(int(s) for s in axis_shapes)
-    names = tuple(axis_names) if axis_names is not None else tuple(
-        ("data", "model", "pipe", "extra")[i] if i < 4 else f"axis{i}" for i in range(len(shape)))
-    if any(s < 1 for s in shape):
-        raise MeshError(f"mesh shape {shape} has a dim smaller than 1")
-    n = math.prod(shape)
-    if device.startswith("tpu-sim"):
-        pool = [Device(i, "tpu_sim") for i in range(n)]
-    else:
-        pool = list(devices) if devices is not None else globals()["devices"]()
-    if n > len(pool):
-        raise MeshError(
-            f"mesh {shape} needs {n} devices but only {len(pool)} are available",
-            hint="set SPMD_NUM_DEVICES before importing spmd (the local runtime then "
-                 "creates that many), or use a smaller mesh")
-    return Mesh(np.array(pool[:n], dtype=object).reshape(shape), names, device_kind=device,
-                topology=topology)
+from spmd.errors import ShardingError
+from spmd.mesh import (  # noqa: F401  (re-exported)
+    AbstractMesh,
+    AxisType,
+    Device,
+    Mesh,
+    current_mesh,
+    device_count,
+    devices,
+    env_device_count,
+    get_abstract_mesh,
+    make_mesh,
+    set_mesh,
+)
 
 
 class PartitionSpec(tuple):
-    """Per dim: a mesh axis name, a tuple of names (major first), or None."""
+    """Per dim: a mesh axis name, a tuple of names (major first), or None.
 
-    def __new__(cls, *entries: Any) -> Self:
-        return super().__new__(cls, entries)
+    `unreduced` names axes over which the value is a pending sum (each device holds an
+    addend); `reduced` names axes over which it is replicated and whose cotangent becomes
+    unreduced (JAX's P(..., unreduced=, reduced=)). Values read back are always the summed
+    ones: the pending sum is resolved when an array leaves the program.
+    """
+
+    unreduced: frozenset[str]
+    reduced: frozenset[str]
+
+    def __new__(cls, *entries: Any, unreduced: Any = frozenset(),
+                reduced: Any = frozenset()) -> Self:
+        self = super().__new__(cls, entries)
+        self.unreduced = _axis_set("unreduced", unreduced)
+        self.reduced = _axis_set("reduced", reduced)
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not tuple.__eq__(self, other):
+            return False
+        return (getattr(other, "unreduced", frozenset()) == self.unreduced
+                and getattr(other, "reduced", frozenset()) == self.reduced)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        if not self.unreduced and not self.reduced:
+            return tuple.__hash__(self)
+        return hash((tuple(self), self.unreduced, self.reduced))
+
+    def __reduce__(self) -> Any:
+        return (_make_spec, (tuple(self), self.unreduced, self.reduced))
 
     def __repr__(self) -> str:
-        return "P(" + ", ".join(repr(e) for e in self) + ")"
+        parts = [repr(e) for e in self]
+        for name in ("unreduced", "reduced"):
+            axes = getattr(self, name)
+            if axes:
+                parts.append(f"{name}={{{', '.join(repr(a) for a in sorted(axes))}}}")
+        return "P(" + ", ".join(parts) + ")"
+
+
+def _make_spec(entries: tuple, unreduced: frozenset[str], reduced: frozenset[str]) -> Any:
+    return PartitionSpec(*entries, unreduced=unreduced, reduced=reduced)
+
+
+def _axis_set(what: str, axes: Any) -> frozenset[str]:
+    axes = (axes,) if isinstance(axes, str) else axes
+    try:
+        found = frozenset(axes)
+    except TypeError:
+        raise ShardingError(f"P({what}={axes!r}) must be a set of mesh axis names",
+                            hint=f"e.g. P(None, {what}={{'data'}})") from None
+    if not all(isinstance(a, str) for a in found):
+        raise ShardingError(f"P({what}={axes!r}) must be a set of mesh axis names",
+                            hint=f"e.g. P(None, {what}={{'data'}})")
+    return found
 
 
 P = PartitionSpec
@@ -150,8 +104,14 @@ def normalize_spec(spec: Sequence[Any], ndim: int, mesh: Mesh) -> tuple[DimSpec,
     out: list[DimSpec] = []
     seen: set[str] = set()
     for entry in tuple(spec) + (None,) * (ndim - len(spec)):
-        axes: DimSpec = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        axes: DimSpec = () if entry is None else (entry,) if isinstance(entry, str) else \
+            tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
         for axis in axes:
+            if not isinstance(axis, str):
+                raise ShardingError(f"partition spec {PartitionSpec(*spec)!r} has the entry "
+                                    f"{axis!r}, which is not a mesh axis name",
+                                    hint=f"use axis names of the mesh {mesh.axis_names!r}, "
+                                         "a tuple of them, or None")
             if axis not in mesh.axis_names:
                 raise ShardingError(f"unknown mesh axis {axis!r} in {PartitionSpec(*spec)!r}",
                                     hint=f"the mesh's axes are {mesh.axis_names!r}")
@@ -180,8 +140,15 @@ class NamedSharding(Sharding):
         if not isinstance(mesh, Mesh):
             raise ShardingError(f"NamedSharding needs a Mesh, got {type(mesh).__name__}")
         self.mesh = mesh
+        if not isinstance(spec, (PartitionSpec, tuple, list)):
+            raise ShardingError(f"NamedSharding needs a PartitionSpec, got {spec!r}",
+                                hint="use NamedSharding(mesh, P('data', None))")
         self.spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
         normalize_spec(self.spec, len(self.spec), mesh)
+        for axis in sorted(self.spec.unreduced | self.spec.reduced):
+            if axis not in mesh.axis_names:
+                raise ShardingError(f"unknown mesh axis {axis!r} in {self.spec!r}",
+                                    hint=f"the mesh's axes are {mesh.axis_names!r}")
         self._dims: dict[int, tuple[DimSpec, ...]] = {}
 
     def dim_axes(self, ndim: int) -> tuple[DimSpec, ...]:
@@ -255,5 +222,11 @@ def sharding_attr(sharding: Any, t: Any) -> ShardingAttr:
     return ShardingAttr(mesh.axis_names, mesh.axis_sizes, dims)
 
 
-def env_device_count() -> int:
-    return int(os.environ.get("SPMD_NUM_DEVICES", "8"))
+def __getattr__(name: str) -> Any:
+    # JAX users find reshard, auto_axes and explicit_axes in jax.sharding; they live in
+    # spmd.explicit, which imports this module.
+    if name in ("reshard", "auto_axes", "explicit_axes"):
+        from spmd import explicit
+
+        return getattr(explicit, name)
+    raise AttributeError(f"module 'spmd.sharding' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from spmd.numpy.creation import (
     zeros_like,
 )
 from spmd.numpy.einsum import einsum
+from spmd.numpy.extras import SCALAR_TYPES, allclose, array_equal, copy, isclose, placed
 from spmd.numpy.indexing import diagonal, getitem, take, take_along_axis
 from spmd.numpy.linalg import dot, inner, matmul, matrix_transpose, outer, tensordot, trace, vdot
 from spmd.numpy.manipulation import (
@@ -64,17 +65,28 @@ from spmd.numpy.reductions import (
 from spmd.numpy.ufuncs import *
 from spmd.numpy.ufuncs import abs, round
 
+# JAX's out_sharding= (and device= on creation functions) lay the result out as asked.
+arange, empty, eye, full, linspace, ones, zeros = (placed(f) for f in (
+    arange, empty, eye, full, linspace, ones, zeros))
+empty_like, full_like, ones_like, zeros_like, asarray = (placed(f) for f in (
+    empty_like, full_like, ones_like, zeros_like, asarray))
+dot, einsum, matmul, tensordot, inner, outer = (placed(f) for f in (
+    dot, einsum, matmul, tensordot, inner, outer))
+
 array = asarray
 concat = concatenate
-float32, float16, float64 = "float32", "float16", "float64"
-bfloat16, int32, int64, int8, uint8, bool_ = "bfloat16", "int32", "int64", "int8", "uint8", "bool"
-int16, uint16, uint32, uint64 = "int16", "uint16", "uint32", "uint64"
+float32, float16, float64 = (SCALAR_TYPES[n] for n in ("float32", "float16", "float64"))
+bfloat16, int8, int16, int32, int64 = (SCALAR_TYPES[n] for n in (
+    "bfloat16", "int8", "int16", "int32", "int64"))
+uint8, uint16, uint32, uint64, bool_ = (SCALAR_TYPES[n] for n in (
+    "uint8", "uint16", "uint32", "uint64", "bool_"))
 pi, e, inf, nan = 3.141592653589793, 2.718281828459045, float("inf"), float("nan")
 newaxis = None
 
 __all__ = [
     "abs",
     "all",
+    "allclose",
     "amax",
     "amin",
     "any",
@@ -82,6 +94,7 @@ __all__ = [
     "argmax",
     "argmin",
     "array",
+    "array_equal",
     "asarray",
     "astype",
     "atleast_1d",
@@ -90,6 +103,7 @@ __all__ = [
     "broadcast_to",
     "concat",
     "concatenate",
+    "copy",
     "cumsum",
     "diagonal",
     "dot",
@@ -105,6 +119,7 @@ __all__ = [
     "hstack",
     "identity",
     "inner",
+    "isclose",
     "linspace",
     "matmul",
     "matrix_transpose",

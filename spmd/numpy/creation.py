@@ -18,9 +18,9 @@ from spmd.tracing import type_of
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
+    from spmd.validate import check_shape
+
+    return check_shape("array", shape)
 
 
 def _dtype_of_value(value: Any, dtype: Any) -> str:
@@ -83,7 +83,13 @@ def arange(start: Any, stop: Any = None, step: Any = None, dtype: Any = None) ->
         ints = _is_int(start) and _is_int(stop) and _is_int(step)
         dtype = dtypes.DEFAULT_INT if ints else dtypes.DEFAULT_FLOAT
     dtype = dtypes.canonical(dtype)
-    n = max(math.ceil((stop - start) / step), 0)
+    for bound in (start, stop, step):
+        if not isinstance(bound, (int, float, np.integer, np.floating)) or \
+                not math.isfinite(bound):
+            raise ShapeError(f"arange bounds must be finite Python numbers, got {bound!r}",
+                             hint="arange's length must be known when tracing: use static "
+                                  "ints or floats")
+    n = _shape((max(math.ceil((stop - start) / step), 0),))[0]
     ramp = lax.iota(dtype, (n,), 0)
     if step != 1:
         ramp = lax.mul(ramp, lax.full((n,), step, dtype))
@@ -98,8 +104,7 @@ def linspace(
     """numpy.linspace with static scalar bounds (float32 by default)."""
     dtype = dtypes.canonical(dtype or dtypes.DEFAULT_FLOAT)
     compute = dtype if dtypes.is_float(dtype) else dtypes.DEFAULT_FLOAT
-    if num < 0:
-        raise ShapeError(f"linspace num must be >= 0, got {num}")
+    num = _shape((num,))[0]
     div = (num - 1) if endpoint else num
     step = (stop - start) / div if div > 0 else 0.0
     ramp = lax.iota(compute, (num,), 0)
@@ -113,7 +118,7 @@ def linspace(
 
 def eye(N: int, M: int | None = None, k: int = 0, dtype: Any = None) -> Any:
     """numpy.eye: ones where column - row == k (iota + compare)."""
-    shape = (N, N if M is None else M)
+    shape = _shape((N, N if M is None else M))
     dtype = dtypes.canonical(dtype or dtypes.DEFAULT_FLOAT)
     diff = lax.sub(lax.iota("int32", shape, 1), lax.iota("int32", shape, 0))
     on = lax.eq(diff, lax.full(shape, k, "int32"))
@@ -124,7 +129,7 @@ identity = eye
 
 
 def tri(N: int, M: int | None = None, k: int = 0, dtype: Any = None) -> Any:
-    shape = (N, N if M is None else M)
+    shape = _shape((N, N if M is None else M))
     diff = lax.sub(lax.iota("int32", shape, 1), lax.iota("int32", shape, 0))
     on = lax.le(diff, lax.full(shape, k, "int32"))
     return lax.convert_element_type(on, dtypes.canonical(dtype or dtypes.DEFAULT_FLOAT))

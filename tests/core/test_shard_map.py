@@ -143,8 +143,8 @@ def test_splitting_and_assembling_follow_specs_on_every_dim():
     x = np.arange(8 * 12, dtype=np.float32).reshape(8, 12)
     seen = shard_map(lambda b: b * 1.0, mesh, P("model", "data"), P("model", "data"))(x)
     np.testing.assert_array_equal(np.asarray(seen), x)
-    # out_specs omit 'model': device (d, 0)'s block along 'data'
-    first = shard_map(lambda b: b, mesh, P("data", "model"), P("data"))(x)
+    # out_specs omit 'model' and check_vma=False: device (d, 0)'s block along 'data'
+    first = shard_map(lambda b: b, mesh, P("data", "model"), P("data"), check_vma=False)(x)
     np.testing.assert_array_equal(np.asarray(first), np.concatenate([x[:4, :3], x[4:, :3]]))
     # one dim over two axes, major first; replicated input
     both = shard_map(lambda b, w: lax.add(b, w), mesh, (P(("model", "data")), P()),
@@ -269,7 +269,9 @@ def test_grad_through_collective_matches_finite_differences(name):
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     rng = np.random.default_rng(4)
     x = rng.standard_normal(shape)
-    mapped = shard_map(body, mesh, in_spec, out_spec)
+    # JAX refuses an unreplicated value under P() unless the check is off (check_vma=False)
+    mapped = shard_map(body, mesh, in_spec, out_spec,
+                       check_vma=name != "unreplicated_output_from_device_0")
     r = rng.standard_normal(np.asarray(mapped(x)).shape)
 
     def loss(v):
@@ -285,7 +287,7 @@ def test_grad_through_collective_matches_finite_differences(name):
 def test_unreplicated_output_under_jit_comes_from_device_0():
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     x = np.arange(32.0).reshape(4, 8)
-    mapped = shard_map(lambda b: lax.mul(b, 2.0), mesh, P("data", "model"), P())
+    mapped = shard_map(lambda b: lax.mul(b, 2.0), mesh, P("data", "model"), P(), check_vma=False)
     np.testing.assert_array_equal(np.asarray(mapped(x)), 2 * x[:2, :2])
     np.testing.assert_array_equal(np.asarray(spmd.jit(mapped)(x)), 2 * x[:2, :2])
 

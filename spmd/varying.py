@@ -1,0 +1,106 @@
+"""Varying manual axes of a shard_map body (JAX's check_vma): which mesh axes each value may
+differ over, read off the traced body graph.
+
+A param varies over the axes its in_spec mentions; psum/all_gather make a value the same on
+every device of their axes; psum_scatter, all_to_all, ppermute and axis_index make it vary;
+pvary adds axes; any other op varies where its operands do. Two mistakes are caught, with
+JAX's wording: an out_spec that leaves out an axis the value varies over (replication that
+cannot be inferred), and a scan/while carry whose output varies over more axes than its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from spmd.errors import ShardingError
+from spmd.ir.graph import Graph, Op
+
+Axes = frozenset[str]
+INVARIANT_AFTER = ("all_reduce", "all_gather")
+VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index")
+
+
+def body_varying(graph: Graph, param_axes: Sequence[Axes], marks: dict[int, Axes],
+                 ) -> list[Axes]:
+    """The varying axes of each result of `graph`, given those of its params."""
+    env: dict[int, Axes] = dict(zip(graph.params, param_axes))
+    for op in graph.ops:
+        outs = _op_varying(op, [env.get(v, frozenset()) for v in op.inputs], marks)
+        for vid, axes in zip(op.outputs, outs):
+            env[vid] = axes | marks.get(vid, frozenset())
+    return [env.get(r, frozenset()) for r in graph.results]
+
+
+def _op_varying(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    joined = frozenset().union(*ins) if ins else frozenset()
+    axes = frozenset(op.attrs.get("axes", ()) or ())
+    if op.name in INVARIANT_AFTER:
+        return [joined - axes] * len(op.outputs)
+    if op.name in VARYING_AFTER:
+        return [joined | axes] * len(op.outputs)
+    if op.name == "scan":
+        return _loop_varying(op, ins, marks, op.attrs["body"], op.attrs["num_consts"],
+                             op.attrs["num_carry"], "scan")
+    if op.name == "while_loop":
+        nc = op.attrs["cond_num_consts"]
+        nb = op.attrs["body_num_consts"]
+        carry = ins[nc + nb:]
+        body_ins = ins[nc:nc + nb]
+        return _carry_fixpoint(op.attrs["body_graph"], body_ins, carry, marks, len(carry),
+                               "while_loop")
+    if op.name == "cond":
+        outs = [frozenset().union(*v) for v in zip(*(
+            body_varying(g, ins[1:], marks) for g in op.attrs["branches"]))]
+        return [a | ins[0] for a in outs]
+    return [joined] * len(op.outputs)
+
+
+def _loop_varying(op: Op, ins: list[Axes], marks: dict[int, Axes], body: Graph,
+                  num_consts: int, num_carry: int, what: str) -> list[Axes]:
+    consts = ins[:num_consts]
+    carry = ins[num_consts:num_consts + num_carry]
+    xs = ins[num_consts + num_carry:]
+    n_out = len(op.outputs)
+    outs = body_varying(body, consts + carry + xs, marks)
+    _check_carry(carry, outs[:num_carry], what)
+    return carry + outs[num_carry:n_out]
+
+
+def _carry_fixpoint(body: Graph, consts: list[Axes], carry: list[Axes],
+                    marks: dict[int, Axes], n: int, what: str) -> list[Axes]:
+    outs = body_varying(body, consts + carry, marks)
+    _check_carry(carry, outs[:n], what)
+    return carry
+
+
+def _check_carry(carry_in: list[Axes], carry_out: list[Axes], what: str) -> None:
+    for i, (before, after) in enumerate(zip(carry_in, carry_out)):
+        extra = after - before
+        if extra:
+            names = tuple(sorted(extra))
+            raise ShardingError(
+                f"{what} body function carry input and carry output must have equal types, "
+                f"but carry component {i} varies over the manual axes {names!r} in the "
+                f"output and over {tuple(sorted(before))!r} in the input",
+                hint=f"apply spmd.lax.pvary(init, {names!r}) to the initial carry value "
+                     f"of component {i}")
+
+
+def check_out_specs(result_axes: Sequence[Axes], unmentioned: Sequence[tuple[str, ...]],
+                    out_specs: Sequence[object], mesh_names: tuple[str, ...],
+                    mesh_sizes: tuple[int, ...], fun_name: str) -> None:
+    """Each output must not vary over an axis its out_spec leaves out (it would be
+    replicated there, and which device's block to return cannot be inferred)."""
+    for j, (varies, left_out, spec) in enumerate(zip(result_axes, unmentioned, out_specs)):
+        bad = sorted(set(left_out) & varies)
+        if not bad:
+            continue
+        raise ShardingError(
+            f"shard_map applied to the function {fun_name!r} was given out_specs which require "
+            f"replication which can't be statically inferred given the mesh {mesh_sizes} with "
+            f"axis names {mesh_names!r}: out_specs entry {j} is {spec!r}, which implies that "
+            f"the output is replicated across mesh axes {tuple(bad)!r}, but it varies over "
+            "them",
+            hint=f"shard the output over {tuple(bad)!r} in out_specs, reduce it with "
+                 f"spmd.lax.psum(..., {tuple(bad)!r}), or pass check_vma=False if it is "
+                 "replicated")

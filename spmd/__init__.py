@@ -23,6 +23,7 @@ from spmd.distributed import (
 )
 from spmd.jaxpr import make_jaxpr
 from spmd.lax import with_sharding_constraint
+from spmd.remat import checkpoint_name, checkpoint_policies, remat
 from spmd.sharding import (
     AbstractMesh,
     AxisType,
@@ -57,4 +58,5 @@ __all__ = [
     "make_mesh", "nn", "optim", "random", "shard_map", "sim", "tree_flatten", "tree_leaves",
     "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
     "visualize_sharding", "with_sharding_constraint",
+    "checkpoint_name", "checkpoint_policies", "remat",
 ]

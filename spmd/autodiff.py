@@ -17,6 +17,7 @@ from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY, ZERO_GRAD
 from spmd.ops.opdef import NONDIFF
+from spmd.ops.remat import remat_backward, replay_remat
 from spmd.tracing import (
     Trace,
     Tracer,
@@ -102,13 +103,18 @@ def _constant_in(trace: Trace, x: Any) -> Tracer:
     return lax.constant(np.asarray(x, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
 
 
-def replay(graph: Graph, args: Sequence[Any]) -> dict[int, Any]:
-    """Run graph's ops with `bind` in the current context; returns value id -> value."""
-    env: dict[int, Any] = {v: _as_value(x, t)
+def replay(graph: Graph, args: Sequence[Any]) -> dict[Any, Any]:
+    """Run graph's ops with `bind` in the current context; returns value id -> value
+    (and ("remat", id) -> the residuals a remat region saved for its backward)."""
+    env: dict[Any, Any] = {v: _as_value(x, t)
                            for v, x, t in zip(graph.params, args, graph.param_types)}
     for op in graph.ops:
         with loc_scope(op.loc):
-            outs = bind(op.name, *[env[v] for v in op.inputs], **op.attrs)
+            ins = [env[v] for v in op.inputs]
+            if op.name == "remat":  # the forward that also returns what the policy saves
+                outs, env[("remat", op.outputs[0])] = replay_remat(op, ins)
+            else:
+                outs = bind(op.name, *ins, **op.attrs)
         outs = outs if REGISTRY[op.name].multi_output else (outs,)
         env.update(zip(op.outputs, outs))
     return env
@@ -175,6 +181,11 @@ def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
             "wrap its input in spmd.lax.stop_gradient, or move it out of the differentiated "
             "function")
     primals = [env[v] for v in op.inputs]
+    if op.name == "remat":
+        residuals = env.get(("remat", op.outputs[0]))
+        if residuals is None:
+            residuals = replay_remat(op, primals)[1]
+        return remat_backward(op, out_cts, primals, residuals)
     outs = [env[v] for v in op.outputs]
     if opdef.multi_output:
         result = opdef.vjp(tuple(out_cts), *primals, out=tuple(outs), **op.attrs)

@@ -130,3 +130,51 @@ def layer_norm(
     if bias is not None:
         out = snp.add(out, bias)
     return out
+
+
+def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, mask: Any = None,
+                          *, scale: float | None = None, is_causal: bool = False,
+                          implementation: str | None = None) -> Any:
+    """softmax(query key^T * scale + bias, masked) value, as jax.nn.dot_product_attention.
+
+    query [B, T, N, H] (or [T, N, H]), key/value [B, S, K, H] with N a multiple of K
+    (grouped-query attention). bias (added to the scores) and mask (bool, True keeps) must
+    broadcast to [B, N, T, S]. One fused op: no S x S array is stored, forward or backward.
+    scale defaults to 1/sqrt(H).
+
+    >>> import numpy as np, spmd.nn
+    >>> q = np.ones((1, 4, 2, 8), np.float32)
+    >>> spmd.nn.dot_product_attention(q, q, q, is_causal=True).shape
+    (1, 4, 2, 8)
+    """
+    from spmd.errors import ShapeError, SpmdError
+    from spmd.tracing import bind
+
+    if implementation not in (None, "xla", "cudnn"):
+        raise SpmdError(f"dot_product_attention implementation={implementation!r}",
+                        hint="use None (the fused op runs on every backend)")
+    q, k, v = (asarray(a) for a in (query, key, value))
+    ndim = type_of(q).ndim
+    if ndim not in (3, 4):
+        raise ShapeError(f"dot_product_attention needs query of rank 3 or 4, got {ndim}",
+                         hint="lay out as [batch, seq, heads, head_dim]")
+    extra = []
+    for what, x in (("bias", bias), ("mask", mask)):
+        if x is None:
+            continue
+        x = asarray(x)
+        if what == "mask":
+            x = x.astype("bool") if type_of(x).dtype != "bool" else x
+        t = type_of(x)
+        if t.ndim > ndim:
+            raise ShapeError(f"dot_product_attention {what} of shape {t.shape} has more dims "
+                             f"than [batch, heads, T, S]")
+        if t.ndim < rank:  # leading broadcast dims, as numpy
+            x = snp.reshape(x, (1,) * (ndim - t.ndim) + t.shape)
+        extra.append(x)
+    if scale is None:
+        scale = 1.0 / math.sqrt(type_of(q).shape[-1])
+    out, _ = bind("dot_product_attention", q, k, v, *extra, scale=float(scale),
+                  is_causal=bool(is_causal), has_bias=bias is not None,
+                  has_mask=mask is not None)
+    return out

@@ -115,6 +115,16 @@ SAMPLES.update({
                                                      lax.exp, lax.neg, x), X),
     "while_loop": traced_sample("while_loop", _while, X),
     "shard_map": traced_sample("shard_map", _shard_map, X),
+    "remat": traced_sample("remat", lambda x: __import__("spmd").remat(lax.exp)(x), X),
+})
+Q, KV = TensorType((2, 5, 4, 8), "float32"), TensorType((2, 6, 2, 8), "float32")
+ATTENTION = {"scale": 0.35, "is_causal": True, "has_bias": True, "has_mask": False}
+SAMPLES.update({
+    "checkpoint_name": lambda: ((F23,), {"label": "h"}),
+    "dot_product_attention": lambda: ((Q, KV, KV, TensorType((1, 4, 5, 6), "float32")),
+                                      ATTENTION),
+    "dot_product_attention_bwd": lambda: ((Q, KV, KV, Q, TensorType((2, 4, 5), "float32"), Q,
+                                           TensorType((2, 1, 5, 6), "float32")), ATTENTION),
 })
 # Ops being written concurrently: a missing sample is not a failure for them (yet).
 OWNED_ELSEWHERE = {"cond", "scan", "while_loop", "shard_map", "all_reduce", "all_gather",

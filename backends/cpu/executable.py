@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from backends.cpu import allocator, blas, cache, memory
+from backends.cpu.attention import run_native
 from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
 from backends.cpu.dots import DotThreads, use_blas_threads
 from backends.cpu.fusion import Kernel, fuse
@@ -47,7 +48,7 @@ def default_threads() -> int:
 
 @dataclass
 class Step:
-    kind: str  # "kernel" | "dot" | "view" | "const" | "scan" | "fallback"
+    kind: str  # "kernel" | "dot" | "view" | "const" | "scan" | "native" | "fallback"
     op: Op
     kernel: Kernel | None = None
     fn: Any = None
@@ -112,7 +113,7 @@ class Executable:
                 steps.append(Step("scan", op))
             else:
                 kind = lowering(op.name).kind
-                steps.append(Step("view" if kind == "view" else "fallback", op))
+                steps.append(Step(kind if kind in ("view", "native") else "fallback", op))
         return steps
 
     def _uses(self, step: Step) -> memory.StepUse:
@@ -158,6 +159,8 @@ class Executable:
                 step.dot_threads.run(op, ins[0], ins[1], outs[0])
             elif step.kind == "scan":
                 outs = self._run_scan(step, ins)
+            elif step.kind == "native":
+                outs = run_native(op, ins)
             else:
                 outs = list(self.run_op(op, ins))
             env.update(zip(op.outputs, outs))

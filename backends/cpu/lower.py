@@ -27,6 +27,7 @@ CONSTANT = Lowering("constant", "the attribute array, made once at compile time"
 REFERENCE = Lowering("reference", "numpy reference through the fallback (not lowered yet)")
 RUNTIME = Lowering("runtime", "executed by the runtime's run_op (communication)")
 CONTROL = Lowering("reference", "control flow: the fallback runs the sub-graphs")
+NATIVE = Lowering("native", "tiled online-softmax in blocked numpy (backends/cpu/attention.py)")
 
 LOWERINGS: dict[str, Lowering] = {
     **{name: FUSED for name in sorted(ELEMENTWISE)},
@@ -57,6 +58,11 @@ LOWERINGS: dict[str, Lowering] = {
     "cond": CONTROL,
     "while_loop": CONTROL,
     "shard_map": CONTROL,
+    "remat": Lowering("reference", "inlined before lowering (spmd/passes/inline_remat.py); "
+                                   "eagerly the fallback runs the body"),
+    "checkpoint_name": VIEW,
+    "dot_product_attention": NATIVE,
+    "dot_product_attention_bwd": NATIVE,
     "all_reduce": RUNTIME,
     "all_gather": RUNTIME,
     "reduce_scatter": RUNTIME,

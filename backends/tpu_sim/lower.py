@@ -13,7 +13,8 @@ class Costing:
     """One row: the cost class of an op and FLOPs per output element where that applies.
 
     kinds: "elementwise" (VPU, flops_per_element x output size, fusible), "matmul" (MXU
-    roofline with padding), "reduce" (one FLOP per input element, fusible as a consumer),
+    roofline with padding), "attention" (fused attention: matmul FLOPs, operand bytes),
+    "reduce" (one FLOP per input element, fusible as a consumer),
     "copy" (reads and writes HBM, no FLOPs), "view" (free: a layout change XLA folds
     away), "collective" (ICI time from the torus model), "control" (sub-graphs are walked),
     "free" (nothing is charged).
@@ -75,6 +76,14 @@ LOWERINGS: dict[str, Costing] = {
     "cond": CONTROL,
     "while_loop": CONTROL,
     "shard_map": CONTROL,
+    "remat": CONTROL,
+    "checkpoint_name": VIEW,
+    "dot_product_attention": Costing(
+        "attention", note="fused (flash): QK^T and PV on the MXU (causal: only kept tiles); "
+                          "HBM traffic of q, k, v, out and lse only"),
+    "dot_product_attention_bwd": Costing(
+        "attention", note="fused backward: recomputes QK^T, then dV, dP, dQ, dK (5 matmuls "
+                          "to the forward's 2); HBM traffic of its operands and results"),
 }
 
 

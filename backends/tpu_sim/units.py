@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from spmd.errors import SimulationError
 from spmd.ir.graph import Graph, Op
+from spmd.ops.attention import attention_flops
 
 from .chips import ChipSpec
 from .cost_model import collective_time, op_time
@@ -74,6 +75,20 @@ def _matmul(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
     return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, flops, nbytes, seconds)
 
 
+def _attention(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
+    """Fused attention: the S x S scores stay in VMEM, so HBM sees only the operands and
+    results; FLOPs are the forward's two matmuls (the backward's five), causal tiles only."""
+    q, k, v = (graph.types[x] for x in op.inputs[:3])
+    flops = attention_flops(q.shape, k.shape, v.shape[-1], bool(op.attrs["is_causal"]))
+    if op.name == "dot_product_attention_bwd":
+        flops *= 2.5
+    nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
+    dtype = _peak_dtype(chip, q.dtype)
+    seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(q.shape[-3], k.shape[-3],
+                                                            q.shape[-1]))
+    return Unit(op.name, "attention", op.loc, op.inputs, op.outputs, flops, nbytes, seconds)
+
+
 def _collective(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
                 axis_names: tuple[str, ...]) -> Unit:
     axes = op.attrs.get("axes", ())
@@ -96,6 +111,8 @@ def _single(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
     row = costing(op.name)
     if row.kind == "matmul":
         return _matmul(op, graph, chip)
+    if row.kind == "attention":
+        return _attention(op, graph, chip)
     if row.kind == "collective":
         return _collective(op, graph, chip, topology, axis_names)
     if row.kind in ("control", "free", "view"):

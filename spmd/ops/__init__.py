@@ -7,12 +7,14 @@ never matters which module is imported first.
 from __future__ import annotations
 
 from spmd.ops import (
+    attention,
     collective,
     contract,
     control,
     elementwise,
     index,
     reduce,
+    remat,
     rng,
     shape,
     sort,
@@ -22,7 +24,7 @@ from spmd.ops.opdef import NONDIFF, ZERO_GRAD, Factors, OpDef
 
 REGISTRY: dict[str, OpDef] = {}
 for _family in (elementwise, reduce, shape, contract, index, control, collective, rng, spmd_map,
-                sort):
+                sort, attention, remat):
     for _op in _family.OPS:
         if _op.name in REGISTRY:
             raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")

@@ -13,6 +13,7 @@ from spmd.ir.graph import Graph
 from spmd.passes.constant_fold import constant_fold
 from spmd.passes.cse import cse
 from spmd.passes.dce import dce
+from spmd.passes.inline_remat import inline_remat
 from spmd.passes.scan_merge import scan_merge
 from spmd.passes.simplify import simplify
 
@@ -23,8 +24,9 @@ PASSES: dict[str, Pass] = {
     "scan_merge": scan_merge,
     "cse": cse,
     "dce": dce,
+    "inline_remat": inline_remat,
 }
-DEFAULT_PIPELINE = ("simplify", "constant_fold", "scan_merge", "cse", "dce")
+DEFAULT_PIPELINE = ("simplify", "constant_fold", "scan_merge", "cse", "inline_remat", "dce")
 
 
 def register_pass(name: str) -> Callable[[Pass], Pass]:

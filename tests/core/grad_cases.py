@@ -162,3 +162,45 @@ for _name, _attrs in (("all_reduce", {"kind": "sum"}), ("all_gather", {"dim": 1}
          context=_mesh_scope)
 case("all_reduce", lambda a: bind("all_reduce", a, **_ONE, kind="max"), normal(2, 3),
      label="max", context=_mesh_scope)
+
+
+# fused attention (the output; lse is an internal residual) and remat regions --------------
+
+_ATTENTION = {"scale": 0.4, "has_mask": False}
+case("dot_product_attention",
+     lambda q, k, v, b: bind("dot_product_attention", q, k, v, b, is_causal=True,
+                             has_bias=True, **_ATTENTION)[0],
+     normal(2, 5, 4, 3), normal(2, 6, 2, 3), normal(2, 6, 2, 3), normal(1, 4, 5, 6),
+     label="gqa-causal-bias")
+case("dot_product_attention",
+     lambda q, k, v: bind("dot_product_attention", q, k, v, is_causal=False, has_bias=False,
+                          **_ATTENTION)[0],
+     normal(4, 2, 3), normal(5, 2, 3), normal(5, 2, 3), label="unbatched")
+
+
+def _remat_case(policy: Any) -> Callable[..., Any]:
+    from spmd.remat import checkpoint_name, remat
+
+    def body(x: Any, w: Any) -> Any:
+        h = checkpoint_name(lax.tanh(lax.mul(x, w)), "h")
+        return lax.sin(lax.mul(h, w))
+
+    return lambda x, w: remat(body, policy=policy)(x, w)
+
+
+for _policy in ("nothing", "dots", "names"):
+    from spmd.ops.remat import Policy
+
+    case("remat", _remat_case(Policy(_policy, ("h",))), normal(3, 4), normal(3, 4),
+         label=_policy)
+case("checkpoint_name", lambda a: bind("checkpoint_name", lax.sin(a), label="s"), normal(3))
+
+
+def _attention_backward(q: Any, k: Any, v: Any, d_out: Any) -> Any:
+    attrs = {"scale": 0.5, "is_causal": True, "has_bias": False, "has_mask": False}
+    out, lse = bind("dot_product_attention", q, k, v, **attrs)
+    return bind("dot_product_attention_bwd", q, k, v, out, lse, d_out, **attrs)
+
+
+case("dot_product_attention_bwd", _attention_backward, normal(1, 4, 2, 3), normal(1, 4, 1, 3),
+     normal(1, 4, 1, 3), normal(1, 4, 2, 3), label="second-order")

@@ -169,7 +169,7 @@ def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, ma
         if t.ndim > ndim:
             raise ShapeError(f"dot_product_attention {what} of shape {t.shape} has more dims "
                              f"than [batch, heads, T, S]")
-        if t.ndim < rank:  # leading broadcast dims, as numpy
+        if t.ndim < ndim:  # leading broadcast dims, as numpy
             x = snp.reshape(x, (1,) * (ndim - t.ndim) + t.shape)
         extra.append(x)
     if scale is None:

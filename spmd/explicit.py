@@ -168,11 +168,26 @@ def device_put(x: Any, device: Any = None, *, src: Any = None, donate: bool = Fa
     from spmd import dispatch
 
     if _is_spec_leaf(device):
-        return dispatch.device_put(x, as_sharding(device, "device_put's sharding"))
+        sharding = as_sharding(device, "device_put's sharding")
+        return _on_device(dispatch.device_put(x, sharding), sharding)
     leaves, spec_tree = optree.tree_flatten(device, is_leaf=_is_spec_leaf, none_is_leaf=True,
                                             namespace="spmd")
     shardings = [as_sharding(s, "device_put's sharding") for s in leaves]
     return dispatch.device_put(x, optree.tree_unflatten(spec_tree, shardings))
+
+
+def _on_device(out: Any, sharding: Any) -> Any:
+    """An array put on one Device records that device (the local runtime keeps every
+    single-device array in this process's memory, so only the label changes)."""
+    if not isinstance(sharding, SingleDeviceSharding):
+        return out
+
+    def label(a: Any) -> Any:
+        if hasattr(a, "sharding"):
+            a.sharding = sharding
+        return a
+
+    return optree.tree_map(label, out, namespace="spmd")
 
 
 def place(x: Any, out_sharding: Any = None, device: Any = None) -> Any:

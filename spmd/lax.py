@@ -285,11 +285,12 @@ def dynamic_update_slice_in_dim(x: Any, update: Any, start_index: Any, axis: int
 def _axis(axis: int, ndim: int, what: str) -> int:
     from spmd.errors import ShapeError
 
+    # (this module's `max` is the elementwise op, hence no builtins here)
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
-            not -ndim <= axis < max(ndim, 1):
+            not -ndim <= axis < ndim:
         raise ShapeError(f"{what}: axis {axis!r} is out of range for rank {ndim}",
                          hint=f"use an axis from {-ndim} to {ndim - 1}")
-    return int(axis) % max(ndim, 1)
+    return int(axis) % ndim
 
 
 def pvary(x: Any, axis_name: Any) -> Any:

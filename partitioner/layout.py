@@ -47,7 +47,8 @@ def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape, stacked: bool = F
     shards = []
     for k, coords in enumerate(coords_list):
         block = value[shard_slices(value.shape, spec, mesh, coords)]
-        shard = rows[k] if rows is not None else np.zeros(local, value.dtype)
+        # rows[k, ...] keeps a 0-d row a writable view (rows[k] would be a numpy scalar).
+        shard = rows[k, ...] if rows is not None else np.zeros(local, value.dtype)
         shard[tuple(slice(0, s) for s in block.shape)] = block
         shards.append(shard)
     return shards

@@ -38,7 +38,8 @@ def describe_loc() -> str | None:
     text = linecache.getline(filename, line).strip()
     return f"{os.path.basename(filename)}:{line} in {func}:   {text}"
 
-DOCS = "https://spmd.readthedocs.io/en/latest/errors.html"
+# The error reference in the repository, one section per class (tests check both exist).
+DOCS = "docs/errors.md"
 
 
 class SpmdError(Exception):

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -48,7 +49,7 @@ def survivors(marker: str) -> list[str]:
 
 
 def assert_no_orphans(marker: str) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # polls: returns as soon as none is left
     while survivors(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert survivors(marker) == []
@@ -106,8 +107,16 @@ def test_a_raising_rank_stops_the_job_with_its_traceback_once() -> None:
     assert_no_orphans(marker)
 
 
+# Budgets that hold on a busy 2-core CI machine (load average ~12 seen): starting 8 ranks that
+# train may take minutes there; the stop is measured from the signal, against the launcher's
+# own bound (3 s grace, SIGKILL, 3 s) with room for a scheduler that runs us 1/6 of the time.
+STARTUP_BUDGET_S = 240
+STOP_BUDGET_S = 45
+
+
 def start_waiting_job(marker: str) -> tuple[subprocess.Popen, dict[int, int]]:
-    """A launcher whose 8 ranks trained and now wait; returns it and {rank: pid}."""
+    """A launcher whose 8 ranks trained and now wait; returns it and {rank: pid}. The rest of
+    its output is drained by a thread, so a full pipe can never hold up its exit."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", *MESH, "--runtime", "mpi", str(SCRIPT), "--wait",
@@ -118,30 +127,39 @@ def start_waiting_job(marker: str) -> tuple[subprocess.Popen, dict[int, int]]:
         assert line, "the job ended before every rank was waiting"
         for rank, pid in re.findall(r"WAITING rank=(\d+) pid=(\d+)", line):  # lines interleave
             pids[int(rank)] = int(pid)
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     return process, pids
 
 
+def stop_time(process: subprocess.Popen, start: float) -> float:
+    """Seconds from start (just before the signal) until the launcher exited."""
+    try:
+        process.wait(timeout=STOP_BUDGET_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the launcher did not exit within {STOP_BUDGET_S} s of the signal")
+    return time.monotonic() - start
+
+
 @pytest.mark.mpi
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(STARTUP_BUDGET_S + STOP_BUDGET_S + 30)
 def test_a_killed_rank_ends_the_job() -> None:
     marker = f"marker-{uuid.uuid4().hex}"
     process, pids = start_waiting_job(marker)
     start = time.monotonic()
     os.kill(pids[2], signal.SIGKILL)
-    code = process.wait(timeout=20)
-    assert time.monotonic() - start < 10
-    assert code != 0
+    assert stop_time(process, start) < STOP_BUDGET_S
+    assert process.returncode != 0
     assert_no_orphans(marker)
 
 
 @pytest.mark.mpi
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(STARTUP_BUDGET_S + STOP_BUDGET_S + 30)
 def test_ctrl_c_stops_every_rank() -> None:
     marker = f"marker-{uuid.uuid4().hex}"
     process, _ = start_waiting_job(marker)
     start = time.monotonic()
     process.send_signal(signal.SIGINT)
-    code = process.wait(timeout=20)
-    assert time.monotonic() - start < 10
-    assert code == 130
+    assert stop_time(process, start) < STOP_BUDGET_S
+    assert process.returncode == 130
     assert_no_orphans(marker)

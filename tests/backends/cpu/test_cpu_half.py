@@ -77,9 +77,19 @@ def test_float64_to_float16_rounds_once_and_bfloat16_via_float32() -> None:
     nudged = ties * (1 + np.random.default_rng(3).choice([-1, 0, 1], 500) * 2.0**-40)
     edge = [1 + 2**-11 + 2**-40, 1 + 2**-8 + 2**-40, -3.3, 7e4, 1e-300, -1e-300, np.inf, 0.0]
     x = np.concatenate([nudged, edge])
+    # JAX's semantics, from XLA's elemental IR emitter: f64 -> f16 is one fptrunc (rounds
+    # once); f64 -> bf16 is "Cast to F32 first", then f32 -> bf16 (rounds twice). Written with
+    # an explicit float32 step so the oracle does not depend on the ml_dtypes version (0.7
+    # rounds f64 -> bf16 once, earlier versions went through f32).
+    jax_semantics = {"float16": x.astype(np.float16),
+                     "bfloat16": x.astype(np.float32).astype(ml_dtypes.bfloat16)}
+    # Element 501 is 1 + 2**-8 + 2**-40: rounded once it is 1 + 2**-7 (0x3F81); through f32
+    # the 2**-40 is lost, the tie goes to even: 1.0 (0x3F80).
+    assert jax_semantics["bfloat16"][len(nudged) + 1].view(np.uint16) == 0x3F80
     for dtype in HALF:
         (got,), (want,) = run_both(lambda a, d=dtype: lax.convert_element_type(a * 1, d), x)
         assert_same_bits(got, want)
+        assert_same_bits(got, jax_semantics[dtype])
 
 
 @pytest.mark.parametrize("dtype", HALF)

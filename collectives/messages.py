@@ -6,6 +6,7 @@ Imports nothing of ours except spmd.errors and collectives.base.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from collectives.base import (
     reduce_ufunc,
     timeout_message,
 )
+from collectives.wire import collective_id
 from spmd.errors import CollectiveTimeoutError, RemoteError
 
 # Up to this many bytes an all_reduce sends its whole operand to every member (one round);
@@ -30,7 +32,7 @@ Key = tuple[Any, ...]
 
 
 class Mailbox:
-    """Messages that arrived for one actor, keyed by (mesh tag, sequence number, sender)."""
+    """Messages that arrived for one actor, keyed by (collective id, step, sender's position)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -95,6 +97,9 @@ class MessageCommunicator(Communicator):
         self.mailbox = mailbox
         self.actors = list(actors)
         self.tag = tag
+        # Keys are three ints, the same in every process: (collective id, step, sender's
+        # position), which the socket wire's fixed header carries.
+        self.tag_id = collective_id(tag)
         self.timeout = collective_timeout() if timeout is None else float(timeout)
         self.sequence = 0
 
@@ -104,21 +109,31 @@ class MessageCommunicator(Communicator):
         self.sequence += 1
         members = self.group_members(axes)
         for index, value in outgoing.items():
-            self.channel.send(self.actors[members[index]], (self.tag, self.sequence, self.rank),
-                              value)
+            self.channel.send(self.actors[members[index]], (self.tag_id, self.sequence,
+                                                             self.rank), value)
         deadline = None if self.timeout <= 0 else time.monotonic() + self.timeout
         received = {}
         for index in incoming:
             sender = self.actors[members[index]]
-            value = self.mailbox.take((self.tag, self.sequence, members[index]), deadline, sender)
+            value = self.mailbox.take((self.tag_id, self.sequence, members[index]), deadline,
+                                      sender)
             if value is None:
                 raise CollectiveTimeoutError(
                     timeout_message(kind, axes, where, self.timeout)
-                    + f" on {self.member} {self.actors[self.rank]}; member {index} never sent",
+                    + f" on {self._who(self.actors[self.rank])}; {self._who(sender)} (member "
+                      f"{index} of the group) never sent",
                     loc=where,
                     hint=self.hint)
             received[index] = value
         return received
+
+    def _who(self, actor: int) -> str:
+        """'process 3 (host:port)': the member and, where the channel knows it, its address."""
+        addresses = getattr(self.channel, "addresses", None) or []
+        if actor == self.actors[self.rank]:
+            return f"{self.member} {actor} (pid {os.getpid()})"
+        where = f" at {addresses[actor][0]}:{addresses[actor][1]}" if actor < len(addresses) else ""
+        return f"{self.member} {actor}{where}"
 
     def _everyone(self, axes: Axes) -> tuple[int, int, list[int]]:
         """(my index, group size, the other members' indices)."""

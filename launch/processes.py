@@ -1,5 +1,6 @@
-"""A group of local child processes for `spmd-launch --runtime tcp`: torchrun's variables per
-rank, then supervision (one failure, Ctrl-C, SIGTERM or --timeout stops them all, no orphans).
+"""A group of local child processes for `spmd-launch --runtime tcp`: torchrun's variables and a
+fresh job secret per rank, then supervision (one failure, Ctrl-C, SIGTERM or --timeout stops them
+all, no orphans; the process that failed first is named, not one it took down with it).
 Imports nothing from spmd.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,11 +24,13 @@ POLL_S = 0.05
 FAILURE_GRACE_S = 1.0
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
 TIMEOUT_CODE = 124
+# Exit status of a tcp process stopped because another failed (launch.tcp.PEER_STOPPED_CODE).
+PEER_STOPPED_CODE = 87
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a child gets when its parent dies
 # Set by a parent mpiexec or torchrun; a child must see only the variables of its own world.
 INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-             "MPI_LOCALNRANKS")
+             "MPI_LOCALNRANKS", "SPMD_JOB_SECRET")
 
 
 class Interrupted(Exception):
@@ -47,11 +51,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 def torchrun_environments(base: Mapping[str, str], size: int, host: str = "127.0.0.1",
                           ) -> list[dict[str, str]]:
     """One environment per rank: base plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, a free
-    MASTER_PORT, and OMP_NUM_THREADS=1 unless base sets it (size processes share the cores)."""
+    MASTER_PORT, a fresh SPMD_JOB_SECRET (only this job's processes can join it: the
+    environment of a process is readable by its user alone), and OMP_NUM_THREADS=1 unless base
+    sets it (size processes share the cores)."""
     common = {name: value for name, value in base.items() if name not in INHERITED}
     common.setdefault("OMP_NUM_THREADS", "1")
     common.update(WORLD_SIZE=str(size), MASTER_ADDR=host, MASTER_PORT=str(free_port(host)),
-                  LOCAL_WORLD_SIZE=str(size), SPMD_LAUNCHER_PID=str(os.getpid()))
+                  LOCAL_WORLD_SIZE=str(size), SPMD_LAUNCHER_PID=str(os.getpid()),
+                  SPMD_JOB_SECRET=secrets.token_hex(32))
     return [dict(common, RANK=str(rank), LOCAL_RANK=str(rank)) for rank in range(size)]
 
 
@@ -129,14 +136,32 @@ def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) 
 
 
 def _on_failure(processes: list[subprocess.Popen], rank: int) -> int:
-    """One line naming the first process seen to end badly, then stops the rest. Not always
-    the culprit: a failing process prints its traceback, tells its peers, which print one line
-    each and exit too, and the kernel may reap one of them first."""
+    """One line naming the process that failed (rank, pid, host), then stops the rest. The
+    first seen to end badly may be a peer it took down (those exit PEER_STOPPED_CODE, and the
+    kernel may reap one before the culprit): look past them for up to FAILURE_GRACE_S."""
+    rank = _culprit(processes, rank)
     code = processes[rank].returncode
     how = f"exited with code {code}" if code > 0 else f"was killed by {_signal_name(-code)}"
-    _say(f"process {rank} {how}; stopping the others")
+    if code == PEER_STOPPED_CODE:
+        how += " (stopped by another process's failure)"
+    _say(f"process {rank} (pid {processes[rank].pid} on {socket.gethostname()}) {how}; "
+         f"stopping the others")
     _stop(processes, grace=FAILURE_GRACE_S)
     return code if code > 0 else 128 - code
+
+
+def _culprit(processes: list[subprocess.Popen], first: int) -> int:
+    """The rank that failed by itself: not stopped by a peer (PEER_STOPPED_CODE) nor exited 0;
+    first if none shows up within FAILURE_GRACE_S."""
+    deadline = time.monotonic() + FAILURE_GRACE_S
+    while processes[first].returncode == PEER_STOPPED_CODE:
+        for rank, process in enumerate(processes):
+            if process.poll() not in (None, 0, PEER_STOPPED_CODE):
+                return rank
+        if time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+    return first
 
 
 def _signal_name(signum: int) -> str:

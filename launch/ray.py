@@ -17,6 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from collectives import auth
 from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChannel
 from launch.local import run_collective
 from spmd.errors import LaunchError, RemoteError
@@ -36,11 +37,12 @@ MeshKey = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]]
 class DeviceActor:
     """One device: its buffers (by handle), programs (by key) and communicators (by mesh)."""
 
-    def __init__(self, index: int, channel: str):
+    def __init__(self, index: int, channel: str, secret: bytes):
         self.index = index
         self.mailbox = Mailbox()
         self.channel_name = channel
-        self.channel: Any = SocketChannel(self.mailbox) if channel == "sockets" else None
+        self.channel: Any = SocketChannel(self.mailbox, ray.util.get_node_ip_address(),
+                                          secret=secret) if channel == "sockets" else None
         self.objects: ObjectChannel | None = None
         self.buffers: dict[int, np.ndarray] = {}
         self.programs: dict[str, Any] = {}
@@ -135,6 +137,7 @@ class RayRuntime:
     def __init__(self, num_devices: int = 8, address: str | None = None, platform: str = "cpu",
                  channel: str | None = None):
         self.channel = channel or os.environ.get("SPMD_RAY_CHANNEL", DEFAULT_CHANNEL)
+        self.secret = auth.job_secret() or auth.new_secret().encode()  # actors' sockets' secret
         if self.channel not in ("sockets", "objects"):
             raise LaunchError(f"SPMD_RAY_CHANNEL={self.channel!r}: use 'sockets' or 'objects'")
         self.owns_ray = not ray.is_initialized()
@@ -148,7 +151,7 @@ class RayRuntime:
         self.actors = [
             DeviceActor.options(
                 num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
-            ).remote(i, self.channel)
+            ).remote(i, self.channel, self.secret)
             for i in range(num_devices)
         ]
         addresses = ray.get([a.address.remote() for a in self.actors], timeout=START_TIMEOUT_S)

@@ -1,6 +1,8 @@
 """The tcp runtime (multi-controller, like mpi): processes started by hand or by torchrun with
-RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT meet at rank 0, then run collectives over direct
-TCP sockets (collectives.sockets). A process that raises or dies stops the others fast.
+RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and SPMD_JOB_SECRET meet at rank 0, then run
+collectives over direct TCP sockets (collectives.sockets). Every connection, the rendezvous's
+included, proves the job's secret (collectives.auth); sockets listen only on the interface that
+reaches MASTER_ADDR. A process that raises or dies stops the others fast.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from collectives import auth
 from collectives.messages import Mailbox
-from collectives.sockets import SocketChannel, SocketCommunicator
+from collectives.sockets import SocketChannel, SocketCommunicator, bind_address
 from launch.multicontroller import MultiControllerRuntime
 from spmd.errors import LaunchError, RemoteError
 from spmd.sharding import Mesh
@@ -27,8 +30,12 @@ RETRY_S = 0.05
 # After a peer is lost, how long this process may go on (to raise from a collective and print
 # why) before it is ended anyway: a process computing or sleeping outside collectives.
 PEER_LOST_GRACE_S = 2.0
-HINT = ("start every rank with the same WORLD_SIZE, MASTER_ADDR and MASTER_PORT (rank 0 first "
-        "or within SPMD_RENDEZVOUS_TIMEOUT seconds)")
+HINT = ("start every rank with the same WORLD_SIZE, MASTER_ADDR, MASTER_PORT and SPMD_JOB_SECRET "
+        "(rank 0 first or within SPMD_RENDEZVOUS_TIMEOUT seconds)")
+MAX_LINE = 1 << 20  # a rendezvous message longer than this is not ours
+# Exit status of a process stopped because another one failed: the launcher looks past these
+# to name the process that failed first.
+PEER_STOPPED_CODE = 87
 VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -72,18 +79,23 @@ def rendezvous_timeout() -> float:
         raise LaunchError(f"SPMD_RENDEZVOUS_TIMEOUT={text!r} is not a number of seconds") from None
 
 
-def rendezvous(launch: Launch, port: int, timeout: float) -> list[tuple[str, int]]:
-    """Every rank's (host, port) of its message socket, in rank order: each rank sends its
-    own to rank 0 (listening on MASTER_ADDR:MASTER_PORT), which answers with the table."""
+def rendezvous(launch: Launch, port: int, timeout: float, secret: bytes,
+               host: str | None = None) -> list[tuple[str, int]]:
+    """Every rank's (host, port) of its message socket, in rank order: each rank proves the
+    job's secret to rank 0 (listening on MASTER_ADDR:MASTER_PORT) and sends its own; rank 0
+    answers with the table. host: where this rank's socket listens (default: the interface
+    that reaches MASTER_ADDR)."""
     deadline = time.monotonic() + timeout
+    host = host or bind_address(launch.master_addr)
     if launch.rank == 0:
-        return _serve(launch, port, deadline, timeout)
-    return _join(launch, port, deadline, timeout)
+        return _serve(launch, port, deadline, timeout, secret, host)
+    return _join(launch, port, deadline, timeout, secret, host)
 
 
-def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[tuple[str, int]]:
+def _serve(launch: Launch, port: int, deadline: float, timeout: float, secret: bytes,
+           host: str) -> list[tuple[str, int]]:
     try:
-        server = socket.create_server(("", launch.master_port), backlog=launch.world_size)
+        server = socket.create_server((host, launch.master_port), backlog=launch.world_size)
     except OSError as exc:
         raise LaunchError(f"rank 0 cannot listen on MASTER_PORT={launch.master_port}: {exc}",
                           hint="choose a free MASTER_PORT") from None
@@ -93,15 +105,17 @@ def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[t
         while len(table) < launch.world_size:
             server.settimeout(max(deadline - time.monotonic(), 0.001))
             try:
-                connection, _ = server.accept()
+                connection, address = server.accept()
             except TimeoutError:
                 missing = sorted(set(range(launch.world_size)) - set(table))
                 raise LaunchError(f"rank 0 waited {timeout:g} s for ranks {missing} of "
                                   f"WORLD_SIZE={launch.world_size} to join",
                                   hint=HINT) from None
+            if not _admitted(connection, address, secret):
+                continue
             hello = _read_message(connection, deadline)
             if not hello:
-                connection.close()  # not one of ours (a port probe)
+                connection.close()
                 continue
             joined.append(connection)
             problem = _check_hello(hello, launch, table)
@@ -117,11 +131,23 @@ def _serve(launch: Launch, port: int, deadline: float, timeout: float) -> list[t
     return [table[r] for r in range(launch.world_size)]
 
 
+def _admitted(connection: socket.socket, address: tuple, secret: bytes) -> bool:
+    """Whether a connection to the rendezvous proves the job's secret; if not it is closed and
+    logged, and rank 0 goes on waiting for the real ranks."""
+    try:
+        auth.server_handshake(connection, secret)
+    except auth.AuthenticationError as exc:
+        auth.log_refusal("the tcp rendezvous (rank 0)", f"{address[0]}:{address[1]}", exc)
+        connection.close()
+        return False
+    return True
+
+
 def _read_message(connection: socket.socket, deadline: float) -> dict:
     """One JSON line from connection; {} if none comes before the deadline or it is garbage."""
     connection.settimeout(max(deadline - time.monotonic(), 0.001))
     try:
-        message = json.loads(connection.makefile("r").readline() or "{}")
+        message = json.loads(connection.makefile("r").readline(MAX_LINE) or "{}")
     except (OSError, ValueError):
         return {}
     return message if isinstance(message, dict) else {}
@@ -146,7 +172,8 @@ def _answer(connections: list[socket.socket], message: dict) -> None:
             continue
 
 
-def _join(launch: Launch, port: int, deadline: float, timeout: float) -> list[tuple[str, int]]:
+def _join(launch: Launch, port: int, deadline: float, timeout: float, secret: bytes,
+          host: str) -> list[tuple[str, int]]:
     address = (launch.master_addr, launch.master_port)
     while True:
         try:
@@ -159,7 +186,11 @@ def _join(launch: Launch, port: int, deadline: float, timeout: float) -> list[tu
                                   hint=HINT) from None
             time.sleep(RETRY_S)
     with connection:
-        host = connection.getsockname()[0]  # the address that routes to rank 0
+        try:
+            auth.client_handshake(connection, secret, launch.rank)
+        except auth.AuthenticationError as exc:
+            raise LaunchError(f"rank {launch.rank} refused the rendezvous at {launch.master_addr}"
+                              f":{launch.master_port}: {exc}", hint=HINT) from None
         hello = {"rank": launch.rank, "world_size": launch.world_size, "host": host, "port": port}
         connection.sendall((json.dumps(hello) + "\n").encode())
         answer = _read_message(connection, deadline) or {
@@ -180,13 +211,16 @@ class TCPRuntime(MultiControllerRuntime):
     def __init__(self, platform: str = "cpu", install_excepthook: bool = True,
                  timeout: float | None = None):
         launch = read_launch()
+        secret = auth.job_secret(required_by="the tcp runtime")
+        host = bind_address(launch.master_addr)
         super().__init__(launch.rank, launch.world_size, platform)
         self.local_rank = launch.local_rank
         self.mailbox = Mailbox()
-        self.channel = SocketChannel(self.mailbox, label="process", on_lost=self._peer_lost)
+        self.channel = SocketChannel(self.mailbox, host=host, label="process",
+                                     on_lost=self._peer_lost, secret=secret)
         try:
             table = rendezvous(launch, self.channel.port,
-                               rendezvous_timeout() if timeout is None else timeout)
+                               rendezvous_timeout() if timeout is None else timeout, secret, host)
             self.channel.connect(table, me=self.rank)
         except BaseException:
             self.channel.close()
@@ -224,11 +258,12 @@ class TCPRuntime(MultiControllerRuntime):
         a RemoteError caused by a peer's failure is one line (that peer prints its traceback)."""
         lost = self.channel.lost
         if isinstance(value, RemoteError) and lost is not None:
-            self._stop(f"stopping: {lost[1]}", 1)
+            self._stop(f"stopping: {lost[1]}", PEER_STOPPED_CODE)
         text = "".join(traceback.format_exception(value)).rstrip()
         sys.stderr.write(f"[spmd rank {self.rank}] {text}\n")
         summary = f"{kind.__name__}: {value}".splitlines()[0]
-        self.channel.announce("abort", f"process {self.rank} failed with {summary}")
+        self.channel.announce("abort", f"process {self.rank} (pid {os.getpid()} on "
+                                       f"{socket.gethostname()}) failed with {summary}")
         self._stop(None, 130 if isinstance(value, KeyboardInterrupt) else 1)
 
     def _peer_lost(self, peer: int, text: str) -> None:
@@ -236,7 +271,7 @@ class TCPRuntime(MultiControllerRuntime):
 
         def end_later() -> None:
             time.sleep(PEER_LOST_GRACE_S)
-            self._stop(f"stopping: {text}", 1)
+            self._stop(f"stopping: {text}", PEER_STOPPED_CODE)
 
         threading.Thread(target=end_later, daemon=True, name="spmd-tcp-peer-lost").start()
 

@@ -31,15 +31,18 @@ TCP = ["--runtime", "tcp"]
 
 
 def test_each_process_gets_torchrun_variables_and_only_them() -> None:
-    base = {"RANK": "7", "PMI_SIZE": "8", "MASTER_PORT": "1", "KEEP": "yes"}
+    base = {"RANK": "7", "PMI_SIZE": "8", "MASTER_PORT": "1", "KEEP": "yes",
+            "SPMD_JOB_SECRET": "an-old-job-s-secret"}
     environments = torchrun_environments(base, 3)
     port = environments[0]["MASTER_PORT"]
     assert port != "1" and port.isdigit()
+    secret = environments[0]["SPMD_JOB_SECRET"]  # a fresh one per job, the same for its ranks
+    assert len(secret) == 64 and secret != torchrun_environments(base, 3)[0]["SPMD_JOB_SECRET"]
     for rank, environment in enumerate(environments):
         assert environment == {"KEEP": "yes", "OMP_NUM_THREADS": "1", "RANK": str(rank),
                                "LOCAL_RANK": str(rank), "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3",
                                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-                               "SPMD_LAUNCHER_PID": str(os.getpid())}
+                               "SPMD_LAUNCHER_PID": str(os.getpid()), "SPMD_JOB_SECRET": secret}
     assert torchrun_environments({"OMP_NUM_THREADS": "4"}, 1)[0]["OMP_NUM_THREADS"] == "4"
 
 
@@ -99,7 +102,9 @@ def test_a_raising_process_stops_the_job_with_its_traceback_once() -> None:
                           re.MULTILINE)) == 1, done.stderr
     assert "[spmd rank 2] Traceback" in done.stderr and "train_small.py" in done.stderr
     assert "runpy" not in done.stderr and "tcp_entry" not in done.stderr  # the user's frames only
-    assert re.search(r"^spmd-launch: process \d exited with code 1; stopping the others$",
+    # the raising rank is named, not a peer it stopped (those exit 87 and may be reaped first)
+    assert re.search(r"^spmd-launch: process 2 \(pid \d+ on \S+\) exited with code 1; "
+                     r"stopping the others$",
                      done.stderr, re.MULTILINE), done.stderr
     assert_no_orphans(marker)
 
@@ -146,7 +151,8 @@ def test_a_killed_process_ends_the_job(tmp_path) -> None:
     os.kill(pids[1], signal.SIGKILL)
     code, output = finish(process, start, marker)
     assert code == 128 + signal.SIGKILL
-    assert "spmd-launch: process 1 was killed by SIGKILL; stopping the others\n" in output
+    assert re.search(rf"spmd-launch: process 1 \(pid {pids[1]} on \S+\) was killed by SIGKILL; "
+                     r"stopping the others\n", output), output
     assert "Traceback" not in output
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from collectives.messages import Mailbox
 from collectives.sockets import SocketChannel, SocketCommunicator
-from launch.tcp import Launch, rendezvous
+from launch.tcp import PEER_STOPPED_CODE, Launch, rendezvous
 from spmd import distributed
 from spmd.errors import CollectiveTimeoutError, LaunchError, RemoteError
 
@@ -32,6 +32,7 @@ SCRIPTS = REPO / "tests" / "runtimes" / "scripts"
 WORKER = SCRIPTS / "tcp_worker.py"
 MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")
 MESHES = {4: ("2x2", "data,model"), 8: ("2x4", "data,model")}
+SECRET = "test-secret-" + "0123456789abcdef" * 2
 
 
 def free_port() -> int:
@@ -46,7 +47,7 @@ def start_world(size: int, *args: str) -> list[subprocess.Popen]:
     mesh, axes = MESHES[size]
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(free_port()), WORLD_SIZE=str(size), SPMD_MESH=mesh,
-               SPMD_AXES=axes, SPMD_COLLECTIVE_TIMEOUT="40")
+               SPMD_AXES=axes, SPMD_COLLECTIVE_TIMEOUT="40", SPMD_JOB_SECRET=SECRET)
     return [subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO,
                              env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for rank in range(size)]
@@ -114,7 +115,8 @@ def test_eight_processes_match_numpy_and_the_local_runtime(monkeypatch) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_raising_process_stops_every_process_with_its_traceback_once() -> None:
-    codes, ended, outs, errs = finish(start_world(4, "train", "--fail-on-rank", "2"), 100)
+    processes = start_world(4, "train", "--fail-on-rank", "2")
+    codes, ended, outs, errs = finish(processes, 100)
     assert all(code != 0 for code in codes), codes
     assert max(ended) - ended[2] < 10
     assert "RESULT loss=" in outs[0]  # trained first, then rank 2 raised
@@ -123,7 +125,9 @@ def test_a_raising_process_stops_every_process_with_its_traceback_once() -> None
     assert "[spmd rank 2] Traceback" in errs[2] and "train_small.py" in errs[2]
     assert "ValueError: deliberate failure on process 2" in errs[2]
     for rank in (0, 1, 3):
-        assert f"[spmd rank {rank}] stopping: process 2 failed with ValueError" in errs[rank]
+        assert re.search(rf"\[spmd rank {rank}\] stopping: process 2 \(pid {processes[2].pid} "
+                         r"on \S+\) failed with ValueError", errs[rank]), errs[rank]
+        assert codes[rank] == PEER_STOPPED_CODE  # so a launcher can tell who failed first
 
 
 @pytest.mark.timeout(120)
@@ -140,12 +144,14 @@ def test_a_killed_process_stops_the_others() -> None:
     assert all(code != 0 for code in codes), codes
     assert max(ended) - killed < 10
     for rank in (0, 2, 3):
-        assert "process 1 closed its connection without a goodbye" in errs[rank], errs[rank]
+        assert "process 1 at 127.0.0.1 closed its connection without a goodbye" in errs[rank], \
+            errs[rank]
 
 
 def clean_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
     for name in (*MPI_VARIABLES, "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPMD_JOB_SECRET", SECRET)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
 
@@ -189,7 +195,8 @@ def test_world_size_disagreement_fails_both_ranks() -> None:
 
     def join(rank: int, world_size: int) -> None:
         try:
-            rendezvous(Launch(rank, world_size, "127.0.0.1", port, rank), 1000 + rank, 10.0)
+            rendezvous(Launch(rank, world_size, "127.0.0.1", port, rank), 1000 + rank, 10.0,
+                       SECRET.encode())
         except LaunchError as exc:
             errors[rank] = exc.problem
 
@@ -205,7 +212,8 @@ def test_world_size_disagreement_fails_both_ranks() -> None:
 def pair() -> tuple[list[SocketChannel], list[SocketCommunicator]]:
     """Two connected channels in this process and a (2,) mesh's communicators over them."""
     mailboxes = [Mailbox(), Mailbox()]
-    channels = [SocketChannel(m, host="127.0.0.1", label="process") for m in mailboxes]
+    channels = [SocketChannel(m, host="127.0.0.1", label="process", secret=SECRET.encode())
+                for m in mailboxes]
     table = [("127.0.0.1", c.port) for c in channels]
     for rank, channel in enumerate(channels):
         channel.connect(table, me=rank)
@@ -215,7 +223,7 @@ def pair() -> tuple[list[SocketChannel], list[SocketCommunicator]]:
 
 
 @pytest.mark.parametrize("how,message", [
-    ("killed", "process 1 closed its connection without a goodbye"),
+    ("killed", "process 1 at 127.0.0.1 closed its connection without a goodbye"),
     ("exited", "process 1 exited while process 0 still waits for it"),
 ])
 def test_a_peer_leaving_is_a_remote_error_naming_it(how, message) -> None:
@@ -244,8 +252,9 @@ def test_collective_timeout_is_honoured(monkeypatch) -> None:
     thread.join(5)
     np.testing.assert_array_equal(result_of_one[0], np.arange(4.0) * 2)
     start = time.monotonic()
-    with pytest.raises(CollectiveTimeoutError, match="waited more than 0.5 s on process 0; "
-                                                     "member 1 never sent"):
+    with pytest.raises(CollectiveTimeoutError, match=rf"waited more than 0.5 s on process 0 "
+                       rf"\(pid {os.getpid()}\); process 1 at 127.0.0.1:\d+ \(member 1 of the "
+                       r"group\) never sent"):
         comms[0].all_gather(np.ones(2), "x", 0)
     assert time.monotonic() - start < 3
     for channel in channels:

@@ -129,7 +129,8 @@ def test_mlp_started_like_torchrun_trains_as_one_two_process_job(mlp, capsys):
     env = {k: v for k, v in os.environ.items()
            if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")}
     env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               OMP_NUM_THREADS="1", PYTHONPATH=str(EXAMPLES.parent))
+               OMP_NUM_THREADS="1", PYTHONPATH=str(EXAMPLES.parent),
+               SPMD_JOB_SECRET="a-per-job-secret-both-ranks-share")
     processes = [subprocess.Popen([sys.executable, str(EXAMPLES / "train.py"), *flags],
                                   env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for rank in range(2)]

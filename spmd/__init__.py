@@ -42,6 +42,7 @@ from spmd.sharding import (
 from spmd.shard_map import shard_map
 from spmd.tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 from spmd.visualize import visualize_sharding
+from spmd.vmap import vmap
 
 # Modules users reach as spmd.<name>; they import spmd.numpy, so they come last.
 from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
@@ -50,6 +51,7 @@ from spmd import debug, scipy, sharding  # isort: skip
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
     "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
+    "vmap",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",

@@ -20,7 +20,16 @@ from spmd.numpy.creation import (
     zeros_like,
 )
 from spmd.numpy.einsum import einsum
-from spmd.numpy.extras import SCALAR_TYPES, allclose, array_equal, copy, isclose, placed
+from spmd.numpy.extras import (
+    SCALAR_TYPES,
+    allclose,
+    argsort,
+    array_equal,
+    copy,
+    isclose,
+    placed,
+    sort,
+)
 from spmd.numpy.indexing import diagonal, getitem, take, take_along_axis
 from spmd.numpy.linalg import dot, inner, matmul, matrix_transpose, outer, tensordot, trace, vdot
 from spmd.numpy.manipulation import (
@@ -93,6 +102,7 @@ __all__ = [
     "arange",
     "argmax",
     "argmin",
+    "argsort",
     "array",
     "array_equal",
     "asarray",
@@ -138,6 +148,7 @@ __all__ = [
     "result_type",
     "roll",
     "round",
+    "sort",
     "split",
     "squeeze",
     "stack",

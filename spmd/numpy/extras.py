@@ -63,6 +63,30 @@ def copy(a: Any, order: str = "K") -> Any:
                                x.sharding if x.committed else None)
 
 
+def sort(a: Any, axis: int | None = -1) -> Any:
+    """numpy.sort (ascending; axis=None sorts the flattened array)."""
+    from spmd.numpy.core import normalize_axis
+    from spmd.tracing import bind
+
+    x = asarray(a)
+    if axis is None:
+        x = lax.reshape(x, (type_of(x).size,))
+        axis = 0
+    return bind("sort", x, dimension=normalize_axis(axis, type_of(x).ndim, "sort"))
+
+
+def argsort(a: Any, axis: int | None = -1) -> Any:
+    """numpy.argsort (stable; axis=None sorts the flattened array)."""
+    from spmd.numpy.core import normalize_axis
+    from spmd.tracing import bind
+
+    x = asarray(a)
+    if axis is None:
+        x = lax.reshape(x, (type_of(x).size,))
+        axis = 0
+    return bind("argsort", x, dimension=normalize_axis(axis, type_of(x).ndim, "argsort"))
+
+
 def placed(fn: Callable[..., Any]) -> Callable[..., Any]:
     """fn with JAX's keyword arguments `out_sharding=` and `device=` (where the result is
     laid out), and `preferred_element_type=` (the result's dtype) for contractions."""

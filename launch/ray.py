@@ -18,7 +18,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from collectives import auth
+from collectives.base import collective_timeout
 from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChannel
+from launch.buffers import BufferTable
 from launch.local import run_collective
 from spmd.errors import LaunchError, RemoteError
 from spmd.interpreter import evaluate
@@ -44,7 +46,7 @@ class DeviceActor:
         self.channel: Any = SocketChannel(self.mailbox, ray.util.get_node_ip_address(),
                                           secret=secret) if channel == "sockets" else None
         self.objects: ObjectChannel | None = None
-        self.buffers: dict[int, np.ndarray] = {}
+        self.buffers = BufferTable()  # calls run out of order: see launch/buffers.py
         self.programs: dict[str, Any] = {}
         self.comms: dict[MeshKey, RayCommunicator] = {}
 
@@ -67,16 +69,20 @@ class DeviceActor:
 
     def abort(self, message: str) -> None:
         self.mailbox.abort(message)
+        self.buffers.abort(message)
 
     def store(self, handle: int, value: np.ndarray) -> None:
-        self.buffers[handle] = value
+        self.buffers.store(handle, value)
 
     def fetch(self, handles: list[int]) -> list[np.ndarray]:
-        return [self.buffers[h] for h in handles]
+        return self.buffers.take(handles, collective_timeout())
 
     def free(self, handles: list[int]) -> None:
-        for handle in handles:
-            self.buffers.pop(handle, None)
+        self.buffers.free(handles)
+
+    def held(self) -> int:
+        """How many buffers this actor holds (tests: dropped arrays are freed)."""
+        return len(self.buffers)
 
     def load(self, key: str, program: Any) -> None:
         self.programs[key] = program
@@ -85,13 +91,15 @@ class DeviceActor:
         """Runs program key on this device's args (handles or arrays); results go to outs."""
         program = self.programs[key]
         comm = self._communicator(mesh)
-        values = [self.buffers[a] if isinstance(a, int) else a for a in args]
+        handles = [a for a in args if isinstance(a, int)]
+        held = iter(self.buffers.take(handles, collective_timeout()))
+        values = [next(held) if isinstance(a, int) else a for a in args]
 
         def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
             return run_collective(comm, op, inputs)
 
         for handle, value in zip(outs, evaluate(program, values, run_op)):
-            self.buffers[handle] = value
+            self.buffers.store(handle, value)
 
     def call(self, function: Any, mesh: MeshKey, channel: str | None = None) -> Any:
         """function(communicator) on this device (tests, benchmarks); channel picks the wire."""
@@ -103,6 +111,7 @@ class DeviceActor:
         if self.channel_name == "sockets":
             self.channel.mailbox = self.mailbox
         self.comms.clear()
+        self.buffers.reset()
 
     def _communicator(self, mesh: MeshKey, channel: str | None = None) -> RayCommunicator:
         found = self.comms.get((mesh, channel))

@@ -91,6 +91,46 @@ def test_training_gives_the_same_numbers_on_ray_and_local(runtime, monkeypatch) 
     np.testing.assert_allclose(on_ray, local, rtol=1e-5)
 
 
+def test_a_run_sent_before_its_store_arrives_waits_for_it(runtime) -> None:
+    """Issue 15's crash: an actor runs calls out of order (it has several threads), so a step
+    could start before the store of its input and raise KeyError on the handle."""
+    import ray
+
+    actor = runtime.actors[0]
+    value = np.arange(12.0).reshape(3, 4)
+    handle, dropped = 10**9, 10**9 + 1  # far above the runtime's own counter
+    pending = actor.fetch.remote([handle])
+    time.sleep(0.3)
+    actor.store.remote(handle, value)
+    np.testing.assert_array_equal(ray.get(pending, timeout=60)[0], value)
+    before = ray.get(actor.held.remote())
+    actor.free.remote([dropped])
+    ray.get(actor.store.remote(dropped, value))
+    actor.free.remote([handle])
+    time.sleep(0.3)
+    assert ray.get(actor.held.remote()) == before - 1  # the late store was dropped too
+
+
+def test_the_training_example_runs_past_its_first_steps_on_ray(runtime, monkeypatch) -> None:
+    """The README's command crashed at step ~3; 30 steps of examples/train.py, same losses as
+    the local runtime."""
+    import runpy
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "train.py"
+    module = runpy.run_path(str(example))
+    config = module["Config"](steps=30)
+    import spmd
+
+    local = module["train"](config, spmd.make_mesh((2, 4), ("data", "model")), progress=False)
+    dispatch.set_runtime(runtime)
+    try:
+        mesh = spmd.make_mesh((2, 4), ("data", "model"))
+        on_ray = module["train"](config, mesh, progress=False)
+    finally:
+        dispatch.set_runtime(None)
+    np.testing.assert_allclose(on_ray.losses, local.losses, rtol=1e-5, atol=1e-6)
+
+
 def one_step(runtime, bad_device: int | None = None) -> None:
     """A sharded matmul whose contraction needs an all_reduce; bad_device gets a wrong shape."""
     import spmd
@@ -128,3 +168,4 @@ def test_a_killed_actor_is_detected(runtime) -> None:
     with pytest.raises(RemoteError, match="device 5"):
         one_step(runtime)
     assert time.monotonic() - start < 10
+

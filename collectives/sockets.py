@@ -196,16 +196,13 @@ class SocketChannel:
                 received += count
 
         while True:
-            message, covered = wire.decode(read, read_into)
+            message, covered = wire.decode(read, read_into, peer)
             if mac is not None:
                 value = message.value
                 body = memoryview(value.reshape(-1).view(np.uint8)) if value is not None else b""
                 want = mac.tag(covered, body)
                 if not hmac.compare_digest(read(auth.MAC_BYTES), want):
                     raise wire.WireError("a message's MAC does not match (altered on the way)")
-            if peer is not None and message.sender != peer:
-                raise wire.WireError(f"its message claims to come from {self.label} "
-                                     f"{message.sender}")
             if message.kind == wire.DATA:
                 self.mailbox.put(message.key, message.value)
             elif message.kind == wire.GOODBYE:
@@ -226,8 +223,8 @@ class SocketChannel:
         """A peer that passed the handshake broke the wire format: the job cannot trust what
         it has received, so collectives fail, naming that peer."""
         who = self._name(peer) if peer is not None else f"a {self.label}"
-        text = (f"{who} at {address[0]}:{address[1]} sent a malformed message "
-                f"({exc.__class__.__name__}: {exc})")
+        text = (f"{who} sent a malformed message ({exc.__class__.__name__}: {exc}) on its "
+                f"connection from {address[0]}:{address[1]}")
         if peer is None:
             self.mailbox.abort(text)
             return

@@ -108,8 +108,9 @@ def encode_text(kind: int, sender: int, text: str) -> bytes:
 
 
 def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None],
-           ) -> tuple[Message, bytes]:
-    """One message from a stream: read(n) returns exactly n bytes, read_into fills a buffer.
+           peer: int | None = None) -> tuple[Message, bytes]:
+    """One message from a stream: read(n) returns exactly n bytes, read_into fills a buffer;
+    peer: the sender the connection authenticated as (None: it did not say).
 
     Everything the header declares is checked before the payload is read or allocated.
     Returns the message and the bytes its MAC covers besides an array's payload (header, shape
@@ -123,6 +124,9 @@ def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None]
         raise WireError(f"wire format version {version}, this process speaks {VERSION}")
     if kind not in KINDS:
         raise WireError(f"unknown message kind {kind}")
+    if peer is not None and sender != peer:
+        raise WireError(f"its header claims sender {sender}, its connection authenticated as "
+                        f"{peer}")
     if kind != DATA:
         if code != NO_DTYPE or ndim or length > MAX_TEXT_BYTES:
             raise WireError(f"malformed {KINDS[kind]} message (dtype {code}, ndim {ndim}, "

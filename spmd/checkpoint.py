@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from spmd import checkpoint_files as files
-from spmd import dtypes
+from spmd import checkpoint_index, dtypes
 from spmd.errors import CheckpointError
 
 FORMAT = "spmd-checkpoint"
 VERSION = 1
 _STEP = re.compile(r"^step_(\d+)$")
-_TEMP = re.compile(r"^step_\d+\.(tmp|old)-[0-9a-f]+$")
+# Left by a save or a pruning that was cut short: never read, deleted by the next save.
+_TEMP = re.compile(r"^(step_\d+\.(tmp|old)-[0-9a-f]+|LATEST\.tmp-[0-9a-f]+)$")
 
 
 def _step_name(step: int) -> str:
@@ -93,10 +95,31 @@ def _write_step(folder: str, tree: Any, step: int) -> None:
 
 
 def _remove_leftovers(directory: str) -> None:
-    """Temp folders of saves that crashed midway are never read; delete them."""
+    """Temp folders and LATEST files of saves that crashed midway, and step folders without an
+    index.json (never listed, never restorable), are deleted."""
     for name in os.listdir(directory):
-        if _TEMP.match(name):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        path = os.path.join(directory, name)
+        incomplete = _STEP.match(name) and not os.path.isfile(os.path.join(path, "index.json"))
+        if not (_TEMP.match(name) or incomplete):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def _prune(directory: str, step: int) -> None:
+    """Deletes step's folder so that a crash at any moment leaves it either listed and whole or
+    not listed: it is first renamed to a temp name (atomic), which the next save cleans up."""
+    folder = os.path.join(directory, _step_name(step))
+    doomed = f"{folder}.old-{secrets.token_hex(4)}"
+    try:
+        os.rename(folder, doomed)
+    except OSError:
+        return
+    files.fsync_directory(directory)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _publish_latest(directory: str, step: int) -> None:
@@ -135,7 +158,7 @@ def save(directory: str, tree: Any, step: int, keep: int | None = 3) -> str:
         shutil.rmtree(stale, ignore_errors=True)
     if keep is not None:
         for old in all_steps(directory)[:-max(int(keep), 1)]:
-            shutil.rmtree(os.path.join(directory, _step_name(old)), ignore_errors=True)
+            _prune(directory, old)
     return final
 
 
@@ -155,10 +178,13 @@ def _load_index(directory: str, step: int | None) -> tuple[str, dict[str, Any]]:
     except OSError:
         raise CheckpointError(f"no checkpoint for step {step} in {directory!r}",
                               hint=f"available steps: {all_steps(directory)}") from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"corrupt index {path}: {err}") from None
-    if index.get("format") != FORMAT or index.get("version") != VERSION:
+    if not isinstance(index, dict) or index.get("format") != FORMAT \
+            or index.get("version") != VERSION:
         raise CheckpointError(f"{path} is not a {FORMAT} v{VERSION} index")
+    checkpoint_index.check_folder(directory, folder)
+    checkpoint_index.validate(index, folder, path)
     return folder, index
 
 

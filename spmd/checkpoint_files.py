@@ -128,11 +128,16 @@ def sha256(payload: bytes) -> str:
 
 
 def read_shard(folder: str, entry: dict[str, Any], leaf: dict[str, Any]) -> np.ndarray:
-    """One shard file, checked against its hash, shape and dtype."""
-    path = os.path.join(folder, entry["file"])
+    """One shard file of the folder (never a path leading out of it, nor a symlink), checked
+    against its hash, shape and dtype."""
+    from spmd.checkpoint_index import shard_path
+
+    path = shard_path(folder, entry["file"], os.path.join(folder, "index.json"))
     where = f"{path} (leaf {leaf['path']!r})"
     try:
-        with open(path, "rb") as handle:
+        # O_NOFOLLOW: a symlink swapped in after the index was checked is refused too
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(descriptor, "rb") as handle:
             payload = handle.read()
     except OSError as err:
         raise CheckpointError(f"missing shard file {where}: {err.strerror}",

@@ -201,6 +201,53 @@ def test_a_crash_before_the_rename_is_ignored_then_cleaned(tmp_path, monkeypatch
     assert checkpoint.all_steps(str(tmp_path)) == [1, 3]
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: no handler of ours runs after it."""
+
+
+def test_a_kill_at_any_point_of_pruning_never_leaves_a_listed_step_unrestorable(tmp_path,
+                                                                                  monkeypatch):
+    tree = {"a": np.arange(3.0), "b": [np.ones((2, 2), np.int32), np.float32(5)]}
+    real_rmtree = checkpoint.shutil.rmtree
+    files_per_step = len(os.listdir(checkpoint.save(str(tmp_path / "probe"), tree, step=0)))
+    for kill_after in range(files_per_step + 1):  # killed after deleting this many files
+        directory = tmp_path / f"run{kill_after}"
+        for step in (1, 2):
+            checkpoint.save(str(directory), tree, step=step, keep=None)
+        deleted = []
+
+        def dying_rmtree(path, ignore_errors=False, limit=kill_after, deleted=deleted):
+            # index.json last: the worst case for a pruning that deletes the folder in place
+            for name in sorted(os.listdir(path), key=lambda name: name == "index.json"):
+                if len(deleted) == limit:
+                    raise Killed
+                os.remove(os.path.join(path, name))
+                deleted.append(name)
+            real_rmtree(path)
+
+        monkeypatch.setattr(checkpoint.shutil, "rmtree", dying_rmtree)
+        with pytest.raises(Killed):
+            checkpoint.save(str(directory), tree, step=3, keep=1)
+        monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+        assert checkpoint.all_steps(str(directory)) in ([2, 3], [3])
+        for step in checkpoint.all_steps(str(directory)):
+            assert_tree_equal(checkpoint.restore(str(directory), step=step), tree)
+        checkpoint.save(str(directory), tree, step=4, keep=1)  # cleans what the kill left
+        assert sorted(os.listdir(directory)) == ["LATEST", "step_00000004"]
+
+
+def test_the_next_save_removes_step_folders_without_index_and_latest_temp_files(tmp_path):
+    checkpoint.save(str(tmp_path), {"x": np.zeros(2)}, step=1)
+    (tmp_path / "step_00000000").mkdir()  # lost its index.json: never listed, never restorable
+    (tmp_path / "step_00000000" / "leaf_0000.shard_000.npy").write_bytes(b"old")
+    (tmp_path / "LATEST.tmp-1234abcd").write_text("step_00000001")  # a save killed mid-publish
+    (tmp_path / "notes.txt").write_text("not ours: kept")
+    assert checkpoint.all_steps(str(tmp_path)) == [1]
+    checkpoint.save(str(tmp_path), {"x": np.ones(2)}, step=2, keep=None)
+    assert sorted(os.listdir(tmp_path)) == ["LATEST", "notes.txt", "step_00000001",
+                                            "step_00000002"]
+
+
 def test_latest_falls_back_when_latest_names_a_missing_step(tmp_path):
     checkpoint.save(str(tmp_path), {"x": np.zeros(1)}, step=4)
     (tmp_path / "LATEST").write_text("step_00000009")
@@ -233,17 +280,19 @@ def test_a_missing_or_truncated_shard_is_detected(tmp_path):
         checkpoint.restore(str(tmp_path))
     folder, by_path = saved(tmp_path)  # a fresh copy of step 8
     other = by_path["params/w"]["shards"][0]
-    payload = (folder / other["file"]).read_bytes()[:40]
-    (folder / other["file"]).write_bytes(payload)
-    index_path = folder / "index.json"
-    index = json.loads(index_path.read_text())
-    for leaf in index["leaves"]:
-        for shard in leaf["shards"]:
-            if shard["file"] == other["file"]:
-                shard["sha256"] = files.sha256(payload)  # a consistent hash: np.load must fail
-    index_path.write_text(json.dumps(index))
-    with pytest.raises(CheckpointError, match="unreadable shard file"):
-        checkpoint.restore(str(tmp_path), shardings=None, step=8)
+    original = (folder / other["file"]).read_bytes()
+    for payload, error in ((original[:40], "holds only 40 bytes"),  # caught before reading
+                           (b"\0" * len(original), "unreadable shard file")):
+        (folder / other["file"]).write_bytes(payload)
+        index_path = folder / "index.json"
+        index = json.loads(index_path.read_text())
+        for leaf in index["leaves"]:
+            for shard in leaf["shards"]:
+                if shard["file"] == other["file"]:
+                    shard["sha256"] = files.sha256(payload)  # a consistent hash
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=error):
+            checkpoint.restore(str(tmp_path), shardings=None, step=8)
 
 
 def test_mismatched_targets_are_rejected_with_the_leaf_and_the_difference(tmp_path):

@@ -43,7 +43,7 @@ class DeviceActor:
         self.index = index
         self.mailbox = Mailbox()
         self.channel_name = channel
-        self.channel: Any = SocketChannel(self.mailbox, ray.util.get_node_ip_address(),
+        self.channel: Any = SocketChannel(self.mailbox, node_address(),
                                           secret=secret) if channel == "sockets" else None
         self.objects: ObjectChannel | None = None
         self.buffers = BufferTable()  # calls run out of order: see launch/buffers.py
@@ -52,7 +52,7 @@ class DeviceActor:
 
     def address(self) -> tuple[str, int]:
         port = self.channel.port if self.channel is not None else 0
-        return ray.util.get_node_ip_address(), port
+        return node_address(), port
 
     def pid(self) -> int:
         return os.getpid()
@@ -288,6 +288,15 @@ def _original(exc: BaseException) -> str:
     return str(exc).rstrip()
 
 
+def node_address() -> str:
+    """The address Ray uses for this worker's node: the one the actors' sockets listen on."""
+    node = ray.get_runtime_context().get_node_id()
+    for entry in ray.nodes():
+        if entry.get("NodeID") == node:
+            return entry["NodeManagerAddress"]
+    return ray.util.get_node_ip_address()
+
+
 def init_ray(address: str | None, num_devices: int) -> None:
     """A local Ray (num_cpus may exceed the cores; no dashboard) or the cluster at address."""
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
@@ -301,4 +310,6 @@ def init_ray(address: str | None, num_devices: int) -> None:
     if address:
         ray.init(address=address, **options)
         return
-    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), **options)
+    # A local Ray is a one-host job: its nodes, and so the actors' sockets, use loopback.
+    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), _node_ip_address="127.0.0.1",
+             **options)

@@ -161,7 +161,8 @@ class Partitioner:
                 t = self.b.types[env[bop.inputs[0]]]
                 self.b.records.append(CollectiveRecord(
                     bop.name, bop.attrs["axes"], t.nbytes, t.shape, t.dtype, bop.loc or op.loc,
-                    "written in shard_map", group_size=bop.attrs.get("group_size", 1)))
+                    bop.attrs.get("reason") or "written in shard_map",
+                    group_size=bop.attrs.get("group_size", 1)))
         for v, r, dims in zip(op.outputs, body.results, out_specs):
             self.bind_result(v, env[r], ShardSpec(dims))
 

@@ -199,9 +199,11 @@ def all_to_all(x: Any, axis_name: Any, split_axis: int, concat_axis: int, *,
     return tree_map(one, x)
 
 
-def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]]) -> Any:
+def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]], *,
+             reason: str = "") -> Any:
     """Send x from device src to device dst for each (src, dst) in perm (indices along
-    `axis_name`); a device that receives nothing gets zeros."""
+    `axis_name`); a device that receives nothing gets zeros. `reason` (spmd.pipeline's
+    "stage k -> k+1, microbatch m") replaces "written in shard_map" in the collective report."""
     axes, size = _resolve("ppermute", axis_name)
     pairs = tuple((int(src), int(dst)) for src, dst in perm)
     for src, dst in pairs:
@@ -214,8 +216,9 @@ def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]]) -> Any:
             raise ShardingError(f"ppermute: a {side} appears twice in {pairs!r}", describe_loc(),
                                 "perm must be a partial permutation: each device sends and "
                                 "receives at most once")
+    why = {"reason": reason} if reason else {}
     return tree_map(lambda leaf: bind("collective_permute", leaf, axes=axes, group_size=size,
-                                      pairs=pairs), x)
+                                      pairs=pairs, **why), x)
 
 
 def _check_split(what: str, shape: tuple[int, ...], dim: int, size: int, tiled: bool,

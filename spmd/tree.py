@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import optree
 
+from spmd.errors import INTERNAL_DIRS
+
 NAMESPACE = "spmd"
+# tree_map calls our functions from optree's frames: an op's loc is still the user's line.
+INTERNAL_DIRS.append(os.path.dirname(optree.__file__) + os.sep)
 
 
 def tree_flatten(tree: Any) -> tuple[list[Any], Any]:

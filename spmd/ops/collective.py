@@ -74,7 +74,7 @@ def group_all_to_all(xs: list[np.ndarray], *, axes: Any, group_size: int, split_
 
 
 def group_permute(xs: list[np.ndarray], *, axes: Any, group_size: int,
-                  pairs: tuple[tuple[int, int], ...]) -> list[np.ndarray]:
+                  pairs: tuple[tuple[int, int], ...], reason: str = "") -> list[np.ndarray]:
     out = [np.zeros_like(x) for x in xs]
     for src, dst in pairs:
         out[dst] = xs[src]
@@ -165,8 +165,9 @@ OPS = [
           _blocked_factors("split_dim", "concat_dim"),
           extra={"group_reference": group_all_to_all}),
     OpDef("collective_permute", lambda x, **_: x, _single("collective_permute"),
-          lambda ct, x, *, out, axes, group_size, pairs: _lax().ppermute(
-              ct, axes, tuple((d, s) for s, d in pairs)),
+          lambda ct, x, *, out, axes, group_size, pairs, reason="": _lax().ppermute(
+              ct, axes, tuple((d, s) for s, d in pairs),
+              reason=f"backward of {reason}" if reason else ""),
           elementwise_factors, extra={"group_reference": group_permute}),
     OpDef("axis_index", lambda *, axes, group_size: TensorType((), "int32"),
           _single("axis_index"), ZERO_GRAD, lambda **_: Factors((), ((),)),

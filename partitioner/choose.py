@@ -130,7 +130,7 @@ def pending_sum_moved(p: Partitioner, v: int, spec: ShardSpec) -> float:
         if op.name == "reduce" and op.attrs.get("kind") != spec.partial_kind:
             break
         out = op.outputs[0]
-        if p.types[out].size > p.types[v].size:
+        if p.types[out].size > p.types[v].size or p.types[out].dtype != p.types[v].dtype:
             break
         dims = p.dims_of.get(out, ((),) * p.types[out].ndim)
         if pending & {a for d in dims for a in d}:

@@ -19,8 +19,10 @@ from partitioner.choose import choose_factor_axes
 from partitioner.collective_report import CollectiveRecord
 from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
+from partitioner.gathering import gather_own_rows
 from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
+from partitioner.slicing import realign_slice
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
@@ -137,7 +139,35 @@ class Partitioner:
         self.replicated(op)
 
     def op_iota(self, op: Op) -> None:
-        self.replicated(op)
+        """Each device counts its own block (offset by its shard's start): an iota is
+        never built at the global shape (one_hot over a 32k vocabulary)."""
+        v = op.outputs[0]
+        t = self.types[v]
+        dims = self.dims_of.get(v)
+        if not t.shape or dims is None or not any(dims):
+            self.replicated(op)
+            return
+        spec = ShardSpec(dims)
+        shape = local_type(t, spec, self.mesh).shape
+        d = op.attrs["dimension"]
+        x = self.b.emit("iota", (), op.loc, dtype=t.dtype, shape=shape, dimension=d)
+        if dims[d]:
+            start = self.b.emit("mul", (self.b.axis_index(dims[d]), self.b.const(shape[d],
+                                                                                 "int32")), op.loc)
+            if t.dtype != "int32":
+                start = self.b.emit("convert_element_type", (start,), op.loc, new_dtype=t.dtype)
+            start = self.b.emit("broadcast_in_dim", (start,), op.loc, shape=shape,
+                                broadcast_dimensions=())
+            x = self.b.emit("add", (x, start), op.loc)
+        self.bind_result(v, x, spec)
+
+    def op_gather(self, op: Op) -> None:
+        if not gather_own_rows(self, op):
+            self.generic(op, op_factors(op, self.types))
+
+    def op_slice(self, op: Op) -> None:
+        if not realign_slice(self, op):
+            self.generic(op, op_factors(op, self.types))
 
     def op_sharding_constraint(self, op: Op) -> None:
         dims = op.attrs["sharding"].dims
@@ -207,6 +237,8 @@ class Partitioner:
             return False  # resolve before a broadcast: the all-reduce moves fewer bytes
         if self.uses.get(op.inputs[i], 0) > 1:
             return False  # resolve once here rather than once per consumer
+        if any(t.dtype != self.types[op.inputs[i]].dtype for t in op.types):
+            return False  # the sum runs in the values' own dtype (bf16 stays bf16, as XLA)
         if pending & {a for d in want for a in d}:
             return False
         others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import warnings
 
 from partitioner.builder import ProgramBuilder
+from partitioner.cost import plan_moved
+from partitioner.permute_plan import permute_plan, pieces
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, shard_size
 from spmd.ir.types import TensorType
 
@@ -31,13 +33,38 @@ def reshard(b: ProgramBuilder, x: int, gtype: TensorType, src: ShardSpec, dst: D
             loc: str, reason: str) -> tuple[int, ShardSpec]:
     """Emit what turns x (laid out as src) into the layout dst, with no pending sum."""
     x, spec = resolve_partial(b, x, gtype, src, dst, loc, reason)
-    cur = list(spec.dims)
-    if tuple(cur) == tuple(dst):
-        return x, ShardSpec(tuple(cur))
+    if spec.dims == tuple(dst):
+        return x, spec
+    permuted = _permutes_if_cheaper(b, x, gtype, spec.dims, tuple(dst), loc, reason)
+    if permuted is not None:
+        return permuted, ShardSpec(tuple(dst))
+    return _collective_steps(b, x, gtype, spec.dims, tuple(dst), loc, reason), ShardSpec(
+        tuple(dst))
+
+
+def _collective_steps(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims,
+                      loc: str, reason: str) -> int:
+    """All-to-alls for axes that move to another dim, gathers, then local slices."""
+    cur = list(src)
     x = _all_to_all_moves(b, x, gtype, cur, dst, loc, reason)
     x = _gathers(b, x, gtype, cur, dst, loc, reason)
-    x = _slices(b, x, gtype, cur, dst, loc, reason)
-    return x, ShardSpec(tuple(cur))
+    return _slices(b, x, gtype, cur, dst, loc, reason)
+
+
+def _permutes_if_cheaper(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims,
+                         loc: str, reason: str) -> int | None:
+    """The permute plan where it moves fewer bytes than the collective steps would."""
+    if pieces(gtype, src, dst, b.mesh) is None:
+        return None
+    local = b.types[x]
+    steps = plan_moved(b.mesh, local, lambda s, v: _collective_steps(s, v, gtype, src, dst, "",
+                                                                      ""))
+    cost = plan_moved(b.mesh, local, lambda s, v: permute_plan(s, v, gtype, src, dst, "", ""))
+    if not cost < steps:
+        return None
+    return permute_plan(b, x, gtype, src, dst, loc,
+                        f"{reason} (permutes {cost:.0f} B moved over gather/all-to-all steps "
+                        f"{steps:.0f} B)")
 
 
 def resolve_partial(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpec,
@@ -69,49 +96,61 @@ def resolve_partial(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpe
 
 def _all_to_all_moves(b: ProgramBuilder, x: int, gtype: TensorType, cur: list[AxisTuple],
                       dst: Dims, loc: str, reason: str) -> int:
-    """An axis leaving dim i for dim j moves in one all-to-all instead of gather + slice."""
+    """Axes leaving dim i for dim j move in one all-to-all instead of gather + slice; the
+    longest such run of minor axes moves at once (one collective, same bytes)."""
     moved = True
     while moved:
         moved = False
-        for i, axes in enumerate(cur):
-            if not axes or axes[-1] in dst[i]:
+        for i, j, suffix in _moves(gtype, cur, dst, b.mesh):
+            x = b.collective("all_to_all", x, suffix, loc,
+                             f"{reason}: move axes {','.join(suffix)} from dim {i} to dim {j}",
+                             split_dim=j, concat_dim=i)
+            cur[i], cur[j] = cur[i][:-len(suffix)], cur[j] + suffix
+            moved = True
+            break
+    return x
+
+
+def _moves(gtype: TensorType, cur: list[AxisTuple], dst: Dims, mesh: MeshShape,
+           ) -> list[tuple[int, int, AxisTuple]]:
+    out = []
+    for i, axes in enumerate(cur):
+        for length in range(len(axes), 0, -1):
+            suffix = axes[-length:]
+            if set(suffix) & set(dst[i]):
                 continue
-            a = axes[-1]
             for j in range(len(cur)):
-                grown = cur[j] + (a,)
+                grown = cur[j] + suffix
                 if j == i or dst[j][:len(grown)] != grown:
                     continue
-                if not (_even(gtype.shape[i], b.mesh, axes) and
-                        _even(gtype.shape[j], b.mesh, grown)):
-                    continue
-                x = b.collective("all_to_all", x, (a,), loc,
-                                 f"{reason}: move axis {a} from dim {i} to dim {j}",
-                                 split_dim=j, concat_dim=i)
-                cur[i], cur[j] = axes[:-1], grown
-                moved = True
-                break
-            if moved:
-                break
-    return x
+                if _even(gtype.shape[i], mesh, axes) and _even(gtype.shape[j], mesh, grown):
+                    out.append((i, j, suffix))
+    return out
 
 
 def _gathers(b: ProgramBuilder, x: int, gtype: TensorType, cur: list[AxisTuple], dst: Dims,
              loc: str, reason: str) -> int:
+    """Each dim gathers, in one all-gather, the minor axes the target does not keep."""
     for i in range(len(cur)):
-        while cur[i] and dst[i][:len(cur[i])] != cur[i]:
-            axes = cur[i]
-            n = gtype.shape[i]
-            if _even(n, b.mesh, axes):
-                x = b.collective("all_gather", x, (axes[-1],), loc,
-                                 f"{reason}: dim {i} drops axis {axes[-1]}", dim=i)
-                cur[i] = axes[:-1]
-                continue
-            # Uneven shards: gather the whole dim at once, then drop the padding.
-            x = b.collective("all_gather", x, axes, loc,
-                             f"{reason}: dim {i} (uneven, {n} over {b.mesh.size(axes)}) "
-                             f"gathered whole", dim=i)
-            x = _slice_dim(b, x, i, 0, n, loc)
-            cur[i] = ()
+        axes = cur[i]
+        keep = len(axes)
+        while dst[i][:keep] != axes[:keep]:
+            keep -= 1
+        if keep == len(axes):
+            continue
+        n = gtype.shape[i]
+        if _even(n, b.mesh, axes):
+            dropped = axes[keep:]
+            x = b.collective("all_gather", x, dropped, loc,
+                             f"{reason}: dim {i} drops axes {','.join(dropped)}", dim=i)
+            cur[i] = axes[:keep]
+            continue
+        # Uneven shards: gather the whole dim at once, then drop the padding.
+        x = b.collective("all_gather", x, axes, loc,
+                         f"{reason}: dim {i} (uneven, {n} over {b.mesh.size(axes)}) "
+                         f"gathered whole", dim=i)
+        x = _slice_dim(b, x, i, 0, n, loc)
+        cur[i] = ()
     return x
 
 

@@ -104,3 +104,98 @@ def test_report_moved_bytes_follow_the_table() -> None:
     (a2a,) = records(moved, put(x, "2x4", "model"))
     assert (a2a.kind, a2a.bytes, a2a.moved) == ("all_to_all", 512, 512 * 3 / 4)
     np.testing.assert_allclose(np.asarray(moved(put(x, "2x4", "model"))), x * 2.0)
+
+
+def transpose(a: Any) -> Any:
+    return a.T
+
+
+def test_transpose_of_2d_sharded_array_into_same_out_sharding_uses_permutes() -> None:
+    # x [16, 32] on (data, model): block [8, 8] = 256 B. x.T [32, 16] on (data, model):
+    # block [16, 4]. Device (d, m) holds rows 8d..8d+8 and columns 8m..8m+8; its new block
+    # wants x's columns 16d'..16d'+16 and rows 4m'..4m'+4: old block (d, m) splits into two
+    # [4, 8] pieces (128 B) for devices (m // 2, 2d) and (m // 2, 2d + 1); on (0,0), (0,1),
+    # (1,2) and (1,3) one of them is local. Two permute rounds of 128 B move 256 B; gathering
+    # both dims first moves 256 * 1 + 512 * 3 = 1792 B. XLA: an all-to-all and a permute of
+    # 256 B each (512 B operands).
+    x = rand(16, 32)
+    f = spmd.jit(transpose, out_shardings=sharding("2x4", "data", "model"))
+    recs = records(f, put(x, "2x4", "data", "model"))
+    assert summary(recs) == [("collective_permute", ("data", "model"), 128, (4, 8))] * 2
+    assert sum(r.moved for r in recs) == 256
+    assert "gather/all-to-all steps 1792 B" in recs[0].reason
+    out = f(put(x, "2x4", "data", "model"))
+    np.testing.assert_array_equal(np.asarray(out), x.T)
+    for shard in out.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), x.T[shard.index])
+
+
+def test_device_order_change_is_one_permute() -> None:
+    # x [16, 4] on (data, model) in dim 0 -> (model, data): same block size [2, 4] (32 B),
+    # different device per block: one permute of 32 B, where gathering would move 7 x 32 B.
+    x = rand(16, 4)
+    f = spmd.jit(lambda a: a + 1.0, out_shardings=sharding("2x4", ("model", "data")))
+    recs = records(f, put(x, "2x4", ("data", "model")))
+    assert [(r.kind, r.bytes, r.moved) for r in recs] == [("collective_permute", 32, 32)]
+    np.testing.assert_array_equal(np.asarray(f(put(x, "2x4", ("data", "model")))), x + 1.0)
+
+
+def test_pending_sum_of_bf16_values_is_summed_in_bf16() -> None:
+    # Mixed precision: w is float32, the matmul runs in bfloat16. dW = x.T @ ct is a pending
+    # bf16 sum over data; the cast back to float32 (astype's gradient) must not widen the
+    # collective: one all-reduce of [16, 4] bf16 = 128 B, as XLA's partitioner emits it (the
+    # float32 one would be 256 B).
+    def grad_w(x: Any, w: Any) -> Any:
+        return spmd.grad(lambda w_: spmd.numpy.sum(
+            (x @ w_.astype("bfloat16")).astype("float32")))(w)
+
+    x = rand(8, 16).astype("bfloat16")
+    args = [put(x, "2x4", "data"), put(rand(16, 4, seed=1), "2x4")]
+    f = spmd.jit(grad_w)
+    recs = records(f, *args)
+    assert [(r.kind, r.axes, r.bytes, r.dtype) for r in recs] == [
+        ("all_reduce", ("data",), 16 * 4 * 2, "bfloat16")]
+    # Two bf16 partial sums added in bf16 round once more than the unsharded dot (XLA too):
+    # agreement to bf16's precision (8 bits of mantissa).
+    got = np.asarray(f(*args)).astype(np.float64)
+    want = np.asarray(spmd.jit(grad_w)(x, rand(16, 4, seed=1))).astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=2 ** -6, atol=2 ** -6 * np.abs(want).max())
+
+
+def middle_rows(a: Any) -> Any:
+    return a[4:12] * 1.0
+
+
+def test_slice_kept_sharded_moves_only_the_rows_of_the_new_blocks() -> None:
+    # a [16, 32] on model: blocks of 4 rows. a[4:12] on model: blocks of 2 rows, device j
+    # wants rows 4+2j, 5+2j. Devices 1 and 2 hold their own; device 0 needs rows 4-5 from
+    # device 1, device 3 rows 10-11 from device 2: one permute round of [2, 32] f32 (256 B,
+    # moved 256 B). Gathering the dim then slicing: all-gather [4, 32] (512 B, moves 1536 B).
+    x = rand(16, 32)
+    f = spmd.jit(middle_rows, out_shardings=sharding("2x4", "model"))
+    recs = records(f, put(x, "2x4", "model"))
+    assert summary(recs) == [("collective_permute", ("model",), 2 * 32 * F32, (2, 32))]
+    assert "gather then slice 1536 B" in recs[0].reason
+    out = f(put(x, "2x4", "model"))
+    np.testing.assert_array_equal(np.asarray(out), x[4:12])
+    for shard in out.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), x[4:12][shard.index])
+
+
+def lookup(table: Any, idx: Any) -> Any:
+    return spmd.numpy.take(table, idx, axis=0)
+
+
+def test_gather_from_a_row_sharded_table_looks_up_rows_where_they_live() -> None:
+    # table [64, 32] on model (16 rows per device), 16 replicated indices. Each device
+    # looks up the indices in its rows (0 elsewhere): a pending sum of the [16, 32] result,
+    # all-reduced: 2048 B, moving 2 * 2048 * 3/4 = 3072 B. Gathering the table: all-gather
+    # [16, 32] (2048 B), moving 6144 B (XLA all-reduces too).
+    table = rand(64, 32)
+    idx = np.array([0, 63, 17, 16, 15, 40, 41, 5, -1, 70, 33, 34, 2, 48, 49, 31], np.int32)
+    f = spmd.jit(lookup)
+    args = [put(table, "2x4", "model"), put(idx, "2x4")]
+    recs = records(f, *args)
+    assert summary(recs) == [("all_reduce", ("model",), 16 * 32 * F32, (16, 32))]
+    assert "gathering the table 6144 B" in recs[0].reason
+    np.testing.assert_array_equal(np.asarray(f(*args)), np.asarray(spmd.jit(lookup)(table, idx)))

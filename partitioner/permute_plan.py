@@ -1,0 +1,168 @@
+"""Resharding by point-to-point permutes: each device receives exactly the pieces of its
+new block that it does not hold, in rounds of collective permutes (each device sends and
+receives at most one piece per round).
+
+It is the plan for layout changes the gather / all-to-all steps can only do by gathering,
+e.g. a 2-D sharded array whose two dims swap their mesh axes (a transpose into the same
+out sharding): each device sends its block's pieces to the 2 devices that need them, V
+bytes in all, where gathering both dims moves 7V. Even layouts only, whose block sizes
+divide each other per dim; the resharding planner prices it against its other plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from partitioner.builder import ProgramBuilder
+from partitioner.layout import device_coords, group_index
+from partitioner.spec import AxisTuple, MeshShape
+from spmd.ir.types import TensorType
+
+Dims = tuple[AxisTuple, ...]
+MAX_DEVICES = 256  # the schedule is built per device in Python: bounded compile time
+MAX_ROUNDS = 16
+
+Piece = tuple[int, int, tuple[int, ...], tuple[int, ...]]  # src, dst, src offset, dst offset
+
+
+def _block_sizes(shape: Sequence[int], dims: Dims, mesh: MeshShape) -> list[int] | None:
+    sizes = []
+    for n, axes in zip(shape, dims):
+        k = mesh.size(axes)
+        if n % k:
+            return None
+        sizes.append(n // k)
+    return sizes
+
+
+def pieces(gtype: TensorType, src: Dims, dst: Dims, mesh: MeshShape,
+           window: Sequence[tuple[int, int]] | None = None,
+           ) -> tuple[MeshShape, list[int], list[int], list[Piece], list[Piece]] | None:
+    """(sub-mesh of the axes involved, piece shape, new block shape, transfers, local
+    copies), or None when the layouts are not both even or need too many pieces.
+
+    window: per dim (start, size) of the part of the value the new layout holds (a slice
+    that keeps its sharding); by default the whole value."""
+    window = list(window) if window is not None else [(0, n) for n in gtype.shape]
+    involved = {a for d in src + dst for a in d}
+    names = tuple(a for a in mesh.names if a in involved)
+    sub = MeshShape(names, tuple(mesh.sizes[mesh.names.index(a)] for a in names))
+    if not names or sub.num_devices > MAX_DEVICES or 0 in gtype.shape:
+        return None
+    s = _block_sizes(gtype.shape, src, mesh)
+    t = _block_sizes([size for _, size in window], dst, mesh)
+    if s is None or t is None:
+        return None
+    # Pieces: the largest blocks that lie in one old and one new block.
+    p = [c if a == n else math.gcd(a, c, start)
+         for a, c, n, (start, _) in zip(s, t, gtype.shape, window)]
+    if math.prod(c // q for c, q in zip(t, p)) > MAX_ROUNDS:
+        return None
+    coords = device_coords(sub)
+    src_at = np.array([[group_index(c, axes, sub) * n for axes, n in zip(src, s)] for c in coords])
+    dst_at = [[start + group_index(c, axes, sub) * n for axes, n, (start, _) in
+               zip(dst, t, window)] for c in coords]
+    sends = [0] * len(coords)
+    transfers: list[Piece] = []
+    local: list[Piece] = []
+    grid = [range(c // q) for c, q in zip(t, p)]
+    for e in range(len(coords)):
+        for q in itertools.product(*grid):
+            at = np.array([o + i * n for o, i, n in zip(dst_at[e], q, p)], dtype=np.int64)
+            holds = np.all((src_at <= at) & (at < src_at + np.array(s)), axis=1)
+            dst_off = tuple(i * n for i, n in zip(q, p))
+            if holds[e]:
+                local.append((e, e, tuple(int(v) for v in at - src_at[e]), dst_off))
+                continue
+            c = min(np.flatnonzero(holds), key=lambda d: (sends[d], d))
+            sends[c] += 1
+            transfers.append((int(c), e, tuple(int(v) for v in at - src_at[c]), dst_off))
+    return sub, p, t, transfers, local
+
+
+def schedule(transfers: list[Piece]) -> list[list[Piece]]:
+    """Rounds in which each device sends at most one piece and receives at most one."""
+    rounds: list[list[Piece]] = []
+    busy: list[tuple[set[int], set[int]]] = []
+    for piece in transfers:
+        for r, (senders, receivers) in enumerate(busy):
+            if piece[0] not in senders and piece[1] not in receivers:
+                rounds[r].append(piece)
+                senders.add(piece[0])
+                receivers.add(piece[1])
+                break
+        else:
+            rounds.append([piece])
+            busy.append(({piece[0]}, {piece[1]}))
+    return rounds
+
+
+def _local_rounds(local: list[Piece]) -> list[list[Piece]]:
+    by_device: dict[int, list[Piece]] = {}
+    for piece in local:
+        by_device.setdefault(piece[1], []).append(piece)
+    depth = max((len(v) for v in by_device.values()), default=0)
+    return [[v[i] for v in by_device.values() if i < len(v)] for i in range(depth)]
+
+
+def permute_plan(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims, loc: str,
+                 reason: str, window: Sequence[tuple[int, int]] | None = None) -> int | None:
+    """Emit the permute plan for src -> dst (of the window's part); None where it does not
+    apply."""
+    found = pieces(gtype, src, dst, b.mesh, window)
+    if found is None:
+        return None
+    sub, p, t, transfers, local = found
+    rounds = schedule(transfers)
+    if len(rounds) > MAX_ROUNDS:
+        return None
+    n = sub.num_devices
+    me = b.axis_index(sub.names)
+    # One spare piece row past the block: devices with nothing to place in a round write
+    # there, and it is sliced off at the end.
+    spare = tuple(t[0] if d == 0 else 0 for d in range(len(t)))
+    out_type = TensorType((t[0] + p[0], *t[1:]), gtype.dtype)
+    out = b.full(0, out_type)
+    for r, batch in enumerate(rounds + _local_rounds(local)):
+        src_off = [(0,) * len(p)] * n
+        dst_off = [spare] * n
+        for c, e, so, do in batch:
+            src_off[c] = so
+            dst_off[e] = do
+        piece = _dynamic_slice(b, x, me, src_off, p, loc)
+        if r < len(rounds):
+            pairs = tuple((c, e) for c, e, _, _ in batch)
+            piece = b.collective("collective_permute", piece, sub.names, loc,
+                                 f"{reason}: round {r + 1} of {len(rounds)}, pieces "
+                                 f"{'x'.join(map(str, p))} to the devices that need them",
+                                 pairs=pairs)
+        out = b.emit("dynamic_update_slice", (out, piece, *_offsets(b, me, dst_off, loc)), loc)
+    limits = tuple(t)
+    return b.emit("slice", (out,), loc, start_indices=(0,) * len(t), limit_indices=limits,
+                  strides=(1,) * len(t))
+
+
+def _dynamic_slice(b: ProgramBuilder, x: int, me: int, offsets: list[tuple[int, ...]],
+                   sizes: list[int], loc: str) -> int:
+    if tuple(sizes) == b.types[x].shape:
+        return x
+    return b.emit("dynamic_slice", (x, *_offsets(b, me, offsets, loc)), loc,
+                  slice_sizes=tuple(sizes))
+
+
+def _offsets(b: ProgramBuilder, me: int, per_device: list[tuple[int, ...]], loc: str,
+             ) -> list[int]:
+    """Per dim, this device's entry of a per-device table (a constant where all agree)."""
+    out = []
+    for d in range(len(per_device[0])):
+        column = [o[d] for o in per_device]
+        if len(set(column)) == 1:
+            out.append(b.const(column[0], "int32"))
+            continue
+        table = b.const(np.array(column, dtype=np.int32), "int32")
+        out.append(b.emit("gather", (table, me), loc, axis=0))
+    return out

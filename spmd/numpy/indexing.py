@@ -269,6 +269,8 @@ def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:
             f"take_along_axis needs indices of rank {len(shape)}, got shape "
             f"{type_of(asarray(indices)).shape}"
         )
+    if type_of(asarray(indices)).shape[axis] == 1 and type_of(x).dtype != "bool":
+        return _take_one_along(x, asarray(indices), axis)
     items: list[Any] = []
     for d, n in enumerate(shape):
         if d == axis:
@@ -278,6 +280,21 @@ def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:
         view[d] = n
         items.append(np.arange(n, dtype=np.int32).reshape(view))
     return getitem(x, tuple(items))
+
+
+def _take_one_along(x: Any, indices: Any, axis: int) -> Any:
+    """One element per row along axis (log-probs of target tokens): compare with an iota,
+    select, sum over axis. Elementwise plus one reduction, so a batch-sharded x stays
+    sharded (no gather of the flattened array, no scatter-add in the gradient)."""
+    shape = type_of(x).shape
+    kept = tuple(1 if d == axis else n for d, n in enumerate(shape))
+    out_shape = broadcast_shapes("take_along_axis", kept, type_of(indices).shape)
+    full = tuple(shape[axis] if d == axis else n for d, n in enumerate(out_shape))
+    where = broadcast_to_shape(_index_value(indices, shape[axis]), full)
+    hit = lax.eq(lax.iota("int32", full, axis), where)
+    values = broadcast_to_shape(x, full)
+    picked = lax.select(hit, values, lax.full_like(values, 0))
+    return lax.reshape(lax.reduce_sum(picked, (axis,)), out_shape)
 
 
 def diagonal(a: Any, offset: int = 0, axis1: int = 0, axis2: int = 1) -> Any:

@@ -17,6 +17,9 @@ Rule = Callable[[Op, "GraphView"], "int | Op | None"]
 MAX_ROUNDS = 8
 
 
+IOTA_LIMIT = 1024  # elements; as constant folding's own limit
+
+
 class GraphView:
     """What a rule may ask about the values defined so far: producer, type, constant value."""
 
@@ -35,13 +38,17 @@ class GraphView:
         return self.producers.get(vid)
 
     def constant_value(self, vid: int) -> np.ndarray | None:
-        """The value of a constant, an iota, or a broadcast_in_dim of one; else None."""
+        """The value of a constant, an iota, or a broadcast_in_dim of one; else None. An
+        iota of more than IOTA_LIMIT elements is not materialised (its global shape can be
+        a pod's worth of memory: one_hot over a 32k vocabulary), so it counts as unknown."""
         op = self.producers.get(vid)
         if op is None:
             return None
         if op.name == "constant":
             return op.attrs["value"]
         if op.name == "iota":
+            if op.types[0].size > IOTA_LIMIT:
+                return None
             from spmd.interpreter import run_reference
 
             return run_reference(op, [])[0]

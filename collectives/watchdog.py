@@ -6,6 +6,8 @@ per timeout, so the hot path reads no clock. Nothing polls MPI.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import threading
 import time
@@ -53,7 +55,8 @@ class Watchdog:
     def message(self, kind: str, axes: Axes, where: str | None) -> str:
         """The report printed on expiry: the CollectiveTimeoutError a polling wait would raise."""
         error = CollectiveTimeoutError(
-            timeout_message(kind, axes, where, self.seconds) + f" on MPI rank {self.rank}",
+            timeout_message(kind, axes, where, self.seconds)
+            + f" on MPI rank {self.rank} (pid {os.getpid()} on {socket.gethostname()})",
             loc=where or "",
             hint=HINT,
         )

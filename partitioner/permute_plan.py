@@ -26,7 +26,11 @@ Dims = tuple[AxisTuple, ...]
 MAX_DEVICES = 256  # the schedule is built per device in Python: bounded compile time
 MAX_ROUNDS = 16
 
-Piece = tuple[int, int, tuple[int, ...], tuple[int, ...]]  # src, dst, src offset, dst offset
+# (sending device, receiving device, offset in the sender's block, offset in the receiver's
+# block, which source value)
+Piece = tuple[int, int, tuple[int, ...], tuple[int, ...], int]
+Window = Sequence[tuple[int, int]]
+Found = tuple[MeshShape, list[int], list[int], list[Piece], list[Piece]]
 
 
 def _block_sizes(shape: Sequence[int], dims: Dims, mesh: MeshShape) -> list[int] | None:
@@ -39,48 +43,56 @@ def _block_sizes(shape: Sequence[int], dims: Dims, mesh: MeshShape) -> list[int]
     return sizes
 
 
-def pieces(gtype: TensorType, src: Dims, dst: Dims, mesh: MeshShape,
-           window: Sequence[tuple[int, int]] | None = None,
-           ) -> tuple[MeshShape, list[int], list[int], list[Piece], list[Piece]] | None:
+def pieces(sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims,
+           mesh: MeshShape) -> Found | None:
     """(sub-mesh of the axes involved, piece shape, new block shape, transfers, local
-    copies), or None when the layouts are not both even or need too many pieces.
+    copies), or None when the layouts are not even or need too many pieces.
 
-    window: per dim (start, size) of the part of the value the new layout holds (a slice
-    that keeps its sharding); by default the whole value."""
-    window = list(window) if window is not None else [(0, n) for n in gtype.shape]
+    sources: each value's global type and window: per dim (start, size) of the part of the
+    value the new layout holds, in the value's coordinates (a slice that keeps its
+    sharding; a concatenate's operand, shifted by its offset); by default the whole value.
+    All values share the layouts src and dst and the window size."""
     involved = {a for d in src + dst for a in d}
     names = tuple(a for a in mesh.names if a in involved)
     sub = MeshShape(names, tuple(mesh.sizes[mesh.names.index(a)] for a in names))
-    if not names or sub.num_devices > MAX_DEVICES or 0 in gtype.shape:
+    if not names or sub.num_devices > MAX_DEVICES:
         return None
-    s = _block_sizes(gtype.shape, src, mesh)
-    t = _block_sizes([size for _, size in window], dst, mesh)
-    if s is None or t is None:
+    windows = [list(w) if w is not None else [(0, n) for n in g.shape] for g, w in sources]
+    blocks = [_block_sizes(g.shape, src, mesh) for g, _ in sources]
+    t = _block_sizes([size for _, size in windows[0]], dst, mesh)
+    if t is None or any(s is None for s in blocks) or 0 in t or any(
+            [size for _, size in w] != [size for _, size in windows[0]] for w in windows):
         return None
-    # Pieces: the largest blocks that lie in one old and one new block.
-    p = [c if a == n else math.gcd(a, c, start)
-         for a, c, n, (start, _) in zip(s, t, gtype.shape, window)]
+    # Pieces: the largest blocks that lie in one old and one new block of every value.
+    p = list(t)
+    for (g, _), s, w in zip(sources, blocks, windows):
+        p = [math.gcd(q, c if a == n else math.gcd(a, c, start))
+             for q, a, c, n, (start, _) in zip(p, s, t, g.shape, w)]
     if math.prod(c // q for c, q in zip(t, p)) > MAX_ROUNDS:
         return None
     coords = device_coords(sub)
-    src_at = np.array([[group_index(c, axes, sub) * n for axes, n in zip(src, s)] for c in coords])
-    dst_at = [[start + group_index(c, axes, sub) * n for axes, n, (start, _) in
-               zip(dst, t, window)] for c in coords]
     sends = [0] * len(coords)
     transfers: list[Piece] = []
     local: list[Piece] = []
-    grid = [range(c // q) for c, q in zip(t, p)]
-    for e in range(len(coords)):
-        for q in itertools.product(*grid):
-            at = np.array([o + i * n for o, i, n in zip(dst_at[e], q, p)], dtype=np.int64)
-            holds = np.all((src_at <= at) & (at < src_at + np.array(s)), axis=1)
-            dst_off = tuple(i * n for i, n in zip(q, p))
-            if holds[e]:
-                local.append((e, e, tuple(int(v) for v in at - src_at[e]), dst_off))
-                continue
-            c = min(np.flatnonzero(holds), key=lambda d: (sends[d], d))
-            sends[c] += 1
-            transfers.append((int(c), e, tuple(int(v) for v in at - src_at[c]), dst_off))
+    grid = list(itertools.product(*(range(c // q) for c, q in zip(t, p))))
+    for k, (s, w) in enumerate(zip(blocks, windows)):
+        src_at = np.array([[group_index(c, axes, sub) * n for axes, n in zip(src, s)]
+                           for c in coords])
+        for e, ce in enumerate(coords):
+            base = [start + group_index(ce, axes, sub) * n for axes, n, (start, _) in
+                    zip(dst, t, w)]
+            for q in grid:
+                at = np.array([o + i * n for o, i, n in zip(base, q, p)], dtype=np.int64)
+                holds = np.all((src_at <= at) & (at < src_at + np.array(s)), axis=1)
+                if not holds.any():
+                    continue  # outside the value (another operand of a concatenate)
+                dst_off = tuple(i * n for i, n in zip(q, p))
+                if holds[e]:
+                    local.append((e, e, tuple(int(v) for v in at - src_at[e]), dst_off, k))
+                    continue
+                c = min(np.flatnonzero(holds), key=lambda d: (sends[d], d))
+                sends[c] += 1
+                transfers.append((int(c), e, tuple(int(v) for v in at - src_at[c]), dst_off, k))
     return sub, p, t, transfers, local
 
 
@@ -109,11 +121,12 @@ def _local_rounds(local: list[Piece]) -> list[list[Piece]]:
     return [[v[i] for v in by_device.values() if i < len(v)] for i in range(depth)]
 
 
-def permute_plan(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims, loc: str,
-                 reason: str, window: Sequence[tuple[int, int]] | None = None) -> int | None:
-    """Emit the permute plan for src -> dst (of the window's part); None where it does not
-    apply."""
-    found = pieces(gtype, src, dst, b.mesh, window)
+def permute_plan(b: ProgramBuilder, xs: Sequence[int],
+                 sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims,
+                 loc: str, reason: str) -> int | None:
+    """Emit the permute plan that builds each device's dst block from the values xs (laid
+    out as src); None where it does not apply."""
+    found = pieces(sources, src, dst, b.mesh)
     if found is None:
         return None
     sub, p, t, transfers, local = found
@@ -122,29 +135,49 @@ def permute_plan(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: D
         return None
     n = sub.num_devices
     me = b.axis_index(sub.names)
-    # One spare piece row past the block: devices with nothing to place in a round write
+    # A spare block past the block: devices with nothing to place in a round write
     # there, and it is sliced off at the end.
     spare = tuple(t[0] if d == 0 else 0 for d in range(len(t)))
-    out_type = TensorType((t[0] + p[0], *t[1:]), gtype.dtype)
-    out = b.full(0, out_type)
+    out = b.full(0, TensorType((2 * t[0], *t[1:]), sources[0][0].dtype))
     for r, batch in enumerate(rounds + _local_rounds(local)):
-        src_off = [(0,) * len(p)] * n
-        dst_off = [spare] * n
-        for c, e, so, do in batch:
-            src_off[c] = so
-            dst_off[e] = do
-        piece = _dynamic_slice(b, x, me, src_off, p, loc)
+        piece = _round_piece(b, xs, me, n, batch, p, loc)
         if r < len(rounds):
-            pairs = tuple((c, e) for c, e, _, _ in batch)
+            pairs = tuple((c, e) for c, e, *_ in batch)
             piece = b.collective("collective_permute", piece, sub.names, loc,
                                  f"{reason}: round {r + 1} of {len(rounds)}, pieces "
                                  f"{'x'.join(map(str, p))} to the devices that need them",
                                  pairs=pairs)
+        dst_off = [spare] * n
+        for _, e, _, do, _ in batch:
+            dst_off[e] = do
         out = b.emit("dynamic_update_slice", (out, piece, *_offsets(b, me, dst_off, loc)), loc)
-    limits = tuple(t)
-    return b.emit("slice", (out,), loc, start_indices=(0,) * len(t), limit_indices=limits,
+    return b.emit("slice", (out,), loc, start_indices=(0,) * len(t), limit_indices=tuple(t),
                   strides=(1,) * len(t))
 
+
+def _round_piece(b: ProgramBuilder, xs: Sequence[int], me: int, n: int, batch: list[Piece],
+                 p: list[int], loc: str) -> int:
+    """The piece each device sends (or keeps) in one round: cut from the value it names."""
+    used = sorted({k for *_, k in batch})
+    cut: dict[int, int] = {}
+    for k in used:
+        offsets = [(0,) * len(p)] * n
+        for c, _, so, _, kk in batch:
+            if kk == k:
+                offsets[c] = so
+        cut[k] = _dynamic_slice(b, xs[k], me, offsets, p, loc)
+    piece = cut[used[0]]
+    if len(used) == 1:
+        return piece
+    which = [used[0]] * n
+    for c, _, _, _, k in batch:
+        which[c] = k
+    mine = _offsets(b, me, [(k,) for k in which], loc)[0]
+    for k in used[1:]:
+        hit = b.emit("eq", (mine, b.const(k, "int32")), loc)
+        hit = b.emit("broadcast_in_dim", (hit,), loc, shape=tuple(p), broadcast_dimensions=())
+        piece = b.emit("select", (hit, cut[k], piece), loc)
+    return piece
 
 def _dynamic_slice(b: ProgramBuilder, x: int, me: int, offsets: list[tuple[int, ...]],
                    sizes: list[int], loc: str) -> int:

@@ -54,15 +54,16 @@ def _collective_steps(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, d
 def _permutes_if_cheaper(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims,
                          loc: str, reason: str) -> int | None:
     """The permute plan where it moves fewer bytes than the collective steps would."""
-    if pieces(gtype, src, dst, b.mesh) is None:
+    if pieces([(gtype, None)], src, dst, b.mesh) is None:
         return None
     local = b.types[x]
     steps = plan_moved(b.mesh, local, lambda s, v: _collective_steps(s, v, gtype, src, dst, "",
                                                                       ""))
-    cost = plan_moved(b.mesh, local, lambda s, v: permute_plan(s, v, gtype, src, dst, "", ""))
+    cost = plan_moved(b.mesh, local, lambda s, v: permute_plan(s, [v], [(gtype, None)], src,
+                                                                 dst, "", ""))
     if not cost < steps:
         return None
-    return permute_plan(b, x, gtype, src, dst, loc,
+    return permute_plan(b, [x], [(gtype, None)], src, dst, loc,
                         f"{reason} (permutes {cost:.0f} B moved over gather/all-to-all steps "
                         f"{steps:.0f} B)")
 

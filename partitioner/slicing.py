@@ -1,13 +1,15 @@
-"""A slice of a sharded dim that stays sharded on the same axes ('ab->ab' with a cut, which
-the factor rule blocks): instead of gathering the dim and slicing it, each device
-receives only the rows of its new block, by permutes (the window realigned onto the
-shard grid), when that moves fewer bytes. Unsharded dims are cut locally first.
+"""A slice or a concatenate along a sharded dim whose result stays sharded on the same
+axes (the factor rules block that dim): instead of gathering the dim, each device
+receives only the rows of its new block, by permutes (the operand's window realigned onto
+the result's shard grid), when that moves fewer bytes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from partitioner.builder import ProgramBuilder
 from partitioner.choose import choose_factor_axes, plan_cost
 from partitioner.cost import plan_moved
 from partitioner.permute_plan import permute_plan, pieces
@@ -33,18 +35,60 @@ def realign_slice(p: Partitioner, op: Op) -> bool:
     if not any(spec.dims[d] for d in cut):
         return False
     window = list(zip(starts, (lim - s for s, lim in zip(starts, limits))))
-    if pieces(gtype, spec.dims, want, p.mesh, window) is None:
+    if pieces([(gtype, window)], spec.dims, want, p.mesh) is None:
         return False
     local = p.b.types[lv]
-    moved = plan_moved(p.mesh, local, lambda b, x: permute_plan(b, x, gtype, spec.dims, want, "",
-                                                                "", window))
+    moved = plan_moved(p.mesh, local, lambda b, x: permute_plan(b, [x], [(gtype, window)],
+                                                                spec.dims, want, "", ""))
     f = op_factors(op, p.types)
     fa, _ = choose_factor_axes(p, op, f)
     generic = plan_cost(p, op, f, fa)
     if not moved < generic:
         return False
-    lv = permute_plan(p.b, lv, gtype, spec.dims, want, op.loc,
+    lv = permute_plan(p.b, [lv], [(gtype, window)], spec.dims, want, op.loc,
                       f"slice keeps dims {', '.join(map(str, cut))} sharded (permutes {moved:.0f} "
-                      f"B moved over gather then slice {generic:.0f} B)", window)
+                      f"B moved over gather then slice {generic:.0f} B)")
     p.bind_result(out, lv, ShardSpec(want))
     return True
+
+
+def realign_concat(p: Partitioner, op: Op) -> bool:
+    """A concatenate along a dim its operands and result shard on the same axes: each
+    device receives the rows of its result block from the operands' devices (permutes)
+    instead of every operand being gathered, when that moves fewer bytes."""
+    out, d = op.outputs[0], op.attrs["dimension"]
+    want = p.dims_of.get(out)
+    specs = [p.env[v][1] for v in op.inputs]
+    if want is None or not want[d] or any(s.partial or s.dims != want for s in specs):
+        return False
+    total = p.types[out].shape[d]
+    sources = []
+    offset = 0
+    for v in op.inputs:
+        gtype = p.types[v]
+        sources.append((gtype, [(-offset, total) if i == d else (0, n)
+                                for i, n in enumerate(gtype.shape)]))
+        offset += gtype.shape[d]
+    if pieces(sources, want, want, p.mesh) is None:
+        return False
+    xs = [p.env[v][0] for v in op.inputs]
+    moved = plan_moved_many(p, xs, lambda b, ys: permute_plan(b, ys, sources, want, want, "", ""))
+    f = op_factors(op, p.types)
+    fa, _ = choose_factor_axes(p, op, f)
+    generic = plan_cost(p, op, f, fa)
+    if not moved < generic:
+        return False
+    out_v = permute_plan(p.b, xs, sources, want, want, op.loc,
+                         f"concatenate's operands into the result's blocks (permutes "
+                         f"{moved:.0f} B moved over gathering the operands {generic:.0f} B)")
+    p.bind_result(out, out_v, ShardSpec(want))
+    return True
+
+
+def plan_moved_many(p: Partitioner, xs: list[int], plan: Callable[[ProgramBuilder, list[int]],
+                                                                    object]) -> float:
+    """plan_moved for a plan over several values."""
+    b = ProgramBuilder(p.mesh)
+    ys = [b.param(p.b.types[x]) for x in xs]
+    plan(b, ys)
+    return sum(r.moved for r in b.records)

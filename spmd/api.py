@@ -33,7 +33,7 @@ from spmd.tracing import (
 from spmd.tree import tree_flatten, tree_unflatten
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ShapeDtypeStruct:
     """An abstract argument for `lower`: shape, dtype and optional sharding."""
 
@@ -42,11 +42,15 @@ class ShapeDtypeStruct:
     sharding: Any = None
     weak_type: bool = False
 
-    def __post_init__(self) -> None:
+    def __init__(self, shape: Any, dtype: Any, sharding: Any = None, weak_type: bool = False):
+        # written out (not generated) so that errors find the caller's line
         from spmd.validate import check_shape
 
-        object.__setattr__(self, "shape", check_shape("ShapeDtypeStruct", self.shape))
-        dtypes.canonical(self.dtype)
+        object.__setattr__(self, "shape", check_shape("ShapeDtypeStruct", shape))
+        dtypes.canonical(dtype)
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "sharding", sharding)
+        object.__setattr__(self, "weak_type", weak_type)
 
     @property
     def aval(self) -> TensorType:
@@ -214,6 +218,9 @@ class JitFunction:
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace for these (possibly abstract) arguments and optimize the global program."""
+        from spmd.validate import check_environment
+
+        check_environment()
         graph, out_tree = self._trace(args, kwargs)
         from spmd.passes import optimize
 

@@ -203,7 +203,12 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     aux_box: list[Any] = []
     if has_aux:
         def wrapped(*a: Any) -> Any:
-            out, aux = fun(*a)
+            pair = fun(*a)
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ShapeError(f"has_aux=True needs the function to return (output, aux), "
+                                 f"got {type(pair).__name__}", describe_loc(),
+                                 "return a pair, or drop has_aux=True")
+            out, aux = pair
             aux_box.append(aux)
             return out
     graph, out_tree, captured = trace_to_graph(wrapped, leaves, treedef)
@@ -243,12 +248,15 @@ def _replay_aux(aux: Any, graph: Graph, env: dict[int, Any]) -> Any:
 def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
                    has_aux: bool = False) -> Callable[..., Any]:
     """Like jax.value_and_grad: f must return a float scalar (or (scalar, aux))."""
-    many = not isinstance(argnums, int)
-    nums = tuple(argnums) if many else (argnums,)
+    from spmd.validate import check_argnums, check_callable
+
+    check_callable("grad", fun)
+    many = isinstance(argnums, (tuple, list))
+    nums = check_argnums("argnums", argnums, fun, required=True)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         for i in nums:
-            if i >= len(args):
+            if not -len(args) <= i < len(args):
                 raise ShapeError(f"argnums={argnums!r} but the function got {len(args)} "
                                  f"positional args", describe_loc())
         chosen = tuple(args[i] for i in nums)

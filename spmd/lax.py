@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.tracing import bind, type_of
+from spmd.validate import as_ints, check_shape
 
 
 def _scalar_like(value: Any, like: TensorType) -> Any:
@@ -100,11 +102,12 @@ def zeros_like(x: Any) -> Any:
 
 
 def iota(dtype: Any, shape: Sequence[int], dimension: int = 0) -> Any:
+    shape = check_shape("iota", shape)
     return bind("iota", dtype=dtypes.canonical(dtype), shape=tuple(shape), dimension=dimension)
 
 
 def broadcast_in_dim(x: Any, shape: Sequence[int], broadcast_dimensions: Sequence[int]) -> Any:
-    shape, dims = tuple(int(s) for s in shape), tuple(broadcast_dimensions)
+    shape, dims = check_shape("broadcast_in_dim", shape), tuple(broadcast_dimensions)
     if type_of(x).shape == shape and dims == tuple(range(len(shape))):
         return x
     return bind("broadcast_in_dim", x, shape=shape, broadcast_dimensions=dims)
@@ -118,7 +121,7 @@ def broadcast(x: Any, sizes: Sequence[int]) -> Any:
 
 
 def reshape(x: Any, new_sizes: Sequence[int]) -> Any:
-    new_sizes = tuple(int(s) for s in new_sizes)
+    new_sizes = check_shape("reshape", new_sizes)
     if type_of(x).shape == new_sizes:
         return x
     return bind("reshape", x, new_sizes=new_sizes)
@@ -133,7 +136,7 @@ def transpose(x: Any, permutation: Sequence[int]) -> Any:
 
 def reduce(x: Any, kind: str, axes: Sequence[int]) -> Any:
     """Reduce over `axes` with kind in sum/max/min/prod/and/or."""
-    axes = tuple(sorted(int(a) for a in axes))
+    axes = tuple(sorted(as_ints("reduce axes", axes)))
     if not axes:
         return x
     return bind("reduce", x, kind=kind, axes=axes)
@@ -181,10 +184,11 @@ def dot_general(lhs: Any, rhs: Any, dimension_numbers: Any,
 
 def slice(x: Any, start_indices: Sequence[int], limit_indices: Sequence[int],
           strides: Sequence[int] | None = None) -> Any:
-    n = len(start_indices)
-    strides = tuple(strides) if strides is not None else (1,) * n
-    return bind("slice", x, start_indices=tuple(start_indices),
-                limit_indices=tuple(limit_indices), strides=strides)
+    starts = as_ints("slice start_indices", start_indices)
+    limits = as_ints("slice limit_indices", limit_indices)
+    n = len(starts)
+    strides = as_ints("slice strides", strides) if strides is not None else (1,) * n
+    return bind("slice", x, start_indices=starts, limit_indices=limits, strides=strides)
 
 
 def slice_in_dim(x: Any, start: int, limit: int, stride: int = 1, axis: int = 0) -> Any:
@@ -200,8 +204,19 @@ def pad(x: Any, padding_value: Any, padding_config: Sequence[tuple[int, int, int
     """padding_config: (low, high, interior) per dim; low/high may be negative."""
     if isinstance(padding_value, (int, float, bool)):
         padding_value = constant(np.asarray(padding_value, dtype=x.dtype))
-    return bind("pad", x, padding_value,
-                padding_config=tuple(tuple(int(v) for v in c) for c in padding_config))
+    config = tuple(as_ints("pad's padding_config entry", c) for c in padding_config)
+    t = type_of(x)
+    if len(config) != t.ndim or any(len(c) != 3 for c in config):
+        raise ShapeError(f"pad's padding_config {config} needs one (low, high, interior) "
+                         f"per dim of the operand of shape {t.shape}",
+                         hint="e.g. [(1, 1, 0)] * x.ndim")
+    # (n - 1 if n else 0): this module's `max` is the elementwise op
+    sizes = [lo + hi + n + (n - 1 if n else 0) * inner for (lo, hi, inner), n in
+             zip(config, t.shape)]
+    if any(inner < 0 for _, _, inner in config):
+        raise ShapeError(f"pad's interior padding must be >= 0, got {config}")
+    check_shape("pad's result", sizes)
+    return bind("pad", x, padding_value, padding_config=config)
 
 
 def concatenate(operands: Sequence[Any], dimension: int) -> Any:
@@ -223,7 +238,8 @@ def squeeze(x: Any, dimensions: Sequence[int]) -> Any:
 def expand_dims(x: Any, dimensions: Sequence[int]) -> Any:
     t = type_of(x)
     shape = list(t.shape)
-    for d in sorted(d % (t.ndim + len(dimensions)) for d in dimensions):
+    dimensions = as_ints("expand_dims dimensions", dimensions)
+    for d in sorted(_axis(d, t.ndim + len(dimensions), "expand_dims") for d in dimensions):
         shape.insert(d, 1)
     return reshape(x, shape)
 
@@ -235,7 +251,8 @@ def stop_gradient(x: Any) -> Any:
 def dynamic_slice(x: Any, start_indices: Sequence[Any], slice_sizes: Sequence[int]) -> Any:
     """x[start:start+size] per dim with traced starts (clamped into range, as JAX does)."""
     starts = [_index_scalar(s) for s in start_indices]
-    return bind("dynamic_slice", x, *starts, slice_sizes=tuple(int(s) for s in slice_sizes))
+    sizes = check_shape("dynamic_slice's slice_sizes", slice_sizes)
+    return bind("dynamic_slice", x, *starts, slice_sizes=sizes)
 
 
 def dynamic_update_slice(x: Any, update: Any, start_indices: Sequence[Any]) -> Any:
@@ -283,8 +300,6 @@ def dynamic_update_slice_in_dim(x: Any, update: Any, start_index: Any, axis: int
 
 
 def _axis(axis: int, ndim: int, what: str) -> int:
-    from spmd.errors import ShapeError
-
     # (this module's `max` is the elementwise op, hence no builtins here)
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
             not -ndim <= axis < ndim:

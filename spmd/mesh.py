@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -61,7 +60,8 @@ class AxisType(enum.Enum):
 def _axis_types(given: Any, n: int, default: AxisType) -> tuple[AxisType, ...]:
     if given is None:
         return (default,) * n
-    types = (given,) if isinstance(given, AxisType) else tuple(given)
+    types = (given,) if isinstance(given, AxisType) else \
+        tuple(given) if isinstance(given, (tuple, list)) else (given,)
     if len(types) != n or not all(isinstance(t, AxisType) for t in types):
         raise MeshError(f"axis_types {given!r} must be {n} AxisType values, one per mesh axis",
                         hint="e.g. axis_types=(AxisType.Explicit,) * len(axis_names)")
@@ -232,6 +232,12 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
 
     As in JAX, its axes are Explicit unless axis_types says otherwise."""
     shape = _check_sizes("mesh shape", axis_shapes)
+    if isinstance(axis_names, str):
+        axis_names = (axis_names,)
+    if axis_names is not None and (not isinstance(axis_names, (tuple, list)) or
+                                   not all(isinstance(n, str) for n in axis_names)):
+        raise MeshError(f"axis_names must be a tuple of strings, got {axis_names!r}",
+                        hint='e.g. make_mesh((2, 4), ("data", "model"))')
     names = tuple(axis_names) if axis_names is not None else tuple(
         ("data", "model", "pipe", "extra")[i] if i < 4 else f"axis{i}" for i in range(len(shape)))
     if len(names) != len(shape):
@@ -246,6 +252,11 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
     n = math.prod(shape)
     if device.startswith("tpu-sim"):
         pool = [Device(i, "tpu_sim") for i in range(n)]
+    elif device != "cpu":
+        from spmd import dispatch
+
+        dispatch.check_device(device)  # gpu without cupy or a GPU: LaunchError, never a CPU run
+        pool = list(devices) if devices is not None else globals()["devices"]()
     else:
         pool = list(devices) if devices is not None else globals()["devices"]()
     if n > len(pool):
@@ -258,4 +269,6 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
 
 
 def env_device_count() -> int:
-    return int(os.environ.get("SPMD_NUM_DEVICES", "8"))
+    from spmd.validate import env_int
+
+    return env_int("SPMD_NUM_DEVICES", 8)

@@ -86,7 +86,10 @@ def _check_key(k: Any) -> tuple[Any, Any]:
 
 def split(k: Any, num: int = 2) -> Any:
     """`num` new keys (uint32[num, 2]); equal to jax.random.split for the threefry keys."""
+    from spmd.validate import check_size
+
     k0, k1 = _check_key(k)
+    num = check_size("split's num", num)
     counts = lax.iota("uint32", (2 * num,))
     y0, y1 = threefry2x32(k0, k1, lax.slice(counts, (0,), (num,)),
                           lax.slice(counts, (num,), (2 * num,)))

@@ -38,6 +38,30 @@ def check_size(what: str, n: Any) -> int:
     return int(n)
 
 
+def as_int(what: str, v: Any) -> int:
+    """A static integer (an int or numpy integer; not a bool, a float or a traced value)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        if not (hasattr(v, "__index__") and getattr(v, "shape", None) == ()):
+            raise ShapeError(f"{what} must be an int, got {v!r}",
+                             hint="pass a Python int known when tracing")
+        try:
+            v = v.__index__()
+        except TypeError:
+            raise ShapeError(f"{what} must be a static int, got a traced value",
+                             hint="mark the argument static: jit(static_argnums=...)") from None
+    return int(v)
+
+
+def as_ints(what: str, v: Any) -> tuple[int, ...]:
+    """An int or a sequence of ints."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return (int(v),)
+    if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list, np.ndarray, range)):
+        raise ShapeError(f"{what} must be an int or a tuple of ints, got {v!r}",
+                         hint="e.g. 0 or (0, 1)")
+    return tuple(as_int(what, x) for x in v)
+
+
 def check_shape(what: str, shape: Any) -> tuple[int, ...]:
     """A shape: an int or a sequence of non-negative ints, not absurdly large."""
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
@@ -69,10 +93,14 @@ def _positional_count(fun: Any) -> int | None:
     return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
-def check_argnums(what: str, nums: Any, fun: Callable[..., Any]) -> tuple[int, ...]:
-    """static_argnums / donate_argnums / grad's argnums: ints within fun's parameters."""
-    if nums is None:
+def check_argnums(what: str, nums: Any, fun: Callable[..., Any],
+                  required: bool = False) -> tuple[int, ...]:
+    """static_argnums / donate_argnums / grad's argnums (required: at least one)."""
+    if nums is None and not required:
         return ()
+    if required and (nums is None or nums == () or nums == []):
+        raise ArgumentError(f"{what} must name at least one argument, got {nums!r}",
+                            hint=f"e.g. {what}=0")
     items = tuple(nums) if isinstance(nums, (tuple, list)) else (nums,)
     for i in items:
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
@@ -96,6 +124,25 @@ def check_argnums_in_call(nums: tuple[int, ...], n_args: int, what: str) -> None
             raise ArgumentError(f"{what}={nums!r} refers to argument {i} but the call passes "
                                 f"{n_args} positional arguments",
                                 hint="pass that argument positionally, or fix the index")
+
+
+# The values each setting takes (read where it is used: spmd/dispatch.py, launch/local.py,
+# backends/cpu/executable.py, spmd/passes); checked here once per compile, before any work.
+ENV_CHOICES = {
+    "SPMD_BACKEND": ("auto", "cpu", "interpreter"),
+    "SPMD_LOCAL_MODE": ("stacked", "lockstep", "threads"),
+    "SPMD_VERIFY": ("", "0", "1"),
+}
+ENV_INTS = {"SPMD_CPU_THREADS": 1, "SPMD_NUM_DEVICES": 8}
+
+
+def check_environment() -> None:
+    """Every SPMD_* setting that is set holds a value its reader understands."""
+    for name, choices in ENV_CHOICES.items():
+        if name in os.environ:
+            env_choice(name, choices, choices[0])
+    for name, default in ENV_INTS.items():
+        env_int(name, default)
 
 
 def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes, lax
-from spmd.errors import ShapeError
+from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.tracing import Tracer, type_of
 
@@ -28,7 +28,12 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     if isinstance(x, (list, tuple)) and any(is_value(v) for v in _flat(x)):
         return stack_values([asarray(v) for v in x], dtype)
     t = type_of(x)
-    value = np.asarray(x, dtype=dtypes.to_numpy(dtypes.canonical(dtype) if dtype else t.dtype))
+    target = dtypes.to_numpy(dtypes.canonical(dtype) if dtype else t.dtype)
+    try:
+        value = np.asarray(x, dtype=target)
+    except (OverflowError, ValueError, TypeError) as err:
+        raise DTypeError(f"cannot make a {target} array of {x!r}: {err}",
+                         hint="pass numbers that fit the dtype, or choose dtype=") from None
     weak = t.weak and dtype is None
     return Array(value, weak=weak)
 
@@ -79,7 +84,12 @@ def _convert(a: Any, dtype: str, weak: bool) -> Any:
         if t.dtype == dtype and t.weak == weak:
             return a
         return lax.convert_element_type(a, dtype, weak)
-    return lax.constant(np.asarray(a, dtype=dtypes.to_numpy(dtype)), weak=weak)
+    try:
+        value = np.asarray(a, dtype=dtypes.to_numpy(dtype))
+    except OverflowError:
+        raise DTypeError(f"{a!r} does not fit in {dtype}", hint="use a smaller number, or "
+                         "an array of a wider dtype") from None
+    return lax.constant(value, weak=weak)
 
 
 def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
@@ -121,6 +131,9 @@ def float_type(x: Any) -> Any:
 
 
 def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
+    from spmd.validate import as_int
+
+    axis = as_int(name, axis)
     if not -ndim <= axis < max(ndim, 1):
         raise ShapeError(f"{name} {axis} is out of range for an array of rank {ndim}",
                          hint=f"use a value in [{-ndim}, {ndim})")

@@ -82,7 +82,9 @@ def _normalize(x: Any, idx: Any) -> tuple[Any, list[Any]]:
 
 
 def _static_int(item: Any, n: int) -> int:
-    i = int(item)
+    from spmd.validate import as_int
+
+    i = as_int("index", item)
     if not -n <= i < n:
         raise _index_error(
             f"index {i} is out of bounds for a dim of size {n}", hint=f"use an index in [{-n}, {n})"
@@ -117,10 +119,22 @@ def _basic(x: Any, items: list[Any]) -> Any:
     return lax.reshape(x, out_shape)
 
 
+def _static_indices(item: Any) -> np.ndarray:
+    """Concrete indices as int64 (refusing floats, None and ints beyond int64)."""
+    try:
+        arr = np.asarray(item)
+    except (OverflowError, ValueError):
+        arr = None
+    if arr is None or arr.dtype.kind not in "iu" or arr.dtype == np.uint64:
+        raise _index_error(f"indices must be integers, got {item!r}",
+                           hint="index with ints, slices, or integer arrays")
+    return arr.astype(np.int64)
+
+
 def _index_value(item: Any, n: int) -> Any:
     """An int32 index array with negatives wrapped and clamped into [0, n)."""
     if not isinstance(item, Tracer) and not hasattr(item, "aval"):
-        arr = np.asarray(item).astype(np.int64)
+        arr = _static_indices(item)
         arr = np.where(arr < 0, arr + n, arr)
         return asarray(np.clip(arr, 0, max(n - 1, 0)).astype(np.int32))
     value = lax.convert_element_type(asarray(item), "int32")
@@ -244,15 +258,52 @@ class AtIndexer:
         return _IndexedUpdate(self.x, idx)
 
 
-def take(a: Any, indices: Any, axis: int | None = None) -> Any:
-    """numpy.take (indices clamped into range, negatives wrap)."""
+def take(a: Any, indices: Any, axis: int | None = None, mode: str | None = None,
+         fill_value: Any = None) -> Any:
+    """jax.numpy.take: negatives wrap; out-of-range indices give fill_value (NaN for floats,
+    the most negative int, the largest unsigned, True) under mode "fill", the default as in
+    JAX, or the nearest element under mode "clip"."""
+    if mode not in (None, "fill", "clip"):
+        raise _index_error(f"take mode={mode!r} is not supported", hint="use 'fill' or 'clip'")
     x = asarray(a)
     if axis is None:
         x = lax.reshape(x, (type_of(x).size,))
         axis = 0
     axis = normalize_axis(axis, type_of(x).ndim)
-    index = _index_value(indices, type_of(x).shape[axis])
-    return lax.gather(x, index, axis)
+    n = type_of(x).shape[axis]
+    index = _index_value(indices, n)
+    out = lax.gather(x, index, axis)
+    if mode == "clip":
+        return out
+    inside = _in_range(indices, n)
+    if inside is True:
+        return out
+    t = type_of(out)
+    k = type_of(index).ndim
+    mask = lax.broadcast_in_dim(inside, t.shape, tuple(range(axis, axis + k)))
+    return lax.select(mask, out, lax.full(t.shape, _fill(t.dtype, fill_value), t.dtype))
+
+
+def _in_range(indices: Any, n: int) -> Any:
+    """True when every concrete index is within [-n, n); else a bool mask per index."""
+    if not isinstance(indices, Tracer) and not hasattr(indices, "aval"):
+        raw = _static_indices(indices)
+        inside = (raw >= -n) & (raw < n)
+        return True if inside.all() else asarray(inside)
+    raw = lax.convert_element_type(asarray(indices), "int64")
+    low = lax.ge(raw, lax.full_like(raw, -n))
+    return lax.bitwise_and(low, lax.lt(raw, lax.full_like(raw, n)))
+
+
+def _fill(dtype: str, fill_value: Any) -> Any:
+    if fill_value is not None:
+        return fill_value
+    if dtypes.is_float(dtype):
+        return float("nan")
+    if dtype == "bool":
+        return True
+    info = np.iinfo(dtypes.to_numpy(dtype))
+    return info.max if dtypes.is_unsigned(dtype) else info.min
 
 
 def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:

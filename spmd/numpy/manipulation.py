@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from spmd import lax
 from spmd.errors import ShapeError
 from spmd.numpy.core import (
@@ -21,6 +23,7 @@ from spmd.numpy.core import (
     promote_dtypes,
 )
 from spmd.tracing import type_of
+from spmd.validate import as_int, as_ints, check_shape, check_size
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -32,7 +35,10 @@ def reshape(a: Any, newshape: Any, order: str = "C") -> Any:
     if order != "C":
         raise ShapeError(f"reshape order={order!r} is not supported", hint="use order='C'")
     x = asarray(a)
-    shape = (newshape,) if isinstance(newshape, int) else tuple(int(s) for s in newshape)
+    shape = as_ints("reshape's new shape", newshape)
+    if any(s < -1 for s in shape):
+        raise ShapeError(f"reshape: new shape {shape} has a negative dim",
+                         hint="use sizes >= 0 and at most one -1")
     size = type_of(x).size
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape: only one dim may be -1, got {shape}")
@@ -53,7 +59,7 @@ def transpose(a: Any, axes: Sequence[int] | None = None) -> Any:
     ndim = type_of(x).ndim
     if axes is None:
         return lax.transpose(x, tuple(reversed(range(ndim))))
-    perm = tuple(normalize_axis(int(p), ndim) for p in axes)
+    perm = tuple(normalize_axis(p, ndim) for p in as_ints("transpose axes", axes))
     if sorted(perm) != list(range(ndim)):
         raise ShapeError(f"transpose axes {tuple(axes)} are not a permutation of {ndim} dims")
     return lax.transpose(x, perm)
@@ -71,8 +77,8 @@ def swapaxes(a: Any, axis1: int, axis2: int) -> Any:
 def moveaxis(a: Any, source: Any, destination: Any) -> Any:
     x = asarray(a)
     ndim = type_of(x).ndim
-    src = [source] if isinstance(source, int) else list(source)
-    dst = [destination] if isinstance(destination, int) else list(destination)
+    src = list(as_ints("moveaxis source", source))
+    dst = list(as_ints("moveaxis destination", destination))
     src = [normalize_axis(s, ndim) for s in src]
     dst = [normalize_axis(d, ndim) for d in dst]
     if len(src) != len(dst):
@@ -85,7 +91,7 @@ def moveaxis(a: Any, source: Any, destination: Any) -> Any:
 
 def expand_dims(a: Any, axis: Any) -> Any:
     x = asarray(a)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = as_ints("expand_dims axis", axis)
     out_ndim = type_of(x).ndim + len(axes)
     axes = tuple(normalize_axis(d, out_ndim) for d in axes)
     return lax.expand_dims(x, axes)
@@ -97,8 +103,7 @@ def squeeze(a: Any, axis: Any = None) -> Any:
     if axis is None:
         axes = tuple(i for i, s in enumerate(shape) if s == 1)
     else:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        axes = tuple(normalize_axis(d, len(shape)) for d in axes)
+        axes = tuple(normalize_axis(d, len(shape)) for d in as_ints("squeeze axis", axis))
     for d in axes:
         if shape[d] != 1:
             raise ShapeError(
@@ -110,7 +115,7 @@ def squeeze(a: Any, axis: Any = None) -> Any:
 
 def broadcast_to(a: Any, shape: Sequence[int]) -> Any:
     x = asarray(a)
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    shape = check_shape("broadcast_to", shape)
     if broadcast_shapes("broadcast_to", _shape(x), shape) != shape:
         raise ShapeError(f"cannot broadcast shape {_shape(x)} to {shape}")
     return broadcast_to_shape(x, shape)
@@ -174,7 +179,7 @@ def split(a: Any, indices_or_sections: Any, axis: int = 0) -> list[Any]:
             )
         cuts = [n // sections * i for i in range(1, sections)]
     else:
-        cuts = [int(c) for c in indices_or_sections]
+        cuts = list(as_ints("split indices", indices_or_sections))
     bounds = [0, *cuts, n]
     out = []
     for lo, hi in itertools.pairwise(bounds):
@@ -190,7 +195,7 @@ def flip(a: Any, axis: Any = None) -> Any:
     if axis is None:
         axes: tuple[int, ...] = tuple(range(ndim))
     else:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = as_ints("flip axis", axis)
     axes = tuple(normalize_axis(d, ndim) for d in axes)
     return lax.rev(x, axes) if axes else x
 
@@ -209,9 +214,9 @@ def roll(a: Any, shift: Any, axis: Any = None) -> Any:
     """numpy.roll with static shifts, as slice + concatenate (a shift to the partitioner)."""
     x = asarray(a)
     if axis is None:
-        return lax.reshape(_roll_one(ravel(x), int(shift), 0), _shape(x))
-    shifts = (shift,) if isinstance(shift, int) else tuple(shift)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        return lax.reshape(_roll_one(ravel(x), as_int("roll shift", shift), 0), _shape(x))
+    shifts = as_ints("roll shift", shift)
+    axes = as_ints("roll axis", axis)
     if len(shifts) == 1:
         shifts = shifts * len(axes)
     if len(shifts) != len(axes):
@@ -250,8 +255,9 @@ def triu(m: Any, k: int = 0) -> Any:
 def repeat(a: Any, repeats: int, axis: int | None = None) -> Any:
     """numpy.repeat with one static repeat count."""
     x = asarray(a)
-    if not isinstance(repeats, int):
+    if not isinstance(repeats, (int, np.integer)) or isinstance(repeats, bool):
         raise ShapeError("repeat supports one int repeat count", hint="pass an int")
+    repeats = check_size("repeat count", repeats)
     if axis is None:
         x = ravel(x)
         axis = 0
@@ -265,7 +271,7 @@ def repeat(a: Any, repeats: int, axis: int | None = None) -> Any:
 
 def tile(a: Any, reps: Any) -> Any:
     x = asarray(a)
-    reps = (reps,) if isinstance(reps, int) else tuple(reps)
+    reps = check_shape("tile reps", reps)
     shape = _shape(x)
     ndim = max(len(shape), len(reps))
     shape = (1,) * (ndim - len(shape)) + shape

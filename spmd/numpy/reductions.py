@@ -20,9 +20,10 @@ def _axes(x: Any, axis: Any) -> tuple[int, ...]:
     ndim = type_of(x).ndim
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, int):
-        axis = (axis,)
-    axes = tuple(sorted(normalize_axis(int(a), ndim) for a in axis))
+    from spmd.validate import as_ints
+
+    axis = as_ints("axis", axis)
+    axes = tuple(sorted(normalize_axis(a, ndim) for a in axis))
     if len(set(axes)) != len(axes):
         raise ShapeError(f"repeated axis in {tuple(axis)}")
     return axes
@@ -144,7 +145,7 @@ def _arg(kind: str, a: Any, axis: Any, keepdims: bool) -> Any:
     if axis is None:
         x = lax.reshape(x, (type_of(x).size,))
         axis = 0
-    axis = normalize_axis(int(axis), type_of(x).ndim)
+    axis = normalize_axis(axis, type_of(x).ndim)
     if type_of(x).shape[axis] == 0:
         raise ShapeError(
             f"{kind} of an empty axis (shape {type_of(x).shape})",
@@ -175,4 +176,4 @@ def cumsum(a: Any, axis: Any = None, dtype: Any = None) -> Any:
     if axis is None:
         x = lax.reshape(x, (type_of(x).size,))
         axis = 0
-    return lax.cumsum(x, normalize_axis(int(axis), type_of(x).ndim))
+    return lax.cumsum(x, normalize_axis(axis, type_of(x).ndim))

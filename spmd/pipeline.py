@@ -18,12 +18,23 @@ import numpy as np
 
 from spmd import lax
 from spmd.collective_api import axis_index, ppermute, psum
-from spmd.errors import InternalError, ShapeError, ShardingError
+from spmd.errors import InternalError, ShapeError
+from spmd.pipeline_checks import (
+    check_input,
+    check_stage_dim,
+    check_stage_output,
+    circular,
+    like,
+    mesh_of,
+    own_spec,
+    pipe_size,
+    stage_specs,
+)
 from spmd.pipeline_schedule import FORWARD, Schedule, Slot, make_schedule
 from spmd.shard_map import shard_map
-from spmd.sharding import Mesh, NamedSharding, P, PartitionSpec, current_mesh
-from spmd.tracing import describe_loc, type_of
-from spmd.tree import tree_flatten, tree_leaves, tree_unflatten
+from spmd.sharding import Mesh, PartitionSpec
+from spmd.tracing import type_of
+from spmd.tree import tree_flatten, tree_unflatten
 
 
 def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any, *,
@@ -54,15 +65,15 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
                          "(a backward starts before the last forward)",
                          hint="use spmd.pipeline_value_and_grad(stage_fn, loss_fn, params, "
                               "inputs, targets, schedule='1f1b')")
-    grid = _mesh_of(mesh, stage_params, inputs)
-    p = _axis_size(grid, axis)
+    grid = mesh_of(mesh, stage_params, inputs)
+    p = pipe_size(grid, axis)
     table = make_schedule(schedule, p, num_microbatches, stages_per_device)
     leaves, treedef = tree_flatten(stage_params)
-    _check_stage_dim(leaves, table.stages)
-    leaves = [_circular(x, p, stages_per_device) for x in leaves]
-    pspecs = _param_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else _own_spec(inputs, grid)
-    _check_input(inputs, xspec, grid, axis, num_microbatches)
+    check_stage_dim(leaves, table.stages)
+    leaves = [circular(x, p, stages_per_device) for x in leaves]
+    pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
+    xspec = input_spec if input_spec is not None else own_spec(inputs, grid)
+    check_input(inputs, xspec, grid, axis, num_microbatches)
 
     def body(local_leaves: list[Any], x: Any) -> Any:
         params = tree_unflatten(treedef, local_leaves)
@@ -89,9 +100,9 @@ def run_forward(stage_fn: Callable[[Any, Any], Any], params: Any, x: Any, table:
     for tick, row in enumerate(rows):
         head = row[0]
         if head is not None and head.stage == 0:
-            state = lax.select(_like(first, state), micro[head.microbatch], state)
+            state = lax.select(like(first, state), micro[head.microbatch], state)
         y = stage_fn(_chunk(params, row, me, v, p), state)
-        _check_stage_output(y, state, tick)
+        check_stage_output(y, state, tick)
         tail = row[p - 1]
         if tail is not None and tail.stage == table.stages - 1:
             outs[tail.microbatch] = y
@@ -101,7 +112,7 @@ def run_forward(stage_fn: Callable[[Any, Any], Any], params: Any, x: Any, table:
         raise InternalError("pipeline: a microbatch never left the last stage; this is a bug "
                             "in spmd")
     stacked = lax.concatenate([lax.expand_dims(o, (0,)) for o in outs], 0)
-    stacked = lax.select(_like(last, stacked), stacked, lax.zeros_like(stacked))
+    stacked = lax.select(like(last, stacked), stacked, lax.zeros_like(stacked))
     return lax.reshape(psum(stacked, axis), t.shape)
 
 
@@ -129,109 +140,6 @@ def _is_device(me: Any, d: int) -> Any:
     return lax.eq(me, lax.constant(np.int32(d)))
 
 
-def _like(pred: Any, x: Any) -> Any:
-    t = type_of(x)
-    return lax.broadcast_in_dim(pred, t.shape, ())
-
-
-def _circular(x: Any, p: int, v: int) -> Any:
-    """Stage order -> circular layout: device d's block holds stages d, d+p, ..., d+(v-1)p."""
-    if v == 1:
-        return x
-    t = type_of(x)
-    y = lax.reshape(x, (v, p) + t.shape[1:])
-    perm = (1, 0) + tuple(range(2, t.ndim + 1))
-    return lax.reshape(lax.transpose(y, perm), t.shape)
-
-
-def _mesh_of(mesh: Mesh | None, params: Any, inputs: Any) -> Mesh:
-    if mesh is not None:
-        return mesh
-    if (grid := current_mesh()) is not None:
-        return grid
-    for leaf in tree_leaves(params) + tree_leaves(inputs):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, NamedSharding):
-            return sharding.mesh
-    raise ShardingError("spmd.pipeline needs a mesh with a pipe axis", describe_loc(),
-                        "pass mesh=spmd.make_mesh((4,), ('pipe',)), call it under "
-                        "`with spmd.set_mesh(mesh):`, or device_put the parameters")
-
-
-def _axis_size(grid: Mesh, axis: str) -> int:
-    if axis not in grid.axis_names:
-        raise ShardingError(f"spmd.pipeline: axis {axis!r} is not a mesh axis "
-                            f"{grid.axis_names!r}", describe_loc(),
-                            f"pass axis= one of {grid.axis_names!r}, or add a {axis!r} axis")
-    return grid.axis_sizes[grid.axis_names.index(axis)]
-
-
-def _check_stage_dim(leaves: list[Any], stages: int) -> None:
-    if not leaves:
-        raise ShapeError("spmd.pipeline: stage_params has no arrays", describe_loc(),
-                         "pass the stage parameters stacked on a leading stage dim")
-    for i, x in enumerate(leaves):
-        shape = type_of(x).shape
-        if not shape or shape[0] != stages:
-            raise ShapeError(f"spmd.pipeline: stage_params leaf {i} has shape {shape!r}; its "
-                             f"leading dim must be the number of stages {stages} (pipe axis "
-                             f"size x stages_per_device)", describe_loc(),
-                             f"stack the parameters of the {stages} stages on dim 0")
-
-
-def _own_spec(x: Any, grid: Mesh) -> PartitionSpec:
-    sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == grid:
-        return sharding.spec
-    return P()
-
-
-def _param_specs(given: Any, leaves: list[Any], treedef: Any, grid: Mesh,
-                 axis: str) -> list[PartitionSpec]:
-    if given is None:
-        specs = [_own_spec(x, grid) for x in leaves]
-    elif isinstance(given, PartitionSpec):
-        specs = [given] * len(leaves)
-    else:
-        try:
-            specs = treedef.flatten_up_to(given)  # a P is a tuple: stop at the params' leaves
-        except (ValueError, TypeError) as e:
-            raise ShardingError(f"spmd.pipeline: param_specs does not match stage_params: {e}",
-                                describe_loc(), "give one P per leaf of stage_params") from None
-    out = []
-    for i, spec in enumerate(specs):
-        entries = list(spec) + [None] * (type_of(leaves[i]).ndim - len(tuple(spec)))
-        lead = entries[0]
-        if lead not in (None, axis, (axis,)):
-            raise ShardingError(f"spmd.pipeline: parameter leaf {i} puts its stage dim on "
-                                f"{lead!r}; it goes on the pipe axis {axis!r}", describe_loc(),
-                                f"give the leaf spec P({axis!r}, ...)")
-        if any(axis in ((e,) if isinstance(e, str) else tuple(e or ())) for e in entries[1:]):
-            raise ShardingError(f"spmd.pipeline: parameter leaf {i} shards a non-stage dim "
-                                f"over the pipe axis {axis!r}", describe_loc(),
-                                "shard only the leading stage dim over the pipe axis")
-        out.append(P(axis, *entries[1:]))
-    return out
-
-
-def _check_input(x: Any, spec: PartitionSpec, grid: Mesh, axis: str, m: int) -> None:
-    if len(tree_leaves(x)) != 1:
-        raise ShapeError("spmd.pipeline: inputs must be one array (the batch)", describe_loc(),
-                         "pack the stage input into one array, batch first")
-    entries = [(e,) if isinstance(e, str) else tuple(e or ()) for e in tuple(spec)]
-    if any(axis in e for e in entries):
-        raise ShardingError(f"spmd.pipeline: inputs are sharded over the pipe axis {axis!r}",
-                            describe_loc(), "shard the batch over another axis (data)")
-    shape = type_of(x).shape
-    parts = 1
-    for name in entries[0] if entries else ():
-        parts *= grid.axis_sizes[grid.axis_names.index(name)]
-    if not shape or shape[0] % (parts * m):
-        raise ShapeError(f"spmd.pipeline: batch of shape {shape!r} does not split into "
-                         f"{m} microbatches on each of {parts} batch shards", describe_loc(),
-                         f"make the batch a multiple of {parts * m}")
-
-
 def _check_forward_rows(rows: list[tuple[Slot | None, ...]], table: Schedule) -> None:
     """Each forward must consume what the previous device sent at the previous tick."""
     when = {(s.stage, s.microbatch): t for t, row in enumerate(rows) for s in row if s}
@@ -244,12 +152,3 @@ def _check_forward_rows(rows: list[tuple[Slot | None, ...]], table: Schedule) ->
             if s.stage and when.get((s.stage - 1, s.microbatch)) != t - 1:
                 raise InternalError(f"schedule {table.name}: {s} does not follow its input "
                                     f"by one tick; this is a bug in spmd")
-
-
-def _check_stage_output(y: Any, x: Any, tick: int) -> None:
-    ty, tx = type_of(y), type_of(x)
-    if (ty.shape, ty.dtype) != (tx.shape, tx.dtype):
-        raise ShapeError(f"spmd.pipeline: stage_fn maps {tx} to {ty}; a pipeline stage must "
-                         f"keep its input's shape and dtype", describe_loc(),
-                         "make every stage return an array shaped like its input (put "
-                         "embeddings and the head outside the pipeline)")

@@ -50,6 +50,7 @@ unless set. If one process fails, the others are stopped (SIGTERM, then SIGKILL)
 launcher exits with its code; Ctrl-C or --timeout (exit 124) stops them all.
 """
 STOP_GRACE_S = 3.0
+MAX_DEVICES = 1 << 20  # the most devices a mesh may have (spmd.make_mesh's bound too)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,6 +95,15 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
     from spmd.distributed import parse_mesh
 
     shape = parse_mesh(options.mesh)
+    if math.prod(shape) > MAX_DEVICES:
+        raise LaunchError(f"--mesh {options.mesh} asks for {math.prod(shape)} devices",
+                          hint=f"a mesh has at most {MAX_DEVICES} devices")
+    if options.timeout is not None and not (math.isfinite(options.timeout)
+                                            and options.timeout > 0):
+        raise LaunchError(f"--timeout {options.timeout:g} must be a positive number of seconds",
+                          hint="e.g. --timeout 600, or leave it out for no limit")
+    if options.processes is not None and options.processes > MAX_DEVICES:
+        raise LaunchError(f"--processes {options.processes} is more than {MAX_DEVICES}")
     defaults = ("data", "model", "pipe", "extra")
     names = tuple(options.axes.split(",")) if options.axes else tuple(
         defaults[i] if i < len(defaults) else f"axis{i}" for i in range(len(shape)))

@@ -22,7 +22,7 @@ from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.gathering import gather_own_rows
 from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
-from partitioner.slicing import realign_concat, realign_slice
+from partitioner.slicing import realign_concat, realign_pad, realign_slice
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
@@ -167,6 +167,10 @@ class Partitioner:
 
     def op_concatenate(self, op: Op) -> None:
         if not realign_concat(self, op):
+            self.generic(op, op_factors(op, self.types))
+
+    def op_pad(self, op: Op) -> None:
+        if not realign_pad(self, op):
             self.generic(op, op_factors(op, self.types))
 
     def op_slice(self, op: Op) -> None:

@@ -66,8 +66,8 @@ def pieces(sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: 
     # Pieces: the largest blocks that lie in one old and one new block of every value.
     p = list(t)
     for (g, _), s, w in zip(sources, blocks, windows):
-        p = [math.gcd(q, c if a == n else math.gcd(a, c, start))
-             for q, a, c, n, (start, _) in zip(p, s, t, g.shape, w)]
+        # A piece never straddles an old block's edge, nor the value's start or end.
+        p = [math.gcd(q, a, c, start) for q, a, c, (start, _) in zip(p, s, t, w)]
     if math.prod(c // q for c, q in zip(t, p)) > MAX_ROUNDS:
         return None
     coords = device_coords(sub)
@@ -123,9 +123,10 @@ def _local_rounds(local: list[Piece]) -> list[list[Piece]]:
 
 def permute_plan(b: ProgramBuilder, xs: Sequence[int],
                  sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims,
-                 loc: str, reason: str) -> int | None:
+                 loc: str, reason: str, fill: int | None = None) -> int | None:
     """Emit the permute plan that builds each device's dst block from the values xs (laid
-    out as src); None where it does not apply."""
+    out as src); None where it does not apply. Rows of a block outside every value hold
+    the scalar `fill` (0 by default)."""
     found = pieces(sources, src, dst, b.mesh)
     if found is None:
         return None
@@ -138,7 +139,9 @@ def permute_plan(b: ProgramBuilder, xs: Sequence[int],
     # A spare block past the block: devices with nothing to place in a round write
     # there, and it is sliced off at the end.
     spare = tuple(t[0] if d == 0 else 0 for d in range(len(t)))
-    out = b.full(0, TensorType((2 * t[0], *t[1:]), sources[0][0].dtype))
+    block = TensorType((2 * t[0], *t[1:]), sources[0][0].dtype)
+    out = b.full(0, block) if fill is None else b.emit(
+        "broadcast_in_dim", (fill,), loc, shape=block.shape, broadcast_dimensions=())
     for r, batch in enumerate(rounds + _local_rounds(local)):
         piece = _round_piece(b, xs, me, n, batch, p, loc)
         if r < len(rounds):

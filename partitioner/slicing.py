@@ -22,19 +22,40 @@ if TYPE_CHECKING:
 
 
 def realign_slice(p: Partitioner, op: Op) -> bool:
-    """Partition a stride-1 slice whose result keeps the operand's sharding by permutes;
-    False where that does not apply or costs more than the generic plan."""
+    """A stride-1 slice whose result keeps the operand's sharding."""
+    if any(st != 1 for st in op.attrs["strides"]):
+        return False
+    starts, limits = op.attrs["start_indices"], op.attrs["limit_indices"]
+    return realign_window(p, op, list(zip(starts, (b - a for a, b in zip(starts, limits)))),
+                          None, "slice")
+
+
+def realign_pad(p: Partitioner, op: Op) -> bool:
+    """A pad (no interior padding) whose result keeps the operand's sharding: the window
+    starts before the value and the rows outside it keep the padding value."""
+    config = op.attrs["padding_config"]
+    if any(interior for _, _, interior in config):
+        return False
+    shape = p.types[op.inputs[0]].shape
+    return realign_window(p, op, [(-lo, n + lo + hi) for (lo, hi, _), n in zip(config, shape)],
+                          op.inputs[1], "pad")
+
+
+def realign_window(p: Partitioner, op: Op, window: list[tuple[int, int]], fill: int | None,
+                   what: str) -> bool:
+    """Partition an op whose result is the window of its operand (in the operand's
+    coordinates; outside the operand: the value `fill`, else 0) by permutes into the
+    operand's own sharding; False where that does not apply or costs more than the
+    generic plan (gather the dim, then cut)."""
     v, out = op.inputs[0], op.outputs[0]
     lv, spec = p.env[v]
     want = p.dims_of.get(out)
     gtype = p.types[v]
-    starts, limits = op.attrs["start_indices"], op.attrs["limit_indices"]
-    if spec.partial or want != spec.dims or any(st != 1 for st in op.attrs["strides"]):
+    if spec.partial or want != spec.dims:
         return False
-    cut = [d for d, (s, lim, n) in enumerate(zip(starts, limits, gtype.shape)) if (s, lim) != (0, n)]
+    cut = [d for d, ((s, size), n) in enumerate(zip(window, gtype.shape)) if (s, size) != (0, n)]
     if not any(spec.dims[d] for d in cut):
         return False
-    window = list(zip(starts, (lim - s for s, lim in zip(starts, limits))))
     if pieces([(gtype, window)], spec.dims, want, p.mesh) is None:
         return False
     local = p.b.types[lv]
@@ -45,9 +66,10 @@ def realign_slice(p: Partitioner, op: Op) -> bool:
     generic = plan_cost(p, op, f, fa)
     if not moved < generic:
         return False
+    value = None if fill is None else p.operand(fill, (), op.loc, f"{what} value")
     lv = permute_plan(p.b, [lv], [(gtype, window)], spec.dims, want, op.loc,
-                      f"slice keeps dims {', '.join(map(str, cut))} sharded (permutes {moved:.0f} "
-                      f"B moved over gather then slice {generic:.0f} B)")
+                      f"{what} keeps dims {', '.join(map(str, cut))} sharded (permutes "
+                      f"{moved:.0f} B moved over gathering the dim {generic:.0f} B)", value)
     p.bind_result(out, lv, ShardSpec(want))
     return True
 

@@ -175,7 +175,7 @@ def test_slice_kept_sharded_moves_only_the_rows_of_the_new_blocks() -> None:
     f = spmd.jit(middle_rows, out_shardings=sharding("2x4", "model"))
     recs = records(f, put(x, "2x4", "model"))
     assert summary(recs) == [("collective_permute", ("model",), 2 * 32 * F32, (2, 32))]
-    assert "gather then slice 1536 B" in recs[0].reason
+    assert "gathering the dim 1536 B" in recs[0].reason
     out = f(put(x, "2x4", "model"))
     np.testing.assert_array_equal(np.asarray(out), x[4:12])
     for shard in out.addressable_shards:
@@ -220,6 +220,28 @@ def test_concatenate_along_the_sharded_dim_sends_each_block_its_rows() -> None:
     assert "gathering the operands 3072 B" in recs[0].reason
     out = f(*args)
     want = np.concatenate([a, c])
+    np.testing.assert_array_equal(np.asarray(out), want)
+    for shard in out.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index])
+
+
+def pad_rows(a: Any) -> Any:
+    return spmd.lax.pad(a, np.float32(7), ((4, 4, 0), (0, 0, 0)))
+
+
+def test_pad_of_the_sharded_dim_kept_sharded_shifts_rows_by_permutes() -> None:
+    # a [16, 32] on model (4 rows per device), padded by 4 rows each side -> [24, 32] on
+    # model (6 rows per device). Device j holds result rows 6j..6j+6 = a's rows 6j-4..6j+2:
+    # device 1 needs a's rows 2-3 from device 0, device 2 rows 12-13 from device 3, the
+    # rest is local or padding. One permute round of [2, 32] f32 (256 B, moving 256 B)
+    # against gathering the dim (all-gather of 512 B, moving 1536 B).
+    x = rand(16, 32)
+    f = spmd.jit(pad_rows, out_shardings=sharding("2x4", "model"))
+    recs = records(f, put(x, "2x4", "model"))
+    assert summary(recs) == [("collective_permute", ("model",), 2 * 32 * F32, (2, 32))]
+    assert "gathering the dim 1536 B" in recs[0].reason
+    out = f(put(x, "2x4", "model"))
+    want = np.pad(x, ((4, 4), (0, 0)), constant_values=7.0)
     np.testing.assert_array_equal(np.asarray(out), want)
     for shard in out.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index])

@@ -189,6 +189,14 @@ def simulate(program: Graph, mesh: Mesh | None, **options: Any) -> Any:
                             mesh.topology, **options)
 
 
+def pipeline_timeline(schedule: Any, forward_s: float, backward_s: float,
+                      shift_s: float = 0.0) -> Any:
+    """A pipeline schedule table laid on the TPU simulator's timeline (spmd.pipeline_sim)."""
+    from backends.tpu_sim.pipeline import schedule_timeline
+
+    return schedule_timeline(schedule, forward_s, backward_s, shift_s)
+
+
 def _simulated(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     """Abstract calls (spmd.sim) get ShapeDtypeStruct results; tpu-sim meshes accrue time."""
     from spmd import sim

@@ -7,6 +7,7 @@ emitted collectives can never disagree.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -32,6 +33,12 @@ def reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims)
     """Bytes per device that reshard(src -> dst) moves (pending sums resolved too)."""
     if not src.partial and src.dims == tuple(dst):
         return 0.0
+    return _reshard_moved(mesh, gtype.strong(), src, tuple(dst))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims) -> float:
+    """Memoised: a program asks about the same few layout changes again and again."""
     from partitioner.reshard import reshard
 
     return plan_moved(mesh, local_type(gtype, src, mesh),

@@ -8,6 +8,7 @@ gather axes the target drops (all-gather), then slice axes the target adds (free
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from partitioner.builder import ProgramBuilder
@@ -54,18 +55,26 @@ def _collective_steps(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, d
 def _permutes_if_cheaper(b: ProgramBuilder, x: int, gtype: TensorType, src: Dims, dst: Dims,
                          loc: str, reason: str) -> int | None:
     """The permute plan where it moves fewer bytes than the collective steps would."""
-    if pieces([(gtype, None)], src, dst, b.mesh) is None:
+    costs = _plan_costs(b.mesh, b.types[x], gtype, src, dst)
+    if costs is None:
         return None
-    local = b.types[x]
-    steps = plan_moved(b.mesh, local, lambda s, v: _collective_steps(s, v, gtype, src, dst, "",
-                                                                      ""))
-    cost = plan_moved(b.mesh, local, lambda s, v: permute_plan(s, [v], [(gtype, None)], src,
-                                                                 dst, "", ""))
-    if not cost < steps:
-        return None
+    steps, cost = costs
     return permute_plan(b, [x], [(gtype, None)], src, dst, loc,
                         f"{reason} (permutes {cost:.0f} B moved over gather/all-to-all steps "
                         f"{steps:.0f} B)")
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_costs(mesh: MeshShape, local: TensorType, gtype: TensorType, src: Dims, dst: Dims,
+                ) -> tuple[float, float] | None:
+    """(collective steps, permutes) bytes moved where the permutes are cheaper; else None.
+    Memoised by layouts: a program repeats the same layout changes."""
+    if pieces([(gtype, None)], src, dst, mesh) is None:
+        return None
+    steps = plan_moved(mesh, local, lambda s, v: _collective_steps(s, v, gtype, src, dst, "", ""))
+    cost = plan_moved(mesh, local, lambda s, v: permute_plan(s, [v], [(gtype, None)], src, dst,
+                                                             "", ""))
+    return (steps, cost) if cost < steps else None
 
 
 def resolve_partial(b: ProgramBuilder, x: int, gtype: TensorType, spec: ShardSpec,

@@ -47,7 +47,11 @@ naming the largest live buffers and the lines that made them (exit 1).
 several hosts use torchrun or set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT by hand), with
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, a free MASTER_PORT and OMP_NUM_THREADS=1
 unless set. If one process fails, the others are stopped (SIGTERM, then SIGKILL) and the
-launcher exits with its code; Ctrl-C or --timeout (exit 124) stops them all.
+launcher exits with its code; Ctrl-C or --timeout (exit 124) stops them all. Every process
+gets a fresh SPMD_JOB_SECRET: only this job's processes can connect to its sockets (set the
+same one on every host yourself when starting ranks by hand or with torchrun). With
+--max-restarts N a failed job starts again, up to N times, with SPMD_RESTART=<attempt> set;
+a script that saves checkpoints (spmd.checkpoint) restores the latest one and goes on.
 """
 STOP_GRACE_S = 3.0
 MAX_DEVICES = 1 << 20  # the most devices a mesh may have (spmd.make_mesh's bound too)
@@ -79,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     hosts.add_argument("--hosts", help="comma-separated MPI hosts (tcp: this host only)")
     hosts.add_argument("--hostfile", help="MPI hostfile")
     p.add_argument("--timeout", type=float, help="seconds before the whole job is stopped")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                   help="tcp: start a failed job again up to N times (see below)")
     p.add_argument("--simulate", action="store_true",
                    help="simulate the script's first step on the tpu-sim device (see below)")
     p.add_argument("--trace", default="spmd_trace.json",
@@ -118,6 +124,10 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
         raise LaunchError(f"--processes {options.processes} must be at least 1")
     if options.runtime != "mpi" and (options.hosts or options.hostfile):
         raise LaunchError("--hosts/--hostfile need --runtime mpi")
+    if options.max_restarts and options.runtime != "tcp":
+        raise LaunchError("--max-restarts needs --runtime tcp")
+    if options.max_restarts < 0:
+        raise LaunchError(f"--max-restarts {options.max_restarts} must be 0 or more")
     if options.address and options.runtime != "ray":
         raise LaunchError("--address needs --runtime ray")
     if options.simulate and not (options.device.startswith("tpu-sim")
@@ -327,12 +337,13 @@ def run_mpi(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
 def run_tcp(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, str]) -> int:
     """One local process per device, each `python -m launch.tcp_entry script args` (it starts
     the tcp runtime, then runs the script as __main__), supervised until all end."""
-    from launch.processes import run_group, torchrun_environments
+    from launch.processes import run_restarting, torchrun_environments
 
     path = os.environ.get("PYTHONPATH", "")
     base = dict(os.environ, **env, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
     command = [sys.executable, "-m", "launch.tcp_entry", options.script, *options.args]
-    return run_group(command, torchrun_environments(base, math.prod(shape)), options.timeout)
+    return run_restarting(command, lambda attempt: torchrun_environments(
+        base, math.prod(shape), restart=attempt), options.timeout, options.max_restarts)
 
 
 def stop(process: subprocess.Popen) -> None:

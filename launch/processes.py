@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 POLL_S = 0.05
 # After one process fails, how long the others may take to end by themselves (the tcp runtime
@@ -30,7 +30,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a child gets when its parent d
 # Set by a parent mpiexec or torchrun; a child must see only the variables of its own world.
 INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-             "MPI_LOCALNRANKS", "SPMD_JOB_SECRET")
+             "MPI_LOCALNRANKS", "SPMD_JOB_SECRET", "SPMD_RESTART")
 
 
 class Interrupted(Exception):
@@ -49,16 +49,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def torchrun_environments(base: Mapping[str, str], size: int, host: str = "127.0.0.1",
-                          ) -> list[dict[str, str]]:
+                          restart: int = 0) -> list[dict[str, str]]:
     """One environment per rank: base plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, a free
     MASTER_PORT, a fresh SPMD_JOB_SECRET (only this job's processes can join it: the
     environment of a process is readable by its user alone), and OMP_NUM_THREADS=1 unless base
-    sets it (size processes share the cores)."""
+    sets it (size processes share the cores); SPMD_RESTART=restart on a restarted job."""
     common = {name: value for name, value in base.items() if name not in INHERITED}
     common.setdefault("OMP_NUM_THREADS", "1")
     common.update(WORLD_SIZE=str(size), MASTER_ADDR=host, MASTER_PORT=str(free_port(host)),
                   LOCAL_WORLD_SIZE=str(size), SPMD_LAUNCHER_PID=str(os.getpid()),
                   SPMD_JOB_SECRET=secrets.token_hex(32))
+    if restart:
+        common["SPMD_RESTART"] = str(restart)
     return [dict(common, RANK=str(rank), LOCAL_RANK=str(rank)) for rank in range(size)]
 
 
@@ -67,6 +69,31 @@ def run_group(command: Sequence[str], environments: Sequence[Mapping[str, str]],
     """Runs command once per environment and waits for all: 0 if every process exits 0. The
     first failure stops the others (its code is returned); SIGINT/SIGTERM to the launcher stop
     all (128 + signal); so does timeout seconds passing (124). Nothing is left running."""
+    return _run(command, environments, timeout)[0]
+
+
+def run_restarting(command: Sequence[str],
+                   environments: Callable[[int], Sequence[Mapping[str, str]]],
+                   timeout: float | None, max_restarts: int) -> int:
+    """run_group, started again (environments(attempt): a fresh port and secret, and
+    SPMD_RESTART=attempt) up to max_restarts times after a process fails; never after Ctrl-C,
+    SIGTERM or the timeout, which covers every attempt together. A script that saves
+    checkpoints resumes from its latest one."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    attempt = 0
+    while True:
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        code, why = _run(command, environments(attempt), remaining)
+        if why != "failed" or attempt >= max_restarts:
+            return code
+        attempt += 1
+        _say(f"restart {attempt} of {max_restarts}: starting every process again "
+             f"(SPMD_RESTART={attempt}); a script that saves checkpoints resumes from its latest")
+
+
+def _run(command: Sequence[str], environments: Sequence[Mapping[str, str]],
+         timeout: float | None) -> tuple[int, str]:
+    """run_group's (exit code, why it ended: 'ok', 'failed', 'timeout' or 'interrupted')."""
     processes: list[subprocess.Popen] = []
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -78,7 +105,7 @@ def run_group(command: Sequence[str], environments: Sequence[Mapping[str, str]],
             signal.signal(sig, signal.SIG_IGN)
         _say(f"{exc}: stopping {_count(processes)}")
         _stop(processes, grace=0.0)
-        return 128 + exc.signum
+        return 128 + exc.signum, "interrupted"
     finally:
         _stop(processes, grace=0.0)
         for sig, handler in previous.items():
@@ -107,7 +134,7 @@ def end_with_launcher() -> None:
         os._exit(1)
 
 
-def _wait(processes: list[subprocess.Popen], timeout: float | None) -> int:
+def _wait(processes: list[subprocess.Popen], timeout: float | None) -> tuple[int, str]:
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: queue.SimpleQueue[int] = queue.SimpleQueue()  # ranks in the order they exit
     for rank, process in enumerate(processes):
@@ -122,12 +149,12 @@ def _wait(processes: list[subprocess.Popen], timeout: float | None) -> int:
         if rank is not None:
             remaining -= 1
             if processes[rank].returncode != 0:
-                return _on_failure(processes, rank)
+                return _on_failure(processes, rank), "failed"
         if deadline is not None and time.monotonic() > deadline:
             _say(f"--timeout {timeout:g} s expired: stopping {_count(processes)}")
             _stop(processes, grace=0.0)
-            return TIMEOUT_CODE
-    return 0
+            return TIMEOUT_CODE, "timeout"
+    return 0, "ok"
 
 
 def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) -> None:

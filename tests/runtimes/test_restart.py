@@ -1,0 +1,83 @@
+"""spmd-launch --max-restarts: a tcp job whose process fails starts again (SPMD_RESTART set, a
+fresh port and secret), resumes from its latest checkpoint, and its loss curve is the one of a
+run that never failed (the local runtime's); restarts stop at N; bad flags are one line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launch import cli
+from spmd.errors import LaunchError
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "tests" / "runtimes" / "scripts"
+RESUME = SCRIPTS / "train_resume.py"
+MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME",
+                 "RANK", "WORLD_SIZE", "SPMD_RESTART")
+
+
+def launch(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SPMD_COLLECTIVE_TIMEOUT="60")
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], check=False, cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+def losses(output: str) -> dict[int, float]:
+    """step -> loss (a step printed twice, before a failure and after the restart, keeps the
+    later value)."""
+    return {int(step): float(value)
+            for step, value in re.findall(r"^LOSS step=(\d+) (\S+)$", output, re.MULTILINE)}
+
+
+@pytest.mark.timeout(260)
+def test_a_failed_job_restarts_from_its_latest_checkpoint_and_the_curve_continues(
+        tmp_path, monkeypatch) -> None:
+    done = launch("--mesh", "2", "--axes", "data", "--runtime", "tcp", "--max-restarts", "2",
+                  str(RESUME), str(tmp_path / "restarted"), "--fail-at", "3")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stderr.count("spmd-launch: restart 1 of 2") == 1
+    assert "restart 2 of 2" not in done.stderr
+    assert "RuntimeError: deliberate failure after step 3" in done.stderr
+    resumed = [int(k) for k in re.findall(r"RESUMED step=(\d+)", done.stdout)]
+    assert resumed[0] == 0 and resumed[1] >= 4, done.stdout  # the second attempt did not redo
+    monkeypatch.setenv("SPMD_MESH", "2")
+    monkeypatch.setenv("SPMD_AXES", "data")
+    monkeypatch.setattr(sys, "argv", [str(RESUME), str(tmp_path / "quiet")])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(RESUME), run_name="__main__")
+    quiet, restarted = losses(out.getvalue()), losses(done.stdout)
+    assert sorted(restarted) == sorted(quiet) == list(range(8))
+    np.testing.assert_allclose([restarted[s] for s in range(8)], [quiet[s] for s in range(8)],
+                               rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(260)
+def test_restarts_stop_after_max_restarts() -> None:
+    done = launch("--mesh", "1x2", "--axes", "data,model", "--runtime", "tcp", "--max-restarts",
+                  "1", str(SCRIPTS / "train_small.py"), "--fail-on-rank", "1")
+    assert done.returncode == 1
+    assert done.stderr.count("spmd-launch: restart 1 of 1") == 1
+    assert done.stderr.count("[spmd rank 1] Traceback") == 2  # the first attempt and the restart
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--runtime", "mpi", "--max-restarts", "1"], "--max-restarts needs --runtime tcp"),
+    (["--runtime", "tcp", "--max-restarts", "-1"], "--max-restarts -1 must be 0 or more"),
+])
+def test_bad_max_restarts_is_a_launch_error(args, message) -> None:
+    options = cli.parser().parse_args(["--mesh", "2", *args, str(RESUME)])
+    with pytest.raises(LaunchError, match=message):
+        cli.check(options)

@@ -1,9 +1,10 @@
-"""NCCL collectives on device arrays (cupy.cuda.nccl): the methods of collectives/base.py's
-Communicator, one NCCL communicator per group of mesh axes, on their own stream.
+"""NCCL transport: collectives on GPU arrays (cupy.cuda.nccl) with the methods of
+collectives/base.py's Communicator, one NCCL communicator per group of mesh axes, on its own
+stream. The GPU backend calls it from inside a compiled program (its run_op hook gets device
+arrays); the runtime makes it beside its host communicator, which carries each group's NCCL
+unique id (`exchange_through(comm)`; `mpi_exchange(comm)` for a bare mpi4py communicator).
 
-Backends may not import collectives/ (tests/test_layering.py), so this class repeats the
-small mesh-group arithmetic. The NCCL unique id of each group travels through `exchange`
-(MPI: `mpi_exchange(comm)`; Ray: the controller). cupy is imported when one is built.
+Imports nothing of ours except spmd.errors; cupy is imported when one is built.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.gpu import device
-from spmd.errors import DTypeError, MeshError
+from spmd.errors import DTypeError, LaunchError, MeshError
 
 # exchange(group_key, unique_id or None) -> the group root's unique id, called on every rank
 Exchange = Callable[[tuple[str, ...], int, Any], Any]
@@ -24,7 +24,39 @@ _NCCL_TYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32"
                "float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
                "bfloat16": "NCCL_BFLOAT16", "bool": "NCCL_UINT8"}
 _NCCL_OPS = {"sum": "NCCL_SUM", "prod": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
+NCCL_ID_BYTES = 128  # ncclUniqueId
 _BOOL_OPS = {"sum": "max", "or": "max", "max": "max", "prod": "min", "and": "min", "min": "min"}
+
+
+def cupy_module() -> Any:
+    """cupy, or a LaunchError saying how to get it (NCCL needs cupy and a GPU)."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise LaunchError(f"the NCCL transport needs cupy, which does not import: {err}",
+                          hint="pip install cupy-cuda12x on a machine with an NVIDIA GPU, or "
+                               "use a cpu mesh") from None
+    return cupy
+
+
+def exchange_through(comm: Any) -> Exchange:
+    """Exchange through a host Communicator (any transport): every member of the mesh calls
+    it for the same axes in the same order (SPMD), and one all_gather over every mesh axis
+    carries each group root's 128-byte id, tagged with its group key."""
+
+    def exchange(axes: tuple[str, ...], key: int, unique_id: Any) -> Any:
+        row = np.zeros(2 + NCCL_ID_BYTES, np.int64)
+        row[0] = key
+        if unique_id is not None:
+            row[1] = 1
+            row[2:] = np.asarray(unique_id, np.int64)
+        rows = comm.all_gather(row[None], tuple(comm.axis_names), 0)
+        for found in rows:
+            if found[0] == key and found[1] == 1:
+                return tuple(int(b) for b in found[2:])
+        raise MeshError(f"no NCCL unique id for the group of axes {axes!r} (key {key})")
+
+    return exchange
 
 
 def mpi_exchange(comm: Any) -> Exchange:
@@ -43,7 +75,7 @@ class NcclCommunicator:
 
     def __init__(self, rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
                  exchange: Exchange, device_id: int = 0) -> None:
-        self.cp = device.cupy_module()
+        self.cp = cupy_module()
         from cupy.cuda import nccl
 
         self.nccl = nccl

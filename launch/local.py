@@ -1,9 +1,11 @@
-"""The embedded local runtime: N logical devices in one process.
+"""The embedded local runtime: N logical devices in one process (LocalRuntime, the default
+Runtime of launch/runtime.py).
 
 A per-device program runs stacked (launch/stacked.py: batched over a leading device axis
-and compiled once by the CPU backend, or numpy op by op for small programs: the default),
+and compiled once by the mesh's backend, or numpy op by op for small programs: the default),
 in lockstep (the reference, op by op per device), or on one thread per device with
-shared-memory collectives through collectives.local (needed for collectives inside loops).
+shared-memory collectives through collectives.local (needed for collectives inside loops, and
+for backends that cannot batch, e.g. gpu). backends.registry picks the backend.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from backends import registry
 from collectives.local import LocalWorld, run_on_devices
 from launch.stacked import StackedProgram
 from partitioner.partition import Partitioned
-from spmd.interpreter import evaluate, run_op_scope, run_reference
+from spmd.interpreter import run_op_scope, run_reference
 from spmd.ir.graph import Op, subgraphs
+from spmd.mesh import Device, Mesh, env_device_count
 from spmd.ops.collective import COLLECTIVES
 from spmd.spmd_interpreter import evaluate_spmd
 
@@ -30,15 +34,18 @@ from spmd.spmd_interpreter import evaluate_spmd
 class LocalExecutable:
     """Runs one partitioned program on the mesh's devices."""
 
-    def __init__(self, partitioned: Partitioned, mode: str | None = None):
+    def __init__(self, partitioned: Partitioned, mode: str | None = None,
+                 device_kind: str = "cpu"):
         self.partitioned = partitioned
         self.program = partitioned.program
         self.mesh = partitioned.mesh
+        self.device_kind = device_kind
         self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or self._choose_mode()
         self._in_loops = self.collectives_in_loops()
-        self._kernel = None
+        self._kernels: list[Any] | None = None
         self._backend: str | None = None
         self._stacked: StackedProgram | None = None
+        self._unbatched = False  # the mesh's backend cannot batch: device threads
 
     def _choose_mode(self) -> str:
         """Stacked: one batched program for all devices (native above the backend's size
@@ -56,18 +63,29 @@ class LocalExecutable:
             mode = "stacked"  # lockstep cannot pause inside a loop body; batching can
         if mode == "lockstep":
             return evaluate_spmd(self.program, per_device_args, self.mesh.names, self.mesh.sizes)
-        if mode == "stacked":
-            if self._stacked is None:
-                self._stacked = StackedProgram(self.program, self.mesh.names, self.mesh.sizes,
-                                               native=self._stacked_native())
-            if not (self._in_loops and self._stacked.kernel is None):
-                return self._stacked(per_device_args)
+        if mode == "stacked" and self._stacked is None and not self._unbatched:
+            backend = self._batched_backend()
+            self._unbatched = backend is None
+            if backend is not None:
+                self._stacked = StackedProgram(self.program, self.mesh.names,
+                                               self.mesh.sizes, backend=backend)
+        stacked = self._stacked
+        if mode == "stacked" and stacked is not None and not (
+                self._in_loops and stacked.kernel is None):
+            return stacked(per_device_args)
         return self._run_threads(per_device_args)  # device threads can run anything
+
+    def _batched_backend(self) -> str | None:
+        """The backend of the stacked program (it covers every device, so its size is N
+        per-device programs: a 2D MLP step was 2x faster compiled than numpy op by op), or
+        None when the mesh's backend cannot batch (gpu: one program per device thread)."""
+        kind = registry.choose(self.device_kind, self.program, copies=self.mesh.num_devices)
+        return kind if registry.get(kind).capabilities.batched else None
 
     def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
                      ) -> list[list[np.ndarray]]:
         world = LocalWorld(self.mesh.sizes, self.mesh.names)
-        kernel = self.compiled_program()
+        kernels = self._device_programs()
         n = self.mesh.num_devices
 
         def device(comm: Any) -> list[np.ndarray]:
@@ -76,9 +94,7 @@ class LocalExecutable:
 
             _device.run_op = run_op
             with run_op_scope(run_op):
-                if kernel is None:
-                    return evaluate(self.program, per_device_args[comm.rank], run_op)
-                return kernel(per_device_args[comm.rank])
+                return kernels[comm.rank](per_device_args[comm.rank])
 
         # Device threads share the cores: BLAS gets its share instead of every thread
         # starting a full-width BLAS pool (oversubscription made steps 2-7x slower).
@@ -87,37 +103,73 @@ class LocalExecutable:
             return run_on_devices(world, device, _device_threads(n))
 
     def _backend_name(self) -> str:
-        """SPMD_BACKEND (cpu, interpreter, or by size), read once per executable."""
+        """The backend of the per-device program (registry.choose), read once."""
         if self._backend is None:
-            from spmd.dispatch import backend_for
-
-            self._backend = backend_for(self.program)
+            self._backend = registry.choose(self.device_kind, self.program)
         return self._backend
 
-    def _stacked_native(self) -> bool:
-        """Compile the batched program (SPMD_BACKEND=cpu, or auto and the program over all
-        devices at the backend's size threshold): it covers every device, so its size is N
-        per-device programs (a 2D MLP step was 2x faster compiled than numpy op by op)."""
-        choice = os.environ.get("SPMD_BACKEND", "auto")
-        if choice != "auto":
-            return choice == "cpu"
-        from spmd.dispatch import NATIVE_MIN_ELEMENTS
-
-        size = sum(t.size for op in self.program.walk() for t in op.types)
-        return size * self.mesh.num_devices >= NATIVE_MIN_ELEMENTS
+    def _device_programs(self) -> list[Any]:
+        """The per-device program compiled once by its backend: one executable shared by
+        the device threads (host backends), or one per device (a GPU each)."""
+        if self._kernels is not None:
+            return self._kernels
+        backend = registry.get(self._backend_name())
+        n = self.mesh.num_devices
+        if backend.capabilities.host_arrays:
+            threads = max(1, (os.cpu_count() or 1) // n)
+            shared = backend.compile(self.program, _this_device_op, num_threads=threads)
+            self._kernels = [shared] * n
+            return self._kernels
+        count = max(1, getattr(backend, "device_count", lambda: 1)())
+        self._kernels = [backend.compile(self.program, _this_device_op, device_id=d % count)
+                         for d in range(n)]
+        return self._kernels
 
     def compiled_program(self) -> Any:
-        """The per-device program compiled once for the CPU (shared by the device threads),
-        or None to interpret it (SPMD_BACKEND=interpreter)."""
-        if self._backend_name() == "interpreter":
+        """The per-device program compiled natively (for its planned memory), or None when
+        the interpreter runs it."""
+        if not registry.get(self._backend_name()).capabilities.native:
             return None
-        if self._kernel is None:
-            from backends.cpu import compile_program
+        return self._device_programs()[0]
 
-            threads = max(1, (os.cpu_count() or 1) // self.mesh.num_devices)
-            self._kernel = compile_program(self.program, run_op=_this_device_op,
-                                           num_threads=threads)
-        return self._kernel
+
+class LocalRuntime:
+    """The embedded runtime as a Runtime (launch/runtime.py): this process holds every device;
+    shards are numpy arrays (rows of one buffer after device_put, see partitioner.layout)."""
+
+    kind = "local"
+
+    def process_index(self) -> int:
+        return 0
+
+    def process_count(self) -> int:
+        return 1
+
+    def devices(self) -> list[Device]:
+        return [Device(i) for i in range(env_device_count())]
+
+    def local_devices(self) -> list[Device]:
+        return self.devices()
+
+    def put(self, shards: Sequence[Any], mesh: Mesh) -> list[Any]:
+        return list(shards)
+
+    def fetch(self, shards: Sequence[Any], mesh: Mesh) -> list[np.ndarray | None]:
+        return list(shards)
+
+    def compile(self, partitioned: Partitioned, mesh: Mesh) -> LocalExecutable:
+        """The per-device program prepared for every device of mesh (compiled on first run)."""
+        return LocalExecutable(partitioned, device_kind=mesh.device_kind)
+
+    def run(self, partitioned: Partitioned, mesh: Mesh,
+            per_device: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        return self.compile(partitioned, mesh).run(per_device)
+
+    def barrier(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
 
 
 _device = threading.local()  # the run_op of the device this thread plays

@@ -1,6 +1,9 @@
 """The Ray runtime (single controller): the script runs once; one actor per device holds that
-device's shards; the controller sends each compiled per-device program once and then only
-buffer handles per step, never the data. Collectives between actors: collectives.ray.
+device's shards; the controller sends each per-device program once, each actor compiles it
+with its device's backend (backends.registry; the kernel cache on disk makes the second
+actor's compile free), and then only buffer handles travel per step, never the data.
+Collectives between actors: collectives.ray (host), collectives.nccl (gpu), called from
+inside the compiled program.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from backends import registry
 from collectives import auth
 from collectives.base import collective_timeout
 from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChannel
 from launch.buffers import BufferTable
 from launch.local import run_collective
 from spmd.errors import LaunchError, RemoteError
-from spmd.interpreter import evaluate
 from spmd.ir.graph import Op
 from spmd.sharding import Device, Mesh
 
@@ -48,6 +51,8 @@ class DeviceActor:
         self.objects: ObjectChannel | None = None
         self.buffers = BufferTable()  # calls run out of order: see launch/buffers.py
         self.programs: dict[str, Any] = {}
+        self.executables: dict[tuple, Any] = {}  # (program key, mesh, device kind) -> compiled
+        self.backend_kinds: dict[tuple, str] = {}  # the same keys -> the backend that compiled
         self.comms: dict[MeshKey, RayCommunicator] = {}
 
     def address(self) -> tuple[str, int]:
@@ -87,19 +92,47 @@ class DeviceActor:
     def load(self, key: str, program: Any) -> None:
         self.programs[key] = program
 
-    def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int]) -> None:
+    def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int],
+            device_kind: str = "cpu") -> None:
         """Runs program key on this device's args (handles or arrays); results go to outs."""
-        program = self.programs[key]
-        comm = self._communicator(mesh)
+        executable = self._executable(key, mesh, device_kind)
         handles = [a for a in args if isinstance(a, int)]
         held = iter(self.buffers.take(handles, collective_timeout()))
         values = [next(held) if isinstance(a, int) else a for a in args]
-
-        def run_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
-            return run_collective(comm, op, inputs)
-
-        for handle, value in zip(outs, evaluate(program, values, run_op)):
+        for handle, value in zip(outs, executable(values)):
             self.buffers.store(handle, value)
+
+    def backend(self, key: str, mesh: MeshKey, device_kind: str = "cpu") -> str:
+        """The backend kind that compiled program key here (tests)."""
+        self._executable(key, mesh, device_kind)
+        return self.backend_kinds[(key, mesh, device_kind)]
+
+    def _executable(self, key: str, mesh: MeshKey, device_kind: str) -> Any:
+        """Program key compiled once for this device by its backend; its collectives call
+        this actor's communicator of mesh (NCCL on gpu)."""
+        found = self.executables.get((key, mesh, device_kind))
+        if found is not None:
+            return found
+        program = self.programs[key]
+        comm = self._communicator(mesh)
+        size = len(mesh[2])
+        kind = registry.choose(device_kind, program, copies=size)
+        backend = registry.get(kind)
+        options: dict[str, Any] = {}
+        collectives: Any = comm
+        if backend.capabilities.collectives == "device":
+            from collectives.nccl import NcclCommunicator, exchange_through
+
+            collectives = NcclCommunicator(comm.rank, mesh[0], mesh[1], exchange_through(comm))
+            options = {"communicator": collectives}
+
+        def run_op(op: Op, inputs: list[Any]) -> list[Any]:
+            return run_collective(collectives, op, inputs)
+
+        found = backend.compile(program, run_op, **options)
+        self.executables[(key, mesh, device_kind)] = found
+        self.backend_kinds[(key, mesh, device_kind)] = kind
+        return found
 
     def call(self, function: Any, mesh: MeshKey, channel: str | None = None) -> Any:
         """function(communicator) on this device (tests, benchmarks); channel picks the wire."""
@@ -155,11 +188,13 @@ class RayRuntime:
         self._devices = [Device(i, platform) for i in range(num_devices)]
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         strategy = "SPREAD" if len(nodes) > 1 else "PACK"
-        self.group = placement_group([{"CPU": 1}] * num_devices, strategy=strategy)
+        gpus = 1 if platform == "gpu" else 0  # a GPU device's actor holds one GPU
+        bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
+        self.group = placement_group([bundle] * num_devices, strategy=strategy)
         ray.get(self.group.ready(), timeout=START_TIMEOUT_S)
         self.actors = [
             DeviceActor.options(
-                num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
+                num_cpus=1, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
             ).remote(i, self.channel, self.secret)
             for i in range(num_devices)
         ]
@@ -226,19 +261,30 @@ class RayRuntime:
         values = iter(self._wait(pending, [s.actor for s in shards if isinstance(s, RemoteShard)]))
         return [next(values)[0] if r is not None else s for r, s in zip(refs, shards)]
 
-    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
-            ) -> list[list[Any]]:
-        """Each device's actor runs the per-device program; results stay in the actors."""
-        self._collect_garbage()
+    def compile(self, partitioned: Any, mesh: Mesh) -> RayProgram:
+        """Sends the per-device program to the actors once; each compiles it on its first run
+        (with its device's backend)."""
         key = self._load(partitioned.program)
         actors = tuple(int(i) for i in mesh.device_ids)
         mesh_key = (tuple(mesh.axis_sizes), tuple(mesh.axis_names), actors)
-        count = len(partitioned.program.results)
+        return RayProgram(self, key, mesh_key, str(mesh.device_kind),
+                          len(partitioned.program.results))
+
+    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
+            ) -> list[list[Any]]:
+        """Each device's actor runs the per-device program; results stay in the actors."""
+        return self.compile(partitioned, mesh).run(per_device)
+
+    def _run(self, program: RayProgram, per_device: Sequence[Sequence[Any]],
+             ) -> list[list[Any]]:
+        self._collect_garbage()
+        actors = program.mesh[2]
         refs, results = [], []
         for actor, args in zip(actors, per_device):
             handles = [a.handle if isinstance(a, RemoteShard) else a for a in args]
-            outs = [next(self._handles) for _ in range(count)]
-            refs.append(self.actors[actor].run.remote(key, mesh_key, handles, outs))
+            outs = [next(self._handles) for _ in range(program.results)]
+            refs.append(self.actors[actor].run.remote(program.key, program.mesh, handles, outs,
+                                                      program.device_kind))
             results.append([RemoteShard(self, actor, h) for h in outs])
         self._wait(refs, list(actors))
         return results
@@ -281,6 +327,21 @@ class RayRuntime:
                     actor.reset.remote()
                 raise RemoteError(message) from None
         return ray.get(refs)
+
+
+class RayProgram:
+    """A per-device program loaded into a mesh's actors (Runtime.compile's result)."""
+
+    def __init__(self, runtime: RayRuntime, key: str, mesh: MeshKey, device_kind: str,
+                 results: int):
+        self.runtime = runtime
+        self.key = key
+        self.mesh = mesh
+        self.device_kind = device_kind
+        self.results = results
+
+    def run(self, per_device: Sequence[Sequence[Any]]) -> list[list[Any]]:
+        return self.runtime._run(self, per_device)
 
 
 def _original(exc: BaseException) -> str:

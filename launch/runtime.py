@@ -1,6 +1,6 @@
-"""The Runtime protocol of the multi-process runtimes (mpi, tcp, ray), choosing one, and global
-arrays built from per-process data. spmd.distributed reaches this module through
-spmd.dispatch.runtime_api(); the local runtime needs none of it (no runtime installed).
+"""The Runtime protocol every runtime implements (local: embedded; mpi, tcp: multi-controller;
+ray: single controller), choosing one, the API's door to the backend registry, and global
+arrays built from per-process data. spmd.dispatch reaches this module through runtime_api().
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from backends import registry
 from partitioner import layout
 from spmd import dispatch
 from spmd.errors import LaunchError, ShapeError, ShardingError
@@ -19,8 +20,19 @@ from spmd.sharding import Device, Mesh, NamedSharding
 Shard = Any  # a numpy array (held here), a remote handle (Ray), or None (another process's)
 
 
+class Prepared(Protocol):
+    """A partitioned program as one runtime prepared it (compiled by each device's backend)."""
+
+    def run(self, per_device: Sequence[Sequence[Shard]]) -> list[list[Shard]]: ...
+
+
 class Runtime(Protocol):
-    """What spmd.dispatch asks of a multi-process runtime (launch/mpi.py, tcp.py, ray.py)."""
+    """What spmd.dispatch asks of a runtime (launch/local.py, mpi.py, tcp.py, ray.py).
+
+    compile() asks backends.registry for the backend of the mesh's device kind and compiles
+    the per-device program with it once; collectives inside it go through the runtime's
+    communicator (the program's run_op hook).
+    """
 
     kind: str
 
@@ -34,6 +46,8 @@ class Runtime(Protocol):
 
     def put(self, shards: Sequence[Shard], mesh: Mesh) -> list[Shard]: ...
 
+    def compile(self, partitioned: Any, mesh: Mesh) -> Prepared: ...
+
     def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Shard]],
             ) -> list[list[Shard]]: ...
 
@@ -42,6 +56,29 @@ class Runtime(Protocol):
     def barrier(self) -> None: ...
 
     def shutdown(self) -> None: ...
+
+
+_LOCAL: list[Any] = []
+
+
+def local_runtime() -> Runtime:
+    """The embedded runtime (one per process)."""
+    if not _LOCAL:
+        from launch.local import LocalRuntime
+
+        _LOCAL.append(LocalRuntime())
+    return _LOCAL[0]
+
+
+def compile_single_device(graph: Any, device_kind: str = "cpu") -> Any:
+    """A program with no mesh compiled for one device by the backend the registry picks."""
+    return registry.compile_for(device_kind, graph)
+
+
+def check_device(device_kind: str) -> None:
+    """LaunchError unless this machine can run device_kind (make_mesh asks, so a gpu mesh
+    without cupy or a GPU fails where it is made, never as a silent CPU run)."""
+    registry.check_device(device_kind)
 
 
 def start(kind: str | None = None, **options: Any) -> Runtime | None:

@@ -2,11 +2,12 @@
 the per-device program runs once instead of once per device (shard shapes are equal on
 every device: uneven dims are padded).
 
-Native path (CPU backend): the program is batched over the device axis (launch/batching.py)
-and compiled once: fused kernels and batched matmuls cover every device, collectives are
-reshapes and reductions. Numpy path (SPMD_BACKEND=interpreter, or a program that cannot be
-batched): each op is one numpy call on the stacked arrays, a collective is numpy over the
-device axis, and anything else (per-device starts, sub-graphs) runs per device.
+Batched path (a backend with capabilities.batched, compiled natively by the cpu backend):
+the program is batched over the device axis (launch/batching.py) and compiled once: fused
+kernels and batched matmuls cover every device, collectives are reshapes and reductions.
+Numpy path (the interpreter backend, or a program that cannot be batched): each op is one
+numpy call on the stacked arrays, a collective is numpy over the device axis, and anything
+else (per-device starts, sub-graphs) runs per device. Which backend: backends.registry.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from backends import registry
 from launch.batched_collectives import run_stacked, unbucket
 from launch.batching import Batched, NotBatchable, batch_program, run_per_device
 from spmd import dtypes
-from spmd.interpreter import evaluate, run_reference
+from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Op, subgraphs
 from spmd.ops import REGISTRY
 from spmd.ops.collective import COLLECTIVES
@@ -114,7 +116,9 @@ class StackedProgram:
     """A per-device program prepared for stacked execution on a mesh."""
 
     def __init__(self, program: Any, axis_names: Sequence[str], mesh_shape: Sequence[int],
-                 native: bool | None = None):
+                 native: bool | None = None, backend: str | None = None):
+        """backend: the registry's kind that compiles the batched program (native=True is
+        'cpu', False 'interpreter'; neither: registry.choose for the cpu device kind)."""
         self.program = program
         self.axis_names = tuple(axis_names)
         self.mesh_shape = tuple(mesh_shape)
@@ -123,8 +127,10 @@ class StackedProgram:
         self.constants: dict[int, np.ndarray] = {}  # values that need no input, made once
         self.batched: Batched | None = None
         self.kernel: Any = None
-        if native is None:
-            native = os.environ.get("SPMD_BACKEND", "auto") != "interpreter"
+        if backend is None and native is not None:
+            backend = "cpu" if native else "interpreter"
+        self.backend = backend or registry.choose("cpu", program, copies=self.n)
+        native = registry.get(self.backend).capabilities.native
         loops = any(s.name in COLLECTIVES for op in program.ops for sub in subgraphs(op)
                     for s in sub.walk())
         if native or loops:  # collectives inside loops run only in the batched program
@@ -143,20 +149,15 @@ class StackedProgram:
         return self.kernel is not None
 
     def _compile_batched(self, native: bool) -> None:
-        """One batched program, compiled by the CPU backend or interpreted (numpy, op by
-        op); `kernel` stays None when the program is not batchable."""
+        """One batched program, compiled by the backend (natively by cpu) or interpreted
+        (numpy, op by op); `kernel` stays None when the program is not batchable."""
         try:
             self.batched = batch_program(self.program, self.axis_names, self.mesh_shape)
         except NotBatchable:
             return
-        if not native:
-            graph = self.batched.graph
-            self.kernel = lambda args: evaluate(graph, args, self._run_op)
-            return
-        from backends.cpu import compile_program
-
-        self.kernel = compile_program(self.batched.graph, run_op=self._run_op,
-                                      num_threads=os.cpu_count() or 1)
+        kind = self.backend if native else "interpreter"
+        self.kernel = registry.get(kind).compile(self.batched.graph, self._run_op,
+                                                 num_threads=os.cpu_count() or 1)
 
     def _run_op(self, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Ops of the batched program the backend does not run: per device, or numpy."""

@@ -4,7 +4,6 @@ backends, launch). Imported lazily by spmd.api and spmd.array, never by the core
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,11 +54,12 @@ def spec_of(sharding: Sharding, ndim: int) -> Any:
 # -- compiling -----------------------------------------------------------------------------
 
 class SingleDeviceExecutable:
-    """A program with no mesh: runs on one device (the CPU backend, or the interpreter)."""
+    """A program with no mesh: runs on one device (the backend the registry picks)."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.program = _compile_for_device(graph)
+        # the backend the registry picks for the default (cpu) device, through launch.runtime
+        self.program = runtime_api().compile_single_device(graph)
 
     def __call__(self, args: Sequence[Any]) -> list[Any]:
         from spmd.array import Array
@@ -79,7 +79,7 @@ class SingleDeviceExecutable:
         return print_graph(self.graph)
 
     def memory_per_device(self) -> int:
-        """The CPU backend's planned peak when it compiled the program, else liveness."""
+        """The native backend's planned peak when it compiled the program, else liveness."""
         if hasattr(self.program, "memory_per_device"):
             return self.program.memory_per_device()
         from partitioner.memory import peak_bytes
@@ -91,40 +91,14 @@ class SingleDeviceExecutable:
         return simulate(self.graph, None, **options)
 
 
-# Below this many elements in a program, numpy op by op beats compiling native kernels
-# (LLVM takes tens of ms per kernel on a cold cache); see benchmarks/dispatch.py.
-NATIVE_MIN_ELEMENTS = 1 << 16
-
-
-def backend_for(graph: Graph) -> str:
-    """SPMD_BACKEND: cpu (native kernels), interpreter (reference), or auto (by size)."""
-    choice = os.environ.get("SPMD_BACKEND", "auto")
-    if choice != "auto":
-        return choice
-    size = sum(t.size for op in graph.walk() for t in op.types)
-    return "cpu" if size >= NATIVE_MIN_ELEMENTS else "interpreter"
-
-
-def _compile_for_device(graph: Graph) -> Any:
-    from spmd.interpreter import evaluate
-
-    if backend_for(graph) == "interpreter":
-        return lambda args: evaluate(graph, args)
-    from backends.cpu import compile_program
-
-    return compile_program(graph)
-
-
 class ShardedExecutable:
     """A partitioned program on the local runtime's devices."""
 
     def __init__(self, graph: Graph, mesh: Mesh, partitioned: Any):
-        from launch.local import LocalExecutable
-
         self.graph = graph
         self.mesh = mesh
         self.partitioned = partitioned
-        self.local = LocalExecutable(partitioned)
+        self._prepared: dict[int, tuple[Any, Any]] = {}  # id(runtime) -> (runtime, program)
         self.out_shardings = [NamedSharding(mesh, user_spec(s.dims))
                               for s in partitioned.result_specs]
 
@@ -137,9 +111,7 @@ class ShardedExecutable:
                      zip(args, self.graph.param_types, self.partitioned.param_specs)]
         n = self.mesh.size
         per_device = [[shards[d] for shards in per_param] for d in range(n)]
-        runtime = _RUNTIME
-        outs = runtime.run(self.partitioned, self.mesh, per_device) if runtime else \
-            self.local.run(per_device)
+        outs = self.prepared_on(runtime()).run(per_device)
         results = []
         for i, (t, sharding) in enumerate(zip(self.graph.result_types, self.out_shardings)):
             results.append(Array(shards=[outs[d][i] for d in range(n)], sharding=sharding,
@@ -157,6 +129,19 @@ class ShardedExecutable:
         shards = layout.split(_global(a, t), spec, mesh_shape(self.mesh))
         return _RUNTIME.put(shards, self.mesh) if _RUNTIME else shards
 
+    def prepared_on(self, on: Any) -> Any:
+        """The per-device program as runtime `on` compiled it (once per runtime)."""
+        found = self._prepared.get(id(on))
+        if found is None or found[0] is not on:
+            found = (on, on.compile(self.partitioned, self.mesh))
+            self._prepared[id(on)] = found
+        return found[1]
+
+    @property
+    def local(self) -> Any:
+        """The embedded runtime's prepared program (launch.local.LocalExecutable)."""
+        return self.prepared_on(runtime_api().local_runtime())
+
     def collectives(self) -> list[Any]:
         return list(self.partitioned.records)
 
@@ -166,8 +151,9 @@ class ShardedExecutable:
         return print_graph(self.partitioned.program, name="per_device")
 
     def memory_per_device(self) -> int:
-        """The CPU backend's planned peak when it runs the program, else liveness."""
-        kernel = self.local.compiled_program()
+        """The native backend's planned peak when it runs the program, else liveness."""
+        prepared = self.prepared_on(runtime())
+        kernel = getattr(prepared, "compiled_program", lambda: None)()
         if kernel is not None:
             return kernel.memory_per_device()
         from partitioner.memory import peak_bytes
@@ -375,7 +361,13 @@ _RUNTIME: Any = None  # a launch.runtime.Runtime, or None for the local runtime
 
 
 def current_runtime() -> Any:
+    """The installed multi-process runtime, or None (the embedded one)."""
     return _RUNTIME
+
+
+def runtime() -> Any:
+    """The runtime that runs sharded programs: the installed one, else the embedded one."""
+    return _RUNTIME if _RUNTIME is not None else runtime_api().local_runtime()
 
 
 def set_runtime(runtime: Any) -> None:
@@ -385,8 +377,14 @@ def set_runtime(runtime: Any) -> None:
     _DEVICES = None if runtime is None else runtime.devices()
 
 
+def check_device(device_kind: str) -> None:
+    """LaunchError unless this machine can run device_kind (the backend registry's answer)."""
+    runtime_api().check_device(device_kind)
+
+
 def runtime_api() -> Any:
-    """launch.runtime: starting runtimes and global arrays from per-process data."""
+    """launch.runtime: the runtimes (the embedded one included), the backend registry's door
+    for the API, and global arrays from per-process data."""
     import launch.runtime
 
     return launch.runtime

@@ -3,7 +3,7 @@ trailing reduce into kernels (producer into consumer; cheap producers are recomp
 consumer kernel, except an exp/tanh a reduce kernel also uses: that kernel stores it); a
 value used outside its group is stored.
 
-Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes) and backends.cpu.loop_nest.
+Imports only the compiler core (spmd.ir, spmd.ops, spmd.dtypes) and backends.common.loop_nest.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.cpu.loop_nest import (
+from backends.common.loop_nest import (
     KernelSpec,
     Node,
     coalesce,

@@ -1,14 +1,18 @@
 """A fused kernel's loop nest (KernelSpec) and the transforms applied to it before code
-generation: small reductions moved innermost, unit dims dropped, contiguous dims merged.
+generation: small reductions moved innermost, unit dims dropped, contiguous dims merged; a
+reduction's identity. Shared by the CPU and GPU backends (owned by neither).
 
-Imports nothing of ours.
+Imports only spmd.dtypes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from spmd import dtypes
 
 SMALL_REDUCTION = 16  # reduced dims up to this many elements loop innermost
 
@@ -122,3 +126,18 @@ def coalesce(spec: KernelSpec) -> KernelSpec:
     stores = tuple((node, arg, remap(s)) for node, arg, s in spec.stores)
     reduce = spec.reduce and (*spec.reduce[:3], remap(spec.reduce[3]))
     return KernelSpec(domain, spec.arg_dtypes, spec.n_in, tuple(nodes), stores, reduce)
+
+
+def reduce_identity(kind: str, dtype: str) -> Any:
+    if kind in ("sum", "or"):
+        return 0
+    if kind in ("prod", "and"):
+        return 1
+    if dtype == "bool":
+        return int(kind == "min")
+    if dtypes.is_float(dtype):
+        return float("-inf") if kind == "max" else float("inf")
+    bits = 8 * dtypes.itemsize(dtype)
+    if dtypes.is_unsigned(dtype):
+        return 0 if kind == "max" else (1 << bits) - 1
+    return -(1 << (bits - 1)) if kind == "max" else (1 << (bits - 1)) - 1

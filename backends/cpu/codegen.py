@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from backends.cpu.fusion import KernelSpec
-from backends.cpu.loop_nest import SMALL_REDUCTION
+from backends.common.fusion import KernelSpec
+from backends.common.loop_nest import SMALL_REDUCTION, reduce_identity
 from backends.cpu.mathlib import F32, I1, I64, Math, compute_type, constant, emit
 from spmd import dtypes
 
@@ -35,21 +35,6 @@ def storage_type(dtype: str) -> ir.Type:
 def accumulator_dtype(dtype: str) -> str:
     """Dtype of the in-memory accumulator of a 'memory' mode reduce."""
     return "float32" if dtype in ("bfloat16", "float16") else dtype
-
-
-def reduce_identity(kind: str, dtype: str) -> Any:
-    if kind in ("sum", "or"):
-        return 0
-    if kind in ("prod", "and"):
-        return 1
-    if dtype == "bool":
-        return int(kind == "min")
-    if dtypes.is_float(dtype):
-        return float("-inf") if kind == "max" else float("inf")
-    bits = 8 * dtypes.itemsize(dtype)
-    if dtypes.is_unsigned(dtype):
-        return 0 if kind == "max" else (1 << bits) - 1
-    return -(1 << (bits - 1)) if kind == "max" else (1 << (bits - 1)) - 1
 
 
 def widen(b: ir.IRBuilder, raw: ir.Value, dtype: str) -> ir.Value:

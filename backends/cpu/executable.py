@@ -16,16 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from backends.cpu import allocator, blas, cache, memory
+from backends.common import memory
+from backends.common.fusion import Kernel, fuse
+from backends.common.loop_nest import reduce_identity
+from backends.cpu import allocator, blas, cache
 from backends.cpu.attention import run_native
-from backends.cpu.codegen import accumulator_dtype, build_module, reduce_identity
+from backends.cpu.codegen import accumulator_dtype, build_module
 from backends.cpu.dots import DotThreads, use_blas_threads
-from backends.cpu.fusion import Kernel, fuse
 from backends.cpu.lower import lowering
 from backends.cpu.result_pool import ResultPool
 from backends.cpu.spin_pool import native_address, spin_pool
 from spmd import dtypes
-from spmd.interpreter import evaluate, run_reference
+from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op, subgraphs
 
 RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
@@ -337,30 +339,14 @@ def _view(op: Op, x: np.ndarray) -> np.ndarray:
     return x
 
 
-class InterpretedProgram:
-    """SPMD_BACKEND=interpreter: the reference interpreter behind the same interface."""
-
-    def __init__(self, graph: Graph, run_op: RunOp | None = None) -> None:
-        self.graph = graph
-        self.run_op = run_op
-        self.kernels: list[Kernel] = []
-
-    def __call__(self, args: Sequence[Any]) -> list[np.ndarray]:
-        return evaluate(self.graph, args, self.run_op)
-
-    def memory_per_device(self) -> int:
-        return sum(t.nbytes for t in self.graph.types.values())
-
-
 def compile_program(graph: Graph, run_op: RunOp | None = None, *,
                     donate: Sequence[bool] | None = None,
-                    num_threads: int | None = None) -> Executable | InterpretedProgram:
+                    num_threads: int | None = None) -> Executable:
     """Compile a per-device program for the host CPU.
 
     `run_op(op, inputs)` executes ops the backend does not lower (collectives, control
     flow); `donate[i]` lets param i's buffer be reused; `num_threads` (or
-    $SPMD_CPU_THREADS) bounds kernel threads. SPMD_BACKEND=interpreter interprets instead.
+    $SPMD_CPU_THREADS) bounds kernel threads. Which backend runs a program (this one, or
+    the interpreter for small ones) is backends.registry.choose's decision, not this one's.
     """
-    if os.environ.get("SPMD_BACKEND") == "interpreter":
-        return InterpretedProgram(graph, run_op)
     return Executable(graph, run_op, donate, num_threads)

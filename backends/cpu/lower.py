@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.cpu.fusion import ELEMENTWISE
+from backends.common.fusion import ELEMENTWISE
 
 
 @dataclass(frozen=True)

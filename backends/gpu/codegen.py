@@ -1,4 +1,4 @@
-"""CUDA C for one fused kernel (a backends.cpu.fusion KernelSpec): grid-stride loops, packed
+"""CUDA C for one fused kernel (a backends.common.fusion KernelSpec): grid-stride loops, packed
 vector loads where the innermost dim is contiguous and pointers aligned, reductions per thread
 (short or strided) or per block (warp shuffles, then an optional second pass over parts).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from backends.cpu.fusion import KernelSpec
+from backends.common.fusion import KernelSpec
 from backends.gpu import cuda_math as cm
 from spmd import dtypes
 

@@ -1,4 +1,4 @@
-"""The GPU executable: the CPU backend's fusion groups and memory plan, with each kernel as
+"""The GPU executable: the shared fusion groups and memory plan (backends/common), with each kernel as
 CUDA C in one RawModule per program, dots through cuBLAS, cupy views, and host round trips
 for ops not lowered yet. `compile_program` is the backend's entry point.
 
@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from backends.cpu import memory
-from backends.cpu.codegen import reduce_identity
-from backends.cpu.fusion import Kernel, fuse
+from backends.common import memory
+from backends.common.fusion import Kernel, fuse
+from backends.common.loop_nest import reduce_identity
 from backends.gpu import codegen, device
 from backends.gpu.lower import lowering
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op
+from spmd.ops.collective import COLLECTIVES
 
 RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
 MAX_BLOCKS = 65535
@@ -46,12 +47,15 @@ class Executable:
     """A compiled per-device program on one GPU: call it with numpy or cupy arrays."""
 
     def __init__(self, graph: Graph, run_op: RunOp | None = None,
-                 donate: Sequence[bool] | None = None, device_id: int = 0) -> None:
+                 donate: Sequence[bool] | None = None, device_id: int = 0,
+                 device_collectives: bool = False) -> None:
         self.cp = device.cupy_module()
         self.graph = graph
         self.run_op = run_op or run_reference
         self.donate = list(donate) if donate is not None else [False] * len(graph.params)
         self.device_id = device_id
+        # collectives' operands stay on the GPU: run_op calls a device communicator (NCCL)
+        self.device_collectives = device_collectives
         with self.cp.cuda.Device(device_id):
             self.stream = self.cp.cuda.Stream(non_blocking=True)
             self.sm_count = self.cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
@@ -137,6 +141,8 @@ class Executable:
             return [step.value]
         if step.kind == "view":
             return [_view(op, ins[0])]
+        if step.kind == "fallback" and self.device_collectives and op.name in COLLECTIVES:
+            return [o.reshape(t.shape) for o, t in zip(self.run_op(op, ins), op.types)]
         if step.kind == "fallback":
             host = [device.to_host(cp, x, self.graph.types[v].dtype)
                     for x, v in zip(ins, op.inputs)]
@@ -221,11 +227,12 @@ def _view(op: Op, x: Any) -> Any:
 
 
 def compile_program(graph: Graph, run_op: RunOp | None = None, *, device_id: int = 0,
-                    donate: Sequence[bool] | None = None) -> Executable:
+                    donate: Sequence[bool] | None = None,
+                    device_collectives: bool = False) -> Executable:
     """Compile a per-device program for GPU `device_id` (same contract as the cpu backend's).
 
     `run_op(op, inputs)` executes ops the backend does not lower (collectives, control flow)
     on host arrays; `donate[i]` lets param i's buffer be reused. Raises spmd.errors.LaunchError
     when cupy or a GPU is absent.
     """
-    return Executable(graph, run_op, donate, device_id)
+    return Executable(graph, run_op, donate, device_id, device_collectives)

@@ -3,14 +3,14 @@
 FUSED ops become CUDA kernels (backends/gpu/codegen.py) over the shared fusion groups;
 CUBLAS dots go through cuBLAS (gemmEx, f32 accumulation for half types); VIEW is a cupy
 view; REFERENCE copies to the host and runs the numpy reference; RUNTIME ops (collectives)
-run through the runtime's `run_op` (NCCL on GPU meshes, backends/gpu/collectives.py).
+run through the runtime's `run_op` (NCCL on GPU meshes, collectives/nccl.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backends.cpu.fusion import ELEMENTWISE
+from backends.common.fusion import ELEMENTWISE
 
 
 @dataclass(frozen=True)

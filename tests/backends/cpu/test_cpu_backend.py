@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 import spmd
 import spmd.numpy as jnp
+from backends import registry
 from backends.cpu import compile_program
-from backends.cpu.executable import InterpretedProgram
+from backends.interpreter import InterpretedProgram
 from spmd.interpreter import evaluate
 
 UNARY = [jnp.exp, jnp.tanh, jnp.sin, jnp.abs, lambda x: jnp.sqrt(jnp.abs(x)),
@@ -142,7 +143,7 @@ def test_results_are_fresh_between_calls() -> None:
 def test_interpreter_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPMD_BACKEND", "interpreter")
     x = np.ones((4, 4), np.float32)
-    exe = compile_program(lowered(softmax, x))
+    exe = registry.compile_for("cpu", lowered(softmax, x))
     assert isinstance(exe, InterpretedProgram)
     np.testing.assert_allclose(exe([x])[0], np.full((4, 4), 0.25))
 

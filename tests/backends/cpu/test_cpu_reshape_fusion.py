@@ -13,7 +13,7 @@ import pytest
 import spmd
 import spmd.numpy as jnp
 from backends.cpu import compile_program
-from backends.cpu.fusion import splits_and_merges
+from backends.common.fusion import splits_and_merges
 from spmd.interpreter import evaluate
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import spmd
 import spmd.numpy as jnp
-from backends.cpu.fusion import build_kernel, group_ops
+from backends.common.fusion import build_kernel, group_ops
 from backends.gpu import LOWERINGS, codegen, cuda_math, kernel_sources
 from spmd import dtypes
 from spmd.interpreter import evaluate

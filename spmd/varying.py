@@ -1,8 +1,9 @@
 """Varying manual axes of a shard_map body (JAX's check_vma): which mesh axes each value may
 differ over, read off the traced body graph.
 
-A param varies over the axes its in_spec mentions; psum/all_gather make a value the same on
-every device of their axes; psum_scatter, all_to_all, ppermute and axis_index make it vary;
+A param varies over the axes its in_spec mentions; psum/pmax/pmin make a value the same on
+every device of their axes (all_gather does not count: its result keeps the operand's axes,
+as in JAX); psum_scatter, all_to_all, ppermute and axis_index make it vary;
 pvary adds axes; any other op varies where its operands do. Two mistakes are caught, with
 JAX's wording: an out_spec that leaves out an axis the value varies over (replication that
 cannot be inferred), and a scan/while carry whose output varies over more axes than its input.
@@ -16,8 +17,9 @@ from spmd.errors import ShardingError
 from spmd.ir.graph import Graph, Op
 
 Axes = frozenset[str]
-INVARIANT_AFTER = ("all_reduce", "all_gather")
-VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index")
+INVARIANT_AFTER = ("all_reduce",)
+VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index",
+                 "all_gather")
 
 
 def body_varying(graph: Graph, param_axes: Sequence[Axes], marks: dict[int, Axes],

@@ -168,11 +168,15 @@ def test_out_specs_that_need_unprovable_replication_are_refused(mesh):
     loose = spmd.shard_map(lambda b: b * 2, mesh=mesh, in_specs=P("x"), out_specs=P(),
                            check_vma=False)
     np.testing.assert_array_equal(np.asarray(loose(np.arange(8.0))), [0.0, 2, 4, 6])
-    # psum, all_gather and axis-free values are replicated: accepted
-    ok = spmd.shard_map(lambda b: (lax.psum(b, "x"), lax.all_gather(b, "x", tiled=True), 3.0 *
-                                   snp.ones(2)), mesh=mesh, in_specs=P("x"), out_specs=P())
-    s, g, c = ok(np.arange(8.0))
-    np.testing.assert_array_equal(np.asarray(g), np.arange(8.0))
+    # psum'd and axis-free values are replicated: accepted
+    ok = spmd.shard_map(lambda b: (lax.psum(b, "x"), 3.0 * snp.ones(2)), mesh=mesh,
+                        in_specs=P("x"), out_specs=P())
+    s, c = ok(np.arange(8.0))
+    # all_gather's result counts as varying (JAX's rule): refused under P()
+    gather = spmd.shard_map(lambda b: lax.all_gather(b, "x", tiled=True), mesh=mesh,
+                            in_specs=P("x"), out_specs=P())
+    with pytest.raises(ShardingError, match="statically inferred"):
+        gather(np.arange(8.0))
     np.testing.assert_array_equal(np.asarray(s), np.arange(4.0) + np.arange(4.0, 8.0))
     np.testing.assert_array_equal(np.asarray(c), [3.0, 3.0])
 

@@ -8,10 +8,35 @@ from spmd.errors import ShardingError
 
 
 def _blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
+    from spmd.tracing import Tracer
+
+    if isinstance(x, Tracer):
+        return _traced_blocks(x)
     blocks: dict[tuple[tuple[int, int], ...], list[int]] = {}
     for shard in x.addressable_shards:
         key = tuple((s.start, s.stop) for s in shard.index)
         blocks.setdefault(key, []).append(shard.device.id)
+    return blocks
+
+
+def _traced_blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
+    """Inside jit: the blocks the sharding in x's type gives (spmd.typeof(x).sharding)."""
+    from spmd import dispatch
+    from spmd.explicit import typeof
+    from spmd.sharding import NamedSharding
+
+    sharding = typeof(x).sharding
+    whole = tuple((0, n) for n in x.shape)
+    if not isinstance(sharding, NamedSharding):
+        return {whole: [0]}
+    from partitioner import layout
+
+    mesh = dispatch.mesh_shape(sharding.mesh)
+    spec = dispatch.spec_of(sharding, x.ndim)
+    blocks: dict[tuple[tuple[int, int], ...], list[int]] = {}
+    for device, coords in zip(sharding.mesh.devices.flat, layout.device_coords(mesh)):
+        index = layout.shard_slices(x.shape, spec, mesh, coords)
+        blocks.setdefault(tuple((s.start, s.stop) for s in index), []).append(device.id)
     return blocks
 
 
@@ -41,7 +66,12 @@ def sharding_table(x: Any) -> str:
     for line in cells:
         out.append("|" + "|".join(c.center(width) for c in line) + "|")
         out.append(sep)
-    title = f"{x.shape} {x.dtype} {x.sharding!r}"
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+        from spmd.explicit import typeof
+
+        sharding = typeof(x).sharding
+    title = f"{x.shape} {x.dtype} {sharding!r}"
     return title + "\n" + "\n".join(out)
 
 

@@ -302,3 +302,31 @@ def test_partition_spec_with_a_non_name_entry_is_a_sharding_error(mesh):
     assert "test_jax_api.py" in str(err.value)
     with pytest.raises(SpmdError):
         NamedSharding(mesh, "x")
+
+
+def test_visualize_inside_jit_shows_the_layout_in_the_type(mesh, capsys):
+    x = spmd.device_put(np.zeros((4, 8)), NamedSharding(mesh, P("x", "y")))
+
+    @spmd.jit
+    def f(v):
+        spmd.debug.visualize_array_sharding(v.sum(0))
+        return v
+
+    f(x)
+    text = capsys.readouterr().out
+    assert "P('y')" in text and "dev 0,4" in text and "dev 3,7" in text
+
+
+@pytest.mark.parametrize("body, error", [
+    (lambda b: lax.all_gather(b, "y", axis=3, tiled=True), spmd.errors.ShapeError),
+    (lambda b: lax.psum_scatter(b, "y", scatter_dimension=0, tiled=True), spmd.errors.ShapeError),
+    (lambda b: lax.all_to_all(b, "y", 5, 0, tiled=True), spmd.errors.ShapeError),
+    (lambda b: lax.ppermute(b, "y", [(0, 9)]), ShardingError),
+    (lambda b: lax.psum(b, "z"), ShardingError),
+])
+def test_collective_mistakes_in_shard_map_name_the_users_line(mesh, body, error):
+    mapped = spmd.shard_map(body, mesh=mesh, in_specs=P("x", "y"), out_specs=P("x", "y"),
+                            check_vma=False)
+    with pytest.raises(error) as err:
+        mapped(np.ones((6, 8)))
+    assert "test_jax_api.py" in str(err.value)

@@ -350,7 +350,10 @@ def _original(exc: BaseException) -> str:
 
 
 def node_address() -> str:
-    """The address Ray uses for this worker's node: the one the actors' sockets listen on."""
+    """Where the actors' sockets listen: SPMD_BIND_ADDR if set (loopback for a local Ray),
+    else the address Ray uses for this worker's node."""
+    if os.environ.get("SPMD_BIND_ADDR"):
+        return os.environ["SPMD_BIND_ADDR"]
     node = ray.get_runtime_context().get_node_id()
     for entry in ray.nodes():
         if entry.get("NodeID") == node:
@@ -371,6 +374,6 @@ def init_ray(address: str | None, num_devices: int) -> None:
     if address:
         ray.init(address=address, **options)
         return
-    # A local Ray is a one-host job: its nodes, and so the actors' sockets, use loopback.
-    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), _node_ip_address="127.0.0.1",
-             **options)
+    # A local Ray is a one-host job: the actors' sockets listen on loopback (they inherit this).
+    os.environ.setdefault("SPMD_BIND_ADDR", "127.0.0.1")
+    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), **options)

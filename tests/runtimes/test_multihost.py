@@ -22,7 +22,8 @@ from collectives import auth
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "runtimes" / "scripts" / "train_small.py"
-MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")
+MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME",
+                 "SPMD_BIND_ADDR")
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                        reason="needs root and iproute2 to make network namespaces"),

@@ -39,19 +39,21 @@ class Evil:
 
 @pytest.fixture(scope="module")
 def runtime():
+    """A RayRuntime that starts its own local Ray (whose actors listen on loopback)."""
     from launch.ray import RayRuntime
 
     if ray.is_initialized():
-        pytest.skip("needs its own loopback-only Ray")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # the actors import us
+        pytest.skip("needs a local Ray started by the runtime itself")
+    saved = {name: os.environ.get(name) for name in ("SPMD_BIND_ADDR", "SPMD_COLLECTIVE_TIMEOUT")}
+    os.environ.pop("SPMD_BIND_ADDR", None)
     os.environ.setdefault("SPMD_COLLECTIVE_TIMEOUT", "60")
-    ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
-             configure_logging=False)
     started = RayRuntime(num_devices=2)
     yield started
     started.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
+    for name, value in saved.items():  # init_ray set SPMD_BIND_ADDR for its workers
+        os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
 
 
 def hit(address: tuple[str, int], payload: bytes) -> None:

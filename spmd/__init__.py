@@ -48,11 +48,12 @@ from spmd.vmap import vmap
 # Modules users reach as spmd.<name>; they import spmd.numpy, so they come last.
 from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
 from spmd import debug, scipy, sharding  # isort: skip
+from spmd.config import config  # isort: skip
 
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
     "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
-    "vmap",
+    "vmap", "config",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",

@@ -40,6 +40,8 @@ class Array(ArrayMethods):
         if value is not None:
             value = np.asarray(value)
             aval = TensorType(value.shape, dtypes.canonical(value.dtype), weak)
+            if value.dtype != dtypes.to_numpy(aval.dtype):  # x64 off: float64 -> float32
+                value = value.astype(dtypes.to_numpy(aval.dtype))
         if aval is None:
             raise TypeError("Array needs a value or an aval")
         self.type = aval

@@ -25,9 +25,26 @@ DEFAULT_INT = "int32"
 
 _BY_NUMPY = {np_dtype: name for name, np_dtype in _NUMPY.items()}
 
+# JAX's jax_enable_x64: when off, every 64-bit dtype is its 32-bit kin (numpy float64 inputs
+# become float32, int64 int32), as in JAX. spmd.config.update("jax_enable_x64", ...) sets it.
+X64 = {"enabled": True}
+_NARROW = {"float64": "float32", "int64": "int32", "uint64": "uint32"}
+
+
+def set_x64(enabled: bool) -> None:
+    X64["enabled"] = bool(enabled)
+
 
 def canonical(dtype: object) -> str:
-    """The dtype's name, from a name, a numpy dtype, a scalar type or a Python type."""
+    """The dtype's name, from a name, a numpy dtype, a scalar type or a Python type (64-bit
+    names narrowed to 32 bits while x64 is off)."""
+    name = _name(dtype)
+    if not X64["enabled"] and name in _NARROW:
+        return _NARROW[name]
+    return name
+
+
+def _name(dtype: object) -> str:
     if isinstance(dtype, str) and dtype in _NUMPY:
         return dtype
     if isinstance(dtype, np.dtype) and dtype in _BY_NUMPY:

@@ -7,7 +7,8 @@ Inputs are float32 so that JAX's 32-bit default and spmd agree on dtypes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,16 @@ class Api:
             self.pvary = spmd.lax.pvary
         self.P, self.NamedSharding, self.AxisType = PartitionSpec, NamedSharding, AxisType
         self.logsumexp = logsumexp
+
+    @contextlib.contextmanager
+    def x64_off(self) -> Iterator[None]:
+        """JAX's default (jax_enable_x64 off); spmd keeps x64 on unless asked."""
+        before = self.jax.config.read("jax_enable_x64")
+        self.jax.config.update("jax_enable_x64", False)
+        try:
+            yield
+        finally:
+            self.jax.config.update("jax_enable_x64", before)
 
     def mesh(self, shape: tuple[int, ...], names: tuple[str, ...], auto: bool = True) -> Any:
         types = (self.AxisType.Auto,) * len(shape) if auto else None
@@ -197,6 +208,17 @@ def numpy_names(api: Api) -> dict[str, Any]:
     }
 
 
+def default_dtypes(api: Api) -> dict[str, Any]:
+    jnp = api.jnp
+    x = np.arange(4.0)  # numpy's float64
+    with api.x64_off():
+        return {"floats": jnp.array([3.0]), "ints": jnp.array([3, 1]),
+                "from_float64": jnp.asarray(x) * 2, "jit": api.jax.jit(lambda v: v + 1)(x),
+                "sum_ints": jnp.sum(np.arange(5)), "mean_ints": jnp.mean(np.arange(5)),
+                "asked_float64": jnp.zeros(2, dtype=np.float64),
+                "grad": api.jax.grad(lambda v: jnp.sum(v ** 2))(x)}
+
+
 def explicit_types(api: Api) -> dict[str, Any]:
     mesh = api.mesh((2, 4), ("x", "y"), auto=False)
     seen: dict[str, Any] = {}
@@ -221,7 +243,8 @@ def explicit_types(api: Api) -> dict[str, Any]:
 PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
     f.__name__: f for f in (sharded_elementwise, jit_matmul_layouts, sharding_constraint,
                             shard_map_psum, shard_map_matmul, shard_map_scan_carry,
-                            tensor_parallel_mlp, vmapped, numpy_names, explicit_types)
+                            tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
+                            explicit_types)
 }
 
 

@@ -1,35 +1,38 @@
-"""Collective bytes per device, ours (compiled.collectives()) vs XLA (parsed compiled HLO).
+"""Collective bytes per device, ours (compiled.collectives()) vs XLA (parsed HLO).
 
 Run: python benchmarks/collective_bytes.py [--scale 1] [--verbose] (2x4 mesh, 8 host devices)
+
+XLA's bytes are read twice: from the compiled HLO, and from the HLO right after its SPMD
+partitioner (dumped), which still has the dtype the values have (XLA:CPU later widens
+bf16 collectives to f32; a TPU keeps them bf16). Each program is compared with the smaller
+of the two. "moved" prices each collective by DESIGN.md's table (all-gather V(n-1),
+all-reduce 2V(n-1)/n, reduce-scatter and all-to-all V(n-1)/n, permute V; V the operand).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import models as M
+DUMP = tempfile.mkdtemp(prefix="xla_dump_")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP}"
+                           " --xla_dump_hlo_pass_re=spmd-partitioning")
+
+import models as M  # after XLA_FLAGS: models sets the device count before JAX starts
 import numpy as np
+from collective_classes import Program, class_programs
 
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "s32": 4, "s64": 8, "u32": 4, "u64": 8,
                "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 MESH = (2, 4)
 AXES = ("data", "model")
-
-
-@dataclass
-class Program:
-    """A function of a Framework plus numpy args, their specs and optional output specs."""
-
-    name: str
-    build: Callable[[M.Framework], Callable[..., Any]]
-    args: list[Any]
-    in_specs: list[Any]
-    out_specs: Any = None
 
 
 # -- XLA side: per-device operand bytes of each collective in the optimized HLO ------------
@@ -80,6 +83,17 @@ def _first_group(attrs: str) -> list[int]:
         where = np.argwhere(ids == 0)[0]
         index = tuple(slice(None) if i in grouped else int(where[i]) for i in range(len(sizes)))
         return [int(d) for d in ids[index].ravel()]
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?", attrs)
+    if iota:  # [groups, size]<=[dims]T(perm): arange over dims, transposed, in rows
+        dims = [int(s) for s in iota.group(3).split(",")]
+        ids = np.arange(int(np.prod(dims))).reshape(dims)
+        if iota.group(4):
+            ids = ids.transpose([int(s) for s in iota.group(4).split(",")])
+        rows = ids.reshape(int(iota.group(1)), int(iota.group(2)))
+        return [int(d) for d in rows[np.argwhere(rows == 0)[0][0]]]
+    pairs = re.search(r"source_target_pairs=\{\{(\d+),(\d+)\}", attrs)
+    if pairs:
+        return [int(pairs.group(1)), int(pairs.group(2))]
     groups = re.search(r"replica_groups=\{\{([\d,]+)\}", attrs)
     return [int(d) for d in groups.group(1).split(",")] if groups else []
 
@@ -91,8 +105,19 @@ def _group_axes(attrs: str) -> str:
     return ",".join(a for i, a in enumerate(AXES) if len({c[i] for c in coords}) > 1)
 
 
-def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str]], bool]:
-    """(kind, axes, operand bytes, result shape) per collective; and whether any is in a loop."""
+def _moved(kind: str, operand: int, n: int) -> float:
+    if kind == "collective-permute":
+        return float(operand)
+    if n <= 1:
+        return 0.0
+    return {"all-gather": operand * (n - 1), "all-reduce": 2 * operand * (n - 1) / n,
+            "reduce-scatter": operand * (n - 1) / n, "all-to-all": operand * (n - 1) / n,
+            }.get(kind, float(operand))
+
+
+def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str, float]], bool]:
+    """(kind, axes, operand bytes, result shape, moved bytes) per collective; and whether
+    any is in a loop."""
     shapes: dict[str, str] = {}
     found: list[tuple[str, str, int, str, str]] = []
     computation, bodies = "", set()
@@ -113,12 +138,14 @@ def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str]], bool]:
     out = []
     for kind, names, attrs, shape, comp in found:
         nbytes = sum(_shape_bytes(shapes.get(n, "")) for n in names)
+        n = len(_first_group(attrs))
         out.append((kind, _group_axes(attrs), nbytes, re.sub(r"\{[\d,]*\}", "", shape) + (
-            " (in loop body)" if comp in bodies else "")))
+            " (in loop body)" if comp in bodies else ""), _moved(kind, nbytes, n)))
     return out, any(comp in bodies for *_, comp in found)
 
 
-def measure_xla(fw: M.Framework, prog: Program) -> tuple[list[Any], bool]:
+def measure_xla(fw: M.Framework, prog: Program) -> tuple[list[Any], list[Any], bool]:
+    """Collectives of the compiled HLO, of the HLO after SPMD partitioning, any in a loop."""
     import jax
 
     shardings = [jax.tree_util.tree_map(lambda s: fw.sharding(s), spec,
@@ -127,8 +154,13 @@ def measure_xla(fw: M.Framework, prog: Program) -> tuple[list[Any], bool]:
     kwargs: dict[str, Any] = {"in_shardings": tuple(shardings)}
     if prog.out_specs is not None:
         kwargs["out_shardings"] = fw.sharding(prog.out_specs)
+    before = set(os.listdir(DUMP))
     hlo = jax.jit(prog.build(fw), **kwargs).lower(*prog.args).compile().as_text()
-    return xla_collectives(hlo)
+    compiled, loops = xla_collectives(hlo)
+    dumped = sorted(f for f in set(os.listdir(DUMP)) - before
+                    if "after_spmd-partitioning" in f)
+    partitioned = xla_collectives(Path(DUMP, dumped[-1]).read_text())[0] if dumped else compiled
+    return compiled, partitioned, loops
 
 
 def measure_ours(fw: M.Framework, prog: Program) -> list[Any]:
@@ -213,6 +245,43 @@ def describe(records: list[Any]) -> str:
     return "; ".join(f"{r[0]}[{r[1]}] {r[2]}B {r[3]}" for r in records) or "-"
 
 
+def ratio(a: float, b: float) -> float:
+    return a / b if b else (1.0 if a == 0 else float("inf"))
+
+
+def geomean(ratios: list[float]) -> str:
+    """Over programs where both sides move bytes (a zero has no logarithm)."""
+    finite = [r for r in ratios if 0 < r < float("inf")]
+    return f"{math.exp(sum(map(math.log, finite)) / len(finite)):.2f}" if finite else "-"
+
+
+def measure(prog: Program, ours: M.Framework, jax_fw: M.Framework) -> dict[str, Any]:
+    mine = [(r.kind.replace("_", "-"), ",".join(r.axes), r.bytes,
+             f"{r.dtype}{list(r.shape)}", r.moved) for r in measure_ours(ours, prog)]
+    compiled, partitioned, loops = measure_xla(jax_fw, prog)
+    theirs = min((compiled, partitioned), key=lambda rs: sum(r[2] for r in rs))
+    return {"name": prog.name, "mine": mine, "theirs": theirs, "loops": loops,
+            "a": sum(r[2] for r in mine), "b": sum(r[2] for r in theirs),
+            "b_compiled": sum(r[2] for r in compiled), "ma": sum(r[4] for r in mine),
+            "mb": sum(r[4] for r in theirs)}
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\n### {title}\n")
+    print("| program | ours B | ours n | XLA B (compiled) | XLA n | ours/XLA | ours moved | "
+          "XLA moved | moved ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | {r['a']} | {len(r['mine'])} | {r['b']} ({r['b_compiled']}) | "
+              f"{len(r['theirs'])} | {ratio(r['a'], r['b']):.2f} | {r['ma']:.0f} | "
+              f"{r['mb']:.0f} | {ratio(r['ma'], r['mb']):.2f} |")
+    over = [r["name"] for r in rows if r["a"] > r["b"]]
+    print(f"\nours <= XLA (operand bytes) on {len(rows) - len(over)}/{len(rows)}; geomean "
+          f"ours/XLA {geomean([ratio(r['a'], r['b']) for r in rows])} operand bytes, "
+          f"{geomean([ratio(r['ma'], r['mb']) for r in rows])} moved bytes (over programs "
+          f"where both move bytes); above 1.0x: {', '.join(over) or 'none'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=int, default=1, help="multiply the model sizes")
@@ -220,26 +289,21 @@ def main() -> None:
     args = parser.parse_args()
     print(M.header("collective bytes per device, ours vs XLA, mesh 2x4"))
     ours, jax_fw = M.ours(MESH, AXES), M.jax_framework(MESH, AXES)
-    rows, worse, loops = [], [], False
-    for prog in programs(args.scale):
-        mine = [(r.kind.replace("_", "-"), ",".join(r.axes), r.bytes,
-                 f"{r.dtype}{list(r.shape)}") for r in measure_ours(ours, prog)]
-        theirs, in_loop = measure_xla(jax_fw, prog)
-        loops |= in_loop
-        a, b = sum(r[2] for r in mine), sum(r[2] for r in theirs)
-        ratio = a / b if b else (1.0 if a == 0 else float("inf"))
-        rows.append((prog.name, a, len(mine), b, len(theirs), ratio))
-        if a > b or args.verbose:
-            worse.append((prog.name, mine, theirs))
-    print("\n| program | ours bytes | ours n | XLA bytes | XLA n | ours/XLA |")
-    print("|---|---|---|---|---|---|")
-    for name, a, na, b, nb, ratio in rows:
-        print(f"| {name} | {a} | {na} | {b} | {nb} | {ratio:.2f} |")
-    met = sum(r[1] <= r[3] for r in rows)
-    print(f"\ngoal ours <= XLA met on {met}/{len(rows)} programs"
-          f"{'; XLA collectives inside while bodies counted once' if loops else ''}")
-    for name, mine, theirs in worse:
-        print(f"\n{name}\n  ours: {describe(mine)}\n  XLA:  {describe(theirs)}")
+    groups = {"models (issue 4)": programs(args.scale),
+              "layout classes (issue 22)": class_programs(args.scale)}
+    every: list[dict[str, Any]] = []
+    for title, progs in groups.items():
+        rows = [measure(prog, ours, jax_fw) for prog in progs]
+        every += rows
+        table(title, rows)
+    if any(r["loops"] for r in every):
+        print("XLA collectives inside while bodies counted once")
+    print(f"\nall {len(every)} programs: geomean ours/XLA "
+          f"{geomean([ratio(r['a'], r['b']) for r in every])} operand bytes, "
+          f"{geomean([ratio(r['ma'], r['mb']) for r in every])} moved bytes")
+    for r in every:
+        if r["a"] > r["b"] or r["ma"] > r["mb"] or args.verbose:
+            print(f"\n{r['name']}\n  ours: {describe(r['mine'])}\n  XLA:  {describe(r['theirs'])}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from .simulate import Simulator
 from .topology import topology_for
 
 DEFAULT_CHIP = "v5e"
-OPTIONS = ("chip", "topology", "overlap", "fuse", "check_memory", "while_iterations")
+OPTIONS = ("chip", "topology", "overlap", "fuse", "check_memory", "while_iterations",
+           "slices", "calibrated")
 _CACHE: dict[Any, SimReport] = {}
 _CACHE_LIMIT = 64
 
@@ -40,23 +41,29 @@ def simulate_program(program: Graph, axis_names: tuple[str, ...], axis_sizes: tu
     """Simulate one call of a per-device `program` on every chip of the mesh.
 
     Options: chip= (name or ChipSpec; default from device_kind, else v5e), topology=
-    ("4x4x4"; default the mesh's, else laid out from the mesh shape), overlap= (collectives
-    beside independent compute, default False), fuse= (XLA-like fusion, default True),
-    check_memory= (raise SimulationError past HBM, default True), while_iterations= (1).
+    ("4x4x4"; default the mesh's, else laid out from the mesh shape), slices= (pods joined
+    by DCN; default: as many as a mesh larger than one pod needs), overlap= (latency-hiding
+    schedule: collectives beside independent compute, default True), fuse= (XLA-like
+    fusion, default True), calibrated= (the chip's measured efficiencies, default True;
+    False prices at 100% of spec), check_memory= (raise SimulationError past HBM, default
+    True), while_iterations= (1).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SimulationError(f"unknown simulate option(s) {', '.join(map(repr, unknown))}",
                               hint=f"use {', '.join(OPTIONS)}")
     chip = chip_of(device_kind, options.pop("chip", None))
+    if not options.pop("calibrated", True):
+        chip = chip.ideal()
+    slices = options.pop("slices", None)
     explicit = options.pop("topology", None) or mesh_topology
     sizes = tuple(int(s) for s in axis_sizes) or (1,)
     names = tuple(axis_names) or ("_",)
-    key = (id(program), chip, explicit, names, sizes, tuple(sorted(options.items())))
+    key = (id(program), chip, explicit, slices, names, sizes, tuple(sorted(options.items())))
     cached = _CACHE.get(key)
     if cached is not None and cached.program is program:
         return cached
-    topology = topology_for(chip, sizes, explicit)
+    topology = topology_for(chip, sizes, explicit, slices)
     simulator = Simulator(chip, topology, names, sizes, **options)
     report = simulator.run(program)
     report.program = program

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spmd.errors import SimulationError
@@ -24,6 +24,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
         "topology", "links_per_chip", "link_bandwidth", "hop_latency_s", "max_pod_shape",
         "wrap_axis_multiple", "wrap_min_axis", "wrap_min_chips",
     ),
+}
+
+
+# Optional tables: calibration of the roofline (1.0 / 0 where a chip file has none, so an
+# uncalibrated file prices ops at 100% of spec) and the data-center network between slices.
+OPTIONAL: dict[str, dict[str, float]] = {
+    "efficiency": {"matmul": 1.0, "hbm": 1.0, "vpu_elements_per_cycle": 0.0,
+                   "op_overhead_s": 0.0, "ici_bandwidth": 1.0, "collective_call_s": 0.0},
+    "dcn": {"bandwidth": 0.0, "latency_s": 0.0},
 }
 
 
@@ -48,6 +57,14 @@ class ChipSpec:
     wrap_axis_multiple: int
     wrap_min_axis: int
     wrap_min_chips: int
+    matmul_efficiency: float = 1.0  # fraction of peak a large MXU-bound matmul reaches
+    hbm_efficiency: float = 1.0  # fraction of HBM bandwidth a streaming op reaches
+    vpu_elements_per_cycle: float = 0.0  # elements a fusion streams per cycle (0: no limit)
+    op_overhead_s: float = 0.0  # fixed cost of one kernel (fusion, matmul, copy)
+    ici_efficiency: float = 1.0  # fraction of link bandwidth a large collective reaches
+    collective_call_s: float = 0.0  # fixed cost of one collective call (sync, setup)
+    dcn_bandwidth: float = 0.0  # bytes/s per chip between slices (0: no multi-slice)
+    dcn_latency_s: float = 0.0  # per DCN transfer step
 
     @property
     def ndim(self) -> int:
@@ -72,6 +89,12 @@ class ChipSpec:
             f"chip {self.name!r} has no FLOP rate for dtype {dtype!r}",
             hint="use one of bf16, f16, f32, f64, int8, int32",
         )
+
+    def ideal(self) -> ChipSpec:
+        """This chip at 100% of spec: no efficiency factors, overheads or element limits."""
+        return replace(self, matmul_efficiency=1.0, hbm_efficiency=1.0,
+                       vpu_elements_per_cycle=0.0, op_overhead_s=0.0, ici_efficiency=1.0,
+                       collective_call_s=0.0)
 
     def wraps(self, axis_size: int, slice_chips: int) -> bool:
         """Whether a physical axis of this size has a wraparound link in a slice of this size."""
@@ -143,6 +166,17 @@ def load_chip(name: str) -> ChipSpec:
             f"chip file {str(path)!r} has topology {values['topology']!r}",
             hint=f"use one of {', '.join(TOPOLOGIES)}",
         )
+    names = {("efficiency", "matmul"): "matmul_efficiency", ("efficiency", "hbm"): "hbm_efficiency",
+             ("efficiency", "ici_bandwidth"): "ici_efficiency",
+             ("dcn", "bandwidth"): "dcn_bandwidth", ("dcn", "latency_s"): "dcn_latency_s"}
+    for table, fields in OPTIONAL.items():
+        section = data.get(table, {})
+        unknown = sorted(set(section) - set(fields))
+        if unknown:
+            raise SimulationError(f"chip file {str(path)!r} has unknown [{table}] field(s) "
+                                  f"{', '.join(unknown)}", hint=f"use {', '.join(fields)}")
+        for key, default in fields.items():
+            values[names.get((table, key), key)] = float(section.get(key, default))
     values["max_pod_shape"] = tuple(int(d) for d in values["max_pod_shape"])
     for key in ("mxu_dim", "hbm_bytes", "links_per_chip", "wrap_axis_multiple",
                 "wrap_min_axis", "wrap_min_chips"):

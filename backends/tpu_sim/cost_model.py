@@ -38,14 +38,17 @@ def mxu_padding_factor(mxu_dims: Sequence[int], tile: int) -> float:
 
 
 def op_time(chip: ChipSpec, flops: float, bytes_accessed: float, dtype: str = "bf16",
-            mxu_dims: Sequence[int] | None = None) -> float:
-    """Roofline: max(flops / peak(dtype), bytes / HBM bandwidth).
+            mxu_dims: Sequence[int] | None = None, elements: float = 0.0) -> float:
+    """Calibrated roofline of one kernel: op_overhead + max(flops / (peak(dtype) x matmul
+    efficiency), bytes / (HBM bandwidth x hbm efficiency), elements / VPU element rate).
 
     mxu_dims=(M, N, K) marks a matmul: each dim pads to a multiple of the chip's MXU
-    size, so a 129-wide matmul on a 128x128 MXU costs like a 256-wide one.
+    size, so a 129-wide matmul on a 128x128 MXU costs like a 256-wide one, and the chip's
+    matmul efficiency applies. `elements` is what a VPU fusion streams (its largest
+    operand or result); chip.ideal() prices everything at 100% of spec.
 
     >>> from backends.tpu_sim.chips import load_chip
-    >>> round(op_time(load_chip("v5e"), 2 * 8192**3, 3 * 2 * 8192**2) * 1e3, 2)
+    >>> round(op_time(load_chip("v5e").ideal(), 2 * 8192**3, 3 * 2 * 8192**2) * 1e3, 2)
     5.58
     """
     if flops < 0 or bytes_accessed < 0:
@@ -53,9 +56,14 @@ def op_time(chip: ChipSpec, flops: float, bytes_accessed: float, dtype: str = "b
             f"op_time got negative work: flops={flops!r}, bytes={bytes_accessed!r}",
             hint="pass FLOPs and bytes >= 0",
         )
+    compute = flops / chip.peak_flops(dtype)
     if mxu_dims is not None:
-        flops = flops * mxu_padding_factor(mxu_dims, chip.mxu_dim)
-    return max(flops / chip.peak_flops(dtype), bytes_accessed / chip.hbm_bandwidth)
+        compute *= mxu_padding_factor(mxu_dims, chip.mxu_dim) / chip.matmul_efficiency
+    memory = bytes_accessed / (chip.hbm_bandwidth * chip.hbm_efficiency)
+    vpu = 0.0
+    if elements and chip.vpu_elements_per_cycle:
+        vpu = elements / (chip.vpu_elements_per_cycle * chip.clock_hz)
+    return chip.op_overhead_s + max(compute, memory, vpu)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class _Ring:
     switch: bool
     bandwidth: float  # bytes/s per direction per chip, after stride sharing
     hop_latency: float  # seconds per ring step
+    dcn: bool = False  # between slices, over the data-center network
 
 
 def _rings(chip: ChipSpec, topology: Topology, axes: Sequence[int]) -> list[_Ring]:
@@ -86,8 +95,11 @@ def _rings(chip: ChipSpec, topology: Topology, axes: Sequence[int]) -> list[_Rin
         for part in topology.parts(a):
             by_axis.setdefault(part.physical_axis, []).append(part)
     rings = []
+    slices = math.prod(topology.slices_of(a) for a in axes)
+    if slices > 1:  # every slice one DCN hop from every other, at the chip's DCN rate
+        rings.append(_Ring(slices, True, True, chip.dcn_bandwidth, chip.dcn_latency_s, True))
     switch = topology.kind == "switch"
-    per_dir = chip.link_bandwidth * topology.links_per_direction
+    per_dir = chip.link_bandwidth * topology.links_per_direction * chip.ici_efficiency
     for parts in by_axis.values():
         n = math.prod(p.n for p in parts)
         stride = min(p.stride for p in parts)
@@ -171,7 +183,11 @@ def collective_cost(chip: ChipSpec, topology: Topology, kind: str, bytes_per_dev
     n = math.prod(r.n for r in rings)
     if n <= 1:
         return CollectiveCost(kind, 0.0, 0.0, 0.0, 0)
-    if kind == "all_gather":
+    dcn = [r for r in rings if r.dcn]
+    ici = [r for r in rings if not r.dcn]
+    if dcn and ici and kind in ("all_gather", "reduce_scatter", "all_reduce"):
+        phases = _hierarchical(kind, ici, dcn, bytes_per_device)
+    elif kind == "all_gather":
         phases = [_gather(rings, bytes_per_device)]
     elif kind == "reduce_scatter":
         phases = [_gather(rings, bytes_per_device / n)]
@@ -183,10 +199,30 @@ def collective_cost(chip: ChipSpec, topology: Topology, kind: str, bytes_per_dev
         phases = [_broadcast(rings, bytes_per_device)]
     else:
         phases = [_permute(rings, bytes_per_device, shift)]
-    latency = sum(p[0] for p in phases)
+    latency = chip.collective_call_s + sum(p[0] for p in phases)
     bandwidth = sum(p[1] for p in phases)
-    seconds = sum(max(p[0], p[1]) for p in phases)
+    seconds = chip.collective_call_s + sum(max(p[0], p[1]) for p in phases)
     return CollectiveCost(kind, seconds, latency, bandwidth, sum(p[2] for p in phases))
+
+
+def _hierarchical(kind: str, ici: list[_Ring], dcn: list[_Ring], nbytes: float
+                  ) -> list[tuple[float, float, int]]:
+    """A collective over slices and ICI axes at once, as XLA runs it across a multi-slice
+    pod: the ICI phase works on the whole buffer, the DCN phase only on the ICI shard.
+
+    all_gather: DCN gathers the shard, then ICI gathers n_dcn shards; reduce_scatter: ICI
+    reduce-scatters, then DCN on what is left; all_reduce: ICI reduce-scatter, DCN
+    all-reduce of the shard, ICI all-gather.
+    """
+    n_ici = math.prod(r.n for r in ici)
+    n_dcn = math.prod(r.n for r in dcn)
+    if kind == "all_gather":
+        return [_gather(dcn, nbytes), _gather(ici, nbytes * n_dcn)]
+    shard = nbytes / n_ici
+    if kind == "reduce_scatter":
+        return [_gather(ici, shard), _gather(dcn, shard / n_dcn)]
+    return [_gather(ici, shard), _gather(dcn, shard / n_dcn), _gather(dcn, shard / n_dcn),
+            _gather(ici, shard)]
 
 
 def _broadcast(rings: list[_Ring], nbytes: float) -> tuple[float, float, int]:

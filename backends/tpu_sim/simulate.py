@@ -6,6 +6,8 @@ Imports only the IR core, spmd.errors and this package.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
 from typing import Any
 
 from spmd.ir.graph import Graph, Op
@@ -24,7 +26,7 @@ class Simulator:
     """Simulates one per-device program on a chip of a torus slice."""
 
     def __init__(self, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...],
-                 axis_sizes: tuple[int, ...], *, overlap: bool = False, fuse: bool = True,
+                 axis_sizes: tuple[int, ...], *, overlap: bool = True, fuse: bool = True,
                  check_memory: bool = True, while_iterations: int = 1) -> None:
         self.chip = chip
         self.topology = topology
@@ -75,20 +77,56 @@ class Simulator:
 
     # -- scheduling ------------------------------------------------------------------------
     def schedule(self, graph: Graph, ready_in: list[float]) -> list[float]:
-        """Schedule one execution of `graph`; returns when each result is ready."""
+        """Schedule one execution of `graph`; returns when each result is ready.
+
+        Without overlap, units run in program order on one clock. With it, a latency-hiding
+        list schedule (as XLA's): whichever unit can start earliest goes next on its stream,
+        so a collective runs on the ICI stream while compute that does not need it goes
+        on, and a layer's weight all-gather starts as soon as its inputs exist.
+        """
         ready = dict(zip(graph.params, ready_in))
-        for unit in self.units(graph):
-            start = max((ready.get(v, 0.0) for v in unit.inputs), default=0.0)
-            if unit.op is not None:
-                outs = self.control(unit.op, [ready.get(v, 0.0) for v in unit.op.inputs])
-                ready.update(zip(unit.op.outputs, outs))
-                continue
-            if unit.time <= 0.0 and unit.flops <= 0.0:
-                ready.update(dict.fromkeys(unit.outputs, start))
-                continue
-            end = self.emit(unit, start)
-            ready.update(dict.fromkeys(unit.outputs, end))
+        units = self.units(graph)
+        order = self._order(units, ready) if self.overlap else range(len(units))
+        for i in order:
+            self._run_unit(units[i], ready)
         return [ready.get(v, 0.0) for v in graph.results]
+
+    def _run_unit(self, unit: Unit, ready: dict[int, float]) -> None:
+        start = max((ready.get(v, 0.0) for v in unit.inputs), default=0.0)
+        if unit.op is not None:
+            outs = self.control(unit.op, [ready.get(v, 0.0) for v in unit.op.inputs])
+            ready.update(zip(unit.op.outputs, outs))
+            return
+        if unit.time <= 0.0 and unit.flops <= 0.0:
+            ready.update(dict.fromkeys(unit.outputs, start))
+            return
+        ready.update(dict.fromkeys(unit.outputs, self.emit(unit, start)))
+
+    def _order(self, units: list[Unit], ready: dict[int, float]) -> Iterator[int]:
+        """Units in list-schedule order: of those whose producers have run, the one whose
+        inputs are ready first (program order breaks ties). Yields lazily: a unit's ready
+        time is read off the timeline once its producers have been scheduled."""
+        producer: dict[int, int] = {}
+        for i, u in enumerate(units):
+            for v in (u.op.outputs if u.op is not None else u.outputs):
+                producer[v] = i
+        users: list[list[int]] = [[] for _ in units]
+        waiting = [0] * len(units)
+        for i, u in enumerate(units):
+            deps = {producer[v] for v in u.inputs if v in producer and producer[v] != i}
+            waiting[i] = len(deps)
+            for d in deps:
+                users[d].append(i)
+        heap = [(0.0, i) for i, w in enumerate(waiting) if w == 0]
+        heapq.heapify(heap)
+        while heap:
+            _, i = heapq.heappop(heap)
+            yield i
+            for j in users[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    start = max((ready.get(v, 0.0) for v in units[j].inputs), default=0.0)
+                    heapq.heappush(heap, (start, j))
 
     def emit(self, unit: Unit, start: float) -> float:
         """Put one unit on the timeline and into its report row; returns its end time."""

@@ -52,6 +52,8 @@ class Topology:
     links_per_direction: int = 1
     kind: str = "torus"
     mesh_parts: tuple[tuple[RingPart, ...], ...] | None = None
+    # Multi-slice pods: how many slices each mesh axis spans (its DCN part); None: one slice
+    mesh_slices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.wraparound):
@@ -83,6 +85,15 @@ class Topology:
             return self.mesh_parts[mesh_axis]
         n = self.shape[mesh_axis]
         return (RingPart(mesh_axis, n, self.wraparound[mesh_axis]),) if n > 1 else ()
+
+    @property
+    def num_slices(self) -> int:
+        """Slices (ICI-connected pods) joined by the data-center network."""
+        return math.prod(self.mesh_slices) if self.mesh_slices else 1
+
+    def slices_of(self, mesh_axis: int) -> int:
+        """How many slices mesh axis `mesh_axis` spans (1: it stays inside one slice)."""
+        return self.mesh_slices[mesh_axis] if self.mesh_slices else 1
 
     def ring(self, mesh_axis: int) -> AxisRing:
         """Ring structure of a mesh axis."""
@@ -173,16 +184,50 @@ def _map_axes(
     return tuple(reversed(mapping))
 
 
-def topology_for(chip: ChipSpec, mesh_shape: tuple[int, ...], explicit: str | None = None
-                 ) -> Topology:
-    """Topology of a slice of `chip` holding a mesh of `mesh_shape` (or `explicit`, '4x4x4')."""
+def multi_slice(chip: ChipSpec, mesh_shape: tuple[int, ...], slices: int,
+                explicit: str | None = None) -> Topology:
+    """`slices` pods of `chip` joined by DCN: the mesh's major axes span the slices (as
+    jax's create_hybrid_device_mesh lays them), the rest is one slice's torus."""
+    if slices < 1 or math.prod(mesh_shape) % slices:
+        raise SimulationError(f"a mesh of {math.prod(mesh_shape)} chips cannot be split into "
+                              f"{slices} equal slices", hint="use a slice count dividing it")
+    if not chip.dcn_bandwidth:
+        raise SimulationError(f"chip {chip.name!r} has no [dcn] bandwidth for multi-slice pods",
+                              hint="add a [dcn] table (bandwidth, latency_s) to its TOML file")
+    left = slices
+    spans, inner = [], []
+    for size in mesh_shape:
+        span = math.gcd(size, left)
+        if left > 1 and span == 1 and size > 1:
+            raise SimulationError(
+                f"mesh {mesh_shape!r} does not put its {slices} slices on its major axes",
+                hint="make the leading mesh axes' sizes multiply to the slice count, e.g. "
+                     f"make_mesh(({slices}, ...), ('replica', ...))")
+        spans.append(span)
+        inner.append(size // span)
+        left //= span
+    one = topology_for(chip, tuple(inner), explicit)
+    parts = tuple(one.parts(i) for i in range(len(inner)))
+    return Topology(one.shape, one.wraparound, one.links_per_direction, one.kind, parts,
+                    tuple(spans))
+
+
+def topology_for(chip: ChipSpec, mesh_shape: tuple[int, ...], explicit: str | None = None,
+                 slices: int | None = None) -> Topology:
+    """Topology of a slice of `chip` holding a mesh of `mesh_shape` (or `explicit`, '4x4x4');
+    `slices` > 1 (or a mesh larger than one pod) makes it a multi-slice pod."""
     mesh_shape = tuple(int(d) for d in mesh_shape)
     chips = math.prod(mesh_shape)
+    if slices is None and chips > chip.max_chips and chips % chip.max_chips == 0 \
+            and chip.dcn_bandwidth:
+        slices = chips // chip.max_chips
+    if slices is not None and slices > 1:
+        return multi_slice(chip, mesh_shape, slices, explicit)
     if chips > chip.max_chips:
         raise SimulationError(
             f"mesh {mesh_shape!r} needs {chips} chips but a {chip.name} pod has {chip.max_chips}"
             f" (max shape {'x'.join(map(str, chip.max_pod_shape))})",
-            hint="use a smaller mesh or a chip with a larger pod",
+            hint="use a smaller mesh, a chip with a larger pod, or simulate(slices=N)",
         )
     if chip.topology == "switch":
         parts = tuple((RingPart(0, n, True),) if n > 1 else () for n in mesh_shape)

@@ -180,7 +180,13 @@ def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) ->
 
 
 def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
-    """Roofline of an elementwise/reduce/copy/fusion unit: VPU FLOPs vs HBM traffic."""
+    """Roofline of an elementwise/reduce/copy/fusion unit: HBM traffic vs the elements the
+    VPU streams (its largest operand or result). Its FLOPs are reported, not timed: the
+    VPU's rate per element hardly depends on the op (libtpu prices exp like add)."""
     if unit.kind != "copy":
         unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
-    unit.time = op_time(chip, unit.flops, unit.bytes, "float32")
+    types = graph.types
+    elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types),
+                   default=0)
+    flops = 0.0 if chip.vpu_elements_per_cycle else unit.flops  # ideal chip: FLOPs at f32 peak
+    unit.time = op_time(chip, flops, unit.bytes, "float32", elements=elements)

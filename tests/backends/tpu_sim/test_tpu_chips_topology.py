@@ -136,9 +136,14 @@ def test_three_axis_mesh_on_2d_chip_merges_minor_axes():
     assert topology.parts(0)[0].stride == 4  # the major half of physical axis 0
 
 
-def test_mesh_too_big_for_pod_is_refused():
-    with pytest.raises(SimulationError, match="needs 512 chips but a v5e pod has 256"):
-        topology_for(load_chip("v5e"), (32, 16))
+def test_mesh_too_big_for_pod_is_refused_unless_it_fills_whole_slices():
+    with pytest.raises(SimulationError, match="needs 384 chips but a v5e pod has 256"):
+        topology_for(load_chip("v5e"), (24, 16))
+    two = topology_for(load_chip("v5e"), (32, 16))  # 2 x v5e-256 joined by DCN
+    assert two.num_slices == 2 and two.slices_of(0) == 2 and two.slices_of(1) == 1
+    assert math.prod(p.n for p in two.parts(0)) == 16 and two.shape == (16, 16)
+    with pytest.raises(SimulationError, match="major axes"):
+        topology_for(load_chip("v5e"), (1, 3, 4), slices=2)
     with pytest.raises(SimulationError, match="does not fit"):
         topology_for(load_chip("v5e"), (2, 128), explicit="2x128")
     with pytest.raises(SimulationError, match="has 64 chips but mesh"):

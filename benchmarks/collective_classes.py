@@ -71,10 +71,19 @@ def cross_entropy_one_hot(fw: M.Framework) -> Callable[..., Any]:
     return fw.value_and_grad(loss)
 
 
+def embedding_step(fw: M.Framework) -> Callable[..., Any]:
+    """Embedding lookup + projection, gradients of the table and the projection."""
+    def loss(table: Any, idx: Any, w: Any) -> Any:
+        return fw.np.sum(fw.np.tanh(fw.np.take(table, idx, axis=0) @ w))
+
+    return fw.value_and_grad(loss, argnums=(0, 2))
+
+
 def class_programs(scale: int) -> list[Program]:
     a, b = M.rand((16, 32 * scale), 40), M.rand((16, 32 * scale), 41)
     x3, w = M.rand((8, 16, 32 * scale), 42), M.rand((32 * scale, 48 * scale), 43)
     table = M.rand((64, 32 * scale), 44)
+    idx = np.random.default_rng(56).integers(0, 64, (16, 8)).astype(np.int32)
     logits = M.rand((8, 16, 256 * scale), 45)
     tokens = np.random.default_rng(46).integers(0, 256 * scale, (8, 16)).astype(np.int32)
     params = {"g": M.rand((64 * scale,), 47).astype(BF16),
@@ -114,6 +123,11 @@ def class_programs(scale: int) -> list[Program]:
         Program("pad a sharded dim, kept sharded", pad, [a], [("model",)], ("model",)),
         Program("gather rows of a sharded table", lambda fw: lambda u, i: fw.np.take(
             u, i, axis=0), [table, np.arange(0, 64, 4, dtype=np.int32)], [("model",), ()], ()),
+        Program("embedding fwd+bwd, vocab on model, batch on data", embedding_step,
+                [table, idx, M.rand((32 * scale, 16), 55)], [("model",), ("data",), ()]),
+        Program("embedding fwd+bwd, features on model, batch on data", embedding_step,
+                [table, idx, M.rand((32 * scale, 16), 55)], [(None, "model"), ("data",),
+                                                              ("model",)]),
         Program("cross-entropy (take_along_axis), batch on data", cross_entropy_take,
                 [logits, tokens], [("data",), ("data",)]),
         Program("cross-entropy (one_hot), vocab on model", cross_entropy_one_hot,

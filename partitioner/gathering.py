@@ -1,7 +1,8 @@
-"""A gather from a table sharded on the gathered dim ('abc,ij->aijc' with b blocked), e.g.
-a vocabulary-parallel embedding lookup: each device looks up the indices that fall in its
-own rows (the others give 0), leaving the result a pending sum over the table's axes,
-instead of gathering the whole table; chosen when that moves fewer bytes.
+"""Gathers and scatter-adds whose blocked dims are sharded, partitioned as local work plus
+a pending sum when that moves fewer bytes than the generic plan (gathering them):
+a gather from a table sharded on the gathered dim ('abc,ij->aijc' with b blocked, e.g. a
+vocabulary-parallel embedding lookup) looks up the indices that fall in each device's own
+rows (the others give 0); a scatter-add of batch-sharded updates adds each device's own.
 """
 
 from __future__ import annotations
@@ -70,3 +71,40 @@ def _clip(p: Partitioner, x: int, top: int, loc: str) -> int:
     t = p.b.types[x]
     low = p.b.emit("max", (x, p.b.full(0, t)), loc)
     return p.b.emit("min", (low, p.b.full(top, t)), loc)
+
+
+def scatter_local_rows(p: Partitioner, op: Op) -> bool:
+    """scatter_add with its indices and updates sharded alike on the index dims
+    ('abc,ij,aijc->abc'; i, j blocked): each device adds its own updates into its copy
+    (the operand counted on one device of the group only) and the result is a pending sum
+    over those axes, instead of gathering every update onto every device (the gradient of
+    an embedding lookup with the batch sharded); chosen when that moves fewer bytes."""
+    x, indices, updates = op.inputs
+    out = op.outputs[0]
+    (lx, xspec), (li, ispec), (lu, uspec) = p.env[x], p.env[indices], p.env[updates]
+    axis = op.attrs["axis"] % p.types[x].ndim
+    summed = {a for d in ispec.dims for a in d}
+    if not summed or xspec.partial or ispec.partial or uspec.partial or xspec.dims[axis]:
+        return False
+    if p.types[x].dtype == "bool" or summed & xspec.used_axes():
+        return False
+    if uspec.dims != xspec.dims[:axis] + ispec.dims + xspec.dims[axis + 1:]:
+        return False
+    axes = tuple(a for a in p.mesh.names if a in summed)
+    spec = ShardSpec(xspec.dims, axes, "sum")
+    f = op_factors(op, p.types)
+    fa, _ = choose_factor_axes(p, op, f)
+    generic = plan_cost(p, op, f, fa)
+    own = pending_sum_moved(p, out, spec)
+    if not own < generic:
+        return False
+    b, loc = p.b, op.loc
+    xt = b.types[lx]
+    first = b.emit("eq", (b.axis_index(axes), b.const(0, "int32")), loc)
+    first = b.emit("broadcast_in_dim", (first,), loc, shape=xt.shape, broadcast_dimensions=())
+    lx = b.emit("select", (first, lx, b.full(0, xt.strong())), loc)
+    summed_out = b.emit("scatter_add", (lx, li, lu), loc, axis=axis)
+    p.bind_result(out, summed_out, spec)
+    p.notes[out] = (f"updates added where they live {own:.0f} B moved over gathering them "
+                    f"{generic:.0f} B")
+    return True

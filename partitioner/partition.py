@@ -19,7 +19,7 @@ from partitioner.choose import choose_factor_axes
 from partitioner.collective_report import CollectiveRecord
 from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
-from partitioner.gathering import gather_own_rows
+from partitioner.gathering import gather_own_rows, scatter_local_rows
 from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
 from partitioner.slicing import realign_concat, realign_pad, realign_slice
@@ -171,6 +171,10 @@ class Partitioner:
 
     def op_pad(self, op: Op) -> None:
         if not realign_pad(self, op):
+            self.generic(op, op_factors(op, self.types))
+
+    def op_scatter_add(self, op: Op) -> None:
+        if not scatter_local_rows(self, op):
             self.generic(op, op_factors(op, self.types))
 
     def op_slice(self, op: Op) -> None:

@@ -245,3 +245,26 @@ def test_pad_of_the_sharded_dim_kept_sharded_shifts_rows_by_permutes() -> None:
     np.testing.assert_array_equal(np.asarray(out), want)
     for shard in out.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), want[shard.index])
+
+
+def embedding_grad(table: Any, idx: Any) -> Any:
+    return spmd.grad(lambda t: spmd.numpy.sum(spmd.numpy.take(t, idx, axis=0) ** 2))(table)
+
+
+def test_embedding_gradient_adds_each_devices_updates_locally() -> None:
+    # table [64, 32] on (-, model): local [64, 8]; idx [16, 8] on data: local [8, 8]. The
+    # gradient scatter-adds [16, 8, 32] updates (local [8, 8, 8]) into the table. Each
+    # device adds its own batch's updates: a pending sum over data of the [64, 8] block,
+    # all-reduced: 2048 B, moving 2 * 2048 * 1/2 = 2048 B. Gathering the updates and the
+    # indices instead moves 2048 + 256 = 2304 B. XLA all-reduces the [64, 8] block too.
+    table = rand(64, 32)
+    idx = np.random.default_rng(3).integers(0, 64, (16, 8)).astype(np.int32)
+    f = spmd.jit(embedding_grad)
+    args = [put(table, "2x4", None, "model"), put(idx, "2x4", "data")]
+    recs = records(f, *args)
+    assert summary(recs) == [("all_reduce", ("data",), 64 * 8 * F32, (64, 8))]
+    assert "gathering them 2304 B" in recs[0].reason
+    got = np.asarray(f(*args))
+    want = np.zeros_like(table)
+    np.add.at(want, idx, 2 * table[idx])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

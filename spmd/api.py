@@ -129,6 +129,8 @@ class Compiled:
         return self.executable.memory_per_device()
 
     def simulate(self, **options: Any) -> Any:
+        if any(self.lowered.donate):  # donated buffers are reused, as XLA does
+            options.setdefault("donate", self.lowered.donate)
         return self.executable.simulate(**options)
 
 

@@ -18,7 +18,7 @@ from .topology import topology_for
 
 DEFAULT_CHIP = "v5e"
 OPTIONS = ("chip", "topology", "overlap", "fuse", "check_memory", "while_iterations",
-           "slices", "calibrated")
+           "slices", "calibrated", "donate")
 _CACHE: dict[Any, SimReport] = {}
 _CACHE_LIMIT = 64
 
@@ -46,7 +46,8 @@ def simulate_program(program: Graph, axis_names: tuple[str, ...], axis_sizes: tu
     schedule: collectives beside independent compute, default True), fuse= (XLA-like
     fusion, default True), calibrated= (the chip's measured efficiencies, default True;
     False prices at 100% of spec), check_memory= (raise SimulationError past HBM, default
-    True), while_iterations= (1).
+    True), while_iterations= (1), donate= (one bool per program param: jit's donated
+    arguments, whose buffers die at their last use).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -59,6 +60,8 @@ def simulate_program(program: Graph, axis_names: tuple[str, ...], axis_sizes: tu
     explicit = options.pop("topology", None) or mesh_topology
     sizes = tuple(int(s) for s in axis_sizes) or (1,)
     names = tuple(axis_names) or ("_",)
+    if "donate" in options:
+        options["donate"] = tuple(bool(d) for d in options["donate"])
     key = (id(program), chip, explicit, slices, names, sizes, tuple(sorted(options.items())))
     cached = _CACHE.get(key)
     if cached is not None and cached.program is program:

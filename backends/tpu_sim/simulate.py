@@ -27,7 +27,8 @@ class Simulator:
 
     def __init__(self, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...],
                  axis_sizes: tuple[int, ...], *, overlap: bool = True, fuse: bool = True,
-                 check_memory: bool = True, while_iterations: int = 1) -> None:
+                 check_memory: bool = True, while_iterations: int = 1,
+                 donate: tuple[bool, ...] = ()) -> None:
         self.chip = chip
         self.topology = topology
         self.axis_names = tuple(axis_names)
@@ -36,6 +37,7 @@ class Simulator:
         self.fuse = fuse
         self.check_memory = check_memory
         self.while_iterations = while_iterations
+        self.donate = tuple(bool(d) for d in donate)  # per program param: freed at last use
         self.timeline = Timeline(1, overlap=overlap)
         self.rows: dict[int, OpRow] = {}
         self.notes: list[str] = []
@@ -222,11 +224,13 @@ class Simulator:
         self.track(graph, tracker, keep_params=False)
         return tracker.peak
 
-    def track(self, graph: Graph, tracker: MemoryTracker, keep_params: bool = True) -> None:
+    def track(self, graph: Graph, tracker: MemoryTracker, keep_params: bool = True,
+              donated: tuple[bool, ...] = ()) -> None:
         """Liveness over units: outputs allocate at their unit, inputs free at last use.
 
-        A view's output aliases its input. Params stay live (the caller holds them); a
-        control op adds its sub-graph's transient peak while it runs.
+        A view's output aliases its input. Params stay live (the caller holds them) unless
+        donated (jit's donate_argnums: XLA reuses their buffers, so they die at last use);
+        a control op adds its sub-graph's transient peak while it runs.
         """
         types = graph.types
         units = self.units(graph)
@@ -241,11 +245,17 @@ class Simulator:
         end = len(units)
         for v in graph.results:
             last[alias.get(v, v)] = end
+        live: dict[int, str] = {}
         if keep_params:
             for i, v in enumerate(graph.params):
-                tracker.alloc(f"argument {i} {types[v]}", types[v].nbytes)
-        params = set(graph.params)
-        live: dict[int, str] = {}
+                name = f"argument {i} {types[v]}"
+                tracker.alloc(name, types[v].nbytes)
+                if i < len(donated) and donated[i] and v not in alias:
+                    live[v] = name
+        params = set(graph.params) - set(live)
+        for v in list(live):
+            if last.get(v, -1) < 0:  # a donated argument nothing reads
+                tracker.free(live.pop(v))
         for i, u in enumerate(units):
             for v in u.outputs:
                 if v in alias:
@@ -272,7 +282,7 @@ class Simulator:
     def run(self, program: Graph) -> SimReport:
         """Simulate one call of `program` and report it."""
         tracker = MemoryTracker(self.chip.hbm_bytes if self.check_memory else 1 << 62)
-        self.track(program, tracker)
+        self.track(program, tracker, donated=self.donate)
         self.schedule(program, [0.0] * len(program.params))
         rows = list(self.rows.values())
         compute = sum(r.time_s for r in rows if r.kind != "collective")

@@ -36,6 +36,9 @@ class Unit:
     axes: tuple[str, ...] = ()
     op: Op | None = None  # the control op whose sub-graphs the scheduler walks
     producer: bool = False  # can fuse into its consumer (its root is elementwise or a view)
+    mxu: tuple[int, int, int] | None = None  # a matmul's (M, N, K), to re-price it fused
+    mxu_flops: float = 0.0  # the matmul's own FLOPs (FLOPs of fused prologue ops aside)
+    dtype: str = "float32"
 
 
 def _nbytes(graph: Graph, values: tuple[int, ...] | list[int]) -> int:
@@ -72,7 +75,8 @@ def _matmul(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
     if batch * m * n * k == 0:
         return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, 0.0, nbytes, 0.0)
     seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(m, n, k))
-    return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, flops, nbytes, seconds)
+    return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, flops, nbytes, seconds,
+                mxu=(m, n, k), mxu_flops=flops, dtype=dtype)
 
 
 def _attention(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
@@ -135,24 +139,25 @@ def build_units(graph: Graph, chip: ChipSpec, topology: Topology,
     units: list[Unit | None] = []
     group_of: dict[int, int] = {}  # value id -> index of the unit that defines it
     members: dict[int, list[Op]] = {}
+    dropped: dict[int, Unit] = {}  # producers fused into every consumer (copied into each)
+    kinds = {id(op): costing(op.name).kind for op in graph.ops}
     for op in graph.ops:
         unit = _single(op, graph, chip, topology, axis_names)
         absorbed: list[int] = []
-        if fuse and unit.kind in CONSUMER_KINDS:
+        if fuse and unit.kind in (*CONSUMER_KINDS, "matmul"):
             for v in dict.fromkeys(op.inputs):
                 index = group_of.get(v)
-                if index is None or index in absorbed or units[index] is None \
-                        or not units[index].producer:
+                if index is None or index in absorbed:
                     continue
-                outs = units[index].outputs
-                if any(o in results for o in outs):
-                    continue
-                if all(u is op for o in outs for u in users.get(o, [])):
+                producer = units[index] or dropped.get(index)
+                if producer is not None and _fusible(producer, op, users, results, kinds):
                     absorbed.append(index)
         if absorbed:
-            unit = _merge([units[i] for i in absorbed], unit, [members[i] for i in absorbed], op)
+            parts = [units[i] or dropped[i] for i in absorbed]
             for i in absorbed:
+                dropped[i] = parts[absorbed.index(i)]
                 units[i] = None
+            unit = _merge(parts, unit, [members[i] for i in absorbed], op)
         index = len(units)
         units.append(unit)
         members[index] = [m for i in absorbed for m in members[i]] + [op]
@@ -164,7 +169,28 @@ def build_units(graph: Graph, chip: ChipSpec, topology: Topology,
     for u in done:
         if u.kind in ("elementwise", "reduce", "copy", "fusion"):
             _price(u, graph, chip)
+        elif u.kind == "matmul" and u.mxu is not None and u.name != "dot_general":
+            # a matmul with fused operand producers: it reads their inputs instead, and the
+            # VPU work runs beside the MXU (XLA's fused convolution)
+            u.bytes = _nbytes(graph, u.inputs) + _nbytes(graph, u.outputs)
+            u.time = op_time(chip, u.mxu_flops, u.bytes, u.dtype, mxu_dims=u.mxu)
     return done
+
+
+FUSIBLE_USERS = (*CONSUMER_KINDS, "matmul")
+
+
+def _fusible(producer: Unit, op: Op, users: dict[int, list[Op]], results: set[int],
+             kinds: dict[int, str]) -> bool:
+    """Whether `op` fuses `producer` in: its only consumer, or (as XLA duplicates a cheap
+    elementwise producer) every consumer of it can fuse it."""
+    if not producer.producer or any(o in results for o in producer.outputs):
+        return False
+    consumers = [u for o in producer.outputs for u in users.get(o, [])]
+    if all(u is op for u in consumers):
+        return True
+    return producer.kind in ("elementwise", "fusion") and all(
+        kinds[id(u)] in FUSIBLE_USERS for u in consumers)
 
 
 def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) -> Unit:
@@ -174,9 +200,12 @@ def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) ->
     kinds = {p.kind for p in parts} | {root.kind}
     count = sum(len(m) for m in member_ops) + 1
     kind = "fusion" if kinds - {"view"} and count > 1 else root.kind
-    name = f"fusion[{count}]:{root.name}" if kind == "fusion" else root.name
+    if root.kind == "matmul":
+        kind = "matmul"
+    name = f"fusion[{count}]:{root.name}" if kind in ("fusion", "matmul") else root.name
     return Unit(name, kind, op.loc, inputs, root.outputs,
-                sum(p.flops for p in parts) + root.flops, producer=root.producer)
+                sum(p.flops for p in parts) + root.flops, producer=root.producer,
+                mxu=root.mxu, mxu_flops=root.mxu_flops, dtype=root.dtype)
 
 
 def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:

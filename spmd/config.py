@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from spmd import dtypes
-from spmd.errors import ShapeError
+from spmd.errors import ConfigError
 from spmd.validate import env_choice
 
 _ALIASES = {"jax_enable_x64": "jax_enable_x64", "x64": "jax_enable_x64"}
@@ -35,17 +35,17 @@ class Config:
         """Set one setting; an unknown name or a non-bool value is an error."""
         key = _ALIASES.get(name)
         if key is None:
-            raise ShapeError(f"unknown setting {name!r}",
-                             hint=f"spmd.config knows {sorted(_ALIASES)}")
+            raise ConfigError(f"unknown setting {name!r}",
+                              hint=f"spmd.config knows {sorted(_ALIASES)}")
         if not isinstance(value, bool):
-            raise ShapeError(f"{name} must be True or False, got {value!r}")
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
         dtypes.set_x64(value)
 
     def read(self, name: str) -> Any:
         key = _ALIASES.get(name)
         if key is None:
-            raise ShapeError(f"unknown setting {name!r}",
-                             hint=f"spmd.config knows {sorted(_ALIASES)}")
+            raise ConfigError(f"unknown setting {name!r}",
+                              hint=f"spmd.config knows {sorted(_ALIASES)}")
         return getattr(self, key)
 
 

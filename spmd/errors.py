@@ -110,6 +110,14 @@ class SimulationError(SpmdError, RuntimeError):
     """The simulated device ran out of memory or was asked for something it cannot model."""
 
 
+class ArgumentError(SpmdError, ValueError):
+    """An argument of the wrong kind: out-of-range argnums, a non-function where one belongs."""
+
+
+class ConfigError(SpmdError, ValueError):
+    """An SPMD_* environment variable or spmd.config setting spmd does not understand."""
+
+
 class InternalError(SpmdError, RuntimeError):
     """A broken internal invariant: this is a bug in spmd."""
 

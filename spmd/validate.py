@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from spmd.errors import ShapeError
-from spmd.errors import ShapeError as ArgumentError
+from spmd.errors import ArgumentError, ConfigError, ShapeError
 
 MAX_ELEMENTS = 1 << 40  # a size beyond this is a typo, not an array any machine holds
 
@@ -149,7 +148,7 @@ def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
     """An environment variable that must be one of `choices`."""
     value = os.environ.get(name, default)
     if value not in choices:
-        raise ArgumentError(f"{name}={value!r} is not one of {', '.join(choices)}",
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}",
                             loc="environment",
                             hint=f"unset {name}, or set it to one of {choices!r}")
     return value
@@ -165,6 +164,6 @@ def env_int(name: str, default: int, minimum: int = 1, maximum: int = 1 << 20) -
     except ValueError:
         value = None
     if value is None or not minimum <= value <= maximum:
-        raise ArgumentError(f"{name}={raw!r} must be an integer from {minimum} to {maximum}",
+        raise ConfigError(f"{name}={raw!r} must be an integer from {minimum} to {maximum}",
                             loc="environment", hint=f"unset {name}, or give e.g. {default}")
     return value

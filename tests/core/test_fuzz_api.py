@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import spmd
 import spmd.numpy as snp
 from spmd import NamedSharding, P, lax
-from spmd.errors import SpmdError
+from spmd.errors import ArgumentError, ConfigError, MeshError, ShapeError, SpmdError
 
 # Values a careless user passes where a size, an axis or an index belongs.
 BAD_NUMBERS = st.one_of(
@@ -138,9 +138,34 @@ def test_bad_specs_raise_spmd_errors(name, spec):
 ])
 def test_unknown_environment_values_are_refused_before_any_work(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
-    with pytest.raises(SpmdError, match=var) as err:
+    with pytest.raises(ConfigError, match=var) as err:
         spmd.jit(lambda a: a + 1)(np.ones(3))
     assert "hint" in str(err.value)
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: spmd.jit(lambda a: a, static_argnums=5), ArgumentError),
+    (lambda: spmd.jit(lambda a, b: a, donate_argnums=(0, -3)), ArgumentError),
+    (lambda: spmd.jit(42), ArgumentError),
+    (lambda: spmd.grad(lambda a: a, argnums=1), ArgumentError),
+    (lambda: spmd.vmap("f"), ArgumentError),
+    (lambda: spmd.make_mesh((2.5, 4)), MeshError),
+    (lambda: spmd.ShapeDtypeStruct((2.5, 4), "float32"), ShapeError),
+    (lambda: spmd.ShapeDtypeStruct((-1, 4), "float32"), ShapeError),
+    (lambda: snp.eye(-2), ShapeError),
+    (lambda: snp.full((2, -3), 1.0), ShapeError),
+    (lambda: snp.repeat(X, -1), ShapeError),
+])
+def test_each_listed_mistake_gets_its_class_at_the_door(call, error):
+    with pytest.raises(error) as err:
+        call()
+    assert "test_fuzz_api.py" in str(err.value) and "hint" in str(err.value)
+
+
+def test_static_argnums_beyond_a_varargs_call_is_refused():
+    f = spmd.jit(lambda *a: a[0], static_argnums=3)
+    with pytest.raises(ArgumentError, match="static_argnums"):
+        f(X, 1)
 
 
 def test_has_aux_needs_a_pair():

@@ -111,6 +111,18 @@ def class_programs(scale: int) -> list[Program]:
             4, 4, 32 * scale), [a], [("model",)], ("model",)),
         Program("reshape merging a minor sharded dim", lambda fw: lambda u: u.reshape(-1),
                 [a], [(None, "model")], ("model",)),
+        Program("reshape merging a 2-D sharded array", lambda fw: lambda u: u.reshape(-1) * 1.0,
+                [a], [("data", "model")], (("data", "model"),)),
+        Program("reshape 2-D sharded into another 2-D shape", lambda fw: lambda u: u.reshape(
+            32 * scale, 16) * 1.0, [a], [("data", "model")], ("data", "model")),
+        Program("transpose 3-D, sharded dims move", lambda fw: lambda u: u.transpose(2, 0, 1),
+                [x3], [("data", "model", None)], ("data", "model")),
+        Program("matmul, operands sharded on different axes", lambda fw: lambda u, v: u @ v,
+                [M.rand((32, 64), 57), M.rand((64, 16), 58)], [(None, "model"), ("data",)],
+                ()),
+        Program("matmul, result sharded across the operands' axes", lambda fw: lambda u, v: (
+            u @ v), [M.rand((32, 64), 57), M.rand((64, 16), 58)], [("data",), (None, "model")],
+                ("model", "data")),
         Program("slice of a sharded dim, kept sharded", lambda fw: lambda u: u[4:12] * 1.0,
                 [a], [("model",)], ("model",)),
         Program("slice of an uneven dim, replicated", lambda fw: lambda u: fw.constrain(

@@ -20,6 +20,7 @@ from partitioner.collective_report import CollectiveRecord
 from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.gathering import gather_own_rows, scatter_local_rows
+from partitioner.interval_plan import realign_then_gather
 from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
 from partitioner.slicing import realign_concat, realign_pad, realign_slice
@@ -178,7 +179,7 @@ class Partitioner:
             self.generic(op, op_factors(op, self.types))
 
     def op_slice(self, op: Op) -> None:
-        if not realign_slice(self, op):
+        if not realign_slice(self, op) and not realign_then_gather(self, op):
             self.generic(op, op_factors(op, self.types))
 
     def op_sharding_constraint(self, op: Op) -> None:

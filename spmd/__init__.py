@@ -4,6 +4,11 @@
     >>> f = spmd.jit(lambda x: snp.tanh(x) * 2)
     >>> float(f(0.5))
     0.9242343306541443
+
+JAX's names map one to one (`spmd.jit`, `spmd.vmap`, `spmd.shard_map`, `spmd.set_mesh`...).
+One name is shared: `spmd.checkpoint` is the save/restore module (orbax's job in JAX), and
+calling it, `spmd.checkpoint(f, policy=...)`, is `spmd.remat(f, policy=...)`, JAX's
+`jax.checkpoint`, so code written for JAX keeps working with only its imports changed.
 """
 
 from __future__ import annotations
@@ -49,6 +54,16 @@ from spmd.vmap import vmap
 from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
 from spmd import debug, scipy, sharding  # isort: skip
 from spmd.config import config  # isort: skip
+
+
+class _CheckpointModule(type(checkpoint)):
+    """spmd.checkpoint: the save/restore module, and callable as JAX's jax.checkpoint."""
+
+    def __call__(self, fun: object = None, **options: object) -> object:
+        return remat(fun, **options)
+
+
+checkpoint.__class__ = _CheckpointModule
 
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",

@@ -330,3 +330,15 @@ def test_collective_mistakes_in_shard_map_name_the_users_line(mesh, body, error)
     with pytest.raises(error) as err:
         mapped(np.ones((6, 8)))
     assert "test_jax_api.py" in str(err.value)
+
+
+def test_checkpoint_is_the_save_module_and_callable_as_jax_checkpoint():
+    x = np.linspace(0.1, 1.0, 4)
+    f = spmd.checkpoint(lambda v: snp.sin(snp.sin(v)))
+    want = np.cos(np.sin(x)) * np.cos(x)
+    np.testing.assert_allclose(np.asarray(spmd.grad(lambda v: f(v).sum())(x)), want,
+                               rtol=1e-12)
+    g = spmd.checkpoint(policy=spmd.checkpoint_policies.nothing_saveable)(snp.tanh)
+    np.testing.assert_allclose(np.asarray(spmd.jit(spmd.grad(lambda v: g(v).sum()))(x)),
+                               1 - np.tanh(x) ** 2, rtol=1e-12)
+    assert callable(spmd.checkpoint.save) and callable(spmd.checkpoint.restore)

@@ -31,7 +31,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # uncalibrated file prices ops at 100% of spec) and the data-center network between slices.
 OPTIONAL: dict[str, dict[str, float]] = {
     "efficiency": {"matmul": 1.0, "hbm": 1.0, "vpu_elements_per_cycle": 0.0,
-                   "op_overhead_s": 0.0, "ici_bandwidth": 1.0, "collective_call_s": 0.0},
+                   "op_overhead_s": 0.0, "matmul_overhead_s": 0.0, "ici_bandwidth": 1.0,
+                   "collective_call_s": 0.0},
     "dcn": {"bandwidth": 0.0, "latency_s": 0.0},
 }
 
@@ -60,7 +61,8 @@ class ChipSpec:
     matmul_efficiency: float = 1.0  # fraction of peak a large MXU-bound matmul reaches
     hbm_efficiency: float = 1.0  # fraction of HBM bandwidth a streaming op reaches
     vpu_elements_per_cycle: float = 0.0  # elements a fusion streams per cycle (0: no limit)
-    op_overhead_s: float = 0.0  # fixed cost of one kernel (fusion, matmul, copy)
+    op_overhead_s: float = 0.0  # fixed cost of one VPU kernel (fusion, copy)
+    matmul_overhead_s: float = 0.0  # fixed cost of one MXU kernel
     ici_efficiency: float = 1.0  # fraction of link bandwidth a large collective reaches
     collective_call_s: float = 0.0  # fixed cost of one collective call (sync, setup)
     dcn_bandwidth: float = 0.0  # bytes/s per chip between slices (0: no multi-slice)
@@ -93,7 +95,8 @@ class ChipSpec:
     def ideal(self) -> ChipSpec:
         """This chip at 100% of spec: no efficiency factors, overheads or element limits."""
         return replace(self, matmul_efficiency=1.0, hbm_efficiency=1.0,
-                       vpu_elements_per_cycle=0.0, op_overhead_s=0.0, ici_efficiency=1.0,
+                       vpu_elements_per_cycle=0.0, op_overhead_s=0.0, matmul_overhead_s=0.0,
+                       ici_efficiency=1.0,
                        collective_call_s=0.0)
 
     def wraps(self, axis_size: int, slice_chips: int) -> bool:

@@ -39,7 +39,7 @@ def mxu_padding_factor(mxu_dims: Sequence[int], tile: int) -> float:
 
 def op_time(chip: ChipSpec, flops: float, bytes_accessed: float, dtype: str = "bf16",
             mxu_dims: Sequence[int] | None = None, elements: float = 0.0) -> float:
-    """Calibrated roofline of one kernel: op_overhead + max(flops / (peak(dtype) x matmul
+    """Calibrated roofline of one kernel: overhead + max(flops / (peak(dtype) x matmul
     efficiency), bytes / (HBM bandwidth x hbm efficiency), elements / VPU element rate).
 
     mxu_dims=(M, N, K) marks a matmul: each dim pads to a multiple of the chip's MXU
@@ -57,13 +57,17 @@ def op_time(chip: ChipSpec, flops: float, bytes_accessed: float, dtype: str = "b
             hint="pass FLOPs and bytes >= 0",
         )
     compute = flops / chip.peak_flops(dtype)
+    overhead = chip.op_overhead_s
+    rate = chip.vpu_elements_per_cycle * chip.clock_hz
     if mxu_dims is not None:
         compute *= mxu_padding_factor(mxu_dims, chip.mxu_dim) / chip.matmul_efficiency
+        overhead = chip.matmul_overhead_s
+        # the result drains through the VPU at about twice a fusion's element rate (libtpu
+        # prices a 16384x4096x128 matmul by its output: 75 elements/cycle on v5e)
+        elements = elements or mxu_dims[0] * mxu_dims[1] / 2
     memory = bytes_accessed / (chip.hbm_bandwidth * chip.hbm_efficiency)
-    vpu = 0.0
-    if elements and chip.vpu_elements_per_cycle:
-        vpu = elements / (chip.vpu_elements_per_cycle * chip.clock_hz)
-    return chip.op_overhead_s + max(compute, memory, vpu)
+    vpu = elements / rate if elements and rate else 0.0
+    return overhead + max(compute, memory, vpu)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ and the inputs are embedded activations (the embedding gather is not modelled).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ class Model:
     batch_per_device: int
     seq: int
     remat: str = "full"  # "full" (nothing saveable), "dots", "none"
+    fused_attention: bool = True  # False: einsum scores, softmax, einsum (S x S in HBM)
 
     @property
     def params(self) -> int:
@@ -84,14 +86,26 @@ def rms_norm(x: Any, scale: Any) -> Any:
     return (norm * scale).astype(x.dtype)
 
 
-def layer(x: Any, w: dict[str, Any]) -> tuple[Any, None]:
+def unfused_attention(q: Any, k: Any, v: Any) -> Any:
+    """Causal attention as three ops (MHA only): the [b, n, s, t] scores go through HBM."""
+    seq, head_dim = q.shape[1], q.shape[-1]
+    scores = snp.einsum("bsnh,btnh->bnst", q, k) * (1.0 / math.sqrt(head_dim))
+    causal = snp.tril(snp.ones((seq, seq), "bool"))
+    scores = snp.where(causal, scores, -1e9)
+    return snp.einsum("bnst,btnh->bsnh", spmd.nn.softmax(scores, axis=-1), v)
+
+
+def layer(x: Any, w: dict[str, Any], fused: bool = True) -> tuple[Any, None]:
     """One pre-norm decoder block in bf16 (weights cast from their float32 masters)."""
     c = {k: v.astype("bfloat16") for k, v in w.items()}
     h = rms_norm(x, c["norm1"])
     q = snp.einsum("bsd,dnh->bsnh", h, c["wq"])
     k = snp.einsum("bsd,dnh->bsnh", h, c["wk"])
     v = snp.einsum("bsd,dnh->bsnh", h, c["wv"])
-    a = spmd.nn.dot_product_attention(q, k, v, is_causal=True)
+    if fused:
+        a = spmd.nn.dot_product_attention(q, k, v, is_causal=True)
+    else:
+        a = unfused_attention(q, k, v)
     x = x + snp.einsum("bsnh,nhd->bsd", a, c["wo"])
     h = rms_norm(x, c["norm2"])
     gate = spmd.nn.silu(snp.einsum("bsd,df->bsf", h, c["w1"]))
@@ -103,7 +117,8 @@ POLICIES = {"full": None, "dots": spmd.checkpoint_policies.dots_saveable}
 
 
 def loss_fn(model: Model) -> Any:
-    body = layer if model.remat == "none" else spmd.remat(layer, policy=POLICIES[model.remat])
+    block = functools.partial(layer, fused=model.fused_attention)
+    body = block if model.remat == "none" else spmd.remat(block, policy=POLICIES[model.remat])
     stacked = ("wq", "wk", "wv", "wo", "w1", "w3", "w2", "norm1", "norm2")
 
     def loss(params: dict[str, Any], x: Any) -> Any:

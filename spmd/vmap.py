@@ -10,8 +10,9 @@ spmd.lax, so vmap composes with jit, grad and sharded arrays. The batch dim is k
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,8 @@ def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
     from spmd.validate import check_callable
 
     check_callable("vmap", fun)
-    if axis_name is not None:
-        raise ShapeError(f"vmap(axis_name={axis_name!r}): collectives over a vmapped axis "
-                         "are not supported", describe_loc(),
-                         "drop axis_name and reduce over the mapped dim after vmap")
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise ShapeError(f"vmap axis_name must be a string, got {axis_name!r}", describe_loc())
 
     @functools.wraps(fun)
     def run(*args: Any) -> Any:
@@ -60,14 +59,30 @@ def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
         size = _batch_size(leaves, axes, axis_size)
         moved = [_to_front(x, a) for x, a in zip(leaves, axes)]
         examples = [_Abstract(_example_type(x, a is not None)) for x, a in zip(moved, axes)]
-        graph, out_tree, captured = trace_to_graph(fun, examples, treedef)
+        with _named_axis(axis_name, size):
+            graph, out_tree, captured = trace_to_graph(fun, examples, treedef)
         ins = [(x, a is not None) for x, a in zip(moved, axes)] + [(c, False) for c in captured]
-        outs = replay_batched(graph, ins, size)
+        outs = replay_batched(graph, ins, size, axis_name)
         out_axes_leaves = _axes_per_leaf(out_axes, tree_unflatten(out_tree, outs), "out_axes")
         results = [_from_front(v, b, a, size) for (v, b), a in zip(outs, out_axes_leaves)]
         return tree_unflatten(out_tree, results)
 
     return run
+
+
+@contextlib.contextmanager
+def _named_axis(axis_name: str | None, size: int) -> Iterator[None]:
+    """While tracing f: collectives may name the vmapped axis (beside any shard_map's)."""
+    if axis_name is None:
+        yield
+        return
+    from spmd.collective_api import current_mesh_axes, mesh_axes
+
+    outer = current_mesh_axes()
+    names = (outer.axis_names if outer else ()) + (axis_name,)
+    sizes = (outer.axis_sizes if outer else ()) + (size,)
+    with mesh_axes(names, sizes):
+        yield
 
 
 def _axes_per_leaf(spec: Any, tree: Any, what: str) -> list[int | None]:
@@ -152,13 +167,20 @@ def _broadcast_front(x: Any, size: int) -> Any:
     return lax.broadcast_in_dim(x, (size, *t.shape), tuple(range(1, t.ndim + 1)))
 
 
-def replay_batched(graph: Graph, ins: Sequence[Value], size: int) -> list[Value]:
-    """Run `graph` (traced on one example) on batched inputs: (value, batched) per result."""
+def replay_batched(graph: Graph, ins: Sequence[Value], size: int,
+                   axis_name: str | None = None) -> list[Value]:
+    """Run `graph` (traced on one example) on batched inputs: (value, batched) per result.
+    Collectives over `axis_name` become reductions over the batch dim."""
+    from spmd.vmap_rules import named_axis_collective
+
     env: dict[int, Value] = dict(zip(graph.params, ins))
     for op in graph.ops:
         args = [env[v] for v in op.inputs]
         with loc_scope(op.loc):
-            outs = _batch_op(op, args, size)
+            if axis_name is not None and axis_name in (op.attrs.get("axes") or ()):
+                outs = named_axis_collective(op, args, size, axis_name)
+            else:
+                outs = _batch_op(op, args, size)
         env.update(zip(op.outputs, outs))
     return [env[r] for r in graph.results]
 

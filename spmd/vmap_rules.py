@@ -114,6 +114,36 @@ def _size_first(shape: Any, x: Any) -> tuple[int, ...]:
     return (type_of(x).shape[0], *shape)
 
 
+def named_axis_collective(op: Any, args: Args, size: int, name: str) -> list[tuple[Any, bool]]:
+    """A collective over vmap's axis_name: psum/pmax/pmin reduce the batch dim, axis_index is
+    the example's position, all_gather concatenates the examples (results are unbatched)."""
+    from spmd.errors import ShapeError
+    from spmd.tracing import describe_loc
+
+    if tuple(op.attrs["axes"]) != (name,):
+        raise ShapeError(f"{op.name} over {op.attrs['axes']!r} mixes vmap's axis {name!r} with "
+                         "shard_map axes", describe_loc(), "do the two collectives one by one")
+    if op.name == "axis_index":
+        return [(lax.iota("int32", (size,)), True)]
+    (x, batched), = args
+    kind = op.attrs.get("kind")
+    if op.name == "all_reduce" and kind in ("sum", "max", "min"):
+        if batched:
+            return [(lax.reduce(x, kind, (0,)), False)]
+        return [(lax.mul(x, size) if kind == "sum" else x, False)]
+    if op.name == "all_gather":
+        x = _batched(x, batched, size)
+        t = type_of(x)
+        dim = int(op.attrs["dim"])
+        moved = _front(x, 0) if dim == 0 else lax.transpose(
+            x, (*range(1, dim + 1), 0, *range(dim + 1, t.ndim)))
+        shape = list(t.shape[1:])
+        shape[dim] *= size
+        return [(lax.reshape(moved, shape), False)]
+    raise ShapeError(f"{op.name} over vmap's axis {name!r} is not supported", describe_loc(),
+                     "use psum, pmean, pmax, pmin, axis_index or all_gather over a vmapped axis")
+
+
 RULES: dict[str, Rule] = {
     "dot_general": _dot_general,
     "concatenate": _concatenate,

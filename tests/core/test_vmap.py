@@ -105,3 +105,24 @@ def test_bad_axes_are_clear_errors():
         spmd.vmap(lambda u: u, out_axes=None)(a)
     with pytest.raises(spmd.errors.SpmdError):
         spmd.vmap(3)
+
+
+def test_collectives_over_the_vmapped_axis():
+    xs = RNG.standard_normal((3, 4)).astype(np.float32)
+    norm = spmd.vmap(lambda v: v / lax.psum(v, "b"), axis_name="b")
+    np.testing.assert_allclose(np.asarray(norm(xs)), xs / xs.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(spmd.jit(norm)(xs)), xs / xs.sum(0), rtol=1e-5)
+    centred = spmd.vmap(lambda v: v - lax.pmean(v, "b"), axis_name="b")(xs)
+    np.testing.assert_allclose(np.asarray(centred), xs - xs.mean(0), rtol=1e-5, atol=1e-6)
+    top = spmd.vmap(lambda v: lax.pmax(v, "b"), axis_name="b")(xs)
+    np.testing.assert_array_equal(np.asarray(top), np.broadcast_to(xs.max(0), xs.shape))
+    where = spmd.vmap(lambda v: lax.axis_index("b") + 0 * v.sum().astype("int32"),
+                      axis_name="b")(xs)
+    np.testing.assert_array_equal(np.asarray(where), [0, 1, 2])
+    everyone = spmd.vmap(lambda v: lax.all_gather(v, "b"), axis_name="b")(xs)
+    np.testing.assert_array_equal(np.asarray(everyone), np.broadcast_to(xs, (3, 3, 4)))
+    grads = spmd.grad(lambda w: spmd.vmap(lambda v: lax.psum(v * w, "b"),
+                                          axis_name="b")(xs).sum())(np.float32(2.0))
+    np.testing.assert_allclose(float(grads), 3 * xs.sum(), rtol=1e-5)
+    with pytest.raises(ShapeError, match="not supported"):
+        spmd.vmap(lambda v: lax.ppermute(v, "b", [(0, 1)]), axis_name="b")(xs)

@@ -90,8 +90,8 @@ def local_result(size: int, monkeypatch: pytest.MonkeyPatch) -> tuple[float, flo
     return result(out.getvalue())
 
 
-def check_world(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    codes, _, outs, errs = finish(start_world(size, "collectives+train"), timeout=150)
+def check_world(size: int, monkeypatch: pytest.MonkeyPatch, budget: float = 150) -> None:
+    codes, _, outs, errs = finish(start_world(size, "collectives+train"), timeout=budget)
     assert codes == [0] * size, "\n".join(errs)[-4000:]
     for rank, out in enumerate(outs):
         assert f"STARTED rank={rank} count={size} local=[{rank}] kind=tcp" in out
@@ -108,9 +108,9 @@ def test_four_processes_match_numpy_and_the_local_runtime(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_eight_processes_match_numpy_and_the_local_runtime(monkeypatch) -> None:
-    check_world(8, monkeypatch)
+    check_world(8, monkeypatch, budget=300)  # 8 processes on a loaded 2-core machine: minutes
 
 
 @pytest.mark.timeout(120)

@@ -209,6 +209,27 @@ def test_world_size_disagreement_fails_both_ranks() -> None:
     assert errors == {0: want, 1: want}
 
 
+def test_a_rank_with_another_secret_is_told_so_and_rank_0_keeps_waiting() -> None:
+    port = free_port()
+    errors: dict[int, str] = {}
+
+    def join(rank: int, secret: bytes, timeout: float) -> None:
+        try:
+            rendezvous(Launch(rank, 2, "127.0.0.1", port, rank), 1000 + rank, timeout, secret)
+        except LaunchError as exc:
+            errors[rank] = exc.problem
+
+    threads = [threading.Thread(target=join, args=args)
+               for args in ((0, SECRET.encode(), 4.0), (1, b"another-job-s-secret-000000", 10.0))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert "rank 1 refused the rendezvous at 127.0.0.1" in errors[1]
+    assert "SPMD_JOB_SECRET differs" in errors[1]
+    assert errors[0] == "rank 0 waited 4 s for ranks [1] of WORLD_SIZE=2 to join"
+
+
 def pair() -> tuple[list[SocketChannel], list[SocketCommunicator]]:
     """Two connected channels in this process and a (2,) mesh's communicators over them."""
     mailboxes = [Mailbox(), Mailbox()]

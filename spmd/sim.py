@@ -89,7 +89,8 @@ _STATE = _State()
 def abstract(**options: Any) -> Iterator[None]:
     """Jitted calls run shapes only: they return ShapeDtypeStructs and record a SimReport.
 
-    Options go to the simulator (chip=, topology=, overlap=, fuse=, check_memory=).
+    Options go to the simulator (chip=, topology=, slices=, overlap=, fuse=, calibrated=,
+    check_memory=, donate=).
     """
     saved = dict(_STATE.options)
     _STATE.depth += 1

@@ -72,7 +72,7 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
     check_stage_dim(leaves, table.stages)
     leaves = [circular(x, p, stages_per_device) for x in leaves]
     pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid)
+    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
     check_input(inputs, xspec, grid, axis, num_microbatches)
 
     def body(local_leaves: list[Any], x: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 from spmd import lax
 from spmd.errors import ShapeError, ShardingError
 from spmd.sharding import Mesh, NamedSharding, P, PartitionSpec, current_mesh
-from spmd.tracing import describe_loc, type_of
+from spmd.tracing import Tracer, describe_loc, type_of
 from spmd.tree import tree_leaves
 
 
@@ -64,17 +64,28 @@ def check_stage_dim(leaves: list[Any], stages: int) -> None:
                              f"stack the parameters of the {stages} stages on dim 0")
 
 
-def own_spec(x: Any, grid: Mesh) -> PartitionSpec:
+def own_spec(x: Any, grid: Mesh, axis: str) -> PartitionSpec:
+    """x's layout: an Array's sharding, or inside jit the one propagation gives the traced
+    value (spmd.typeof), without the pipe axis (the pipeline lays that one out itself).
+    Replicating a weight the stage body expects sharded would double its psums."""
     sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh == grid:
-        return sharding.spec
-    return P()
+    if isinstance(x, Tracer):
+        from spmd.explicit import typeof
+
+        sharding = typeof(x).sharding
+    if not isinstance(sharding, NamedSharding) or sharding.mesh != grid:
+        return P()
+    entries = []
+    for e in tuple(sharding.spec):
+        names = tuple(n for n in ((e,) if isinstance(e, str) else tuple(e or ())) if n != axis)
+        entries.append(None if not names else names[0] if len(names) == 1 else names)
+    return P(*entries)
 
 
 def stage_specs(given: Any, leaves: list[Any], treedef: Any, grid: Mesh,
                  axis: str) -> list[PartitionSpec]:
     if given is None:
-        specs = [own_spec(x, grid) for x in leaves]
+        specs = [own_spec(x, grid, axis) for x in leaves]
     elif isinstance(given, PartitionSpec):
         specs = [given] * len(leaves)
     else:

@@ -63,7 +63,7 @@ def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
     check_stage_dim(leaves, table.stages)
     leaves = [circular(x, p, stages_per_device) for x in leaves]
     pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid)
+    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
     check_input(inputs, xspec, grid, axis, num_microbatches)
     if type_of(targets).shape[:1] != type_of(inputs).shape[:1]:
         raise ShapeError(f"pipeline_value_and_grad: targets of shape {type_of(targets).shape} "

@@ -51,7 +51,7 @@ def simulate_pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, in
     leaves, treedef = tree_flatten(stage_params)
     check_stage_dim(leaves, table.stages)
     pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid)
+    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
     check_input(inputs, xspec, grid, axis, num_microbatches)
     options.setdefault("check_memory", False)
     one_stage = [_shape(x, (p,) + tuple(type_of(x).shape[1:]), grid, s)

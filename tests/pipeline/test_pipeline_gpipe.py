@@ -134,3 +134,20 @@ def test_errors_name_the_mistake():
         spmd.pipeline(lambda p, h: h[:, :2], params, x, num_microbatches=4, mesh=mesh)
     with pytest.raises(ShapeError, match="pipeline_value_and_grad"):
         spmd.pipeline(stage, params, x, num_microbatches=4, mesh=mesh, schedule="1f1b")
+
+
+def test_inside_jit_specs_come_from_the_arguments_shardings():
+    """No param_specs: the traced weights keep their 'model' sharding (replicating them would
+    double the stage's psum over 'model')."""
+    mesh = spmd.make_mesh((2, 2, 2), ("data", "pipe", "model"))
+    rng = np.random.default_rng(4)
+    w1 = (rng.standard_normal((2, D, 8)) * 0.4).astype(np.float32)
+    w2 = (rng.standard_normal((2, 8, D)) * 0.4).astype(np.float32)
+    x = rng.standard_normal((8, D)).astype(np.float32)
+    put = spmd.device_put
+    args = (put(w1, spmd.NamedSharding(mesh, P("pipe", None, "model"))),
+            put(w2, spmd.NamedSharding(mesh, P("pipe", "model", None))),
+            put(x, spmd.NamedSharding(mesh, P("data"))))
+    y = spmd.jit(lambda w1, w2, x: spmd.pipeline(megatron_stage, {"w1": w1, "w2": w2}, x,
+                                                 num_microbatches=2, mesh=mesh))(*args)
+    np.testing.assert_allclose(np.asarray(y), megatron_forward(w1, w2, x), rtol=1e-5, atol=1e-5)

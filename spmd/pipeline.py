@@ -5,8 +5,9 @@ runs the same unrolled program: each forward tick of the schedule table
 (spmd/pipeline_schedule.py) runs the stage body on the device's slot and shifts the
 activations one device along the axis with a collective permute whose report reason names
 the tick, the stages and the microbatches. Backwards come from autodiff (spmd.grad), so
-gpipe and interleaved run all forwards then all backwards; 1F1B is
-spmd.pipeline_1f1b.pipeline_value_and_grad. Built on spmd.shard_map; imports no backend.
+gpipe and interleaved run all forwards then all backwards; 1F1B needs the loss inside the
+pipeline: spmd.pipeline_value_and_grad (spmd/pipeline_grad.py). Built on spmd.shard_map;
+imports no backend.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
     blocks (as in shard_map: a stage whose weights are sharded over "model" psums over it).
     stage_params: a pytree whose leaves have a leading dim S = axis size * stages_per_device
     (stage order); inputs: one array whose leading (batch) dim splits into num_microbatches.
-    Specs default to each Array's own sharding (a parameter's dim 0 goes on `axis`); pass
-    param_specs (a pytree of P) / input_spec inside jit. Returns stage S-1's outputs for the
-    whole batch, laid out like inputs. Differentiable; schedule "gpipe" or "interleaved"
-    (stages_per_device > 1: circular, a smaller bubble). Differentiate it with spmd.grad.
+    Specs default to each argument's own sharding (inside jit, the traced value's; a
+    parameter's dim 0 goes on `axis`), or pass param_specs (a pytree of P) / input_spec.
+    Returns stage S-1's outputs for the whole batch, laid out like inputs. schedule "gpipe"
+    or "interleaved" (stages_per_device > 1: circular, a smaller bubble); differentiate it
+    with spmd.grad. Each tick's permute is named in compiled.collectives().
 
         >>> import spmd, numpy as np, spmd.numpy as snp
         >>> mesh = spmd.make_mesh((4,), ("pipe",))

@@ -127,6 +127,12 @@ def class_programs(scale: int) -> list[Program]:
                 [a], [("model",)], ("model",)),
         Program("slice of an uneven dim, replicated", lambda fw: lambda u: fw.constrain(
             u * 2.0, (None, "model"))[:, 3:20] * 1.0, [M.rand((8, 30), 54)], [()], ()),
+        Program("slice [12:18] of an uneven dim (30 over 4), replicated", lambda fw: lambda u: (
+            fw.constrain(u * 2.0, (None, "model"))[:, 12:18] * 1.0), [M.rand((8, 30), 54)],
+                [()], ()),
+        Program("slice [0:10] of an uneven dim (30 over 8), replicated", lambda fw: lambda u: (
+            fw.constrain(u * 2.0, (None, ("data", "model")))[:, 0:10] * 1.0),
+                [M.rand((8, 30), 54)], [()], ()),
         Program("concatenate along a sharded dim", lambda fw: lambda u, v: (
             fw.np.concatenate([u, v], axis=0)), [a, b], [("model",), ("model",)], ("model",)),
         Program("concatenate along an unsharded dim", lambda fw: lambda u, v: (

@@ -13,7 +13,7 @@ import numpy as np
 
 from partitioner.builder import ProgramBuilder
 from partitioner.cost import reshard_moved
-from partitioner.permute_plan import schedule
+from partitioner.permute_plan import MAX_DEVICES, schedule
 from partitioner.spec import AxisTuple, ShardSpec, shard_size
 from spmd.ir.graph import Op
 
@@ -57,6 +57,8 @@ def realign_then_gather(p: Partitioner, op: Op) -> bool:
     d = sharded[0]
     axes = spec.dims[d]
     k = p.mesh.size(axes)
+    if k > MAX_DEVICES:
+        return False  # the schedule is built per device pair in Python
     size = limits[d] - starts[d]
     pieces = [x for x in intervals(gtype.shape[d], k, starts[d], size) if x[0] != x[1]]
     rounds = schedule(pieces)

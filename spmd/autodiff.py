@@ -196,6 +196,11 @@ def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
     return result
 
 
+# Set by spmd.shard_map while it traces a body: (primal leaves, their cotangents) -> the
+# cotangents to return (JAX's rule: a value the same on every device gets a summed ct).
+cotangent_hook: Callable[[Sequence[Any], list[Any]], list[Any]] | None = None
+
+
 def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
     """(out, vjp_fn) or (out, vjp_fn, aux): vjp_fn(ct) gives one cotangent per primal."""
     leaves, treedef = tree_flatten(primals)
@@ -222,6 +227,8 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
             raise ShapeError(f"vjp_fn got a cotangent with structure {ct_tree}, the function's "
                              f"output has {out_tree}", describe_loc())
         param_cts = backward(graph, env, ct_leaves)
+        if cotangent_hook is not None:  # shard_map: an invariant primal's ct is psum'd
+            param_cts = cotangent_hook(leaves, param_cts)
         return tree_unflatten(treedef, param_cts[:n])
 
     if has_aux:

@@ -190,13 +190,16 @@ def _on_device(out: Any, sharding: Any) -> Any:
     return optree.tree_map(label, out, namespace="spmd")
 
 
-def place(x: Any, out_sharding: Any = None, device: Any = None) -> Any:
+def place(x: Any, out_sharding: Any = None, device: Any = None, *,
+          explicit_only: bool = True) -> Any:
     """The result of a creation or contraction function, laid out as asked (JAX's
     `out_sharding=` / `device=`): a constraint inside jit, a device_put outside it."""
     target = out_sharding if out_sharding is not None else device
     if target is None:
         return x
     sharding = as_sharding(target, "out_sharding")
+    if out_sharding is not None and explicit_only and isinstance(sharding, NamedSharding):
+        _check_explicit(sharding)
     if current_trace() is None:
         return device_put(x, sharding)
     if isinstance(sharding, SingleDeviceSharding):
@@ -206,18 +209,34 @@ def place(x: Any, out_sharding: Any = None, device: Any = None) -> Any:
     return with_sharding_constraint(x, sharding)
 
 
+def _check_explicit(sharding: NamedSharding) -> None:
+    """JAX's rule: out_sharding may only name Explicit mesh axes."""
+    types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types))
+    for dim in sharding.dim_axes(len(sharding.spec)):
+        for axis in dim:
+            if types[axis] != AxisType.Explicit:
+                raise ShardingError(
+                    f"out_sharding {sharding.spec!r} names mesh axis {axis!r}, which is "
+                    f"{types[axis].value}", describe_loc(),
+                    "make the axis Explicit (make_mesh(..., axis_types=(AxisType.Explicit, "
+                    "...)), or spmd.sharding.explicit_axes), or use reshard / "
+                    "with_sharding_constraint")
+
+
 def reshard(x: Any, out_shardings: Any) -> Any:
     """JAX's jax.reshard: x (a pytree) laid out as out_shardings (a sharding, a bare P, or a
     matching pytree), inside jit or outside it."""
     if _is_spec_leaf(out_shardings):
-        return optree.tree_map(lambda v: place(v, out_shardings), x, namespace="spmd")
+        return optree.tree_map(lambda v: place(v, out_shardings, explicit_only=False), x,
+                               namespace="spmd")
     specs = optree.tree_flatten(out_shardings, is_leaf=_is_spec_leaf, none_is_leaf=True,
                                 namespace="spmd")[0]
     leaves, tree = optree.tree_flatten(x, namespace="spmd")
     if len(specs) != len(leaves):
         raise ShardingError(f"reshard got {len(leaves)} arrays but {len(specs)} shardings",
                             describe_loc(), "give one sharding, or a pytree matching x")
-    return optree.tree_unflatten(tree, [place(v, s) for v, s in zip(leaves, specs)])
+    return optree.tree_unflatten(tree, [place(v, s, explicit_only=False)
+                                        for v, s in zip(leaves, specs)])
 
 
 def _with_axis_types(f: Callable[..., Any], kind: AxisType, axes: Any,

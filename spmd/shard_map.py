@@ -80,14 +80,18 @@ def shard_map(f: Callable[..., Any] | None = None, mesh: Mesh | None = None,
         in_dims = [_normalize(s, t.ndim, grid, n) for s, t, n in zip(specs, in_types, names)]
         local = [_local_type(t, d, grid, n) for t, d, n in zip(in_types, in_dims, names)]
         _MARKS.append({})
+        from spmd import autodiff
+
+        hook = autodiff.cotangent_hook
+        summing = _InvariantCotangents(f, in_dims, grid, _MARKS[-1])
+        autodiff.cotangent_hook = summing if check else None
         try:
             with mesh_axes(grid.axis_names, grid.axis_sizes):
-                from spmd.autodiff import trace_to_graph
-
-                body, out_tree, captured = trace_to_graph(f, [_Abstract(t) for t in local],
-                                                          treedef)
+                body, out_tree, captured = autodiff.trace_to_graph(
+                    summing.body, [_Abstract(t) for t in local], treedef)
         finally:
             marks = _MARKS.pop()
+            autodiff.cotangent_hook = hook
         outs_shown = tree_unflatten(out_tree, list(range(len(body.results))))
         out_given = _specs_per_leaf(out_specs, outs_shown, "out_specs")
         out_dims = [_normalize(s, t.ndim, grid, f"output {j}")
@@ -128,6 +132,45 @@ class _EagerShardMap:
             jitted.__name__ = getattr(traced, "__name__", "shard_map")
             self.jitted[grid] = jitted
         return self.jitted[grid](*args)
+
+
+class _InvariantCotangents:
+    """JAX's rule for grad inside shard_map (with the varying-axes check on): a primal that
+    is the same on every device along some axes gets its cotangent summed over them (the
+    transpose of the implicit pvary). Handles grads taken in the body itself."""
+
+    def __init__(self, f: Callable[..., Any], in_dims: list[Spec], grid: Mesh,
+                 marks: dict[int, frozenset[str]]):
+        self.f = f
+        self.param_axes = [frozenset(a for dim in spec for a in dim) for spec in in_dims]
+        self.grid = grid
+        self.marks = marks
+        self.trace: Any = None
+
+    def body(self, *args: Any) -> Any:
+        self.trace = current_trace()  # the body's trace: the params are its first values
+        return self.f(*args)
+
+    def __call__(self, primals: Sequence[Any], cts: list[Any]) -> list[Any]:
+        from spmd.collective_api import psum
+        from spmd.tracing import Tracer
+        from spmd.varying import ops_varying
+
+        trace = self.trace
+        if trace is None or current_trace() is not trace:
+            return cts  # a grad in a nested trace (scan, cond...): left as it is
+        env = ops_varying(trace.ops, dict(zip(trace.params, self.param_axes)), self.marks)
+        out = []
+        for p, ct in zip(primals, cts):
+            if not isinstance(ct, Tracer) or ct.trace is not trace:
+                out.append(ct)
+                continue
+            mine = env.get(p.id, frozenset()) if isinstance(p, Tracer) and p.trace is trace \
+                else frozenset()
+            extra = env.get(ct.id, frozenset()) - mine
+            axes = tuple(a for a in self.grid.axis_names if a in extra)
+            out.append(psum(ct, axes) if axes else ct)
+        return out
 
 
 _MARKS: list[dict[int, frozenset[str]]] = []  # pvary marks of the shard_map bodies being traced

@@ -25,12 +25,19 @@ VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_ind
 def body_varying(graph: Graph, param_axes: Sequence[Axes], marks: dict[int, Axes],
                  ) -> list[Axes]:
     """The varying axes of each result of `graph`, given those of its params."""
-    env: dict[int, Axes] = dict(zip(graph.params, param_axes))
-    for op in graph.ops:
+    env = ops_varying(graph.ops, dict(zip(graph.params, param_axes)), marks)
+    return [env.get(r, frozenset()) for r in graph.results]
+
+
+def ops_varying(ops: Sequence[Op], env: dict[int, Axes], marks: dict[int, Axes],
+                ) -> dict[int, Axes]:
+    """The varying axes of every value `ops` define, given those of the values in `env`."""
+    env = dict(env)
+    for op in ops:
         outs = _op_varying(op, [env.get(v, frozenset()) for v in op.inputs], marks)
         for vid, axes in zip(op.outputs, outs):
             env[vid] = axes | marks.get(vid, frozenset())
-    return [env.get(r, frozenset()) for r in graph.results]
+    return env
 
 
 def _op_varying(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:

@@ -342,3 +342,35 @@ def test_checkpoint_is_the_save_module_and_callable_as_jax_checkpoint():
     np.testing.assert_allclose(np.asarray(spmd.jit(spmd.grad(lambda v: g(v).sum()))(x)),
                                1 - np.tanh(x) ** 2, rtol=1e-12)
     assert callable(spmd.checkpoint.save) and callable(spmd.checkpoint.restore)
+
+
+def test_grad_in_a_shard_map_body_sums_the_cotangent_of_a_replicated_value():
+    mesh = spmd.make_mesh((4,), ("b",))
+    w = np.array([0.5, -1.0], np.float32)
+    xs = np.random.default_rng(1).standard_normal((8, 2)).astype(np.float32)
+
+    def local(w, x):
+        return snp.sum(snp.tanh(x * w))
+
+    def body(w, x):
+        return spmd.grad(local)(w, x)[None]
+
+    summed = spmd.shard_map(body, mesh=mesh, in_specs=(P(), P("b")), out_specs=P("b"))(w, xs)
+    per_block = [(1 - np.tanh(blk * w) ** 2 * 1) * blk for blk in np.split(xs, 4)]
+    total = sum(g.sum(0) for g in per_block)
+    # JAX: w is the same on every device, so its cotangent is psum'd over 'b' (each block's
+    # grad is the total); with the check off each device keeps its own block's grad
+    np.testing.assert_allclose(np.asarray(summed), np.tile(total, (4, 1)), rtol=1e-5)
+    local_only = spmd.shard_map(body, mesh=mesh, in_specs=(P(), P("b")), out_specs=P("b"),
+                                check_vma=False)(w, xs)
+    np.testing.assert_allclose(np.asarray(local_only), [g.sum(0) for g in per_block],
+                               rtol=1e-5)
+
+
+def test_out_sharding_needs_explicit_axes_as_in_jax():
+    auto = spmd.make_mesh((2, 4), ("x", "y"), (AxisType.Auto, AxisType.Auto))
+    with spmd.set_mesh(auto):
+        with pytest.raises(ShardingError, match="Auto") as err:
+            snp.zeros((8, 4), out_sharding=P("x"))
+        assert "test_jax_api.py" in str(err.value)
+        assert spmd.reshard(np.zeros((8, 4)), P("x")).sharding.spec == P("x")

@@ -219,6 +219,55 @@ def default_dtypes(api: Api) -> dict[str, Any]:
                 "grad": api.jax.grad(lambda v: jnp.sum(v ** 2))(x)}
 
 
+def eager_layouts(api: Api) -> dict[str, Any]:
+    """Ops outside jit on sharded arrays keep or drop shardings as jit would."""
+    mesh = api.mesh((2, 4), ("x", "y"))
+    with api.jax.set_mesh(mesh):
+        x = api.jax.device_put(_x((8, 8)), api.P("x", "y"))
+        v = api.jax.device_put(_x((8,), 1), api.P("y"))
+        with api.jax.set_mesh(api.mesh((2, 4), ("x", "y"), auto=False)):  # out_sharding needs
+            noise = api.jax.random.normal(api.jax.random.key(0), (8, 4),  # Explicit axes
+                                          out_sharding=api.P("x", None))
+        return {"plus": x + 1, "scaled": x * v, "rowsum": x.sum(axis=1),
+                "total": api.jnp.sum(x), "transposed": x.T, "zeros": api.jnp.zeros(
+                    (8, 4), device=api.NamedSharding(mesh, api.P(None, "y"))),
+                "noise_layout": str(layout(noise)), "noise_dtype": str(noise.dtype)}
+
+
+def bare_specs(api: Api) -> dict[str, Any]:
+    """jit's in/out shardings and constraints as bare P under set_mesh."""
+    mesh = api.mesh((4, 2), ("data", "model"))
+    a, w = _x((16, 8)), _x((8, 4), 1)
+    with api.jax.set_mesh(mesh):
+        f = api.jax.jit(lambda u, v: api.jnp.tanh(u @ v),
+                        in_shardings=(api.P("data", None), api.P(None, "model")),
+                        out_shardings=api.P("data", "model"))
+        g = api.jax.jit(lambda u: api.jax.lax.with_sharding_constraint(u * 2, api.P("model")))
+        return {"f": f(a, w), "g": g(a), "put": api.jax.device_put(a, api.P(None, "model"))}
+
+
+def data_parallel_step(api: Api) -> dict[str, Any]:
+    """A data-parallel SGD step written with shard_map: grads psum'd over the batch axis."""
+    jnp = api.jnp
+    mesh = api.mesh((8,), ("batch",))
+    w = _x((4, 2), 1)
+    xs, ys = _x((16, 4), 2), _x((16, 2), 3)
+
+    def local_loss(w, x, y):
+        return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
+
+    with api.jax.set_mesh(mesh):
+        @api.jax.jit
+        @api.jax.shard_map(in_specs=(api.P(), api.P("batch"), api.P("batch")),
+                           out_specs=(api.P(), api.P()))
+        def step(w, x, y):
+            loss, g = api.jax.value_and_grad(local_loss)(w, x, y)
+            return api.lax.pmean(loss, "batch"), w - 0.1 * api.lax.pmean(g, "batch")
+
+        loss, new_w = step(w, xs, ys)
+    return {"loss": loss, "new_w": new_w}
+
+
 def explicit_types(api: Api) -> dict[str, Any]:
     mesh = api.mesh((2, 4), ("x", "y"), auto=False)
     seen: dict[str, Any] = {}
@@ -244,7 +293,7 @@ PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
     f.__name__: f for f in (sharded_elementwise, jit_matmul_layouts, sharding_constraint,
                             shard_map_psum, shard_map_matmul, shard_map_scan_carry,
                             tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
-                            explicit_types)
+                            eager_layouts, bare_specs, data_parallel_step, explicit_types)
 }
 
 

@@ -231,6 +231,16 @@ def _checkpoint_tree(params: Any, opt_state: Any, loader: DataLoader,
             "loader": {k: np.asarray(v, np.int64) for k, v in counters.items()}}
 
 
+def save_params(params: dict[str, Any], mesh: spmd.Mesh | None, path: str) -> None:
+    """The parameters gathered onto every device (so every process holds them whole), written
+    by the main process."""
+    if mesh is not None:
+        params = spmd.jit(lambda p: p, out_shardings=NamedSharding(mesh, P()))(params)
+    values = {name: np.asarray(value) for name, value in params.items()}
+    if _is_main():
+        np.savez(path, **values)
+
+
 def distributed() -> Any:
     """spmd.distributed when this build has the multi-process runtimes, else None."""
     try:
@@ -290,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this step (the schedule still spans --steps)")
+    parser.add_argument("--save-params", default=None, metavar="NPZ",
+                        help="write the final parameters (gathered) to this .npz file")
     args = parser.parse_args(argv)
     config = dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
                                  hidden=args.hidden, learning_rate=args.learning_rate,
@@ -305,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> Result:
     result = train(config, mesh, checkpoint_dir=args.checkpoint_dir,
                    checkpoint_every=args.checkpoint_every if args.checkpoint_dir else 0,
                    resume=args.resume, stop_after=args.stop_after)
+    if args.save_params:
+        save_params(result.params, mesh, args.save_params)
     if _is_main():
         done = config.steps if args.stop_after is None else min(config.steps, args.stop_after)
         print(f"test accuracy {result.test_accuracy:.2%} after {done} steps "

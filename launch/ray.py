@@ -51,8 +51,7 @@ class DeviceActor:
         self.objects: ObjectChannel | None = None
         self.buffers = BufferTable()  # calls run out of order: see launch/buffers.py
         self.programs: dict[str, Any] = {}
-        self.executables: dict[tuple, Any] = {}  # (program key, mesh, device kind) -> compiled
-        self.backend_kinds: dict[tuple, str] = {}  # the same keys -> the backend that compiled
+        self.executables: dict[tuple, Any] = {}  # (program key, mesh, backend) -> compiled
         self.comms: dict[MeshKey, RayCommunicator] = {}
 
     def address(self) -> tuple[str, int]:
@@ -93,30 +92,23 @@ class DeviceActor:
         self.programs[key] = program
 
     def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int],
-            device_kind: str = "cpu") -> None:
+            backend: str = "cpu") -> None:
         """Runs program key on this device's args (handles or arrays); results go to outs."""
-        executable = self._executable(key, mesh, device_kind)
+        executable = self._executable(key, mesh, backend)
         handles = [a for a in args if isinstance(a, int)]
         held = iter(self.buffers.take(handles, collective_timeout()))
         values = [next(held) if isinstance(a, int) else a for a in args]
         for handle, value in zip(outs, executable(values)):
             self.buffers.store(handle, value)
 
-    def backend(self, key: str, mesh: MeshKey, device_kind: str = "cpu") -> str:
-        """The backend kind that compiled program key here (tests)."""
-        self._executable(key, mesh, device_kind)
-        return self.backend_kinds[(key, mesh, device_kind)]
-
-    def _executable(self, key: str, mesh: MeshKey, device_kind: str) -> Any:
-        """Program key compiled once for this device by its backend; its collectives call
-        this actor's communicator of mesh (NCCL on gpu)."""
-        found = self.executables.get((key, mesh, device_kind))
+    def _executable(self, key: str, mesh: MeshKey, kind: str) -> Any:
+        """Program key compiled once for this device by backend `kind` (the controller's
+        registry.choose); its collectives call this actor's communicator of mesh (NCCL on
+        gpu)."""
+        found = self.executables.get((key, mesh, kind))
         if found is not None:
             return found
-        program = self.programs[key]
         comm = self._communicator(mesh)
-        size = len(mesh[2])
-        kind = registry.choose(device_kind, program, copies=size)
         backend = registry.get(kind)
         options: dict[str, Any] = {}
         collectives: Any = comm
@@ -129,10 +121,13 @@ class DeviceActor:
         def run_op(op: Op, inputs: list[Any]) -> list[Any]:
             return run_collective(collectives, op, inputs)
 
-        found = backend.compile(program, run_op, **options)
-        self.executables[(key, mesh, device_kind)] = found
-        self.backend_kinds[(key, mesh, device_kind)] = kind
+        found = backend.compile(self.programs[key], run_op, **options)
+        self.executables[(key, mesh, kind)] = found
         return found
+
+    def compiled(self) -> list[tuple[str, str]]:
+        """(program key, backend kind) of every program this actor compiled (tests)."""
+        return [(key, kind) for key, _, kind in self.executables]
 
     def call(self, function: Any, mesh: MeshKey, channel: str | None = None) -> Any:
         """function(communicator) on this device (tests, benchmarks); channel picks the wire."""
@@ -263,12 +258,13 @@ class RayRuntime:
 
     def compile(self, partitioned: Any, mesh: Mesh) -> RayProgram:
         """Sends the per-device program to the actors once; each compiles it on its first run
-        (with its device's backend)."""
-        key = self._load(partitioned.program)
+        with the backend the registry picks here, for the mesh's device kind."""
+        program = partitioned.program
+        key = self._load(program)
         actors = tuple(int(i) for i in mesh.device_ids)
         mesh_key = (tuple(mesh.axis_sizes), tuple(mesh.axis_names), actors)
-        return RayProgram(self, key, mesh_key, str(mesh.device_kind),
-                          len(partitioned.program.results))
+        backend = registry.choose(str(mesh.device_kind), program, copies=mesh.size)
+        return RayProgram(self, key, mesh_key, backend, len(program.results))
 
     def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
             ) -> list[list[Any]]:
@@ -284,7 +280,7 @@ class RayRuntime:
             handles = [a.handle if isinstance(a, RemoteShard) else a for a in args]
             outs = [next(self._handles) for _ in range(program.results)]
             refs.append(self.actors[actor].run.remote(program.key, program.mesh, handles, outs,
-                                                      program.device_kind))
+                                                      program.backend))
             results.append([RemoteShard(self, actor, h) for h in outs])
         self._wait(refs, list(actors))
         return results
@@ -332,12 +328,12 @@ class RayRuntime:
 class RayProgram:
     """A per-device program loaded into a mesh's actors (Runtime.compile's result)."""
 
-    def __init__(self, runtime: RayRuntime, key: str, mesh: MeshKey, device_kind: str,
+    def __init__(self, runtime: RayRuntime, key: str, mesh: MeshKey, backend: str,
                  results: int):
         self.runtime = runtime
         self.key = key
         self.mesh = mesh
-        self.device_kind = device_kind
+        self.backend = backend  # the registry's kind the actors compile with
         self.results = results
 
     def run(self, per_device: Sequence[Sequence[Any]]) -> list[list[Any]]:

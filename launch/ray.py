@@ -184,6 +184,11 @@ class RayRuntime:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         strategy = "SPREAD" if len(nodes) > 1 else "PACK"
         gpus = 1 if platform == "gpu" else 0  # a GPU device's actor holds one GPU
+        if gpus and ray.cluster_resources().get("GPU", 0) < num_devices:
+            found = ray.cluster_resources().get("GPU", 0)
+            raise LaunchError(f"--device gpu needs {num_devices} GPUs but the Ray cluster has "
+                              f"{found:g}", hint="run on a cluster with a GPU per device, or "
+                                                 "use --device cpu")
         bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
         self.group = placement_group([bundle] * num_devices, strategy=strategy)
         ray.get(self.group.ready(), timeout=START_TIMEOUT_S)

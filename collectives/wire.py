@@ -96,7 +96,7 @@ def encode_array(kind: int, sender: int, key: tuple[int, int, int], value: np.nd
     _, step, position = key
     head = HEADER.pack(MAGIC, VERSION, kind, code, value.ndim, sender, position, step, key[0],
                        value.nbytes)
-    shape = b"".join(DIMENSION.pack(n) for n in value.shape)
+    shape = struct.pack(f"!{value.ndim}Q", *value.shape)
     payload = memoryview(value.reshape(-1).view(np.uint8)) if value.nbytes else None
     return head + shape, payload
 
@@ -139,7 +139,7 @@ def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None]
     if ndim > MAX_NDIM:
         raise WireError(f"{ndim} dimensions (at most {MAX_NDIM})")
     shape_bytes = read(DIMENSION.size * ndim)
-    shape = tuple(DIMENSION.unpack_from(shape_bytes, DIMENSION.size * i)[0] for i in range(ndim))
+    shape = struct.unpack(f"!{ndim}Q", shape_bytes)
     if length > MAX_PAYLOAD_BYTES or max(shape, default=0) > MAX_PAYLOAD_BYTES \
             or math.prod(shape) * dtype.itemsize != length:
         raise WireError(f"header declares {dtype}{list(shape)} but {length} payload bytes")

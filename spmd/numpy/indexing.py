@@ -320,8 +320,12 @@ def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:
             f"take_along_axis needs indices of rank {len(shape)}, got shape "
             f"{type_of(asarray(indices)).shape}"
         )
-    if type_of(asarray(indices)).shape[axis] == 1 and type_of(x).dtype != "bool":
-        return _take_one_along(x, asarray(indices), axis)
+    few = type_of(asarray(indices)).shape[axis]
+    if 1 <= few <= FEW_ALONG and type_of(x).dtype != "bool":
+        idx = asarray(indices)
+        parts = [_take_one_along(x, lax.slice_in_dim(idx, i, i + 1, axis=axis), axis)
+                 for i in range(few)]
+        return parts[0] if few == 1 else lax.concatenate(parts, axis)
     items: list[Any] = []
     for d, n in enumerate(shape):
         if d == axis:
@@ -331,6 +335,9 @@ def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:
         view[d] = n
         items.append(np.arange(n, dtype=np.int32).reshape(view))
     return getitem(x, tuple(items))
+
+
+FEW_ALONG = 8  # up to this many indices per row: compare-select-sum per index (no gather)
 
 
 def _take_one_along(x: Any, indices: Any, axis: int) -> Any:

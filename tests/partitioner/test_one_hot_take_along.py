@@ -121,3 +121,15 @@ def test_large_iota_is_not_a_known_constant() -> None:
     assert view.constant_value(big) is None
     view, small = iota_view(4)
     np.testing.assert_array_equal(view.constant_value(small), np.arange(4))
+
+
+def test_take_along_axis_of_a_few_indices_per_row_stays_batch_local() -> None:
+    # Three indices per row (a top-k's), batch on data: three compare-select-sums, no
+    # collective; numerics as numpy's take_along_axis (negative indices wrapped).
+    lp, _ = logits_and_targets()
+    idx = np.random.default_rng(2).integers(-32, 32, (8, 4, 3)).astype(np.int32)
+    f = spmd.jit(lambda a, i: snp.take_along_axis(a, i, axis=-1))
+    args = (put(lp, "data"), put(idx, "data"))
+    assert f.lower(*args).compile().collectives() == []
+    want = np.take_along_axis(lp, np.where(idx < 0, idx + 32, idx), axis=-1)
+    np.testing.assert_array_equal(np.asarray(f(*args)), want)

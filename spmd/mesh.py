@@ -204,6 +204,12 @@ class set_mesh:
         _global_mesh[0] = self.previous
 
 
+def set_mesh_in_effect() -> Mesh | None:
+    """The mesh of set_mesh when no `with mesh:` block overrides it: creation functions then
+    place their results on it, replicated, as JAX does (a legacy `with mesh:` does not)."""
+    return None if _mesh_stack else _global_mesh[0]
+
+
 def get_abstract_mesh() -> AbstractMesh:
     """The current mesh's names, sizes and axis types; an empty mesh when none is set."""
     mesh = current_mesh()

@@ -89,7 +89,8 @@ def argsort(a: Any, axis: int | None = -1) -> Any:
 
 def placed(fn: Callable[..., Any]) -> Callable[..., Any]:
     """fn with JAX's keyword arguments `out_sharding=` and `device=` (where the result is
-    laid out), and `preferred_element_type=` (the result's dtype) for contractions."""
+    laid out), and `preferred_element_type=` (the result's dtype) for contractions. Under
+    set_mesh, a result on no mesh is replicated on the set mesh, as JAX places it."""
 
     @functools.wraps(fn)
     def run(*args: Any, out_sharding: Any = None, device: Any = None,
@@ -99,9 +100,24 @@ def placed(fn: Callable[..., Any]) -> Callable[..., Any]:
         out = fn(*args, **kwargs)
         if preferred_element_type is not None:
             out = lax.convert_element_type(out, dtypes.canonical(preferred_element_type))
+        if out_sharding is None and device is None:
+            return _on_set_mesh(out)
         return place(out, out_sharding, device)
 
     return run
+
+
+def _on_set_mesh(x: Any) -> Any:
+    from spmd.array import Array
+    from spmd.mesh import set_mesh_in_effect
+    from spmd.sharding import NamedSharding, PartitionSpec
+
+    mesh = set_mesh_in_effect()
+    if mesh is None or not isinstance(x, Array) or isinstance(x.sharding, NamedSharding):
+        return x
+    from spmd import dispatch
+
+    return dispatch.device_put(x, NamedSharding(mesh, PartitionSpec()))
 
 
 class _ScalarMeta(type):
@@ -133,7 +149,7 @@ class _ScalarMeta(type):
 
 def _scalar_type(name: str, public: str) -> Any:
     def new(cls: Any, x: Any = 0) -> Any:
-        return asarray(x, dtype=name)
+        return _on_set_mesh(asarray(x, dtype=name))
 
     return _ScalarMeta(public, (), {"name": name, "dtype": dtypes.to_numpy(name),
                                     "__new__": new, "__doc__": f"The {name} dtype; calling "

@@ -234,6 +234,20 @@ def eager_layouts(api: Api) -> dict[str, Any]:
                 "noise_layout": str(layout(noise)), "noise_dtype": str(noise.dtype)}
 
 
+def set_mesh_placement(api: Api) -> dict[str, Any]:
+    """Under set_mesh, arrays made without a sharding live on the mesh, replicated."""
+    jnp = api.jnp
+    out: dict[str, Any] = {}
+    for kind, auto in (("auto", True), ("explicit", False)):
+        with api.jax.set_mesh(api.mesh((2, 4), ("x", "y"), auto)):
+            x = api.jax.device_put(_x((8,)), api.P("x"))
+            out.update({f"{kind}_zeros": jnp.zeros(4), f"{kind}_arange": jnp.arange(4.0),
+                        f"{kind}_asarray": jnp.asarray(_x((3,))), f"{kind}_sum": jnp.ones(3) + 1,
+                        f"{kind}_mixed": x + _x((8,), 1), f"{kind}_put": api.jax.device_put(
+                            _x((2,)))})
+    return out
+
+
 def bare_specs(api: Api) -> dict[str, Any]:
     """jit's in/out shardings and constraints as bare P under set_mesh."""
     mesh = api.mesh((4, 2), ("data", "model"))
@@ -293,7 +307,8 @@ PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
     f.__name__: f for f in (sharded_elementwise, jit_matmul_layouts, sharding_constraint,
                             shard_map_psum, shard_map_matmul, shard_map_scan_carry,
                             tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
-                            eager_layouts, bare_specs, data_parallel_step, explicit_types)
+                            eager_layouts, set_mesh_placement, bare_specs, data_parallel_step,
+                            explicit_types)
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from spmd.errors import ShardingError
@@ -20,23 +21,29 @@ def _blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
 
 
 def _traced_blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
-    """Inside jit: the blocks the sharding in x's type gives (spmd.typeof(x).sharding)."""
-    from spmd import dispatch
+    """Inside jit: the blocks the sharding in x's type gives (spmd.typeof(x).sharding):
+    a dim over axes of n devices in all splits into blocks of ceil(size / n), the last
+    clipped, numbered major axis first (as arrays are laid out)."""
     from spmd.explicit import typeof
     from spmd.sharding import NamedSharding
 
     sharding = typeof(x).sharding
-    whole = tuple((0, n) for n in x.shape)
     if not isinstance(sharding, NamedSharding):
-        return {whole: [0]}
-    from partitioner import layout
-
-    mesh = dispatch.mesh_shape(sharding.mesh)
-    spec = dispatch.spec_of(sharding, x.ndim)
+        return {tuple((0, n) for n in x.shape): [0]}
+    mesh = sharding.mesh
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    dims = sharding.dim_axes(x.ndim)
     blocks: dict[tuple[tuple[int, int], ...], list[int]] = {}
-    for device, coords in zip(sharding.mesh.devices.flat, layout.device_coords(mesh)):
-        index = layout.shard_slices(x.shape, spec, mesh, coords)
-        blocks.setdefault(tuple((s.start, s.stop) for s in index), []).append(device.id)
+    for device, coords in zip(mesh.devices.flat, itertools.product(*map(range, mesh.axis_sizes))):
+        at = dict(zip(mesh.axis_names, coords))
+        box = []
+        for n, axes in zip(x.shape, dims):
+            index, parts = 0, 1
+            for a in axes:
+                index, parts = index * sizes[a] + at[a], parts * sizes[a]
+            step = -(-n // parts)
+            box.append((min(index * step, n), min(index * step + step, n)))
+        blocks.setdefault(tuple(box), []).append(device.id)
     return blocks
 
 

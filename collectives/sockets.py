@@ -23,6 +23,11 @@ from collectives.messages import Key, Mailbox, MessageCommunicator
 from spmd.errors import LaunchError, RemoteError
 
 UNREACHABLE_GRACE_SECONDS = 1.0  # a failed send waits this long for the peer's goodbye
+# A host that vanishes without closing its connections (power loss, a cut link) is noticed by
+# the kernel's keepalive probes: after KEEPALIVE_IDLE_S of silence, one probe per
+# KEEPALIVE_INTERVAL_S, lost after KEEPALIVE_PROBES unanswered (about 5 s). The kernel answers
+# probes, so a busy but live peer is never taken for dead.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 2, 1, 3
 LOOPBACK = "127.0.0.1"
 Connection = tuple[socket.socket, threading.Lock, "auth.MessageMac | None"]
 
@@ -138,7 +143,7 @@ class SocketChannel:
                 return found
             connection = socket.create_connection(self.addresses[actor])
             try:
-                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _tune(connection)
                 key = auth.client_handshake(connection, self.secret, self.me)
             except BaseException:
                 connection.close()
@@ -153,7 +158,7 @@ class SocketChannel:
                 connection, address = self.server.accept()
             except OSError:
                 return
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(connection)
             threading.Thread(target=self._read, args=(connection, address), daemon=True,
                              name="spmd-socket-read").start()
 
@@ -170,6 +175,12 @@ class SocketChannel:
         said_goodbye = False
         try:
             said_goodbye = self._read_messages(connection, peer, mac)
+        except TimeoutError:  # keepalive probes went unanswered
+            connection.close()
+            if peer is not None and not self._closed:
+                self._lose(peer, f"{self._name(peer)} stopped answering (its host is down or "
+                                 f"unreachable)")
+            return
         except (ConnectionError, OSError):
             connection.close()
         except Exception as exc:  # noqa: BLE001 - a broken message must not kill the reader
@@ -248,6 +259,17 @@ class SocketChannel:
         self.server.close()
         for connection, _, _ in self._connections.values():
             connection.close()
+
+
+def _tune(connection: socket.socket) -> None:
+    """No Nagle delay (collectives wait on every message); keepalive probes (see above)."""
+    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    timing = (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+              ("TCP_KEEPCNT", KEEPALIVE_PROBES))
+    for option, value in timing:
+        if hasattr(socket, option):  # Linux; elsewhere the system's keepalive timing
+            connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def bind_address(peer_host: str) -> str:

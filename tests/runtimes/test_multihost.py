@@ -1,7 +1,8 @@
 """The tcp runtime across two "hosts": network namespaces made by this test and joined by a veth
 pair (they exist only while it runs; needs root and `ip`, as CI has). One rank per host trains
 the small MLP with the local runtime's numbers, every socket listening on its host's veth
-address only; killing every process of one host ends the job within 10 s, naming that host."""
+address only; killing every process of one host, or cutting its link, ends the job within 10 s,
+naming that host."""
 
 from __future__ import annotations
 
@@ -143,3 +144,24 @@ def test_losing_a_whole_host_ends_the_job_naming_it(hosts) -> None:
             process.kill()
     assert processes[0].returncode != 0 and took < 10
     assert f"process 1 at {addresses[1]} closed its connection without a goodbye" in err, err
+
+
+def test_a_host_that_vanishes_without_closing_its_connections_is_named_within_10_s(hosts):
+    """The link to host b goes down (as a power loss or a cut cable would): nothing closes
+    the connections, and keepalive probes find the host gone."""
+    names, addresses = hosts
+    link = f"v{names[1][4:-1]}b"
+    processes = start_job(hosts, "--wait")
+    try:
+        wait_for_training(processes)
+        start = time.monotonic()
+        ip("-n", names[1], "link", "set", link, "down")
+        _, err = processes[0].communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        ip("-n", names[1], "link", "set", link, "up")
+        for process in processes:
+            process.kill()
+            process.communicate()
+    assert processes[0].returncode != 0 and took < 10, (took, err[-2000:])
+    assert f"process 1 at {addresses[1]} stopped answering (its host is down" in err, err

@@ -105,7 +105,7 @@ class MultiControllerRuntime:
         comm, position = self._mesh(mesh)
         program = partitioned.program
         if comm is None:
-            return RankProgram(None, None, len(program.results), mesh.size)
+            return RankProgram(None, None, len(program.results), mesh.size, native=False)
         # One SPMD program for the whole mesh: its compile is paid once per job (the kernel
         # cache on disk), so it is worth compiling at the size of the mesh's programs together.
         kind = registry.choose(mesh.device_kind, program, copies=mesh.size)
@@ -122,7 +122,8 @@ class MultiControllerRuntime:
         if not backend.capabilities.host_arrays:
             options = {"device_id": self.local_gpu(), "communicator": device_comm}
         executable = backend.compile(program, run_op, **options)
-        return RankProgram(executable, position, len(program.results), mesh.size)
+        return RankProgram(executable, position, len(program.results), mesh.size,
+                           native=backend.capabilities.native)
 
     def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
             ) -> list[list[Any]]:
@@ -133,8 +134,10 @@ class MultiControllerRuntime:
 class RankProgram:
     """One process's compiled per-device program of a mesh (None: not in the mesh)."""
 
-    def __init__(self, executable: Any, position: int | None, results: int, size: int):
+    def __init__(self, executable: Any, position: int | None, results: int, size: int,
+                 native: bool):
         self.executable = executable
+        self.native = native
         self.position = position
         self.results = results
         self.size = size
@@ -148,4 +151,4 @@ class RankProgram:
 
     def compiled_program(self) -> Any:
         """The compiled executable (for its planned memory), or None if not native."""
-        return self.executable if hasattr(self.executable, "plan") else None
+        return self.executable if self.native else None

@@ -12,15 +12,18 @@ all-reduce 2V(n-1)/n, reduce-scatter and all-to-all V(n-1)/n, permute V; V the o
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 DUMP = tempfile.mkdtemp(prefix="xla_dump_")
+atexit.register(shutil.rmtree, DUMP, ignore_errors=True)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP}"
                            " --xla_dump_hlo_pass_re=spmd-partitioning")
 

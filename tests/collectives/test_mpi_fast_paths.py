@@ -11,6 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from launch.cli import mpiexec_path  # the mpich wheel's, beside this Python
+
 pytest.importorskip("mpi4py")
 
 from mpi4py import MPI
@@ -39,7 +41,7 @@ def test_moves_use_the_element_type_and_bytes_where_mpi_has_none() -> None:
 @pytest.mark.mpi
 def test_fast_plans_match_numpy_keep_held_results_and_stay_bounded() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    command = ["mpiexec", "-n", "4", sys.executable, str(HELPER)]
+    command = [mpiexec_path(), "-n", "4", sys.executable, str(HELPER)]
     done = subprocess.run(
         command, check=False, capture_output=True, text=True, timeout=120, env=env
     )

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from launch.cli import mpiexec_path  # the mpich wheel's, beside this Python
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cases import MESHES, cases_for, expected, make_input, mesh_axes_groups, run_checks
@@ -35,7 +37,7 @@ def mpiexec(*args: str, timeout: float = 120.0, env_extra: dict[str, str] | None
     """Runs the MPI helper on 8 ranks; returns its output, failing the test on a bad exit
     (unless check=False: a job that loses a rank may be torn down by mpiexec)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **(env_extra or {}))
-    command = ["mpiexec", "-n", "8", sys.executable, str(HELPER), *args]
+    command = [mpiexec_path(), "-n", "8", sys.executable, str(HELPER), *args]
     done = subprocess.run(
         command, check=False, capture_output=True, text=True, timeout=timeout, env=env
     )

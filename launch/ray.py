@@ -372,9 +372,12 @@ def init_ray(address: str | None, num_devices: int) -> None:
     if str(REPO) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), path) if p)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **options)
         return
     # A local Ray is a one-host job: the actors' sockets listen on loopback (they inherit this).
     os.environ.setdefault("SPMD_BIND_ADDR", "127.0.0.1")
-    ray.init(num_cpus=max(num_devices, os.cpu_count() or 1), **options)
+    # address="local": a new Ray of our own. ray.init() alone joins any Ray it finds running on
+    # this machine (by its processes, or /tmp/ray/ray_current_cluster), someone else's too.
+    ray.init(address="local", num_cpus=max(num_devices, os.cpu_count() or 1), **options)

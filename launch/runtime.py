@@ -243,8 +243,16 @@ def assemble(runtime: Runtime, array: Any) -> np.ndarray:
     sharding = array.sharding
     mesh = dispatch.mesh_shape(sharding.mesh)
     spec = _spec(sharding, array.shape)
-    shards = runtime.fetch(array._shards, sharding.mesh)
     slices = device_slices(sharding, array.shape)
+    # One held copy of each distinct slice is fetched (a replicated value: one, not N; Ray
+    # fetches are remote calls); the twins below are filled from it.
+    first: dict[tuple, int] = {}
+    for k, shard in enumerate(array._shards):
+        if shard is not None:
+            first.setdefault(tuple((s.start, s.stop) for s in slices[k]), k)
+    wanted = set(first.values())
+    shards = runtime.fetch([s if k in wanted else None for k, s in enumerate(array._shards)],
+                           sharding.mesh)
     for k, shard in enumerate(shards):
         if shard is not None:
             continue

@@ -54,6 +54,7 @@ from spmd.vmap import vmap
 from spmd import checkpoint, distributed, nn, optim, random, sim  # isort: skip
 from spmd import debug, scipy, sharding  # isort: skip
 from spmd.config import config  # isort: skip
+from spmd import tree as tree_util  # isort: skip  (JAX's jax.tree_util; spmd.tree is jax.tree)
 
 
 class _CheckpointModule(type(checkpoint)):
@@ -68,7 +69,7 @@ checkpoint.__class__ = _CheckpointModule
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
     "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
-    "vmap", "config",
+    "vmap", "config", "tree_util",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",

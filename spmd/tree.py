@@ -40,3 +40,16 @@ def register_pytree_node(cls: type, flatten: Callable[..., Any],
     """flatten(obj) -> (children, aux); unflatten(aux, children) -> obj (JAX's order)."""
     optree.register_pytree_node(cls, flatten, lambda aux, children: unflatten(aux, children),
                                 namespace=NAMESPACE)
+
+
+def tree_reduce(fn: Callable[[Any, Any], Any], tree: Any, *initial: Any) -> Any:
+    """functools.reduce over the leaves (JAX's tree_util.tree_reduce)."""
+    import functools
+
+    return functools.reduce(fn, tree_leaves(tree), *initial)
+
+
+# JAX's jax.tree names (spmd.tree.map(...)); spmd.tree_util is this module too.
+map = tree_map
+leaves, flatten, unflatten, structure, reduce = (
+    tree_leaves, tree_flatten, tree_unflatten, tree_structure, tree_reduce)

@@ -8,6 +8,7 @@ Inputs are float32 so that JAX's 32-bit default and spmd agree on dtypes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -282,6 +283,42 @@ def data_parallel_step(api: Api) -> dict[str, Any]:
     return {"loss": loss, "new_w": new_w}
 
 
+def mnist_style_training(api: Api) -> dict[str, Any]:
+    """The MNIST example's shape: relu MLP, log-softmax by logsumexp, jax.tree.map SGD,
+    the batch sharded over a data axis and the params replicated."""
+    jnp, nn = api.jnp, api.jax.nn
+    sizes = (12, 16, 10)
+    params = [(_x((m, n), i) * 0.3, _x((n,), 10 + i) * 0.1)
+              for i, (m, n) in enumerate(itertools.pairwise(sizes))]
+    labels = np.random.default_rng(7).integers(0, 10, 32)
+    mesh = api.mesh((8,), ("data",))
+    images = api.jax.device_put(_x((32, 12), 20), api.NamedSharding(mesh, api.P("data")))
+    targets = api.jax.device_put(nn.one_hot(labels, 10),
+                                 api.NamedSharding(mesh, api.P("data")))
+
+    def predict(params, x):
+        for w, b in params[:-1]:
+            x = nn.relu(x @ w + b)
+        w, b = params[-1]
+        logits = x @ w + b
+        return logits - api.logsumexp(logits, axis=1, keepdims=True)
+
+    def loss(params, batch):
+        x, y = batch
+        return -jnp.mean(jnp.sum(predict(params, x) * y, axis=1))
+
+    @api.jax.jit
+    def update(params, batch):
+        grads = api.jax.grad(loss)(params, batch)
+        return api.jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+
+    for _ in range(3):
+        params = update(params, (images, targets))
+    right = jnp.argmax(predict(params, images), axis=1) == jnp.argmax(targets, axis=1)
+    return {"w1": params[0][0], "b2": params[1][1], "loss": loss(params, (images, targets)),
+            "accuracy": jnp.mean(right)}
+
+
 def explicit_types(api: Api) -> dict[str, Any]:
     mesh = api.mesh((2, 4), ("x", "y"), auto=False)
     seen: dict[str, Any] = {}
@@ -308,7 +345,7 @@ PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
                             shard_map_psum, shard_map_matmul, shard_map_scan_carry,
                             tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
                             eager_layouts, set_mesh_placement, bare_specs, data_parallel_step,
-                            explicit_types)
+                            mnist_style_training, explicit_types)
 }
 
 

@@ -91,6 +91,18 @@ def _pad(args: Args, attrs: dict[str, Any], size: int) -> Any:
     return bind("pad", _batched(x, b, size), value, padding_config=config)
 
 
+def _gather(args: Args, attrs: dict[str, Any], size: int) -> Any:
+    """x[..., indices, ...] along `axis`: a batched x gathers past its batch dim; batched
+    indices put the batch where the indices go, then first. Both batched: per example."""
+    (x, xb), (indices, ib) = args
+    axis = int(attrs["axis"]) % max(type_of(x).ndim - (1 if xb else 0), 1)
+    if xb and ib:
+        return None
+    if xb:
+        return bind("gather", x, indices, axis=axis + 1)
+    return _front(bind("gather", x, indices, axis=axis), axis)
+
+
 def _sharding_constraint(args: Args, attrs: dict[str, Any], size: int) -> Any:
     from spmd.sharding import ShardingAttr
 
@@ -148,6 +160,7 @@ RULES: dict[str, Rule] = {
     "dot_general": _dot_general,
     "concatenate": _concatenate,
     "select": _select,
+    "gather": _gather,
     "pad": _pad,
     "sharding_constraint": _sharding_constraint,
     "broadcast_in_dim": _unary("broadcast_in_dim", _with(

@@ -26,9 +26,11 @@ from spmd.distributed import (
     process_count,
     process_index,
 )
+from spmd.jacobian import device_get, eval_shape, hessian, jacfwd, jacrev
 from spmd.jaxpr import make_jaxpr
 from spmd.lax import with_sharding_constraint
 from spmd.remat import checkpoint_name, checkpoint_policies, remat
+from spmd.mesh import local_device_count
 from spmd.sharding import (
     AbstractMesh,
     AxisType,
@@ -69,7 +71,8 @@ checkpoint.__class__ = _CheckpointModule
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
     "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
-    "vmap", "config", "tree_util",
+    "vmap", "config", "tree_util", "device_get", "eval_shape", "hessian", "jacfwd", "jacrev",
+    "local_device_count",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",
     "checkpoint", "device_count", "device_put", "devices", "distributed", "errors", "grad",

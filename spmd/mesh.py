@@ -34,6 +34,13 @@ def device_count() -> int:
     return dispatch.device_count()
 
 
+def local_device_count() -> int:
+    """Devices this process drives (all of them on the local runtime)."""
+    from spmd import distributed
+
+    return len(distributed.local_devices())
+
+
 def devices() -> list[Device]:
     from spmd import dispatch
 

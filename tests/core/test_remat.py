@@ -138,3 +138,24 @@ def test_static_argnums_and_checkpoint_name_are_transparent():
     got = spmd.grad(spmd.remat(scaled, static_argnums=(2,)))(x, w, 2)
     _close([got], [spmd.grad(scaled)(x, w, 2)])
     np.testing.assert_array_equal(np.asarray(spmd.checkpoint_name(x, "x")), x)
+
+
+def test_remat_on_a_sharded_mesh_matches_and_keeps_its_recomputation():
+    from spmd.sharding import NamedSharding, P
+
+    p, x = stack(batch=8, width=16)
+    mesh = spmd.make_mesh((2, 2), ("data", "model"))
+    ps = {n: spmd.device_put(w, NamedSharding(mesh, P(None, None, "model"))) for n, w in
+          p.items()}
+    xs = spmd.device_put(x, NamedSharding(mesh, P("data")))
+    want = spmd.jit(spmd.value_and_grad(stack_loss(None, use=False)))(p, x)
+    f = spmd.jit(spmd.value_and_grad(stack_loss(spmd.checkpoint_policies.nothing_saveable)))
+    got = f(ps, xs)
+    assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-5)
+    for name in "ab":
+        np.testing.assert_allclose(np.asarray(got[1][name]), np.asarray(want[1][name]),
+                                   rtol=1e-5, atol=1e-6)
+    program = f.lower(ps, xs).compile().executable.partitioned.program
+    scans = [op for op in program.ops if op.name == "scan"]
+    backward = scans[-1].attrs["body"]
+    assert sum(op.name == "dot_general" for op in backward.walk()) == 6  # 2 recomputed + 4

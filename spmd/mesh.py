@@ -211,6 +211,9 @@ class set_mesh:
         _global_mesh[0] = self.previous
 
 
+use_mesh = set_mesh  # JAX's earlier name for the `with` form
+
+
 def set_mesh_in_effect() -> Mesh | None:
     """The mesh of set_mesh when no `with mesh:` block overrides it: creation functions then
     place their results on it, replicated, as JAX does (a legacy `with mesh:` does not)."""

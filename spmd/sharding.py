@@ -26,6 +26,7 @@ from spmd.mesh import (  # noqa: F401  (re-exported)
     get_abstract_mesh,
     make_mesh,
     set_mesh,
+    use_mesh,
 )
 
 

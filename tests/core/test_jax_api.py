@@ -374,3 +374,9 @@ def test_out_sharding_needs_explicit_axes_as_in_jax():
             snp.zeros((8, 4), out_sharding=P("x"))
         assert "test_jax_api.py" in str(err.value)
         assert spmd.reshard(np.zeros((8, 4)), P("x")).sharding.spec == P("x")
+
+
+def test_use_mesh_is_the_with_form_of_set_mesh(mesh):
+    with spmd.sharding.use_mesh(mesh):
+        assert spmd.get_abstract_mesh().axis_names == ("x", "y")
+    assert spmd.get_abstract_mesh().empty

@@ -92,8 +92,10 @@ class DeviceActor:
         self.programs[key] = program
 
     def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int],
-            backend: str = "cpu") -> None:
-        """Runs program key on this device's args (handles or arrays); results go to outs."""
+            backend: str = "cpu", free: Sequence[int] = ()) -> None:
+        """Frees `free`, then runs program key on this device's args (handles or arrays);
+        results go to outs."""
+        self.buffers.free(free)
         executable = self._executable(key, mesh, backend)
         handles = [a for a in args if isinstance(a, int)]
         held = iter(self.buffers.take(handles, collective_timeout()))
@@ -278,14 +280,16 @@ class RayRuntime:
 
     def _run(self, program: RayProgram, per_device: Sequence[Sequence[Any]],
              ) -> list[list[Any]]:
-        self._collect_garbage()
         actors = program.mesh[2]
+        # the buffers dropped since the last step are freed by the step's own call (one call
+        # per actor per step, not two)
+        dropped = self._collect_garbage(keep=set(actors))
         refs, results = [], []
         for actor, args in zip(actors, per_device):
             handles = [a.handle if isinstance(a, RemoteShard) else a for a in args]
             outs = [next(self._handles) for _ in range(program.results)]
             refs.append(self.actors[actor].run.remote(program.key, program.mesh, handles, outs,
-                                                      program.backend))
+                                                      program.backend, dropped.get(actor, [])))
             results.append([RemoteShard(self, actor, h) for h in outs])
         self._wait(refs, list(actors))
         return results
@@ -302,14 +306,17 @@ class RayRuntime:
         self._programs[id(program)] = (program, key)
         return key
 
-    def _collect_garbage(self) -> None:
+    def _collect_garbage(self, keep: set[int] | None = None) -> dict[int, list[int]]:
+        """Frees the buffers dropped since the last call on their actors, except those of the
+        actors in keep: returned by actor, for the caller to send along."""
         dropped, self.garbage = self.garbage, []
         by_actor: dict[int, list[int]] = {}
         for actor, handle in dropped:
             by_actor.setdefault(actor, []).append(handle)
         for actor, handles in by_actor.items():
-            if actor < len(self.actors):
+            if actor < len(self.actors) and actor not in (keep or ()):
                 self.actors[actor].free.remote(handles)
+        return by_actor
 
     def _wait(self, refs: list[Any], devices: list[int]) -> list[Any]:
         """Results of refs; on the first failure every actor is told to stop waiting."""

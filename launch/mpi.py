@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from collectives.mpi import MPICommunicator
 from launch.multicontroller import MultiControllerRuntime
-from spmd.sharding import Mesh
+from spmd.mesh import Mesh
 
 
 class MPIRuntime(MultiControllerRuntime):

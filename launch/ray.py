@@ -28,7 +28,7 @@ from launch.buffers import BufferTable
 from launch.local import run_collective
 from spmd.errors import LaunchError, RemoteError
 from spmd.ir.graph import Op
-from spmd.sharding import Device, Mesh
+from spmd.mesh import Device, Mesh
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0

@@ -130,6 +130,10 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
         raise LaunchError(f"--max-restarts {options.max_restarts} must be 0 or more")
     if options.address and options.runtime != "ray":
         raise LaunchError("--address needs --runtime ray")
+    if options.device == "gpu" and not (options.hosts or options.hostfile or options.address):
+        from backends import registry
+
+        registry.check_device("gpu")  # this host runs every device: fail here, not 8 times
     if options.simulate and not (options.device.startswith("tpu-sim")
                                  and options.runtime == "local"):
         raise LaunchError("--simulate needs --device tpu-sim:<chip> and the local runtime")

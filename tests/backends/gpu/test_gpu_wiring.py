@@ -75,3 +75,18 @@ def test_a_sharded_program_on_a_gpu_mesh_matches_the_interpreter() -> None:
     got = f(spmd.device_put(x, NamedSharding(mesh, P("data", "model"))),
             spmd.device_put(w, NamedSharding(mesh, P("model", None))))
     np.testing.assert_allclose(np.asarray(got), np.tanh(x @ w).sum(axis=0), rtol=1e-5)
+
+
+@pytest.mark.skipif(GPU, reason="this machine has a GPU and cupy")
+def test_spmd_launch_on_gpu_without_one_exits_2_before_starting_processes() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "--mesh", "2x4", "--runtime",
+                           "mpi", "--device", "gpu", str(repo / "examples" / "train.py")],
+                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "device='gpu' cannot run on this machine" in done.stderr
+    assert "MLP 64-256-10" not in done.stdout  # no process started the script

@@ -21,6 +21,8 @@ from tests.core.oracle import FLOAT_DTYPES, assert_close, np_dtype, rand
 OWNED_ELSEWHERE = {op.name for op in control.OPS + collective.OPS} | {
     "cond", "scan", "while_loop", "all_reduce", "all_gather", "reduce_scatter", "all_to_all",
     "collective_permute", "axis_index", "shard_map",
+    # multi-output, with tests of their own: tests/core/test_attention.py, test_remat.py
+    "dot_product_attention", "dot_product_attention_bwd", "remat",
 }
 
 SHAPES = [(), (0,), (7,), (3, 5)]
@@ -239,6 +241,9 @@ for dtype, xs, idx, axis in (("float32", (5, 3), (6,), 0), ("int32", (3, 4), (2,
 add("scatter_add", [np.zeros(3, np.float32), np.array([0, 2, 0, 0], I32),
                     np.array([1, 2, 3, 4], np.float32)], lambda x, i, u: np.array([8, 0, 2]),
     axis=0)
+
+for dtype in ("float32", "int32"):
+    add("checkpoint_name", [r((3, 5), dtype)], lambda x: x, label="h")
 
 
 # the tests -----------------------------------------------------------------------------

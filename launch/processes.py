@@ -22,6 +22,10 @@ POLL_S = 0.05
 # After one process fails, how long the others may take to end by themselves (the tcp runtime
 # stops them within milliseconds, each saying why) before they get SIGTERM.
 FAILURE_GRACE_S = 1.0
+# How long the launcher looks for the process that failed first when the first one it sees
+# ended because a peer failed (the culprit writes its traceback first; on a loaded machine
+# its exit can trail its peers' by more than a second).
+CULPRIT_WAIT_S = 5.0
 STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
 TIMEOUT_CODE = 124
 # Exit status of a tcp process stopped because another failed (launch.tcp.PEER_STOPPED_CODE).
@@ -165,7 +169,7 @@ def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) 
 def _on_failure(processes: list[subprocess.Popen], rank: int) -> int:
     """One line naming the process that failed (rank, pid, host), then stops the rest. The
     first seen to end badly may be a peer it took down (those exit PEER_STOPPED_CODE, and the
-    kernel may reap one before the culprit): look past them for up to FAILURE_GRACE_S."""
+    kernel may reap one before the culprit): look past them for up to CULPRIT_WAIT_S."""
     rank = _culprit(processes, rank)
     code = processes[rank].returncode
     how = f"exited with code {code}" if code > 0 else f"was killed by {_signal_name(-code)}"
@@ -179,8 +183,8 @@ def _on_failure(processes: list[subprocess.Popen], rank: int) -> int:
 
 def _culprit(processes: list[subprocess.Popen], first: int) -> int:
     """The rank that failed by itself: not stopped by a peer (PEER_STOPPED_CODE) nor exited 0;
-    first if none shows up within FAILURE_GRACE_S."""
-    deadline = time.monotonic() + FAILURE_GRACE_S
+    first if none shows up within CULPRIT_WAIT_S."""
+    deadline = time.monotonic() + CULPRIT_WAIT_S
     while processes[first].returncode == PEER_STOPPED_CODE:
         for rank, process in enumerate(processes):
             if process.poll() not in (None, 0, PEER_STOPPED_CODE):

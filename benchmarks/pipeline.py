@@ -4,7 +4,7 @@ pipelined (data 2 x pipe 4: autodiff GPipe, explicit GPipe, 1F1B) vs unpipelined
 compiled peak memory per device; and the simulator's bubble fraction (v5e) against
 (p-1)/(m+p-1).
 
-Run: python benchmarks/pipeline.py [--width 256] [--batch 256] [--repeat 5]
+Run: python benchmarks/pipeline.py [--width 256] [--batch 256] [--repeat 5] [--warmup 15]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from spmd import NamedSharding, P
 from spmd.pipeline_sim import simulate_pipeline
 
 STAGES = 4
+WARMUP_STEPS = 15  # a dot tries its variants on its first <= 12 calls (backends/cpu/dots.py)
 
 
 def block(q: Any, h: Any) -> Any:
@@ -45,9 +46,9 @@ def sequential(params: Any, x: Any, t: Any) -> Any:
     return mse(h, t)
 
 
-def timed(f: Callable[[], Any], repeat: int) -> float:
-    """Median seconds of `repeat` calls after two warm-up calls."""
-    for _ in range(2):
+def timed(f: Callable[[], Any], repeat: int, warmup: int) -> float:
+    """Median seconds of `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
         spmd.block_until_ready(f())
     times = []
     for _ in range(repeat):
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=WARMUP_STEPS)
     a = ap.parse_args()
     print(f"4 stages of width {a.width} (hidden {4 * a.width}), batch {a.batch}, "
           f"8 local devices\n")
@@ -120,7 +122,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     base = None
     for name, f, args in steps(a.width, a.batch):
-        seconds = timed(lambda f=f, args=args: f(*args), a.repeat)
+        seconds = timed(lambda f=f, args=args: f(*args), a.repeat, a.warmup)
         base = seconds if name.startswith("unpipelined, 2") else base
         memory = f.lower(*args).compile().memory_per_device()
         ratio = f"{seconds / base:.2f}x" if base else "-"

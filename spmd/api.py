@@ -223,6 +223,10 @@ class JitFunction:
         from spmd.validate import check_environment
 
         check_environment()
+        from spmd.autoshard import AUTO, lower_auto
+
+        if self.in_shardings is AUTO:  # issue 20: the plan chooses every layout
+            return lower_auto(self, args, kwargs)
         graph, out_tree = self._trace(args, kwargs)
         from spmd.passes import optimize
 

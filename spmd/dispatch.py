@@ -397,3 +397,12 @@ def _install() -> None:
 
 
 _install()
+
+
+def reshard_moved(mesh: Mesh, t: TensorType, src: Any, partial: Any, dst: Any) -> float:
+    """Bytes per device the resharding planner moves for src (pending sum over `partial`)
+    -> dst (partitioner/cost.py's dry run): spmd.autoshard prices its edges with it."""
+    from partitioner.cost import reshard_moved as moved
+    from partitioner.spec import ShardSpec
+
+    return moved(mesh_shape(mesh), t, ShardSpec(tuple(src), tuple(partial)), tuple(dst))

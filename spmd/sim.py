@@ -209,6 +209,13 @@ def abstract_args(args: Sequence[Any], shardings: Sequence[Any] | None = None) -
     return tuple(out)
 
 
+def autoshard(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Choose f's layouts on a mesh by the simulator's cost model (spmd/autoshard.py)."""
+    from spmd.autoshard import autoshard as plan
+
+    return plan(f, *args, **kwargs)
+
+
 def simulate(f: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """Trace, partition and simulate one call of f on abstract versions of args (no data)."""
     jitted = f if isinstance(f, JitFunction) else jit(f)
@@ -260,5 +267,6 @@ def _seconds(s: float) -> str:
 
 
 __all__ = ["SimulatedProgram", "SimulatedValue", "SimulationDone", "abstract", "abstract_args",
+           "autoshard",
            "compare", "elapsed", "first_step", "format_comparison", "last_report", "on_call",
            "reset", "simulate"]

@@ -1,0 +1,242 @@
+"""Automatic sharding: `autoshard(f, *args, mesh=...)` picks every argument's, result's and
+contraction's layout by an integer program over the ops' factor rules, priced by the
+resharding planner's bytes and the mesh's simulator (spmd/autoshard_ilp.py, autoshard_cost.py).
+
+`spmd.jit(f, in_shardings=spmd.AUTO)` plans on the mesh its arguments are on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from spmd.autoshard_cost import calibrate, describe_bytes, edge_time, plan_rows
+from spmd.autoshard_ilp import Dims, Node, Solution, build_nodes, solve
+from spmd.errors import ShardingError
+from spmd.ir.graph import Attrs, Graph, Op, fresh_id
+from spmd.mesh import Mesh
+from spmd.tree import tree_flatten, tree_unflatten
+
+LARGE = 0.01  # tensors above this share of all bytes get a line of explanation
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO: Any = _Auto()  # jit(f, in_shardings=AUTO): let autoshard choose
+
+
+@dataclass
+class Plan:
+    """What autoshard chose: shardings per argument and result (pytrees like f's), the
+    sharding constraints it put on contraction results, the simulated report, and why."""
+
+    in_shardings: tuple[Any, ...]
+    out_shardings: Any
+    constraints: list[tuple[str, str, Any]]  # (op, user line, sharding)
+    report: Any
+    explanation: list[str]
+    search_s: float
+    problem: dict[str, int]
+    graph: Graph = field(repr=False)
+    flat_in: tuple[Any, ...] = field(repr=False, default=())
+    flat_out: tuple[Any, ...] = field(repr=False, default=())
+    out_tree: Any = field(repr=False, default=None)
+
+    def __str__(self) -> str:
+        size = ", ".join(f"{k} {v}" for k, v in self.problem.items())
+        head = [f"autoshard plan: searched in {self.search_s:.2f} s ({size})",
+                *plan_rows(self.report)]
+        return "\n".join(head + ["  " + line for line in self.explanation])
+
+
+def autoshard(f: Callable[..., Any], *args: Any, mesh: Mesh, memory_limit: float | None = None,
+              objective: str = "step_time", time_limit_s: float = 60.0) -> Plan:
+    """Choose the layouts of f's arguments, results and contractions on `mesh`.
+
+    args: arrays or ShapeDtypeStructs (a sharding already on one is kept as given).
+    memory_limit: bytes per device the parameters and contraction results may take.
+    """
+    from spmd.api import JitFunction, jit
+
+    if objective != "step_time":
+        raise ShardingError(f"autoshard objective {objective!r} is not supported",
+                            hint="use objective='step_time' (the only one so far)")
+    jitted = f if isinstance(f, JitFunction) else jit(f)
+    lowered = jitted.lower(*_abstract(args, mesh))
+    leaves, _ = tree_flatten(args)
+    plan = plan_graph(lowered.graph, mesh, _fixed(lowered.graph, leaves, mesh), memory_limit,
+                      time_limit_s)
+    arg_tree = tree_flatten(args)[1]
+    plan.in_shardings = tuple(tree_unflatten(arg_tree, list(plan.flat_in)))
+    plan.out_shardings = tree_unflatten(lowered.out_tree, list(plan.flat_out))
+    plan.out_tree = lowered.out_tree
+    return plan
+
+
+def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: float | None,
+               time_limit_s: float = 60.0) -> Plan:
+    """Solve, apply and simulate; under a memory limit, re-solve tighter while the simulated
+    peak exceeds it (the integer program counts parameters and contraction results only)."""
+    start = time.perf_counter()
+    rates = calibrate(mesh)
+    names, sizes = tuple(mesh.axis_names), tuple(mesh.axis_sizes)
+    nodes = build_nodes(graph, names, sizes, rates, fixed)
+    limit = memory_limit
+    notes: list[str] = []
+    for _ in range(4):
+        try:
+            sol = solve(graph, nodes, lambda t, s, d: edge_time(mesh, rates, t, s, d), limit,
+                        _counts_memory, time_limit_s)
+        except RuntimeError as e:
+            raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit}: "
+                                f"{e}", hint="raise memory_limit or use a bigger mesh") from None
+        plan = apply(graph, mesh, sol)
+        peak = plan.report.peak_memory_bytes
+        if memory_limit is None or peak <= memory_limit:
+            break
+        notes.append(f"simulated peak {describe_bytes(peak)} > limit: re-solved tighter")
+        limit = (limit or memory_limit) * memory_limit / peak * 0.97
+    else:
+        raise ShardingError(f"autoshard found no plan whose simulated peak fits memory_limit="
+                            f"{memory_limit}", hint="raise memory_limit or use a bigger mesh")
+    plan.search_s = time.perf_counter() - start
+    plan.explanation = notes + plan.explanation
+    return plan
+
+
+def _counts_memory(node: Node) -> bool:
+    return node.op is None or node.op.name == "dot_general"
+
+
+def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
+    """The chosen layouts as shardings, the graph with constraints, its compiled SimReport."""
+    from spmd import dispatch
+    from spmd.sharding import NamedSharding, ShardingAttr
+
+    def sharding(d: Dims) -> Any:
+        return NamedSharding(mesh, dispatch.user_spec(d))
+
+    chosen = {v: s.gives[j] for node, k in zip(sol.nodes, sol.choice)
+              for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
+    flat_in = tuple(sharding(chosen[v][0]) for v in graph.params)
+    flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
+    rename: dict[int, int] = {}
+    ops: list[Op] = []
+    constraints: list[tuple[str, str, Any]] = []
+    for original in graph.ops:
+        op = _renamed(original, rename) if rename else original
+        ops.append(op)
+        if op.name != "dot_general":
+            continue
+        dims = chosen[original.outputs[0]][0]
+        new = fresh_id()
+        attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), dims)
+        ops.append(Op("sharding_constraint", op.outputs, (new,), op.types,
+                      Attrs(sharding=attr), op.loc))
+        rename[op.outputs[0]] = new
+        constraints.append((op.name, op.loc, sharding(dims)))
+    results = tuple(rename.get(v, v) for v in graph.results)
+    constrained = graph.replace(ops=tuple(ops), results=results)
+    executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
+    report = executable.simulate(check_memory=False)
+    problem = {"nodes": len(sol.nodes), "strategies": sol.strategies, "edges": sol.edges,
+               "variables": sol.variables, "constraints": sol.constraints}
+    return Plan(flat_in, flat_out, constraints, report, explain(graph, sol, chosen),
+                sol.search_s, problem, constrained, flat_in, flat_out)
+
+
+def _renamed(op: Op, rename: dict[int, int]) -> Op:
+    return Op(op.name, tuple(rename.get(v, v) for v in op.inputs), op.outputs, op.types,
+              op.attrs, op.loc)
+
+
+def explain(graph: Graph, sol: Solution, chosen: dict[int, tuple]) -> list[str]:
+    """A line per large tensor: its layout, the strategy that made it, the time it moves."""
+    types = graph.types
+    total = sum(t.nbytes for t in types.values()) or 1
+    lines = []
+    for node, k in zip(sol.nodes, sol.choice):
+        strat = node.strategies[k]
+        for v in node.outputs:
+            t = types[v]
+            if t.nbytes < LARGE * total:
+                continue
+            dims, partial = chosen[v]
+            what = "argument" if node.op is None else f"{node.name} at {node.op.loc or '?'}"
+            why = f"factors {strat.label}" if node.op is not None else "its consumers' layout"
+            pend = f", pending sum over {'+'.join(partial)} resolved downstream" if partial else ""
+            lines.append(f"{what} {t.dtype}{list(t.shape)} ({describe_bytes(t.nbytes)}): "
+                         f"{_spec(dims)} by {why}{pend}")
+    return lines
+
+
+def _spec(dims: Dims) -> str:
+    return "P(" + ", ".join("+".join(a) if a else "None" for a in dims) + ")"
+
+
+def _abstract(args: tuple, mesh: Mesh) -> tuple:
+    from spmd.api import ShapeDtypeStruct
+
+    leaves, tree = tree_flatten(args)
+    out = []
+    for x in leaves:
+        if isinstance(x, ShapeDtypeStruct):
+            out.append(x)
+            continue
+        out.append(ShapeDtypeStruct(tuple(x.shape), str(x.dtype)))
+    return tuple(tree_unflatten(tree, out))
+
+
+def _fixed(graph: Graph, leaves: list[Any], mesh: Mesh) -> dict[int, Dims]:
+    """Arguments given as ShapeDtypeStructs with a sharding keep it."""
+    from spmd.api import ShapeDtypeStruct
+
+    fixed = {}
+    for v, t, x in zip(graph.params, graph.param_types, leaves):
+        if isinstance(x, ShapeDtypeStruct) and x.sharding is not None:
+            fixed[v] = tuple(tuple(d) for d in x.sharding.dim_axes(t.ndim))
+    return fixed
+
+
+def lower_auto(jitted: Any, args: tuple, kwargs: dict) -> Any:
+    """jit(f, in_shardings=AUTO).lower(*args): plan on the arguments' mesh, then lower the
+    constrained program with the plan's shardings."""
+    from spmd.api import Lowered
+    from spmd.mesh import current_mesh
+
+    leaves = jitted.dynamic_leaves(args, kwargs)
+    meshes = {s.mesh for x in leaves if (s := getattr(x, "sharding", None)) is not None
+              and hasattr(s, "mesh")}
+    mesh = meshes.pop() if len(meshes) == 1 else current_mesh()
+    if mesh is None:
+        raise ShardingError("jit(in_shardings=AUTO) needs the arguments on a mesh",
+                            hint="device_put them on a NamedSharding, or call inside `with mesh:`")
+    plan_jit = type(jitted)(jitted.fun, static_argnums=jitted.static_argnums,
+                            static_argnames=jitted.static_argnames)
+    if kwargs:
+        raise ShardingError("jit(in_shardings=AUTO) takes positional arguments only",
+                            hint="pass the keyword arguments positionally")
+    plan = autoshard(plan_jit, *args, mesh=mesh)
+    jitted.last_plan = plan
+    return _AutoLowered(jitted, plan.graph, plan.out_tree, plan.flat_in, plan.flat_out,
+                        (False,) * len(plan.flat_in), Lowered)
+
+
+def _AutoLowered(jitted: Any, graph: Graph, out_tree: Any, flat_in: tuple, flat_out: tuple,
+                 donate: tuple, base: type) -> Any:
+    """A Lowered whose compile keeps the plan's result shardings."""
+
+    class AutoLowered(base):  # type: ignore[misc, valid-type]
+        def compile(self) -> Any:
+            from spmd import dispatch
+            from spmd.api import Compiled
+
+            exe = dispatch.compile_graph(self.graph, self.in_shardings, flat_out, self.donate)
+            return Compiled(self, exe)
+
+    return AutoLowered(jitted, graph, out_tree, flat_in, donate)

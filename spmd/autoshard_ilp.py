@@ -1,0 +1,247 @@
+"""The auto-sharding search: a strategy per op from its factor rule, edges priced by the
+resharding planner's bytes, solved as one integer program (scipy.optimize.milp, HiGHS).
+
+Variables: x[n, s] = 1 when node n (a parameter or an op of the top-level graph) takes
+strategy s (which factor each mesh axis shards, or none). An edge (a value from its producer
+to one consumer) costs the time to reshard the producer's layout (pending sum included)
+into the layout the consumer's strategy wants; the product x[p, s] * x[c, t] is linearised
+per pair of distinct layouts: e[l, m] >= a[l] + b[m] - 1 with a, b sums of x (costs are
+non-negative, so minimising pins e to max(0, a + b - 1)). Imports nothing of the pipeline:
+the costs come in as functions (spmd/autoshard_cost.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spmd.ir.graph import Graph, Op
+from spmd.ir.types import TensorType
+from spmd.ops import REGISTRY
+
+Dims = tuple[tuple[str, ...], ...]
+TILE = 128  # MXU tile the matrix dims of a contraction are padded to
+OPAQUE = {"shard_map", "constant", "iota"}  # the partitioner lays these out itself
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to run a node: the layouts it wants for its operands and gives its results."""
+
+    wants: tuple[Dims, ...]
+    gives: tuple[tuple[Dims, tuple[str, ...]], ...]  # (dims, pending-sum axes) per result
+    cost_s: float
+    memory: float
+    label: str
+
+
+@dataclass
+class Node:
+    """A parameter (op is None) or a top-level op, with its candidate strategies."""
+
+    name: str
+    op: Op | None
+    outputs: tuple[int, ...]
+    strategies: list[Strategy]
+
+
+@dataclass
+class Solution:
+    """The solver's choice per node and what the search cost."""
+
+    nodes: list[Node]
+    choice: list[int]
+    objective_s: float
+    variables: int
+    constraints: int
+    strategies: int
+    edges: int
+    search_s: float
+    status: str
+    notes: list[str] = field(default_factory=list)
+
+
+def layouts(shape: tuple[int, ...], names: tuple[str, ...], sizes: tuple[int, ...]) -> list[Dims]:
+    """Every way to put each mesh axis on one dim (or none) that splits that dim evenly."""
+    out: list[Dims] = []
+    for assign in itertools.product(range(-1, len(shape)), repeat=len(names)):
+        dims = [tuple(a for a, d in zip(names, assign) if d == i) for i in range(len(shape))]
+        ok = all(n % math.prod(sizes[names.index(a)] for a in axes) == 0 and (n > 1 or not axes)
+                 for n, axes in zip(shape, dims))
+        if ok:
+            out.append(tuple(dims))
+    return out
+
+
+def local_bytes(t: TensorType, dims: Dims, axis_size: dict[str, int]) -> float:
+    return t.nbytes / math.prod(axis_size[a] for d in dims for a in d)
+
+
+def op_strategies(op: Op, types: dict[int, TensorType], names: tuple[str, ...],
+                  sizes: tuple[int, ...], rates: dict[str, float]) -> list[Strategy]:
+    """Each assignment of mesh axes to the op's factors that splits every dim evenly."""
+    in_types = [types[v] for v in op.inputs]
+    f = None if op.name in OPAQUE else REGISTRY[op.name].factors(*in_types, **op.attrs)
+    axis_size = dict(zip(names, sizes))
+    out_types = list(op.types)
+    if f is None:  # no factor rule: run replicated (documented limit of this first version)
+        rep = Strategy(tuple(((),) * t.ndim for t in in_types),
+                       tuple((((),) * t.ndim, ()) for t in out_types),
+                       _op_time(op, in_types, out_types, {}, axis_size, rates, None), 0.0,
+                       "replicated")
+        return [rep]
+    extent: dict[str, int] = {}
+    for fdims, t in zip(f.operands + f.results, in_types + out_types):
+        for factor, n in zip(fdims, t.shape):
+            if factor is not None and n > 1:
+                extent[factor] = n
+    factors = [x for x in sorted(extent) if x not in f.blocked
+               and not (x in f.reduce and f.reduce_kind != "sum")]
+    found: list[Strategy] = []
+    for assign in itertools.product([None, *factors], repeat=len(names)):
+        fa = {x: tuple(a for a, y in zip(names, assign) if y == x) for x in factors}
+        fa = {x: axes for x, axes in fa.items() if axes}
+        if any(extent[x] % math.prod(axis_size[a] for a in axes) for x, axes in fa.items()):
+            continue
+        if op.name == "reshape" and any(x not in f.operands[0] for x in fa):
+            continue
+        wants = tuple(_dims(fd, fa, t.shape) for fd, t in zip(f.operands, in_types))
+        partial = tuple(a for a in names if any(a in fa.get(x, ()) for x in f.reduce))
+        gives = tuple((_dims(fd, fa, t.shape), partial) for fd, t in zip(f.results, out_types))
+        memory = sum(local_bytes(t, d, axis_size) for t, (d, _) in zip(out_types, gives))
+        cost = _op_time(op, in_types, out_types, fa, axis_size, rates, f)
+        label = ",".join(f"{x}:{'+'.join(axes)}" for x, axes in sorted(fa.items())) or "replicated"
+        found.append(Strategy(wants, gives, cost, memory, label))
+    return found
+
+
+def _dims(fdims: tuple[str | None, ...], fa: dict[str, tuple[str, ...]],
+          shape: tuple[int, ...]) -> Dims:
+    return tuple(fa.get(x, ()) if x is not None and n > 1 else () for x, n in zip(fdims, shape))
+
+
+def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
+             fa: dict[str, tuple[str, ...]], axis_size: dict[str, int],
+             rates: dict[str, float], f: object) -> float:
+    """A contraction is priced by its FLOPs at the chip's rate, anything else by the bytes
+    it touches at memory bandwidth; both divided by the shards the strategy makes."""
+    shards = math.prod(axis_size[a] for axes in fa.values() for a in axes)
+    if op.name == "dot_general" and f is not None:
+        extent: dict[str, int] = {}
+        for fd, t in zip(f.operands + f.results, in_types + out_types):  # type: ignore[attr-defined]
+            extent.update({x: n for x, n in zip(fd, t.shape) if x is not None})
+        # local extent per factor; matrix dims padded to the systolic tile, as the
+        # simulator's cost model pads them (a 16-row shard costs a 128-row pass)
+        batch = set(f.operands[0]) & set(f.operands[1]) - set(f.reduce)  # type: ignore[attr-defined]
+        work = 1.0
+        for x, n in extent.items():
+            local = -(-n // math.prod(axis_size[a] for a in fa.get(x, ())))
+            work *= local if x in batch else -(-local // TILE) * TILE
+        return 2.0 * work / rates["flops"]
+    touched = sum(t.nbytes for t in in_types + out_types)
+    return touched / shards / rates["hbm"]
+
+
+def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
+                rates: dict[str, float], fixed: dict[int, Dims]) -> list[Node]:
+    """Parameters (all layouts, or the one the user fixed) then every top-level op."""
+    axis_size = dict(zip(names, sizes))
+    nodes: list[Node] = []
+    for i, (v, t) in enumerate(zip(graph.params, graph.param_types)):
+        options = [fixed[v]] if v in fixed else layouts(t.shape, names, sizes)
+        # a tie-break of one HBM pass over the local bytes: where slicing an argument is free
+        # the program should still receive it sliced (less to hold, nothing to slice)
+        strategies = [Strategy((), ((d, ()),), local_bytes(t, d, axis_size) / rates["hbm"],
+                               local_bytes(t, d, axis_size), _spec(d)) for d in options]
+        nodes.append(Node(f"arg{i}", None, (v,), strategies))
+    for op in graph.ops:
+        nodes.append(Node(op.name, op, op.outputs,
+                          op_strategies(op, graph.types, names, sizes, rates)))
+    return nodes
+
+
+def _spec(d: Dims) -> str:
+    return "P(" + ", ".join("+".join(a) if a else "None" for a in d) + ")"
+
+
+def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tuple, Dims], float],
+          memory_limit: float | None, memory_of: Callable[[Node], bool],
+          time_limit_s: float = 60.0) -> Solution:
+    """Build and solve the integer program; raises RuntimeError when HiGHS finds nothing."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    start = time.perf_counter()
+    offset: list[int] = []
+    n = 0
+    for node in nodes:
+        offset.append(n)
+        n += len(node.strategies)
+    where = {v: (k, j) for k, node in enumerate(nodes) for j, v in enumerate(node.outputs)}
+    cost = [s.cost_s for node in nodes for s in node.strategies]
+    rows: list[tuple[list[int], list[float], float, float]] = []
+    for k, node in enumerate(nodes):  # one strategy per node
+        rows.append((list(range(offset[k], offset[k] + len(node.strategies))),
+                     [1.0] * len(node.strategies), 1.0, 1.0))
+    edges = 0
+    types = graph.types
+    sinks = [(v, None) for v in graph.results]
+    uses = [(v, (k, i)) for k, node in enumerate(nodes) if node.op is not None
+            for i, v in enumerate(node.op.inputs)] + sinks
+    for v, user in uses:
+        if v not in where:
+            continue
+        p, j = where[v]
+        edges += 1
+        given: dict[tuple, list[int]] = {}
+        for s, strat in enumerate(nodes[p].strategies):
+            given.setdefault(strat.gives[j], []).append(offset[p] + s)
+        if user is None:  # a result: its pending sums are resolved in the layout it has
+            for spec, cols in given.items():
+                t = edge_time(types[v], spec, spec[0]) if spec[1] else 0.0
+                for c in cols:
+                    cost[c - 0] += t
+            continue
+        c, i = user
+        wanted: dict[Dims, list[int]] = {}
+        for s, strat in enumerate(nodes[c].strategies):
+            wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
+        for (spec, pcols), (want, ccols) in itertools.product(given.items(), wanted.items()):
+            t = edge_time(types[v], spec, want)
+            if t <= 0.0:
+                continue
+            cost.append(t)
+            rows.append(([n, *pcols, *ccols], [1.0] + [-1.0] * (len(pcols) + len(ccols)),
+                         -1.0, np.inf))
+            n += 1
+    n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
+    if memory_limit is not None:
+        cols = [offset[k] + s for k, node in enumerate(nodes) if memory_of(node)
+                for s in range(len(node.strategies))]
+        mem = [node.strategies[s].memory for node in nodes if memory_of(node)
+               for s in range(len(node.strategies))]
+        rows.append((cols, mem, 0.0, float(memory_limit)))
+    r_idx, c_idx, vals = [], [], []
+    for r, (cols, coefs, _, _) in enumerate(rows):
+        r_idx += [r] * len(cols)
+        c_idx += cols
+        vals += coefs
+    a = coo_matrix((vals, (r_idx, c_idx)), shape=(len(rows), n)).tocsr()
+    lo = np.array([row[2] for row in rows])
+    hi = np.array([row[3] for row in rows])
+    integrality = np.zeros(n)
+    integrality[:n_x] = 1
+    res = milp(np.array(cost), constraints=LinearConstraint(a, lo, hi), integrality=integrality,
+               bounds=Bounds(np.zeros(n), np.ones(n)),
+               options={"time_limit": time_limit_s, "disp": False})
+    if res.x is None:
+        raise RuntimeError(res.message)
+    choice = [int(np.argmax(res.x[offset[k]:offset[k] + len(node.strategies)]))
+              for k, node in enumerate(nodes)]
+    return Solution(nodes, choice, float(res.fun), n, len(rows), n_x, edges,
+                    time.perf_counter() - start, str(res.message))

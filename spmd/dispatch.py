@@ -58,7 +58,6 @@ class SingleDeviceExecutable:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        # the backend the registry picks for the default (cpu) device, through launch.runtime
         self.program = runtime_api().compile_single_device(graph)
 
     def __call__(self, args: Sequence[Any]) -> list[Any]:
@@ -66,8 +65,7 @@ class SingleDeviceExecutable:
 
         if (abstract := _simulated(self, args)) is not None:
             return abstract
-        values = [_global(a, t) for a, t in zip(args, self.graph.param_types)]
-        outs = self.program(values)
+        outs = self.program([_global(a, t) for a, t in zip(args, self.graph.param_types)])
         return [Array(o, weak=t.weak) for o, t in zip(outs, self.graph.result_types)]
 
     def collectives(self) -> list[Any]:
@@ -112,11 +110,9 @@ class ShardedExecutable:
         n = self.mesh.size
         per_device = [[shards[d] for shards in per_param] for d in range(n)]
         outs = self.prepared_on(runtime()).run(per_device)
-        results = []
-        for i, (t, sharding) in enumerate(zip(self.graph.result_types, self.out_shardings)):
-            results.append(Array(shards=[outs[d][i] for d in range(n)], sharding=sharding,
-                                 aval=t, committed=True))
-        return results
+        return [Array(shards=[outs[d][i] for d in range(n)], sharding=sharding, aval=t,
+                      committed=True) for i, (t, sharding) in
+                enumerate(zip(self.graph.result_types, self.out_shardings))]
 
     def _shards_for(self, a: Any, t: TensorType, spec: Any) -> list[np.ndarray]:
         from partitioner import layout
@@ -126,15 +122,13 @@ class ShardedExecutable:
                 a.sharding, NamedSharding) and a.sharding.mesh == self.mesh and \
                 spec_of(a.sharding, t.ndim) == spec:
             return a._shards
-        shards = layout.split(_global(a, t), spec, mesh_shape(self.mesh))
-        return _RUNTIME.put(shards, self.mesh) if _RUNTIME else shards
+        return runtime().put(layout.split(_global(a, t), spec, mesh_shape(self.mesh)), self.mesh)
 
     def prepared_on(self, on: Any) -> Any:
         """The per-device program as runtime `on` compiled it (once per runtime)."""
         found = self._prepared.get(id(on))
         if found is None or found[0] is not on:
-            found = (on, on.compile(self.partitioned, self.mesh))
-            self._prepared[id(on)] = found
+            found = self._prepared[id(on)] = (on, on.compile(self.partitioned, self.mesh))
         return found[1]
 
     @property
@@ -152,8 +146,7 @@ class ShardedExecutable:
 
     def memory_per_device(self) -> int:
         """The native backend's planned peak when it runs the program, else liveness."""
-        prepared = self.prepared_on(runtime())
-        kernel = getattr(prepared, "compiled_program", lambda: None)()
+        kernel = getattr(self.prepared_on(runtime()), "compiled_program", lambda: None)()
         if kernel is not None:
             return kernel.memory_per_device()
         from partitioner.memory import peak_bytes
@@ -383,8 +376,7 @@ def check_device(device_kind: str) -> None:
 
 
 def runtime_api() -> Any:
-    """launch.runtime: the runtimes (the embedded one included), the backend registry's door
-    for the API, and global arrays from per-process data."""
+    """launch.runtime: the runtimes, the API's door to the backend registry, global arrays."""
     import launch.runtime
 
     return launch.runtime

@@ -189,7 +189,8 @@ def _fusible(producer: Unit, op: Op, users: dict[int, list[Op]], results: set[in
     consumers = [u for o in producer.outputs for u in users.get(o, [])]
     if all(u is op for u in consumers):
         return True
-    return producer.kind in ("elementwise", "fusion") and all(
+    # copies only of single ops: copying fusions into fusions would grow them exponentially
+    return producer.kind == "elementwise" and all(
         kinds[id(u)] in FUSIBLE_USERS for u in consumers)
 
 

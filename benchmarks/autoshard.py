@@ -1,0 +1,94 @@
+"""Issue 20: autoshard's plan against hand plans (pure DP, FSDP, Megatron TP, DP x TP) on
+tpu-sim v5e 16x16, simulated step time and peak memory, with search time and problem size.
+
+    python -m benchmarks.autoshard
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import spmd
+import spmd.numpy as snp
+import spmd.sim
+from spmd.api import ShapeDtypeStruct as S
+from spmd.sharding import NamedSharding, P
+
+ALL = ("data", "model")
+
+
+def mlp(x: Any, w1: Any, w2: Any) -> Any:
+    return snp.tanh(x @ w1) @ w2
+
+
+def block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: Any) -> Any:
+    """A pre-norm transformer block (forward), batch x seq x d_model."""
+    h = spmd.nn.standardize(x)
+    q = snp.einsum("bsd,dhk->bshk", h, wq)
+    k = snp.einsum("bsd,dhk->bshk", h, wk)
+    v = snp.einsum("bsd,dhk->bshk", h, wv)
+    scores = snp.einsum("bshk,bthk->bhst", q, k)
+    attention = snp.einsum("bhst,bthk->bshk", spmd.nn.softmax(scores, axis=-1), v)
+    x = x + snp.einsum("bshk,hkd->bsd", attention, wo)
+    h = spmd.nn.standardize(x)
+    return x + snp.einsum("bsf,fd->bsd", spmd.nn.gelu(snp.einsum("bsd,df->bsf", h, w1)), w2)
+
+
+def block_shapes(b: int, s: int, d: int, heads: int, f: int) -> list[tuple[int, ...]]:
+    k = d // heads
+    return [(b, s, d), (d, heads, k), (d, heads, k), (d, heads, k), (heads, k, d), (d, f),
+            (f, d)]
+
+
+MLP_PLANS = {"DP": [P(ALL), P(), P()], "FSDP": [P(ALL), P(ALL), P(ALL)],
+             "Megatron TP": [P(), P(None, ALL), P(ALL)],
+             "DP x TP": [P("data"), P(None, "model"), P("model")]}
+BLOCK_PLANS = {
+    "DP": [P(ALL)] + [P()] * 6,
+    "FSDP": [P(ALL)] + [P(ALL)] * 6,
+    "Megatron TP": [P(), P(None, ALL), P(None, ALL), P(None, ALL), P(ALL), P(None, ALL),
+                    P(ALL)],
+    "DP x TP": [P("data"), P(None, "model"), P(None, "model"), P(None, "model"), P("model"),
+                P(None, "model"), P("model")]}
+
+
+def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list]) -> dict[str, Any]:
+    return {name: spmd.sim.simulate(f, *[S(s, "float32", NamedSharding(mesh, p))
+                                         for s, p in zip(shapes, specs)], check_memory=False)
+            for name, specs in plans.items()}
+
+
+def compare(name: str, f: Any, mesh: Any, shapes: list, plans: dict[str, list],
+            memory_limit: float | None = None) -> dict[str, Any]:
+    hand = hand_reports(f, mesh, shapes, plans)
+    start = time.perf_counter()
+    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh,
+                              memory_limit=memory_limit)
+    wall = time.perf_counter() - start
+    best = min(hand, key=lambda k: hand[k].step_time_s)
+    return {"name": name, "hand": hand, "plan": plan, "wall": wall, "best": best}
+
+
+def main() -> None:
+    mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
+    rows = [compare("MLP 4096x4096x16384", mlp, mesh,
+                    [(4096, 4096), (4096, 16384), (16384, 4096)], MLP_PLANS),
+            compare("block b32 s512 d1024 h16 f4096", block, mesh,
+                    block_shapes(32, 512, 1024, 16, 4096), BLOCK_PLANS),
+            compare("MLP, memory_limit 256 MiB", mlp, mesh,
+                    [(4096, 4096), (4096, 16384), (16384, 4096)], MLP_PLANS, 256 * 2 ** 20)]
+    for r in rows:
+        plan = r["plan"]
+        print(f"\n{r['name']} (v5e 16x16): search {plan.search_s:.2f} s, {plan.problem}")
+        hand = r["hand"]
+        for label, rep in [*hand.items(), ("autoshard", plan.report)]:
+            print(f"  {label:12s} step {rep.step_time_s * 1e3:8.3f} ms   peak "
+                  f"{rep.peak_memory_bytes / 2**20:8.1f} MiB")
+        ratio = plan.report.step_time_s / hand[r["best"]].step_time_s
+        print(f"  autoshard / best hand ({r['best']}) = {ratio:.3f}")
+        print(plan)
+
+
+if __name__ == "__main__":
+    main()

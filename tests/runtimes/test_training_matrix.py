@@ -37,6 +37,16 @@ SHORT = 30
 RTOL = 1e-5
 ATOL = 1e-6  # 1e-5 of the weights' scale (~0.1): elements near zero differ by rounding alone
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# Dots stay on the BLAS: the native GEMM picks its variant by timing its first calls, so two
+# runs on a loaded machine may round differently, and 400 Adam steps turn 1e-7 into a flipped
+# ReLU unit (seen: 4e-4 in one column). The rows compare runtimes, not dot variants.
+DETERMINISTIC = {"SPMD_NATIVE_GEMM": "0"}
+
+
+@pytest.fixture(autouse=True)
+def deterministic_dots(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DETERMINISTIC.items():
+        monkeypatch.setenv(name, value)
 
 
 def length(backend: str) -> int:
@@ -108,7 +118,7 @@ def test_embedded_runtime(mode: str, backend: str, tmp_path: Path,
 
 def launch(runtime: str, backend: str, *args: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SPMD_BACKEND=backend,
-               SPMD_COLLECTIVE_TIMEOUT="120")
+               SPMD_COLLECTIVE_TIMEOUT="120", **DETERMINISTIC)
     done = subprocess.run([sys.executable, "-m", "launch.cli", "--mesh", "2x4", "--axes",
                            "data,model", "--runtime", runtime, str(EXAMPLE), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
@@ -137,6 +147,7 @@ def ray_runtime():
     from launch.ray import RayRuntime
 
     os.environ.setdefault("SPMD_COLLECTIVE_TIMEOUT", "120")
+    os.environ.update(DETERMINISTIC)  # the actors inherit the environment Ray starts with
     started = RayRuntime(num_devices=8)
     yield started
     started.shutdown()

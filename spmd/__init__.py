@@ -48,6 +48,7 @@ from spmd.sharding import (
 )
 from spmd.shard_map import shard_map
 from spmd.pipeline_grad import pipeline, pipeline_value_and_grad  # noqa: F401 (issue 19)
+from spmd.autoshard import AUTO  # jit(f, in_shardings=AUTO)
 from spmd.tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 from spmd.visualize import visualize_sharding
 from spmd.vmap import vmap
@@ -81,5 +82,6 @@ __all__ = [
     "make_mesh", "nn", "optim", "random", "shard_map", "sim", "tree_flatten", "tree_leaves",
     "tree_map", "tree_structure", "tree_unflatten", "value_and_grad", "vjp",
     "visualize_sharding", "with_sharding_constraint",
-    "checkpoint_name", "checkpoint_policies", "remat",
+    "checkpoint_name", "checkpoint_policies", "remat", "pipeline", "pipeline_value_and_grad",
+    "AUTO",
 ]

@@ -47,7 +47,7 @@ from spmd.sharding import (
     set_mesh,
 )
 from spmd.shard_map import shard_map
-from spmd.pipeline_grad import pipeline, pipeline_value_and_grad  # noqa: F401 (issue 19)
+from spmd.pipeline_grad import pipeline, pipeline_value_and_grad
 from spmd.autoshard import AUTO  # jit(f, in_shardings=AUTO)
 from spmd.tree import tree_flatten, tree_leaves, tree_map, tree_structure, tree_unflatten
 from spmd.visualize import visualize_sharding

@@ -12,8 +12,8 @@ import pytest
 
 import spmd
 import spmd.numpy as jnp
-from backends.cpu import compile_program
 from backends.common.fusion import splits_and_merges
+from backends.cpu import compile_program
 from spmd.interpreter import evaluate
 
 

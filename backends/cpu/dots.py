@@ -124,6 +124,11 @@ def _blas_library() -> Any | None:
     from threadpoolctl import ThreadpoolController
 
     libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    if len(libraries) > 1:  # scipy (or another package) loaded a BLAS of its own: numpy's one
+        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+        libraries = [lib for lib in libraries
+                     if os.path.realpath(lib.filepath).startswith(numpy_dir)
+                     and os.sep + "numpy" in os.path.realpath(lib.filepath)]
     return libraries[0] if len(libraries) == 1 else None
 
 

@@ -3,6 +3,10 @@ and each dot keeps whichever its first calls measured faster."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -104,3 +108,15 @@ def test_a_blas_threads_program_splits_no_kernel_and_tries_no_native_split() -> 
     np.testing.assert_allclose(exe([x, w])[0], np.tanh(x @ w) * 2, rtol=1e-5)
     (dot,) = [s for s in exe.steps if s.kind == "dot"]
     assert ("native", 2) not in dot.dot_threads.trials.variants
+
+
+def test_numpys_blas_is_found_when_scipy_loaded_its_own() -> None:
+    """scipy's wheel brings a second OpenBLAS; the BLAS-threads choice must still find numpy's
+    (it was disabled for the whole suite once autoshard's tests imported scipy)."""
+    code = ("import scipy.linalg, numpy\n"
+            "from backends.cpu import dots\n"
+            "lib = dots._blas_library()\n"
+            "print('numpy' in lib.filepath if lib is not None else 'none')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[3])
+    assert done.stdout.strip().splitlines()[-1] == "True", done.stdout + done.stderr

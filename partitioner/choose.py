@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from partitioner.cost import reshard_moved
-from partitioner.propagate import dims_from_factors, factor_axes
+from partitioner.propagate import dims_from_factors, factor_axes, op_factors
 from partitioner.spec import AxisTuple, ShardSpec
 from spmd.ir.graph import Op
 from spmd.ops import REGISTRY, Factors
@@ -82,6 +82,14 @@ def gathered(p: Partitioner, op: Op, f: Factors, fa: FactorAxes) -> FactorAxes:
             out[factor] = axes
             used |= set(axes)
     return out
+
+
+def generic_cost(p: Partitioner, op: Op) -> float:
+    """Bytes moved by the plan the factor rule would choose for op: what a hand-written
+    plan (permutes, local lookups, realigned windows) must beat to be taken instead."""
+    f = op_factors(op, p.types)
+    fa, _ = choose_factor_axes(p, op, f)
+    return plan_cost(p, op, f, fa)
 
 
 def plan_cost(p: Partitioner, op: Op, f: Factors, fa: FactorAxes) -> float:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from partitioner.choose import choose_factor_axes, pending_sum_moved, plan_cost
-from partitioner.propagate import op_factors
+from partitioner.choose import generic_cost, pending_sum_moved
 from partitioner.spec import ShardSpec, shard_size
 from spmd.ir.graph import Op
 
@@ -33,9 +32,7 @@ def gather_own_rows(p: Partitioner, op: Op) -> bool:
     if len(flat) != len(set(flat)):
         return False  # the indices use the table's axes: the generic plan
     spec = ShardSpec(dims, tuple(a for a in p.mesh.names if a in axes), "sum")
-    f = op_factors(op, p.types)
-    fa, _ = choose_factor_axes(p, op, f)
-    generic = plan_cost(p, op, f, fa)
+    generic = generic_cost(p, op)
     own = pending_sum_moved(p, out, spec)
     if not own < generic:
         return False
@@ -92,9 +89,7 @@ def scatter_local_rows(p: Partitioner, op: Op) -> bool:
         return False
     axes = tuple(a for a in p.mesh.names if a in summed)
     spec = ShardSpec(xspec.dims, axes, "sum")
-    f = op_factors(op, p.types)
-    fa, _ = choose_factor_axes(p, op, f)
-    generic = plan_cost(p, op, f, fa)
+    generic = generic_cost(p, op)
     own = pending_sum_moved(p, out, spec)
     if not own < generic:
         return False

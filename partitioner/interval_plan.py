@@ -42,8 +42,7 @@ def intervals(n: int, k: int, start: int, size: int) -> list[Interval]:
 def realign_then_gather(p: Partitioner, op: Op) -> bool:
     """Partition the slice as realign (permutes of window rows) + the planner's gather;
     False where it does not apply or the generic plan moves fewer bytes."""
-    from partitioner.choose import choose_factor_axes, plan_cost
-    from partitioner.propagate import op_factors
+    from partitioner.choose import generic_cost
 
     v, out = op.inputs[0], op.outputs[0]
     lv, spec = p.env[v]
@@ -73,9 +72,7 @@ def realign_then_gather(p: Partitioner, op: Op) -> bool:
     want = p.dims_of.get(out, spec.dims)
     moved = sum(max(x[4] for x in r) for r in rounds) * row + reshard_moved(
         p.mesh, p.types[out], inter, want)
-    f = op_factors(op, p.types)
-    fa, _ = choose_factor_axes(p, op, f)
-    generic = plan_cost(p, op, f, fa)
+    generic = generic_cost(p, op)
     if not moved < generic:
         return False
     reason = (f"slice of dim {d}: window rows realigned onto an even split, then gathered "

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from partitioner.builder import ProgramBuilder
-from partitioner.choose import choose_factor_axes, plan_cost
+from partitioner.choose import generic_cost
 from partitioner.cost import plan_moved
 from partitioner.permute_plan import permute_plan, pieces
-from partitioner.propagate import op_factors
 from partitioner.spec import ShardSpec
 from spmd.ir.graph import Op
 
@@ -61,9 +60,7 @@ def realign_window(p: Partitioner, op: Op, window: list[tuple[int, int]], fill: 
     local = p.b.types[lv]
     moved = plan_moved(p.mesh, local, lambda b, x: permute_plan(b, [x], [(gtype, window)],
                                                                 spec.dims, want, "", ""))
-    f = op_factors(op, p.types)
-    fa, _ = choose_factor_axes(p, op, f)
-    generic = plan_cost(p, op, f, fa)
+    generic = generic_cost(p, op)
     if not moved < generic:
         return False
     value = None if fill is None else p.operand(fill, (), op.loc, f"{what} value")
@@ -95,9 +92,7 @@ def realign_concat(p: Partitioner, op: Op) -> bool:
         return False
     xs = [p.env[v][0] for v in op.inputs]
     moved = plan_moved_many(p, xs, lambda b, ys: permute_plan(b, ys, sources, want, want, "", ""))
-    f = op_factors(op, p.types)
-    fa, _ = choose_factor_axes(p, op, f)
-    generic = plan_cost(p, op, f, fa)
+    generic = generic_cost(p, op)
     if not moved < generic:
         return False
     out_v = permute_plan(p.b, xs, sources, want, want, op.loc,

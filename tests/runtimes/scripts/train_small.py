@@ -70,8 +70,10 @@ def faults(argv: list[str]) -> None:
     """--fail-on-rank R: process R raises; --wait: every process prints its pid and waits
     (for a test to kill one, or to interrupt the launcher). Other arguments are ignored."""
     rank = distributed.process_index()
-    if "--fail-on-rank" in argv and rank == int(argv[argv.index("--fail-on-rank") + 1]):
-        raise ValueError(f"deliberate failure on process {rank}")
+    if "--fail-on-rank" in argv:
+        distributed.barrier()  # every process has trained (and rank 0 printed) before one raises
+        if rank == int(argv[argv.index("--fail-on-rank") + 1]):
+            raise ValueError(f"deliberate failure on process {rank}")
     if "--wait" in argv:
         print(f"WAITING rank={rank} pid={os.getpid()}", flush=True)
         time.sleep(60)

@@ -78,5 +78,9 @@ class OpDef:
     # How a partial (pending-sum) operand passes through: "all" = linear in all operands
     # jointly (add, neg, transpose); "each" = linear in each one with the others fixed (mul, dot).
     linear: str = "none"
+    # How it runs on operands with a leading batch dim of size n (device batching):
+    # batch(n, batched, **attrs) -> the batched op's attrs (batched[i]: operand i has that
+    # dim), or None where it cannot (spmd/ops/batching.py; elementwise ops need none).
+    batch: Callable[..., dict[str, Any] | None] | None = None
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -60,10 +60,27 @@ def combine_all_reduces(program: Graph, records: list[CollectiveRecord], mesh: M
         return program, records
     new_records = list(records)
     for members in [[ops[i] for i in bucket] for bucket in buckets]:  # before any reordering
+        if _joined(ops, members):
+            continue
         ops, record = _apply(ops, members)
         merged = {m.outputs[0] for m in members}
         new_records = [r for r in new_records if r.value not in merged] + [record]
     return program.replace(ops=tuple(ops)), new_records
+
+
+def _joined(ops: list[Op], members: list[Op]) -> bool:
+    """Whether a member now depends on another: an earlier bucket (of other axes) merged an
+    all-reduce downstream of one member with one upstream of another (no order exists)."""
+    member_ids = {id(m) for m in members}
+    reached: set[int] = set()
+    for op in ops:
+        if reached & set(op.inputs):
+            if id(op) in member_ids:
+                return True
+            reached |= set(op.outputs)
+        elif id(op) in member_ids:
+            reached |= set(op.outputs)
+    return False
 
 
 def _apply(ops: list[Op], members: list[Op]) -> tuple[list[Op], CollectiveRecord]:

@@ -10,6 +10,7 @@ import functools
 import ml_dtypes
 import numpy as np
 
+from spmd import config
 from spmd.errors import DTypeError
 
 FLOATS = ("bfloat16", "float16", "float32", "float64")
@@ -26,8 +27,8 @@ DEFAULT_INT = "int32"
 _BY_NUMPY = {np_dtype: name for name, np_dtype in _NUMPY.items()}
 
 # JAX's jax_enable_x64: when off, every 64-bit dtype is its 32-bit kin (numpy float64 inputs
-# become float32, int64 int32), as in JAX. spmd.config.update("jax_enable_x64", ...) sets it.
-X64 = {"enabled": True}
+# become float32, int64 int32), as in JAX. spmd.config holds it (default: SPMD_ENABLE_X64).
+X64 = config.X64
 _NARROW = {"float64": "float32", "int64": "int32", "uint64": "uint32"}
 
 

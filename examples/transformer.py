@@ -1,7 +1,9 @@
 """A small GPT (decoder-only, character level) on examples/data: Megatron tensor parallel over
-'model' (attention heads, MLP column/row-parallel) and data parallel over 'data'.
+'model' (attention heads, MLP column/row-parallel) and data parallel over 'data'; with
+--pipeline P its layers split into P stages over a 'pipe' axis (spmd.pipeline, GPipe).
 
 Run: python3 examples/transformer.py [--steps 60] [--mesh 2x4]
+     python3 examples/transformer.py --mesh 2x2x2 --pipeline 2 [--microbatches 4]
      python3 examples/transformer.py --simulate tpu-sim:v5e --mesh 16x16
 """
 
@@ -48,6 +50,8 @@ class Config:
     warmup_steps: int = 6
     weight_decay: float = 0.01
     seed: int = 0
+    pipeline: int = 1      # stages over the 'pipe' mesh axis (1: no pipeline)
+    microbatches: int = 4  # per step, when pipelined
 
     @property
     def head_width(self) -> int:
@@ -65,8 +69,15 @@ def load_corpus(config: Config, path: str = CORPUS) -> np.ndarray:
     return tokens[starts[:, None] + np.arange(config.context + 1)]
 
 
-def parse_mesh(text: str | None, device: str = "cpu") -> spmd.Mesh | None:
-    """'2x4' -> Mesh (data=2, model=4); '8' -> Mesh (data=8); '1' -> None (one device)."""
+def parse_mesh(text: str | None, device: str = "cpu", pipeline: int = 1) -> spmd.Mesh | None:
+    """'2x4' -> Mesh (data=2, model=4); '8' -> Mesh (data=8); '1' -> None (one device).
+    With pipeline P > 1: '2x2x2' -> (data=2, pipe=2, model=2), the pipe size must be P."""
+    if pipeline > 1:
+        text = text or f"{max(spmd.device_count() // (2 * pipeline), 1)}x{pipeline}x2"
+        shape = tuple(int(n) for n in text.lower().split("x"))
+        if len(shape) != 3 or shape[1] != pipeline:
+            raise SystemExit(f"--pipeline {pipeline} needs --mesh DATAx{pipeline}xMODEL")
+        return spmd.make_mesh(shape, ("data", "pipe", "model"), device=device)
     if text is None:
         text = "2x4" if spmd.device_count() >= 8 else str(spmd.device_count())
     shape = tuple(int(n) for n in text.lower().split("x"))
@@ -84,16 +95,18 @@ def sharding(mesh: spmd.Mesh | None, *axes: str | None) -> NamedSharding | None:
 
 def param_shardings(mesh: spmd.Mesh | None) -> dict[str, Any]:
     """Megatron: q/k/v and the MLP's first layer split their outputs over 'model' (heads,
-    hidden units); the attention output and the MLP's second layer split their inputs."""
+    hidden units); the attention output and the MLP's second layer split their inputs.
+    Pipelined, the layers are [stage, layer of the stage, ...] with the stage dim on 'pipe'."""
+    s = ("pipe",) if mesh is not None and "pipe" in mesh.axis_names else ()
     layer = {
-        "ln1_scale": sharding(mesh), "ln1_bias": sharding(mesh),
-        "qkv": sharding(mesh, None, None, None, "model", None),   # [layer, in, q/k/v, head, e]
-        "out": sharding(mesh, None, "model", None, None),         # [layer, head, e, out]
-        "ln2_scale": sharding(mesh), "ln2_bias": sharding(mesh),
-        "mlp_in": sharding(mesh, None, None, "model"),            # [layer, width, hidden]
-        "mlp_in_bias": sharding(mesh, None, "model"),
-        "mlp_out": sharding(mesh, None, "model", None),           # [layer, hidden, width]
-        "mlp_out_bias": sharding(mesh),
+        "ln1_scale": sharding(mesh, *s), "ln1_bias": sharding(mesh, *s),
+        "qkv": sharding(mesh, *s, None, None, None, "model", None),  # [layer, in, qkv, head, e]
+        "out": sharding(mesh, *s, None, "model", None, None),        # [layer, head, e, out]
+        "ln2_scale": sharding(mesh, *s), "ln2_bias": sharding(mesh, *s),
+        "mlp_in": sharding(mesh, *s, None, None, "model"),           # [layer, width, hidden]
+        "mlp_in_bias": sharding(mesh, *s, None, "model"),
+        "mlp_out": sharding(mesh, *s, None, "model", None),          # [layer, hidden, width]
+        "mlp_out_bias": sharding(mesh, *s),
     }
     return {"embed": sharding(mesh), "position": sharding(mesh), "layers": layer,
             "final_scale": sharding(mesh), "final_bias": sharding(mesh),
@@ -130,11 +143,24 @@ def init_params(config: Config, mesh: spmd.Mesh | None) -> dict[str, Any]:
               "position": normal("position", (c.context, c.width), 0.01), "layers": layers,
               "final_scale": full((c.width,), 1.0), "final_bias": full((c.width,), 0.0),
               "unembed": normal("unembed", (c.width, c.vocab))}
+    if c.pipeline > 1:  # the same values, stage-major: [stage, layer of the stage, ...]
+        params["layers"] = spmd.tree_map(
+            lambda w: w.reshape((c.pipeline, c.layers // c.pipeline) + w.shape[1:]), layers)
     return spmd.tree_map(spmd.device_put, params, param_shardings(mesh))
 
 
-def block(x: Any, layer: dict[str, Any]) -> Any:
-    """One pre-norm transformer block on x [batch, time, width]."""
+def unstaged(params: dict[str, Any]) -> dict[str, Any]:
+    """Pipelined parameters as numpy in the unpipelined layout ([layer, ...])."""
+    flat = {k: np.asarray(v) for k, v in params.items() if k != "layers"}
+    flat["layers"] = {k: np.asarray(v) for k, v in params["layers"].items()}
+    if flat["layers"]["ln1_scale"].ndim == 3:
+        flat["layers"] = {k: v.reshape((-1,) + v.shape[2:]) for k, v in flat["layers"].items()}
+    return flat
+
+
+def block(x: Any, layer: dict[str, Any], reduce: Any = lambda y: y) -> Any:
+    """One pre-norm transformer block on x [batch, time, width]; `reduce` sums the partial
+    products of the heads and hidden units (psum over 'model' inside the pipeline)."""
     h = spmd.nn.layer_norm(x, layer["ln1_scale"], layer["ln1_bias"])
     qkv = snp.einsum("btd,dkhe->kbthe", h, layer["qkv"])
     q, k, v = qkv[0], qkv[1], qkv[2]
@@ -143,29 +169,43 @@ def block(x: Any, layer: dict[str, Any]) -> Any:
     causal = snp.arange(time_steps)[:, None] >= snp.arange(time_steps)[None, :]
     scores = snp.where(causal, scores, -1e9)
     attention = snp.einsum("bhts,bshe->bthe", spmd.nn.softmax(scores, axis=-1), v)
-    x = x + snp.einsum("bthe,hed->btd", attention, layer["out"])
+    x = x + reduce(snp.einsum("bthe,hed->btd", attention, layer["out"]))
     h = spmd.nn.layer_norm(x, layer["ln2_scale"], layer["ln2_bias"])
     h = spmd.nn.gelu(h @ layer["mlp_in"] + layer["mlp_in_bias"])
-    return x + h @ layer["mlp_out"] + layer["mlp_out_bias"]
+    return x + reduce(h @ layer["mlp_out"]) + layer["mlp_out_bias"]
 
 
-def forward(params: dict[str, Any], tokens: Any) -> Any:
-    """Logits [batch, time, vocab] of the next character; the layers run under lax.scan."""
+def layers_in_sequence(x: Any, layers: dict[str, Any], reduce: Any = lambda y: y) -> Any:
+    def step(carry: Any, layer: dict[str, Any]) -> tuple[Any, None]:
+        return block(carry, layer, reduce), None
+
+    return spmd.lax.scan(step, x, layers)[0]
+
+
+def forward(params: dict[str, Any], tokens: Any, mesh: spmd.Mesh | None = None,
+            microbatches: int = 1) -> Any:
+    """Logits [batch, time, vocab] of the next character; the layers run under lax.scan,
+    or, on a mesh with a 'pipe' axis, as pipeline stages (embedding and head outside)."""
     vocab = params["embed"].shape[0]
     x = spmd.nn.one_hot(tokens, vocab) @ params["embed"] + params["position"]
+    if mesh is not None and "pipe" in mesh.axis_names:
+        def stage(layers: dict[str, Any], h: Any) -> Any:  # one device's blocks (shard_map)
+            return layers_in_sequence(h, layers, lambda y: spmd.lax.psum(y, "model"))
 
-    def step(carry: Any, layer: dict[str, Any]) -> tuple[Any, None]:
-        return block(carry, layer), None
-
-    x, _ = spmd.lax.scan(step, x, params["layers"])
+        specs = spmd.tree_map(lambda s: s.spec, param_shardings(mesh)["layers"])
+        x = spmd.pipeline(stage, params["layers"], x, num_microbatches=microbatches,
+                          mesh=mesh, param_specs=specs, input_spec=P("data"))
+    else:
+        x = layers_in_sequence(x, params["layers"])
     x = spmd.nn.layer_norm(x, params["final_scale"], params["final_bias"])
     return x @ params["unembed"]
 
 
-def loss_fn(params: dict[str, Any], batch: Any) -> Any:
+def loss_fn(params: dict[str, Any], batch: Any, mesh: spmd.Mesh | None = None,
+            microbatches: int = 1) -> Any:
     """Mean cross-entropy of each next character."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    logits = forward(params, inputs)
+    logits = forward(params, inputs, mesh, microbatches)
     log_probs = spmd.nn.log_softmax(logits, axis=-1)
     return -snp.mean(snp.sum(log_probs * spmd.nn.one_hot(targets, logits.shape[-1]), axis=-1))
 
@@ -177,11 +217,11 @@ def make_optimizer(config: Config) -> Any:
 
 
 def make_train_step(optimizer: Any, mesh: spmd.Mesh | None, params: Any,
-                    opt_state: Any) -> Any:
+                    opt_state: Any, microbatches: int = 1) -> Any:
     """The jitted step (params, opt_state, batch) -> (params, opt_state, loss)."""
 
     def step(params: Any, opt_state: Any, batch: Any) -> Any:
-        loss, grads = spmd.value_and_grad(loss_fn)(params, batch)
+        loss, grads = spmd.value_and_grad(loss_fn)(params, batch, mesh, microbatches)
         params, opt_state = optimizer.update(grads, opt_state, params)
         return params, opt_state, loss
 
@@ -230,7 +270,7 @@ def train(config: Config, mesh: spmd.Mesh | None, *, progress: bool = True) -> R
     optimizer = make_optimizer(config)
     params = init_params(config, mesh)
     opt_state = optimizer.init(params)
-    step_fn = make_train_step(optimizer, mesh, params, opt_state)
+    step_fn = make_train_step(optimizer, mesh, params, opt_state, config.microbatches)
     tokens_per_step = config.batch_size * config.context
     losses: list[float] = []
     batches = loader.forever()
@@ -306,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     for name in ("steps", "batch-size", "context", "width", "heads", "layers"):
         parser.add_argument(f"--{name}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--mesh", default=None, help="DATAxMODEL, e.g. 2x4 (default 2x4)")
+    parser.add_argument("--mesh", default=None, help="DATAxMODEL, e.g. 2x4 (default 2x4); "
+                        "DATAxPIPExMODEL with --pipeline")
+    parser.add_argument("--pipeline", type=int, default=None, help="pipeline stages ('pipe')")
+    parser.add_argument("--microbatches", type=int, default=None)
     parser.add_argument("--simulate", default=None, metavar="tpu-sim:CHIP",
                         help="simulate one step on this chip kind (e.g. tpu-sim:v5e)")
     parser.add_argument("--peak-gflops", type=float, default=PEAK_FLOPS / 1e9,
@@ -318,8 +361,11 @@ def main(argv: Sequence[str] | None = None) -> Any:
         args.mesh = args.mesh or os.environ.get("SPMD_MESH")
     base = POD_CONFIG if args.simulate else Config()
     given = {field: getattr(args, field) for field in
-             ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate")}
+             ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate",
+              "pipeline", "microbatches")}
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if config.pipeline > 1 and (args.simulate or config.layers % config.pipeline):
+        parser.error("--pipeline P trains on a CPU mesh, with --layers a multiple of P")
     globals()["PEAK_FLOPS"] = args.peak_gflops * 1e9
     million = parameter_count(config) / 1e6
     if args.simulate:
@@ -330,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
         if not launched:  # the launcher prints its own, fuller report
             print(report)
         return report
-    mesh = parse_mesh(args.mesh)
+    mesh = parse_mesh(args.mesh, pipeline=config.pipeline)
     layout = "1 device" if mesh is None else " x ".join(
         f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
     print(f"GPT {million:.2f}M parameters, {config.layers} layers, batch {config.batch_size} x "

@@ -289,7 +289,8 @@ class JitFunction:
         leaves, structure = tree_flatten((dyn_args, dyn_kwargs))
         if any(isinstance(x, Tracer) for x in leaves):
             return self.fun(*args, **kwargs)
-        key = (structure, tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves), static)
+        key = (structure, tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves), static,
+               dtypes.X64["enabled"])  # as JAX: a trace made with x64 on is not reused off
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = self.lower(*args, **kwargs).compile()

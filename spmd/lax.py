@@ -83,6 +83,9 @@ def convert_element_type(x: Any, new_dtype: Any, weak: bool = False) -> Any:
 
 def constant(value: Any, dtype: Any = None, weak: bool = False) -> Any:
     arr = np.asarray(value, dtype=None if dtype is None else dtypes.to_numpy(dtypes.canonical(dtype)))
+    # x64 off: a float64/int64 value is stored narrowed (wrapping as JAX's astype), so the
+    # constant's value and its type agree
+    arr = arr.astype(dtypes.to_numpy(dtypes.canonical(arr.dtype)), copy=False)
     return bind("constant", value=arr, weak=weak)
 
 

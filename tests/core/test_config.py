@@ -11,15 +11,13 @@ import pytest
 import spmd
 import spmd.numpy as snp
 from spmd.errors import SpmdError
+from tests.core.oracle import x64
 
 
 @pytest.fixture
 def x64_off():
-    spmd.config.update("jax_enable_x64", False)
-    try:
+    with x64(False):
         yield
-    finally:
-        spmd.config.update("jax_enable_x64", True)
 
 
 def test_x64_off_narrows_64_bit_inputs_like_jax(x64_off):
@@ -38,9 +36,10 @@ def test_x64_off_narrows_64_bit_inputs_like_jax(x64_off):
 
 
 def test_x64_on_keeps_numpy_dtypes():
-    assert spmd.config.jax_enable_x64
-    assert snp.asarray(np.arange(3.0)).dtype == np.float64
-    assert snp.asarray(np.arange(3)).dtype == np.int64
+    with x64(True):
+        assert spmd.config.jax_enable_x64
+        assert snp.asarray(np.arange(3.0)).dtype == np.float64
+        assert snp.asarray(np.arange(3)).dtype == np.int64
 
 
 def test_bad_settings_are_errors():

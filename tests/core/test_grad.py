@@ -1,5 +1,10 @@
 """Gradients against central finite differences in float64: every differentiable registry
-op, grad/value_and_grad/vjp/jvp over pytrees, jit, and control flow; autodiff errors."""
+op, grad/value_and_grad/vjp/jvp over pytrees, jit, and control flow; autodiff errors.
+
+Every test runs with x64 on (the `x64_on` fixture), as JAX's own gradient checks do: a
+central difference with step 1e-6 in float32 (machine epsilon 1.2e-7) is mostly rounding
+noise, and the step and tolerances float32 would need (1e-3, 1e-2) would pass wrong rules.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ NO_CASE_YET: dict[str, str] = {
 # Ops that cannot be differentiated: each has an error test below.
 NONDIFF_TESTED = {"while_loop"}
 
+pytestmark = pytest.mark.usefixtures("x64_on")
 RTOL, ATOL, EPS = 1e-5, 1e-7, 1e-6
 RNG = np.random.default_rng(7)
 Layer = namedtuple("Layer", ["w", "b"])

@@ -17,6 +17,7 @@ from spmd.ir.parser import parse_function, parse_graph
 from spmd.ir.printer import format_array, print_graph
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
+from tests.core.oracle import x64
 
 
 def trace(fn, *args) -> Graph:
@@ -83,12 +84,25 @@ CONSTANTS = [
 
 
 @pytest.mark.parametrize("value", CONSTANTS, ids=lambda v: f"{v.dtype}{v.shape}")
-def test_constants_round_trip_bit_exactly(value):
+def test_constants_round_trip_bit_exactly(value, x64_on):
     graph = trace(lambda: lax.constant(value))
     text = assert_round_trip(graph)
     parsed = parse_graph(text).ops[0].attrs["value"]
     assert parsed.dtype == value.dtype and parsed.shape == value.shape
     assert parsed.tobytes() == value.tobytes()
+
+
+@pytest.mark.parametrize("value", [v for v in CONSTANTS if v.dtype.itemsize == 8],
+                         ids=lambda v: f"{v.dtype}{v.shape}")
+def test_x64_off_stores_64_bit_constants_narrowed_as_jax(value):
+    """JAX's canonicalisation is astype: float64 rounds, int64 wraps (INT_MIN becomes 0)."""
+    with x64(False):
+        graph = trace(lambda: lax.constant(value))
+        text = assert_round_trip(graph)
+    want = value.astype({"f": np.float32, "i": np.int32, "u": np.uint32}[value.dtype.kind])
+    parsed = parse_graph(text).ops[0].attrs["value"]
+    assert parsed.dtype == want.dtype and parsed.tobytes() == want.tobytes()
+    assert graph.ops[0].types[0].dtype == str(want.dtype)
 
 
 def test_large_and_nan_payload_arrays_print_as_hex():

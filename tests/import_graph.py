@@ -3,7 +3,7 @@
     python tests/import_graph.py     # function-level imports, largest import cycle
 
 An edge a -> b means a's source imports b; importing b also runs the __init__ of every
-package above b, so those are edges too. "At import time" is the module body (if/try/with
+package above b, so those are edges too (but for the packages above a itself). "At import time" is the module body (if/try/with
 blocks included, TYPE_CHECKING blocks not); an import inside a function is "lazy".
 tests/test_layering.py checks its rules with this parser.
 """
@@ -99,12 +99,16 @@ def graph(lazy: bool = True) -> dict[str, set[str]]:
             target = resolve(imported, mods)
             if target is None or not (at_top or lazy):
                 continue
-            parts = target.split(".")
-            edges[name] |= {".".join(parts[:n]) for n in range(1, len(parts) + 1)} & mods.keys()
-        parts = name.split(".")  # a module's own import first runs its packages' __init__
-        edges[name] |= {".".join(parts[:n]) for n in range(1, len(parts))} & mods.keys()
+            edges[name] |= ({target} | ancestors(target) - ancestors(name)) & mods.keys()
         edges[name].discard(name)
     return edges
+
+
+def ancestors(name: str) -> set[str]:
+    """The packages above a module, whose __init__ runs first (already running for a module
+    of the same package, so those are not edges)."""
+    parts = name.split(".")
+    return {".".join(parts[:n]) for n in range(1, len(parts))}
 
 
 def largest_cycle(edges: dict[str, set[str]]) -> list[str]:
@@ -157,16 +161,36 @@ def lazy_imports() -> list[tuple[str, int, str]]:
             if not at_top and (target := resolve(imported, mods)) is not None]
 
 
+def cycle_breakers(lazy: list[tuple[str, int, str]] | None = None) -> list[tuple[str, int, str]]:
+    """The function-level imports that would close an import cycle if moved to the top."""
+    eager = graph(lazy=False)
+    mods = all_modules()
+    out = []
+    for name, line, target in lazy_imports() if lazy is None else lazy:
+        seen, todo = set(), [target, *(ancestors(target) - ancestors(name)) & mods.keys()]
+        while todo:
+            node = todo.pop()
+            if node == name:
+                out.append((name, line, target))
+                break
+            if node not in seen:
+                seen.add(node)
+                todo += eager[node]
+    return out
+
+
 def main() -> None:
     lazy = lazy_imports()
     cycle = largest_cycle(graph(lazy=True))
     eager_cycle = largest_cycle(graph(lazy=False))
     print(f"modules: {len(all_modules())}")
     print(f"function-level imports of our modules: {len(lazy)}")
+    breakers = cycle_breakers(lazy)
+    print(f"  of which break an import cycle: {len(breakers)}")
     print(f"largest import cycle, all imports: {len(cycle)} modules")
     print(f"largest import cycle, import-time imports only: {len(eager_cycle)} modules")
     if "-v" in sys.argv:
-        print("\n".join(f"  {m}:{line} -> {t}" for m, line, t in lazy))
+        print("\n".join(f"  {m}:{line} -> {t}" for m, line, t in breakers))
         print("cycle:", " ".join(cycle))
 
 

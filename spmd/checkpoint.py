@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from spmd import checkpoint_files as files
-from spmd import checkpoint_index, dtypes
+from spmd import checkpoint_index, checkpoint_save, dtypes
 from spmd.errors import CheckpointError
 
 FORMAT = "spmd-checkpoint"
@@ -58,42 +58,6 @@ def latest_step(directory: str) -> int | None:
 
 # -- save ------------------------------------------------------------------------------------
 
-def _unique_shards(leaf: Any) -> list[tuple[files.Box, np.ndarray]]:
-    """Each distinct (global range, data) of a leaf once: replicated copies are written once."""
-    from spmd.array import Array
-    from spmd.sharding import NamedSharding
-
-    if isinstance(leaf, Array) and isinstance(leaf.sharding, NamedSharding):
-        seen: dict[files.Box, np.ndarray] = {}
-        for shard in leaf.addressable_shards:
-            box = (tuple(s.start for s in shard.index), tuple(s.stop for s in shard.index))
-            seen.setdefault(box, np.asarray(shard.data))
-        return list(seen.items())
-    value = np.asarray(leaf)
-    return [((tuple(0 for _ in value.shape), tuple(value.shape)), value)]
-
-
-def _write_step(folder: str, tree: Any, step: int) -> None:
-    paths, leaves, _ = files.leaf_paths(tree)
-    index: dict[str, Any] = {"format": FORMAT, "version": VERSION, "step": int(step),
-                             "tree": files.encode_tree(tree), "leaves": []}
-    for number, (path, leaf) in enumerate(zip(paths, leaves)):
-        dtype = files.storable_dtype_name(getattr(leaf, "dtype", np.asarray(leaf).dtype))
-        entry: dict[str, Any] = {"path": path, "shape": list(np.shape(leaf)), "dtype": dtype,
-                                 "shards": []}
-        for count, (box, data) in enumerate(_unique_shards(leaf)):
-            name = f"leaf_{number:04d}.shard_{count:03d}.npy"
-            payload = files.npy_bytes(files.to_storable(np.asarray(data, dtypes.to_numpy(dtype)),
-                                                        dtype))
-            files.write_durably(os.path.join(folder, name), payload)
-            entry["shards"].append({"file": name, "start": list(box[0]), "stop": list(box[1]),
-                                    "sha256": files.sha256(payload)})
-        index["leaves"].append(entry)
-    text = json.dumps(index, indent=1).encode("utf-8")
-    files.write_durably(os.path.join(folder, "index.json"), text)
-    files.fsync_directory(folder)
-
-
 def _remove_leftovers(directory: str) -> None:
     """Temp folders and LATEST files of saves that crashed midway, and step folders without an
     index.json (never listed, never restorable), are deleted."""
@@ -133,32 +97,23 @@ def save(directory: str, tree: Any, step: int, keep: int | None = 3) -> str:
     """Write `tree` (a pytree of Arrays, numpy arrays and scalars) as checkpoint `step`.
 
     Atomic: shards go into a temp folder that is renamed into place, then LATEST is
-    replaced. Keeps the newest `keep` steps (None: all). Returns the step's folder.
+    replaced. Keeps the newest `keep` steps (None: all). Returns the step's folder. Under a
+    multi-controller runtime (mpi, tcp) every process calls it with the same tree: each writes
+    the shards it holds, process 0 publishes the step (spmd.checkpoint_save).
     """
     if int(step) < 0:
         raise CheckpointError(f"checkpoint step must be >= 0, got {step!r}")
-    os.makedirs(directory, exist_ok=True)
-    _remove_leftovers(directory)
     final = os.path.join(directory, _step_name(step))
-    temp = f"{final}.tmp-{secrets.token_hex(4)}"
-    os.makedirs(temp)
-    try:
-        _write_step(temp, tree, step)
-        stale = None
-        if os.path.exists(final):  # re-saving a step: move the old one aside first
-            stale = f"{final}.old-{secrets.token_hex(4)}"
-            os.rename(final, stale)
-        os.rename(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    files.fsync_directory(directory)
-    _publish_latest(directory, step)
-    if stale is not None:
-        shutil.rmtree(stale, ignore_errors=True)
-    if keep is not None:
-        for old in all_steps(directory)[:-max(int(keep), 1)]:
-            _prune(directory, old)
+    header = {"format": FORMAT, "version": VERSION, "step": int(step),
+              "tree": files.encode_tree(tree)}
+
+    def publish(directory: str, step: int) -> None:
+        _publish_latest(directory, step)
+        if keep is not None:
+            for old in all_steps(directory)[:-max(int(keep), 1)]:
+                _prune(directory, old)
+
+    checkpoint_save.write_step(directory, final, tree, step, header, _remove_leftovers, publish)
     return final
 
 
@@ -228,8 +183,14 @@ def _restore_leaf(folder: str, leaf: dict[str, Any], sharding: Any) -> Any:
         value = reader.region((tuple(0 for _ in shape), shape))
         return value if sharding is None else Array(value, committed=True)
     boxes, padded = files.shard_boxes(shape, sharding)
-    shards = []
-    for box, buffer_shape in zip(boxes, padded):
+    from spmd import distributed
+
+    me, several = distributed.process_index(), distributed.process_count() > 1
+    shards: list[Any] = []
+    for box, buffer_shape, device in zip(boxes, padded, sharding.mesh.devices.flat):
+        if several and device.process_index != me:
+            shards.append(None)  # another process's device: that process reads it
+            continue
         buffer = np.zeros(buffer_shape, dtypes.to_numpy(leaf["dtype"]))
         buffer[tuple(slice(0, e - s) for s, e in zip(*box))] = reader.region(box)
         shards.append(buffer)

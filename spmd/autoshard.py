@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spmd.autoshard_cost import calibrate, describe_bytes, edge_time, plan_rows
+from spmd.autoshard_group import OPAQUE
 from spmd.autoshard_ilp import Dims, Node, Solution, build_nodes, solve
 from spmd.errors import ShardingError
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
@@ -33,7 +34,7 @@ AUTO: Any = _Auto()  # jit(f, in_shardings=AUTO): let autoshard choose
 @dataclass
 class Plan:
     """What autoshard chose: shardings per argument and result (pytrees like f's), the
-    sharding constraints it put on contraction results, the simulated report, and why."""
+    sharding constraint it put on every op result, the simulated report, and why."""
 
     in_shardings: tuple[Any, ...]
     out_shardings: Any
@@ -125,21 +126,22 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
               for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
     flat_in = tuple(sharding(chosen[v][0]) for v in graph.params)
     flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
+    pins = pinned(sol, chosen)
     rename: dict[int, int] = {}
     ops: list[Op] = []
     constraints: list[tuple[str, str, Any]] = []
     for original in graph.ops:
         op = _renamed(original, rename) if rename else original
         ops.append(op)
-        if op.name != "dot_general":
-            continue
-        dims = chosen[original.outputs[0]][0]
-        new = fresh_id()
-        attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), dims)
-        ops.append(Op("sharding_constraint", op.outputs, (new,), op.types,
-                      Attrs(sharding=attr), op.loc))
-        rename[op.outputs[0]] = new
-        constraints.append((op.name, op.loc, sharding(dims)))
+        for v, t in zip(op.outputs, op.types):
+            if v not in pins or op.name in OPAQUE:
+                continue
+            new = fresh_id()
+            attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), pins[v])
+            ops.append(Op("sharding_constraint", (v,), (new,), (t,), Attrs(sharding=attr),
+                          op.loc))
+            rename[v] = new
+            constraints.append((op.name, op.loc, sharding(pins[v])))
     results = tuple(rename.get(v, v) for v in graph.results)
     constrained = graph.replace(ops=tuple(ops), results=results)
     executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
@@ -148,6 +150,25 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
                "variables": sol.variables, "constraints": sol.constraints}
     return Plan(flat_in, flat_out, constraints, report, explain(graph, sol, chosen),
                 sol.search_s, problem, constrained, flat_in, flat_out)
+
+
+def pinned(sol: Solution, chosen: dict[int, tuple]) -> dict[int, Dims]:
+    """The layout to pin each op result to, so the partitioner does what the solver priced:
+    the one its producer's strategy gives; a pending sum is resolved into the layout its
+    consumers want when they agree (a reduce-scatter where the solver priced one)."""
+    wanted: dict[int, set[Dims]] = {}
+    for node, k in zip(sol.nodes, sol.choice):
+        for v, want in zip(node.inputs, node.strategies[k].wants):
+            wanted.setdefault(v, set()).add(want)
+    pins = {}
+    for node in sol.nodes:
+        if node.op is None:
+            continue
+        for v in node.outputs:
+            dims, partial = chosen[v]
+            wants = wanted.get(v, set())
+            pins[v] = next(iter(wants)) if partial and len(wants) == 1 else dims
+    return pins
 
 
 def _renamed(op: Op, rename: dict[int, int]) -> Op:
@@ -162,7 +183,7 @@ def explain(graph: Graph, sol: Solution, chosen: dict[int, tuple]) -> list[str]:
     lines = []
     for node, k in zip(sol.nodes, sol.choice):
         strat = node.strategies[k]
-        for v in node.outputs:
+        for v in node.outputs[-1:] if len(node.members) > 1 else node.outputs:
             t = types[v]
             if t.nbytes < LARGE * total:
                 continue

@@ -5,9 +5,11 @@ Variables: x[n, s] = 1 when node n (a parameter or an op of the top-level graph)
 strategy s (which factor each mesh axis shards, or none). An edge (a value from its producer
 to one consumer) costs the time to reshard the producer's layout (pending sum included)
 into the layout the consumer's strategy wants; the product x[p, s] * x[c, t] is linearised
-per pair of distinct layouts: e[l, m] >= a[l] + b[m] - 1 with a, b sums of x (costs are
-non-negative, so minimising pins e to max(0, a + b - 1)). Imports nothing of the pipeline:
-the costs come in as functions (spmd/autoshard_cost.py).
+per pair of distinct layouts (l given, m wanted) by a continuous e[l, m] whose marginals are
+the choices: sum_m e[l, m] = a[l], sum_l e[l, m] = b[m], with a, b sums of x (Alpa's form;
+its LP relaxation is integral on trees, so HiGHS mostly stops at the root). An edge with one
+side fixed adds its time to the other side's x. Imports nothing of the pipeline: the costs
+come in as functions (spmd/autoshard_cost.py).
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spmd.autoshard_group import (
+    OPAQUE,
+    group_inputs,
+    group_strategies,
+    groups,
+    pointwise,
+    undominated,
+)
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
 
 Dims = tuple[tuple[str, ...], ...]
 TILE = 128  # MXU tile the matrix dims of a contraction are padded to
-OPAQUE = {"shard_map", "constant", "iota"}  # the partitioner lays these out itself
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,11 @@ class Node:
     """A parameter (op is None) or a top-level op, with its candidate strategies."""
 
     name: str
-    op: Op | None
+    op: Op | None  # a group's last op
     outputs: tuple[int, ...]
     strategies: list[Strategy]
+    inputs: tuple[int, ...] = ()  # what strategy.wants lays out, in order
+    members: tuple[Op, ...] = ()  # the ops this node runs (a pointwise chain has several)
 
 
 @dataclass
@@ -135,21 +146,28 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
         extent: dict[str, int] = {}
         for fd, t in zip(f.operands + f.results, in_types + out_types):  # type: ignore[attr-defined]
             extent.update({x: n for x, n in zip(fd, t.shape) if x is not None})
-        # local extent per factor; matrix dims padded to the systolic tile, as the
-        # simulator's cost model pads them (a 16-row shard costs a 128-row pass)
-        batch = set(f.operands[0]) & set(f.operands[1]) - set(f.reduce)  # type: ignore[attr-defined]
-        work = 1.0
-        for x, n in extent.items():
-            local = -(-n // math.prod(axis_size[a] for a in fa.get(x, ())))
-            work *= local if x in batch else -(-local // TILE) * TILE
-        return 2.0 * work / rates["flops"]
+        # local extents; as the simulator's matmul unit: M (lhs free), N (rhs free) and K
+        # (contracted) each a product, each padded to the systolic tile, batch not padded
+        local = {x: -(-n // math.prod(axis_size[a] for a in fa.get(x, ())))
+                 for x, n in extent.items()}
+        lhs, rhs = set(f.operands[0]), set(f.operands[1])  # type: ignore[attr-defined]
+        k_set = set(f.reduce)  # type: ignore[attr-defined]
+        batch = (lhs & rhs) - k_set
+        mnk = [lhs - batch - k_set, rhs - batch - k_set, k_set]
+        work = math.prod(local[x] for x in batch - {None})
+        for g in mnk:
+            n = math.prod(local[x] for x in g - {None})
+            work *= -(-n // TILE) * TILE
+        touched = sum(t.nbytes for t in in_types + out_types) / shards
+        return max(2.0 * work / rates["flops"], touched / rates["hbm"])
     touched = sum(t.nbytes for t in in_types + out_types)
     return touched / shards / rates["hbm"]
 
 
 def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
                 rates: dict[str, float], fixed: dict[int, Dims]) -> list[Node]:
-    """Parameters (all layouts, or the one the user fixed) then every top-level op."""
+    """Parameters (all layouts, or the one the user fixed) then every top-level op, a
+    pointwise chain as one node (spmd/autoshard_group.py)."""
     axis_size = dict(zip(names, sizes))
     nodes: list[Node] = []
     for i, (v, t) in enumerate(zip(graph.params, graph.param_types)):
@@ -159,10 +177,19 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
         strategies = [Strategy((), ((d, ()),), local_bytes(t, d, axis_size) / rates["hbm"],
                                local_bytes(t, d, axis_size), _spec(d)) for d in options]
         nodes.append(Node(f"arg{i}", None, (v,), strategies))
-    for op in graph.ops:
-        nodes.append(Node(op.name, op, op.outputs,
-                          op_strategies(op, graph.types, names, sizes, rates)))
+    types = graph.types
+    for ops in groups(graph):
+        op = ops[-1]
+        if len(ops) == 1 and not pointwise(op, types):
+            nodes.append(Node(op.name, op, op.outputs, undominated(
+                op_strategies(op, types, names, sizes, rates)), op.inputs, (op,)))
+            continue
+        strategies = group_strategies(ops, types, names, sizes, rates, layouts, Strategy)
+        nodes.append(Node(f"{len(ops)} pointwise ops", op,
+                          tuple(v for o in ops for v in o.outputs), strategies,
+                          group_inputs(ops), tuple(ops)))
     return nodes
+
 
 
 def _spec(d: Dims) -> str:
@@ -192,7 +219,7 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
     types = graph.types
     sinks = [(v, None) for v in graph.results]
     uses = [(v, (k, i)) for k, node in enumerate(nodes) if node.op is not None
-            for i, v in enumerate(node.op.inputs)] + sinks
+            for i, v in enumerate(node.inputs)] + sinks
     for v, user in uses:
         if v not in where:
             continue
@@ -211,14 +238,23 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
         wanted: dict[Dims, list[int]] = {}
         for s, strat in enumerate(nodes[c].strategies):
             wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
-        for (spec, pcols), (want, ccols) in itertools.product(given.items(), wanted.items()):
-            t = edge_time(types[v], spec, want)
-            if t <= 0.0:
-                continue
+        times = {(g, w): edge_time(types[v], g, w) for g in given for w in wanted}
+        if len(given) == 1 or len(wanted) == 1:  # one side is fixed: the other pays
+            for (g, w), t in times.items():
+                for col in (wanted[w] if len(given) == 1 else given[g]):
+                    cost[col] += t
+            continue
+        # e[g, w] for every pair, its marginals the two nodes' choices: the LP relaxation
+        # of this (local marginal) form is integral on trees and tight in practice
+        first = n
+        for t in times.values():
             cost.append(t)
-            rows.append(([n, *pcols, *ccols], [1.0] + [-1.0] * (len(pcols) + len(ccols)),
-                         -1.0, np.inf))
             n += 1
+        index = {pair: first + m for m, pair in enumerate(times)}
+        for side, classes in ((0, given), (1, wanted)):
+            for key, cols in classes.items():
+                pairs = [index[pair] for pair in times if pair[side] == key]
+                rows.append((pairs + cols, [1.0] * len(pairs) + [-1.0] * len(cols), 0.0, 0.0))
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:
         cols = [offset[k] + s for k, node in enumerate(nodes) if memory_of(node)

@@ -1,6 +1,7 @@
-"""The Communicator interface and the mesh-group arithmetic every transport shares.
+"""The Communicator interface and the checks every transport shares.
 
-Imports nothing of ours except spmd.errors; knows nothing about the IR.
+Imports nothing of ours except spmd.errors and spmd.mesh (the mesh-group arithmetic, one
+home for partitioner, collectives and backends); knows nothing about the IR.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from spmd.errors import DTypeError, MeshError, ShapeError
+from spmd.mesh import check_axes as normalize_axes
+from spmd.mesh import group_index, group_members, group_size
 
 DEFAULT_TIMEOUT_S = 300.0
 REDUCE_OPS = ("sum", "max", "min", "prod", "and", "or")
@@ -35,73 +38,6 @@ def collective_timeout() -> float:
             f"SPMD_COLLECTIVE_TIMEOUT={text!r} is not a number of seconds",
             hint="set it to e.g. 60, or unset it for the default of 300",
         ) from None
-
-
-def normalize_axes(axes: str | Sequence[str], axis_names: Sequence[str]) -> Axes:
-    """Checks that axes are distinct names of the mesh; a single name becomes a 1-tuple."""
-    result = (axes,) if isinstance(axes, str) else tuple(axes)
-    for name in result:
-        if name not in axis_names:
-            raise MeshError(
-                f"unknown mesh axis {name!r} in collective axes {result!r}",
-                hint=f"the mesh axes are {tuple(axis_names)!r}",
-            )
-    if len(set(result)) != len(result):
-        raise MeshError(f"mesh axis used twice in collective axes {result!r}")
-    return result
-
-
-def mesh_coords(rank: int, mesh_shape: Sequence[int]) -> tuple[int, ...]:
-    """Row-major coordinates of a rank in the mesh."""
-    return tuple(int(c) for c in np.unravel_index(rank, tuple(mesh_shape)))
-
-
-def group_size(mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]) -> int:
-    """Number of devices in a group over the given axes."""
-    axes = normalize_axes(axes, axis_names)
-    return math.prod(mesh_shape[axis_names.index(a)] for a in axes)
-
-
-def group_index(
-    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
-) -> int:
-    """Row-major index of the rank's coordinates on axes, in the order given (major first)."""
-    axes = normalize_axes(axes, axis_names)
-    coords = mesh_coords(rank, mesh_shape)
-    index = 0
-    for name in axes:
-        position = axis_names.index(name)
-        index = index * mesh_shape[position] + coords[position]
-    return index
-
-
-def group_key(
-    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
-) -> int:
-    """Identifies the rank's group: row-major index of its coordinates on the other axes."""
-    axes = normalize_axes(axes, axis_names)
-    coords = mesh_coords(rank, mesh_shape)
-    key = 0
-    for position, name in enumerate(axis_names):
-        if name not in axes:
-            key = key * mesh_shape[position] + coords[position]
-    return key
-
-
-def group_members(
-    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
-) -> list[int]:
-    """Ranks of the rank's group, in group order."""
-    axes = normalize_axes(axes, axis_names)
-    coords = list(mesh_coords(rank, mesh_shape))
-    positions = [axis_names.index(a) for a in axes]
-    sizes = tuple(mesh_shape[p] for p in positions)
-    members = []
-    for index in range(math.prod(sizes)):
-        for position, coord in zip(positions, np.unravel_index(index, sizes)):
-            coords[position] = int(coord)
-        members.append(int(np.ravel_multi_index(tuple(coords), tuple(mesh_shape))))
-    return members
 
 
 def reduce_ufunc(op: str, dtype: np.dtype) -> np.ufunc:

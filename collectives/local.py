@@ -21,13 +21,11 @@ from collectives.base import (
     Communicator,
     block,
     collective_timeout,
-    group_index,
-    group_key,
-    group_size,
     reduce_ufunc,
     timeout_message,
 )
 from spmd.errors import CollectiveTimeoutError, InternalError, RemoteError
+from spmd.mesh import group_index, group_key, group_size
 
 # Operands up to this size are snapshotted (copied) on arrival so a collective needs one
 # rendezvous; larger ones are read in place and a second rendezvous marks completion.

@@ -21,8 +21,6 @@ from collectives.base import (
     check_divisible,
     collective_timeout,
     gathered_shape,
-    group_index,
-    group_key,
     normalize_axes,
     normalize_dim,
     reduce_ufunc,
@@ -42,6 +40,7 @@ from collectives.mpi_plans import (
 )
 from collectives.watchdog import Watchdog
 from spmd.errors import MeshError
+from spmd.mesh import group_index, group_key
 
 # sys.getrefcount of a general-path buffer that nobody but the cache holds (cache, local,
 # argument): only then may the next call overwrite it. (Fast plans keep their own buffers.)

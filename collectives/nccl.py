@@ -4,17 +4,17 @@ stream. The GPU backend calls it from inside a compiled program (its run_op hook
 arrays); the runtime makes it beside its host communicator, which carries each group's NCCL
 unique id (`exchange_through(comm)`; `mpi_exchange(comm)` for a bare mpi4py communicator).
 
-Imports nothing of ours except spmd.errors; cupy is imported when one is built.
+Imports nothing of ours except spmd.errors and spmd.mesh; cupy is imported when one is built.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from spmd import mesh
 from spmd.errors import DTypeError, LaunchError, MeshError
 
 # exchange(group_key, unique_id or None) -> the group root's unique id, called on every rank
@@ -90,33 +90,18 @@ class NcclCommunicator:
             self.stream = self.cp.cuda.Stream(non_blocking=True)
         self._comms: dict[tuple[str, ...], Any] = {}
 
-    # -- mesh groups (as collectives/base.py) ------------------------------------------------
+    # -- mesh groups (spmd.mesh) --------------------------------------------------------------
     def _axes(self, axes: str | Sequence[str]) -> tuple[str, ...]:
-        result = (axes,) if isinstance(axes, str) else tuple(axes)
-        unknown = [a for a in result if a not in self.axis_names]
-        if unknown or len(set(result)) != len(result):
-            raise MeshError(f"bad collective axes {result!r}",
-                            hint=f"use distinct names of the mesh axes {self.axis_names!r}")
-        return result
+        return mesh.check_axes(axes, self.axis_names)
 
     def group_index(self, axes: str | Sequence[str]) -> int:
-        coords = np.unravel_index(self.rank, self.mesh_shape)
-        index = 0
-        for name in self._axes(axes):
-            p = self.axis_names.index(name)
-            index = index * self.mesh_shape[p] + int(coords[p])
-        return index
+        return mesh.group_index(self.rank, self.mesh_shape, self.axis_names, axes)
 
     def group_size(self, axes: str | Sequence[str]) -> int:
-        return math.prod(self.mesh_shape[self.axis_names.index(a)] for a in self._axes(axes))
+        return mesh.group_size(self.mesh_shape, self.axis_names, axes)
 
     def _group_key(self, axes: tuple[str, ...]) -> int:
-        coords = np.unravel_index(self.rank, self.mesh_shape)
-        key = 0
-        for p, name in enumerate(self.axis_names):
-            if name not in axes:
-                key = key * self.mesh_shape[p] + int(coords[p])
-        return key
+        return mesh.group_key(self.rank, self.mesh_shape, self.axis_names, axes)
 
     def _comm(self, axes: str | Sequence[str]) -> Any:
         axes = self._axes(axes)

@@ -2,7 +2,7 @@
 Runtime of launch/runtime.py).
 
 A per-device program runs stacked (launch/stacked.py: batched over a leading device axis
-and compiled once by the mesh's backend, or numpy op by op for small programs: the default),
+by partitioner/device_batching.py and compiled once by the mesh's backend: the default),
 in lockstep (the reference, op by op per device), or on one thread per device with
 shared-memory collectives through collectives.local (needed for collectives inside loops, and
 for backends that cannot batch, e.g. gpu). backends.registry picks the backend.

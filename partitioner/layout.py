@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
 
 from partitioner.spec import MeshShape, ShardSpec, shard_size
+from spmd import mesh as mesh_groups
 
 
 def device_coords(mesh: MeshShape) -> list[dict[str, int]]:
-    """Mesh coordinates of each device, row-major."""
-    return [dict(zip(mesh.names, c)) for c in itertools.product(*(range(s) for s in mesh.sizes))]
+    """Mesh coordinates of each device, row-major (spmd.mesh: the one mesh-group arithmetic)."""
+    return mesh_groups.device_coords(mesh.names, mesh.sizes)
 
 
 def group_index(coords: dict[str, int], axes: Sequence[str], mesh: MeshShape) -> int:
-    index = 0
-    for a in axes:
-        index = index * mesh.sizes[mesh.names.index(a)] + coords[a]
-    return index
+    """The block index a device with coords holds over axes (major first)."""
+    return mesh_groups.coords_index(coords, axes, mesh.names, mesh.sizes)
 
 
 def shard_slices(shape: Sequence[int], spec: ShardSpec, mesh: MeshShape,

@@ -6,38 +6,22 @@ over each group of devices. The oracle for shard_map and the partitioner's outpu
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op
-
-
-def axis_groups(axis_names: Sequence[str], mesh_shape: Sequence[int],
-                axes: Sequence[str]) -> list[list[int]]:
-    """Device groups (row-major device ids) of a collective over `axes`, each in group order."""
-    pos = [list(axis_names).index(a) for a in axes]
-    others = [i for i in range(len(mesh_shape)) if i not in pos]
-    strides = [math.prod(mesh_shape[i + 1:]) for i in range(len(mesh_shape))]
-    groups = []
-    for rest in itertools.product(*(range(mesh_shape[i]) for i in others)):
-        base = sum(c * strides[i] for c, i in zip(rest, others))
-        members = []
-        for coord in itertools.product(*(range(mesh_shape[i]) for i in pos)):
-            members.append(base + sum(c * strides[i] for c, i in zip(coord, pos)))
-        groups.append(members)
-    return groups
+from spmd.mesh import axis_groups
+from spmd.ops import REGISTRY
 
 
 def run_collective_lockstep(op: Op, per_device: list[list[np.ndarray]],
                             axis_names: Sequence[str], mesh_shape: Sequence[int],
                             ) -> list[list[np.ndarray]]:
     """One collective op on every device at once; returns per-device outputs."""
-    from spmd.ops import REGISTRY
-
     group_ref = REGISTRY[op.name].extra["group_reference"]
     n = math.prod(mesh_shape)
     out: list[list[np.ndarray]] = [[] for _ in range(n)]
@@ -53,9 +37,6 @@ def evaluate_spmd(graph: Graph, args: Sequence[Sequence[np.ndarray]],
                   axis_names: Sequence[str], mesh_shape: Sequence[int],
                   ) -> list[list[np.ndarray]]:
     """Run `graph` on every device; args[d] are device d's inputs. Returns outputs per device."""
-    from spmd import dtypes
-    from spmd.ops import REGISTRY
-
     n = math.prod(mesh_shape)
     envs: list[dict[int, np.ndarray]] = [dict(zip(graph.params, a)) for a in args]
     for op in graph.ops:

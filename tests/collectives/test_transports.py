@@ -25,7 +25,7 @@ from collectives import (
     group_size,
     run_on_devices,
 )
-from collectives.base import group_key
+from spmd.mesh import group_key
 
 HELPER = Path(__file__).resolve().parent / "mpi_helper.py"
 REPO = Path(__file__).resolve().parents[2]

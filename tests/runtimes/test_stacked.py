@@ -1,5 +1,5 @@
 """The local runtime's stacked mode compiled to native code: the per-device program batched
-over the device axis (launch/batching.py) against the lockstep group references, and the
+over the device axis (partitioner/device_batching.py) against the lockstep group references, and the
 partitioner's differential suite run on it."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from launch import stacked as stacked_module
-from launch.batching import NotBatchable, batch_program
 from launch.stacked import StackedProgram
+from partitioner.device_batching import NotBatchable, batch_program
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
@@ -173,9 +173,9 @@ def native_stacked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     paths: list[bool] = []
     compile_batched = stacked_module.StackedProgram._compile_batched
 
-    def recorded(self: StackedProgram, native: bool) -> None:
-        compile_batched(self, native)
-        paths.append(self.native and native)
+    def recorded(self: StackedProgram) -> None:
+        compile_batched(self)
+        paths.append(self.native)
 
     monkeypatch.setattr(stacked_module.StackedProgram, "_compile_batched", recorded)
     return paths

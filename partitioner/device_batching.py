@@ -1,8 +1,21 @@
-"""Batching over the device axis ("vmap over devices"): a per-device program becomes one
-global program whose values carry a leading axis of the N devices, so a backend compiles
-it once and every op runs once for all devices. Collectives become ordinary ops on that
-axis (launch/batched_collectives.py). Ops that cannot be batched keep their name and run
-per device through the runtime's `run_op` (`Batched.per_device`).
+"""Device batching ("vmap over devices"): the partitioned per-device program becomes one
+program over all N devices of the mesh, so a backend compiles it once and every op runs
+once for all devices. It runs after the partitioner, on its per-device program, for a runtime
+that holds every device in one process (launch/stacked.py).
+
+After this pass:
+- every param and result has a leading dim of size N (row-major device ids of the mesh);
+  a value the same on every device may lack it inside the program (computed once);
+- no op is a collective or axis_index, except kept collectives (bool reductions, kinds with
+  no rule): collectives are reshapes, transposes, reductions, broadcasts and slices over the
+  device dim (partitioner/batched_collectives.py), axis_index a constant;
+- an op without a batching rule (or with per-device operands its rule cannot take) keeps its
+  name and original attrs on stacked operands and is listed in `Batched.per_device`: the
+  runtime runs it once per device (`run_kept`);
+- scan bodies are batched too (the device dim at 1 inside the loop); collectives in other
+  sub-graphs raise NotBatchable.
+
+Batching rules: `batched_attrs`, one per op (the ops' facts, written once for every path).
 """
 
 from __future__ import annotations
@@ -14,15 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from partitioner.batched_collectives import batch_collective, unbucket
 from spmd import dtypes
 from spmd.errors import InternalError
 from spmd.interpreter import run_reference
-from spmd.ir.graph import Graph, Op, fresh_id, subgraphs
+from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
 from spmd.ir.types import TensorType
+from spmd.mesh import axis_groups
 from spmd.ops import REGISTRY
 from spmd.ops.collective import COLLECTIVES
 from spmd.ops.elementwise import elementwise_factors
-from spmd.spmd_interpreter import axis_groups
+from spmd.spmd_interpreter import run_collective_lockstep
 
 KNOWN_MAX_ELEMENTS = 64  # values computed at batching time (index arithmetic) up to this size
 
@@ -36,7 +51,24 @@ class Batched:
     """The batched program, and which of its ops run per device (keyed by first output)."""
 
     graph: Graph
+    axis_names: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
     per_device: dict[int, Op] = field(default_factory=dict)
+
+    def run_op(self, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The backends' run_op hook for the batched program: a kept op once per device
+        on its stacked inputs (a kept collective by its group reference), else by reference."""
+        original = self.per_device.get(op.outputs[0])
+        if original is None:
+            return run_reference(op, inputs)
+        if original.name in COLLECTIVES:
+            per = run_collective_lockstep(original, [[row] for row in inputs[0]],
+                                          self.axis_names, self.mesh_shape)
+        else:
+            per = [run_reference(original, [x[d] for x in inputs])
+                   for d in range(math.prod(self.mesh_shape))]
+        return [np.stack([p[i] for p in per]).astype(dtypes.to_numpy(t.dtype), copy=False)
+                for i, t in enumerate(original.types)]
 
 
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
@@ -81,9 +113,9 @@ def is_elementwise(name: str) -> bool:
     return REGISTRY[name].factors is elementwise_factors and name not in COLLECTIVES
 
 
-# Inputs that must be the same on every device for the attrs rule to hold (pad's value,
-# gather's indices); a batched one sends the op to the per-device path.
-_SHARED_INPUTS = {"pad": (1,), "gather": (1,)}
+# Operands that must be the same on every device for the rule to hold (pad's value,
+# gather's indices): they stay unbatched, and a batched one sends the op per device.
+SHARED_OPERANDS = {"pad": (1,), "gather": (1,)}
 
 
 class Batcher:
@@ -104,7 +136,7 @@ class Batcher:
     def emit(self, name: str, inputs: Sequence[int], loc: str = "", **attrs: Any) -> int:
         types = REGISTRY[name].infer(*[self.types[v] for v in inputs], **attrs)
         out = fresh_id()
-        self.ops.append(Op(name, tuple(inputs), (out,), (types,), _attrs(attrs), loc))
+        self.ops.append(Op(name, tuple(inputs), (out,), (types,), Attrs(attrs), loc))
         self.types[out] = types
         self.batched[out] = any(self.batched[v] for v in inputs)
         return out
@@ -142,8 +174,6 @@ class Batcher:
         if op.name == "axis_index":
             return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
         if op.name in COLLECTIVES:
-            from launch.batched_collectives import batch_collective
-
             return [batch_collective(self, op, self.to_batched(ins[0]))]
         if not any(self.batched[v] for v in ins):
             return self.copy(op, ins)
@@ -152,7 +182,7 @@ class Batcher:
         if op.name == "dynamic_slice" and all(v in self.known for v in ins[1:]):
             return [self.static_slices(op, ins)]
         attrs = batched_attrs(op, self.n)
-        shared = _SHARED_INPUTS.get(op.name, ())
+        shared = SHARED_OPERANDS.get(op.name, ())
         if attrs is None or any(self.batched[ins[i]] for i in shared):
             return self.run_per_device(op, ins)
         batched_ins = [v if i in shared else self.to_batched(v) for i, v in enumerate(ins)]
@@ -186,7 +216,7 @@ class Batcher:
     def emit_multi(self, name: str, inputs: Sequence[int], loc: str, **attrs: Any) -> list[int]:
         types = REGISTRY[name].infer(*[self.types[v] for v in inputs], **attrs)
         outs = tuple(fresh_id() for _ in types)
-        self.ops.append(Op(name, tuple(inputs), outs, tuple(types), _attrs(attrs), loc))
+        self.ops.append(Op(name, tuple(inputs), outs, tuple(types), Attrs(attrs), loc))
         for v, t in zip(outs, types):
             self.types[v] = t
             self.batched[v] = True
@@ -265,18 +295,10 @@ class Batcher:
         return out
 
 
-def _attrs(attrs: dict[str, Any]) -> Any:
-    from spmd.ir.graph import Attrs
-
-    return Attrs(attrs)
-
-
 def batch_program(program: Graph, axis_names: Sequence[str],
                   mesh_shape: Sequence[int]) -> Batched:
     """The per-device `program` as one program over all devices: each param and result
     gains a leading dim of size N (row-major device ids of the mesh)."""
-    from launch.batched_collectives import unbucket
-
     program = unbucket(program)
     b = Batcher(axis_names, mesh_shape)
     env: dict[int, int] = {}
@@ -301,11 +323,4 @@ def batch_program(program: Graph, axis_names: Sequence[str],
         results.append(out)
     graph = Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops),
                   tuple(results))
-    return Batched(graph, b.per_device)
-
-
-def run_per_device(op: Op, inputs: list[np.ndarray], n: int) -> list[np.ndarray]:
-    """A fallback op of a batched program: the original op once per device, re-stacked."""
-    per = [run_reference(op, [x[d] for x in inputs]) for d in range(n)]
-    return [np.stack([p[i] for p in per]).astype(dtypes.to_numpy(t.dtype), copy=False)
-            for i, t in enumerate(op.types)]
+    return Batched(graph, b.axis_names, b.mesh_shape, b.per_device)

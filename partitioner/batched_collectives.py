@@ -2,7 +2,7 @@
 into the mesh, the group's axes are brought together as one axis K in group order, and
 all_reduce / all_gather / reduce_scatter / all_to_all / collective_permute become
 reduce, transpose, reshape, broadcast and slices over it. Kinds without a rule (bool
-reductions) stay collectives and run as numpy over the device axis (`run_stacked`).
+reductions) stay collectives, run per group by `Batched.run_op`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 
 from spmd import dtypes
 from spmd.ir.graph import Graph, Op
-from spmd.spmd_interpreter import axis_groups, run_collective_lockstep
+from spmd.mesh import axis_groups
 
 if TYPE_CHECKING:
-    from launch.batching import Batcher
+    from partitioner.device_batching import Batcher
 
 _REDUCE_KINDS = ("sum", "max", "min", "prod")
 
@@ -181,15 +181,8 @@ def _permute(b: Batcher, op: Op, x: int) -> int:
 
 
 def _keep(b: Batcher, op: Op, x: int) -> int:
-    """The collective stays in the batched program; `run_stacked` executes it."""
+    """The collective stays in the batched program; `Batched.run_op` executes it."""
     return b.run_per_device(op, [x])[0]
-
-
-def run_stacked(op: Op, x: np.ndarray, axis_names: Any, mesh_shape: Any) -> np.ndarray:
-    """A kept collective on stacked x: the group reference over each group of devices."""
-    per = run_collective_lockstep(op, [[row] for row in x], axis_names, mesh_shape)
-    dtype = dtypes.to_numpy(op.types[0].dtype)
-    return np.stack([p[0] for p in per]).astype(dtype, copy=False)
 
 
 def unbucket(program: Graph) -> Graph:

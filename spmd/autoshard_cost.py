@@ -1,7 +1,8 @@
 """What the auto-sharding search pays per op and per edge, read off the mesh's own simulator
 (tpu-sim's chip and ICI model, or the CPU host's): FLOP rate, memory bandwidth, and per mesh
 axis the bandwidth and latency of a collective, each measured by simulating a small program.
-Edge bytes come from the resharding planner's dry run (spmd.dispatch.reshard_moved).
+Edge bytes follow the resharding planner's steps in closed form (its dry run,
+spmd.dispatch.reshard_moved, is the check).
 """
 
 from __future__ import annotations
@@ -67,39 +68,82 @@ def edge_time(mesh: Mesh, rates: dict[str, float], t: TensorType,
 
 @functools.lru_cache(maxsize=65536)
 def _moved(mesh: Mesh, t: TensorType, dims: Dims, partial: tuple[str, ...], dst: Dims) -> float:
-    """Bytes received per device, per axis in closed form (DESIGN.md's collective table):
-    slicing is free, a pending sum costs a reduce-scatter (kept sharded) or an all-reduce,
-    an axis moving between dims an all-to-all, an axis dropped an all-gather.
+    """Bytes received per device, in closed form, in the resharding planner's order
+    (partitioner/reshard.py): a pending sum reduce-scatters into a dim the target shards
+    that is unsharded yet, the rest all-reduces; then all-to-alls for axes that move to
+    another dim, all-gathers of the axes a dim does not keep, slices (free); or, where that
+    moves more, the permute plan, each device receiving its new block.
 
-    The resharding planner's dry run (dispatch.reshard_moved, partitioner/cost.py) gives the
-    exact figure but takes 0.05-7 s per layout pair on a 256-chip mesh, and the search asks
-    about thousands of pairs; `planner_moved` below is kept to check this formula against.
+    The planner's dry run (`planner_moved`) gives the exact figure but takes 0.05-7 s per
+    layout pair on a 256-chip mesh, and the search asks about thousands of pairs;
+    tests/autoshard/test_edge_bytes.py checks the two against hand-derived bytes.
     """
     size = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    src_at = {a: i for i, d in enumerate(dims) for a in d}
-    dst_at = {a: i for i, d in enumerate(dst) for a in d}
-    local = t.nbytes / max(1, _prod(size[a] for a in src_at))
+
+    def k(axes: Any) -> int:
+        return _prod(size[a] for a in axes)
+
+    cur = [tuple(d) for d in dims]
+    local = t.nbytes / k(a for d in cur for a in d)
     moved = 0.0
-    for a in dst_at:  # newly sharded: each device keeps its slice
-        if a not in src_at and a not in partial:
-            local /= size[a]
-    for a in partial:
-        k = size[a]
-        if a in dst_at and a not in src_at:
-            moved += local * (k - 1) / k
-            local /= k
-        else:
-            moved += 2 * local * (k - 1) / k
-    for a, i in src_at.items():
-        k = size[a]
-        if dst_at.get(a) == i:
+    pending = list(partial)
+    for i, want in enumerate(dst):
+        if cur[i] or not want or not set(want) <= set(pending) or t.shape[i] % k(want):
             continue
-        if a in dst_at:
-            moved += local * (k - 1) / k
-        else:
-            moved += local * (k - 1)
-            local *= k
+        moved += local * (k(want) - 1) / k(want)
+        local /= k(want)
+        cur[i] = tuple(want)
+        pending = [a for a in pending if a not in want]
+    if pending:
+        moved += 2 * local * (k(pending) - 1) / k(pending)
+    if tuple(cur) == tuple(dst):
+        return moved
+    steps = _steps(t.shape, size, cur, dst, local)
+    even = all(n % k(d) == 0 for n, d in zip(t.shape, list(cur) + list(dst)))
+    involved = k({a for d in list(cur) + list(dst) for a in d})
+    if even and involved <= 256:  # partitioner/permute_plan.py's MAX_DEVICES
+        steps = min(steps, t.nbytes / k(a for d in dst for a in d))
+    return moved + steps
+
+
+def _steps(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...]],
+           dst: Dims, local: float) -> float:
+    """All-to-alls (a minor run of axes leaving dim i for the end of dim j), then gathers."""
+    moved = 0.0
+    again = True
+    while again:
+        again = False
+        for i, j, run in _runs(shape, size, cur, dst):
+            n = _prod(size[a] for a in run)
+            moved += local * (n - 1) / n
+            cur[i], cur[j] = cur[i][:-len(run)], cur[j] + run
+            again = True
+            break
+    for i, axes in enumerate(cur):
+        keep = len(axes)
+        while tuple(dst[i][:keep]) != axes[:keep]:
+            keep -= 1
+        n = _prod(size[a] for a in axes[keep:])
+        moved += local * (n - 1)
+        local *= n
     return moved
+
+
+def _runs(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...]],
+          dst: Dims) -> list[tuple[int, int, tuple[str, ...]]]:
+    out = []
+    for i, axes in enumerate(cur):
+        for length in range(len(axes), 0, -1):
+            run = axes[-length:]
+            if set(run) & set(dst[i]):
+                continue
+            for j in range(len(cur)):
+                grown = cur[j] + run
+                if j != i and tuple(dst[j][:len(grown)]) == grown and \
+                        shape[i] % _prod(size[a] for a in axes) == 0 and \
+                        shape[j] % _prod(size[a] for a in grown) == 0:
+                    out.append((i, j, run))
+    return out
 
 
 def _prod(xs: Any) -> int:

@@ -25,6 +25,8 @@ def f(v):
     return snp.tanh(v) * snp.sum(v ** 2)
 
 
+# Finite differences with a 1e-6 step need float64 (see tests/core/test_grad.py).
+@pytest.mark.usefixtures("x64_on")
 @pytest.mark.parametrize("jac", [spmd.jacrev, spmd.jacfwd])
 def test_jacobians_match_finite_differences(jac):
     np.testing.assert_allclose(np.asarray(jac(f)(X)), finite_jacobian(f, X), atol=1e-8)
@@ -38,6 +40,7 @@ def test_jacobians_match_finite_differences(jac):
     np.testing.assert_allclose(got, finite_jacobian(lambda v: np.sin(v) * v, grid), atol=1e-8)
 
 
+@pytest.mark.usefixtures("x64_on")
 def test_hessian_is_the_jacobian_of_the_gradient():
     s = lambda v: snp.sum(snp.sin(v) * v[::-1])
     hess = np.asarray(spmd.hessian(s)(X))

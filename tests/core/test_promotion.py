@@ -13,7 +13,7 @@ import pytest
 
 import spmd
 import spmd.numpy as snp
-from tests.core.oracle import np_dtype
+from tests.core.oracle import np_dtype, x64
 
 # (array dtype, array dtype) -> result dtype (never weak).
 STRONG = [
@@ -67,6 +67,27 @@ def _ones(dtype: str) -> np.ndarray:
     return np.ones((2, 3), np_dtype(dtype))
 
 
+# With x64 off (the default) 64-bit inputs are narrowed first and 64-bit results after
+# (checked against JAX 0.10.2): (array dtype, array dtype or Python scalar) -> result dtype.
+NARROWED = [
+    ("uint32", "int32", "int32"), ("int32", "int64", "int32"), ("float32", "float64", "float32"),
+    ("bfloat16", "float64", "float32"), ("uint64", "int8", "int32"),
+    ("int64", "float16", "float16"), ("int64", 2, "int32"), ("float64", 1, "float32"),
+    ("uint64", 3, "uint32"),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", NARROWED, ids=[f"{a}-{b}" for a, b, _ in NARROWED])
+def test_x64_off_narrows_like_jax(a: str, b: Any, expected: str) -> None:
+    with x64(False):
+        y = _ones(b) if isinstance(b, str) else b
+        for op in (snp.add, snp.multiply):
+            assert _type(op(_ones(a), y)) == (expected, False)
+        assert np.asarray(spmd.jit(snp.add)(_ones(a), y)).dtype == np_dtype(expected)
+
+
+# The lattice tables hold 64-bit types: they run with x64 on.
+@pytest.mark.usefixtures("x64_on")
 @pytest.mark.parametrize("a,b,expected", STRONG, ids=[f"{a}-{b}" for a, b, _ in STRONG])
 def test_arrays_promote_along_jax_lattice(a: str, b: str, expected: str) -> None:
     x, y = _ones(a), _ones(b)
@@ -78,6 +99,7 @@ def test_arrays_promote_along_jax_lattice(a: str, b: str, expected: str) -> None
     assert np.asarray(spmd.jit(snp.add)(x, y)).dtype == np_dtype(expected)
 
 
+@pytest.mark.usefixtures("x64_on")
 @pytest.mark.parametrize("a,scalar,expected,weak", WEAK,
                          ids=[f"{a}-{type(s).__name__}" for a, s, _, _ in WEAK])
 def test_python_scalars_are_weakly_typed(a: str, scalar: Any, expected: str, weak: bool) -> None:

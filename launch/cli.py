@@ -51,7 +51,10 @@ launcher exits with its code; Ctrl-C or --timeout (exit 124) stops them all. Eve
 gets a fresh SPMD_JOB_SECRET: only this job's processes can connect to its sockets (set the
 same one on every host yourself when starting ranks by hand or with torchrun). With
 --max-restarts N a failed job starts again, up to N times, with SPMD_RESTART=<attempt> set;
-a script that saves checkpoints (spmd.checkpoint) restores the latest one and goes on.
+a script that saves checkpoints (spmd.checkpoint) restores the latest one and goes on. With
+--min-devices M too, each failed process's device is taken as lost: the job continues on a
+mesh whose first axis shrinks to fit the devices that remain (never below M devices; SPMD_MESH
+tells the script), restoring its checkpoint resharded onto that mesh.
 """
 STOP_GRACE_S = 3.0
 MAX_DEVICES = 1 << 20  # the most devices a mesh may have (spmd.make_mesh's bound too)
@@ -85,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds before the whole job is stopped")
     p.add_argument("--max-restarts", type=int, default=0, metavar="N",
                    help="tcp: start a failed job again up to N times (see below)")
+    p.add_argument("--min-devices", type=int, metavar="N",
+                   help="tcp, with --max-restarts: restart on the devices that remain, on a "
+                        "smaller mesh of at least N devices (see below)")
     p.add_argument("--simulate", action="store_true",
                    help="simulate the script's first step on the tpu-sim device (see below)")
     p.add_argument("--trace", default="spmd_trace.json",
@@ -128,6 +134,10 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
         raise LaunchError("--max-restarts needs --runtime tcp")
     if options.max_restarts < 0:
         raise LaunchError(f"--max-restarts {options.max_restarts} must be 0 or more")
+    if options.min_devices is not None and not (options.max_restarts and
+                                                1 <= options.min_devices <= math.prod(shape)):
+        raise LaunchError(f"--min-devices {options.min_devices} needs --max-restarts and must "
+                          f"be between 1 and the mesh's {math.prod(shape)} devices")
     if options.address and options.runtime != "ray":
         raise LaunchError("--address needs --runtime ray")
     if options.device == "gpu" and not (options.hosts or options.hostfile or options.address):
@@ -341,13 +351,16 @@ def run_mpi(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
 def run_tcp(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, str]) -> int:
     """One local process per device, each `python -m launch.tcp_entry script args` (it starts
     the tcp runtime, then runs the script as __main__), supervised until all end."""
+    from launch.elastic import restarts_on_remaining_devices
     from launch.processes import run_restarting, torchrun_environments
 
     path = os.environ.get("PYTHONPATH", "")
     base = dict(os.environ, **env, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
     command = [sys.executable, "-m", "launch.tcp_entry", options.script, *options.args]
-    return run_restarting(command, lambda attempt: torchrun_environments(
-        base, math.prod(shape), restart=attempt), options.timeout, options.max_restarts)
+    environments = restarts_on_remaining_devices(
+        shape, options.min_devices,
+        lambda env, size, attempt: torchrun_environments(env, size, restart=attempt), base)
+    return run_restarting(command, environments, options.timeout, options.max_restarts)
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -77,17 +77,22 @@ def run_group(command: Sequence[str], environments: Sequence[Mapping[str, str]],
 
 
 def run_restarting(command: Sequence[str],
-                   environments: Callable[[int], Sequence[Mapping[str, str]]],
+                   environments: Callable[[int, list[str]], Sequence[Mapping[str, str]]],
                    timeout: float | None, max_restarts: int) -> int:
-    """run_group, started again (environments(attempt): a fresh port and secret, and
-    SPMD_RESTART=attempt) up to max_restarts times after a process fails; never after Ctrl-C,
-    SIGTERM or the timeout, which covers every attempt together. A script that saves
-    checkpoints resumes from its latest one."""
+    """run_group, started again (environments(attempt, lost): a fresh port and secret, and
+    SPMD_RESTART=attempt; lost: the processes that failed by themselves last time, e.g.
+    "process 3 (pid 123 on n1, killed by SIGKILL)"; no environments: give up) up to
+    max_restarts times after a process fails; never after Ctrl-C, SIGTERM or the timeout,
+    which covers every attempt together. A script that saves checkpoints resumes from its
+    latest one."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    attempt = 0
+    attempt, code, lost = 0, 0, []
     while True:
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        code, why = _run(command, environments(attempt), remaining)
+        group = environments(attempt, lost)
+        if not group:
+            return code
+        code, why, lost = _run(command, group, remaining)
         if why != "failed" or attempt >= max_restarts:
             return code
         attempt += 1
@@ -96,8 +101,9 @@ def run_restarting(command: Sequence[str],
 
 
 def _run(command: Sequence[str], environments: Sequence[Mapping[str, str]],
-         timeout: float | None) -> tuple[int, str]:
-    """run_group's (exit code, why it ended: 'ok', 'failed', 'timeout' or 'interrupted')."""
+         timeout: float | None) -> tuple[int, str, list[str]]:
+    """run_group's (exit code, why it ended: 'ok', 'failed', 'timeout' or 'interrupted', the
+    processes that failed by themselves)."""
     processes: list[subprocess.Popen] = []
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -109,7 +115,7 @@ def _run(command: Sequence[str], environments: Sequence[Mapping[str, str]],
             signal.signal(sig, signal.SIG_IGN)
         _say(f"{exc}: stopping {_count(processes)}")
         _stop(processes, grace=0.0)
-        return 128 + exc.signum, "interrupted"
+        return 128 + exc.signum, "interrupted", []
     finally:
         _stop(processes, grace=0.0)
         for sig, handler in previous.items():
@@ -138,7 +144,8 @@ def end_with_launcher() -> None:
         os._exit(1)
 
 
-def _wait(processes: list[subprocess.Popen], timeout: float | None) -> tuple[int, str]:
+def _wait(processes: list[subprocess.Popen], timeout: float | None,
+          ) -> tuple[int, str, list[str]]:
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: queue.SimpleQueue[int] = queue.SimpleQueue()  # ranks in the order they exit
     for rank, process in enumerate(processes):
@@ -153,12 +160,13 @@ def _wait(processes: list[subprocess.Popen], timeout: float | None) -> tuple[int
         if rank is not None:
             remaining -= 1
             if processes[rank].returncode != 0:
-                return _on_failure(processes, rank), "failed"
+                code, lost = _on_failure(processes, rank)
+                return code, "failed", lost
         if deadline is not None and time.monotonic() > deadline:
             _say(f"--timeout {timeout:g} s expired: stopping {_count(processes)}")
             _stop(processes, grace=0.0)
-            return TIMEOUT_CODE, "timeout"
-    return 0, "ok"
+            return TIMEOUT_CODE, "timeout", []
+    return 0, "ok", []
 
 
 def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) -> None:
@@ -166,19 +174,31 @@ def _report_end(process: subprocess.Popen, rank: int, ended: queue.SimpleQueue) 
     ended.put(rank)
 
 
-def _on_failure(processes: list[subprocess.Popen], rank: int) -> int:
-    """One line naming the process that failed (rank, pid, host), then stops the rest. The
-    first seen to end badly may be a peer it took down (those exit PEER_STOPPED_CODE, and the
-    kernel may reap one before the culprit): look past them for up to CULPRIT_WAIT_S."""
+def _on_failure(processes: list[subprocess.Popen], rank: int) -> tuple[int, list[str]]:
+    """One line naming the process that failed (rank, pid, host), then stops the rest; (exit
+    code, every process that failed by itself). The first seen to end badly may be a peer it
+    took down (those exit PEER_STOPPED_CODE, and the kernel may reap one before the culprit):
+    look past them for up to CULPRIT_WAIT_S."""
     rank = _culprit(processes, rank)
+    code = processes[rank].returncode
+    _say(f"{_describe(processes, rank)}; stopping the others")
+    lost = [_describe(processes, r, brief=True) for r, p in enumerate(processes)
+            if p.poll() not in (None, 0, PEER_STOPPED_CODE)]
+    _stop(processes, grace=FAILURE_GRACE_S)
+    return (code if code > 0 else 128 - code), lost or [_describe(processes, rank, brief=True)]
+
+
+def _describe(processes: list[subprocess.Popen], rank: int, brief: bool = False) -> str:
+    """'process 3 (pid 123 on n1) was killed by SIGKILL' for a process that ended; brief:
+    'process 3 (pid 123 on n1, killed by SIGKILL)'."""
     code = processes[rank].returncode
     how = f"exited with code {code}" if code > 0 else f"was killed by {_signal_name(-code)}"
     if code == PEER_STOPPED_CODE:
         how += " (stopped by another process's failure)"
-    _say(f"process {rank} (pid {processes[rank].pid} on {socket.gethostname()}) {how}; "
-         f"stopping the others")
-    _stop(processes, grace=FAILURE_GRACE_S)
-    return code if code > 0 else 128 - code
+    where = f"process {rank} (pid {processes[rank].pid} on {socket.gethostname()}"
+    if brief:
+        return f"{where}, {how.removeprefix('was ')})"
+    return f"{where}) {how}"
 
 
 def _culprit(processes: list[subprocess.Popen], first: int) -> int:

@@ -1,4 +1,4 @@
-"""spmd-launch --max-restarts: a tcp job whose process fails starts again (SPMD_RESTART set, a
+"""spmd-launch --max-restarts (and --min-devices: on a smaller mesh): a tcp job whose process fails starts again (SPMD_RESTART set, a
 fresh port and secret), resumes from its latest checkpoint, and its loss curve is the one of a
 run that never failed (the local runtime's); restarts stop at N; bad flags are one line."""
 
@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 
 from launch import cli
+from launch.elastic import shrink_mesh
 from spmd.errors import LaunchError
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "tests" / "runtimes" / "scripts"
 RESUME = SCRIPTS / "train_resume.py"
+ELASTIC = SCRIPTS / "train_elastic.py"
 MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME",
                  "RANK", "WORLD_SIZE", "SPMD_RESTART")
 
@@ -73,9 +75,58 @@ def test_restarts_stop_after_max_restarts() -> None:
     assert done.stderr.count("[spmd rank 1] Traceback") == 2  # the first attempt and the restart
 
 
+def run_locally(script: Path, mesh: str, axes: str, *args: str, monkeypatch) -> str:
+    """The script's stdout under the local runtime (one process, every device)."""
+    monkeypatch.setenv("SPMD_MESH", mesh)
+    monkeypatch.setenv("SPMD_AXES", axes)
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(script), run_name="__main__")
+    return out.getvalue()
+
+
+@pytest.mark.timeout(200)  # 27 s measured on a lightly loaded 2-core machine
+def test_min_devices_continues_on_a_smaller_mesh_and_the_loss_curve_goes_on(
+        tmp_path, monkeypatch) -> None:
+    """Process 3 of a 2x2 job is SIGKILLed after computing step 3, before saving it: the job
+    continues on 1x2 (2 devices) from the checkpoint of step 3, the parameters resharded, and
+    every loss is the local runtime's on the full mesh."""
+    done = launch("--mesh", "2x2", "--axes", "data,model", "--runtime", "tcp",
+                  "--max-restarts", "1", "--min-devices", "2", str(ELASTIC),
+                  str(tmp_path / "elastic"), "--kill-at", "3")
+    assert done.returncode == 0, done.stderr[-4000:]
+    lost = re.search(r"spmd-launch: continuing on 1x2 \(2 devices\) after losing process 3 "
+                     r"\(pid \d+ on \S+, killed by SIGKILL\)", done.stderr)
+    assert lost, done.stderr[-3000:]
+    assert re.findall(r"MESH (\S+) processes=(\d+)", done.stdout) == [("2x2", "4"), ("1x2", "2")]
+    assert re.findall(r"RESUMED step=(\d+)", done.stdout) == ["0", "3"]
+    quiet = losses(run_locally(ELASTIC, "2x2", "data,model", str(tmp_path / "quiet"),
+                               monkeypatch=monkeypatch))
+    elastic = losses(done.stdout)
+    assert sorted(elastic) == sorted(quiet) == list(range(8))
+    np.testing.assert_allclose([elastic[s] for s in range(8)], [quiet[s] for s in range(8)],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,remaining,minimum,expected", [
+    ((4, 2), 7, 2, (2, 2)),  # the data axis shrinks to a divisor: the batch still splits
+    ((2, 2), 3, 2, (1, 2)),
+    ((2, 2), 3, 3, None),  # below --min-devices
+    ((8,), 5, 1, (4,)),
+    ((1, 4), 3, 1, None),  # the model axis is never cut
+    ((2, 2), 4, 4, (2, 2)),
+])
+def test_the_mesh_shrinks_along_its_first_axis(shape, remaining, minimum, expected) -> None:
+    assert shrink_mesh(shape, remaining, minimum) == expected
+
+
 @pytest.mark.parametrize("args,message", [
     (["--runtime", "mpi", "--max-restarts", "1"], "--max-restarts needs --runtime tcp"),
     (["--runtime", "tcp", "--max-restarts", "-1"], "--max-restarts -1 must be 0 or more"),
+    (["--runtime", "tcp", "--min-devices", "1"], "--min-devices 1 needs --max-restarts"),
+    (["--runtime", "tcp", "--max-restarts", "1", "--min-devices", "3"],
+     "--min-devices 3 needs --max-restarts and must be between 1 and the mesh's 2 devices"),
 ])
 def test_bad_max_restarts_is_a_launch_error(args, message) -> None:
     options = cli.parser().parse_args(["--mesh", "2", *args, str(RESUME)])

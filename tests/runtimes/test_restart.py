@@ -1,6 +1,7 @@
-"""spmd-launch --max-restarts (and --min-devices: on a smaller mesh): a tcp job whose process fails starts again (SPMD_RESTART set, a
+"""spmd-launch --max-restarts: a tcp job whose process fails starts again (SPMD_RESTART set, a
 fresh port and secret), resumes from its latest checkpoint, and its loss curve is the one of a
-run that never failed (the local runtime's); restarts stop at N; bad flags are one line."""
+run that never failed (the local runtime's); with --min-devices it goes on on a smaller mesh;
+restarts stop at N; bad flags are one line."""
 
 from __future__ import annotations
 

@@ -27,6 +27,14 @@ def np_dtype(name: str) -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
+def jax_dtype(name: str) -> np.dtype:
+    """The numpy dtype JAX gives a result of dtype `name`: 64-bit ones are 32-bit while x64
+    is off (JAX's default)."""
+    if not spmd.config.read("jax_enable_x64"):
+        name = {"float64": "float32", "int64": "int32", "uint64": "uint32"}.get(name, name)
+    return np_dtype(name)
+
+
 def dtype_name(x: Any) -> str:
     return str(np.asarray(x).dtype)
 

@@ -13,6 +13,7 @@ import spmd
 from spmd import P, lax
 from spmd.errors import ShapeError, ShardingError
 from spmd.shard_map import shard_map
+from tests.core.oracle import assert_close
 
 MESHES = [((8,), ("x",)), ((2, 4), ("data", "model")), ((4, 2), ("data", "model")),
           ((2, 2, 2), ("a", "b", "c"))]
@@ -201,10 +202,10 @@ def test_data_parallel_loss_and_grad_equal_unsharded(reduce):
     sharded = shard_map(local, mesh, (P(("data", "model")), P(), P(("data", "model"))), P())
     want = np.mean((x @ w - y) ** 2)
     want_grad = 2 * x.T @ (x @ w - y) / 16
-    np.testing.assert_allclose(float(sharded(x, w, y)), want, rtol=1e-10)
-    np.testing.assert_allclose(float(spmd.jit(sharded)(x, w, y)), want, rtol=1e-10)
+    assert_close(sharded(x, w, y), want)
+    assert_close(spmd.jit(sharded)(x, w, y), want)
     for run in (spmd.grad(sharded, argnums=1), spmd.jit(spmd.grad(sharded, argnums=1))):
-        np.testing.assert_allclose(np.asarray(run(x, w, y)), want_grad, rtol=1e-10)
+        assert_close(run(x, w, y), want_grad)
 
 
 def _matmul(a, b):
@@ -223,16 +224,16 @@ def test_megatron_mlp_and_its_grads_equal_unsharded():
     mlp = shard_map(block, mesh, (P("data", None), P(None, "model"), P("model", None)),
                     P("data", None))
     h = np.tanh(x @ w1)
-    np.testing.assert_allclose(np.asarray(mlp(x, w1, w2)), h @ w2, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(spmd.jit(mlp)(x, w1, w2)), h @ w2, rtol=1e-10)
+    assert_close(mlp(x, w1, w2), h @ w2)
+    assert_close(spmd.jit(mlp)(x, w1, w2), h @ w2)
 
     def loss(a, b):
         return lax.reduce_sum(lax.mul(mlp(x, a, b), r), (0, 1))
 
     dh = r @ w2.T * (1 - h * h)
     g1, g2 = spmd.jit(spmd.grad(loss, argnums=(0, 1)))(w1, w2)
-    np.testing.assert_allclose(np.asarray(g1), x.T @ dh, rtol=1e-9)
-    np.testing.assert_allclose(np.asarray(g2), h.T @ r, rtol=1e-9)
+    assert_close(g1, x.T @ dh)
+    assert_close(g2, h.T @ r)
 
 
 def numerical_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -263,6 +264,8 @@ GRAD_CASES = {
 }
 
 
+# finite differences need float64 (see tests/core/test_grad.py)
+@pytest.mark.usefixtures("x64_on")
 @pytest.mark.parametrize("name", sorted(GRAD_CASES))
 def test_grad_through_collective_matches_finite_differences(name):
     body, in_spec, out_spec, shape = GRAD_CASES[name]
@@ -305,9 +308,9 @@ def test_captured_tracer_is_a_replicated_input_and_gets_its_grad():
         return lax.reduce_sum(out, (0, 1))
 
     blocks_sum = x.reshape(4, 2, 2).sum(0).sum()
-    np.testing.assert_allclose(float(spmd.jit(loss)(np.array(3.0))), 3 * blocks_sum)
-    np.testing.assert_allclose(float(spmd.jit(spmd.grad(loss))(np.array(3.0))), blocks_sum)
-    np.testing.assert_allclose(float(spmd.grad(loss)(np.array(3.0))), blocks_sum)
+    assert_close(spmd.jit(loss)(np.array(3.0)), 3 * blocks_sum)
+    assert_close(spmd.jit(spmd.grad(loss))(np.array(3.0)), blocks_sum)
+    assert_close(spmd.grad(loss)(np.array(3.0)), blocks_sum)
 
 
 def _psum_tanh_map():
@@ -320,9 +323,9 @@ def test_jvp_through_shard_map_matches_numpy():
     rng = np.random.default_rng(6)
     x, t = rng.standard_normal((4, 8)), rng.standard_normal((4, 8))
     out, tangent = spmd.jvp(_psum_tanh_map(), (x,), (t,))
-    np.testing.assert_allclose(np.asarray(out), np.tanh(x).reshape(4, 4, 2).sum(1), rtol=1e-12)
+    assert_close(out, np.tanh(x).reshape(4, 4, 2).sum(1))
     want = ((1 - np.tanh(x) ** 2) * t).reshape(4, 4, 2).sum(1)
-    np.testing.assert_allclose(np.asarray(tangent), want, rtol=1e-12)
+    assert_close(tangent, want)
 
 
 def test_grad_inside_the_body_differentiates_its_collectives():
@@ -333,7 +336,7 @@ def test_grad_inside_the_body_differentiates_its_collectives():
         return spmd.grad(lambda v: lax.reduce_sum(lax.psum(lax.mul(v, v), "model"), (0, 1)))(b)
 
     mapped = shard_map(body, mesh, P("data", "model"), P("data", "model"))
-    np.testing.assert_allclose(np.asarray(mapped(x)), 8 * x, rtol=1e-12)
+    assert_close(mapped(x), 8 * x)
 
 
 def _second_order(mapped):
@@ -345,7 +348,7 @@ def test_grad_of_grad_through_shard_map_eager():
     x = np.random.default_rng(8).standard_normal((4, 8))
     th = np.tanh(x)
     want = 2 * (1 - th ** 2) * (-2 * th * (1 - th ** 2))
-    np.testing.assert_allclose(np.asarray(_second_order(_psum_tanh_map())(x)), want, rtol=1e-10)
+    assert_close(_second_order(_psum_tanh_map())(x), want)
 
 
 def test_grad_of_grad_through_shard_map_under_jit():
@@ -353,7 +356,7 @@ def test_grad_of_grad_through_shard_map_under_jit():
     th = np.tanh(x)
     want = 2 * (1 - th ** 2) * (-2 * th * (1 - th ** 2))
     got = spmd.jit(_second_order(_psum_tanh_map()))(x)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-10)
+    assert_close(got, want)
 
 
 def _line_after(lines: int = 2) -> str:

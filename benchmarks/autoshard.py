@@ -43,14 +43,48 @@ def block_shapes(b: int, s: int, d: int, heads: int, f: int) -> list[tuple[int, 
 
 MLP_PLANS = {"DP": [P(ALL), P(), P()], "FSDP": [P(ALL), P(ALL), P(ALL)],
              "Megatron TP": [P(), P(None, ALL), P(ALL)],
-             "DP x TP": [P("data"), P(None, "model"), P("model")]}
-BLOCK_PLANS = {
-    "DP": [P(ALL)] + [P()] * 6,
-    "FSDP": [P(ALL)] + [P(ALL)] * 6,
-    "Megatron TP": [P(), P(None, ALL), P(None, ALL), P(None, ALL), P(ALL), P(None, ALL),
-                    P(ALL)],
-    "DP x TP": [P("data"), P(None, "model"), P(None, "model"), P(None, "model"), P("model"),
-                P(None, "model"), P("model")]}
+             "DP x TP": [P("data"), P(None, "model"), P("model")],
+             "FSDP x TP": [P("data"), P("data", "model"), P("model", "data")]}
+# per weight role: activations, column-parallel (wq wk wv w1), row-parallel (wo w2)
+ROLES = {"DP": (P(ALL), P(), P()), "FSDP": (P(ALL), P(ALL), P(ALL)),
+         "Megatron TP": (P(), P(None, ALL), P(ALL)),
+         "DP x TP": (P("data"), P(None, "model"), P("model")),
+         "FSDP x TP": (P("data"), P("data", "model"), P("model", None, "data"))}
+
+
+def _block_specs(act: Any, col: Any, row: Any) -> list[Any]:
+    w2 = P(*row[:1], *row[2:]) if len(row) > 2 else row  # w2 is 2-D: (f, d)
+    return [col, col, col, row, col, w2]
+
+
+BLOCK_PLANS = {name: [act, *_block_specs(act, col, row)] for name, (act, col, row) in
+               ROLES.items()}
+
+
+LAYERS = 2
+
+
+def gpt_loss(weights: tuple, x: Any, y: Any) -> Any:
+    """LAYERS blocks, a final norm and an unembedding; cross-entropy against one-hot y."""
+    for i in range(LAYERS):
+        x = block(x, *weights[6 * i:6 * i + 6])
+    logits = snp.einsum("bsd,dv->bsv", spmd.nn.standardize(x), weights[-1])
+    return -snp.mean(snp.sum(y * spmd.nn.log_softmax(logits, axis=-1), axis=-1))
+
+
+def gpt_step(x: Any, y: Any, *weights: Any) -> tuple:
+    """One SGD training step (forward, backward, update): the new weights."""
+    grads = spmd.grad(gpt_loss)(weights, x, y)
+    return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
+
+
+def gpt_shapes(b: int, s: int, d: int, heads: int, f: int, vocab: int) -> list:
+    per_layer = block_shapes(b, s, d, heads, f)[1:]
+    return [(b, s, d), (b, s, vocab), *per_layer * LAYERS, (d, vocab)]
+
+
+GPT_PLANS = {name: [act, act, *_block_specs(act, col, row) * LAYERS, col]
+             for name, (act, col, row) in ROLES.items()}
 
 
 def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list]) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 sub-programs, partitioned recursively with the layouts their operands already have.
 
 A carry keeps one layout across iterations (the body's carry results are resharded to
-the layout the carry came in with), and the scan dim of xs/ys is never sharded.
+the layout the carry came in with), and the scan dim of xs/ys is never sharded. A scan
+result the body would leave replicated is asked for in the layout its consumers outside
+want, else in a same-shaped body input's (the weight's): a weight's gradient summed over
+the batch axes is then reduce-scattered to the weight's FSDP layout, not all-reduced.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import AxisTuple, ShardSpec
-from spmd.ir.graph import Op
+from spmd.ir.graph import Graph, Op
 
 if TYPE_CHECKING:
     from partitioner.partition import Partitioner
@@ -47,23 +50,47 @@ def partition_scan(p: Partitioner, op: Op) -> None:
     fixed = nc + ncar
     operands = list(op.inputs)
     dims = _current(p, op, operands, [i >= fixed for i in range(len(operands))])
-    ys = len(a["body"].results) - ncar
+    body = a["body"]
+    ys = len(body.results) - ncar
+    body_in = dims[:fixed] + [d[1:] for d in dims[fixed:]]
+    trial = partition(body, p.mesh, body_in, [None] * (ncar + ys))
+    want = _result_layouts(p, op, body, body_in, [s.dims for s in trial.result_specs], ncar)
     # A carry that starts replicated takes the layout the body gives it (a gradient
     # accumulator starts as zeros but should stay sharded like its parameter).
-    trial = partition(a["body"], p.mesh, dims[:fixed] + [d[1:] for d in dims[fixed:]],
-                      [None] * (ncar + ys))
     for i in range(ncar):
         if not any(dims[nc + i]):
-            dims[nc + i] = trial.result_specs[i].dims
+            dims[nc + i] = want[i] or trial.result_specs[i].dims
     local_in = [p.operand(v, d, op.loc, "scan operand") for v, d in zip(operands, dims)]
     body_in = dims[:fixed] + [d[1:] for d in dims[fixed:]]
-    carry_dims: list[Dims | None] = list(dims[nc:fixed])
-    sub = partition(a["body"], p.mesh, body_in, carry_dims + [None] * ys)
+    sub = partition(body, p.mesh, body_in, list(dims[nc:fixed]) + want[ncar:])
     _inner_records(p, sub.records, f"scan body, x{a['length']}")
     outs = p.b.emit("scan", local_in, op.loc, **{**a, "body": sub.program})
     out_dims = list(dims[nc:fixed]) + [((),) + s.dims for s in sub.result_specs[ncar:]]
     for v, lv, d in zip(op.outputs, outs, out_dims):
         p.bind_result(v, lv, ShardSpec(d))
+
+
+def _result_layouts(p: Partitioner, op: Op, body: Graph, body_in: list[Dims],
+                    got: list[Dims], ncar: int) -> list[Dims | None]:
+    """Per body result the body leaves less sharded than it could be (a weight's gradient
+    all-reduced over the batch axes: replicated), the layout to ask for instead: what the
+    scan's consumers want, else a same-shaped body input's (the weight's). Asking for it
+    lets the pending sum be reduce-scattered. None: keep what the body gives."""
+    out: list[Dims | None] = []
+    for i, (v, have) in enumerate(zip(body.results, got)):
+        outer = p.dims_of.get(op.outputs[i])
+        hints = [outer if i < ncar or outer is None else outer[1:]]
+        hints += [d for u, d in zip(body.params, body_in)
+                  if body.types[u].shape == body.types[v].shape]
+        out.append(next((tuple(h) for h in hints if h is not None and _extends(have, h)),
+                        None))
+    return out
+
+
+def _extends(have: Dims, hint: Dims) -> bool:
+    """hint shards more than `have` and keeps every dim `have` shards where it is."""
+    more = any(h and not d for d, h in zip(have, hint))
+    return more and all(not d or d == h for d, h in zip(have, hint))
 
 
 def partition_cond(p: Partitioner, op: Op) -> None:

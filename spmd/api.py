@@ -1,4 +1,4 @@
-"""spmd.jit: trace once per signature, optimize, compile through spmd.dispatch, run.
+"""spmd.jit: trace once per signature, optimize, compile (spmd.executables), run.
 
 The cache key is the pytree structure, each leaf's shape/dtype/weak type/sharding, and
 the static arguments; a cached call never retraces (see `trace_count`).
@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 import optree
 
-from spmd import dtypes
+from spmd import config, dtypes
 from spmd.array import Array
+from spmd.autodiff import _as_traced
 from spmd.errors import ShapeError, ShardingError
+from spmd.executables import compile_graph
 from spmd.ir.graph import Graph
+from spmd.ir.printer import print_graph
 from spmd.ir.types import TensorType
+from spmd.passes import optimize
 from spmd.sharding import NamedSharding, PartitionSpec, Sharding, current_mesh
 from spmd.tracing import (
     Trace,
@@ -31,6 +35,7 @@ from spmd.tracing import (
     type_of,
 )
 from spmd.tree import tree_flatten, tree_unflatten
+from spmd.validate import check_argnums, check_argnums_in_call, check_callable, check_shape
 
 
 @dataclass(frozen=True, init=False)
@@ -44,8 +49,6 @@ class ShapeDtypeStruct:
 
     def __init__(self, shape: Any, dtype: Any, sharding: Any = None, weak_type: bool = False):
         # written out (not generated) so that errors find the caller's line
-        from spmd.validate import check_shape
-
         object.__setattr__(self, "shape", check_shape("ShapeDtypeStruct", shape))
         dtypes.canonical(dtype)
         object.__setattr__(self, "dtype", dtype)
@@ -83,16 +86,11 @@ class Lowered:
         self.donate = donate
 
     def as_text(self) -> str:
-        from spmd.ir.printer import print_graph
-
         return print_graph(self.graph, name=self.jitted.__name__)
 
     def compile(self) -> Compiled:
-        from spmd import dispatch
-
         out_shardings = self.jitted.out_shardings_for(self.graph)
-        executable = dispatch.compile_graph(self.graph, self.in_shardings, out_shardings,
-                                            self.donate)
+        executable = compile_graph(self.graph, self.in_shardings, out_shardings, self.donate)
         return Compiled(self, executable)
 
 
@@ -140,8 +138,6 @@ class JitFunction:
     def __init__(self, fun: Callable[..., Any], *, static_argnums: Any = (),
                  static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
                  out_shardings: Any = None):
-        from spmd.validate import check_argnums, check_callable
-
         check_callable("jit", fun)
         functools.update_wrapper(self, fun)
         self.fun = fun
@@ -159,8 +155,6 @@ class JitFunction:
 
     # -- argument handling ------------------------------------------------------------------
     def _split(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, tuple]:
-        from spmd.validate import check_argnums_in_call
-
         check_argnums_in_call(self.static_argnums, len(args), "static_argnums")
         nums = {i % len(args) if args else i for i in self.static_argnums}
         dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
@@ -206,8 +200,6 @@ class JitFunction:
         with trace_scope(trace):
             out = self.fun(*full_args, **full_kwargs)
             out_leaves, out_tree = tree_flatten(out)
-            from spmd.autodiff import _as_traced
-
             out_leaves = [_as_traced(trace, x) for x in out_leaves]
         return trace.to_graph(out_leaves), out_tree
 
@@ -220,16 +212,12 @@ class JitFunction:
 
     def lower(self, *args: Any, **kwargs: Any) -> Lowered:
         """Trace for these (possibly abstract) arguments and optimize the global program."""
-        from spmd.validate import check_environment
-
-        check_environment()
+        config.check_environment()
         from spmd.autoshard import AUTO, lower_auto
 
         if self.in_shardings is AUTO:  # issue 20: the plan chooses every layout
             return lower_auto(self, args, kwargs)
         graph, out_tree = self._trace(args, kwargs)
-        from spmd.passes import optimize
-
         graph = optimize(graph)
         leaves = self.dynamic_leaves(args, kwargs)
         in_shardings = self._in_shardings_for(leaves, args, kwargs)

@@ -14,7 +14,7 @@ import numpy as np
 from spmd import dtypes
 from spmd.array_methods import ArrayMethods
 from spmd.ir.types import TensorType
-from spmd.sharding import Sharding, SingleDeviceSharding
+from spmd.sharding import NamedSharding, Sharding, SingleDeviceSharding
 
 
 class Shard:
@@ -57,24 +57,37 @@ class Array(ArrayMethods):
             raise RuntimeError("this Array was donated to a jit call and deleted; "
                                "use the call's result instead")
         if self._value is None:
-            from spmd import dispatch
+            from spmd import placement  # the API layer: it reaches the runtime
 
-            self._value = dispatch.assemble(self)
+            self._value = placement.assemble(self)
         return self._value
 
     def device_buffers(self) -> list[np.ndarray]:
         """One buffer per device of the sharding's mesh (padded shards for uneven splits)."""
         if self._shards is None:
-            from spmd import dispatch
+            from spmd import placement
 
-            self._shards = dispatch.split(self)
+            self._shards = placement.split(self)
         return self._shards
 
     @property
     def addressable_shards(self) -> list[Shard]:
-        from spmd import dispatch
+        from spmd import placement
 
-        return dispatch.addressable_shards(self)
+        return placement.addressable_shards(self)
+
+    @property
+    def is_sharded(self) -> bool:
+        """On a mesh (a NamedSharding): an op outside jit on it runs partitioned."""
+        return isinstance(self.sharding, NamedSharding)
+
+    @staticmethod
+    def run_sharded(opdef: Any, inputs: Any, in_types: Any, attrs: dict[str, Any]) -> Any:
+        """One op outside jit on sharded inputs, jitted and run partitioned (spmd.tracing's
+        eager mode calls it)."""
+        from spmd import eager  # the API layer: it jits
+
+        return eager.eager_op(opdef, inputs, in_types, attrs)
 
     def devices(self) -> set[Any]:
         """The devices holding a piece of this array (JAX's Array.devices())."""

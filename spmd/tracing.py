@@ -1,19 +1,20 @@
 """Tracing: Python functions on Tracers become IR graphs; `bind` adds one op.
 
 Outside any trace, `bind` runs the op at once (eager mode) through the reference
-implementation, or through `eager_hook` when a runtime has installed one.
+implementation, or, on sharded Arrays, partitioned (Array.run_sharded).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from spmd import dtypes
+from spmd.array import Array
 from spmd.errors import (
     INTERNAL_DIRS,
     InternalError,
@@ -200,13 +201,9 @@ def concrete_value(x: Any, t: TensorType) -> np.ndarray:
     return np.asarray(x, dtype=dtypes.to_numpy(t.dtype))
 
 
-# Installed by spmd.dispatch: runs one op eagerly on (possibly sharded) Arrays.
-eager_hook: Callable[..., Any] | None = None
-
-
 def bind(name: str, *inputs: Any, **attrs: Any) -> Any:
     """Apply op `name`: record it in the active trace, or run it now when none is active."""
-    from spmd.ops import REGISTRY
+    from spmd.ops import REGISTRY  # the ops' VJP rules trace with this module
 
     opdef = REGISTRY.get(name)
     if opdef is None:
@@ -241,15 +238,8 @@ def _value_id(trace: Trace, x: Any, t: TensorType) -> int:
 
 def _run_eager(opdef: Any, inputs: Sequence[Any], in_types: list[TensorType],
                out_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> Any:
-    if eager_hook is not None:
-        return eager_hook(opdef, inputs, in_types, out_types, attrs)
-    return _run_reference_eager(opdef, inputs, in_types, out_types, attrs)
-
-
-def _run_reference_eager(opdef: Any, inputs: Sequence[Any], in_types: list[TensorType],
-                         out_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> Any:
-    from spmd.array import Array
-
+    if opdef.name != "shard_map" and any(isinstance(x, Array) and x.is_sharded for x in inputs):
+        return Array.run_sharded(opdef, inputs, in_types, attrs)
     args = [concrete_value(x, t) for x, t in zip(inputs, in_types)]
     out = opdef.reference(*args, **attrs)
     outs = out if opdef.multi_output else (out,)

@@ -1,117 +1,114 @@
-"""Dependencies point one way (DESIGN.md): the compiler core imports none of our other
-packages, partitioner only the core, backends and collectives not each other, and only
-spmd/dispatch.py reaches the rest of the pipeline, lazily (inside functions)."""
+"""Dependencies point one way: every import of ours obeys the table of
+docs/architecture.md ("Packages and what each may import"), read from the doc itself so the
+rules and the map cannot drift apart."""
 
 from __future__ import annotations
 
-import ast
+import re
+import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PIPELINE = ("partitioner", "backends", "collectives", "launch")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from import_graph import ROOT, all_modules, imports, resolve
+
+DOC = ROOT / "docs" / "architecture.md"
+HEADER = "| layer | modules | imports at import time | also inside functions |"
 
 
-def modules(package: str) -> list[Path]:
-    return sorted(p for p in (ROOT / package).rglob("*.py") if "__pycache__" not in p.parts)
+def _names(cell: str) -> list[str]:
+    return [n.strip() for n in re.sub(r"\(.*?\)", "", cell).split(",") if n.strip()]
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def rules(text: str | None = None) -> dict[str, tuple[list[str], set[str], set[str]]]:
+    """layer -> (module prefixes, what it imports at import time, what inside functions)."""
+    lines = (DOC.read_text(encoding="utf-8") if text is None else text).splitlines()
+    start = lines.index(HEADER) + 2
+    table = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        layer, prefixes, eager, lazy = (c.strip() for c in line.strip("|").split("|"))
+        table[layer] = (_names(prefixes), set(_names(eager)), set(_names(eager) + _names(lazy)))
+    return table
 
 
-def imports(path: Path, name: str | None = None) -> list[tuple[str, int, bool]]:
-    """(imported module, line, at top level) for every import in the file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    package = (name or module_name(path)).split(".")
-    if path.name != "__init__.py":
-        package = package[:-1]
-    found: list[tuple[str, int, bool]] = []
-    top_level = {id(node) for node in _top_level_nodes(tree)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
-            names = [f"{base}.{alias.name}" for alias in node.names]
-            found += [(name, node.lineno, id(node) in top_level) for name in names]
-    return found
+def layer_of(module: str, table: dict[str, tuple[list[str], set[str], set[str]]]) -> str:
+    """The row whose module prefix matches longest."""
+    best, length = "", -1
+    for layer, (prefixes, _, _) in table.items():
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > length:
+                best, length = layer, len(p)
+    return best
 
 
-def _top_level_nodes(tree: ast.Module) -> list[ast.AST]:
-    """Statements run at import time (module body, including if/try blocks, not TYPE_CHECKING)."""
-    out: list[ast.AST] = []
-    todo: list[ast.AST] = list(tree.body)
-    while todo:
-        node = todo.pop()
-        out.append(node)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        if isinstance(node, (ast.If, ast.Try, ast.With)):
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                todo += getattr(node, field, [])
-        if isinstance(node, ast.ExceptHandler):
-            todo += node.body
-    return out
+def allowed(target: str, names: set[str], table: dict) -> bool:
+    return layer_of(target, table) in names or any(
+        target == n or target.startswith(n + ".") for n in names)
 
 
-def top(name: str) -> str:
-    return name.split(".")[0]
-
-
-def violations(package: str, forbidden: tuple[str, ...], allow_lazy_in: tuple[str, ...] = (),
-               ) -> list[str]:
+def violations() -> list[str]:
+    table = rules()
+    mods = all_modules()
     bad = []
-    for path in modules(package):
-        lazy_ok = module_name(path) in allow_lazy_in
-        for name, line, at_top in imports(path):
-            hit = top(name) in forbidden or any(name == f or name.startswith(f + ".")
-                                                for f in forbidden)
-            if hit and not (lazy_ok and not at_top):
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    for name, path in mods.items():
+        layer = layer_of(name, table)
+        _, eager, lazy = table[layer]
+        for imported, line, at_top in imports(path, name):
+            target = resolve(imported, mods)
+            if target is None or target == "spmd":  # the facade package itself: no imports
+                continue
+            if not allowed(target, eager if at_top else lazy, table):
+                when = "at import time" if at_top else "inside a function"
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {target} "
+                           f"({layer_of(target, table)}) {when}")
     return bad
 
 
-def test_compiler_core_imports_nothing_of_the_pipeline():
-    assert violations("spmd", PIPELINE, allow_lazy_in=("spmd.dispatch",)) == []
+def test_every_import_obeys_the_architecture_table():
+    assert violations() == []
 
 
-def test_dispatch_reaches_the_pipeline_only_lazily():
-    path = ROOT / "spmd" / "dispatch.py"
-    eager = [f"line {line}: {name}" for name, line, at_top in imports(path)
-             if top(name) in PIPELINE and at_top]
-    assert eager == []
+def test_the_table_names_every_package_and_only_known_layers():
+    table = rules()
+    assert {layer_of(m, table) for m in all_modules()} <= set(table)
+    assert "" not in {layer_of(m, table) for m in all_modules()}
+    named = {n for _, eager, lazy in table.values() for n in eager | lazy}
+    mods = all_modules()
+    assert all(n in table or n in mods for n in named), named - set(table) - set(mods)
 
 
-def test_core_modules_never_import_dispatch_or_api_at_import_time():
-    core = [p for p in modules("spmd") if p.parent.name in ("ir", "ops", "passes")]
-    bad = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in core
-           for name, line, at_top in imports(p)
-           if at_top and name.split(".")[:2] in (["spmd", "dispatch"], ["spmd", "api"])]
-    assert bad == []
+def test_core_modules_never_reach_the_api_at_import_time():
+    table = rules()
+    core = [m for m in all_modules() if layer_of(m, table) == "core"]
+    assert "spmd.tracing" in core and "spmd.ops.opdef" in core and "spmd.api" not in core
+    assert table["core"][1] == {"core"}
 
 
-@pytest.mark.parametrize("package,forbidden", [
-    ("partitioner", ("backends", "collectives", "launch", "spmd.dispatch")),
-    ("backends", ("collectives", "launch", "partitioner", "spmd.dispatch")),
-    ("collectives", ("backends", "launch", "partitioner", "spmd.ir", "spmd.ops",
-                     "spmd.dispatch")),
+def test_rules_parser_reads_a_table_and_picks_the_longest_prefix():
+    rows = ["x", HEADER, "|---|---|---|---|", "| core | spmd.ir, spmd.ops | core | facade (a debt) |",
+            "| facade | spmd | core, facade | |", "", "| not | a | row | |"]
+    text = "\n".join(rows)
+    table = rules(text)
+    assert table == {"core": (["spmd.ir", "spmd.ops"], {"core"}, {"core", "facade"}),
+                     "facade": (["spmd"], {"core", "facade"}, {"core", "facade"})}
+    assert layer_of("spmd.ops.elementwise", table) == "core"
+    assert layer_of("spmd.api", table) == "facade"
+    assert layer_of("spmd.opsx", table) == "facade"
+
+
+@pytest.mark.parametrize("source,expected", [
+    (("import os\nfrom . import sibling\nfrom ..ir import graph\n"
+      "try:\n    import backends.cpu\nexcept ImportError:\n    pass\n"
+      "def f():\n    from launch import local\n"),
+     [("os", 1, True), ("spmd.passes.sibling", 2, True), ("spmd.ir.graph", 3, True),
+      ("backends.cpu", 5, True), ("launch.local", 9, False)]),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import launch.runtime\n",
+     [("typing.TYPE_CHECKING", 1, True)]),
 ])
-def test_pipeline_package_imports_only_what_it_may(package, forbidden):
-    if not (ROOT / package).is_dir():
-        pytest.skip(f"{package}/ does not exist yet")
-    assert violations(package, forbidden) == []
-
-
-def test_import_parser_sees_relative_and_lazy_imports(tmp_path):
+def test_import_parser_sees_relative_lazy_and_type_checking_imports(tmp_path, source, expected):
     sample = tmp_path / "mod.py"
-    sample.write_text("import os\nfrom . import sibling\nfrom ..ir import graph\n"
-                      "try:\n    import backends.cpu\nexcept ImportError:\n    pass\n"
-                      "def f():\n    from launch import local\n")
-    found = imports(sample, "spmd.passes.mod")
-    assert found == [("os", 1, True), ("spmd.passes.sibling", 2, True), ("spmd.ir.graph", 3, True),
-                     ("backends.cpu", 5, True), ("launch.local", 9, False)]
+    sample.write_text(source)
+    assert imports(sample, "spmd.passes.mod") == expected

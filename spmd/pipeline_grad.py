@@ -4,8 +4,11 @@ every tick of a schedule table explicitly, forwards and backwards, so 1F1B keeps
 
 Each backward recomputes its stage's forward from the stashed input (spmd.vjp at the
 backward's tick), so a device keeps stage inputs only. Every device runs the same program:
-a tick where some device runs a forward computes one forward on every device, masked where
-the table says idle; the same for backwards. Built on shard_map, like spmd.pipeline.
+a tick of forwards only computes one forward on every device, masked where the table says
+idle (the same for backwards); a tick that mixes them (1F1B's steady state) branches on the
+device's role (lax.switch: idle, forward, backward), so a device computes only its own
+slot and the tick lasts one backward, not a forward plus a backward. Built on shard_map,
+like spmd.pipeline.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from spmd import lax
+from spmd import control, lax
 from spmd.autodiff import value_and_grad, vjp
 from spmd.collective_api import axis_index, ppermute, psum
 from spmd.errors import ShapeError
@@ -126,9 +129,18 @@ class _Run:
         self.b_inbox = _slots(mb, self.buffers.b_inbox_slots)
         self.grads = tree_map(lax.zeros_like, self.params)
         self.loss = lax.constant(np.float32(0))
+        self.last = lax.eq(self.me, lax.constant(np.int32(self.table.devices - 1)))
+        # the loss gradient's addend form: nonzero on the first device of each replicated axis
+        self.first_replica = lax.constant(True)
+        for a in self.replicated:
+            self.first_replica = lax.bitwise_and(
+                self.first_replica, lax.eq(axis_index(a), lax.constant(np.int32(0))))
         for tick, (row, tp) in enumerate(zip(self.table.ticks, self.buffers.ticks)):
-            sent_f = self.forward(row, tp) if tp.any_forward else None
-            sent_b = self.backward(row, tp) if tp.any_backward else None
+            if tp.any_forward and tp.any_backward:
+                sent_f, sent_b = self.mixed(row, tp)
+            else:
+                sent_f = self.forward(row, tp) if tp.any_forward else None
+                sent_b = self.backward(row, tp) if tp.any_backward else None
             self.shift(tick, row, tp, sent_f, sent_b)
         return self.loss, self.grads
 
@@ -136,45 +148,89 @@ class _Run:
         k = self.pick(tp.chunk)
         return k, tree_map(lambda w: lax.dynamic_index_in_dim(w, k, keepdims=False), self.params)
 
-    def forward(self, row: tuple[Slot | None, ...], tp: TickPlan) -> Any:
+    def forward_input(self, row: tuple[Slot | None, ...], tp: TickPlan) -> Any:
+        """The forward's input (from the inbox, or a microbatch on device 0), stashed."""
         x_in = lax.dynamic_index_in_dim(self.f_inbox, self.pick(tp.f_inbox_read), keepdims=False)
         head = row[0]
         if head is not None and head.kind == FORWARD and head.stage == 0:
             first = lax.eq(self.me, lax.constant(np.int32(0)))
             x_in = lax.select(like(first, x_in), self.micro[head.microbatch], x_in)
-        _, params = self.chunk(tp)
-        y = self.stage_fn(params, x_in)
-        check_stage_output(y, x_in, 0)
         self.stash = _masked_put(self.stash, x_in, self.pick(tp.f_stash_write),
                                  self.doing(tp.f_stash_write))
+        return x_in
+
+    def backward_inputs(self, tp: TickPlan) -> tuple[Any, Any]:
+        xs = lax.dynamic_index_in_dim(self.stash, self.pick(tp.b_stash_read), keepdims=False)
+        ct = lax.dynamic_index_in_dim(self.b_inbox, self.pick(tp.b_inbox_read), keepdims=False)
+        return xs, ct
+
+    def forward(self, row: tuple[Slot | None, ...], tp: TickPlan) -> Any:
+        x_in = self.forward_input(row, tp)
+        y = self.stage_fn(self.chunk(tp)[1], x_in)
+        check_stage_output(y, x_in, 0)
         return y
 
     def backward(self, row: tuple[Slot | None, ...], tp: TickPlan) -> Any:
-        xs = lax.dynamic_index_in_dim(self.stash, self.pick(tp.b_stash_read), keepdims=False)
-        ct = lax.dynamic_index_in_dim(self.b_inbox, self.pick(tp.b_inbox_read), keepdims=False)
+        xs, ct = self.backward_inputs(tp)
         k, params = self.chunk(tp)
-        y, vjp_fn = vjp(self.stage_fn, params, xs)
-        tail = row[-1]
-        if tail is not None and tail.kind == BACKWARD and tail.stage == self.table.stages - 1:
-            ct = self.loss_cotangent(y, ct, tail.microbatch)
-        d_params, dx = vjp_fn(ct)
-        doing = self.doing(tp.b_stash_read)
-        self.grads = tree_map(lambda g, d: _masked_add(g, d, k, doing), self.grads, d_params)
+        d_params, dx, loss = self.stage_backward(row, params, xs, ct)
+        self.accumulate(tp, k, d_params, loss)
         return dx
 
-    def loss_cotangent(self, y: Any, ct: Any, microbatch: int) -> Any:
+    def mixed(self, row: tuple[Slot | None, ...], tp: TickPlan) -> tuple[Any, Any]:
+        """A tick where some devices run forwards and others backwards: each device runs its
+        own slot's branch (idle devices run none)."""
+        x_in = self.forward_input(row, tp)
+        xs, ct = self.backward_inputs(tp)
+        k, params = self.chunk(tp)
+        role = self.pick([0 if s is None else 1 if s.kind == FORWARD else 2 for s in row])
+
+        def idle(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
+            return (lax.zeros_like(x_in), lax.zeros_like(xs),
+                    tree_map(lax.zeros_like, params), lax.constant(np.float32(0)))
+
+        def run_forward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
+            y = self.stage_fn(params, x_in)
+            check_stage_output(y, x_in, 0)
+            return y, *idle(params, x_in, xs, ct)[1:]
+
+        def run_backward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
+            d_params, dx, loss = self.stage_backward(row, params, xs, ct)
+            return lax.zeros_like(x_in), dx, d_params, loss
+
+        y, dx, d_params, loss = control.switch(role, [idle, run_forward, run_backward],
+                                               params, x_in, xs, ct)
+        self.accumulate(tp, k, d_params, loss)
+        return y, dx
+
+    def stage_backward(self, row: tuple[Slot | None, ...], params: Any, xs: Any,
+                       ct: Any) -> tuple[Any, Any, Any]:
+        """The stage's forward again from its stashed input, then its vjp: (d_params, dx,
+        this device's loss addend)."""
+        y, vjp_fn = vjp(self.stage_fn, params, xs)
+        loss = lax.constant(np.float32(0))
+        tail = row[-1]
+        if tail is not None and tail.kind == BACKWARD and tail.stage == self.table.stages - 1:
+            ct, loss = self.loss_cotangent(y, ct, tail.microbatch)
+        d_params, dx = vjp_fn(ct)
+        return d_params, dx, loss
+
+    def accumulate(self, tp: TickPlan, k: Any, d_params: Any, loss: Any) -> None:
+        doing = self.doing(tp.b_stash_read)
+        self.grads = tree_map(lambda g, d: _masked_add(g, d, k, doing), self.grads, d_params)
+        self.loss = lax.add(self.loss, loss)
+
+    def loss_cotangent(self, y: Any, ct: Any, microbatch: int) -> tuple[Any, Any]:
         """On the last device: the loss's gradient starts this backward (in the addend form
-        autodiff in shard_map uses: on the first device of the axes y is replicated on)."""
+        autodiff in shard_map uses: on the first device of the axes y is replicated on),
+        and the loss's addend (zero elsewhere)."""
         value, g = value_and_grad(self.loss_fn)(y, self.targets[microbatch])
-        last = lax.eq(self.me, lax.constant(np.int32(self.table.devices - 1)))
         value = lax.convert_element_type(value, "float32")
         scaled = lax.mul(value, lax.constant(np.float32(self.scale)))
-        self.loss = lax.add(self.loss, lax.select(last, scaled, lax.zeros_like(scaled)))
+        loss = lax.select(self.last, scaled, lax.zeros_like(scaled))
         g = lax.mul(g, lax.full_like(g, self.scale))
-        for a in self.replicated:
-            on_first = lax.eq(axis_index(a), lax.constant(np.int32(0)))
-            g = lax.select(like(on_first, g), g, lax.zeros_like(g))
-        return lax.select(like(last, ct), g, ct)
+        g = lax.select(like(self.first_replica, g), g, lax.zeros_like(g))
+        return lax.select(like(self.last, ct), g, ct), loss
 
     def shift(self, tick: int, row: tuple[Slot | None, ...], tp: TickPlan, sent_f: Any,
               sent_b: Any) -> None:

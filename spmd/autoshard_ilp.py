@@ -196,6 +196,26 @@ def _spec(d: Dims) -> str:
     return "P(" + ", ".join("+".join(a) if a else "None" for a in d) + ")"
 
 
+Rows = list[tuple[list[int], list[float], float, float]]
+
+
+def _edge(given: dict, want: dict, times: dict, cost: list[float], rows: Rows, n: int) -> int:
+    """e[g, w] for every pair, its marginals the two nodes' choices (the LP relaxation of
+    this local-marginal form is integral on trees, tight in practice); returns the new n."""
+    if len(given) == 1 or len(want) == 1:  # one side is fixed: the other pays
+        for (g, w), t in times.items():
+            for col in (want[w] if len(given) == 1 else given[g]):
+                cost[col] += t
+        return n
+    index = {pair: n + m for m, pair in enumerate(times)}
+    cost += times.values()
+    for side, classes in ((0, given), (1, want)):
+        for key, cols in classes.items():
+            pairs = [index[pair] for pair in times if pair[side] == key]
+            rows.append((pairs + cols, [1.0] * len(pairs) + [-1.0] * len(cols), 0.0, 0.0))
+    return n + len(times)
+
+
 def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tuple, Dims], float],
           memory_limit: float | None, memory_of: Callable[[Node], bool],
           time_limit_s: float = 60.0) -> Solution:
@@ -217,44 +237,31 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
                      [1.0] * len(node.strategies), 1.0, 1.0))
     edges = 0
     types = graph.types
-    sinks = [(v, None) for v in graph.results]
-    uses = [(v, (k, i)) for k, node in enumerate(nodes) if node.op is not None
-            for i, v in enumerate(node.inputs)] + sinks
-    for v, user in uses:
-        if v not in where:
-            continue
+    users: dict[int, list[tuple[int, int]]] = {}
+    for k, node in enumerate(nodes):
+        for i, v in enumerate(node.inputs if node.op is not None else ()):
+            if v in where:
+                users.setdefault(v, []).append((k, i))
+    for v in [*users, *(v for v in graph.results if v in where)]:
         p, j = where[v]
-        edges += 1
         given: dict[tuple, list[int]] = {}
         for s, strat in enumerate(nodes[p].strategies):
             given.setdefault(strat.gives[j], []).append(offset[p] + s)
-        if user is None:  # a result: its pending sums are resolved in the layout it has
+        if v not in users:  # a result: its pending sums are resolved in the layout it has
             for spec, cols in given.items():
                 t = edge_time(types[v], spec, spec[0]) if spec[1] else 0.0
                 for c in cols:
-                    cost[c - 0] += t
+                    cost[c] += t
             continue
-        c, i = user
-        wanted: dict[Dims, list[int]] = {}
-        for s, strat in enumerate(nodes[c].strategies):
-            wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
-        times = {(g, w): edge_time(types[v], g, w) for g in given for w in wanted}
-        if len(given) == 1 or len(wanted) == 1:  # one side is fixed: the other pays
-            for (g, w), t in times.items():
-                for col in (wanted[w] if len(given) == 1 else given[g]):
-                    cost[col] += t
-            continue
-        # e[g, w] for every pair, its marginals the two nodes' choices: the LP relaxation
-        # of this (local marginal) form is integral on trees and tight in practice
-        first = n
-        for t in times.values():
-            cost.append(t)
-            n += 1
-        index = {pair: first + m for m, pair in enumerate(times)}
-        for side, classes in ((0, given), (1, wanted)):
-            for key, cols in classes.items():
-                pairs = [index[pair] for pair in times if pair[side] == key]
-                rows.append((pairs + cols, [1.0] * len(pairs) + [-1.0] * len(cols), 0.0, 0.0))
+        # each consumer pays its own reshard: where several want one layout the partitioner
+        # reshards once (an over-count; pricing it once made HiGHS miss its time limit)
+        for c, i in users.pop(v):
+            edges += 1
+            wanted: dict[Dims, list[int]] = {}
+            for s, strat in enumerate(nodes[c].strategies):
+                wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
+            times = {(g, w): edge_time(types[v], g, w) for g in given for w in wanted}
+            n = _edge(given, wanted, times, cost, rows, n)
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:
         cols = [offset[k] + s for k, node in enumerate(nodes) if memory_of(node)

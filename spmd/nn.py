@@ -178,3 +178,72 @@ def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, ma
                   is_causal=bool(is_causal), has_bias=bias is not None,
                   has_mask=mask is not None)
     return out
+
+
+def ring_attention(query: Any, key: Any, value: Any, *, axis_name: Any,
+                   scale: float | None = None, is_causal: bool = False) -> Any:
+    """dot_product_attention over a sequence split across `axis_name`, called inside
+    shard_map: device i holds positions [i*T, (i+1)*T) of query, key and value (JAX's
+    [batch, seq, heads, head_dim] layout, GQA allowed). The key/value blocks travel around
+    the ring by ppermute, one hop per step; each device attends its queries to the block
+    it holds with the fused op and merges the partial results by their log-sum-exp (an
+    online softmax over blocks). Nothing is gathered: each step's ppermute of the next
+    block is independent of that step's attention, so it overlaps with it. The backward
+    (autodiff: lse's cotangent is part of the fused op's VJP) sends the key/value
+    gradients back around the ring the same way.
+
+    A separate function, not dot_product_attention on sequence-sharded inputs, because the
+    collectives are explicit (shard_map, as JAX's ring attention kernels are written); under
+    jit, dot_product_attention gathers a sharded sequence.
+
+    >>> import numpy as np, spmd
+    >>> mesh = spmd.make_mesh((4,), ("seq",))
+    >>> q = np.random.default_rng(0).standard_normal((1, 8, 2, 4)).astype(np.float32)
+    >>> ring = spmd.shard_map(lambda q: spmd.nn.ring_attention(q, q, q, axis_name="seq",
+    ...     is_causal=True), mesh, spmd.P(None, "seq"), spmd.P(None, "seq"))
+    >>> want = spmd.nn.dot_product_attention(q, q, q, is_causal=True)
+    >>> bool(np.allclose(np.asarray(ring(q)), np.asarray(want), atol=1e-6))
+    True
+    """
+    from spmd.collective_api import axis_index, axis_size, ppermute
+    from spmd.errors import ShapeError
+    from spmd.tracing import bind
+
+    q, k, v = (asarray(a) for a in (query, key, value))
+    shape = type_of(q).shape
+    if is_causal and shape[-3] != type_of(k).shape[-3]:
+        raise ShapeError(f"ring_attention with is_causal needs query and key blocks of one "
+                         f"length, got {shape[-3]} and {type_of(k).shape[-3]}",
+                         hint="split query and key over the same mesh axis")
+    if scale is None:
+        scale = 1.0 / math.sqrt(shape[-1])
+    n = axis_size(axis_name)
+    me = axis_index(axis_name)
+    ring = [(i, (i + 1) % n) for i in range(n)]
+    out = lse = None
+    for step in range(n):
+        # After `step` hops this device holds the block of device me - step (mod n).
+        why = f"ring attention: key/value blocks, hop {step + 1} of {n - 1}"
+        nxt = ppermute((k, v), axis_name, ring, reason=why) if step < n - 1 else None
+        extra = ()
+        if is_causal and step:  # an earlier block is kept whole, a later one not at all
+            extra = (snp.reshape(me >= step, (1,) * len(shape)),)
+        o, blk = bind("dot_product_attention", q, k, v, *extra, scale=float(scale),
+                      is_causal=is_causal and not step, has_bias=False,
+                      has_mask=bool(extra))
+        out, lse = _merge(out, lse, o.astype("float32"), blk)
+        if nxt is not None:
+            k, v = nxt
+    return out.astype(type_of(q).dtype)
+
+
+def _merge(out: Any, lse: Any, o: Any, blk: Any) -> tuple[Any, Any]:
+    """Two softmax-normalised partial results (out [..., T, N, H], lse [..., N, T]) as one."""
+    if out is None:
+        return o, blk
+    new = snp.logaddexp(lse, blk)
+
+    def weight(x: Any) -> Any:  # [..., N, T] -> [..., T, N, 1]
+        return snp.exp(snp.swapaxes(x - new, -1, -2))[..., None]
+
+    return out * weight(lse) + o * weight(blk), new

@@ -234,18 +234,31 @@ def _bwd_factors(q: TensorType, k: TensorType, v: TensorType, out: TensorType,
 
 def _fwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, *extra: Any, out: Any,
              scale: float, is_causal: bool, has_bias: bool, has_mask: bool) -> tuple[Any, ...]:
-    """The fused backward op on (q, k, v, out, lse, d_out); lse's cotangent is not used
-    (lse is an internal residual: nn.dot_product_attention never returns it)."""
+    """The fused backward op on (q, k, v, out, lse, d_out). lse's cotangent (used by
+    nn.ring_attention, which merges blocks by their lse) enters as one more value column:
+    d lse / d scores = the probabilities, so with v' = [v, 1], out' = [out, 0] and
+    d_out' = [d_out, d_lse] the backward's d_p gains d_lse per row and its delta does not."""
     from spmd import lax
+    from spmd import numpy as snp
     from spmd.tracing import bind
 
-    d_out = cts[0]
-    if d_out is None:
+    d_out, d_lse = cts[0], cts[1] if len(cts) > 1 else None
+    if d_out is None and d_lse is None:
         return (None,) * (3 + len(extra))
     o, lse = out
+    v_in = v
+    if d_out is None:
+        d_out = snp.zeros(o.type.shape, o.type.dtype)
+    if d_lse is not None:
+        col = snp.swapaxes(d_lse, -1, -2)[..., None].astype(o.type.dtype)
+        d_out = snp.concatenate([d_out, col], axis=-1)
+        o = snp.concatenate([o, snp.zeros_like(col)], axis=-1)
+        v = snp.concatenate([v, snp.ones(v.type.shape[:-1] + (1,), v.type.dtype)], axis=-1)
     grads = bind("dot_product_attention_bwd", q, k, v, o, lse, d_out, *extra, scale=scale,
                  is_causal=is_causal, has_bias=has_bias, has_mask=has_mask)
     result = list(grads[:3])
+    if d_lse is not None:
+        result[2] = result[2][..., :v_in.type.shape[-1]]
     if has_bias:
         result.append(lax.convert_element_type(grads[3], extra[0].type.dtype))
     if has_mask:

@@ -59,13 +59,43 @@ def exchange_through(comm: Any) -> Exchange:
     return exchange
 
 
+# One rank's row in the MPI exchange: group key (int64, little-endian), has-id flag, the id.
+ROW_BYTES = 8 + 1 + NCCL_ID_BYTES
+
+
+def pack_row(key: int, unique_id: Any) -> np.ndarray:
+    """The fixed-size uint8 row a rank contributes: nothing in it is ever unpickled."""
+    row = np.zeros(ROW_BYTES, np.uint8)
+    row[:8] = np.frombuffer(np.array(key, "<i8").tobytes(), np.uint8)
+    if unique_id is not None:
+        values = np.asarray(unique_id, np.int64)
+        if values.shape != (NCCL_ID_BYTES,) or values.min() < -128 or values.max() > 255:
+            raise MeshError(f"an NCCL unique id is {NCCL_ID_BYTES} bytes, got "
+                            f"{values.shape} values in [{values.min()}, {values.max()}]")
+        row[8] = 1
+        row[9:] = (values & 0xFF).astype(np.uint8)
+    return row
+
+
+def find_id(rows: np.ndarray, axes: tuple[str, ...], key: int) -> tuple[int, ...]:
+    """The id of group `key` from every rank's row (as cupy's get_unique_id gives it: signed
+    chars)."""
+    keys = rows[:, :8].copy().view("<i8")[:, 0]
+    for row, found in zip(rows, keys):
+        if found == key and row[8] == 1:
+            return tuple(int(b) for b in row[9:].view(np.int8))
+    raise MeshError(f"no NCCL unique id for the group of axes {axes!r} (key {key})")
+
+
 def mpi_exchange(comm: Any) -> Exchange:
     """Exchange through an mpi4py communicator: every rank calls it for the same axes in the
-    same order (SPMD), so one allgather carries every group's root id."""
+    same order (SPMD), so one Allgather of fixed-size uint8 rows (a buffer, never pickled)
+    carries every group's root id."""
 
     def exchange(axes: tuple[str, ...], key: int, unique_id: Any) -> Any:
-        found = comm.allgather((key, unique_id))
-        return next(uid for k, uid in found if k == key and uid is not None)
+        rows = np.zeros((comm.Get_size(), ROW_BYTES), np.uint8)
+        comm.Allgather(pack_row(key, unique_id), rows)
+        return find_id(rows, axes, key)
 
     return exchange
 

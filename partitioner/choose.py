@@ -16,7 +16,7 @@ from partitioner.cost import reshard_moved
 from partitioner.propagate import dims_from_factors, factor_axes, op_factors
 from partitioner.spec import AxisTuple, ShardSpec
 from spmd.ir.graph import Op
-from spmd.ops import REGISTRY, Factors
+from spmd.ops import REGISTRY, Factors, Linearity, Trait
 
 if TYPE_CHECKING:
     from partitioner.partition import Partitioner
@@ -112,8 +112,9 @@ def operand_moved(p: Partitioner, v: int, want: tuple[AxisTuple, ...]) -> float:
     """As Partitioner.operand does it: a broadcast is re-emitted in the wanted layout."""
     spec = p.env[v][1]
     producer = p.graph.producers.get(v)
-    if spec.dims != want and producer is not None and producer.name == "broadcast_in_dim":
-        bf = REGISTRY["broadcast_in_dim"].factors(p.types[producer.inputs[0]], **producer.attrs)
+    if spec.dims != want and producer is not None and REGISTRY[producer.name].has(
+            Trait.BROADCAST):
+        bf = REGISTRY[producer.name].factors(p.types[producer.inputs[0]], **producer.attrs)
         fa = {factor: axes for factor, axes in zip(bf.results[0], want) if factor and axes}
         src = producer.inputs[0]
         return reshard_moved(p.mesh, p.types[src], p.env[src][1],
@@ -133,9 +134,10 @@ def pending_sum_moved(p: Partitioner, v: int, spec: ShardSpec) -> float:
         if len(consumers) != 1:
             break
         op = consumers[0]
-        if REGISTRY[op.name].linear == "none" or len(op.outputs) != 1:
+        linear = REGISTRY[op.name].linear
+        if linear is Linearity.NONE or len(op.outputs) != 1:
             break
-        if op.name == "reduce" and op.attrs.get("kind") != spec.partial_kind:
+        if linear is Linearity.SAME_REDUCTION and op.attrs.get("kind") != spec.partial_kind:
             break
         out = op.outputs[0]
         if p.types[out].size > p.types[v].size or p.types[out].dtype != p.types[v].dtype:
@@ -173,14 +175,14 @@ def factor_axes_from(p: Partitioner, op: Op, f: Factors, results_first: bool) ->
             continue
         fa[factor] = axes
         used |= set(axes)
-    if op.name == "reshape":
+    if f.even_split:
         operand_factors = {x for x in f.operands[0] if x is not None}
         fa = even_only(p, op, f, {k: v for k, v in fa.items() if k in operand_factors})
     return fa
 
 
 def even_only(p: Partitioner, op: Op, f: Factors, fa: FactorAxes) -> FactorAxes:
-    """A reshape keeps a factor sharded only where every dim it names splits evenly."""
+    """A factor stays sharded only where every dim it names splits evenly (reshape)."""
     keep = dict(fa)
     for v, fdims in zip(op.inputs + op.outputs, f.operands + f.results):
         for factor, n in zip(fdims, p.types[v].shape):

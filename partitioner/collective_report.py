@@ -3,6 +3,7 @@ bytes, for which user line, and why. No reason, no collective."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -31,21 +32,19 @@ class CollectiveRecord:
                 f"{self.dtype}[{shape}]  {self.loc or '?'}  {self.reason}")
 
 
+# Per collective: the bytes one device sends on a ring, from its operand bytes and the
+# group size n (DESIGN.md's table).
+RING_BYTES: dict[str, Callable[[float, int], float]] = {
+    "all_gather": lambda b, n: b * (n - 1),
+    "all_reduce": lambda b, n: 2 * b * (n - 1) / n,
+    "reduce_scatter": lambda b, n: b * (n - 1) / n,
+    "all_to_all": lambda b, n: b * (n - 1) / n,
+    "collective_permute": lambda b, n: float(b),  # the whole operand goes to another device
+}
+
+
 def moved_bytes(kind: str, operand: float, n: int) -> float:
     """Per-device bytes a collective of `operand` bytes per device moves over a group of n."""
     if n <= 1:
         return 0.0
-    if kind == "all_gather":
-        return operand * (n - 1)
-    if kind == "all_reduce":
-        return 2 * operand * (n - 1) / n
-    if kind in ("reduce_scatter", "all_to_all"):
-        return operand * (n - 1) / n
-    return float(operand)  # collective_permute: the whole operand goes to another device
-
-
-def format_report(records: list[CollectiveRecord]) -> str:
-    total = sum(r.bytes for r in records)
-    lines = [str(r) for r in records]
-    lines.append(f"{len(records)} collectives, {total} bytes per device")
-    return "\n".join(lines)
+    return RING_BYTES.get(kind, RING_BYTES["collective_permute"])(operand, n)

@@ -28,7 +28,8 @@ from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.verifier import verify
-from spmd.ops import REGISTRY, Factors
+from spmd.ops import REGISTRY, Factors, Linearity, Trait
+from spmd.ops.attrs import local_attrs
 from spmd.passes.dce import dce
 
 
@@ -62,7 +63,8 @@ class Partitioner:
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
         spec = self.env[v][1]
         producer = self.graph.producers.get(v)
-        if spec.dims != dst and producer is not None and producer.name == "broadcast_in_dim":
+        if spec.dims != dst and producer is not None and REGISTRY[producer.name].has(
+                Trait.BROADCAST):
             return self.broadcast_as(producer, dst)
         return self.reshard_cached(v, dst, loc, reason)
 
@@ -124,8 +126,9 @@ class Partitioner:
         want = dims_from_factors(f.operands[0], fa, self.types[op.inputs[0]].shape)
         x = self.operand(op.inputs[0], want, op.loc, "broadcast operand")
         shape = local_type(self.types[op.outputs[0]], ShardSpec(dst), self.mesh).shape
-        return self.b.emit("broadcast_in_dim", (x,), op.loc, shape=shape,
-                           broadcast_dimensions=op.attrs["broadcast_dimensions"])
+        attrs = local_attrs(REGISTRY[op.name], dict(op.attrs), self.types[op.inputs[0]].shape,
+                            self.b.types[x].shape, shape)
+        return self.b.emit(op.name, (x,), op.loc, **attrs)
 
     def op_scan(self, op: Op) -> None:
         partition_scan(self, op)
@@ -199,8 +202,7 @@ class Partitioner:
                                **bop.attrs)
             outs = outs if isinstance(outs, tuple) else (outs,)
             env.update(zip(bop.outputs, outs))
-            if bop.name in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all",
-                            "collective_permute"):
+            if REGISTRY[bop.name].has(Trait.COLLECTIVE):
                 t = self.b.types[env[bop.inputs[0]]]
                 self.b.records.append(CollectiveRecord(
                     bop.name, bop.attrs["axes"], t.nbytes, t.shape, t.dtype, bop.loc or op.loc,
@@ -243,9 +245,9 @@ class Partitioner:
 
     def can_pass_partial(self, op: Op, i: int, spec: ShardSpec, want: Dims,
                          fa: dict[str, AxisTuple]) -> bool:
-        """Linear ops keep a pending sum pending (see OpDef.linear)."""
+        """Linear ops keep a pending sum pending (the rules: spmd.ops.Linearity.passes)."""
         linear = REGISTRY[op.name].linear
-        pending = set(spec.partial)
+        pending = frozenset(spec.partial)
         if sum(t.size for t in op.types) > self.types[op.inputs[i]].size:
             return False  # resolve before a broadcast: the all-reduce moves fewer bytes
         if self.uses.get(op.inputs[i], 0) > 1:
@@ -254,19 +256,13 @@ class Partitioner:
             return False  # the sum runs in the values' own dtype (bf16 stays bf16, as XLA)
         if pending & {a for d in want for a in d}:
             return False
+        if linear is Linearity.SAME_REDUCTION and pending & {a for axes in fa.values()
+                                                          for a in axes}:
+            return False  # the reduction's own factors are sharded on the pending axes
         others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]
-        if linear == "sum_only":
-            return op.attrs.get("kind") == spec.partial_kind and not (
-                pending & {a for axes in fa.values() for a in axes})
-        if spec.partial_kind != "sum":
-            return False
-        if linear == "all":
-            return all(o.partial == spec.partial and o.partial_kind == "sum" for o in others)
-        if linear == "each" or (linear == "first" and i == 0):
-            return all(not o.partial and not pending & o.used_axes() for o in others)
-        if linear == "select" and i > 0:
-            return all(o.partial == spec.partial for o in others[1:]) and not others[0].partial
-        return False
+        return linear.passes(i, spec.partial_kind, pending, op.attrs.get("kind"),
+                             [(frozenset(o.partial), o.partial_kind, frozenset(o.used_axes()))
+                              for o in others])
 
     def mask_if_reduced(self, lv: int, v: int, spec: ShardSpec, f: Factors, i: int,
                         fa: dict[str, AxisTuple], loc: str) -> int:
@@ -284,25 +280,12 @@ class Partitioner:
         attrs = dict(op.attrs)
         out_local = [local_type(self.types[v], ShardSpec(dims_from_factors(
             fd, fa, self.types[v].shape)), self.mesh) for v, fd in zip(op.outputs, f.results)]
-        if op.name == "broadcast_in_dim":
-            attrs["shape"] = out_local[0].shape
-        elif op.name == "reshape":
-            attrs["new_sizes"] = out_local[0].shape
-        elif op.name == "slice":
-            gshape = self.types[op.inputs[0]].shape
-            lshape = self.b.types[ins[0]].shape
-            limits = list(attrs["limit_indices"])
-            for d, (s, lim, st) in enumerate(zip(attrs["start_indices"], limits,
-                                                   attrs["strides"])):
-                if (s, lim, st) == (0, gshape[d], 1):
-                    limits[d] = lshape[d]
-            attrs["limit_indices"] = tuple(limits)
-        elif op.name == "dynamic_slice":
-            gshape = self.types[op.inputs[0]].shape
-            lshape = self.b.types[ins[0]].shape
-            attrs["slice_sizes"] = tuple(lshape[d] if s == gshape[d] else s
-                                         for d, s in enumerate(attrs["slice_sizes"]))
-        return attrs
+        opdef = REGISTRY[op.name]
+        if not opdef.attr_kinds:
+            return attrs
+        gshape = self.types[op.inputs[0]].shape if op.inputs else ()
+        lshape = self.b.types[ins[0]].shape if ins else ()
+        return local_attrs(opdef, attrs, gshape, lshape, out_local[0].shape)
 
 
 def reshard_keep_partial(b: ProgramBuilder, lv: int, gtype: Any, spec: ShardSpec, want: Dims,

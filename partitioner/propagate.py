@@ -12,18 +12,14 @@ from typing import Any
 
 from partitioner.spec import AxisTuple, MeshShape
 from spmd.ir.graph import Graph, Op
-from spmd.ops import REGISTRY, Factors
+from spmd.ops import REGISTRY, Factors, Trait
 
 Dims = tuple[AxisTuple, ...]
 
-# Ops whose result layout the partitioner decides itself (not from factors).
-OPAQUE = {"shard_map", "constant", "iota"}
-
-
 def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
-    if op.name in OPAQUE:
-        return None
     opdef = REGISTRY[op.name]
+    if opdef.has(Trait.OWN_LAYOUT):
+        return None
     return opdef.factors(*(types[v] for v in op.inputs), **op.attrs)
 
 
@@ -68,7 +64,7 @@ def propagate(graph: Graph, mesh: MeshShape, seeds: dict[int, Dims]) -> dict[int
     types = graph.types
     factors = {id(op): op_factors(op, types) for op in graph.ops}
     for op in graph.ops:
-        if op.name == "sharding_constraint":
+        if "sharding" in op.attrs and REGISTRY[op.name].has(Trait.ANNOTATION):
             dims = op.attrs["sharding"].dims
             known[op.outputs[0]] = dims
             fixed.add(op.outputs[0])

@@ -43,12 +43,6 @@ class ShardSpec:
     def used_axes(self) -> set[str]:
         return {a for d in self.dims for a in d} | set(self.partial)
 
-    def without_partial(self) -> ShardSpec:
-        return ShardSpec(self.dims)
-
-    def is_replicated(self) -> bool:
-        return not self.partial and all(not d for d in self.dims)
-
     def __str__(self) -> str:
         dims = ", ".join("{" + ",".join(d) + "}" for d in self.dims)
         part = f" partial[{self.partial_kind}]={{{','.join(self.partial)}}}" if self.partial else ""

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from op_lists import elementwise
 
-from spmd import lax
+from spmd import dtypes, lax
 from spmd.api import JitFunction
-from spmd.ir.graph import Graph
+from spmd.ir.graph import Graph, Op, subgraphs
 from spmd.ir.types import TensorType
-from spmd.ops import NONDIFF, REGISTRY, ZERO_GRAD, Factors
+from spmd.ops import NONDIFF, REGISTRY, ZERO_GRAD, Factors, Linearity, Trait
 
 ROOT = Path(__file__).resolve().parent.parent
 F23, F3, I32, B23 = (TensorType((2, 3), "float32"), TensorType((3,), "float32"),
@@ -31,19 +32,15 @@ def sharding() -> Any:
     return ShardingAttr(("data",), (2,), (("data",), ()))
 
 
-UNARY_FLOAT = ["neg", "exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan",
-               "sqrt", "rsqrt", "erf", "abs", "sign", "floor", "ceil", "round", "is_finite",
-               "stop_gradient"]
-BINARY_FLOAT = ["add", "sub", "mul", "div", "rem", "pow", "atan2", "max", "min", "eq", "ne", "lt",
-                "le", "gt", "ge"]
-BINARY_INT = ["and", "or", "xor", "shift_left", "shift_right"]
-
 SAMPLES: dict[str, Callable[[], Sample]] = {
-    **{name: (lambda: ((F23,), {})) for name in UNARY_FLOAT},
-    **{name: (lambda: ((F23, F23), {})) for name in BINARY_FLOAT},
-    **{name: (lambda: ((INT23, INT23), {})) for name in BINARY_INT},
-    "not": lambda: ((B23,), {}),
-    "select": lambda: ((B23, F23, F23), {}),
+    # elementwise ops: the first operand list their type rule accepts
+    **{name: (lambda: ((F23,), {})) for name in elementwise(1, "float32")},
+    **{name: (lambda: ((B23,), {})) for name in elementwise(1, "bool")
+       if name not in elementwise(1, "float32")},
+    **{name: (lambda: ((F23, F23), {})) for name in elementwise(2, "float32")},
+    **{name: (lambda: ((INT23, INT23), {})) for name in elementwise(2, "int32")
+       if name not in elementwise(2, "float32")},
+    **{name: (lambda: ((B23, F23, F23), {})) for name in elementwise(3, "bool")},
     "convert_element_type": lambda: ((F23,), {"new_dtype": "int32", "weak": False}),
     "constant": lambda: ((), {"value": np.ones((2, 3), np.float32), "weak": False}),
     "iota": lambda: ((), {"dtype": "int32", "shape": (2, 3), "dimension": 1}),
@@ -162,9 +159,6 @@ def test_factors_fit_a_sample_input(name):
     assert all(isinstance(t, TensorType) for t in out_types)
     assert opdef.multi_output or len(out_types) == 1
     factors = opdef.factors(*in_types, **attrs)
-    if factors is None:
-        assert opdef.partition is not None, f"{name}: factors None needs a partition rule"
-        return
     assert isinstance(factors, Factors)
     assert len(factors.operands) == len(in_types), str(factors)
     assert [len(d) for d in factors.operands] == [t.ndim for t in in_types], str(factors)
@@ -192,3 +186,78 @@ def test_every_op_has_a_lowering_on_every_backend(backend):
     assert stale == [], f"backends/{backend}/lower.py has rows for ops that do not exist: {stale}"
     if missing:
         pytest.xfail(f"backends/{backend}/lower.py lacks rows for ops written elsewhere: {missing}")
+
+
+def _value(t: TensorType, rng: np.random.Generator) -> np.ndarray:
+    """Random operand; integer ones (indices, starts) are 0 or 1, in range for any sample."""
+    if dtypes.is_float(t.dtype):
+        return rng.standard_normal(t.shape).astype(dtypes.to_numpy(t.dtype))
+    if t.dtype == "bool":
+        return rng.random(t.shape) < 0.5
+    return rng.integers(0, 2, t.shape).astype(dtypes.to_numpy(t.dtype))
+
+
+COMBINE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
+
+
+def _linear_groups(linear: Linearity, in_types: tuple[TensorType, ...]) -> list[list[int]]:
+    """The operands that OpDef.linear says may be partial together, one list per case."""
+    floats = [i for i, t in enumerate(in_types) if dtypes.is_float(t.dtype)]
+    return {Linearity.JOINT: [floats], Linearity.EACH: [[i] for i in floats],
+            Linearity.FIRST: [[0]], Linearity.BRANCHES: [[1, 2]],
+            Linearity.SAME_REDUCTION: [[0]]}[linear]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in REGISTRY.items()
+                                        if d.linear is not Linearity.NONE))
+def test_linearity_holds_on_the_reference(name):
+    """What OpDef.linear claims (the partitioner keeps a pending reduction through the op)
+    holds for the numpy reference: f(a (+) b) = f(a) (+) f(b) in the operands it names."""
+    opdef = REGISTRY[name]
+    in_types, attrs = SAMPLES[name]()
+    out = opdef.infer(*in_types, **attrs)
+    if any(t.dtype != in_types[0].dtype for t in (out if isinstance(out, tuple) else (out,))):
+        pytest.skip("a dtype change resolves a pending sum first (the partitioner's rule)")
+    kinds = ["sum", "max", "min"] if opdef.linear is Linearity.SAME_REDUCTION else ["sum"]
+    rng = np.random.default_rng(0)
+    for kind in kinds:
+        run_attrs = {**attrs, "kind": kind} if "kind" in attrs else attrs
+        for group in _linear_groups(opdef.linear, in_types):
+            a = [_value(t, rng) for t in in_types]
+            b, both = list(a), list(a)
+            for i in group:
+                b[i] = _value(in_types[i], rng)
+                both[i] = COMBINE[kind](a[i], b[i])
+            want = COMBINE[kind](opdef.reference(*a, **run_attrs),
+                                 opdef.reference(*b, **run_attrs))
+            np.testing.assert_allclose(opdef.reference(*both, **run_attrs), want, rtol=1e-5,
+                                       atol=1e-5, err_msg=f"{name} {kind} operands {group}")
+
+
+def test_traits_match_what_the_op_does():
+    """ELEMENTWISE ops map every factor to itself; COLLECTIVE and PER_DEVICE ones have a
+    group oracle; CONTROL ones hold sub-graphs; attr_kinds name attributes the op has."""
+    for name, opdef in REGISTRY.items():
+        in_types, attrs = SAMPLES[name]()
+        factors = opdef.factors(*in_types, **attrs)
+        if opdef.has(Trait.ELEMENTWISE):
+            assert all(d == factors.results[0] for d in factors.operands), name
+            assert not factors.reduce and not factors.blocked, name
+        if opdef.has(Trait.COLLECTIVE):
+            assert opdef.has(Trait.PER_DEVICE), name
+        if opdef.has(Trait.PER_DEVICE):
+            assert "group_reference" in opdef.extra, name
+        op = Op(name, (), (), (), attrs)
+        assert bool(subgraphs(op)) == opdef.has(Trait.CONTROL), name
+        assert set(opdef.attr_kinds) <= set(attrs) | {"weak"}, (name, opdef.attr_kinds)
+
+
+@pytest.mark.parametrize("table", ["backends.cpu.mathlib:SCALAR",
+                                   "backends.gpu.cuda_math:EXPRESSIONS"])
+def test_every_elementwise_op_has_scalar_code(table):
+    """A new elementwise op needs exactly one row in each backend's scalar table."""
+    module, _, attr = table.partition(":")
+    rows = getattr(importlib.import_module(module), attr)
+    ops = {n for n, d in REGISTRY.items() if d.has(Trait.ELEMENTWISE)}
+    assert sorted(ops - set(rows)) == [], f"{table} lacks rows"
+    assert sorted(set(rows) - ops) == [], f"{table} has rows for ops that are not elementwise"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,11 +24,47 @@ from backends.common.loop_nest import (
 )
 from spmd import dtypes
 from spmd.ir.graph import Graph, Op
-from spmd.ops import elementwise
+from spmd.ops import REGISTRY, Trait
 
-ELEMENTWISE = frozenset(d.name for d in elementwise.OPS
-                        if d.factors is elementwise.elementwise_factors)
+ELEMENTWISE = frozenset(name for name, d in REGISTRY.items() if d.has(Trait.ELEMENTWISE))
 REDUCE_KINDS = frozenset({"sum", "max", "min", "prod", "and", "or"})
+
+
+@dataclass(frozen=True)
+class Row:
+    """How an op other than an elementwise one (Trait.ELEMENTWISE: a scalar op) takes part
+    in a fused loop. remap: a member read through an index map of its operand (never a
+    root unless `root`); iota: a member computed from the loop index; reduce: the root
+    that folds the loop's inner dims; literal: a scalar constant inlined as a literal."""
+
+    role: str
+    root: bool = False  # may start a group (a kernel runs at it)
+    regroups: bool = False  # a remap that merges and splits dims (a member only when it can)
+    # remap: (graph, op, index map of the result, loop sizes) -> index map of the operand
+    operand_index: Callable[..., IndexMap] | None = None
+
+
+NO_ROW = Row("")
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """What an elementwise op's scalar code costs (an op without a row: a few instructions).
+    libm: a call, not vectorized (stored once rather than recomputed); poly: a float32
+    polynomial (float64 calls libm) a reduce kernel that also uses it stores for later
+    kernels; float_only: integer operands run through the reference (not fused)."""
+
+    cost: str
+    float_only: bool = False
+
+
+LIBM, POLY = Scalar("libm"), Scalar("poly")
+SCALAR_COSTS: dict[str, Scalar] = {
+    **dict.fromkeys(("sin", "cos", "log", "rem", "erf", "log1p", "expm1", "tan", "atan2"), LIBM),
+    "pow": Scalar("libm", float_only=True),
+    **dict.fromkeys(("exp", "tanh", "logistic"), POLY),
+}
+CHEAP = Scalar("cheap")
 
 @dataclass
 class Kernel:
@@ -50,34 +87,36 @@ class _Group:
     extra: list[int] = field(default_factory=list)
 
 
-# Ops whose scalar code is a libm call (not vectorized): stored once rather than recomputed.
-EXPENSIVE = frozenset({"sin", "cos", "log", "pow", "rem", "erf", "log1p", "expm1", "tan",
-                       "atan2"})
 MAX_COPIES = 4  # a cheap producer is recomputed in at most this many kernels
-STORE_IN_REDUCE = frozenset({"exp", "tanh", "logistic"})
+
+
+def role(op: Op) -> str:
+    return ROWS.get(op.name, NO_ROW).role
 
 
 def is_scalar_constant(op: Op) -> bool:
-    return op.name == "constant" and op.types[0].ndim == 0
+    return role(op) == "literal" and op.types[0].ndim == 0
 
 
 def fusible(op: Op, graph: Graph) -> bool:
     """Whether the op can be a member of a fused loop."""
-    if op.name in ELEMENTWISE:
+    if REGISTRY[op.name].has(Trait.ELEMENTWISE):
         in_dtype = graph.types[op.inputs[0]].dtype if op.inputs else op.types[0].dtype
-        return not (op.name == "pow" and not dtypes.is_float(in_dtype))
-    if op.name in ("broadcast_in_dim", "iota"):
-        return True
-    return op.name == "reduce" and op.attrs["kind"] in REDUCE_KINDS
+        return dtypes.is_float(in_dtype) or not SCALAR_COSTS.get(op.name, CHEAP).float_only
+    row = ROWS.get(op.name, NO_ROW)
+    if row.role == "reduce":
+        return op.attrs["kind"] in REDUCE_KINDS
+    return row.root
 
 
 def inlinable(op: Op, graph: Graph, excluded: frozenset[int] = frozenset()) -> bool:
-    """Index-remapping views that may be members of a kernel (never its root)."""
-    if op.name == "transpose":
-        return True
-    if op.name != "reshape" or id(op) in excluded:
+    """Index-remapping views that may be members of a kernel (never its root): a transpose,
+    a reshape that only splits and merges dims."""
+    row = ROWS.get(op.name, NO_ROW)
+    if row.role != "remap" or row.root or id(op) in excluded:
         return False
-    return splits_and_merges(graph.types[op.inputs[0]].shape, op.types[0].shape)
+    return not row.regroups or splits_and_merges(graph.types[op.inputs[0]].shape,
+                                                 op.types[0].shape)
 
 
 def splits_and_merges(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
@@ -93,9 +132,10 @@ def splits_and_merges(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> 
 
 def duplicable(op: Op, graph: Graph) -> bool:
     """Cheap enough to recompute in every kernel that uses it instead of storing it."""
-    if op.name == "reduce" or op.name in EXPENSIVE:
+    cost = SCALAR_COSTS.get(op.name, CHEAP).cost
+    if role(op) == "reduce" or cost == "libm":
         return False
-    if op.name in ("exp", "tanh", "logistic"):
+    if cost == "poly":
         return graph.types[op.inputs[0]].dtype != "float64"  # float64 calls libm
     return True
 
@@ -124,7 +164,7 @@ def group_ops(graph: Graph, excluded: frozenset[int] = frozenset()) -> list[_Gro
             first.extra.append(out)
             groups_of[i] = [first]
             continue
-        if owners and op.name != "reduce" and _may_join(op, graph, owners, out in results):
+        if owners and role(op) != "reduce" and _may_join(op, graph, owners, out in results):
             for owner in owners:
                 owner.members.add(i)
                 if out in results:
@@ -133,7 +173,7 @@ def group_ops(graph: Graph, excluded: frozenset[int] = frozenset()) -> list[_Gro
             continue
         if not root_ok:
             continue
-        domain = graph.types[op.inputs[0]].shape if op.name == "reduce" else op.types[0].shape
+        domain = graph.types[op.inputs[0]].shape if role(op) == "reduce" else op.types[0].shape
         group = _Group(i, domain, {i})
         groups_of[i] = [group]
         groups.append(group)
@@ -155,11 +195,11 @@ def _reduce_that_stores(op: Op, graph: Graph, owners: list[_Group] | None, is_re
                         ) -> _Group | None:
     """For a transcendental used by a reduce kernel and by later kernels (softmax's exp): the
     reduce kernel, which then stores it for the others (measured faster than recomputing)."""
-    if (not STORE_IN_REDUCE or is_result or not owners or len(owners) < 2
-            or op.name not in STORE_IN_REDUCE or not duplicable(op, graph)):
+    if (is_result or not owners or len(owners) < 2
+            or SCALAR_COSTS.get(op.name, CHEAP).cost != "poly" or not duplicable(op, graph)):
         return None
     first = min(owners, key=lambda g: g.root)
-    if graph.ops[first.root].name != "reduce" or first.domain != op.types[0].shape:
+    if role(graph.ops[first.root]) != "reduce" or first.domain != op.types[0].shape:
         return None
     return first
 
@@ -245,7 +285,7 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
         if producer is not None and is_scalar_constant(producer):
             return add(("const", producer.types[0].dtype,
                         np.asarray(producer.attrs["value"]).item()))
-        if producer is None or id(producer) not in member_ids or producer.name == "reduce":
+        if producer is None or id(producer) not in member_ids or role(producer) == "reduce":
             strides = strides_of(graph.types[vid].shape, index)
             if vid not in inputs:
                 inputs.append(vid)
@@ -254,9 +294,10 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
                                            strides))
             return loads[vid, strides]
         op, t = producer, producer.types[0]
-        if op.name in ("broadcast_in_dim", "reshape", "transpose"):
-            return value(op.inputs[0], _operand_index(graph, op, index, sizes))
-        if op.name == "iota":
+        row = ROWS.get(op.name, NO_ROW)
+        if row.operand_index is not None:
+            return value(op.inputs[0], row.operand_index(graph, op, index, sizes))
+        if role(op) == "iota":
             dims = index[op.attrs["dimension"]]
             strides = [0] * len(sizes)
             for d, inner in zip(dims, _inner_sizes(dims, sizes)):
@@ -269,7 +310,7 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
     root = graph.ops[group.root]
     reduce = None
     stored = list(dict.fromkeys(group.extra))
-    if root.name == "reduce":
+    if role(root) == "reduce":
         axes = set(root.attrs["axes"])
         kept = tuple(dims for d, dims in enumerate(identity) if d not in axes)
         strides = strides_of(root.types[0].shape, kept)
@@ -296,18 +337,24 @@ def _inner_sizes(dims: tuple[int, ...], sizes: tuple[int, ...]) -> list[int]:
             for k in range(len(dims))]
 
 
-def _operand_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
-    """The index map of a view-like op's operand, given the map of its result."""
+def _transpose_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]
+                     ) -> IndexMap:
+    found: list[tuple[int, ...]] = [()] * graph.types[op.inputs[0]].ndim
+    for k, p in enumerate(op.attrs["permutation"]):
+        found[p] = index[k]
+    return tuple(found)
+
+
+def _broadcast_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]
+                     ) -> IndexMap:
     shape = graph.types[op.inputs[0]].shape
-    if op.name == "transpose":
-        found: list[tuple[int, ...]] = [()] * len(shape)
-        for k, p in enumerate(op.attrs["permutation"]):
-            found[p] = index[k]
-        return tuple(found)
-    if op.name == "broadcast_in_dim":
-        return tuple(index[d] if n != 1 else ()
-                     for d, n in zip(op.attrs["broadcast_dimensions"], shape))
-    # reshape: the operand's dims take the result's loop dims in row-major order
+    return tuple(index[d] if n != 1 else ()
+                 for d, n in zip(op.attrs["broadcast_dimensions"], shape))
+
+
+def _reshape_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
+    """The operand's dims take the result's loop dims in row-major order."""
+    shape = graph.types[op.inputs[0]].shape
     queue = [d for dims in index for d in dims if sizes[d] != 1]
     operand: list[tuple[int, ...]] = []
     for n in shape:
@@ -325,3 +372,13 @@ def _operand_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]
                 raise ReshapeConflict(op)
         operand.append(tuple(dims))
     return tuple(operand)
+
+
+ROWS: dict[str, Row] = {
+    "broadcast_in_dim": Row("remap", root=True, operand_index=_broadcast_index),
+    "transpose": Row("remap", operand_index=_transpose_index),
+    "reshape": Row("remap", regroups=True, operand_index=_reshape_index),
+    "iota": Row("iota", root=True),
+    "reduce": Row("reduce", root=True),
+    "constant": Row("literal"),
+}

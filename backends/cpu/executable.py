@@ -62,6 +62,7 @@ class Step:
     pointers: Any = None  # the ctypes array type of the kernel's argument pointers
     dot_threads: DotThreads | None = None
     address: int = 0  # the kernel's native entry point, for the spinning workers
+    view: Callable[[np.ndarray], np.ndarray] | None = None  # its lowering row's view
 
 
 class Executable:
@@ -102,20 +103,23 @@ class Executable:
         for i, op in enumerate(g.ops):
             if i in kernels:
                 steps.append(Step("kernel", op, kernels[i]))
-            elif id(op) in members:
                 continue
-            elif op.name == "constant":
+            if id(op) in members:
+                continue
+            row = lowering(op.name)
+            if row.kind == "constant":
                 value = np.asarray(op.attrs["value"], dtype=dtypes.to_numpy(op.types[0].dtype))
                 steps.append(Step("const", op, value=value))
-            elif op.name == "dot_general":
+            elif row.kind == "blas":
                 blas.prime()
                 steps.append(Step("dot", op, dot_threads=DotThreads(self.num_threads,
                                                                     self.blas_threads)))
-            elif op.name == "scan":
+            elif row.kind == "loop":
                 steps.append(Step("scan", op))
+            elif row.view is not None:
+                steps.append(Step("view", op, view=row.view(**op.attrs)))
             else:
-                kind = lowering(op.name).kind
-                steps.append(Step(kind if kind in ("view", "native") else "fallback", op))
+                steps.append(Step("native" if row.kind == "native" else "fallback", op))
         return steps
 
     def _uses(self, step: Step) -> memory.StepUse:
@@ -155,7 +159,7 @@ class Executable:
             if step.kind == "const":
                 outs = [step.value]
             elif step.kind == "view":
-                outs = [_view(op, ins[0])]
+                outs = [step.view(ins[0])]
             elif step.kind == "dot":
                 outs = [self._output(op.outputs[0], env, temps, dests)]
                 step.dot_threads.run(op, ins[0], ins[1], outs[0])
@@ -300,7 +304,7 @@ def _dots(graph: Graph) -> list[tuple[Op, Any, Any]]:
     """Every dot of the graph and of its sub-graphs (scan bodies), with its operand types."""
     found = []
     for op in graph.ops:
-        if op.name == "dot_general":
+        if lowering(op.name).kind == "blas":
             found.append((op, graph.types[op.inputs[0]], graph.types[op.inputs[1]]))
         for sub in subgraphs(op):
             found.extend(_dots(sub))
@@ -323,20 +327,6 @@ _COMBINE = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.min
 
 def _builder(kernel: Kernel) -> Callable[[str], Any]:
     return lambda name: build_module(kernel.spec, name)
-
-
-def _view(op: Op, x: np.ndarray) -> np.ndarray:
-    a = op.attrs
-    if op.name == "reshape":
-        return x.reshape(a["new_sizes"])
-    if op.name == "transpose":
-        return np.transpose(x, a["permutation"])
-    if op.name == "slice":
-        return x[tuple(slice(s, e, st) for s, e, st in
-                       zip(a["start_indices"], a["limit_indices"], a["strides"]))]
-    if op.name == "rev":
-        return np.flip(x, a["dimensions"]) if a["dimensions"] else x
-    return x
 
 
 def compile_program(graph: Graph, run_op: RunOp | None = None, *,

@@ -16,6 +16,8 @@ from spmd import dtypes
 F32, F64 = ir.FloatType(), ir.DoubleType()
 I1, I64 = ir.IntType(1), ir.IntType(64)
 LIBM = ("erf", "log1p", "expm1", "tan", "atan2")
+# A row: (math, compute-typed args, operand dtype, attrs, result dtype) -> the scalar result.
+Row = Callable[..., ir.Value]
 
 
 def compute_type(dtype: str) -> ir.Type:
@@ -61,9 +63,6 @@ class Math:
         """x * y + z, fused where the CPU has FMA (only inside our own approximations: the
         ops the user wrote round like the reference)."""
         return self.intrinsic("fmuladd", x.type, x, y, z)
-
-    def fconst(self, ty: ir.Type, value: float) -> ir.Constant:
-        return ir.Constant(ty, value)
 
     # -- float helpers -------------------------------------------------------------------
     def _expm1_reduced(self, x: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -164,15 +163,18 @@ def _shift(m: Math, x: ir.Value, y: ir.Value, left: bool, unsigned: bool) -> ir.
     return b.select(inside, b.ashr(x, safe), fill)
 
 
-def _compare(m: Math, name: str, x: ir.Value, y: ir.Value, unsigned: bool) -> ir.Value:
-    sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[name]
-    if isinstance(x.type, ir.IntType):
-        if unsigned or x.type == I1:
-            return m.b.icmp_unsigned(sym, x, y)
-        return m.b.icmp_signed(sym, x, y)
-    if name == "ne":
-        return m.b.fcmp_unordered("!=", x, y)
-    return m.b.fcmp_ordered(sym, x, y)
+def _compare(sym: str, unordered: bool = False) -> Row:
+    """A comparison; `unordered`: true when a float operand is NaN (ne, as numpy)."""
+
+    def row(m: Math, args: list[ir.Value], in_dtype: str, *_: Any) -> ir.Value:
+        x, y = args
+        if isinstance(x.type, ir.IntType):
+            if dtypes.is_unsigned(in_dtype) or x.type == I1:
+                return m.b.icmp_unsigned(sym, x, y)
+            return m.b.icmp_signed(sym, x, y)
+        return (m.b.fcmp_unordered if unordered else m.b.fcmp_ordered)(sym, x, y)
+
+    return row
 
 
 def _sign(m: Math, x: ir.Value, unsigned: bool) -> ir.Value:
@@ -236,26 +238,8 @@ def _to_float32_odd(m: Math, x: ir.Value) -> ir.Value:
 
 def emit(m: Math, name: str, args: list[ir.Value], in_dtype: str,
          attrs: dict[str, Any], out_dtype: str) -> ir.Value:
-    """One elementwise op on compute-typed scalars."""
-    b = m.b
-    x = args[0]
-    unsigned = dtypes.is_unsigned(in_dtype)
-    is_int = isinstance(x.type, ir.IntType)
-    if name in ("stop_gradient",):
-        return x
-    if name == "convert_element_type":
-        return convert(m, x, in_dtype, out_dtype)
-    if name in ("eq", "ne", "lt", "le", "gt", "ge"):
-        return _compare(m, name, x, args[1], unsigned)
-    if name == "select":
-        return b.select(x, args[1], args[2])
-    if name in ("max", "min"):
-        return m.maxmin(x, args[1], name == "max", unsigned)
-    if x.type == I1 and name in ("add", "mul"):
-        return b.or_(x, args[1]) if name == "add" else b.and_(x, args[1])
-    if is_int:
-        return _INT[name](m, *args, unsigned)
-    return _FLOAT[name](m, *args)
+    """One elementwise op on compute-typed scalars: its row of SCALAR."""
+    return SCALAR[name](m, args, in_dtype, attrs, out_dtype)
 
 
 def _unary_intrinsic(name: str) -> Callable[..., ir.Value]:
@@ -312,4 +296,44 @@ _INT: dict[str, Callable[..., ir.Value]] = {
     "not": lambda m, x, u: m.b.not_(x),
     "shift_left": lambda m, x, y, u: _shift(m, x, y, True, u),
     "shift_right": lambda m, x, y, u: _shift(m, x, y, False, u),
+}
+
+
+def _by_type(name: str, on_bool: Callable[..., ir.Value] | None = None) -> Row:
+    """Integer operands through _INT (bool ones through on_bool where given), floats
+    through _FLOAT."""
+    on_float, on_int = _FLOAT.get(name), _INT.get(name)
+
+    def row(m: Math, args: list[ir.Value], in_dtype: str, *_: Any) -> ir.Value:
+        x = args[0]
+        if on_bool is not None and x.type == I1:
+            return on_bool(m.b, *args)
+        if isinstance(x.type, ir.IntType):
+            return on_int(m, *args, dtypes.is_unsigned(in_dtype))
+        return on_float(m, *args)
+
+    return row
+
+
+def _maxmin(is_max: bool) -> Row:
+    return lambda m, args, in_dtype, *_: m.maxmin(*args, is_max, dtypes.is_unsigned(in_dtype))
+
+
+# The CPU backend's table of scalar code: one row per elementwise op (Trait.ELEMENTWISE).
+SCALAR: dict[str, Row] = {
+    **{name: _by_type(name) for name in sorted(set(_FLOAT) | set(_INT))},
+    "add": _by_type("add", lambda b, x, y: b.or_(x, y)),
+    "mul": _by_type("mul", lambda b, x, y: b.and_(x, y)),
+    "max": _maxmin(True),
+    "min": _maxmin(False),
+    "eq": _compare("=="),
+    "ne": _compare("!=", unordered=True),
+    "lt": _compare("<"),
+    "le": _compare("<="),
+    "gt": _compare(">"),
+    "ge": _compare(">="),
+    "select": lambda m, args, *_: m.b.select(*args),
+    "convert_element_type": lambda m, args, in_dtype, attrs, out_dtype: convert(
+        m, args[0], in_dtype, out_dtype),
+    "stop_gradient": lambda m, args, *_: args[0],
 }

@@ -7,6 +7,7 @@ round after every op. Host C++ compiles the same text (see HOST_SHIM in the test
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from spmd import dtypes
@@ -110,81 +111,6 @@ def _float_fn(name: str, dtype: str) -> str:
     return name if dtype == "float64" else name + "f"
 
 
-def _int_op(name: str, dtype: str, x: str, y: str = "") -> str:
-    u = unsigned_type(dtype)
-    t = C_TYPE[dtype]
-    unsigned = dtypes.is_unsigned(dtype)
-    bits = 8 * dtypes.itemsize(dtype)
-    if name in ("add", "sub", "mul"):
-        sym = {"add": "+", "sub": "-", "mul": "*"}[name]
-        return _wrap(dtype, f"({u})({x}) {sym} ({u})({y})")
-    if name == "neg":
-        return _wrap(dtype, f"0u - ({u})({x})")
-    if name == "abs":
-        return x if unsigned else f"(({x}) < 0 ? {_wrap(dtype, f'0u - ({u})({x})')} : ({x}))"
-    if name == "sign":
-        return _wrap(dtype, f"({x}) != 0") if unsigned else \
-            _wrap(dtype, f"(({x}) > 0) - (({x}) < 0)")
-    if name == "div":
-        if unsigned:
-            return f"(({y}) == 0 ? ({t})0 : {_wrap(dtype, f'({x}) / ({y})')})"
-        negated = _wrap(dtype, f"0u - ({u})({x})")
-        return (f"(({y}) == 0 ? ({t})0 : (({y}) == ({t})-1 ? {negated} : "
-                f"{_wrap(dtype, f'({x}) / ({y})')}))")
-    if name == "rem":
-        bad = f"({y}) == 0" if unsigned else f"({y}) == 0 || ({y}) == ({t})-1"
-        return f"(({bad}) ? ({t})0 : {_wrap(dtype, f'({x}) % ({y})')})"
-    if name in ("and", "or", "xor"):
-        sym = {"and": "&", "or": "|", "xor": "^"}[name]
-        return _wrap(dtype, f"({x}) {sym} ({y})")
-    if name == "not":
-        return _wrap(dtype, f"~({x})")
-    inside = f"({u})({y}) < {bits}u"
-    if name == "shift_left":
-        return f"({inside} ? {_wrap(dtype, f'({u})({x}) << ({u})({y})')} : ({t})0)"
-    if name == "shift_right":
-        if unsigned:
-            return f"({inside} ? {_wrap(dtype, f'({x}) >> ({y})')} : ({t})0)"
-        fill = f"(({x}) < 0 ? ({t})-1 : ({t})0)"
-        return f"({inside} ? {_wrap(dtype, f'({x}) >> ({y})')} : {fill})"
-    raise KeyError(f"no integer lowering of {name!r} (this is a bug in spmd)")
-
-
-_FLOAT_UNARY = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "tanh": "tanh",
-                "sin": "sin", "cos": "cos", "tan": "tan", "sqrt": "sqrt", "erf": "erf",
-                "abs": "fabs", "floor": "floor", "ceil": "ceil", "round": "rint"}
-_FLOAT_BINARY = {"rem": "fmod", "pow": "pow", "atan2": "atan2"}
-_COMPARE = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
-
-
-def _float_op(name: str, dtype: str, args: list[str]) -> str:
-    x = args[0]
-    y = args[1] if len(args) > 1 else ""
-    d = "d" if dtype == "float64" else "f"
-    one = "1.0" if dtype == "float64" else "1.0f"
-    if name in _FLOAT_UNARY:
-        return f"{_float_fn(_FLOAT_UNARY[name], dtype)}({x})"
-    if name in _FLOAT_BINARY:
-        return f"{_float_fn(_FLOAT_BINARY[name], dtype)}({x}, {y})"
-    if name in ("add", "sub", "mul", "div"):
-        sym = {"add": "+", "sub": "-", "mul": "*", "div": "/"}[name]
-        return f"(({x}) {sym} ({y}))"
-    if name == "neg":
-        return f"(-({x}))"
-    if name == "rsqrt":
-        return f"({one} / {_float_fn('sqrt', dtype)}({x}))"
-    if name == "logistic":
-        return f"spmd_logistic{d}({x})"
-    if name == "sign":
-        return f"spmd_sign{d}({x})"
-    if name in ("max", "min"):
-        return f"spmd_{name}{d}({x}, {y})"
-    if name == "is_finite":
-        top = "1.7976931348623157e308" if dtype == "float64" else "3.40282347e38f"
-        return f"({_float_fn('fabs', dtype)}({x}) <= {top})"
-    raise KeyError(f"no float lowering of {name!r} (this is a bug in spmd)")
-
-
 def convert(x: str, src: str, dst: str) -> str:
     """convert_element_type: float -> int truncates and saturates, NaN -> 0 (the reference)."""
     if dst == "bool":
@@ -201,38 +127,155 @@ def convert(x: str, src: str, dst: str) -> str:
             f"(({C_TYPE[dst]})({x})))))")
 
 
+
+# Rows of the GPU table: (compute-typed C expressions, operand dtype, attrs, result dtype) ->
+# a C expression; each row picks its code by the operands' dtype.
+Row = Callable[..., str]
+Part = Callable[..., str]  # (dtype, *args) -> C expression
+
+
+def _int_infix(sym: str) -> Part:
+    """+ - * in the unsigned type: wraps like numpy, no signed-overflow UB."""
+    return lambda d, x, y: _wrap(d, f"({unsigned_type(d)})({x}) {sym} ({unsigned_type(d)})({y})")
+
+
+def _int_neg(d: str, x: str) -> str:
+    return _wrap(d, f"0u - ({unsigned_type(d)})({x})")
+
+
+def _int_abs(d: str, x: str) -> str:
+    return x if dtypes.is_unsigned(d) else f"(({x}) < 0 ? {_int_neg(d, x)} : ({x}))"
+
+
+def _int_sign(d: str, x: str) -> str:
+    if dtypes.is_unsigned(d):
+        return _wrap(d, f"({x}) != 0")
+    return _wrap(d, f"(({x}) > 0) - (({x}) < 0)")
+
+
+def _int_div(d: str, x: str, y: str) -> str:
+    t = C_TYPE[d]
+    if dtypes.is_unsigned(d):
+        return f"(({y}) == 0 ? ({t})0 : {_wrap(d, f'({x}) / ({y})')})"
+    return (f"(({y}) == 0 ? ({t})0 : (({y}) == ({t})-1 ? {_int_neg(d, x)} : "
+            f"{_wrap(d, f'({x}) / ({y})')}))")
+
+
+def _int_rem(d: str, x: str, y: str) -> str:
+    t = C_TYPE[d]
+    bad = f"({y}) == 0" if dtypes.is_unsigned(d) else f"({y}) == 0 || ({y}) == ({t})-1"
+    return f"(({bad}) ? ({t})0 : {_wrap(d, f'({x}) % ({y})')})"
+
+
+def _int_bitwise(sym: str) -> Part:
+    return lambda d, x, y: _wrap(d, f"({x}) {sym} ({y})")
+
+
+def _int_shift(left: bool) -> Part:
+    def part(d: str, x: str, y: str) -> str:
+        u, t = unsigned_type(d), C_TYPE[d]
+        inside = f"({u})({y}) < {8 * dtypes.itemsize(d)}u"
+        if left:
+            return f"({inside} ? {_wrap(d, f'({u})({x}) << ({u})({y})')} : ({t})0)"
+        fill = f"({t})0" if dtypes.is_unsigned(d) else f"(({x}) < 0 ? ({t})-1 : ({t})0)"
+        return f"({inside} ? {_wrap(d, f'({x}) >> ({y})')} : {fill})"
+
+    return part
+
+
+def _int_pick(sym: str) -> Part:
+    return lambda d, x, y: f"(({x}) {sym} ({y}) ? ({x}) : ({y}))"
+
+
+def _float_call(fn: str) -> Part:
+    return lambda d, *xs: f"{_float_fn(fn, d)}({', '.join(xs)})"
+
+
+def _float_infix(sym: str) -> Part:
+    return lambda d, x, y: f"(({x}) {sym} ({y}))"
+
+
+def _float_helper(fn: str) -> Part:
+    """spmd_<fn>f / spmd_<fn>d from HELPERS."""
+    return lambda d, *xs: f"spmd_{fn}{'d' if d == 'float64' else 'f'}({', '.join(xs)})"
+
+
+def _rsqrt(d: str, x: str) -> str:
+    return f"({'1.0' if d == 'float64' else '1.0f'} / {_float_fn('sqrt', d)}({x}))"
+
+
+def _is_finite(d: str, x: str) -> str:
+    top = "1.7976931348623157e308" if d == "float64" else "3.40282347e38f"
+    return f"({_float_fn('fabs', d)}({x}) <= {top})"
+
+
+def _by_type(on_float: Part | None = None, on_int: Part | None = None,
+             on_bool: str | None = None) -> Row:
+    """A row choosing by the operands' dtype: half floats round the result; a bool op is
+    its C operator on 0/1 values (`on_bool`: "||", "&&", "!=", or "!" for not)."""
+
+    def row(args: list[str], in_dtype: str, attrs: dict[str, Any], out_dtype: str) -> str:
+        if in_dtype == "bool":
+            if on_bool is None:
+                raise KeyError(f"no bool lowering of {args} (this is a bug in spmd)")
+            if on_bool == "!":
+                return f"(!({args[0]}))"
+            return f"(({args[0]}) {on_bool} ({args[1]}))"
+        if dtypes.is_float(in_dtype):
+            return round_half(out_dtype, on_float(in_dtype, *args))
+        return on_int(in_dtype, *args)
+
+    return row
+
+
+def _compare(sym: str) -> Row:
+    return lambda args, *_: f"(({args[0]}) {sym} ({args[1]}))"
+
+
+_FLOAT_CALLS = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "tanh": "tanh",
+                "sin": "sin", "cos": "cos", "tan": "tan", "sqrt": "sqrt", "erf": "erf",
+                "floor": "floor", "ceil": "ceil", "round": "rint", "rem": "fmod",
+                "pow": "pow", "atan2": "atan2"}
+
+# The GPU backend's table of scalar code: one row per elementwise op (Trait.ELEMENTWISE).
+EXPRESSIONS: dict[str, Row] = {
+    **{name: _by_type(_float_call(fn)) for name, fn in _FLOAT_CALLS.items()},
+    "add": _by_type(_float_infix("+"), _int_infix("+"), "||"),
+    "sub": _by_type(_float_infix("-"), _int_infix("-")),
+    "mul": _by_type(_float_infix("*"), _int_infix("*"), "&&"),
+    "div": _by_type(_float_infix("/"), _int_div),
+    "rem": _by_type(_float_call("fmod"), _int_rem),
+    "neg": _by_type(lambda d, x: f"(-({x}))", _int_neg),
+    "abs": _by_type(_float_call("fabs"), _int_abs),
+    "sign": _by_type(_float_helper("sign"), _int_sign),
+    "rsqrt": _by_type(_rsqrt),
+    "logistic": _by_type(_float_helper("logistic")),
+    "is_finite": _by_type(_is_finite),
+    "max": _by_type(_float_helper("max"), _int_pick(">"), "||"),
+    "min": _by_type(_float_helper("min"), _int_pick("<"), "&&"),
+    "and": _by_type(on_int=_int_bitwise("&"), on_bool="&&"),
+    "or": _by_type(on_int=_int_bitwise("|"), on_bool="||"),
+    "xor": _by_type(on_int=_int_bitwise("^"), on_bool="!="),
+    "not": _by_type(on_int=lambda d, x: _wrap(d, f"~({x})"), on_bool="!"),
+    "shift_left": _by_type(on_int=_int_shift(True)),
+    "shift_right": _by_type(on_int=_int_shift(False)),
+    "eq": _compare("=="),
+    "ne": _compare("!="),
+    "lt": _compare("<"),
+    "le": _compare("<="),
+    "gt": _compare(">"),
+    "ge": _compare(">="),
+    "select": lambda args, *_: f"(({args[0]}) ? ({args[1]}) : ({args[2]}))",
+    "convert_element_type": lambda args, in_dtype, attrs, out_dtype: convert(
+        args[0], in_dtype, out_dtype),
+    "stop_gradient": lambda args, *_: args[0],
+}
+
+
 def op_expr(name: str, args: list[str], in_dtype: str, attrs: dict[str, Any],
             out_dtype: str) -> str:
-    """One elementwise op on compute-typed C expressions; half results are rounded."""
-    x = args[0] if args else ""
-    if name == "stop_gradient":
-        return x
-    if name == "convert_element_type":
-        return convert(x, in_dtype, out_dtype)
-    if name == "select":
-        return f"(({x}) ? ({args[1]}) : ({args[2]}))"
-    if name in _COMPARE:
-        return f"(({x}) {_COMPARE[name]} ({args[1]}))"
-    if in_dtype == "bool":
-        return _bool_op(name, args)
-    if dtypes.is_float(in_dtype):
-        return round_half(out_dtype, _float_op(name, in_dtype, args))
-    if name in ("max", "min"):
-        sym = ">" if name == "max" else "<"
-        return f"(({x}) {sym} ({args[1]}) ? ({x}) : ({args[1]}))"
-    return _int_op(name, in_dtype, *args)
-
-
-def _bool_op(name: str, args: list[str]) -> str:
-    x = args[0]
-    if name == "not":
-        return f"(!({x}))"
-    y = args[1]
-    table = {"add": "||", "or": "||", "max": "||", "mul": "&&", "and": "&&", "min": "&&",
-             "xor": "!="}
-    if name not in table:
-        raise KeyError(f"no bool lowering of {name!r} (this is a bug in spmd)")
-    return f"(({x}) {table[name]} ({y}))"
+    """One elementwise op on compute-typed C expressions (its row of EXPRESSIONS)."""
+    return EXPRESSIONS[name](args, in_dtype, attrs, out_dtype)
 
 
 def accumulator_type(dtype: str) -> str:

@@ -21,7 +21,7 @@ from backends.gpu import codegen, device
 from backends.gpu.lower import lowering
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op
-from spmd.ops.collective import COLLECTIVES
+from spmd.ops import REGISTRY, Trait
 
 RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
 MAX_BLOCKS = 65535
@@ -35,6 +35,7 @@ class Step:
     cuda: list[codegen.CudaKernel] = field(default_factory=list)
     functions: list[Any] = field(default_factory=list)
     value: Any = None
+    view: Callable[[Any], Any] | None = None  # its lowering row's view
 
 
 def kernel_sources(graph: Graph) -> list[codegen.CudaKernel]:
@@ -74,16 +75,19 @@ class Executable:
             if i in kernels:
                 k = kernels[i]
                 steps.append(Step("kernel", op, k, codegen.generate(k.spec, k.name)))
-            elif id(op) in members:
                 continue
-            elif op.name == "constant":
+            if id(op) in members:
+                continue
+            row = lowering(op.name)
+            if row.kind == "constant":
                 value = device.to_device(cp, op.attrs["value"], op.types[0].dtype)
                 steps.append(Step("const", op, value=value.reshape(op.types[0].shape)))
-            elif op.name == "dot_general":
+            elif row.kind == "cublas":
                 steps.append(Step("dot", op))
+            elif row.view is not None:
+                steps.append(Step("view", op, view=row.view(**op.attrs)))
             else:
-                kind = lowering(op.name).kind
-                steps.append(Step("view" if kind == "view" else "fallback", op))
+                steps.append(Step("fallback", op))
         cuda = [c for s in steps for c in s.cuda]
         if cuda:
             module = device.compile_module(cp, codegen.module_source(cuda), self.device_id)
@@ -140,8 +144,9 @@ class Executable:
         if step.kind == "const":
             return [step.value]
         if step.kind == "view":
-            return [_view(op, ins[0])]
-        if step.kind == "fallback" and self.device_collectives and op.name in COLLECTIVES:
+            return [step.view(ins[0])]
+        if step.kind == "fallback" and self.device_collectives and REGISTRY[op.name].has(
+                Trait.COLLECTIVE):
             return [o.reshape(t.shape) for o, t in zip(self.run_op(op, ins), op.types)]
         if step.kind == "fallback":
             host = [device.to_host(cp, x, self.graph.types[v].dtype)
@@ -209,21 +214,6 @@ class Executable:
         in_dtype = self.graph.types[op.inputs[0]].dtype
         device.gemm(cp, a, b, out.reshape(batch, m, n), in_dtype, op.types[0].dtype)
 
-
-
-def _view(op: Op, x: Any) -> Any:
-    a = op.attrs
-    if op.name == "reshape":
-        return x.reshape(a["new_sizes"])
-    if op.name == "transpose":
-        return x.transpose(a["permutation"])
-    if op.name == "slice":
-        return x[tuple(slice(s, e, st) for s, e, st in
-                       zip(a["start_indices"], a["limit_indices"], a["strides"]))]
-    if op.name == "rev" and a["dimensions"]:
-        return x[tuple(slice(None, None, -1) if d in a["dimensions"] else slice(None)
-                       for d in range(x.ndim))]
-    return x
 
 
 def compile_program(graph: Graph, run_op: RunOp | None = None, *, device_id: int = 0,

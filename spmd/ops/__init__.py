@@ -15,19 +15,33 @@ from spmd.ops import (
     index,
     reduce,
     remat,
-    rng,
     shape,
     sort,
     spmd_map,
 )
-from spmd.ops.opdef import NONDIFF, ZERO_GRAD, Factors, OpDef
+from spmd.ops.opdef import (
+    NONDIFF,
+    REGISTRY,
+    ZERO_GRAD,
+    AttrKind,
+    Factors,
+    Linearity,
+    OpDef,
+    Trait,
+)
 
-REGISTRY: dict[str, OpDef] = {}
-for _family in (elementwise, reduce, shape, contract, index, control, collective, rng, spmd_map,
+for _family in (elementwise, reduce, shape, contract, index, control, collective, spmd_map,
                 sort, attention, remat):
     for _op in _family.OPS:
         if _op.name in REGISTRY:
             raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")
         REGISTRY[_op.name] = _op
 
-__all__ = ["NONDIFF", "REGISTRY", "ZERO_GRAD", "Factors", "OpDef"]
+__all__ = ["NONDIFF", "REGISTRY", "ZERO_GRAD", "AttrKind", "Factors", "Linearity", "OpDef",
+           "Trait", "has_trait"]
+
+
+def has_trait(name: str, trait: Trait) -> bool:
+    """Whether the registered op `name` has the trait (False for names not registered)."""
+    opdef = REGISTRY.get(name)
+    return opdef is not None and opdef.has(trait)

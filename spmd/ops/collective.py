@@ -18,11 +18,10 @@ from spmd.errors import InternalError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import letters
 from spmd.ops.elementwise import elementwise_factors
-from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef, Trait
 
 REDUCERS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "collective_permute")
 
 
 def _lax() -> Any:
@@ -150,26 +149,33 @@ def _all_reduce_vjp(ct: Any, x: Any, *, out: Any, axes: Any, group_size: int,
 
 OPS = [
     OpDef("all_reduce", lambda x, **_: x, _single("all_reduce"), _all_reduce_vjp,
-          elementwise_factors, extra={"group_reference": group_all_reduce}),
+          elementwise_factors, extra={"group_reference": group_all_reduce},
+          traits=Trait.COLLECTIVE | Trait.PER_DEVICE),
     OpDef("all_gather", _gather_type, _single("all_gather"),
           lambda ct, x, *, out, axes, group_size, dim: _lax().psum_scatter(
               ct, axes, scatter_dimension=dim, tiled=True),
-          _blocked_factors("dim"), extra={"group_reference": group_all_gather}),
+          _blocked_factors("dim"), extra={"group_reference": group_all_gather},
+          traits=Trait.COLLECTIVE | Trait.PER_DEVICE, attr_kinds={"dim": AttrKind.DIM}),
     OpDef("reduce_scatter", _scatter_type, _single("reduce_scatter"),
           lambda ct, x, *, out, axes, group_size, dim, kind="sum": _lax().all_gather(
               ct, axes, axis=dim, tiled=True),
-          _blocked_factors("dim"), extra={"group_reference": group_reduce_scatter}),
+          _blocked_factors("dim"), extra={"group_reference": group_reduce_scatter},
+          traits=Trait.COLLECTIVE | Trait.PER_DEVICE, attr_kinds={"dim": AttrKind.DIM}),
     OpDef("all_to_all", _all_to_all_type, _single("all_to_all"),
           lambda ct, x, *, out, axes, group_size, split_dim, concat_dim: _lax().all_to_all(
               ct, axes, concat_dim, split_dim, tiled=True),
           _blocked_factors("split_dim", "concat_dim"),
-          extra={"group_reference": group_all_to_all}),
+          extra={"group_reference": group_all_to_all}, traits=Trait.COLLECTIVE | Trait.PER_DEVICE,
+          attr_kinds={"split_dim": AttrKind.DIM, "concat_dim": AttrKind.DIM}),
     OpDef("collective_permute", lambda x, **_: x, _single("collective_permute"),
           lambda ct, x, *, out, axes, group_size, pairs, reason="": _lax().ppermute(
               ct, axes, tuple((d, s) for s, d in pairs),
               reason=f"backward of {reason}" if reason else ""),
-          elementwise_factors, extra={"group_reference": group_permute}),
+          elementwise_factors, extra={"group_reference": group_permute},
+          traits=Trait.COLLECTIVE | Trait.PER_DEVICE),
     OpDef("axis_index", lambda *, axes, group_size: TensorType((), "int32"),
           _single("axis_index"), ZERO_GRAD, lambda **_: Factors((), ((),)),
-          extra={"group_reference": group_axis_index}),
+          extra={"group_reference": group_axis_index}, traits=Trait.PER_DEVICE),
 ]
+# The ops that communicate (Trait.COLLECTIVE), for launch/ until it asks the trait.
+COLLECTIVES = tuple(d.name for d in OPS if d.has(Trait.COLLECTIVE))

@@ -17,7 +17,7 @@ from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, same_dtypes
-from spmd.ops.opdef import Factors, OpDef
+from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef
 
 DimNums = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
 
@@ -133,4 +133,5 @@ def _dot_vjp(ct: Any, lhs: Any, rhs: Any, *, out: Any, dimension_numbers: DimNum
     return d_lhs, d_rhs
 
 
-OPS = [OpDef("dot_general", _dot_type, _dot_ref, _dot_vjp, _dot_factors, linear="each")]
+OPS = [OpDef("dot_general", _dot_type, _dot_ref, _dot_vjp, _dot_factors, linear=Linearity.EACH,
+             attr_kinds={"dimension_numbers": AttrKind.DOT_DIMS})]

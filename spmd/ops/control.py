@@ -17,7 +17,7 @@ from spmd.errors import DTypeError, ShapeError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS
-from spmd.ops.opdef import NONDIFF, Factors, OpDef
+from spmd.ops.opdef import NONDIFF, Factors, OpDef, Trait
 from spmd.ops.scan_residuals import split_residuals
 
 
@@ -305,9 +305,11 @@ def _while_factors(*types: TensorType, cond_graph: Graph, body_graph: Graph,
 
 OPS = [
     OpDef("scan", _scan_type, _scan_ref, _scan_vjp, _scan_factors, multi_output=True,
-          doc="Loop a body graph over the leading dim of xs, threading a carry."),
+          doc="Loop a body graph over the leading dim of xs, threading a carry.",
+          traits=Trait.CONTROL),
     OpDef("cond", _cond_type, _cond_ref, _cond_vjp, _cond_factors, multi_output=True,
-          doc="Run the branch graph picked by a (clamped) int32 index."),
+          doc="Run the branch graph picked by a (clamped) int32 index.", traits=Trait.CONTROL),
     OpDef("while_loop", _while_type, _while_ref, NONDIFF, _while_factors, multi_output=True,
-          doc="Run body_graph while cond_graph holds (not reverse-differentiable, as in JAX)."),
+          doc="Run body_graph while cond_graph holds (not reverse-differentiable, as in JAX).",
+          traits=Trait.CONTROL),
 ]

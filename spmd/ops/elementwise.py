@@ -6,15 +6,16 @@ Sharding rule: every operand dim and the result dim are the same factor.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from spmd import dtypes
-from spmd.errors import DTypeError
+from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import letters, need_float, same_dtypes, same_shapes
-from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+from spmd.ops.opdef import ZERO_GRAD, Factors, Linearity, OpDef, Trait
 
 
 def _lax() -> Any:
@@ -59,7 +60,7 @@ def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _unary(name: str, ref: Callable[..., Any], vjp: Any, float_only: bool = True,
-           linear: str = "none") -> OpDef:
+           linear: Linearity = Linearity.NONE) -> OpDef:
     return OpDef(name, _unary_type(float_only), _quiet(ref), vjp, elementwise_factors,
                  linear=linear)
 
@@ -141,8 +142,10 @@ def _select_vjp(ct: Any, p: Any, a: Any, b: Any, *, out: Any) -> tuple[Any, Any,
     return None, lax.select(p, ct, zero), lax.select(p, zero, ct)
 
 
-def _bool_or_int(name: str) -> Callable[..., TensorType]:
+def _bool_or_int(name: str, unary: bool = False) -> Callable[..., TensorType]:
     def infer(x: TensorType, y: TensorType | None = None, **_: Any) -> TensorType:
+        if (y is None) != unary:
+            raise ShapeError(f"{name} takes {1 if unary else 2} operand(s)")
         types = (x,) if y is None else (x, y)
         same_shapes(name, *types)
         same_dtypes(name, *types)
@@ -158,7 +161,7 @@ def _mul(*a: Any) -> Any:
 
 
 OPS = [
-    _unary("neg", np.negative, lambda ct, x, *, out: _lax().neg(ct), False, linear="all"),
+    _unary("neg", np.negative, lambda ct, x, *, out: _lax().neg(ct), False, linear=Linearity.JOINT),
     _unary("exp", np.exp, lambda ct, x, *, out: _mul(ct, out)),
     _unary("log", np.log, lambda ct, x, *, out: _lax().div(ct, x)),
     _unary("log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0))),
@@ -183,15 +186,16 @@ OPS = [
     OpDef("is_finite", lambda x: (need_float("is_finite", x), x.with_dtype("bool"))[1],
           np.isfinite, ZERO_GRAD, elementwise_factors),
     OpDef("add", _binary_type("add"), _quiet(np.add), lambda ct, x, y, *, out: (ct, ct),
-          elementwise_factors, linear="all"),
+          elementwise_factors, linear=Linearity.JOINT),
     OpDef("sub", _binary_type("sub"), _quiet(np.subtract),
-          lambda ct, x, y, *, out: (ct, _lax().neg(ct)), elementwise_factors, linear="all"),
+          lambda ct, x, y, *, out: (ct, _lax().neg(ct)), elementwise_factors,
+          linear=Linearity.JOINT),
     OpDef("mul", _binary_type("mul"), _quiet(np.multiply),
           lambda ct, x, y, *, out: (_mul(ct, y), _mul(ct, x)), elementwise_factors,
-          linear="each"),
+          linear=Linearity.EACH),
     OpDef("div", _binary_type("div"), _quiet(_int_div),
           lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
-          elementwise_factors, linear="first"),
+          elementwise_factors, linear=Linearity.FIRST),
     OpDef("rem", _binary_type("rem"), _quiet(np.fmod),
           lambda ct, x, y, *, out: (ct, _mul(_lax().neg(ct), _lax().round(_lax().div(
               _lax().sub(x, out), y)))), elementwise_factors),
@@ -206,17 +210,19 @@ OPS = [
     OpDef("and", _bool_or_int("and"), np.bitwise_and, ZERO_GRAD, elementwise_factors),
     OpDef("or", _bool_or_int("or"), np.bitwise_or, ZERO_GRAD, elementwise_factors),
     OpDef("xor", _bool_or_int("xor"), np.bitwise_xor, ZERO_GRAD, elementwise_factors),
-    OpDef("not", _bool_or_int("not"), np.invert, ZERO_GRAD, elementwise_factors),
+    OpDef("not", _bool_or_int("not", unary=True), np.invert, ZERO_GRAD, elementwise_factors),
     OpDef("shift_left", _bool_or_int("shift_left"), _quiet(np.left_shift), ZERO_GRAD,
           elementwise_factors),
     OpDef("shift_right", _bool_or_int("shift_right"), _quiet(np.right_shift), ZERO_GRAD,
           elementwise_factors),
-    OpDef("select", _select_type, np.where, _select_vjp, elementwise_factors, linear="select"),
+    OpDef("select", _select_type, np.where, _select_vjp, elementwise_factors,
+          linear=Linearity.BRANCHES),
     OpDef("convert_element_type", _convert_type, _convert_ref, _convert_vjp,
-          elementwise_factors, linear="all"),
+          elementwise_factors, linear=Linearity.JOINT),
     OpDef("stop_gradient", _unary_type(False), lambda x: x, ZERO_GRAD, elementwise_factors,
-          linear="all"),
+          linear=Linearity.JOINT),
 ]
+OPS = [replace(d, traits=Trait.ELEMENTWISE) for d in OPS]  # every op of this family
 
 
 def _atan2_vjp(ct: Any, x: Any, y: Any) -> tuple[Any, Any]:

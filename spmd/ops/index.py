@@ -15,7 +15,7 @@ from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, check_axis, letters, same_dtypes
-from spmd.ops.opdef import Factors, OpDef
+from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef, Trait
 from spmd.tracing import type_of
 
 
@@ -236,15 +236,17 @@ OPS = [
         _dynamic_slice_ref,
         _dynamic_slice_vjp,
         _dynamic_slice_factors,
-        linear="first",
+        linear=Linearity.FIRST, traits=Trait.VIEW, attr_kinds={"slice_sizes": AttrKind.WINDOW},
     ),
     OpDef(
         "dynamic_update_slice",
         _dynamic_update_type,
         _dynamic_update_ref,
         _dynamic_update_vjp,
-        _dynamic_update_factors,
+        _dynamic_update_factors, traits=Trait.VIEW,
     ),
-    OpDef("gather", _gather_type, _gather_ref, _gather_vjp, _gather_factors, linear="first"),
-    OpDef("scatter_add", _scatter_type, _scatter_ref, _scatter_vjp, _scatter_factors),
+    OpDef("gather", _gather_type, _gather_ref, _gather_vjp, _gather_factors, linear=Linearity.FIRST,
+          traits=Trait.VIEW, attr_kinds={"axis": AttrKind.DIM}),
+    OpDef("scatter_add", _scatter_type, _scatter_ref, _scatter_vjp, _scatter_factors,
+          attr_kinds={"axis": AttrKind.DIM}),
 ]

@@ -2,12 +2,15 @@
 
 `infer` works on types only, `reference` on numpy arrays (the oracle, never calls spmd),
 `vjp` is written with spmd.lax so it is traced like user code, and `factors` gives the
-op's sharding rule as an einsum-like factor signature.
+op's sharding rule as an einsum-like factor signature. `traits` say what kind of op it is,
+`linear` how a partial (pending-sum) operand passes through it, `attr_kinds` what its
+attributes spell: passes and backends ask these, never the op's name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,9 @@ class Factors:
 
     A factor in `reduce` is summed (or maxed...) away: if it is sharded, the result is
     partial over those mesh axes. A factor in `blocked` must not be sharded: the
-    partitioner gathers it first. Elementwise ops map each factor to itself.
+    partitioner gathers it first. Elementwise ops map each factor to itself. With
+    `even_split` (reshape) only operand factors may be sharded, and only where every dim
+    they name splits evenly over the mesh axes.
     """
 
     operands: tuple[Dims, ...]
@@ -30,6 +35,7 @@ class Factors:
     reduce: frozenset[str] = frozenset()
     reduce_kind: str = "sum"
     blocked: frozenset[str] = frozenset()
+    even_split: bool = False
 
     @staticmethod
     def parse(signature: str, reduce: str = "", blocked: str = "", kind: str = "sum") -> Factors:
@@ -64,6 +70,70 @@ NONDIFF: Any = _NonDiff()  # marks an op without a derivative (grad through it i
 ZERO_GRAD: Any = "zero_grad"  # marks an op whose derivative is zero (comparisons, iota, ...)
 
 
+class Trait(enum.Flag):
+    """What kind of op it is; passes and backends ask these instead of naming ops."""
+
+    NONE = 0
+    ELEMENTWISE = enum.auto()  # result[i] = f(operands[i]), operands of one shape: scalar code
+    REDUCTION = enum.auto()  # folds whole dims away (reduce, argmax, argmin)
+    COLLECTIVE = enum.auto()  # communicates between the devices of a group
+    PER_DEVICE = enum.auto()  # its value depends on the device that runs it (collectives too)
+    VIEW = enum.auto()  # moves elements, computes none (reshape, transpose, slice, pad ...)
+    BROADCAST = enum.auto()  # repeats its one operand: re-emitting it in a layout moves no data
+    SOURCE = enum.auto()  # no operands: the value comes from attributes (constant, iota)
+    CONTROL = enum.auto()  # runs sub-graphs held in its attributes
+    # Its results' layout comes from its attributes or its users, not from its factor rule:
+    # sharding propagation passes nothing through it (constant, iota, shard_map).
+    OWN_LAYOUT = enum.auto()
+    ANNOTATION = enum.auto()  # identity on values, kept so a later pass can read it
+    IMPURE = enum.auto()  # two calls with equal inputs may differ, or it acts on the world
+
+
+class AttrKind(enum.Enum):
+    """What an attribute spells, so a pass rewrites it without knowing the op (the
+    partitioner's local attributes, spmd/ops/attrs.py)."""
+
+    DIM = "dim"  # one dim index
+    DIMS = "dims"  # a tuple of dim indices
+    DIM_MAP = "dim_map"  # one dim index per dim (permutation, broadcast_dimensions)
+    SHAPE = "shape"  # the result's shape
+    WINDOW = "window"  # per operand dim, an extent; a whole dim stays whole when sharded
+    STARTS = "starts"  # per dim, a start index
+    STRIDES = "strides"  # per dim, a stride
+    PADDING = "padding"  # per dim, (low, high, interior)
+    DOT_DIMS = "dot_dims"  # dot_general's ((lhs contract, rhs contract), (lhs batch, rhs batch))
+
+
+class Linearity(enum.Enum):
+    """How an operand pending a reduction over mesh axes (a partial value: every device
+    holds a term, the value is their sum) passes through the op, DTensor's partial rules
+    written once. A pending max/min/prod passes only through a reduction of that kind."""
+
+    NONE = "none"  # resolve first
+    JOINT = "joint"  # f(a1 + a2, b1 + b2) = f(a1, b1) + f(a2, b2): add, neg, transpose, convert
+    EACH = "each"  # linear in each operand with the others fixed: mul, dot_general
+    FIRST = "first"  # linear in operand 0 only: div by a replicated value, gather, dynamic_slice
+    BRANCHES = "branches"  # select: linear in both branches jointly, not in the predicate
+    SAME_REDUCTION = "same_reduction"  # a reduce of kind k commutes with a pending k
+
+    def passes(self, i: int, kind: str, axes: frozenset[str], op_kind: str | None,
+               others: Sequence[tuple[frozenset[str], str, frozenset[str]]]) -> bool:
+        """Whether operand i, pending a `kind` reduction over `axes`, may stay pending through
+        the op. `others`: (pending axes, pending kind, sharded axes) of the other operands in
+        order; `op_kind`: the op's own reduction kind (attribute "kind") where it has one."""
+        if self is Linearity.SAME_REDUCTION:
+            return op_kind == kind
+        if kind != "sum":
+            return False
+        if self is Linearity.JOINT:
+            return all(p == axes and k == "sum" for p, k, _ in others)
+        if self is Linearity.EACH or (self is Linearity.FIRST and i == 0):
+            return all(not p and not axes & used for p, _, used in others)
+        if self is Linearity.BRANCHES and i > 0:
+            return all(p == axes for p, _, _ in others[1:]) and not others[0][0]
+        return False
+
+
 @dataclass(frozen=True)
 class OpDef:
     """One op's registry entry."""
@@ -72,15 +142,28 @@ class OpDef:
     infer: Callable[..., TensorType | tuple[TensorType, ...]]
     reference: Callable[..., Any]
     vjp: Any  # callable(ct, *primals, out=..., **attrs) | NONDIFF | ZERO_GRAD
-    factors: Callable[..., Factors | None]  # (*in_types, **attrs) -> Factors; None: see partition
-    partition: Callable[..., Any] | None = None  # hand-written rule where factors cannot say it
+    factors: Callable[..., Factors]  # (*in_types, **attrs) -> the sharding rule
     multi_output: bool = False
-    # How a partial (pending-sum) operand passes through: "all" = linear in all operands
-    # jointly (add, neg, transpose); "each" = linear in each one with the others fixed (mul, dot).
-    linear: str = "none"
+    linear: Linearity = Linearity.NONE  # how a partial operand passes through
+    doc: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
     # How it runs on operands with a leading batch dim of size n (device batching):
     # batch(n, batched, **attrs) -> the batched op's attrs (batched[i]: operand i has that
     # dim), or None where it cannot (spmd/ops/batching.py; elementwise ops need none).
     batch: Callable[..., dict[str, Any] | None] | None = None
-    doc: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    traits: Trait = Trait.NONE
+    attr_kinds: Mapping[str, AttrKind] = field(default_factory=dict)  # see AttrKind
+
+    def has(self, trait: Trait) -> bool:
+        return bool(self.traits & trait)
+
+
+# Every op, keyed by name: filled by spmd/ops/__init__.py from the families' OPS lists (here
+# so that op families can ask about other ops without importing the package).
+REGISTRY: dict[str, OpDef] = {}
+
+
+def is_impure(name: str) -> bool:
+    """Passes must not merge, fold, move or delete it; an op not registered counts."""
+    opdef = REGISTRY.get(name)
+    return opdef is None or opdef.has(Trait.IMPURE)

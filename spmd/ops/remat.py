@@ -20,7 +20,7 @@ from spmd.errors import ShapeError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops.common import letters
-from spmd.ops.opdef import Factors, OpDef
+from spmd.ops.opdef import Factors, Linearity, OpDef, Trait, is_impure
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,6 @@ def _split(body: Graph, policy: Policy) -> Split:
     from spmd.autodiff import backward, replay, trace_flat
     from spmd.passes.cse import cse
     from spmd.passes.dce import dce
-    from spmd.passes.purity import is_impure
     from spmd.passes.rules import rename_inputs
 
     diff_out = [i for i, t in enumerate(body.result_types) if dtypes.is_differentiable(t.dtype)]
@@ -209,9 +208,11 @@ def remat_backward(op: Op, out_cts: Sequence[Any], primals: Sequence[Any],
 
 OPS = [
     OpDef("remat", _remat_type, _remat_ref, _remat_vjp, _remat_factors, multi_output=True,
-          doc="A rematerialised region (jax.checkpoint): body graph, saving policy."),
+          doc="A rematerialised region (jax.checkpoint): body graph, saving policy.",
+          traits=Trait.CONTROL),
     OpDef("checkpoint_name", lambda x, *, label: x, lambda x, *, label: x,
           lambda ct, x, *, out, label: ct,
           lambda x, *, label: Factors.parse(f"{letters(x.ndim)}->{letters(x.ndim)}"),
-          linear="all", doc="Identity that names a value for save_only_these_names policies."),
+          linear=Linearity.JOINT, traits=Trait.ANNOTATION,
+          doc="Identity that names a value for save_only_these_names policies."),
 ]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spmd.ir.graph import Graph, Op
-from spmd.passes.purity import is_impure
+from spmd.ops.opdef import is_impure
 
 # Ops cheaper to redo in the backward step than to save per step (on values it has anyway):
 # a transposed weight is recomputed there, not stacked once per step.

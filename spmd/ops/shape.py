@@ -17,7 +17,7 @@ from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, letters, same_dtypes
 from spmd.ops.elementwise import elementwise_factors
-from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
 
 
 def _lax() -> Any:
@@ -130,7 +130,7 @@ def _reshape_factors(x: TensorType, *, new_sizes: tuple[int, ...]) -> Factors:
 
     Merging (a, b) -> (ab): a's factor goes to the merged dim, b is blocked. Splitting
     (ab) -> (a, b): the dim's factor goes to the new major dim. The partitioner checks
-    that the shard count divides the major dim, and reshards otherwise.
+    that the shard count divides the major dim, and reshards otherwise (even_split).
     """
     operand: list[str | None] = [None] * x.ndim
     result: list[str | None] = [None] * len(new_sizes)
@@ -149,7 +149,8 @@ def _reshape_factors(x: TensorType, *, new_sizes: tuple[int, ...]) -> Factors:
             blocked.append(operand[d])
         for d in gj[1:]:
             result[d] = next(names)
-    return Factors((tuple(operand),), (tuple(result),), blocked=frozenset(blocked))
+    return Factors((tuple(operand),), (tuple(result),), blocked=frozenset(blocked),
+                   even_split=True)
 
 
 # transpose ------------------------------------------------------------------------------
@@ -293,23 +294,37 @@ def _rev_factors(x: TensorType, *, dimensions: tuple[int, ...]) -> Factors:
 
 OPS = [
     OpDef("constant", _constant_type, lambda *, value, weak=False: value, ZERO_GRAD,
-          lambda *, value, weak=False: Factors((), (tuple(letters(value.ndim)),))),
+          lambda *, value, weak=False: Factors((), (tuple(letters(value.ndim)),)),
+          traits=Trait.SOURCE | Trait.OWN_LAYOUT),
     OpDef("iota", _iota_type, _iota_ref, ZERO_GRAD,
-          lambda *, dtype, shape, dimension: Factors((), (tuple(letters(len(shape))),))),
+          lambda *, dtype, shape, dimension: Factors((), (tuple(letters(len(shape))),)),
+          traits=Trait.SOURCE | Trait.OWN_LAYOUT,
+          attr_kinds={"shape": AttrKind.SHAPE, "dimension": AttrKind.DIM}),
     OpDef("broadcast_in_dim", _broadcast_type, _broadcast_ref, _broadcast_vjp,
-          _broadcast_factors, linear="all"),
+          _broadcast_factors, linear=Linearity.JOINT, traits=Trait.VIEW | Trait.BROADCAST,
+          attr_kinds={"shape": AttrKind.SHAPE, "broadcast_dimensions": AttrKind.DIM_MAP}),
     OpDef("reshape", _reshape_type, lambda x, *, new_sizes: x.reshape(new_sizes),
           lambda ct, x, *, out, new_sizes: _lax().reshape(ct, x.type.shape), _reshape_factors,
-          linear="all"),
+          linear=Linearity.JOINT, traits=Trait.VIEW, attr_kinds={"new_sizes": AttrKind.SHAPE}),
     OpDef("transpose", _transpose_type, lambda x, *, permutation: np.transpose(x, permutation),
           lambda ct, x, *, out, permutation: _lax().transpose(ct, np.argsort(permutation)),
-          _transpose_factors, linear="all"),
-    OpDef("slice", _slice_type, _slice_ref, _slice_vjp, _slice_factors, linear="all"),
-    OpDef("pad", _pad_type, _pad_ref, _pad_vjp, _pad_factors, linear="first"),
+          _transpose_factors, linear=Linearity.JOINT, traits=Trait.VIEW,
+          attr_kinds={"permutation": AttrKind.DIM_MAP}),
+    OpDef("slice", _slice_type, _slice_ref, _slice_vjp, _slice_factors, linear=Linearity.JOINT,
+          traits=Trait.VIEW,
+          attr_kinds={"start_indices": AttrKind.STARTS, "limit_indices": AttrKind.WINDOW,
+                      "strides": AttrKind.STRIDES}),
+    # Not linear in x: pad(x1 + x2, v) = pad(x1, v) + pad(x2, v) - v where padded. (A pad that
+    # grows never keeps a pending sum anyway: the partitioner resolves before growing.)
+    OpDef("pad", _pad_type, _pad_ref, _pad_vjp, _pad_factors, traits=Trait.VIEW,
+          attr_kinds={"padding_config": AttrKind.PADDING}),
     OpDef("concatenate", _concat_type, lambda *xs, dimension: np.concatenate(xs, dimension),
-          _concat_vjp, _concat_factors, linear="all"),
+          _concat_vjp, _concat_factors, linear=Linearity.JOINT, traits=Trait.VIEW,
+          attr_kinds={"dimension": AttrKind.DIM}),
     OpDef("rev", _rev_type, lambda x, *, dimensions: np.flip(x, dimensions) if dimensions else x,
-          lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions), _rev_factors, linear="all"),
+          lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions), _rev_factors,
+          linear=Linearity.JOINT, traits=Trait.VIEW, attr_kinds={"dimensions": AttrKind.DIMS}),
     OpDef("sharding_constraint", lambda x, *, sharding: x, lambda x, *, sharding: x,
-          lambda ct, x, *, out, sharding: ct, elementwise_factors, linear="all"),
+          lambda ct, x, *, out, sharding: ct, elementwise_factors, linear=Linearity.JOINT,
+          traits=Trait.ANNOTATION),
 ]

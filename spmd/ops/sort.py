@@ -12,7 +12,7 @@ import numpy as np
 from spmd import dtypes
 from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
-from spmd.ops.opdef import ZERO_GRAD, Factors, OpDef
+from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef
 
 
 def _lax() -> Any:
@@ -77,6 +77,8 @@ def bind_argsort(x: Any, dimension: int) -> Any:
 
 
 OPS = [
-    OpDef("sort", _sort_type, _sort_ref, _sort_vjp, _sort_factors),
-    OpDef("argsort", _argsort_type, _argsort_ref, ZERO_GRAD, _sort_factors),
+    OpDef("sort", _sort_type, _sort_ref, _sort_vjp, _sort_factors,
+          attr_kinds={"dimension": AttrKind.DIM}),
+    OpDef("argsort", _argsort_type, _argsort_ref, ZERO_GRAD, _sort_factors,
+          attr_kinds={"dimension": AttrKind.DIM}),
 ]

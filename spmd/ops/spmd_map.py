@@ -18,7 +18,7 @@ from spmd import dtypes
 from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
-from spmd.ops.opdef import Factors, OpDef
+from spmd.ops.opdef import Factors, OpDef, Trait
 
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
 
@@ -181,5 +181,6 @@ def _cast(x: Any, dtype: str) -> Any:
 OPS = [
     OpDef("shard_map", infer_shard_map, reference_shard_map, vjp_shard_map, factors_shard_map,
           multi_output=True,
-          doc="Run a per-device body on every device of a mesh (spmd.shard_map)."),
+          doc="Run a per-device body on every device of a mesh (spmd.shard_map).",
+          traits=Trait.CONTROL | Trait.OWN_LAYOUT),
 ]

@@ -29,16 +29,6 @@ PASSES: dict[str, Pass] = {
 DEFAULT_PIPELINE = ("simplify", "constant_fold", "scan_merge", "cse", "inline_remat", "dce")
 
 
-def register_pass(name: str) -> Callable[[Pass], Pass]:
-    """@register_pass("name") makes a pass runnable by name (spmd.opt, optimize)."""
-
-    def register(fn: Pass) -> Pass:
-        PASSES[name] = fn
-        return fn
-
-    return register
-
-
 def optimize(graph: Graph, pipeline: tuple[str, ...] | list[str] = DEFAULT_PIPELINE,
              verify: bool | None = None) -> Graph:
     """Run the named passes in order; verify after each when `verify` or SPMD_VERIFY=1."""

@@ -10,11 +10,12 @@ import numpy as np
 from spmd import dtypes
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
 from spmd.ir.types import TensorType
+from spmd.ops import REGISTRY, Trait
 from spmd.passes.purity import is_foldable
 from spmd.passes.rules import GraphView, map_subgraphs
 
 FOLD_LIMIT = 1024
-KEEP = frozenset({"constant", "broadcast_in_dim", "iota"})  # already as small as they get
+SMALLEST = Trait.SOURCE | Trait.BROADCAST  # already as small as they get
 
 
 def constant_fold(graph: Graph) -> Graph:
@@ -42,7 +43,8 @@ def constant_fold(graph: Graph) -> Graph:
 
 
 def _can_fold(op: Op, values: list[np.ndarray | None]) -> bool:
-    if op.name in KEEP or not is_foldable(op.name) or subgraphs(op) or not op.outputs:
+    if REGISTRY[op.name].has(SMALLEST) or not is_foldable(op.name) or subgraphs(op) \
+            or not op.outputs:
         return False
     if any(v is None for v in values):
         return False

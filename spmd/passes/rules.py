@@ -12,6 +12,7 @@ import numpy as np
 
 from spmd.ir.graph import Attrs, Graph, Op
 from spmd.ir.types import TensorType
+from spmd.ops import REGISTRY, Trait
 
 Rule = Callable[[Op, "GraphView"], "int | Op | None"]
 MAX_ROUNDS = 8
@@ -44,15 +45,16 @@ class GraphView:
         op = self.producers.get(vid)
         if op is None:
             return None
-        if op.name == "constant":
-            return op.attrs["value"]
-        if op.name == "iota":
+        opdef = REGISTRY[op.name]
+        if opdef.has(Trait.SOURCE):
+            if "value" in op.attrs:  # a constant holds its value
+                return op.attrs["value"]
             if op.types[0].size > IOTA_LIMIT:
                 return None
             from spmd.interpreter import run_reference
 
             return run_reference(op, [])[0]
-        if op.name != "broadcast_in_dim":
+        if not opdef.has(Trait.BROADCAST):
             return None
         inner = self.constant_value(op.inputs[0])
         if inner is None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_lists import elementwise
 
 import spmd
 import spmd.numpy as jnp
@@ -24,12 +25,9 @@ from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
 
-UNARY_FLOAT = ["neg", "exp", "log", "log1p", "expm1", "tanh", "logistic", "sin", "cos", "tan",
-               "sqrt", "rsqrt", "erf", "abs", "sign", "floor", "ceil", "round", "is_finite",
-               "stop_gradient"]
-BINARY = ["add", "sub", "mul", "div", "rem", "pow", "atan2", "max", "min",
-          "eq", "ne", "lt", "le", "gt", "ge"]
-INT_ONLY = ["and", "or", "xor", "shift_left", "shift_right"]
+UNARY_FLOAT = elementwise(1, "float32")
+BINARY = elementwise(2, "float32")
+INT_ONLY = sorted(set(elementwise(2, "int32")) - set(BINARY))
 NOT_ON_BOOL = ("sub", "div", "rem", "pow", "shift_left", "shift_right", "atan2")
 TOLERANCE = {"float64": 1e-12, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1e-2}
 NVCC = shutil.which("nvcc")
@@ -49,7 +47,7 @@ def op_cases() -> list[tuple[str, list[TensorType], dict]]:
     cases = []
     for dtype in dtypes.ALL:
         is_float = dtypes.is_float(dtype)
-        names = UNARY_FLOAT if is_float else ["neg", "abs", "sign", "not"]
+        names = UNARY_FLOAT if is_float else elementwise(1, dtype)
         for name in names:
             if dtype == "bool" and name in ("neg", "abs", "sign"):
                 continue

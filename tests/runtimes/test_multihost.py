@@ -1,8 +1,10 @@
-"""The tcp runtime across two "hosts": network namespaces made by this test and joined by a veth
-pair (they exist only while it runs; needs root and `ip`, as CI has). One rank per host trains
-the small MLP with the local runtime's numbers, every socket listening on its host's veth
-address only; killing every process of one host, or cutting its link, ends the job within 10 s,
-naming that host."""
+"""The tcp and mpi runtimes across two "hosts": network namespaces made by this test and joined
+by a veth pair (they exist only while it runs; needs root and `ip`, as CI has). One rank per
+host trains the small MLP with the local runtime's numbers, every tcp socket listening on its
+host's veth address only; killing every process of one host, or cutting its link, ends the job
+within 10 s, naming that host. The mpi job is one `spmd-launch --runtime mpi --hosts a,b` in
+host a: mpiexec (hydra) starts its proxy on host b through a launcher standing in for ssh that
+enters b's namespace (HYDRA_LAUNCHER=ssh, HYDRA_LAUNCHER_EXEC)."""
 
 from __future__ import annotations
 
@@ -165,3 +167,72 @@ def test_a_host_that_vanishes_without_closing_its_connections_is_named_within_10
             process.communicate()
     assert processes[0].returncode != 0 and took < 10, (took, err[-2000:])
     assert f"process 1 at {addresses[1]} stopped answering (its host is down" in err, err
+
+
+# An ssh stand-in for hydra: `launcher -x HOST COMMAND...` runs COMMAND in HOST's namespace.
+SSH_INTO_NAMESPACE = """#!/bin/sh
+[ "$1" = "-x" ] && shift
+host="$1"; shift
+for pair in $(echo "$NETNS_HOSTS" | tr ',' ' '); do
+    [ "${pair%%=*}" = "$host" ] && exec ip netns exec "${pair#*=}" sh -c "$*"
+done
+echo "no network namespace for host $host" >&2
+exit 255
+"""
+
+
+def start_mpi_job(hosts, launcher: Path, *args: str) -> subprocess.Popen:
+    """spmd-launch --runtime mpi in host a, rank 0 on host a and rank 1 on host b."""
+    names, addresses = hosts
+    env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HYDRA_LAUNCHER="ssh",
+               HYDRA_LAUNCHER_EXEC=str(launcher), SPMD_COLLECTIVE_TIMEOUT="60",
+               NETNS_HOSTS=",".join(f"{a}={n}" for a, n in zip(addresses, names)))
+    command = [sys.executable, "-m", "launch.cli", "--mesh", "1x2", "--axes", "data,model",
+               "--runtime", "mpi", "--hosts", ",".join(addresses), str(SCRIPT), *args]
+    return subprocess.Popen(["ip", "netns", "exec", names[0], *command], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+@pytest.fixture
+def launcher(tmp_path) -> Path:
+    path = tmp_path / "ssh_into_namespace"
+    path.write_text(SSH_INTO_NAMESPACE)
+    path.chmod(0o755)
+    return path
+
+
+def test_mpi_across_two_hosts_trains_with_the_local_runtime_numbers(hosts, launcher,
+                                                                    monkeypatch) -> None:
+    process = start_mpi_job(hosts, launcher)
+    try:
+        out, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode == 0, err[-3000:]
+    assert "processes=2" in out
+    assert local_result(monkeypatch) in out
+    names, _ = hosts
+    assert not output("ip", "netns", "pids", names[1]).split()  # nothing left on host b
+
+
+def test_mpi_losing_a_whole_host_ends_the_job_within_10_s(hosts, launcher) -> None:
+    names, _ = hosts
+    process = start_mpi_job(hosts, launcher, "--wait")
+    try:
+        waiting = 0
+        while waiting < 2:  # both ranks train, then wait
+            line = process.stdout.readline()
+            assert line, process.stderr.read()[-3000:]
+            waiting += line.startswith("WAITING")
+        start = time.monotonic()
+        for pid in output("ip", "netns", "pids", names[1]).split():
+            os.kill(int(pid), 9)  # every process of host b: its hydra proxy and rank 1
+        _, err = process.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+    assert process.returncode != 0 and took < 10, (took, err[-2000:])

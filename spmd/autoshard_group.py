@@ -79,12 +79,16 @@ def group_inputs(ops: list[Op]) -> tuple[int, ...]:
 
 def group_strategies(ops: list[Op], types: dict[int, TensorType], names: tuple[str, ...],
                      sizes: tuple[int, ...], rates: dict[str, float],
-                     layouts: Callable[..., list[Dims]], make: Callable[..., object]) -> list:
-    """One strategy per even layout of the group's shape; a scalar operand stays replicated."""
+                     layouts: Callable[..., list[Dims]], make: Callable[..., object],
+                     escapes: set[int]) -> list:
+    """One strategy per even layout of the group's shape; a scalar operand stays replicated.
+    Priced as the simulator's fusion: one pass over what the group reads from outside and
+    what it gives outside (`escapes`), not a pass per op."""
     shape = ops[0].types[0].shape
     inputs = group_inputs(ops)
     axis_size = dict(zip(names, sizes))
-    touched = sum(types[v].nbytes for op in ops for v in (*op.inputs, *op.outputs))
+    touched = sum(types[v].nbytes for v in inputs) + sum(
+        types[v].nbytes for op in ops for v in op.outputs if v in escapes)
     out_bytes = sum(t.nbytes for op in ops for t in op.types)
     found = []
     for d in layouts(shape, names, sizes):

@@ -178,13 +178,22 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
                                local_bytes(t, d, axis_size), _spec(d)) for d in options]
         nodes.append(Node(f"arg{i}", None, (v,), strategies))
     types = graph.types
-    for ops in groups(graph):
+    chains = groups(graph)
+    readers: dict[int, set[int]] = {v: {-1} for v in graph.results}
+    for k, ops in enumerate(chains):
+        for o in ops:
+            for v in o.inputs:
+                readers.setdefault(v, set()).add(k)
+    for k, ops in enumerate(chains):
         op = ops[-1]
         if len(ops) == 1 and not pointwise(op, types):
             nodes.append(Node(op.name, op, op.outputs, undominated(
                 op_strategies(op, types, names, sizes, rates)), op.inputs, (op,)))
             continue
-        strategies = group_strategies(ops, types, names, sizes, rates, layouts, Strategy)
+        # what the chain's fusion writes: results and values other nodes read
+        escapes = {v for o in ops for v in o.outputs if readers.get(v, set()) - {k}}
+        strategies = group_strategies(ops, types, names, sizes, rates, layouts, Strategy,
+                                      escapes)
         nodes.append(Node(f"{len(ops)} pointwise ops", op,
                           tuple(v for o in ops for v in o.outputs), strategies,
                           group_inputs(ops), tuple(ops)))

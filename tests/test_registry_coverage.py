@@ -17,6 +17,7 @@ from spmd.api import JitFunction
 from spmd.ir.graph import Graph, Op, subgraphs
 from spmd.ir.types import TensorType
 from spmd.ops import NONDIFF, REGISTRY, ZERO_GRAD, Factors, Linearity, Trait
+from spmd.ops.attrs import with_leading_axis
 
 ROOT = Path(__file__).resolve().parent.parent
 F23, F3, I32, B23 = (TensorType((2, 3), "float32"), TensorType((3,), "float32"),
@@ -261,3 +262,23 @@ def test_every_elementwise_op_has_scalar_code(table):
     ops = {n for n, d in REGISTRY.items() if d.has(Trait.ELEMENTWISE)}
     assert sorted(ops - set(rows)) == [], f"{table} lacks rows"
     assert sorted(set(rows) - ops) == [], f"{table} has rows for ops that are not elementwise"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in REGISTRY.items()
+                                        if d.shared_operands is not None))
+def test_with_leading_axis_runs_every_instance_at_once(name):
+    """Device batching's rule, from attr_kinds: the op on operands stacked over n instances
+    (shared operands once) equals the op on each instance, stacked (numpy references)."""
+    opdef = REGISTRY[name]
+    in_types, attrs = SAMPLES[name]()
+    n, shared = 3, opdef.shared_operands
+    rng = np.random.default_rng(1)
+    per = [[_value(t, rng) for t in in_types] for _ in range(n)]
+    for k in range(1, n):
+        for i in shared:
+            per[k][i] = per[0][i]
+    stacked = [per[0][i] if i in shared else np.stack([p[i] for p in per])
+               for i in range(len(in_types))]
+    got = opdef.reference(*stacked, **with_leading_axis(opdef, dict(attrs), n))
+    want = np.stack([opdef.reference(*p, **attrs) for p in per])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

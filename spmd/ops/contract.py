@@ -134,4 +134,4 @@ def _dot_vjp(ct: Any, lhs: Any, rhs: Any, *, out: Any, dimension_numbers: DimNum
 
 
 OPS = [OpDef("dot_general", _dot_type, _dot_ref, _dot_vjp, _dot_factors, linear=Linearity.EACH,
-             attr_kinds={"dimension_numbers": AttrKind.DOT_DIMS})]
+             attr_kinds={"dimension_numbers": AttrKind.DOT_DIMS}, shared_operands=())]

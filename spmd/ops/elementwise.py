@@ -222,7 +222,8 @@ OPS = [
     OpDef("stop_gradient", _unary_type(False), lambda x: x, ZERO_GRAD, elementwise_factors,
           linear=Linearity.JOINT),
 ]
-OPS = [replace(d, traits=Trait.ELEMENTWISE) for d in OPS]  # every op of this family
+# Every op of this family; each batches over a leading axis of all its operands.
+OPS = [replace(d, traits=Trait.ELEMENTWISE, shared_operands=()) for d in OPS]
 
 
 def _atan2_vjp(ct: Any, x: Any, y: Any) -> tuple[Any, Any]:

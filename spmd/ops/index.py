@@ -246,7 +246,7 @@ OPS = [
         _dynamic_update_factors, traits=Trait.VIEW,
     ),
     OpDef("gather", _gather_type, _gather_ref, _gather_vjp, _gather_factors, linear=Linearity.FIRST,
-          traits=Trait.VIEW, attr_kinds={"axis": AttrKind.DIM}),
+          traits=Trait.VIEW, attr_kinds={"axis": AttrKind.DIM}, shared_operands=(1,)),
     OpDef("scatter_add", _scatter_type, _scatter_ref, _scatter_vjp, _scatter_factors,
           attr_kinds={"axis": AttrKind.DIM}),
 ]

@@ -90,8 +90,8 @@ class Trait(enum.Flag):
 
 
 class AttrKind(enum.Enum):
-    """What an attribute spells, so a pass rewrites it without knowing the op (the
-    partitioner's local attributes, spmd/ops/attrs.py)."""
+    """What an attribute spells, so a pass rewrites it without knowing the op: the
+    partitioner's local attributes and device batching's leading axis (spmd/ops/attrs.py)."""
 
     DIM = "dim"  # one dim index
     DIMS = "dims"  # a tuple of dim indices
@@ -147,12 +147,13 @@ class OpDef:
     linear: Linearity = Linearity.NONE  # how a partial operand passes through
     doc: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-    # How it runs on operands with a leading batch dim of size n (device batching):
-    # batch(n, batched, **attrs) -> the batched op's attrs (batched[i]: operand i has that
-    # dim), or None where it cannot (spmd/ops/batching.py; elementwise ops need none).
-    batch: Callable[..., dict[str, Any] | None] | None = None
     traits: Trait = Trait.NONE
     attr_kinds: Mapping[str, AttrKind] = field(default_factory=dict)  # see AttrKind
+    # Device batching: None when the op cannot run once over a leading axis of independent
+    # instances (its attributes shifted by attr_kinds, spmd/ops/attrs.py with_leading_axis);
+    # else the operands that must be the same in every instance and stay without the axis
+    # (pad's value, gather's indices).
+    shared_operands: tuple[int, ...] | None = None
 
     def has(self, trait: Trait) -> bool:
         return bool(self.traits & trait)

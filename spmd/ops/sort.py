@@ -78,7 +78,7 @@ def bind_argsort(x: Any, dimension: int) -> Any:
 
 OPS = [
     OpDef("sort", _sort_type, _sort_ref, _sort_vjp, _sort_factors,
-          attr_kinds={"dimension": AttrKind.DIM}),
+          attr_kinds={"dimension": AttrKind.DIM}, shared_operands=()),
     OpDef("argsort", _argsort_type, _argsort_ref, ZERO_GRAD, _sort_factors,
-          attr_kinds={"dimension": AttrKind.DIM}),
+          attr_kinds={"dimension": AttrKind.DIM}, shared_operands=()),
 ]

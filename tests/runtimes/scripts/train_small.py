@@ -63,6 +63,11 @@ def main() -> None:
     if distributed.process_index() == 0:
         print(f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
               f"processes={distributed.process_count()} mesh={dict(mesh.shape)}", flush=True)
+    if distributed.runtime_kind() == "ray":  # where each device's actor ran (multi-host tests)
+        from spmd import dispatch
+
+        hosts = [host for host, _ in dispatch.current_runtime().actor_info]
+        print(f"ACTOR HOSTS {','.join(hosts)}", flush=True)
     faults(sys.argv[1:])
 
 

@@ -121,12 +121,13 @@ def _send(timeline: Timeline, slot: Any, d: int, p: int, stages: int, done: floa
 
 def lockstep_seconds(schedule: Any, forward_s: float, backward_s: float,
                      shift_s: float) -> float:
-    """The SPMD program's time: a tick runs a forward if any device has one, a backward if
-    any has one (masked elsewhere), then one shift per direction used."""
+    """The SPMD program's time: a tick of one kind runs it on every device (masked where
+    idle); a tick that mixes them branches on each device's role (spmd/pipeline_grad.py),
+    so it lasts its longer slot; then one shift per direction used."""
     total = 0.0
     for t, row in enumerate(schedule.ticks):
         kinds = {s.kind for s in row if s is not None}
-        total += forward_s * ("F" in kinds) + backward_s * ("B" in kinds)
+        total += max(forward_s * ("F" in kinds), backward_s * ("B" in kinds))
         if t + 1 < len(schedule.ticks):
             total += shift_s * len(kinds)
     return total

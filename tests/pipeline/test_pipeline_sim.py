@@ -51,11 +51,16 @@ def test_timeline_shows_bubbles_as_events(tmp_path):
 def test_lockstep_time_counts_masked_slots_and_shifts():
     # GPipe 2x1: ticks F,F,B,B: each tick one slot kind; three shifts between four ticks
     assert lockstep_seconds(gpipe(2, 1), 1.0, 2.0, 0.5) == pytest.approx(1 + 1 + 2 + 2 + 1.5)
-    # 1F1B ticks with both a forward and a backward pay both
+    # 1F1B ticks with both a forward and a backward last the backward (each device runs
+    # its own slot), the shifts of both directions follow them
     table = one_f_one_b(4, 8)
     mixed = sum(1 for row in table.ticks if {s.kind for s in row if s} == {"F", "B"})
+    forwards = sum(1 for row in table.ticks if {s.kind for s in row if s} == {"F"})
     assert mixed > 0
-    assert lockstep_seconds(table, 1.0, 1.0, 0.0) == pytest.approx(table.num_ticks + mixed)
+    assert lockstep_seconds(table, 1.0, 3.0, 0.0) == pytest.approx(
+        forwards + 3.0 * (table.num_ticks - forwards))
+    assert lockstep_seconds(table, 1.0, 3.0, 0.5) == pytest.approx(
+        forwards + 3.0 * (table.num_ticks - forwards) + 0.5 * (table.num_ticks - 1 + mixed))
 
 
 def test_negative_costs_raise():

@@ -1,5 +1,7 @@
-"""Issue 20: autoshard's plan against hand plans (pure DP, FSDP, Megatron TP, DP x TP) on
-tpu-sim v5e 16x16, simulated step time and peak memory, with search time and problem size.
+"""Issue 20: autoshard's plan against hand plans (pure DP, FSDP, Megatron TP, DP x TP,
+FSDP x TP) on tpu-sim v5e 16x16 for an MLP, a transformer block (forward) and a GPT training
+step (forward, backward, SGD update): simulated step time and peak memory, with search time
+and problem size.
 
     python -m benchmarks.autoshard
 """
@@ -106,13 +108,15 @@ def compare(name: str, f: Any, mesh: Any, shapes: list, plans: dict[str, list],
 
 def main() -> None:
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
-    rows = [compare("MLP 4096x4096x16384", mlp, mesh,
-                    [(4096, 4096), (4096, 16384), (16384, 4096)], MLP_PLANS),
-            compare("block b32 s512 d1024 h16 f4096", block, mesh,
-                    block_shapes(32, 512, 1024, 16, 4096), BLOCK_PLANS),
-            compare("MLP, memory_limit 256 MiB", mlp, mesh,
-                    [(4096, 4096), (4096, 16384), (16384, 4096)], MLP_PLANS, 256 * 2 ** 20)]
-    for r in rows:
+    mlp_shapes = [(4096, 4096), (4096, 16384), (16384, 4096)]
+    programs = [("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),
+                ("block b32 s512 d1024 h16 f4096", block, block_shapes(32, 512, 1024, 16, 4096),
+                 BLOCK_PLANS, None),
+                ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2 ** 20),
+                (f"GPT training step, {LAYERS} layers, vocab 8192", gpt_step,
+                 gpt_shapes(32, 512, 1024, 16, 4096, 8192), GPT_PLANS, None)]
+    for name, f, shapes, plans, limit in programs:
+        r = compare(name, f, mesh, shapes, plans, limit)
         plan = r["plan"]
         print(f"\n{r['name']} (v5e 16x16): search {plan.search_s:.2f} s, {plan.problem}")
         hand = r["hand"]
@@ -121,7 +125,7 @@ def main() -> None:
                   f"{rep.peak_memory_bytes / 2**20:8.1f} MiB")
         ratio = plan.report.step_time_s / hand[r["best"]].step_time_s
         print(f"  autoshard / best hand ({r['best']}) = {ratio:.3f}")
-        print(plan)
+        print(plan, flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from backends import registry
 from collectives import auth
 from collectives.base import collective_timeout
 from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChannel
+from launch import ray_blame
 from launch.buffers import BufferTable
 from launch.local import run_collective
 from spmd.errors import LaunchError, RemoteError
@@ -43,6 +44,10 @@ class DeviceActor:
     """One device: its buffers (by handle), programs (by key) and communicators (by mesh)."""
 
     def __init__(self, index: int, channel: str, secret: bytes):
+        from spmd import errors
+
+        # Ray's frames are not the user's: an error raised here names no Ray file as its line
+        errors.INTERNAL_DIRS.append(os.path.dirname(ray.__file__) + os.sep)
         self.index = index
         self.mailbox = Mailbox()
         self.channel_name = channel
@@ -201,6 +206,7 @@ class RayRuntime:
             for i in range(num_devices)
         ]
         addresses = ray.get([a.address.remote() for a in self.actors], timeout=START_TIMEOUT_S)
+        self.actor_info = [(host, pid) for (host, _), pid in zip(addresses, self.pids())]
         ray.get([a.connect.remote(self.actors, addresses) for a in self.actors])
         self._handles = itertools.count()
         self._programs: dict[int, tuple[Any, str]] = {}
@@ -326,8 +332,11 @@ class RayRuntime:
             try:
                 ray.get(done[0])
             except (ray.exceptions.RayError, RemoteError) as exc:
-                device = devices[refs.index(done[0])]
-                message = f"device {device} (Ray actor) failed:\n{_original(exc)}"
+                failures = [(devices[refs.index(done[0])], exc)]
+                if ray_blame.consequence(exc):  # what caused it may be a moment behind
+                    failures, remaining = ray_blame.gather(failures[0], remaining, refs, devices)
+                message = ray_blame.blame(failures, [devices[refs.index(r)] for r in remaining],
+                                          self.actor_info)
                 for actor in self.actors:
                     actor.abort.remote(message)
                 ray.wait(remaining, num_returns=len(remaining), timeout=ABORT_WAIT_S)
@@ -350,11 +359,6 @@ class RayProgram:
 
     def run(self, per_device: Sequence[Sequence[Any]]) -> list[list[Any]]:
         return self.runtime._run(self, per_device)
-
-
-def _original(exc: BaseException) -> str:
-    """The remote traceback Ray carries (its text), or why the actor died."""
-    return str(exc).rstrip()
 
 
 def node_address() -> str:

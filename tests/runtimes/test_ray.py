@@ -157,7 +157,9 @@ def test_a_raising_actor_stops_the_step_with_its_traceback(runtime) -> None:
         one_step(runtime, bad_device=3)
     assert time.monotonic() - start < 10
     text = str(caught.value)
-    assert "device 3 (Ray actor) failed" in text
+    pid = runtime.pids()[3]
+    assert f"device 3 (Ray actor, pid {pid} on 127.0.0.1) failed first:" in text, text
+    assert caught.value.loc.startswith("test_ray.py:")  # the user's line, not a Ray file
     assert 'interpreter.py", line' in text and "ValueError: matmul" in text  # the actor's frames
     one_step(runtime)  # the actors were reset: the next step works
 
@@ -169,3 +171,53 @@ def test_a_killed_actor_is_detected(runtime) -> None:
         one_step(runtime)
     assert time.monotonic() - start < 10
 
+
+
+def stuck_or_killed(kind: str, device: int):
+    """A function for run_on_devices: `device` sleeps (stuck) or SIGKILLs itself a moment
+    after the others entered an all_reduce that waits for it (a 2 s collective timeout)."""
+
+    def run(comm):
+        import os
+        import signal
+        import time
+
+        import numpy as np
+
+        if comm.rank == device:
+            time.sleep(0.5)
+            if kind == "killed":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(15)  # past the others' timeout and the controller's settling
+            return None
+        before, comm.timeout = comm.timeout, 2.0  # this mesh's communicator, this call only
+        try:
+            return comm.all_reduce(np.ones(3), ("x",))
+        finally:
+            comm.timeout = before
+
+    return run
+
+
+def test_a_stuck_actor_is_blamed_not_the_ones_that_timed_out_waiting(runtime) -> None:
+    pid = runtime.actor_info[2][1]
+    with pytest.raises(RemoteError) as caught:
+        runtime.run_on_devices(stuck_or_killed("stuck", 2), (4,), ("x",))
+    text = str(caught.value)
+    assert text.startswith(f"device 2 (Ray actor, pid {pid} on 127.0.0.1) is stuck: devices "), \
+        text
+    assert "Error: " in text.split(" said:\n", 1)[1]  # a waiting device's own error follows
+    assert caught.value.loc.startswith("test_ray.py:")
+    assert "ray/_private" not in caught.value.loc and "worker.py" not in text
+
+
+def test_an_actor_killed_inside_a_collective_is_blamed_not_its_waiting_peers(runtime) -> None:
+    """Its peers see its sockets close first; Ray reports its death a moment later."""
+    pid = runtime.actor_info[1][1]
+    start = time.monotonic()
+    with pytest.raises(RemoteError) as caught:
+        runtime.run_on_devices(stuck_or_killed("killed", 1), (4,), ("x",))
+    assert time.monotonic() - start < 10
+    text = str(caught.value)
+    assert text.startswith(f"device 1 (Ray actor, pid {pid} on 127.0.0.1) failed first:"), text
+    assert "actor died" in text.lower()

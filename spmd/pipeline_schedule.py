@@ -170,18 +170,16 @@ def one_f_one_b(devices: int, microbatches: int) -> Schedule:
 
 def interleaved(devices: int, stages_per_device: int, microbatches: int) -> Schedule:
     """Circular (GSPMD / praxis): v chunks per device, microbatches in groups of p go round
-    the ring v times, all forwards then all backwards: bubble (p-1)/(v*m+p-1)."""
+    the ring v times, all forwards then all backwards: bubble (p-1)/(v*m+p-1) when p
+    divides m. A last group of r < p microbatches waits p - r ticks at each lap's end on
+    device 0 (its first microbatch is still going round), a larger bubble, same results."""
     _check(devices, microbatches, stages_per_device)
-    if microbatches % devices:
-        raise ShapeError(f"interleaved schedule: num_microbatches={microbatches} is not a "
-                         f"multiple of the pipe axis size {devices}",
-                         hint=f"use a multiple of {devices} microbatches (each group of "
-                              f"{devices} goes round the ring together)")
     v = stages_per_device
+    groups = [range(g, min(g + devices, microbatches)) for g in range(0, microbatches, devices)]
     orders = []
     for d in range(devices):
-        fwd = [Slot(k * devices + d, g * devices + r, FORWARD)
-               for g in range(microbatches // devices) for k in range(v) for r in range(devices)]
+        fwd = [Slot(k * devices + d, i, FORWARD)
+               for group in groups for k in range(v) for i in group]
         orders.append(fwd + [Slot(s.stage, s.microbatch, BACKWARD) for s in reversed(fwd)])
     return _list_schedule("interleaved", devices, v, microbatches, orders)
 

@@ -47,7 +47,7 @@ def test_gpipe_outputs_and_grads_equal_the_sequential_stages(p, m):
     run(p, m)
 
 
-@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 3, 4), (4, 2, 4)])
+@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 3, 4), (4, 2, 4), (4, 2, 6), (2, 3, 3)])
 def test_interleaved_outputs_and_grads_equal_the_sequential_stages(p, v, m):
     run(p, m, "interleaved", v)
 

@@ -56,7 +56,7 @@ def test_eight_stages_many_microbatches(schedule, m):
     check(schedule, 8, m)
 
 
-@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 2, 4), (4, 2, 4)])
+@pytest.mark.parametrize("p,v,m", [(2, 2, 2), (2, 2, 4), (4, 2, 4), (4, 2, 6), (2, 3, 1)])
 def test_interleaved_loss_and_grads_equal_the_sequential_stages(p, v, m):
     check("interleaved", p, m, v)
 

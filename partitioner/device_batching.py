@@ -37,6 +37,7 @@ from spmd.mesh import axis_groups
 from spmd.ops import REGISTRY
 from spmd.ops.collective import COLLECTIVES
 from spmd.ops.elementwise import elementwise_factors
+from spmd.passes.dce import dce
 from spmd.spmd_interpreter import run_collective_lockstep
 
 KNOWN_MAX_ELEMENTS = 64  # values computed at batching time (index arithmetic) up to this size
@@ -131,6 +132,8 @@ class Batcher:
         self.batched: dict[int, bool] = {}
         self.known: dict[int, np.ndarray] = {}  # values known now (stacked when batched)
         self.per_device: dict[int, Op] = {}
+        self.stacked: dict[int, int] = {}  # unbatched value -> its broadcast to all devices
+        self.broadcasts: dict[int, tuple[int, Any]] = {}  # unbatched broadcast -> its source
 
     # -- emitting --------------------------------------------------------------------------
     def emit(self, name: str, inputs: Sequence[int], loc: str = "", **attrs: Any) -> int:
@@ -149,13 +152,19 @@ class Batcher:
         return out
 
     def to_batched(self, v: int) -> int:
-        """v with the device axis (a broadcast, fused into its users by the backend)."""
+        """v with the device axis: one broadcast per value, fused into its users by the
+        backend; a broadcast of a broadcast is one broadcast of the source (the first is
+        then dead: batch_program drops it)."""
         if self.batched[v]:
             return v
+        if v in self.stacked:
+            return self.stacked[v]
         t = self.types[v]
-        out = self.emit("broadcast_in_dim", (v,), shape=(self.n,) + t.shape,
-                        broadcast_dimensions=_shift(range(t.ndim)))
+        src, dims = self.broadcasts.get(v, (v, tuple(range(t.ndim))))
+        out = self.emit("broadcast_in_dim", (src,), shape=(self.n,) + t.shape,
+                        broadcast_dimensions=_shift(dims))
         self.batched[out] = True
+        self.stacked[v] = out
         if v in self.known:
             self.known[out] = np.broadcast_to(self.known[v], (self.n,) + t.shape)
         return out
@@ -229,6 +238,8 @@ class Batcher:
         for v, t in zip(outs, op.types):
             self.types[v] = t
             self.batched[v] = False
+        if op.name == "broadcast_in_dim":
+            self.broadcasts[outs[0]] = (ins[0], tuple(op.attrs["broadcast_dimensions"]))
         if len(outs) == 1:
             self.fold(outs[0], op, ins)
         return list(outs)
@@ -321,6 +332,6 @@ def batch_program(program: Graph, axis_names: Sequence[str],
         if out in results or out in params:  # each result its own buffer
             out = b.emit("stop_gradient", (out,))
         results.append(out)
-    graph = Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops),
-                  tuple(results))
+    graph = dce(Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops),
+                      tuple(results)))
     return Batched(graph, b.axis_names, b.mesh_shape, b.per_device)

@@ -10,13 +10,13 @@ registry never imports llvmlite or cupy.
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from spmd import config
 from spmd.errors import LaunchError
 from spmd.ir.graph import Graph, Op
 
@@ -26,7 +26,6 @@ RunOp = Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]]
 # (LLVM takes tens of ms per kernel on a cold cache); see benchmarks/dispatch.py.
 NATIVE_MIN_ELEMENTS = 1 << 16
 BACKEND_VARIABLE = "SPMD_BACKEND"
-HOST_CHOICES = ("auto", "cpu", "interpreter")
 DEVICE_KINDS = ("cpu", "gpu", "tpu-sim")  # what a mesh's devices can be (make_mesh(device=))
 
 
@@ -109,12 +108,7 @@ def device_family(device_kind: str) -> str:
 
 def host_choice() -> str:
     """SPMD_BACKEND for host devices: auto (by size), cpu or interpreter."""
-    choice = os.environ.get(BACKEND_VARIABLE, "").strip() or "auto"
-    if choice not in HOST_CHOICES:
-        raise LaunchError(f"{BACKEND_VARIABLE}={choice!r} is not a host backend",
-                          hint=f"set {BACKEND_VARIABLE} to one of {', '.join(HOST_CHOICES)} "
-                               "(a GPU mesh is asked for with make_mesh(..., device='gpu'))")
-    return choice
+    return config.env(BACKEND_VARIABLE)  # a GPU mesh: make_mesh(..., device='gpu')
 
 
 def program_size(graph: Graph) -> int:

@@ -21,6 +21,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
+from spmd import config
 from spmd.errors import LaunchError
 
 SECRET_VARIABLE = "SPMD_JOB_SECRET"
@@ -51,7 +52,7 @@ def new_secret() -> str:
 
 def job_secret(environ: Mapping[str, str] = os.environ, required_by: str = "") -> bytes | None:
     """SPMD_JOB_SECRET as bytes; None when unset, unless required_by names who needs it."""
-    text = environ.get(SECRET_VARIABLE, "")
+    text = config.env(SECRET_VARIABLE, environ)
     if not text:
         if not required_by:
             return None
@@ -68,7 +69,7 @@ def job_secret(environ: Mapping[str, str] = os.environ, required_by: str = "") -
 
 
 def mac_every_message(environ: Mapping[str, str] = os.environ) -> bool:
-    return environ.get(MAC_VARIABLE, "") not in ("", "0")
+    return config.env(MAC_VARIABLE, environ)
 
 
 def _proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes,

@@ -7,17 +7,16 @@ home for partitioner, collectives and backends); knows nothing about the IR.
 from __future__ import annotations
 
 import math
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 
+from spmd import config
 from spmd.errors import DTypeError, MeshError, ShapeError
 from spmd.mesh import check_axes as normalize_axes
 from spmd.mesh import group_index, group_members, group_size
 
-DEFAULT_TIMEOUT_S = 300.0
 REDUCE_OPS = ("sum", "max", "min", "prod", "and", "or")
 Axes = tuple[str, ...]
 
@@ -28,16 +27,7 @@ def collective_timeout() -> float:
     The local transport raises CollectiveTimeoutError; the MPI transport's watchdog prints it
     and aborts the job (its calls block); with no timeout the watchdog is off.
     """
-    text = os.environ.get("SPMD_COLLECTIVE_TIMEOUT", "")
-    if not text:
-        return DEFAULT_TIMEOUT_S
-    try:
-        return float(text)
-    except ValueError:
-        raise MeshError(
-            f"SPMD_COLLECTIVE_TIMEOUT={text!r} is not a number of seconds",
-            hint="set it to e.g. 60, or unset it for the default of 300",
-        ) from None
+    return config.env("SPMD_COLLECTIVE_TIMEOUT")
 
 
 def reduce_ufunc(op: str, dtype: np.dtype) -> np.ufunc:

@@ -20,6 +20,7 @@ import numpy as np
 
 from collectives import auth, wire
 from collectives.messages import Key, Mailbox, MessageCommunicator
+from spmd import config
 from spmd.errors import LaunchError, RemoteError
 
 UNREACHABLE_GRACE_SECONDS = 1.0  # a failed send waits this long for the peer's goodbye
@@ -275,7 +276,7 @@ def _tune(connection: socket.socket) -> None:
 def bind_address(peer_host: str) -> str:
     """The address of this host's interface that reaches peer_host (loopback for a loopback
     peer): SPMD_BIND_ADDR if set, else what the routing table picks (no packet is sent)."""
-    chosen = os.environ.get("SPMD_BIND_ADDR", "")
+    chosen = config.env("SPMD_BIND_ADDR")
     if chosen:
         return chosen
     try:

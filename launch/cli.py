@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from spmd import config
 from spmd.errors import LaunchError, SimulationError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_tcp(options, shape, env)
     os.environ.update(env)
     if options.runtime == "local":
-        count = int(os.environ.get("SPMD_NUM_DEVICES", "8") or "8")
+        count = config.env("SPMD_NUM_DEVICES")
         os.environ["SPMD_NUM_DEVICES"] = str(max(count, math.prod(shape)))
     return run_here(options, shape)
 

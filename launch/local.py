@@ -24,6 +24,7 @@ from backends import registry
 from collectives.local import LocalWorld, run_on_devices
 from launch.stacked import StackedProgram
 from partitioner.partition import Partitioned
+from spmd import config
 from spmd.interpreter import run_op_scope, run_reference
 from spmd.ir.graph import Op, subgraphs
 from spmd.mesh import Device, Mesh, env_device_count
@@ -40,7 +41,7 @@ class LocalExecutable:
         self.program = partitioned.program
         self.mesh = partitioned.mesh
         self.device_kind = device_kind
-        self.mode = mode or os.environ.get("SPMD_LOCAL_MODE") or self._choose_mode()
+        self.mode = mode or config.env("SPMD_LOCAL_MODE") or self._choose_mode()
         self._in_loops = self.collectives_in_loops()
         self._kernels: list[Any] | None = None
         self._backend: str | None = None

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from spmd import config
+
 POLL_S = 0.05
 # After one process fails, how long the others may take to end by themselves (the tcp runtime
 # stops them within milliseconds, each saying why) before they get SIGTERM.
@@ -135,12 +137,12 @@ def _start(command: Sequence[str], environment: Mapping[str, str]) -> subprocess
 def end_with_launcher() -> None:
     """Called first thing in a child: SIGTERM to it when the launcher dies (Linux), so even a
     SIGKILLed launcher leaves no orphans; exits now if the launcher is already gone."""
-    launcher = os.environ.get("SPMD_LAUNCHER_PID", "")
-    if not launcher.isdigit():
+    launcher = config.env("SPMD_LAUNCHER_PID")
+    if launcher is None:
         return
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):
+    if os.getppid() != launcher:
         os._exit(1)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from backends import registry
 from partitioner import layout
-from spmd import dispatch
+from spmd import config, dispatch
 from spmd.errors import LaunchError, ShapeError, ShardingError
 from spmd.sharding import Device, Mesh, NamedSharding
 
@@ -83,7 +83,7 @@ def check_device(device_kind: str) -> None:
 
 def start(kind: str | None = None, **options: Any) -> Runtime | None:
     """The runtime named kind (or SPMD_RUNTIME, else default_kind()); None: local."""
-    kind = kind or os.environ.get("SPMD_RUNTIME") or default_kind()
+    kind = kind or config.env("SPMD_RUNTIME") or default_kind()
     if kind == "local":
         return None
     if kind == "mpi":

@@ -22,10 +22,10 @@ from collectives import auth
 from collectives.messages import Mailbox
 from collectives.sockets import SocketChannel, SocketCommunicator, bind_address
 from launch.multicontroller import MultiControllerRuntime
+from spmd import config
 from spmd.errors import LaunchError, RemoteError
 from spmd.sharding import Mesh
 
-RENDEZVOUS_TIMEOUT_S = 60.0  # SPMD_RENDEZVOUS_TIMEOUT overrides it
 RETRY_S = 0.05
 # After a peer is lost, how long this process may go on (to raise from a collective and print
 # why) before it is ended anyway: a process computing or sleeping outside collectives.
@@ -72,11 +72,7 @@ def read_launch(environ: Any = os.environ) -> Launch:
 
 
 def rendezvous_timeout() -> float:
-    text = os.environ.get("SPMD_RENDEZVOUS_TIMEOUT", "")
-    try:
-        return float(text) if text else RENDEZVOUS_TIMEOUT_S
-    except ValueError:
-        raise LaunchError(f"SPMD_RENDEZVOUS_TIMEOUT={text!r} is not a number of seconds") from None
+    return config.env("SPMD_RENDEZVOUS_TIMEOUT")
 
 
 def rendezvous(launch: Launch, port: int, timeout: float, secret: bytes,

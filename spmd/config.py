@@ -40,7 +40,8 @@ class Variable:
 
 VARIABLES = {v.name: v for v in (
     Variable("SPMD_ENABLE_X64", "flag", X64_DEFAULT,
-             "64-bit dtypes allowed (JAX's jax_enable_x64); 0: float64 inputs become float32"),
+             "64-bit dtypes allowed (JAX's jax_enable_x64), read when spmd.config is first "
+             "imported; 0: float64 inputs become float32"),
     Variable("SPMD_NUM_DEVICES", "int", 8,
              "logical devices of the local runtime (read once, at its first use)"),
     Variable("SPMD_BACKEND", "choice", "auto",

@@ -7,11 +7,10 @@ specific is reached through spmd.dispatch (lazily), so the core imports no MPI o
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spmd import dispatch
+from spmd import config, dispatch
 from spmd.errors import LaunchError
 from spmd.sharding import Device, Mesh, NamedSharding, make_mesh
 
@@ -86,17 +85,17 @@ def launch_mesh(shape: Sequence[int] | None = None,
 
     Outside spmd-launch, shape/axis_names are the fallback (default: one axis over all devices).
     """
-    text = os.environ.get("SPMD_MESH", "")
+    text = config.env("SPMD_MESH")
     if text:
         shape = parse_mesh(text)
     elif shape is None:
         shape = (len(dispatch.devices()),)
-    names_text = os.environ.get("SPMD_AXES", "")
+    names_text = config.env("SPMD_AXES")
     names = tuple(names_text.split(",")) if names_text else axis_names
     if names is not None and len(names) != len(shape):
         raise LaunchError(f"mesh {tuple(shape)} has {len(shape)} axes but the axis names are "
                           f"{tuple(names)!r}", hint="give one name per mesh dim in --axes")
-    device = os.environ.get("SPMD_DEVICE", "cpu")
+    device = config.env("SPMD_DEVICE")
     return make_mesh(tuple(shape), names, device=device)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from spmd import config
 from spmd.errors import MeshError
 
 
@@ -292,9 +293,7 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
 
 
 def env_device_count() -> int:
-    from spmd.validate import env_int
-
-    return env_int("SPMD_NUM_DEVICES", 8)
+    return config.env("SPMD_NUM_DEVICES")
 
 
 # -- mesh-group arithmetic -------------------------------------------------------------------

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from spmd.errors import ArgumentError, ConfigError, ShapeError
+from spmd.errors import ArgumentError, ShapeError
 
 MAX_ELEMENTS = 1 << 40  # a size beyond this is a typo, not an array any machine holds
 
@@ -123,47 +122,3 @@ def check_argnums_in_call(nums: tuple[int, ...], n_args: int, what: str) -> None
             raise ArgumentError(f"{what}={nums!r} refers to argument {i} but the call passes "
                                 f"{n_args} positional arguments",
                                 hint="pass that argument positionally, or fix the index")
-
-
-# The values each setting takes (read where it is used: spmd/dispatch.py, launch/local.py,
-# backends/cpu/executable.py, spmd/passes); checked here once per compile, before any work.
-ENV_CHOICES = {
-    "SPMD_BACKEND": ("auto", "cpu", "interpreter"),
-    "SPMD_LOCAL_MODE": ("stacked", "lockstep", "threads"),
-    "SPMD_VERIFY": ("", "0", "1"),
-}
-ENV_INTS = {"SPMD_CPU_THREADS": 1, "SPMD_NUM_DEVICES": 8}
-
-
-def check_environment() -> None:
-    """Every SPMD_* setting that is set holds a value its reader understands."""
-    for name, choices in ENV_CHOICES.items():
-        if name in os.environ:
-            env_choice(name, choices, choices[0])
-    for name, default in ENV_INTS.items():
-        env_int(name, default)
-
-
-def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
-    """An environment variable that must be one of `choices`."""
-    value = os.environ.get(name, default)
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}",
-                            loc="environment",
-                            hint=f"unset {name}, or set it to one of {choices!r}")
-    return value
-
-
-def env_int(name: str, default: int, minimum: int = 1, maximum: int = 1 << 20) -> int:
-    """An environment variable that must be an int in [minimum, maximum]."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
-    if value is None or not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={raw!r} must be an integer from {minimum} to {maximum}",
-                            loc="environment", hint=f"unset {name}, or give e.g. {default}")
-    return value

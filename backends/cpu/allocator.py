@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import os
+
+from spmd import config
 
 # mallopt parameter numbers from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
@@ -25,7 +26,7 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 @functools.cache
 def tune() -> bool:
     """Sets the thresholds when running on glibc; returns whether it did."""
-    if os.environ.get("SPMD_MALLOC_TUNING", "1") == "0":
+    if not config.env("SPMD_MALLOC_TUNING"):
         return False
     name = ctypes.util.find_library("c")
     try:

@@ -18,6 +18,8 @@ from pathlib import Path
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from spmd import config
+
 KernelFn = Callable[[int, int, int], None]
 _PROTOTYPE = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
 STATS = {"hits": 0, "misses": 0, "memory_hits": 0}
@@ -86,8 +88,7 @@ def jit() -> _Jit:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SPMD_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "spmd" / "cpu"
+    return Path(config.env("SPMD_CACHE_DIR")).expanduser()
 
 
 def kernel_key(text: str) -> str:

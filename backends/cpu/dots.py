@@ -17,6 +17,7 @@ import numpy as np
 from backends.cpu import cache, gemm
 from backends.cpu.spin_pool import native_address, spin_pool
 from backends.cpu.trials import Fastest
+from spmd import config
 from spmd.ir.graph import Op
 from spmd.ir.types import TensorType
 
@@ -150,7 +151,7 @@ def run_blas(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads:
 
 def native_enabled() -> bool:
     """SPMD_NATIVE_GEMM=0 keeps every dot on the BLAS (to compare against)."""
-    return os.environ.get("SPMD_NATIVE_GEMM", "1") != "0"
+    return config.env("SPMD_NATIVE_GEMM")
 
 
 Variant = tuple[str, int]  # ("blas" | "native", threads)

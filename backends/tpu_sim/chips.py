@@ -6,11 +6,11 @@ Imports only spmd.errors, the stdlib and numpy.
 from __future__ import annotations
 
 import math
-import os
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from spmd import config
 from spmd.errors import SimulationError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -110,9 +110,7 @@ class ChipSpec:
 
 def config_dirs() -> list[Path]:
     """Directories searched for configs: $SPMD_CONFIG_PATH entries first, then the repo's."""
-    extra = os.environ.get("SPMD_CONFIG_PATH", "")
-    dirs = [Path(p) for p in extra.split(os.pathsep) if p]
-    return [*dirs, CONFIG_DIR]
+    return [*map(Path, config.env("SPMD_CONFIG_PATH")), CONFIG_DIR]
 
 
 def _chip_files() -> dict[str, Path]:

@@ -11,7 +11,7 @@ import spmd
 import spmd.numpy as snp
 from backends import registry
 from spmd import NamedSharding, P
-from spmd.errors import LaunchError
+from spmd.errors import ConfigError, LaunchError
 from spmd.interpreter import evaluate
 
 
@@ -46,7 +46,7 @@ def test_choose_follows_spmd_backend_then_size(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SPMD_BACKEND", "cpu")
     assert registry.choose("cpu", small) == "cpu"
     monkeypatch.setenv("SPMD_BACKEND", "gpu-fast")
-    with pytest.raises(LaunchError, match="SPMD_BACKEND='gpu-fast'"):
+    with pytest.raises(ConfigError, match="SPMD_BACKEND='gpu-fast'"):
         registry.choose("cpu", small)
 
 

@@ -66,6 +66,7 @@ SCALAR_COSTS: dict[str, Scalar] = {
 }
 CHEAP = Scalar("cheap")
 
+
 @dataclass
 class Kernel:
     """A fused group of graph ops and its loop-nest spec."""

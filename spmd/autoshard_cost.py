@@ -50,20 +50,29 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
 def edge_time(mesh: Mesh, rates: dict[str, float], t: TensorType,
               src: tuple[Dims, tuple[str, ...]], dst: Dims) -> float:
     """Seconds to bring a value from src (dims, pending-sum axes) into dst: the planner's
-    bytes over the slowest axis involved, plus one collective latency per axis."""
+    bytes over the slowest axis involved, plus one collective latency per axis, plus a
+    local slice's pass over HBM where dst shards an axis src has nowhere (the simulator
+    prices a dynamic_slice by the block it reads and the block it writes)."""
     dims, partial = src
     if not partial and dims == dst:
         return 0.0
     moved = _moved(mesh, t, dims, partial, dst)
+    held = {a for d in dims for a in d} | set(partial)
+    if any(a not in held for d in dst for a in d):
+        size = dict(zip(mesh.axis_names, mesh.axis_sizes))
+        blocks = [t.nbytes / _prod(size[a] for d in x for a in d) for x in (dims, dst)]
+        slice_s = sum(blocks) / rates["hbm"]
+    else:
+        slice_s = 0.0
     if moved <= 0.0:
-        return 0.0
+        return slice_s
     axes = set(partial) | {a for d, e in zip(dims, dst) if d != e for a in d + e}
     axes = {a for a in axes if f"bw:{a}" in rates} or {
         a for a in mesh.axis_names if f"bw:{a}" in rates}
     if not axes:
         return 0.0
     bw = min(rates[f"bw:{a}"] for a in axes)
-    return moved / bw + sum(rates[f"lat:{a}"] for a in axes)
+    return moved / bw + sum(rates[f"lat:{a}"] for a in axes) + slice_s
 
 
 @functools.lru_cache(maxsize=65536)

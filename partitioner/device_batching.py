@@ -15,7 +15,9 @@ After this pass:
 - scan bodies are batched too (the device dim at 1 inside the loop); collectives in other
   sub-graphs raise NotBatchable.
 
-Batching rules: `batched_attrs`, one per op (the ops' facts, written once for every path).
+The rules are the ops' own facts: an op batches when its OpDef has `shared_operands` (those
+stay unbatched: pad's value, gather's indices), with its attrs shifted by `attr_kinds`
+(spmd/ops/attrs.py with_leading_axis); the native and the numpy stacked runs share them.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
 from spmd.ir.types import TensorType
 from spmd.mesh import axis_groups
 from spmd.ops import REGISTRY
-from spmd.ops.collective import COLLECTIVES
-from spmd.ops.elementwise import elementwise_factors
+from spmd.ops.attrs import with_leading_axis
+from spmd.ops.opdef import Trait
 from spmd.passes.dce import dce
 from spmd.spmd_interpreter import run_collective_lockstep
 
@@ -62,7 +64,7 @@ class Batched:
         original = self.per_device.get(op.outputs[0])
         if original is None:
             return run_reference(op, inputs)
-        if original.name in COLLECTIVES:
+        if REGISTRY[original.name].has(Trait.COLLECTIVE):
             per = run_collective_lockstep(original, [[row] for row in inputs[0]],
                                           self.axis_names, self.mesh_shape)
         else:
@@ -74,49 +76,6 @@ class Batched:
 
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(d + 1 for d in dims)
-
-
-def batched_attrs(op: Op, n: int) -> dict[str, Any] | None:
-    """The attrs of `op` on inputs with a leading device dim, or None when attrs cannot say it."""
-    a = op.attrs
-    name = op.name
-    if name == "broadcast_in_dim":
-        return {**a, "shape": (n,) + tuple(a["shape"]),
-                "broadcast_dimensions": (0,) + _shift(a["broadcast_dimensions"])}
-    if name == "reshape":
-        return {**a, "new_sizes": (n,) + tuple(a["new_sizes"])}
-    if name == "transpose":
-        return {**a, "permutation": (0,) + _shift(a["permutation"])}
-    if name == "reduce":
-        return {**a, "axes": _shift(a["axes"])}
-    if name in ("argmax", "argmin", "cumsum", "gather"):
-        return {**a, "axis": a["axis"] + 1}
-    if name in ("sort", "argsort", "concatenate"):
-        return {**a, "dimension": a["dimension"] + 1}
-    if name == "dot_general":
-        (lc, rc), (lb, rb) = a["dimension_numbers"]
-        return {**a, "dimension_numbers": ((_shift(lc), _shift(rc)),
-                                           ((0,) + _shift(lb), (0,) + _shift(rb)))}
-    if name == "slice":
-        return {**a, "start_indices": (0,) + tuple(a["start_indices"]),
-                "limit_indices": (n,) + tuple(a["limit_indices"]),
-                "strides": (1,) + tuple(a["strides"])}
-    if name == "pad":
-        return {**a, "padding_config": ((0, 0, 0),) + tuple(a["padding_config"])}
-    if name == "rev":
-        return {**a, "dimensions": _shift(a["dimensions"])}
-    if is_elementwise(name):
-        return dict(a)
-    return None
-
-
-def is_elementwise(name: str) -> bool:
-    return REGISTRY[name].factors is elementwise_factors and name not in COLLECTIVES
-
-
-# Operands that must be the same on every device for the rule to hold (pad's value,
-# gather's indices): they stay unbatched, and a batched one sends the op per device.
-SHARED_OPERANDS = {"pad": (1,), "gather": (1,)}
 
 
 class Batcher:
@@ -175,14 +134,15 @@ class Batcher:
 
     # -- one op ----------------------------------------------------------------------------
     def add(self, op: Op, ins: list[int]) -> list[int]:
-        if any(s.name in COLLECTIVES or s.name == "axis_index"
-               for sub in subgraphs(op) for s in sub.walk()):
+        opdef = REGISTRY[op.name]
+        if any(REGISTRY[s.name].has(Trait.PER_DEVICE) for sub in subgraphs(op)
+               for s in sub.walk()):
             if op.name == "scan":
                 return self.scan(op, ins)
             raise NotBatchable(f"{op.name} holds collectives in its sub-graphs")
         if op.name == "axis_index":
             return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
-        if op.name in COLLECTIVES:
+        if opdef.has(Trait.COLLECTIVE):
             return [batch_collective(self, op, self.to_batched(ins[0]))]
         if not any(self.batched[v] for v in ins):
             return self.copy(op, ins)
@@ -190,8 +150,8 @@ class Batcher:
             return self.scan(op, ins)
         if op.name == "dynamic_slice" and all(v in self.known for v in ins[1:]):
             return [self.static_slices(op, ins)]
-        attrs = batched_attrs(op, self.n)
-        shared = SHARED_OPERANDS.get(op.name, ())
+        attrs = with_leading_axis(opdef, op.attrs, self.n)
+        shared = opdef.shared_operands or ()
         if attrs is None or any(self.batched[ins[i]] for i in shared):
             return self.run_per_device(op, ins)
         batched_ins = [v if i in shared else self.to_batched(v) for i, v in enumerate(ins)]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from launch.stacked import StackedProgram
-from partitioner.device_batching import SHARED_OPERANDS, batch_program, batched_attrs
+from partitioner.device_batching import batch_program
 from spmd import dtypes
 from spmd.interpreter import evaluate, run_reference
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
@@ -35,9 +35,9 @@ def sample_op(name: str) -> Op:
 
 
 def batchable_ops() -> list[str]:
-    """Every op of the registry whose sample has operands and a batching rule."""
-    return sorted(name for name in REGISTRY if name in SAMPLES
-                  and SAMPLES[name]()[0] and batched_attrs(sample_op(name), N) is not None)
+    """Every op of the registry that batches (OpDef.shared_operands) and has operands."""
+    return sorted(name for name, opdef in REGISTRY.items()
+                  if opdef.shared_operands is not None and SAMPLES[name]()[0])
 
 
 def value(t: TensorType, rng: np.random.Generator) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_batched_op_matches_each_device_alone(name: str, shared: str) -> None:
     in_types = SAMPLES[name]()[0]
     rng = np.random.default_rng(sum(map(ord, name)))
     fixed = {i: value(t, rng) for i, t in enumerate(in_types)}
-    keep = SHARED_OPERANDS.get(name, ())
+    keep = REGISTRY[name].shared_operands
     params = [i for i in range(len(in_types))
               if i == 0 or (shared == "per_device" and i not in keep)]
     program = one_op_program(op, params, in_types, fixed)
@@ -87,7 +87,7 @@ def test_batched_op_matches_each_device_alone(name: str, shared: str) -> None:
 
 
 def test_rule_list_comes_from_the_registry() -> None:
-    """The ops above are every op whose attrs say how it batches: views, reductions, sorts,
+    """The ops above are every op whose OpDef says it batches: views, reductions, sorts,
     dots and every elementwise op."""
     ops = batchable_ops()
     assert {"add", "dot_general", "gather", "sort", "argsort", "pad"} <= set(ops)

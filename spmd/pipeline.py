@@ -31,6 +31,7 @@ from spmd.pipeline_checks import (
     pipe_size,
     stage_specs,
 )
+from spmd.pipeline_scan import run_forward_scan
 from spmd.pipeline_schedule import FORWARD, Schedule, Slot, make_schedule
 from spmd.shard_map import shard_map
 from spmd.sharding import Mesh, PartitionSpec
@@ -41,7 +42,8 @@ from spmd.tree import tree_flatten, tree_unflatten
 def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any, *,
              axis: str = "pipe", num_microbatches: int, schedule: str = "gpipe",
              stages_per_device: int = 1, mesh: Mesh | None = None,
-             param_specs: Any = None, input_spec: PartitionSpec | None = None) -> Any:
+             param_specs: Any = None, input_spec: PartitionSpec | None = None,
+             unroll: bool = True) -> Any:
     """Apply stages 0..S-1 of `stage_fn` in sequence to `inputs`, pipelined over `axis`.
 
     stage_fn(params_of_one_stage, x) -> y of x's shape and dtype, written for one device's
@@ -52,7 +54,9 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
     parameter's dim 0 goes on `axis`), or pass param_specs (a pytree of P) / input_spec.
     Returns stage S-1's outputs for the whole batch, laid out like inputs. schedule "gpipe"
     or "interleaved" (stages_per_device > 1: circular, a smaller bubble); differentiate it
-    with spmd.grad. Each tick's permute is named in compiled.collectives().
+    with spmd.grad. Each tick's permute is named in compiled.collectives(). unroll=False
+    runs the ticks as one lax.scan with the table as data (spmd/pipeline_scan.py): a
+    program of one tick's size for any m and p, its permutes named once.
 
         >>> import spmd, numpy as np, spmd.numpy as snp
         >>> mesh = spmd.make_mesh((4,), ("pipe",))
@@ -79,7 +83,11 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
 
     def body(local_leaves: list[Any], x: Any) -> Any:
         params = tree_unflatten(treedef, local_leaves)
-        return run_forward(stage_fn, params, x, table, axis)
+        if unroll:
+            return run_forward(stage_fn, params, x, table, axis)
+        rows = table.forward_ticks()
+        _check_forward_rows(rows, table)
+        return run_forward_scan(stage_fn, params, x, table, axis, rows)
 
     mapped = shard_map(body, mesh=grid, in_specs=(pspecs, xspec), out_specs=xspec)
     return mapped(leaves, inputs)

@@ -9,7 +9,10 @@ from spmd.ops.opdef import is_impure
 __all__ = ["is_foldable", "is_impure"]
 
 
+UNFOLDABLE = Trait.IMPURE | Trait.PER_DEVICE | Trait.ANNOTATION
+
+
 def is_foldable(name: str) -> bool:
     """Not impure, not device-dependent, and not an annotation a later pass reads."""
     opdef = REGISTRY.get(name)
-    return opdef is not None and not opdef.has(Trait.IMPURE | Trait.PER_DEVICE | Trait.ANNOTATION)
+    return opdef is not None and not opdef.has(UNFOLDABLE)

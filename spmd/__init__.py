@@ -50,6 +50,7 @@ _FROM = {
     "tree_structure": "tree", "tree_unflatten": "tree",
     "visualize_sharding": "visualize",
     "vmap": "vmap",
+    "enable_x64": "config",
 }
 # Modules users reach as spmd.<name> (tree_util is JAX's jax.tree_util; spmd.tree is jax.tree).
 _MODULES = {"checkpoint": "checkpoint", "config": "config", "debug": "debug",
@@ -107,7 +108,7 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "AbstractMesh", "AxisType", "ShapedArray", "auto_axes", "debug", "explicit_axes",
     "get_abstract_mesh", "make_jaxpr", "reshard", "scipy", "set_mesh", "sharding", "typeof",
-    "vmap", "config", "tree_util", "device_get", "eval_shape", "hessian", "jacfwd", "jacrev",
+    "vmap", "config", "enable_x64", "tree_util", "device_get", "eval_shape", "hessian", "jacfwd", "jacrev",
     "local_device_count",
     "Array", "Compiled", "Device", "JitFunction", "Lowered", "Mesh", "NamedSharding", "P",
     "PartitionSpec", "ShapeDtypeStruct", "SingleDeviceSharding", "block_until_ready",

@@ -7,22 +7,22 @@
 the two equal); no other module reads one from os.environ. Variables are read when used, not
 cached, so a variable set before a compile (or monkeypatched by a test) takes effect.
 
-jax_enable_x64 (alias x64): 64-bit dtypes allowed. JAX turns it off by default (float64
-numpy inputs become float32); spmd keeps it on unless SPMD_ENABLE_X64=0 is set or
-update turns it off, because the project's tests and examples compare with float64
-references (see the report of issue 21).
+jax_enable_x64 (alias x64): 64-bit dtypes allowed. Off by default, as in JAX (float64 numpy
+inputs become float32, int64 int32); SPMD_ENABLE_X64=1, update("jax_enable_x64", True) or
+`with spmd.enable_x64():` turns it on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from spmd.errors import ConfigError
 
-X64_DEFAULT = True  # SPMD_ENABLE_X64's default: True keeps 64-bit dtypes, False is JAX's
+X64_DEFAULT = False  # SPMD_ENABLE_X64's default, JAX's: 32-bit dtypes
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,18 @@ def update(name: str, value: Any) -> None:
 def read(name: str) -> Any:
     _key(name)
     return X64["enabled"]
+
+
+@contextlib.contextmanager
+def enable_x64(enabled: bool = True) -> Iterator[None]:
+    """`with spmd.enable_x64():` 64-bit dtypes inside the block, restored after (JAX's
+    `jax.enable_x64(True)`)."""
+    before = X64["enabled"]
+    update("jax_enable_x64", enabled)
+    try:
+        yield
+    finally:
+        X64["enabled"] = before
 
 
 def _key(name: str) -> str:

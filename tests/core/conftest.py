@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.core.oracle import x64
+import spmd
 
 
 @pytest.fixture
 def x64_on() -> Iterator[None]:
     """64-bit dtypes for one test (float64 oracles, finite differences), restored after."""
-    with x64(True):
+    with spmd.enable_x64(True):
         yield

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import ml_dtypes
@@ -62,15 +60,3 @@ def rand(rng: np.random.Generator, shape: tuple[int, ...], dtype: str,
         return rng.integers(int(low), int(high), size=shape).astype(dtype)
     return rng.uniform(low, high, size=shape).astype(np_dtype(dtype))
 
-
-@contextlib.contextmanager
-def x64(enabled: bool = True) -> Iterator[None]:
-    """jax_enable_x64 set for a block, then restored (JAX's `with jax.enable_x64(True)`):
-    float64 oracles and finite differences need the 64-bit dtypes that spmd, like JAX, turns
-    off by default."""
-    before = spmd.config.read("jax_enable_x64")
-    spmd.config.update("jax_enable_x64", enabled)
-    try:
-        yield
-    finally:
-        spmd.config.update("jax_enable_x64", before)

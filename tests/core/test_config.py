@@ -11,12 +11,11 @@ import pytest
 import spmd
 import spmd.numpy as snp
 from spmd.errors import SpmdError
-from tests.core.oracle import x64
 
 
 @pytest.fixture
 def x64_off():
-    with x64(False):
+    with spmd.enable_x64(False):
         yield
 
 
@@ -36,10 +35,21 @@ def test_x64_off_narrows_64_bit_inputs_like_jax(x64_off):
 
 
 def test_x64_on_keeps_numpy_dtypes():
-    with x64(True):
+    with spmd.enable_x64(True):
         assert spmd.config.jax_enable_x64
         assert snp.asarray(np.arange(3.0)).dtype == np.float64
         assert snp.asarray(np.arange(3)).dtype == np.int64
+
+
+def test_enable_x64_restores_the_setting_even_on_error():
+    before = spmd.config.x64
+    with pytest.raises(ZeroDivisionError), spmd.enable_x64(not before):
+        assert spmd.config.x64 is (not before)
+        1 / 0  # noqa: B018
+    assert spmd.config.x64 is before
+    with pytest.raises(SpmdError, match="True or False"), spmd.enable_x64(1):
+        pass
+    assert spmd.config.x64 is before
 
 
 def test_bad_settings_are_errors():
@@ -49,13 +59,15 @@ def test_bad_settings_are_errors():
         spmd.config.update("jax_enable_x64", "yes")
 
 
-@pytest.mark.slow  # two fresh interpreters import spmd
-def test_environment_variable_opts_out_and_is_checked():
+@pytest.mark.slow  # three fresh interpreters import spmd
+def test_default_is_jax_32_bit_and_the_environment_variable_opts_in():
     code = "import spmd, numpy as np; print(spmd.numpy.asarray(np.ones(2)).dtype)"
-    env = {"SPMD_ENABLE_X64": "0", "PATH": ""}
-    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.stdout.strip() == "float32", out.stderr
+    env = {"PATH": ""}
+    for value, want in (("", "float32"), ("1", "float64"), ("0", "float32")):
+        env["SPMD_ENABLE_X64"] = value
+        out = subprocess.run([sys.executable, "-c", code], check=False, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, (value, out.stderr)
     env["SPMD_ENABLE_X64"] = "maybe"
     bad = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True,
                          text=True, timeout=120)

@@ -24,7 +24,6 @@ from spmd.ir.parser import parse_graph
 from spmd.ir.printer import print_graph
 from spmd.ir.verifier import verify
 from spmd.passes import optimize
-from tests.core.oracle import x64
 
 DTYPES = ("float32", "float64", "int32")
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12, "int32": 0}
@@ -191,7 +190,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, what: str, dtypes: set[str])
 
 @given(programs())
 def test_random_programs_match_numpy_and_survive_text_verify_and_optimize(case):
-    with x64(True):  # the programs mix float64 with 32-bit types, as numpy (the oracle) does
+    with spmd.enable_x64(True):  # the programs mix float64 with 32-bit types, as numpy (the oracle) does
         check_program(case)
 
 

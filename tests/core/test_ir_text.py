@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import spmd
 from spmd import lax
 from spmd.api import JitFunction
 from spmd.errors import IRParseError
@@ -17,7 +18,6 @@ from spmd.ir.parser import parse_function, parse_graph
 from spmd.ir.printer import format_array, print_graph
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
-from tests.core.oracle import x64
 
 
 def trace(fn, *args) -> Graph:
@@ -96,7 +96,7 @@ def test_constants_round_trip_bit_exactly(value, x64_on):
                          ids=lambda v: f"{v.dtype}{v.shape}")
 def test_x64_off_stores_64_bit_constants_narrowed_as_jax(value):
     """JAX's canonicalisation is astype: float64 rounds, int64 wraps (INT_MIN becomes 0)."""
-    with x64(False):
+    with spmd.enable_x64(False):
         graph = trace(lambda: lax.constant(value))
         text = assert_round_trip(graph)
     want = value.astype({"f": np.float32, "i": np.int32, "u": np.uint32}[value.dtype.kind])

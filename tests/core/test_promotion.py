@@ -13,7 +13,7 @@ import pytest
 
 import spmd
 import spmd.numpy as snp
-from tests.core.oracle import np_dtype, x64
+from tests.core.oracle import np_dtype
 
 # (array dtype, array dtype) -> result dtype (never weak).
 STRONG = [
@@ -79,7 +79,7 @@ NARROWED = [
 
 @pytest.mark.parametrize("a,b,expected", NARROWED, ids=[f"{a}-{b}" for a, b, _ in NARROWED])
 def test_x64_off_narrows_like_jax(a: str, b: Any, expected: str) -> None:
-    with x64(False):
+    with spmd.enable_x64(False):
         y = _ones(b) if isinstance(b, str) else b
         for op in (snp.add, snp.multiply):
             assert _type(op(_ones(a), y)) == (expected, False)

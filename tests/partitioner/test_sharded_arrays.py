@@ -9,7 +9,6 @@ import pytest
 import spmd
 import spmd.numpy as snp
 from spmd import NamedSharding, P
-from tests.core.oracle import x64
 from tests.partitioner.helpers import mesh, rand
 
 SPECS = [("8", P("data")), ("8", P(None, "data")), ("2x4", P("data", "model")),
@@ -59,7 +58,7 @@ def test_uneven_padding_is_zero_and_not_visible() -> None:
 def test_device_put_dtypes_preserved() -> None:
     for dtype in ("float32", "int32", "bool", "float64"):
         x = rand((10, 4), dtype)
-        with x64(True):  # float64 stays float64 only with x64 on, as in JAX
+        with spmd.enable_x64(True):  # float64 stays float64 only with x64 on, as in JAX
             arr = spmd.device_put(x, NamedSharding(mesh("4x2"), P("data", "model")))
         got = np.asarray(arr)
         assert got.dtype == x.dtype

@@ -97,6 +97,8 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
             raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit}: "
                                 f"{e}", hint="raise memory_limit or use a bigger mesh") from None
         plan = apply(graph, mesh, sol)
+        notes.append(f"HiGHS: {sol.status} after {sol.search_s:.1f} s, objective "
+                     f"{sol.objective_s * 1e3:.3f} ms")
         peak = plan.report.peak_memory_bytes
         if memory_limit is None or peak <= memory_limit:
             break

@@ -27,14 +27,13 @@ from collectives.ray import Mailbox, ObjectChannel, RayCommunicator, SocketChann
 from launch import ray_blame
 from launch.buffers import BufferTable
 from launch.local import run_collective
+from spmd import config
 from spmd.errors import LaunchError, RemoteError
 from spmd.ir.graph import Op
 from spmd.mesh import Device, Mesh
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0
-# Measured in benchmarks/RESULTS.md: sockets beat the object store at every size here.
-DEFAULT_CHANNEL = "sockets"
 ABORT_WAIT_S = 5.0  # after a failure, how long the other actors get to notice the abort
 MeshKey = tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]]
 
@@ -180,7 +179,7 @@ class RayRuntime:
 
     def __init__(self, num_devices: int = 8, address: str | None = None, platform: str = "cpu",
                  channel: str | None = None):
-        self.channel = channel or os.environ.get("SPMD_RAY_CHANNEL", DEFAULT_CHANNEL)
+        self.channel = channel or config.env("SPMD_RAY_CHANNEL")
         self.secret = auth.job_secret() or auth.new_secret().encode()  # actors' sockets' secret
         if self.channel not in ("sockets", "objects"):
             raise LaunchError(f"SPMD_RAY_CHANNEL={self.channel!r}: use 'sockets' or 'objects'")
@@ -364,8 +363,8 @@ class RayProgram:
 def node_address() -> str:
     """Where the actors' sockets listen: SPMD_BIND_ADDR if set (loopback for a local Ray),
     else the address Ray uses for this worker's node."""
-    if os.environ.get("SPMD_BIND_ADDR"):
-        return os.environ["SPMD_BIND_ADDR"]
+    if config.env("SPMD_BIND_ADDR"):
+        return config.env("SPMD_BIND_ADDR")
     node = ray.get_runtime_context().get_node_id()
     for entry in ray.nodes():
         if entry.get("NodeID") == node:

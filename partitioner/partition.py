@@ -8,7 +8,6 @@ resolved as late as possible by the resharding planner).
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from partitioner.propagate import Dims, dims_from_factors, op_factors, propagate
 from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, reshard, resolve_partial
 from partitioner.slicing import realign_concat, realign_pad, realign_slice
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
+from spmd import config
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.verifier import verify
@@ -324,7 +324,7 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
         results.append(lv)
         result_specs.append(spec)
     program, records = combine_all_reduces(dce(p.b.finish(results)), p.b.records, mesh)
-    if os.environ.get("SPMD_VERIFY") == "1":
+    if config.env("SPMD_VERIFY"):
         verify(program, pass_name="partition")
     return Partitioned(program, mesh, param_specs, result_specs, records)
 

@@ -70,7 +70,8 @@ VARIABLES = {v.name: v for v in (
              "runtime of spmd.distributed.initialize(); unset: mpi under mpiexec, tcp under "
              "torchrun-style variables, else local", ("", "local", "mpi", "tcp", "ray")),
     Variable("SPMD_RAY_CHANNEL", "choice", "sockets",
-             "how Ray actors exchange collective data", ("sockets", "objects")),
+             "how Ray actors exchange collective data (sockets beat the object store at "
+             "every size measured: benchmarks/RESULTS.md)", ("sockets", "objects")),
     Variable("SPMD_BIND_ADDR", "text", "",
              "address this host's sockets listen on; unset: the one routing to the peers"),
     Variable("SPMD_JOB_SECRET", "text", "",

@@ -26,7 +26,7 @@ from backends.cpu.dots import DotThreads, use_blas_threads
 from backends.cpu.lower import lowering
 from backends.cpu.result_pool import ResultPool
 from backends.cpu.spin_pool import native_address, spin_pool
-from spmd import dtypes
+from spmd import config, dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op, subgraphs
 
@@ -41,10 +41,12 @@ SPLIT_REDUCE_MIN_ELEMENTS = 1 << 15  # reduces over every dim (per-thread partia
 def default_threads() -> int:
     """SPMD_CPU_THREADS, else OMP_NUM_THREADS (our launchers set 1 where ranks share the
     cores: a rank's spinning workers would take another rank's core), else every core."""
-    for name in ("SPMD_CPU_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+    threads = config.env("SPMD_CPU_THREADS")
+    if threads is not None:
+        return threads
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     return os.cpu_count() or 1
 
 

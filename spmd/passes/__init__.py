@@ -6,9 +6,9 @@ the graph.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
+from spmd import config
 from spmd.ir.graph import Graph
 from spmd.passes.constant_fold import constant_fold
 from spmd.passes.cse import cse
@@ -33,7 +33,7 @@ def optimize(graph: Graph, pipeline: tuple[str, ...] | list[str] = DEFAULT_PIPEL
              verify: bool | None = None) -> Graph:
     """Run the named passes in order; verify after each when `verify` or SPMD_VERIFY=1."""
     if verify is None:
-        verify = os.environ.get("SPMD_VERIFY", "") not in ("", "0")
+        verify = config.env("SPMD_VERIFY")
     for name in pipeline:
         if name not in PASSES:
             from spmd.errors import SpmdError

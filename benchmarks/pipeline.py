@@ -2,9 +2,12 @@
 pipelined (data 2 x pipe 4: autodiff GPipe, explicit GPipe, 1F1B) vs unpipelined
 (the same stages in sequence, 8-way and 2-way data parallel), side by side in one run;
 compiled peak memory per device; and the simulator's bubble fraction (v5e) against
-(p-1)/(m+p-1).
+(p-1)/(m+p-1). --lockstep: the explicit runner's compiled per-device program simulated on
+v5e (time and FLOPs per device, pipe 4); --program-size: per-device ops (scan bodies
+included) of spmd.pipeline + grad, unrolled vs unroll=False, and their compile times.
 
 Run: python benchmarks/pipeline.py [--width 256] [--batch 256] [--repeat 5] [--warmup 15]
+     python benchmarks/pipeline.py --lockstep [--width 1024 --batch 8192] | --program-size
 """
 
 from __future__ import annotations
@@ -109,13 +112,58 @@ def bubbles(width: int, batch: int) -> list[str]:
     return rows
 
 
+def lockstep(width: int, batch: int) -> None:
+    mesh = spmd.make_mesh((4,), ("pipe",))
+    params = {"w1": np.zeros((4, width, 4 * width), np.float32),
+              "w2": np.zeros((4, 4 * width, width), np.float32)}
+    x = np.zeros((batch, width), np.float32)
+    forward = 2 * (2 * (batch // 8) * width * 4 * width)  # one slot's two matmuls at m=8
+    print("| schedule | m | step (ms) | FLOPs / device (G) | in forwards at m=8 |")
+    print("|---|---:|---:|---:|---:|")
+    for m in (4, 8, 16):
+        for schedule in ("gpipe", "1f1b"):
+            def f(params: Any, x: Any, t: Any, m: int = m, s: str = schedule) -> Any:
+                return spmd.pipeline_value_and_grad(block, mse, params, x, t,
+                                                    num_microbatches=m, schedule=s,
+                                                    mesh=mesh, param_specs=P("pipe"))
+            r = spmd.jit(f).lower(params, x, x).compile().simulate(check_memory=False)
+            units = f"{r.flops / forward:.1f}" if m == 8 else "-"
+            print(f"| {schedule} | {m} | {r.step_time_s * 1e3:.2f} | {r.flops / 1e9:.1f} | "
+                  f"{units} |")
+
+
+def program_size() -> None:
+    mesh = spmd.make_mesh((4,), ("pipe",))
+    w = np.zeros((4, 16, 16), np.float32)
+    print("| m | unrolled ops | scan ops | unrolled compile (s) | scan compile (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for m in (4, 16, 64):
+        x = np.zeros((2 * m, 16), np.float32)
+        row = []
+        for unroll in (True, False):
+            def loss(w: Any, unroll: bool = unroll, m: int = m, x: Any = x) -> Any:
+                y = spmd.pipeline(lambda q, h: snp.tanh(h @ q), w, x, num_microbatches=m,
+                                  mesh=mesh, unroll=unroll)
+                return snp.sum(y)
+            start = time.perf_counter()
+            compiled = spmd.jit(spmd.grad(loss)).lower(w).compile()
+            seconds = time.perf_counter() - start
+            row.append((len(list(compiled.executable.partitioned.program.walk())), seconds))
+        print(f"| {m} | {row[0][0]} | {row[1][0]} | {row[0][1]:.1f} | {row[1][1]:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=WARMUP_STEPS)
+    ap.add_argument("--lockstep", action="store_true")
+    ap.add_argument("--program-size", action="store_true")
     a = ap.parse_args()
+    if a.lockstep or a.program_size:
+        lockstep(a.width, a.batch) if a.lockstep else program_size()
+        return
     print(f"4 stages of width {a.width} (hidden {4 * a.width}), batch {a.batch}, "
           f"8 local devices\n")
     print("| step | time (ms) | vs unpipelined 2-way | peak memory / device (KiB) |")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from spmd import config
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
@@ -85,8 +87,8 @@ def header(title: str) -> str:
     return (f"# {title}\n# jax {jax.__version__}, devices {len(jax.devices())}, cores "
             f"{os.cpu_count()}, load {load[0]:.2f}, OPENBLAS_CORETYPE="
             f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, SPMD_BACKEND="
-            f"{os.environ.get('SPMD_BACKEND', '(unset)')}, SPMD_LOCAL_MODE="
-            f"{os.environ.get('SPMD_LOCAL_MODE', '(auto)')}")
+            f"{config.env('SPMD_BACKEND')}, SPMD_LOCAL_MODE="
+            f"{config.env('SPMD_LOCAL_MODE') or '(auto)'}")
 
 
 def median_time(run: Callable[[], Any], repeat: int, number: int = 1) -> float:

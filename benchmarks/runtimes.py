@@ -68,9 +68,9 @@ def worker(framework: str, case: str, repeat: int, number: int) -> None:
         fw = jax_multiprocess()
         main = int(os.environ["JAX_PROCESS_ID"]) == 0
     else:
-        from spmd import distributed
+        from spmd import config, distributed
 
-        if os.environ.get("SPMD_MESH") and not distributed.is_initialized():
+        if config.env("SPMD_MESH") and not distributed.is_initialized():
             distributed.initialize()  # under spmd-launch: that runtime
         fw = M.ours()
         main = distributed.process_index() == 0 if distributed.is_initialized() else True

@@ -63,7 +63,7 @@ def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 def parse_mesh(text: str | None) -> spmd.Mesh | None:
     """'2x4' -> Mesh (data=2, model=4); '8' -> Mesh (data=8); '1' -> None (one device)."""
-    if text is None and os.environ.get("SPMD_MESH") and distributed() is not None:
+    if text is None and spmd.config.env("SPMD_MESH") and distributed() is not None:
         return distributed().launch_mesh()  # the mesh given to spmd-launch --mesh
     if text is None:
         text = "2x4" if spmd.device_count() >= 8 else str(spmd.device_count())

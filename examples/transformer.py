@@ -355,10 +355,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--peak-gflops", type=float, default=PEAK_FLOPS / 1e9,
                         help="the peak the MFU estimate divides by")
     args = parser.parse_args(argv)
-    launched = os.environ.get("SPMD_SIMULATE") == "1"  # spmd-launch --device tpu-sim:X --simulate
+    launched = spmd.config.env("SPMD_SIMULATE")  # spmd-launch --device tpu-sim:X --simulate
     if launched and args.simulate is None:
-        args.simulate = os.environ.get("SPMD_DEVICE", "tpu-sim:v5e")
-        args.mesh = args.mesh or os.environ.get("SPMD_MESH")
+        args.simulate = spmd.config.env("SPMD_DEVICE")
+        args.mesh = args.mesh or spmd.config.env("SPMD_MESH") or None
     base = POD_CONFIG if args.simulate else Config()
     given = {field: getattr(args, field) for field in
              ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate",

@@ -86,13 +86,15 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
     start = time.perf_counter()
     rates = calibrate(mesh)
     names, sizes = tuple(mesh.axis_names), tuple(mesh.axis_sizes)
-    nodes = build_nodes(graph, names, sizes, rates, fixed)
+    def edges(t: Any, src: tuple, dst: Dims) -> float:
+        return edge_time(mesh, rates, t, src, dst)
+
+    nodes = build_nodes(graph, names, sizes, rates, fixed, edges)
     limit = memory_limit
     notes: list[str] = []
     for _ in range(4):
         try:
-            sol = solve(graph, nodes, lambda t, s, d: edge_time(mesh, rates, t, s, d), limit,
-                        _counts_memory, time_limit_s)
+            sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
             raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit}: "
                                 f"{e}", hint="raise memory_limit or use a bigger mesh") from None
@@ -119,7 +121,7 @@ def _counts_memory(node: Node) -> bool:
 def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
     """The chosen layouts as shardings, the graph with constraints, its compiled SimReport."""
     from spmd import dispatch
-    from spmd.sharding import NamedSharding, ShardingAttr
+    from spmd.sharding import NamedSharding
 
     def sharding(d: Dims) -> Any:
         return NamedSharding(mesh, dispatch.user_spec(d))
@@ -128,30 +130,59 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
               for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
     flat_in = tuple(sharding(chosen[v][0]) for v in graph.params)
     flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
-    pins = pinned(sol, chosen)
-    rename: dict[int, int] = {}
-    ops: list[Op] = []
-    constraints: list[tuple[str, str, Any]] = []
-    for original in graph.ops:
-        op = _renamed(original, rename) if rename else original
-        ops.append(op)
-        for v, t in zip(op.outputs, op.types):
-            if v not in pins or op.name in OPAQUE:
-                continue
-            new = fresh_id()
-            attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), pins[v])
-            ops.append(Op("sharding_constraint", (v,), (new,), (t,), Attrs(sharding=attr),
-                          op.loc))
-            rename[v] = new
-            constraints.append((op.name, op.loc, sharding(pins[v])))
-    results = tuple(rename.get(v, v) for v in graph.results)
-    constrained = graph.replace(ops=tuple(ops), results=results)
+    constrained, constraints = constrain(graph, mesh, sol, chosen)
     executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
     report = executable.simulate(check_memory=False)
     problem = {"nodes": len(sol.nodes), "strategies": sol.strategies, "edges": sol.edges,
                "variables": sol.variables, "constraints": sol.constraints}
+    bodies = [node.body for node in sol.nodes if node.body is not None]
+    if bodies:  # each scan body's own program, solved once
+        problem["scan body nodes"] = sum(len(b.nodes) for b in bodies)
+        problem["scan body variables"] = sum(b.variables for b in bodies)
     return Plan(flat_in, flat_out, constraints, report, explain(graph, sol, chosen),
                 sol.search_s, problem, constrained, flat_in, flat_out)
+
+
+def constrain(graph: Graph, mesh: Mesh, sol: Solution, chosen: dict[int, tuple],
+              ) -> tuple[Graph, list[tuple[str, str, Any]]]:
+    """graph with a sharding constraint on every op result; a scan's operands are pinned to
+    the layouts its body was solved for (the partitioner runs a body with the layouts its
+    operands have) and its body is constrained the same way."""
+    from spmd import dispatch
+    from spmd.sharding import NamedSharding, ShardingAttr
+
+    pins = pinned(sol, chosen)
+    bodies = {id(node.op): (node.body, node.strategies[k]) for node, k in
+              zip(sol.nodes, sol.choice) if node.body is not None}
+    rename: dict[int, int] = {}
+    ops: list[Op] = []
+    constraints: list[tuple[str, str, Any]] = []
+
+    def pin(v: int, t: Any, dims: Dims, name: str, loc: str) -> int:
+        new = fresh_id()
+        attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), dims)
+        ops.append(Op("sharding_constraint", (v,), (new,), (t,), Attrs(sharding=attr), loc))
+        constraints.append((name, loc, NamedSharding(mesh, dispatch.user_spec(dims))))
+        return new
+
+    for original in graph.ops:
+        op = _renamed(original, rename) if rename else original
+        if id(original) in bodies:
+            body, strategy = bodies[id(original)]
+            inner = {v: s.gives[j] for node, k in zip(body.nodes, body.choice)
+                     for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
+            new_body, inside = constrain(original.attrs["body"], mesh, body, inner)
+            inputs = tuple(pin(v, graph.types[v], d, "scan operand", op.loc)
+                           for v, d in zip(op.inputs, strategy.wants))
+            op = Op(op.name, inputs, op.outputs, op.types,
+                    Attrs({**op.attrs, "body": new_body}), op.loc)
+            constraints += inside
+        ops.append(op)
+        for v, t in zip(op.outputs, op.types):
+            if v in pins and op.name not in OPAQUE:
+                rename[v] = pin(v, t, pins[v], op.name, op.loc)
+    results = tuple(rename.get(v, v) for v in graph.results)
+    return graph.replace(ops=tuple(ops), results=results), constraints
 
 
 def pinned(sol: Solution, chosen: dict[int, tuple]) -> dict[int, Dims]:

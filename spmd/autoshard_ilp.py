@@ -59,6 +59,7 @@ class Node:
     strategies: list[Strategy]
     inputs: tuple[int, ...] = ()  # what strategy.wants lays out, in order
     members: tuple[Op, ...] = ()  # the ops this node runs (a pointwise chain has several)
+    body: Solution | None = None  # a scan's body, solved once (spmd/autoshard_scan.py)
 
 
 @dataclass
@@ -165,9 +166,11 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
 
 
 def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
-                rates: dict[str, float], fixed: dict[int, Dims]) -> list[Node]:
+                rates: dict[str, float], fixed: dict[int, Dims],
+                edge_time: Callable[..., float] | None = None) -> list[Node]:
     """Parameters (all layouts, or the one the user fixed) then every top-level op, a
-    pointwise chain as one node (spmd/autoshard_group.py)."""
+    pointwise chain as one node (spmd/autoshard_group.py), a scan with its body solved once
+    where edge_time is given (spmd/autoshard_scan.py)."""
     axis_size = dict(zip(names, sizes))
     nodes: list[Node] = []
     for i, (v, t) in enumerate(zip(graph.params, graph.param_types)):
@@ -186,6 +189,13 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
                 readers.setdefault(v, set()).add(k)
     for k, ops in enumerate(chains):
         op = ops[-1]
+        if op.name == "scan" and edge_time is not None:
+            from spmd.autoshard_scan import scan_node
+
+            strategy, body = scan_node(op, names, sizes, rates, edge_time, build_nodes, solve,
+                                       Strategy)
+            nodes.append(Node("scan", op, op.outputs, [strategy], op.inputs, (op,), body))
+            continue
         if len(ops) == 1 and not pointwise(op, types):
             nodes.append(Node(op.name, op, op.outputs, undominated(
                 op_strategies(op, types, names, sizes, rates)), op.inputs, (op,)))
@@ -248,7 +258,7 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
     types = graph.types
     users: dict[int, list[tuple[int, int]]] = {}
     for k, node in enumerate(nodes):
-        for i, v in enumerate(node.inputs if node.op is not None else ()):
+        for i, v in enumerate(node.inputs):  # a scan body's carry param reads its result
             if v in where:
                 users.setdefault(v, []).append((k, i))
     for v in [*users, *(v for v in graph.results if v in where)]:

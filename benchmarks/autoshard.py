@@ -89,6 +89,18 @@ GPT_PLANS = {name: [act, act, *_block_specs(act, col, row) * LAYERS, col]
              for name, (act, col, row) in ROLES.items()}
 
 
+def scanned_blocks(x: Any, *stacked: Any) -> Any:
+    """Transformer blocks repeated by a scan over weights stacked on a leading layer dim."""
+    h, _ = spmd.control.scan(lambda h, ws: (block(h, *ws), None), x, tuple(stacked))
+    return h
+
+
+def stack(specs: list, layers: int, shapes: list) -> tuple[list, list]:
+    """Plans and shapes for the scanned program: the layer dim leads, unsharded."""
+    return ([specs[0]] + [P(None, *p) for p in specs[1:]],
+            [shapes[0]] + [(layers, *s) for s in shapes[1:]])
+
+
 def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list]) -> dict[str, Any]:
     return {name: spmd.sim.simulate(f, *[S(s, "float32", NamedSharding(mesh, p))
                                          for s, p in zip(shapes, specs)], check_memory=False)
@@ -115,6 +127,10 @@ def main() -> None:
                 ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2 ** 20),
                 (f"GPT training step, {LAYERS} layers, vocab 8192", gpt_step,
                  gpt_shapes(32, 512, 1024, 16, 4096, 8192), GPT_PLANS, None)]
+    shapes = block_shapes(32, 512, 1024, 16, 4096)
+    scanned = {name: stack(specs, 48, shapes)[0] for name, specs in BLOCK_PLANS.items()}
+    programs.append(("48 blocks in a scan (body solved once)", scanned_blocks,
+                     stack(BLOCK_PLANS["DP"], 48, shapes)[1], scanned, None))
     for name, f, shapes, plans, limit in programs:
         r = compare(name, f, mesh, shapes, plans, limit)
         plan = r["plan"]

@@ -50,14 +50,15 @@ def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
                             num_microbatches: int, schedule: str = "1f1b",
                             stages_per_device: int = 1, mesh: Mesh | None = None,
                             param_specs: Any = None, input_spec: PartitionSpec | None = None,
-                            ) -> tuple[Any, Any]:
+                            unroll: bool = True) -> tuple[Any, Any]:
     """(loss, grads of stage_params) of mean over microbatches (and batch shards) of
     loss_fn(stages(x_mb), targets_mb), running the named schedule's table tick by tick.
 
     stage_fn, stage_params, inputs and the specs are as in spmd.pipeline; targets split
     like inputs (same batch dim and spec); loss_fn(y_mb, t_mb) returns a float scalar for
     one device's block of a microbatch. schedule: "1f1b" (bounded activations), "gpipe" or
-    "interleaved" (stages_per_device > 1).
+    "interleaved" (stages_per_device > 1). unroll=False runs the ticks as one lax.scan
+    with the table as data (spmd/pipeline_grad_scan.py): one tick's program for any m, p.
     """
     grid = mesh_of(mesh, stage_params, inputs)
     p = pipe_size(grid, axis)
@@ -80,7 +81,9 @@ def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
     buffers = plan(table)
 
     def body(local: list[Any], x: Any, t: Any) -> Any:
-        run = _Run(stage_fn, loss_fn, tree_unflatten(treedef, local), table, buffers, axis,
+        from spmd.pipeline_grad_scan import ScanRun  # it builds on _Run
+
+        run = (_Run if unroll else ScanRun)(stage_fn, loss_fn, tree_unflatten(treedef, local), table, buffers, axis,
                    1.0 / (num_microbatches * shards), replicated)
         loss, grads = run.all_ticks(x, t)
         loss = psum(loss, (axis,) + tuple(batch_axes)) if batch_axes else psum(loss, axis)

@@ -23,7 +23,7 @@ def dot_loss(y, t):
     return snp.sum(y * t)
 
 
-def check(schedule, p, m, v=1):
+def check(schedule, p, m, v=1, unroll=True):
     mesh = spmd.make_mesh((p,), ("pipe",))
     rng = np.random.default_rng(p * 100 + m)
     s, batch = p * v, 2 * m
@@ -33,7 +33,7 @@ def check(schedule, p, m, v=1):
     t = rng.standard_normal((batch, D)).astype(np.float32)
     step = spmd.jit(lambda w, b, x, t: spmd.pipeline_value_and_grad(
         stage, dot_loss, {"w": w, "b": b}, x, t, num_microbatches=m, schedule=schedule,
-        stages_per_device=v, mesh=mesh))
+        stages_per_device=v, mesh=mesh, unroll=unroll))
     loss, grads = step(w, b, x, t)
     # the loss is the mean over microbatches of each one's sum(y * t)
     np.testing.assert_allclose(float(loss), (mlp_forward(w, b, x)[-1] * t).sum() / m,
@@ -75,7 +75,8 @@ def test_report_names_forward_and_gradient_shifts():
     assert len(reasons) == 4  # two microbatches, one forward and one gradient shift each
 
 
-def test_composes_with_data_and_tensor_parallelism_on_a_2x2x2_mesh():
+@pytest.mark.parametrize("unroll", [True, False])
+def test_composes_with_data_and_tensor_parallelism_on_a_2x2x2_mesh(unroll):
     mesh = spmd.make_mesh((2, 2, 2), ("data", "pipe", "model"))
     rng = np.random.default_rng(5)
     s, f, batch, m = 2, 8, 16, 4
@@ -90,7 +91,7 @@ def test_composes_with_data_and_tensor_parallelism_on_a_2x2x2_mesh():
     step = spmd.jit(lambda w1, w2, x, t: spmd.pipeline_value_and_grad(
         megatron_stage, dot_loss, {"w1": w1, "w2": w2}, x, t, num_microbatches=m, mesh=mesh,
         param_specs={"w1": P("pipe", None, "model"), "w2": P("pipe", "model", None)},
-        input_spec=P("data")))
+        input_spec=P("data"), unroll=unroll))
     loss, grads = step(w1, w2, x, t)
     # mean over the 2 data shards x m microbatches
     scale = 2 * m

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from launch import cli
-from launch.elastic import shrink_mesh
+from launch.elastic import restarts_on_remaining_devices, shrink_mesh
 from spmd.errors import LaunchError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +120,20 @@ def test_min_devices_continues_on_a_smaller_mesh_and_the_loss_curve_goes_on(
 ])
 def test_the_mesh_shrinks_along_its_first_axis(shape, remaining, minimum, expected) -> None:
     assert shrink_mesh(shape, remaining, minimum) == expected
+
+
+def test_each_attempt_gets_the_mesh_left_and_too_few_devices_give_up(capsys) -> None:
+    made = []
+    environments = restarts_on_remaining_devices(
+        (4, 2), 4, lambda env, size, attempt: made.append((env["SPMD_MESH"], size, attempt))
+        or [env] * size, {"SPMD_MESH": "4x2"})
+    assert len(environments(0, [])) == 8
+    assert len(environments(1, ["process 5 (pid 9 on n2, killed by SIGKILL)"])) == 4
+    assert "continuing on 2x2 (4 devices) after losing process 5 (pid 9 on n2, killed by " \
+           "SIGKILL)" in capsys.readouterr().err
+    assert environments(2, ["process 1 (pid 7 on n1, exited with code 1)"]) == []
+    assert "cannot continue: 3 of 4 devices remain" in capsys.readouterr().err
+    assert made == [("4x2", 8, 0), ("2x2", 4, 1)]
 
 
 @pytest.mark.parametrize("args,message", [

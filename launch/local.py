@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +28,8 @@ from spmd import config
 from spmd.interpreter import run_op_scope, run_reference
 from spmd.ir.graph import Op, subgraphs
 from spmd.mesh import Device, Mesh, env_device_count
-from spmd.ops.collective import COLLECTIVES
+from spmd.ops import REGISTRY
+from spmd.ops.opdef import Trait
 from spmd.spmd_interpreter import evaluate_spmd
 
 
@@ -55,7 +56,7 @@ class LocalExecutable:
         return "stacked"
 
     def collectives_in_loops(self) -> bool:
-        return any(sub_op.name in COLLECTIVES for op in self.program.ops
+        return any(REGISTRY[sub_op.name].has(Trait.COLLECTIVE) for op in self.program.ops
                    for sub in subgraphs(op) for sub_op in sub.walk())
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
@@ -193,22 +194,25 @@ def _this_device_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return _device.run_op(op, inputs)
 
 
+# How a per-device op calls the device's Communicator: (comm, x, attrs, where) -> result.
+COMMUNICATOR_CALLS: dict[str, Callable[[Any, Any, Any, str | None], Any]] = {
+    "all_reduce": lambda comm, x, a, where: comm.all_reduce(
+        x, a["axes"], a.get("kind", "sum"), where=where),
+    "all_gather": lambda comm, x, a, where: comm.all_gather(x, a["axes"], a["dim"], where=where),
+    "reduce_scatter": lambda comm, x, a, where: comm.reduce_scatter(
+        x, a["axes"], a["dim"], a.get("kind", "sum"), where=where),
+    "all_to_all": lambda comm, x, a, where: comm.all_to_all(
+        x, a["axes"], a["split_dim"], a["concat_dim"], where=where),
+    "collective_permute": lambda comm, x, a, where: comm.permute(
+        x, a["axes"], a["pairs"], where=where),
+    "axis_index": lambda comm, x, a, where: np.asarray(comm.group_index(a["axes"]),
+                                                       dtype=np.int32),
+}
+
+
 def run_collective(comm: Any, op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """A per-device op: collectives through the communicator, the rest by reference."""
-    a = op.attrs
-    where = op.loc or None
-    if op.name == "all_reduce":
-        return [comm.all_reduce(inputs[0], a["axes"], a.get("kind", "sum"), where=where)]
-    if op.name == "all_gather":
-        return [comm.all_gather(inputs[0], a["axes"], a["dim"], where=where)]
-    if op.name == "reduce_scatter":
-        return [comm.reduce_scatter(inputs[0], a["axes"], a["dim"], a.get("kind", "sum"),
-                                    where=where)]
-    if op.name == "all_to_all":
-        return [comm.all_to_all(inputs[0], a["axes"], a["split_dim"], a["concat_dim"],
-                                where=where)]
-    if op.name == "collective_permute":
-        return [comm.permute(inputs[0], a["axes"], a["pairs"], where=where)]
-    if op.name == "axis_index":
-        return [np.asarray(comm.group_index(a["axes"]), dtype=np.int32)]
-    return run_reference(op, inputs)
+    call = COMMUNICATOR_CALLS.get(op.name)
+    if call is None:
+        return run_reference(op, inputs)
+    return [call(comm, inputs[0] if inputs else None, op.attrs, op.loc or None)]

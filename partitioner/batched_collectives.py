@@ -8,6 +8,7 @@ reductions) stay collectives, run per group by `Batched.run_op`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -81,24 +82,44 @@ class _Group:
 def batch_collective(b: Batcher, op: Op, x: int) -> int:
     """The collective `op` on batched x, as ordinary ops (or kept, to run by numpy)."""
     a = op.attrs
-    dtype = b.types[x].dtype
-    kind = a.get("kind", "sum")
-    if op.name in ("all_reduce", "reduce_scatter") and (
-            kind not in _REDUCE_KINDS or dtype == "bool"):
+    rule, combines = RULES[op.name]
+    if combines and (a.get("kind", "sum") not in _REDUCE_KINDS or b.types[x].dtype == "bool"):
         return _keep(b, op, x)
     g = _Group(b, a["axes"])
-    s = b.types[x].shape[1:]
-    if g.k == 1 and op.name != "collective_permute":
+    if g.k == 1 and "pairs" not in a:  # one device per group: x itself (a permute may zero it)
         return x
-    if op.name == "all_reduce":
-        return g.broadcast(g.reduce(x, kind))
-    if op.name == "all_gather":
-        return g.broadcast(_move_k_into(b, g, g.major(x), a["dim"], len(s)))
-    if op.name == "reduce_scatter":
-        return _scatter(b, g, g.reduce(x, kind), a["dim"])
-    if op.name == "all_to_all":
-        return _all_to_all(b, g, x, a["split_dim"], a["concat_dim"])
+    return rule(b, g, op, x)
+
+
+def _all_reduce(b: Batcher, g: _Group, op: Op, x: int) -> int:
+    return g.broadcast(g.reduce(x, op.attrs.get("kind", "sum")))
+
+
+def _all_gather(b: Batcher, g: _Group, op: Op, x: int) -> int:
+    return g.broadcast(_move_k_into(b, g, g.major(x), op.attrs["dim"], b.types[x].ndim - 1))
+
+
+def _reduce_scatter(b: Batcher, g: _Group, op: Op, x: int) -> int:
+    return _scatter(b, g, g.reduce(x, op.attrs.get("kind", "sum")), op.attrs["dim"])
+
+
+def _all_to_all_rule(b: Batcher, g: _Group, op: Op, x: int) -> int:
+    return _all_to_all(b, g, x, op.attrs["split_dim"], op.attrs["concat_dim"])
+
+
+def _permute_rule(b: Batcher, g: _Group, op: Op, x: int) -> int:
     return _permute(b, op, x)
+
+
+# Each collective's rule on the device axis, and whether it combines values (a reduction
+# kind without a rule, or bools, keeps the collective).
+RULES: dict[str, tuple[Callable[[Batcher, _Group, Op, int], int], bool]] = {
+    "all_reduce": (_all_reduce, True),
+    "all_gather": (_all_gather, False),
+    "reduce_scatter": (_reduce_scatter, True),
+    "all_to_all": (_all_to_all_rule, False),
+    "collective_permute": (_permute_rule, False),
+}
 
 
 def _move_k_into(b: Batcher, g: _Group, y: int, dim: int, rank: int) -> int:

@@ -1,6 +1,8 @@
-"""Automatic sharding: `autoshard(f, *args, mesh=...)` picks every argument's, result's and
-contraction's layout by an integer program over the ops' factor rules, priced by the
-resharding planner's bytes and the mesh's simulator (spmd/autoshard_ilp.py, autoshard_cost.py).
+"""Automatic sharding: `autoshard(f, *args, mesh=...)` picks every argument's, result's and op
+result's layout by an integer program over the ops' factor rules, priced by the resharding
+planner's steps and the mesh's simulator (spmd/autoshard_ilp.py, autoshard_cost.py), pointwise
+chains grouped (autoshard_group.py), a scan's body solved once (autoshard_scan.py); every op
+result is then pinned by a sharding constraint, so the partitioner does what was priced.
 
 `spmd.jit(f, in_shardings=spmd.AUTO)` plans on the mesh its arguments are on.
 """

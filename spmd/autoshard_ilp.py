@@ -1,7 +1,7 @@
 """The auto-sharding search: a strategy per op from its factor rule, edges priced by the
 resharding planner's bytes, solved as one integer program (scipy.optimize.milp, HiGHS).
 
-Variables: x[n, s] = 1 when node n (a parameter or an op of the top-level graph) takes
+Variables: x[n, s] = 1 when node n (a parameter, an op, a pointwise chain or a scan) takes
 strategy s (which factor each mesh axis shards, or none). An edge (a value from its producer
 to one consumer) costs the time to reshard the producer's layout (pending sum included)
 into the layout the consumer's strategy wants; the product x[p, s] * x[c, t] is linearised

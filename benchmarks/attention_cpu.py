@@ -4,6 +4,7 @@ softmax in blocked numpy, backends/cpu/attention.py) against numpy's unfused att
 (jax.jit(jax.nn.dot_product_attention), XLA), forward and forward+backward, in one run.
 
 Run: python benchmarks/attention_cpu.py [--seqs 512 1024 2048 4096] [--rounds 7] [--threads 1]
+                                       [--passes fwd fwd+bwd]
 The runners are interleaved (ours, numpy, JAX, ours, ...) and each figure is the median of
 the rounds, so load from other jobs on a shared machine hits all three alike; the cpu
 columns are process CPU time per call, which other jobs' load moves less than wall time.
@@ -119,6 +120,8 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"],
+                        choices=["fwd", "fwd+bwd"])
     opts = parser.parse_args()
     try:
         import jax
@@ -133,7 +136,7 @@ def main() -> None:
     print(f"{'pass':8s} {'seq':>5s} {'causal':>6s} {'SxS MiB':>8s} | wall ms: {'ours':>8s} "
           f"{'numpy':>8s} {'jax':>8s} {'np/ours':>7s} {'jax/ours':>8s} | cpu ms: "
           f"{'ours':>8s} {'numpy':>8s} {'jax':>8s}")
-    for backward in (False, True):
+    for backward in [p == "fwd+bwd" for p in opts.passes]:
         for seq in opts.seqs:
             for causal in (False, True):
                 walls, cpus = interleaved_medians(runners(seq, causal, backward, jax),

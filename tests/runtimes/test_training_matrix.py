@@ -2,9 +2,8 @@
 and state, a checkpoint every 100 steps) on every runtime x backend: each row must end with
 the parameters of an unbroken run on the embedded runtime with the same backend (rtol 1e-5)
 and, for full-length rows, >= 97% test accuracy. The embedded and Ray rows stop halfway and
-resume from their checkpoint; the mpi and tcp rows run unbroken (spmd.checkpoint cannot save
-from several processes yet: each writes and renames its own temp folder, and removes the
-others' as leftovers).
+resume from their checkpoint; so do the mpi and tcp rows, in a second spmd-launch (every
+process saves its own shards of the checkpoint, spmd.checkpoint_save).
 
 Rows (what they cost on 2 busy cores decided their length): every runtime runs the full
 default (400 steps) on the cpu backend; interpreter rows run 30 steps (the interpreter is the
@@ -132,10 +131,14 @@ def launch(runtime: str, backend: str, *args: str) -> str:
 @pytest.mark.parametrize("runtime", [pytest.param("mpi", marks=pytest.mark.mpi), "tcp"])
 def test_multi_controller_runtime(runtime: str, backend: str, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """spmd-launch runs the example; it gathers and saves its final parameters."""
-    saved = tmp_path / "params.npz"
-    output = launch(runtime, backend, "--steps", str(length(backend)), "--save-params",
-                    str(saved))
+    """spmd-launch runs the example halfway, saving a checkpoint from every process; a second
+    spmd-launch resumes from it, then gathers and saves the final parameters."""
+    saved, steps = tmp_path / "params.npz", length(backend)
+    common = ("--steps", str(steps), "--checkpoint-dir", str(tmp_path / "checkpoints"),
+              "--checkpoint-every", str(steps // 2))
+    launch(runtime, backend, *common, "--stop-after", str(steps // 2))
+    output = launch(runtime, backend, *common, "--resume", "--save-params", str(saved))
+    assert f"{steps - steps // 2} steps run" in output  # it resumed: the first half was not redone
     accuracy = float(re.search(r"test accuracy (\S+)%", output).group(1)) / 100
     with np.load(saved) as params:
         assert_matches(dict(params), accuracy, backend, monkeypatch)

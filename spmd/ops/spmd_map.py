@@ -18,6 +18,7 @@ from spmd import dtypes
 from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
+from spmd.mesh import coords_index, device_coords
 from spmd.ops.opdef import Factors, OpDef, Trait
 
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
@@ -54,31 +55,21 @@ def unmentioned_axes(spec: Spec, axis_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(a for a in axis_names if a not in used)
 
 
-def _block_index(spec: Spec, coords: dict[str, int], sizes: dict[str, int]) -> list[int]:
+def _block_index(spec: Spec, coords: dict[str, int], axis_names: Sequence[str],
+                 axis_sizes: Sequence[int]) -> list[int]:
     """Per dim, which block a device with these mesh coordinates holds (major axis first)."""
-    out = []
-    for axes in spec:
-        index = 0
-        for a in axes:
-            index = index * sizes[a] + coords[a]
-        out.append(index)
-    return out
-
-
-def _device_coords(axis_names: Sequence[str], axis_sizes: Sequence[int]) -> list[dict[str, int]]:
-    return [dict(zip(axis_names, c)) for c in itertools.product(*(range(s) for s in axis_sizes))]
+    return [coords_index(coords, axes, axis_names, axis_sizes) for axes in spec]
 
 
 def split_global(value: np.ndarray, spec: Spec, axis_names: Sequence[str],
                  axis_sizes: Sequence[int]) -> list[np.ndarray]:
     """Each device's block of a global value (devices in row-major mesh order)."""
-    sizes = dict(zip(axis_names, axis_sizes))
     local = block_shape(value.shape, spec, axis_names, axis_sizes)
     if local is None:
         raise InternalError(f"shape {value.shape} does not split by {spec}")
     blocks = []
-    for coords in _device_coords(axis_names, axis_sizes):
-        index = _block_index(spec, coords, sizes)
+    for coords in device_coords(axis_names, axis_sizes):
+        index = _block_index(spec, coords, axis_names, axis_sizes)
         blocks.append(value[tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, local))])
     return blocks
 
@@ -86,14 +77,13 @@ def split_global(value: np.ndarray, spec: Spec, axis_names: Sequence[str],
 def assemble_global(blocks: Sequence[np.ndarray], spec: Spec, axis_names: Sequence[str],
                     axis_sizes: Sequence[int]) -> np.ndarray:
     """The global value of per-device blocks; over an axis `spec` omits, device 0's block."""
-    sizes = dict(zip(axis_names, axis_sizes))
     replicated = unmentioned_axes(spec, axis_names)
     local = blocks[0].shape
     out = np.empty(global_shape(local, spec, axis_names, axis_sizes), dtype=blocks[0].dtype)
-    for block, coords in zip(blocks, _device_coords(axis_names, axis_sizes)):
+    for block, coords in zip(blocks, device_coords(axis_names, axis_sizes)):
         if any(coords[a] for a in replicated):
             continue
-        index = _block_index(spec, coords, sizes)
+        index = _block_index(spec, coords, axis_names, axis_sizes)
         out[tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, local))] = block
     return out
 

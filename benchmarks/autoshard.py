@@ -3,11 +3,14 @@ FSDP x TP) on tpu-sim v5e 16x16 for an MLP, a transformer block (forward) and a 
 step (forward, backward, SGD update): simulated step time and peak memory, with search time
 and problem size.
 
-    python -m benchmarks.autoshard
+    python -m benchmarks.autoshard          # v5e 16x16
+    python -m benchmarks.autoshard v5p      # tpu-sim v5p 8x8x8 (3-axis hand plans)
+    python -m benchmarks.autoshard cpu      # the CPU 2x4 mesh
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -89,6 +92,30 @@ GPT_PLANS = {name: [act, act, *_block_specs(act, col, row) * LAYERS, col]
              for name, (act, col, row) in ROLES.items()}
 
 
+def roles(dp: tuple[str, ...], tp: tuple[str, ...]) -> dict[str, tuple]:
+    """ROLES for any mesh: data parallelism over the axes dp, tensor parallelism over tp
+    (a 3-D mesh gets DP over two axes x TP over one and DP over one x TP over two)."""
+    a = dp + tp
+    return {"DP": (P(a), P(), P()), "FSDP": (P(a), P(a), P(a)),
+            "Megatron TP": (P(), P(None, a), P(a)),
+            "DP x TP": (P(dp), P(None, tp), P(tp)),
+            "FSDP x TP": (P(dp), P(dp, tp), P(tp, None, dp))}
+
+
+def mesh_plans(splits: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> dict[str, dict]:
+    """MLP, block and GPT hand plans for each (dp axes, tp axes) split; uniform plans once."""
+    out: dict[str, dict] = {"mlp": {}, "block": {}, "gpt": {}}
+    for dp, tp in splits:
+        tag = f" {'.'.join(dp)}|{'.'.join(tp)}" if len(splits) > 1 else ""
+        for name, (act, col, row) in roles(dp, tp).items():
+            key = name if name in ("DP", "FSDP", "Megatron TP") else name + tag
+            w2 = P(*row[:1], *row[2:]) if len(row) > 2 else row
+            out["mlp"][key] = [act, col, w2]
+            out["block"][key] = [act, *_block_specs(act, col, row)]
+            out["gpt"][key] = [act, act, *_block_specs(act, col, row) * LAYERS, col]
+    return out
+
+
 def scanned_blocks(x: Any, *stacked: Any) -> Any:
     """Transformer blocks repeated by a scan over weights stacked on a leading layer dim."""
     h, _ = spmd.control.scan(lambda h, ws: (block(h, *ws), None), x, tuple(stacked))
@@ -118,7 +145,41 @@ def compare(name: str, f: Any, mesh: Any, shapes: list, plans: dict[str, list],
     return {"name": name, "hand": hand, "plan": plan, "wall": wall, "best": best}
 
 
+MESHES = {"v5p": ((8, 8, 8), ("x", "y", "z"), "tpu-sim:v5p",
+                  [(("x", "y"), ("z",)), (("x",), ("y", "z"))]),
+          "cpu": ((2, 4), ALL, None, [(("data",), ("model",))])}
+
+
+def other_mesh(kind: str) -> None:
+    """The MLP, block and GPT step on tpu-sim v5p 8x8x8 or the CPU 2x4 mesh (the embedded
+    runtime's cost model), against every uniform and DP/FSDP x TP split hand plan."""
+    shape, names, device, splits = MESHES[kind]
+    mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
+    plans = mesh_plans(splits)
+    programs = [("MLP 4096x4096x16384", mlp, [(4096, 4096), (4096, 16384), (16384, 4096)],
+                 plans["mlp"]),
+                ("block b32 s512 d1024 h16 f4096", block, block_shapes(32, 512, 1024, 16, 4096),
+                 plans["block"]),
+                (f"GPT training step, {LAYERS} layers, vocab 8192", gpt_step,
+                 gpt_shapes(32, 512, 1024, 16, 4096, 8192), plans["gpt"])]
+    for name, f, shapes, hand in programs:
+        report(compare(name, f, mesh, shapes, hand), kind)
+
+
+def report(r: dict[str, Any], where: str) -> None:
+    plan, hand = r["plan"], r["hand"]
+    print(f"\n{r['name']} ({where}): search {plan.search_s:.2f} s, {plan.problem}")
+    for label, rep in [*hand.items(), ("autoshard", plan.report)]:
+        print(f"  {label:18s} step {rep.step_time_s * 1e3:8.3f} ms   peak "
+              f"{rep.peak_memory_bytes / 2**20:8.1f} MiB")
+    ratio = plan.report.step_time_s / hand[r["best"]].step_time_s
+    print(f"  autoshard / best hand ({r['best']}) = {ratio:.3f}")
+    print(plan, flush=True)
+
+
 def main() -> None:
+    if len(sys.argv) > 1:
+        return other_mesh(sys.argv[1])
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
     mlp_shapes = [(4096, 4096), (4096, 16384), (16384, 4096)]
     programs = [("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),
@@ -132,16 +193,7 @@ def main() -> None:
     programs.append(("48 blocks in a scan (body solved once)", scanned_blocks,
                      stack(BLOCK_PLANS["DP"], 48, shapes)[1], scanned, None))
     for name, f, shapes, plans, limit in programs:
-        r = compare(name, f, mesh, shapes, plans, limit)
-        plan = r["plan"]
-        print(f"\n{r['name']} (v5e 16x16): search {plan.search_s:.2f} s, {plan.problem}")
-        hand = r["hand"]
-        for label, rep in [*hand.items(), ("autoshard", plan.report)]:
-            print(f"  {label:12s} step {rep.step_time_s * 1e3:8.3f} ms   peak "
-                  f"{rep.peak_memory_bytes / 2**20:8.1f} MiB")
-        ratio = plan.report.step_time_s / hand[r["best"]].step_time_s
-        print(f"  autoshard / best hand ({r['best']}) = {ratio:.3f}")
-        print(plan, flush=True)
+        report(compare(name, f, mesh, shapes, plans, limit), "v5e 16x16")
 
 
 if __name__ == "__main__":

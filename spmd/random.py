@@ -1,4 +1,6 @@
-"""spmd.random: counter-based random numbers (threefry2x32, JAX's key semantics).
+"""spmd.random: counter-based random numbers, JAX's: threefry2x32 with JAX 0.10's default
+partitionable layout (jax_threefry_partitionable), so key/split/fold_in/bits/uniform/normal
+give JAX's numbers (normal to float32 rounding: erfinv is a polynomial).
 
 Each element's value is a function of the key and its global index only, so the same
 key gives the same numbers on 1 device or any mesh and sharding, eagerly or under jit.
@@ -20,7 +22,6 @@ from spmd.tracing import bind, type_of
 ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 PARITY = 0x1BD11BDA  # Threefry's key-schedule constant
 MASK32 = 0xFFFFFFFF
-BITS_DOMAIN = 0x80000000  # counter high word of bits(): keeps it apart from split/fold_in
 
 
 def _u32(x: Any, shape: tuple[int, ...]) -> Any:
@@ -66,7 +67,9 @@ def key(seed: Any) -> Any:
     """
     if isinstance(seed, (int, np.integer)):
         value = int(seed)
-        return lax.constant(np.array([(value >> 32) & MASK32, value & MASK32], np.uint32))
+        # x64 off, as JAX: the seed is a 32-bit int, so the high word is 0
+        high = (value >> 32) & MASK32 if dtypes.X64["enabled"] else 0
+        return lax.constant(np.array([high, value & MASK32], np.uint32))
     t = type_of(seed)
     if t.shape != () or not (dtypes.is_int(t.dtype) or t.dtype == "bool"):
         raise DTypeError(f"key() needs an integer scalar seed, got {t}")
@@ -85,15 +88,19 @@ def _check_key(k: Any) -> tuple[Any, Any]:
 
 
 def split(k: Any, num: int = 2) -> Any:
-    """`num` new keys (uint32[num, 2]); equal to jax.random.split for the threefry keys."""
+    """`num` new keys (uint32[num, 2]): key i is threefry of counter (0, i), as
+    jax.random.split (key_data of its result)."""
     from spmd.validate import check_size
 
     k0, k1 = _check_key(k)
     num = check_size("split's num", num)
-    counts = lax.iota("uint32", (2 * num,))
-    y0, y1 = threefry2x32(k0, k1, lax.slice(counts, (0,), (num,)),
-                          lax.slice(counts, (num,), (2 * num,)))
-    return lax.reshape(lax.concatenate([y0, y1], 0), (num, 2))
+    y0, y1 = threefry2x32(k0, k1, 0, lax.iota("uint32", (num,)))
+    return lax.concatenate([lax.reshape(y0, (num, 1)), lax.reshape(y1, (num, 1))], 1)
+
+
+def key_data(k: Any) -> Any:
+    """The key's uint32[..., 2] words (JAX's jax.random.key_data; spmd keys are those words)."""
+    return k
 
 
 def fold_in(k: Any, data: Any) -> Any:
@@ -130,33 +137,42 @@ def _global_index(shape: tuple[int, ...]) -> Any:
 
 
 def _words(k: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
-    """Two independent uint32 words per element, from the element's global index."""
+    """Two uint32 words per element: threefry of the counter (high, low word of the element's
+    row-major index), JAX's iota_2x32_shape; arrays are below 2**32 elements, so high is 0."""
     k0, k1 = _check_key(k)
-    return threefry2x32(k0, k1, BITS_DOMAIN, _global_index(shape))
+    return threefry2x32(k0, k1, 0, _global_index(shape))
+
+
+def _random_bits(k: Any, shape: tuple[int, ...], width: int) -> Any:
+    """JAX's partitionable random bits: 64 = high << 32 | low, 32 = high ^ low, 8 and 16
+    the low bits of high ^ low."""
+    word0, word1 = _words(k, shape)
+    if width == 64:
+        high = lax.shift_left(lax.convert_element_type(word0, "uint64"), 32)
+        return lax.bitwise_or(high, lax.convert_element_type(word1, "uint64"))
+    mixed = lax.bitwise_xor(word0, word1)
+    if width == 32:
+        return mixed
+    return lax.convert_element_type(lax.bitwise_and(mixed, (1 << width) - 1), f"uint{width}")
 
 
 def bits(k: Any, shape: Sequence[int] = (), dtype: Any = "uint32") -> Any:
-    """Uniform random bits of an unsigned dtype (uint8/16/32/64)."""
+    """Uniform random bits of an unsigned dtype (uint8/16/32/64), as jax.random.bits."""
     dtype = dtypes.canonical(dtype)
     shape = _shape(shape)
     if not dtypes.is_unsigned(dtype):
         raise DTypeError(f"bits() needs an unsigned dtype, got {dtype}")
-    word0, word1 = _words(k, shape)
-    if dtype == "uint64":
-        high = lax.shift_left(lax.convert_element_type(word0, "uint64"), 32)
-        return lax.bitwise_or(high, lax.convert_element_type(word1, "uint64"))
-    width = 8 * dtypes.itemsize(dtype)
-    if width < 32:
-        word0 = lax.shift_right(word0, 32 - width)
-    return lax.convert_element_type(word0, dtype)
+    return _random_bits(k, shape, 8 * dtypes.itemsize(dtype))
 
 
-def _unit_float(word: Any, dtype: str) -> Any:
-    """A uint32 word -> a float in [0, 1) with as many random bits as `dtype` holds exactly."""
-    precision = min(int(ml_dtypes.finfo(dtypes.to_numpy(dtype)).nmant) + 1, 32)
-    top = lax.shift_right(word, 32 - precision) if precision < 32 else word
-    wide = "float64" if dtype == "float64" else "float32"
-    scaled = lax.mul(lax.convert_element_type(top, wide), float(2.0 ** -precision))
+def _unit_float(k: Any, shape: tuple[int, ...], dtype: str) -> Any:
+    """Floats in [0, 1) as JAX draws them: the top `nmant` bits of the random bits (8 bits
+    for bfloat16, else the dtype's width) are the mantissa of a float in [1, 2), minus 1."""
+    nmant = int(ml_dtypes.finfo(dtypes.to_numpy(dtype)).nmant)
+    width = 8 if nmant < 8 else 8 * dtypes.itemsize(dtype)
+    mantissa = lax.shift_right(_random_bits(k, shape, width), width - nmant)
+    wide = "float64" if dtype == "float64" else "float32"  # exact: nmant bits fit
+    scaled = lax.mul(lax.convert_element_type(mantissa, wide), float(2.0 ** -nmant))
     return lax.convert_element_type(scaled, dtype)
 
 
@@ -182,21 +198,11 @@ def _uniform(k: Any, shape: Sequence[int], dtype: Any, minval: Any, maxval: Any)
 
     dtype = _float_dtype(dtype)
     shape = _shape(shape)
-    unit = _unit_float(_words(k, shape)[0], dtype)
+    unit = _unit_float(k, shape, dtype)
     low = snp.asarray(minval, dtype)
     high = snp.asarray(maxval, dtype)
     out = snp.asarray(unit * (high - low) + low, dtype)
-    return snp.asarray(snp.clip(out, low, _below(high, dtype)), dtype)
-
-
-def _below(high: Any, dtype: str) -> Any:
-    """The largest float of `dtype` below `high` (rounding must not reach maxval)."""
-    from spmd import numpy as snp
-
-    if isinstance(high, (int, float)):
-        return float(np.nextafter(dtypes.to_numpy(dtype).type(high), -np.inf))
-    tiny = float(ml_dtypes.finfo(dtypes.to_numpy(dtype)).eps)
-    return snp.where(high > 0, high * (1 - tiny / 2), high * (1 + tiny))
+    return snp.asarray(snp.maximum(low, out), dtype)  # JAX's formula, rounding included
 
 
 def normal(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", *,
@@ -208,17 +214,18 @@ def normal(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", *,
 
 
 def _normal(k: Any, shape: Sequence[int], dtype: Any) -> Any:
-    """Box-Muller on the element's two words."""
+    """JAX's: sqrt(2) * erfinv(u), u uniform in (-1, 1) (erfinv in float32 for 16-bit
+    dtypes, as XLA upcasts it)."""
     from spmd import numpy as snp
 
     dtype = _float_dtype(dtype)
     shape = _shape(shape)
+    np_dtype = dtypes.to_numpy(dtype)
+    low = float(np.nextafter(np_dtype.type(-1.0), np_dtype.type(0.0)))
+    u = _uniform(k, shape, dtype, low, 1.0)
     wide = "float64" if dtype == "float64" else "float32"
-    word0, word1 = _words(k, shape)
-    radius_unit = lax.sub(1.0, _unit_float(word0, wide))  # in (0, 1]: log is finite
-    angle = lax.mul(_unit_float(word1, wide), float(2 * np.pi))
-    radius = lax.sqrt(lax.mul(lax.log(radius_unit), -2.0))
-    return snp.asarray(lax.mul(radius, lax.cos(angle)), dtype)
+    root2 = float(dtypes.to_numpy(dtype).type(np.sqrt(2)))
+    return snp.asarray(snp.asarray(erfinv(snp.asarray(u, wide)), dtype) * root2, dtype)
 
 
 # Giles (2010), "Approximating the erfinv function": single-precision polynomials.
@@ -232,7 +239,7 @@ def erfinv(x: Any) -> Any:
     """The inverse error function on (-1, 1), to about float32 precision."""
     from spmd import numpy as snp
 
-    w = -snp.log((1 - x) * (1 + x))
+    w = -snp.log1p(-x * x)  # as XLA's ErfInv32
     central = w - 2.5
     tail = snp.sqrt(snp.maximum(w, 5.0)) - 3.0
     p_central = snp.zeros_like(x)
@@ -240,7 +247,8 @@ def erfinv(x: Any) -> Any:
     for a, b in zip(_ERFINV_CENTRAL, _ERFINV_TAIL):
         p_central = a + p_central * central
         p_tail = b + p_tail * tail
-    return snp.where(w < 5.0, p_central, p_tail) * x
+    inf = snp.where(x > 0, np.inf, -np.inf)
+    return snp.where(snp.abs(x) == 1, inf, snp.where(w < 5.0, p_central, p_tail) * x)
 
 
 def truncated_normal(k: Any, lower: float, upper: float, shape: Sequence[int] = (),
@@ -307,6 +315,7 @@ __all__ = [
     "erfinv",
     "fold_in",
     "key",
+    "key_data",
     "normal",
     "permutation",
     "randint",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from jax_random_programs import random_numbers
 
 
 class Api:
@@ -41,7 +42,7 @@ class Api:
 
     @contextlib.contextmanager
     def x64_off(self) -> Iterator[None]:
-        """JAX's default (jax_enable_x64 off); spmd keeps x64 on unless asked."""
+        """jax_enable_x64 off, whatever the environment says (both libraries' default)."""
         before = self.jax.config.read("jax_enable_x64")
         self.jax.config.update("jax_enable_x64", False)
         try:
@@ -345,7 +346,7 @@ PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
                             shard_map_psum, shard_map_matmul, shard_map_scan_carry,
                             tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
                             eager_layouts, set_mesh_placement, bare_specs, data_parallel_step,
-                            mnist_style_training, explicit_types)
+                            mnist_style_training, explicit_types, random_numbers)
 }
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -24,7 +25,11 @@ from jax_programs import PROGRAMS, Api, run_program
 def load(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
     with np.load(directory / "jax_outputs.npz") as data:
         arrays = {k.replace("__", "/"): data[k] for k in data.files}
-    return arrays, json.loads((directory / "jax_outputs.json").read_text())
+    meta = json.loads((directory / "jax_outputs.json").read_text())
+    for key, arr in arrays.items():  # npz keeps bfloat16 as 2-byte void
+        if meta[key]["dtype"] == "bfloat16":
+            arrays[key] = arr.view(ml_dtypes.bfloat16)
+    return arrays, meta
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,8 @@ def compare(name: str, outputs: tuple[dict, dict], want_arrays: dict, want_meta:
         assert (got["dtype"], got["shape"]) == (want["dtype"], want["shape"]), key
         assert got["layout"] == want["layout"], f"{key}: spmd lays it out {got['layout']}, " \
                                                 f"JAX {want['layout']}"
-        np.testing.assert_allclose(arrays[key], want_arrays[key], rtol=2e-5, atol=2e-5,
+        np.testing.assert_allclose(arrays[key].astype(np.float64),
+                                   want_arrays[key].astype(np.float64), rtol=2e-5, atol=2e-5,
                                    err_msg=key)
 
 

@@ -1,0 +1,50 @@
+"""autoshard's plan against the hand plans on the other meshes issue 20 names: tpu-sim v5p
+8x8x8 (a 3-D torus: DP over two axes x TP over one, and over one x two) and the CPU 2x4 mesh
+(the embedded runtime's own cost model). Step times are simulated, so the ratios are exact."""
+
+from __future__ import annotations
+
+import pytest
+
+import spmd
+import spmd.sim
+from benchmarks.autoshard import (
+    MESHES,
+    block,
+    block_shapes,
+    gpt_shapes,
+    gpt_step,
+    hand_reports,
+    mesh_plans,
+    mlp,
+)
+from spmd.api import ShapeDtypeStruct as S
+
+pytest.importorskip("scipy")
+
+PROGRAMS = {"mlp": (mlp, [(4096, 4096), (4096, 16384), (16384, 4096)]),
+            "block": (block, block_shapes(32, 512, 1024, 16, 4096)),
+            "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192))}
+
+
+def _ratio(kind: str, program: str) -> tuple[float, dict]:
+    shape, names, device, splits = MESHES[kind]
+    mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
+    f, shapes = PROGRAMS[program]
+    hand = hand_reports(f, mesh, shapes, mesh_plans(splits)[program])
+    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh)
+    best = min(r.step_time_s for r in hand.values())
+    return plan.report.step_time_s / best, {k: r.step_time_s for k, r in hand.items()}
+
+
+@pytest.mark.timeout(100)  # 19 s measured at load 20
+@pytest.mark.parametrize("kind", ["v5p", "cpu"])
+def test_mlp_plan_within_5_percent_of_the_best_hand_plan(kind):
+    ratio, hand = _ratio(kind, "mlp")
+    assert ratio <= 1.05, (ratio, hand)
+
+
+@pytest.mark.timeout(100)  # 18 s measured at load 20
+def test_block_plan_within_5_percent_of_the_best_hand_plan_on_cpu_2x4():
+    ratio, hand = _ratio("cpu", "block")
+    assert ratio <= 1.05, (ratio, hand)

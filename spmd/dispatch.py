@@ -17,12 +17,11 @@ from spmd.executables import (  # noqa: F401
     compile_graph,
     find_mesh,
 )
+from spmd.mesh import device_count, devices  # noqa: F401
 from spmd.placement import addressable_shards, assemble, device_put, split  # noqa: F401
 from spmd.runtime_state import (  # noqa: F401
     check_device,
     current_runtime,
-    device_count,
-    devices,
     runtime,
     runtime_api,
     set_runtime,

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from spmd import config
+from spmd import config, runtime_state
 from spmd.errors import MeshError
 
 
@@ -37,22 +37,21 @@ class Device:
 
 def device_count() -> int:
     """Logical devices of the local runtime: SPMD_NUM_DEVICES (default 8)."""
-    from spmd import dispatch
-
-    return dispatch.device_count()
+    return len(devices())
 
 
 def local_device_count() -> int:
     """Devices this process drives (all of them on the local runtime)."""
-    from spmd import distributed
-
-    return len(distributed.local_devices())
+    installed = runtime_state.current_runtime()
+    return len(devices() if installed is None else installed.local_devices())
 
 
 def devices() -> list[Device]:
-    from spmd import dispatch
-
-    return dispatch.devices()
+    """The installed runtime's devices, else the local runtime's SPMD_NUM_DEVICES."""
+    found = runtime_state.known_devices()
+    if found is None:
+        found = runtime_state.remember_devices([Device(i) for i in range(env_device_count())])
+    return found
 
 
 class AxisType(enum.Enum):
@@ -277,9 +276,7 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
     if device.startswith("tpu-sim"):
         pool = [Device(i, "tpu_sim") for i in range(n)]
     elif device != "cpu":
-        from spmd import dispatch
-
-        dispatch.check_device(device)  # gpu without cupy or a GPU: LaunchError, never a CPU run
+        runtime_state.check_device(device)  # gpu without cupy or a GPU: LaunchError, never a CPU run
         pool = list(devices) if devices is not None else globals()["devices"]()
     else:
         pool = list(devices) if devices is not None else globals()["devices"]()

@@ -11,8 +11,6 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from spmd.mesh import Device, env_device_count
-
 _STATE: dict[str, Any] = {"runtime": None, "devices": None}
 
 
@@ -33,15 +31,14 @@ def runtime() -> Any:
     return installed if installed is not None else runtime_api().local_runtime()
 
 
-def devices() -> list[Device]:
-    """The installed runtime's devices, else the local runtime's SPMD_NUM_DEVICES."""
-    if _STATE["devices"] is None:
-        _STATE["devices"] = [Device(i) for i in range(env_device_count())]
+def known_devices() -> list[Any] | None:
+    """The devices spmd.mesh.devices() found or the installed runtime gave (None: not yet)."""
     return _STATE["devices"]
 
 
-def device_count() -> int:
-    return len(devices())
+def remember_devices(found: list[Any]) -> list[Any]:
+    _STATE["devices"] = found
+    return found
 
 
 def check_device(device_kind: str) -> None:

@@ -84,7 +84,7 @@ def test_core_modules_never_reach_the_api_at_import_time():
     table = rules()
     core = [m for m in all_modules() if layer_of(m, table) == "core"]
     assert "spmd.tracing" in core and "spmd.ops.opdef" in core and "spmd.api" not in core
-    assert table["core"][1] == {"core"}
+    assert table["core"][1] <= {"core", "door"} and table["door"][1] == set()
 
 
 def test_rules_parser_reads_a_table_and_picks_the_longest_prefix():

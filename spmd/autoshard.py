@@ -91,11 +91,14 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
     def edges(t: Any, src: tuple, dst: Dims) -> float:
         return edge_time(mesh, rates, t, src, dst)
 
-    nodes = build_nodes(graph, names, sizes, rates, fixed, edges)
     limit = memory_limit
     notes: list[str] = []
+    has_scan = any(op.name == "scan" for op in graph.ops)
+    nodes: list[Node] = []
     for _ in range(4):
         try:
+            if not nodes or has_scan:  # a scan's body is re-solved under the tighter limit
+                nodes = build_nodes(graph, names, sizes, rates, fixed, edges, limit)
             sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
             raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit}: "

@@ -168,7 +168,8 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
 
 def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
                 rates: dict[str, float], fixed: dict[int, Dims],
-                edge_time: Callable[..., float] | None = None) -> list[Node]:
+                edge_time: Callable[..., float] | None = None,
+                memory_limit: float | None = None) -> list[Node]:
     """Parameters (all layouts, or the one the user fixed) then every top-level op, a
     pointwise chain as one node (spmd/autoshard_group.py), a scan with its body solved once
     where edge_time is given (spmd/autoshard_scan.py)."""
@@ -196,7 +197,7 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
             from spmd.autoshard_scan import scan_node
 
             strategy, body = scan_node(op, names, sizes, rates, edge_time, build_nodes, solve,
-                                       Strategy)
+                                       Strategy, memory_limit)
             nodes.append(Node("scan", op, op.outputs, [strategy], op.inputs, (op,), body))
             continue
         if len(ops) == 1 and not pointwise(op, types):

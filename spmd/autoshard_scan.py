@@ -21,8 +21,10 @@ Dims = tuple[tuple[str, ...], ...]
 
 def scan_node(op: Op, names: tuple[str, ...], sizes: tuple[int, ...], rates: dict[str, float],
               edge_time: Callable[..., float], build: Callable[..., list], solve: Callable,
-              make: Callable[..., Any]) -> tuple[Any, Any]:
-    """(the scan's one Strategy, the body's Solution)."""
+              make: Callable[..., Any], memory_limit: float | None = None) -> tuple[Any, Any]:
+    """(the scan's one Strategy, the body's Solution). Under memory_limit the body's solve
+    counts its per-step slices `length` times (the stacked arrays live outside the body),
+    its consts, carries and contraction results once."""
     a = op.attrs
     body, nc, ncar = a["body"], a["num_consts"], a["num_carry"]
     nodes = build(body, names, sizes, rates, {}, edge_time)
@@ -31,7 +33,11 @@ def scan_node(op: Op, names: tuple[str, ...], sizes: tuple[int, ...], rates: dic
         node.inputs = (body.results[i],)
         node.strategies = [dataclasses.replace(s, wants=(s.gives[0][0],))
                            for s in node.strategies]
-    sol = solve(body, nodes, edge_time, None, lambda n: False)
+    for node in nodes[nc + ncar:len(body.params)]:
+        node.strategies = [dataclasses.replace(s, memory=s.memory * a["length"])
+                           for s in node.strategies]
+    sol = solve(body, nodes, edge_time, memory_limit,
+                lambda n: n.op is None or n.op.name == "dot_general")
     chosen = {v: s.gives[j] for node, k in zip(sol.nodes, sol.choice)
               for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
     fixed = nc + ncar

@@ -48,3 +48,22 @@ def test_mlp_plan_within_5_percent_of_the_best_hand_plan(kind):
 def test_block_plan_within_5_percent_of_the_best_hand_plan_on_cpu_2x4():
     ratio, hand = _ratio("cpu", "block")
     assert ratio <= 1.05, (ratio, hand)
+
+
+@pytest.mark.timeout(75)  # 15 s measured at load 20
+def test_scan_body_plan_meets_a_memory_limit_replicated_stacked_weights_exceed():
+    """The body is solved once under the limit, its per-step weight slices counted `length`
+    times (the stacked weights live outside it)."""
+    from spmd.sharding import NamedSharding, P
+    from tests.autoshard.test_autoshard import layers
+
+    mesh = spmd.make_mesh((16, 16), ("data", "model"), device="tpu-sim:v5e")
+    shapes = [(4096, 4096), (8, 4096, 16384), (8, 16384, 4096)]
+    dp = [P(("data", "model")), P(), P()]
+    replicated = spmd.sim.simulate(layers, *[S(s, "float32", NamedSharding(mesh, p))
+                                             for s, p in zip(shapes, dp)], check_memory=False)
+    limit = 1 << 30  # the stacked weights alone are 4 GiB replicated
+    assert replicated.peak_memory_bytes > limit
+    plan = spmd.sim.autoshard(layers, *[S(s, "float32") for s in shapes], mesh=mesh,
+                              memory_limit=limit)
+    assert plan.report.peak_memory_bytes <= limit, plan

@@ -153,7 +153,8 @@ def embedding_step(ids: Any, y: Any, *weights: Any) -> tuple:
 EMBEDDING = ([(64, 512), (64, 512, 1024), (262144, 1024), (1024, 1024), (1024, 1024)],
              ["int32"] + ["float32"] * 4)
 # the table as a column-parallel weight (TP shards d, which a gather keeps local)
-EMBEDDING_PLANS = {name: [act, act, col, col, row] for name, (act, col, row) in ROLES.items()}
+EMBEDDING_PLANS = {name: [act, act, col, col, _block_specs(act, col, row)[-1]]
+                   for name, (act, col, row) in ROLES.items()}
 
 
 def compare(name: str, f: Any, mesh: Any, shapes: list, plans: dict[str, list],

@@ -27,12 +27,13 @@ PROGRAMS = {"mlp": (mlp, [(4096, 4096), (4096, 16384), (16384, 4096)]),
             "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192))}
 
 
-def _ratio(kind: str, program: str) -> tuple[float, dict]:
+def _ratio(kind: str, program: str, time_limit_s: float = 60.0) -> tuple[float, dict]:
     shape, names, device, splits = MESHES[kind]
     mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
     f, shapes = PROGRAMS[program]
     hand = hand_reports(f, mesh, shapes, mesh_plans(splits)[program])
-    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh)
+    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh,
+                              time_limit_s=time_limit_s)
     best = min(r.step_time_s for r in hand.values())
     return plan.report.step_time_s / best, {k: r.step_time_s for k, r in hand.items()}
 
@@ -47,6 +48,14 @@ def test_mlp_plan_within_5_percent_of_the_best_hand_plan(kind):
 @pytest.mark.timeout(100)  # 18 s measured at load 20
 def test_block_plan_within_5_percent_of_the_best_hand_plan_on_cpu_2x4():
     ratio, hand = _ratio("cpu", "block")
+    assert ratio <= 1.05, (ratio, hand)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 4 min measured at load 20 (HiGHS optimal after 72 s)
+def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan_on_cpu_2x4():
+    # HiGHS's limit is wall time: under load its default 60 s ended with a plan 11x worse
+    ratio, hand = _ratio("cpu", "gpt", time_limit_s=600.0)
     assert ratio <= 1.05, (ratio, hand)
 
 
@@ -67,3 +76,18 @@ def test_scan_body_plan_meets_a_memory_limit_replicated_stacked_weights_exceed()
     plan = spmd.sim.autoshard(layers, *[S(s, "float32") for s in shapes], mesh=mesh,
                               memory_limit=limit)
     assert plan.report.peak_memory_bytes <= limit, plan
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 170 s measured at load 20 (FSDP x TP's simulation is most of it)
+def test_embedding_model_plan_beats_every_uniform_hand_plan_on_v5e_16x16():
+    """A 256k x 1024 table and a small MLP, one SGD step: the plan shards the table over d
+    (a gather keeps that local, its scatter_add gradient too) and the MLP by batch, which
+    no uniform plan does."""
+    from benchmarks.autoshard import ALL, EMBEDDING, EMBEDDING_PLANS, compare, embedding_step
+
+    mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
+    r = compare("embedding", embedding_step, mesh, EMBEDDING[0], EMBEDDING_PLANS,
+                dtypes=EMBEDDING[1])
+    best = r["hand"][r["best"]].step_time_s
+    assert r["plan"].report.step_time_s < 0.5 * best, (r["plan"], r["hand"])

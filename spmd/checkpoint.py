@@ -249,7 +249,7 @@ def restore(directory: str, target: Any = None, step: int | None = None,
 
 def _check_leaf(folder: str, entry: dict[str, Any], leaf: Any) -> None:
     shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
-    dtype = dtypes.canonical(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+    dtype = dtypes.name(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
     if shape != tuple(entry["shape"]) or dtype != entry["dtype"]:
         raise CheckpointError(f"leaf {entry['path']!r} of checkpoint {folder} is "
                               f"{entry['dtype']}{entry['shape']}, the target wants "

@@ -196,7 +196,7 @@ def local(box: Box, origin: tuple[int, ...]) -> tuple[slice, ...]:
 
 
 def storable_dtype_name(dtype: Any) -> str:
-    name = dtypes.canonical(dtype)
+    name = dtypes.name(dtype)  # not narrowed: numpy leaves keep their dtype with x64 off
     if name not in dtypes.ALL:
         raise CheckpointError(f"cannot checkpoint dtype {name!r}")
     return name

@@ -45,6 +45,12 @@ def canonical(dtype: object) -> str:
     return name
 
 
+def name(dtype: object) -> str:
+    """The dtype's own name, never narrowed (a checkpoint keeps a float64 numpy leaf float64
+    with x64 off, as orbax)."""
+    return _name(dtype)
+
+
 def _name(dtype: object) -> str:
     if isinstance(dtype, str) and dtype in _NUMPY:
         return dtype

@@ -91,9 +91,11 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
     def edges(t: Any, src: tuple, dst: Dims) -> float:
         return edge_time(mesh, rates, t, src, dst)
 
+    has_scan = any(op.name == "scan" for op in graph.ops)
+    if len(names) >= 3 and not fixed and not has_scan:
+        return _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s, start)
     limit = memory_limit
     notes: list[str] = []
-    has_scan = any(op.name == "scan" for op in graph.ops)
     nodes: list[Node] = []
     for _ in range(4):
         try:
@@ -117,6 +119,38 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
     plan.search_s = time.perf_counter() - start
     plan.explanation = notes + plan.explanation
     return plan
+
+
+def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
+               memory_limit: float | None, time_limit_s: float, start: float) -> Plan:
+    """A mesh of 3+ axes: solve on each 2-D view (spmd/autoshard_coarse.py), keep the plan
+    with the shortest simulated step among those within memory_limit."""
+    from spmd.autoshard_coarse import physical_edges, to_physical, views
+
+    best: Plan | None = None
+    notes: list[str] = []
+    for logical, sizes, axes in views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)):
+        ledges = physical_edges(edges, axes)
+        nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit)
+        try:
+            sol = solve(graph, nodes, ledges, memory_limit, _counts_memory, time_limit_s)
+        except RuntimeError as e:
+            notes.append(f"view {' | '.join(logical)}: no plan ({e})")
+            continue
+        sol.nodes = to_physical(nodes, axes)
+        plan = apply(graph, mesh, sol)
+        rep = plan.report
+        notes.append(f"view {' | '.join(logical)}: HiGHS {sol.status} after {sol.search_s:.1f}"
+                     f" s, simulated {rep.step_time_s * 1e3:.3f} ms")
+        fits = memory_limit is None or rep.peak_memory_bytes <= memory_limit
+        if fits and (best is None or rep.step_time_s < best.report.step_time_s):
+            best = plan
+    if best is None:
+        raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit} on "
+                            "any 2-D view of the mesh", hint="raise memory_limit")
+    best.search_s = time.perf_counter() - start
+    best.explanation = notes + best.explanation
+    return best
 
 
 def _counts_memory(node: Node) -> bool:

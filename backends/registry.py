@@ -67,9 +67,16 @@ class Backend(Protocol):
         """Why this backend cannot run on this machine (missing package or device), or None."""
         ...
 
-    def compile(self, graph: Graph, run_op: RunOp | None = None, *,
-                donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                device_id: int = 0, communicator: Any = None) -> Executable: ...
+    def compile(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        *,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        device_id: int = 0,
+        communicator: Any = None,
+    ) -> Executable: ...
 
 
 # kind -> "module:attribute" of its Backend object (data, imported on first use)
@@ -93,8 +100,10 @@ def get(kind: str) -> Backend:
     if found is not None:
         return found
     if kind not in REGISTRY:
-        raise LaunchError(f"no backend for device kind {kind!r}",
-                          hint=f"use one of {', '.join(map(repr, REGISTRY))}")
+        raise LaunchError(
+            f"no backend for device kind {kind!r}",
+            hint=f"use one of {', '.join(map(repr, REGISTRY))}",
+        )
     module, _, name = REGISTRY[kind].partition(":")
     found = getattr(importlib.import_module(module), name)
     _LOADED[kind] = found
@@ -128,8 +137,10 @@ def choose(device_kind: str, graph: Graph, copies: int = 1) -> str:
     if family == "gpu":
         return "gpu"
     if family not in ("cpu", "tpu-sim"):
-        raise LaunchError(f"no backend for device kind {device_kind!r}",
-                          hint=f"use one of {', '.join(map(repr, REGISTRY))}")
+        raise LaunchError(
+            f"no backend for device kind {device_kind!r}",
+            hint=f"use one of {', '.join(map(repr, REGISTRY))}",
+        )
     choice = host_choice()
     if choice != "auto":
         return choice
@@ -139,18 +150,23 @@ def choose(device_kind: str, graph: Graph, copies: int = 1) -> str:
 def check_device(device_kind: str) -> None:
     """LaunchError unless device_kind's backend can run here (make_mesh calls it)."""
     if device_family(device_kind) not in DEVICE_KINDS:
-        raise LaunchError(f"unknown device kind {device_kind!r}",
-                          hint="use device='cpu', 'gpu' or 'tpu-sim:<chip>' (e.g. tpu-sim:v5e)")
+        raise LaunchError(
+            f"unknown device kind {device_kind!r}",
+            hint="use device='cpu', 'gpu' or 'tpu-sim:<chip>' (e.g. tpu-sim:v5e)",
+        )
     backend = get(device_kind)
     reason = backend.unavailable()
     if reason is not None:
-        raise LaunchError(f"device={device_kind!r} cannot run on this machine: {reason}",
-                          hint="install the backend's package (for 'gpu': cupy matching your "
-                               "CUDA, e.g. pip install cupy-cuda12x) on a machine with a GPU, "
-                               "or use device='cpu'")
+        raise LaunchError(
+            f"device={device_kind!r} cannot run on this machine: {reason}",
+            hint="install the backend's package (for 'gpu': cupy matching your "
+            "CUDA, e.g. pip install cupy-cuda12x) on a machine with a GPU, "
+            "or use device='cpu'",
+        )
 
 
-def compile_for(device_kind: str, graph: Graph, run_op: RunOp | None = None, *,
-                copies: int = 1, **options: Any) -> Executable:
+def compile_for(
+    device_kind: str, graph: Graph, run_op: RunOp | None = None, *, copies: int = 1, **options: Any
+) -> Executable:
     """`graph` compiled by the backend `choose` picks (the usual entry point for runtimes)."""
     return get(choose(device_kind, graph, copies)).compile(graph, run_op, **options)

@@ -28,9 +28,9 @@ if __name__ == "__main__":  # thread counts must be set before numpy and jax loa
     _n = str(_threads(sys.argv))
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = _n
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + (
-        " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        if _n == "1" else ""))
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
+        " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if _n == "1" else ""
+    )
 
 import numpy as np
 
@@ -43,8 +43,9 @@ from benchmarks.fused_chains import interleaved_medians
 B, N, H = 1, 8, 64
 
 
-def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def numpy_forward(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """[B,T,N,H] -> (out [B,T,N,H], probabilities [B,N,T,S]) through BLAS matmuls."""
     qt, kt, vt = (np.swapaxes(x, 1, 2) for x in (q, k, v))  # [B,N,T,H]
     s = np.matmul(qt, np.swapaxes(kt, -1, -2)) * np.float32(1 / np.sqrt(q.shape[-1]))
@@ -55,8 +56,9 @@ def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool
     return np.swapaxes(np.matmul(p, vt), 1, 2), p
 
 
-def numpy_grads(q: np.ndarray, k: np.ndarray, v: np.ndarray, d_out: np.ndarray,
-                causal: bool) -> tuple[np.ndarray, ...]:
+def numpy_grads(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, d_out: np.ndarray, causal: bool
+) -> tuple[np.ndarray, ...]:
     """Forward, then the softmax backward on the saved S x S probabilities."""
     out, p = numpy_forward(q, k, v, causal)
     qt, kt, vt, dot, ot = (np.swapaxes(x, 1, 2) for x in (q, k, v, d_out, out))
@@ -87,6 +89,7 @@ def runners(seq: int, causal: bool, backward: bool, jax: Any) -> list[Any]:
     else:
         runs.append(lambda: numpy_forward(q, k, v, causal))
     if jax is not None:
+
         def jax_f(q: Any, k: Any, v: Any) -> Any:
             return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
 
@@ -106,10 +109,14 @@ def check(seq: int) -> None:
     rng = np.random.default_rng(1)
     q, k, v, c = (rng.standard_normal((B, seq, N, H)).astype(np.float32) for _ in range(4))
     want = numpy_grads(q, k, v, c, True)
-    loss = spmd.grad(lambda q, k, v: (spmd.nn.dot_product_attention(q, k, v, is_causal=True)
-                                      * c).sum(), argnums=(0, 1, 2))
-    jloss = jax.grad(lambda q, k, v: (jax.nn.dot_product_attention(q, k, v, is_causal=True)
-                                      * c).sum(), argnums=(0, 1, 2))
+    loss = spmd.grad(
+        lambda q, k, v: (spmd.nn.dot_product_attention(q, k, v, is_causal=True) * c).sum(),
+        argnums=(0, 1, 2),
+    )
+    jloss = jax.grad(
+        lambda q, k, v: (jax.nn.dot_product_attention(q, k, v, is_causal=True) * c).sum(),
+        argnums=(0, 1, 2),
+    )
     for got in (spmd.jit(loss)(q, k, v), jax.jit(jloss)(q, k, v)):
         for g, w in zip(got, want):
             np.testing.assert_allclose(np.asarray(g), w, rtol=1e-3, atol=1e-3)
@@ -120,8 +127,9 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"],
-                        choices=["fwd", "fwd+bwd"])
+    parser.add_argument(
+        "--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"]
+    )
     opts = parser.parse_args()
     try:
         import jax
@@ -131,23 +139,29 @@ def main() -> None:
         jax = None
     if jax is not None:
         check(256)
-    print(f"B={B} N={N} H={H} float32, {opts.threads} thread(s), median of {opts.rounds} "
-          f"interleaved rounds; S x S = numpy's probability buffer")
-    print(f"{'pass':8s} {'seq':>5s} {'causal':>6s} {'SxS MiB':>8s} | wall ms: {'ours':>8s} "
-          f"{'numpy':>8s} {'jax':>8s} {'np/ours':>7s} {'jax/ours':>8s} | cpu ms: "
-          f"{'ours':>8s} {'numpy':>8s} {'jax':>8s}")
+    print(
+        f"B={B} N={N} H={H} float32, {opts.threads} thread(s), median of {opts.rounds} "
+        f"interleaved rounds; S x S = numpy's probability buffer"
+    )
+    print(
+        f"{'pass':8s} {'seq':>5s} {'causal':>6s} {'SxS MiB':>8s} | wall ms: {'ours':>8s} "
+        f"{'numpy':>8s} {'jax':>8s} {'np/ours':>7s} {'jax/ours':>8s} | cpu ms: "
+        f"{'ours':>8s} {'numpy':>8s} {'jax':>8s}"
+    )
     for backward in [p == "fwd+bwd" for p in opts.passes]:
         for seq in opts.seqs:
             for causal in (False, True):
-                walls, cpus = interleaved_medians(runners(seq, causal, backward, jax),
-                                                  opts.rounds)
+                walls, cpus = interleaved_medians(runners(seq, causal, backward, jax), opts.rounds)
                 walls, cpus = (walls + [float("nan")])[:3], (cpus + [float("nan")])[:3]
                 sxs = B * N * seq * seq * 4 / 2**20
-                print(f"{'fwd+bwd' if backward else 'fwd':8s} {seq:5d} {causal!s:>6s} "
-                      f"{sxs:8.0f} |          {walls[0] * 1e3:8.1f} {walls[1] * 1e3:8.1f} "
-                      f"{walls[2] * 1e3:8.1f} {walls[1] / walls[0]:7.2f} "
-                      f"{walls[2] / walls[0]:8.2f} |         {cpus[0] * 1e3:8.1f} "
-                      f"{cpus[1] * 1e3:8.1f} {cpus[2] * 1e3:8.1f}", flush=True)
+                print(
+                    f"{'fwd+bwd' if backward else 'fwd':8s} {seq:5d} {causal!s:>6s} "
+                    f"{sxs:8.0f} |          {walls[0] * 1e3:8.1f} {walls[1] * 1e3:8.1f} "
+                    f"{walls[2] * 1e3:8.1f} {walls[1] / walls[0]:7.2f} "
+                    f"{walls[2] / walls[0]:8.2f} |         {cpus[0] * 1e3:8.1f} "
+                    f"{cpus[1] * 1e3:8.1f} {cpus[2] * 1e3:8.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

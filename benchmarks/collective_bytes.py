@@ -24,21 +24,37 @@ from typing import Any
 
 DUMP = tempfile.mkdtemp(prefix="xla_dump_")
 atexit.register(shutil.rmtree, DUMP, ignore_errors=True)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP}"
-                           " --xla_dump_hlo_pass_re=spmd-partitioning")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={DUMP}"
+    " --xla_dump_hlo_pass_re=spmd-partitioning"
+)
 
 import models as M  # after XLA_FLAGS: models sets the device count before JAX starts
 import numpy as np
 from collective_classes import Program, class_programs
 
-DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "s32": 4, "s64": 8, "u32": 4, "u64": 8,
-               "s8": 1, "u8": 1, "pred": 1, "s16": 2, "u16": 2}
+DTYPE_BYTES = {
+    "f32": 4,
+    "f16": 2,
+    "bf16": 2,
+    "f64": 8,
+    "s32": 4,
+    "s64": 8,
+    "u32": 4,
+    "u64": 8,
+    "s8": 1,
+    "u8": 1,
+    "pred": 1,
+    "s16": 2,
+    "u16": 2,
+}
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 MESH = (2, 4)
 AXES = ("data", "model")
 
 
 # -- XLA side: per-device operand bytes of each collective in the optimized HLO ------------
+
 
 def _shape_bytes(shape: str) -> int:
     total = 0
@@ -57,7 +73,7 @@ def _split_definition(rest: str) -> tuple[str, str, str]:
             depth -= ch == ")"
             if depth == 0:
                 break
-        shape, rest = rest[: i + 1], rest[i + 2:]
+        shape, rest = rest[: i + 1], rest[i + 2 :]
     else:
         shape, _, rest = rest.partition(" ")
     op, _, rest = rest.partition("(")
@@ -72,8 +88,11 @@ def _split_definition(rest: str) -> tuple[str, str, str]:
 
 def _first_group(attrs: str) -> list[int]:
     """The devices of the group holding device 0, from either replica_groups format."""
-    named = re.search(r"mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)\]T\(([\d,]+)\)\))?"
-                      r"\s*\{([^}]*)\}", attrs)
+    named = re.search(
+        r"mesh\[([^\]]*)\](?:, device_ids=\(\[([\d,]+)\]T\(([\d,]+)\)\))?"
+        r"\s*\{([^}]*)\}",
+        attrs,
+    )
     if named:
         sizes = [int(s) for s in re.findall(r"=(\d+)", named.group(1))]
         ids = np.arange(int(np.prod(sizes)))
@@ -113,9 +132,12 @@ def _moved(kind: str, operand: int, n: int) -> float:
         return float(operand)
     if n <= 1:
         return 0.0
-    return {"all-gather": operand * (n - 1), "all-reduce": 2 * operand * (n - 1) / n,
-            "reduce-scatter": operand * (n - 1) / n, "all-to-all": operand * (n - 1) / n,
-            }.get(kind, float(operand))
+    return {
+        "all-gather": operand * (n - 1),
+        "all-reduce": 2 * operand * (n - 1) / n,
+        "reduce-scatter": operand * (n - 1) / n,
+        "all-to-all": operand * (n - 1) / n,
+    }.get(kind, float(operand))
 
 
 def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str, float]], bool]:
@@ -142,8 +164,15 @@ def xla_collectives(hlo: str) -> tuple[list[tuple[str, str, int, str, float]], b
     for kind, names, attrs, shape, comp in found:
         nbytes = sum(_shape_bytes(shapes.get(n, "")) for n in names)
         n = len(_first_group(attrs))
-        out.append((kind, _group_axes(attrs), nbytes, re.sub(r"\{[\d,]*\}", "", shape) + (
-            " (in loop body)" if comp in bodies else ""), _moved(kind, nbytes, n)))
+        out.append(
+            (
+                kind,
+                _group_axes(attrs),
+                nbytes,
+                re.sub(r"\{[\d,]*\}", "", shape) + (" (in loop body)" if comp in bodies else ""),
+                _moved(kind, nbytes, n),
+            )
+        )
     return out, any(comp in bodies for *_, comp in found)
 
 
@@ -151,17 +180,19 @@ def measure_xla(fw: M.Framework, prog: Program) -> tuple[list[Any], list[Any], b
     """Collectives of the compiled HLO, of the HLO after SPMD partitioning, any in a loop."""
     import jax
 
-    shardings = [jax.tree_util.tree_map(lambda s: fw.sharding(s), spec,
-                                        is_leaf=lambda s: isinstance(s, tuple))
-                 for spec in prog.in_specs]
+    shardings = [
+        jax.tree_util.tree_map(
+            lambda s: fw.sharding(s), spec, is_leaf=lambda s: isinstance(s, tuple)
+        )
+        for spec in prog.in_specs
+    ]
     kwargs: dict[str, Any] = {"in_shardings": tuple(shardings)}
     if prog.out_specs is not None:
         kwargs["out_shardings"] = fw.sharding(prog.out_specs)
     before = set(os.listdir(DUMP))
     hlo = jax.jit(prog.build(fw), **kwargs).lower(*prog.args).compile().as_text()
     compiled, loops = xla_collectives(hlo)
-    dumped = sorted(f for f in set(os.listdir(DUMP)) - before
-                    if "after_spmd-partitioning" in f)
+    dumped = sorted(f for f in set(os.listdir(DUMP)) - before if "after_spmd-partitioning" in f)
     partitioned = xla_collectives(Path(DUMP, dumped[-1]).read_text())[0] if dumped else compiled
     return compiled, partitioned, loops
 
@@ -178,6 +209,7 @@ def measure_ours(fw: M.Framework, prog: Program) -> list[Any]:
 
 
 # -- the programs --------------------------------------------------------------------------
+
 
 def megatron(fw: M.Framework) -> Callable[..., Any]:
     return lambda x, w1, w2: fw.nn.relu(x @ w1) @ w2
@@ -198,7 +230,7 @@ def programs(scale: int) -> list[Program]:
         return M.sgd_step(fw, M.mlp_loss(fw))
 
     def megatron_grad(fw: M.Framework) -> Callable[..., Any]:
-        loss = (lambda x_, a, c: fw.np.sum(fw.np.tanh(megatron(fw)(x_, a, c))))
+        loss = lambda x_, a, c: fw.np.sum(fw.np.tanh(megatron(fw)(x_, a, c)))
         return fw.value_and_grad(loss, argnums=(0, 1, 2))
 
     def block_step(fw: M.Framework) -> Callable[..., Any]:
@@ -214,32 +246,69 @@ def programs(scale: int) -> list[Program]:
         return lambda a: fw.nn.softmax(fw.constrain(a * 2.0, ("data", "model")), axis=-1)
 
     return [
-        Program("dp MLP step (batch on data)", dp_step, [mlp_p, mlp_x, mlp_y],
-                [replicated, ("data",), ("data",)]),
-        Program("2D MLP step (data x model)", dp_step, [mlp_p, mlp_x, mlp_y],
-                [M.MLP_SPECS, ("data",), ("data",)]),
+        Program(
+            "dp MLP step (batch on data)",
+            dp_step,
+            [mlp_p, mlp_x, mlp_y],
+            [replicated, ("data",), ("data",)],
+        ),
+        Program(
+            "2D MLP step (data x model)",
+            dp_step,
+            [mlp_p, mlp_x, mlp_y],
+            [M.MLP_SPECS, ("data",), ("data",)],
+        ),
         Program("Megatron MLP fwd", megatron, [x, w1, w2], [(), (None, "model"), ("model",)]),
-        Program("Megatron MLP fwd+bwd", megatron_grad, [x, w1, w2],
-                [(), (None, "model"), ("model",)]),
-        Program("attention, heads on model", lambda fw: lambda p, s: M.attention(fw, s, p),
-                [attn_p, seq], [attn_specs, ()]),
-        Program("layernorm, features on model",
-                lambda fw: lambda a: M.layer_norm(fw.np, a, 1.0, 0.0), [feat],
-                [("data", "model")]),
-        Program("softmax, features on model", lambda fw: lambda a: fw.nn.softmax(a, axis=-1),
-                [feat], [("data", "model")]),
-        Program("contraction -> sharded (RS)", reduce_scatter, [x, w1],
-                [(None, "model"), ("model",)]),
-        Program("move sharded dim (A2A)", lambda fw: lambda a: a * 2.0, [feat],
-                [("model", None)], (None, "model")),
-        Program("unshard a dim (AG)", lambda fw: lambda a: a * 2.0, [feat], [("model", None)],
-                ()),
-        Program("2D block fwd", lambda fw: M.block_forward(fw), [blk_p, blk_x],
-                [M.BLOCK_SPECS, ("data",)]),
-        Program("2D block fwd+bwd step", block_step, [blk_p, blk_x, blk_y],
-                [M.BLOCK_SPECS, ("data",), ("data",)]),
-        Program("uneven Megatron (hidden 30/4)", uneven_megatron,
-                [M.rand((6, 16), 25), M.rand((16, 30), 26), M.rand((30, 8), 27)], [(), (), ()]),
+        Program(
+            "Megatron MLP fwd+bwd", megatron_grad, [x, w1, w2], [(), (None, "model"), ("model",)]
+        ),
+        Program(
+            "attention, heads on model",
+            lambda fw: lambda p, s: M.attention(fw, s, p),
+            [attn_p, seq],
+            [attn_specs, ()],
+        ),
+        Program(
+            "layernorm, features on model",
+            lambda fw: lambda a: M.layer_norm(fw.np, a, 1.0, 0.0),
+            [feat],
+            [("data", "model")],
+        ),
+        Program(
+            "softmax, features on model",
+            lambda fw: lambda a: fw.nn.softmax(a, axis=-1),
+            [feat],
+            [("data", "model")],
+        ),
+        Program(
+            "contraction -> sharded (RS)", reduce_scatter, [x, w1], [(None, "model"), ("model",)]
+        ),
+        Program(
+            "move sharded dim (A2A)",
+            lambda fw: lambda a: a * 2.0,
+            [feat],
+            [("model", None)],
+            (None, "model"),
+        ),
+        Program("unshard a dim (AG)", lambda fw: lambda a: a * 2.0, [feat], [("model", None)], ()),
+        Program(
+            "2D block fwd",
+            lambda fw: M.block_forward(fw),
+            [blk_p, blk_x],
+            [M.BLOCK_SPECS, ("data",)],
+        ),
+        Program(
+            "2D block fwd+bwd step",
+            block_step,
+            [blk_p, blk_x, blk_y],
+            [M.BLOCK_SPECS, ("data",), ("data",)],
+        ),
+        Program(
+            "uneven Megatron (hidden 30/4)",
+            uneven_megatron,
+            [M.rand((6, 16), 25), M.rand((16, 30), 26), M.rand((30, 8), 27)],
+            [(), (), ()],
+        ),
         Program("uneven softmax (10x30 on 2x4)", uneven_softmax, [M.rand((10, 30), 28)], [()], ()),
     ]
 
@@ -259,30 +328,45 @@ def geomean(ratios: list[float]) -> str:
 
 
 def measure(prog: Program, ours: M.Framework, jax_fw: M.Framework) -> dict[str, Any]:
-    mine = [(r.kind.replace("_", "-"), ",".join(r.axes), r.bytes,
-             f"{r.dtype}{list(r.shape)}", r.moved) for r in measure_ours(ours, prog)]
+    mine = [
+        (r.kind.replace("_", "-"), ",".join(r.axes), r.bytes, f"{r.dtype}{list(r.shape)}", r.moved)
+        for r in measure_ours(ours, prog)
+    ]
     compiled, partitioned, loops = measure_xla(jax_fw, prog)
     theirs = min((compiled, partitioned), key=lambda rs: sum(r[2] for r in rs))
-    return {"name": prog.name, "mine": mine, "theirs": theirs, "loops": loops,
-            "a": sum(r[2] for r in mine), "b": sum(r[2] for r in theirs),
-            "b_compiled": sum(r[2] for r in compiled), "ma": sum(r[4] for r in mine),
-            "mb": sum(r[4] for r in theirs)}
+    return {
+        "name": prog.name,
+        "mine": mine,
+        "theirs": theirs,
+        "loops": loops,
+        "a": sum(r[2] for r in mine),
+        "b": sum(r[2] for r in theirs),
+        "b_compiled": sum(r[2] for r in compiled),
+        "ma": sum(r[4] for r in mine),
+        "mb": sum(r[4] for r in theirs),
+    }
 
 
 def table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n### {title}\n")
-    print("| program | ours B | ours n | XLA B (compiled) | XLA n | ours/XLA | ours moved | "
-          "XLA moved | moved ratio |")
+    print(
+        "| program | ours B | ours n | XLA B (compiled) | XLA n | ours/XLA | ours moved | "
+        "XLA moved | moved ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['a']} | {len(r['mine'])} | {r['b']} ({r['b_compiled']}) | "
-              f"{len(r['theirs'])} | {ratio(r['a'], r['b']):.2f} | {r['ma']:.0f} | "
-              f"{r['mb']:.0f} | {ratio(r['ma'], r['mb']):.2f} |")
+        print(
+            f"| {r['name']} | {r['a']} | {len(r['mine'])} | {r['b']} ({r['b_compiled']}) | "
+            f"{len(r['theirs'])} | {ratio(r['a'], r['b']):.2f} | {r['ma']:.0f} | "
+            f"{r['mb']:.0f} | {ratio(r['ma'], r['mb']):.2f} |"
+        )
     over = [r["name"] for r in rows if r["a"] > r["b"]]
-    print(f"\nours <= XLA (operand bytes) on {len(rows) - len(over)}/{len(rows)}; geomean "
-          f"ours/XLA {geomean([ratio(r['a'], r['b']) for r in rows])} operand bytes, "
-          f"{geomean([ratio(r['ma'], r['mb']) for r in rows])} moved bytes (over programs "
-          f"where both move bytes); above 1.0x: {', '.join(over) or 'none'}")
+    print(
+        f"\nours <= XLA (operand bytes) on {len(rows) - len(over)}/{len(rows)}; geomean "
+        f"ours/XLA {geomean([ratio(r['a'], r['b']) for r in rows])} operand bytes, "
+        f"{geomean([ratio(r['ma'], r['mb']) for r in rows])} moved bytes (over programs "
+        f"where both move bytes); above 1.0x: {', '.join(over) or 'none'}"
+    )
 
 
 def main() -> None:
@@ -292,8 +376,10 @@ def main() -> None:
     args = parser.parse_args()
     print(M.header("collective bytes per device, ours vs XLA, mesh 2x4"))
     ours, jax_fw = M.ours(MESH, AXES), M.jax_framework(MESH, AXES)
-    groups = {"models (issue 4)": programs(args.scale),
-              "layout classes (issue 22)": class_programs(args.scale)}
+    groups = {
+        "models (issue 4)": programs(args.scale),
+        "layout classes (issue 22)": class_programs(args.scale),
+    }
     every: list[dict[str, Any]] = []
     for title, progs in groups.items():
         rows = [measure(prog, ours, jax_fw) for prog in progs]
@@ -301,9 +387,11 @@ def main() -> None:
         table(title, rows)
     if any(r["loops"] for r in every):
         print("XLA collectives inside while bodies counted once")
-    print(f"\nall {len(every)} programs: geomean ours/XLA "
-          f"{geomean([ratio(r['a'], r['b']) for r in every])} operand bytes, "
-          f"{geomean([ratio(r['ma'], r['mb']) for r in every])} moved bytes")
+    print(
+        f"\nall {len(every)} programs: geomean ours/XLA "
+        f"{geomean([ratio(r['a'], r['b']) for r in every])} operand bytes, "
+        f"{geomean([ratio(r['ma'], r['mb']) for r in every])} moved bytes"
+    )
     for r in every:
         if r["a"] > r["b"] or r["ma"] > r["mb"] or args.verbose:
             print(f"\n{r['name']}\n  ours: {describe(r['mine'])}\n  XLA:  {describe(r['theirs'])}")

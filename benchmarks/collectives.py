@@ -207,8 +207,10 @@ def run_ray(devices: int, max_mb: float) -> None:
     try:
         for kind in KINDS:
             print(f"\n# {kind}, {devices} Ray actors, float32 (busbw GB/s)")
-            print(f"{'size':>10} {'sockets us':>11} {'busbw':>7} {'objects us':>11} {'busbw':>7} "
-                  f"{'mpi busbw':>9} {'ray/mpi':>7}")
+            print(
+                f"{'size':>10} {'sockets us':>11} {'busbw':>7} {'objects us':>11} {'busbw':>7} "
+                f"{'mpi busbw':>9} {'ray/mpi':>7}"
+            )
             for size in sizes(max_mb):
                 repeats = max(2, iterations(size) // 4)
                 times = {}
@@ -218,9 +220,12 @@ def run_ray(devices: int, max_mb: float) -> None:
                 bus = {w: row(kind, size, t, devices)[1] for w, t in times.items()}
                 best = max(bus.values())
                 reference = mpi.get((kind, size), float("nan"))
-                print(f"{size:>10} {times['sockets'] * 1e6:>11.1f} {bus['sockets']:>7.4f} "
-                      f"{times['objects'] * 1e6:>11.1f} {bus['objects']:>7.4f} "
-                      f"{reference:>9.4f} {best / reference:>7.2f}", flush=True)
+                print(
+                    f"{size:>10} {times['sockets'] * 1e6:>11.1f} {bus['sockets']:>7.4f} "
+                    f"{times['objects'] * 1e6:>11.1f} {bus['objects']:>7.4f} "
+                    f"{reference:>9.4f} {best / reference:>7.2f}",
+                    flush=True,
+                )
     finally:
         runtime.shutdown()
 

@@ -24,8 +24,10 @@ import numpy as np
 def cases() -> list[tuple[str, Callable[[M.Framework], Callable[..., Any]], tuple, dict]]:
     mlp = M.mlp_inputs(64, 128, 256, 128)
     block = M.block_inputs(8, 32, 64, 8, 8, 256)
-    return [("MLP fwd+bwd", M.mlp_loss, mlp, M.MLP_SPECS),
-            ("block fwd+bwd", M.block_loss, block, M.BLOCK_SPECS)]
+    return [
+        ("MLP fwd+bwd", M.mlp_loss, mlp, M.MLP_SPECS),
+        ("block fwd+bwd", M.block_loss, block, M.BLOCK_SPECS),
+    ]
 
 
 def compile_once(fw: M.Framework, loss: Callable[..., Any], args: tuple) -> tuple[float, float]:
@@ -47,8 +49,10 @@ def arguments(fw: M.Framework, inputs: tuple, specs: dict, sharded: bool) -> tup
 
 def compile_table(repeat: int) -> None:
     ours, jax_fw = M.ours(), M.jax_framework()
-    print("\n| program | placement | JAX lower+compile s | ours lower s | ours compile s | "
-          "ours total s | ours/JAX |")
+    print(
+        "\n| program | placement | JAX lower+compile s | ours lower s | ours compile s | "
+        "ours total s | ours/JAX |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, loss, inputs, specs in cases():
         for sharded in (False, True):
@@ -63,8 +67,10 @@ def compile_table(repeat: int) -> None:
                 samples["ours"].append(lower + comp)
             med = {k: statistics.median(v) for k, v in samples.items()}
             where = "2x4 sharded" if sharded else "1 device"
-            print(f"| {name} | {where} | {med['jax']:.3f} | {med['lower']:.3f} | "
-                  f"{med['compile']:.3f} | {med['ours']:.3f} | {med['ours'] / med['jax']:.2f} |")
+            print(
+                f"| {name} | {where} | {med['jax']:.3f} | {med['lower']:.3f} | "
+                f"{med['compile']:.3f} | {med['ours']:.3f} | {med['ours'] / med['jax']:.2f} |"
+            )
 
 
 def child(cache_dir: str) -> None:
@@ -79,17 +85,24 @@ def child(cache_dir: str) -> None:
     out = {}
     for name, loss, inputs, _ in cases():
         before = dict(cache.STATS)
-        out[name] = {"ours": sum(compile_once(ours, loss, inputs)),
-                     "jax": sum(compile_once(jax_fw, loss, inputs)),
-                     "hits": cache.STATS["hits"] - before["hits"],
-                     "misses": cache.STATS["misses"] - before["misses"]}
+        out[name] = {
+            "ours": sum(compile_once(ours, loss, inputs)),
+            "jax": sum(compile_once(jax_fw, loss, inputs)),
+            "hits": cache.STATS["hits"] - before["hits"],
+            "misses": cache.STATS["misses"] - before["misses"],
+        }
     print(json.dumps(out))
 
 
 def run_child(cache_dir: str) -> dict[str, Any]:
     env = dict(os.environ, SPMD_BACKEND="cpu", SPMD_CACHE_DIR=cache_dir)
-    done = subprocess.run([sys.executable, __file__, "--child", cache_dir], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", cache_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -100,15 +113,19 @@ def cache_table(repeat: int) -> None:
             for state in ("cold", "warm"):
                 for name, row in run_child(cache_dir).items():
                     samples.setdefault((name, state), []).append(row)
-    print("\nSPMD_BACKEND=cpu, one device, first compile in a fresh process (LLVM initialised "
-          "by a warm-up); cold = empty SPMD_CACHE_DIR, warm = the same dir again")
+    print(
+        "\nSPMD_BACKEND=cpu, one device, first compile in a fresh process (LLVM initialised "
+        "by a warm-up); cold = empty SPMD_CACHE_DIR, warm = the same dir again"
+    )
     print("| program | disk cache | ours s | JAX s | ours/JAX | kernel hits/misses |")
     print("|---|---|---|---|---|---|")
     for (name, state), rows in samples.items():
         ours_s = statistics.median(r["ours"] for r in rows)
         jax_s = statistics.median(r["jax"] for r in rows)
-        print(f"| {name} | {state} | {ours_s:.3f} | {jax_s:.3f} | {ours_s / jax_s:.2f} | "
-              f"{rows[0]['hits']}/{rows[0]['misses']} |")
+        print(
+            f"| {name} | {state} | {ours_s:.3f} | {jax_s:.3f} | {ours_s / jax_s:.2f} | "
+            f"{rows[0]['hits']}/{rows[0]['misses']} |"
+        )
 
 
 def dispatch_table(repeat: int, number: int) -> None:
@@ -116,8 +133,7 @@ def dispatch_table(repeat: int, number: int) -> None:
     x = np.ones(16, np.float32)
     jax_x = jax_fw.np.asarray(x)
     jax_fn = jax_fw.jit(lambda a: a + 1.0)
-    runs: dict[str, Callable[[], Any]] = {
-        "jax": lambda: jax_fw.block_until_ready(jax_fn(jax_x))}
+    runs: dict[str, Callable[[], Any]] = {"jax": lambda: jax_fw.block_until_ready(jax_fn(jax_x))}
     for backend in ("interpreter", "cpu"):
         os.environ["SPMD_BACKEND"] = backend  # read at compile time (spmd/dispatch.py)
         fn = ours.jit(lambda a: a + 1.0)
@@ -144,8 +160,11 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    print(M.header("compile time: fresh function objects, ours vs JAX (jax.jit(...).lower()"
-                   ".compile())"))
+    print(
+        M.header(
+            "compile time: fresh function objects, ours vs JAX (jax.jit(...).lower().compile())"
+        )
+    )
     compile_table(args.repeat)
     cache_table(args.cache_repeat)
     dispatch_table(7, args.number)

@@ -18,8 +18,9 @@ import models as M
 import numpy as np
 
 
-def small_programs() -> list[tuple[str, Callable[[M.Framework], Callable[..., Any]],
-                                   list[np.ndarray], list[M.Spec]]]:
+def small_programs() -> list[
+    tuple[str, Callable[[M.Framework], Callable[..., Any]], list[np.ndarray], list[M.Spec]]
+]:
     x, w1, w2 = M.rand((32, 64), 1), M.rand((64, 128), 2), M.rand((128, 32), 3)
     params, mx, my = M.mlp_inputs(32, 64, 128, 32)
 
@@ -27,19 +28,24 @@ def small_programs() -> list[tuple[str, Callable[[M.Framework], Callable[..., An
         return M.sgd_step(fw, M.mlp_loss(fw))
 
     return [
-        ("elementwise x*2+1 [32,64] on data", lambda fw: lambda a: a * 2.0 + 1.0, [x],
-         [("data",)]),
-        ("Megatron MLP fwd [32,64]x[64,128]x[128,32]",
-         lambda fw: lambda a, b, c: fw.nn.relu(a @ b) @ c, [x, w1, w2],
-         [("data",), (None, "model"), ("model",)]),
-        ("2D MLP SGD step (3 params)", mlp_step, [params, mx, my],
-         [M.MLP_SPECS, ("data",), ("data",)]),
+        ("elementwise x*2+1 [32,64] on data", lambda fw: lambda a: a * 2.0 + 1.0, [x], [("data",)]),
+        (
+            "Megatron MLP fwd [32,64]x[64,128]x[128,32]",
+            lambda fw: lambda a, b, c: fw.nn.relu(a @ b) @ c,
+            [x, w1, w2],
+            [("data",), (None, "model"), ("model",)],
+        ),
+        (
+            "2D MLP SGD step (3 params)",
+            mlp_step,
+            [params, mx, my],
+            [M.MLP_SPECS, ("data",), ("data",)],
+        ),
     ]
 
 
 def place(fw: M.Framework, args: list[Any], specs: list[Any]) -> list[Any]:
-    return [fw.put_tree(a, s) if isinstance(a, dict) else fw.put(a, s)
-            for a, s in zip(args, specs)]
+    return [fw.put_tree(a, s) if isinstance(a, dict) else fw.put(a, s) for a, s in zip(args, specs)]
 
 
 def first_call(fw: M.Framework, build: Callable[..., Any], placed: list[Any]) -> float:
@@ -66,16 +72,19 @@ def breakdown(jitted: Any, placed: list[Any], number: int) -> dict[str, float]:
         compiled = next(iter(jitted._cache.values()))  # one entry: these programs compile once
         ex = compiled.executable
         t1 = time.perf_counter()
-        per_param = [ex._shards_for(a, t, s) for a, t, s in
-                     zip(leaves, ex.graph.param_types, ex.partitioned.param_specs)]
+        per_param = [
+            ex._shards_for(a, t, s)
+            for a, t, s in zip(leaves, ex.graph.param_types, ex.partitioned.param_specs)
+        ]
         n = ex.mesh.size
         per_device = [[shards[d] for shards in per_param] for d in range(n)]
         t2 = time.perf_counter()
         outs = ex.local.run(per_device)
         t3 = time.perf_counter()
-        results = [Array(shards=[outs[d][i] for d in range(n)], sharding=s, aval=t,
-                         committed=True)
-                   for i, (t, s) in enumerate(zip(ex.graph.result_types, ex.out_shardings))]
+        results = [
+            Array(shards=[outs[d][i] for d in range(n)], sharding=s, aval=t, committed=True)
+            for i, (t, s) in enumerate(zip(ex.graph.result_types, ex.out_shardings))
+        ]
         tree_unflatten(compiled.lowered.out_tree, results)
         t4 = time.perf_counter()
         for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -94,7 +103,7 @@ def profile_top(run: Callable[[], Any], number: int, top: int) -> str:
     stats.print_stats(top)
     lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
     start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
-    return "\n".join(lines[start:start + top + 1])
+    return "\n".join(lines[start : start + top + 1])
 
 
 def main() -> None:
@@ -110,8 +119,11 @@ def main() -> None:
 
     modes = ["lockstep"] + (["stacked"] if hasattr(launch.local, "StackedProgram") else [])
     modes.append("threads")
-    print("\n| program | JAX steady ms | " + " | ".join(f"ours {m} ms" for m in modes)
-          + " | best ours/JAX | JAX first s | ours first s | ratio |")
+    print(
+        "\n| program | JAX steady ms | "
+        + " | ".join(f"ours {m} ms" for m in modes)
+        + " | best ours/JAX | JAX first s | ours first s | ratio |"
+    )
     print("|---|---|" + "---|" * len(modes) + "---|---|---|---|")
     details = []
     for name, build, args_np, specs in small_programs():
@@ -126,14 +138,17 @@ def main() -> None:
         compiled = next(iter(ours_fn._cache.values()))
         auto_mode = compiled.executable.local.mode
         runs: dict[str, Callable[[], Any]] = {
-            "jax": lambda fn=jax_fn, xs=jax_args: jax_fw.block_until_ready(fn(*xs))}
+            "jax": lambda fn=jax_fn, xs=jax_args: jax_fw.block_until_ready(fn(*xs))
+        }
         local = compiled.executable.local
 
-        def in_mode(mode: str, local: Any = local, fn: Any = ours_fn,
-                    xs: list[Any] = ours_args) -> Callable[[], Any]:
+        def in_mode(
+            mode: str, local: Any = local, fn: Any = ours_fn, xs: list[Any] = ours_args
+        ) -> Callable[[], Any]:
             def run() -> Any:
                 local.mode = mode
                 return fn(*xs)
+
             return run
 
         for mode in modes:
@@ -142,16 +157,20 @@ def main() -> None:
         best = min(steady[m] for m in modes)
         jax_first, ours_first = (float(np.median(firsts[k])) for k in ("jax", "ours"))
         cells = " | ".join(f"{steady[m] * 1e3:.3f}" for m in modes)
-        print(f"| {name} | {steady['jax'] * 1e3:.3f} | {cells} | {best / steady['jax']:.1f} | "
-              f"{jax_first:.3f} | {ours_first:.3f} | {ours_first / jax_first:.2f} |")
+        print(
+            f"| {name} | {steady['jax'] * 1e3:.3f} | {cells} | {best / steady['jax']:.1f} | "
+            f"{jax_first:.3f} | {ours_first:.3f} | {ours_first / jax_first:.2f} |"
+        )
         stages = {}
         for mode in modes:
             local.mode = mode
             stages[mode] = breakdown(ours_fn, ours_args, args.number)
         local.mode = auto_mode
         details.append((name, auto_mode, stages, ours_fn, ours_args))
-    print("\nour steady-state call by stage, ms per call (auto: launch/local.py "
-          "LocalExecutable._choose_mode)")
+    print(
+        "\nour steady-state call by stage, ms per call (auto: launch/local.py "
+        "LocalExecutable._choose_mode)"
+    )
     print("| program | mode | args+key | shards_for | local.run | outputs | sum |")
     print("|---|---|---|---|---|---|---|")
     for name, auto_mode, stages, _, _ in details:

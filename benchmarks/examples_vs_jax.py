@@ -34,8 +34,17 @@ def jax_shardings(ours: Any, jax_mesh: Any) -> Any:
     return spmd.tree_map(lambda s: NamedSharding(jax_mesh, PartitionSpec(*tuple(s.spec))), ours)
 
 
-def jax_adamw(jnp: Any, peak: float, warmup: int, total: int, b1: float, b2: float,
-              weight_decay: float, clip_norm: float = 1.0, eps: float = 1e-8) -> Any:
+def jax_adamw(
+    jnp: Any,
+    peak: float,
+    warmup: int,
+    total: int,
+    b1: float,
+    b2: float,
+    weight_decay: float,
+    clip_norm: float = 1.0,
+    eps: float = 1e-8,
+) -> Any:
     """spmd.optim.adamw(warmup_cosine(...), clip_norm=1) written with jax.numpy."""
     import jax
 
@@ -70,8 +79,11 @@ def jax_state(params: Any) -> dict[str, Any]:
     import jax.numpy as jnp
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    return {"step": jnp.asarray(0, jnp.int32), "mu": zeros,
-            "nu": jax.tree_util.tree_map(jnp.zeros_like, params)}
+    return {
+        "step": jnp.asarray(0, jnp.int32),
+        "mu": zeros,
+        "nu": jax.tree_util.tree_map(jnp.zeros_like, params),
+    }
 
 
 def jax_layer_norm(jnp: Any, x: Any, scale: Any, bias: Any) -> Any:
@@ -81,6 +93,7 @@ def jax_layer_norm(jnp: Any, x: Any, scale: Any, bias: Any) -> Any:
 
 
 # -- the MLP of examples/train.py ------------------------------------------------------------
+
 
 def mlp_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
     """(ours, jax): one step each (then float(loss), as the example's loop reads it)."""
@@ -93,11 +106,13 @@ def mlp_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
     state = optimizer.init(params)
     step_fn = mlp_example.make_train_step(config, optimizer, ours_mesh, params, state)
     x_train, y_train, _, _ = mlp_example.load_digits()
-    rows = np.random.default_rng(0).permutation(len(x_train))[:4 * config.batch_size]
+    rows = np.random.default_rng(0).permutation(len(x_train))[: 4 * config.batch_size]
     batches = [(x_train[rows[i::4]], y_train[rows[i::4]]) for i in range(4)]
     by_data = mlp_example.sharding(ours_mesh, "data", None)
-    ours_batches = [(spmd.device_put(x, by_data), spmd.device_put(y, mlp_example.sharding(
-        ours_mesh, "data"))) for x, y in batches]
+    ours_batches = [
+        (spmd.device_put(x, by_data), spmd.device_put(y, mlp_example.sharding(ours_mesh, "data")))
+        for x, y in batches
+    ]
     shardings = jax_shardings(mlp_example.param_shardings(ours_mesh), jax_mesh)
     replicated = jax.sharding.NamedSharding(jax_mesh, jax.sharding.PartitionSpec())
     jax_params = jax.device_put({k: np.asarray(v) for k, v in params.items()}, shardings)
@@ -105,8 +120,15 @@ def mlp_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
     batch_x = jax.sharding.NamedSharding(jax_mesh, jax.sharding.PartitionSpec("data", None))
     batch_y = jax.sharding.NamedSharding(jax_mesh, jax.sharding.PartitionSpec("data"))
     jax_batches = [(jax.device_put(x, batch_x), jax.device_put(y, batch_y)) for x, y in batches]
-    update = jax_adamw(jnp, config.learning_rate, config.warmup_steps, config.steps, 0.9, 0.999,
-                       config.weight_decay)
+    update = jax_adamw(
+        jnp,
+        config.learning_rate,
+        config.warmup_steps,
+        config.steps,
+        0.9,
+        0.999,
+        config.weight_decay,
+    )
     base_key = jax.random.key(config.seed + 1)
 
     def loss_fn(p: Any, x: Any, y: Any, key: Any) -> tuple[Any, Any]:
@@ -125,8 +147,7 @@ def mlp_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
         return p, s, loss, accuracy
 
     state_shardings = {"step": replicated, "mu": shardings, "nu": shardings}
-    jitted = jax.jit(jax_step, out_shardings=(shardings, state_shardings, replicated,
-                                              replicated))
+    jitted = jax.jit(jax_step, out_shardings=(shardings, state_shardings, replicated, replicated))
     box = {"ours": (params, state), "jax": (jax_params, jax_opt), "i": 0}
 
     def run_ours() -> float:
@@ -147,6 +168,7 @@ def mlp_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
 
 
 # -- the GPT of examples/transformer.py ------------------------------------------------------
+
 
 def gpt_forward(jax: Any, jnp: Any, params: dict[str, Any], tokens: Any) -> Any:
     """examples/transformer.py forward() in jax.numpy (scan over the stacked layers)."""
@@ -182,18 +204,20 @@ def gpt_runners(ours_mesh: Any, jax_mesh: Any) -> tuple[Runner, Runner]:
     state = optimizer.init(params)
     step_fn = gpt_example.make_train_step(optimizer, ours_mesh, params, state)
     windows = gpt_example.load_corpus(config)
-    rows = np.random.default_rng(0).permutation(len(windows))[:4 * config.batch_size]
+    rows = np.random.default_rng(0).permutation(len(windows))[: 4 * config.batch_size]
     batches = [windows[rows[i::4]] for i in range(4)]
-    ours_batches = [spmd.device_put(b, gpt_example.sharding(ours_mesh, "data", None))
-                    for b in batches]
+    ours_batches = [
+        spmd.device_put(b, gpt_example.sharding(ours_mesh, "data", None)) for b in batches
+    ]
     shardings = jax_shardings(gpt_example.param_shardings(ours_mesh), jax_mesh)
     replicated = jax.sharding.NamedSharding(jax_mesh, jax.sharding.PartitionSpec())
     jax_params = jax.device_put(spmd.tree_map(np.asarray, params), shardings)
     jax_opt = jax_state(jax_params)
     by_data = jax.sharding.NamedSharding(jax_mesh, jax.sharding.PartitionSpec("data", None))
     jax_batches = [jax.device_put(b, by_data) for b in batches]
-    update = jax_adamw(jnp, config.learning_rate, config.warmup_steps, config.steps, 0.9, 0.95,
-                       config.weight_decay)
+    update = jax_adamw(
+        jnp, config.learning_rate, config.warmup_steps, config.steps, 0.9, 0.95, config.weight_decay
+    )
 
     def loss_fn(p: Any, batch: Any) -> Any:
         logits = gpt_forward(jax, jnp, p, batch[:, :-1])
@@ -228,18 +252,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7, help="interleaved samples per side")
     parser.add_argument("--number", type=int, default=3, help="steps per sample")
-    parser.add_argument("--warmup", type=int, default=15,
-                        help="untimed steps: compiles, and each dot's variant trials (<= 12 calls)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=15,
+        help="untimed steps: compiles, and each dot's variant trials (<= 12 calls)",
+    )
     args = parser.parse_args()
     import jax
 
     print(M.header("examples vs JAX: one training step (value_and_grad + AdamW), 2x4 mesh"))
     ours_mesh = spmd.make_mesh((2, 4), ("data", "model"))
     jax_mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "model"))
-    cases = {"MLP 64-256-10, batch 128 (train.py)": mlp_runners,
-             "GPT 2x64 ctx 32, batch 16 (transformer.py)": gpt_runners}
-    print("| example | first loss ours / JAX | ours ms/step | JAX ms/step | ours steps/s | "
-          "JAX steps/s | ours/JAX steps/s |\n|---|---|---|---|---|---|---|")
+    cases = {
+        "MLP 64-256-10, batch 128 (train.py)": mlp_runners,
+        "GPT 2x64 ctx 32, batch 16 (transformer.py)": gpt_runners,
+    }
+    print(
+        "| example | first loss ours / JAX | ours ms/step | JAX ms/step | ours steps/s | "
+        "JAX steps/s | ours/JAX steps/s |\n|---|---|---|---|---|---|---|"
+    )
     for name, make in cases.items():
         run_ours, run_jax = make(ours_mesh, jax_mesh)
         first = (run_ours(), run_jax())
@@ -248,8 +280,11 @@ def main() -> None:
             run_jax()
         times = M.interleaved({"ours": run_ours, "jax": run_jax}, args.repeat, args.number)
         ours_ms, jax_ms = times["ours"] * 1e3, times["jax"] * 1e3
-        print(f"| {name} | {first[0]:.4f} / {first[1]:.4f} | {ours_ms:.2f} | {jax_ms:.2f} | "
-              f"{1e3 / ours_ms:.1f} | {1e3 / jax_ms:.1f} | {jax_ms / ours_ms:.2f} |", flush=True)
+        print(
+            f"| {name} | {first[0]:.4f} / {first[1]:.4f} | {ours_ms:.2f} | {jax_ms:.2f} | "
+            f"{1e3 / ours_ms:.1f} | {1e3 / jax_ms:.1f} | {jax_ms / ours_ms:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ B1, B2, LR, EPS = 0.9, 0.999, 1e-3, 1e-8
 def gelu(np_: Any) -> Callable[..., Any]:
     def f(x: Any) -> Any:
         return 0.5 * x * (1 + np_.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+
     return f
 
 
@@ -37,6 +38,7 @@ def layernorm(np_: Any) -> Callable[..., Any]:
         centered = x - mean
         var = np_.mean(centered * centered, axis=-1, keepdims=True)
         return centered / np_.sqrt(var + 1e-5) * gamma + beta
+
     return f
 
 
@@ -44,6 +46,7 @@ def softmax(np_: Any) -> Callable[..., Any]:
     def f(x: Any) -> Any:
         e = np_.exp(x - np_.max(x, axis=-1, keepdims=True))
         return e / np_.sum(e, axis=-1, keepdims=True)
+
     return f
 
 
@@ -53,11 +56,13 @@ def adam(np_: Any) -> Callable[..., Any]:
         v = B2 * v + (1 - B2) * g * g
         p = p - LR * (m / (1 - B1)) / (np_.sqrt(v / (1 - B2)) + EPS)
         return p, m, v
+
     return f
 
 
-def interleaved_medians(runs: list[Callable[[], Any]], rounds: int
-                        ) -> tuple[list[float], list[float]]:
+def interleaved_medians(
+    runs: list[Callable[[], Any]], rounds: int
+) -> tuple[list[float], list[float]]:
     """Median wall seconds and median process CPU seconds of each runner over `rounds`
     rounds, one call of each per round."""
     for run in runs:
@@ -70,8 +75,10 @@ def interleaved_medians(runs: list[Callable[[], Any]], rounds: int
             run()
             wall.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-    return ([float(np.median(found)) for found in walls],
-            [float(np.median(found)) for found in cpus])
+    return (
+        [float(np.median(found)) for found in walls],
+        [float(np.median(found)) for found in cpus],
+    )
 
 
 def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], list[np.ndarray]]]:
@@ -83,10 +90,12 @@ def cases(size: int) -> list[tuple[str, Callable[[Any], Callable[..., Any]], lis
     vec = rng.standard_normal(cols).astype(np.float32)
     state = [rng.standard_normal(size).astype(np.float32) for _ in range(4)]
     state[2] = np.abs(state[2])
-    return [("gelu (tanh)", gelu, [flat]),
-            ("layernorm fwd", layernorm, [mat, vec, vec + 1]),
-            ("softmax", softmax, [mat]),
-            ("adam update", adam, state)]
+    return [
+        ("gelu (tanh)", gelu, [flat]),
+        ("layernorm fwd", layernorm, [mat, vec, vec + 1]),
+        ("softmax", softmax, [mat]),
+        ("adam update", adam, state),
+    ]
 
 
 def dispatch_us(calls: int = 5000) -> float:
@@ -122,9 +131,11 @@ def main() -> None:
     import spmd.numpy as snp
 
     print(f"size={opts.size} float32, median of {opts.rounds} interleaved rounds")
-    print(f"{'chain':16s} {'ours ms':>9s} {'numpy ms':>9s} {'jax ms':>9s} "
-          f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s} | cpu ms: {'ours':>7s} "
-          f"{'numpy':>7s} {'jax':>7s} {'np/ours':>7s} {'jax/ours':>8s}")
+    print(
+        f"{'chain':16s} {'ours ms':>9s} {'numpy ms':>9s} {'jax ms':>9s} "
+        f"{'np/ours':>8s} {'jax/ours':>8s} {'kernels':>7s} | cpu ms: {'ours':>7s} "
+        f"{'numpy':>7s} {'jax':>7s} {'np/ours':>7s} {'jax/ours':>8s}"
+    )
     for name, make, args in cases(opts.size):
         exe = compile_program(spmd.jit(make(snp)).lower(*args).graph, num_threads=opts.threads)
         np_f = make(np)
@@ -136,10 +147,12 @@ def main() -> None:
         walls, cpus = interleaved_medians(runs, opts.rounds)
         ours, numpy_t, jax_t = (walls + [float("nan")])[:3]
         ours_cpu, numpy_cpu, jax_cpu = (cpus + [float("nan")])[:3]
-        print(f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
-              f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d} |         "
-              f"{ours_cpu * 1e3:7.1f} {numpy_cpu * 1e3:7.1f} {jax_cpu * 1e3:7.1f} "
-              f"{numpy_cpu / ours_cpu:7.2f} {jax_cpu / ours_cpu:8.2f}")
+        print(
+            f"{name:16s} {ours * 1e3:9.2f} {numpy_t * 1e3:9.2f} {jax_t * 1e3:9.2f} "
+            f"{numpy_t / ours:8.2f} {jax_t / ours:8.2f} {len(exe.kernels):7d} |         "
+            f"{ours_cpu * 1e3:7.1f} {numpy_cpu * 1e3:7.1f} {jax_cpu * 1e3:7.1f} "
+            f"{numpy_cpu / ours_cpu:7.2f} {jax_cpu / ours_cpu:8.2f}"
+        )
     if opts.dispatch:
         print(f"tiny fused program (8x8): {dispatch_us():.1f} us per call")
 

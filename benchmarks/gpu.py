@@ -32,6 +32,7 @@ def softmax(np_: Any) -> Callable[..., Any]:
     def f(x: Any) -> Any:
         e = np_.exp(x - np_.max(x, axis=-1, keepdims=True))
         return e / np_.sum(e, axis=-1, keepdims=True)
+
     return f
 
 
@@ -39,6 +40,7 @@ def layernorm(np_: Any) -> Callable[..., Any]:
     def f(x: Any) -> Any:
         centered = x - np_.mean(x, axis=-1, keepdims=True)
         return centered / np_.sqrt(np_.mean(centered * centered, axis=-1, keepdims=True) + 1e-5)
+
     return f
 
 
@@ -47,6 +49,7 @@ def adam(np_: Any) -> Callable[..., Any]:
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
         return p - 1e-3 * (m / 0.1) / (np_.sqrt(v / 0.001) + 1e-8), m, v
+
     return f
 
 
@@ -89,10 +92,16 @@ def fused_chains(cp: Any, size: int, repeat: int) -> None:
 
     jnp = importlib.import_module("jax.numpy") if _has_jax() else None
     rows = size // 4096
-    for name, make, n_args in [("gelu", gelu, 1), ("softmax", softmax, 1),
-                               ("layernorm", layernorm, 1), ("adam", adam, 4)]:
-        host = [np.random.default_rng(k).standard_normal((rows, 4096)).astype(np.float32)
-                for k in range(n_args)]
+    for name, make, n_args in [
+        ("gelu", gelu, 1),
+        ("softmax", softmax, 1),
+        ("layernorm", layernorm, 1),
+        ("adam", adam, 4),
+    ]:
+        host = [
+            np.random.default_rng(k).standard_normal((rows, 4096)).astype(np.float32)
+            for k in range(n_args)
+        ]
         if name == "adam":
             host[2] = np.abs(host[2])
         exe = gpu.compile_program(spmd.jit(make(snp)).lower(*host).graph)
@@ -102,8 +111,10 @@ def fused_chains(cp: Any, size: int, repeat: int) -> None:
         theirs = gpu_time(cp, lambda cupy_fn=cupy_fn, dev=dev: cupy_fn(*dev), repeat)
         jax_s = jax_time(make(jnp), host, repeat) if jnp is not None else None
         jax_text = f"{jax_s * 1e3:8.3f} ms  x{jax_s / ours:5.2f}" if jax_s else "n/a"
-        print(f"{name:10s} ours {ours * 1e3:8.3f} ms  cupy {theirs * 1e3:8.3f} ms  "
-              f"x{theirs / ours:5.2f}  jax {jax_text}  kernels={len(exe.kernels)}")
+        print(
+            f"{name:10s} ours {ours * 1e3:8.3f} ms  cupy {theirs * 1e3:8.3f} ms  "
+            f"x{theirs / ours:5.2f}  jax {jax_text}  kernels={len(exe.kernels)}"
+        )
 
 
 def matmul(cp: Any, n: int, repeat: int) -> None:
@@ -119,16 +130,19 @@ def matmul(cp: Any, n: int, repeat: int) -> None:
     a3, b3 = dev[0].reshape(1, n, n), dev[1].reshape(1, n, n)
     ours = gpu_time(cp, lambda exe=exe, dev=dev: exe.call_device(dev), repeat)
     cublas = gpu_time(cp, lambda: device.gemm(cp, a3, b3, out, "bfloat16", "bfloat16"), repeat)
-    flops = 2 * n ** 3
-    print(f"ours {ours * 1e3:8.3f} ms ({flops / ours / 1e12:6.1f} TFLOP/s)  cuBLAS "
-          f"{cublas * 1e3:8.3f} ms ({flops / cublas / 1e12:6.1f} TFLOP/s)  "
-          f"fraction {cublas / ours:5.3f}")
+    flops = 2 * n**3
+    print(
+        f"ours {ours * 1e3:8.3f} ms ({flops / ours / 1e12:6.1f} TFLOP/s)  cuBLAS "
+        f"{cublas * 1e3:8.3f} ms ({flops / cublas / 1e12:6.1f} TFLOP/s)  "
+        f"fraction {cublas / ours:5.3f}"
+    )
 
 
 def mlp_loss(np_: Any) -> Callable[..., Any]:
     def loss(w1: Any, w2: Any, x: Any, y: Any) -> Any:
         h = np_.maximum(x @ w1, 0.0)
         return np_.mean((h @ w2 - y) ** 2)
+
     return loss
 
 
@@ -140,6 +154,7 @@ def block_loss(np_: Any) -> Callable[..., Any]:
         h = layernorm(np_)(x + att)
         out = h + gelu(np_)(h @ w1) @ w2
         return np_.mean((out - y) ** 2)
+
     return loss
 
 
@@ -147,13 +162,19 @@ def training_steps(cp: Any, repeat: int, quick: bool) -> None:
     print("## training step (loss and grads), float32")
     rng = np.random.default_rng(0)
     d = 256 if quick else 1024
-    mlp = [rng.standard_normal(s).astype(np.float32) * 0.02
-           for s in ((d, 4 * d), (4 * d, d), (512, d), (512, d))]
+    mlp = [
+        rng.standard_normal(s).astype(np.float32) * 0.02
+        for s in ((d, 4 * d), (4 * d, d), (512, d), (512, d))
+    ]
     b, t = (4, 128) if quick else (8, 512)
-    block = [rng.standard_normal(s).astype(np.float32) * 0.02
-             for s in ((d, d), (d, d), (d, d), (d, 4 * d), (4 * d, d), (b, t, d), (b, t, d))]
-    for name, make, args, n_params in [("mlp", mlp_loss, mlp, 2),
-                                       ("transformer block", block_loss, block, 5)]:
+    block = [
+        rng.standard_normal(s).astype(np.float32) * 0.02
+        for s in ((d, d), (d, d), (d, d), (d, 4 * d), (4 * d, d), (b, t, d), (b, t, d))
+    ]
+    for name, make, args, n_params in [
+        ("mlp", mlp_loss, mlp, 2),
+        ("transformer block", block_loss, block, 5),
+    ]:
         argnums = tuple(range(n_params))
         graph = spmd.jit(spmd.value_and_grad(make(snp), argnums=argnums)).lower(*args).graph
         exe = gpu.compile_program(graph)
@@ -166,8 +187,10 @@ def training_steps(cp: Any, repeat: int, quick: bool) -> None:
 
             jax_s = jax_time(jax.value_and_grad(make(jnp), argnums=argnums), args, repeat)
         ratio = f"x{jax_s / ours:5.2f}" if jax_s else "n/a (no JAX on GPU)"
-        print(f"{name:18s} ours {ours * 1e3:8.3f} ms  jax "
-              f"{jax_s * 1e3 if jax_s else float('nan'):8.3f} ms  {ratio}")
+        print(
+            f"{name:18s} ours {ours * 1e3:8.3f} ms  jax "
+            f"{jax_s * 1e3 if jax_s else float('nan'):8.3f} ms  {ratio}"
+        )
 
 
 def _has_jax() -> bool:

@@ -42,9 +42,11 @@ def jax_multiprocess() -> Any:
     import jax
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=os.environ["JAX_COORDINATOR"],
-                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
     import jax.numpy as jnp
     import models as M
     import numpy as np
@@ -54,9 +56,20 @@ def jax_multiprocess() -> Any:
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
-    return M.Framework("jax", jnp, jax.nn, jax.jit, jax.value_and_grad, jax.tree_util.tree_map,
-                       mesh, NamedSharding, PartitionSpec, put, jax.block_until_ready,
-                       jax.lax.with_sharding_constraint)
+    return M.Framework(
+        "jax",
+        jnp,
+        jax.nn,
+        jax.jit,
+        jax.value_and_grad,
+        jax.tree_util.tree_map,
+        mesh,
+        NamedSharding,
+        PartitionSpec,
+        put,
+        jax.block_until_ready,
+        jax.lax.with_sharding_constraint,
+    )
 
 
 def worker(framework: str, case: str, repeat: int, number: int) -> None:
@@ -108,8 +121,17 @@ def run_config(config: str, case: str, repeat: int, number: int) -> float:
     elif config == "jax":
         out = _run_jax([*me, "jax", *args], env)
     else:
-        launch = [sys.executable, "-m", "launch.cli", "--mesh", "2x4", "--axes", "data,model",
-                  "--runtime", config]
+        launch = [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "--mesh",
+            "2x4",
+            "--axes",
+            "data,model",
+            "--runtime",
+            config,
+        ]
         out = _run([*launch, *me[1:], "ours", *args], env)
     found = re.search(r"RESULT \S+ \S+ (\S+)", out)
     if not found:
@@ -118,17 +140,37 @@ def run_config(config: str, case: str, repeat: int, number: int) -> float:
 
 
 def _run(command: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
-                          timeout=RUN_TIMEOUT_S)
+    done = subprocess.run(
+        command,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=RUN_TIMEOUT_S,
+    )
     return done.stdout + done.stderr
 
 
 def _run_jax(command: list[str], env: dict[str, str]) -> str:
-    env = dict(env, JAX_COORDINATOR=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="8",
-               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    processes = [subprocess.Popen(command, env=dict(env, JAX_PROCESS_ID=str(rank)), cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for rank in range(8)]
+    env = dict(
+        env,
+        JAX_COORDINATOR=f"127.0.0.1:{free_port()}",
+        JAX_NUM_PROCESSES="8",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
+    processes = [
+        subprocess.Popen(
+            command,
+            env=dict(env, JAX_PROCESS_ID=str(rank)),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(8)
+    ]
     outs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in processes]
     return "".join(outs)
 
@@ -153,16 +195,24 @@ def main() -> None:
             for config in configs:
                 times[config].append(run_config(config, case, args.repeat, args.number))
         median = {c: statistics.median(v) for c, v in times.items()}
-        print(f"\n{case} step on a 2x4 mesh, 8 devices ({args.rounds} rounds from {began}, "
-              f"load {os.getloadavg()[0]:.1f})")
-        print(f"  {'runtime':<10} {'ms/step':>9} {'/ jax mp':>9} {'/ embedded':>11} {'/ mpi':>7}"
-              f"   rounds (ms)")
+        print(
+            f"\n{case} step on a 2x4 mesh, 8 devices ({args.rounds} rounds from {began}, "
+            f"load {os.getloadavg()[0]:.1f})"
+        )
+        print(
+            f"  {'runtime':<10} {'ms/step':>9} {'/ jax mp':>9} {'/ embedded':>11} {'/ mpi':>7}"
+            f"   rounds (ms)"
+        )
         for config, seconds in median.items():
-            ratio = {k: seconds / median[k] if k in median else float("nan")
-                     for k in ("jax", "embedded", "mpi")}
+            ratio = {
+                k: seconds / median[k] if k in median else float("nan")
+                for k in ("jax", "embedded", "mpi")
+            }
             rounds = " ".join(f"{t * 1e3:.2f}" for t in times[config])
-            print(f"  {config:<10} {seconds * 1e3:9.2f} {ratio['jax']:9.2f} "
-                  f"{ratio['embedded']:11.2f} {ratio['mpi']:7.2f}   {rounds}")
+            print(
+                f"  {config:<10} {seconds * 1e3:9.2f} {ratio['jax']:9.2f} "
+                f"{ratio['embedded']:11.2f} {ratio['mpi']:7.2f}   {rounds}"
+            )
 
 
 if __name__ == "__main__":

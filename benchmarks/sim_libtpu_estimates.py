@@ -37,26 +37,63 @@ def main(topology: str) -> None:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()))
 
     rows = []
-    for m, n, k in [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048),
-                    (4096, 4096, 4096), (8192, 8192, 8192), (8192, 8192, 1024),
-                    (16384, 4096, 4096), (16384, 128, 4096), (16384, 4096, 128),
-                    (200, 4096, 4096), (4096, 4096, 200)]:
+    for m, n, k in [
+        (256, 256, 256),
+        (512, 512, 512),
+        (1024, 1024, 1024),
+        (2048, 2048, 2048),
+        (4096, 4096, 4096),
+        (8192, 8192, 8192),
+        (8192, 8192, 1024),
+        (16384, 4096, 4096),
+        (16384, 128, 4096),
+        (16384, 4096, 128),
+        (200, 4096, 4096),
+        (4096, 4096, 200),
+    ]:
         cyc = estimated_cycles(lambda a, b: a @ b, sds((m, k)), sds((k, n)))
         rows.append({"kind": "matmul", "m": m, "n": n, "k": k, "dtype": "bf16", "cycles": cyc})
     for size in [1 << 16, 1 << 20, 1 << 24, 1 << 26]:
         for dtype, name in [(jnp.bfloat16, "bf16"), (jnp.float32, "f32")]:
             shape = (size // 1024, 1024)
-            rows.append({"kind": "add", "size": size, "dtype": name, "cycles":
-                         estimated_cycles(lambda a, b: a + b, sds(shape, dtype), sds(shape, dtype))})
-            rows.append({"kind": "exp", "size": size, "dtype": name, "cycles":
-                         estimated_cycles(lambda a: jnp.exp(a), sds(shape, dtype))})
-            rows.append({"kind": "reduce", "size": size, "dtype": name, "cycles":
-                         estimated_cycles(lambda a: a.sum(-1), sds(shape, dtype))})
-            rows.append({"kind": "transpose", "size": size, "dtype": name, "cycles":
-                         estimated_cycles(lambda a: a.T + 1, sds(shape, dtype))})
+            rows.append(
+                {
+                    "kind": "add",
+                    "size": size,
+                    "dtype": name,
+                    "cycles": estimated_cycles(
+                        lambda a, b: a + b, sds(shape, dtype), sds(shape, dtype)
+                    ),
+                }
+            )
+            rows.append(
+                {
+                    "kind": "exp",
+                    "size": size,
+                    "dtype": name,
+                    "cycles": estimated_cycles(lambda a: jnp.exp(a), sds(shape, dtype)),
+                }
+            )
+            rows.append(
+                {
+                    "kind": "reduce",
+                    "size": size,
+                    "dtype": name,
+                    "cycles": estimated_cycles(lambda a: a.sum(-1), sds(shape, dtype)),
+                }
+            )
+            rows.append(
+                {
+                    "kind": "transpose",
+                    "size": size,
+                    "dtype": name,
+                    "cycles": estimated_cycles(lambda a: a.T + 1, sds(shape, dtype)),
+                }
+            )
     chip = topology.split(":")[0]
-    json.dump({"topology": topology, "clock_hz": CLOCK_HZ[chip], "rows": rows}, sys.stdout,
-              indent=1)
+    json.dump(
+        {"topology": topology, "clock_hz": CLOCK_HZ[chip], "rows": rows}, sys.stdout, indent=1
+    )
 
 
 if __name__ == "__main__":

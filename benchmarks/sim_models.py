@@ -58,12 +58,27 @@ class Model:
         return 6.0 * self.params * tokens + attention
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        el, d, n, k, h, f = (self.layers, self.d_model, self.heads, self.kv_heads,
-                             self.head_dim, self.d_ff)
-        return {"wq": (el, d, n, h), "wk": (el, d, k, h), "wv": (el, d, k, h),
-                "wo": (el, n, h, d), "w1": (el, d, f), "w3": (el, d, f), "w2": (el, f, d),
-                "norm1": (el, d), "norm2": (el, d), "unembed": (d, self.vocab),
-                "final_norm": (d,)}
+        el, d, n, k, h, f = (
+            self.layers,
+            self.d_model,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.d_ff,
+        )
+        return {
+            "wq": (el, d, n, h),
+            "wk": (el, d, k, h),
+            "wv": (el, d, k, h),
+            "wo": (el, n, h, d),
+            "w1": (el, d, f),
+            "w3": (el, d, f),
+            "w2": (el, f, d),
+            "norm1": (el, d),
+            "norm2": (el, d),
+            "unembed": (d, self.vocab),
+            "final_norm": (d,),
+        }
 
 
 MAXTEXT_16B = Model("maxtext-16b", 32, 4096, 64, 64, 128, 28672, 32000, 6, 2048)
@@ -74,10 +89,19 @@ MAXTEXT_1B = Model("maxtext-1b", 16, 2048, 16, 16, 128, 7168, 32000, 1, 2048)
 
 def specs(fsdp: str = "data", tp: str | None = None) -> dict[str, P]:
     """FSDP on the embed dim (MaxText's 'fsdp' rule); tp shards heads and the MLP width."""
-    return {"wq": P(None, fsdp, tp), "wk": P(None, fsdp, tp), "wv": P(None, fsdp, tp),
-            "wo": P(None, tp, None, fsdp), "w1": P(None, fsdp, tp), "w3": P(None, fsdp, tp),
-            "w2": P(None, tp, fsdp), "norm1": P(), "norm2": P(), "unembed": P(fsdp),
-            "final_norm": P()}
+    return {
+        "wq": P(None, fsdp, tp),
+        "wk": P(None, fsdp, tp),
+        "wv": P(None, fsdp, tp),
+        "wo": P(None, tp, None, fsdp),
+        "w1": P(None, fsdp, tp),
+        "w3": P(None, fsdp, tp),
+        "w2": P(None, tp, fsdp),
+        "norm1": P(),
+        "norm2": P(),
+        "unembed": P(fsdp),
+        "final_norm": P(),
+    }
 
 
 def rms_norm(x: Any, scale: Any) -> Any:
@@ -139,21 +163,31 @@ def train_step(model: Model) -> Any:
         value, grads = spmd.value_and_grad(loss)(params, x)
         m = spmd.tree_map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
         v = spmd.tree_map(lambda a, g: 0.95 * a + 0.05 * g * g, v, grads)
-        params = spmd.tree_map(lambda p, a, b: p - 1e-4 * (a / (lax.sqrt(b) + 1e-8) + 0.1 * p),
-                               params, m, v)
+        params = spmd.tree_map(
+            lambda p, a, b: p - 1e-4 * (a / (lax.sqrt(b) + 1e-8) + 0.1 * p), params, m, v
+        )
         return value, params, m, v
 
     return step
 
 
-def abstract_args(model: Model, mesh: Any, fsdp: str = "data", tp: str | None = None,
-                  batch_axes: Any = "data") -> tuple[Any, ...]:
+def abstract_args(
+    model: Model, mesh: Any, fsdp: str = "data", tp: str | None = None, batch_axes: Any = "data"
+) -> tuple[Any, ...]:
     """(params, m, v, x) as ShapeDtypeStructs laid out on `mesh`."""
     spec = specs(fsdp, tp)
-    chips = math.prod(mesh.shape.values()) if isinstance(mesh.shape, dict) else math.prod(
-        mesh.devices.shape)
-    params = {k: spmd.ShapeDtypeStruct(s, "float32", NamedSharding(mesh, spec[k]))
-              for k, s in model.shapes().items()}
-    x = spmd.ShapeDtypeStruct((model.batch_per_device * chips, model.seq, model.d_model),
-                              "bfloat16", NamedSharding(mesh, P(batch_axes)))
+    chips = (
+        math.prod(mesh.shape.values())
+        if isinstance(mesh.shape, dict)
+        else math.prod(mesh.devices.shape)
+    )
+    params = {
+        k: spmd.ShapeDtypeStruct(s, "float32", NamedSharding(mesh, spec[k]))
+        for k, s in model.shapes().items()
+    }
+    x = spmd.ShapeDtypeStruct(
+        (model.batch_per_device * chips, model.seq, model.d_model),
+        "bfloat16",
+        NamedSharding(mesh, P(batch_axes)),
+    )
     return params, params, params, x

@@ -24,8 +24,9 @@ from benchmarks.sim_models import MAXTEXT_1B, MAXTEXT_16B, Model, abstract_args,
 from benchmarks.sim_scaling import Config, time_abstract_step
 
 
-def simulate_model(model: Model, mesh_shape: tuple[int, ...], names: tuple[str, ...],
-                   **options: Any) -> tuple[Any, float]:
+def simulate_model(
+    model: Model, mesh_shape: tuple[int, ...], names: tuple[str, ...], **options: Any
+) -> tuple[Any, float]:
     """(report, wall seconds) of one abstract train step of `model`, FSDP on 'data'."""
     mesh = spmd.make_mesh(mesh_shape, names, device="tpu-sim:v5e")
     batch = names if len(names) > 1 else "data"
@@ -39,20 +40,26 @@ def simulate_model(model: Model, mesh_shape: tuple[int, ...], names: tuple[str, 
 def published_rows() -> None:
     """MaxText's v5e table (configs/v5e/README.md): 16B at 120 TFLOP/s/chip on 1x v5e-256,
     117 on 2x v5e-256; its step time is model FLOPs per chip / that rate."""
-    print("model            pod          measured s  simulated s  ratio  sim FLOPs/model  "
-          "peak GiB  wall s")
-    for model, shape, names, rate in [(MAXTEXT_16B, (256,), ("data",), 120e12),
-                                      (MAXTEXT_16B, (2, 256), ("replica", "data"), 117e12),
-                                      (MAXTEXT_1B, (256,), ("data",), None)]:
+    print(
+        "model            pod          measured s  simulated s  ratio  sim FLOPs/model  "
+        "peak GiB  wall s"
+    )
+    for model, shape, names, rate in [
+        (MAXTEXT_16B, (256,), ("data",), 120e12),
+        (MAXTEXT_16B, (2, 256), ("replica", "data"), 117e12),
+        (MAXTEXT_1B, (256,), ("data",), None),
+    ]:
         chips = math.prod(shape)
         for calibrated in (True, False):
             report, wall = simulate_model(model, shape, names, calibrated=calibrated)
             per_chip = model.model_flops(chips) / chips
             measured = per_chip / rate if rate else float("nan")
             pod = f"{'2x ' if len(shape) > 1 else ''}v5e-256" + ("" if calibrated else " ideal")
-            print(f"{model.name:<16} {pod:<12} {measured:>10.3f} {report.step_time_s:>12.3f} "
-                  f"{report.step_time_s / measured:>6.3f} {report.flops / per_chip:>16.3f} "
-                  f"{report.peak_memory_bytes / 2**30:>9.2f} {wall:>7.2f}")
+            print(
+                f"{model.name:<16} {pod:<12} {measured:>10.3f} {report.step_time_s:>12.3f} "
+                f"{report.step_time_s / measured:>6.3f} {report.flops / per_chip:>16.3f} "
+                f"{report.peak_memory_bytes / 2**30:>9.2f} {wall:>7.2f}"
+            )
 
 
 def attention_rows() -> None:
@@ -60,15 +67,26 @@ def attention_rows() -> None:
     einsum-softmax-einsum whose S x S scores go through HBM."""
     from dataclasses import replace
 
-    base = replace(MAXTEXT_1B, name="seq8192", layers=4, d_model=4096, heads=32, kv_heads=32,
-                   d_ff=14336, batch_per_device=1, seq=8192)
+    base = replace(
+        MAXTEXT_1B,
+        name="seq8192",
+        layers=4,
+        d_model=4096,
+        heads=32,
+        kv_heads=32,
+        d_ff=14336,
+        batch_per_device=1,
+        seq=8192,
+    )
     for fused in (True, False):
         report, _ = simulate_model(replace(base, fused_attention=fused), (16,), ("data",))
         kinds = report.by_kind()
-        print(f"seq 8192, 4 layers of an 8B-like model on v5e-16, "
-              f"{'fused' if fused else 'unfused'} attention: step {report.step_time_s:.3f} s "
-              f"(attention op {kinds.get('attention', 0.0):.3f} s), peak "
-              f"{report.peak_memory_bytes / 2**30:.2f} GiB")
+        print(
+            f"seq 8192, 4 layers of an 8B-like model on v5e-16, "
+            f"{'fused' if fused else 'unfused'} attention: step {report.step_time_s:.3f} s "
+            f"(attention op {kinds.get('attention', 0.0):.3f} s), peak "
+            f"{report.peak_memory_bytes / 2**30:.2f} GiB"
+        )
 
 
 def libtpu_rows(folder: Path) -> None:
@@ -81,8 +99,7 @@ def libtpu_rows(folder: Path) -> None:
             truth = row["cycles"] / chip.clock_hz
             for calibrated in (True, False):
                 spec = chip if calibrated else chip.ideal()
-                ratios.setdefault((row["kind"], calibrated), []).append(
-                    _predict(spec, row) / truth)
+                ratios.setdefault((row["kind"], calibrated), []).append(_predict(spec, row) / truth)
         cells = []
         for kind in ("matmul", "add", "exp", "reduce", "transpose"):
             pair = []
@@ -96,8 +113,9 @@ def libtpu_rows(folder: Path) -> None:
 def _predict(chip: Any, row: dict[str, Any]) -> float:
     if row["kind"] == "matmul":
         m, n, k = row["m"], row["n"], row["k"]
-        return op_time(chip, 2.0 * m * n * k, 2.0 * (m * k + k * n + m * n), "bf16",
-                       mxu_dims=(m, n, k))
+        return op_time(
+            chip, 2.0 * m * n * k, 2.0 * (m * k + k * n + m * n), "bf16", mxu_dims=(m, n, k)
+        )
     size = row["size"]
     width = 2 if row["dtype"] == "bf16" else 4
     reads = {"add": 2, "exp": 1, "reduce": 1, "transpose": 1}[row["kind"]]
@@ -108,9 +126,11 @@ def _predict(chip: Any, row: dict[str, Any]) -> float:
 
 def scaling_row() -> None:
     row = time_abstract_step("v4", (256, 16), Config(batch=512))
-    print(f"4096-chip v4 (256x16) abstract step of the sim_scaling transformer: trace "
-          f"{row['trace_s']:.2f} s, partition {row['partition_s']:.2f} s, simulate "
-          f"{row['simulate_s']:.2f} s, total {row['total_s']:.2f} s")
+    print(
+        f"4096-chip v4 (256x16) abstract step of the sim_scaling transformer: trace "
+        f"{row['trace_s']:.2f} s, partition {row['partition_s']:.2f} s, simulate "
+        f"{row['simulate_s']:.2f} s, total {row['total_s']:.2f} s"
+    )
 
 
 def main() -> None:

@@ -40,18 +40,29 @@ class Config:
     @property
     def params(self) -> int:
         """Parameter count (4 attention matrices and 2 MLP matrices per layer)."""
-        return self.layers * (4 * self.d_model ** 2 + 2 * self.d_model * self.d_ff)
+        return self.layers * (4 * self.d_model**2 + 2 * self.d_model * self.d_ff)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         l, d, h, f = self.layers, self.d_model, self.heads, self.d_ff
         k = d // h
-        return {"wq": (l, d, h, k), "wk": (l, d, h, k), "wv": (l, d, h, k), "wo": (l, h, k, d),
-                "w1": (l, d, f), "w2": (l, f, d)}
+        return {
+            "wq": (l, d, h, k),
+            "wk": (l, d, h, k),
+            "wv": (l, d, h, k),
+            "wo": (l, h, k, d),
+            "w1": (l, d, f),
+            "w2": (l, f, d),
+        }
 
 
-SPECS = {"wq": P(None, None, "model"), "wk": P(None, None, "model"),
-         "wv": P(None, None, "model"), "wo": P(None, "model"), "w1": P(None, None, "model"),
-         "w2": P(None, "model")}
+SPECS = {
+    "wq": P(None, None, "model"),
+    "wk": P(None, None, "model"),
+    "wv": P(None, None, "model"),
+    "wo": P(None, "model"),
+    "w1": P(None, None, "model"),
+    "w2": P(None, "model"),
+}
 
 
 def layer(x: Any, w: dict[str, Any]) -> tuple[Any, None]:
@@ -82,10 +93,13 @@ def train_step(params: dict[str, Any], x: Any) -> tuple[Any, dict[str, Any]]:
 
 def abstract_inputs(mesh: spmd.Mesh, config: Config) -> tuple[dict[str, Any], Any]:
     """ShapeDtypeStructs of the params (Megatron specs) and a batch sharded on 'data'."""
-    params = {name: spmd.ShapeDtypeStruct(shape, config.dtype, NamedSharding(mesh, SPECS[name]))
-              for name, shape in config.shapes().items()}
-    x = spmd.ShapeDtypeStruct((config.batch, config.seq, config.d_model), config.dtype,
-                              NamedSharding(mesh, P("data")))
+    params = {
+        name: spmd.ShapeDtypeStruct(shape, config.dtype, NamedSharding(mesh, SPECS[name]))
+        for name, shape in config.shapes().items()
+    }
+    x = spmd.ShapeDtypeStruct(
+        (config.batch, config.seq, config.d_model), config.dtype, NamedSharding(mesh, P("data"))
+    )
     return params, x
 
 
@@ -120,8 +134,13 @@ def time_abstract_step(chip: str, shape: tuple[int, int], config: Config) -> dic
     partitioned = time.perf_counter()
     report = compiled.simulate()
     done = time.perf_counter()
-    return {"trace_s": traced - start, "partition_s": partitioned - traced,
-            "simulate_s": done - partitioned, "total_s": done - start, "report": report}
+    return {
+        "trace_s": traced - start,
+        "partition_s": partitioned - traced,
+        "simulate_s": done - partitioned,
+        "total_s": done - start,
+        "report": report,
+    }
 
 
 def numerics_overhead(repeats: int = 5) -> dict[str, float]:
@@ -156,21 +175,27 @@ def main() -> None:
     config = Config()
     scales = [s for s in SCALES if not args.quick or s[0] in (8, 256)]
     print(f"transformer: {config.params / 1e9:.2f}B params, {config}")
-    print(f"{'chips':>6} {'chip':>4} {'mesh':>8} {'trace s':>8} {'partition s':>11} "
-          f"{'simulate s':>10} {'total s':>8} {'step ms':>9} {'MFU':>6} {'HBM GiB':>8}")
+    print(
+        f"{'chips':>6} {'chip':>4} {'mesh':>8} {'trace s':>8} {'partition s':>11} "
+        f"{'simulate s':>10} {'total s':>8} {'step ms':>9} {'MFU':>6} {'HBM GiB':>8}"
+    )
     for chips, chip, shape in scales:
         batch = max(16, 2 * shape[0])
         row = time_abstract_step(chip, shape, Config(batch=batch))
         r = row["report"]
-        print(f"{chips:>6} {chip:>4} {'x'.join(map(str, shape)):>8} {row['trace_s']:>8.2f} "
-              f"{row['partition_s']:>11.2f} {row['simulate_s']:>10.2f} {row['total_s']:>8.2f} "
-              f"{r.step_time_s * 1e3:>9.1f} {r.mfu * 100:>5.1f}% "
-              f"{r.peak_memory_bytes / 2**30:>8.2f}")
+        print(
+            f"{chips:>6} {chip:>4} {'x'.join(map(str, shape)):>8} {row['trace_s']:>8.2f} "
+            f"{row['partition_s']:>11.2f} {row['simulate_s']:>10.2f} {row['total_s']:>8.2f} "
+            f"{r.step_time_s * 1e3:>9.1f} {r.mfu * 100:>5.1f}% "
+            f"{r.peak_memory_bytes / 2**30:>8.2f}"
+        )
     if not args.quick:
         overhead = numerics_overhead()
-        print(f"numerics mode, 2x4 mesh, small model: cpu {overhead['cpu'] * 1e3:.1f} ms/step, "
-              f"tpu-sim {overhead['tpu-sim:v5e'] * 1e3:.1f} ms/step (report cached per "
-              f"program), one uncached simulation {overhead['simulate_once'] * 1e3:.1f} ms")
+        print(
+            f"numerics mode, 2x4 mesh, small model: cpu {overhead['cpu'] * 1e3:.1f} ms/step, "
+            f"tpu-sim {overhead['tpu-sim:v5e'] * 1e3:.1f} ms/step (report cached per "
+            f"program), one uncached simulation {overhead['simulate_once'] * 1e3:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,7 @@ def layer(x, w):
 
 
 def loss(params, x):
-    stacked = {k: params[k] for k in ("wq", "wk", "wv", "wo", "w1", "w3", "w2", "norm1",
-                                      "norm2")}
+    stacked = {k: params[k] for k in ("wq", "wk", "wv", "wo", "w1", "w3", "w2", "norm1", "norm2")}
     y, _ = jax.lax.scan(jax.checkpoint(layer), x, stacked)
     y = rms_norm(y, params["final_norm"].astype(jnp.bfloat16))
     logits = jnp.einsum("bsd,dv->bsv", y, params["unembed"].astype(jnp.bfloat16))
@@ -61,8 +60,9 @@ def step(params, m, v, x):
     value, grads = jax.value_and_grad(loss)(params, x)
     m = jax.tree.map(lambda a, g: 0.9 * a + 0.1 * g, m, grads)
     v = jax.tree.map(lambda a, g: 0.95 * a + 0.05 * g * g, v, grads)
-    params = jax.tree.map(lambda p, a, b: p - 1e-4 * (a / (jnp.sqrt(b) + 1e-8) + 0.1 * p),
-                          params, m, v)
+    params = jax.tree.map(
+        lambda p, a, b: p - 1e-4 * (a / (jnp.sqrt(b) + 1e-8) + 0.1 * p), params, m, v
+    )
     return value, params, m, v
 
 
@@ -71,30 +71,65 @@ def main(topology: str, name: str) -> None:
     topo = topologies.get_topology_desc(platform="tpu", topology_name=topology)
     devices = np.array(topo.devices).reshape(-1)
     mesh = jax.sharding.Mesh(devices, ("data",))
-    shapes = {"wq": (layers, d, n, h), "wk": (layers, d, n, h), "wv": (layers, d, n, h),
-              "wo": (layers, n, h, d), "w1": (layers, d, f), "w3": (layers, d, f),
-              "w2": (layers, f, d), "norm1": (layers, d), "norm2": (layers, d),
-              "unembed": (d, vocab), "final_norm": (d,)}
-    specs = {"wq": P(None, "data"), "wk": P(None, "data"), "wv": P(None, "data"),
-             "wo": P(None, None, None, "data"), "w1": P(None, "data"), "w3": P(None, "data"),
-             "w2": P(None, None, "data"), "norm1": P(), "norm2": P(), "unembed": P("data"),
-             "final_norm": P()}
-    params = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k]))
-              for k, s in shapes.items()}
-    x = jax.ShapeDtypeStruct((per_device * devices.size, seq, d), jnp.bfloat16,
-                             sharding=NamedSharding(mesh, P("data")))
-    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, params, params,
-                                                             x).compile()
+    shapes = {
+        "wq": (layers, d, n, h),
+        "wk": (layers, d, n, h),
+        "wv": (layers, d, n, h),
+        "wo": (layers, n, h, d),
+        "w1": (layers, d, f),
+        "w3": (layers, d, f),
+        "w2": (layers, f, d),
+        "norm1": (layers, d),
+        "norm2": (layers, d),
+        "unembed": (d, vocab),
+        "final_norm": (d,),
+    }
+    specs = {
+        "wq": P(None, "data"),
+        "wk": P(None, "data"),
+        "wv": P(None, "data"),
+        "wo": P(None, None, None, "data"),
+        "w1": P(None, "data"),
+        "w3": P(None, "data"),
+        "w2": P(None, None, "data"),
+        "norm1": P(),
+        "norm2": P(),
+        "unembed": P("data"),
+        "final_norm": P(),
+    }
+    params = {
+        k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, specs[k]))
+        for k, s in shapes.items()
+    }
+    x = jax.ShapeDtypeStruct(
+        (per_device * devices.size, seq, d), jnp.bfloat16, sharding=NamedSharding(mesh, P("data"))
+    )
+    compiled = jax.jit(step, donate_argnums=(0, 1, 2)).lower(params, params, params, x).compile()
     mem = compiled.memory_analysis()
     peak = getattr(mem, "peak_memory_in_bytes", 0) or (
-        mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-        + mem.temp_size_in_bytes)
-    print(json.dumps({"topology": topology, "model": name, "argument": mem.argument_size_in_bytes,
-                      "output": mem.output_size_in_bytes, "alias": mem.alias_size_in_bytes,
-                      "temp": mem.temp_size_in_bytes, "peak": peak,
-                      "chips": int(math.prod(devices.shape))}))
+        mem.argument_size_in_bytes
+        + mem.output_size_in_bytes
+        - mem.alias_size_in_bytes
+        + mem.temp_size_in_bytes
+    )
+    print(
+        json.dumps(
+            {
+                "topology": topology,
+                "model": name,
+                "argument": mem.argument_size_in_bytes,
+                "output": mem.output_size_in_bytes,
+                "alias": mem.alias_size_in_bytes,
+                "temp": mem.temp_size_in_bytes,
+                "peak": peak,
+                "chips": int(math.prod(devices.shape)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "v5e:16x16", sys.argv[2] if len(sys.argv) > 2
-         else "1b")
+    main(
+        sys.argv[1] if len(sys.argv) > 1 else "v5e:16x16",
+        sys.argv[2] if len(sys.argv) > 2 else "1b",
+    )

@@ -42,8 +42,9 @@ def step(kind: str, causal: bool, backward: bool, mesh: Any) -> Any:
             return out
         return spmd.lax.psum((out.astype("float32") * q.astype("float32")).sum(), "seq")
 
-    f = spmd.shard_map(body, mesh=mesh, in_specs=P(None, "seq"),
-                       out_specs=P() if backward else P(None, "seq"))
+    f = spmd.shard_map(
+        body, mesh=mesh, in_specs=P(None, "seq"), out_specs=P() if backward else P(None, "seq")
+    )
     return spmd.jit(spmd.grad(f, argnums=(0, 1, 2)) if backward else f)
 
 
@@ -55,28 +56,40 @@ def main() -> None:
     opts = parser.parse_args()
     n = opts.devices
     mesh = spmd.make_mesh((n,), ("seq",), device=f"tpu-sim:{opts.chip}")
-    print(f"{opts.chip}-{n}, sequence split {n} ways on 'seq', {HEADS} heads x {HEAD_DIM}, "
-          f"bf16, batch 1, causal; step / attention op / collectives (exposed) / peak HBM")
+    print(
+        f"{opts.chip}-{n}, sequence split {n} ways on 'seq', {HEADS} heads x {HEAD_DIM}, "
+        f"bf16, batch 1, causal; step / attention op / collectives (exposed) / peak HBM"
+    )
     for tb in opts.blocks:
-        x = spmd.ShapeDtypeStruct((1, n * tb, HEADS, HEAD_DIM), "bfloat16",
-                                  NamedSharding(mesh, P(None, "seq")))
+        x = spmd.ShapeDtypeStruct(
+            (1, n * tb, HEADS, HEAD_DIM), "bfloat16", NamedSharding(mesh, P(None, "seq"))
+        )
         for backward in (False, True):
             for kind in ("ring", "gathered"):
                 rows = []
                 for overlap in (True, False):
-                    r = spmd.sim.simulate(step(kind, True, backward, mesh), x, x, x,
-                                          check_memory=False, overlap=overlap)
+                    r = spmd.sim.simulate(
+                        step(kind, True, backward, mesh),
+                        x,
+                        x,
+                        x,
+                        check_memory=False,
+                        overlap=overlap,
+                    )
                     rows.append(r)
                 r, serial = rows
                 kinds = r.by_kind()
-                print(f"seq {n * tb:>6} (block {tb:>5}) {'fwd+bwd' if backward else 'fwd':7s} "
-                      f"{kind:8s}: step {r.step_time_s * 1e3:8.2f} ms (no overlap "
-                      f"{serial.step_time_s * 1e3:8.2f}), attention "
-                      f"{kinds.get('attention', 0.0) * 1e3:7.2f} ms, other compute "
-                      f"{(r.compute_time_s - kinds.get('attention', 0.0)) * 1e3:7.2f} ms, "
-                      f"collectives {r.collective_time_s * 1e3:7.2f} ms "
-                      f"({r.exposed_collective_s * 1e3:6.2f} exposed), peak "
-                      f"{r.peak_memory_bytes / 2**30:6.2f} GiB", flush=True)
+                print(
+                    f"seq {n * tb:>6} (block {tb:>5}) {'fwd+bwd' if backward else 'fwd':7s} "
+                    f"{kind:8s}: step {r.step_time_s * 1e3:8.2f} ms (no overlap "
+                    f"{serial.step_time_s * 1e3:8.2f}), attention "
+                    f"{kinds.get('attention', 0.0) * 1e3:7.2f} ms, other compute "
+                    f"{(r.compute_time_s - kinds.get('attention', 0.0)) * 1e3:7.2f} ms, "
+                    f"collectives {r.collective_time_s * 1e3:7.2f} ms "
+                    f"({r.exposed_collective_s * 1e3:6.2f} exposed), peak "
+                    f"{r.peak_memory_bytes / 2**30:6.2f} GiB",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -39,12 +39,20 @@ def old_transport() -> types.ModuleType:
     if "old_sockets" in sys.modules:
         return sys.modules["old_sockets"]
     folder = Path(tempfile.mkdtemp(prefix="spmd-old-wire-"))
-    for path, name in (("collectives/messages.py", "old_messages"),
-                       ("collectives/sockets.py", "old_sockets")):
-        text = subprocess.run(["git", "show", f"{OLD_COMMIT}:{path}"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout
+    for path, name in (
+        ("collectives/messages.py", "old_messages"),
+        ("collectives/sockets.py", "old_sockets"),
+    ):
+        text = subprocess.run(
+            ["git", "show", f"{OLD_COMMIT}:{path}"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         (folder / f"{name}.py").write_text(
-            text.replace("from collectives.messages", "from old_messages"))
+            text.replace("from collectives.messages", "from old_messages")
+        )
         spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -88,8 +96,9 @@ class Pair:
     def __init__(self, variant: str):
         context = mp.get_context("fork")
         self.pipes = [context.Pipe() for _ in range(2)]
-        self.processes = [context.Process(target=member, args=(variant, r, self.pipes[r][1]))
-                          for r in range(2)]
+        self.processes = [
+            context.Process(target=member, args=(variant, r, self.pipes[r][1])) for r in range(2)
+        ]
         for process in self.processes:
             process.start()
         table = [("127.0.0.1", self.pipes[r][0].recv()) for r in range(2)]
@@ -109,8 +118,11 @@ class Pair:
             process.join(30)
 
 
-def all_reduce_times(variants: tuple[str, ...], sizes: list[int], rounds: int,
-                     ) -> dict[str, dict[int, float]]:
+def all_reduce_times(
+    variants: tuple[str, ...],
+    sizes: list[int],
+    rounds: int,
+) -> dict[str, dict[int, float]]:
     """Best of rounds per (variant, size); the variants take turns within each round, so a
     burst of load on this shared machine hits them alike."""
     pairs = {variant: Pair(variant) for variant in variants}
@@ -179,7 +191,7 @@ def header_costs(count: int = 20000) -> tuple[float, float]:
 
         def read(n: int) -> bytes:
             offset[0] += n
-            return head[offset[0] - n:offset[0]]
+            return head[offset[0] - n : offset[0]]
 
         wire.decode(read, lambda view: None, 3)
 
@@ -214,23 +226,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds (best of)")
     options = parser.parse_args()
     plain, shaken = connection_setup()
-    print(f"connection setup on loopback: plain connect {plain * 1e6:.0f} us, with the HMAC "
-          f"handshake {shaken * 1e6:.0f} us (+{(shaken - plain) * 1e6:.0f} us per connection)")
+    print(
+        f"connection setup on loopback: plain connect {plain * 1e6:.0f} us, with the HMAC "
+        f"handshake {shaken * 1e6:.0f} us (+{(shaken - plain) * 1e6:.0f} us per connection)"
+    )
     old, new = header_costs()
-    print(f"header encode+decode per message: pickled {old * 1e6:.2f} us, binary "
-          f"{new * 1e6:.2f} us; MAC per message (HMAC-SHA256, one core): "
-          f"{mac_throughput() / 1e9:.2f} GB/s")
+    print(
+        f"header encode+decode per message: pickled {old * 1e6:.2f} us, binary "
+        f"{new * 1e6:.2f} us; MAC per message (HMAC-SHA256, one core): "
+        f"{mac_throughput() / 1e9:.2f} GB/s"
+    )
     sizes = [1 << k for k in range(10, 31, 2) if (1 << k) <= options.max_mb * (1 << 20)]
     variants = ("old", "new", "mac")
     times = all_reduce_times(variants, sizes, options.repeats)
     print("all_reduce of float32 between 2 processes on loopback; busbw GB/s = 2(n-1)/n bytes/t")
-    print(f"{'bytes':>10} " + " ".join(f"{v + ' us':>10} {'busbw':>6}" for v in variants)
-          + f" {'new/old':>8} {'mac/new':>8}")
+    print(
+        f"{'bytes':>10} "
+        + " ".join(f"{v + ' us':>10} {'busbw':>6}" for v in variants)
+        + f" {'new/old':>8} {'mac/new':>8}"
+    )
     for size in sizes:
-        cells = " ".join(f"{times[v][size] * 1e6:>10.1f} {size / times[v][size] / 1e9:>6.3f}"
-                         for v in variants)
-        print(f"{size:>10} {cells} {times['new'][size] / times['old'][size]:>8.2f} "
-              f"{times['mac'][size] / times['new'][size]:>8.2f}", flush=True)
+        cells = " ".join(
+            f"{times[v][size] * 1e6:>10.1f} {size / times[v][size] / 1e9:>6.3f}" for v in variants
+        )
+        print(
+            f"{size:>10} {cells} {times['new'][size] / times['old'][size]:>8.2f} "
+            f"{times['mac'][size] / times['new'][size]:>8.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -56,15 +56,20 @@ def job_secret(environ: Mapping[str, str] = os.environ, required_by: str = "") -
     if not text:
         if not required_by:
             return None
-        raise LaunchError(f"{required_by} needs a per-job secret in {SECRET_VARIABLE} (every "
-                          "process of the job sets the same one); it is not set",
-                          hint=f"export {SECRET_VARIABLE}=$(python -c 'import secrets; "
-                               "print(secrets.token_hex(32))') on every host before starting "
-                               "the ranks (spmd-launch sets it itself)")
+        raise LaunchError(
+            f"{required_by} needs a per-job secret in {SECRET_VARIABLE} (every "
+            "process of the job sets the same one); it is not set",
+            hint=f"export {SECRET_VARIABLE}=$(python -c 'import secrets; "
+            "print(secrets.token_hex(32))') on every host before starting "
+            "the ranks (spmd-launch sets it itself)",
+        )
     if len(text) < MIN_SECRET_CHARS:
-        raise LaunchError(f"{SECRET_VARIABLE} has {len(text)} characters; a guessable secret "
-                          f"lets anyone join the job", hint="use at least 16 random characters, "
-                          "e.g. python -c 'import secrets; print(secrets.token_hex(32))'")
+        raise LaunchError(
+            f"{SECRET_VARIABLE} has {len(text)} characters; a guessable secret "
+            f"lets anyone join the job",
+            hint="use at least 16 random characters, "
+            "e.g. python -c 'import secrets; print(secrets.token_hex(32))'",
+        )
     return text.encode("utf-8")
 
 
@@ -72,8 +77,9 @@ def mac_every_message(environ: Mapping[str, str] = os.environ) -> bool:
     return config.env(MAC_VARIABLE, environ)
 
 
-def _proof(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes,
-           client: int) -> bytes:
+def _proof(
+    secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes, client: int
+) -> bytes:
     message = role + client_nonce + server_nonce + struct.pack("!I", client)
     return hmac.new(secret, message, hashlib.sha256).digest()
 
@@ -93,8 +99,11 @@ def read_exactly(connection: socket.socket, count: int) -> bytes:
     return bytes(chunks)
 
 
-def client_handshake(connection: socket.socket, secret: bytes, me: int | None,
-                     ) -> bytes | None:
+def client_handshake(
+    connection: socket.socket,
+    secret: bytes,
+    me: int | None,
+) -> bytes | None:
     """Proves we hold the secret and checks that the server does; returns the session key
     when the server asks for a MAC on every message, else None. AuthenticationError if not."""
     client = ANONYMOUS if me is None else me
@@ -106,18 +115,23 @@ def client_handshake(connection: socket.socket, secret: bytes, me: int | None,
         answer = read_exactly(connection, NONCE_BYTES + MAC_BYTES)
         server_nonce, proof = answer[:NONCE_BYTES], answer[NONCE_BYTES:]
         if not hmac.compare_digest(proof, _proof(secret, b"server", nonce, server_nonce, client)):
-            raise AuthenticationError("the peer does not hold this job's secret "
-                                      f"({SECRET_VARIABLE} differs, or it is not ours)")
+            raise AuthenticationError(
+                "the peer does not hold this job's secret "
+                f"({SECRET_VARIABLE} differs, or it is not ours)"
+            )
         connection.sendall(_proof(secret, b"client", nonce, server_nonce, client))
         verdict = read_exactly(connection, 1)
     except ConnectionError as exc:
         if isinstance(exc, AuthenticationError):
             raise
-        raise AuthenticationError(f"the peer refused our handshake ({exc}): does every "
-                                  f"process have the same {SECRET_VARIABLE}?") from None
+        raise AuthenticationError(
+            f"the peer refused our handshake ({exc}): does every "
+            f"process have the same {SECRET_VARIABLE}?"
+        ) from None
     except TimeoutError:
-        raise AuthenticationError("the peer did not answer the handshake within "
-                                  f"{HANDSHAKE_TIMEOUT_S:g} s") from None
+        raise AuthenticationError(
+            f"the peer did not answer the handshake within {HANDSHAKE_TIMEOUT_S:g} s"
+        ) from None
     finally:
         connection.settimeout(previous)
     if verdict not in (ACCEPTED, ACCEPTED_WITH_MAC):
@@ -125,8 +139,11 @@ def client_handshake(connection: socket.socket, secret: bytes, me: int | None,
     return session_key(secret, nonce, server_nonce) if verdict == ACCEPTED_WITH_MAC else None
 
 
-def server_handshake(connection: socket.socket, secret: bytes, mac: bool = False,
-                     ) -> tuple[int | None, bytes | None]:
+def server_handshake(
+    connection: socket.socket,
+    secret: bytes,
+    mac: bool = False,
+) -> tuple[int | None, bytes | None]:
     """Checks that the client holds the secret (and proves we do); returns its claimed id
     (None: it did not say) and the session key if every message is to carry a MAC.
     AuthenticationError (the caller closes the connection and logs it) if it does not."""
@@ -159,8 +176,9 @@ def log_refusal(where: str, peer: object, why: object) -> None:
     _refusals[0] += 1
     count = _refusals[0]
     if count <= LOGGED_REFUSALS or count % 1000 == 0:
-        LOG.warning("spmd: %s refused a connection from %s: %s (%d refused so far)",
-                    where, peer, why, count)
+        LOG.warning(
+            "spmd: %s refused a connection from %s: %s (%d refused so far)", where, peer, why, count
+        )
 
 
 class MessageMac:
@@ -179,5 +197,12 @@ class MessageMac:
         return digest.digest()
 
 
-__all__ = ["AuthenticationError", "MessageMac", "client_handshake", "job_secret", "log_refusal",
-           "new_secret", "server_handshake"]
+__all__ = [
+    "AuthenticationError",
+    "MessageMac",
+    "client_handshake",
+    "job_secret",
+    "log_refusal",
+    "new_secret",
+    "server_handshake",
+]

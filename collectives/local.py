@@ -278,8 +278,9 @@ class LocalCommunicator(Communicator):
         self.world.rendezvous(found, index, ("barrier", axes), None, where)
 
 
-def run_on_devices(world: LocalWorld, fn: Callable[[LocalCommunicator], Any],
-                   executor: Executor | None = None) -> list[Any]:
+def run_on_devices(
+    world: LocalWorld, fn: Callable[[LocalCommunicator], Any], executor: Executor | None = None
+) -> list[Any]:
     """Runs fn(comm) on one thread per device; returns results in rank order.
 
     `executor` (with at least one worker per device) reuses long-lived threads instead of
@@ -303,8 +304,9 @@ def run_on_devices(world: LocalWorld, fn: Callable[[LocalCommunicator], Any],
         wait(futures)
     else:
         threads = [
-            threading.Thread(target=body, args=(comm,), name=f"spmd-device-{comm.rank}",
-                             daemon=True)
+            threading.Thread(
+                target=body, args=(comm,), name=f"spmd-device-{comm.rank}", daemon=True
+            )
             for comm in world.communicators()
         ]
         for thread in threads:

@@ -58,8 +58,12 @@ class Mailbox:
             self.departed[sender] = message
             self.cond.notify_all()
 
-    def take(self, key: Key, deadline: float | None, sender: int | None = None,
-             ) -> np.ndarray | None:
+    def take(
+        self,
+        key: Key,
+        deadline: float | None,
+        sender: int | None = None,
+    ) -> np.ndarray | None:
         """The message for key (from channel member sender); None once the deadline passes."""
         with self.cond:
             while key not in self.items:
@@ -89,9 +93,17 @@ class MessageCommunicator(Communicator):
     member = "device"
     hint = "another device died, is stuck, or called a different collective"
 
-    def __init__(self, rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-                 channel: Any, mailbox: Mailbox, actors: Sequence[int], tag: Any = 0,
-                 timeout: float | None = None):
+    def __init__(
+        self,
+        rank: int,
+        mesh_shape: Sequence[int],
+        axis_names: Sequence[str],
+        channel: Any,
+        mailbox: Mailbox,
+        actors: Sequence[int],
+        tag: Any = 0,
+        timeout: float | None = None,
+    ):
         super().__init__(rank, mesh_shape, axis_names)
         self.channel = channel
         self.mailbox = mailbox
@@ -103,27 +115,36 @@ class MessageCommunicator(Communicator):
         self.timeout = collective_timeout() if timeout is None else float(timeout)
         self.sequence = 0
 
-    def _exchange(self, kind: str, axes: Axes, outgoing: dict[int, np.ndarray],
-                  incoming: Sequence[int], where: str | None) -> dict[int, np.ndarray]:
+    def _exchange(
+        self,
+        kind: str,
+        axes: Axes,
+        outgoing: dict[int, np.ndarray],
+        incoming: Sequence[int],
+        where: str | None,
+    ) -> dict[int, np.ndarray]:
         """Sends outgoing[j] to group member j; returns what each member in incoming sent."""
         self.sequence += 1
         members = self.group_members(axes)
         for index, value in outgoing.items():
-            self.channel.send(self.actors[members[index]], (self.tag_id, self.sequence,
-                                                             self.rank), value)
+            self.channel.send(
+                self.actors[members[index]], (self.tag_id, self.sequence, self.rank), value
+            )
         deadline = None if self.timeout <= 0 else time.monotonic() + self.timeout
         received = {}
         for index in incoming:
             sender = self.actors[members[index]]
-            value = self.mailbox.take((self.tag_id, self.sequence, members[index]), deadline,
-                                      sender)
+            value = self.mailbox.take(
+                (self.tag_id, self.sequence, members[index]), deadline, sender
+            )
             if value is None:
                 raise CollectiveTimeoutError(
                     timeout_message(kind, axes, where, self.timeout)
                     + f" on {self._who(self.actors[self.rank])}; {self._who(sender)} (member "
-                      f"{index} of the group) never sent",
+                    f"{index} of the group) never sent",
                     loc=where,
-                    hint=self.hint)
+                    hint=self.hint,
+                )
             received[index] = value
         return received
 
@@ -168,8 +189,9 @@ class MessageCommunicator(Communicator):
         got[index] = x
         return np.concatenate([got[j] for j in range(count)], axis=dim)
 
-    def _reduce_scatter(self, x: np.ndarray, axes: Axes, dim: int, op: str,
-                        where: str | None) -> np.ndarray:
+    def _reduce_scatter(
+        self, x: np.ndarray, axes: Axes, dim: int, op: str, where: str | None
+    ) -> np.ndarray:
         index, count, others = self._everyone(axes)
         if count == 1:
             return x.copy()
@@ -180,8 +202,9 @@ class MessageCommunicator(Communicator):
         got[index] = block(wide, dim, index, count)
         return _reduce_in_order(got, count, ufunc).astype(x.dtype, copy=False)
 
-    def _all_to_all(self, x: np.ndarray, axes: Axes, split_dim: int, concat_dim: int,
-                    where: str | None) -> np.ndarray:
+    def _all_to_all(
+        self, x: np.ndarray, axes: Axes, split_dim: int, concat_dim: int, where: str | None
+    ) -> np.ndarray:
         index, count, others = self._everyone(axes)
         if count == 1:
             return x.copy()
@@ -190,8 +213,9 @@ class MessageCommunicator(Communicator):
         got[index] = block(x, split_dim, index, count)
         return np.concatenate([got[j] for j in range(count)], axis=concat_dim)
 
-    def _permute(self, x: np.ndarray, axes: Axes, pairs: list[tuple[int, int]],
-                 where: str | None) -> np.ndarray:
+    def _permute(
+        self, x: np.ndarray, axes: Axes, pairs: list[tuple[int, int]], where: str | None
+    ) -> np.ndarray:
         index = self.group_index(axes)
         source = {dst: src for src, dst in pairs}.get(index)
         target = {src: dst for src, dst in pairs}.get(index)

@@ -102,7 +102,9 @@ class MPICommunicator(FastPaths, Communicator):
         self._groups[axes] = group
         return group
 
-    def _call(self, function: object, args: tuple, kind: str, axes: Axes, where: str | None) -> None:
+    def _call(
+        self, function: object, args: tuple, kind: str, axes: Axes, where: str | None
+    ) -> None:
         """Runs one blocking MPI call under the watchdog; MPI errors become RemoteError."""
         watchdog = self.watchdog
         try:
@@ -183,12 +185,25 @@ class MPICommunicator(FastPaths, Communicator):
             shape = shape[:dim] + (shape[dim] // count,) + shape[dim + 1 :]
             function = comm.Reduce_scatter_block
             general = (reduce_plan, dim)
-        plan = Plan(x, fast, general, (kind, normalized), function, reduce_plan.mpi_type,
-                    reduce_plan.mpi_op, shape)
+        plan = Plan(
+            x,
+            fast,
+            general,
+            (kind, normalized),
+            function,
+            reduce_plan.mpi_type,
+            reduce_plan.mpi_op,
+            shape,
+        )
         return self._remember(self._signatures, key, plan)
 
     def _move_plan_for(
-        self, key: tuple, x: np.ndarray, axes: Any, dim: int, concat_dim: int | None,
+        self,
+        key: tuple,
+        x: np.ndarray,
+        axes: Any,
+        dim: int,
+        concat_dim: int | None,
         where: str | None,
     ) -> Plan:
         """Validates an all_gather (concat_dim None) or all_to_all call and caches its Plan."""
@@ -212,8 +227,7 @@ class MPICommunicator(FastPaths, Communicator):
             fast = fast and leading(shape, concat_dim)
             function = group.comm.Alltoall
             general = (group, normalized, dim, concat_dim)
-        plan = Plan(x, fast, general, (kind, normalized), function, move_type(x.dtype), None,
-                    shape)
+        plan = Plan(x, fast, general, (kind, normalized), function, move_type(x.dtype), None, shape)
         return self._remember(self._signatures, key, plan)
 
     def _reduce_plan(
@@ -263,7 +277,12 @@ class MPICommunicator(FastPaths, Communicator):
         return received if dtype is x.dtype else received.astype(x.dtype)
 
     def _run_all_to_all(
-        self, x: np.ndarray, group: Group, axes: Axes, split_dim: int, concat_dim: int,
+        self,
+        x: np.ndarray,
+        group: Group,
+        axes: Axes,
+        split_dim: int,
+        concat_dim: int,
         where: str | None,
     ) -> np.ndarray:
         """Alltoall of x's blocks along split_dim; received blocks joined along concat_dim."""

@@ -14,10 +14,22 @@ from mpi4py import MPI
 from collectives.base import Axes, Communicator
 from spmd.errors import DTypeError, RemoteError
 
-_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN, "prod": MPI.PROD, "and": MPI.LAND,
-        "or": MPI.LOR}
-_BOOL_OPS = {"sum": MPI.LOR, "max": MPI.LOR, "min": MPI.LAND, "prod": MPI.LAND, "and": MPI.LAND,
-             "or": MPI.LOR}
+_OPS = {
+    "sum": MPI.SUM,
+    "max": MPI.MAX,
+    "min": MPI.MIN,
+    "prod": MPI.PROD,
+    "and": MPI.LAND,
+    "or": MPI.LOR,
+}
+_BOOL_OPS = {
+    "sum": MPI.LOR,
+    "max": MPI.LOR,
+    "min": MPI.LAND,
+    "prod": MPI.LAND,
+    "and": MPI.LAND,
+    "or": MPI.LOR,
+}
 # 16-bit floats have no portable MPI type: they move as bytes and reduce in float32.
 _WIDENED = ("float16", "bfloat16")
 # getrefcount of a plan's result buffer that the caller let go of (the plan, its receive
@@ -49,12 +61,31 @@ class Plan:
     """One call signature's MPI call, ready to go; fast is False where the general runner
     (in collectives/mpi.py) must do it, with the arguments in general."""
 
-    __slots__ = ("dtype", "fast", "function", "general", "into", "label", "op", "received",
-                 "send_type", "shape", "tail")
+    __slots__ = (
+        "dtype",
+        "fast",
+        "function",
+        "general",
+        "into",
+        "label",
+        "op",
+        "received",
+        "send_type",
+        "shape",
+        "tail",
+    )
 
-    def __init__(self, x: np.ndarray, fast: bool, general: tuple, label: tuple[str, Axes],
-                 function: Any, send_type: MPI.Datatype, op: MPI.Op | None,
-                 shape: tuple[int, ...]):
+    def __init__(
+        self,
+        x: np.ndarray,
+        fast: bool,
+        general: tuple,
+        label: tuple[str, Axes],
+        function: Any,
+        send_type: MPI.Datatype,
+        op: MPI.Op | None,
+        shape: tuple[int, ...],
+    ):
         self.dtype = x.dtype  # the operand's: a fast path checks x.dtype is plan.dtype
         self.shape = x.shape
         self.fast = fast
@@ -117,8 +148,9 @@ def joined(received: np.ndarray, dim: int) -> np.ndarray:
     return np.concatenate(list(received), axis=dim)
 
 
-def remote_error(exc: MPI.Exception, label: tuple[str, Axes], rank: int,
-                 where: str | None) -> RemoteError:
+def remote_error(
+    exc: MPI.Exception, label: tuple[str, Axes], rank: int, where: str | None
+) -> RemoteError:
     """The RemoteError for an MPI error in a collective."""
     kind, axes = label
     return RemoteError(
@@ -222,12 +254,13 @@ class FastPaths:
         except TypeError:  # unhashable arguments (a list of axes)
             return getattr(Communicator, kind)(self, x, *args, where=where)
         if plan.fast and plan.dtype is x.dtype:  # then the fast path takes it
-            self._remember(self._plans, key[:1 + len(args)], plan)
+            self._remember(self._plans, key[: 1 + len(args)], plan)
             return getattr(self, kind)(x, *args, where=where)
         return getattr(self, "_run_" + kind)(x, *plan.general, where)
 
-    def _plan_for(self, kind: str, key: tuple, x: np.ndarray, args: tuple,
-                  where: str | None) -> Plan:
+    def _plan_for(
+        self, kind: str, key: tuple, x: np.ndarray, args: tuple, where: str | None
+    ) -> Plan:
         """A new plan for kind's signature key (validated as Communicator does)."""
         if kind == "all_reduce":
             axes, op = args

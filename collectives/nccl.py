@@ -19,10 +19,19 @@ from spmd.errors import DTypeError, LaunchError, MeshError
 
 # exchange(group_key, unique_id or None) -> the group root's unique id, called on every rank
 Exchange = Callable[[tuple[str, ...], int, Any], Any]
-_NCCL_TYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32",
-               "uint32": "NCCL_UINT32", "int64": "NCCL_INT64", "uint64": "NCCL_UINT64",
-               "float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64",
-               "bfloat16": "NCCL_BFLOAT16", "bool": "NCCL_UINT8"}
+_NCCL_TYPES = {
+    "int8": "NCCL_INT8",
+    "uint8": "NCCL_UINT8",
+    "int32": "NCCL_INT32",
+    "uint32": "NCCL_UINT32",
+    "int64": "NCCL_INT64",
+    "uint64": "NCCL_UINT64",
+    "float16": "NCCL_FLOAT16",
+    "float32": "NCCL_FLOAT32",
+    "float64": "NCCL_FLOAT64",
+    "bfloat16": "NCCL_BFLOAT16",
+    "bool": "NCCL_UINT8",
+}
 _NCCL_OPS = {"sum": "NCCL_SUM", "prod": "NCCL_PROD", "max": "NCCL_MAX", "min": "NCCL_MIN"}
 NCCL_ID_BYTES = 128  # ncclUniqueId
 _BOOL_OPS = {"sum": "max", "or": "max", "max": "max", "prod": "min", "and": "min", "min": "min"}
@@ -33,9 +42,10 @@ def cupy_module() -> Any:
     try:
         import cupy
     except ImportError as err:
-        raise LaunchError(f"the NCCL transport needs cupy, which does not import: {err}",
-                          hint="pip install cupy-cuda12x on a machine with an NVIDIA GPU, or "
-                               "use a cpu mesh") from None
+        raise LaunchError(
+            f"the NCCL transport needs cupy, which does not import: {err}",
+            hint="pip install cupy-cuda12x on a machine with an NVIDIA GPU, or use a cpu mesh",
+        ) from None
     return cupy
 
 
@@ -70,8 +80,10 @@ def pack_row(key: int, unique_id: Any) -> np.ndarray:
     if unique_id is not None:
         values = np.asarray(unique_id, np.int64)
         if values.shape != (NCCL_ID_BYTES,) or values.min() < -128 or values.max() > 255:
-            raise MeshError(f"an NCCL unique id is {NCCL_ID_BYTES} bytes, got "
-                            f"{values.shape} values in [{values.min()}, {values.max()}]")
+            raise MeshError(
+                f"an NCCL unique id is {NCCL_ID_BYTES} bytes, got "
+                f"{values.shape} values in [{values.min()}, {values.max()}]"
+            )
         row[8] = 1
         row[9:] = (values & 0xFF).astype(np.uint8)
     return row
@@ -103,8 +115,14 @@ def mpi_exchange(comm: Any) -> Exchange:
 class NcclCommunicator:
     """One GPU's view of collectives over groups of mesh axes (rank = row-major mesh index)."""
 
-    def __init__(self, rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-                 exchange: Exchange, device_id: int = 0) -> None:
+    def __init__(
+        self,
+        rank: int,
+        mesh_shape: Sequence[int],
+        axis_names: Sequence[str],
+        exchange: Exchange,
+        device_id: int = 0,
+    ) -> None:
         self.cp = cupy_module()
         from cupy.cuda import nccl
 
@@ -112,8 +130,9 @@ class NcclCommunicator:
         self.rank, self.mesh_shape = int(rank), tuple(int(s) for s in mesh_shape)
         self.axis_names = tuple(axis_names)
         if len(self.mesh_shape) != len(self.axis_names):
-            raise MeshError(f"mesh shape {self.mesh_shape} and axis names {self.axis_names} "
-                            "differ in length")
+            raise MeshError(
+                f"mesh shape {self.mesh_shape} and axis names {self.axis_names} differ in length"
+            )
         self.exchange = exchange
         self.device_id = device_id
         with self.cp.cuda.Device(device_id):
@@ -141,7 +160,8 @@ class NcclCommunicator:
             uid = self.exchange(axes, self._group_key(axes), uid)
             with self.cp.cuda.Device(self.device_id):
                 self._comms[axes] = self.nccl.NcclCommunicator(
-                    self.group_size(axes), uid, self.group_index(axes))
+                    self.group_size(axes), uid, self.group_index(axes)
+                )
         return self._comms[axes]
 
     # -- helpers ------------------------------------------------------------------------------
@@ -164,49 +184,94 @@ class NcclCommunicator:
             self.stream.synchronize()
 
     # -- the Communicator methods, on C-contiguous device arrays -----------------------------
-    def all_reduce(self, x: Any, axes: str | Sequence[str], op: str = "sum", *,
-                   dtype: str = "", where: str | None = None) -> Any:
+    def all_reduce(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        op: str = "sum",
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         dtype = dtype or x.dtype.name
         x = self.cp.ascontiguousarray(x)
         out = self.cp.empty_like(x)
         comm = self._comm(axes)
-        self._run(lambda s: comm.allReduce(x.data.ptr, out.data.ptr, x.size,
-                                           self._type(x, dtype), self._op(op, dtype), s))
+        self._run(
+            lambda s: comm.allReduce(
+                x.data.ptr, out.data.ptr, x.size, self._type(x, dtype), self._op(op, dtype), s
+            )
+        )
         return out
 
-    def all_gather(self, x: Any, axes: str | Sequence[str], dim: int, *, dtype: str = "",
-                   where: str | None = None) -> Any:
+    def all_gather(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        dim: int,
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         dtype = dtype or x.dtype.name
         n = self.group_size(axes)
         moved = self.cp.ascontiguousarray(self.cp.moveaxis(x, dim, 0))
         out = self.cp.empty((n, *moved.shape), moved.dtype)
         comm = self._comm(axes)
-        self._run(lambda s: comm.allGather(moved.data.ptr, out.data.ptr, moved.size,
-                                           self._type(x, dtype), s))
+        self._run(
+            lambda s: comm.allGather(
+                moved.data.ptr, out.data.ptr, moved.size, self._type(x, dtype), s
+            )
+        )
         joined = out.reshape((n * moved.shape[0], *moved.shape[1:]))
         return self.cp.ascontiguousarray(self.cp.moveaxis(joined, 0, dim))
 
-    def reduce_scatter(self, x: Any, axes: str | Sequence[str], dim: int, op: str = "sum", *,
-                       dtype: str = "", where: str | None = None) -> Any:
+    def reduce_scatter(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        dim: int,
+        op: str = "sum",
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         dtype = dtype or x.dtype.name
         n = self.group_size(axes)
         moved = self.cp.ascontiguousarray(self.cp.moveaxis(x, dim, 0))
         out = self.cp.empty((moved.shape[0] // n, *moved.shape[1:]), moved.dtype)
         comm = self._comm(axes)
-        self._run(lambda s: comm.reduceScatter(moved.data.ptr, out.data.ptr, out.size,
-                                               self._type(x, dtype), self._op(op, dtype), s))
+        self._run(
+            lambda s: comm.reduceScatter(
+                moved.data.ptr, out.data.ptr, out.size, self._type(x, dtype), self._op(op, dtype), s
+            )
+        )
         return self.cp.ascontiguousarray(self.cp.moveaxis(out, 0, dim))
 
-    def broadcast(self, x: Any, axes: str | Sequence[str], root: int = 0, *, dtype: str = "",
-                  where: str | None = None) -> Any:
+    def broadcast(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        root: int = 0,
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         dtype = dtype or x.dtype.name
         buf = self.cp.array(x, copy=True, order="C")
         comm = self._comm(axes)
         self._run(lambda s: comm.bcast(buf.data.ptr, buf.size, self._type(x, dtype), root, s))
         return buf
 
-    def permute(self, x: Any, axes: str | Sequence[str], pairs: Sequence[tuple[int, int]], *,
-                dtype: str = "", where: str | None = None) -> Any:
+    def permute(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        pairs: Sequence[tuple[int, int]],
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         """Each (src, dst) sends src's x to dst; a device nobody sends to gets zeros."""
         dtype = dtype or x.dtype.name
         me = self.group_index(axes)
@@ -226,12 +291,20 @@ class NcclCommunicator:
         self._run(run)
         return out
 
-    def all_to_all(self, x: Any, axes: str | Sequence[str], split_dim: int, concat_dim: int, *,
-                   dtype: str = "", where: str | None = None) -> Any:
+    def all_to_all(
+        self,
+        x: Any,
+        axes: str | Sequence[str],
+        split_dim: int,
+        concat_dim: int,
+        *,
+        dtype: str = "",
+        where: str | None = None,
+    ) -> Any:
         """Block j of x along split_dim goes to member j; received blocks join on concat_dim."""
         dtype = dtype or x.dtype.name
         n, cp = self.group_size(axes), self.cp
-        shape = x.shape[:split_dim] + (n, x.shape[split_dim] // n) + x.shape[split_dim + 1:]
+        shape = x.shape[:split_dim] + (n, x.shape[split_dim] // n) + x.shape[split_dim + 1 :]
         blocks = cp.ascontiguousarray(cp.moveaxis(x.reshape(shape), split_dim, 0))
         received = cp.empty_like(blocks)
         comm, kind, count = self._comm(axes), self._type(x, dtype), blocks[0].size

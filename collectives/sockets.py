@@ -46,11 +46,18 @@ class SocketChannel:
 
     name = "sockets"
 
-    def __init__(self, mailbox: Mailbox, host: str = LOOPBACK, label: str = "actor",
-                 on_lost: Callable[[int, str], None] | None = None,
-                 secret: bytes | None = None, mac: bool | None = None):
-        self.secret = secret if secret is not None else auth.job_secret(
-            required_by="the socket transport")
+    def __init__(
+        self,
+        mailbox: Mailbox,
+        host: str = LOOPBACK,
+        label: str = "actor",
+        on_lost: Callable[[int, str], None] | None = None,
+        secret: bytes | None = None,
+        mac: bool | None = None,
+    ):
+        self.secret = (
+            secret if secret is not None else auth.job_secret(required_by="the socket transport")
+        )
         self.mac = auth.mac_every_message() if mac is None else mac
         self.mailbox = mailbox
         self.label = label
@@ -58,8 +65,10 @@ class SocketChannel:
         try:
             self.server = socket.create_server((host, 0), backlog=64)
         except OSError as exc:
-            raise LaunchError(f"cannot listen on {host!r}: {exc}",
-                              hint="set SPMD_BIND_ADDR to an address of this host") from None
+            raise LaunchError(
+                f"cannot listen on {host!r}: {exc}",
+                hint="set SPMD_BIND_ADDR to an address of this host",
+            ) from None
         self.host = host
         self.port = self.server.getsockname()[1]
         self.addresses: list[tuple[str, int]] = []
@@ -102,8 +111,10 @@ class SocketChannel:
                 if tag:
                     connection.sendall(tag)
         except auth.AuthenticationError as exc:
-            raise RemoteError(f"{self.label} {actor} at {self.addresses[actor]} refused "
-                              f"{self.label} {self.me}'s connection: {exc}") from None
+            raise RemoteError(
+                f"{self.label} {actor} at {self.addresses[actor]} refused "
+                f"{self.label} {self.me}'s connection: {exc}"
+            ) from None
         except OSError as exc:
             raise RemoteError(self._why_unreachable(actor, exc)) from None
 
@@ -160,16 +171,20 @@ class SocketChannel:
             except OSError:
                 return
             _tune(connection)
-            threading.Thread(target=self._read, args=(connection, address), daemon=True,
-                             name="spmd-socket-read").start()
+            threading.Thread(
+                target=self._read, args=(connection, address), daemon=True, name="spmd-socket-read"
+            ).start()
 
     def _read(self, connection: socket.socket, address: tuple) -> None:
         """Authenticates the connection, then files its messages until it closes."""
         try:
             peer, key = auth.server_handshake(connection, self.secret, self.mac)
         except auth.AuthenticationError as exc:
-            auth.log_refusal(f"{self.label} {self.me if self.me is not None else os.getpid()}",
-                             f"{address[0]}:{address[1]}", exc)
+            auth.log_refusal(
+                f"{self.label} {self.me if self.me is not None else os.getpid()}",
+                f"{address[0]}:{address[1]}",
+                exc,
+            )
             connection.close()
             return
         mac = None if key is None else auth.MessageMac(key)
@@ -179,8 +194,9 @@ class SocketChannel:
         except TimeoutError:  # keepalive probes went unanswered
             connection.close()
             if peer is not None and not self._closed:
-                self._lose(peer, f"{self._name(peer)} stopped answering (its host is down or "
-                                 f"unreachable)")
+                self._lose(
+                    peer, f"{self._name(peer)} stopped answering (its host is down or unreachable)"
+                )
             return
         except (ConnectionError, OSError):
             connection.close()
@@ -189,11 +205,15 @@ class SocketChannel:
             self._malformed(peer, address, exc)
             return
         if peer is not None and not said_goodbye and not self._closed:
-            self._lose(peer, f"{self._name(peer)} closed its connection without a goodbye "
-                             f"(it died or was killed)")
+            self._lose(
+                peer,
+                f"{self._name(peer)} closed its connection without a goodbye "
+                f"(it died or was killed)",
+            )
 
-    def _read_messages(self, connection: socket.socket, peer: int | None,
-                       mac: auth.MessageMac | None) -> bool:
+    def _read_messages(
+        self, connection: socket.socket, peer: int | None, mac: auth.MessageMac | None
+    ) -> bool:
         """Files messages until the connection closes (ConnectionError) or says goodbye."""
 
         def read(count: int) -> bytes:
@@ -218,9 +238,12 @@ class SocketChannel:
             if message.kind == wire.DATA:
                 self.mailbox.put(message.key, message.value)
             elif message.kind == wire.GOODBYE:
-                self.mailbox.depart(message.sender, f"{self.label} {message.sender} exited "
-                                                    f"while {self.label} {self.me} still waits "
-                                                    "for it")
+                self.mailbox.depart(
+                    message.sender,
+                    f"{self.label} {message.sender} exited "
+                    f"while {self.label} {self.me} still waits "
+                    "for it",
+                )
                 return True
             else:
                 self._lose(message.sender, message.text)
@@ -235,8 +258,10 @@ class SocketChannel:
         """A peer that passed the handshake broke the wire format: the job cannot trust what
         it has received, so collectives fail, naming that peer."""
         who = self._name(peer) if peer is not None else f"a {self.label}"
-        text = (f"{who} sent a malformed message ({exc.__class__.__name__}: {exc}) on its "
-                f"connection from {address[0]}:{address[1]}")
+        text = (
+            f"{who} sent a malformed message ({exc.__class__.__name__}: {exc}) on its "
+            f"connection from {address[0]}:{address[1]}"
+        )
         if peer is None:
             self.mailbox.abort(text)
             return
@@ -266,8 +291,11 @@ def _tune(connection: socket.socket) -> None:
     """No Nagle delay (collectives wait on every message); keepalive probes (see above)."""
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     connection.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    timing = (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-              ("TCP_KEEPCNT", KEEPALIVE_PROBES))
+    timing = (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    )
     for option, value in timing:
         if hasattr(socket, option):  # Linux; elsewhere the system's keepalive timing
             connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
@@ -284,9 +312,11 @@ def bind_address(peer_host: str) -> str:
             probe.connect((peer_host, 9))
             return probe.getsockname()[0]
     except OSError as exc:
-        raise LaunchError(f"no route from this host to {peer_host!r}: {exc}",
-                          hint="check MASTER_ADDR, or set SPMD_BIND_ADDR to this host's "
-                               "address on the peers' network") from None
+        raise LaunchError(
+            f"no route from this host to {peer_host!r}: {exc}",
+            hint="check MASTER_ADDR, or set SPMD_BIND_ADDR to this host's "
+            "address on the peers' network",
+        ) from None
 
 
 class SocketCommunicator(MessageCommunicator):

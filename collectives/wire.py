@@ -40,8 +40,22 @@ KINDS = {DATA: "data", GOODBYE: "goodbye", ABORT: "abort"}
 
 
 def _dtype_table() -> dict[int, np.dtype]:
-    names = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-             "float16", "float32", "float64", "complex64", "complex128"]
+    names = [
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    ]
     table = {code: np.dtype(name).newbyteorder("<") for code, name in enumerate(names, 1)}
     try:
         import ml_dtypes  # bfloat16 travels as itself: the receiver reduces it in float32
@@ -65,8 +79,14 @@ class Message:
 
     __slots__ = ("key", "kind", "sender", "text", "value")
 
-    def __init__(self, kind: int, sender: int, key: tuple[int, int, int],
-                 value: np.ndarray | None = None, text: str = ""):
+    def __init__(
+        self,
+        kind: int,
+        sender: int,
+        key: tuple[int, int, int],
+        value: np.ndarray | None = None,
+        text: str = "",
+    ):
         self.kind = kind
         self.sender = sender
         self.key = key
@@ -81,21 +101,29 @@ def collective_id(tag: Any) -> int:
     return int.from_bytes(digest, "big")
 
 
-def encode_array(kind: int, sender: int, key: tuple[int, int, int], value: np.ndarray,
-                 ) -> tuple[bytes, memoryview | None]:
+def encode_array(
+    kind: int,
+    sender: int,
+    key: tuple[int, int, int],
+    value: np.ndarray,
+) -> tuple[bytes, memoryview | None]:
     """(header and shape, payload view or None) of an array message."""
     if value.dtype.byteorder == ">":  # the wire is little-endian
         value = value.astype(value.dtype.newbyteorder("<"))
     code = CODES.get(value.dtype)
     if code is None:
-        raise DTypeError(f"the socket transport cannot send dtype {value.dtype}",
-                         hint=f"use one of {sorted(str(d) for d in DTYPES.values())}")
+        raise DTypeError(
+            f"the socket transport cannot send dtype {value.dtype}",
+            hint=f"use one of {sorted(str(d) for d in DTYPES.values())}",
+        )
     if value.ndim > MAX_NDIM:
-        raise DTypeError(f"the socket transport sends arrays of at most {MAX_NDIM} dimensions, "
-                         f"got {value.ndim}")
+        raise DTypeError(
+            f"the socket transport sends arrays of at most {MAX_NDIM} dimensions, got {value.ndim}"
+        )
     _, step, position = key
-    head = HEADER.pack(MAGIC, VERSION, kind, code, value.ndim, sender, position, step, key[0],
-                       value.nbytes)
+    head = HEADER.pack(
+        MAGIC, VERSION, kind, code, value.ndim, sender, position, step, key[0], value.nbytes
+    )
     shape = struct.pack(f"!{value.ndim}Q", *value.shape)
     payload = memoryview(value.reshape(-1).view(np.uint8)) if value.nbytes else None
     return head + shape, payload
@@ -107,8 +135,9 @@ def encode_text(kind: int, sender: int, text: str) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, NO_DTYPE, 0, sender, 0, 0, 0, len(data)) + data
 
 
-def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None],
-           peer: int | None = None) -> tuple[Message, bytes]:
+def decode(
+    read: Callable[[int], bytes], read_into: Callable[[memoryview], None], peer: int | None = None
+) -> tuple[Message, bytes]:
     """One message from a stream: read(n) returns exactly n bytes, read_into fills a buffer;
     peer: the sender the connection authenticated as (None: it did not say).
 
@@ -125,12 +154,15 @@ def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None]
     if kind not in KINDS:
         raise WireError(f"unknown message kind {kind}")
     if peer is not None and sender != peer:
-        raise WireError(f"its header claims sender {sender}, its connection authenticated as "
-                        f"{peer}")
+        raise WireError(
+            f"its header claims sender {sender}, its connection authenticated as {peer}"
+        )
     if kind != DATA:
         if code != NO_DTYPE or ndim or length > MAX_TEXT_BYTES:
-            raise WireError(f"malformed {KINDS[kind]} message (dtype {code}, ndim {ndim}, "
-                            f"{length} bytes of text)")
+            raise WireError(
+                f"malformed {KINDS[kind]} message (dtype {code}, ndim {ndim}, "
+                f"{length} bytes of text)"
+            )
         raw = read(length)
         return Message(kind, sender, (0, 0, 0), text=raw.decode("utf-8", "replace")), head + raw
     dtype = DTYPES.get(code)
@@ -140,8 +172,11 @@ def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None]
         raise WireError(f"{ndim} dimensions (at most {MAX_NDIM})")
     shape_bytes = read(DIMENSION.size * ndim)
     shape = struct.unpack(f"!{ndim}Q", shape_bytes)
-    if length > MAX_PAYLOAD_BYTES or max(shape, default=0) > MAX_PAYLOAD_BYTES \
-            or math.prod(shape) * dtype.itemsize != length:
+    if (
+        length > MAX_PAYLOAD_BYTES
+        or max(shape, default=0) > MAX_PAYLOAD_BYTES
+        or math.prod(shape) * dtype.itemsize != length
+    ):
         raise WireError(f"header declares {dtype}{list(shape)} but {length} payload bytes")
     value = np.empty(shape, dtype)
     if length:
@@ -149,5 +184,15 @@ def decode(read: Callable[[int], bytes], read_into: Callable[[memoryview], None]
     return Message(kind, sender, (ident, step, position), value), head + shape_bytes
 
 
-__all__ = ["ABORT", "DATA", "DTYPES", "GOODBYE", "Message", "WireError", "collective_id",
-           "decode", "encode_array", "encode_text"]
+__all__ = [
+    "ABORT",
+    "DATA",
+    "DTYPES",
+    "GOODBYE",
+    "Message",
+    "WireError",
+    "collective_id",
+    "decode",
+    "encode_array",
+    "encode_text",
+]

@@ -50,8 +50,10 @@ def main() -> None:
     per_device = 2 if args.schedule == "interleaved" else 1
     stages = pipe * per_device
     rng = np.random.default_rng(0)
-    params = {"w1": (rng.standard_normal((stages, D, F)) * 0.1).astype(np.float32),
-              "w2": (rng.standard_normal((stages, F, D)) * 0.1).astype(np.float32)}
+    params = {
+        "w1": (rng.standard_normal((stages, D, F)) * 0.1).astype(np.float32),
+        "w2": (rng.standard_normal((stages, F, D)) * 0.1).astype(np.float32),
+    }
     batch = 4 * data * args.microbatches
     x = rng.standard_normal((batch, D)).astype(np.float32)
     t = np.sin(x)
@@ -61,9 +63,18 @@ def main() -> None:
     @spmd.jit
     def step(params, state, x, t):
         loss, grads = spmd.pipeline_value_and_grad(
-            block, mse, params, x, t, num_microbatches=args.microbatches,
-            schedule=args.schedule, stages_per_device=per_device, mesh=mesh,
-            param_specs=specs, input_spec=P("data"))
+            block,
+            mse,
+            params,
+            x,
+            t,
+            num_microbatches=args.microbatches,
+            schedule=args.schedule,
+            stages_per_device=per_device,
+            mesh=mesh,
+            param_specs=specs,
+            input_spec=P("data"),
+        )
         params, state = opt.update(grads, state, params)
         return params, state, loss
 
@@ -83,11 +94,21 @@ def main() -> None:
 
     report = step.lower(params, state, x, t).compile().collectives()
     permutes = [r for r in report if r.kind == "collective_permute"]
-    print(f"{len(permutes)} collective permutes, e.g.:\n  " + "\n  ".join(
-        str(r) for r in permutes[:3]))
-    sim = simulate_pipeline(block, params, x, num_microbatches=args.microbatches,
-                            schedule=args.schedule, stages_per_device=per_device, mesh=mesh,
-                            param_specs=specs, input_spec=P("data"))
+    print(
+        f"{len(permutes)} collective permutes, e.g.:\n  "
+        + "\n  ".join(str(r) for r in permutes[:3])
+    )
+    sim = simulate_pipeline(
+        block,
+        params,
+        x,
+        num_microbatches=args.microbatches,
+        schedule=args.schedule,
+        stages_per_device=per_device,
+        mesh=mesh,
+        param_specs=specs,
+        input_spec=P("data"),
+    )
     print(sim.table())
     theory = (pipe - 1) / (per_device * args.microbatches + pipe - 1)
     print(f"theory (p-1)/(v*m+p-1) = {theory:.1%}")

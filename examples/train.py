@@ -48,6 +48,7 @@ class Config:
 
 # -- data and mesh ---------------------------------------------------------------------------
 
+
 def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): 8x8 images scaled to [0, 1], a fixed 80/20 split."""
     from sklearn.datasets import load_digits as sklearn_digits
@@ -70,7 +71,7 @@ def parse_mesh(text: str | None) -> spmd.Mesh | None:
     shape = tuple(int(n) for n in text.lower().split("x"))
     if math.prod(shape) == 1:
         return None
-    return spmd.make_mesh(shape, ("data", "model")[:len(shape)])
+    return spmd.make_mesh(shape, ("data", "model")[: len(shape)])
 
 
 def sharding(mesh: spmd.Mesh | None, *axes: str | None) -> NamedSharding | None:
@@ -82,14 +83,20 @@ def sharding(mesh: spmd.Mesh | None, *axes: str | None) -> NamedSharding | None:
 
 def param_shardings(mesh: spmd.Mesh | None) -> dict[str, Any]:
     """Megatron MLP: w1 column-parallel (hidden over 'model'), w2 row-parallel."""
-    return {"w1": sharding(mesh, None, "model"), "b1": sharding(mesh, "model"),
-            "w2": sharding(mesh, "model", None), "b2": sharding(mesh)}
+    return {
+        "w1": sharding(mesh, None, "model"),
+        "b1": sharding(mesh, "model"),
+        "w2": sharding(mesh, "model", None),
+        "b2": sharding(mesh),
+    }
 
 
 # -- model -----------------------------------------------------------------------------------
 
-def init_params(config: Config, mesh: spmd.Mesh | None, features: int = 64,
-                classes: int = 10) -> dict[str, Any]:
+
+def init_params(
+    config: Config, mesh: spmd.Mesh | None, features: int = 64, classes: int = 10
+) -> dict[str, Any]:
     """He-initialised weights from spmd.random: the same values on every mesh."""
     k1, k2 = spmd.random.split(spmd.random.key(config.seed))
     params = {
@@ -101,8 +108,10 @@ def init_params(config: Config, mesh: spmd.Mesh | None, features: int = 64,
         "b2": np.zeros(classes, np.float32),
     }
     shardings = param_shardings(mesh)
-    return {name: spmd.device_put(np.asarray(value, np.float32), shardings[name])
-            for name, value in params.items()}
+    return {
+        name: spmd.device_put(np.asarray(value, np.float32), shardings[name])
+        for name, value in params.items()
+    }
 
 
 def forward(params: dict[str, Any], x: Any, key: Any = None, dropout: float = 0.0) -> Any:
@@ -114,8 +123,9 @@ def forward(params: dict[str, Any], x: Any, key: Any = None, dropout: float = 0.
     return hidden @ params["w2"] + params["b2"]
 
 
-def loss_and_accuracy(params: dict[str, Any], x: Any, y: Any, key: Any,
-                      dropout: float) -> tuple[Any, Any]:
+def loss_and_accuracy(
+    params: dict[str, Any], x: Any, y: Any, key: Any, dropout: float
+) -> tuple[Any, Any]:
     logits = forward(params, x, key, dropout)
     log_probs = spmd.nn.log_softmax(logits)
     loss = -snp.mean(snp.sum(log_probs * spmd.nn.one_hot(y, logits.shape[-1]), axis=-1))
@@ -125,12 +135,14 @@ def loss_and_accuracy(params: dict[str, Any], x: Any, y: Any, key: Any,
 
 def make_optimizer(config: Config) -> Any:
     schedule = spmd.optim.warmup_cosine(config.learning_rate, config.warmup_steps, config.steps)
-    return spmd.optim.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
-                            weight_decay=config.weight_decay, clip_norm=1.0)
+    return spmd.optim.adamw(
+        schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay, clip_norm=1.0
+    )
 
 
-def make_train_step(config: Config, optimizer: Any, mesh: spmd.Mesh | None,
-                    params: Any, opt_state: Any) -> Any:
+def make_train_step(
+    config: Config, optimizer: Any, mesh: spmd.Mesh | None, params: Any, opt_state: Any
+) -> Any:
     """The jitted step (params, opt_state, x, y, step) -> (params, opt_state, loss, accuracy).
 
     The dropout key is fold_in(key(seed + 1), step): a function of the step alone, so the
@@ -148,8 +160,12 @@ def make_train_step(config: Config, optimizer: Any, mesh: spmd.Mesh | None,
     if mesh is None:
         return spmd.jit(step, donate_argnums=(0, 1))
     replicated = NamedSharding(mesh, P())
-    out = (_shardings_of(params, replicated), _shardings_of(opt_state, replicated),
-           replicated, replicated)
+    out = (
+        _shardings_of(params, replicated),
+        _shardings_of(opt_state, replicated),
+        replicated,
+        replicated,
+    )
     return spmd.jit(step, out_shardings=out, donate_argnums=(0, 1))
 
 
@@ -166,8 +182,7 @@ def _accuracy(params: dict[str, Any], x: Any, y: Any) -> Any:
     return snp.mean((snp.argmax(forward(params, x), axis=-1) == y).astype(np.float32))
 
 
-def evaluate(params: dict[str, Any], x: np.ndarray, y: np.ndarray,
-             mesh: spmd.Mesh | None) -> float:
+def evaluate(params: dict[str, Any], x: np.ndarray, y: np.ndarray, mesh: spmd.Mesh | None) -> float:
     """Accuracy on (x, y), the batch sharded over 'data'."""
     x = spmd.device_put(x, sharding(mesh, "data", None))
     y = spmd.device_put(y, sharding(mesh, "data"))
@@ -175,6 +190,7 @@ def evaluate(params: dict[str, Any], x: np.ndarray, y: np.ndarray,
 
 
 # -- training loop ---------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Result:
@@ -184,13 +200,25 @@ class Result:
     seconds: float
 
 
-def train(config: Config, mesh: spmd.Mesh | None, *, checkpoint_dir: str | None = None,
-          checkpoint_every: int = 0, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> Result:
+def train(
+    config: Config,
+    mesh: spmd.Mesh | None,
+    *,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Result:
     """Train for config.steps (or until stop_after); checkpoint and resume if asked."""
     x_train, y_train, x_test, y_test = load_digits()
-    loader = DataLoader({"x": x_train, "y": y_train}, config.batch_size, mesh=mesh,
-                        batch_axis="data" if mesh is not None else None, seed=config.seed)
+    loader = DataLoader(
+        {"x": x_train, "y": y_train},
+        config.batch_size,
+        mesh=mesh,
+        batch_axis="data" if mesh is not None else None,
+        seed=config.seed,
+    )
     optimizer = make_optimizer(config)
     params = init_params(config, mesh)
     opt_state = optimizer.init(params)
@@ -198,8 +226,9 @@ def train(config: Config, mesh: spmd.Mesh | None, *, checkpoint_dir: str | None 
     if checkpoint_dir:
         import spmd.checkpoint
     if resume and checkpoint_dir and spmd.checkpoint.latest_step(checkpoint_dir) is not None:
-        state = spmd.checkpoint.restore(checkpoint_dir, target=_checkpoint_tree(
-            params, opt_state, loader))
+        state = spmd.checkpoint.restore(
+            checkpoint_dir, target=_checkpoint_tree(params, opt_state, loader)
+        )
         params, opt_state = state["params"], state["opt_state"]
         loader.load_state_dict({k: int(np.asarray(v)) for k, v in state["loader"].items()})
         start = int(np.asarray(state["loader"]["train_step"]))
@@ -211,8 +240,9 @@ def train(config: Config, mesh: spmd.Mesh | None, *, checkpoint_dir: str | None 
     began = time.perf_counter()
     for step in range(start, end):
         batch = next(batches)
-        params, opt_state, loss, accuracy = step_fn(params, opt_state, batch["x"], batch["y"],
-                                                    np.int32(step))
+        params, opt_state, loss, accuracy = step_fn(
+            params, opt_state, batch["x"], batch["y"], np.int32(step)
+        )
         losses.append(float(loss))
         bar.update(step + 1, losses[-1], float(accuracy))
         if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0:
@@ -223,12 +253,16 @@ def train(config: Config, mesh: spmd.Mesh | None, *, checkpoint_dir: str | None 
     return Result(params, losses, evaluate(params, x_test, y_test, mesh), seconds)
 
 
-def _checkpoint_tree(params: Any, opt_state: Any, loader: DataLoader,
-                     train_step: int = 0) -> dict[str, Any]:
+def _checkpoint_tree(
+    params: Any, opt_state: Any, loader: DataLoader, train_step: int = 0
+) -> dict[str, Any]:
     state = loader.state_dict()
     counters = {"epoch": state["epoch"], "step": state["step"], "train_step": train_step}
-    return {"params": params, "opt_state": opt_state,
-            "loader": {k: np.asarray(v, np.int64) for k, v in counters.items()}}
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "loader": {k: np.asarray(v, np.int64) for k, v in counters.items()},
+    }
 
 
 def save_params(params: dict[str, Any], mesh: spmd.Mesh | None, path: str) -> None:
@@ -274,8 +308,10 @@ class ProgressBar:
         self.last_draw = now
         done = int(self.width * step / self.total)
         rate = self.seen / max(now - self.began, 1e-9)
-        line = (f"\rstep {step:5d}/{self.total} [{'#' * done}{'.' * (self.width - done)}] "
-                f"loss {loss:.4f}  acc {accuracy:6.1%}  {rate:8.0f} samples/s")
+        line = (
+            f"\rstep {step:5d}/{self.total} [{'#' * done}{'.' * (self.width - done)}] "
+            f"loss {loss:.4f}  acc {accuracy:6.1%}  {rate:8.0f} samples/s"
+        )
         sys.stdout.write(line)
         sys.stdout.flush()
 
@@ -293,36 +329,60 @@ def main(argv: Sequence[str] | None = None) -> Result:
     parser.add_argument("--hidden", type=int, default=defaults.hidden)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--mesh", default=None,
-                        help="DATAxMODEL, e.g. 2x4 (default: the launcher's mesh, else 2x4)")
+    parser.add_argument(
+        "--mesh", default=None, help="DATAxMODEL, e.g. 2x4 (default: the launcher's mesh, else 2x4)"
+    )
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="stop after this step (the schedule still spans --steps)")
-    parser.add_argument("--save-params", default=None, metavar="NPZ",
-                        help="write the final parameters (gathered) to this .npz file")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this step (the schedule still spans --steps)",
+    )
+    parser.add_argument(
+        "--save-params",
+        default=None,
+        metavar="NPZ",
+        help="write the final parameters (gathered) to this .npz file",
+    )
     args = parser.parse_args(argv)
-    config = dataclasses.replace(defaults, steps=args.steps, batch_size=args.batch_size,
-                                 hidden=args.hidden, learning_rate=args.learning_rate,
-                                 seed=args.seed)
+    config = dataclasses.replace(
+        defaults,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        hidden=args.hidden,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
     runtime = distributed()
     if runtime is not None and not runtime.is_initialized():
         runtime.initialize()  # under mpiexec or torchrun-style variables: that runtime
     mesh = parse_mesh(args.mesh)
-    layout = "1 device" if mesh is None else " x ".join(
-        f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
+    layout = (
+        "1 device"
+        if mesh is None
+        else " x ".join(f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
+    )
     if _is_main():
         print(f"MLP 64-{config.hidden}-10 on digits, mesh {layout}, batch {config.batch_size}")
-    result = train(config, mesh, checkpoint_dir=args.checkpoint_dir,
-                   checkpoint_every=args.checkpoint_every if args.checkpoint_dir else 0,
-                   resume=args.resume, stop_after=args.stop_after)
+    result = train(
+        config,
+        mesh,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every if args.checkpoint_dir else 0,
+        resume=args.resume,
+        stop_after=args.stop_after,
+    )
     if args.save_params:
         save_params(result.params, mesh, args.save_params)
     if _is_main():
         done = config.steps if args.stop_after is None else min(config.steps, args.stop_after)
-        print(f"test accuracy {result.test_accuracy:.2%} after {done} steps "
-              f"({result.seconds:.1f} s training, {len(result.losses)} steps run)")
+        print(
+            f"test accuracy {result.test_accuracy:.2%} after {done} steps "
+            f"({result.seconds:.1f} s training, {len(result.losses)} steps run)"
+        )
     return result
 
 

@@ -50,7 +50,7 @@ class Config:
     warmup_steps: int = 6
     weight_decay: float = 0.01
     seed: int = 0
-    pipeline: int = 1      # stages over the 'pipe' mesh axis (1: no pipeline)
+    pipeline: int = 1  # stages over the 'pipe' mesh axis (1: no pipeline)
     microbatches: int = 4  # per step, when pipelined
 
     @property
@@ -59,6 +59,7 @@ class Config:
 
 
 # -- data and mesh ---------------------------------------------------------------------------
+
 
 def load_corpus(config: Config, path: str = CORPUS) -> np.ndarray:
     """Windows of context+1 characters (byte values; the corpus is ASCII), one per row."""
@@ -83,7 +84,7 @@ def parse_mesh(text: str | None, device: str = "cpu", pipeline: int = 1) -> spmd
     shape = tuple(int(n) for n in text.lower().split("x"))
     if math.prod(shape) == 1 and device == "cpu":
         return None
-    return spmd.make_mesh(shape, ("data", "model")[:len(shape)], device=device)
+    return spmd.make_mesh(shape, ("data", "model")[: len(shape)], device=device)
 
 
 def sharding(mesh: spmd.Mesh | None, *axes: str | None) -> NamedSharding | None:
@@ -99,21 +100,29 @@ def param_shardings(mesh: spmd.Mesh | None) -> dict[str, Any]:
     Pipelined, the layers are [stage, layer of the stage, ...] with the stage dim on 'pipe'."""
     s = ("pipe",) if mesh is not None and "pipe" in mesh.axis_names else ()
     layer = {
-        "ln1_scale": sharding(mesh, *s), "ln1_bias": sharding(mesh, *s),
+        "ln1_scale": sharding(mesh, *s),
+        "ln1_bias": sharding(mesh, *s),
         "qkv": sharding(mesh, *s, None, None, None, "model", None),  # [layer, in, qkv, head, e]
-        "out": sharding(mesh, *s, None, "model", None, None),        # [layer, head, e, out]
-        "ln2_scale": sharding(mesh, *s), "ln2_bias": sharding(mesh, *s),
-        "mlp_in": sharding(mesh, *s, None, None, "model"),           # [layer, width, hidden]
+        "out": sharding(mesh, *s, None, "model", None, None),  # [layer, head, e, out]
+        "ln2_scale": sharding(mesh, *s),
+        "ln2_bias": sharding(mesh, *s),
+        "mlp_in": sharding(mesh, *s, None, None, "model"),  # [layer, width, hidden]
         "mlp_in_bias": sharding(mesh, *s, None, "model"),
-        "mlp_out": sharding(mesh, *s, None, "model", None),          # [layer, hidden, width]
+        "mlp_out": sharding(mesh, *s, None, "model", None),  # [layer, hidden, width]
         "mlp_out_bias": sharding(mesh, *s),
     }
-    return {"embed": sharding(mesh), "position": sharding(mesh), "layers": layer,
-            "final_scale": sharding(mesh), "final_bias": sharding(mesh),
-            "unembed": sharding(mesh, None, "model")}
+    return {
+        "embed": sharding(mesh),
+        "position": sharding(mesh),
+        "layers": layer,
+        "final_scale": sharding(mesh),
+        "final_bias": sharding(mesh),
+        "unembed": sharding(mesh, None, "model"),
+    }
 
 
 # -- model -----------------------------------------------------------------------------------
+
 
 def init_params(config: Config, mesh: spmd.Mesh | None) -> dict[str, Any]:
     """GPT-2 style initialisation from spmd.random: the same values on every mesh."""
@@ -130,22 +139,29 @@ def init_params(config: Config, mesh: spmd.Mesh | None) -> dict[str, Any]:
         return np.full(shape, value, np.float32)
 
     layers = {
-        "ln1_scale": full((c.layers, c.width), 1.0), "ln1_bias": full((c.layers, c.width), 0.0),
+        "ln1_scale": full((c.layers, c.width), 1.0),
+        "ln1_bias": full((c.layers, c.width), 0.0),
         "qkv": normal("qkv", (c.layers, c.width, 3, c.heads, c.head_width)),
         "out": normal("out", (c.layers, c.heads, c.head_width, c.width), residual_scale),
-        "ln2_scale": full((c.layers, c.width), 1.0), "ln2_bias": full((c.layers, c.width), 0.0),
+        "ln2_scale": full((c.layers, c.width), 1.0),
+        "ln2_bias": full((c.layers, c.width), 0.0),
         "mlp_in": normal("mlp_in", (c.layers, c.width, hidden)),
         "mlp_in_bias": full((c.layers, hidden), 0.0),
         "mlp_out": normal("mlp_out", (c.layers, hidden, c.width), residual_scale),
         "mlp_out_bias": full((c.layers, c.width), 0.0),
     }
-    params = {"embed": normal("embed", (c.vocab, c.width)),
-              "position": normal("position", (c.context, c.width), 0.01), "layers": layers,
-              "final_scale": full((c.width,), 1.0), "final_bias": full((c.width,), 0.0),
-              "unembed": normal("unembed", (c.width, c.vocab))}
+    params = {
+        "embed": normal("embed", (c.vocab, c.width)),
+        "position": normal("position", (c.context, c.width), 0.01),
+        "layers": layers,
+        "final_scale": full((c.width,), 1.0),
+        "final_bias": full((c.width,), 0.0),
+        "unembed": normal("unembed", (c.width, c.vocab)),
+    }
     if c.pipeline > 1:  # the same values, stage-major: [stage, layer of the stage, ...]
         params["layers"] = spmd.tree_map(
-            lambda w: w.reshape((c.pipeline, c.layers // c.pipeline) + w.shape[1:]), layers)
+            lambda w: w.reshape((c.pipeline, c.layers // c.pipeline) + w.shape[1:]), layers
+        )
     return spmd.tree_map(spmd.device_put, params, param_shardings(mesh))
 
 
@@ -182,27 +198,37 @@ def layers_in_sequence(x: Any, layers: dict[str, Any], reduce: Any = lambda y: y
     return spmd.lax.scan(step, x, layers)[0]
 
 
-def forward(params: dict[str, Any], tokens: Any, mesh: spmd.Mesh | None = None,
-            microbatches: int = 1) -> Any:
+def forward(
+    params: dict[str, Any], tokens: Any, mesh: spmd.Mesh | None = None, microbatches: int = 1
+) -> Any:
     """Logits [batch, time, vocab] of the next character; the layers run under lax.scan,
     or, on a mesh with a 'pipe' axis, as pipeline stages (embedding and head outside)."""
     vocab = params["embed"].shape[0]
     x = spmd.nn.one_hot(tokens, vocab) @ params["embed"] + params["position"]
     if mesh is not None and "pipe" in mesh.axis_names:
+
         def stage(layers: dict[str, Any], h: Any) -> Any:  # one device's blocks (shard_map)
             return layers_in_sequence(h, layers, lambda y: spmd.lax.psum(y, "model"))
 
         specs = spmd.tree_map(lambda s: s.spec, param_shardings(mesh)["layers"])
-        x = spmd.pipeline(stage, params["layers"], x, num_microbatches=microbatches,
-                          mesh=mesh, param_specs=specs, input_spec=P("data"))
+        x = spmd.pipeline(
+            stage,
+            params["layers"],
+            x,
+            num_microbatches=microbatches,
+            mesh=mesh,
+            param_specs=specs,
+            input_spec=P("data"),
+        )
     else:
         x = layers_in_sequence(x, params["layers"])
     x = spmd.nn.layer_norm(x, params["final_scale"], params["final_bias"])
     return x @ params["unembed"]
 
 
-def loss_fn(params: dict[str, Any], batch: Any, mesh: spmd.Mesh | None = None,
-            microbatches: int = 1) -> Any:
+def loss_fn(
+    params: dict[str, Any], batch: Any, mesh: spmd.Mesh | None = None, microbatches: int = 1
+) -> Any:
     """Mean cross-entropy of each next character."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = forward(params, inputs, mesh, microbatches)
@@ -212,12 +238,14 @@ def loss_fn(params: dict[str, Any], batch: Any, mesh: spmd.Mesh | None = None,
 
 def make_optimizer(config: Config) -> Any:
     schedule = spmd.optim.warmup_cosine(config.learning_rate, config.warmup_steps, config.steps)
-    return spmd.optim.adamw(schedule, b1=0.9, b2=0.95, eps=1e-8,
-                            weight_decay=config.weight_decay, clip_norm=1.0)
+    return spmd.optim.adamw(
+        schedule, b1=0.9, b2=0.95, eps=1e-8, weight_decay=config.weight_decay, clip_norm=1.0
+    )
 
 
-def make_train_step(optimizer: Any, mesh: spmd.Mesh | None, params: Any,
-                    opt_state: Any, microbatches: int = 1) -> Any:
+def make_train_step(
+    optimizer: Any, mesh: spmd.Mesh | None, params: Any, opt_state: Any, microbatches: int = 1
+) -> Any:
     """The jitted step (params, opt_state, batch) -> (params, opt_state, loss)."""
 
     def step(params: Any, opt_state: Any, batch: Any) -> Any:
@@ -228,8 +256,14 @@ def make_train_step(optimizer: Any, mesh: spmd.Mesh | None, params: Any,
     if mesh is None:
         return spmd.jit(step)
     replicated = NamedSharding(mesh, P())
-    return spmd.jit(step, out_shardings=(_shardings_of(params, replicated),
-                                         _shardings_of(opt_state, replicated), replicated))
+    return spmd.jit(
+        step,
+        out_shardings=(
+            _shardings_of(params, replicated),
+            _shardings_of(opt_state, replicated),
+            replicated,
+        ),
+    )
 
 
 def _shardings_of(tree: Any, default: NamedSharding) -> Any:
@@ -242,8 +276,14 @@ def _shardings_of(tree: Any, default: NamedSharding) -> Any:
 
 def parameter_count(config: Config) -> int:
     c = config
-    per_layer = 4 * c.width + 3 * c.width * c.width + c.width * c.width \
-        + 2 * c.width * c.mlp_ratio * c.width + c.mlp_ratio * c.width + c.width
+    per_layer = (
+        4 * c.width
+        + 3 * c.width * c.width
+        + c.width * c.width
+        + 2 * c.width * c.mlp_ratio * c.width
+        + c.mlp_ratio * c.width
+        + c.width
+    )
     return c.layers * per_layer + 2 * c.vocab * c.width + c.context * c.width + 2 * c.width
 
 
@@ -253,6 +293,7 @@ def flops_per_token(config: Config) -> float:
 
 
 # -- training and simulation -----------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Result:
@@ -265,8 +306,13 @@ class Result:
 def train(config: Config, mesh: spmd.Mesh | None, *, progress: bool = True) -> Result:
     """config.steps of AdamW on random windows of the corpus; prints loss, tokens/s and MFU."""
     windows = load_corpus(config)
-    loader = DataLoader({"tokens": windows}, config.batch_size, mesh=mesh,
-                        batch_axis="data" if mesh is not None else None, seed=config.seed)
+    loader = DataLoader(
+        {"tokens": windows},
+        config.batch_size,
+        mesh=mesh,
+        batch_axis="data" if mesh is not None else None,
+        seed=config.seed,
+    )
     optimizer = make_optimizer(config)
     params = init_params(config, mesh)
     opt_state = optimizer.init(params)
@@ -286,8 +332,10 @@ def train(config: Config, mesh: spmd.Mesh | None, *, progress: bool = True) -> R
         rate = timed_steps * tokens_per_step / max(time.perf_counter() - timed_from, 1e-9)
         if progress and (step % 10 == 0 or step == config.steps - 1):
             mfu = rate * flops_per_token(config) / PEAK_FLOPS
-            print(f"step {step:4d}  loss {losses[-1]:.3f}  {rate:8.0f} tokens/s  "
-                  f"MFU {mfu:6.2%}", flush=True)
+            print(
+                f"step {step:4d}  loss {losses[-1]:.3f}  {rate:8.0f} tokens/s  MFU {mfu:6.2%}",
+                flush=True,
+            )
     seconds = time.perf_counter() - began
     rate = timed_steps * tokens_per_step / max(time.perf_counter() - timed_from, 1e-9)
     return Result(params, losses, seconds, rate)
@@ -301,8 +349,9 @@ def simulate(config: Config, mesh: spmd.Mesh) -> Any:
     params = spmd.sim.abstract_args([_param_shapes(config)], [param_shardings(mesh)])[0]
     with spmd.sim.abstract():
         opt_state = _sharded_like(spmd.jit(optimizer.init)(params), params, mesh)
-    batch = spmd.ShapeDtypeStruct((config.batch_size, config.context + 1), "int32",
-                                  sharding(mesh, "data", None))
+    batch = spmd.ShapeDtypeStruct(
+        (config.batch_size, config.context + 1), "int32", sharding(mesh, "data", None)
+    )
     step_fn = make_train_step(optimizer, mesh, params, opt_state)
     return spmd.sim.simulate(step_fn, params, opt_state, batch)
 
@@ -326,15 +375,26 @@ def _param_shapes(config: Config) -> Any:
     def f32(*shape: int) -> Any:
         return spmd.ShapeDtypeStruct(shape, "float32")
 
-    layer = {"ln1_scale": f32(c.layers, c.width), "ln1_bias": f32(c.layers, c.width),
-             "qkv": f32(c.layers, c.width, 3, c.heads, c.head_width),
-             "out": f32(c.layers, c.heads, c.head_width, c.width),
-             "ln2_scale": f32(c.layers, c.width), "ln2_bias": f32(c.layers, c.width),
-             "mlp_in": f32(c.layers, c.width, hidden), "mlp_in_bias": f32(c.layers, hidden),
-             "mlp_out": f32(c.layers, hidden, c.width), "mlp_out_bias": f32(c.layers, c.width)}
-    return {"embed": f32(c.vocab, c.width), "position": f32(c.context, c.width),
-            "layers": layer, "final_scale": f32(c.width), "final_bias": f32(c.width),
-            "unembed": f32(c.width, c.vocab)}
+    layer = {
+        "ln1_scale": f32(c.layers, c.width),
+        "ln1_bias": f32(c.layers, c.width),
+        "qkv": f32(c.layers, c.width, 3, c.heads, c.head_width),
+        "out": f32(c.layers, c.heads, c.head_width, c.width),
+        "ln2_scale": f32(c.layers, c.width),
+        "ln2_bias": f32(c.layers, c.width),
+        "mlp_in": f32(c.layers, c.width, hidden),
+        "mlp_in_bias": f32(c.layers, hidden),
+        "mlp_out": f32(c.layers, hidden, c.width),
+        "mlp_out_bias": f32(c.layers, c.width),
+    }
+    return {
+        "embed": f32(c.vocab, c.width),
+        "position": f32(c.context, c.width),
+        "layers": layer,
+        "final_scale": f32(c.width),
+        "final_bias": f32(c.width),
+        "unembed": f32(c.width, c.vocab),
+    }
 
 
 # A GPT of about 600M parameters: what --simulate models on a pod unless sizes are given.
@@ -346,23 +406,45 @@ def main(argv: Sequence[str] | None = None) -> Any:
     for name in ("steps", "batch-size", "context", "width", "heads", "layers"):
         parser.add_argument(f"--{name}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--mesh", default=None, help="DATAxMODEL, e.g. 2x4 (default 2x4); "
-                        "DATAxPIPExMODEL with --pipeline")
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        help="DATAxMODEL, e.g. 2x4 (default 2x4); DATAxPIPExMODEL with --pipeline",
+    )
     parser.add_argument("--pipeline", type=int, default=None, help="pipeline stages ('pipe')")
     parser.add_argument("--microbatches", type=int, default=None)
-    parser.add_argument("--simulate", default=None, metavar="tpu-sim:CHIP",
-                        help="simulate one step on this chip kind (e.g. tpu-sim:v5e)")
-    parser.add_argument("--peak-gflops", type=float, default=PEAK_FLOPS / 1e9,
-                        help="the peak the MFU estimate divides by")
+    parser.add_argument(
+        "--simulate",
+        default=None,
+        metavar="tpu-sim:CHIP",
+        help="simulate one step on this chip kind (e.g. tpu-sim:v5e)",
+    )
+    parser.add_argument(
+        "--peak-gflops",
+        type=float,
+        default=PEAK_FLOPS / 1e9,
+        help="the peak the MFU estimate divides by",
+    )
     args = parser.parse_args(argv)
     launched = spmd.config.env("SPMD_SIMULATE")  # spmd-launch --device tpu-sim:X --simulate
     if launched and args.simulate is None:
         args.simulate = spmd.config.env("SPMD_DEVICE")
         args.mesh = args.mesh or spmd.config.env("SPMD_MESH") or None
     base = POD_CONFIG if args.simulate else Config()
-    given = {field: getattr(args, field) for field in
-             ("steps", "batch_size", "context", "width", "heads", "layers", "learning_rate",
-              "pipeline", "microbatches")}
+    given = {
+        field: getattr(args, field)
+        for field in (
+            "steps",
+            "batch_size",
+            "context",
+            "width",
+            "heads",
+            "layers",
+            "learning_rate",
+            "pipeline",
+            "microbatches",
+        )
+    }
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     if config.pipeline > 1 and (args.simulate or config.layers % config.pipeline):
         parser.error("--pipeline P trains on a CPU mesh, with --layers a multiple of P")
@@ -370,22 +452,31 @@ def main(argv: Sequence[str] | None = None) -> Any:
     million = parameter_count(config) / 1e6
     if args.simulate:
         mesh = parse_mesh(args.mesh or "16x16", device=args.simulate)
-        print(f"GPT {million:.0f}M parameters, batch {config.batch_size} x {config.context}, "
-              f"simulated on {args.simulate} mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}")
+        print(
+            f"GPT {million:.0f}M parameters, batch {config.batch_size} x {config.context}, "
+            f"simulated on {args.simulate} mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))}"
+        )
         report = simulate(config, mesh)
         if not launched:  # the launcher prints its own, fuller report
             print(report)
         return report
     mesh = parse_mesh(args.mesh, pipeline=config.pipeline)
-    layout = "1 device" if mesh is None else " x ".join(
-        f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
-    print(f"GPT {million:.2f}M parameters, {config.layers} layers, batch {config.batch_size} x "
-          f"{config.context} characters, mesh {layout}")
+    layout = (
+        "1 device"
+        if mesh is None
+        else " x ".join(f"{name}={size}" for name, size in zip(mesh.axis_names, mesh.axis_sizes))
+    )
+    print(
+        f"GPT {million:.2f}M parameters, {config.layers} layers, batch {config.batch_size} x "
+        f"{config.context} characters, mesh {layout}"
+    )
     result = train(config, mesh)
-    print(f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} in {result.seconds:.1f} s; "
-          f"{result.tokens_per_second:.0f} tokens/s, MFU "
-          f"{result.tokens_per_second * flops_per_token(config) / PEAK_FLOPS:.2%} of "
-          f"{PEAK_FLOPS / 1e9:.0f} GFLOP/s")
+    print(
+        f"loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} in {result.seconds:.1f} s; "
+        f"{result.tokens_per_second:.0f} tokens/s, MFU "
+        f"{result.tokens_per_second * flops_per_token(config) / PEAK_FLOPS:.2%} of "
+        f"{PEAK_FLOPS / 1e9:.0f} GFLOP/s"
+    )
     return result
 
 

@@ -72,6 +72,7 @@ class BufferTable:
                     raise RemoteError(
                         f"buffer handle(s) {missing} never reached this actor within "
                         f"{timeout:g} s (freed already, or the controller's store failed); "
-                        f"this is a bug in spmd")
+                        f"this is a bug in spmd"
+                    )
                 self._cond.wait(remaining)
             return [self._buffers[h] for h in handles]

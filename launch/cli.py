@@ -73,31 +73,57 @@ def fail(message: str) -> NoReturn:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="spmd-launch", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="spmd-launch",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--mesh", required=True, help="mesh shape, e.g. 8 or 2x4")
     p.add_argument("--axes", help="axis names, e.g. data,model (default: data,model,pipe,...)")
     p.add_argument("--runtime", choices=("local", "mpi", "tcp", "ray"), default="local")
     p.add_argument("--device", default="cpu", help="cpu, gpu or tpu-sim:<chip>")
-    p.add_argument("--processes", type=int,
-                   help="MPI ranks, tcp processes (must be the mesh size) or Ray actors "
-                        "(default: mesh size)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="MPI ranks, tcp processes (must be the mesh size) or Ray actors (default: mesh size)",
+    )
     p.add_argument("--address", help="address of a running Ray cluster (ray runtime)")
     hosts = p.add_mutually_exclusive_group()
     hosts.add_argument("--hosts", help="comma-separated MPI hosts (tcp: this host only)")
     hosts.add_argument("--hostfile", help="MPI hostfile")
     p.add_argument("--timeout", type=float, help="seconds before the whole job is stopped")
-    p.add_argument("--max-restarts", type=int, default=0, metavar="N",
-                   help="tcp: start a failed job again up to N times (see below)")
-    p.add_argument("--min-devices", type=int, metavar="N",
-                   help="tcp, with --max-restarts: restart on the devices that remain, on a "
-                        "smaller mesh of at least N devices (see below)")
-    p.add_argument("--simulate", action="store_true",
-                   help="simulate the script's first step on the tpu-sim device (see below)")
-    p.add_argument("--trace", default="spmd_trace.json",
-                   help="--simulate: Chrome trace of the step (default ./spmd_trace.json)")
-    p.add_argument("--trace-devices", type=int, default=16, metavar="N",
-                   help="--simulate: device tracks in the trace (default 16; 0: every device)")
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tcp: start a failed job again up to N times (see below)",
+    )
+    p.add_argument(
+        "--min-devices",
+        type=int,
+        metavar="N",
+        help="tcp, with --max-restarts: restart on the devices that remain, on a "
+        "smaller mesh of at least N devices (see below)",
+    )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="simulate the script's first step on the tpu-sim device (see below)",
+    )
+    p.add_argument(
+        "--trace",
+        default="spmd_trace.json",
+        help="--simulate: Chrome trace of the step (default ./spmd_trace.json)",
+    )
+    p.add_argument(
+        "--trace-devices",
+        type=int,
+        default=16,
+        metavar="N",
+        help="--simulate: device tracks in the trace (default 16; 0: every device)",
+    )
     p.add_argument("script", help="the Python script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     return p
@@ -109,20 +135,28 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
 
     shape = parse_mesh(options.mesh)
     if math.prod(shape) > MAX_DEVICES:
-        raise LaunchError(f"--mesh {options.mesh} asks for {math.prod(shape)} devices",
-                          hint=f"a mesh has at most {MAX_DEVICES} devices")
-    if options.timeout is not None and not (math.isfinite(options.timeout)
-                                            and options.timeout > 0):
-        raise LaunchError(f"--timeout {options.timeout:g} must be a positive number of seconds",
-                          hint="e.g. --timeout 600, or leave it out for no limit")
+        raise LaunchError(
+            f"--mesh {options.mesh} asks for {math.prod(shape)} devices",
+            hint=f"a mesh has at most {MAX_DEVICES} devices",
+        )
+    if options.timeout is not None and not (math.isfinite(options.timeout) and options.timeout > 0):
+        raise LaunchError(
+            f"--timeout {options.timeout:g} must be a positive number of seconds",
+            hint="e.g. --timeout 600, or leave it out for no limit",
+        )
     if options.processes is not None and options.processes > MAX_DEVICES:
         raise LaunchError(f"--processes {options.processes} is more than {MAX_DEVICES}")
     defaults = ("data", "model", "pipe", "extra")
-    names = tuple(options.axes.split(",")) if options.axes else tuple(
-        defaults[i] if i < len(defaults) else f"axis{i}" for i in range(len(shape)))
+    names = (
+        tuple(options.axes.split(","))
+        if options.axes
+        else tuple(defaults[i] if i < len(defaults) else f"axis{i}" for i in range(len(shape)))
+    )
     if len(names) != len(shape) or len(set(names)) != len(names) or not all(names):
-        raise LaunchError(f"--axes {options.axes!r} must give {len(shape)} distinct names "
-                          f"for mesh {options.mesh!r}")
+        raise LaunchError(
+            f"--axes {options.axes!r} must give {len(shape)} distinct names "
+            f"for mesh {options.mesh!r}"
+        )
     if not re.fullmatch(r"cpu|gpu|tpu-sim:[\w.-]+", options.device):
         raise LaunchError(f"--device {options.device!r} is not cpu, gpu or tpu-sim:<chip>")
     if not Path(options.script).is_file():
@@ -135,18 +169,22 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
         raise LaunchError("--max-restarts needs --runtime tcp")
     if options.max_restarts < 0:
         raise LaunchError(f"--max-restarts {options.max_restarts} must be 0 or more")
-    if options.min_devices is not None and not (options.max_restarts and
-                                                1 <= options.min_devices <= math.prod(shape)):
-        raise LaunchError(f"--min-devices {options.min_devices} needs --max-restarts and must "
-                          f"be between 1 and the mesh's {math.prod(shape)} devices")
+    if options.min_devices is not None and not (
+        options.max_restarts and 1 <= options.min_devices <= math.prod(shape)
+    ):
+        raise LaunchError(
+            f"--min-devices {options.min_devices} needs --max-restarts and must "
+            f"be between 1 and the mesh's {math.prod(shape)} devices"
+        )
     if options.address and options.runtime != "ray":
         raise LaunchError("--address needs --runtime ray")
     if options.device == "gpu" and not (options.hosts or options.hostfile or options.address):
         from backends import registry
 
         registry.check_device("gpu")  # this host runs every device: fail here, not 8 times
-    if options.simulate and not (options.device.startswith("tpu-sim")
-                                 and options.runtime == "local"):
+    if options.simulate and not (
+        options.device.startswith("tpu-sim") and options.runtime == "local"
+    ):
         raise LaunchError("--simulate needs --device tpu-sim:<chip> and the local runtime")
     if options.simulate:
         from backends.tpu_sim.chips import load_chip
@@ -158,9 +196,11 @@ def check(options: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]
     if options.trace_devices < 0:
         raise LaunchError(f"--trace-devices {options.trace_devices} must be 0 (all) or more")
     if options.runtime == "tcp" and options.processes not in (None, math.prod(shape)):
-        raise LaunchError(f"--runtime tcp runs one device per process: --processes "
-                          f"{options.processes} must equal the size {math.prod(shape)} of mesh "
-                          f"{options.mesh}")
+        raise LaunchError(
+            f"--runtime tcp runs one device per process: --processes "
+            f"{options.processes} must equal the size {math.prod(shape)} of mesh "
+            f"{options.mesh}"
+        )
     if options.runtime != "local":
         from launch.runtime import check_launch_mesh
 
@@ -204,7 +244,7 @@ def _take_simulate_flag(options: argparse.Namespace) -> bool:
     at = args.index("--simulate")
     if at + 1 < len(args) and not args[at + 1].startswith("-"):
         return False
-    options.args = args[:at] + args[at + 1:]
+    options.args = args[:at] + args[at + 1 :]
     return True
 
 
@@ -216,8 +256,12 @@ def run_here(options: argparse.Namespace, shape: tuple[int, ...]) -> int:
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.setitimer(signal.ITIMER_REAL, options.timeout)
     if options.runtime == "ray":
-        distributed.initialize("ray", num_devices=options.processes or math.prod(shape),
-                               address=options.address, platform=options.device)
+        distributed.initialize(
+            "ray",
+            num_devices=options.processes or math.prod(shape),
+            address=options.address,
+            platform=options.device,
+        )
     sys.argv = [options.script, *options.args]
     if options.simulate:
         return run_simulated(options)
@@ -246,9 +290,11 @@ def run_simulated(options: argparse.Namespace) -> int:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     if not programs:
-        sys.stderr.write("spmd-launch --simulate: the script made no jitted call on a "
-                         f"{options.device} mesh (build it with "
-                         "spmd.distributed.launch_mesh(), or pass device=)\n")
+        sys.stderr.write(
+            "spmd-launch --simulate: the script made no jitted call on a "
+            f"{options.device} mesh (build it with "
+            "spmd.distributed.launch_mesh(), or pass device=)\n"
+        )
         return 1
     entries = list(programs.values())
     step = max(entries, key=lambda e: (e.report.step_time_s, e.report.flops))
@@ -258,19 +304,31 @@ def run_simulated(options: argparse.Namespace) -> int:
     return code
 
 
-def simulation_summary(entries: list, step: Any, stopped_at: str | None, trace: Path,
-                       tracks: int) -> str:
+def simulation_summary(
+    entries: list, step: Any, stopped_at: str | None, trace: Path, tracks: int
+) -> str:
     """Every simulated program in one line each, then the training step's full report."""
     report = step.report
-    lines = [(f"spmd-launch --simulate: {len(entries)} program(s) simulated; the slowest is "
-              "taken as the training step"),
-             f"  {'step time':>10} {'MFU':>6} {'peak HBM':>10} {'calls':>5}  called at"]
+    lines = [
+        (
+            f"spmd-launch --simulate: {len(entries)} program(s) simulated; the slowest is "
+            "taken as the training step"
+        ),
+        f"  {'step time':>10} {'MFU':>6} {'peak HBM':>10} {'calls':>5}  called at",
+    ]
     for entry in entries:
         r = entry.report
-        lines.append(f"  {r.step_time_s * 1e3:>7.3f} ms {_percent(r.mfu):>6} "
-                     f"{r.peak_memory_bytes / 2**20:>6.1f} MiB {entry.calls:>5}  {entry.loc}")
-    lines += ["", f"training step, called at {step.loc}", report.table(), "",
-              f"  {'collective':<28} {'count':>6} {'time':>12} {'MiB/device':>11}"]
+        lines.append(
+            f"  {r.step_time_s * 1e3:>7.3f} ms {_percent(r.mfu):>6} "
+            f"{r.peak_memory_bytes / 2**20:>6.1f} MiB {entry.calls:>5}  {entry.loc}"
+        )
+    lines += [
+        "",
+        f"training step, called at {step.loc}",
+        report.table(),
+        "",
+        f"  {'collective':<28} {'count':>6} {'time':>12} {'MiB/device':>11}",
+    ]
     totals: dict[str, list[float]] = {}
     for row in report.ops:
         if row.kind == "collective":
@@ -280,21 +338,28 @@ def simulation_summary(entries: list, step: Any, stopped_at: str | None, trace: 
             total[1] += row.time_s
             total[2] += row.bytes
     for name, (count, seconds, nbytes) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
-        lines.append(f"  {name:<28} {count:>6.0f} {seconds * 1e3:>9.3f} ms "
-                     f"{nbytes / 2**20:>11.2f}")
+        lines.append(f"  {name:<28} {count:>6.0f} {seconds * 1e3:>9.3f} ms {nbytes / 2**20:>11.2f}")
     if not totals:
         lines.append("  (none)")
     step_s = max(report.step_time_s, 1e-30)
-    lines += ["", (f"compute {report.compute_time_s / step_s:.1%} of the step, communication "
-                   f"{report.collective_time_s / step_s:.1%} "
-                   f"({report.exposed_collective_s / step_s:.1%} exposed); "
-                   f"MFU {_percent(report.mfu)}; step time {report.step_time_s * 1e3:.3f} ms"),
-              (f"Chrome trace: {trace} ({min(tracks, report.num_devices)} of "
-               f"{report.num_devices} device tracks, identical SPMD schedules; open it in "
-               "Perfetto)")]
+    lines += [
+        "",
+        (
+            f"compute {report.compute_time_s / step_s:.1%} of the step, communication "
+            f"{report.collective_time_s / step_s:.1%} "
+            f"({report.exposed_collective_s / step_s:.1%} exposed); "
+            f"MFU {_percent(report.mfu)}; step time {report.step_time_s * 1e3:.3f} ms"
+        ),
+        (
+            f"Chrome trace: {trace} ({min(tracks, report.num_devices)} of "
+            f"{report.num_devices} device tracks, identical SPMD schedules; open it in "
+            "Perfetto)"
+        ),
+    ]
     if stopped_at:
-        lines.append(f"stopped after the first step: the script read a simulated value at "
-                     f"{stopped_at}")
+        lines.append(
+            f"stopped after the first step: the script read a simulated value at {stopped_at}"
+        )
     return "\n".join(lines)
 
 
@@ -329,8 +394,12 @@ def run_mpi(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
         command += ["-f", options.hostfile]
     command += [sys.executable, "-m", "launch.mpi_entry", options.script, *options.args]
     path = os.environ.get("PYTHONPATH", "")
-    child_env = dict(os.environ, **env, OMP_NUM_THREADS="1",
-                     PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
+    child_env = dict(
+        os.environ,
+        **env,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO),
+    )
     process = subprocess.Popen(command, env=child_env, start_new_session=True)
     deadline = time.monotonic() + options.timeout if options.timeout else None
     try:
@@ -340,8 +409,9 @@ def run_mpi(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
             except subprocess.TimeoutExpired:
                 pass
             if deadline is not None and time.monotonic() > deadline:
-                sys.stderr.write(f"spmd-launch: --timeout {options.timeout:g} s expired, "
-                                 "stopping every rank\n")
+                sys.stderr.write(
+                    f"spmd-launch: --timeout {options.timeout:g} s expired, stopping every rank\n"
+                )
                 stop(process)
                 return 124
     except KeyboardInterrupt:
@@ -359,8 +429,11 @@ def run_tcp(options: argparse.Namespace, shape: tuple[int, ...], env: dict[str, 
     base = dict(os.environ, **env, PYTHONPATH=f"{REPO}{os.pathsep}{path}" if path else str(REPO))
     command = [sys.executable, "-m", "launch.tcp_entry", options.script, *options.args]
     environments = restarts_on_remaining_devices(
-        shape, options.min_devices,
-        lambda env, size, attempt: torchrun_environments(env, size, restart=attempt), base)
+        shape,
+        options.min_devices,
+        lambda env, size, attempt: torchrun_environments(env, size, restart=attempt),
+        base,
+    )
     return run_restarting(command, environments, options.timeout, options.max_restarts)
 
 

@@ -32,9 +32,11 @@ def mesh_text(shape: Sequence[int]) -> str:
 
 
 def restarts_on_remaining_devices(
-        shape: Sequence[int], minimum: int | None,
-        environments: Callable[[Mapping[str, str], int, int], Sequence[Mapping[str, str]]],
-        base: Mapping[str, str]) -> Callable[[int, list[str]], Sequence[Mapping[str, str]]]:
+    shape: Sequence[int],
+    minimum: int | None,
+    environments: Callable[[Mapping[str, str], int, int], Sequence[Mapping[str, str]]],
+    base: Mapping[str, str],
+) -> Callable[[int, list[str]], Sequence[Mapping[str, str]]]:
     """The environments(attempt, lost) for launch.processes.run_restarting: each attempt on the
     current mesh (SPMD_MESH); with `minimum`, every lost process takes its device away and the
     next attempt runs on shrink_mesh(...), said on stderr; [] (give up) below `minimum`.
@@ -48,15 +50,20 @@ def restarts_on_remaining_devices(
             smaller = shrink_mesh(current[0], remaining, minimum)
             why = "; ".join(lost)
             if smaller is None:
-                _say(f"cannot continue: {remaining} of {devices} devices remain after losing "
-                     f"{why}, and no mesh like {mesh_text(current[0])} on them has "
-                     f"--min-devices {minimum}")
+                _say(
+                    f"cannot continue: {remaining} of {devices} devices remain after losing "
+                    f"{why}, and no mesh like {mesh_text(current[0])} on them has "
+                    f"--min-devices {minimum}"
+                )
                 return []
             current[0] = smaller
-            _say(f"continuing on {mesh_text(smaller)} ({math.prod(smaller)} devices) after "
-                 f"losing {why}")
-        return environments(dict(base, SPMD_MESH=mesh_text(current[0])),
-                            math.prod(current[0]), attempt)
+            _say(
+                f"continuing on {mesh_text(smaller)} ({math.prod(smaller)} devices) after "
+                f"losing {why}"
+            )
+        return environments(
+            dict(base, SPMD_MESH=mesh_text(current[0])), math.prod(current[0]), attempt
+        )
 
     return make
 

@@ -36,8 +36,7 @@ from spmd.spmd_interpreter import evaluate_spmd
 class LocalExecutable:
     """Runs one partitioned program on the mesh's devices."""
 
-    def __init__(self, partitioned: Partitioned, mode: str | None = None,
-                 device_kind: str = "cpu"):
+    def __init__(self, partitioned: Partitioned, mode: str | None = None, device_kind: str = "cpu"):
         self.partitioned = partitioned
         self.program = partitioned.program
         self.mesh = partitioned.mesh
@@ -56,8 +55,12 @@ class LocalExecutable:
         return "stacked"
 
     def collectives_in_loops(self) -> bool:
-        return any(REGISTRY[sub_op.name].has(Trait.COLLECTIVE) for op in self.program.ops
-                   for sub in subgraphs(op) for sub_op in sub.walk())
+        return any(
+            REGISTRY[sub_op.name].has(Trait.COLLECTIVE)
+            for op in self.program.ops
+            for sub in subgraphs(op)
+            for sub_op in sub.walk()
+        )
 
     def run(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         mode = self.mode
@@ -69,11 +72,15 @@ class LocalExecutable:
             backend = self._batched_backend()
             self._unbatched = backend is None
             if backend is not None:
-                self._stacked = StackedProgram(self.program, self.mesh.names,
-                                               self.mesh.sizes, backend=backend)
+                self._stacked = StackedProgram(
+                    self.program, self.mesh.names, self.mesh.sizes, backend=backend
+                )
         stacked = self._stacked
-        if mode == "stacked" and stacked is not None and not (
-                self._in_loops and stacked.kernel is None):
+        if (
+            mode == "stacked"
+            and stacked is not None
+            and not (self._in_loops and stacked.kernel is None)
+        ):
             return stacked(per_device_args)
         return self._run_threads(per_device_args)  # device threads can run anything
 
@@ -84,8 +91,10 @@ class LocalExecutable:
         kind = registry.choose(self.device_kind, self.program, copies=self.mesh.num_devices)
         return kind if registry.get(kind).capabilities.batched else None
 
-    def _run_threads(self, per_device_args: Sequence[Sequence[np.ndarray]],
-                     ) -> list[list[np.ndarray]]:
+    def _run_threads(
+        self,
+        per_device_args: Sequence[Sequence[np.ndarray]],
+    ) -> list[list[np.ndarray]]:
         world = LocalWorld(self.mesh.sizes, self.mesh.names)
         kernels = self._device_programs()
         n = self.mesh.num_devices
@@ -100,8 +109,7 @@ class LocalExecutable:
 
         # Device threads share the cores: BLAS gets its share instead of every thread
         # starting a full-width BLAS pool (oversubscription made steps 2-7x slower).
-        with _blas_controller().limit(limits=max(1, (os.cpu_count() or 1) // n),
-                                      user_api="blas"):
+        with _blas_controller().limit(limits=max(1, (os.cpu_count() or 1) // n), user_api="blas"):
             return run_on_devices(world, device, _device_threads(n))
 
     def _backend_name(self) -> str:
@@ -123,8 +131,9 @@ class LocalExecutable:
             self._kernels = [shared] * n
             return self._kernels
         count = max(1, getattr(backend, "device_count", lambda: 1)())
-        self._kernels = [backend.compile(self.program, _this_device_op, device_id=d % count)
-                         for d in range(n)]
+        self._kernels = [
+            backend.compile(self.program, _this_device_op, device_id=d % count) for d in range(n)
+        ]
         return self._kernels
 
     def compiled_program(self) -> Any:
@@ -163,8 +172,9 @@ class LocalRuntime:
         """The per-device program prepared for every device of mesh (compiled on first run)."""
         return LocalExecutable(partitioned, device_kind=mesh.device_kind)
 
-    def run(self, partitioned: Partitioned, mesh: Mesh,
-            per_device: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    def run(
+        self, partitioned: Partitioned, mesh: Mesh, per_device: Sequence[Sequence[Any]]
+    ) -> list[list[Any]]:
         return self.compile(partitioned, mesh).run(per_device)
 
     def barrier(self) -> None:
@@ -197,16 +207,19 @@ def _this_device_op(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
 # How a per-device op calls the device's Communicator: (comm, x, attrs, where) -> result.
 COMMUNICATOR_CALLS: dict[str, Callable[[Any, Any, Any, str | None], Any]] = {
     "all_reduce": lambda comm, x, a, where: comm.all_reduce(
-        x, a["axes"], a.get("kind", "sum"), where=where),
+        x, a["axes"], a.get("kind", "sum"), where=where
+    ),
     "all_gather": lambda comm, x, a, where: comm.all_gather(x, a["axes"], a["dim"], where=where),
     "reduce_scatter": lambda comm, x, a, where: comm.reduce_scatter(
-        x, a["axes"], a["dim"], a.get("kind", "sum"), where=where),
+        x, a["axes"], a["dim"], a.get("kind", "sum"), where=where
+    ),
     "all_to_all": lambda comm, x, a, where: comm.all_to_all(
-        x, a["axes"], a["split_dim"], a["concat_dim"], where=where),
+        x, a["axes"], a["split_dim"], a["concat_dim"], where=where
+    ),
     "collective_permute": lambda comm, x, a, where: comm.permute(
-        x, a["axes"], a["pairs"], where=where),
-    "axis_index": lambda comm, x, a, where: np.asarray(comm.group_index(a["axes"]),
-                                                       dtype=np.int32),
+        x, a["axes"], a["pairs"], where=where
+    ),
+    "axis_index": lambda comm, x, a, where: np.asarray(comm.group_index(a["axes"]), dtype=np.int32),
 }
 
 

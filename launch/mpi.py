@@ -38,8 +38,12 @@ class MPIRuntime(MultiControllerRuntime):
                 comm.close()
         self._meshes.clear()
 
-    def _communicator(self, mesh: Mesh, ids: list[int], position: int | None,
-                      ) -> MPICommunicator | None:
+    def _communicator(
+        self,
+        mesh: Mesh,
+        ids: list[int],
+        position: int | None,
+    ) -> MPICommunicator | None:
         """Splits the world communicator (collective: every rank calls it, in the mesh's ids)."""
         if ids == list(range(self.size)):
             sub = self.comm

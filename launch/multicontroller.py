@@ -45,9 +45,16 @@ class MultiControllerRuntime:
         if found is None:
             from collectives.nccl import NcclCommunicator, exchange_through
 
-            found = (NcclCommunicator(position, mesh.axis_sizes, mesh.axis_names,
-                                      exchange_through(comm), device_id=self.local_gpu()),
-                     position)
+            found = (
+                NcclCommunicator(
+                    position,
+                    mesh.axis_sizes,
+                    mesh.axis_names,
+                    exchange_through(comm),
+                    device_id=self.local_gpu(),
+                ),
+                position,
+            )
             self._meshes[key] = found
         return found[0]
 
@@ -82,8 +89,10 @@ class MultiControllerRuntime:
         if found is not None:
             return found
         if len(set(mesh.device_ids)) != mesh.size or max(mesh.device_ids) >= self.size:
-            raise LaunchError(f"mesh {mesh!r} uses devices {mesh.device_ids} but {self.world} "
-                              f"has {self.size} (one per process)")
+            raise LaunchError(
+                f"mesh {mesh!r} uses devices {mesh.device_ids} but {self.world} "
+                f"has {self.size} (one per process)"
+            )
         ids = list(mesh.device_ids)
         position = ids.index(self.rank) if self.rank in ids else None
         comm = self._communicator(mesh, ids, position)
@@ -122,11 +131,20 @@ class MultiControllerRuntime:
         if not backend.capabilities.host_arrays:
             options = {"device_id": self.local_gpu(), "communicator": device_comm}
         executable = backend.compile(program, run_op, **options)
-        return RankProgram(executable, position, len(program.results), mesh.size,
-                           native=backend.capabilities.native)
+        return RankProgram(
+            executable,
+            position,
+            len(program.results),
+            mesh.size,
+            native=backend.capabilities.native,
+        )
 
-    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
-            ) -> list[list[Any]]:
+    def run(
+        self,
+        partitioned: Any,
+        mesh: Mesh,
+        per_device: Sequence[Sequence[Any]],
+    ) -> list[list[Any]]:
         """Runs this process's per-device program; the other devices' results are None."""
         return self.compile(partitioned, mesh).run(per_device)
 
@@ -134,8 +152,9 @@ class MultiControllerRuntime:
 class RankProgram:
     """One process's compiled per-device program of a mesh (None: not in the mesh)."""
 
-    def __init__(self, executable: Any, position: int | None, results: int, size: int,
-                 native: bool):
+    def __init__(
+        self, executable: Any, position: int | None, results: int, size: int, native: bool
+    ):
         self.executable = executable
         self.native = native
         self.position = position

@@ -34,9 +34,21 @@ TIMEOUT_CODE = 124
 PEER_STOPPED_CODE = 87
 PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a child gets when its parent dies
 # Set by a parent mpiexec or torchrun; a child must see only the variables of its own world.
-INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-             "PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-             "MPI_LOCALNRANKS", "SPMD_JOB_SECRET", "SPMD_RESTART")
+INHERITED = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PMI_SIZE",
+    "PMI_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_RANK",
+    "MPI_LOCALNRANKS",
+    "SPMD_JOB_SECRET",
+    "SPMD_RESTART",
+)
 
 
 class Interrupted(Exception):
@@ -54,33 +66,43 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def torchrun_environments(base: Mapping[str, str], size: int, host: str = "127.0.0.1",
-                          restart: int = 0) -> list[dict[str, str]]:
+def torchrun_environments(
+    base: Mapping[str, str], size: int, host: str = "127.0.0.1", restart: int = 0
+) -> list[dict[str, str]]:
     """One environment per rank: base plus RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, a free
     MASTER_PORT, a fresh SPMD_JOB_SECRET (only this job's processes can join it: the
     environment of a process is readable by its user alone), and OMP_NUM_THREADS=1 unless base
     sets it (size processes share the cores); SPMD_RESTART=restart on a restarted job."""
     common = {name: value for name, value in base.items() if name not in INHERITED}
     common.setdefault("OMP_NUM_THREADS", "1")
-    common.update(WORLD_SIZE=str(size), MASTER_ADDR=host, MASTER_PORT=str(free_port(host)),
-                  LOCAL_WORLD_SIZE=str(size), SPMD_LAUNCHER_PID=str(os.getpid()),
-                  SPMD_JOB_SECRET=secrets.token_hex(32))
+    common.update(
+        WORLD_SIZE=str(size),
+        MASTER_ADDR=host,
+        MASTER_PORT=str(free_port(host)),
+        LOCAL_WORLD_SIZE=str(size),
+        SPMD_LAUNCHER_PID=str(os.getpid()),
+        SPMD_JOB_SECRET=secrets.token_hex(32),
+    )
     if restart:
         common["SPMD_RESTART"] = str(restart)
     return [dict(common, RANK=str(rank), LOCAL_RANK=str(rank)) for rank in range(size)]
 
 
-def run_group(command: Sequence[str], environments: Sequence[Mapping[str, str]],
-              timeout: float | None = None) -> int:
+def run_group(
+    command: Sequence[str], environments: Sequence[Mapping[str, str]], timeout: float | None = None
+) -> int:
     """Runs command once per environment and waits for all: 0 if every process exits 0. The
     first failure stops the others (its code is returned); SIGINT/SIGTERM to the launcher stop
     all (128 + signal); so does timeout seconds passing (124). Nothing is left running."""
     return _run(command, environments, timeout)[0]
 
 
-def run_restarting(command: Sequence[str],
-                   environments: Callable[[int, list[str]], Sequence[Mapping[str, str]]],
-                   timeout: float | None, max_restarts: int) -> int:
+def run_restarting(
+    command: Sequence[str],
+    environments: Callable[[int, list[str]], Sequence[Mapping[str, str]]],
+    timeout: float | None,
+    max_restarts: int,
+) -> int:
     """run_group, started again (environments(attempt, lost): a fresh port and secret, and
     SPMD_RESTART=attempt; lost: the processes that failed by themselves last time, e.g.
     "process 3 (pid 123 on n1, killed by SIGKILL)"; no environments: give up) up to
@@ -98,12 +120,15 @@ def run_restarting(command: Sequence[str],
         if why != "failed" or attempt >= max_restarts:
             return code
         attempt += 1
-        _say(f"restart {attempt} of {max_restarts}: starting every process again "
-             f"(SPMD_RESTART={attempt}); a script that saves checkpoints resumes from its latest")
+        _say(
+            f"restart {attempt} of {max_restarts}: starting every process again "
+            f"(SPMD_RESTART={attempt}); a script that saves checkpoints resumes from its latest"
+        )
 
 
-def _run(command: Sequence[str], environments: Sequence[Mapping[str, str]],
-         timeout: float | None) -> tuple[int, str, list[str]]:
+def _run(
+    command: Sequence[str], environments: Sequence[Mapping[str, str]], timeout: float | None
+) -> tuple[int, str, list[str]]:
     """run_group's (exit code, why it ended: 'ok', 'failed', 'timeout' or 'interrupted', the
     processes that failed by themselves)."""
     processes: list[subprocess.Popen] = []
@@ -146,13 +171,19 @@ def end_with_launcher() -> None:
         os._exit(1)
 
 
-def _wait(processes: list[subprocess.Popen], timeout: float | None,
-          ) -> tuple[int, str, list[str]]:
+def _wait(
+    processes: list[subprocess.Popen],
+    timeout: float | None,
+) -> tuple[int, str, list[str]]:
     deadline = None if timeout is None else time.monotonic() + timeout
     ended: queue.SimpleQueue[int] = queue.SimpleQueue()  # ranks in the order they exit
     for rank, process in enumerate(processes):
-        threading.Thread(target=_report_end, args=(process, rank, ended), daemon=True,
-                         name=f"spmd-launch-wait-{rank}").start()
+        threading.Thread(
+            target=_report_end,
+            args=(process, rank, ended),
+            daemon=True,
+            name=f"spmd-launch-wait-{rank}",
+        ).start()
     remaining = len(processes)
     while remaining:
         try:
@@ -184,8 +215,11 @@ def _on_failure(processes: list[subprocess.Popen], rank: int) -> tuple[int, list
     rank = _culprit(processes, rank)
     code = processes[rank].returncode
     _say(f"{_describe(processes, rank)}; stopping the others")
-    lost = [_describe(processes, r, brief=True) for r, p in enumerate(processes)
-            if p.poll() not in (None, 0, PEER_STOPPED_CODE)]
+    lost = [
+        _describe(processes, r, brief=True)
+        for r, p in enumerate(processes)
+        if p.poll() not in (None, 0, PEER_STOPPED_CODE)
+    ]
     _stop(processes, grace=FAILURE_GRACE_S)
     return (code if code > 0 else 128 - code), lost or [_describe(processes, rank, brief=True)]
 

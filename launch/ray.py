@@ -50,8 +50,11 @@ class DeviceActor:
         self.index = index
         self.mailbox = Mailbox()
         self.channel_name = channel
-        self.channel: Any = SocketChannel(self.mailbox, node_address(),
-                                          secret=secret) if channel == "sockets" else None
+        self.channel: Any = (
+            SocketChannel(self.mailbox, node_address(), secret=secret)
+            if channel == "sockets"
+            else None
+        )
         self.objects: ObjectChannel | None = None
         self.buffers = BufferTable()  # calls run out of order: see launch/buffers.py
         self.programs: dict[str, Any] = {}
@@ -95,8 +98,15 @@ class DeviceActor:
     def load(self, key: str, program: Any) -> None:
         self.programs[key] = program
 
-    def run(self, key: str, mesh: MeshKey, args: list[Any], outs: list[int],
-            backend: str = "cpu", free: Sequence[int] = ()) -> None:
+    def run(
+        self,
+        key: str,
+        mesh: MeshKey,
+        args: list[Any],
+        outs: list[int],
+        backend: str = "cpu",
+        free: Sequence[int] = (),
+    ) -> None:
         """Frees `free`, then runs program key on this device's args (handles or arrays);
         results go to outs."""
         self.buffers.free(free)
@@ -152,8 +162,15 @@ class DeviceActor:
         if found is None:
             shape, names, actors = mesh
             wire = self.channel if channel in (None, self.channel_name) else self.objects
-            found = RayCommunicator(actors.index(self.index), shape, names, wire,
-                                    self.mailbox, actors, tag=(mesh, channel))
+            found = RayCommunicator(
+                actors.index(self.index),
+                shape,
+                names,
+                wire,
+                self.mailbox,
+                actors,
+                tag=(mesh, channel),
+            )
             self.comms[(mesh, channel)] = found
         return found
 
@@ -177,8 +194,13 @@ class RayRuntime:
 
     kind = "ray"
 
-    def __init__(self, num_devices: int = 8, address: str | None = None, platform: str = "cpu",
-                 channel: str | None = None):
+    def __init__(
+        self,
+        num_devices: int = 8,
+        address: str | None = None,
+        platform: str = "cpu",
+        channel: str | None = None,
+    ):
         self.channel = channel or config.env("SPMD_RAY_CHANNEL")
         self.secret = auth.job_secret() or auth.new_secret().encode()  # actors' sockets' secret
         if self.channel not in ("sockets", "objects"):
@@ -192,15 +214,18 @@ class RayRuntime:
         gpus = 1 if platform == "gpu" else 0  # a GPU device's actor holds one GPU
         if gpus and ray.cluster_resources().get("GPU", 0) < num_devices:
             found = ray.cluster_resources().get("GPU", 0)
-            raise LaunchError(f"--device gpu needs {num_devices} GPUs but the Ray cluster has "
-                              f"{found:g}", hint="run on a cluster with a GPU per device, or "
-                                                 "use --device cpu")
+            raise LaunchError(
+                f"--device gpu needs {num_devices} GPUs but the Ray cluster has {found:g}",
+                hint="run on a cluster with a GPU per device, or use --device cpu",
+            )
         bundle = {"CPU": 1, "GPU": gpus} if gpus else {"CPU": 1}
         self.group = placement_group([bundle] * num_devices, strategy=strategy)
         ray.get(self.group.ready(), timeout=START_TIMEOUT_S)
         self.actors = [
             DeviceActor.options(
-                num_cpus=1, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
+                num_cpus=1,
+                num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, i),
             ).remote(i, self.channel, self.secret)
             for i in range(num_devices)
         ]
@@ -227,8 +252,13 @@ class RayRuntime:
     def barrier(self) -> None:
         return None
 
-    def run_on_devices(self, function: Any, mesh_shape: Sequence[int],
-                       axis_names: Sequence[str], channel: str | None = None) -> list[Any]:
+    def run_on_devices(
+        self,
+        function: Any,
+        mesh_shape: Sequence[int],
+        axis_names: Sequence[str],
+        channel: str | None = None,
+    ) -> list[Any]:
         """function(communicator) on every actor of a mesh over the first devices, like
         collectives.local.run_on_devices; channel 'sockets' or 'objects' (default: ours)."""
         count = int(np.prod(mesh_shape))
@@ -262,8 +292,10 @@ class RayRuntime:
         return out
 
     def fetch(self, shards: Sequence[Any], mesh: Mesh) -> list[np.ndarray | None]:
-        refs = [self.actors[s.actor].fetch.remote([s.handle]) if isinstance(s, RemoteShard)
-                else None for s in shards]
+        refs = [
+            self.actors[s.actor].fetch.remote([s.handle]) if isinstance(s, RemoteShard) else None
+            for s in shards
+        ]
         pending = [r for r in refs if r is not None]
         values = iter(self._wait(pending, [s.actor for s in shards if isinstance(s, RemoteShard)]))
         return [next(values)[0] if r is not None else s for r, s in zip(refs, shards)]
@@ -278,13 +310,20 @@ class RayRuntime:
         backend = registry.choose(str(mesh.device_kind), program, copies=mesh.size)
         return RayProgram(self, key, mesh_key, backend, len(program.results))
 
-    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Any]],
-            ) -> list[list[Any]]:
+    def run(
+        self,
+        partitioned: Any,
+        mesh: Mesh,
+        per_device: Sequence[Sequence[Any]],
+    ) -> list[list[Any]]:
         """Each device's actor runs the per-device program; results stay in the actors."""
         return self.compile(partitioned, mesh).run(per_device)
 
-    def _run(self, program: RayProgram, per_device: Sequence[Sequence[Any]],
-             ) -> list[list[Any]]:
+    def _run(
+        self,
+        program: RayProgram,
+        per_device: Sequence[Sequence[Any]],
+    ) -> list[list[Any]]:
         actors = program.mesh[2]
         # the buffers dropped since the last step are freed by the step's own call (one call
         # per actor per step, not two)
@@ -293,8 +332,16 @@ class RayRuntime:
         for actor, args in zip(actors, per_device):
             handles = [a.handle if isinstance(a, RemoteShard) else a for a in args]
             outs = [next(self._handles) for _ in range(program.results)]
-            refs.append(self.actors[actor].run.remote(program.key, program.mesh, handles, outs,
-                                                      program.backend, dropped.get(actor, [])))
+            refs.append(
+                self.actors[actor].run.remote(
+                    program.key,
+                    program.mesh,
+                    handles,
+                    outs,
+                    program.backend,
+                    dropped.get(actor, []),
+                )
+            )
             results.append([RemoteShard(self, actor, h) for h in outs])
         self._wait(refs, list(actors))
         return results
@@ -307,7 +354,9 @@ class RayRuntime:
         from spmd.ir.printer import print_graph
 
         key = hashlib.sha256(print_graph(program).encode()).hexdigest()[:16]
-        self._wait([a.load.remote(key, program) for a in self.actors], list(range(len(self.actors))))
+        self._wait(
+            [a.load.remote(key, program) for a in self.actors], list(range(len(self.actors)))
+        )
         self._programs[id(program)] = (program, key)
         return key
 
@@ -334,8 +383,9 @@ class RayRuntime:
                 failures = [(devices[refs.index(done[0])], exc)]
                 if ray_blame.consequence(exc):  # what caused it may be a moment behind
                     failures, remaining = ray_blame.gather(failures[0], remaining, refs, devices)
-                message = ray_blame.blame(failures, [devices[refs.index(r)] for r in remaining],
-                                          self.actor_info)
+                message = ray_blame.blame(
+                    failures, [devices[refs.index(r)] for r in remaining], self.actor_info
+                )
                 for actor in self.actors:
                     actor.abort.remote(message)
                 ray.wait(remaining, num_returns=len(remaining), timeout=ABORT_WAIT_S)
@@ -348,8 +398,7 @@ class RayRuntime:
 class RayProgram:
     """A per-device program loaded into a mesh's actors (Runtime.compile's result)."""
 
-    def __init__(self, runtime: RayRuntime, key: str, mesh: MeshKey, backend: str,
-                 results: int):
+    def __init__(self, runtime: RayRuntime, key: str, mesh: MeshKey, backend: str, results: int):
         self.runtime = runtime
         self.key = key
         self.mesh = mesh
@@ -374,8 +423,11 @@ def node_address() -> str:
 
 def init_ray(address: str | None, num_devices: int) -> None:
     """A local Ray (num_cpus may exceed the cores; no dashboard) or the cluster at address."""
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                               "configure_logging": False}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "configure_logging": False,
+    }
     # Workers inherit this environment (a runtime_env would start a second, slower worker pool):
     # our packages on the path, one BLAS thread per actor.
     path = os.environ.get("PYTHONPATH", "")

@@ -27,8 +27,9 @@ def consequence(exc: BaseException) -> bool:
     return isinstance(cause, (RemoteError, CollectiveTimeoutError))
 
 
-def gather(first: tuple[int, BaseException], remaining: list[Any], refs: list[Any],
-           devices: list[int]) -> tuple[list[tuple[int, BaseException]], list[Any]]:
+def gather(
+    first: tuple[int, BaseException], remaining: list[Any], refs: list[Any], devices: list[int]
+) -> tuple[list[tuple[int, BaseException]], list[Any]]:
     """The failures after `first` (a consequence) in the order they arrive, for up to
     SETTLE_S or until one is not a consequence; and the refs still running."""
     failures = [first]
@@ -49,9 +50,11 @@ def gather(first: tuple[int, BaseException], remaining: list[Any], refs: list[An
     return failures, remaining
 
 
-def blame(failures: list[tuple[int, BaseException]], running: list[int],
-          actors: list[tuple[str, int]]) -> str:
+def blame(
+    failures: list[tuple[int, BaseException]], running: list[int], actors: list[tuple[str, int]]
+) -> str:
     """The step's error message. actors: each device's (node address, pid)."""
+
     def who(device: int) -> str:
         host, pid = actors[device]
         return f"device {device} (Ray actor, pid {pid} on {host})"
@@ -62,8 +65,10 @@ def blame(failures: list[tuple[int, BaseException]], running: list[int],
     first_device, first = failures[0]
     if running:
         waiting = ", ".join(str(device) for device, _ in failures)
-        return (f"{who(running[0])} is stuck: device{'s' if len(failures) > 1 else ''} "
-                f"{waiting} gave up waiting for it; device {first_device} said:\n{text(first)}")
+        return (
+            f"{who(running[0])} is stuck: device{'s' if len(failures) > 1 else ''} "
+            f"{waiting} gave up waiting for it; device {first_device} said:\n{text(first)}"
+        )
     return f"{who(first_device)} failed first:\n{text(first)}"
 
 

@@ -48,8 +48,12 @@ class Runtime(Protocol):
 
     def compile(self, partitioned: Any, mesh: Mesh) -> Prepared: ...
 
-    def run(self, partitioned: Any, mesh: Mesh, per_device: Sequence[Sequence[Shard]],
-            ) -> list[list[Shard]]: ...
+    def run(
+        self,
+        partitioned: Any,
+        mesh: Mesh,
+        per_device: Sequence[Sequence[Shard]],
+    ) -> list[list[Shard]]: ...
 
     def fetch(self, shards: Sequence[Shard], mesh: Mesh) -> list[np.ndarray | None]: ...
 
@@ -123,6 +127,7 @@ def torchrun_variables() -> bool:
 
 # -- global arrays -------------------------------------------------------------------------
 
+
 def _spec(sharding: NamedSharding, shape: Sequence[int]) -> Any:
     return dispatch.spec_of(sharding, len(shape))
 
@@ -140,16 +145,20 @@ def device_slices(sharding: NamedSharding, shape: Sequence[int]) -> list[tuple[s
     """The global index range each device of the mesh holds, in mesh order."""
     mesh = dispatch.mesh_shape(sharding.mesh)
     spec = _spec(sharding, shape)
-    return [layout.shard_slices(tuple(shape), spec, mesh, coords)
-            for coords in layout.device_coords(mesh)]
+    return [
+        layout.shard_slices(tuple(shape), spec, mesh, coords)
+        for coords in layout.device_coords(mesh)
+    ]
 
 
 def process_local_slices(sharding: NamedSharding, shape: Sequence[int]) -> tuple[slice, ...]:
     """The box of the global array that this process's devices hold together."""
     slices = device_slices(sharding, shape)
     mine = [slices[k] for k in _local_positions(sharding.mesh)]
-    return tuple(slice(min(s[d].start for s in mine), max(s[d].stop for s in mine))
-                 for d in range(len(shape)))
+    return tuple(
+        slice(min(s[d].start for s in mine), max(s[d].stop for s in mine))
+        for d in range(len(shape))
+    )
 
 
 def _padded(data: np.ndarray, local_shape: tuple[int, ...]) -> np.ndarray:
@@ -182,8 +191,9 @@ def _array(sharding: NamedSharding, shape: tuple[int, ...], shards: list[Shard])
     return Array(shards=shards, sharding=sharding, aval=aval, committed=True)
 
 
-def make_array_from_callback(shape: Sequence[int], sharding: NamedSharding,
-                             callback: Callable[[tuple[slice, ...]], Any]) -> Any:
+def make_array_from_callback(
+    shape: Sequence[int], sharding: NamedSharding, callback: Callable[[tuple[slice, ...]], Any]
+) -> Any:
     """A global Array whose shards come from callback(index) for each device this process holds."""
     shape = tuple(int(n) for n in shape)
     _check_named(sharding)
@@ -194,14 +204,17 @@ def make_array_from_callback(shape: Sequence[int], sharding: NamedSharding,
         data = np.asarray(callback(slices[k]))
         want = tuple(s.stop - s.start for s in slices[k])
         if data.shape != want:
-            raise ShapeError(f"make_array_from_callback: the callback returned shape "
-                             f"{data.shape} for index {slices[k]!r}, expected {want}")
+            raise ShapeError(
+                f"make_array_from_callback: the callback returned shape "
+                f"{data.shape} for index {slices[k]!r}, expected {want}"
+            )
         shards[k] = _padded(data, local_shape)
     return _array(sharding, shape, shards)
 
 
-def make_array_from_process_local_data(sharding: NamedSharding, local_data: Any,
-                                       global_shape: Sequence[int] | None = None) -> Any:
+def make_array_from_process_local_data(
+    sharding: NamedSharding, local_data: Any, global_shape: Sequence[int] | None = None
+) -> Any:
     """A global Array from the part of it this process holds (process_local_slices).
 
     With one controller the local data is the whole array. global_shape defaults to the local
@@ -214,16 +227,19 @@ def make_array_from_process_local_data(sharding: NamedSharding, local_data: Any,
         mesh = dispatch.mesh_shape(sharding.mesh)
         positions = len(_local_positions(sharding.mesh))
         full = positions == sharding.mesh.size
-        global_shape = tuple(n if full or not a else n * mesh.size(a)
-                             for n, a in zip(local_data.shape, spec.dims))
+        global_shape = tuple(
+            n if full or not a else n * mesh.size(a) for n, a in zip(local_data.shape, spec.dims)
+        )
     shape = tuple(int(n) for n in global_shape)
     box = process_local_slices(sharding, shape)
     want = tuple(s.stop - s.start for s in box)
     if local_data.shape != want:
-        raise ShapeError(f"make_array_from_process_local_data: local data has shape "
-                         f"{local_data.shape}, but this process holds {box!r} of {shape}",
-                         hint="pass global_shape=, or slice the data with "
-                              "spmd.distributed.process_local_slices(sharding, global_shape)")
+        raise ShapeError(
+            f"make_array_from_process_local_data: local data has shape "
+            f"{local_data.shape}, but this process holds {box!r} of {shape}",
+            hint="pass global_shape=, or slice the data with "
+            "spmd.distributed.process_local_slices(sharding, global_shape)",
+        )
     origin = tuple(s.start for s in box)
 
     def callback(index: tuple[slice, ...]) -> np.ndarray:
@@ -234,8 +250,10 @@ def make_array_from_process_local_data(sharding: NamedSharding, local_data: Any,
 
 def _check_named(sharding: Any) -> None:
     if not isinstance(sharding, NamedSharding):
-        raise ShardingError(f"expected a NamedSharding, got {type(sharding).__name__}",
-                            hint="use NamedSharding(mesh, P(...))")
+        raise ShardingError(
+            f"expected a NamedSharding, got {type(sharding).__name__}",
+            hint="use NamedSharding(mesh, P(...))",
+        )
 
 
 def assemble(runtime: Runtime, array: Any) -> np.ndarray:
@@ -251,19 +269,22 @@ def assemble(runtime: Runtime, array: Any) -> np.ndarray:
         if shard is not None:
             first.setdefault(tuple((s.start, s.stop) for s in slices[k]), k)
     wanted = set(first.values())
-    shards = runtime.fetch([s if k in wanted else None for k, s in enumerate(array._shards)],
-                           sharding.mesh)
+    shards = runtime.fetch(
+        [s if k in wanted else None for k, s in enumerate(array._shards)], sharding.mesh
+    )
     for k, shard in enumerate(shards):
         if shard is not None:
             continue
-        twin = next((j for j, s in enumerate(shards) if s is not None and slices[j] == slices[k]),
-                    None)
+        twin = next(
+            (j for j, s in enumerate(shards) if s is not None and slices[j] == slices[k]), None
+        )
         if twin is None:
             raise ShardingError(
                 f"this Array of shape {array.shape} sharded as {sharding.spec!r} is not fully "
                 f"addressable: process {runtime.process_index()} holds only its own shards",
                 hint="reduce or replicate it inside jit (out_shardings=NamedSharding(mesh, P())),"
-                     " or read array.addressable_shards")
+                " or read array.addressable_shards",
+            )
         shards[k] = shards[twin]
     return layout.assemble(shards, array.shape, spec, mesh)
 
@@ -272,7 +293,9 @@ def check_launch_mesh(shape: Sequence[int], processes: int, local_devices: int) 
     """LaunchError unless the mesh fits on processes x local devices."""
     size = int(np.prod(shape))
     if size > processes * local_devices:
-        raise LaunchError(f"mesh {'x'.join(map(str, shape))} needs {size} devices but "
-                          f"{processes} process(es) x {local_devices} local device(s) "
-                          f"give {processes * local_devices}",
-                          hint="raise --processes or use a smaller --mesh")
+        raise LaunchError(
+            f"mesh {'x'.join(map(str, shape))} needs {size} devices but "
+            f"{processes} process(es) x {local_devices} local device(s) "
+            f"give {processes * local_devices}",
+            hint="raise --processes or use a smaller --mesh",
+        )

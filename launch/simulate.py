@@ -14,11 +14,13 @@ def simulate(program: Any, mesh: Any, **options: Any) -> Any:
     mesh is None); a SimReport."""
     if mesh is None:
         return simulate_program(program, (), (), **options)
-    return simulate_program(program, mesh.axis_names, mesh.axis_sizes, mesh.device_kind,
-                            mesh.topology, **options)
+    return simulate_program(
+        program, mesh.axis_names, mesh.axis_sizes, mesh.device_kind, mesh.topology, **options
+    )
 
 
-def pipeline_timeline(schedule: Any, forward_s: float, backward_s: float,
-                      shift_s: float = 0.0) -> Any:
+def pipeline_timeline(
+    schedule: Any, forward_s: float, backward_s: float, shift_s: float = 0.0
+) -> Any:
     """A pipeline schedule table laid on the TPU simulator's timeline (spmd.pipeline_sim)."""
     return schedule_timeline(schedule, forward_s, backward_s, shift_s)

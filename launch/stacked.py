@@ -39,14 +39,25 @@ def stack_shards(shards: Sequence[Any]) -> np.ndarray:
     one array (the previous step's stacked result, split per device) and are not tiny,
     that array is returned as a view instead of copying every parameter on every step."""
     first = shards[0]
-    if (type(first) is np.ndarray and first.nbytes >= RESTACK_MIN_BYTES
-            and first.base is not None and first.flags.c_contiguous):
+    if (
+        type(first) is np.ndarray
+        and first.nbytes >= RESTACK_MIN_BYTES
+        and first.base is not None
+        and first.flags.c_contiguous
+    ):
         base, start, size = first.base, _data_address(first), first.nbytes
-        if all(type(s) is np.ndarray and s.base is base and s.dtype == first.dtype
-               and s.shape == first.shape and s.flags.c_contiguous
-               and _data_address(s) == start + k * size for k, s in enumerate(shards)):
+        if all(
+            type(s) is np.ndarray
+            and s.base is base
+            and s.dtype == first.dtype
+            and s.shape == first.shape
+            and s.flags.c_contiguous
+            and _data_address(s) == start + k * size
+            for k, s in enumerate(shards)
+        ):
             return np.lib.stride_tricks.as_strided(
-                first, (len(shards), *first.shape), (size, *first.strides))
+                first, (len(shards), *first.shape), (size, *first.strides)
+            )
     return np.stack(shards)
 
 
@@ -57,8 +68,14 @@ def _data_address(a: np.ndarray) -> int:
 class StackedProgram:
     """A per-device program prepared for stacked execution on a mesh."""
 
-    def __init__(self, program: Graph, axis_names: Sequence[str], mesh_shape: Sequence[int],
-                 native: bool | None = None, backend: str | None = None):
+    def __init__(
+        self,
+        program: Graph,
+        axis_names: Sequence[str],
+        mesh_shape: Sequence[int],
+        native: bool | None = None,
+        backend: str | None = None,
+    ):
         """backend: the registry's kind that compiles the batched program (native=True is
         'cpu', False 'interpreter'; neither: registry.choose for the cpu device kind).
         `kernel` stays None when the program cannot be batched (collectives in cond or
@@ -84,14 +101,17 @@ class StackedProgram:
         except NotBatchable:
             return
         self.kernel = registry.get(self.backend).compile(
-            self.batched.graph, self.batched.run_op, num_threads=os.cpu_count() or 1)
+            self.batched.graph, self.batched.run_op, num_threads=os.cpu_count() or 1
+        )
 
     def __call__(self, per_device_args: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
         if self.kernel is None:
-            raise InternalError("a program that cannot be batched ran stacked; "
-                                "this is a bug in spmd")
-        stacked = [stack_shards([a[k] for a in per_device_args])
-                   for k in range(len(self.program.params))]
+            raise InternalError(
+                "a program that cannot be batched ran stacked; this is a bug in spmd"
+            )
+        stacked = [
+            stack_shards([a[k] for a in per_device_args]) for k in range(len(self.program.params))
+        ]
         # One BLAS thread: numpy's batched matmul runs one small gemm per device, and a
         # multi-threaded BLAS syncs on each (measured 4x slower on 2 shared cores).
         with _blas_controller().limit(limits=BLAS_THREADS, user_api="blas"):

@@ -50,7 +50,7 @@ class _Group:
     def unmajor(self, y: int) -> int:
         """rest + (K,) + tail -> (N,)+tail: member K of each group gets its row."""
         b = self.b
-        tail = b.types[y].shape[self.r + 1:]
+        tail = b.types[y].shape[self.r + 1 :]
         y = b.emit("reshape", (y,), new_sizes=self.rest_sizes + self.group_sizes + tail)
         m = len(b.mesh_shape)
         where = {axis: i for i, axis in enumerate(self.rest + self.pos)}
@@ -63,11 +63,12 @@ class _Group:
         """rest + tail -> (N,)+tail: every member of a group gets its group's value (one
         broadcast straight into mesh order; the final reshape is a view)."""
         b = self.b
-        tail = b.types[y].shape[self.r:]
+        tail = b.types[y].shape[self.r :]
         m = len(b.mesh_shape)
         dims = tuple(self.rest) + tuple(range(m, m + len(tail)))
-        full = b.emit("broadcast_in_dim", (y,), shape=b.mesh_shape + tail,
-                      broadcast_dimensions=dims)
+        full = b.emit(
+            "broadcast_in_dim", (y,), shape=b.mesh_shape + tail, broadcast_dimensions=dims
+        )
         return b.emit("reshape", (full,), new_sizes=(b.n,) + tail)
 
     def reduce(self, x: int, kind: str) -> int:
@@ -125,11 +126,15 @@ RULES: dict[str, tuple[Callable[[Batcher, _Group, Op, int], int], bool]] = {
 def _move_k_into(b: Batcher, g: _Group, y: int, dim: int, rank: int) -> int:
     """rest + (K,) + s -> rest + s with dim `dim` of size K * s[dim] (K major)."""
     r = g.r
-    order = list(range(r)) + [r + 1 + i for i in range(dim)] + [r] + [
-        r + 1 + i for i in range(dim, rank)]
+    order = (
+        list(range(r))
+        + [r + 1 + i for i in range(dim)]
+        + [r]
+        + [r + 1 + i for i in range(dim, rank)]
+    )
     y = b.emit("transpose", (y,), permutation=tuple(order))
     shape = list(b.types[y].shape)
-    merged = shape[:r + dim] + [shape[r + dim] * shape[r + dim + 1]] + shape[r + dim + 2:]
+    merged = shape[: r + dim] + [shape[r + dim] * shape[r + dim + 1]] + shape[r + dim + 2 :]
     return b.emit("reshape", (y,), new_sizes=tuple(merged))
 
 
@@ -139,7 +144,7 @@ def _scatter(b: Batcher, g: _Group, total: int, dim: int) -> int:
     shape = b.types[total].shape
     s = shape[r:]
     block = s[dim] // g.k
-    split = shape[:r + dim] + (g.k, block) + shape[r + dim + 1:]
+    split = shape[: r + dim] + (g.k, block) + shape[r + dim + 1 :]
     y = b.emit("reshape", (total,), new_sizes=split)
     order = list(range(r)) + [r + dim] + [i for i in range(r, len(split)) if i != r + dim]
     y = b.emit("transpose", (y,), permutation=tuple(order))
@@ -152,8 +157,9 @@ def _all_to_all(b: Batcher, g: _Group, x: int, split: int, concat: int) -> int:
     r = g.r
     y = g.major(x)  # rest, src, s
     block = s[split] // g.k
-    y = b.emit("reshape", (y,), new_sizes=g.rest_sizes + (g.k,) + s[:split] + (g.k, block)
-               + s[split + 1:])
+    y = b.emit(
+        "reshape", (y,), new_sizes=g.rest_sizes + (g.k,) + s[:split] + (g.k, block) + s[split + 1 :]
+    )
 
     def content(i: int) -> int:  # the axis holding per-device dim i after the split
         if i < split:
@@ -166,7 +172,7 @@ def _all_to_all(b: Batcher, g: _Group, x: int, split: int, concat: int) -> int:
     y = b.emit("transpose", (y,), permutation=tuple(order))
     shape = list(b.types[y].shape)
     at = r + 1 + concat
-    merged = shape[:at] + [shape[at] * shape[at + 1]] + shape[at + 2:]
+    merged = shape[:at] + [shape[at] * shape[at + 1]] + shape[at + 2 :]
     return g.unmajor(b.emit("reshape", (y,), new_sizes=tuple(merged)))
 
 
@@ -182,17 +188,23 @@ def _permute(b: Batcher, op: Op, x: int) -> int:
     while d < b.n:
         e = d + 1
         first = source[d]
-        while e < b.n and (source[e] is None if first is None else
-                           source[e] == first + (e - d)):
+        while e < b.n and (source[e] is None if first is None else source[e] == first + (e - d)):
             e += 1
         if first is None:
             zero = b.constant(np.zeros((), dtypes.to_numpy(b.types[x].dtype)), batched=False)
-            pieces.append(b.emit("broadcast_in_dim", (zero,), shape=(e - d,) + s,
-                                 broadcast_dimensions=()))
+            pieces.append(
+                b.emit("broadcast_in_dim", (zero,), shape=(e - d,) + s, broadcast_dimensions=())
+            )
         else:
-            pieces.append(b.emit("slice", (x,), start_indices=(first,) + (0,) * len(s),
-                                 limit_indices=(first + e - d,) + s,
-                                 strides=(1,) * (len(s) + 1)))
+            pieces.append(
+                b.emit(
+                    "slice",
+                    (x,),
+                    start_indices=(first,) + (0,) * len(s),
+                    limit_indices=(first + e - d,) + s,
+                    strides=(1,) * (len(s) + 1),
+                )
+            )
         d = e
     for p in pieces:
         b.batched[p] = True
@@ -230,17 +242,26 @@ def unbucket(program: Graph) -> Graph:
     return program.replace(ops=tuple(ops))
 
 
-def _split_bucket(op: Op, producers: dict[int, Op], users: dict[int, list[Op]],
-                  results: set[int], types: dict[int, Any]) -> tuple[Op, list[Op], list[Op]] | None:
+def _split_bucket(
+    op: Op,
+    producers: dict[int, Op],
+    users: dict[int, list[Op]],
+    results: set[int],
+    types: dict[int, Any],
+) -> tuple[Op, list[Op], list[Op]] | None:
     """(the concatenate, the slices, one all-reduce per piece) when `op` is a bucket whose
     result is only read by slices that pick the pieces back out, else None."""
     if op.name != "all_reduce" or op.attrs.get("kind", "sum") not in _REDUCE_KINDS:
         return None
     concatenate = producers.get(op.inputs[0])
-    if (concatenate is None or concatenate.name != "concatenate"
-            or len(users.get(concatenate.outputs[0], [])) != 1
-            or op.types[0].ndim != 1 or concatenate.outputs[0] in results
-            or op.outputs[0] in results):
+    if (
+        concatenate is None
+        or concatenate.name != "concatenate"
+        or len(users.get(concatenate.outputs[0], [])) != 1
+        or op.types[0].ndim != 1
+        or concatenate.outputs[0] in results
+        or op.outputs[0] in results
+    ):
         return None
     pieces, offset = {}, 0
     for v in concatenate.inputs:

@@ -66,16 +66,29 @@ class ProgramBuilder:
 
     def axis_index(self, axes: AxisTuple) -> int:
         if axes not in self._axis_index:
-            self._axis_index[axes] = self.emit("axis_index", (), axes=axes,
-                                               group_size=self.mesh.size(axes))
+            self._axis_index[axes] = self.emit(
+                "axis_index", (), axes=axes, group_size=self.mesh.size(axes)
+            )
         return self._axis_index[axes]
 
-    def collective(self, op_name: str, x: int, axes: AxisTuple, loc: str, reason: str,
-                   **attrs: Any) -> int:
+    def collective(
+        self, op_name: str, x: int, axes: AxisTuple, loc: str, reason: str, **attrs: Any
+    ) -> int:
         t = self.types[x]
         out = self.emit(op_name, (x,), loc, axes=axes, group_size=self.mesh.size(axes), **attrs)
-        self.records.append(CollectiveRecord(op_name, axes, t.nbytes, t.shape, t.dtype, loc, reason,
-                                            value=out, group_size=self.mesh.size(axes)))
+        self.records.append(
+            CollectiveRecord(
+                op_name,
+                axes,
+                t.nbytes,
+                t.shape,
+                t.dtype,
+                loc,
+                reason,
+                value=out,
+                group_size=self.mesh.size(axes),
+            )
+        )
         return out
 
     def finish(self, results: Sequence[int]) -> Graph:

@@ -29,7 +29,8 @@ def choose_factor_axes(p: Partitioner, op: Op, f: Factors) -> tuple[FactorAxes, 
     """The cheapest candidate and a note naming the rejected ones with their costs."""
     candidates: list[tuple[str, FactorAxes]] = [
         ("as the result wants", factor_axes_from(p, op, f, results_first=True)),
-        ("as the operands are", factor_axes_from(p, op, f, results_first=False))]
+        ("as the operands are", factor_axes_from(p, op, f, results_first=False)),
+    ]
     for what, fa in list(candidates):
         if one_sided_contraction(p, op, f, fa):
             candidates.append((f"{what}, contracted dims gathered", gathered(p, op, f, fa)))
@@ -41,10 +42,16 @@ def choose_factor_axes(p: Partitioner, op: Op, f: Factors) -> tuple[FactorAxes, 
         return unique[0][1], ""
     costs = [plan_cost(p, op, f, fa) for _, fa in unique]
     best = min(range(len(unique)), key=lambda i: (costs[i], i))
-    rejected = "; ".join(f"{_describe(unique[i][1], f)} {costs[i]:.0f} B"
-                         for i in range(len(unique)) if i != best and costs[i] > costs[best])
-    note = (f"chose {_describe(unique[best][1], f)} {costs[best]:.0f} B moved over {rejected}"
-            if rejected else "")
+    rejected = "; ".join(
+        f"{_describe(unique[i][1], f)} {costs[i]:.0f} B"
+        for i in range(len(unique))
+        if i != best and costs[i] > costs[best]
+    )
+    note = (
+        f"chose {_describe(unique[best][1], f)} {costs[best]:.0f} B moved over {rejected}"
+        if rejected
+        else ""
+    )
     return unique[best][1], note
 
 
@@ -66,8 +73,13 @@ def one_sided_contraction(p: Partitioner, op: Op, f: Factors, fa: FactorAxes) ->
 
 def _describe(fa: FactorAxes, f: Factors) -> str:
     summed = [factor for factor in f.reduce if factor in fa]
-    return "reduce the result" if summed else "gather the operands" if f.reduce else (
-        "{" + ", ".join(f"{k}:{','.join(v)}" for k, v in sorted(fa.items())) + "}")
+    return (
+        "reduce the result"
+        if summed
+        else "gather the operands"
+        if f.reduce
+        else ("{" + ", ".join(f"{k}:{','.join(v)}" for k, v in sorted(fa.items())) + "}")
+    )
 
 
 def gathered(p: Partitioner, op: Op, f: Factors, fa: FactorAxes) -> FactorAxes:
@@ -112,13 +124,16 @@ def operand_moved(p: Partitioner, v: int, want: tuple[AxisTuple, ...]) -> float:
     """As Partitioner.operand does it: a broadcast is re-emitted in the wanted layout."""
     spec = p.env[v][1]
     producer = p.graph.producers.get(v)
-    if spec.dims != want and producer is not None and REGISTRY[producer.name].has(
-            Trait.BROADCAST):
+    if spec.dims != want and producer is not None and REGISTRY[producer.name].has(Trait.BROADCAST):
         bf = REGISTRY[producer.name].factors(p.types[producer.inputs[0]], **producer.attrs)
         fa = {factor: axes for factor, axes in zip(bf.results[0], want) if factor and axes}
         src = producer.inputs[0]
-        return reshard_moved(p.mesh, p.types[src], p.env[src][1],
-                             dims_from_factors(bf.operands[0], fa, p.types[src].shape))
+        return reshard_moved(
+            p.mesh,
+            p.types[src],
+            p.env[src][1],
+            dims_from_factors(bf.operands[0], fa, p.types[src].shape),
+        )
     return reshard_moved(p.mesh, p.types[v], spec, want)
 
 

@@ -28,8 +28,10 @@ class CollectiveRecord:
 
     def __str__(self) -> str:
         shape = "x".join(map(str, self.shape)) or "scalar"
-        return (f"{self.kind:<18} axes={','.join(self.axes):<12} {self.bytes:>10} B  "
-                f"{self.dtype}[{shape}]  {self.loc or '?'}  {self.reason}")
+        return (
+            f"{self.kind:<18} axes={','.join(self.axes):<12} {self.bytes:>10} B  "
+            f"{self.dtype}[{shape}]  {self.loc or '?'}  {self.reason}"
+        )
 
 
 # Per collective: the bytes one device sends on a ring, from its operand bytes and the

@@ -29,15 +29,19 @@ def _descendants(ops: list[Op], start: int) -> set[int]:
     return found
 
 
-def combine_all_reduces(program: Graph, records: list[CollectiveRecord], mesh: MeshShape,
-                        ) -> tuple[Graph, list[CollectiveRecord]]:
+def combine_all_reduces(
+    program: Graph,
+    records: list[CollectiveRecord],
+    mesh: MeshShape,
+) -> tuple[Graph, list[CollectiveRecord]]:
     ops = list(program.ops)
     candidates = [i for i, op in enumerate(ops) if op.name == "all_reduce"]
     groups: dict[tuple, list[int]] = {}
     for i in candidates:
         op = ops[i]
-        groups.setdefault((op.attrs["axes"], op.attrs.get("kind", "sum"), op.types[0].dtype),
-                          []).append(i)
+        groups.setdefault(
+            (op.attrs["axes"], op.attrs.get("kind", "sum"), op.types[0].dtype), []
+        ).append(i)
     buckets: list[list[int]] = []
     for members in groups.values():
         if len(members) < 2:
@@ -106,8 +110,16 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
     for m in members:
         t = m.types[0]
         flat = fresh_id()
-        new.append(Op("reshape", m.inputs, (flat,), (TensorType((t.size,), dtype),),
-                      Attrs(new_sizes=(t.size,)), m.loc))
+        new.append(
+            Op(
+                "reshape",
+                m.inputs,
+                (flat,),
+                (TensorType((t.size,), dtype),),
+                Attrs(new_sizes=(t.size,)),
+                m.loc,
+            )
+        )
         flats.append(flat)
     total = sum(m.types[0].size for m in members)
     cat, reduced = fresh_id(), fresh_id()
@@ -118,14 +130,28 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
     for m in members:
         t = m.types[0]
         part = fresh_id()
-        new.append(Op("slice", (reduced,), (part,), (TensorType((t.size,), dtype),),
-                      Attrs(start_indices=(offset,), limit_indices=(offset + t.size,),
-                            strides=(1,)), m.loc))
+        new.append(
+            Op(
+                "slice",
+                (reduced,),
+                (part,),
+                (TensorType((t.size,), dtype),),
+                Attrs(start_indices=(offset,), limit_indices=(offset + t.size,), strides=(1,)),
+                m.loc,
+            )
+        )
         new.append(Op("reshape", (part,), m.outputs, m.types, Attrs(new_sizes=t.shape), m.loc))
         offset += t.size
     lines = ", ".join(sorted({m.loc for m in members if m.loc}))
-    record = CollectiveRecord("all_reduce", first.attrs["axes"], cat_t.nbytes, cat_t.shape,
-                              dtype, first.loc,
-                              f"bucket of {len(members)} all-reduces ({lines})", value=reduced,
-                              group_size=first.attrs["group_size"])
+    record = CollectiveRecord(
+        "all_reduce",
+        first.attrs["axes"],
+        cat_t.nbytes,
+        cat_t.shape,
+        dtype,
+        first.loc,
+        f"bucket of {len(members)} all-reduces ({lines})",
+        value=reduced,
+        group_size=first.attrs["group_size"],
+    )
     return new, record

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 Dims = tuple[AxisTuple, ...]
 
 
-def _current(p: Partitioner, op: Op, values: Sequence[int], drop_lead: Sequence[bool]) -> list[Dims]:
+def _current(
+    p: Partitioner, op: Op, values: Sequence[int], drop_lead: Sequence[bool]
+) -> list[Dims]:
     """Each operand as it is (pending sums resolved), with the leading dim unsharded where
     asked (the scan dim of xs)."""
     out = []
@@ -37,9 +39,19 @@ def _current(p: Partitioner, op: Op, values: Sequence[int], drop_lead: Sequence[
 
 def _inner_records(p: Partitioner, records: list[CollectiveRecord], what: str) -> None:
     for r in records:
-        p.b.records.append(CollectiveRecord(r.kind, r.axes, r.bytes, r.shape, r.dtype, r.loc,
-                                            f"{r.reason} (in {what})", value=r.value,
-                                            group_size=r.group_size))
+        p.b.records.append(
+            CollectiveRecord(
+                r.kind,
+                r.axes,
+                r.bytes,
+                r.shape,
+                r.dtype,
+                r.loc,
+                f"{r.reason} (in {what})",
+                value=r.value,
+                group_size=r.group_size,
+            )
+        )
 
 
 def partition_scan(p: Partitioner, op: Op) -> None:
@@ -70,8 +82,9 @@ def partition_scan(p: Partitioner, op: Op) -> None:
         p.bind_result(v, lv, ShardSpec(d))
 
 
-def _result_layouts(p: Partitioner, op: Op, body: Graph, body_in: list[Dims],
-                    got: list[Dims], ncar: int) -> list[Dims | None]:
+def _result_layouts(
+    p: Partitioner, op: Op, body: Graph, body_in: list[Dims], got: list[Dims], ncar: int
+) -> list[Dims | None]:
     """Per body result the body leaves less sharded than it could be (a weight's gradient
     all-reduced over the batch axes: replicated), the layout to ask for instead: what the
     scan's consumers want, else a same-shaped body input's (the weight's). Asking for it
@@ -80,10 +93,10 @@ def _result_layouts(p: Partitioner, op: Op, body: Graph, body_in: list[Dims],
     for i, (v, have) in enumerate(zip(body.results, got)):
         outer = p.dims_of.get(op.outputs[i])
         hints = [outer if i < ncar or outer is None else outer[1:]]
-        hints += [d for u, d in zip(body.params, body_in)
-                  if body.types[u].shape == body.types[v].shape]
-        out.append(next((tuple(h) for h in hints if h is not None and _extends(have, h)),
-                        None))
+        hints += [
+            d for u, d in zip(body.params, body_in) if body.types[u].shape == body.types[v].shape
+        ]
+        out.append(next((tuple(h) for h in hints if h is not None and _extends(have, h)), None))
     return out
 
 
@@ -106,8 +119,7 @@ def partition_cond(p: Partitioner, op: Op) -> None:
     subs = [first] + [partition(g, p.mesh, dims, out_dims) for g in branches[1:]]
     for i, sub in enumerate(subs):
         _inner_records(p, sub.records, f"cond branch {i}")
-    outs = p.b.emit("cond", [index] + local_in, op.loc,
-                    branches=tuple(s.program for s in subs))
+    outs = p.b.emit("cond", [index] + local_in, op.loc, branches=tuple(s.program for s in subs))
     for v, lv, d in zip(op.outputs, outs, out_dims):
         p.bind_result(v, lv, ShardSpec(d))
 
@@ -120,12 +132,16 @@ def partition_while(p: Partitioner, op: Op) -> None:
     operands = list(op.inputs)
     dims = _current(p, op, operands, [False] * len(operands))
     local_in = [p.operand(v, d, op.loc, "while_loop operand") for v, d in zip(operands, dims)]
-    carry = dims[ncc + nbc:]
+    carry = dims[ncc + nbc :]
     cond = partition(a["cond_graph"], p.mesh, dims[:ncc] + carry, [()])
-    body = partition(a["body_graph"], p.mesh, dims[ncc:ncc + nbc] + carry, list(carry))
+    body = partition(a["body_graph"], p.mesh, dims[ncc : ncc + nbc] + carry, list(carry))
     _inner_records(p, cond.records, "while_loop cond")
     _inner_records(p, body.records, "while_loop body")
-    outs = p.b.emit("while_loop", local_in, op.loc,
-                    **{**a, "cond_graph": cond.program, "body_graph": body.program})
+    outs = p.b.emit(
+        "while_loop",
+        local_in,
+        op.loc,
+        **{**a, "cond_graph": cond.program, "body_graph": body.program},
+    )
     for v, lv, d in zip(op.outputs, outs, carry):
         p.bind_result(v, lv, ShardSpec(d))

@@ -41,5 +41,6 @@ def _reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims
     """Memoised: a program asks about the same few layout changes again and again."""
     from partitioner.reshard import reshard
 
-    return plan_moved(mesh, local_type(gtype, src, mesh),
-                      lambda b, x: reshard(b, x, gtype, src, dst, "", "cost"))
+    return plan_moved(
+        mesh, local_type(gtype, src, mesh), lambda b, x: reshard(b, x, gtype, src, dst, "", "cost")
+    )

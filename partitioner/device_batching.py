@@ -65,13 +65,18 @@ class Batched:
         if original is None:
             return run_reference(op, inputs)
         if REGISTRY[original.name].has(Trait.COLLECTIVE):
-            per = run_collective_lockstep(original, [[row] for row in inputs[0]],
-                                          self.axis_names, self.mesh_shape)
+            per = run_collective_lockstep(
+                original, [[row] for row in inputs[0]], self.axis_names, self.mesh_shape
+            )
         else:
-            per = [run_reference(original, [x[d] for x in inputs])
-                   for d in range(math.prod(self.mesh_shape))]
-        return [np.stack([p[i] for p in per]).astype(dtypes.to_numpy(t.dtype), copy=False)
-                for i, t in enumerate(original.types)]
+            per = [
+                run_reference(original, [x[d] for x in inputs])
+                for d in range(math.prod(self.mesh_shape))
+            ]
+        return [
+            np.stack([p[i] for p in per]).astype(dtypes.to_numpy(t.dtype), copy=False)
+            for i, t in enumerate(original.types)
+        ]
 
 
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
@@ -120,8 +125,9 @@ class Batcher:
             return self.stacked[v]
         t = self.types[v]
         src, dims = self.broadcasts.get(v, (v, tuple(range(t.ndim))))
-        out = self.emit("broadcast_in_dim", (src,), shape=(self.n,) + t.shape,
-                        broadcast_dimensions=_shift(dims))
+        out = self.emit(
+            "broadcast_in_dim", (src,), shape=(self.n,) + t.shape, broadcast_dimensions=_shift(dims)
+        )
         self.batched[out] = True
         self.stacked[v] = out
         if v in self.known:
@@ -135,8 +141,7 @@ class Batcher:
     # -- one op ----------------------------------------------------------------------------
     def add(self, op: Op, ins: list[int]) -> list[int]:
         opdef = REGISTRY[op.name]
-        if any(REGISTRY[s.name].has(Trait.PER_DEVICE) for sub in subgraphs(op)
-               for s in sub.walk()):
+        if any(REGISTRY[s.name].has(Trait.PER_DEVICE) for sub in subgraphs(op) for s in sub.walk()):
             if op.name == "scan":
                 return self.scan(op, ins)
             raise NotBatchable(f"{op.name} holds collectives in its sub-graphs")
@@ -172,8 +177,8 @@ class Batcher:
         for i in range(fixed, len(operands)):
             operands[i] = self._swap_leading(operands[i], op.loc)
         outs = self.emit_multi("scan", operands, op.loc, **{**a, "body": body.graph})
-        carries = outs[:a["num_carry"]]
-        ys = [self._swap_leading(v, op.loc) for v in outs[a["num_carry"]:]]
+        carries = outs[: a["num_carry"]]
+        ys = [self._swap_leading(v, op.loc) for v in outs[a["num_carry"] :]]
         return carries + ys
 
     def _swap_leading(self, v: int, loc: str) -> int:
@@ -218,10 +223,12 @@ class Batcher:
         if not self.batched[out]:
             self.known[out] = run_reference(op, [self.known[v] for v in ins])[0]
             return
-        stacked = [np.broadcast_to(self.known[v], (self.n,) + self.per_device_type(v).shape)
-                   for v in ins]
-        self.known[out] = np.stack([run_reference(op, [x[d] for x in stacked])[0]
-                                    for d in range(self.n)])
+        stacked = [
+            np.broadcast_to(self.known[v], (self.n,) + self.per_device_type(v).shape) for v in ins
+        ]
+        self.known[out] = np.stack(
+            [run_reference(op, [x[d] for x in stacked])[0] for d in range(self.n)]
+        )
 
     def run_per_device(self, op: Op, ins: list[int]) -> list[int]:
         """The op as it is, once per device, on batched inputs (the fallback)."""
@@ -250,8 +257,16 @@ class Batcher:
                 e += 1
             begin = (d,) + tuple(int(s) for s in starts[d])
             limit = (e,) + tuple(b + k for b, k in zip(begin[1:], sizes))
-            pieces.append(self.emit("slice", (x,), op.loc, start_indices=begin,
-                                    limit_indices=limit, strides=(1,) * len(begin)))
+            pieces.append(
+                self.emit(
+                    "slice",
+                    (x,),
+                    op.loc,
+                    start_indices=begin,
+                    limit_indices=limit,
+                    strides=(1,) * len(begin),
+                )
+            )
             d = e
         if len(pieces) == 1:
             return pieces[0]
@@ -266,8 +281,7 @@ class Batcher:
         return out
 
 
-def batch_program(program: Graph, axis_names: Sequence[str],
-                  mesh_shape: Sequence[int]) -> Batched:
+def batch_program(program: Graph, axis_names: Sequence[str], mesh_shape: Sequence[int]) -> Batched:
     """The per-device `program` as one program over all devices: each param and result
     gains a leading dim of size N (row-major device ids of the mesh)."""
     program = unbucket(program)
@@ -283,8 +297,9 @@ def batch_program(program: Graph, axis_names: Sequence[str],
     for op in program.ops:
         outs = b.add(op, [env[v] for v in op.inputs])
         if len(outs) != len(op.outputs):
-            raise InternalError(f"batching {op.name} gave {len(outs)} results; "
-                                "this is a bug in spmd")
+            raise InternalError(
+                f"batching {op.name} gave {len(outs)} results; this is a bug in spmd"
+            )
         env.update(zip(op.outputs, outs))
     results = []
     for v in program.results:
@@ -292,6 +307,7 @@ def batch_program(program: Graph, axis_names: Sequence[str],
         if out in results or out in params:  # each result its own buffer
             out = b.emit("stop_gradient", (out,))
         results.append(out)
-    graph = dce(Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops),
-                      tuple(results)))
+    graph = dce(
+        Graph(tuple(params), tuple(b.types[v] for v in params), tuple(b.ops), tuple(results))
+    )
     return Batched(graph, b.axis_names, b.mesh_shape, b.per_device)

@@ -27,7 +27,7 @@ def gather_own_rows(p: Partitioner, op: Op) -> bool:
     axes = tspec.dims[axis]
     if not axes or tspec.partial or ispec.partial or p.types[table].dtype == "bool":
         return False
-    dims = tspec.dims[:axis] + ispec.dims + tspec.dims[axis + 1:]
+    dims = tspec.dims[:axis] + ispec.dims + tspec.dims[axis + 1 :]
     flat = [a for d in dims for a in d] + list(axes)
     if len(flat) != len(set(flat)):
         return False  # the indices use the table's axes: the generic plan
@@ -41,25 +41,41 @@ def gather_own_rows(p: Partitioner, op: Op) -> bool:
     block = shard_size(n, p.mesh.size(axes))
     itype = b.types[li]
     # Clip globally first (gather clamps out-of-range indices), then shift to local rows.
-    idx = b.emit("convert_element_type", (li,), loc, new_dtype="int32") if (
-        itype.dtype != "int32") else li
+    idx = (
+        b.emit("convert_element_type", (li,), loc, new_dtype="int32")
+        if (itype.dtype != "int32")
+        else li
+    )
     idx = _clip(p, idx, n - 1, loc)
     start = b.emit("mul", (b.axis_index(axes), b.const(block, "int32")), loc)
-    start = b.emit("broadcast_in_dim", (start,), loc, shape=b.types[idx].shape,
-                   broadcast_dimensions=())
+    start = b.emit(
+        "broadcast_in_dim", (start,), loc, shape=b.types[idx].shape, broadcast_dimensions=()
+    )
     local = b.emit("sub", (idx, start), loc)
-    inside = b.emit("and", (b.emit("ge", (local, b.full(0, b.types[local])), loc),
-                            b.emit("lt", (local, b.full(block, b.types[local])), loc)), loc)
+    inside = b.emit(
+        "and",
+        (
+            b.emit("ge", (local, b.full(0, b.types[local])), loc),
+            b.emit("lt", (local, b.full(block, b.types[local])), loc),
+        ),
+        loc,
+    )
     local = _clip(p, local, block - 1, loc)
     rows = b.emit("gather", (lt, local), loc, axis=axis)
     rtype = b.types[rows]
     k = b.types[local].ndim
-    mask = b.emit("broadcast_in_dim", (inside,), loc, shape=rtype.shape,
-                  broadcast_dimensions=tuple(range(axis, axis + k)))
+    mask = b.emit(
+        "broadcast_in_dim",
+        (inside,),
+        loc,
+        shape=rtype.shape,
+        broadcast_dimensions=tuple(range(axis, axis + k)),
+    )
     rows = b.emit("select", (mask, rows, b.full(0, rtype.strong())), loc)
     p.bind_result(out, rows, spec)
-    p.notes[out] = (f"rows looked up where they live {own:.0f} B moved over gathering the "
-                    f"table {generic:.0f} B")
+    p.notes[out] = (
+        f"rows looked up where they live {own:.0f} B moved over gathering the table {generic:.0f} B"
+    )
     return True
 
 
@@ -85,7 +101,7 @@ def scatter_local_rows(p: Partitioner, op: Op) -> bool:
         return False
     if p.types[x].dtype == "bool" or summed & xspec.used_axes():
         return False
-    if uspec.dims != xspec.dims[:axis] + ispec.dims + xspec.dims[axis + 1:]:
+    if uspec.dims != xspec.dims[:axis] + ispec.dims + xspec.dims[axis + 1 :]:
         return False
     axes = tuple(a for a in p.mesh.names if a in summed)
     spec = ShardSpec(xspec.dims, axes, "sum")
@@ -100,6 +116,7 @@ def scatter_local_rows(p: Partitioner, op: Op) -> bool:
     lx = b.emit("select", (first, lx, b.full(0, xt.strong())), loc)
     summed_out = b.emit("scatter_add", (lx, li, lu), loc, axis=axis)
     p.bind_result(out, summed_out, spec)
-    p.notes[out] = (f"updates added where they live {own:.0f} B moved over gathering them "
-                    f"{generic:.0f} B")
+    p.notes[out] = (
+        f"updates added where they live {own:.0f} B moved over gathering them {generic:.0f} B"
+    )
     return True

@@ -47,9 +47,10 @@ def realign_then_gather(p: Partitioner, op: Op) -> bool:
     v, out = op.inputs[0], op.outputs[0]
     lv, spec = p.env[v]
     gtype = p.types[v]
-    starts, limits, strides = (op.attrs[k] for k in ("start_indices", "limit_indices",
-                                                     "strides"))
-    cut = [d for d, (s, lim, n) in enumerate(zip(starts, limits, gtype.shape)) if (s, lim) != (0, n)]
+    starts, limits, strides = (op.attrs[k] for k in ("start_indices", "limit_indices", "strides"))
+    cut = [
+        d for d, (s, lim, n) in enumerate(zip(starts, limits, gtype.shape)) if (s, lim) != (0, n)
+    ]
     sharded = [d for d in cut if spec.dims[d]]
     if spec.partial or any(st != 1 for st in strides) or len(sharded) != 1:
         return False
@@ -65,18 +66,31 @@ def realign_then_gather(p: Partitioner, op: Op) -> bool:
     if len(rounds) > MAX_ROUNDS:
         return False
     lt = p.b.types[lv]
-    row = lt.nbytes // max(lt.size, 1) * int(np.prod([
-        lim - s if not spec.dims[i] else n
-        for i, (s, lim, n) in enumerate(zip(starts, limits, lt.shape)) if i != d]))
+    row = (
+        lt.nbytes
+        // max(lt.size, 1)
+        * int(
+            np.prod(
+                [
+                    lim - s if not spec.dims[i] else n
+                    for i, (s, lim, n) in enumerate(zip(starts, limits, lt.shape))
+                    if i != d
+                ]
+            )
+        )
+    )
     inter = ShardSpec(spec.dims)
     want = p.dims_of.get(out, spec.dims)
     moved = sum(max(x[4] for x in r) for r in rounds) * row + reshard_moved(
-        p.mesh, p.types[out], inter, want)
+        p.mesh, p.types[out], inter, want
+    )
     generic = generic_cost(p, op)
     if not moved < generic:
         return False
-    reason = (f"slice of dim {d}: window rows realigned onto an even split, then gathered "
-              f"({moved:.0f} B moved over gathering the dim {generic:.0f} B)")
+    reason = (
+        f"slice of dim {d}: window rows realigned onto an even split, then gathered "
+        f"({moved:.0f} B moved over gathering the dim {generic:.0f} B)"
+    )
     x = _cut_unsharded(p.b, lv, spec, starts, limits, op.loc)
     lx = _realign(p.b, x, d, axes, rounds, local, shard_size(size, k), op.loc, reason)
     p.bind_result(out, lx, inter)
@@ -84,8 +98,14 @@ def realign_then_gather(p: Partitioner, op: Op) -> bool:
     return True
 
 
-def _cut_unsharded(b: ProgramBuilder, x: int, spec: ShardSpec, starts: tuple[int, ...],
-                   limits: tuple[int, ...], loc: str) -> int:
+def _cut_unsharded(
+    b: ProgramBuilder,
+    x: int,
+    spec: ShardSpec,
+    starts: tuple[int, ...],
+    limits: tuple[int, ...],
+    loc: str,
+) -> int:
     """Static slice of the dims that are not sharded (they are whole on every device)."""
     t = b.types[x]
     lo = tuple(s if not axes else 0 for s, axes in zip(starts, spec.dims))
@@ -95,8 +115,17 @@ def _cut_unsharded(b: ProgramBuilder, x: int, spec: ShardSpec, starts: tuple[int
     return b.emit("slice", (x,), loc, start_indices=lo, limit_indices=hi, strides=(1,) * t.ndim)
 
 
-def _realign(b: ProgramBuilder, x: int, d: int, axes: AxisTuple, rounds: list[list[Interval]],
-             local: list[Interval], c: int, loc: str, reason: str) -> int:
+def _realign(
+    b: ProgramBuilder,
+    x: int,
+    d: int,
+    axes: AxisTuple,
+    rounds: list[list[Interval]],
+    local: list[Interval],
+    c: int,
+    loc: str,
+    reason: str,
+) -> int:
     """Each device's block of c rows of the window, built by masked writes (a round's
     pieces are padded to its longest; only each piece's own length is written). The
     local copies (at most one per device) are the last round, without a permute."""
@@ -115,23 +144,39 @@ def _realign(b: ProgramBuilder, x: int, d: int, axes: AxisTuple, rounds: list[li
             send[i], recv[j], length[j] = so[0], do[0], n
         piece = _slice_at(b, x, d, _lookup(b, me, send, loc), width, loc)
         if r < len(rounds):
-            piece = b.collective("collective_permute", piece, axes, loc,
-                                 f"{reason}: round {r + 1} of {len(rounds)}",
-                                 pairs=tuple((i, j) for i, j, *_ in batch))
+            piece = b.collective(
+                "collective_permute",
+                piece,
+                axes,
+                loc,
+                f"{reason}: round {r + 1} of {len(rounds)}",
+                pairs=tuple((i, j) for i, j, *_ in batch),
+            )
         at = _lookup(b, me, recv, loc)
         here = _slice_at(b, out, d, at, width, loc)
         ptype = b.types[piece]
         rows = b.emit("iota", (), loc, dtype="int32", shape=ptype.shape, dimension=d)
-        limit = b.emit("broadcast_in_dim", (_lookup(b, me, length, loc),), loc,
-                       shape=ptype.shape, broadcast_dimensions=())
+        limit = b.emit(
+            "broadcast_in_dim",
+            (_lookup(b, me, length, loc),),
+            loc,
+            shape=ptype.shape,
+            broadcast_dimensions=(),
+        )
         keep = b.emit("lt", (rows, limit), loc)
         piece = b.emit("select", (keep, piece, here), loc)
         zero = b.const(0, "int32")
         starts = tuple(at if i == d else zero for i in range(t.ndim))
         out = b.emit("dynamic_update_slice", (out, piece, *starts), loc)
     limits = tuple(c if i == d else n for i, n in enumerate(t.shape))
-    return b.emit("slice", (out,), loc, start_indices=(0,) * t.ndim, limit_indices=limits,
-                  strides=(1,) * t.ndim)
+    return b.emit(
+        "slice",
+        (out,),
+        loc,
+        start_indices=(0,) * t.ndim,
+        limit_indices=limits,
+        strides=(1,) * t.ndim,
+    )
 
 
 def _lookup(b: ProgramBuilder, me: int, table: list[int], loc: str) -> int:

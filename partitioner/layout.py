@@ -20,8 +20,9 @@ def group_index(coords: dict[str, int], axes: Sequence[str], mesh: MeshShape) ->
     return mesh_groups.coords_index(coords, axes, mesh.names, mesh.sizes)
 
 
-def shard_slices(shape: Sequence[int], spec: ShardSpec, mesh: MeshShape,
-                 coords: dict[str, int]) -> tuple[slice, ...]:
+def shard_slices(
+    shape: Sequence[int], spec: ShardSpec, mesh: MeshShape, coords: dict[str, int]
+) -> tuple[slice, ...]:
     """The global index range a device holds (clipped to the array; padding is extra)."""
     out = []
     for n, axes in zip(shape, spec.dims):
@@ -34,8 +35,12 @@ def shard_slices(shape: Sequence[int], spec: ShardSpec, mesh: MeshShape,
     return tuple(out)
 
 
-def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape, stacked: bool = False,
-          ) -> list[np.ndarray]:
+def split(
+    value: np.ndarray,
+    spec: ShardSpec,
+    mesh: MeshShape,
+    stacked: bool = False,
+) -> list[np.ndarray]:
     """One padded shard per device (padding filled with zeros). stacked: the shards are the
     rows of one [devices, *shard] buffer, which the stacked local runtime then takes as is
     instead of copying every shard into such a buffer on each call."""
@@ -52,8 +57,9 @@ def split(value: np.ndarray, spec: ShardSpec, mesh: MeshShape, stacked: bool = F
     return shards
 
 
-def assemble(shards: Sequence[np.ndarray], shape: Sequence[int], spec: ShardSpec,
-             mesh: MeshShape) -> np.ndarray:
+def assemble(
+    shards: Sequence[np.ndarray], shape: Sequence[int], spec: ShardSpec, mesh: MeshShape
+) -> np.ndarray:
     """The global array from per-device shards; of replicated copies, device 0's wins (JAX)."""
     out = np.empty(tuple(shape), dtype=shards[0].dtype)
     for coords, shard in reversed(list(zip(device_coords(mesh), shards))):

@@ -63,8 +63,11 @@ class Partitioner:
     def operand(self, v: int, dst: Dims, loc: str, reason: str) -> int:
         spec = self.env[v][1]
         producer = self.graph.producers.get(v)
-        if spec.dims != dst and producer is not None and REGISTRY[producer.name].has(
-                Trait.BROADCAST):
+        if (
+            spec.dims != dst
+            and producer is not None
+            and REGISTRY[producer.name].has(Trait.BROADCAST)
+        ):
             return self.broadcast_as(producer, dst)
         return self.reshard_cached(v, dst, loc, reason)
 
@@ -72,8 +75,9 @@ class Partitioner:
         """v in layout dst; a pending sum is resolved once for all consumers."""
         lv, spec = self.env[v]
         if spec.partial:
-            resolved, rspec = resolve_partial(self.b, lv, self.types[v], spec, dst, loc,
-                                              reason + self.note(v))
+            resolved, rspec = resolve_partial(
+                self.b, lv, self.types[v], spec, dst, loc, reason + self.note(v)
+            )
             if rspec.dims == spec.dims:
                 self.env[v] = (resolved, rspec)
             lv, spec = resolved, rspec
@@ -89,8 +93,9 @@ class Partitioner:
         want = local_type(self.types[v], spec, self.mesh)
         got = self.b.types[lv]
         if got.shape != want.shape or got.dtype != want.dtype:
-            raise InternalError(f"partitioned value has local type {got}, expected {want} for "
-                                f"layout {spec}")
+            raise InternalError(
+                f"partitioned value has local type {got}, expected {want} for layout {spec}"
+            )
         self.env[v] = (lv, spec)
 
     # -- ops -------------------------------------------------------------------------------
@@ -110,9 +115,13 @@ class Partitioner:
         ins = []
         for v in op.inputs:
             if any(self.env[v][1].dims):
-                warnings.warn(ReplicationWarning(
-                    f"{op.loc}: {op.name} has no sharding rule yet; its sharded operand is "
-                    f"gathered on every device"), stacklevel=2)
+                warnings.warn(
+                    ReplicationWarning(
+                        f"{op.loc}: {op.name} has no sharding rule yet; its sharded operand is "
+                        f"gathered on every device"
+                    ),
+                    stacklevel=2,
+                )
             ins.append(self.operand(v, ((),) * self.types[v].ndim, op.loc, f"{op.name} input"))
         outs = self.b.emit(op.name, ins, op.loc, **op.attrs)
         outs = outs if isinstance(outs, tuple) else (outs,)
@@ -126,8 +135,13 @@ class Partitioner:
         want = dims_from_factors(f.operands[0], fa, self.types[op.inputs[0]].shape)
         x = self.operand(op.inputs[0], want, op.loc, "broadcast operand")
         shape = local_type(self.types[op.outputs[0]], ShardSpec(dst), self.mesh).shape
-        attrs = local_attrs(REGISTRY[op.name], dict(op.attrs), self.types[op.inputs[0]].shape,
-                            self.b.types[x].shape, shape)
+        attrs = local_attrs(
+            REGISTRY[op.name],
+            dict(op.attrs),
+            self.types[op.inputs[0]].shape,
+            self.b.types[x].shape,
+            shape,
+        )
         return self.b.emit(op.name, (x,), op.loc, **attrs)
 
     def op_scan(self, op: Op) -> None:
@@ -156,12 +170,14 @@ class Partitioner:
         d = op.attrs["dimension"]
         x = self.b.emit("iota", (), op.loc, dtype=t.dtype, shape=shape, dimension=d)
         if dims[d]:
-            start = self.b.emit("mul", (self.b.axis_index(dims[d]), self.b.const(shape[d],
-                                                                                 "int32")), op.loc)
+            start = self.b.emit(
+                "mul", (self.b.axis_index(dims[d]), self.b.const(shape[d], "int32")), op.loc
+            )
             if t.dtype != "int32":
                 start = self.b.emit("convert_element_type", (start,), op.loc, new_dtype=t.dtype)
-            start = self.b.emit("broadcast_in_dim", (start,), op.loc, shape=shape,
-                                broadcast_dimensions=())
+            start = self.b.emit(
+                "broadcast_in_dim", (start,), op.loc, shape=shape, broadcast_dimensions=()
+            )
             x = self.b.emit("add", (x, start), op.loc)
         self.bind_result(v, x, spec)
 
@@ -198,16 +214,25 @@ class Partitioner:
             dims = in_specs[i] if i < len(in_specs) else ((),) * self.types[v].ndim
             env[p] = self.operand(v, dims, op.loc, "shard_map in_specs")
         for bop in body.ops:
-            outs = self.b.emit(bop.name, [env[v] for v in bop.inputs], bop.loc or op.loc,
-                               **bop.attrs)
+            outs = self.b.emit(
+                bop.name, [env[v] for v in bop.inputs], bop.loc or op.loc, **bop.attrs
+            )
             outs = outs if isinstance(outs, tuple) else (outs,)
             env.update(zip(bop.outputs, outs))
             if REGISTRY[bop.name].has(Trait.COLLECTIVE):
                 t = self.b.types[env[bop.inputs[0]]]
-                self.b.records.append(CollectiveRecord(
-                    bop.name, bop.attrs["axes"], t.nbytes, t.shape, t.dtype, bop.loc or op.loc,
-                    bop.attrs.get("reason") or "written in shard_map",
-                    group_size=bop.attrs.get("group_size", 1)))
+                self.b.records.append(
+                    CollectiveRecord(
+                        bop.name,
+                        bop.attrs["axes"],
+                        t.nbytes,
+                        t.shape,
+                        t.dtype,
+                        bop.loc or op.loc,
+                        bop.attrs.get("reason") or "written in shard_map",
+                        group_size=bop.attrs.get("group_size", 1),
+                    )
+                )
         for v, r, dims in zip(op.outputs, body.results, out_specs):
             self.bind_result(v, env[r], ShardSpec(dims))
 
@@ -243,8 +268,9 @@ class Partitioner:
             if partial and note:
                 self.notes[v] = note
 
-    def can_pass_partial(self, op: Op, i: int, spec: ShardSpec, want: Dims,
-                         fa: dict[str, AxisTuple]) -> bool:
+    def can_pass_partial(
+        self, op: Op, i: int, spec: ShardSpec, want: Dims, fa: dict[str, AxisTuple]
+    ) -> bool:
         """Linear ops keep a pending sum pending (the rules: spmd.ops.Linearity.passes)."""
         linear = REGISTRY[op.name].linear
         pending = frozenset(spec.partial)
@@ -256,30 +282,51 @@ class Partitioner:
             return False  # the sum runs in the values' own dtype (bf16 stays bf16, as XLA)
         if pending & {a for d in want for a in d}:
             return False
-        if linear is Linearity.SAME_REDUCTION and pending & {a for axes in fa.values()
-                                                          for a in axes}:
+        if linear is Linearity.SAME_REDUCTION and pending & {
+            a for axes in fa.values() for a in axes
+        }:
             return False  # the reduction's own factors are sharded on the pending axes
         others = [self.env[v][1] for j, v in enumerate(op.inputs) if j != i]
-        return linear.passes(i, spec.partial_kind, pending, op.attrs.get("kind"),
-                             [(frozenset(o.partial), o.partial_kind, frozenset(o.used_axes()))
-                              for o in others])
+        return linear.passes(
+            i,
+            spec.partial_kind,
+            pending,
+            op.attrs.get("kind"),
+            [(frozenset(o.partial), o.partial_kind, frozenset(o.used_axes())) for o in others],
+        )
 
-    def mask_if_reduced(self, lv: int, v: int, spec: ShardSpec, f: Factors, i: int,
-                        fa: dict[str, AxisTuple], loc: str) -> int:
+    def mask_if_reduced(
+        self,
+        lv: int,
+        v: int,
+        spec: ShardSpec,
+        f: Factors,
+        i: int,
+        fa: dict[str, AxisTuple],
+        loc: str,
+    ) -> int:
         """Padding rows of a sharded dim that the op reduces over must not count."""
-        reduced = [d for d, factor in enumerate(f.operands[i]) if factor in f.reduce and factor in fa]
+        reduced = [
+            d for d, factor in enumerate(f.operands[i]) if factor in f.reduce and factor in fa
+        ]
         dims = [d for d in reduced if d in padded_dims(self.types[v], spec, self.mesh)]
         if not dims:
             return lv
-        return mask_padding(self.b, lv, self.types[v], spec, dims, IDENTITY.get(f.reduce_kind, 0),
-                            loc)
+        return mask_padding(
+            self.b, lv, self.types[v], spec, dims, IDENTITY.get(f.reduce_kind, 0), loc
+        )
 
-    def local_attrs(self, op: Op, ins: Sequence[int], fa: dict[str, AxisTuple],
-                    f: Factors) -> dict[str, Any]:
+    def local_attrs(
+        self, op: Op, ins: Sequence[int], fa: dict[str, AxisTuple], f: Factors
+    ) -> dict[str, Any]:
         """Attributes that spell out shapes, rewritten for the local shard."""
         attrs = dict(op.attrs)
-        out_local = [local_type(self.types[v], ShardSpec(dims_from_factors(
-            fd, fa, self.types[v].shape)), self.mesh) for v, fd in zip(op.outputs, f.results)]
+        out_local = [
+            local_type(
+                self.types[v], ShardSpec(dims_from_factors(fd, fa, self.types[v].shape)), self.mesh
+            )
+            for v, fd in zip(op.outputs, f.results)
+        ]
         opdef = REGISTRY[op.name]
         if not opdef.attr_kinds:
             return attrs
@@ -288,15 +335,17 @@ class Partitioner:
         return local_attrs(opdef, attrs, gshape, lshape, out_local[0].shape)
 
 
-def reshard_keep_partial(b: ProgramBuilder, lv: int, gtype: Any, spec: ShardSpec, want: Dims,
-                         loc: str) -> tuple[int, ShardSpec]:
+def reshard_keep_partial(
+    b: ProgramBuilder, lv: int, gtype: Any, spec: ShardSpec, want: Dims, loc: str
+) -> tuple[int, ShardSpec]:
     """Change dims while the value stays partial (its pending axes are untouched)."""
     lv, dims_spec = reshard(b, lv, gtype, ShardSpec(spec.dims), want, loc, "layout")
     return lv, ShardSpec(dims_spec.dims, spec.partial, spec.partial_kind)
 
 
-def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
-              out_dims: Sequence[Dims | None]) -> Partitioned:
+def partition(
+    graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None], out_dims: Sequence[Dims | None]
+) -> Partitioned:
     """Partition `graph` for `mesh`; None entries mean "let propagation choose"."""
     seeds: dict[int, Dims] = {}
     for v, d in zip(graph.params, in_dims):
@@ -319,8 +368,15 @@ def partition(graph: Graph, mesh: MeshShape, in_dims: Sequence[Dims | None],
         lv, spec = p.env[v]
         dims = d if d is not None else spec.dims  # no request: keep the layout it has
         if spec.partial or spec.dims != dims:
-            lv, spec = reshard(p.b, lv, graph.types[v], spec, dims, _loc_of(graph, v),
-                               "jit output layout" + p.note(v))
+            lv, spec = reshard(
+                p.b,
+                lv,
+                graph.types[v],
+                spec,
+                dims,
+                _loc_of(graph, v),
+                "jit output layout" + p.note(v),
+            )
         results.append(lv)
         result_specs.append(spec)
     program, records = combine_all_reduces(dce(p.b.finish(results)), p.b.records, mesh)

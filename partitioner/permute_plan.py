@@ -43,8 +43,9 @@ def _block_sizes(shape: Sequence[int], dims: Dims, mesh: MeshShape) -> list[int]
     return sizes
 
 
-def pieces(sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims,
-           mesh: MeshShape) -> Found | None:
+def pieces(
+    sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims, mesh: MeshShape
+) -> Found | None:
     """(sub-mesh of the axes involved, piece shape, new block shape, transfers, local
     copies), or None when the layouts are not even or need too many pieces.
 
@@ -60,8 +61,12 @@ def pieces(sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: 
     windows = [list(w) if w is not None else [(0, n) for n in g.shape] for g, w in sources]
     blocks = [_block_sizes(g.shape, src, mesh) for g, _ in sources]
     t = _block_sizes([size for _, size in windows[0]], dst, mesh)
-    if t is None or any(s is None for s in blocks) or 0 in t or any(
-            [size for _, size in w] != [size for _, size in windows[0]] for w in windows):
+    if (
+        t is None
+        or any(s is None for s in blocks)
+        or 0 in t
+        or any([size for _, size in w] != [size for _, size in windows[0]] for w in windows)
+    ):
         return None
     # Pieces: the largest blocks that lie in one old and one new block of every value.
     p = list(t)
@@ -76,11 +81,13 @@ def pieces(sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: 
     local: list[Piece] = []
     grid = list(itertools.product(*(range(c // q) for c, q in zip(t, p))))
     for k, (s, w) in enumerate(zip(blocks, windows)):
-        src_at = np.array([[group_index(c, axes, sub) * n for axes, n in zip(src, s)]
-                           for c in coords])
+        src_at = np.array(
+            [[group_index(c, axes, sub) * n for axes, n in zip(src, s)] for c in coords]
+        )
         for e, ce in enumerate(coords):
-            base = [start + group_index(ce, axes, sub) * n for axes, n, (start, _) in
-                    zip(dst, t, w)]
+            base = [
+                start + group_index(ce, axes, sub) * n for axes, n, (start, _) in zip(dst, t, w)
+            ]
             for q in grid:
                 at = np.array([o + i * n for o, i, n in zip(base, q, p)], dtype=np.int64)
                 holds = np.all((src_at <= at) & (at < src_at + np.array(s)), axis=1)
@@ -121,9 +128,16 @@ def _local_rounds(local: list[Piece]) -> list[list[Piece]]:
     return [[v[i] for v in by_device.values() if i < len(v)] for i in range(depth)]
 
 
-def permute_plan(b: ProgramBuilder, xs: Sequence[int],
-                 sources: Sequence[tuple[TensorType, Window | None]], src: Dims, dst: Dims,
-                 loc: str, reason: str, fill: int | None = None) -> int | None:
+def permute_plan(
+    b: ProgramBuilder,
+    xs: Sequence[int],
+    sources: Sequence[tuple[TensorType, Window | None]],
+    src: Dims,
+    dst: Dims,
+    loc: str,
+    reason: str,
+    fill: int | None = None,
+) -> int | None:
     """Emit the permute plan that builds each device's dst block from the values xs (laid
     out as src); None where it does not apply. Rows of a block outside every value hold
     the scalar `fill` (0 by default)."""
@@ -140,26 +154,47 @@ def permute_plan(b: ProgramBuilder, xs: Sequence[int],
     # there, and it is sliced off at the end.
     spare = tuple(t[0] if d == 0 else 0 for d in range(len(t)))
     block = TensorType((2 * t[0], *t[1:]), sources[0][0].dtype)
-    out = b.full(0, block) if fill is None else b.emit(
-        "broadcast_in_dim", (fill,), loc, shape=block.shape, broadcast_dimensions=())
+    out = (
+        b.full(0, block)
+        if fill is None
+        else b.emit("broadcast_in_dim", (fill,), loc, shape=block.shape, broadcast_dimensions=())
+    )
     for r, batch in enumerate(rounds + _local_rounds(local)):
         piece = _round_piece(b, xs, me, n, batch, p, loc)
         if r < len(rounds):
             pairs = tuple((c, e) for c, e, *_ in batch)
-            piece = b.collective("collective_permute", piece, sub.names, loc,
-                                 f"{reason}: round {r + 1} of {len(rounds)}, pieces "
-                                 f"{'x'.join(map(str, p))} to the devices that need them",
-                                 pairs=pairs)
+            piece = b.collective(
+                "collective_permute",
+                piece,
+                sub.names,
+                loc,
+                f"{reason}: round {r + 1} of {len(rounds)}, pieces "
+                f"{'x'.join(map(str, p))} to the devices that need them",
+                pairs=pairs,
+            )
         dst_off = [spare] * n
         for _, e, _, do, _ in batch:
             dst_off[e] = do
         out = b.emit("dynamic_update_slice", (out, piece, *_offsets(b, me, dst_off, loc)), loc)
-    return b.emit("slice", (out,), loc, start_indices=(0,) * len(t), limit_indices=tuple(t),
-                  strides=(1,) * len(t))
+    return b.emit(
+        "slice",
+        (out,),
+        loc,
+        start_indices=(0,) * len(t),
+        limit_indices=tuple(t),
+        strides=(1,) * len(t),
+    )
 
 
-def _round_piece(b: ProgramBuilder, xs: Sequence[int], me: int, n: int, batch: list[Piece],
-                 p: list[int], loc: str) -> int:
+def _round_piece(
+    b: ProgramBuilder,
+    xs: Sequence[int],
+    me: int,
+    n: int,
+    batch: list[Piece],
+    p: list[int],
+    loc: str,
+) -> int:
     """The piece each device sends (or keeps) in one round: cut from the value it names."""
     used = sorted({k for *_, k in batch})
     cut: dict[int, int] = {}
@@ -182,16 +217,23 @@ def _round_piece(b: ProgramBuilder, xs: Sequence[int], me: int, n: int, batch: l
         piece = b.emit("select", (hit, cut[k], piece), loc)
     return piece
 
-def _dynamic_slice(b: ProgramBuilder, x: int, me: int, offsets: list[tuple[int, ...]],
-                   sizes: list[int], loc: str) -> int:
+
+def _dynamic_slice(
+    b: ProgramBuilder, x: int, me: int, offsets: list[tuple[int, ...]], sizes: list[int], loc: str
+) -> int:
     if tuple(sizes) == b.types[x].shape:
         return x
-    return b.emit("dynamic_slice", (x, *_offsets(b, me, offsets, loc)), loc,
-                  slice_sizes=tuple(sizes))
+    return b.emit(
+        "dynamic_slice", (x, *_offsets(b, me, offsets, loc)), loc, slice_sizes=tuple(sizes)
+    )
 
 
-def _offsets(b: ProgramBuilder, me: int, per_device: list[tuple[int, ...]], loc: str,
-             ) -> list[int]:
+def _offsets(
+    b: ProgramBuilder,
+    me: int,
+    per_device: list[tuple[int, ...]],
+    loc: str,
+) -> list[int]:
     """Per dim, this device's entry of a per-device table (a constant where all agree)."""
     out = []
     for d in range(len(per_device[0])):

@@ -16,6 +16,7 @@ from spmd.ops import REGISTRY, Factors, Trait
 
 Dims = tuple[AxisTuple, ...]
 
+
 def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
     opdef = REGISTRY[op.name]
     if opdef.has(Trait.OWN_LAYOUT):
@@ -23,8 +24,9 @@ def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
     return opdef.factors(*(types[v] for v in op.inputs), **op.attrs)
 
 
-def factor_axes(op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any],
-                include_results: bool = True) -> dict[str, AxisTuple]:
+def factor_axes(
+    op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any], include_results: bool = True
+) -> dict[str, AxisTuple]:
     """Mesh axes of each factor, from the op's known values (bigger values first)."""
     values = list(zip(op.inputs, f.operands))
     if include_results:
@@ -44,8 +46,9 @@ def factor_axes(op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any
     return out
 
 
-def dims_from_factors(fdims: tuple[str | None, ...], fa: dict[str, AxisTuple],
-                      shape: tuple[int, ...]) -> Dims:
+def dims_from_factors(
+    fdims: tuple[str | None, ...], fa: dict[str, AxisTuple], shape: tuple[int, ...]
+) -> Dims:
     out: list[AxisTuple] = []
     used: set[str] = set()
     for factor, n in zip(fdims, shape):

@@ -25,8 +25,9 @@ def realign_slice(p: Partitioner, op: Op) -> bool:
     if any(st != 1 for st in op.attrs["strides"]):
         return False
     starts, limits = op.attrs["start_indices"], op.attrs["limit_indices"]
-    return realign_window(p, op, list(zip(starts, (b - a for a, b in zip(starts, limits)))),
-                          None, "slice")
+    return realign_window(
+        p, op, list(zip(starts, (b - a for a, b in zip(starts, limits)))), None, "slice"
+    )
 
 
 def realign_pad(p: Partitioner, op: Op) -> bool:
@@ -36,12 +37,14 @@ def realign_pad(p: Partitioner, op: Op) -> bool:
     if any(interior for _, _, interior in config):
         return False
     shape = p.types[op.inputs[0]].shape
-    return realign_window(p, op, [(-lo, n + lo + hi) for (lo, hi, _), n in zip(config, shape)],
-                          op.inputs[1], "pad")
+    return realign_window(
+        p, op, [(-lo, n + lo + hi) for (lo, hi, _), n in zip(config, shape)], op.inputs[1], "pad"
+    )
 
 
-def realign_window(p: Partitioner, op: Op, window: list[tuple[int, int]], fill: int | None,
-                   what: str) -> bool:
+def realign_window(
+    p: Partitioner, op: Op, window: list[tuple[int, int]], fill: int | None, what: str
+) -> bool:
     """Partition an op whose result is the window of its operand (in the operand's
     coordinates; outside the operand: the value `fill`, else 0) by permutes into the
     operand's own sharding; False where that does not apply or costs more than the
@@ -58,15 +61,24 @@ def realign_window(p: Partitioner, op: Op, window: list[tuple[int, int]], fill: 
     if pieces([(gtype, window)], spec.dims, want, p.mesh) is None:
         return False
     local = p.b.types[lv]
-    moved = plan_moved(p.mesh, local, lambda b, x: permute_plan(b, [x], [(gtype, window)],
-                                                                spec.dims, want, "", ""))
+    moved = plan_moved(
+        p.mesh, local, lambda b, x: permute_plan(b, [x], [(gtype, window)], spec.dims, want, "", "")
+    )
     generic = generic_cost(p, op)
     if not moved < generic:
         return False
     value = None if fill is None else p.operand(fill, (), op.loc, f"{what} value")
-    lv = permute_plan(p.b, [lv], [(gtype, window)], spec.dims, want, op.loc,
-                      f"{what} keeps dims {', '.join(map(str, cut))} sharded (permutes "
-                      f"{moved:.0f} B moved over gathering the dim {generic:.0f} B)", value)
+    lv = permute_plan(
+        p.b,
+        [lv],
+        [(gtype, window)],
+        spec.dims,
+        want,
+        op.loc,
+        f"{what} keeps dims {', '.join(map(str, cut))} sharded (permutes "
+        f"{moved:.0f} B moved over gathering the dim {generic:.0f} B)",
+        value,
+    )
     p.bind_result(out, lv, ShardSpec(want))
     return True
 
@@ -85,8 +97,9 @@ def realign_concat(p: Partitioner, op: Op) -> bool:
     offset = 0
     for v in op.inputs:
         gtype = p.types[v]
-        sources.append((gtype, [(-offset, total) if i == d else (0, n)
-                                for i, n in enumerate(gtype.shape)]))
+        sources.append(
+            (gtype, [(-offset, total) if i == d else (0, n) for i, n in enumerate(gtype.shape)])
+        )
         offset += gtype.shape[d]
     if pieces(sources, want, want, p.mesh) is None:
         return False
@@ -95,15 +108,23 @@ def realign_concat(p: Partitioner, op: Op) -> bool:
     generic = generic_cost(p, op)
     if not moved < generic:
         return False
-    out_v = permute_plan(p.b, xs, sources, want, want, op.loc,
-                         f"concatenate's operands into the result's blocks (permutes "
-                         f"{moved:.0f} B moved over gathering the operands {generic:.0f} B)")
+    out_v = permute_plan(
+        p.b,
+        xs,
+        sources,
+        want,
+        want,
+        op.loc,
+        f"concatenate's operands into the result's blocks (permutes "
+        f"{moved:.0f} B moved over gathering the operands {generic:.0f} B)",
+    )
     p.bind_result(out, out_v, ShardSpec(want))
     return True
 
 
-def plan_moved_many(p: Partitioner, xs: list[int], plan: Callable[[ProgramBuilder, list[int]],
-                                                                    object]) -> float:
+def plan_moved_many(
+    p: Partitioner, xs: list[int], plan: Callable[[ProgramBuilder, list[int]], object]
+) -> float:
     """plan_moved for a plan over several values."""
     b = ProgramBuilder(p.mesh)
     ys = [b.param(p.b.types[x]) for x in xs]

@@ -58,11 +58,15 @@ def local_shape(t: TensorType, spec: ShardSpec, mesh: MeshShape) -> tuple[int, .
 
 
 def local_type(t: TensorType, spec: ShardSpec, mesh: MeshShape) -> TensorType:
-    return t.with_shape(local_shape(t, spec, mesh)) if t.weak is False else TensorType(
-        local_shape(t, spec, mesh), t.dtype, True)
+    return (
+        t.with_shape(local_shape(t, spec, mesh))
+        if t.weak is False
+        else TensorType(local_shape(t, spec, mesh), t.dtype, True)
+    )
 
 
 def padded_dims(t: TensorType, spec: ShardSpec, mesh: MeshShape) -> list[int]:
     """Dims whose shards carry padding (the size does not divide evenly)."""
-    return [i for i, (n, axes) in enumerate(zip(t.shape, spec.dims))
-            if axes and n % mesh.size(axes)]
+    return [
+        i for i, (n, axes) in enumerate(zip(t.shape, spec.dims)) if axes and n % mesh.size(axes)
+    ]

@@ -77,8 +77,14 @@ def _leaf_sharding(x: Any) -> Any:
 class Lowered:
     """A traced, optimized global program: `.as_text()` prints it, `.compile()` builds it."""
 
-    def __init__(self, jitted: JitFunction, graph: Graph, out_tree: Any,
-                 in_shardings: tuple[Any, ...], donate: tuple[bool, ...]):
+    def __init__(
+        self,
+        jitted: JitFunction,
+        graph: Graph,
+        out_tree: Any,
+        in_shardings: tuple[Any, ...],
+        donate: tuple[bool, ...],
+    ):
         self.jitted = jitted
         self.graph = graph
         self.out_tree = out_tree
@@ -108,8 +114,10 @@ class Compiled:
     def call_flat(self, leaves: Sequence[Any]) -> Any:
         outs = self.executable(list(leaves))
         types = self.lowered.graph.result_types
-        outs = [o if isinstance(o, (Array, ShapeDtypeStruct)) else Array(o, weak=t.weak)
-                for o, t in zip(outs, types)]
+        outs = [
+            o if isinstance(o, (Array, ShapeDtypeStruct)) else Array(o, weak=t.weak)
+            for o, t in zip(outs, types)
+        ]
         for leaf, donated in zip(leaves, self.lowered.donate):
             if donated and isinstance(leaf, Array):
                 leaf.delete()
@@ -135,9 +143,16 @@ class Compiled:
 class JitFunction:
     """The object `spmd.jit(f)` returns."""
 
-    def __init__(self, fun: Callable[..., Any], *, static_argnums: Any = (),
-                 static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
-                 out_shardings: Any = None):
+    def __init__(
+        self,
+        fun: Callable[..., Any],
+        *,
+        static_argnums: Any = (),
+        static_argnames: Any = (),
+        donate_argnums: Any = (),
+        in_shardings: Any = None,
+        out_shardings: Any = None,
+    ):
         check_callable("jit", fun)
         functools.update_wrapper(self, fun)
         self.fun = fun
@@ -160,8 +175,9 @@ class JitFunction:
         dyn_args = tuple(a for i, a in enumerate(args) if i not in nums)
         static = tuple((i, _hashable(a)) for i, a in enumerate(args) if i in nums)
         dyn_kwargs = {k: v for k, v in kwargs.items() if k not in self.static_argnames}
-        static += tuple(sorted((k, _hashable(v)) for k, v in kwargs.items()
-                               if k in self.static_argnames))
+        static += tuple(
+            sorted((k, _hashable(v)) for k, v in kwargs.items() if k in self.static_argnames)
+        )
         return dyn_args, dyn_kwargs, static
 
     def dynamic_leaves(self, args: tuple, kwargs: dict) -> list[Any]:
@@ -235,9 +251,11 @@ class JitFunction:
         if not isinstance(given, (tuple, list)) or isinstance(given, PartitionSpec):
             given = (given,) * len(dyn_args)
         if len(given) != len(dyn_args):
-            raise ShardingError(f"in_shardings has {len(given)} entries but the function takes "
-                                f"{len(dyn_args)} positional arguments",
-                                hint="give one entry per positional argument, or one sharding")
+            raise ShardingError(
+                f"in_shardings has {len(given)} entries but the function takes "
+                f"{len(dyn_args)} positional arguments",
+                hint="give one entry per positional argument, or one sharding",
+            )
         per_leaf: list[Any] = []
         for arg, spec in zip(dyn_args, given):
             n = len(tree_flatten(arg)[0])
@@ -246,8 +264,10 @@ class JitFunction:
                 continue
             flat = optree.tree_leaves(spec, none_is_leaf=True, namespace="spmd")
             if len(flat) != n:
-                raise ShardingError(f"in_shardings entry {spec!r} has {len(flat)} shardings for "
-                                    f"an argument with {n} arrays")
+                raise ShardingError(
+                    f"in_shardings entry {spec!r} has {len(flat)} shardings for "
+                    f"an argument with {n} arrays"
+                )
             per_leaf += [_as_sharding(s) for s in flat]
         per_leaf += [None] * (len(leaves) - len(per_leaf))  # keyword arguments
         return tuple(p if p is not None else f for p, f in zip(per_leaf, found))
@@ -258,15 +278,18 @@ class JitFunction:
             return (None,) * n
         flat = [self.out_shardings]
         if isinstance(self.out_shardings, (list, dict)) or (
-                isinstance(self.out_shardings, tuple)
-                and not isinstance(self.out_shardings, PartitionSpec)):
+            isinstance(self.out_shardings, tuple)
+            and not isinstance(self.out_shardings, PartitionSpec)
+        ):
             flat = optree.tree_leaves(self.out_shardings, none_is_leaf=True, namespace="spmd")
         flat = [_as_sharding(s) for s in flat]
         if len(flat) == 1:
             return tuple(flat) * n
         if len(flat) != n:
-            raise ShapeError(f"out_shardings has {len(flat)} entries but the function returns "
-                             f"{n} arrays", describe_loc())
+            raise ShapeError(
+                f"out_shardings has {len(flat)} entries but the function returns {n} arrays",
+                describe_loc(),
+            )
         return tuple(flat)
 
     # -- calling ----------------------------------------------------------------------------
@@ -277,8 +300,12 @@ class JitFunction:
         leaves, structure = tree_flatten((dyn_args, dyn_kwargs))
         if any(isinstance(x, Tracer) for x in leaves):
             return self.fun(*args, **kwargs)
-        key = (structure, tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves), static,
-               dtypes.X64["enabled"])  # as JAX: a trace made with x64 on is not reused off
+        key = (
+            structure,
+            tuple((_leaf_type(x), _leaf_sharding(x)) for x in leaves),
+            static,
+            dtypes.X64["enabled"],
+        )  # as JAX: a trace made with x64 on is not reused off
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = self.lower(*args, **kwargs).compile()
@@ -293,13 +320,17 @@ def _as_sharding(s: Any) -> Any:
     """A bare P(...) means the mesh of the enclosing `with mesh:` block (JAX's habit)."""
     if not isinstance(s, PartitionSpec):
         if s is not None and not isinstance(s, Sharding):
-            raise ShardingError(f"expected a Sharding, a PartitionSpec or None, got {s!r}",
-                                hint="use NamedSharding(mesh, P(...))")
+            raise ShardingError(
+                f"expected a Sharding, a PartitionSpec or None, got {s!r}",
+                hint="use NamedSharding(mesh, P(...))",
+            )
         return s
     mesh = current_mesh()
     if mesh is None:
-        raise ShardingError(f"a bare {s!r} needs a mesh", hint="use NamedSharding(mesh, spec) "
-                            "or call inside `with mesh:`")
+        raise ShardingError(
+            f"a bare {s!r} needs a mesh",
+            hint="use NamedSharding(mesh, spec) or call inside `with mesh:`",
+        )
     return NamedSharding(mesh, s)
 
 
@@ -316,18 +347,37 @@ def _hashable(x: Any) -> Any:
     except TypeError:
         if isinstance(x, np.ndarray):
             return ("ndarray", x.shape, x.dtype.str, x.tobytes())
-        raise ShapeError(f"static argument {x!r} is not hashable", describe_loc(),
-                         "pass a tuple instead of a list, or make the argument dynamic") from None
+        raise ShapeError(
+            f"static argument {x!r} is not hashable",
+            describe_loc(),
+            "pass a tuple instead of a list, or make the argument dynamic",
+        ) from None
 
 
-def jit(fun: Callable[..., Any] | None = None, *, static_argnums: Any = (),
-        static_argnames: Any = (), donate_argnums: Any = (), in_shardings: Any = None,
-        out_shardings: Any = None) -> Any:
+def jit(
+    fun: Callable[..., Any] | None = None,
+    *,
+    static_argnums: Any = (),
+    static_argnames: Any = (),
+    donate_argnums: Any = (),
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+) -> Any:
     """Compile `fun` for the mesh its inputs live on; usable as @jit or @jit(...)."""
     if fun is None:
-        return functools.partial(jit, static_argnums=static_argnums,
-                                 static_argnames=static_argnames, donate_argnums=donate_argnums,
-                                 in_shardings=in_shardings, out_shardings=out_shardings)
-    return JitFunction(fun, static_argnums=static_argnums, static_argnames=static_argnames,
-                       donate_argnums=donate_argnums, in_shardings=in_shardings,
-                       out_shardings=out_shardings)
+        return functools.partial(
+            jit,
+            static_argnums=static_argnums,
+            static_argnames=static_argnames,
+            donate_argnums=donate_argnums,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+        )
+    return JitFunction(
+        fun,
+        static_argnums=static_argnums,
+        static_argnames=static_argnames,
+        donate_argnums=donate_argnums,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+    )

@@ -34,9 +34,16 @@ class Array(ArrayMethods):
 
     __array_priority__ = 100
 
-    def __init__(self, value: np.ndarray | None = None, *, weak: bool = False,
-                 sharding: Sharding | None = None, shards: Sequence[np.ndarray] | None = None,
-                 aval: TensorType | None = None, committed: bool = False):
+    def __init__(
+        self,
+        value: np.ndarray | None = None,
+        *,
+        weak: bool = False,
+        sharding: Sharding | None = None,
+        shards: Sequence[np.ndarray] | None = None,
+        aval: TensorType | None = None,
+        committed: bool = False,
+    ):
         if value is not None:
             value = np.asarray(value)
             aval = TensorType(value.shape, dtypes.canonical(value.dtype), weak)
@@ -54,8 +61,9 @@ class Array(ArrayMethods):
     # -- data ------------------------------------------------------------------------------
     def _global_value(self) -> np.ndarray:
         if self.deleted:
-            raise RuntimeError("this Array was donated to a jit call and deleted; "
-                               "use the call's result instead")
+            raise RuntimeError(
+                "this Array was donated to a jit call and deleted; use the call's result instead"
+            )
         if self._value is None:
             from spmd import placement  # the API layer: it reaches the runtime
 
@@ -105,7 +113,6 @@ class Array(ArrayMethods):
         value = self._global_value()
         return value if dtype is None else value.astype(dtype)
 
-
     def block_until_ready(self) -> Array:
         return self
 
@@ -134,7 +141,9 @@ class Array(ArrayMethods):
 
     def __repr__(self) -> str:
         body = np.array2string(self._global_value(), separator=", ", prefix="Array(")
-        return f"Array({body}, dtype={self.type.dtype}{', weak_type=True' if self.weak_type else ''})"
+        return (
+            f"Array({body}, dtype={self.type.dtype}{', weak_type=True' if self.weak_type else ''})"
+        )
 
     def __str__(self) -> str:
         return str(self._global_value())

@@ -31,8 +31,11 @@ from spmd.tracing import (
 from spmd.tree import tree_flatten, tree_unflatten
 
 
-def trace_to_graph(fun: Callable[..., Any], leaves: Sequence[Any], treedef: Any,
-                   ) -> tuple[Graph, Any, list[Any]]:
+def trace_to_graph(
+    fun: Callable[..., Any],
+    leaves: Sequence[Any],
+    treedef: Any,
+) -> tuple[Graph, Any, list[Any]]:
     """Trace fun(*unflatten(leaves)) in a child trace; returns (graph, out_treedef, captured).
 
     The graph's params are the leaves, then values captured from enclosing traces.
@@ -46,8 +49,10 @@ def trace_to_graph(fun: Callable[..., Any], leaves: Sequence[Any], treedef: Any,
     return trace.to_graph(out_leaves), out_tree, trace.captured_values()
 
 
-def trace_flat(fun: Callable[..., Sequence[Any]], in_types: Sequence[TensorType],
-               ) -> tuple[Graph, list[Any]]:
+def trace_flat(
+    fun: Callable[..., Sequence[Any]],
+    in_types: Sequence[TensorType],
+) -> tuple[Graph, list[Any]]:
     """Trace fun(*params) (a flat list of results) in a child trace: (graph, captured).
 
     The graph's params are one per type in `in_types`, then the captured outer values.
@@ -106,8 +111,9 @@ def _constant_in(trace: Trace, x: Any) -> Tracer:
 def replay(graph: Graph, args: Sequence[Any]) -> dict[Any, Any]:
     """Run graph's ops with `bind` in the current context; returns value id -> value
     (and ("remat", id) -> the residuals a remat region saved for its backward)."""
-    env: dict[Any, Any] = {v: _as_value(x, t)
-                           for v, x, t in zip(graph.params, args, graph.param_types)}
+    env: dict[Any, Any] = {
+        v: _as_value(x, t) for v, x, t in zip(graph.params, args, graph.param_types)
+    }
     for op in graph.ops:
         with loc_scope(op.loc):
             ins = [env[v] for v in op.inputs]
@@ -173,13 +179,17 @@ def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
     if opdef.vjp is ZERO_GRAD:
         return [None] * len(op.inputs)
     if opdef.vjp is NONDIFF:
-        if not any(dtypes.is_differentiable(op.types[i].dtype) and ct is not None
-                   for i, ct in enumerate(out_cts)):
+        if not any(
+            dtypes.is_differentiable(op.types[i].dtype) and ct is not None
+            for i, ct in enumerate(out_cts)
+        ):
             return [None] * len(op.inputs)
         raise NonDifferentiableError(
-            f"cannot differentiate through {op.name!r}", op.loc or describe_loc(),
+            f"cannot differentiate through {op.name!r}",
+            op.loc or describe_loc(),
             "wrap its input in spmd.lax.stop_gradient, or move it out of the differentiated "
-            "function")
+            "function",
+        )
     primals = [env[v] for v in op.inputs]
     if op.name == "remat":
         residuals = env.get(("remat", op.outputs[0]))
@@ -207,15 +217,20 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     wrapped = (lambda *a: fun(*a)[0]) if has_aux else fun
     aux_box: list[Any] = []
     if has_aux:
+
         def wrapped(*a: Any) -> Any:
             pair = fun(*a)
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ShapeError(f"has_aux=True needs the function to return (output, aux), "
-                                 f"got {type(pair).__name__}", describe_loc(),
-                                 "return a pair, or drop has_aux=True")
+                raise ShapeError(
+                    f"has_aux=True needs the function to return (output, aux), "
+                    f"got {type(pair).__name__}",
+                    describe_loc(),
+                    "return a pair, or drop has_aux=True",
+                )
             out, aux = pair
             aux_box.append(aux)
             return out
+
     graph, out_tree, captured = trace_to_graph(wrapped, leaves, treedef)
     env = replay(graph, list(leaves) + captured)
     out = tree_unflatten(out_tree, [env[v] for v in graph.results])
@@ -224,8 +239,11 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
     def vjp_fn(ct: Any) -> tuple[Any, ...]:
         ct_leaves, ct_tree = tree_flatten(ct)
         if ct_tree != out_tree:
-            raise ShapeError(f"vjp_fn got a cotangent with structure {ct_tree}, the function's "
-                             f"output has {out_tree}", describe_loc())
+            raise ShapeError(
+                f"vjp_fn got a cotangent with structure {ct_tree}, the function's "
+                f"output has {out_tree}",
+                describe_loc(),
+            )
         param_cts = backward(graph, env, ct_leaves)
         if cotangent_hook is not None:  # shard_map: an invariant primal's ct is psum'd
             param_cts = cotangent_hook(leaves, param_cts)
@@ -252,8 +270,9 @@ def _replay_aux(aux: Any, graph: Graph, env: dict[int, Any]) -> Any:
     return tree_map(convert, aux)
 
 
-def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
-                   has_aux: bool = False) -> Callable[..., Any]:
+def value_and_grad(
+    fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
     """Like jax.value_and_grad: f must return a float scalar (or (scalar, aux))."""
     from spmd.validate import check_argnums, check_callable
 
@@ -264,8 +283,10 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
     def run(*args: Any, **kwargs: Any) -> Any:
         for i in nums:
             if not -len(args) <= i < len(args):
-                raise ShapeError(f"argnums={argnums!r} but the function got {len(args)} "
-                                 f"positional args", describe_loc())
+                raise ShapeError(
+                    f"argnums={argnums!r} but the function got {len(args)} positional args",
+                    describe_loc(),
+                )
         chosen = tuple(args[i] for i in nums)
 
         def partial(*picked: Any) -> Any:
@@ -279,9 +300,12 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
         out, vjp_fn = result[0], result[1]
         t = type_of(out) if not isinstance(out, (tuple, list, dict)) else None
         if t is None or t.shape != () or not dtypes.is_float(t.dtype):
-            raise ShapeError(f"grad needs a function returning a float scalar, got "
-                             f"{t if t is not None else type(out).__name__}", describe_loc(),
-                             "reduce the output first (e.g. .sum() or .mean()), or use vjp")
+            raise ShapeError(
+                f"grad needs a function returning a float scalar, got "
+                f"{t if t is not None else type(out).__name__}",
+                describe_loc(),
+                "reduce the output first (e.g. .sum() or .mean()), or use vjp",
+            )
         from spmd import lax
 
         grads = vjp_fn(lax.full((), 1.0, t.dtype))
@@ -292,8 +316,9 @@ def value_and_grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
     return run
 
 
-def grad(fun: Callable[..., Any], argnums: int | Sequence[int] = 0,
-         has_aux: bool = False) -> Callable[..., Any]:
+def grad(
+    fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
     """The gradient of a scalar function, as jax.grad."""
     vg = value_and_grad(fun, argnums, has_aux)
 
@@ -309,13 +334,18 @@ def _check_differentiable(args: Sequence[Any]) -> None:
     for leaf in leaves:
         t = type_of(leaf)
         if not dtypes.is_float(t.dtype):
-            raise DTypeError(f"grad needs float inputs, got {t.dtype}", describe_loc(),
-                             "differentiate only float arguments (argnums=...), or cast with "
-                             ".astype('float32')")
+            raise DTypeError(
+                f"grad needs float inputs, got {t.dtype}",
+                describe_loc(),
+                "differentiate only float arguments (argnums=...), or cast with .astype('float32')",
+            )
 
 
-def jvp(fun: Callable[..., Any], primals: Sequence[Any], tangents: Sequence[Any],
-        ) -> tuple[Any, Any]:
+def jvp(
+    fun: Callable[..., Any],
+    primals: Sequence[Any],
+    tangents: Sequence[Any],
+) -> tuple[Any, Any]:
     """(f(primals), J @ tangents), by transposing the linear VJP map."""
     from spmd import lax
     from spmd.tree import tree_map

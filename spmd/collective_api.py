@@ -65,22 +65,33 @@ def _resolve(what: str, axis_name: Any) -> tuple[tuple[str, ...], int]:
             f"{what} of axis {shown} outside shard_map: no mesh axis is bound here",
             describe_loc(),
             "call it inside a function passed to spmd.shard_map(f, mesh, in_specs, out_specs); "
-            "outside shard_map, shard arrays with NamedSharding and let jit insert collectives")
+            "outside shard_map, shard arrays with NamedSharding and let jit insert collectives",
+        )
     for name in names:
         if not isinstance(name, str) or name not in mesh.axis_names:
-            raise ShardingError(f"{what}: unknown mesh axis {name!r}", describe_loc(),
-                                f"the shard_map's mesh has axes {mesh.axis_names!r}")
+            raise ShardingError(
+                f"{what}: unknown mesh axis {name!r}",
+                describe_loc(),
+                f"the shard_map's mesh has axes {mesh.axis_names!r}",
+            )
     if len(set(names)) != len(names):
-        raise ShardingError(f"{what}: mesh axis repeated in {names!r}", describe_loc(),
-                            "name each mesh axis at most once")
+        raise ShardingError(
+            f"{what}: mesh axis repeated in {names!r}",
+            describe_loc(),
+            "name each mesh axis at most once",
+        )
     return names, mesh.size_of(names)
 
 
 def _axis_in_range(what: str, axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
-        raise ShapeError(f"{what}: axis {axis} is out of range for rank {ndim - 1}"
-                         if ndim else f"{what}: axis {axis} is out of range",
-                         describe_loc(), f"use an axis in [{-ndim}, {ndim})")
+        raise ShapeError(
+            f"{what}: axis {axis} is out of range for rank {ndim - 1}"
+            if ndim
+            else f"{what}: axis {axis} is out of range",
+            describe_loc(),
+            f"use an axis in [{-ndim}, {ndim})",
+        )
     return axis % ndim
 
 
@@ -118,8 +129,7 @@ def pmean(x: Any, axis_name: Any) -> Any:
 
     _, size = _resolve("pmean", axis_name)
     summed = _all_reduce("pmean", x, axis_name, "sum")
-    return tree_map(lambda s: s / size if isinstance(s, (int, float)) else lax.div(s, size),
-                    summed)
+    return tree_map(lambda s: s / size if isinstance(s, (int, float)) else lax.div(s, size), summed)
 
 
 def axis_size(axis_name: Any) -> int:
@@ -149,8 +159,7 @@ def all_gather(x: Any, axis_name: Any, *, axis: int = 0, tiled: bool = False) ->
     return tree_map(one, x)
 
 
-def psum_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
-                 tiled: bool = False) -> Any:
+def psum_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0, tiled: bool = False) -> Any:
     """psum, then each device keeps its block of `scatter_dimension` (JAX's reduce-scatter).
 
     Untiled, that dim must equal the group size and is removed; tiled, it is divided.
@@ -169,8 +178,9 @@ def psum_scatter(x: Any, axis_name: Any, *, scatter_dimension: int = 0,
     return tree_map(one, x)
 
 
-def all_to_all(x: Any, axis_name: Any, split_axis: int, concat_axis: int, *,
-               tiled: bool = False) -> Any:
+def all_to_all(
+    x: Any, axis_name: Any, split_axis: int, concat_axis: int, *, tiled: bool = False
+) -> Any:
     """Split `split_axis` into one block per device, send block i to device i, and join the
     received blocks along `concat_axis` (untiled: split_axis equals the group size and the
     blocks stack on a new axis at `concat_axis`, as in JAX)."""
@@ -184,23 +194,24 @@ def all_to_all(x: Any, axis_name: Any, split_axis: int, concat_axis: int, *,
         concat = _axis_in_range("all_to_all", concat_axis, t.ndim)
         _check_split("all_to_all", t.shape, split, size, tiled, axes)
         if tiled:
-            return bind("all_to_all", leaf, axes=axes, group_size=size, split_dim=split,
-                        concat_dim=concat)
+            return bind(
+                "all_to_all", leaf, axes=axes, group_size=size, split_dim=split, concat_dim=concat
+            )
         if split < concat:
             concat += 1  # concat_axis counts positions after split_axis is removed
             leaf = lax.expand_dims(leaf, (concat,))
         elif concat < split:
             leaf = lax.expand_dims(leaf, (concat,))
             split += 1
-        out = bind("all_to_all", leaf, axes=axes, group_size=size, split_dim=split,
-                   concat_dim=concat)
+        out = bind(
+            "all_to_all", leaf, axes=axes, group_size=size, split_dim=split, concat_dim=concat
+        )
         return out if split == concat else lax.squeeze(out, (split,))
 
     return tree_map(one, x)
 
 
-def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]], *,
-             reason: str = "") -> Any:
+def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]], *, reason: str = "") -> Any:
     """Send x from device src to device dst for each (src, dst) in perm (indices along
     `axis_name`); a device that receives nothing gets zeros. `reason` (spmd.pipeline's
     "stage k -> k+1, microbatch m") replaces "written in shard_map" in the collective report."""
@@ -208,27 +219,42 @@ def ppermute(x: Any, axis_name: Any, perm: Sequence[tuple[int, int]], *,
     pairs = tuple((int(src), int(dst)) for src, dst in perm)
     for src, dst in pairs:
         if not (0 <= src < size and 0 <= dst < size):
-            raise ShardingError(f"ppermute: pair {(src, dst)!r} is out of range for axis "
-                                f"{axis_name!r} of size {size}", describe_loc(),
-                                f"use device indices in [0, {size})")
+            raise ShardingError(
+                f"ppermute: pair {(src, dst)!r} is out of range for axis "
+                f"{axis_name!r} of size {size}",
+                describe_loc(),
+                f"use device indices in [0, {size})",
+            )
     for side, picked in (("source", [s for s, _ in pairs]), ("destination", [d for _, d in pairs])):
         if len(set(picked)) != len(picked):
-            raise ShardingError(f"ppermute: a {side} appears twice in {pairs!r}", describe_loc(),
-                                "perm must be a partial permutation: each device sends and "
-                                "receives at most once")
+            raise ShardingError(
+                f"ppermute: a {side} appears twice in {pairs!r}",
+                describe_loc(),
+                "perm must be a partial permutation: each device sends and receives at most once",
+            )
     why = {"reason": reason} if reason else {}
-    return tree_map(lambda leaf: bind("collective_permute", leaf, axes=axes, group_size=size,
-                                      pairs=pairs, **why), x)
+    return tree_map(
+        lambda leaf: bind(
+            "collective_permute", leaf, axes=axes, group_size=size, pairs=pairs, **why
+        ),
+        x,
+    )
 
 
-def _check_split(what: str, shape: tuple[int, ...], dim: int, size: int, tiled: bool,
-                 axes: tuple[str, ...]) -> None:
+def _check_split(
+    what: str, shape: tuple[int, ...], dim: int, size: int, tiled: bool, axes: tuple[str, ...]
+) -> None:
     if tiled and shape[dim] % size:
-        raise ShapeError(f"{what}: dim {dim} of shape {shape} does not split into {size} "
-                         f"blocks (mesh axes {axes!r})", describe_loc(),
-                         f"make dim {dim} a multiple of {size}")
+        raise ShapeError(
+            f"{what}: dim {dim} of shape {shape} does not split into {size} "
+            f"blocks (mesh axes {axes!r})",
+            describe_loc(),
+            f"make dim {dim} a multiple of {size}",
+        )
     if not tiled and shape[dim] != size:
-        raise ShapeError(f"{what}: untiled, dim {dim} of shape {shape} must equal the group "
-                         f"size {size} (mesh axes {axes!r})", describe_loc(),
-                         "pass tiled=True to split the dim into blocks instead")
-
+        raise ShapeError(
+            f"{what}: untiled, dim {dim} of shape {shape} must equal the group "
+            f"size {size} (mesh axes {axes!r})",
+            describe_loc(),
+            "pass tiled=True to split the dim into blocks instead",
+        )

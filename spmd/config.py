@@ -38,55 +38,127 @@ class Variable:
     minimum: int = 1
 
 
-VARIABLES = {v.name: v for v in (
-    Variable("SPMD_ENABLE_X64", "flag", X64_DEFAULT,
-             "64-bit dtypes allowed (JAX's jax_enable_x64), read when spmd.config is first "
-             "imported; 0: float64 inputs become float32"),
-    Variable("SPMD_NUM_DEVICES", "int", 8,
-             "logical devices of the local runtime (read once, at its first use)"),
-    Variable("SPMD_BACKEND", "choice", "auto",
-             "backend for host meshes: auto (native code for big programs, else the numpy "
-             "reference), cpu or interpreter", ("auto", "cpu", "interpreter")),
-    Variable("SPMD_LOCAL_MODE", "choice", "",
-             "how the local runtime runs a sharded program; unset: chosen by the backend",
-             ("", "stacked", "lockstep", "threads")),
-    Variable("SPMD_VERIFY", "flag", False,
-             "run the IR verifier after every pass and partitioner step"),
-    Variable("SPMD_CPU_THREADS", "int", None,
-             "kernel threads of the cpu backend; unset: OMP_NUM_THREADS, else every core"),
-    Variable("SPMD_NATIVE_GEMM", "flag", True,
-             "0: every dot on the BLAS (no generated GEMM kernels; to compare against)"),
-    Variable("SPMD_MALLOC_TUNING", "flag", True,
-             "0: leave glibc malloc's thresholds as they are"),
-    Variable("SPMD_CACHE_DIR", "text", "~/.cache/spmd/cpu",
-             "the cpu backend's compiled-kernel cache"),
-    Variable("SPMD_CONFIG_PATH", "paths", (),
-             "directories searched for chips/*.toml and meshes.toml before configs/"),
-    Variable("SPMD_COLLECTIVE_TIMEOUT", "seconds", 300.0,
-             "how long a collective may wait; 0 or less: forever"),
-    Variable("SPMD_RENDEZVOUS_TIMEOUT", "seconds", 60.0,
-             "how long tcp ranks wait for each other at start"),
-    Variable("SPMD_RUNTIME", "choice", "",
-             "runtime of spmd.distributed.initialize(); unset: mpi under mpiexec, tcp under "
-             "torchrun-style variables, else local", ("", "local", "mpi", "tcp", "ray")),
-    Variable("SPMD_RAY_CHANNEL", "choice", "sockets",
-             "how Ray actors exchange collective data (sockets beat the object store at "
-             "every size measured: benchmarks/RESULTS.md)", ("sockets", "objects")),
-    Variable("SPMD_BIND_ADDR", "text", "",
-             "address this host's sockets listen on; unset: the one routing to the peers"),
-    Variable("SPMD_JOB_SECRET", "text", "",
-             "per-job secret every process of a multi-process job shares (spmd-launch sets it)"),
-    Variable("SPMD_WIRE_MAC", "flag", False, "1: a MAC on every collective message too"),
-    Variable("SPMD_MESH", "text", "", "mesh shape given by spmd-launch, e.g. 2x4"),
-    Variable("SPMD_AXES", "text", "", "mesh axis names given by spmd-launch, e.g. data,model"),
-    Variable("SPMD_DEVICE", "text", "cpu", "device kind given by spmd-launch"),
-    Variable("SPMD_SIMULATE", "flag", False, "set by spmd-launch --simulate"),
-    Variable("SPMD_RESTART", "int", 0,
-             "set by spmd-launch --max-restarts: which restart of the job this is",
-             minimum=0),
-    Variable("SPMD_LAUNCHER_PID", "int", None,
-             "set by spmd-launch: its pid; a child ends when the launcher is gone"),
-)}
+VARIABLES = {
+    v.name: v
+    for v in (
+        Variable(
+            "SPMD_ENABLE_X64",
+            "flag",
+            X64_DEFAULT,
+            "64-bit dtypes allowed (JAX's jax_enable_x64), read when spmd.config is first "
+            "imported; 0: float64 inputs become float32",
+        ),
+        Variable(
+            "SPMD_NUM_DEVICES",
+            "int",
+            8,
+            "logical devices of the local runtime (read once, at its first use)",
+        ),
+        Variable(
+            "SPMD_BACKEND",
+            "choice",
+            "auto",
+            "backend for host meshes: auto (native code for big programs, else the numpy "
+            "reference), cpu or interpreter",
+            ("auto", "cpu", "interpreter"),
+        ),
+        Variable(
+            "SPMD_LOCAL_MODE",
+            "choice",
+            "",
+            "how the local runtime runs a sharded program; unset: chosen by the backend",
+            ("", "stacked", "lockstep", "threads"),
+        ),
+        Variable(
+            "SPMD_VERIFY",
+            "flag",
+            False,
+            "run the IR verifier after every pass and partitioner step",
+        ),
+        Variable(
+            "SPMD_CPU_THREADS",
+            "int",
+            None,
+            "kernel threads of the cpu backend; unset: OMP_NUM_THREADS, else every core",
+        ),
+        Variable(
+            "SPMD_NATIVE_GEMM",
+            "flag",
+            True,
+            "0: every dot on the BLAS (no generated GEMM kernels; to compare against)",
+        ),
+        Variable(
+            "SPMD_MALLOC_TUNING", "flag", True, "0: leave glibc malloc's thresholds as they are"
+        ),
+        Variable(
+            "SPMD_CACHE_DIR", "text", "~/.cache/spmd/cpu", "the cpu backend's compiled-kernel cache"
+        ),
+        Variable(
+            "SPMD_CONFIG_PATH",
+            "paths",
+            (),
+            "directories searched for chips/*.toml and meshes.toml before configs/",
+        ),
+        Variable(
+            "SPMD_COLLECTIVE_TIMEOUT",
+            "seconds",
+            300.0,
+            "how long a collective may wait; 0 or less: forever",
+        ),
+        Variable(
+            "SPMD_RENDEZVOUS_TIMEOUT",
+            "seconds",
+            60.0,
+            "how long tcp ranks wait for each other at start",
+        ),
+        Variable(
+            "SPMD_RUNTIME",
+            "choice",
+            "",
+            "runtime of spmd.distributed.initialize(); unset: mpi under mpiexec, tcp under "
+            "torchrun-style variables, else local",
+            ("", "local", "mpi", "tcp", "ray"),
+        ),
+        Variable(
+            "SPMD_RAY_CHANNEL",
+            "choice",
+            "sockets",
+            "how Ray actors exchange collective data (sockets beat the object store at "
+            "every size measured: benchmarks/RESULTS.md)",
+            ("sockets", "objects"),
+        ),
+        Variable(
+            "SPMD_BIND_ADDR",
+            "text",
+            "",
+            "address this host's sockets listen on; unset: the one routing to the peers",
+        ),
+        Variable(
+            "SPMD_JOB_SECRET",
+            "text",
+            "",
+            "per-job secret every process of a multi-process job shares (spmd-launch sets it)",
+        ),
+        Variable("SPMD_WIRE_MAC", "flag", False, "1: a MAC on every collective message too"),
+        Variable("SPMD_MESH", "text", "", "mesh shape given by spmd-launch, e.g. 2x4"),
+        Variable("SPMD_AXES", "text", "", "mesh axis names given by spmd-launch, e.g. data,model"),
+        Variable("SPMD_DEVICE", "text", "cpu", "device kind given by spmd-launch"),
+        Variable("SPMD_SIMULATE", "flag", False, "set by spmd-launch --simulate"),
+        Variable(
+            "SPMD_RESTART",
+            "int",
+            0,
+            "set by spmd-launch --max-restarts: which restart of the job this is",
+            minimum=0,
+        ),
+        Variable(
+            "SPMD_LAUNCHER_PID",
+            "int",
+            None,
+            "set by spmd-launch: its pid; a child ends when the launcher is gone",
+        ),
+    )
+}
 
 _FLAGS = {"": None, "0": False, "1": True}
 
@@ -123,8 +195,11 @@ def env(name: str, environ: Mapping[str, str] | None = None) -> Any:
 
 
 def _bad(var: Variable, raw: str, want: str) -> ConfigError:
-    return ConfigError(f"{var.name}={raw!r}: must be {want}", loc="environment",
-                       hint=f"unset {var.name} (default {var.default!r}), or give {want}")
+    return ConfigError(
+        f"{var.name}={raw!r}: must be {want}",
+        loc="environment",
+        hint=f"unset {var.name} (default {var.default!r}), or give {want}",
+    )
 
 
 def check_environment() -> None:
@@ -168,8 +243,7 @@ def enable_x64(enabled: bool = True) -> Iterator[None]:
 def _key(name: str) -> str:
     key = _ALIASES.get(name)
     if key is None:
-        raise ConfigError(f"unknown setting {name!r}",
-                          hint=f"spmd.config knows {sorted(_ALIASES)}")
+        raise ConfigError(f"unknown setting {name!r}", hint=f"spmd.config knows {sorted(_ALIASES)}")
     return key
 
 

@@ -34,10 +34,19 @@ class DataLoader:
         ([[0, 1, 2, 3], [4, 5, 6, 7]], 2)
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray] | Sequence[np.ndarray], batch_size: int,
-                 *, mesh: Mesh | None = None, batch_axis: str | tuple[str, ...] | None = "data",
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = True,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray] | Sequence[np.ndarray],
+        batch_size: int,
+        *,
+        mesh: Mesh | None = None,
+        batch_axis: str | tuple[str, ...] | None = "data",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ):
         self.keys = list(arrays) if isinstance(arrays, dict) else None
         values = list(arrays.values()) if isinstance(arrays, dict) else list(arrays)
         self.arrays = [np.asarray(a) for a in values]
@@ -82,7 +91,7 @@ class DataLoader:
     def batch_indices(self, epoch: int, step: int) -> np.ndarray:
         """The example indices of one global batch (all processes together)."""
         start = step * self.batch_size
-        return self.order(epoch)[start:start + self.batch_size]
+        return self.order(epoch)[start : start + self.batch_size]
 
     def local_indices(self, epoch: int, step: int) -> np.ndarray:
         """This process's contiguous slice of the global batch.
@@ -98,7 +107,7 @@ class DataLoader:
         start = self.process_index * per_process
         if self.process_index == self.process_count - 1:
             return indices[start:]
-        return indices[start:start + per_process]
+        return indices[start : start + per_process]
 
     def batch(self, epoch: int, step: int) -> Batch:
         """Global batch `step` of `epoch`, as Arrays sharded over the batch axis."""
@@ -132,13 +141,19 @@ class DataLoader:
                 f"DataLoader runs on {self.process_count} processes but "
                 f"{'no mesh was given' if sharding is None else 'this spmd build cannot'} "
                 f"assemble a global batch from per-process slices",
-                hint="pass mesh= and run under a multi-process runtime (spmd-launch)")
+                hint="pass mesh= and run under a multi-process runtime (spmd-launch)",
+            )
         return make(sharding, local, (global_rows, *local.shape[1:]))
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: save it with the model to resume at the same batch."""
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed,
-                "batch_size": self.batch_size, "size": self.size}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "size": self.size,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (from state_dict()); the next batch is the one it names."""
@@ -147,7 +162,8 @@ class DataLoader:
                 raise CheckpointError(
                     f"loader state has {name}={int(state[name])!r} but this loader has "
                     f"{getattr(self, name)!r}",
-                    hint="build the DataLoader with the same data, batch size and seed")
+                    hint="build the DataLoader with the same data, batch size and seed",
+                )
         step = int(state["step"])
         if not 0 <= step <= len(self):
             raise CheckpointError(f"loader state step {step} is outside an epoch of {len(self)}")
@@ -161,8 +177,10 @@ def _common_length(arrays: list[np.ndarray], keys: list[str] | None) -> int:
     names = keys if keys is not None else [str(i) for i in range(len(arrays))]
     lengths = {name: (a.shape[0] if a.ndim else None) for name, a in zip(names, arrays)}
     if None in lengths.values() or len(set(lengths.values())) != 1:
-        raise ShapeError(f"DataLoader arrays need one common leading length, got {lengths!r}",
-                         hint="every array holds one row per example")
+        raise ShapeError(
+            f"DataLoader arrays need one common leading length, got {lengths!r}",
+            hint="every array holds one row per example",
+        )
     return next(iter(lengths.values()))
 
 
@@ -187,5 +205,7 @@ def _check_batch(batch_size: int, size: int, index: int, count: int) -> None:
     if count < 1 or not 0 <= index < count:
         raise ShapeError(f"process_index {index!r} is outside process_count {count!r}")
     if batch_size % count:
-        raise ShapeError(f"batch_size {batch_size} does not split over {count} processes",
-                         hint=f"use a multiple of {count}")
+        raise ShapeError(
+            f"batch_size {batch_size} does not split over {count} processes",
+            hint=f"use a multiple of {count}",
+        )

@@ -31,8 +31,10 @@ def initialize(runtime: str | None = None, **options: Any) -> None:
         1
     """
     if dispatch.current_runtime() is not None:
-        raise LaunchError("spmd.distributed.initialize() was already called",
-                          hint="call it once, before any jit or device_put")
+        raise LaunchError(
+            "spmd.distributed.initialize() was already called",
+            hint="call it once, before any jit or device_put",
+        )
     dispatch.set_runtime(dispatch.runtime_api().start(runtime, **options))
 
 
@@ -79,8 +81,9 @@ def barrier() -> None:
         runtime.barrier()
 
 
-def launch_mesh(shape: Sequence[int] | None = None,
-                axis_names: Sequence[str] | None = None) -> Mesh:
+def launch_mesh(
+    shape: Sequence[int] | None = None, axis_names: Sequence[str] | None = None
+) -> Mesh:
     """The mesh given to spmd-launch (SPMD_MESH="2x4", SPMD_AXES="data,model", SPMD_DEVICE).
 
     Outside spmd-launch, shape/axis_names are the fallback (default: one axis over all devices).
@@ -93,8 +96,10 @@ def launch_mesh(shape: Sequence[int] | None = None,
     names_text = config.env("SPMD_AXES")
     names = tuple(names_text.split(",")) if names_text else axis_names
     if names is not None and len(names) != len(shape):
-        raise LaunchError(f"mesh {tuple(shape)} has {len(shape)} axes but the axis names are "
-                          f"{tuple(names)!r}", hint="give one name per mesh dim in --axes")
+        raise LaunchError(
+            f"mesh {tuple(shape)} has {len(shape)} axes but the axis names are {tuple(names)!r}",
+            hint="give one name per mesh dim in --axes",
+        )
     device = config.env("SPMD_DEVICE")
     return make_mesh(tuple(shape), names, device=device)
 
@@ -103,26 +108,33 @@ def parse_mesh(text: str) -> tuple[int, ...]:
     """'2x4' -> (2, 4); LaunchError for anything else."""
     parts = text.lower().split("x")
     if not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise LaunchError(f"malformed mesh {text!r}",
-                          hint="write the mesh as positive sizes joined by 'x', e.g. 2x4")
+        raise LaunchError(
+            f"malformed mesh {text!r}",
+            hint="write the mesh as positive sizes joined by 'x', e.g. 2x4",
+        )
     shape = tuple(int(p) for p in parts)
     return shape if math.prod(shape) > 0 else (1,)
 
 
-def process_local_slices(sharding: NamedSharding, global_shape: Sequence[int],
-                         ) -> tuple[slice, ...]:
+def process_local_slices(
+    sharding: NamedSharding,
+    global_shape: Sequence[int],
+) -> tuple[slice, ...]:
     """The box of the global array this process's devices hold (everything with one controller)."""
     return dispatch.runtime_api().process_local_slices(sharding, global_shape)
 
 
-def make_array_from_process_local_data(sharding: NamedSharding, local_data: Any,
-                                       global_shape: Sequence[int] | None = None) -> Any:
+def make_array_from_process_local_data(
+    sharding: NamedSharding, local_data: Any, global_shape: Sequence[int] | None = None
+) -> Any:
     """A global Array from this process's part of it (see process_local_slices)."""
-    return dispatch.runtime_api().make_array_from_process_local_data(sharding, local_data,
-                                                                     global_shape)
+    return dispatch.runtime_api().make_array_from_process_local_data(
+        sharding, local_data, global_shape
+    )
 
 
-def make_array_from_callback(shape: Sequence[int], sharding: NamedSharding,
-                             data_callback: Callable[[tuple[slice, ...]], Any]) -> Any:
+def make_array_from_callback(
+    shape: Sequence[int], sharding: NamedSharding, data_callback: Callable[[tuple[slice, ...]], Any]
+) -> Any:
     """A global Array whose shard on each local device is data_callback(global index)."""
     return dispatch.runtime_api().make_array_from_callback(shape, sharding, data_callback)

@@ -14,8 +14,9 @@ from spmd.tracing import bind
 _CACHE: dict[Any, Any] = {}
 
 
-def eager_op(opdef: Any, inputs: Sequence[Any], in_types: Sequence[TensorType],
-             attrs: dict[str, Any]) -> Any:
+def eager_op(
+    opdef: Any, inputs: Sequence[Any], in_types: Sequence[TensorType], attrs: dict[str, Any]
+) -> Any:
     key = (opdef.name, Attrs(attrs), tuple(in_types))
     jitted = _CACHE.get(key)
     if jitted is None:

@@ -13,8 +13,10 @@ import threading
 
 # Frames from these folders are ours; a user's location is the first frame outside them.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INTERNAL_DIRS: list[str] = [os.path.join(_ROOT, pkg) + os.sep for pkg in
-                            ("spmd", "partitioner", "collectives", "backends", "launch")]
+INTERNAL_DIRS: list[str] = [
+    os.path.join(_ROOT, pkg) + os.sep
+    for pkg in ("spmd", "partitioner", "collectives", "backends", "launch")
+]
 INTERNAL_DIRS.append(os.path.dirname(threading.__file__) + os.sep)  # stdlib (functools, ...)
 
 
@@ -37,6 +39,7 @@ def describe_loc() -> str | None:
     filename, line, func = found
     text = linecache.getline(filename, line).strip()
     return f"{os.path.basename(filename)}:{line} in {func}:   {text}"
+
 
 # The error reference in the repository, one section per class (tests check both exist).
 DOCS = "docs/errors.md"

@@ -67,28 +67,37 @@ class ShardedExecutable:
         self.mesh = mesh
         self.partitioned = partitioned
         self._prepared: dict[int, tuple[Any, Any]] = {}  # id(runtime) -> (runtime, program)
-        self.out_shardings = [NamedSharding(mesh, user_spec(s.dims))
-                              for s in partitioned.result_specs]
+        self.out_shardings = [
+            NamedSharding(mesh, user_spec(s.dims)) for s in partitioned.result_specs
+        ]
 
     def __call__(self, args: Sequence[Any]) -> list[Any]:
         if (abstract := _simulated(self, args)) is not None:
             return abstract
-        per_param = [self._shards_for(a, t, spec) for a, t, spec in
-                     zip(args, self.graph.param_types, self.partitioned.param_specs)]
+        per_param = [
+            self._shards_for(a, t, spec)
+            for a, t, spec in zip(args, self.graph.param_types, self.partitioned.param_specs)
+        ]
         n = self.mesh.size
         per_device = [[shards[d] for shards in per_param] for d in range(n)]
         outs = self.prepared_on(runtime()).run(per_device)
-        return [Array(shards=[outs[d][i] for d in range(n)], sharding=sharding, aval=t,
-                      committed=True) for i, (t, sharding) in
-                enumerate(zip(self.graph.result_types, self.out_shardings))]
+        return [
+            Array(shards=[outs[d][i] for d in range(n)], sharding=sharding, aval=t, committed=True)
+            for i, (t, sharding) in enumerate(zip(self.graph.result_types, self.out_shardings))
+        ]
 
     def _shards_for(self, a: Any, t: TensorType, spec: Any) -> list[np.ndarray]:
-        if isinstance(a, Array) and a._shards is not None and isinstance(
-                a.sharding, NamedSharding) and a.sharding.mesh == self.mesh and \
-                spec_of(a.sharding, t.ndim) == spec:
+        if (
+            isinstance(a, Array)
+            and a._shards is not None
+            and isinstance(a.sharding, NamedSharding)
+            and a.sharding.mesh == self.mesh
+            and spec_of(a.sharding, t.ndim) == spec
+        ):
             return a._shards
-        return runtime().put(layout.split(global_value(a, t), spec, mesh_shape(self.mesh)),
-                             self.mesh)
+        return runtime().put(
+            layout.split(global_value(a, t), spec, mesh_shape(self.mesh)), self.mesh
+        )
 
     def prepared_on(self, on: Any) -> Any:
         """The per-device program as runtime `on` compiled it (once per runtime)."""
@@ -138,8 +147,10 @@ def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:
     """The mesh of the shardings the program mentions (one mesh per program)."""
     meshes = {s.mesh for s in shardings if isinstance(s, NamedSharding)}
     if len(meshes) > 1:
-        raise ShardingError(f"one program uses several meshes: {sorted(map(repr, meshes))}",
-                            hint="put every input on the same Mesh")
+        raise ShardingError(
+            f"one program uses several meshes: {sorted(map(repr, meshes))}",
+            hint="put every input on the same Mesh",
+        )
     if meshes:
         return meshes.pop()
     for op in graph.walk():
@@ -151,8 +162,9 @@ def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:
     return None
 
 
-def compile_graph(graph: Graph, in_shardings: Sequence[Any], out_shardings: Sequence[Any],
-                  donate: Sequence[bool]) -> Any:
+def compile_graph(
+    graph: Graph, in_shardings: Sequence[Any], out_shardings: Sequence[Any], donate: Sequence[bool]
+) -> Any:
     mesh = find_mesh(graph, list(in_shardings) + list(out_shardings))
     if mesh is None:
         return SingleDeviceExecutable(graph)

@@ -16,9 +16,11 @@ from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
 
 
-def evaluate(graph: Graph, args: Sequence[Any],
-             run_op: Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]] | None = None,
-             ) -> list[np.ndarray]:
+def evaluate(
+    graph: Graph,
+    args: Sequence[Any],
+    run_op: Callable[[Op, list[np.ndarray]], Sequence[np.ndarray]] | None = None,
+) -> list[np.ndarray]:
     """Run `graph` on numpy `args`; returns its results as numpy arrays.
 
     `run_op` overrides how one op executes (a device with collectives, a simulator); it
@@ -77,6 +79,7 @@ def _cast(value: Any, dtype: str, shape: tuple[int, ...], op: Op) -> np.ndarray:
     if arr.dtype != want:
         arr = arr.astype(want)
     if arr.shape != shape:
-        raise InternalError(f"reference of {op.name} gave shape {arr.shape}, "
-                            f"its type says {shape}", op.loc)
+        raise InternalError(
+            f"reference of {op.name} gave shape {arr.shape}, its type says {shape}", op.loc
+        )
     return arr

@@ -18,17 +18,21 @@ from spmd.tracing import describe_loc, type_of
 
 def _one_array(what: str, value: Any) -> Any:
     if isinstance(value, (tuple, list, dict)):
-        raise ArgumentError(f"{what} handles functions of one array returning one array, got "
-                            f"a {type(value).__name__}", describe_loc(),
-                            "pick one argument with argnums=, or ravel the pytree first")
+        raise ArgumentError(
+            f"{what} handles functions of one array returning one array, got "
+            f"a {type(value).__name__}",
+            describe_loc(),
+            "pick one argument with argnums=, or ravel the pytree first",
+        )
     return value
 
 
 def _basis(shape: tuple[int, ...], dtype: str) -> Any:
     """The standard basis of arrays of `shape`: eye(n) as (n, *shape)."""
     n = int(np.prod(shape, dtype=np.int64))
-    eye = lax.convert_element_type(lax.eq(lax.iota("int32", (n, n), 0),
-                                          lax.iota("int32", (n, n), 1)), dtype)
+    eye = lax.convert_element_type(
+        lax.eq(lax.iota("int32", (n, n), 0), lax.iota("int32", (n, n), 1)), dtype
+    )
     return lax.reshape(eye, (n, *shape))
 
 

@@ -77,13 +77,14 @@ class Traced:
         return self.jitted.lower(*self.args, **self.kwargs)
 
 
-def make_jaxpr(fun: Callable[..., Any], static_argnums: Any = (),
-               return_shape: bool = False) -> Callable[..., Any]:
+def make_jaxpr(
+    fun: Callable[..., Any], static_argnums: Any = (), return_shape: bool = False
+) -> Callable[..., Any]:
     """JAX's make_jaxpr: make_jaxpr(f)(*args) traces f for args and returns its program.
 
-        >>> import spmd, spmd.numpy as snp
-        >>> print(spmd.make_jaxpr(lambda x: snp.sin(x) * 2)(1.0))  # doctest: +ELLIPSIS
-        func...sin...
+    >>> import spmd, spmd.numpy as snp
+    >>> print(spmd.make_jaxpr(lambda x: snp.sin(x) * 2)(1.0))  # doctest: +ELLIPSIS
+    func...sin...
     """
     from spmd.api import JitFunction
     from spmd.validate import check_callable

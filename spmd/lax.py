@@ -82,7 +82,9 @@ def convert_element_type(x: Any, new_dtype: Any, weak: bool = False) -> Any:
 
 
 def constant(value: Any, dtype: Any = None, weak: bool = False) -> Any:
-    arr = np.asarray(value, dtype=None if dtype is None else dtypes.to_numpy(dtypes.canonical(dtype)))
+    arr = np.asarray(
+        value, dtype=None if dtype is None else dtypes.to_numpy(dtypes.canonical(dtype))
+    )
     # x64 off: a float64/int64 value is stored narrowed (wrapping as JAX's astype), so the
     # constant's value and its type agree
     arr = arr.astype(dtypes.to_numpy(dtypes.canonical(arr.dtype)), copy=False)
@@ -173,8 +175,9 @@ def cumsum(x: Any, axis: int = 0, reverse: bool = False) -> Any:
     return bind("cumsum", x, axis=int(axis), reverse=bool(reverse))
 
 
-def dot_general(lhs: Any, rhs: Any, dimension_numbers: Any,
-                preferred_element_type: Any = None) -> Any:
+def dot_general(
+    lhs: Any, rhs: Any, dimension_numbers: Any, preferred_element_type: Any = None
+) -> Any:
     """JAX's dot_general: ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)).
 
     The result is batch dims, then lhs free dims, then rhs free dims.
@@ -185,8 +188,12 @@ def dot_general(lhs: Any, rhs: Any, dimension_numbers: Any,
     return bind("dot_general", lhs, rhs, dimension_numbers=dn, preferred_element_type=pet)
 
 
-def slice(x: Any, start_indices: Sequence[int], limit_indices: Sequence[int],
-          strides: Sequence[int] | None = None) -> Any:
+def slice(
+    x: Any,
+    start_indices: Sequence[int],
+    limit_indices: Sequence[int],
+    strides: Sequence[int] | None = None,
+) -> Any:
     starts = as_ints("slice start_indices", start_indices)
     limits = as_ints("slice limit_indices", limit_indices)
     n = len(starts)
@@ -210,12 +217,15 @@ def pad(x: Any, padding_value: Any, padding_config: Sequence[tuple[int, int, int
     config = tuple(as_ints("pad's padding_config entry", c) for c in padding_config)
     t = type_of(x)
     if len(config) != t.ndim or any(len(c) != 3 for c in config):
-        raise ShapeError(f"pad's padding_config {config} needs one (low, high, interior) "
-                         f"per dim of the operand of shape {t.shape}",
-                         hint="e.g. [(1, 1, 0)] * x.ndim")
+        raise ShapeError(
+            f"pad's padding_config {config} needs one (low, high, interior) "
+            f"per dim of the operand of shape {t.shape}",
+            hint="e.g. [(1, 1, 0)] * x.ndim",
+        )
     # (n - 1 if n else 0): this module's `max` is the elementwise op
-    sizes = [lo + hi + n + (n - 1 if n else 0) * inner for (lo, hi, inner), n in
-             zip(config, t.shape)]
+    sizes = [
+        lo + hi + n + (n - 1 if n else 0) * inner for (lo, hi, inner), n in zip(config, t.shape)
+    ]
     if any(inner < 0 for _, _, inner in config):
         raise ShapeError(f"pad's interior padding must be >= 0, got {config}")
     check_shape("pad's result", sizes)
@@ -304,10 +314,15 @@ def dynamic_update_slice_in_dim(x: Any, update: Any, start_index: Any, axis: int
 
 def _axis(axis: int, ndim: int, what: str) -> int:
     # (this module's `max` is the elementwise op, hence no builtins here)
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
-            not -ndim <= axis < ndim:
-        raise ShapeError(f"{what}: axis {axis!r} is out of range for rank {ndim}",
-                         hint=f"use an axis from {-ndim} to {ndim - 1}")
+    if (
+        isinstance(axis, bool)
+        or not isinstance(axis, (int, np.integer))
+        or not -ndim <= axis < ndim
+    ):
+        raise ShapeError(
+            f"{what}: axis {axis!r} is out of range for rank {ndim}",
+            hint=f"use an axis from {-ndim} to {ndim - 1}",
+        )
     return int(axis) % ndim
 
 
@@ -358,8 +373,23 @@ def __getattr__(name: str) -> Any:
     # cond/scan/fori_loop/while_loop and shard_map collectives are defined elsewhere.
     from spmd import collective_api, control
 
-    public = {"cond", "switch", "scan", "fori_loop", "while_loop", "psum", "pmean", "pmax", "pmin",
-              "all_gather", "psum_scatter", "all_to_all", "ppermute", "axis_index", "axis_size"}
+    public = {
+        "cond",
+        "switch",
+        "scan",
+        "fori_loop",
+        "while_loop",
+        "psum",
+        "pmean",
+        "pmax",
+        "pmin",
+        "all_gather",
+        "psum_scatter",
+        "all_to_all",
+        "ppermute",
+        "axis_index",
+        "axis_size",
+    }
     for module in (control, collective_api):
         if name in public and hasattr(module, name):
             return getattr(module, name)

@@ -74,28 +74,42 @@ class AxisType(enum.Enum):
 def _axis_types(given: Any, n: int, default: AxisType) -> tuple[AxisType, ...]:
     if given is None:
         return (default,) * n
-    types = (given,) if isinstance(given, AxisType) else \
-        tuple(given) if isinstance(given, (tuple, list)) else (given,)
+    types = (
+        (given,)
+        if isinstance(given, AxisType)
+        else tuple(given)
+        if isinstance(given, (tuple, list))
+        else (given,)
+    )
     if len(types) != n or not all(isinstance(t, AxisType) for t in types):
-        raise MeshError(f"axis_types {given!r} must be {n} AxisType values, one per mesh axis",
-                        hint="e.g. axis_types=(AxisType.Explicit,) * len(axis_names)")
+        raise MeshError(
+            f"axis_types {given!r} must be {n} AxisType values, one per mesh axis",
+            hint="e.g. axis_types=(AxisType.Explicit,) * len(axis_names)",
+        )
     return types
 
 
 class Mesh:
     """An n-d array of devices with a name per axis: Mesh(devices, ("data", "model"))."""
 
-    def __init__(self, devices: Any, axis_names: Sequence[str] | str,
-                 axis_types: Any = None, *, device_kind: str = "cpu",
-                 topology: str | None = None):
+    def __init__(
+        self,
+        devices: Any,
+        axis_names: Sequence[str] | str,
+        axis_types: Any = None,
+        *,
+        device_kind: str = "cpu",
+        topology: str | None = None,
+    ):
         arr = np.asarray(devices, dtype=object)
         names = (axis_names,) if isinstance(axis_names, str) else tuple(axis_names)
         if arr.ndim != len(names):
-            raise MeshError(f"mesh of shape {arr.shape} needs {arr.ndim} axis names, "
-                            f"got {names!r}")
+            raise MeshError(f"mesh of shape {arr.shape} needs {arr.ndim} axis names, got {names!r}")
         if not all(isinstance(n, str) for n in names):
-            raise MeshError(f"mesh axis names must be strings, got {names!r}",
-                            hint='name each axis, e.g. ("data", "model")')
+            raise MeshError(
+                f"mesh axis names must be strings, got {names!r}",
+                hint='name each axis, e.g. ("data", "model")',
+            )
         if len(set(names)) != len(names):
             raise MeshError(f"mesh axis names must be distinct, got {names!r}")
         self.devices = arr
@@ -144,8 +158,13 @@ class Mesh:
 
     def with_axis_types(self, axis_types: Sequence[AxisType]) -> Mesh:
         """The same devices and names with other axis types (auto_axes, shard_map)."""
-        return Mesh(self.devices, self.axis_names, tuple(axis_types),
-                    device_kind=self.device_kind, topology=self.topology)
+        return Mesh(
+            self.devices,
+            self.axis_names,
+            tuple(axis_types),
+            device_kind=self.device_kind,
+            topology=self.topology,
+        )
 
     @property
     def abstract_mesh(self) -> AbstractMesh:
@@ -178,8 +197,7 @@ class AbstractMesh:
 
     @property
     def explicit_axes(self) -> tuple[str, ...]:
-        return tuple(n for n, t in zip(self.axis_names, self.axis_types)
-                     if t == AxisType.Explicit)
+        return tuple(n for n, t in zip(self.axis_names, self.axis_types) if t == AxisType.Explicit)
 
     @property
     def auto_axes(self) -> tuple[str, ...]:
@@ -205,8 +223,10 @@ class set_mesh:
 
     def __init__(self, mesh: Mesh | None):
         if mesh is not None and not isinstance(mesh, Mesh):
-            raise MeshError(f"set_mesh needs a Mesh (or None), got {type(mesh).__name__}",
-                            hint="build one with spmd.make_mesh((2, 4), ('data', 'model'))")
+            raise MeshError(
+                f"set_mesh needs a Mesh (or None), got {type(mesh).__name__}",
+                hint="build one with spmd.make_mesh((2, 4), ('data', 'model'))",
+            )
         self.mesh = mesh
         self.previous = _global_mesh[0]
         _global_mesh[0] = mesh
@@ -243,40 +263,63 @@ def _check_sizes(what: str, shape: Any) -> tuple[int, ...]:
         raise MeshError(f"{what} must be a tuple of ints, got {shape!r}") from None
     for s in entries:
         if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
-            raise MeshError(f"{what} {entries!r} has a non-integer entry {s!r}",
-                            hint="give whole numbers of devices, e.g. (2, 4)")
+            raise MeshError(
+                f"{what} {entries!r} has a non-integer entry {s!r}",
+                hint="give whole numbers of devices, e.g. (2, 4)",
+            )
     return tuple(int(s) for s in entries)
 
 
-def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = None,
-              axis_types: Any = None, *, device: str = "cpu",
-              devices: Sequence[Device] | None = None, topology: str | None = None) -> Mesh:
+def make_mesh(
+    axis_shapes: Sequence[int],
+    axis_names: Sequence[str] | None = None,
+    axis_types: Any = None,
+    *,
+    device: str = "cpu",
+    devices: Sequence[Device] | None = None,
+    topology: str | None = None,
+) -> Mesh:
     """make_mesh((2, 4), ("data", "model")): a mesh over the first devices available.
 
     As in JAX, its axes are Explicit unless axis_types says otherwise."""
     shape = _check_sizes("mesh shape", axis_shapes)
     if isinstance(axis_names, str):
         axis_names = (axis_names,)
-    if axis_names is not None and (not isinstance(axis_names, (tuple, list)) or
-                                   not all(isinstance(n, str) for n in axis_names)):
-        raise MeshError(f"axis_names must be a tuple of strings, got {axis_names!r}",
-                        hint='e.g. make_mesh((2, 4), ("data", "model"))')
-    names = tuple(axis_names) if axis_names is not None else tuple(
-        ("data", "model", "pipe", "extra")[i] if i < 4 else f"axis{i}" for i in range(len(shape)))
+    if axis_names is not None and (
+        not isinstance(axis_names, (tuple, list)) or not all(isinstance(n, str) for n in axis_names)
+    ):
+        raise MeshError(
+            f"axis_names must be a tuple of strings, got {axis_names!r}",
+            hint='e.g. make_mesh((2, 4), ("data", "model"))',
+        )
+    names = (
+        tuple(axis_names)
+        if axis_names is not None
+        else tuple(
+            ("data", "model", "pipe", "extra")[i] if i < 4 else f"axis{i}"
+            for i in range(len(shape))
+        )
+    )
     if len(names) != len(shape):
-        raise MeshError(f"mesh shape {shape} has {len(shape)} axes but axis_names {names!r} "
-                        f"has {len(names)}", hint="give one name per mesh axis")
+        raise MeshError(
+            f"mesh shape {shape} has {len(shape)} axes but axis_names {names!r} has {len(names)}",
+            hint="give one name per mesh axis",
+        )
     if any(s < 1 for s in shape):
         raise MeshError(f"mesh shape {shape} has a dim smaller than 1")
     if math.prod(shape) > 1 << 20:
-        raise MeshError(f"mesh shape {shape} asks for {math.prod(shape)} devices",
-                        hint="a mesh has at most 2**20 devices")
+        raise MeshError(
+            f"mesh shape {shape} asks for {math.prod(shape)} devices",
+            hint="a mesh has at most 2**20 devices",
+        )
     types = _axis_types(axis_types, len(shape), AxisType.Explicit)
     n = math.prod(shape)
     if device.startswith("tpu-sim"):
         pool = [Device(i, "tpu_sim") for i in range(n)]
     elif device != "cpu":
-        runtime_state.check_device(device)  # gpu without cupy or a GPU: LaunchError, never a CPU run
+        runtime_state.check_device(
+            device
+        )  # gpu without cupy or a GPU: LaunchError, never a CPU run
         pool = list(devices) if devices is not None else globals()["devices"]()
     else:
         pool = list(devices) if devices is not None else globals()["devices"]()
@@ -284,9 +327,15 @@ def make_mesh(axis_shapes: Sequence[int], axis_names: Sequence[str] | None = Non
         raise MeshError(
             f"mesh {shape} needs {n} devices but only {len(pool)} are available",
             hint="set SPMD_NUM_DEVICES before importing spmd (the local runtime then "
-                 "creates that many), or use a smaller mesh")
-    return Mesh(np.array(pool[:n], dtype=object).reshape(shape), names, types,
-                device_kind=device, topology=topology)
+            "creates that many), or use a smaller mesh",
+        )
+    return Mesh(
+        np.array(pool[:n], dtype=object).reshape(shape),
+        names,
+        types,
+        device_kind=device,
+        topology=topology,
+    )
 
 
 def env_device_count() -> int:
@@ -295,13 +344,16 @@ def env_device_count() -> int:
 
 # -- mesh-group arithmetic -------------------------------------------------------------------
 
+
 def check_axes(axes: str | Sequence[str], axis_names: Sequence[str]) -> tuple[str, ...]:
     """axes as a tuple of distinct names of the mesh (a single name becomes a 1-tuple)."""
     result = (axes,) if isinstance(axes, str) else tuple(axes)
     for name in result:
         if name not in axis_names:
-            raise MeshError(f"unknown mesh axis {name!r} in collective axes {result!r}",
-                            hint=f"the mesh axes are {tuple(axis_names)!r}")
+            raise MeshError(
+                f"unknown mesh axis {name!r} in collective axes {result!r}",
+                hint=f"the mesh axes are {tuple(axis_names)!r}",
+            )
     if len(set(result)) != len(result):
         raise MeshError(f"mesh axis used twice in collective axes {result!r}")
     return result
@@ -317,8 +369,12 @@ def device_coords(axis_names: Sequence[str], mesh_shape: Sequence[int]) -> list[
     return [dict(zip(axis_names, c)) for c in itertools.product(*(range(s) for s in mesh_shape))]
 
 
-def coords_index(coords: Mapping[str, int], axes: Sequence[str], axis_names: Sequence[str],
-                 mesh_shape: Sequence[int]) -> int:
+def coords_index(
+    coords: Mapping[str, int],
+    axes: Sequence[str],
+    axis_names: Sequence[str],
+    mesh_shape: Sequence[int],
+) -> int:
     """Row-major index of coords on `axes`, in the order given (major first)."""
     index = 0
     for name in axes:
@@ -332,41 +388,51 @@ def group_size(mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Seque
     return math.prod(mesh_shape[list(axis_names).index(a)] for a in axes)
 
 
-def group_index(rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-                axes: Sequence[str]) -> int:
+def group_index(
+    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
+) -> int:
     """The device's index in its group over axes."""
     axes = check_axes(axes, axis_names)
-    return coords_index(dict(zip(axis_names, mesh_coords(rank, mesh_shape))), axes,
-                        axis_names, mesh_shape)
+    return coords_index(
+        dict(zip(axis_names, mesh_coords(rank, mesh_shape))), axes, axis_names, mesh_shape
+    )
 
 
-def group_key(rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-              axes: Sequence[str]) -> int:
+def group_key(
+    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
+) -> int:
     """Which group over axes the device is in: its row-major index on the other axes."""
     axes = check_axes(axes, axis_names)
     others = [a for a in axis_names if a not in axes]
-    return coords_index(dict(zip(axis_names, mesh_coords(rank, mesh_shape))), others,
-                        axis_names, mesh_shape)
+    return coords_index(
+        dict(zip(axis_names, mesh_coords(rank, mesh_shape))), others, axis_names, mesh_shape
+    )
 
 
-def axis_groups(axis_names: Sequence[str], mesh_shape: Sequence[int],
-                axes: Sequence[str]) -> list[list[int]]:
+def axis_groups(
+    axis_names: Sequence[str], mesh_shape: Sequence[int], axes: Sequence[str]
+) -> list[list[int]]:
     """Every group over axes (in group_key order), each its devices in group order."""
     axes = check_axes(axes, axis_names)
     names = list(axis_names)
     pos = [names.index(a) for a in axes]
     others = [i for i in range(len(mesh_shape)) if i not in pos]
-    strides = [math.prod(mesh_shape[i + 1:]) for i in range(len(mesh_shape))]
+    strides = [math.prod(mesh_shape[i + 1 :]) for i in range(len(mesh_shape))]
     groups = []
     for rest in itertools.product(*(range(mesh_shape[i]) for i in others)):
         base = sum(c * strides[i] for c, i in zip(rest, others))
-        groups.append([base + sum(c * strides[i] for c, i in zip(coord, pos))
-                       for coord in itertools.product(*(range(mesh_shape[i]) for i in pos))])
+        groups.append(
+            [
+                base + sum(c * strides[i] for c, i in zip(coord, pos))
+                for coord in itertools.product(*(range(mesh_shape[i]) for i in pos))
+            ]
+        )
     return groups
 
 
-def group_members(rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str],
-                  axes: Sequence[str]) -> list[int]:
+def group_members(
+    rank: int, mesh_shape: Sequence[int], axis_names: Sequence[str], axes: Sequence[str]
+) -> list[int]:
     """The devices of rank's group over axes, in group order."""
     axes = check_axes(axes, axis_names)
     coords = list(mesh_coords(rank, mesh_shape))

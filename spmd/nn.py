@@ -132,9 +132,17 @@ def layer_norm(
     return out
 
 
-def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, mask: Any = None,
-                          *, scale: float | None = None, is_causal: bool = False,
-                          implementation: str | None = None) -> Any:
+def dot_product_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    bias: Any = None,
+    mask: Any = None,
+    *,
+    scale: float | None = None,
+    is_causal: bool = False,
+    implementation: str | None = None,
+) -> Any:
     """softmax(query key^T * scale + bias, masked) value, as jax.nn.dot_product_attention.
 
     query [B, T, N, H] (or [T, N, H]), key/value [B, S, K, H] with N a multiple of K
@@ -151,13 +159,17 @@ def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, ma
     from spmd.tracing import bind
 
     if implementation not in (None, "xla", "cudnn"):
-        raise SpmdError(f"dot_product_attention implementation={implementation!r}",
-                        hint="use None (the fused op runs on every backend)")
+        raise SpmdError(
+            f"dot_product_attention implementation={implementation!r}",
+            hint="use None (the fused op runs on every backend)",
+        )
     q, k, v = (asarray(a) for a in (query, key, value))
     ndim = type_of(q).ndim
     if ndim not in (3, 4):
-        raise ShapeError(f"dot_product_attention needs query of rank 3 or 4, got {ndim}",
-                         hint="lay out as [batch, seq, heads, head_dim]")
+        raise ShapeError(
+            f"dot_product_attention needs query of rank 3 or 4, got {ndim}",
+            hint="lay out as [batch, seq, heads, head_dim]",
+        )
     extra = []
     for what, x in (("bias", bias), ("mask", mask)):
         if x is None:
@@ -167,21 +179,38 @@ def dot_product_attention(query: Any, key: Any, value: Any, bias: Any = None, ma
             x = x.astype("bool") if type_of(x).dtype != "bool" else x
         t = type_of(x)
         if t.ndim > ndim:
-            raise ShapeError(f"dot_product_attention {what} of shape {t.shape} has more dims "
-                             f"than [batch, heads, T, S]")
+            raise ShapeError(
+                f"dot_product_attention {what} of shape {t.shape} has more dims "
+                f"than [batch, heads, T, S]"
+            )
         if t.ndim < ndim:  # leading broadcast dims, as numpy
             x = snp.reshape(x, (1,) * (ndim - t.ndim) + t.shape)
         extra.append(x)
     if scale is None:
         scale = 1.0 / math.sqrt(type_of(q).shape[-1])
-    out, _ = bind("dot_product_attention", q, k, v, *extra, scale=float(scale),
-                  is_causal=bool(is_causal), has_bias=bias is not None,
-                  has_mask=mask is not None)
+    out, _ = bind(
+        "dot_product_attention",
+        q,
+        k,
+        v,
+        *extra,
+        scale=float(scale),
+        is_causal=bool(is_causal),
+        has_bias=bias is not None,
+        has_mask=mask is not None,
+    )
     return out
 
 
-def ring_attention(query: Any, key: Any, value: Any, *, axis_name: Any,
-                   scale: float | None = None, is_causal: bool = False) -> Any:
+def ring_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    *,
+    axis_name: Any,
+    scale: float | None = None,
+    is_causal: bool = False,
+) -> Any:
     """dot_product_attention over a sequence split across `axis_name`, called inside
     shard_map: device i holds positions [i*T, (i+1)*T) of query, key and value (JAX's
     [batch, seq, heads, head_dim] layout, GQA allowed). The key/value blocks travel around
@@ -212,9 +241,11 @@ def ring_attention(query: Any, key: Any, value: Any, *, axis_name: Any,
     q, k, v = (asarray(a) for a in (query, key, value))
     shape = type_of(q).shape
     if is_causal and shape[-3] != type_of(k).shape[-3]:
-        raise ShapeError(f"ring_attention with is_causal needs query and key blocks of one "
-                         f"length, got {shape[-3]} and {type_of(k).shape[-3]}",
-                         hint="split query and key over the same mesh axis")
+        raise ShapeError(
+            f"ring_attention with is_causal needs query and key blocks of one "
+            f"length, got {shape[-3]} and {type_of(k).shape[-3]}",
+            hint="split query and key over the same mesh axis",
+        )
     if scale is None:
         scale = 1.0 / math.sqrt(shape[-1])
     n = axis_size(axis_name)
@@ -228,9 +259,17 @@ def ring_attention(query: Any, key: Any, value: Any, *, axis_name: Any,
         extra = ()
         if is_causal and step:  # an earlier block is kept whole, a later one not at all
             extra = (snp.reshape(me >= step, (1,) * len(shape)),)
-        o, blk = bind("dot_product_attention", q, k, v, *extra, scale=float(scale),
-                      is_causal=is_causal and not step, has_bias=False,
-                      has_mask=bool(extra))
+        o, blk = bind(
+            "dot_product_attention",
+            q,
+            k,
+            v,
+            *extra,
+            scale=float(scale),
+            is_causal=is_causal and not step,
+            has_bias=False,
+            has_mask=bool(extra),
+        )
         out, lse = _merge(out, lse, o.astype("float32"), blk)
         if nxt is not None:
             k, v = nxt

@@ -1,6 +1,6 @@
 """spmd-opt: read IR text, run named passes (verifying after each), print the result.
 
-    python -m spmd.opt --passes simplify,cse file.ir     (file '-' or none: stdin)
+python -m spmd.opt --passes simplify,cse file.ir     (file '-' or none: stdin)
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="spmd-opt", description=__doc__)
     parser.add_argument("file", nargs="?", default="-", help="IR text file ('-': stdin)")
-    parser.add_argument("--passes", default=",".join(DEFAULT_PIPELINE),
-                        help=f"comma-separated, from: {', '.join(PASSES)}")
+    parser.add_argument(
+        "--passes",
+        default=",".join(DEFAULT_PIPELINE),
+        help=f"comma-separated, from: {', '.join(PASSES)}",
+    )
     parser.add_argument("--no-verify", action="store_true", help="skip the verifier")
     args = parser.parse_args(argv)
     try:

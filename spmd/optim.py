@@ -31,6 +31,7 @@ def _snp() -> Any:
 
 # -- schedules -------------------------------------------------------------------------------
 
+
 def constant(learning_rate: float) -> Schedule:
     """The same learning rate at every step."""
     return lambda step: _snp().asarray(learning_rate, "float32")
@@ -58,6 +59,7 @@ def _as_schedule(learning_rate: float | Schedule) -> Schedule:
 
 # -- clipping --------------------------------------------------------------------------------
 
+
 def global_norm(tree: Any) -> Any:
     """sqrt of the sum of squares of every leaf (float32)."""
     snp = _snp()
@@ -79,6 +81,7 @@ def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, Any]:
 
 # -- state sharding --------------------------------------------------------------------------
 
+
 class StateSharding:
     """Where optimizer moments live: like their parameter (None), or ZeRO-1 over a mesh axis."""
 
@@ -88,11 +91,14 @@ class StateSharding:
 
             mesh = current_mesh()  # the mesh of an enclosing `with mesh:` block
         if axis is not None and mesh is None:
-            raise ShardingError(f"shard_state_over={axis!r} needs the mesh",
-                                hint="pass mesh=... to the optimizer")
+            raise ShardingError(
+                f"shard_state_over={axis!r} needs the mesh", hint="pass mesh=... to the optimizer"
+            )
         if axis is not None and axis not in mesh.axis_names:
-            raise ShardingError(f"shard_state_over={axis!r} is not an axis of {mesh!r}",
-                                hint=f"use one of {mesh.axis_names!r}")
+            raise ShardingError(
+                f"shard_state_over={axis!r} is not an axis of {mesh!r}",
+                hint=f"use one of {mesh.axis_names!r}",
+            )
         self.axis = axis
         self.mesh = mesh
         self.param_specs = param_specs
@@ -117,9 +123,13 @@ class StateSharding:
             return None
         leaves, _ = tree_flatten(params)
         given = tree_flatten(self.param_specs)[0] if self.param_specs is not None else None
-        return [NamedSharding(self.mesh, PartitionSpec(*(given[i] if given is not None
-                                                         else _spec_of(leaf, self.mesh))))
-                for i, leaf in enumerate(leaves)]
+        return [
+            NamedSharding(
+                self.mesh,
+                PartitionSpec(*(given[i] if given is not None else _spec_of(leaf, self.mesh))),
+            )
+            for i, leaf in enumerate(leaves)
+        ]
 
     def _zero_spec(self, shape: tuple[int, ...], base: tuple[Any, ...]) -> Any:
         from spmd.sharding import NamedSharding, PartitionSpec
@@ -128,8 +138,11 @@ class StateSharding:
         used = {a for e in entries if e for a in ((e,) if isinstance(e, str) else e)}
         size = self.mesh.shape[self.axis]
         if self.axis not in used:
-            free = [d for d in range(len(shape)) if shape[d] % (size * _split(entries[d], self.mesh))
-                    == 0 and shape[d] >= size]
+            free = [
+                d
+                for d in range(len(shape))
+                if shape[d] % (size * _split(entries[d], self.mesh)) == 0 and shape[d] >= size
+            ]
             if free:
                 dim = max(free, key=lambda d: shape[d])
                 entries[dim] = _with_axis(entries[dim], self.axis)
@@ -198,8 +211,13 @@ def _step_zero() -> Any:
 
 # -- optimizers ------------------------------------------------------------------------------
 
-def sgd(learning_rate: float | Schedule, momentum: float = 0.0, nesterov: bool = False,
-        weight_decay: float = 0.0) -> Optimizer:
+
+def sgd(
+    learning_rate: float | Schedule,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> Optimizer:
     """SGD: v = momentum*v + g; p -= lr * (g + momentum*v if nesterov else v)."""
     schedule = _as_schedule(learning_rate)
 
@@ -228,10 +246,19 @@ def sgd(learning_rate: float | Schedule, momentum: float = 0.0, nesterov: bool =
     return Optimizer(init, update)
 
 
-def adamw(learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0, clip_norm: float | None = None,
-          shard_state_over: str | None = None, *, mesh: Any = None, param_specs: Any = None,
-          mask: Any = None) -> Optimizer:
+def adamw(
+    learning_rate: float | Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+    shard_state_over: str | None = None,
+    *,
+    mesh: Any = None,
+    param_specs: Any = None,
+    mask: Any = None,
+) -> Optimizer:
     """AdamW with bias correction and decoupled weight decay (lr * wd * p), optional
     clipping by global norm. `shard_state_over="data", mesh=mesh` shards the moments over
     that axis (ZeRO-1) on their largest divisible dim. `mask`: a pytree of bools (or a
@@ -249,8 +276,11 @@ def adamw(learning_rate: float | Schedule, b1: float = 0.9, b2: float = 0.999,
 
     def init(params: Any) -> dict[str, Any]:
         specs = specs_for(params)
-        return {"step": _step_zero(), "mu": _place(_zeros_like(params), specs),
-                "nu": _place(_zeros_like(params), specs)}
+        return {
+            "step": _step_zero(),
+            "mu": _place(_zeros_like(params), specs),
+            "nu": _place(_zeros_like(params), specs),
+        }
 
     def update(grads: Any, state: dict[str, Any], params: Any) -> tuple[Any, dict[str, Any]]:
         snp = _snp()
@@ -292,5 +322,13 @@ def apply_updates(params: Any, updates: Any) -> Any:
     return tree_map(lambda p, u: p + u, params, updates)
 
 
-__all__ = ["Optimizer", "adamw", "apply_updates", "clip_by_global_norm", "constant",
-           "global_norm", "sgd", "warmup_cosine"]
+__all__ = [
+    "Optimizer",
+    "adamw",
+    "apply_updates",
+    "clip_by_global_norm",
+    "constant",
+    "global_norm",
+    "sgd",
+    "warmup_cosine",
+]

@@ -39,11 +39,20 @@ from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_unflatten
 
 
-def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any, *,
-             axis: str = "pipe", num_microbatches: int, schedule: str = "gpipe",
-             stages_per_device: int = 1, mesh: Mesh | None = None,
-             param_specs: Any = None, input_spec: PartitionSpec | None = None,
-             unroll: bool = True) -> Any:
+def pipeline(
+    stage_fn: Callable[[Any, Any], Any],
+    stage_params: Any,
+    inputs: Any,
+    *,
+    axis: str = "pipe",
+    num_microbatches: int,
+    schedule: str = "gpipe",
+    stages_per_device: int = 1,
+    mesh: Mesh | None = None,
+    param_specs: Any = None,
+    input_spec: PartitionSpec | None = None,
+    unroll: bool = True,
+) -> Any:
     """Apply stages 0..S-1 of `stage_fn` in sequence to `inputs`, pipelined over `axis`.
 
     stage_fn(params_of_one_stage, x) -> y of x's shape and dtype, written for one device's
@@ -67,10 +76,12 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
         (8, 3)
     """
     if schedule == "1f1b":
-        raise ShapeError("spmd.pipeline(schedule='1f1b') needs the loss inside the pipeline "
-                         "(a backward starts before the last forward)",
-                         hint="use spmd.pipeline_value_and_grad(stage_fn, loss_fn, params, "
-                              "inputs, targets, schedule='1f1b')")
+        raise ShapeError(
+            "spmd.pipeline(schedule='1f1b') needs the loss inside the pipeline "
+            "(a backward starts before the last forward)",
+            hint="use spmd.pipeline_value_and_grad(stage_fn, loss_fn, params, "
+            "inputs, targets, schedule='1f1b')",
+        )
     grid = mesh_of(mesh, stage_params, inputs)
     p = pipe_size(grid, axis)
     table = make_schedule(schedule, p, num_microbatches, stages_per_device)
@@ -93,8 +104,9 @@ def pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any
     return mapped(leaves, inputs)
 
 
-def run_forward(stage_fn: Callable[[Any, Any], Any], params: Any, x: Any, table: Schedule,
-                axis: str) -> Any:
+def run_forward(
+    stage_fn: Callable[[Any, Any], Any], params: Any, x: Any, table: Schedule, axis: str
+) -> Any:
     """One device's program (inside shard_map): the forward ticks of `table`, unrolled."""
     p, v, m = table.devices, table.stages_per_device, table.microbatches
     rows = table.forward_ticks()
@@ -119,16 +131,20 @@ def run_forward(stage_fn: Callable[[Any, Any], Any], params: Any, x: Any, table:
         if tick + 1 < len(rows):
             state = ppermute(y, axis, ring, reason=_reason(table, tick, row))
     if any(o is None for o in outs):
-        raise InternalError("pipeline: a microbatch never left the last stage; this is a bug "
-                            "in spmd")
+        raise InternalError(
+            "pipeline: a microbatch never left the last stage; this is a bug in spmd"
+        )
     stacked = lax.concatenate([lax.expand_dims(o, (0,)) for o in outs], 0)
     stacked = lax.select(like(last, stacked), stacked, lax.zeros_like(stacked))
     return lax.reshape(psum(stacked, axis), t.shape)
 
 
 def _reason(table: Schedule, tick: int, row: tuple[Slot | None, ...]) -> str:
-    moves = [f"stage {s.stage}->{s.stage + 1} microbatch {s.microbatch}" for s in row
-             if s is not None and s.stage < table.stages - 1]
+    moves = [
+        f"stage {s.stage}->{s.stage + 1} microbatch {s.microbatch}"
+        for s in row
+        if s is not None and s.stage < table.stages - 1
+    ]
     what = ", ".join(moves) if moves else "bubble only"
     return f"pipeline {table.name} tick {tick}: {what}"
 
@@ -138,12 +154,12 @@ def _chunk(params: Any, row: tuple[Slot | None, ...], me: Any, v: int, p: int) -
     table per device, so every device runs the same program)."""
     leaves, treedef = tree_flatten(params)
     if v == 1:
-        return tree_unflatten(treedef, [lax.squeeze(lax.slice_in_dim(x, 0, 1, axis=0), (0,))
-                                        for x in leaves])
+        return tree_unflatten(
+            treedef, [lax.squeeze(lax.slice_in_dim(x, 0, 1, axis=0), (0,)) for x in leaves]
+        )
     ks = np.array([0 if s is None else s.stage // p for s in row], np.int32)
     k = lax.dynamic_index_in_dim(lax.constant(ks), me, keepdims=False)
-    return tree_unflatten(treedef, [lax.dynamic_index_in_dim(x, k, keepdims=False)
-                                    for x in leaves])
+    return tree_unflatten(treedef, [lax.dynamic_index_in_dim(x, k, keepdims=False) for x in leaves])
 
 
 def _is_device(me: Any, d: int) -> Any:
@@ -160,5 +176,7 @@ def _check_forward_rows(rows: list[tuple[Slot | None, ...]], table: Schedule) ->
             if s.stage % table.devices != d:
                 raise InternalError(f"schedule puts stage {s.stage} on device {d}; a bug")
             if s.stage and when.get((s.stage - 1, s.microbatch)) != t - 1:
-                raise InternalError(f"schedule {table.name}: {s} does not follow its input "
-                                    f"by one tick; this is a bug in spmd")
+                raise InternalError(
+                    f"schedule {table.name}: {s} does not follow its input "
+                    f"by one tick; this is a bug in spmd"
+                )

@@ -22,13 +22,13 @@ Key = tuple[int, int]  # (stage, microbatch)
 class TickPlan:
     """What every device does at one tick; -1 where a device has nothing to do."""
 
-    f_stash_write: list[int]      # stash slot the forward's input goes to
-    f_inbox_read: list[int]       # forward inbox slot its input comes from (-1: injected)
-    b_stash_read: list[int]       # stash slot the backward's stage input comes from
-    b_inbox_read: list[int]       # backward inbox slot its cotangent comes from (-1: loss)
-    f_inbox_write: list[int]      # after the shift: slot the received activation goes to
-    b_inbox_write: list[int]      # after the shift: slot the received cotangent goes to
-    chunk: list[int]              # which of the device's stage chunks runs (slot.stage // p)
+    f_stash_write: list[int]  # stash slot the forward's input goes to
+    f_inbox_read: list[int]  # forward inbox slot its input comes from (-1: injected)
+    b_stash_read: list[int]  # stash slot the backward's stage input comes from
+    b_inbox_read: list[int]  # backward inbox slot its cotangent comes from (-1: loss)
+    f_inbox_write: list[int]  # after the shift: slot the received activation goes to
+    b_inbox_write: list[int]  # after the shift: slot the received cotangent goes to
+    chunk: list[int]  # which of the device's stage chunks runs (slot.stage // p)
 
     @property
     def any_forward(self) -> bool:
@@ -97,8 +97,9 @@ def plan(schedule: Schedule) -> BufferPlan:
     return out
 
 
-def _deliver(slot: Slot | None, d: int, p: int, stages: int, tp: TickPlan,
-             f_inbox: _Slots, b_inbox: _Slots) -> None:
+def _deliver(
+    slot: Slot | None, d: int, p: int, stages: int, tp: TickPlan, f_inbox: _Slots, b_inbox: _Slots
+) -> None:
     """A forward's output goes to the next stage's device, a backward's input cotangent to
     the previous stage's (one ring step either way)."""
     if slot is None:

@@ -38,30 +38,41 @@ def mesh_of(mesh: Mesh | None, params: Any, inputs: Any) -> Mesh:
         sharding = getattr(leaf, "sharding", None)
         if isinstance(sharding, NamedSharding):
             return sharding.mesh
-    raise ShardingError("spmd.pipeline needs a mesh with a pipe axis", describe_loc(),
-                        "pass mesh=spmd.make_mesh((4,), ('pipe',)), call it under "
-                        "`with spmd.set_mesh(mesh):`, or device_put the parameters")
+    raise ShardingError(
+        "spmd.pipeline needs a mesh with a pipe axis",
+        describe_loc(),
+        "pass mesh=spmd.make_mesh((4,), ('pipe',)), call it under "
+        "`with spmd.set_mesh(mesh):`, or device_put the parameters",
+    )
 
 
 def pipe_size(grid: Mesh, axis: str) -> int:
     if axis not in grid.axis_names:
-        raise ShardingError(f"spmd.pipeline: axis {axis!r} is not a mesh axis "
-                            f"{grid.axis_names!r}", describe_loc(),
-                            f"pass axis= one of {grid.axis_names!r}, or add a {axis!r} axis")
+        raise ShardingError(
+            f"spmd.pipeline: axis {axis!r} is not a mesh axis {grid.axis_names!r}",
+            describe_loc(),
+            f"pass axis= one of {grid.axis_names!r}, or add a {axis!r} axis",
+        )
     return grid.axis_sizes[grid.axis_names.index(axis)]
 
 
 def check_stage_dim(leaves: list[Any], stages: int) -> None:
     if not leaves:
-        raise ShapeError("spmd.pipeline: stage_params has no arrays", describe_loc(),
-                         "pass the stage parameters stacked on a leading stage dim")
+        raise ShapeError(
+            "spmd.pipeline: stage_params has no arrays",
+            describe_loc(),
+            "pass the stage parameters stacked on a leading stage dim",
+        )
     for i, x in enumerate(leaves):
         shape = type_of(x).shape
         if not shape or shape[0] != stages:
-            raise ShapeError(f"spmd.pipeline: stage_params leaf {i} has shape {shape!r}; its "
-                             f"leading dim must be the number of stages {stages} (pipe axis "
-                             f"size x stages_per_device)", describe_loc(),
-                             f"stack the parameters of the {stages} stages on dim 0")
+            raise ShapeError(
+                f"spmd.pipeline: stage_params leaf {i} has shape {shape!r}; its "
+                f"leading dim must be the number of stages {stages} (pipe axis "
+                f"size x stages_per_device)",
+                describe_loc(),
+                f"stack the parameters of the {stages} stages on dim 0",
+            )
 
 
 def own_spec(x: Any, grid: Mesh, axis: str) -> PartitionSpec:
@@ -82,8 +93,9 @@ def own_spec(x: Any, grid: Mesh, axis: str) -> PartitionSpec:
     return P(*entries)
 
 
-def stage_specs(given: Any, leaves: list[Any], treedef: Any, grid: Mesh,
-                 axis: str) -> list[PartitionSpec]:
+def stage_specs(
+    given: Any, leaves: list[Any], treedef: Any, grid: Mesh, axis: str
+) -> list[PartitionSpec]:
     if given is None:
         specs = [own_spec(x, grid, axis) for x in leaves]
     elif isinstance(given, PartitionSpec):
@@ -92,46 +104,67 @@ def stage_specs(given: Any, leaves: list[Any], treedef: Any, grid: Mesh,
         try:
             specs = treedef.flatten_up_to(given)  # a P is a tuple: stop at the params' leaves
         except (ValueError, TypeError) as e:
-            raise ShardingError(f"spmd.pipeline: param_specs does not match stage_params: {e}",
-                                describe_loc(), "give one P per leaf of stage_params") from None
+            raise ShardingError(
+                f"spmd.pipeline: param_specs does not match stage_params: {e}",
+                describe_loc(),
+                "give one P per leaf of stage_params",
+            ) from None
     out = []
     for i, spec in enumerate(specs):
         entries = list(spec) + [None] * (type_of(leaves[i]).ndim - len(tuple(spec)))
         lead = entries[0]
         if lead not in (None, axis, (axis,)):
-            raise ShardingError(f"spmd.pipeline: parameter leaf {i} puts its stage dim on "
-                                f"{lead!r}; it goes on the pipe axis {axis!r}", describe_loc(),
-                                f"give the leaf spec P({axis!r}, ...)")
+            raise ShardingError(
+                f"spmd.pipeline: parameter leaf {i} puts its stage dim on "
+                f"{lead!r}; it goes on the pipe axis {axis!r}",
+                describe_loc(),
+                f"give the leaf spec P({axis!r}, ...)",
+            )
         if any(axis in ((e,) if isinstance(e, str) else tuple(e or ())) for e in entries[1:]):
-            raise ShardingError(f"spmd.pipeline: parameter leaf {i} shards a non-stage dim "
-                                f"over the pipe axis {axis!r}", describe_loc(),
-                                "shard only the leading stage dim over the pipe axis")
+            raise ShardingError(
+                f"spmd.pipeline: parameter leaf {i} shards a non-stage dim "
+                f"over the pipe axis {axis!r}",
+                describe_loc(),
+                "shard only the leading stage dim over the pipe axis",
+            )
         out.append(P(axis, *entries[1:]))
     return out
 
 
 def check_input(x: Any, spec: PartitionSpec, grid: Mesh, axis: str, m: int) -> None:
     if len(tree_leaves(x)) != 1:
-        raise ShapeError("spmd.pipeline: inputs must be one array (the batch)", describe_loc(),
-                         "pack the stage input into one array, batch first")
+        raise ShapeError(
+            "spmd.pipeline: inputs must be one array (the batch)",
+            describe_loc(),
+            "pack the stage input into one array, batch first",
+        )
     entries = [(e,) if isinstance(e, str) else tuple(e or ()) for e in tuple(spec)]
     if any(axis in e for e in entries):
-        raise ShardingError(f"spmd.pipeline: inputs are sharded over the pipe axis {axis!r}",
-                            describe_loc(), "shard the batch over another axis (data)")
+        raise ShardingError(
+            f"spmd.pipeline: inputs are sharded over the pipe axis {axis!r}",
+            describe_loc(),
+            "shard the batch over another axis (data)",
+        )
     shape = type_of(x).shape
     parts = 1
     for name in entries[0] if entries else ():
         parts *= grid.axis_sizes[grid.axis_names.index(name)]
     if not shape or shape[0] % (parts * m):
-        raise ShapeError(f"spmd.pipeline: batch of shape {shape!r} does not split into "
-                         f"{m} microbatches on each of {parts} batch shards", describe_loc(),
-                         f"make the batch a multiple of {parts * m}")
+        raise ShapeError(
+            f"spmd.pipeline: batch of shape {shape!r} does not split into "
+            f"{m} microbatches on each of {parts} batch shards",
+            describe_loc(),
+            f"make the batch a multiple of {parts * m}",
+        )
 
 
 def check_stage_output(y: Any, x: Any, tick: int) -> None:
     ty, tx = type_of(y), type_of(x)
     if (ty.shape, ty.dtype) != (tx.shape, tx.dtype):
-        raise ShapeError(f"spmd.pipeline: stage_fn maps {tx} to {ty}; a pipeline stage must "
-                         f"keep its input's shape and dtype", describe_loc(),
-                         "make every stage return an array shaped like its input (put "
-                         "embeddings and the head outside the pipeline)")
+        raise ShapeError(
+            f"spmd.pipeline: stage_fn maps {tx} to {ty}; a pipeline stage must "
+            f"keep its input's shape and dtype",
+            describe_loc(),
+            "make every stage return an array shaped like its input (put "
+            "embeddings and the head outside the pipeline)",
+        )

@@ -44,13 +44,22 @@ from spmd.tree import tree_flatten, tree_map, tree_unflatten
 __all__ = ["pipeline", "pipeline_value_and_grad"]
 
 
-def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
-                            loss_fn: Callable[[Any, Any], Any], stage_params: Any,
-                            inputs: Any, targets: Any, *, axis: str = "pipe",
-                            num_microbatches: int, schedule: str = "1f1b",
-                            stages_per_device: int = 1, mesh: Mesh | None = None,
-                            param_specs: Any = None, input_spec: PartitionSpec | None = None,
-                            unroll: bool = True) -> tuple[Any, Any]:
+def pipeline_value_and_grad(
+    stage_fn: Callable[[Any, Any], Any],
+    loss_fn: Callable[[Any, Any], Any],
+    stage_params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    axis: str = "pipe",
+    num_microbatches: int,
+    schedule: str = "1f1b",
+    stages_per_device: int = 1,
+    mesh: Mesh | None = None,
+    param_specs: Any = None,
+    input_spec: PartitionSpec | None = None,
+    unroll: bool = True,
+) -> tuple[Any, Any]:
     """(loss, grads of stage_params) of mean over microbatches (and batch shards) of
     loss_fn(stages(x_mb), targets_mb), running the named schedule's table tick by tick.
 
@@ -70,29 +79,41 @@ def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
     xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
     check_input(inputs, xspec, grid, axis, num_microbatches)
     if type_of(targets).shape[:1] != type_of(inputs).shape[:1]:
-        raise ShapeError(f"pipeline_value_and_grad: targets of shape {type_of(targets).shape} "
-                         f"do not match the batch of inputs {type_of(inputs).shape}",
-                         describe_loc(), "give one target row per input row")
+        raise ShapeError(
+            f"pipeline_value_and_grad: targets of shape {type_of(targets).shape} "
+            f"do not match the batch of inputs {type_of(inputs).shape}",
+            describe_loc(),
+            "give one target row per input row",
+        )
     batch_axes = _axes_of(xspec)[:1]
     batch_axes = batch_axes[0] if batch_axes else ()
-    replicated = tuple(a for a in grid.axis_names if a != axis and a not in
-                       {n for e in _axes_of(xspec) for n in e})
+    replicated = tuple(
+        a for a in grid.axis_names if a != axis and a not in {n for e in _axes_of(xspec) for n in e}
+    )
     shards = int(np.prod([grid.axis_sizes[grid.axis_names.index(a)] for a in batch_axes]))
     buffers = plan(table)
 
     def body(local: list[Any], x: Any, t: Any) -> Any:
         from spmd.pipeline_grad_scan import ScanRun  # it builds on _Run
 
-        run = (_Run if unroll else ScanRun)(stage_fn, loss_fn, tree_unflatten(treedef, local), table, buffers, axis,
-                   1.0 / (num_microbatches * shards), replicated)
+        run = (_Run if unroll else ScanRun)(
+            stage_fn,
+            loss_fn,
+            tree_unflatten(treedef, local),
+            table,
+            buffers,
+            axis,
+            1.0 / (num_microbatches * shards),
+            replicated,
+        )
         loss, grads = run.all_ticks(x, t)
         loss = psum(loss, (axis,) + tuple(batch_axes)) if batch_axes else psum(loss, axis)
-        grads = [_sum_unmentioned(g, s, grid, axis) for g, s in zip(tree_flatten(grads)[0],
-                                                                     pspecs)]
+        grads = [_sum_unmentioned(g, s, grid, axis) for g, s in zip(tree_flatten(grads)[0], pspecs)]
         return loss, grads
 
-    mapped = shard_map(body, mesh=grid, in_specs=(pspecs, xspec, xspec),
-                       out_specs=(P(), pspecs), check_vma=False)
+    mapped = shard_map(
+        body, mesh=grid, in_specs=(pspecs, xspec, xspec), out_specs=(P(), pspecs), check_vma=False
+    )
     loss, grads = mapped(leaves, inputs, targets)
     if stages_per_device > 1:
         grads = [circular(g, stages_per_device, p) for g in grads]  # back to stage order
@@ -102,9 +123,17 @@ def pipeline_value_and_grad(stage_fn: Callable[[Any, Any], Any],
 class _Run:
     """One device's program: the ticks of the table with its buffer plan."""
 
-    def __init__(self, stage_fn: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any],
-                 params: Any, table: Schedule, buffers: BufferPlan, axis: str, scale: float,
-                 replicated: tuple[str, ...]):
+    def __init__(
+        self,
+        stage_fn: Callable[[Any, Any], Any],
+        loss_fn: Callable[[Any, Any], Any],
+        params: Any,
+        table: Schedule,
+        buffers: BufferPlan,
+        axis: str,
+        scale: float,
+        replicated: tuple[str, ...],
+    ):
         self.stage_fn, self.loss_fn, self.params = stage_fn, loss_fn, params
         self.table, self.buffers, self.axis = table, buffers, axis
         self.scale, self.replicated = scale, replicated
@@ -137,7 +166,8 @@ class _Run:
         self.first_replica = lax.constant(True)
         for a in self.replicated:
             self.first_replica = lax.bitwise_and(
-                self.first_replica, lax.eq(axis_index(a), lax.constant(np.int32(0))))
+                self.first_replica, lax.eq(axis_index(a), lax.constant(np.int32(0)))
+            )
         for tick, (row, tp) in enumerate(zip(self.table.ticks, self.buffers.ticks)):
             if tp.any_forward and tp.any_backward:
                 sent_f, sent_b = self.mixed(row, tp)
@@ -158,8 +188,9 @@ class _Run:
         if head is not None and head.kind == FORWARD and head.stage == 0:
             first = lax.eq(self.me, lax.constant(np.int32(0)))
             x_in = lax.select(like(first, x_in), self.micro[head.microbatch], x_in)
-        self.stash = _masked_put(self.stash, x_in, self.pick(tp.f_stash_write),
-                                 self.doing(tp.f_stash_write))
+        self.stash = _masked_put(
+            self.stash, x_in, self.pick(tp.f_stash_write), self.doing(tp.f_stash_write)
+        )
         return x_in
 
     def backward_inputs(self, tp: TickPlan) -> tuple[Any, Any]:
@@ -189,8 +220,12 @@ class _Run:
         role = self.pick([0 if s is None else 1 if s.kind == FORWARD else 2 for s in row])
 
         def idle(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
-            return (lax.zeros_like(x_in), lax.zeros_like(xs),
-                    tree_map(lax.zeros_like, params), lax.constant(np.float32(0)))
+            return (
+                lax.zeros_like(x_in),
+                lax.zeros_like(xs),
+                tree_map(lax.zeros_like, params),
+                lax.constant(np.float32(0)),
+            )
 
         def run_forward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
             y = self.stage_fn(params, x_in)
@@ -201,13 +236,15 @@ class _Run:
             d_params, dx, loss = self.stage_backward(row, params, xs, ct)
             return lax.zeros_like(x_in), dx, d_params, loss
 
-        y, dx, d_params, loss = control.switch(role, [idle, run_forward, run_backward],
-                                               params, x_in, xs, ct)
+        y, dx, d_params, loss = control.switch(
+            role, [idle, run_forward, run_backward], params, x_in, xs, ct
+        )
         self.accumulate(tp, k, d_params, loss)
         return y, dx
 
-    def stage_backward(self, row: tuple[Slot | None, ...], params: Any, xs: Any,
-                       ct: Any) -> tuple[Any, Any, Any]:
+    def stage_backward(
+        self, row: tuple[Slot | None, ...], params: Any, xs: Any, ct: Any
+    ) -> tuple[Any, Any, Any]:
         """The stage's forward again from its stashed input, then its vjp: (d_params, dx,
         this device's loss addend)."""
         y, vjp_fn = vjp(self.stage_fn, params, xs)
@@ -235,27 +272,41 @@ class _Run:
         g = lax.select(like(self.first_replica, g), g, lax.zeros_like(g))
         return lax.select(like(self.last, ct), g, ct), loss
 
-    def shift(self, tick: int, row: tuple[Slot | None, ...], tp: TickPlan, sent_f: Any,
-              sent_b: Any) -> None:
+    def shift(
+        self, tick: int, row: tuple[Slot | None, ...], tp: TickPlan, sent_f: Any, sent_b: Any
+    ) -> None:
         name = self.table.name
         if sent_f is not None and any(s >= 0 for s in tp.f_inbox_write):
             moves = _moves(row, FORWARD, self.table.stages)
-            got = ppermute(sent_f, self.axis, self.forward_ring,
-                           reason=f"pipeline {name} tick {tick}: forward {moves}")
-            self.f_inbox = _masked_put(self.f_inbox, got, self.pick(tp.f_inbox_write),
-                                       self.doing(tp.f_inbox_write))
+            got = ppermute(
+                sent_f,
+                self.axis,
+                self.forward_ring,
+                reason=f"pipeline {name} tick {tick}: forward {moves}",
+            )
+            self.f_inbox = _masked_put(
+                self.f_inbox, got, self.pick(tp.f_inbox_write), self.doing(tp.f_inbox_write)
+            )
         if sent_b is not None and any(s >= 0 for s in tp.b_inbox_write):
             moves = _moves(row, BACKWARD, self.table.stages)
-            got = ppermute(sent_b, self.axis, self.backward_ring,
-                           reason=f"pipeline {name} tick {tick}: gradient {moves}")
-            self.b_inbox = _masked_put(self.b_inbox, got, self.pick(tp.b_inbox_write),
-                                       self.doing(tp.b_inbox_write))
+            got = ppermute(
+                sent_b,
+                self.axis,
+                self.backward_ring,
+                reason=f"pipeline {name} tick {tick}: gradient {moves}",
+            )
+            self.b_inbox = _masked_put(
+                self.b_inbox, got, self.pick(tp.b_inbox_write), self.doing(tp.b_inbox_write)
+            )
 
 
 def _moves(row: tuple[Slot | None, ...], kind: str, stages: int) -> str:
     step = 1 if kind == FORWARD else -1
-    out = [f"stage {s.stage}->{s.stage + step} microbatch {s.microbatch}" for s in row
-           if s is not None and s.kind == kind and 0 <= s.stage + step < stages]
+    out = [
+        f"stage {s.stage}->{s.stage + step} microbatch {s.microbatch}"
+        for s in row
+        if s is not None and s.kind == kind and 0 <= s.stage + step < stages
+    ]
     return ", ".join(out)
 
 

@@ -57,17 +57,18 @@ class Schedule:
     def forward_ticks(self) -> list[tuple[Slot | None, ...]]:
         """The ticks that hold forwards only (for all-forward-then-backward schedules, the
         forward half that spmd.pipeline unrolls; autodiff runs the rest in reverse)."""
-        return [row for row in self.ticks
-                if any(s is not None for s in row)
-                and all(s is None or s.kind == FORWARD for s in row)]
+        return [
+            row
+            for row in self.ticks
+            if any(s is not None for s in row) and all(s is None or s.kind == FORWARD for s in row)
+        ]
 
     def bubble_fraction(self, backward_cost: float = 1.0) -> float:
         """Idle device-time over total device-time, a backward costing `backward_cost`
         forwards (a tick lasts as long as its slowest slot)."""
         total = busy = 0.0
         for row in self.ticks:
-            cost = [0.0 if s is None else backward_cost if s.kind == BACKWARD else 1.0
-                    for s in row]
+            cost = [0.0 if s is None else backward_cost if s.kind == BACKWARD else 1.0 for s in row]
             length = max(cost)
             total += length * self.devices
             busy += sum(cost)
@@ -101,15 +102,19 @@ class Schedule:
 
 
 def _check(devices: int, microbatches: int, stages_per_device: int) -> None:
-    for name, value in (("pipe axis size", devices), ("num_microbatches", microbatches),
-                        ("stages_per_device", stages_per_device)):
+    for name, value in (
+        ("pipe axis size", devices),
+        ("num_microbatches", microbatches),
+        ("stages_per_device", stages_per_device),
+    ):
         if not isinstance(value, int) or value < 1:
-            raise ShapeError(f"pipeline schedule: {name} must be a positive int, got {value!r}",
-                             hint=f"pass a {name} >= 1")
+            raise ShapeError(
+                f"pipeline schedule: {name} must be a positive int, got {value!r}",
+                hint=f"pass a {name} >= 1",
+            )
 
 
-def _list_schedule(name: str, devices: int, v: int, m: int,
-                   orders: list[list[Slot]]) -> Schedule:
+def _list_schedule(name: str, devices: int, v: int, m: int, orders: list[list[Slot]]) -> Schedule:
     """Run each device's ordered slot list as early as its dependencies allow: F(i, j)
     after F(i, j-1); B(i, j) after B(i, j+1) (after F(i, S-1) on the last stage)."""
     stages = devices * v
@@ -124,8 +129,10 @@ def _list_schedule(name: str, devices: int, v: int, m: int,
                 slot = None
             row.append(slot)
         if all(s is None for s in row):
-            raise ShapeError(f"pipeline schedule {name!r} deadlocks at tick {len(rows)}",
-                             hint="this is a bug in the schedule's slot orders")
+            raise ShapeError(
+                f"pipeline schedule {name!r} deadlocks at tick {len(rows)}",
+                hint="this is a bug in the schedule's slot orders",
+            )
         for d, slot in enumerate(row):
             if slot is not None:
                 done[(slot.kind, slot.stage, slot.microbatch)] = len(rows)
@@ -147,9 +154,11 @@ def gpipe(devices: int, microbatches: int) -> Schedule:
     """All forwards in microbatch order, then all backwards in reverse (what autodiff of the
     unrolled forward runs): bubble (p-1)/(m+p-1), every device keeps m activations."""
     _check(devices, microbatches, 1)
-    orders = [[Slot(d, i, FORWARD) for i in range(microbatches)]
-              + [Slot(d, i, BACKWARD) for i in reversed(range(microbatches))]
-              for d in range(devices)]
+    orders = [
+        [Slot(d, i, FORWARD) for i in range(microbatches)]
+        + [Slot(d, i, BACKWARD) for i in reversed(range(microbatches))]
+        for d in range(devices)
+    ]
     return _list_schedule("gpipe", devices, 1, microbatches, orders)
 
 
@@ -178,22 +187,28 @@ def interleaved(devices: int, stages_per_device: int, microbatches: int) -> Sche
     groups = [range(g, min(g + devices, microbatches)) for g in range(0, microbatches, devices)]
     orders = []
     for d in range(devices):
-        fwd = [Slot(k * devices + d, i, FORWARD)
-               for group in groups for k in range(v) for i in group]
+        fwd = [
+            Slot(k * devices + d, i, FORWARD) for group in groups for k in range(v) for i in group
+        ]
         orders.append(fwd + [Slot(s.stage, s.microbatch, BACKWARD) for s in reversed(fwd)])
     return _list_schedule("interleaved", devices, v, microbatches, orders)
 
 
-def make_schedule(name: str, devices: int, microbatches: int,
-                  stages_per_device: int = 1) -> Schedule:
+def make_schedule(
+    name: str, devices: int, microbatches: int, stages_per_device: int = 1
+) -> Schedule:
     """The named schedule's table for a pipe axis of `devices` devices."""
     if name not in SCHEDULES:
-        raise ShapeError(f"unknown pipeline schedule {name!r}",
-                         hint=f"use one of {', '.join(map(repr, SCHEDULES))}")
+        raise ShapeError(
+            f"unknown pipeline schedule {name!r}",
+            hint=f"use one of {', '.join(map(repr, SCHEDULES))}",
+        )
     if name != "interleaved" and stages_per_device != 1:
-        raise ShapeError(f"schedule {name!r} runs one stage per device, got "
-                         f"stages_per_device={stages_per_device}",
-                         hint="use schedule='interleaved' for several stages per device")
+        raise ShapeError(
+            f"schedule {name!r} runs one stage per device, got "
+            f"stages_per_device={stages_per_device}",
+            hint="use schedule='interleaved' for several stages per device",
+        )
     if name == "gpipe":
         return gpipe(devices, microbatches)
     if name == "1f1b":

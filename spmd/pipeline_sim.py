@@ -35,11 +35,21 @@ from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_map, tree_unflatten
 
 
-def simulate_pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, inputs: Any, *,
-                      axis: str = "pipe", num_microbatches: int, schedule: str = "gpipe",
-                      stages_per_device: int = 1, mesh: Mesh | None = None,
-                      param_specs: Any = None, input_spec: PartitionSpec | None = None,
-                      recompute: bool | None = None, **options: Any) -> Any:
+def simulate_pipeline(
+    stage_fn: Callable[[Any, Any], Any],
+    stage_params: Any,
+    inputs: Any,
+    *,
+    axis: str = "pipe",
+    num_microbatches: int,
+    schedule: str = "gpipe",
+    stages_per_device: int = 1,
+    mesh: Mesh | None = None,
+    param_specs: Any = None,
+    input_spec: PartitionSpec | None = None,
+    recompute: bool | None = None,
+    **options: Any,
+) -> Any:
     """Simulate one training step of spmd.pipeline / pipeline_value_and_grad on the mesh's
     simulated chips (options go to the simulator: chip=, topology=, ...). A backward slot
     costs the stage's forward+backward minus its forward, or all of it with `recompute`
@@ -54,8 +64,9 @@ def simulate_pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, in
     xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
     check_input(inputs, xspec, grid, axis, num_microbatches)
     options.setdefault("check_memory", False)
-    one_stage = [_shape(x, (p,) + tuple(type_of(x).shape[1:]), grid, s)
-                 for x, s in zip(leaves, pspecs)]
+    one_stage = [
+        _shape(x, (p,) + tuple(type_of(x).shape[1:]), grid, s) for x, s in zip(leaves, pspecs)
+    ]
     shape = type_of(inputs).shape
     micro = _shape(inputs, (shape[0] // num_microbatches,) + tuple(shape[1:]), grid, xspec)
 
@@ -68,14 +79,37 @@ def simulate_pipeline(stage_fn: Callable[[Any, Any], Any], stage_params: Any, in
         return dx, tree_flatten(d_params)[0]
 
     grad_specs = [PartitionSpec(*tuple(s)[1:]) for s in pspecs]
-    f_s = _time(shard_map(forward, mesh=grid, in_specs=(pspecs, xspec), out_specs=xspec,
-                          check_vma=False), one_stage, micro, options)
-    fb_s = _time(shard_map(forward_backward, mesh=grid, in_specs=(pspecs, xspec),
-                           out_specs=(xspec, grad_specs), check_vma=False),
-                 one_stage, micro, options)
+    f_s = _time(
+        shard_map(forward, mesh=grid, in_specs=(pspecs, xspec), out_specs=xspec, check_vma=False),
+        one_stage,
+        micro,
+        options,
+    )
+    fb_s = _time(
+        shard_map(
+            forward_backward,
+            mesh=grid,
+            in_specs=(pspecs, xspec),
+            out_specs=(xspec, grad_specs),
+            check_vma=False,
+        ),
+        one_stage,
+        micro,
+        options,
+    )
     ring = [(d, (d + 1) % p) for d in range(p)]
-    shift_s = _time(shard_map(lambda x: ppermute(x, axis, ring), mesh=grid, in_specs=xspec,
-                              out_specs=xspec, check_vma=False), micro, None, options)
+    shift_s = _time(
+        shard_map(
+            lambda x: ppermute(x, axis, ring),
+            mesh=grid,
+            in_specs=xspec,
+            out_specs=xspec,
+            check_vma=False,
+        ),
+        micro,
+        None,
+        options,
+    )
     recompute = schedule == "1f1b" if recompute is None else recompute
     backward_s = fb_s if recompute else max(fb_s - f_s, 0.0)
     from spmd.dispatch import pipeline_timeline
@@ -94,8 +128,10 @@ def _first_chunk(local: list[Any], treedef: Any) -> Any:
     """The device's first stage chunk (one stage: what a slot of the table runs)."""
     from spmd import lax
 
-    return tree_unflatten(treedef, tree_map(
-        lambda w: lax.squeeze(lax.slice_in_dim(w, 0, 1, axis=0), (0,)), list(local)))
+    return tree_unflatten(
+        treedef,
+        tree_map(lambda w: lax.squeeze(lax.slice_in_dim(w, 0, 1, axis=0), (0,)), list(local)),
+    )
 
 
 def _time(f: Callable[..., Any], first: Any, second: Any, options: dict[str, Any]) -> float:

@@ -26,16 +26,21 @@ def assemble(array: Any) -> np.ndarray:
     installed = current_runtime()
     if installed is not None:
         return runtime_api().assemble(installed, array)
-    return layout.assemble(array._shards, array.shape, spec_of(sharding, array.ndim),
-                           mesh_shape(sharding.mesh))
+    return layout.assemble(
+        array._shards, array.shape, spec_of(sharding, array.ndim), mesh_shape(sharding.mesh)
+    )
 
 
 def split(array: Any) -> list[np.ndarray]:
     sharding = array.sharding
     if isinstance(sharding, SingleDeviceSharding):
         return [array._value]
-    return layout.split(array._value, spec_of(sharding, array.ndim), mesh_shape(sharding.mesh),
-                        stacked=current_runtime() is None)
+    return layout.split(
+        array._value,
+        spec_of(sharding, array.ndim),
+        mesh_shape(sharding.mesh),
+        stacked=current_runtime() is None,
+    )
 
 
 def addressable_shards(array: Any) -> list[Any]:
@@ -47,10 +52,12 @@ def addressable_shards(array: Any) -> list[Any]:
     spec = spec_of(sharding, array.ndim)
     out = []
     installed = current_runtime()
-    buffers = installed.fetch(array.device_buffers(), sharding.mesh) if installed else \
-        array.device_buffers()
-    for device, coords, buf in zip(sharding.mesh.devices.flat, layout.device_coords(mesh),
-                                   buffers):
+    buffers = (
+        installed.fetch(array.device_buffers(), sharding.mesh)
+        if installed
+        else array.device_buffers()
+    )
+    for device, coords, buf in zip(sharding.mesh.devices.flat, layout.device_coords(mesh), buffers):
         if buf is None:
             continue
         index = layout.shard_slices(array.shape, spec, mesh, coords)
@@ -69,8 +76,10 @@ def device_put(x: Any, sharding: Any = None) -> Any:
     else:
         shardings, _ = tree_flatten(sharding)
         if len(shardings) != len(leaves):
-            raise ShardingError(f"device_put got {len(leaves)} arrays but {len(shardings)} "
-                                f"shardings", hint="give one sharding, or a matching pytree")
+            raise ShardingError(
+                f"device_put got {len(leaves)} arrays but {len(shardings)} shardings",
+                hint="give one sharding, or a matching pytree",
+            )
     return tree_unflatten(treedef, [_device_put_one(v, s) for v, s in zip(leaves, shardings)])
 
 
@@ -80,12 +89,15 @@ def _device_put_one(x: Any, sharding: Any) -> Any:
     if sharding is None or isinstance(sharding, SingleDeviceSharding):
         return Array(value, weak=t.weak, committed=sharding is not None)
     if not isinstance(sharding, NamedSharding):
-        raise ShardingError(f"device_put needs a NamedSharding, got {type(sharding).__name__}",
-                            hint="use NamedSharding(mesh, P(...))")
+        raise ShardingError(
+            f"device_put needs a NamedSharding, got {type(sharding).__name__}",
+            hint="use NamedSharding(mesh, P(...))",
+        )
     # one process holds every device: shards as rows of one buffer (see layout.split)
     installed = current_runtime()
-    shards = layout.split(value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh),
-                          stacked=installed is None)
+    shards = layout.split(
+        value, spec_of(sharding, t.ndim), mesh_shape(sharding.mesh), stacked=installed is None
+    )
     if installed is not None:
         shards = installed.put(shards, sharding.mesh)
     return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)

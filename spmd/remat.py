@@ -49,13 +49,20 @@ def _policy(policy: Any) -> Policy:
         return checkpoint_policies.nothing_saveable
     if isinstance(policy, Policy) and policy.kind in POLICY_KINDS:
         return policy
-    raise SpmdError(f"remat policy {policy!r} is not one of spmd.checkpoint_policies",
-                    hint="use e.g. spmd.checkpoint_policies.dots_saveable or "
-                         "save_only_these_names('name', ...)")
+    raise SpmdError(
+        f"remat policy {policy!r} is not one of spmd.checkpoint_policies",
+        hint="use e.g. spmd.checkpoint_policies.dots_saveable or "
+        "save_only_these_names('name', ...)",
+    )
 
 
-def remat(fun: Callable[..., Any] | None = None, *, prevent_cse: bool = True,
-          policy: Any = None, static_argnums: tuple[int, ...] = ()) -> Any:
+def remat(
+    fun: Callable[..., Any] | None = None,
+    *,
+    prevent_cse: bool = True,
+    policy: Any = None,
+    static_argnums: tuple[int, ...] = (),
+) -> Any:
     """fun, recomputed in the backward pass instead of saving its intermediates.
 
     policy: which intermediates may still be saved (spmd.checkpoint_policies); None saves
@@ -64,8 +71,9 @@ def remat(fun: Callable[..., Any] | None = None, *, prevent_cse: bool = True,
     as Python values (not traced).
     """
     if fun is None:
-        return functools.partial(remat, prevent_cse=prevent_cse, policy=policy,
-                                 static_argnums=static_argnums)
+        return functools.partial(
+            remat, prevent_cse=prevent_cse, policy=policy, static_argnums=static_argnums
+        )
     chosen = _policy(policy)
 
     @functools.wraps(fun)

@@ -42,8 +42,9 @@ class PartitionSpec(tuple):
     unreduced: frozenset[str]
     reduced: frozenset[str]
 
-    def __new__(cls, *entries: Any, unreduced: Any = frozenset(),
-                reduced: Any = frozenset()) -> Self:
+    def __new__(
+        cls, *entries: Any, unreduced: Any = frozenset(), reduced: Any = frozenset()
+    ) -> Self:
         self = super().__new__(cls, entries)
         self.unreduced = _axis_set("unreduced", unreduced)
         self.reduced = _axis_set("reduced", reduced)
@@ -52,8 +53,10 @@ class PartitionSpec(tuple):
     def __eq__(self, other: object) -> bool:
         if not tuple.__eq__(self, other):
             return False
-        return (getattr(other, "unreduced", frozenset()) == self.unreduced
-                and getattr(other, "reduced", frozenset()) == self.reduced)
+        return (
+            getattr(other, "unreduced", frozenset()) == self.unreduced
+            and getattr(other, "reduced", frozenset()) == self.reduced
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self == other
@@ -84,11 +87,15 @@ def _axis_set(what: str, axes: Any) -> frozenset[str]:
     try:
         found = frozenset(axes)
     except TypeError:
-        raise ShardingError(f"P({what}={axes!r}) must be a set of mesh axis names",
-                            hint=f"e.g. P(None, {what}={{'data'}})") from None
+        raise ShardingError(
+            f"P({what}={axes!r}) must be a set of mesh axis names",
+            hint=f"e.g. P(None, {what}={{'data'}})",
+        ) from None
     if not all(isinstance(a, str) for a in found):
-        raise ShardingError(f"P({what}={axes!r}) must be a set of mesh axis names",
-                            hint=f"e.g. P(None, {what}={{'data'}})")
+        raise ShardingError(
+            f"P({what}={axes!r}) must be a set of mesh axis names",
+            hint=f"e.g. P(None, {what}={{'data'}})",
+        )
     return found
 
 
@@ -101,25 +108,39 @@ def normalize_spec(spec: Sequence[Any], ndim: int, mesh: Mesh) -> tuple[DimSpec,
     if len(spec) > ndim:
         raise ShardingError(
             f"partition spec {PartitionSpec(*spec)!r} has {len(spec)} entries but the array "
-            f"has rank {ndim}", hint="give at most one entry per dim")
+            f"has rank {ndim}",
+            hint="give at most one entry per dim",
+        )
     out: list[DimSpec] = []
     seen: set[str] = set()
     for entry in tuple(spec) + (None,) * (ndim - len(spec)):
-        axes: DimSpec = () if entry is None else (entry,) if isinstance(entry, str) else \
-            tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+        axes: DimSpec = (
+            ()
+            if entry is None
+            else (entry,)
+            if isinstance(entry, str)
+            else tuple(entry)
+            if isinstance(entry, (tuple, list))
+            else (entry,)
+        )
         for axis in axes:
             if not isinstance(axis, str):
-                raise ShardingError(f"partition spec {PartitionSpec(*spec)!r} has the entry "
-                                    f"{axis!r}, which is not a mesh axis name",
-                                    hint=f"use axis names of the mesh {mesh.axis_names!r}, "
-                                         "a tuple of them, or None")
+                raise ShardingError(
+                    f"partition spec {PartitionSpec(*spec)!r} has the entry "
+                    f"{axis!r}, which is not a mesh axis name",
+                    hint=f"use axis names of the mesh {mesh.axis_names!r}, "
+                    "a tuple of them, or None",
+                )
             if axis not in mesh.axis_names:
-                raise ShardingError(f"unknown mesh axis {axis!r} in {PartitionSpec(*spec)!r}",
-                                    hint=f"the mesh's axes are {mesh.axis_names!r}")
+                raise ShardingError(
+                    f"unknown mesh axis {axis!r} in {PartitionSpec(*spec)!r}",
+                    hint=f"the mesh's axes are {mesh.axis_names!r}",
+                )
             if axis in seen:
-                raise ShardingError(f"mesh axis {axis!r} is used twice in "
-                                    f"{PartitionSpec(*spec)!r}",
-                                    hint="each mesh axis may shard at most one dim")
+                raise ShardingError(
+                    f"mesh axis {axis!r} is used twice in {PartitionSpec(*spec)!r}",
+                    hint="each mesh axis may shard at most one dim",
+                )
             seen.add(axis)
         out.append(axes)
     return tuple(out)
@@ -142,14 +163,18 @@ class NamedSharding(Sharding):
             raise ShardingError(f"NamedSharding needs a Mesh, got {type(mesh).__name__}")
         self.mesh = mesh
         if not isinstance(spec, (PartitionSpec, tuple, list)):
-            raise ShardingError(f"NamedSharding needs a PartitionSpec, got {spec!r}",
-                                hint="use NamedSharding(mesh, P('data', None))")
+            raise ShardingError(
+                f"NamedSharding needs a PartitionSpec, got {spec!r}",
+                hint="use NamedSharding(mesh, P('data', None))",
+            )
         self.spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec(*spec)
         normalize_spec(self.spec, len(self.spec), mesh)
         for axis in sorted(self.spec.unreduced | self.spec.reduced):
             if axis not in mesh.axis_names:
-                raise ShardingError(f"unknown mesh axis {axis!r} in {self.spec!r}",
-                                    hint=f"the mesh's axes are {mesh.axis_names!r}")
+                raise ShardingError(
+                    f"unknown mesh axis {axis!r} in {self.spec!r}",
+                    hint=f"the mesh's axes are {mesh.axis_names!r}",
+                )
         self._dims: dict[int, tuple[DimSpec, ...]] = {}
 
     def dim_axes(self, ndim: int) -> tuple[DimSpec, ...]:
@@ -212,12 +237,16 @@ def sharding_attr(sharding: Any, t: Any) -> ShardingAttr:
     if isinstance(sharding, PartitionSpec):
         mesh = current_mesh()
         if mesh is None:
-            raise ShardingError("with_sharding_constraint got a bare PartitionSpec outside a "
-                                "`with mesh:` block", hint="pass NamedSharding(mesh, spec)")
+            raise ShardingError(
+                "with_sharding_constraint got a bare PartitionSpec outside a `with mesh:` block",
+                hint="pass NamedSharding(mesh, spec)",
+            )
         sharding = NamedSharding(mesh, sharding)
     if not isinstance(sharding, Sharding):
-        raise ShardingError(f"expected a Sharding, got {type(sharding).__name__}",
-                            hint="use NamedSharding(mesh, P(...))")
+        raise ShardingError(
+            f"expected a Sharding, got {type(sharding).__name__}",
+            hint="use NamedSharding(mesh, P(...))",
+        )
     dims = sharding.dim_axes(t.ndim)
     mesh = sharding.mesh
     return ShardingAttr(mesh.axis_names, mesh.axis_sizes, dims)

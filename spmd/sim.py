@@ -78,8 +78,19 @@ class SimulatedValue(ShapeDtypeStruct):
     __neg__ = __pos__ = __abs__ = __round__ = __lt__ = __le__ = __gt__ = __ge__ = _read
 
 
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or",
-              "xor"):
+for _name in (
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "matmul",
+    "and",
+    "or",
+    "xor",
+):
     setattr(SimulatedValue, f"__{_name}__", SimulatedValue._read)
     setattr(SimulatedValue, f"__r{_name}__", SimulatedValue._read)
 _STATE = _State()
@@ -158,8 +169,11 @@ def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     """
     mesh = getattr(executable, "mesh", None)
     on_tpu_sim = mesh is not None and str(mesh.device_kind).startswith("tpu-sim")
-    is_abstract = _STATE.depth > 0 or any(isinstance(a, ShapeDtypeStruct) for a in args) or (
-        on_tpu_sim and _STATE.programs is not None)
+    is_abstract = (
+        _STATE.depth > 0
+        or any(isinstance(a, ShapeDtypeStruct) for a in args)
+        or (on_tpu_sim and _STATE.programs is not None)
+    )
     if not is_abstract and not on_tpu_sim:
         return None
     report = executable.simulate(**_STATE.options)
@@ -169,11 +183,11 @@ def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     _record(executable, report)
     if not is_abstract:
         return None
-    shardings = getattr(executable, "out_shardings", None) or [None] * len(
-        executable.graph.results)
+    shardings = getattr(executable, "out_shardings", None) or [None] * len(executable.graph.results)
     kind = ShapeDtypeStruct if _STATE.programs is None else SimulatedValue
-    return [kind(t.shape, t.dtype, s, t.weak)
-            for t, s in zip(executable.graph.result_types, shardings)]
+    return [
+        kind(t.shape, t.dtype, s, t.weak) for t, s in zip(executable.graph.result_types, shardings)
+    ]
 
 
 def _abstract_leaf(x: Any, sharding: Any = None) -> Any:
@@ -192,8 +206,10 @@ def abstract_args(args: Sequence[Any], shardings: Sequence[Any] | None = None) -
     """Args as ShapeDtypeStructs; `shardings` gives per arg a Sharding, a pytree of them, or None."""
     given = list(shardings) if shardings is not None else [None] * len(args)
     if len(given) != len(args):
-        raise ShardingError(f"compare got {len(given)} shardings for {len(args)} arguments",
-                            hint="give one sharding (or pytree of shardings, or None) per arg")
+        raise ShardingError(
+            f"compare got {len(given)} shardings for {len(args)} arguments",
+            hint="give one sharding (or pytree of shardings, or None) per arg",
+        )
     out = []
     for arg, spec in zip(args, given):
         leaves, tree = tree_flatten(arg)
@@ -203,8 +219,9 @@ def abstract_args(args: Sequence[Any], shardings: Sequence[Any] | None = None) -
             specs = tree_flatten(spec)[0]
             if len(specs) != len(leaves):
                 raise ShardingError(
-                    f"a sharding pytree has {len(specs)} leaves but its argument has "
-                    f"{len(leaves)}", hint="match the argument's structure, or pass one Sharding")
+                    f"a sharding pytree has {len(specs)} leaves but its argument has {len(leaves)}",
+                    hint="match the argument's structure, or pass one Sharding",
+                )
         out.append(tree_unflatten(tree, [_abstract_leaf(x, s) for x, s in zip(leaves, specs)]))
     return tuple(out)
 
@@ -226,9 +243,15 @@ def simulate(f: Callable[..., Any], *args: Any, **options: Any) -> Any:
     return report
 
 
-def compare(f: Callable[..., Any], args: Sequence[Any], shardings: Sequence[Sequence[Any]],
-            labels: Sequence[str] | None = None, *, show: bool = True, **options: Any
-            ) -> list[Any]:
+def compare(
+    f: Callable[..., Any],
+    args: Sequence[Any],
+    shardings: Sequence[Sequence[Any]],
+    labels: Sequence[str] | None = None,
+    *,
+    show: bool = True,
+    **options: Any,
+) -> list[Any]:
     """Simulate f under each sharding of its args and print them side by side.
 
     Each entry of `shardings` has one Sharding (or pytree of them, or None) per arg. Memory
@@ -250,8 +273,13 @@ def format_comparison(reports: Sequence[Any], labels: Sequence[str]) -> str:
         ("collectives", lambda r: _seconds(r.collective_time_s)),
         ("exposed comm.", lambda r: _seconds(r.exposed_collective_s)),
         ("MFU", lambda r: f"{r.mfu * 100:.1f}%"),
-        ("peak HBM", lambda r: f"{r.peak_memory_bytes / 2**30:.2f} GiB" + (
-            " OOM" if r.peak_memory_bytes > r.hbm_bytes else "")),
+        (
+            "peak HBM",
+            lambda r: (
+                f"{r.peak_memory_bytes / 2**30:.2f} GiB"
+                + (" OOM" if r.peak_memory_bytes > r.hbm_bytes else "")
+            ),
+        ),
         ("bytes moved", lambda r: f"{r.collective_bytes / 2**20:.1f} MiB"),
         ("collectives #", lambda r: str(sum(o.count for o in r.collectives()))),
     ]
@@ -266,7 +294,19 @@ def _seconds(s: float) -> str:
     return f"{s * 1e3:.3f} ms" if s >= 1e-4 else f"{s * 1e6:.1f} us"
 
 
-__all__ = ["SimulatedProgram", "SimulatedValue", "SimulationDone", "abstract", "abstract_args",
-           "autoshard",
-           "compare", "elapsed", "first_step", "format_comparison", "last_report", "on_call",
-           "reset", "simulate"]
+__all__ = [
+    "SimulatedProgram",
+    "SimulatedValue",
+    "SimulationDone",
+    "abstract",
+    "abstract_args",
+    "autoshard",
+    "compare",
+    "elapsed",
+    "first_step",
+    "format_comparison",
+    "last_report",
+    "on_call",
+    "reset",
+    "simulate",
+]

@@ -18,9 +18,12 @@ from spmd.mesh import axis_groups
 from spmd.ops import REGISTRY
 
 
-def run_collective_lockstep(op: Op, per_device: list[list[np.ndarray]],
-                            axis_names: Sequence[str], mesh_shape: Sequence[int],
-                            ) -> list[list[np.ndarray]]:
+def run_collective_lockstep(
+    op: Op,
+    per_device: list[list[np.ndarray]],
+    axis_names: Sequence[str],
+    mesh_shape: Sequence[int],
+) -> list[list[np.ndarray]]:
     """One collective op on every device at once; returns per-device outputs."""
     group_ref = REGISTRY[op.name].extra["group_reference"]
     n = math.prod(mesh_shape)
@@ -33,9 +36,12 @@ def run_collective_lockstep(op: Op, per_device: list[list[np.ndarray]],
     return out
 
 
-def evaluate_spmd(graph: Graph, args: Sequence[Sequence[np.ndarray]],
-                  axis_names: Sequence[str], mesh_shape: Sequence[int],
-                  ) -> list[list[np.ndarray]]:
+def evaluate_spmd(
+    graph: Graph,
+    args: Sequence[Sequence[np.ndarray]],
+    axis_names: Sequence[str],
+    mesh_shape: Sequence[int],
+) -> list[list[np.ndarray]]:
     """Run `graph` on every device; args[d] are device d's inputs. Returns outputs per device."""
     n = math.prod(mesh_shape)
     envs: list[dict[int, np.ndarray]] = [dict(zip(graph.params, a)) for a in args]

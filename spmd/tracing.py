@@ -144,13 +144,13 @@ class Tracer(ArrayMethods):
         self.id = vid
         self.type = t
 
-
     def _concrete_error(self, what: str) -> TracerError:
         return TracerError(
             f"{what} needs a concrete value, but got a traced {self.type} inside jit/grad",
             describe_loc(),
             "use spmd.numpy.where / spmd.lax.cond for data-dependent choices, or mark the "
-            "argument static with jit(static_argnums=...)")
+            "argument static with jit(static_argnums=...)",
+        )
 
     def __bool__(self) -> bool:
         raise self._concrete_error("a Python `if`/`bool()`")
@@ -236,13 +236,20 @@ def _value_id(trace: Trace, x: Any, t: TensorType) -> int:
     return vid
 
 
-def _run_eager(opdef: Any, inputs: Sequence[Any], in_types: list[TensorType],
-               out_types: tuple[TensorType, ...], attrs: dict[str, Any]) -> Any:
+def _run_eager(
+    opdef: Any,
+    inputs: Sequence[Any],
+    in_types: list[TensorType],
+    out_types: tuple[TensorType, ...],
+    attrs: dict[str, Any],
+) -> Any:
     if opdef.name != "shard_map" and any(isinstance(x, Array) and x.is_sharded for x in inputs):
         return Array.run_sharded(opdef, inputs, in_types, attrs)
     args = [concrete_value(x, t) for x, t in zip(inputs, in_types)]
     out = opdef.reference(*args, **attrs)
     outs = out if opdef.multi_output else (out,)
-    results = tuple(Array(np.asarray(v, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
-                    for v, t in zip(outs, out_types))
+    results = tuple(
+        Array(np.asarray(v, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
+        for v, t in zip(outs, out_types)
+    )
     return results if opdef.multi_output else results[0]

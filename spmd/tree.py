@@ -35,11 +35,13 @@ def tree_structure(tree: Any) -> Any:
     return optree.tree_structure(tree, namespace=NAMESPACE)
 
 
-def register_pytree_node(cls: type, flatten: Callable[..., Any],
-                         unflatten: Callable[..., Any]) -> None:
+def register_pytree_node(
+    cls: type, flatten: Callable[..., Any], unflatten: Callable[..., Any]
+) -> None:
     """flatten(obj) -> (children, aux); unflatten(aux, children) -> obj (JAX's order)."""
-    optree.register_pytree_node(cls, flatten, lambda aux, children: unflatten(aux, children),
-                                namespace=NAMESPACE)
+    optree.register_pytree_node(
+        cls, flatten, lambda aux, children: unflatten(aux, children), namespace=NAMESPACE
+    )
 
 
 def tree_reduce(fn: Callable[[Any, Any], Any], tree: Any, *initial: Any) -> Any:
@@ -52,4 +54,9 @@ def tree_reduce(fn: Callable[[Any, Any], Any], tree: Any, *initial: Any) -> Any:
 # JAX's jax.tree names (spmd.tree.map(...)); spmd.tree_util is this module too.
 map = tree_map
 leaves, flatten, unflatten, structure, reduce = (
-    tree_leaves, tree_flatten, tree_unflatten, tree_structure, tree_reduce)
+    tree_leaves,
+    tree_flatten,
+    tree_unflatten,
+    tree_structure,
+    tree_reduce,
+)

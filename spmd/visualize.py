@@ -50,8 +50,10 @@ def _traced_blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
 def sharding_table(x: Any) -> str:
     """The text visualize_sharding prints: one cell per block, listing its devices."""
     if x.ndim > 2:
-        raise ShardingError(f"visualize_sharding shows 1-d and 2-d arrays, got rank {x.ndim}",
-                            hint="reshape to 2-d first, or print x.sharding")
+        raise ShardingError(
+            f"visualize_sharding shows 1-d and 2-d arrays, got rank {x.ndim}",
+            hint="reshape to 2-d first, or print x.sharding",
+        )
     blocks = _blocks(x)
     if x.ndim < 2:
         rows = [(0, 1)]

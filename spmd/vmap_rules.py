@@ -106,7 +106,7 @@ def _gather(args: Args, attrs: dict[str, Any], size: int) -> Any:
 def _sharding_constraint(args: Args, attrs: dict[str, Any], size: int) -> Any:
     from spmd.sharding import ShardingAttr
 
-    (x, b), = args
+    ((x, b),) = args
     s = attrs["sharding"]
     batched = ShardingAttr(s.axis_names, s.axis_sizes, ((), *s.dims))
     return bind("sharding_constraint", _batched(x, b, size), sharding=batched)
@@ -133,11 +133,14 @@ def named_axis_collective(op: Any, args: Args, size: int, name: str) -> list[tup
     from spmd.tracing import describe_loc
 
     if tuple(op.attrs["axes"]) != (name,):
-        raise ShapeError(f"{op.name} over {op.attrs['axes']!r} mixes vmap's axis {name!r} with "
-                         "shard_map axes", describe_loc(), "do the two collectives one by one")
+        raise ShapeError(
+            f"{op.name} over {op.attrs['axes']!r} mixes vmap's axis {name!r} with shard_map axes",
+            describe_loc(),
+            "do the two collectives one by one",
+        )
     if op.name == "axis_index":
         return [(lax.iota("int32", (size,)), True)]
-    (x, batched), = args
+    ((x, batched),) = args
     kind = op.attrs.get("kind")
     if op.name == "all_reduce" and kind in ("sum", "max", "min"):
         if batched:
@@ -147,13 +150,19 @@ def named_axis_collective(op: Any, args: Args, size: int, name: str) -> list[tup
         x = _batched(x, batched, size)
         t = type_of(x)
         dim = int(op.attrs["dim"])
-        moved = _front(x, 0) if dim == 0 else lax.transpose(
-            x, (*range(1, dim + 1), 0, *range(dim + 1, t.ndim)))
+        moved = (
+            _front(x, 0)
+            if dim == 0
+            else lax.transpose(x, (*range(1, dim + 1), 0, *range(dim + 1, t.ndim)))
+        )
         shape = list(t.shape[1:])
         shape[dim] *= size
         return [(lax.reshape(moved, shape), False)]
-    raise ShapeError(f"{op.name} over vmap's axis {name!r} is not supported", describe_loc(),
-                     "use psum, pmean, pmax, pmin, axis_index or all_gather over a vmapped axis")
+    raise ShapeError(
+        f"{op.name} over vmap's axis {name!r} is not supported",
+        describe_loc(),
+        "use psum, pmean, pmax, pmin, axis_index or all_gather over a vmapped axis",
+    )
 
 
 RULES: dict[str, Rule] = {
@@ -163,8 +172,10 @@ RULES: dict[str, Rule] = {
     "gather": _gather,
     "pad": _pad,
     "sharding_constraint": _sharding_constraint,
-    "broadcast_in_dim": _unary("broadcast_in_dim", _with(
-        shape=_size_first, broadcast_dimensions=lambda d, x: (0, *_shift(d)))),
+    "broadcast_in_dim": _unary(
+        "broadcast_in_dim",
+        _with(shape=_size_first, broadcast_dimensions=lambda d, x: (0, *_shift(d))),
+    ),
     "reshape": _unary("reshape", _with(new_sizes=_size_first)),
     "transpose": _unary("transpose", _with(permutation=lambda p, x: (0, *_shift(p)))),
     "reduce": _unary("reduce", _with(axes=lambda a, x: _shift(a))),
@@ -174,7 +185,12 @@ RULES: dict[str, Rule] = {
     "sort": _unary("sort", _with(dimension=lambda a, x: int(a) + 1)),
     "argsort": _unary("argsort", _with(dimension=lambda a, x: int(a) + 1)),
     "rev": _unary("rev", _with(dimensions=lambda d, x: _shift(d))),
-    "slice": _unary("slice", _with(
-        start_indices=lambda s, x: (0, *s), limit_indices=_size_first,
-        strides=lambda s, x: None if s is None else (1, *s))),
+    "slice": _unary(
+        "slice",
+        _with(
+            start_indices=lambda s, x: (0, *s),
+            limit_indices=_size_first,
+            strides=lambda s, x: None if s is None else (1, *s),
+        ),
+    ),
 }

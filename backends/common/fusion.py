@@ -116,8 +116,7 @@ def inlinable(op: Op, graph: Graph, excluded: frozenset[int] = frozenset()) -> b
     row = ROWS.get(op.name, NO_ROW)
     if row.role != "remap" or row.root or id(op) in excluded:
         return False
-    return not row.regroups or splits_and_merges(graph.types[op.inputs[0]].shape,
-                                                 op.types[0].shape)
+    return not row.regroups or splits_and_merges(graph.types[op.inputs[0]].shape, op.types[0].shape)
 
 
 def splits_and_merges(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
@@ -126,8 +125,10 @@ def splits_and_merges(in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> 
     together form a chain of divisors: (2,4,n) <-> (8,n) yes, (4,6) <-> (3,8) no)."""
     if 0 in in_shape or 0 in out_shape:
         return [n for n in in_shape if n != 1] == [n for n in out_shape if n != 1]
-    bounds = sorted(set(itertools.accumulate(in_shape, operator.mul))
-                    | set(itertools.accumulate(out_shape, operator.mul)))
+    bounds = sorted(
+        set(itertools.accumulate(in_shape, operator.mul))
+        | set(itertools.accumulate(out_shape, operator.mul))
+    )
     return all(b % a == 0 for a, b in itertools.pairwise(bounds))
 
 
@@ -192,12 +193,18 @@ def _owners(user_ops: list[int], groups_of: dict[int, list[_Group]]) -> list[_Gr
     return list(found.values()) or None
 
 
-def _reduce_that_stores(op: Op, graph: Graph, owners: list[_Group] | None, is_result: bool
-                        ) -> _Group | None:
+def _reduce_that_stores(
+    op: Op, graph: Graph, owners: list[_Group] | None, is_result: bool
+) -> _Group | None:
     """For a transcendental used by a reduce kernel and by later kernels (softmax's exp): the
     reduce kernel, which then stores it for the others (measured faster than recomputing)."""
-    if (is_result or not owners or len(owners) < 2
-            or SCALAR_COSTS.get(op.name, CHEAP).cost != "poly" or not duplicable(op, graph)):
+    if (
+        is_result
+        or not owners
+        or len(owners) < 2
+        or SCALAR_COSTS.get(op.name, CHEAP).cost != "poly"
+        or not duplicable(op, graph)
+    ):
         return None
     first = min(owners, key=lambda g: g.root)
     if role(graph.ops[first.root]) != "reduce" or first.domain != op.types[0].shape:
@@ -252,7 +259,7 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
         except _Refine as refine:
             flat = [(d, k) for d, parts in enumerate(factors) for k in range(len(parts))]
             d, k = flat[refine.dim]
-            factors[d][k:k + 1] = refine.sizes
+            factors[d][k : k + 1] = refine.sizes
 
 
 def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
@@ -284,15 +291,17 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
     def _node(vid: int, index: IndexMap) -> int:
         producer = graph.producers.get(vid)
         if producer is not None and is_scalar_constant(producer):
-            return add(("const", producer.types[0].dtype,
-                        np.asarray(producer.attrs["value"]).item()))
+            return add(
+                ("const", producer.types[0].dtype, np.asarray(producer.attrs["value"]).item())
+            )
         if producer is None or id(producer) not in member_ids or role(producer) == "reduce":
             strides = strides_of(graph.types[vid].shape, index)
             if vid not in inputs:
                 inputs.append(vid)
             if (vid, strides) not in loads:
-                loads[vid, strides] = add(("load", graph.types[vid].dtype, inputs.index(vid),
-                                           strides))
+                loads[vid, strides] = add(
+                    ("load", graph.types[vid].dtype, inputs.index(vid), strides)
+                )
             return loads[vid, strides]
         op, t = producer, producer.types[0]
         row = ROWS.get(op.name, NO_ROW)
@@ -328,29 +337,36 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
     ops = [graph.ops[i] for i in sorted(group.members)]
     spec = KernelSpec(sizes, arg_dtypes, n_in, tuple(nodes), stores, reduce_spec)
     spec = coalesce(small_reduction_last(spec))
-    return Kernel(spec, ops, inputs, outputs, group.root, root if reduce else None,
-                  name=f"k{group.root}_{root.name}")
+    return Kernel(
+        spec,
+        ops,
+        inputs,
+        outputs,
+        group.root,
+        root if reduce else None,
+        name=f"k{group.root}_{root.name}",
+    )
 
 
 def _inner_sizes(dims: tuple[int, ...], sizes: tuple[int, ...]) -> list[int]:
     """For loop dims merged row-major into one index: the product of the sizes after each."""
-    return [int(np.prod([sizes[e] for e in dims[k + 1:]], dtype=np.int64))
-            for k in range(len(dims))]
+    return [
+        int(np.prod([sizes[e] for e in dims[k + 1 :]], dtype=np.int64)) for k in range(len(dims))
+    ]
 
 
-def _transpose_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]
-                     ) -> IndexMap:
+def _transpose_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
     found: list[tuple[int, ...]] = [()] * graph.types[op.inputs[0]].ndim
     for k, p in enumerate(op.attrs["permutation"]):
         found[p] = index[k]
     return tuple(found)
 
 
-def _broadcast_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]
-                     ) -> IndexMap:
+def _broadcast_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
     shape = graph.types[op.inputs[0]].shape
-    return tuple(index[d] if n != 1 else ()
-                 for d, n in zip(op.attrs["broadcast_dimensions"], shape))
+    return tuple(
+        index[d] if n != 1 else () for d, n in zip(op.attrs["broadcast_dimensions"], shape)
+    )
 
 
 def _reshape_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:

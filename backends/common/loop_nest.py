@@ -79,17 +79,29 @@ def small_reduction_last(spec: KernelSpec) -> KernelSpec:
     def permuted(strides: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(strides[d] for d in order)
 
-    nodes = tuple((*n[:3], permuted(n[3])) if n[0] == "load"
-                  else (n[0], n[1], permuted(n[2])) if n[0] == "iota" else n
-                  for n in spec.nodes)
+    nodes = tuple(
+        (*n[:3], permuted(n[3]))
+        if n[0] == "load"
+        else (n[0], n[1], permuted(n[2]))
+        if n[0] == "iota"
+        else n
+        for n in spec.nodes
+    )
     stores = tuple((node, arg, permuted(s)) for node, arg, s in spec.stores)
-    return KernelSpec(permuted(spec.domain), spec.arg_dtypes, spec.n_in, nodes, stores,
-                      (*spec.reduce[:3], permuted(spec.reduce[3])))
+    return KernelSpec(
+        permuted(spec.domain),
+        spec.arg_dtypes,
+        spec.n_in,
+        nodes,
+        stores,
+        (*spec.reduce[:3], permuted(spec.reduce[3])),
+    )
 
 
 def _stride_vectors(spec: KernelSpec) -> list[tuple[int, ...]]:
-    found = [n[3] for n in spec.nodes if n[0] == "load"] + [n[2] for n in spec.nodes
-                                                             if n[0] == "iota"]
+    found = [n[3] for n in spec.nodes if n[0] == "load"] + [
+        n[2] for n in spec.nodes if n[0] == "iota"
+    ]
     found += [s[2] for s in spec.stores]
     if spec.reduce:
         found.append(spec.reduce[3])

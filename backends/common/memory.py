@@ -40,8 +40,13 @@ class Plan:
     reused: int  # values placed in a slot another value used before
 
 
-def plan_memory(params: list[int], donated: list[bool], results: list[int],
-                steps: list[StepUse], nbytes: dict[int, int]) -> Plan:
+def plan_memory(
+    params: list[int],
+    donated: list[bool],
+    results: list[int],
+    steps: list[StepUse],
+    nbytes: dict[int, int],
+) -> Plan:
     """Greedy first-fit by size over the step order; slots of dead values are reused."""
     bases: dict[int, set[int]] = {v: {v} for v in params}
     last: dict[int, int] = {}
@@ -77,8 +82,13 @@ def plan_memory(params: list[int], donated: list[bool], results: list[int],
     for t, step in enumerate(steps):
         for v in step.allocates:
             size, escapes = nbytes[v], v in escaping
-            candidates = [u for u in step.inplace.get(v, []) if u in slot_of
-                          and owner.get(slot_of[u]) == u and _releasable(slots[slot_of[u]], donated)]
+            candidates = [
+                u
+                for u in step.inplace.get(v, [])
+                if u in slot_of
+                and owner.get(slot_of[u]) == u
+                and _releasable(slots[slot_of[u]], donated)
+            ]
             slot = _pick(slots, free, size, escapes, candidates, slot_of, last, t)
             if slot is None:
                 slots.append(Slot(size, "result" if escapes else "temp"))
@@ -98,8 +108,11 @@ def plan_memory(params: list[int], donated: list[bool], results: list[int],
                 continue
             if base in external_live:
                 live_bytes -= external_live.pop(base)
-            elif base in slot_of and owner.get(slot_of[base]) == base and \
-                    _releasable(slots[slot_of[base]], donated):
+            elif (
+                base in slot_of
+                and owner.get(slot_of[base]) == base
+                and _releasable(slots[slot_of[base]], donated)
+            ):
                 free.append(slot_of[base])
                 live_bytes -= slots[slot_of[base]].nbytes
     return Plan(slots, slot_of, peak, reused)
@@ -109,8 +122,16 @@ def _releasable(slot: Slot, donated: list[bool]) -> bool:
     return slot.kind == "temp" or (slot.kind == "param" and donated[slot.param])
 
 
-def _pick(slots: list[Slot], free: list[int], size: int, escapes: bool, inplace: list[int],
-          slot_of: dict[int, int], last: dict[int, int], t: int) -> int | None:
+def _pick(
+    slots: list[Slot],
+    free: list[int],
+    size: int,
+    escapes: bool,
+    inplace: list[int],
+    slot_of: dict[int, int],
+    last: dict[int, int],
+    t: int,
+) -> int | None:
     """A free slot of the same size: first an input dying here that may be overwritten in
     place, then any free slot. Escaping values (results) only take donated param slots."""
     dying = [slot_of[v] for v in inplace if v in slot_of and last.get(v) == t]
@@ -139,8 +160,11 @@ def inplace_candidates(kernel: Any) -> dict[int, list[int]]:
     found: dict[int, list[int]] = {}
     for _, arg, strides in spec.stores:
         out = kernel.outputs[arg - spec.n_in]
-        found[out] = [kernel.inputs[i] for i, s in loads.items()
-                      if s == {strides} and spec.arg_dtypes[i] == spec.arg_dtypes[arg]]
+        found[out] = [
+            kernel.inputs[i]
+            for i, s in loads.items()
+            if s == {strides} and spec.arg_dtypes[i] == spec.arg_dtypes[arg]
+        ]
     return found
 
 
@@ -148,8 +172,9 @@ def step_use(kind: str, op: Any, kernel: Any = None) -> StepUse:
     """What one executable step (kernel, dot, view, const or fallback) needs of the plan;
     shared by every backend that runs the CPU backend's fusion groups."""
     if kind == "kernel":
-        return StepUse(list(kernel.inputs), allocates=list(kernel.outputs),
-                       inplace=inplace_candidates(kernel))
+        return StepUse(
+            list(kernel.inputs), allocates=list(kernel.outputs), inplace=inplace_candidates(kernel)
+        )
     if kind == "dot":
         return StepUse(list(op.inputs), allocates=list(op.outputs))
     if kind == "view":

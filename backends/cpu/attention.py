@@ -49,9 +49,20 @@ def _tiles(t: int, s: int, op: Op) -> list[tuple[slice, list[slice]]]:
     return out
 
 
-def _scores(qt: np.ndarray, kg: np.ndarray, cols: slice, rows: slice, scale: float,
-            bias: np.ndarray | None, op: Op, mask: np.ndarray | None, nb: int, kh: int,
-            t: int, s: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _scores(
+    qt: np.ndarray,
+    kg: np.ndarray,
+    cols: slice,
+    rows: slice,
+    scale: float,
+    bias: np.ndarray | None,
+    op: Op,
+    mask: np.ndarray | None,
+    nb: int,
+    kh: int,
+    t: int,
+    s: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One scaled, biased, masked score tile and its keep mask."""
     tile = np.matmul(qt, np.swapaxes(kg[..., cols, :], -1, -2))
     tile *= np.float32(scale)
@@ -124,7 +135,8 @@ def attention_backward(op: Op, ins: Sequence[np.ndarray]) -> list[np.ndarray]:
                 # a fully masked row's lse lost its log(S) to float32 rounding: 1/S each
                 probs = np.where(row_lse < LARGE_NEGATIVE / 2, np.float32(1 / s), probs)
                 d_v[..., cols, :] += np.matmul(np.swapaxes(probs, -1, -2), dot).sum(
-                    axis=-3, keepdims=True)
+                    axis=-3, keepdims=True
+                )
                 d_p = np.matmul(dot, np.swapaxes(vg[..., cols, :], -1, -2))
                 d_s = probs * (d_p - delta[..., rows, :])
                 if keep is not None:
@@ -133,27 +145,38 @@ def attention_backward(op: Op, ins: Sequence[np.ndarray]) -> list[np.ndarray]:
                     _add_bias_grad(d_bias, d_s, nb, rows, cols)
                 d_q[..., rows, :] += np.matmul(d_s, kg[..., cols, :]) * np.float32(scale)
                 d_k[..., cols, :] += np.matmul(np.swapaxes(d_s, -1, -2), qt).sum(
-                    axis=-3, keepdims=True) * np.float32(scale)
+                    axis=-3, keepdims=True
+                ) * np.float32(scale)
     lead = tuple(range(nb))
     back = (*lead, nb + 1, nb, nb + 2)
-    results = [np.ascontiguousarray(ungroup(d_q, nb), q.dtype),
-               np.ascontiguousarray(d_k[..., 0, :, :].transpose(back), k.dtype),
-               np.ascontiguousarray(d_v[..., 0, :, :].transpose(back), v.dtype)]
+    results = [
+        np.ascontiguousarray(ungroup(d_q, nb), q.dtype),
+        np.ascontiguousarray(d_k[..., 0, :, :].transpose(back), k.dtype),
+        np.ascontiguousarray(d_v[..., 0, :, :].transpose(back), v.dtype),
+    ]
     if d_bias is not None:
         results.append(d_bias)
     return results
 
 
-def _add_bias_grad(d_bias: np.ndarray, d_s: np.ndarray, nb: int, rows: slice, cols: slice,
-                   ) -> None:
+def _add_bias_grad(
+    d_bias: np.ndarray,
+    d_s: np.ndarray,
+    nb: int,
+    rows: slice,
+    cols: slice,
+) -> None:
     """Add one tile's score gradient into dbias, summed over the bias's broadcast dims
     (so a [T, S] buffer exists only when the bias itself is one)."""
     tile = ungroup_scores(d_s, nb)
     row_full, col_full = d_bias.shape[-2] != 1, d_bias.shape[-1] != 1
-    shape = d_bias.shape[:-2] + (tile.shape[-2] if row_full else 1,
-                                 tile.shape[-1] if col_full else 1)
-    d_bias[..., rows if row_full else slice(None), cols if col_full else slice(None)] += \
-        reduce_to(tile, shape)
+    shape = d_bias.shape[:-2] + (
+        tile.shape[-2] if row_full else 1,
+        tile.shape[-1] if col_full else 1,
+    )
+    d_bias[..., rows if row_full else slice(None), cols if col_full else slice(None)] += reduce_to(
+        tile, shape
+    )
 
 
 KERNELS: dict[str, Callable[[Op, Sequence[np.ndarray]], list[np.ndarray]]] = {

@@ -25,9 +25,16 @@ class CpuBackend:
             return f"llvmlite does not import ({err})"
         return None
 
-    def compile(self, graph: Graph, run_op: RunOp | None = None, *,
-                donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                device_id: int = 0, communicator: Any = None) -> Executable:
+    def compile(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        *,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        device_id: int = 0,
+        communicator: Any = None,
+    ) -> Executable:
         """`run_op(op, inputs)` runs what the backend does not lower (collectives through the
         runtime's communicator); `num_threads` (or $SPMD_CPU_THREADS) bounds kernel threads."""
         return Executable(graph, run_op, donate, num_threads)

@@ -27,8 +27,12 @@ _PLACEHOLDER = "spmd_kernel"  # every symbol of a built module starts with its n
 # LLVM's new-pass-manager tuning. Loop unrolling is off: it fully unrolled short constant
 # trip-count loops (a 64-wide row sum) into code that took 1-3 s to optimize and emit per
 # kernel (0.05 s without), and the vectorizer's interleaving already unrolls the hot loops.
-PIPELINE = {"speed_level": 3, "loop_vectorization": True, "slp_vectorization": True,
-            "loop_unrolling": False}
+PIPELINE = {
+    "speed_level": 3,
+    "loop_vectorization": True,
+    "slp_vectorization": True,
+    "loop_unrolling": False,
+}
 
 
 class _Jit:
@@ -93,8 +97,10 @@ def cache_dir() -> Path:
 
 def kernel_key(text: str) -> str:
     j = jit()
-    blob = (f"{text}\n{j.triple}\n{j.cpu}\n{j.features}\n{llvm.llvm_version_info}\n"
-            f"{sorted(PIPELINE.items())}")
+    blob = (
+        f"{text}\n{j.triple}\n{j.cpu}\n{j.features}\n{llvm.llvm_version_info}\n"
+        f"{sorted(PIPELINE.items())}"
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

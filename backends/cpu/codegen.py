@@ -93,8 +93,7 @@ def combine(m: Math, kind: str, acc: ir.Value, x: ir.Value, dtype: str) -> ir.Va
     return b.and_(acc, x) if kind == "and" else b.or_(acc, x)
 
 
-def counted_loop(b: ir.IRBuilder, fn: ir.Function, lo: ir.Value, hi: ir.Value,
-                 body: Any) -> None:
+def counted_loop(b: ir.IRBuilder, fn: ir.Function, lo: ir.Value, hi: ir.Value, body: Any) -> None:
     """for i in [lo, hi): body(i), emitted at b's position (which ends after the loop)."""
     before = b.block
     header = fn.append_basic_block("header")
@@ -138,10 +137,15 @@ class _Emitter:
             total = self.b.add(total, term)
         return total
 
-    def address(self, arg: int, dtype: str, idx: list[ir.Value], strides: tuple[int, ...]
-                ) -> ir.Value:
-        return self.b.gep(self.ptrs[arg], [self.offset(idx, strides)], inbounds=True,
-                          source_etype=storage_type(dtype))
+    def address(
+        self, arg: int, dtype: str, idx: list[ir.Value], strides: tuple[int, ...]
+    ) -> ir.Value:
+        return self.b.gep(
+            self.ptrs[arg],
+            [self.offset(idx, strides)],
+            inbounds=True,
+            source_etype=storage_type(dtype),
+        )
 
     def loop(self, lo: ir.Value, hi: ir.Value, body: Any) -> None:
         counted_loop(self.b, self.fn, lo, hi, body)
@@ -152,8 +156,7 @@ class _Emitter:
         for node in spec.nodes:
             kind, dtype = node[0], node[1]
             if kind == "load":
-                raw = b.load(self.address(node[2], dtype, idx, node[3]),
-                              typ=storage_type(dtype))
+                raw = b.load(self.address(node[2], dtype, idx, node[3]), typ=storage_type(dtype))
                 values.append(widen(b, raw, dtype))
             elif kind == "const":
                 values.append(constant(dtype, _exact(node[2], dtype)))
@@ -205,8 +208,10 @@ class _Emitter:
         if level == first_reduced and self.acc is not None:
             _, _, arg, strides = self.spec.reduce
             value = self.b.load(self.acc, typ=self.acc.allocated_type)
-            self.b.store(narrow(self.b, value, self.reduce_dtype),
-                         self.address(arg, self.reduce_dtype, idx, strides))
+            self.b.store(
+                narrow(self.b, value, self.reduce_dtype),
+                self.address(arg, self.reduce_dtype, idx, strides),
+            )
 
 
 def _small(dims: tuple[int, ...]) -> bool:

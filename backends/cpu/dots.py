@@ -34,9 +34,9 @@ NATIVE_SPLIT_MIN_MACS = 1 << 20
 
 
 @functools.lru_cache(maxsize=4096)
-def dot_layout(dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[int, ...],
-                out_dtype: np.dtype) -> tuple[tuple[int, ...], tuple[int, ...],
-                                              tuple[int, int, int, int], np.dtype]:
+def dot_layout(
+    dimension_numbers: Any, lshape: tuple[int, ...], rshape: tuple[int, ...], out_dtype: np.dtype
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, int, int, int], np.dtype]:
     """The operand permutations to [B,M,K] and [B,K,N], (B, M, K, N) and the compute dtype
     of one dot's shapes (worked out once: a dot step runs with the same shapes each call)."""
     (lc, rc), (lb, rb) = dimension_numbers
@@ -57,7 +57,8 @@ def run_dot(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray) -> None:
     whose batch dims do not merge (attention's [b, h] read from a [b, t, h, k] buffer) is
     not copied; only row or contraction dims that do not merge are."""
     lperm, rperm, (_, m, k, n), compute = dot_layout(
-        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
+        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype
+    )
     nbatch = len(op.attrs["dimension_numbers"][1][0])
     batch_shape = tuple(lhs.shape[i] for i in lperm[:nbatch])
     a = np.transpose(lhs, lperm).reshape(*batch_shape, m, k).astype(compute, copy=False)
@@ -75,13 +76,15 @@ def native_fits(dtype: str, m: int, k: int, n: int) -> bool:
     return dtype in gemm.DTYPES and 1 <= min(m, k, n) and max(m, k, n) <= NATIVE_MAX_DIM
 
 
-def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
-                    ) -> tuple[cache.KernelFn, np.ndarray, np.ndarray, np.ndarray] | None:
+def native_operands(
+    op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
+) -> tuple[cache.KernelFn, np.ndarray, np.ndarray, np.ndarray] | None:
     """The native kernel and the [B,M,K], [B,K,N], [B,M,N] views it runs on, where it fits
     (small, one float dtype, whole element strides, the output contiguous and apart from
     the inputs), else None."""
     lperm, rperm, (batch, m, k, n), _ = dot_layout(
-        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)
+        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype
+    )
     if not lhs.dtype == rhs.dtype == out.dtype or batch < 1:
         return None
     if not native_fits(out.dtype.name, m, k, n):
@@ -97,8 +100,7 @@ def native_operands(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
     return None if kernel is None else (kernel, a, b, result)
 
 
-def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts: int = 1
-               ) -> None:
+def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts: int = 1) -> None:
     """dot_general by the native kernel, its batch split in `parts` (the calling thread runs
     the first); a call whose operands do not fit it runs the BLAS instead."""
     operands = native_operands(op, lhs, rhs, out)
@@ -114,8 +116,9 @@ def run_native(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, parts:
         kernel(0, batch, where)
         return
     bounds = np.linspace(0, batch, parts + 1).astype(int).tolist()
-    spin_pool(parts).run(kernel, native_address(kernel), list(itertools.pairwise(bounds)),
-                         [where] * parts)
+    spin_pool(parts).run(
+        kernel, native_address(kernel), list(itertools.pairwise(bounds)), [where] * parts
+    )
 
 
 @functools.cache
@@ -127,14 +130,16 @@ def _blas_library() -> Any | None:
     libraries = ThreadpoolController().select(user_api="blas").lib_controllers
     if len(libraries) > 1:  # scipy (or another package) loaded a BLAS of its own: numpy's one
         numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-        libraries = [lib for lib in libraries
-                     if os.path.realpath(lib.filepath).startswith(numpy_dir)
-                     and os.sep + "numpy" in os.path.realpath(lib.filepath)]
+        libraries = [
+            lib
+            for lib in libraries
+            if os.path.realpath(lib.filepath).startswith(numpy_dir)
+            and os.sep + "numpy" in os.path.realpath(lib.filepath)
+        ]
     return libraries[0] if len(libraries) == 1 else None
 
 
-def run_blas(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1
-             ) -> None:
+def run_blas(op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1) -> None:
     """dot_general by the BLAS on `threads` of its own threads, the caller's limit restored
     after (the stacked runtime holds the BLAS to one thread outside its dots)."""
     library = _blas_library() if threads > 1 else None
@@ -161,10 +166,15 @@ def workers_can_split(op: Op, lhs: TensorType, rhs: TensorType) -> bool:
     """Whether our workers can split this dot: a batch of float GEMMs the native kernel
     takes (decided from the types; its trials may still keep it unsplit)."""
     out = op.types[0]
-    _, _, (batch, m, k, n), _ = dot_layout(op.attrs["dimension_numbers"], lhs.shape,
-                                           rhs.shape, np.dtype(np.float32))
-    return (native_enabled() and lhs.dtype == rhs.dtype == out.dtype and batch > 1
-            and native_fits(out.dtype, m, k, n))
+    _, _, (batch, m, k, n), _ = dot_layout(
+        op.attrs["dimension_numbers"], lhs.shape, rhs.shape, np.dtype(np.float32)
+    )
+    return (
+        native_enabled()
+        and lhs.dtype == rhs.dtype == out.dtype
+        and batch > 1
+        and native_fits(out.dtype, m, k, n)
+    )
 
 
 def use_blas_threads(dots: list[tuple[Op, TensorType, TensorType]]) -> bool:
@@ -177,8 +187,9 @@ def use_blas_threads(dots: list[tuple[Op, TensorType, TensorType]]) -> bool:
     ours (2x4 block: 19.4 vs 24 ms)."""
     ours = theirs = 0
     for op, lhs, rhs in dots:
-        macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
-                                    np.dtype(np.float32))[2])
+        macs = math.prod(
+            dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape, np.dtype(np.float32))[2]
+        )
         if workers_can_split(op, lhs, rhs):
             ours += macs
         else:
@@ -213,11 +224,13 @@ class DotThreads:
         """The thread count of the kept variant (None while trials last)."""
         return self.trials.chosen[1] if self.trials and self.trials.chosen else None
 
-    def _candidates(self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
-                    ) -> list[Variant]:
+    def _candidates(
+        self, op: Op, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray
+    ) -> list[Variant]:
         operands = native_operands(op, lhs, rhs, out) if native_enabled() else None
-        macs = math.prod(dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape,
-                                    out.dtype)[2])
+        macs = math.prod(
+            dot_layout(op.attrs["dimension_numbers"], lhs.shape, rhs.shape, out.dtype)[2]
+        )
         variants: list[Variant] = [("blas", 1)] + ([("native", 1)] if operands else [])
         if self.threads < 2:
             return variants

@@ -70,17 +70,21 @@ class Step:
 class Executable:
     """A compiled per-device program: call it with numpy arrays, get numpy arrays."""
 
-    def __init__(self, graph: Graph, run_op: RunOp | None = None,
-                 donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                 blas_threads: bool | None = None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        blas_threads: bool | None = None,
+    ) -> None:
         self.graph = graph
         self.run_op = run_op or run_reference
         self.donate = list(donate) if donate is not None else [False] * len(graph.params)
         self.num_threads = num_threads or default_threads()
         # the program's parallelism: the BLAS's threads in its dots, or our workers in its
         # dots and kernels (dots.use_blas_threads); a scan body keeps its program's
-        self.blas_threads = (use_blas_threads(_dots(graph)) if blas_threads is None
-                             else blas_threads)
+        self.blas_threads = use_blas_threads(_dots(graph)) if blas_threads is None else blas_threads
         allocator.tune()
         self._results = ResultPool()
         self.steps = self._schedule()
@@ -92,8 +96,13 @@ class Executable:
                 self.cache_hits += hit
                 self._prepare(step)
         nbytes = {v: t.nbytes for v, t in graph.types.items()}
-        self.plan = memory.plan_memory(list(graph.params), self.donate, list(graph.results),
-                                       [self._uses(s) for s in self.steps], nbytes)
+        self.plan = memory.plan_memory(
+            list(graph.params),
+            self.donate,
+            list(graph.results),
+            [self._uses(s) for s in self.steps],
+            nbytes,
+        )
         self._local = threading.local()
         self._param_dtypes = [dtypes.to_numpy(t.dtype) for t in graph.param_types]
 
@@ -114,8 +123,9 @@ class Executable:
                 steps.append(Step("const", op, value=value))
             elif row.kind == "blas":
                 blas.prime()
-                steps.append(Step("dot", op, dot_threads=DotThreads(self.num_threads,
-                                                                    self.blas_threads)))
+                steps.append(
+                    Step("dot", op, dot_threads=DotThreads(self.num_threads, self.blas_threads))
+                )
             elif row.kind == "loop":
                 steps.append(Step("scan", op))
             elif row.view is not None:
@@ -132,8 +142,11 @@ class Executable:
         return self.plan.peak_bytes
 
     # -- running -------------------------------------------------------------------------
-    def __call__(self, args: Sequence[Any], into: Sequence[np.ndarray | None] | None = None,
-                 ) -> list[np.ndarray]:
+    def __call__(
+        self,
+        args: Sequence[Any],
+        into: Sequence[np.ndarray | None] | None = None,
+    ) -> list[np.ndarray]:
         """Runs the program; into[k], where given, is a C-contiguous array of result k's type
         that receives it (computed there directly where its step allows, else copied)."""
         g = self.graph
@@ -183,14 +196,15 @@ class Executable:
         """A scan loop in Python around its body compiled once (native kernels per step)."""
         a = step.op.attrs
         if step.fn is None:
-            step.fn = Executable(a["body"], self.run_op, num_threads=self.num_threads,
-                                 blas_threads=self.blas_threads)
+            step.fn = Executable(
+                a["body"], self.run_op, num_threads=self.num_threads, blas_threads=self.blas_threads
+            )
         nc, ncar, length = a["num_consts"], a["num_carry"], a["length"]
         consts = ins[:nc]
-        carry = ins[nc:nc + ncar]
-        xs = ins[nc + ncar:]
+        carry = ins[nc : nc + ncar]
+        xs = ins[nc + ncar :]
         ys = [np.empty(t.shape, dtypes.to_numpy(t.dtype)) for t in step.op.types[ncar:]]
-        for i in (reversed(range(length)) if a["reverse"] else range(length)):
+        for i in reversed(range(length)) if a["reverse"] else range(length):
             into = [None] * ncar + [y[i, ...] for y in ys]  # each step's ys land in place
             outs = step.fn([*consts, *carry, *(x[i] for x in xs)], into)
             carry = [np.array(c) for c in outs[:ncar]]  # results may be reused buffers
@@ -201,19 +215,27 @@ class Executable:
         temps = getattr(self._local, "temps", None)
         if temps is not None:
             return temps
-        pool = {s: np.empty(slot.nbytes, np.uint8)
-                for s, slot in enumerate(self.plan.slots) if slot.kind == "temp"}
+        pool = {
+            s: np.empty(slot.nbytes, np.uint8)
+            for s, slot in enumerate(self.plan.slots)
+            if slot.kind == "temp"
+        }
         temps = {}
         for v, s in self.plan.slot_of.items():
             if s in pool:
                 t = self.graph.types[v]
-                temps[v] = pool[s][:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
+                temps[v] = pool[s][: t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
         self._local.temps = temps
         self._local.addresses = {id(a): address(a) for a in temps.values() if a.size}
         return temps
 
-    def _output(self, v: int, env: dict[int, np.ndarray], temps: dict[int, np.ndarray],
-                dests: dict[int, np.ndarray]) -> np.ndarray:
+    def _output(
+        self,
+        v: int,
+        env: dict[int, np.ndarray],
+        temps: dict[int, np.ndarray],
+        dests: dict[int, np.ndarray],
+    ) -> np.ndarray:
         """The planned buffer of value v: a temporary, the caller's array for a result, a
         donated param's buffer or a new result."""
         found = temps.get(v)
@@ -226,7 +248,7 @@ class Executable:
         if slot.kind != "param":
             return self._results.take(v, t.shape, dtypes.to_numpy(t.dtype))
         base = env[self.graph.params[slot.param]].reshape(-1).view(np.uint8)
-        return base[:t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
+        return base[: t.nbytes].view(dtypes.to_numpy(t.dtype)).reshape(t.shape)
 
     def _run_kernel(self, step: Step, ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         spec = step.kernel.spec
@@ -240,8 +262,11 @@ class Executable:
             kind, dtype = spec.reduce[0], spec.arg_dtypes[spec.reduce[2]]
             target = outs[-1]
             acc_dtype = dtypes.to_numpy(accumulator_dtype(dtype))
-            if (acc_dtype == target.dtype and target.flags.c_contiguous
-                    and not any(np.may_share_memory(target, a) for a in args[:-1])):
+            if (
+                acc_dtype == target.dtype
+                and target.flags.c_contiguous
+                and not any(np.may_share_memory(target, a) for a in args[:-1])
+            ):
                 target.fill(reduce_identity(kind, dtype))  # accumulate in place: no copy
                 self._launch(step, args)
                 return
@@ -271,10 +296,13 @@ class Executable:
         target = args[-1]
         partials = np.empty(len(step.chunks), target.dtype)
         addresses = [address(a) for a in args[:-1]]
-        arrays = [(ctypes.c_void_p * len(args))(*addresses, partials[k:].ctypes.data)
-                  for k in range(len(step.chunks))]
-        spin_pool(self.num_threads).run(step.fn, step.address, step.chunks,
-                                        [ctypes.addressof(a) for a in arrays])
+        arrays = [
+            (ctypes.c_void_p * len(args))(*addresses, partials[k:].ctypes.data)
+            for k in range(len(step.chunks))
+        ]
+        spin_pool(self.num_threads).run(
+            step.fn, step.address, step.chunks, [ctypes.addressof(a) for a in arrays]
+        )
         combine = _COMBINE[step.kernel.spec.reduce[0]]
         target.reshape(-1)[0] = combine.reduce(partials, dtype=partials.dtype)
 
@@ -293,8 +321,12 @@ class Executable:
         spec = step.kernel.spec
         step.empty = any(n == 0 for n in spec.domain)
         reduce_dtype = spec.arg_dtypes[spec.reduce[2]] if spec.reduce else ""
-        step.partials = (spec.reduce_mode == "trailing" and bool(spec.domain)
-                         and not any(spec.reduce[3]) and reduce_dtype not in HALF)
+        step.partials = (
+            spec.reduce_mode == "trailing"
+            and bool(spec.domain)
+            and not any(spec.reduce[3])
+            and reduce_dtype not in HALF
+        )
         step.chunks = self._chunks(spec, step.partials)
         step.reduce_mode = spec.reduce_mode
         step.pointers = ctypes.c_void_p * len(spec.arg_dtypes)
@@ -323,17 +355,27 @@ def address(a: np.ndarray) -> int:
 
 
 HALF = ("bfloat16", "float16")
-_COMBINE = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum,
-            "and": np.logical_and, "or": np.logical_or}
+_COMBINE = {
+    "sum": np.add,
+    "prod": np.multiply,
+    "max": np.maximum,
+    "min": np.minimum,
+    "and": np.logical_and,
+    "or": np.logical_or,
+}
 
 
 def _builder(kernel: Kernel) -> Callable[[str], Any]:
     return lambda name: build_module(kernel.spec, name)
 
 
-def compile_program(graph: Graph, run_op: RunOp | None = None, *,
-                    donate: Sequence[bool] | None = None,
-                    num_threads: int | None = None) -> Executable:
+def compile_program(
+    graph: Graph,
+    run_op: RunOp | None = None,
+    *,
+    donate: Sequence[bool] | None = None,
+    num_threads: int | None = None,
+) -> Executable:
     """Compile a per-device program for the host CPU.
 
     `run_op(op, inputs)` executes ops the backend does not lower (collectives, control

@@ -36,7 +36,7 @@ def column_tiles(n: int, lanes: int) -> list[tuple[int, list[int]]]:
     tiles = []
     column = 0
     for first in range(0, len(widths), TILE_VECTORS):
-        group = widths[first:first + TILE_VECTORS]
+        group = widths[first : first + TILE_VECTORS]
         tiles.append((column, group))
         column += sum(group)
     return tiles
@@ -46,8 +46,14 @@ class _GemmEmitter:
     """Emits one kernel's loops: batch, row tiles (a runtime loop, then the leftover rows),
     column tiles (unrolled), and an accumulation loop over k holding the tile in registers."""
 
-    def __init__(self, module: ir.Module, fn: ir.Function, dtype: str,
-                 shape: tuple[int, int, int], a_strides: Strides) -> None:
+    def __init__(
+        self,
+        module: ir.Module,
+        fn: ir.Function,
+        dtype: str,
+        shape: tuple[int, int, int],
+        a_strides: Strides,
+    ) -> None:
         self.module = module
         self.fn = fn
         self.scalar = DTYPES[dtype]
@@ -84,8 +90,16 @@ class _GemmEmitter:
         mask = ir.Constant(ir.VectorType(I32, width), [0] * width)
         return self.b.shuffle_vector(one, ir.Constant(vector, ir.Undefined), mask)
 
-    def tile(self, a: ir.Value, b_: ir.Value, c: ir.Value, row: ir.Value, rows: int,
-             column: int, widths: list[int]) -> None:
+    def tile(
+        self,
+        a: ir.Value,
+        b_: ir.Value,
+        c: ir.Value,
+        row: ir.Value,
+        rows: int,
+        column: int,
+        widths: list[int],
+    ) -> None:
         """c[row:row+rows, column:column+sum(widths)] = a[row:row+rows, :] @ b[:, that]."""
         b, k_total, n = self.b, self.k, self.n
         offsets = [column + sum(widths[:j]) for j in range(len(widths))]
@@ -95,13 +109,19 @@ class _GemmEmitter:
             for slot, t in zip(row_accumulators, types):
                 b.store(ir.Constant(t, [0.0] * t.count), slot)
         _, a_row_stride, a_column_stride = self.a_strides
-        a_rows = [b.mul(b.add(row, ir.Constant(I64, r)), ir.Constant(I64, a_row_stride))
-                  for r in range(rows)]
+        a_rows = [
+            b.mul(b.add(row, ir.Constant(I64, r)), ir.Constant(I64, a_row_stride))
+            for r in range(rows)
+        ]
 
         def step(k: ir.Value) -> None:
             b_row = b.mul(k, ir.Constant(I64, self.b_row_stride))
-            loaded = [b.load(self.element(b_, b.add(b_row, ir.Constant(I64, o))), typ=t,
-                             align=self.itemsize) for o, t in zip(offsets, types)]
+            loaded = [
+                b.load(
+                    self.element(b_, b.add(b_row, ir.Constant(I64, o))), typ=t, align=self.itemsize
+                )
+                for o, t in zip(offsets, types)
+            ]
             for a_row, row_accumulators in zip(a_rows, accumulators):
                 a_column = b.mul(k, ir.Constant(I64, a_column_stride))
                 value = b.load(self.element(a, b.add(a_row, a_column)), typ=self.scalar)
@@ -127,16 +147,20 @@ class _GemmEmitter:
                 target = self.element(c, b.add(c_row, ir.Constant(I64, o)))
                 b.store(b.load(slot, typ=t), target, align=self.itemsize)
 
-    def row_block(self, a: ir.Value, b_: ir.Value, c: ir.Value, row: ir.Value,
-                  rows: int) -> None:
+    def row_block(self, a: ir.Value, b_: ir.Value, c: ir.Value, row: ir.Value, rows: int) -> None:
         for column, widths in column_tiles(self.n, self.lanes):
             self.tile(a, b_, c, row, rows, column, widths)
 
     def matrix(self, a: ir.Value, b_: ir.Value, c: ir.Value) -> None:
         full = self.m // TILE_ROWS
         if full:
-            self.loop(ir.Constant(I64, 0), ir.Constant(I64, full), lambda t: self.row_block(
-                a, b_, c, self.b.mul(t, ir.Constant(I64, TILE_ROWS)), TILE_ROWS))
+            self.loop(
+                ir.Constant(I64, 0),
+                ir.Constant(I64, full),
+                lambda t: self.row_block(
+                    a, b_, c, self.b.mul(t, ir.Constant(I64, TILE_ROWS)), TILE_ROWS
+                ),
+            )
         if self.m % TILE_ROWS:
             self.row_block(a, b_, c, ir.Constant(I64, full * TILE_ROWS), self.m % TILE_ROWS)
 
@@ -151,8 +175,10 @@ class _GemmEmitter:
         def outer(i: ir.Value) -> None:
             def inner(j: ir.Value) -> None:
                 k, n = (j, i) if inner_is_k else (i, j)
-                at = b.add(b.mul(k, ir.Constant(I64, row_stride)),
-                           b.mul(n, ir.Constant(I64, column_stride)))
+                at = b.add(
+                    b.mul(k, ir.Constant(I64, row_stride)),
+                    b.mul(n, ir.Constant(I64, column_stride)),
+                )
                 value = b.load(self.element(source, at), typ=self.scalar)
                 b.store(value, self.element(target, b.add(b.mul(k, ir.Constant(I64, self.n)), n)))
 
@@ -161,8 +187,9 @@ class _GemmEmitter:
         self.loop(ir.Constant(I64, 0), ir.Constant(I64, outer_size), outer)
 
 
-def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
-               b_strides: Strides, name: str) -> ir.Module:
+def build_gemm(
+    dtype: str, shape: tuple[int, int, int], a_strides: Strides, b_strides: Strides, name: str
+) -> ir.Module:
     """`void NAME(i64 start, i64 end, ptr args)`: the matmuls of batch entries [start, end),
     args = [a, b, c] pointers to [B,M,K] and [B,K,N] arrays of the given strides (in
     elements) and a contiguous [B,M,N] one. A b whose columns are not contiguous is copied to
@@ -181,8 +208,10 @@ def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
     scratch = b.alloca(emitter.scalar, size=ir.Constant(I64, k * n)) if packed else None
 
     def matrix(i: ir.Value) -> None:
-        a, b_, c = [emitter.element(p, b.mul(i, ir.Constant(I64, size)))
-                    for p, size in zip(pointers, (a_strides[0], b_strides[0], m * n))]
+        a, b_, c = [
+            emitter.element(p, b.mul(i, ir.Constant(I64, size)))
+            for p, size in zip(pointers, (a_strides[0], b_strides[0], m * n))
+        ]
         if scratch is not None:
             emitter.pack(b_, b_strides, scratch)
             b_ = scratch
@@ -194,26 +223,36 @@ def build_gemm(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
 
 
 @functools.lru_cache(maxsize=1024)
-def gemm_kernel(dtype: str, shape: tuple[int, int, int], a_strides: Strides,
-                b_strides: Strides) -> cache.KernelFn:
+def gemm_kernel(
+    dtype: str, shape: tuple[int, int, int], a_strides: Strides, b_strides: Strides
+) -> cache.KernelFn:
     """The compiled kernel for one dtype, (M, K, N) and operand strides (process or disk
     cache)."""
     fn, _, _ = cache.compile_kernel(
-        lambda name: build_gemm(dtype, shape, a_strides, b_strides, name))
+        lambda name: build_gemm(dtype, shape, a_strides, b_strides, name)
+    )
     return fn
 
 
 @functools.lru_cache(maxsize=4096)
-def _kernel_of_layout(dtype: np.dtype, a_shape: tuple[int, ...], a_strides: tuple[int, ...],
-                      b_shape: tuple[int, ...], b_strides: tuple[int, ...]
-                      ) -> cache.KernelFn | None:
+def _kernel_of_layout(
+    dtype: np.dtype,
+    a_shape: tuple[int, ...],
+    a_strides: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    b_strides: tuple[int, ...],
+) -> cache.KernelFn | None:
     name = DTYPE_NAMES.get(dtype)
     itemsize = dtype.itemsize
     if name is None or any(s % itemsize for s in (*a_strides, *b_strides)):
         return None
     _, m, k = a_shape
-    return gemm_kernel(name, (m, k, b_shape[2]), tuple(s // itemsize for s in a_strides),
-                       tuple(s // itemsize for s in b_strides))
+    return gemm_kernel(
+        name,
+        (m, k, b_shape[2]),
+        tuple(s // itemsize for s in a_strides),
+        tuple(s // itemsize for s in b_strides),
+    )
 
 
 def kernel_for(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> cache.KernelFn | None:
@@ -238,7 +277,9 @@ def run_gemm(start: int, end: int, a: np.ndarray, b: np.ndarray, c: np.ndarray) 
     that: another layout would read out of bounds)."""
     kernel = kernel_for(a, b, c)
     if kernel is None:
-        raise ValueError(f"no native matmul for {a.dtype} operands of strides {a.strides}, "
-                         f"{b.strides} into {c.dtype} (this is a bug in spmd)")
+        raise ValueError(
+            f"no native matmul for {a.dtype} operands of strides {a.strides}, "
+            f"{b.strides} into {c.dtype} (this is a bug in spmd)"
+        )
     pointers = (ctypes.c_void_p * 3)(address(a), address(b), address(c))
     kernel(start, end, ctypes.addressof(pointers))

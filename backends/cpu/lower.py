@@ -50,8 +50,11 @@ NATIVE = Lowering("native", "tiled online-softmax in blocked numpy (backends/cpu
 
 LOWERINGS: dict[str, Lowering] = {
     **{name: FUSED for name in sorted(ELEMENTWISE)},
-    "pow": Lowering("fused", "integer pow runs through the reference (numpy raises on "
-                             "negative exponents); float pow is fused"),
+    "pow": Lowering(
+        "fused",
+        "integer pow runs through the reference (numpy raises on "
+        "negative exponents); float pow is fused",
+    ),
     "broadcast_in_dim": FUSED,
     "iota": FUSED,
     "reduce": FUSED,
@@ -60,8 +63,9 @@ LOWERINGS: dict[str, Lowering] = {
     "reshape": _view(lambda *, new_sizes: lambda x: x.reshape(new_sizes)),
     "transpose": _view(lambda *, permutation: lambda x: np.transpose(x, permutation)),
     "slice": _view(_slice),
-    "rev": _view(lambda *, dimensions: (lambda x: np.flip(x, dimensions)) if dimensions
-                 else (lambda x: x)),
+    "rev": _view(
+        lambda *, dimensions: (lambda x: np.flip(x, dimensions)) if dimensions else (lambda x: x)
+    ),
     "sharding_constraint": _view(_identity),
     "pad": REFERENCE,
     "concatenate": REFERENCE,
@@ -78,8 +82,10 @@ LOWERINGS: dict[str, Lowering] = {
     "cond": CONTROL,
     "while_loop": CONTROL,
     "shard_map": CONTROL,
-    "remat": Lowering("reference", "inlined before lowering (spmd/passes/inline_remat.py); "
-                                   "eagerly the fallback runs the body"),
+    "remat": Lowering(
+        "reference",
+        "inlined before lowering (spmd/passes/inline_remat.py); eagerly the fallback runs the body",
+    ),
     "checkpoint_name": _view(_identity),
     "dot_product_attention": NATIVE,
     "dot_product_attention_bwd": NATIVE,

@@ -96,11 +96,12 @@ class Math:
         x = b.select(b.fcmp_ordered(">", x, c(89.0)), c(89.0), x)
         minus_one, k_bits = self._expm1_reduced(x)
         negative = b.fcmp_ordered("<", x, c(0.0))
-        bias = b.select(negative, ir.Constant(i32, (127 + 64) << 23),
-                        ir.Constant(i32, (127 - 64) << 23))
+        bias = b.select(
+            negative, ir.Constant(i32, (127 + 64) << 23), ir.Constant(i32, (127 - 64) << 23)
+        )
         scale = b.bitcast(b.add(k_bits, bias), F32)
         y = self.muladd(minus_one, scale, scale)  # exact product: one rounding either way
-        return b.fmul(y, b.select(negative, c(2.0 ** -64), c(2.0 ** 64)))
+        return b.fmul(y, b.select(negative, c(2.0**-64), c(2.0**64)))
 
     def tanh(self, x: ir.Value) -> ir.Value:
         """tanh(|x|) = e / (e + 2) with e = expm1(2|x|) (no cancellation near 0), sign of x."""
@@ -118,7 +119,7 @@ class Math:
         """np.maximum / np.minimum: NaN in either operand propagates."""
         b = self.b
         if isinstance(x.type, ir.IntType):
-            op = (">" if is_max else "<")
+            op = ">" if is_max else "<"
             cmp = b.icmp_unsigned(op, x, y) if unsigned or x.type == I1 else b.icmp_signed(op, x, y)
             return b.select(cmp, x, y)
         return self.intrinsic("maximum" if is_max else "minimum", x.type, x, y)
@@ -181,14 +182,18 @@ def _sign(m: Math, x: ir.Value, unsigned: bool) -> ir.Value:
     b = m.b
     if isinstance(x.type, ir.IntType):
         zero = ir.Constant(x.type, 0)
-        pos = b.zext(b.icmp_unsigned("!=", x, zero) if unsigned else
-                     b.icmp_signed(">", x, zero), x.type)
+        pos = b.zext(
+            b.icmp_unsigned("!=", x, zero) if unsigned else b.icmp_signed(">", x, zero), x.type
+        )
         if unsigned or x.type == I1:
             return pos if x.type != I1 else x
         return b.sub(pos, b.zext(b.icmp_signed("<", x, zero), x.type))
     one, zero = ir.Constant(x.type, 1.0), ir.Constant(x.type, 0.0)
-    s = b.select(b.fcmp_ordered(">", x, zero), one,
-                 b.select(b.fcmp_ordered("<", x, zero), ir.Constant(x.type, -1.0), zero))
+    s = b.select(
+        b.fcmp_ordered(">", x, zero),
+        one,
+        b.select(b.fcmp_ordered("<", x, zero), ir.Constant(x.type, -1.0), zero),
+    )
     return b.select(b.fcmp_unordered("uno", x, x), x, s)
 
 
@@ -213,7 +218,8 @@ def convert(m: Math, x: ir.Value, src: str, dst: str) -> ir.Value:
         kind = "fptoui" if dtypes.is_unsigned(dst) else "fptosi"
         name = f"llvm.{kind}.sat.i{target.width}.{'f64' if x.type == F64 else 'f32'}"
         fn = m.module.globals.get(name) or ir.Function(
-            m.module, ir.FunctionType(target, [x.type]), name)
+            m.module, ir.FunctionType(target, [x.type]), name
+        )
         return b.call(fn, [x])
     if x.type == target:
         return x
@@ -236,8 +242,9 @@ def _to_float32_odd(m: Math, x: ir.Value) -> ir.Value:
     return b.bitcast(odd, F32)
 
 
-def emit(m: Math, name: str, args: list[ir.Value], in_dtype: str,
-         attrs: dict[str, Any], out_dtype: str) -> ir.Value:
+def emit(
+    m: Math, name: str, args: list[ir.Value], in_dtype: str, attrs: dict[str, Any], out_dtype: str
+) -> ir.Value:
     """One elementwise op on compute-typed scalars: its row of SCALAR."""
     return SCALAR[name](m, args, in_dtype, attrs, out_dtype)
 
@@ -270,7 +277,8 @@ _FLOAT: dict[str, Callable[..., ir.Value]] = {
     "logistic": lambda m, x: m.b.fdiv(_one(x), m.b.fadd(_one(x), m.exp(m.b.fneg(x)))),
     "sign": lambda m, x: _sign(m, x, False),
     "is_finite": lambda m, x: m.b.fcmp_ordered(
-        "!=", m.intrinsic("fabs", x.type, x), ir.Constant(x.type, float("inf"))),
+        "!=", m.intrinsic("fabs", x.type, x), ir.Constant(x.type, float("inf"))
+    ),
     "add": lambda m, x, y: m.b.fadd(x, y),
     "sub": lambda m, x, y: m.b.fsub(x, y),
     "mul": lambda m, x, y: m.b.fmul(x, y),
@@ -282,8 +290,9 @@ _FLOAT: dict[str, Callable[..., ir.Value]] = {
 
 _INT: dict[str, Callable[..., ir.Value]] = {
     "neg": lambda m, x, u: m.b.neg(x),
-    "abs": lambda m, x, u: x if u else m.b.select(
-        m.b.icmp_signed("<", x, ir.Constant(x.type, 0)), m.b.neg(x), x),
+    "abs": lambda m, x, u: (
+        x if u else m.b.select(m.b.icmp_signed("<", x, ir.Constant(x.type, 0)), m.b.neg(x), x)
+    ),
     "sign": lambda m, x, u: _sign(m, x, u),
     "add": lambda m, x, y, u: m.b.add(x, y),
     "sub": lambda m, x, y, u: m.b.sub(x, y),
@@ -334,6 +343,7 @@ SCALAR: dict[str, Row] = {
     "ge": _compare(">="),
     "select": lambda m, args, *_: m.b.select(*args),
     "convert_element_type": lambda m, args, in_dtype, attrs, out_dtype: convert(
-        m, args[0], in_dtype, out_dtype),
+        m, args[0], in_dtype, out_dtype
+    ),
     "stop_gradient": lambda m, args, *_: args[0],
 }

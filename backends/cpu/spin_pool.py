@@ -38,15 +38,15 @@ def _load(b: ir.IRBuilder, slot: ir.Value, index: int, order: str = "acquire") -
     return b.load_atomic(_word(b, slot, index), order, 8, typ=I64)
 
 
-def _store(b: ir.IRBuilder, value: ir.Value, slot: ir.Value, index: int,
-           order: str = "release") -> None:
+def _store(
+    b: ir.IRBuilder, value: ir.Value, slot: ir.Value, index: int, order: str = "release"
+) -> None:
     """An atomic store, as an exchange: llvmlite's store_atomic wants typed pointers."""
     b.atomic_rmw("xchg", _word(b, slot, index), value, order)
 
 
 def _call_yield(b: ir.IRBuilder, slot: ir.Value) -> None:
-    target = b.inttoptr(_load(b, slot, YIELD, "monotonic"),
-                        ir.FunctionType(I32, []).as_pointer())
+    target = b.inttoptr(_load(b, slot, YIELD, "monotonic"), ir.FunctionType(I32, []).as_pointer())
     b.call(target, [])
 
 
@@ -73,8 +73,14 @@ def _worker(module: ir.Module, name: str) -> None:
 
     b.position_at_end(run)
     target = b.inttoptr(b.load(_word(b, slot, FN), typ=I64), _ENTRY.as_pointer())
-    b.call(target, [b.load(_word(b, slot, START), typ=I64), b.load(_word(b, slot, END), typ=I64),
-                    b.inttoptr(b.load(_word(b, slot, ARGS), typ=I64), ir.PointerType())])
+    b.call(
+        target,
+        [
+            b.load(_word(b, slot, START), typ=I64),
+            b.load(_word(b, slot, END), typ=I64),
+            b.inttoptr(b.load(_word(b, slot, ARGS), typ=I64), ir.PointerType()),
+        ],
+    )
     _store(b, current, slot, DONE)
     seen.add_incoming(current, run)
     idle.add_incoming(ir.Constant(I64, 0), run)
@@ -110,8 +116,9 @@ def _publish(module: ir.Module, name: str) -> None:
     fn = ir.Function(module, _ENTRY, name)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     slot = fn.args[2]
-    _store(b, b.add(b.load(_word(b, slot, SEQ), typ=I64), ir.Constant(I64, 1)), slot, SEQ,
-           "seq_cst")
+    _store(
+        b, b.add(b.load(_word(b, slot, SEQ), typ=I64), ir.Constant(I64, 1)), slot, SEQ, "seq_cst"
+    )
     b.fence("seq_cst")
     spinning = _load(b, slot, SPINNING, "seq_cst")
     b.store(b.sub(ir.Constant(I64, 1), spinning), _word(b, slot, WAKE))
@@ -140,6 +147,7 @@ def _build(make: object) -> cache.KernelFn:
         m = ir.Module(name=name)
         make(m, name)
         return m
+
     return cache.compile_kernel(module)[0]
 
 
@@ -155,8 +163,9 @@ class SpinPool:
         self.lock = threading.Lock()
         for slot, wake in zip(self.slots, self.wakes):
             slot[YIELD] = sched_yield
-            threading.Thread(target=self._serve, args=(slot, wake), daemon=True,
-                             name="spmd-spin").start()
+            threading.Thread(
+                target=self._serve, args=(slot, wake), daemon=True, name="spmd-spin"
+            ).start()
 
     def _serve(self, slot: ctypes.Array, wake: threading.Event) -> None:
         where = ctypes.addressof(slot)
@@ -165,8 +174,13 @@ class SpinPool:
             wake.wait()
             wake.clear()
 
-    def run(self, fn: cache.KernelFn, address: int, chunks: Sequence[tuple[int, int]],
-            wheres: Sequence[int]) -> None:
+    def run(
+        self,
+        fn: cache.KernelFn,
+        address: int,
+        chunks: Sequence[tuple[int, int]],
+        wheres: Sequence[int],
+    ) -> None:
         """fn(start, end, wheres[i]) for each chunk i, the first on the calling thread;
         `address` is fn's native address."""
         if len(chunks) - 1 > len(self.slots) or not self.lock.acquire(blocking=False):
@@ -174,9 +188,8 @@ class SpinPool:
                 fn(start, end, where)
             return
         try:
-            used = self.slots[:len(chunks) - 1]
-            for slot, wake, (start, end), where in zip(used, self.wakes, chunks[1:],
-                                                       wheres[1:]):
+            used = self.slots[: len(chunks) - 1]
+            for slot, wake, (start, end), where in zip(used, self.wakes, chunks[1:], wheres[1:]):
                 slot[FN], slot[START], slot[END], slot[ARGS] = address, start, end, where
                 self._publish(0, 0, ctypes.addressof(slot))
                 if slot[WAKE]:

@@ -8,5 +8,4 @@ from backends.gpu.device import available
 from backends.gpu.executable import Executable, compile_program, kernel_sources
 from backends.gpu.lower import LOWERINGS, Lowering
 
-__all__ = ["LOWERINGS", "Executable", "Lowering", "available", "compile_program",
-           "kernel_sources"]
+__all__ = ["LOWERINGS", "Executable", "Lowering", "available", "compile_program", "kernel_sources"]

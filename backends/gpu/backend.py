@@ -20,8 +20,9 @@ class GpuBackend:
 
     kind = "gpu"
     # collectives="device": run_op receives collectives' device (cupy) arrays, for NCCL
-    capabilities = Capabilities(native=True, batched=False, donation=True, host_arrays=False,
-                                collectives="device")
+    capabilities = Capabilities(
+        native=True, batched=False, donation=True, host_arrays=False, collectives="device"
+    )
 
     def unavailable(self) -> str | None:
         try:
@@ -37,14 +38,22 @@ class GpuBackend:
         except LaunchError:
             return 0
 
-    def compile(self, graph: Graph, run_op: RunOp | None = None, *,
-                donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                device_id: int = 0, communicator: Any = None) -> Executable:
+    def compile(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        *,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        device_id: int = 0,
+        communicator: Any = None,
+    ) -> Executable:
         """`run_op` gets host arrays for ops not lowered yet; with `communicator` given (a
         collectives.nccl.NcclCommunicator-like object, used by run_op) collectives get device
         arrays instead."""
-        return Executable(graph, run_op, donate, device_id,
-                          device_collectives=communicator is not None)
+        return Executable(
+            graph, run_op, donate, device_id, device_collectives=communicator is not None
+        )
 
 
 BACKEND = GpuBackend()

@@ -14,11 +14,14 @@ from spmd import dtypes
 
 BLOCK = 256
 BLOCK_REDUCE_MIN = 128  # trailing reductions at least this long use a block per row
-PRELUDE = r"""
+PRELUDE = (
+    r"""
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #define SPMD_FN __device__ __forceinline__
-""" + cm.HELPERS
+"""
+    + cm.HELPERS
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,10 @@ class CudaKernel:
 
 def _grid_loop(var: str, bound: str) -> str:
     """Header of a grid-stride loop (needs `step` = total threads in scope)."""
-    return (f"for (long long {var} = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
-            f"{var} < {bound}; {var} += step) {{")
+    return (
+        f"for (long long {var} = blockIdx.x * (long long)blockDim.x + threadIdx.x; "
+        f"{var} < {bound}; {var} += step) {{"
+    )
 
 
 def _index_lines(var: str, dims: list[int], sizes: list[int], names: list[str]) -> list[str]:
@@ -113,8 +118,9 @@ def _params(spec: KernelSpec) -> list[str]:
     params = []
     for arg, dtype in enumerate(spec.arg_dtypes):
         storage = cm.STORAGE_TYPE[dtype]
-        params.append(f"const {storage}* __restrict__ a{arg}" if arg < spec.n_in
-                      else f"{storage}* a{arg}")
+        params.append(
+            f"const {storage}* __restrict__ a{arg}" if arg < spec.n_in else f"{storage}* a{arg}"
+        )
     return params
 
 
@@ -135,9 +141,11 @@ def _elementwise(spec: KernelSpec, name: str) -> CudaKernel:
     names = [f"i{d}" for d in range(ndim)]
     vec = vector_width(spec)
     total = math.prod(spec.domain)
-    lines = [f'extern "C" __global__ void __launch_bounds__({BLOCK}) {name}(',
-             "    " + ", ".join(_params(spec) + ["long long n"]) + ") {",
-             "  const long long step = (long long)gridDim.x * blockDim.x;"]
+    lines = [
+        f'extern "C" __global__ void __launch_bounds__({BLOCK}) {name}(',
+        "    " + ", ".join(_params(spec) + ["long long n"]) + ") {",
+        "  const long long step = (long long)gridDim.x * blockDim.x;",
+    ]
     if vec > 1:
         lines += _packed_loop(spec, vec, names)
     body = _Body(spec, names)
@@ -151,15 +159,20 @@ def _elementwise(spec: KernelSpec, name: str) -> CudaKernel:
 def _packed_loop(spec: KernelSpec, vec: int, names: list[str]) -> list[str]:
     """Each thread handles `vec` consecutive innermost elements through spmd_pack loads."""
     ndim = len(spec.domain)
-    packed = sorted({n[2] for n in spec.nodes if n[0] == "load" and n[3][-1] == 1} |
-                    {arg for _, arg, _ in spec.stores})
-    checks = [f"((unsigned long long)a{a} % {vec * dtypes.itemsize(spec.arg_dtypes[a])}ULL == 0)"
-              for a in packed]
-    lines = [f"  if ({' && '.join(checks) or 'true'}) {{",
-             "    " + _grid_loop("t", f"n / {vec}"),
-             f"      const long long i = t * {vec};"]
-    lines += ["      " + s for s in _index_lines("i", list(range(ndim)), list(spec.domain),
-                                                  names)]
+    packed = sorted(
+        {n[2] for n in spec.nodes if n[0] == "load" and n[3][-1] == 1}
+        | {arg for _, arg, _ in spec.stores}
+    )
+    checks = [
+        f"((unsigned long long)a{a} % {vec * dtypes.itemsize(spec.arg_dtypes[a])}ULL == 0)"
+        for a in packed
+    ]
+    lines = [
+        f"  if ({' && '.join(checks) or 'true'}) {{",
+        "    " + _grid_loop("t", f"n / {vec}"),
+        f"      const long long i = t * {vec};",
+    ]
+    lines += ["      " + s for s in _index_lines("i", list(range(ndim)), list(spec.domain), names)]
     for k, node in enumerate(spec.nodes):
         if node[0] != "load":
             continue
@@ -167,8 +180,10 @@ def _packed_loop(spec: KernelSpec, vec: int, names: list[str]) -> list[str]:
         storage = cm.STORAGE_TYPE[dtype]
         where = f"a{arg} + {_offset(strides, names)}"
         if strides[-1] == 1:
-            lines.append(f"      const spmd_pack<{storage}, {vec}> p{k} = "
-                         f"*reinterpret_cast<const spmd_pack<{storage}, {vec}>*>({where});")
+            lines.append(
+                f"      const spmd_pack<{storage}, {vec}> p{k} = "
+                f"*reinterpret_cast<const spmd_pack<{storage}, {vec}>*>({where});"
+            )
         else:
             lines.append(f"      const {storage} p{k} = *({where});")
     for _, arg, _ in spec.stores:
@@ -179,8 +194,10 @@ def _packed_loop(spec: KernelSpec, vec: int, names: list[str]) -> list[str]:
     lines.append("      }")
     for _, arg, strides in spec.stores:
         storage = cm.STORAGE_TYPE[spec.arg_dtypes[arg]]
-        lines.append(f"      *reinterpret_cast<spmd_pack<{storage}, {vec}>*>"
-                     f"(a{arg} + {_offset(strides, names)}) = q{arg};")
+        lines.append(
+            f"      *reinterpret_cast<spmd_pack<{storage}, {vec}>*>"
+            f"(a{arg} + {_offset(strides, names)}) = q{arg};"
+        )
     lines += ["    }", "    return;", "  }"]
     return lines
 
@@ -204,75 +221,116 @@ def _reduce(spec: KernelSpec, name: str) -> list[CudaKernel]:
     point = body.emit() + body.stores()
     _, node, arg, out_strides = spec.reduce
     value = f"({acc})(v{node})"
-    final = f"a{arg}[{_offset(out_strides, names)}] = " \
-            f"{cm.store(dtype, f'({cm.c_type(dtype)})(acc)')};"
+    final = (
+        f"a{arg}[{_offset(out_strides, names)}] = {cm.store(dtype, f'({cm.c_type(dtype)})(acc)')};"
+    )
     identity = cm.reduce_identity(kind, dtype)
     sizes = [spec.domain[d] for d in kept], [spec.domain[d] for d in reduced]
     head = [f'extern "C" __global__ void __launch_bounds__({BLOCK}) {name}(']
     if strategy == "thread":
-        lines = head + ["    " + ", ".join(_params(spec) + ["long long rows"]) + ") {",
-                        "  const long long step = (long long)gridDim.x * blockDim.x;",
-                        "  " + _grid_loop("r", "rows")]
+        lines = head + [
+            "    " + ", ".join(_params(spec) + ["long long rows"]) + ") {",
+            "  const long long step = (long long)gridDim.x * blockDim.x;",
+            "  " + _grid_loop("r", "rows"),
+        ]
         lines += ["    " + s for s in _index_lines("r", kept, sizes[0], names)]
-        lines += [f"    {acc} acc = {identity};", f"    for (long long j = 0; j < {inner}LL; ++j) {{"]
+        lines += [
+            f"    {acc} acc = {identity};",
+            f"    for (long long j = 0; j < {inner}LL; ++j) {{",
+        ]
         lines += ["      " + s for s in _index_lines("j", reduced, sizes[1], names)]
         lines += ["      " + s for s in point]
-        lines += [f"      acc = {cm.combine(kind, dtype, 'acc', value)};", "    }",
-                  "    " + final, "  }", "}"]
+        lines += [
+            f"      acc = {cm.combine(kind, dtype, 'acc', value)};",
+            "    }",
+            "    " + final,
+            "  }",
+            "}",
+        ]
         return [CudaKernel(name, "\n".join(lines), "thread", rows, inner)]
-    lines = head + ["    " + ", ".join(_params(spec) + ["long long rows", "int parts",
-                                                          f"{acc}* partial"]) + ") {",
-                    f"  __shared__ {acc} shared[32];",
-                    "  const long long chunk = ((long long)" + f"{inner}LL + parts - 1) / parts;",
-                    "  for (long long b = blockIdx.x; b < rows * parts; b += gridDim.x) {",
-                    "    const long long r = b / parts;",
-                    "    (void)r;",
-                    "    const long long lo = (b % parts) * chunk;",
-                    f"    const long long hi = lo + chunk < {inner}LL ? lo + chunk : {inner}LL;"]
+    lines = head + [
+        "    "
+        + ", ".join(_params(spec) + ["long long rows", "int parts", f"{acc}* partial"])
+        + ") {",
+        f"  __shared__ {acc} shared[32];",
+        "  const long long chunk = ((long long)" + f"{inner}LL + parts - 1) / parts;",
+        "  for (long long b = blockIdx.x; b < rows * parts; b += gridDim.x) {",
+        "    const long long r = b / parts;",
+        "    (void)r;",
+        "    const long long lo = (b % parts) * chunk;",
+        f"    const long long hi = lo + chunk < {inner}LL ? lo + chunk : {inner}LL;",
+    ]
     lines += ["    " + s for s in _index_lines("r", kept, sizes[0], names)]
-    lines += [f"    {acc} acc = {identity};",
-              "    for (long long j = lo + threadIdx.x; j < hi; j += blockDim.x) {"]
+    lines += [
+        f"    {acc} acc = {identity};",
+        "    for (long long j = lo + threadIdx.x; j < hi; j += blockDim.x) {",
+    ]
     lines += ["      " + s for s in _index_lines("j", reduced, sizes[1], names)]
     lines += ["      " + s for s in point]
     lines += [f"      acc = {cm.combine(kind, dtype, 'acc', value)};", "    }"]
     lines += ["    " + s for s in _block_reduce(kind, dtype, acc, identity)]
-    lines += ["    if (threadIdx.x == 0) {",
-              f"      if (parts == 1) {{ {final} }} else {{ partial[b] = acc; }}",
-              "    }", "    __syncthreads();", "  }", "}"]
+    lines += [
+        "    if (threadIdx.x == 0) {",
+        f"      if (parts == 1) {{ {final} }} else {{ partial[b] = acc; }}",
+        "    }",
+        "    __syncthreads();",
+        "  }",
+        "}",
+    ]
     finish = _finish(spec, name + "_finish", kept, sizes[0], kind, dtype, acc, identity)
     return [CudaKernel(name, "\n".join(lines), "block", rows, inner, acc_type=acc), finish]
 
 
 def _block_reduce(kind: str, dtype: str, acc: str, identity: str) -> list[str]:
     # Every lane must reach each shuffle: take the partner's value first, then combine.
-    shuffle = ["for (int o = 16; o > 0; o >>= 1) {",
-               f"  const {acc} other = __shfl_down_sync(0xffffffffu, acc, o);",
-               f"  acc = {cm.combine(kind, dtype, 'acc', 'other')};",
-               "}"]
-    return [*shuffle,
-            "if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = acc;",
-            "__syncthreads();",
-            f"acc = threadIdx.x < (blockDim.x >> 5) ? shared[threadIdx.x] : {identity};",
-            "if (threadIdx.x < 32) {", *["  " + s for s in shuffle], "}"]
+    shuffle = [
+        "for (int o = 16; o > 0; o >>= 1) {",
+        f"  const {acc} other = __shfl_down_sync(0xffffffffu, acc, o);",
+        f"  acc = {cm.combine(kind, dtype, 'acc', 'other')};",
+        "}",
+    ]
+    return [
+        *shuffle,
+        "if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = acc;",
+        "__syncthreads();",
+        f"acc = threadIdx.x < (blockDim.x >> 5) ? shared[threadIdx.x] : {identity};",
+        "if (threadIdx.x < 32) {",
+        *["  " + s for s in shuffle],
+        "}",
+    ]
 
 
-def _finish(spec: KernelSpec, name: str, kept: list[int], sizes: list[int], kind: str,
-            dtype: str, acc: str, identity: str) -> CudaKernel:
+def _finish(
+    spec: KernelSpec,
+    name: str,
+    kept: list[int],
+    sizes: list[int],
+    kind: str,
+    dtype: str,
+    acc: str,
+    identity: str,
+) -> CudaKernel:
     """Second pass of a block reduce split into parts: one thread per output row."""
     out_strides = spec.reduce[3]
     names = [f"i{d}" for d in range(len(spec.domain))]
     out_type = cm.STORAGE_TYPE[dtype]
     offset = _offset(tuple(out_strides[d] for d in kept), [names[d] for d in kept])
-    lines = [f'extern "C" __global__ void __launch_bounds__({BLOCK}) {name}(',
-             f"    const {acc}* __restrict__ partial, {out_type}* out, long long rows, int parts) {{",
-             "  const long long step = (long long)gridDim.x * blockDim.x;",
-             "  " + _grid_loop("r", "rows")]
+    lines = [
+        f'extern "C" __global__ void __launch_bounds__({BLOCK}) {name}(',
+        f"    const {acc}* __restrict__ partial, {out_type}* out, long long rows, int parts) {{",
+        "  const long long step = (long long)gridDim.x * blockDim.x;",
+        "  " + _grid_loop("r", "rows"),
+    ]
     lines += ["    " + s for s in _index_lines("r", kept, sizes, names)]
-    lines += [f"    {acc} acc = {identity};",
-              "    for (int c = 0; c < parts; ++c) {",
-              f"      acc = {cm.combine(kind, dtype, 'acc', 'partial[r * parts + c]')};", "    }",
-              f"    out[{offset}] = {cm.store(dtype, f'({cm.c_type(dtype)})(acc)')};",
-              "  }", "}"]
+    lines += [
+        f"    {acc} acc = {identity};",
+        "    for (int c = 0; c < parts; ++c) {",
+        f"      acc = {cm.combine(kind, dtype, 'acc', 'partial[r * parts + c]')};",
+        "    }",
+        f"    out[{offset}] = {cm.store(dtype, f'({cm.c_type(dtype)})(acc)')};",
+        "  }",
+        "}",
+    ]
     return CudaKernel(name, "\n".join(lines), "finish", 0, acc_type=acc)
 
 

@@ -13,13 +13,21 @@ from typing import Any
 from spmd import dtypes
 
 C_TYPE = {
-    "bool": "bool", "int8": "signed char", "int16": "short", "int32": "int",
-    "int64": "long long", "uint8": "unsigned char", "uint16": "unsigned short",
-    "uint32": "unsigned int", "uint64": "unsigned long long", "float32": "float",
-    "float64": "double", "bfloat16": "float", "float16": "float",
+    "bool": "bool",
+    "int8": "signed char",
+    "int16": "short",
+    "int32": "int",
+    "int64": "long long",
+    "uint8": "unsigned char",
+    "uint16": "unsigned short",
+    "uint32": "unsigned int",
+    "uint64": "unsigned long long",
+    "float32": "float",
+    "float64": "double",
+    "bfloat16": "float",
+    "float16": "float",
 }
-STORAGE_TYPE = {**C_TYPE, "bool": "unsigned char", "bfloat16": "__nv_bfloat16",
-                "float16": "__half"}
+STORAGE_TYPE = {**C_TYPE, "bool": "unsigned char", "bfloat16": "__nv_bfloat16", "float16": "__half"}
 HALF = ("bfloat16", "float16")
 
 # Device-independent helpers; SPMD_FN, __int_as_float and __longlong_as_double come from
@@ -57,8 +65,11 @@ def literal(dtype: str, value: Any) -> str:
         v = float(value)
         double = dtype == "float64"
         if math.isnan(v):
-            return "__longlong_as_double(0x7ff8000000000000LL)" if double else \
-                "__int_as_float(0x7fc00000)"
+            return (
+                "__longlong_as_double(0x7ff8000000000000LL)"
+                if double
+                else "__int_as_float(0x7fc00000)"
+            )
         if math.isinf(v):
             if double:
                 return f"__longlong_as_double({'0xfff' if v < 0 else '0x7ff'}0000000000000LL)"
@@ -122,10 +133,11 @@ def convert(x: str, src: str, dst: str) -> str:
     high = (1 << info_bits) - 1 if dtypes.is_unsigned(dst) else (1 << (info_bits - 1)) - 1
     f = "double" if src == "float64" else "float"
     # (f)high may round up past the range (2**31 in float): >= catches it.
-    return (f"(({x}) != ({x}) ? {literal(dst, 0)} : (({x}) <= ({f}){float(low)!r} ? "
-            f"{literal(dst, low)} : (({x}) >= ({f}){float(high)!r} ? {literal(dst, high)} : "
-            f"(({C_TYPE[dst]})({x})))))")
-
+    return (
+        f"(({x}) != ({x}) ? {literal(dst, 0)} : (({x}) <= ({f}){float(low)!r} ? "
+        f"{literal(dst, low)} : (({x}) >= ({f}){float(high)!r} ? {literal(dst, high)} : "
+        f"(({C_TYPE[dst]})({x})))))"
+    )
 
 
 # Rows of the GPU table: (compute-typed C expressions, operand dtype, attrs, result dtype) ->
@@ -157,8 +169,10 @@ def _int_div(d: str, x: str, y: str) -> str:
     t = C_TYPE[d]
     if dtypes.is_unsigned(d):
         return f"(({y}) == 0 ? ({t})0 : {_wrap(d, f'({x}) / ({y})')})"
-    return (f"(({y}) == 0 ? ({t})0 : (({y}) == ({t})-1 ? {_int_neg(d, x)} : "
-            f"{_wrap(d, f'({x}) / ({y})')}))")
+    return (
+        f"(({y}) == 0 ? ({t})0 : (({y}) == ({t})-1 ? {_int_neg(d, x)} : "
+        f"{_wrap(d, f'({x}) / ({y})')}))"
+    )
 
 
 def _int_rem(d: str, x: str, y: str) -> str:
@@ -209,8 +223,9 @@ def _is_finite(d: str, x: str) -> str:
     return f"({_float_fn('fabs', d)}({x}) <= {top})"
 
 
-def _by_type(on_float: Part | None = None, on_int: Part | None = None,
-             on_bool: str | None = None) -> Row:
+def _by_type(
+    on_float: Part | None = None, on_int: Part | None = None, on_bool: str | None = None
+) -> Row:
     """A row choosing by the operands' dtype: half floats round the result; a bool op is
     its C operator on 0/1 values (`on_bool`: "||", "&&", "!=", or "!" for not)."""
 
@@ -232,10 +247,24 @@ def _compare(sym: str) -> Row:
     return lambda args, *_: f"(({args[0]}) {sym} ({args[1]}))"
 
 
-_FLOAT_CALLS = {"exp": "exp", "log": "log", "log1p": "log1p", "expm1": "expm1", "tanh": "tanh",
-                "sin": "sin", "cos": "cos", "tan": "tan", "sqrt": "sqrt", "erf": "erf",
-                "floor": "floor", "ceil": "ceil", "round": "rint", "rem": "fmod",
-                "pow": "pow", "atan2": "atan2"}
+_FLOAT_CALLS = {
+    "exp": "exp",
+    "log": "log",
+    "log1p": "log1p",
+    "expm1": "expm1",
+    "tanh": "tanh",
+    "sin": "sin",
+    "cos": "cos",
+    "tan": "tan",
+    "sqrt": "sqrt",
+    "erf": "erf",
+    "floor": "floor",
+    "ceil": "ceil",
+    "round": "rint",
+    "rem": "fmod",
+    "pow": "pow",
+    "atan2": "atan2",
+}
 
 # The GPU backend's table of scalar code: one row per elementwise op (Trait.ELEMENTWISE).
 EXPRESSIONS: dict[str, Row] = {
@@ -267,13 +296,15 @@ EXPRESSIONS: dict[str, Row] = {
     "ge": _compare(">="),
     "select": lambda args, *_: f"(({args[0]}) ? ({args[1]}) : ({args[2]}))",
     "convert_element_type": lambda args, in_dtype, attrs, out_dtype: convert(
-        args[0], in_dtype, out_dtype),
+        args[0], in_dtype, out_dtype
+    ),
     "stop_gradient": lambda args, *_: args[0],
 }
 
 
-def op_expr(name: str, args: list[str], in_dtype: str, attrs: dict[str, Any],
-            out_dtype: str) -> str:
+def op_expr(
+    name: str, args: list[str], in_dtype: str, attrs: dict[str, Any], out_dtype: str
+) -> str:
     """One elementwise op on compute-typed C expressions (its row of EXPRESSIONS)."""
     return EXPRESSIONS[name](args, in_dtype, attrs, out_dtype)
 
@@ -301,8 +332,10 @@ def reduce_identity(kind: str, dtype: str) -> str:
     if dtype == "bool":
         return f"({acc}){int(kind == 'min')}"
     if dtypes.is_float(dtype):
-        return literal("float64" if acc == "double" else "float32",
-                       float("-inf") if kind == "max" else float("inf"))
+        return literal(
+            "float64" if acc == "double" else "float32",
+            float("-inf") if kind == "max" else float("inf"),
+        )
     bits = 8 * dtypes.itemsize(dtype)
     if dtypes.is_unsigned(dtype):
         return literal(dtype, 0 if kind == "max" else (1 << bits) - 1)

@@ -18,8 +18,14 @@ from spmd.errors import LaunchError
 _modules: dict[tuple[str, int], Any] = {}
 _lock = threading.Lock()
 STATS = {"compiles": 0, "hits": 0}
-ACC_NUMPY = {"float": np.float32, "double": np.float64, "int": np.int32,
-             "unsigned int": np.uint32, "long long": np.int64, "unsigned long long": np.uint64}
+ACC_NUMPY = {
+    "float": np.float32,
+    "double": np.float64,
+    "int": np.int32,
+    "unsigned int": np.uint32,
+    "long long": np.int64,
+    "unsigned long long": np.uint64,
+}
 # cudaDataType / cublasComputeType values (cuda library_types.h, cublas_api.h).
 CUDA_TYPE = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}
 COMPUTE_32F, COMPUTE_64F, GEMM_DEFAULT_TENSOR_OP = 68, 70, 99
@@ -30,15 +36,18 @@ def cupy_module() -> Any:
     try:
         import cupy
     except ImportError as err:
-        raise LaunchError(f"the GPU backend needs cupy, which does not import: {err}",
-                          hint="pip install 'spmd[gpu]' (cupy-cuda13x) on a machine with "
-                               "an NVIDIA driver, or use the cpu backend") from None
+        raise LaunchError(
+            f"the GPU backend needs cupy, which does not import: {err}",
+            hint="pip install 'spmd[gpu]' (cupy-cuda13x) on a machine with "
+            "an NVIDIA driver, or use the cpu backend",
+        ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except (RuntimeError, OSError) as err:  # CUDARuntimeError without a driver
-        raise LaunchError(f"cupy imports but finds no CUDA device: {err}",
-                          hint="check nvidia-smi and CUDA_VISIBLE_DEVICES, or use the cpu "
-                               "backend") from None
+        raise LaunchError(
+            f"cupy imports but finds no CUDA device: {err}",
+            hint="check nvidia-smi and CUDA_VISIBLE_DEVICES, or use the cpu backend",
+        ) from None
     if count == 0:
         raise LaunchError("cupy finds no CUDA device", hint="use the cpu backend")
     return cupy
@@ -114,11 +123,30 @@ def gemm(cp: Any, a: Any, b: Any, out: Any, in_dtype: str, out_dtype: str) -> No
     handle = cp.cuda.device.get_cublas_handle()
     # Row-major C = A B is column-major C^T = B^T A^T: swap the operands, no transposes.
     cublas.gemmStridedBatchedEx(
-        handle, 0, 0, n, m, k, one.ctypes.data,
-        b.data.ptr, kind, n, k * n,
-        a.data.ptr, kind, k, m * k,
-        zero.ctypes.data, out.data.ptr, out_kind, n, m * n,
-        batch, compute, GEMM_DEFAULT_TENSOR_OP)
+        handle,
+        0,
+        0,
+        n,
+        m,
+        k,
+        one.ctypes.data,
+        b.data.ptr,
+        kind,
+        n,
+        k * n,
+        a.data.ptr,
+        kind,
+        k,
+        m * k,
+        zero.ctypes.data,
+        out.data.ptr,
+        out_kind,
+        n,
+        m * n,
+        batch,
+        compute,
+        GEMM_DEFAULT_TENSOR_OP,
+    )
 
 
 def bfloat16_to_float32(cp: Any, bits: Any) -> Any:

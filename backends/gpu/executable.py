@@ -47,9 +47,14 @@ def kernel_sources(graph: Graph) -> list[codegen.CudaKernel]:
 class Executable:
     """A compiled per-device program on one GPU: call it with numpy or cupy arrays."""
 
-    def __init__(self, graph: Graph, run_op: RunOp | None = None,
-                 donate: Sequence[bool] | None = None, device_id: int = 0,
-                 device_collectives: bool = False) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        donate: Sequence[bool] | None = None,
+        device_id: int = 0,
+        device_collectives: bool = False,
+    ) -> None:
         self.cp = device.cupy_module()
         self.graph = graph
         self.run_op = run_op or run_reference
@@ -63,8 +68,13 @@ class Executable:
             self.steps = self._schedule()
         self.kernels = [s.kernel for s in self.steps if s.kind == "kernel"]
         nbytes = {v: t.nbytes for v, t in graph.types.items()}
-        self.plan = memory.plan_memory(list(graph.params), self.donate, list(graph.results),
-                                       [self._uses(s) for s in self.steps], nbytes)
+        self.plan = memory.plan_memory(
+            list(graph.params),
+            self.donate,
+            list(graph.results),
+            [self._uses(s) for s in self.steps],
+            nbytes,
+        )
 
     def _schedule(self) -> list[Step]:
         g, cp = self.graph, self.cp
@@ -107,8 +117,9 @@ class Executable:
         """Run on host or device arguments; results come back as numpy arrays."""
         outs = self.call_device(args)
         with self.cp.cuda.Device(self.device_id):
-            return [device.to_host(self.cp, o, t.dtype)
-                    for o, t in zip(outs, self.graph.result_types)]
+            return [
+                device.to_host(self.cp, o, t.dtype) for o, t in zip(outs, self.graph.result_types)
+            ]
 
     def call_device(self, args: Sequence[Any]) -> list[Any]:
         """Run and keep the results on the device (cupy arrays; bfloat16 as uint16 bits)."""
@@ -137,7 +148,7 @@ class Executable:
     def _array(self, v: int, buffers: list[Any]) -> Any:
         t = self.graph.types[v]
         buf = buffers[self.plan.slot_of[v]]
-        return buf[:t.nbytes].view(device.device_dtype(t.dtype)).reshape(t.shape)
+        return buf[: t.nbytes].view(device.device_dtype(t.dtype)).reshape(t.shape)
 
     def _run(self, step: Step, ins: list[Any], buffers: list[Any]) -> list[Any]:
         op, cp = step.op, self.cp
@@ -145,15 +156,20 @@ class Executable:
             return [step.value]
         if step.kind == "view":
             return [step.view(ins[0])]
-        if step.kind == "fallback" and self.device_collectives and REGISTRY[op.name].has(
-                Trait.COLLECTIVE):
+        if (
+            step.kind == "fallback"
+            and self.device_collectives
+            and REGISTRY[op.name].has(Trait.COLLECTIVE)
+        ):
             return [o.reshape(t.shape) for o, t in zip(self.run_op(op, ins), op.types)]
         if step.kind == "fallback":
-            host = [device.to_host(cp, x, self.graph.types[v].dtype)
-                    for x, v in zip(ins, op.inputs)]
+            host = [
+                device.to_host(cp, x, self.graph.types[v].dtype) for x, v in zip(ins, op.inputs)
+            ]
             outs = self.run_op(op, host)
-            return [device.to_device(cp, o, t.dtype).reshape(t.shape)
-                    for o, t in zip(outs, op.types)]
+            return [
+                device.to_device(cp, o, t.dtype).reshape(t.shape) for o, t in zip(outs, op.types)
+            ]
         if step.kind == "dot":
             out = self._array(op.outputs[0], buffers)
             self._dot(op, ins[0], ins[1], out)
@@ -174,7 +190,8 @@ class Executable:
                 kind, _, arg, _ = spec.reduce
                 dtype = spec.arg_dtypes[arg]
                 outs[-1][...] = device.to_device(
-                    cp, np.full(outs[-1].shape, reduce_identity(kind, dtype)), dtype)
+                    cp, np.full(outs[-1].shape, reduce_identity(kind, dtype)), dtype
+                )
             return
         block = (codegen.BLOCK,)
         if main.strategy == "elementwise":
@@ -185,20 +202,23 @@ class Executable:
         else:
             self._block_reduce(step, main, args, outs[-1])
 
-    def _block_reduce(self, step: Step, main: codegen.CudaKernel, args: list[Any],
-                      out: Any) -> None:
+    def _block_reduce(
+        self, step: Step, main: codegen.CudaKernel, args: list[Any], out: Any
+    ) -> None:
         cp, rows = self.cp, main.points
         parts = 1
         if rows < 2 * self.sm_count:
-            parts = max(1, min(1024, main.inner // (8 * codegen.BLOCK),
-                               (4 * self.sm_count) // rows))
+            parts = max(
+                1, min(1024, main.inner // (8 * codegen.BLOCK), (4 * self.sm_count) // rows)
+            )
         partial = cp.empty(rows * parts if parts > 1 else 1, device.ACC_NUMPY[main.acc_type])
         grid = max(1, min(rows * parts, MAX_BLOCKS))
         block = (codegen.BLOCK,)
         step.functions[0]((grid,), block, (*args, np.int64(rows), np.int32(parts), partial))
         if parts > 1:
-            step.functions[1]((self._blocks(rows),), block,
-                              (partial, out, np.int64(rows), np.int32(parts)))
+            step.functions[1](
+                (self._blocks(rows),), block, (partial, out, np.int64(rows), np.int32(parts))
+            )
 
     def _dot(self, op: Op, lhs: Any, rhs: Any, out: Any) -> None:
         """dot_general as a batched GEMM [B,M,K] x [B,K,N] -> [B,M,N] written into `out`."""
@@ -215,10 +235,14 @@ class Executable:
         device.gemm(cp, a, b, out.reshape(batch, m, n), in_dtype, op.types[0].dtype)
 
 
-
-def compile_program(graph: Graph, run_op: RunOp | None = None, *, device_id: int = 0,
-                    donate: Sequence[bool] | None = None,
-                    device_collectives: bool = False) -> Executable:
+def compile_program(
+    graph: Graph,
+    run_op: RunOp | None = None,
+    *,
+    device_id: int = 0,
+    donate: Sequence[bool] | None = None,
+    device_collectives: bool = False,
+) -> Executable:
     """Compile a per-device program for GPU `device_id` (same contract as the cpu backend's).
 
     `run_op(op, inputs)` executes ops the backend does not lower (collectives, control flow)

@@ -36,8 +36,9 @@ def _slice(*, start_indices: Any, limit_indices: Any, strides: Any) -> Callable[
 def _rev(*, dimensions: Any) -> Callable[[Any], Any]:
     if not dimensions:
         return lambda x: x
-    return lambda x: x[tuple(slice(None, None, -1) if d in dimensions else slice(None)
-                             for d in range(x.ndim))]
+    return lambda x: x[
+        tuple(slice(None, None, -1) if d in dimensions else slice(None) for d in range(x.ndim))
+    ]
 
 
 def _identity(**_: Any) -> Callable[[Any], Any]:
@@ -45,8 +46,11 @@ def _identity(**_: Any) -> Callable[[Any], Any]:
 
 
 FUSED = Lowering("fused")
-CUBLAS = Lowering("cublas", "cuBLAS gemmStridedBatchedEx (f32 accumulation for bf16/fp16); "
-                            "integer dots through cupy.matmul")
+CUBLAS = Lowering(
+    "cublas",
+    "cuBLAS gemmStridedBatchedEx (f32 accumulation for bf16/fp16); "
+    "integer dots through cupy.matmul",
+)
 CONSTANT = Lowering("constant", "the attribute array, uploaded once at compile time")
 REFERENCE = Lowering("reference", "host round trip through the numpy reference (not lowered yet)")
 RUNTIME = Lowering("runtime", "executed by the runtime's run_op (NCCL on GPU meshes)")
@@ -57,8 +61,11 @@ LOWERINGS: dict[str, Lowering] = {
     "pow": Lowering("fused", "integer pow runs through the reference; float pow is fused"),
     "broadcast_in_dim": FUSED,
     "iota": FUSED,
-    "reduce": Lowering("fused", "sum/max/min/prod/and/or fused; a block per row with warp "
-                                "shuffles for long trailing reductions, a thread per row else"),
+    "reduce": Lowering(
+        "fused",
+        "sum/max/min/prod/and/or fused; a block per row with warp "
+        "shuffles for long trailing reductions, a thread per row else",
+    ),
     "constant": CONSTANT,
     "dot_general": CUBLAS,
     "reshape": _view(lambda *, new_sizes: lambda x: x.reshape(new_sizes)),

@@ -41,9 +41,16 @@ class InterpreterBackend:
     def unavailable(self) -> str | None:
         return None
 
-    def compile(self, graph: Graph, run_op: RunOp | None = None, *,
-                donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                device_id: int = 0, communicator: Any = None) -> InterpretedProgram:
+    def compile(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        *,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        device_id: int = 0,
+        communicator: Any = None,
+    ) -> InterpretedProgram:
         return InterpretedProgram(graph, run_op)
 
 

@@ -17,8 +17,17 @@ from .simulate import Simulator
 from .topology import topology_for
 
 DEFAULT_CHIP = "v5e"
-OPTIONS = ("chip", "topology", "overlap", "fuse", "check_memory", "while_iterations",
-           "slices", "calibrated", "donate")
+OPTIONS = (
+    "chip",
+    "topology",
+    "overlap",
+    "fuse",
+    "check_memory",
+    "while_iterations",
+    "slices",
+    "calibrated",
+    "donate",
+)
 _CACHE: dict[Any, SimReport] = {}
 _CACHE_LIMIT = 64
 
@@ -35,9 +44,14 @@ def chip_of(device_kind: str, chip: str | ChipSpec | None = None) -> ChipSpec:
     return load_chip(DEFAULT_CHIP)
 
 
-def simulate_program(program: Graph, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...],
-                     device_kind: str = "cpu", mesh_topology: str | None = None,
-                     **options: Any) -> SimReport:
+def simulate_program(
+    program: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    device_kind: str = "cpu",
+    mesh_topology: str | None = None,
+    **options: Any,
+) -> SimReport:
     """Simulate one call of a per-device `program` on every chip of the mesh.
 
     Options: chip= (name or ChipSpec; default from device_kind, else v5e), topology=
@@ -51,8 +65,10 @@ def simulate_program(program: Graph, axis_names: tuple[str, ...], axis_sizes: tu
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise SimulationError(f"unknown simulate option(s) {', '.join(map(repr, unknown))}",
-                              hint=f"use {', '.join(OPTIONS)}")
+        raise SimulationError(
+            f"unknown simulate option(s) {', '.join(map(repr, unknown))}",
+            hint=f"use {', '.join(OPTIONS)}",
+        )
     chip = chip_of(device_kind, options.pop("chip", None))
     if not options.pop("calibrated", True):
         chip = chip.ideal()

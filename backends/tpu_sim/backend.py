@@ -22,9 +22,16 @@ class TpuSimBackend:
     def unavailable(self) -> str | None:
         return None
 
-    def compile(self, graph: Graph, run_op: RunOp | None = None, *,
-                donate: Sequence[bool] | None = None, num_threads: int | None = None,
-                device_id: int = 0, communicator: Any = None) -> Executable:
+    def compile(
+        self,
+        graph: Graph,
+        run_op: RunOp | None = None,
+        *,
+        donate: Sequence[bool] | None = None,
+        num_threads: int | None = None,
+        device_id: int = 0,
+        communicator: Any = None,
+    ) -> Executable:
         host = registry.get(registry.choose("cpu", graph))
         return host.compile(graph, run_op, donate=donate, num_threads=num_threads)
 

@@ -21,8 +21,14 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "compute": ("peak_flops_bf16", "peak_flops_int8", "peak_flops_f32", "mxu_dim", "clock_hz"),
     "memory": ("hbm_bytes", "hbm_bandwidth"),
     "interconnect": (
-        "topology", "links_per_chip", "link_bandwidth", "hop_latency_s", "max_pod_shape",
-        "wrap_axis_multiple", "wrap_min_axis", "wrap_min_chips",
+        "topology",
+        "links_per_chip",
+        "link_bandwidth",
+        "hop_latency_s",
+        "max_pod_shape",
+        "wrap_axis_multiple",
+        "wrap_min_axis",
+        "wrap_min_chips",
     ),
 }
 
@@ -30,9 +36,15 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Optional tables: calibration of the roofline (1.0 / 0 where a chip file has none, so an
 # uncalibrated file prices ops at 100% of spec) and the data-center network between slices.
 OPTIONAL: dict[str, dict[str, float]] = {
-    "efficiency": {"matmul": 1.0, "hbm": 1.0, "vpu_elements_per_cycle": 0.0,
-                   "op_overhead_s": 0.0, "matmul_overhead_s": 0.0, "ici_bandwidth": 1.0,
-                   "collective_call_s": 0.0},
+    "efficiency": {
+        "matmul": 1.0,
+        "hbm": 1.0,
+        "vpu_elements_per_cycle": 0.0,
+        "op_overhead_s": 0.0,
+        "matmul_overhead_s": 0.0,
+        "ici_bandwidth": 1.0,
+        "collective_call_s": 0.0,
+    },
     "dcn": {"bandwidth": 0.0, "latency_s": 0.0},
 }
 
@@ -94,10 +106,16 @@ class ChipSpec:
 
     def ideal(self) -> ChipSpec:
         """This chip at 100% of spec: no efficiency factors, overheads or element limits."""
-        return replace(self, matmul_efficiency=1.0, hbm_efficiency=1.0,
-                       vpu_elements_per_cycle=0.0, op_overhead_s=0.0, matmul_overhead_s=0.0,
-                       ici_efficiency=1.0,
-                       collective_call_s=0.0)
+        return replace(
+            self,
+            matmul_efficiency=1.0,
+            hbm_efficiency=1.0,
+            vpu_elements_per_cycle=0.0,
+            op_overhead_s=0.0,
+            matmul_overhead_s=0.0,
+            ici_efficiency=1.0,
+            collective_call_s=0.0,
+        )
 
     def wraps(self, axis_size: int, slice_chips: int) -> bool:
         """Whether a physical axis of this size has a wraparound link in a slice of this size."""
@@ -167,20 +185,32 @@ def load_chip(name: str) -> ChipSpec:
             f"chip file {str(path)!r} has topology {values['topology']!r}",
             hint=f"use one of {', '.join(TOPOLOGIES)}",
         )
-    names = {("efficiency", "matmul"): "matmul_efficiency", ("efficiency", "hbm"): "hbm_efficiency",
-             ("efficiency", "ici_bandwidth"): "ici_efficiency",
-             ("dcn", "bandwidth"): "dcn_bandwidth", ("dcn", "latency_s"): "dcn_latency_s"}
+    names = {
+        ("efficiency", "matmul"): "matmul_efficiency",
+        ("efficiency", "hbm"): "hbm_efficiency",
+        ("efficiency", "ici_bandwidth"): "ici_efficiency",
+        ("dcn", "bandwidth"): "dcn_bandwidth",
+        ("dcn", "latency_s"): "dcn_latency_s",
+    }
     for table, fields in OPTIONAL.items():
         section = data.get(table, {})
         unknown = sorted(set(section) - set(fields))
         if unknown:
-            raise SimulationError(f"chip file {str(path)!r} has unknown [{table}] field(s) "
-                                  f"{', '.join(unknown)}", hint=f"use {', '.join(fields)}")
+            raise SimulationError(
+                f"chip file {str(path)!r} has unknown [{table}] field(s) {', '.join(unknown)}",
+                hint=f"use {', '.join(fields)}",
+            )
         for key, default in fields.items():
             values[names.get((table, key), key)] = float(section.get(key, default))
     values["max_pod_shape"] = tuple(int(d) for d in values["max_pod_shape"])
-    for key in ("mxu_dim", "hbm_bytes", "links_per_chip", "wrap_axis_multiple",
-                "wrap_min_axis", "wrap_min_chips"):
+    for key in (
+        "mxu_dim",
+        "hbm_bytes",
+        "links_per_chip",
+        "wrap_axis_multiple",
+        "wrap_min_axis",
+        "wrap_min_chips",
+    ):
         values[key] = int(values[key])
     return ChipSpec(name=data.get("name", name), description=data.get("description", ""), **values)
 

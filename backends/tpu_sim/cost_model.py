@@ -17,12 +17,24 @@ from .timeline import Event, Timeline
 from .topology import RingPart, Topology
 
 __all__ = [
-    "COLLECTIVES", "CollectiveCost", "Event", "MemoryTracker", "Timeline",
-    "collective_cost", "collective_time", "mxu_padding_factor", "op_time",
+    "COLLECTIVES",
+    "CollectiveCost",
+    "Event",
+    "MemoryTracker",
+    "Timeline",
+    "collective_cost",
+    "collective_time",
+    "mxu_padding_factor",
+    "op_time",
 ]
 
 COLLECTIVES = (
-    "all_gather", "reduce_scatter", "all_reduce", "all_to_all", "collective_permute", "broadcast",
+    "all_gather",
+    "reduce_scatter",
+    "all_reduce",
+    "all_to_all",
+    "collective_permute",
+    "broadcast",
 )
 
 
@@ -37,8 +49,14 @@ def mxu_padding_factor(mxu_dims: Sequence[int], tile: int) -> float:
     return factor
 
 
-def op_time(chip: ChipSpec, flops: float, bytes_accessed: float, dtype: str = "bf16",
-            mxu_dims: Sequence[int] | None = None, elements: float = 0.0) -> float:
+def op_time(
+    chip: ChipSpec,
+    flops: float,
+    bytes_accessed: float,
+    dtype: str = "bf16",
+    mxu_dims: Sequence[int] | None = None,
+    elements: float = 0.0,
+) -> float:
     """Calibrated roofline of one kernel: overhead + max(flops / (peak(dtype) x matmul
     efficiency), bytes / (HBM bandwidth x hbm efficiency), elements / VPU element rate).
 
@@ -164,8 +182,15 @@ def _all_to_all(rings: list[_Ring], nbytes: float) -> tuple[float, float, int]:
     return latency, bandwidth, hops
 
 
-def collective_cost(chip: ChipSpec, topology: Topology, kind: str, bytes_per_device: float,
-                    axes: int | Sequence[int], *, shift: int = 1) -> CollectiveCost:
+def collective_cost(
+    chip: ChipSpec,
+    topology: Topology,
+    kind: str,
+    bytes_per_device: float,
+    axes: int | Sequence[int],
+    *,
+    shift: int = 1,
+) -> CollectiveCost:
     """Predicted cost of one collective over mesh axes `axes` (indices into the mesh).
 
     bytes_per_device is the operand one device feeds in, as XLA's HLO counts it:
@@ -180,8 +205,9 @@ def collective_cost(chip: ChipSpec, topology: Topology, kind: str, bytes_per_dev
             f"unknown collective {kind!r}", hint=f"use one of {', '.join(COLLECTIVES)}"
         )
     if bytes_per_device < 0:
-        raise SimulationError(f"{kind} got negative bytes {bytes_per_device!r}",
-                              hint="pass the operand size in bytes")
+        raise SimulationError(
+            f"{kind} got negative bytes {bytes_per_device!r}", hint="pass the operand size in bytes"
+        )
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     rings = _rings(chip, topology, axes)
     n = math.prod(r.n for r in rings)
@@ -209,8 +235,9 @@ def collective_cost(chip: ChipSpec, topology: Topology, kind: str, bytes_per_dev
     return CollectiveCost(kind, seconds, latency, bandwidth, sum(p[2] for p in phases))
 
 
-def _hierarchical(kind: str, ici: list[_Ring], dcn: list[_Ring], nbytes: float
-                  ) -> list[tuple[float, float, int]]:
+def _hierarchical(
+    kind: str, ici: list[_Ring], dcn: list[_Ring], nbytes: float
+) -> list[tuple[float, float, int]]:
     """A collective over slices and ICI axes at once, as XLA runs it across a multi-slice
     pod: the ICI phase works on the whole buffer, the DCN phase only on the ICI shard.
 
@@ -225,8 +252,12 @@ def _hierarchical(kind: str, ici: list[_Ring], dcn: list[_Ring], nbytes: float
     shard = nbytes / n_ici
     if kind == "reduce_scatter":
         return [_gather(ici, shard), _gather(dcn, shard / n_dcn)]
-    return [_gather(ici, shard), _gather(dcn, shard / n_dcn), _gather(dcn, shard / n_dcn),
-            _gather(ici, shard)]
+    return [
+        _gather(ici, shard),
+        _gather(dcn, shard / n_dcn),
+        _gather(dcn, shard / n_dcn),
+        _gather(ici, shard),
+    ]
 
 
 def _broadcast(rings: list[_Ring], nbytes: float) -> tuple[float, float, int]:
@@ -244,7 +275,14 @@ def _permute(rings: list[_Ring], nbytes: float, shift: int) -> tuple[float, floa
     return hops * r.hop_latency, nbytes / r.bandwidth if k else 0.0, hops
 
 
-def collective_time(chip: ChipSpec, topology: Topology, kind: str, bytes_per_device: float,
-                    axes: int | Sequence[int], *, shift: int = 1) -> float:
+def collective_time(
+    chip: ChipSpec,
+    topology: Topology,
+    kind: str,
+    bytes_per_device: float,
+    axes: int | Sequence[int],
+    *,
+    shift: int = 1,
+) -> float:
     """Seconds for one collective; see collective_cost for what bytes_per_device means."""
     return collective_cost(chip, topology, kind, bytes_per_device, axes, shift=shift).seconds

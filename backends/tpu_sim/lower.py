@@ -38,15 +38,56 @@ CONTROL = Costing("control", note="sub-graphs walked: scan body x length, cond m
 FREE = Costing("free", note="no device work")
 
 LOWERINGS: dict[str, Costing] = {
-    **{name: ELEMENTWISE for name in (
-        "add", "sub", "mul", "div", "rem", "max", "min", "neg", "abs", "sign", "floor", "ceil",
-        "round", "and", "or", "xor", "not", "shift_left", "shift_right", "select",
-        "convert_element_type", "is_finite", "stop_gradient", "broadcast_in_dim", "iota",
-        "sqrt", "rsqrt")},
+    **{
+        name: ELEMENTWISE
+        for name in (
+            "add",
+            "sub",
+            "mul",
+            "div",
+            "rem",
+            "max",
+            "min",
+            "neg",
+            "abs",
+            "sign",
+            "floor",
+            "ceil",
+            "round",
+            "and",
+            "or",
+            "xor",
+            "not",
+            "shift_left",
+            "shift_right",
+            "select",
+            "convert_element_type",
+            "is_finite",
+            "stop_gradient",
+            "broadcast_in_dim",
+            "iota",
+            "sqrt",
+            "rsqrt",
+        )
+    },
     **{name: COMPARE for name in ("eq", "ne", "lt", "le", "gt", "ge")},
-    **{name: TRANSCENDENTAL for name in (
-        "exp", "expm1", "log", "log1p", "tanh", "logistic", "sin", "cos", "tan", "erf", "pow",
-        "atan2")},
+    **{
+        name: TRANSCENDENTAL
+        for name in (
+            "exp",
+            "expm1",
+            "log",
+            "log1p",
+            "tanh",
+            "logistic",
+            "sin",
+            "cos",
+            "tan",
+            "erf",
+            "pow",
+            "atan2",
+        )
+    },
     "dot_general": MATMUL,
     "reduce": REDUCE,
     "argmax": REDUCE,
@@ -79,11 +120,15 @@ LOWERINGS: dict[str, Costing] = {
     "remat": CONTROL,
     "checkpoint_name": VIEW,
     "dot_product_attention": Costing(
-        "attention", note="fused (flash): QK^T and PV on the MXU (causal: only kept tiles); "
-                          "HBM traffic of q, k, v, out and lse only"),
+        "attention",
+        note="fused (flash): QK^T and PV on the MXU (causal: only kept tiles); "
+        "HBM traffic of q, k, v, out and lse only",
+    ),
     "dot_product_attention_bwd": Costing(
-        "attention", note="fused backward: recomputes QK^T, then dV, dP, dQ, dK (5 matmuls "
-                          "to the forward's 2); HBM traffic of its operands and results"),
+        "attention",
+        note="fused backward: recomputes QK^T, then dV, dP, dQ, dK (5 matmuls "
+        "to the forward's 2); HBM traffic of its operands and results",
+    ),
 }
 
 

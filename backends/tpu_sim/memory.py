@@ -42,11 +42,17 @@ class MemoryTracker:
     def alloc(self, name: str, nbytes: int, loc: str | None = None) -> Buffer:
         """Allocate `name`; raises SimulationError if live bytes would exceed capacity."""
         if name in self.live:
-            raise SimulationError(f"buffer {name!r} is already live on device {self.device}",
-                                  loc=loc, hint="free it first or use a unique name")
+            raise SimulationError(
+                f"buffer {name!r} is already live on device {self.device}",
+                loc=loc,
+                hint="free it first or use a unique name",
+            )
         if nbytes < 0:
-            raise SimulationError(f"buffer {name!r} has negative size {nbytes!r}", loc=loc,
-                                  hint="sizes are bytes >= 0")
+            raise SimulationError(
+                f"buffer {name!r} has negative size {nbytes!r}",
+                loc=loc,
+                hint="sizes are bytes >= 0",
+            )
         buf = Buffer(name, int(nbytes), loc)
         if self.current + buf.nbytes > self.capacity:
             self._oom(buf)
@@ -61,8 +67,10 @@ class MemoryTracker:
         """Release a live buffer."""
         buf = self.live.pop(name, None)
         if buf is None:
-            raise SimulationError(f"free of buffer {name!r} that is not live on device "
-                                  f"{self.device}", hint="this is likely a bug in the caller")
+            raise SimulationError(
+                f"free of buffer {name!r} that is not live on device {self.device}",
+                hint="this is likely a bug in the caller",
+            )
         self.current -= buf.nbytes
 
     def largest(self, k: int | None = None) -> list[Buffer]:
@@ -82,5 +90,5 @@ class MemoryTracker:
             f"{_fmt_bytes(self.capacity)}; largest live buffers:\n" + "\n".join(lines),
             loc=buf.loc,
             hint="shard the largest buffers over more devices, rematerialise them, "
-                 "or use a chip with more HBM",
+            "or use a chip with more HBM",
         )

@@ -47,28 +47,32 @@ class PipelineSim:
 
     def table(self) -> str:
         """A short text report: step time, bubble, per-slot costs."""
-        return (f"pipeline {self.schedule}: {self.devices} devices x {self.microbatches} "
-                f"microbatches\n  step {self.step_time_s * 1e3:.3f} ms, bubble "
-                f"{self.bubble_fraction:.1%} (SPMD lockstep program "
-                f"{self.lockstep_step_s * 1e3:.3f} ms)\n  forward {self.forward_s * 1e6:.1f} us,"
-                f" backward {self.backward_s * 1e6:.1f} us, shift {self.shift_s * 1e6:.1f} us "
-                f"per stage slot")
+        return (
+            f"pipeline {self.schedule}: {self.devices} devices x {self.microbatches} "
+            f"microbatches\n  step {self.step_time_s * 1e3:.3f} ms, bubble "
+            f"{self.bubble_fraction:.1%} (SPMD lockstep program "
+            f"{self.lockstep_step_s * 1e3:.3f} ms)\n  forward {self.forward_s * 1e6:.1f} us,"
+            f" backward {self.backward_s * 1e6:.1f} us, shift {self.shift_s * 1e6:.1f} us "
+            f"per stage slot"
+        )
 
     def to_chrome_trace(self, path: str | os.PathLike) -> Path:
         """Perfetto/Chrome trace JSON: one process per pipe device, bubbles as events."""
         return self.timeline.to_chrome_trace(path)
 
 
-def schedule_timeline(schedule: Any, forward_s: float, backward_s: float,
-                      shift_s: float = 0.0) -> PipelineSim:
+def schedule_timeline(
+    schedule: Any, forward_s: float, backward_s: float, shift_s: float = 0.0
+) -> PipelineSim:
     """Slots in table order per device; a forward waits for the previous stage's forward
     and its shift, a backward for the next stage's backward and its shift (the last stage
     for its own forward); the gap before a slot is a `bubble` event."""
-    for name, value in (("forward_s", forward_s), ("backward_s", backward_s),
-                        ("shift_s", shift_s)):
+    for name, value in (("forward_s", forward_s), ("backward_s", backward_s), ("shift_s", shift_s)):
         if value < 0:
-            raise SimulationError(f"pipeline timeline: {name}={value!r} is negative",
-                                  hint="pass seconds >= 0 (from the simulated stage program)")
+            raise SimulationError(
+                f"pipeline timeline: {name}={value!r} is negative",
+                hint="pass seconds >= 0 (from the simulated stage program)",
+            )
     p = int(schedule.devices)
     stages = p * int(getattr(schedule, "stages_per_device", 1))
     timeline = Timeline(p, overlap=True)
@@ -82,20 +86,35 @@ def schedule_timeline(schedule: Any, forward_s: float, backward_s: float,
             ready = max(free[d], _input_ready(slot, arrived, stages))
             if ready > free[d]:
                 timeline.add(d, BUBBLE, ready - free[d], BUBBLE, {"tick": t}, ready=free[d])
-            event = timeline.add(d, str(slot), cost, "compute",
-                                 {"stage": slot.stage, "microbatch": slot.microbatch,
-                                  "kind": slot.kind, "tick": t}, ready=ready)
+            event = timeline.add(
+                d,
+                str(slot),
+                cost,
+                "compute",
+                {"stage": slot.stage, "microbatch": slot.microbatch, "kind": slot.kind, "tick": t},
+                ready=ready,
+            )
             busy[d] += cost
             free[d] = event.end
             arrived[(slot.kind, slot.stage, slot.microbatch)] = _send(
-                timeline, slot, d, p, stages, event.end, shift_s)
+                timeline, slot, d, p, stages, event.end, shift_s
+            )
     end = max(free, default=0.0)
     for d in range(p):
         if end > free[d]:
             timeline.add(d, BUBBLE, end - free[d], BUBBLE, {"tick": "drain"}, ready=free[d])
-    return PipelineSim(str(schedule.name), p, int(schedule.microbatches), forward_s,
-                       backward_s, shift_s, end, busy,
-                       lockstep_seconds(schedule, forward_s, backward_s, shift_s), timeline)
+    return PipelineSim(
+        str(schedule.name),
+        p,
+        int(schedule.microbatches),
+        forward_s,
+        backward_s,
+        shift_s,
+        end,
+        busy,
+        lockstep_seconds(schedule, forward_s, backward_s, shift_s),
+        timeline,
+    )
 
 
 def _input_ready(slot: Any, arrived: dict[tuple[str, int, int], float], stages: int) -> float:
@@ -106,8 +125,9 @@ def _input_ready(slot: Any, arrived: dict[tuple[str, int, int], float], stages: 
     return arrived[("B", slot.stage + 1, slot.microbatch)]
 
 
-def _send(timeline: Timeline, slot: Any, d: int, p: int, stages: int, done: float,
-          shift_s: float) -> float:
+def _send(
+    timeline: Timeline, slot: Any, d: int, p: int, stages: int, done: float, shift_s: float
+) -> float:
     """When the slot's output is on the device that needs it (its own, for the last stage's
     forward and the first stage's backward)."""
     last_forward = slot.kind == "F" and slot.stage == stages - 1
@@ -115,12 +135,17 @@ def _send(timeline: Timeline, slot: Any, d: int, p: int, stages: int, done: floa
         return done
     to = (d + 1) % p if slot.kind == "F" else (d - 1) % p
     # on the sender's ICI stream only: a ring neighbour's send and receive use two links
-    return timeline.add(d, f"shift {slot} -> device {to}", shift_s, "collective",
-                        {"kind": slot.kind, "to": to}, ready=done).end
+    return timeline.add(
+        d,
+        f"shift {slot} -> device {to}",
+        shift_s,
+        "collective",
+        {"kind": slot.kind, "to": to},
+        ready=done,
+    ).end
 
 
-def lockstep_seconds(schedule: Any, forward_s: float, backward_s: float,
-                     shift_s: float) -> float:
+def lockstep_seconds(schedule: Any, forward_s: float, backward_s: float, shift_s: float) -> float:
     """The SPMD program's time: a tick of one kind runs it on every device (masked where
     idle); a tick that mixes them branches on each device's role (spmd/pipeline_grad.py),
     so it lasts its longer slot; then one shift per direction used."""

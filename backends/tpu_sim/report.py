@@ -95,25 +95,35 @@ class SimReport:
         mesh = "x".join(str(s) for s in self.mesh.values()) or "1"
         names = ",".join(self.mesh) or "-"
         lines = [
-            (f"TPU simulation: {self.chip} x {self.num_devices} (mesh {mesh} [{names}], "
-             f"torus {'x'.join(map(str, self.topology))}, overlap={self.overlap})"),
+            (
+                f"TPU simulation: {self.chip} x {self.num_devices} (mesh {mesh} [{names}], "
+                f"torus {'x'.join(map(str, self.topology))}, overlap={self.overlap})"
+            ),
             f"  step time       {_fmt_s(self.step_time_s)}",
             f"  compute         {_fmt_s(self.compute_time_s)}",
-            (f"  collectives     {_fmt_s(self.collective_time_s)} "
-             f"({_fmt_s(self.exposed_collective_s)} exposed, "
-             f"{_fmt_bytes(self.collective_bytes)} per device)"),
+            (
+                f"  collectives     {_fmt_s(self.collective_time_s)} "
+                f"({_fmt_s(self.exposed_collective_s)} exposed, "
+                f"{_fmt_bytes(self.collective_bytes)} per device)"
+            ),
             f"  MFU             {self.mfu * 100:.1f}%  ({self.flops:.3g} FLOPs per device)",
-            (f"  peak HBM        {_fmt_bytes(self.peak_memory_bytes)} of "
-             f"{_fmt_bytes(self.hbm_bytes)} per device"),
-            "  time by kind    " + ", ".join(
-                f"{k} {_fmt_s(v)}" for k, v in sorted(self.by_kind().items(), key=lambda kv: -kv[1])),
+            (
+                f"  peak HBM        {_fmt_bytes(self.peak_memory_bytes)} of "
+                f"{_fmt_bytes(self.hbm_bytes)} per device"
+            ),
+            "  time by kind    "
+            + ", ".join(
+                f"{k} {_fmt_s(v)}" for k, v in sorted(self.by_kind().items(), key=lambda kv: -kv[1])
+            ),
             "",
             f"  {'op':<28} {'kind':<11} {'time':>10} {'count':>6} {'GFLOP':>9} {'MB':>9}  line",
         ]
         for r in sorted(self.ops, key=lambda r: -r.time_s)[:top]:
             name = r.op if not r.axes else f"{r.op}[{','.join(r.axes)}]"
-            lines.append(f"  {name[:28]:<28} {r.kind:<11} {_fmt_s(r.time_s):>10} {r.count:>6} "
-                         f"{r.flops / 1e9:>9.2f} {r.bytes / 1e6:>9.2f}  {r.loc or '?'}")
+            lines.append(
+                f"  {name[:28]:<28} {r.kind:<11} {_fmt_s(r.time_s):>10} {r.count:>6} "
+                f"{r.flops / 1e9:>9.2f} {r.bytes / 1e6:>9.2f}  {r.loc or '?'}"
+            )
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -129,8 +139,10 @@ class SimReport:
         n = self.num_devices if max_devices is None else min(self.num_devices, max_devices)
         full = Timeline(n, overlap=self.overlap)
         for d in range(n):
-            full.events.extend(Event(d, e.stream, e.name, e.start, e.duration, e.category, e.args)
-                               for e in self.timeline.events)
+            full.events.extend(
+                Event(d, e.stream, e.name, e.start, e.duration, e.category, e.args)
+                for e in self.timeline.events
+            )
         return full.to_chrome_trace(path)
 
 

@@ -25,10 +25,19 @@ MAX_EXPANDED_EVENTS = 20000  # beyond this a scan's iterations are one event eac
 class Simulator:
     """Simulates one per-device program on a chip of a torus slice."""
 
-    def __init__(self, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...],
-                 axis_sizes: tuple[int, ...], *, overlap: bool = True, fuse: bool = True,
-                 check_memory: bool = True, while_iterations: int = 1,
-                 donate: tuple[bool, ...] = ()) -> None:
+    def __init__(
+        self,
+        chip: ChipSpec,
+        topology: Topology,
+        axis_names: tuple[str, ...],
+        axis_sizes: tuple[int, ...],
+        *,
+        overlap: bool = True,
+        fuse: bool = True,
+        check_memory: bool = True,
+        while_iterations: int = 1,
+        donate: tuple[bool, ...] = (),
+    ) -> None:
         self.chip = chip
         self.topology = topology
         self.axis_names = tuple(axis_names)
@@ -50,8 +59,9 @@ class Simulator:
         """Cost units of a graph, built once per graph."""
         key = id(graph)
         if key not in self._units:
-            self._units[key] = build_units(graph, self.chip, self.topology, self.axis_names,
-                                           self.fuse)
+            self._units[key] = build_units(
+                graph, self.chip, self.topology, self.axis_names, self.fuse
+            )
         return self._units[key]
 
     def events(self, graph: Graph) -> int:
@@ -70,8 +80,9 @@ class Simulator:
             elif op.name == "cond":
                 count += max(self.events(b) for b in op.attrs["branches"])
             elif op.name == "while_loop":
-                count += self.while_iterations * (self.events(op.attrs["cond_graph"]) +
-                                                  self.events(op.attrs["body_graph"]))
+                count += self.while_iterations * (
+                    self.events(op.attrs["cond_graph"]) + self.events(op.attrs["body_graph"])
+                )
             else:
                 count += self.events(op.attrs["body"])
         self._events[key] = count
@@ -110,7 +121,7 @@ class Simulator:
         time is read off the timeline once its producers have been scheduled."""
         producer: dict[int, int] = {}
         for i, u in enumerate(units):
-            for v in (u.op.outputs if u.op is not None else u.outputs):
+            for v in u.op.outputs if u.op is not None else u.outputs:
                 producer[v] = i
         users: list[list[int]] = [[] for _ in units]
         waiting = [0] * len(units)
@@ -166,10 +177,10 @@ class Simulator:
     def scan(self, op: Op, ready_in: list[float]) -> list[float]:
         body = op.attrs["body"]
         length = int(op.attrs["length"])
-        consts = ready_in[:op.attrs["num_consts"]]
+        consts = ready_in[: op.attrs["num_consts"]]
         k = op.attrs["num_carry"]
-        carry = ready_in[len(consts):len(consts) + k]
-        xs_ready = max(ready_in[len(consts) + k:], default=0.0)
+        carry = ready_in[len(consts) : len(consts) + k]
+        xs_ready = max(ready_in[len(consts) + k :], default=0.0)
         n_xs = len(body.params) - len(consts) - k
         ys = [0.0] * (len(body.results) - k)
         iterations = length
@@ -190,10 +201,12 @@ class Simulator:
         n_cond = op.attrs["cond_num_consts"]
         n_body = op.attrs["body_num_consts"]
         cond_consts = ready_in[:n_cond]
-        body_consts = ready_in[n_cond:n_cond + n_body]
-        carry = ready_in[n_cond + n_body:]
-        note = (f"while_loop at {op.loc or '?'}: trip count unknown, costed as "
-                f"{self.while_iterations} iteration(s) (simulate(while_iterations=...))")
+        body_consts = ready_in[n_cond : n_cond + n_body]
+        carry = ready_in[n_cond + n_body :]
+        note = (
+            f"while_loop at {op.loc or '?'}: trip count unknown, costed as "
+            f"{self.while_iterations} iteration(s) (simulate(while_iterations=...))"
+        )
         if note not in self.notes:
             self.notes.append(note)
         for _ in range(self.while_iterations):
@@ -224,8 +237,13 @@ class Simulator:
         self.track(graph, tracker, keep_params=False)
         return tracker.peak
 
-    def track(self, graph: Graph, tracker: MemoryTracker, keep_params: bool = True,
-              donated: tuple[bool, ...] = ()) -> None:
+    def track(
+        self,
+        graph: Graph,
+        tracker: MemoryTracker,
+        keep_params: bool = True,
+        donated: tuple[bool, ...] = (),
+    ) -> None:
         """Liveness over units: outputs allocate at their unit, inputs free at last use.
 
         A view's output aliases its input. Params stay live (the caller holds them) unless
@@ -269,8 +287,11 @@ class Simulator:
                     tracker.free(live.pop(v))
 
     def _transient(self, op: Op, tracker: MemoryTracker) -> None:
-        subs = [g for key in ("body", "body_graph", "cond_graph") if isinstance(
-            g := op.attrs.get(key), Graph)] + list(op.attrs.get("branches", ()))
+        subs = [
+            g
+            for key in ("body", "body_graph", "cond_graph")
+            if isinstance(g := op.attrs.get(key), Graph)
+        ] + list(op.attrs.get("branches", ()))
         extra = max((self.transient_peak(g) for g in subs), default=0)
         if extra <= 0:
             return
@@ -288,11 +309,19 @@ class Simulator:
         compute = sum(r.time_s for r in rows if r.kind != "collective")
         collective = sum(r.time_s for r in rows if r.kind == "collective")
         return SimReport(
-            chip=self.chip.name, mesh=dict(zip(self.axis_names, self.axis_sizes)),
-            topology=self.topology.shape, step_time_s=self.timeline.step_time(),
-            compute_time_s=compute, collective_time_s=collective,
-            flops=sum(r.flops for r in rows), peak_flops=self.chip.peak_flops_bf16,
-            peak_memory_bytes=tracker.peak, hbm_bytes=self.chip.hbm_bytes, ops=rows,
-            timeline=self.timeline, peak_buffers=tracker.peak_live, overlap=self.overlap,
-            notes=list(self.notes))
-
+            chip=self.chip.name,
+            mesh=dict(zip(self.axis_names, self.axis_sizes)),
+            topology=self.topology.shape,
+            step_time_s=self.timeline.step_time(),
+            compute_time_s=compute,
+            collective_time_s=collective,
+            flops=sum(r.flops for r in rows),
+            peak_flops=self.chip.peak_flops_bf16,
+            peak_memory_bytes=tracker.peak,
+            hbm_bytes=self.chip.hbm_bytes,
+            ops=rows,
+            timeline=self.timeline,
+            peak_buffers=tracker.peak_live,
+            overlap=self.overlap,
+            notes=list(self.notes),
+        )

@@ -47,8 +47,10 @@ class Timeline:
 
     def __init__(self, num_devices: int, overlap: bool = True) -> None:
         if num_devices < 1:
-            raise SimulationError(f"a timeline needs >= 1 device, got {num_devices!r}",
-                                  hint="pass the mesh's device count")
+            raise SimulationError(
+                f"a timeline needs >= 1 device, got {num_devices!r}",
+                hint="pass the mesh's device count",
+            )
         self.num_devices = num_devices
         self.overlap = overlap
         self.events: list[Event] = []
@@ -66,18 +68,33 @@ class Timeline:
         free = self._free[device]
         return free[stream] if self.overlap else max(free.values())
 
-    def add(self, device: int, name: str, duration: float, category: str = "compute",
-            args: dict | None = None, ready: float = 0.0) -> Event:
+    def add(
+        self,
+        device: int,
+        name: str,
+        duration: float,
+        category: str = "compute",
+        args: dict | None = None,
+        ready: float = 0.0,
+    ) -> Event:
         """Append an event on `device` starting once its stream is free and at >= `ready`."""
         return self.add_group([device], name, duration, category, args, ready)[0]
 
-    def add_group(self, devices: Iterable[int], name: str, duration: float,
-                  category: str = "collective", args: dict | None = None,
-                  ready: float = 0.0) -> list[Event]:
+    def add_group(
+        self,
+        devices: Iterable[int],
+        name: str,
+        duration: float,
+        category: str = "collective",
+        args: dict | None = None,
+        ready: float = 0.0,
+    ) -> list[Event]:
         """One synchronised event across `devices` (a collective): all start together."""
         if duration < 0:
-            raise SimulationError(f"event {name!r} has negative duration {duration!r}",
-                                  hint="durations are seconds >= 0")
+            raise SimulationError(
+                f"event {name!r} has negative duration {duration!r}",
+                hint="durations are seconds >= 0",
+            )
         devices = list(devices)
         stream = self._stream(category)
         start = max([ready, *(self._earliest(d, stream) for d in devices)])
@@ -105,17 +122,38 @@ class Timeline:
         """Write Chrome/Perfetto trace JSON (one process per device, a thread per stream)."""
         trace: list[dict] = []
         for d in range(self.num_devices):
-            trace.append({"ph": "M", "name": "process_name", "pid": d, "tid": 0,
-                          "args": {"name": f"device {d}"}})
+            trace.append(
+                {
+                    "ph": "M",
+                    "name": "process_name",
+                    "pid": d,
+                    "tid": 0,
+                    "args": {"name": f"device {d}"},
+                }
+            )
             for tid, stream in enumerate(STREAMS):
-                trace.append({"ph": "M", "name": "thread_name", "pid": d, "tid": tid,
-                              "args": {"name": stream}})
+                trace.append(
+                    {
+                        "ph": "M",
+                        "name": "thread_name",
+                        "pid": d,
+                        "tid": tid,
+                        "args": {"name": stream},
+                    }
+                )
         for e in sorted(self.events, key=lambda e: (e.device, e.start)):
-            trace.append({
-                "ph": "X", "name": e.name, "cat": e.category, "pid": e.device,
-                "tid": STREAMS.index(e.stream), "ts": e.start * 1e6, "dur": e.duration * 1e6,
-                "args": {k: _jsonable(v) for k, v in e.args.items()},
-            })
+            trace.append(
+                {
+                    "ph": "X",
+                    "name": e.name,
+                    "cat": e.category,
+                    "pid": e.device,
+                    "tid": STREAMS.index(e.stream),
+                    "ts": e.start * 1e6,
+                    "dur": e.duration * 1e6,
+                    "args": {k: _jsonable(v) for k, v in e.args.items()},
+                }
+            )
         path = Path(path)
         payload = json.dumps({"traceEvents": trace, "displayTimeUnit": "ns"})
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

@@ -184,16 +184,21 @@ def _map_axes(
     return tuple(reversed(mapping))
 
 
-def multi_slice(chip: ChipSpec, mesh_shape: tuple[int, ...], slices: int,
-                explicit: str | None = None) -> Topology:
+def multi_slice(
+    chip: ChipSpec, mesh_shape: tuple[int, ...], slices: int, explicit: str | None = None
+) -> Topology:
     """`slices` pods of `chip` joined by DCN: the mesh's major axes span the slices (as
     jax's create_hybrid_device_mesh lays them), the rest is one slice's torus."""
     if slices < 1 or math.prod(mesh_shape) % slices:
-        raise SimulationError(f"a mesh of {math.prod(mesh_shape)} chips cannot be split into "
-                              f"{slices} equal slices", hint="use a slice count dividing it")
+        raise SimulationError(
+            f"a mesh of {math.prod(mesh_shape)} chips cannot be split into {slices} equal slices",
+            hint="use a slice count dividing it",
+        )
     if not chip.dcn_bandwidth:
-        raise SimulationError(f"chip {chip.name!r} has no [dcn] bandwidth for multi-slice pods",
-                              hint="add a [dcn] table (bandwidth, latency_s) to its TOML file")
+        raise SimulationError(
+            f"chip {chip.name!r} has no [dcn] bandwidth for multi-slice pods",
+            hint="add a [dcn] table (bandwidth, latency_s) to its TOML file",
+        )
     left = slices
     spans, inner = [], []
     for size in mesh_shape:
@@ -202,24 +207,34 @@ def multi_slice(chip: ChipSpec, mesh_shape: tuple[int, ...], slices: int,
             raise SimulationError(
                 f"mesh {mesh_shape!r} does not put its {slices} slices on its major axes",
                 hint="make the leading mesh axes' sizes multiply to the slice count, e.g. "
-                     f"make_mesh(({slices}, ...), ('replica', ...))")
+                f"make_mesh(({slices}, ...), ('replica', ...))",
+            )
         spans.append(span)
         inner.append(size // span)
         left //= span
     one = topology_for(chip, tuple(inner), explicit)
     parts = tuple(one.parts(i) for i in range(len(inner)))
-    return Topology(one.shape, one.wraparound, one.links_per_direction, one.kind, parts,
-                    tuple(spans))
+    return Topology(
+        one.shape, one.wraparound, one.links_per_direction, one.kind, parts, tuple(spans)
+    )
 
 
-def topology_for(chip: ChipSpec, mesh_shape: tuple[int, ...], explicit: str | None = None,
-                 slices: int | None = None) -> Topology:
+def topology_for(
+    chip: ChipSpec,
+    mesh_shape: tuple[int, ...],
+    explicit: str | None = None,
+    slices: int | None = None,
+) -> Topology:
     """Topology of a slice of `chip` holding a mesh of `mesh_shape` (or `explicit`, '4x4x4');
     `slices` > 1 (or a mesh larger than one pod) makes it a multi-slice pod."""
     mesh_shape = tuple(int(d) for d in mesh_shape)
     chips = math.prod(mesh_shape)
-    if slices is None and chips > chip.max_chips and chips % chip.max_chips == 0 \
-            and chip.dcn_bandwidth:
+    if (
+        slices is None
+        and chips > chip.max_chips
+        and chips % chip.max_chips == 0
+        and chip.dcn_bandwidth
+    ):
         slices = chips // chip.max_chips
     if slices is not None and slices > 1:
         return multi_slice(chip, mesh_shape, slices, explicit)

@@ -75,8 +75,19 @@ def _matmul(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
     if batch * m * n * k == 0:
         return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, 0.0, nbytes, 0.0)
     seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(m, n, k))
-    return Unit("dot_general", "matmul", op.loc, op.inputs, op.outputs, flops, nbytes, seconds,
-                mxu=(m, n, k), mxu_flops=flops, dtype=dtype)
+    return Unit(
+        "dot_general",
+        "matmul",
+        op.loc,
+        op.inputs,
+        op.outputs,
+        flops,
+        nbytes,
+        seconds,
+        mxu=(m, n, k),
+        mxu_flops=flops,
+        dtype=dtype,
+    )
 
 
 def _attention(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
@@ -88,13 +99,13 @@ def _attention(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
         flops *= 2.5
     nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
     dtype = _peak_dtype(chip, q.dtype)
-    seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(q.shape[-3], k.shape[-3],
-                                                            q.shape[-1]))
+    seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(q.shape[-3], k.shape[-3], q.shape[-1]))
     return Unit(op.name, "attention", op.loc, op.inputs, op.outputs, flops, nbytes, seconds)
 
 
-def _collective(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
-                axis_names: tuple[str, ...]) -> Unit:
+def _collective(
+    op: Op, graph: Graph, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...]
+) -> Unit:
     axes = op.attrs.get("axes", ())
     axes = (axes,) if isinstance(axes, str) else tuple(axes)
     indices = [axis_names.index(a) for a in axes if a in axis_names]
@@ -106,12 +117,14 @@ def _collective(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
         size = int(op.attrs.get("group_size", 1)) or 1
         shift = (moving[0][1] - moving[0][0]) % size if moving else 0
     seconds = collective_time(chip, topology, op.name, nbytes, indices, shift=shift)
-    return Unit(op.name, "collective", op.loc, op.inputs, op.outputs, 0.0, nbytes, seconds,
-                axes=axes)
+    return Unit(
+        op.name, "collective", op.loc, op.inputs, op.outputs, 0.0, nbytes, seconds, axes=axes
+    )
 
 
-def _single(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
-            axis_names: tuple[str, ...]) -> Unit:
+def _single(
+    op: Op, graph: Graph, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...]
+) -> Unit:
     row = costing(op.name)
     if row.kind == "matmul":
         return _matmul(op, graph, chip)
@@ -120,19 +133,35 @@ def _single(op: Op, graph: Graph, chip: ChipSpec, topology: Topology,
     if row.kind == "collective":
         return _collective(op, graph, chip, topology, axis_names)
     if row.kind in ("control", "free", "view"):
-        return Unit(op.name, row.kind, op.loc, op.inputs, op.outputs,
-                    op=op if row.kind == "control" else None, producer=row.kind == "view")
+        return Unit(
+            op.name,
+            row.kind,
+            op.loc,
+            op.inputs,
+            op.outputs,
+            op=op if row.kind == "control" else None,
+            producer=row.kind == "view",
+        )
     nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
     if op.name == "dynamic_update_slice":
         nbytes = 2 * _nbytes(graph, op.inputs[1:2])
     size = sum(graph.types[v].size for v in (op.inputs[:1] if row.kind == "reduce" else op.outputs))
     flops = row.flops_per_element * size
-    return Unit(op.name, row.kind, op.loc, op.inputs, op.outputs, flops, nbytes,
-                producer=row.kind == "elementwise")
+    return Unit(
+        op.name,
+        row.kind,
+        op.loc,
+        op.inputs,
+        op.outputs,
+        flops,
+        nbytes,
+        producer=row.kind == "elementwise",
+    )
 
 
-def build_units(graph: Graph, chip: ChipSpec, topology: Topology,
-                axis_names: tuple[str, ...], fuse: bool = True) -> list[Unit]:
+def build_units(
+    graph: Graph, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...], fuse: bool = True
+) -> list[Unit]:
     """The graph's ops as cost units in program order (fusions replace their members)."""
     users = graph.users()
     results = set(graph.results)
@@ -180,8 +209,9 @@ def build_units(graph: Graph, chip: ChipSpec, topology: Topology,
 FUSIBLE_USERS = (*CONSUMER_KINDS, "matmul")
 
 
-def _fusible(producer: Unit, op: Op, users: dict[int, list[Op]], results: set[int],
-             kinds: dict[int, str]) -> bool:
+def _fusible(
+    producer: Unit, op: Op, users: dict[int, list[Op]], results: set[int], kinds: dict[int, str]
+) -> bool:
     """Whether `op` fuses `producer` in: its only consumer, or (as XLA duplicates a cheap
     elementwise producer) every consumer of it can fuse it."""
     if not producer.producer or any(o in results for o in producer.outputs):
@@ -190,23 +220,34 @@ def _fusible(producer: Unit, op: Op, users: dict[int, list[Op]], results: set[in
     if all(u is op for u in consumers):
         return True
     # copies only of single ops: copying fusions into fusions would grow them exponentially
-    return producer.kind == "elementwise" and all(
-        kinds[id(u)] in FUSIBLE_USERS for u in consumers)
+    return producer.kind == "elementwise" and all(kinds[id(u)] in FUSIBLE_USERS for u in consumers)
 
 
 def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) -> Unit:
     inside = {v for p in parts for v in p.outputs}
-    inputs = tuple(dict.fromkeys([v for p in parts for v in p.inputs] +
-                                 [v for v in root.inputs if v not in inside]))
+    inputs = tuple(
+        dict.fromkeys(
+            [v for p in parts for v in p.inputs] + [v for v in root.inputs if v not in inside]
+        )
+    )
     kinds = {p.kind for p in parts} | {root.kind}
     count = sum(len(m) for m in member_ops) + 1
     kind = "fusion" if kinds - {"view"} and count > 1 else root.kind
     if root.kind == "matmul":
         kind = "matmul"
     name = f"fusion[{count}]:{root.name}" if kind in ("fusion", "matmul") else root.name
-    return Unit(name, kind, op.loc, inputs, root.outputs,
-                sum(p.flops for p in parts) + root.flops, producer=root.producer,
-                mxu=root.mxu, mxu_flops=root.mxu_flops, dtype=root.dtype)
+    return Unit(
+        name,
+        kind,
+        op.loc,
+        inputs,
+        root.outputs,
+        sum(p.flops for p in parts) + root.flops,
+        producer=root.producer,
+        mxu=root.mxu,
+        mxu_flops=root.mxu_flops,
+        dtype=root.dtype,
+    )
 
 
 def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
@@ -216,7 +257,6 @@ def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
     if unit.kind != "copy":
         unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
     types = graph.types
-    elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types),
-                   default=0)
+    elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types), default=0)
     flops = 0.0 if chip.vpu_elements_per_cycle else unit.flops  # ideal chip: FLOPs at f32 peak
     unit.time = op_time(chip, flops, unit.bytes, "float32", elements=elements)

@@ -108,8 +108,12 @@ class Graph:
                 yield from sub.walk()
 
     def replace(self, **changes: Any) -> Graph:
-        fields = {"params": self.params, "param_types": self.param_types, "ops": self.ops,
-                  "results": self.results}
+        fields = {
+            "params": self.params,
+            "param_types": self.param_types,
+            "ops": self.ops,
+            "results": self.results,
+        }
         fields.update(changes)
         return Graph(**fields)
 

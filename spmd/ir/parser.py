@@ -53,8 +53,9 @@ def tokenize(text: str) -> list[Token]:
     while position < len(text):
         match = TOKEN_RE.match(text, position)
         if match is None:
-            raise _error(text, line, position - line_start + 1,
-                         f"unexpected character {text[position]!r}")
+            raise _error(
+                text, line, position - line_start + 1, f"unexpected character {text[position]!r}"
+            )
         kind = match.lastgroup or ""
         if kind != "space":
             tokens.append(Token(kind, match.group(), line, position - line_start + 1))
@@ -177,8 +178,10 @@ class Parser:
         self.expect(":")
         types = self.op_types()
         if len(types) != len(outputs):
-            raise self.error(f"op {name_token.text} defines {len(outputs)} values but lists "
-                             f"{len(types)} types", name_token)
+            raise self.error(
+                f"op {name_token.text} defines {len(outputs)} values but lists {len(types)} types",
+                name_token,
+            )
         loc = ""
         if self.accept("loc"):
             self.expect("(")
@@ -253,9 +256,8 @@ class Parser:
 
     def parse_type(self, token: Token) -> TensorType:
         if token.kind != "type":
-            raise self.error(f"expected a type like tensor<4x8xfloat32>, got {token.text!r}",
-                             token)
-        *dims, dtype = token.text[len("tensor<"):-1].split("x")
+            raise self.error(f"expected a type like tensor<4x8xfloat32>, got {token.text!r}", token)
+        *dims, dtype = token.text[len("tensor<") : -1].split("x")
         weak = dtype.startswith("~")
         dtype = dtype.lstrip("~")
         if dtype not in dtypes.ALL or not all(d.isdigit() for d in dims):
@@ -263,7 +265,7 @@ class Parser:
         return TensorType(tuple(int(d) for d in dims), dtype, weak)
 
     def dense(self, token: Token) -> Any:
-        body, _, type_text = token.text[len("dense<"):-1].rpartition(":")
+        body, _, type_text = token.text[len("dense<") : -1].rpartition(":")
         t = self.parse_type(Token("type", type_text.strip(), token.line, token.column))
         body = body.strip()
         try:
@@ -298,8 +300,10 @@ def parse_sharding(text: str, error: Any) -> Any:
             raise error(f"malformed mesh axis {item!r} in {text!r}")
         names.append(name.strip())
         sizes.append(int(size))
-    dims = tuple(tuple(a.strip() for a in d.split(",") if a.strip())
-                 for d in re.findall(r"\{([^}]*)\}", match.group(2)))
+    dims = tuple(
+        tuple(a.strip() for a in d.split(",") if a.strip())
+        for d in re.findall(r"\{([^}]*)\}", match.group(2))
+    )
     return ShardingAttr(tuple(names), tuple(sizes), dims)
 
 
@@ -307,9 +311,11 @@ def _error(text: str, line: int, column: int, problem: str) -> IRParseError:
     lines = text.split("\n")
     source = lines[line - 1] if 0 < line <= len(lines) else ""
     caret = " " * (column - 1) + "^"
-    err = IRParseError(f"line {line}, column {column}: {problem}\n    {source}\n    {caret}",
-                       f"<ir>:{line}:{column}",
-                       "IR text must look like print_graph's output")
+    err = IRParseError(
+        f"line {line}, column {column}: {problem}\n    {source}\n    {caret}",
+        f"<ir>:{line}:{column}",
+        "IR text must look like print_graph's output",
+    )
     err.line = line  # type: ignore[attr-defined]
     err.column = column  # type: ignore[attr-defined]
     return err

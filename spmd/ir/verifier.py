@@ -20,14 +20,14 @@ def verify(graph: Graph, pass_name: str | None = None) -> None:
     text = print_graph(graph)
     where = "after pass " + repr(pass_name) + ": " if pass_name else ""
     if op is None:
-        raise VerifierError(f"{where}{message}\n{text}",
-                            hint="a pass must keep results defined")
+        raise VerifierError(f"{where}{message}\n{text}", hint="a pass must keep results defined")
     line = op_lines(graph).get(id(op), 0)
     source = text.split("\n")[line - 1].strip() if line else ""
-    raise VerifierError(f"{where}op {op.name!r} at line {line} of the IR: {message}\n"
-                        f"    {source}",
-                        op.loc or None,
-                        "print the graph with spmd.ir.printer.print_graph to see it whole")
+    raise VerifierError(
+        f"{where}op {op.name!r} at line {line} of the IR: {message}\n    {source}",
+        op.loc or None,
+        "print the graph with spmd.ir.printer.print_graph to see it whole",
+    )
 
 
 def find_problem(graph: Graph) -> tuple[Op | None, str] | None:
@@ -56,8 +56,9 @@ def find_problem(graph: Graph) -> tuple[Op | None, str] | None:
     return None
 
 
-def _check_op(op: Op, defined: set[int], types: dict[int, TensorType],
-              registry: dict) -> str | None:
+def _check_op(
+    op: Op, defined: set[int], types: dict[int, TensorType], registry: dict
+) -> str | None:
     opdef = registry.get(op.name)
     if opdef is None:
         return f"unknown op {op.name!r} (not in spmd.ops.REGISTRY)"

@@ -94,20 +94,25 @@ from spmd.numpy.ufuncs import *
 from spmd.numpy.ufuncs import abs, round
 
 # JAX's out_sharding= (and device= on creation functions) lay the result out as asked.
-arange, empty, eye, full, linspace, ones, zeros = (placed(f) for f in (
-    arange, empty, eye, full, linspace, ones, zeros))
-empty_like, full_like, ones_like, zeros_like, asarray = (placed(f) for f in (
-    empty_like, full_like, ones_like, zeros_like, asarray))
-dot, einsum, matmul, tensordot, inner, outer = (placed(f) for f in (
-    dot, einsum, matmul, tensordot, inner, outer))
+arange, empty, eye, full, linspace, ones, zeros = (
+    placed(f) for f in (arange, empty, eye, full, linspace, ones, zeros)
+)
+empty_like, full_like, ones_like, zeros_like, asarray = (
+    placed(f) for f in (empty_like, full_like, ones_like, zeros_like, asarray)
+)
+dot, einsum, matmul, tensordot, inner, outer = (
+    placed(f) for f in (dot, einsum, matmul, tensordot, inner, outer)
+)
 
 array = asarray
 concat = concatenate
 float32, float16, float64 = (SCALAR_TYPES[n] for n in ("float32", "float16", "float64"))
-bfloat16, int8, int16, int32, int64 = (SCALAR_TYPES[n] for n in (
-    "bfloat16", "int8", "int16", "int32", "int64"))
-uint8, uint16, uint32, uint64, bool_ = (SCALAR_TYPES[n] for n in (
-    "uint8", "uint16", "uint32", "uint64", "bool_"))
+bfloat16, int8, int16, int32, int64 = (
+    SCALAR_TYPES[n] for n in ("bfloat16", "int8", "int16", "int32", "int64")
+)
+uint8, uint16, uint32, uint64, bool_ = (
+    SCALAR_TYPES[n] for n in ("uint8", "uint16", "uint32", "uint64", "bool_")
+)
 pi, e, inf, nan = 3.141592653589793, 2.718281828459045, float("inf"), float("nan")
 newaxis = None
 ndarray = __import__("spmd.array", fromlist=["Array"]).Array  # isinstance(x, snp.ndarray)

@@ -32,8 +32,10 @@ def asarray(x: Any, dtype: Any = None) -> Any:
     try:
         value = np.asarray(x, dtype=target)
     except (OverflowError, ValueError, TypeError) as err:
-        raise DTypeError(f"cannot make a {target} array of {x!r}: {err}",
-                         hint="pass numbers that fit the dtype, or choose dtype=") from None
+        raise DTypeError(
+            f"cannot make a {target} array of {x!r}: {err}",
+            hint="pass numbers that fit the dtype, or choose dtype=",
+        ) from None
     weak = t.weak and dtype is None
     return Array(value, weak=weak)
 
@@ -87,8 +89,10 @@ def _convert(a: Any, dtype: str, weak: bool) -> Any:
     try:
         value = np.asarray(a, dtype=dtypes.to_numpy(dtype))
     except OverflowError:
-        raise DTypeError(f"{a!r} does not fit in {dtype}", hint="use a smaller number, or "
-                         "an array of a wider dtype") from None
+        raise DTypeError(
+            f"{a!r} does not fit in {dtype}",
+            hint="use a smaller number, or an array of a wider dtype",
+        ) from None
     return lax.constant(value, weak=weak)
 
 
@@ -99,8 +103,10 @@ def broadcast_shapes(name: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         sizes = {s[len(s) - ndim + i] for s in shapes if len(s) - ndim + i >= 0}
         sizes.discard(1)
         if len(sizes) > 1:
-            raise ShapeError(f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast",
-                             hint="dims must be equal or 1 (aligned from the right)")
+            raise ShapeError(
+                f"{name}: shapes {', '.join(map(str, shapes))} do not broadcast",
+                hint="dims must be equal or 1 (aligned from the right)",
+            )
         out.append(sizes.pop() if sizes else 1)
     return tuple(out)
 
@@ -135,8 +141,10 @@ def normalize_axis(axis: int, ndim: int, name: str = "axis") -> int:
 
     axis = as_int(name, axis)
     if not -ndim <= axis < max(ndim, 1):
-        raise ShapeError(f"{name} {axis} is out of range for an array of rank {ndim}",
-                         hint=f"use a value in [{-ndim}, {ndim})")
+        raise ShapeError(
+            f"{name} {axis} is out of range for an array of rank {ndim}",
+            hint=f"use a value in [{-ndim}, {ndim})",
+        )
     return axis % ndim if ndim else 0
 
 

@@ -84,11 +84,11 @@ def arange(start: Any, stop: Any = None, step: Any = None, dtype: Any = None) ->
         dtype = dtypes.DEFAULT_INT if ints else dtypes.DEFAULT_FLOAT
     dtype = dtypes.canonical(dtype)
     for bound in (start, stop, step):
-        if not isinstance(bound, (int, float, np.integer, np.floating)) or \
-                not math.isfinite(bound):
-            raise ShapeError(f"arange bounds must be finite Python numbers, got {bound!r}",
-                             hint="arange's length must be known when tracing: use static "
-                                  "ints or floats")
+        if not isinstance(bound, (int, float, np.integer, np.floating)) or not math.isfinite(bound):
+            raise ShapeError(
+                f"arange bounds must be finite Python numbers, got {bound!r}",
+                hint="arange's length must be known when tracing: use static ints or floats",
+            )
     n = _shape((max(math.ceil((stop - start) / step), 0),))[0]
     ramp = lax.iota(dtype, (n,), 0)
     if step != 1:

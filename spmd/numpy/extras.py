@@ -15,15 +15,15 @@ from spmd.numpy.core import asarray, float_type, promote_args
 from spmd.tracing import Tracer, type_of
 
 
-def isclose(a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08,
-            equal_nan: bool = False) -> Any:
+def isclose(
+    a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False
+) -> Any:
     """numpy.isclose: |a - b| <= atol + rtol * |b| elementwise (infinities equal themselves)."""
     a, b = promote_args("isclose", a, b)
     if not dtypes.is_float(type_of(a).dtype):
         return lax.eq(a, b)
     a, b = float_type(a), float_type(b)
-    close = lax.le(lax.abs(lax.sub(a, b)),
-                   lax.add(lax.mul(lax.abs(b), rtol), atol))
+    close = lax.le(lax.abs(lax.sub(a, b)), lax.add(lax.mul(lax.abs(b), rtol), atol))
     same_inf = lax.bitwise_and(lax.eq(a, b), ufuncs.isinf(a))
     both_finite = lax.bitwise_and(lax.is_finite(a), lax.is_finite(b))
     out = lax.bitwise_or(lax.bitwise_and(close, both_finite), same_inf)
@@ -32,8 +32,9 @@ def isclose(a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08,
     return out
 
 
-def allclose(a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08,
-             equal_nan: bool = False) -> Any:
+def allclose(
+    a: Any, b: Any, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False
+) -> Any:
     """numpy.allclose, as a 0-d bool array (JAX's habit): every element isclose."""
     return reductions.all(isclose(a, b, rtol, atol, equal_nan))
 
@@ -59,8 +60,7 @@ def copy(a: Any, order: str = "K") -> Any:
     from spmd import dispatch
 
     value = np.array(x._global_value(), copy=True)
-    return dispatch.device_put(Array(value, weak=x.weak_type),
-                               x.sharding if x.committed else None)
+    return dispatch.device_put(Array(value, weak=x.weak_type), x.sharding if x.committed else None)
 
 
 def sort(a: Any, axis: int | None = -1) -> Any:
@@ -93,8 +93,14 @@ def placed(fn: Callable[..., Any]) -> Callable[..., Any]:
     set_mesh, a result on no mesh is replicated on the set mesh, as JAX places it."""
 
     @functools.wraps(fn)
-    def run(*args: Any, out_sharding: Any = None, device: Any = None,
-            preferred_element_type: Any = None, precision: Any = None, **kwargs: Any) -> Any:
+    def run(
+        *args: Any,
+        out_sharding: Any = None,
+        device: Any = None,
+        preferred_element_type: Any = None,
+        precision: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         from spmd.explicit import place
 
         out = fn(*args, **kwargs)
@@ -151,13 +157,33 @@ def _scalar_type(name: str, public: str) -> Any:
     def new(cls: Any, x: Any = 0) -> Any:
         return _on_set_mesh(asarray(x, dtype=name))
 
-    return _ScalarMeta(public, (), {"name": name, "dtype": dtypes.to_numpy(name),
-                                    "__new__": new, "__doc__": f"The {name} dtype; calling "
-                                    f"it makes a {name} array: snp.{public}(3)."})
+    return _ScalarMeta(
+        public,
+        (),
+        {
+            "name": name,
+            "dtype": dtypes.to_numpy(name),
+            "__new__": new,
+            "__doc__": f"The {name} dtype; calling it makes a {name} array: snp.{public}(3).",
+        },
+    )
 
 
-SCALAR_TYPES = {public: _scalar_type(name, public) for public, name in (
-    ("float32", "float32"), ("float16", "float16"), ("float64", "float64"),
-    ("bfloat16", "bfloat16"), ("int8", "int8"), ("int16", "int16"), ("int32", "int32"),
-    ("int64", "int64"), ("uint8", "uint8"), ("uint16", "uint16"), ("uint32", "uint32"),
-    ("uint64", "uint64"), ("bool_", "bool"))}
+SCALAR_TYPES = {
+    public: _scalar_type(name, public)
+    for public, name in (
+        ("float32", "float32"),
+        ("float16", "float16"),
+        ("float64", "float64"),
+        ("bfloat16", "bfloat16"),
+        ("int8", "int8"),
+        ("int16", "int16"),
+        ("int32", "int32"),
+        ("int64", "int64"),
+        ("uint8", "uint8"),
+        ("uint16", "uint16"),
+        ("uint32", "uint32"),
+        ("uint64", "uint64"),
+        ("bool_", "bool"),
+    )
+}

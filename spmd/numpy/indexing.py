@@ -126,8 +126,10 @@ def _static_indices(item: Any) -> np.ndarray:
     except (OverflowError, ValueError):
         arr = None
     if arr is None or arr.dtype.kind not in "iu" or arr.dtype == np.uint64:
-        raise _index_error(f"indices must be integers, got {item!r}",
-                           hint="index with ints, slices, or integer arrays")
+        raise _index_error(
+            f"indices must be integers, got {item!r}",
+            hint="index with ints, slices, or integer arrays",
+        )
     return arr.astype(np.int64)
 
 
@@ -258,8 +260,9 @@ class AtIndexer:
         return _IndexedUpdate(self.x, idx)
 
 
-def take(a: Any, indices: Any, axis: int | None = None, mode: str | None = None,
-         fill_value: Any = None) -> Any:
+def take(
+    a: Any, indices: Any, axis: int | None = None, mode: str | None = None, fill_value: Any = None
+) -> Any:
     """jax.numpy.take: negatives wrap; out-of-range indices give fill_value (NaN for floats,
     the most negative int, the largest unsigned, True) under mode "fill", the default as in
     JAX, or the nearest element under mode "clip"."""
@@ -323,8 +326,9 @@ def take_along_axis(arr: Any, indices: Any, axis: int | None) -> Any:
     few = type_of(asarray(indices)).shape[axis]
     if 1 <= few <= FEW_ALONG and type_of(x).dtype != "bool":
         idx = asarray(indices)
-        parts = [_take_one_along(x, lax.slice_in_dim(idx, i, i + 1, axis=axis), axis)
-                 for i in range(few)]
+        parts = [
+            _take_one_along(x, lax.slice_in_dim(idx, i, i + 1, axis=axis), axis) for i in range(few)
+        ]
         return parts[0] if few == 1 else lax.concatenate(parts, axis)
     items: list[Any] = []
     for d, n in enumerate(shape):

@@ -37,8 +37,10 @@ def reshape(a: Any, newshape: Any, order: str = "C") -> Any:
     x = asarray(a)
     shape = as_ints("reshape's new shape", newshape)
     if any(s < -1 for s in shape):
-        raise ShapeError(f"reshape: new shape {shape} has a negative dim",
-                         hint="use sizes >= 0 and at most one -1")
+        raise ShapeError(
+            f"reshape: new shape {shape} has a negative dim",
+            hint="use sizes >= 0 and at most one -1",
+        )
     size = type_of(x).size
     if shape.count(-1) > 1:
         raise ShapeError(f"reshape: only one dim may be -1, got {shape}")

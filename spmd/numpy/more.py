@@ -15,7 +15,13 @@ from spmd.numpy.core import asarray, float_type, normalize_axis, promote_args
 from spmd.tracing import describe_loc, type_of
 
 floating, integer, inexact, number, signedinteger, unsignedinteger = (
-    np.floating, np.integer, np.inexact, np.number, np.signedinteger, np.unsignedinteger)
+    np.floating,
+    np.integer,
+    np.inexact,
+    np.number,
+    np.signedinteger,
+    np.unsignedinteger,
+)
 bool = np.bool_
 dtype = np.dtype
 
@@ -36,8 +42,9 @@ def exp2(x: Any) -> Any:
 def pad(array: Any, pad_width: Any, mode: str = "constant", constant_values: Any = 0) -> Any:
     """numpy.pad, mode 'constant' (one value): pad_width is n, (lo, hi) or one pair per dim."""
     if mode != "constant":
-        raise ShapeError(f"pad mode={mode!r} is not supported", describe_loc(),
-                         "use mode='constant'")
+        raise ShapeError(
+            f"pad mode={mode!r} is not supported", describe_loc(), "use mode='constant'"
+        )
     x = asarray(array)
     ndim = type_of(x).ndim
     widths = np.broadcast_to(np.asarray(pad_width, dtype=object), (ndim, 2)).tolist()
@@ -50,8 +57,9 @@ def pad(array: Any, pad_width: Any, mode: str = "constant", constant_values: Any
     return lax.pad(x, value, config)
 
 
-def nan_to_num(x: Any, copy: bool = True, nan: float = 0.0, posinf: Any = None,
-               neginf: Any = None) -> Any:
+def nan_to_num(
+    x: Any, copy: bool = True, nan: float = 0.0, posinf: Any = None, neginf: Any = None
+) -> Any:
     """NaN -> nan, +inf -> the dtype's max (or posinf), -inf -> its min (or neginf)."""
     v = asarray(x)
     t = type_of(v)
@@ -60,8 +68,7 @@ def nan_to_num(x: Any, copy: bool = True, nan: float = 0.0, posinf: Any = None,
     info = ml_dtypes.finfo(dtypes.to_numpy(t.dtype))
     v = ufuncs.where(ufuncs.isnan(v), nan, v)
     v = ufuncs.where(lax.eq(v, float("inf")), float(info.max) if posinf is None else posinf, v)
-    return ufuncs.where(lax.eq(v, float("-inf")), float(info.min) if neginf is None else neginf,
-                        v)
+    return ufuncs.where(lax.eq(v, float("-inf")), float(info.min) if neginf is None else neginf, v)
 
 
 def diag(v: Any, k: int = 0) -> Any:

@@ -83,7 +83,7 @@ def round(x: Any, decimals: int = 0) -> Any:
         return x
     if decimals == 0:
         return lax.round(x)
-    scale = 10.0 ** decimals
+    scale = 10.0**decimals
     return lax.div(lax.round(lax.mul(x, scale)), scale)
 
 
@@ -173,8 +173,10 @@ logical_xor = _logical("logical_xor", lax.bitwise_xor)
 def where(condition: Any, x: Any = None, y: Any = None) -> Any:
     """numpy.where(cond, x, y) (the one-argument form needs a static size, so is refused)."""
     if x is None or y is None:
-        raise DTypeError("where(condition) without x and y has a data-dependent shape",
-                         hint="use where(condition, x, y)")
+        raise DTypeError(
+            "where(condition) without x and y has a data-dependent shape",
+            hint="use where(condition, x, y)",
+        )
     c = asarray(condition)
     if type_of(c).dtype != "bool":
         c = lax.ne(c, 0)

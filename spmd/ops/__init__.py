@@ -30,15 +30,35 @@ from spmd.ops.opdef import (
     Trait,
 )
 
-for _family in (elementwise, reduce, shape, contract, index, control, collective, spmd_map,
-                sort, attention, remat):
+for _family in (
+    elementwise,
+    reduce,
+    shape,
+    contract,
+    index,
+    control,
+    collective,
+    spmd_map,
+    sort,
+    attention,
+    remat,
+):
     for _op in _family.OPS:
         if _op.name in REGISTRY:
             raise RuntimeError(f"op {_op.name!r} registered twice (this is a bug in spmd)")
         REGISTRY[_op.name] = _op
 
-__all__ = ["NONDIFF", "REGISTRY", "ZERO_GRAD", "AttrKind", "Factors", "Linearity", "OpDef",
-           "Trait", "has_trait"]
+__all__ = [
+    "NONDIFF",
+    "REGISTRY",
+    "ZERO_GRAD",
+    "AttrKind",
+    "Factors",
+    "Linearity",
+    "OpDef",
+    "Trait",
+    "has_trait",
+]
 
 
 def has_trait(name: str, trait: Trait) -> bool:

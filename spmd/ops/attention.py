@@ -28,17 +28,26 @@ from spmd.ops.opdef import Factors, OpDef
 LARGE_NEGATIVE = -0.7 * float(np.finfo(np.float32).max)
 
 
-def _check(q: TensorType, k: TensorType, v: TensorType, extra: tuple[TensorType, ...],
-           has_bias: bool, has_mask: bool) -> int:
+def _check(
+    q: TensorType,
+    k: TensorType,
+    v: TensorType,
+    extra: tuple[TensorType, ...],
+    has_bias: bool,
+    has_mask: bool,
+) -> int:
     """Validate shapes; returns the number of batch dims."""
     if q.ndim < 3 or k.ndim != q.ndim or v.ndim != q.ndim:
-        raise ShapeError(f"dot_product_attention needs query [..., T, N, H] and key/value "
-                         f"[..., S, K, H] of one rank, got {q.shape}, {k.shape}, {v.shape}",
-                         hint="lay out as [batch, seq, heads, head_dim]")
+        raise ShapeError(
+            f"dot_product_attention needs query [..., T, N, H] and key/value "
+            f"[..., S, K, H] of one rank, got {q.shape}, {k.shape}, {v.shape}",
+            hint="lay out as [batch, seq, heads, head_dim]",
+        )
     nb = q.ndim - 3
     if q.shape[:nb] != k.shape[:nb] or k.shape[:nb] != v.shape[:nb]:
-        raise ShapeError(f"dot_product_attention batch dims differ: {q.shape}, {k.shape}, "
-                         f"{v.shape}")
+        raise ShapeError(
+            f"dot_product_attention batch dims differ: {q.shape}, {k.shape}, {v.shape}"
+        )
     n, h = q.shape[-2:]
     s, kh, kd = k.shape[-3:]
     if v.shape[-3] != s or v.shape[-2] != kh:
@@ -46,33 +55,57 @@ def _check(q: TensorType, k: TensorType, v: TensorType, extra: tuple[TensorType,
     if kd != h:
         raise ShapeError(f"query head dim {h} != key head dim {kd}")
     if kh == 0 or n % kh:
-        raise ShapeError(f"query heads {n} must be a multiple of key/value heads {kh}",
-                         hint="grouped-query attention shares each kv head among N/K heads")
+        raise ShapeError(
+            f"query heads {n} must be a multiple of key/value heads {kh}",
+            hint="grouped-query attention shares each kv head among N/K heads",
+        )
     for dt in (q.dtype, k.dtype, v.dtype):
         if not dtypes.is_float(dt) or dt != q.dtype:
-            raise DTypeError(f"dot_product_attention needs float q, k, v of one dtype, got "
-                             f"{q.dtype}, {k.dtype}, {v.dtype}")
+            raise DTypeError(
+                f"dot_product_attention needs float q, k, v of one dtype, got "
+                f"{q.dtype}, {k.dtype}, {v.dtype}"
+            )
     full = q.shape[:nb] + (n, q.shape[-3], s)
     for t, what in zip(extra, [w for w, on in (("bias", has_bias), ("mask", has_mask)) if on]):
         if t.ndim != len(full) or any(d not in (1, f) for d, f in zip(t.shape, full)):
-            raise ShapeError(f"dot_product_attention {what} has shape {t.shape}; it must "
-                             f"broadcast to [batch, heads, T, S] = {full} with the same rank")
+            raise ShapeError(
+                f"dot_product_attention {what} has shape {t.shape}; it must "
+                f"broadcast to [batch, heads, T, S] = {full} with the same rank"
+            )
         if what == "mask" and t.dtype != "bool":
             raise DTypeError(f"dot_product_attention mask must be bool, got {t.dtype}")
     return nb
 
 
-def _fwd_type(q: TensorType, k: TensorType, v: TensorType, *extra: TensorType, scale: float,
-              is_causal: bool, has_bias: bool, has_mask: bool) -> tuple[TensorType, ...]:
+def _fwd_type(
+    q: TensorType,
+    k: TensorType,
+    v: TensorType,
+    *extra: TensorType,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[TensorType, ...]:
     nb = _check(q, k, v, extra, has_bias, has_mask)
     out = TensorType(q.shape[:-1] + (v.shape[-1],), q.dtype)
     lse = TensorType(q.shape[:nb] + (q.shape[-2], q.shape[-3]), "float32")
     return out, lse
 
 
-def _bwd_type(q: TensorType, k: TensorType, v: TensorType, out: TensorType, lse: TensorType,
-              d_out: TensorType, *extra: TensorType, scale: float, is_causal: bool,
-              has_bias: bool, has_mask: bool) -> tuple[TensorType, ...]:
+def _bwd_type(
+    q: TensorType,
+    k: TensorType,
+    v: TensorType,
+    out: TensorType,
+    lse: TensorType,
+    d_out: TensorType,
+    *extra: TensorType,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[TensorType, ...]:
     _check(q, k, v, extra, has_bias, has_mask)
     grads = (q, k, v)
     return grads + ((extra[0].with_dtype("float32"),) if has_bias else ())
@@ -84,8 +117,7 @@ def grouped(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ..
     t, n, h = q.shape[-3:]
     kh = k.shape[-2]
     lead = tuple(range(nb))
-    qg = q.reshape(q.shape[:nb] + (t, kh, n // kh, h)).transpose(*lead, nb + 1, nb + 2, nb,
-                                                                  nb + 3)
+    qg = q.reshape(q.shape[:nb] + (t, kh, n // kh, h)).transpose(*lead, nb + 1, nb + 2, nb, nb + 3)
     kg = k.transpose(*lead, nb + 1, nb, nb + 2)[..., :, None, :, :]
     vg = v.transpose(*lead, nb + 1, nb, nb + 2)[..., :, None, :, :]
     compute = np.result_type(q.dtype, np.float32)  # float32, or float64 for float64 inputs
@@ -97,18 +129,26 @@ def grouped_scores(x: np.ndarray, nb: int, kh: int) -> np.ndarray:
     n = x.shape[nb]
     if n == 1:
         return x[..., :, None, :, :]
-    return x.reshape(x.shape[:nb] + (kh, n // kh) + x.shape[nb + 1:])
+    return x.reshape(x.shape[:nb] + (kh, n // kh) + x.shape[nb + 1 :])
 
 
 def ungroup(x: np.ndarray, nb: int) -> np.ndarray:
     """[*b,K,g,T,H] -> [*b,T,N,H]."""
     lead = tuple(range(nb))
     y = x.transpose(*lead, nb + 2, nb, nb + 1, nb + 3)
-    return y.reshape(y.shape[:nb + 1] + (-1, y.shape[-1]))
+    return y.reshape(y.shape[: nb + 1] + (-1, y.shape[-1]))
 
 
-def keep_mask(t: int, s: int, is_causal: bool, mask: np.ndarray | None, nb: int, kh: int,
-              rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray | None:
+def keep_mask(
+    t: int,
+    s: int,
+    is_causal: bool,
+    mask: np.ndarray | None,
+    nb: int,
+    kh: int,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+) -> np.ndarray | None:
     """Which scores survive (True) for rows x cols of the [T, S] grid, grouped; None: all."""
     keep = None
     if is_causal:
@@ -121,17 +161,25 @@ def keep_mask(t: int, s: int, is_causal: bool, mask: np.ndarray | None, nb: int,
     return keep
 
 
-def _split(extra: tuple[np.ndarray, ...], has_bias: bool, has_mask: bool
-           ) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _split(
+    extra: tuple[np.ndarray, ...], has_bias: bool, has_mask: bool
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     it = iter(extra)
     bias = next(it) if has_bias else None
     mask = next(it) if has_mask else None
     return bias, mask
 
 
-def _probabilities(q: np.ndarray, k: np.ndarray, v: np.ndarray, extra: tuple[np.ndarray, ...],
-                   scale: float, is_causal: bool, has_bias: bool, has_mask: bool
-                   ) -> tuple[np.ndarray, ...]:
+def _probabilities(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    extra: tuple[np.ndarray, ...],
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[np.ndarray, ...]:
     """The unfused oracle's pieces: grouped q, k, v, the S x S probabilities, lse, keep."""
     nb = q.ndim - 3
     kh = k.shape[-2]
@@ -150,25 +198,45 @@ def _probabilities(q: np.ndarray, k: np.ndarray, v: np.ndarray, extra: tuple[np.
     return qg, kg, vg, weights / total, lse, keep
 
 
-def _fwd_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, *extra: np.ndarray, scale: float,
-             is_causal: bool, has_bias: bool, has_mask: bool) -> tuple[np.ndarray, np.ndarray]:
+def _fwd_ref(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *extra: np.ndarray,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     nb = q.ndim - 3
     with np.errstate(all="ignore"):
-        _, _, vg, probs, lse, _ = _probabilities(q, k, v, extra, scale, is_causal, has_bias,
-                                                  has_mask)
+        _, _, vg, probs, lse, _ = _probabilities(
+            q, k, v, extra, scale, is_causal, has_bias, has_mask
+        )
         out = ungroup(np.matmul(probs, vg), nb)
     lse = lse.reshape(lse.shape[:nb] + (-1, lse.shape[-1]))
     return out.astype(q.dtype), lse.astype(np.float32)
 
 
-def _bwd_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: np.ndarray,
-             d_out: np.ndarray, *extra: np.ndarray, scale: float, is_causal: bool,
-             has_bias: bool, has_mask: bool) -> tuple[np.ndarray, ...]:
+def _bwd_ref(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    out: np.ndarray,
+    lse: np.ndarray,
+    d_out: np.ndarray,
+    *extra: np.ndarray,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[np.ndarray, ...]:
     """The softmax backward on the whole S x S matrix (recomputed here from q and k)."""
     nb = q.ndim - 3
     with np.errstate(all="ignore"):
-        qg, kg, vg, probs, _, keep = _probabilities(q, k, v, extra, scale, is_causal,
-                                                     has_bias, has_mask)
+        qg, kg, vg, probs, _, keep = _probabilities(
+            q, k, v, extra, scale, is_causal, has_bias, has_mask
+        )
         dog = grouped(d_out, k, v)[0]
         og = grouped(out, k, v)[0]
         d_v = np.matmul(np.swapaxes(probs, -1, -2), dog)  # [*b,K,g,S,Hv]
@@ -179,8 +247,11 @@ def _bwd_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, lse: 
         d_q = ungroup(np.matmul(d_s, kg) * np.float32(scale), nb)
         d_k = np.matmul(np.swapaxes(d_s, -1, -2), qg).sum(axis=-3) * np.float32(scale)
     lead = tuple(range(nb))
-    results = [d_q.astype(q.dtype), d_k.transpose(*lead, nb + 1, nb, nb + 2).astype(k.dtype),
-               d_v.sum(axis=-3).transpose(*lead, nb + 1, nb, nb + 2).astype(v.dtype)]
+    results = [
+        d_q.astype(q.dtype),
+        d_k.transpose(*lead, nb + 1, nb, nb + 2).astype(k.dtype),
+        d_v.sum(axis=-3).transpose(*lead, nb + 1, nb, nb + 2).astype(v.dtype),
+    ]
     if has_bias:
         results.append(reduce_to(ungroup_scores(d_s, nb), extra[0].shape))
     return tuple(results)
@@ -206,13 +277,16 @@ def _dims(q: TensorType, k: TensorType, extra: tuple[TensorType, ...]) -> Factor
     vd = batch + ("s", "n", "v")
     full = q.shape[:nb] + (q.shape[-2], q.shape[-3], k.shape[-3])
     names = batch + ("n", "t", "s")
-    ed = tuple(tuple(f if d != 1 or fd == 1 else None for f, d, fd in zip(names, t.shape, full))
-               for t in extra)
+    ed = tuple(
+        tuple(f if d != 1 or fd == 1 else None for f, d, fd in zip(names, t.shape, full))
+        for t in extra
+    )
     return Factors((qd, kd, vd) + ed, (), blocked=frozenset({"t", "s", "h", "v"}))
 
 
-def _fwd_factors(q: TensorType, k: TensorType, v: TensorType, *extra: TensorType,
-                 **_: Any) -> Factors:
+def _fwd_factors(
+    q: TensorType, k: TensorType, v: TensorType, *extra: TensorType, **_: Any
+) -> Factors:
     f = _dims(q, k, extra)
     nb = q.ndim - 3
     out = f.operands[0][:-1] + ("v",)
@@ -220,20 +294,38 @@ def _fwd_factors(q: TensorType, k: TensorType, v: TensorType, *extra: TensorType
     return Factors(f.operands, (out, lse), blocked=f.blocked)
 
 
-def _bwd_factors(q: TensorType, k: TensorType, v: TensorType, out: TensorType,
-                 lse: TensorType, d_out: TensorType, *extra: TensorType, has_bias: bool,
-                 **_: Any) -> Factors:
+def _bwd_factors(
+    q: TensorType,
+    k: TensorType,
+    v: TensorType,
+    out: TensorType,
+    lse: TensorType,
+    d_out: TensorType,
+    *extra: TensorType,
+    has_bias: bool,
+    **_: Any,
+) -> Factors:
     f = _dims(q, k, extra)
     nb = q.ndim - 3
     qd, kd, vd = f.operands[:3]
     od = qd[:-1] + ("v",)
     ld = qd[:nb] + ("n", "t")
     ops = (qd, kd, vd, od, ld, od) + f.operands[3:]
-    return Factors(ops, (qd, kd, vd) + f.operands[3:4 if has_bias else 3], blocked=f.blocked)
+    return Factors(ops, (qd, kd, vd) + f.operands[3 : 4 if has_bias else 3], blocked=f.blocked)
 
 
-def _fwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, *extra: Any, out: Any,
-             scale: float, is_causal: bool, has_bias: bool, has_mask: bool) -> tuple[Any, ...]:
+def _fwd_vjp(
+    cts: tuple[Any, ...],
+    q: Any,
+    k: Any,
+    v: Any,
+    *extra: Any,
+    out: Any,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[Any, ...]:
     """The fused backward op on (q, k, v, out, lse, d_out). lse's cotangent (used by
     nn.ring_attention, which merges blocks by their lse) enters as one more value column:
     d lse / d scores = the probabilities, so with v' = [v, 1], out' = [out, 0] and
@@ -254,11 +346,23 @@ def _fwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, *extra: Any, out: Any
         d_out = snp.concatenate([d_out, col], axis=-1)
         o = snp.concatenate([o, snp.zeros_like(col)], axis=-1)
         v = snp.concatenate([v, snp.ones(v.type.shape[:-1] + (1,), v.type.dtype)], axis=-1)
-    grads = bind("dot_product_attention_bwd", q, k, v, o, lse, d_out, *extra, scale=scale,
-                 is_causal=is_causal, has_bias=has_bias, has_mask=has_mask)
+    grads = bind(
+        "dot_product_attention_bwd",
+        q,
+        k,
+        v,
+        o,
+        lse,
+        d_out,
+        *extra,
+        scale=scale,
+        is_causal=is_causal,
+        has_bias=has_bias,
+        has_mask=has_mask,
+    )
     result = list(grads[:3])
     if d_lse is not None:
-        result[2] = result[2][..., :v_in.type.shape[-1]]
+        result[2] = result[2][..., : v_in.type.shape[-1]]
     if has_bias:
         result.append(lax.convert_element_type(grads[3], extra[0].type.dtype))
     if has_mask:
@@ -266,8 +370,16 @@ def _fwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, *extra: Any, out: Any
     return tuple(result)
 
 
-def _unfused(q: Any, k: Any, v: Any, extra: tuple[Any, ...], scale: float, is_causal: bool,
-             has_bias: bool, has_mask: bool) -> Any:
+def _unfused(
+    q: Any,
+    k: Any,
+    v: Any,
+    extra: tuple[Any, ...],
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> Any:
     """The op's forward composed of primitive ops (for derivatives of its backward only:
     it builds the S x S scores)."""
     from spmd import numpy as snp
@@ -296,9 +408,21 @@ def _lax() -> Any:
     return lax
 
 
-def _bwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, o: Any, lse: Any, d_out: Any,
-             *extra: Any, out: Any, scale: float, is_causal: bool, has_bias: bool,
-             has_mask: bool) -> tuple[Any, ...]:
+def _bwd_vjp(
+    cts: tuple[Any, ...],
+    q: Any,
+    k: Any,
+    v: Any,
+    o: Any,
+    lse: Any,
+    d_out: Any,
+    *extra: Any,
+    out: Any,
+    scale: float,
+    is_causal: bool,
+    has_bias: bool,
+    has_mask: bool,
+) -> tuple[Any, ...]:
     """Second-order derivatives: the backward as a function of (q, k, v, d_out[, bias]) is
     the VJP of the unfused forward; out and lse are functions of q, k, v, so all of the
     dependence flows through those (their own cotangents are zero)."""
@@ -309,14 +433,14 @@ def _bwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, o: Any, lse: Any, d_o
     mask = extra[1:] if has_bias else extra
 
     def backward(q: Any, k: Any, v: Any, d_out: Any, *bias: Any) -> Any:
-        _, pullback = vjp(lambda q, k, v, *b: _unfused(q, k, v, b + mask, *attrs), q, k, v,
-                          *bias)
+        _, pullback = vjp(lambda q, k, v, *b: _unfused(q, k, v, b + mask, *attrs), q, k, v, *bias)
         return pullback(d_out)
 
     bias = extra[:1] if has_bias else ()
     _, pullback = vjp(backward, q, k, v, d_out, *bias)
-    filled = tuple(lax.full(t.type.shape, 0, t.type.dtype) if ct is None else ct
-                   for ct, t in zip(cts, out))
+    filled = tuple(
+        lax.full(t.type.shape, 0, t.type.dtype) if ct is None else ct for ct, t in zip(cts, out)
+    )
     grads = pullback(filled)
     result = [*grads[:3], None, None, grads[3]]
     if has_bias:
@@ -326,8 +450,9 @@ def _bwd_vjp(cts: tuple[Any, ...], q: Any, k: Any, v: Any, o: Any, lse: Any, d_o
     return tuple(result)
 
 
-def attention_flops(q_shape: tuple[int, ...], k_shape: tuple[int, ...], hv: int,
-                    is_causal: bool) -> float:
+def attention_flops(
+    q_shape: tuple[int, ...], k_shape: tuple[int, ...], hv: int, is_causal: bool
+) -> float:
     """Matmul FLOPs of the forward (QK^T and PV), counting only tiles a causal kernel runs."""
     nb = len(q_shape) - 3
     t, n, h = q_shape[-3:]
@@ -339,9 +464,22 @@ def attention_flops(q_shape: tuple[int, ...], k_shape: tuple[int, ...], hv: int,
 
 
 OPS = [
-    OpDef("dot_product_attention", _fwd_type, _fwd_ref, _fwd_vjp, _fwd_factors,
-          multi_output=True,
-          doc="softmax(q k^T * scale + bias, masked) v without an S x S buffer; also lse."),
-    OpDef("dot_product_attention_bwd", _bwd_type, _bwd_ref, _bwd_vjp, _bwd_factors,
-          multi_output=True, doc="dq, dk, dv (and dbias) of dot_product_attention, fused."),
+    OpDef(
+        "dot_product_attention",
+        _fwd_type,
+        _fwd_ref,
+        _fwd_vjp,
+        _fwd_factors,
+        multi_output=True,
+        doc="softmax(q k^T * scale + bias, masked) v without an S x S buffer; also lse.",
+    ),
+    OpDef(
+        "dot_product_attention_bwd",
+        _bwd_type,
+        _bwd_ref,
+        _bwd_vjp,
+        _bwd_factors,
+        multi_output=True,
+        doc="dq, dk, dv (and dbias) of dot_product_attention, fused.",
+    ),
 ]

@@ -44,8 +44,13 @@ def with_leading_axis(opdef: OpDef, attrs: dict[str, Any], n: int) -> dict[str, 
     return out
 
 
-def local_attrs(opdef: OpDef, attrs: dict[str, Any], in_global: tuple[int, ...],
-                in_local: tuple[int, ...], out_local: tuple[int, ...]) -> dict[str, Any]:
+def local_attrs(
+    opdef: OpDef,
+    attrs: dict[str, Any],
+    in_global: tuple[int, ...],
+    in_local: tuple[int, ...],
+    out_local: tuple[int, ...],
+) -> dict[str, Any]:
     """The attributes of the op on one shard: a result shape becomes the local one; a window
     over a whole operand dim covers the whole local dim (a cut dim is never sharded)."""
     out = dict(attrs)
@@ -55,6 +60,7 @@ def local_attrs(opdef: OpDef, attrs: dict[str, Any], in_global: tuple[int, ...],
         if kind is AttrKind.SHAPE:
             out[key] = tuple(out_local)
         elif kind is AttrKind.WINDOW:
-            out[key] = tuple(in_local[d] if s == in_global[d] else s
-                             for d, s in enumerate(attrs[key]))
+            out[key] = tuple(
+                in_local[d] if s == in_global[d] else s for d, s in enumerate(attrs[key])
+            )
     return out

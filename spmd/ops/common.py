@@ -19,28 +19,36 @@ def same_shapes(name: str, *types: TensorType) -> None:
     shapes = {t.shape for t in types}
     if len(shapes) > 1:
         listed = ", ".join(str(t.shape) for t in types)
-        raise ShapeError(f"{name} needs operands of one shape, got {listed}",
-                         hint="broadcast them first (spmd.numpy ops broadcast for you)")
+        raise ShapeError(
+            f"{name} needs operands of one shape, got {listed}",
+            hint="broadcast them first (spmd.numpy ops broadcast for you)",
+        )
 
 
 def same_dtypes(name: str, *types: TensorType) -> None:
     kinds = {t.dtype for t in types}
     if len(kinds) > 1:
         listed = ", ".join(t.dtype for t in types)
-        raise DTypeError(f"{name} needs operands of one dtype, got {listed}",
-                         hint="convert with .astype(...) (spmd.numpy ops promote for you)")
+        raise DTypeError(
+            f"{name} needs operands of one dtype, got {listed}",
+            hint="convert with .astype(...) (spmd.numpy ops promote for you)",
+        )
 
 
 def need_float(name: str, t: TensorType) -> None:
     if not dtypes.is_float(t.dtype):
-        raise DTypeError(f"{name} needs a floating-point operand, got {t.dtype}",
-                         hint="convert with .astype('float32')")
+        raise DTypeError(
+            f"{name} needs a floating-point operand, got {t.dtype}",
+            hint="convert with .astype('float32')",
+        )
 
 
 def check_axis(name: str, axis: int, ndim: int) -> int:
     if not -ndim <= axis < max(ndim, 1) or (ndim == 0 and axis not in (0, -1)):
-        raise ShapeError(f"{name}: axis {axis} is out of range for an array of rank {ndim}",
-                         hint=f"use an axis in [{-ndim}, {ndim})")
+        raise ShapeError(
+            f"{name}: axis {axis} is out of range for an array of rank {ndim}",
+            hint=f"use an axis in [{-ndim}, {ndim})",
+        )
     return axis % ndim if ndim else 0
 
 

@@ -32,8 +32,13 @@ def free_dims(ndim: int, contract: tuple[int, ...], batch: tuple[int, ...]) -> l
     return [i for i in range(ndim) if i not in contract and i not in batch]
 
 
-def _dot_type(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,
-              preferred_element_type: str | None) -> TensorType:
+def _dot_type(
+    lhs: TensorType,
+    rhs: TensorType,
+    *,
+    dimension_numbers: DimNums,
+    preferred_element_type: str | None,
+) -> TensorType:
     (lc, rc), (lb, rb) = dimension_numbers
     same_dtypes("dot_general", lhs, rhs)
     bad = len(lc) != len(rc) or len(lb) != len(rb)
@@ -41,15 +46,18 @@ def _dot_type(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,
     bad = bad or any(not 0 <= d < rhs.ndim for d in rc + rb)
     bad = bad or len(set(lc + lb)) != len(lc + lb) or len(set(rc + rb)) != len(rc + rb)
     if bad:
-        raise ShapeError(f"dot_general dimension numbers {dimension_numbers} do not fit "
-                         f"shapes {lhs.shape} and {rhs.shape}")
+        raise ShapeError(
+            f"dot_general dimension numbers {dimension_numbers} do not fit "
+            f"shapes {lhs.shape} and {rhs.shape}"
+        )
     for a, b, what in [(lc, rc, "contracting"), (lb, rb, "batch")]:
         for i, j in zip(a, b):
             if lhs.shape[i] != rhs.shape[j]:
                 raise ShapeError(
                     f"dot_general {what} dims differ: lhs {lhs.shape} dim {i} is "
                     f"{lhs.shape[i]} but rhs {rhs.shape} dim {j} is {rhs.shape[j]}",
-                    hint="for x @ w the last dim of x must equal the first dim of w")
+                    hint="for x @ w the last dim of x must equal the first dim of w",
+                )
     shape = tuple(lhs.shape[i] for i in lb)
     shape += tuple(lhs.shape[i] for i in free_dims(lhs.ndim, lc, lb))
     shape += tuple(rhs.shape[i] for i in free_dims(rhs.ndim, rc, rb))
@@ -57,8 +65,13 @@ def _dot_type(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,
     return TensorType(shape, dtype, lhs.weak and rhs.weak)
 
 
-def _dot_ref(lhs: np.ndarray, rhs: np.ndarray, *, dimension_numbers: DimNums,
-             preferred_element_type: str | None) -> np.ndarray:
+def _dot_ref(
+    lhs: np.ndarray,
+    rhs: np.ndarray,
+    *,
+    dimension_numbers: DimNums,
+    preferred_element_type: str | None,
+) -> np.ndarray:
     """As a batched matmul (BLAS): lhs -> [batch, free, contract], rhs -> [batch, contract,
     free]; float16/bfloat16 accumulate in float32, as XLA does on CPU."""
     (lc, rc), (lb, rb) = dimension_numbers
@@ -81,8 +94,13 @@ def _dot_ref(lhs: np.ndarray, rhs: np.ndarray, *, dimension_numbers: DimNums,
         return out.reshape(shape).astype(dtype)
 
 
-def _dot_factors(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums,
-                 preferred_element_type: str | None) -> Factors:
+def _dot_factors(
+    lhs: TensorType,
+    rhs: TensorType,
+    *,
+    dimension_numbers: DimNums,
+    preferred_element_type: str | None,
+) -> Factors:
     (lc, rc), (lb, rb) = dimension_numbers
     names = iter(LETTERS)
     ls: list[str | None] = [None] * lhs.ndim
@@ -102,15 +120,24 @@ def _dot_factors(lhs: TensorType, rhs: TensorType, *, dimension_numbers: DimNums
     return Factors((tuple(ls), tuple(rs)), (out,), frozenset(reduce))
 
 
-def _transpose_side(ct: Any, other: Any, me_ndim: int, my_contract: tuple[int, ...],
-                    my_batch: tuple[int, ...], other_contract: tuple[int, ...],
-                    other_batch: tuple[int, ...], ct_other: list[int], dtype: str) -> Any:
+def _transpose_side(
+    ct: Any,
+    other: Any,
+    me_ndim: int,
+    my_contract: tuple[int, ...],
+    my_batch: tuple[int, ...],
+    other_contract: tuple[int, ...],
+    other_batch: tuple[int, ...],
+    ct_other: list[int],
+    dtype: str,
+) -> Any:
     """Cotangent of one operand: contract ct with the other operand, then permute back."""
     lax = _lax()
     nb = len(my_batch)
     other_free = free_dims(other.type.ndim, other_contract, other_batch)
-    d = lax.dot_general(ct, other, ((tuple(ct_other), tuple(other_free)),
-                                    (tuple(range(nb)), tuple(other_batch))))
+    d = lax.dot_general(
+        ct, other, ((tuple(ct_other), tuple(other_free)), (tuple(range(nb)), tuple(other_batch)))
+    )
     other_rest = [i for i in range(other.type.ndim) if i not in other_free and i not in other_batch]
     src = list(my_batch) + free_dims(me_ndim, my_contract, my_batch)
     src += [my_contract[other_contract.index(r)] for r in other_rest]
@@ -118,8 +145,15 @@ def _transpose_side(ct: Any, other: Any, me_ndim: int, my_contract: tuple[int, .
     return lax.convert_element_type(d, dtype)
 
 
-def _dot_vjp(ct: Any, lhs: Any, rhs: Any, *, out: Any, dimension_numbers: DimNums,
-             preferred_element_type: str | None) -> tuple[Any, Any]:
+def _dot_vjp(
+    ct: Any,
+    lhs: Any,
+    rhs: Any,
+    *,
+    out: Any,
+    dimension_numbers: DimNums,
+    preferred_element_type: str | None,
+) -> tuple[Any, Any]:
     (lc, rc), (lb, rb) = dimension_numbers
     nb = len(lb)
     nlf = len(free_dims(lhs.type.ndim, lc, lb))
@@ -133,5 +167,15 @@ def _dot_vjp(ct: Any, lhs: Any, rhs: Any, *, out: Any, dimension_numbers: DimNum
     return d_lhs, d_rhs
 
 
-OPS = [OpDef("dot_general", _dot_type, _dot_ref, _dot_vjp, _dot_factors, linear=Linearity.EACH,
-             attr_kinds={"dimension_numbers": AttrKind.DOT_DIMS}, shared_operands=())]
+OPS = [
+    OpDef(
+        "dot_general",
+        _dot_type,
+        _dot_ref,
+        _dot_vjp,
+        _dot_factors,
+        linear=Linearity.EACH,
+        attr_kinds={"dimension_numbers": AttrKind.DOT_DIMS},
+        shared_operands=(),
+    )
+]

@@ -64,24 +64,30 @@ def ct_or_zeros(ct: Any, t: TensorType) -> Any:
 
 # scan -----------------------------------------------------------------------------------
 
-def _scan_type(*operands: TensorType, body: Graph, num_consts: int, num_carry: int,
-               length: int, reverse: bool) -> tuple[TensorType, ...]:
+
+def _scan_type(
+    *operands: TensorType, body: Graph, num_consts: int, num_carry: int, length: int, reverse: bool
+) -> tuple[TensorType, ...]:
     fixed = num_consts + num_carry
     if len(operands) < fixed:
-        raise ShapeError(f"scan has {len(operands)} operands but {num_consts} consts and "
-                         f"{num_carry} carries")
+        raise ShapeError(
+            f"scan has {len(operands)} operands but {num_consts} consts and {num_carry} carries"
+        )
     xs = operands[fixed:]
     for x in xs:
         if x.ndim == 0 or x.shape[0] != length:
-            raise ShapeError(f"scan over length {length} got xs of shape {x.shape}",
-                             hint="every xs leaf needs the scan length as its leading dim")
+            raise ShapeError(
+                f"scan over length {length} got xs of shape {x.shape}",
+                hint="every xs leaf needs the scan length as its leading dim",
+            )
     slices = [TensorType(x.shape[1:], x.dtype, x.weak) for x in xs]
     _check_params("scan", body, list(operands[:fixed]) + slices)
     results = body.result_types
     carry = operands[num_consts:fixed]
     if len(results) < num_carry:
-        raise ShapeError(f"scan body returns {len(results)} values, fewer than its "
-                         f"{num_carry} carries")
+        raise ShapeError(
+            f"scan body returns {len(results)} values, fewer than its {num_carry} carries"
+        )
     for i, (c, r) in enumerate(zip(carry, results)):
         if not _same(c, r):
             raise ShapeError(f"scan carry {i} goes in as {c} and comes out as {r}")
@@ -89,15 +95,18 @@ def _scan_type(*operands: TensorType, body: Graph, num_consts: int, num_carry: i
     return tuple(carry) + ys
 
 
-def _scan_ref(*args: np.ndarray, body: Graph, num_consts: int, num_carry: int, length: int,
-              reverse: bool) -> tuple[np.ndarray, ...]:
+def _scan_ref(
+    *args: np.ndarray, body: Graph, num_consts: int, num_carry: int, length: int, reverse: bool
+) -> tuple[np.ndarray, ...]:
     fixed = num_consts + num_carry
     consts = list(args[:num_consts])
     carry = list(args[num_consts:fixed])
     xs = args[fixed:]
-    ys = [np.empty((length,) + t.shape, dtypes.to_numpy(t.dtype))
-          for t in body.result_types[num_carry:]]
-    for i in (reversed(range(length)) if reverse else range(length)):
+    ys = [
+        np.empty((length,) + t.shape, dtypes.to_numpy(t.dtype))
+        for t in body.result_types[num_carry:]
+    ]
+    for i in reversed(range(length)) if reverse else range(length):
         outs = _evaluate(body, consts + carry + [x[i] for x in xs])
         carry = outs[:num_carry]
         for y, value in zip(ys, outs[num_carry:]):
@@ -105,8 +114,9 @@ def _scan_ref(*args: np.ndarray, body: Graph, num_consts: int, num_carry: int, l
     return tuple(carry) + tuple(ys)
 
 
-def _scan_factors(*types: TensorType, body: Graph, num_consts: int, num_carry: int,
-                  length: int, reverse: bool) -> Factors:
+def _scan_factors(
+    *types: TensorType, body: Graph, num_consts: int, num_carry: int, length: int, reverse: bool
+) -> Factors:
     """Each dim its own factor, except: the scan dim of xs and ys is one blocked factor,
     and a carry's dims are shared by the init and the final carry."""
     names = _names()
@@ -119,8 +129,16 @@ def _scan_factors(*types: TensorType, body: Graph, num_consts: int, num_carry: i
     return Factors(tuple(consts + carry + xs), tuple(carry + ys), blocked=frozenset({step}))
 
 
-def _scan_vjp(cts: Sequence[Any], *primals: Any, out: Any, body: Graph, num_consts: int,
-              num_carry: int, length: int, reverse: bool) -> tuple[Any, ...]:
+def _scan_vjp(
+    cts: Sequence[Any],
+    *primals: Any,
+    out: Any,
+    body: Graph,
+    num_consts: int,
+    num_carry: int,
+    length: int,
+    reverse: bool,
+) -> tuple[Any, ...]:
     """A forward scan stacks each step's input carry and the residuals the backward step
     needs (spmd/ops/scan_residuals.py), then a reverse scan runs the body's VJP on them,
     carrying the carry's cotangent and the consts' summed cotangent."""
@@ -142,26 +160,52 @@ def _scan_vjp(cts: Sequence[Any], *primals: Any, out: Any, body: Graph, num_cons
         return (None,) * len(primals)
     keep = body.replace(results=body.results[:ncar] + body.params[nc:fixed])
     step = _scan_vjp_step(body, nc, ncar, d_const, d_carry, d_x, d_y)
-    in_types = (list(const_t) + [carry_t[i] for i in d_carry] + [const_t[i] for i in d_const]
-                + list(carry_t) + list(x_t) + [y_t[i] for i in d_y])
+    in_types = (
+        list(const_t)
+        + [carry_t[i] for i in d_carry]
+        + [const_t[i] for i in d_const]
+        + list(carry_t)
+        + list(x_t)
+        + [y_t[i] for i in d_y]
+    )
     graph, captured = trace_flat(step, in_types)
     # the step's consts, carry and xs params stand for the body's params
     n_ct = len(d_carry) + len(d_const)
-    primal_params = graph.params[:nc] + graph.params[nc + n_ct:nc + n_ct + len(body.params) - nc]
+    primal_params = graph.params[:nc] + graph.params[nc + n_ct : nc + n_ct + len(body.params) - nc]
     split = split_residuals(graph, keep, primal_params, len(in_types))
     if split is not None:
         keep, graph = split.forward, split.backward
-    forward = bind("scan", *primals, body=dce(keep), num_consts=nc, num_carry=ncar,
-                   length=length, reverse=reverse)
-    residuals = forward[2 * ncar:]
+    forward = bind(
+        "scan",
+        *primals,
+        body=dce(keep),
+        num_consts=nc,
+        num_carry=ncar,
+        length=length,
+        reverse=reverse,
+    )
+    residuals = forward[2 * ncar :]
     graph = hoist_captures(graph, len(captured))
     ct_carry = [ct_or_zeros(cts[i], carry_t[i]) for i in d_carry]
     acc = [ct_or_zeros(None, const_t[i]) for i in d_const]
     stacked_y = [TensorType((length,) + y_t[i].shape, y_t[i].dtype) for i in d_y]
     ct_ys = [ct_or_zeros(cts[ncar + i], t) for i, t in zip(d_y, stacked_y)]
-    outs = bind("scan", *captured, *primals[:nc], *ct_carry, *acc, *forward[ncar:2 * ncar],
-                *primals[fixed:], *ct_ys, *residuals, body=graph, num_consts=len(captured) + nc,
-                num_carry=len(d_carry) + len(d_const), length=length, reverse=not reverse)
+    outs = bind(
+        "scan",
+        *captured,
+        *primals[:nc],
+        *ct_carry,
+        *acc,
+        *forward[ncar : 2 * ncar],
+        *primals[fixed:],
+        *ct_ys,
+        *residuals,
+        body=graph,
+        num_consts=len(captured) + nc,
+        num_carry=len(d_carry) + len(d_const),
+        length=length,
+        reverse=not reverse,
+    )
     result: list[Any] = [None] * len(primals)
     found = iter(outs)
     for i in d_carry:
@@ -173,8 +217,15 @@ def _scan_vjp(cts: Sequence[Any], *primals: Any, out: Any, body: Graph, num_cons
     return tuple(result)
 
 
-def _scan_vjp_step(body: Graph, nc: int, ncar: int, d_const: list[int], d_carry: list[int],
-                   d_x: list[int], d_y: list[int]) -> Any:
+def _scan_vjp_step(
+    body: Graph,
+    nc: int,
+    ncar: int,
+    d_const: list[int],
+    d_carry: list[int],
+    d_x: list[int],
+    d_y: list[int],
+) -> Any:
     """One backward step: (consts, ct_carry, acc, carry_i, x_i, ct_y_i) ->
     (ct of carry_i, acc + ct of consts, ct of x_i)."""
     from spmd import lax
@@ -198,8 +249,9 @@ def _scan_vjp_step(body: Graph, nc: int, ncar: int, d_const: list[int], d_carry:
             result_cts[ncar + i] = ct
         param_cts = backward(body, env, result_cts)
         new_acc = [lax.add(a, param_cts[i]) for a, i in zip(acc, d_const)]
-        return ([param_cts[nc + i] for i in d_carry] + new_acc
-                + [param_cts[nc + ncar + i] for i in d_x])
+        return (
+            [param_cts[nc + i] for i in d_carry] + new_acc + [param_cts[nc + ncar + i] for i in d_x]
+        )
 
     return step
 
@@ -209,14 +261,18 @@ def hoist_captures(graph: Graph, n_captured: int) -> Graph:
     if n_captured == 0:
         return graph
     k = len(graph.params) - n_captured
-    return graph.replace(params=graph.params[k:] + graph.params[:k],
-                         param_types=graph.param_types[k:] + graph.param_types[:k])
+    return graph.replace(
+        params=graph.params[k:] + graph.params[:k],
+        param_types=graph.param_types[k:] + graph.param_types[:k],
+    )
 
 
 # cond -----------------------------------------------------------------------------------
 
-def _cond_type(index: TensorType, *operands: TensorType,
-               branches: tuple[Graph, ...]) -> tuple[TensorType, ...]:
+
+def _cond_type(
+    index: TensorType, *operands: TensorType, branches: tuple[Graph, ...]
+) -> tuple[TensorType, ...]:
     if index.shape != () or index.dtype != "int32":
         raise DTypeError(f"cond needs an int32 scalar branch index, got {index}")
     if not branches:
@@ -227,28 +283,33 @@ def _cond_type(index: TensorType, *operands: TensorType,
     for graph in branches[1:]:
         other = graph.result_types
         if len(other) != len(first) or not all(map(_same, first, other)):
-            raise ShapeError("cond branches return different types: "
-                             f"{', '.join(map(str, first))} vs {', '.join(map(str, other))}")
-    return tuple(TensorType(t.shape, t.dtype, all(g.result_types[i].weak for g in branches))
-                 for i, t in enumerate(first))
+            raise ShapeError(
+                "cond branches return different types: "
+                f"{', '.join(map(str, first))} vs {', '.join(map(str, other))}"
+            )
+    return tuple(
+        TensorType(t.shape, t.dtype, all(g.result_types[i].weak for g in branches))
+        for i, t in enumerate(first)
+    )
 
 
-def _cond_ref(index: np.ndarray, *operands: np.ndarray,
-              branches: tuple[Graph, ...]) -> tuple[np.ndarray, ...]:
+def _cond_ref(
+    index: np.ndarray, *operands: np.ndarray, branches: tuple[Graph, ...]
+) -> tuple[np.ndarray, ...]:
     chosen = int(np.clip(index, 0, len(branches) - 1))
     return tuple(_evaluate(branches[chosen], operands))
 
 
-def _cond_factors(index: TensorType, *operands: TensorType,
-                  branches: tuple[Graph, ...]) -> Factors:
+def _cond_factors(index: TensorType, *operands: TensorType, branches: tuple[Graph, ...]) -> Factors:
     names = _names()
     ins = [()] + [_fresh_dims(names, t) for t in operands]
     outs = [_fresh_dims(names, t) for t in branches[0].result_types]
     return Factors(tuple(ins), tuple(outs))
 
 
-def _cond_vjp(cts: Sequence[Any], index: Any, *operands: Any, out: Any,
-              branches: tuple[Graph, ...]) -> tuple[Any, ...]:
+def _cond_vjp(
+    cts: Sequence[Any], index: Any, *operands: Any, out: Any, branches: tuple[Graph, ...]
+) -> tuple[Any, ...]:
     """A cond over the branches' VJP graphs, on the same index."""
     from spmd.autodiff import vjp_graph
     from spmd.tracing import bind
@@ -265,26 +326,40 @@ def _cond_vjp(cts: Sequence[Any], index: Any, *operands: Any, out: Any,
 
 # while_loop -----------------------------------------------------------------------------
 
-def _while_type(*operands: TensorType, cond_graph: Graph, body_graph: Graph,
-                cond_num_consts: int, body_num_consts: int) -> tuple[TensorType, ...]:
+
+def _while_type(
+    *operands: TensorType,
+    cond_graph: Graph,
+    body_graph: Graph,
+    cond_num_consts: int,
+    body_num_consts: int,
+) -> tuple[TensorType, ...]:
     fixed = cond_num_consts + body_num_consts
     carry = operands[fixed:]
     _check_params("while_loop cond", cond_graph, list(operands[:cond_num_consts]) + list(carry))
-    _check_params("while_loop body", body_graph,
-                  list(operands[cond_num_consts:fixed]) + list(carry))
+    _check_params(
+        "while_loop body", body_graph, list(operands[cond_num_consts:fixed]) + list(carry)
+    )
     pred = cond_graph.result_types
     if len(pred) != 1 or pred[0].shape != () or pred[0].dtype != "bool":
-        raise DTypeError(f"while_loop cond must return one bool scalar, got "
-                         f"{', '.join(map(str, pred))}")
+        raise DTypeError(
+            f"while_loop cond must return one bool scalar, got {', '.join(map(str, pred))}"
+        )
     out = body_graph.result_types
     if len(out) != len(carry) or not all(map(_same, carry, out)):
-        raise ShapeError(f"while_loop body turns {', '.join(map(str, carry))} into "
-                         f"{', '.join(map(str, out))}")
+        raise ShapeError(
+            f"while_loop body turns {', '.join(map(str, carry))} into {', '.join(map(str, out))}"
+        )
     return tuple(carry)
 
 
-def _while_ref(*args: np.ndarray, cond_graph: Graph, body_graph: Graph, cond_num_consts: int,
-               body_num_consts: int) -> tuple[np.ndarray, ...]:
+def _while_ref(
+    *args: np.ndarray,
+    cond_graph: Graph,
+    body_graph: Graph,
+    cond_num_consts: int,
+    body_num_consts: int,
+) -> tuple[np.ndarray, ...]:
     fixed = cond_num_consts + body_num_consts
     cond_consts = list(args[:cond_num_consts])
     body_consts = list(args[cond_num_consts:fixed])
@@ -294,8 +369,13 @@ def _while_ref(*args: np.ndarray, cond_graph: Graph, body_graph: Graph, cond_num
     return tuple(carry)
 
 
-def _while_factors(*types: TensorType, cond_graph: Graph, body_graph: Graph,
-                   cond_num_consts: int, body_num_consts: int) -> Factors:
+def _while_factors(
+    *types: TensorType,
+    cond_graph: Graph,
+    body_graph: Graph,
+    cond_num_consts: int,
+    body_num_consts: int,
+) -> Factors:
     names = _names()
     fixed = cond_num_consts + body_num_consts
     consts = [_fresh_dims(names, t) for t in types[:fixed]]
@@ -304,12 +384,34 @@ def _while_factors(*types: TensorType, cond_graph: Graph, body_graph: Graph,
 
 
 OPS = [
-    OpDef("scan", _scan_type, _scan_ref, _scan_vjp, _scan_factors, multi_output=True,
-          doc="Loop a body graph over the leading dim of xs, threading a carry.",
-          traits=Trait.CONTROL),
-    OpDef("cond", _cond_type, _cond_ref, _cond_vjp, _cond_factors, multi_output=True,
-          doc="Run the branch graph picked by a (clamped) int32 index.", traits=Trait.CONTROL),
-    OpDef("while_loop", _while_type, _while_ref, NONDIFF, _while_factors, multi_output=True,
-          doc="Run body_graph while cond_graph holds (not reverse-differentiable, as in JAX).",
-          traits=Trait.CONTROL),
+    OpDef(
+        "scan",
+        _scan_type,
+        _scan_ref,
+        _scan_vjp,
+        _scan_factors,
+        multi_output=True,
+        doc="Loop a body graph over the leading dim of xs, threading a carry.",
+        traits=Trait.CONTROL,
+    ),
+    OpDef(
+        "cond",
+        _cond_type,
+        _cond_ref,
+        _cond_vjp,
+        _cond_factors,
+        multi_output=True,
+        doc="Run the branch graph picked by a (clamped) int32 index.",
+        traits=Trait.CONTROL,
+    ),
+    OpDef(
+        "while_loop",
+        _while_type,
+        _while_ref,
+        NONDIFF,
+        _while_factors,
+        multi_output=True,
+        doc="Run body_graph while cond_graph holds (not reverse-differentiable, as in JAX).",
+        traits=Trait.CONTROL,
+    ),
 ]

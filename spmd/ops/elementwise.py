@@ -59,10 +59,16 @@ def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _unary(name: str, ref: Callable[..., Any], vjp: Any, float_only: bool = True,
-           linear: Linearity = Linearity.NONE) -> OpDef:
-    return OpDef(name, _unary_type(float_only), _quiet(ref), vjp, elementwise_factors,
-                 linear=linear)
+def _unary(
+    name: str,
+    ref: Callable[..., Any],
+    vjp: Any,
+    float_only: bool = True,
+    linear: Linearity = Linearity.NONE,
+) -> OpDef:
+    return OpDef(
+        name, _unary_type(float_only), _quiet(ref), vjp, elementwise_factors, linear=linear
+    )
 
 
 def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -131,8 +137,9 @@ def _select_type(p: TensorType, a: TensorType, b: TensorType) -> TensorType:
     same_shapes("select", p, a, b)
     same_dtypes("select", a, b)
     if p.dtype != "bool":
-        raise DTypeError(f"select needs a bool predicate, got {p.dtype}",
-                         hint="compare first, e.g. x > 0")
+        raise DTypeError(
+            f"select needs a bool predicate, got {p.dtype}", hint="compare first, e.g. x > 0"
+        )
     return TensorType(a.shape, a.dtype, a.weak and b.weak)
 
 
@@ -167,60 +174,144 @@ OPS = [
     _unary("log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0))),
     _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, _lax().add(out, 1.0))),
     _unary("tanh", np.tanh, lambda ct, x, *, out: _mul(ct, _lax().sub(1.0, _mul(out, out)))),
-    _unary("logistic", lambda x: 1 / (1 + np.exp(-x)),
-           lambda ct, x, *, out: _mul(ct, _mul(out, _lax().sub(1.0, out)))),
+    _unary(
+        "logistic",
+        lambda x: 1 / (1 + np.exp(-x)),
+        lambda ct, x, *, out: _mul(ct, _mul(out, _lax().sub(1.0, out))),
+    ),
     _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, _lax().cos(x))),
     _unary("cos", np.cos, lambda ct, x, *, out: _lax().neg(_mul(ct, _lax().sin(x)))),
     _unary("tan", np.tan, lambda ct, x, *, out: _mul(ct, _lax().add(1.0, _mul(out, out)))),
     _unary("sqrt", np.sqrt, lambda ct, x, *, out: _lax().div(_mul(ct, 0.5), out)),
-    _unary("rsqrt", lambda x: 1 / np.sqrt(x),
-           lambda ct, x, *, out: _mul(ct, _mul(_lax().div(out, x), -0.5))),
-    _unary("erf", lambda x: _erf(x),
-           lambda ct, x, *, out: _mul(ct, _mul(_lax().exp(_lax().neg(_mul(x, x))),
-                                               2 / np.sqrt(np.pi)))),
+    _unary(
+        "rsqrt",
+        lambda x: 1 / np.sqrt(x),
+        lambda ct, x, *, out: _mul(ct, _mul(_lax().div(out, x), -0.5)),
+    ),
+    _unary(
+        "erf",
+        lambda x: _erf(x),
+        lambda ct, x, *, out: _mul(
+            ct, _mul(_lax().exp(_lax().neg(_mul(x, x))), 2 / np.sqrt(np.pi))
+        ),
+    ),
     _unary("abs", np.abs, lambda ct, x, *, out: _mul(ct, _lax().sign(x)), False),
     _unary("sign", np.sign, ZERO_GRAD, False),
     _unary("floor", np.floor, ZERO_GRAD),
     _unary("ceil", np.ceil, ZERO_GRAD),
     _unary("round", np.round, ZERO_GRAD),
-    OpDef("is_finite", lambda x: (need_float("is_finite", x), x.with_dtype("bool"))[1],
-          np.isfinite, ZERO_GRAD, elementwise_factors),
-    OpDef("add", _binary_type("add"), _quiet(np.add), lambda ct, x, y, *, out: (ct, ct),
-          elementwise_factors, linear=Linearity.JOINT),
-    OpDef("sub", _binary_type("sub"), _quiet(np.subtract),
-          lambda ct, x, y, *, out: (ct, _lax().neg(ct)), elementwise_factors,
-          linear=Linearity.JOINT),
-    OpDef("mul", _binary_type("mul"), _quiet(np.multiply),
-          lambda ct, x, y, *, out: (_mul(ct, y), _mul(ct, x)), elementwise_factors,
-          linear=Linearity.EACH),
-    OpDef("div", _binary_type("div"), _quiet(_int_div),
-          lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
-          elementwise_factors, linear=Linearity.FIRST),
-    OpDef("rem", _binary_type("rem"), _quiet(np.fmod),
-          lambda ct, x, y, *, out: (ct, _mul(_lax().neg(ct), _lax().round(_lax().div(
-              _lax().sub(x, out), y)))), elementwise_factors),
+    OpDef(
+        "is_finite",
+        lambda x: (need_float("is_finite", x), x.with_dtype("bool"))[1],
+        np.isfinite,
+        ZERO_GRAD,
+        elementwise_factors,
+    ),
+    OpDef(
+        "add",
+        _binary_type("add"),
+        _quiet(np.add),
+        lambda ct, x, y, *, out: (ct, ct),
+        elementwise_factors,
+        linear=Linearity.JOINT,
+    ),
+    OpDef(
+        "sub",
+        _binary_type("sub"),
+        _quiet(np.subtract),
+        lambda ct, x, y, *, out: (ct, _lax().neg(ct)),
+        elementwise_factors,
+        linear=Linearity.JOINT,
+    ),
+    OpDef(
+        "mul",
+        _binary_type("mul"),
+        _quiet(np.multiply),
+        lambda ct, x, y, *, out: (_mul(ct, y), _mul(ct, x)),
+        elementwise_factors,
+        linear=Linearity.EACH,
+    ),
+    OpDef(
+        "div",
+        _binary_type("div"),
+        _quiet(_int_div),
+        lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
+        elementwise_factors,
+        linear=Linearity.FIRST,
+    ),
+    OpDef(
+        "rem",
+        _binary_type("rem"),
+        _quiet(np.fmod),
+        lambda ct, x, y, *, out: (
+            ct,
+            _mul(_lax().neg(ct), _lax().round(_lax().div(_lax().sub(x, out), y))),
+        ),
+        elementwise_factors,
+    ),
     OpDef("pow", _binary_type("pow"), _quiet(np.power), _pow_vjp, elementwise_factors),
-    OpDef("atan2", _binary_type("atan2"), _quiet(np.arctan2),
-          lambda ct, x, y, *, out: _atan2_vjp(ct, x, y), elementwise_factors),
+    OpDef(
+        "atan2",
+        _binary_type("atan2"),
+        _quiet(np.arctan2),
+        lambda ct, x, y, *, out: _atan2_vjp(ct, x, y),
+        elementwise_factors,
+    ),
     OpDef("max", _binary_type("max"), _quiet(np.maximum), _minmax_vjp("gt"), elementwise_factors),
     OpDef("min", _binary_type("min"), _quiet(np.minimum), _minmax_vjp("lt"), elementwise_factors),
-    *(OpDef(n, _binary_type(n, "bool"), _quiet(f), ZERO_GRAD, elementwise_factors)
-      for n, f in (("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
-                   ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal))),
+    *(
+        OpDef(n, _binary_type(n, "bool"), _quiet(f), ZERO_GRAD, elementwise_factors)
+        for n, f in (
+            ("eq", np.equal),
+            ("ne", np.not_equal),
+            ("lt", np.less),
+            ("le", np.less_equal),
+            ("gt", np.greater),
+            ("ge", np.greater_equal),
+        )
+    ),
     OpDef("and", _bool_or_int("and"), np.bitwise_and, ZERO_GRAD, elementwise_factors),
     OpDef("or", _bool_or_int("or"), np.bitwise_or, ZERO_GRAD, elementwise_factors),
     OpDef("xor", _bool_or_int("xor"), np.bitwise_xor, ZERO_GRAD, elementwise_factors),
     OpDef("not", _bool_or_int("not", unary=True), np.invert, ZERO_GRAD, elementwise_factors),
-    OpDef("shift_left", _bool_or_int("shift_left"), _quiet(np.left_shift), ZERO_GRAD,
-          elementwise_factors),
-    OpDef("shift_right", _bool_or_int("shift_right"), _quiet(np.right_shift), ZERO_GRAD,
-          elementwise_factors),
-    OpDef("select", _select_type, np.where, _select_vjp, elementwise_factors,
-          linear=Linearity.BRANCHES),
-    OpDef("convert_element_type", _convert_type, _convert_ref, _convert_vjp,
-          elementwise_factors, linear=Linearity.JOINT),
-    OpDef("stop_gradient", _unary_type(False), lambda x: x, ZERO_GRAD, elementwise_factors,
-          linear=Linearity.JOINT),
+    OpDef(
+        "shift_left",
+        _bool_or_int("shift_left"),
+        _quiet(np.left_shift),
+        ZERO_GRAD,
+        elementwise_factors,
+    ),
+    OpDef(
+        "shift_right",
+        _bool_or_int("shift_right"),
+        _quiet(np.right_shift),
+        ZERO_GRAD,
+        elementwise_factors,
+    ),
+    OpDef(
+        "select",
+        _select_type,
+        np.where,
+        _select_vjp,
+        elementwise_factors,
+        linear=Linearity.BRANCHES,
+    ),
+    OpDef(
+        "convert_element_type",
+        _convert_type,
+        _convert_ref,
+        _convert_vjp,
+        elementwise_factors,
+        linear=Linearity.JOINT,
+    ),
+    OpDef(
+        "stop_gradient",
+        _unary_type(False),
+        lambda x: x,
+        ZERO_GRAD,
+        elementwise_factors,
+        linear=Linearity.JOINT,
+    ),
 ]
 # Every op of this family; each batches over a leading axis of all its operands.
 OPS = [replace(d, traits=Trait.ELEMENTWISE, shared_operands=()) for d in OPS]
@@ -237,4 +328,3 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
     flat = np.asarray(x, dtype=np.float64).ravel()
     return np.array([erf(v) for v in flat]).reshape(np.shape(x)).astype(x.dtype)
-

@@ -45,9 +45,13 @@ class Factors:
         def dims(s: str) -> Dims:
             return tuple(None if c == "_" else c for c in s)
 
-        return Factors(tuple(dims(s) for s in lhs.split(",")) if lhs else (),
-                       tuple(dims(s) for s in rhs.split(",")),
-                       frozenset(reduce), kind, frozenset(blocked))
+        return Factors(
+            tuple(dims(s) for s in lhs.split(",")) if lhs else (),
+            tuple(dims(s) for s in rhs.split(",")),
+            frozenset(reduce),
+            kind,
+            frozenset(blocked),
+        )
 
     def __str__(self) -> str:
         def fmt(d: Dims) -> str:
@@ -116,8 +120,14 @@ class Linearity(enum.Enum):
     BRANCHES = "branches"  # select: linear in both branches jointly, not in the predicate
     SAME_REDUCTION = "same_reduction"  # a reduce of kind k commutes with a pending k
 
-    def passes(self, i: int, kind: str, axes: frozenset[str], op_kind: str | None,
-               others: Sequence[tuple[frozenset[str], str, frozenset[str]]]) -> bool:
+    def passes(
+        self,
+        i: int,
+        kind: str,
+        axes: frozenset[str],
+        op_kind: str | None,
+        others: Sequence[tuple[frozenset[str], str, frozenset[str]]],
+    ) -> bool:
         """Whether operand i, pending a `kind` reduction over `axes`, may stay pending through
         the op. `others`: (pending axes, pending kind, sharded axes) of the other operands in
         order; `op_kind`: the op's own reduction kind (attribute "kind") where it has one."""

@@ -16,8 +16,7 @@ from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
 
-KINDS = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod,
-         "and": np.all, "or": np.any}
+KINDS = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod, "and": np.all, "or": np.any}
 
 
 def _lax() -> Any:
@@ -115,15 +114,45 @@ def _cumsum_factors(x: TensorType, *, axis: int, reverse: bool) -> Factors:
 
 
 OPS = [
-    OpDef("reduce", _reduce_type, _reduce_ref, _reduce_vjp, _reduce_factors,
-          linear=Linearity.SAME_REDUCTION, traits=Trait.REDUCTION,
-          attr_kinds={"axes": AttrKind.DIMS}, shared_operands=()),
-    OpDef("argmax", _arg_type, _arg_ref(np.argmax), ZERO_GRAD, _arg_factors, traits=Trait.REDUCTION,
-          attr_kinds={"axis": AttrKind.DIM}, shared_operands=()),
-    OpDef("argmin", _arg_type, _arg_ref(np.argmin), ZERO_GRAD, _arg_factors, traits=Trait.REDUCTION,
-          attr_kinds={"axis": AttrKind.DIM}, shared_operands=()),
-    OpDef("cumsum", _cumsum_type, _cumsum_ref,
-          lambda ct, x, *, out, axis, reverse: _lax().cumsum(ct, axis, not reverse),
-          _cumsum_factors, linear=Linearity.JOINT, attr_kinds={"axis": AttrKind.DIM},
-          shared_operands=()),
+    OpDef(
+        "reduce",
+        _reduce_type,
+        _reduce_ref,
+        _reduce_vjp,
+        _reduce_factors,
+        linear=Linearity.SAME_REDUCTION,
+        traits=Trait.REDUCTION,
+        attr_kinds={"axes": AttrKind.DIMS},
+        shared_operands=(),
+    ),
+    OpDef(
+        "argmax",
+        _arg_type,
+        _arg_ref(np.argmax),
+        ZERO_GRAD,
+        _arg_factors,
+        traits=Trait.REDUCTION,
+        attr_kinds={"axis": AttrKind.DIM},
+        shared_operands=(),
+    ),
+    OpDef(
+        "argmin",
+        _arg_type,
+        _arg_ref(np.argmin),
+        ZERO_GRAD,
+        _arg_factors,
+        traits=Trait.REDUCTION,
+        attr_kinds={"axis": AttrKind.DIM},
+        shared_operands=(),
+    ),
+    OpDef(
+        "cumsum",
+        _cumsum_type,
+        _cumsum_ref,
+        lambda ct, x, *, out, axis, reverse: _lax().cumsum(ct, axis, not reverse),
+        _cumsum_factors,
+        linear=Linearity.JOINT,
+        attr_kinds={"axis": AttrKind.DIM},
+        shared_operands=(),
+    ),
 ]

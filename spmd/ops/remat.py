@@ -55,8 +55,9 @@ class Policy:
 POLICY_KINDS = ("nothing", "everything", "dots", "dots_no_batch", "names", "names_but")
 
 
-def _remat_type(*operands: TensorType, body: Graph, policy: Policy, recompute: bool
-                ) -> tuple[TensorType, ...]:
+def _remat_type(
+    *operands: TensorType, body: Graph, policy: Policy, recompute: bool
+) -> tuple[TensorType, ...]:
     if len(operands) != len(body.params):
         raise ShapeError(f"remat body takes {len(body.params)} values, got {len(operands)}")
     for i, (want, got) in enumerate(zip(body.param_types, operands)):
@@ -65,16 +66,16 @@ def _remat_type(*operands: TensorType, body: Graph, policy: Policy, recompute: b
     return tuple(body.result_types)
 
 
-def _remat_ref(*args: np.ndarray, body: Graph, policy: Policy, recompute: bool
-               ) -> tuple[np.ndarray, ...]:
+def _remat_ref(
+    *args: np.ndarray, body: Graph, policy: Policy, recompute: bool
+) -> tuple[np.ndarray, ...]:
     from spmd.interpreter import evaluate
 
     return tuple(evaluate(body, args))
 
 
-def _remat_factors(*types: TensorType, body: Graph, policy: Policy, recompute: bool
-                   ) -> Factors:
-    names = iter(f"f{i}" for i in range(10 ** 6))
+def _remat_factors(*types: TensorType, body: Graph, policy: Policy, recompute: bool) -> Factors:
+    names = iter(f"f{i}" for i in range(10**6))
     ins = tuple(tuple(next(names) for _ in t.shape) for t in types)
     outs = tuple(tuple(next(names) for _ in t.shape) for t in body.result_types)
     return Factors(ins, outs)
@@ -122,8 +123,7 @@ def _split(body: Graph, policy: Policy) -> Split:
     from spmd.passes.rules import rename_inputs
 
     diff_out = [i for i, t in enumerate(body.result_types) if dtypes.is_differentiable(t.dtype)]
-    diff_in = tuple(i for i, t in enumerate(body.param_types)
-                    if dtypes.is_differentiable(t.dtype))
+    diff_in = tuple(i for i, t in enumerate(body.param_types) if dtypes.is_differentiable(t.dtype))
     n = len(body.params)
 
     def step(*args: Any) -> list[Any]:
@@ -134,8 +134,9 @@ def _split(body: Graph, policy: Policy) -> Split:
         param_cts = backward(body, env, cts)
         return [param_cts[i] for i in diff_in]
 
-    graph, captured = trace_flat(step, list(body.param_types) +
-                                 [body.result_types[i] for i in diff_out])
+    graph, captured = trace_flat(
+        step, list(body.param_types) + [body.result_types[i] for i in diff_out]
+    )
     if captured:
         from spmd.errors import InternalError
 
@@ -155,27 +156,31 @@ def _split(body: Graph, policy: Policy) -> Split:
     # a saved name is the same value as its input: the backward reads the saved one
     alias = {op.inputs[0]: op.outputs[0] for op in saved_ops if op.name == "checkpoint_name"}
     types = graph.types
-    backward_graph = dce(graph.replace(
-        params=graph.params + tuple(candidates),
-        param_types=graph.param_types + tuple(types[v] for v in candidates),
-        ops=tuple(rename_inputs(op, alias) for op in graph.ops if id(op) not in cut),
-        results=tuple(alias.get(v, v) for v in graph.results)))
+    backward_graph = dce(
+        graph.replace(
+            params=graph.params + tuple(candidates),
+            param_types=graph.param_types + tuple(types[v] for v in candidates),
+            ops=tuple(rename_inputs(op, alias) for op in graph.ops if id(op) not in cut),
+            results=tuple(alias.get(v, v) for v in graph.results),
+        )
+    )
     used = {v for op in backward_graph.ops for v in op.inputs} | set(backward_graph.results)
     residuals = [v for v in candidates if v in used]
     backward_graph = backward_graph.replace(
         params=graph.params + tuple(residuals),
-        param_types=graph.param_types + tuple(types[v] for v in residuals))
+        param_types=graph.param_types + tuple(types[v] for v in residuals),
+    )
     rename = dict(zip(graph.params[:n], body.params))
     copied = tuple(_renamed(op, rename) for op in primal_ops)
-    forward = dce(cse(body.replace(ops=body.ops + copied,
-                                   results=body.results + tuple(residuals))))
+    forward = dce(cse(body.replace(ops=body.ops + copied, results=body.results + tuple(residuals))))
     return Split(forward, backward_graph, len(residuals), diff_in)
 
 
 def _renamed(op: Op, rename: dict[int, int]) -> Op:
     inputs = tuple(rename.get(v, v) for v in op.inputs)
-    return op if inputs == op.inputs else Op(op.name, inputs, op.outputs, op.types, op.attrs,
-                                             op.loc)
+    return (
+        op if inputs == op.inputs else Op(op.name, inputs, op.outputs, op.types, op.attrs, op.loc)
+    )
 
 
 def replay_remat(op: Op, ins: Sequence[Any]) -> tuple[list[Any], tuple[Any, ...]]:
@@ -188,18 +193,29 @@ def replay_remat(op: Op, ins: Sequence[Any]) -> tuple[list[Any], tuple[Any, ...]
     return list(outs[:k]), tuple(outs[k:])
 
 
-def remat_backward(op: Op, out_cts: Sequence[Any], primals: Sequence[Any],
-                   residuals: Sequence[Any]) -> list[Any]:
+def remat_backward(
+    op: Op, out_cts: Sequence[Any], primals: Sequence[Any], residuals: Sequence[Any]
+) -> list[Any]:
     """Cotangents of a remat op's inputs: a recompute region on (primals, cts, residuals)."""
     from spmd import dtypes, lax
     from spmd.tracing import bind
 
     body: Graph = op.attrs["body"]
     split = split_remat(body, op.attrs["policy"])
-    cts = [lax.full(t.shape, 0, t.dtype) if ct is None else ct
-           for ct, t in zip(out_cts, body.result_types) if dtypes.is_differentiable(t.dtype)]
-    outs = bind("remat", *primals, *cts, *residuals, body=split.backward,
-                policy=op.attrs["policy"], recompute=True)
+    cts = [
+        lax.full(t.shape, 0, t.dtype) if ct is None else ct
+        for ct, t in zip(out_cts, body.result_types)
+        if dtypes.is_differentiable(t.dtype)
+    ]
+    outs = bind(
+        "remat",
+        *primals,
+        *cts,
+        *residuals,
+        body=split.backward,
+        policy=op.attrs["policy"],
+        recompute=True,
+    )
     result: list[Any] = [None] * len(primals)
     for i, ct in zip(split.diff_params, outs):
         result[i] = ct
@@ -207,12 +223,24 @@ def remat_backward(op: Op, out_cts: Sequence[Any], primals: Sequence[Any],
 
 
 OPS = [
-    OpDef("remat", _remat_type, _remat_ref, _remat_vjp, _remat_factors, multi_output=True,
-          doc="A rematerialised region (jax.checkpoint): body graph, saving policy.",
-          traits=Trait.CONTROL),
-    OpDef("checkpoint_name", lambda x, *, label: x, lambda x, *, label: x,
-          lambda ct, x, *, out, label: ct,
-          lambda x, *, label: Factors.parse(f"{letters(x.ndim)}->{letters(x.ndim)}"),
-          linear=Linearity.JOINT, traits=Trait.ANNOTATION,
-          doc="Identity that names a value for save_only_these_names policies."),
+    OpDef(
+        "remat",
+        _remat_type,
+        _remat_ref,
+        _remat_vjp,
+        _remat_factors,
+        multi_output=True,
+        doc="A rematerialised region (jax.checkpoint): body graph, saving policy.",
+        traits=Trait.CONTROL,
+    ),
+    OpDef(
+        "checkpoint_name",
+        lambda x, *, label: x,
+        lambda x, *, label: x,
+        lambda ct, x, *, out, label: ct,
+        lambda x, *, label: Factors.parse(f"{letters(x.ndim)}->{letters(x.ndim)}"),
+        linear=Linearity.JOINT,
+        traits=Trait.ANNOTATION,
+        doc="Identity that names a value for save_only_these_names policies.",
+    ),
 ]

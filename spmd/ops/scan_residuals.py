@@ -16,8 +16,20 @@ from spmd.ops.opdef import is_impure
 
 # Ops cheaper to redo in the backward step than to save per step (on values it has anyway):
 # a transposed weight is recomputed there, not stacked once per step.
-CHEAP = frozenset({"transpose", "reshape", "broadcast_in_dim", "convert_element_type",
-                   "slice", "squeeze", "expand_dims", "rev", "constant", "iota"})
+CHEAP = frozenset(
+    {
+        "transpose",
+        "reshape",
+        "broadcast_in_dim",
+        "convert_element_type",
+        "slice",
+        "squeeze",
+        "expand_dims",
+        "rev",
+        "constant",
+        "iota",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -30,8 +42,9 @@ class Split:
     backward: Graph
 
 
-def split_residuals(step: Graph, body: Graph, primal_params: Sequence[int],
-                    n_explicit: int) -> Split | None:
+def split_residuals(
+    step: Graph, body: Graph, primal_params: Sequence[int], n_explicit: int
+) -> Split | None:
     """Split a traced backward step whose params `primal_params` (ids of `step`) stand for
     body.params in order (ops reading captured values stay in the backward step). None
     when the step has no primal op worth saving."""
@@ -55,22 +68,30 @@ def split_residuals(step: Graph, body: Graph, primal_params: Sequence[int],
     kept_ops = [op for op in step.ops if id(op) not in moved]
     needed = {v for op in kept_ops for v in op.inputs} | set(step.results)
     residuals = [v for op in primal_ops for v in op.outputs if v in needed]
-    types = {**dict(zip(step.params, step.param_types)),
-             **{v: t for op in step.ops for v, t in zip(op.outputs, op.types)}}
+    types = {
+        **dict(zip(step.params, step.param_types)),
+        **{v: t for op in step.ops for v, t in zip(op.outputs, op.types)},
+    }
     # copied ops run on both sides (dce drops those the forward does not read)
     on_forward = moved | {id(op) for op in copied}
     forward_ops = [_renamed(op, rename) for op in step.ops if id(op) in on_forward]
-    forward = body.replace(ops=body.ops + tuple(forward_ops),
-                           results=body.results + tuple(residuals))
+    forward = body.replace(
+        ops=body.ops + tuple(forward_ops), results=body.results + tuple(residuals)
+    )
     backward = step.replace(
         params=step.params[:n_explicit] + tuple(residuals) + step.params[n_explicit:],
-        param_types=(step.param_types[:n_explicit] + tuple(types[v] for v in residuals)
-                     + step.param_types[n_explicit:]),
-        ops=tuple(kept_ops))
+        param_types=(
+            step.param_types[:n_explicit]
+            + tuple(types[v] for v in residuals)
+            + step.param_types[n_explicit:]
+        ),
+        ops=tuple(kept_ops),
+    )
     return Split(forward, backward)
 
 
 def _renamed(op: Op, rename: dict[int, int]) -> Op:
     inputs = tuple(rename.get(v, v) for v in op.inputs)
-    return op if inputs == op.inputs else Op(op.name, inputs, op.outputs, op.types, op.attrs,
-                                             op.loc)
+    return (
+        op if inputs == op.inputs else Op(op.name, inputs, op.outputs, op.types, op.attrs, op.loc)
+    )

@@ -32,6 +32,7 @@ def _fresh(n: int, used: str = "") -> str:
 
 # constant / iota ------------------------------------------------------------------------
 
+
 def _constant_type(*, value: np.ndarray, weak: bool = False) -> TensorType:
     return TensorType(value.shape, dtypes.canonical(value.dtype), weak)
 
@@ -52,29 +53,38 @@ def _iota_ref(*, dtype: str, shape: tuple[int, ...], dimension: int) -> np.ndarr
 
 # broadcast_in_dim ------------------------------------------------------------------------
 
-def _broadcast_type(x: TensorType, *, shape: tuple[int, ...],
-                    broadcast_dimensions: tuple[int, ...]) -> TensorType:
+
+def _broadcast_type(
+    x: TensorType, *, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]
+) -> TensorType:
     dims = broadcast_dimensions
-    ok = len(dims) == x.ndim and all(0 <= d < len(shape) for d in dims) and \
-        list(dims) == sorted(set(dims))
+    ok = (
+        len(dims) == x.ndim
+        and all(0 <= d < len(shape) for d in dims)
+        and list(dims) == sorted(set(dims))
+    )
     if ok:
         ok = all(x.shape[i] in (1, shape[d]) for i, d in enumerate(dims))
     if not ok:
-        raise ShapeError(f"cannot broadcast shape {x.shape} to {shape} along dims {dims}",
-                         hint="each operand dim must be 1 or equal the target dim")
+        raise ShapeError(
+            f"cannot broadcast shape {x.shape} to {shape} along dims {dims}",
+            hint="each operand dim must be 1 or equal the target dim",
+        )
     return TensorType(shape, x.dtype, x.weak)
 
 
-def _broadcast_ref(x: np.ndarray, *, shape: tuple[int, ...],
-                   broadcast_dimensions: tuple[int, ...]) -> np.ndarray:
+def _broadcast_ref(
+    x: np.ndarray, *, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]
+) -> np.ndarray:
     view = [1] * len(shape)
     for i, d in enumerate(broadcast_dimensions):
         view[d] = x.shape[i]
     return np.broadcast_to(x.reshape(view), shape).copy()
 
 
-def _broadcast_factors(x: TensorType, *, shape: tuple[int, ...],
-                       broadcast_dimensions: tuple[int, ...]) -> Factors:
+def _broadcast_factors(
+    x: TensorType, *, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]
+) -> Factors:
     out = list(_fresh(len(shape)))
     operand: list[str | None] = []
     for i, d in enumerate(broadcast_dimensions):
@@ -82,8 +92,9 @@ def _broadcast_factors(x: TensorType, *, shape: tuple[int, ...],
     return Factors((tuple(operand),), (tuple(out),))
 
 
-def _broadcast_vjp(ct: Any, x: Any, *, out: Any, shape: tuple[int, ...],
-                   broadcast_dimensions: tuple[int, ...]) -> Any:
+def _broadcast_vjp(
+    ct: Any, x: Any, *, out: Any, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]
+) -> Any:
     lax = _lax()
     dims = broadcast_dimensions
     summed = [d for d in range(len(shape)) if d not in dims]
@@ -93,10 +104,13 @@ def _broadcast_vjp(ct: Any, x: Any, *, out: Any, shape: tuple[int, ...],
 
 # reshape --------------------------------------------------------------------------------
 
+
 def _reshape_type(x: TensorType, *, new_sizes: tuple[int, ...]) -> TensorType:
     if math.prod(new_sizes) != x.size or any(s < 0 for s in new_sizes):
-        raise ShapeError(f"cannot reshape {x.shape} ({x.size} elements) to {new_sizes}",
-                         hint="the sizes must multiply to the same element count")
+        raise ShapeError(
+            f"cannot reshape {x.shape} ({x.size} elements) to {new_sizes}",
+            hint="the sizes must multiply to the same element count",
+        )
     return TensorType(new_sizes, x.dtype, x.weak)
 
 
@@ -108,8 +122,11 @@ def reshape_groups(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[lis
         gi, gj = [], []
         pi = pj = 1
         while True:
-            if pi == pj and (gi or gj) and (pi != 1 or (i >= len(src) or src[i] != 1)
-                                             and (j >= len(dst) or dst[j] != 1)):
+            if (
+                pi == pj
+                and (gi or gj)
+                and (pi != 1 or (i >= len(src) or src[i] != 1) and (j >= len(dst) or dst[j] != 1))
+            ):
                 break
             if (pi <= pj and i < len(src)) or j >= len(dst):
                 if i >= len(src):
@@ -149,16 +166,17 @@ def _reshape_factors(x: TensorType, *, new_sizes: tuple[int, ...]) -> Factors:
             blocked.append(operand[d])
         for d in gj[1:]:
             result[d] = next(names)
-    return Factors((tuple(operand),), (tuple(result),), blocked=frozenset(blocked),
-                   even_split=True)
+    return Factors((tuple(operand),), (tuple(result),), blocked=frozenset(blocked), even_split=True)
 
 
 # transpose ------------------------------------------------------------------------------
 
+
 def _transpose_type(x: TensorType, *, permutation: tuple[int, ...]) -> TensorType:
     if sorted(permutation) != list(range(x.ndim)):
-        raise ShapeError(f"transpose permutation {permutation} is not a permutation of "
-                         f"{x.ndim} dims")
+        raise ShapeError(
+            f"transpose permutation {permutation} is not a permutation of {x.ndim} dims"
+        )
     return TensorType(tuple(x.shape[p] for p in permutation), x.dtype, x.weak)
 
 
@@ -169,8 +187,14 @@ def _transpose_factors(x: TensorType, *, permutation: tuple[int, ...]) -> Factor
 
 # slice / pad / concatenate / rev ------------------------------------------------------
 
-def _slice_type(x: TensorType, *, start_indices: tuple[int, ...], limit_indices: tuple[int, ...],
-                strides: tuple[int, ...]) -> TensorType:
+
+def _slice_type(
+    x: TensorType,
+    *,
+    start_indices: tuple[int, ...],
+    limit_indices: tuple[int, ...],
+    strides: tuple[int, ...],
+) -> TensorType:
     n = x.ndim
     if not len(start_indices) == len(limit_indices) == len(strides) == n:
         raise ShapeError(f"slice of a rank-{n} array needs {n} starts, limits and strides")
@@ -185,16 +209,21 @@ def _slice_ref(x: np.ndarray, *, start_indices: Any, limit_indices: Any, strides
     return x[tuple(slice(s, lim, st) for s, lim, st in zip(start_indices, limit_indices, strides))]
 
 
-def _slice_factors(x: TensorType, *, start_indices: Any, limit_indices: Any,
-                   strides: Any) -> Factors:
+def _slice_factors(
+    x: TensorType, *, start_indices: Any, limit_indices: Any, strides: Any
+) -> Factors:
     dims = letters(x.ndim)
-    cut = [dims[i] for i in range(x.ndim)
-           if (start_indices[i], limit_indices[i], strides[i]) != (0, x.shape[i], 1)]
+    cut = [
+        dims[i]
+        for i in range(x.ndim)
+        if (start_indices[i], limit_indices[i], strides[i]) != (0, x.shape[i], 1)
+    ]
     return Factors.parse(f"{dims}->{dims}", blocked="".join(cut))
 
 
-def _slice_vjp(ct: Any, x: Any, *, out: Any, start_indices: Any, limit_indices: Any,
-               strides: Any) -> Any:
+def _slice_vjp(
+    ct: Any, x: Any, *, out: Any, start_indices: Any, limit_indices: Any, strides: Any
+) -> Any:
     config = []
     for s, st, size, n in zip(start_indices, strides, x.type.shape, ct.type.shape):
         used = s + (n - 1) * st + 1 if n else s
@@ -218,15 +247,26 @@ def _pad_type(x: TensorType, v: TensorType, *, padding_config: Any) -> TensorTyp
 
 
 def _pad_ref(x: np.ndarray, v: np.ndarray, *, padding_config: Any) -> np.ndarray:
-    shape = _pad_type(TensorType(x.shape, dtypes.canonical(x.dtype)),
-                      TensorType((), dtypes.canonical(v.dtype)), padding_config=padding_config).shape
+    shape = _pad_type(
+        TensorType(x.shape, dtypes.canonical(x.dtype)),
+        TensorType((), dtypes.canonical(v.dtype)),
+        padding_config=padding_config,
+    ).shape
     # Place x (with interior gaps) into a buffer padded by max(lo, 0), then crop negatives.
-    big = [max(lo, 0) + max(hi, 0) + n + max(n - 1, 0) * it
-           for (lo, hi, it), n in zip(padding_config, x.shape)]
+    big = [
+        max(lo, 0) + max(hi, 0) + n + max(n - 1, 0) * it
+        for (lo, hi, it), n in zip(padding_config, x.shape)
+    ]
     out = np.full(big, v, dtype=x.dtype)
-    out[tuple(slice(max(lo, 0), max(lo, 0) + (n - 1) * (it + 1) + 1 if n else max(lo, 0), it + 1)
-              for (lo, hi, it), n in zip(padding_config, x.shape))] = x
-    crop = tuple(slice(max(-lo, 0), max(-lo, 0) + s) for (lo, _, _), s in zip(padding_config, shape))
+    out[
+        tuple(
+            slice(max(lo, 0), max(lo, 0) + (n - 1) * (it + 1) + 1 if n else max(lo, 0), it + 1)
+            for (lo, hi, it), n in zip(padding_config, x.shape)
+        )
+    ] = x
+    crop = tuple(
+        slice(max(-lo, 0), max(-lo, 0) + s) for (lo, _, _), s in zip(padding_config, shape)
+    )
     return out[crop]
 
 
@@ -260,8 +300,10 @@ def _concat_type(*xs: TensorType, dimension: int) -> TensorType:
     for t in xs:
         rest = [s for i, s in enumerate(t.shape) if i != dimension]
         if t.ndim != first.ndim or rest != [s for i, s in enumerate(first.shape) if i != dimension]:
-            raise ShapeError("concatenate needs equal shapes except along the axis, got "
-                             + ", ".join(str(x.shape) for x in xs))
+            raise ShapeError(
+                "concatenate needs equal shapes except along the axis, got "
+                + ", ".join(str(x.shape) for x in xs)
+            )
     shape = list(first.shape)
     shape[dimension] = sum(t.shape[dimension] for t in xs)
     return TensorType(tuple(shape), first.dtype, all(t.weak for t in xs))
@@ -293,41 +335,112 @@ def _rev_factors(x: TensorType, *, dimensions: tuple[int, ...]) -> Factors:
 
 
 OPS = [
-    OpDef("constant", _constant_type, lambda *, value, weak=False: value, ZERO_GRAD,
-          lambda *, value, weak=False: Factors((), (tuple(letters(value.ndim)),)),
-          traits=Trait.SOURCE | Trait.OWN_LAYOUT),
-    OpDef("iota", _iota_type, _iota_ref, ZERO_GRAD,
-          lambda *, dtype, shape, dimension: Factors((), (tuple(letters(len(shape))),)),
-          traits=Trait.SOURCE | Trait.OWN_LAYOUT,
-          attr_kinds={"shape": AttrKind.SHAPE, "dimension": AttrKind.DIM}),
-    OpDef("broadcast_in_dim", _broadcast_type, _broadcast_ref, _broadcast_vjp,
-          _broadcast_factors, linear=Linearity.JOINT, traits=Trait.VIEW | Trait.BROADCAST,
-          attr_kinds={"shape": AttrKind.SHAPE, "broadcast_dimensions": AttrKind.DIM_MAP},
-          shared_operands=()),
-    OpDef("reshape", _reshape_type, lambda x, *, new_sizes: x.reshape(new_sizes),
-          lambda ct, x, *, out, new_sizes: _lax().reshape(ct, x.type.shape), _reshape_factors,
-          linear=Linearity.JOINT, traits=Trait.VIEW, attr_kinds={"new_sizes": AttrKind.SHAPE},
-          shared_operands=()),
-    OpDef("transpose", _transpose_type, lambda x, *, permutation: np.transpose(x, permutation),
-          lambda ct, x, *, out, permutation: _lax().transpose(ct, np.argsort(permutation)),
-          _transpose_factors, linear=Linearity.JOINT, traits=Trait.VIEW,
-          attr_kinds={"permutation": AttrKind.DIM_MAP}, shared_operands=()),
-    OpDef("slice", _slice_type, _slice_ref, _slice_vjp, _slice_factors, linear=Linearity.JOINT,
-          traits=Trait.VIEW,
-          attr_kinds={"start_indices": AttrKind.STARTS, "limit_indices": AttrKind.WINDOW,
-                      "strides": AttrKind.STRIDES}, shared_operands=()),
+    OpDef(
+        "constant",
+        _constant_type,
+        lambda *, value, weak=False: value,
+        ZERO_GRAD,
+        lambda *, value, weak=False: Factors((), (tuple(letters(value.ndim)),)),
+        traits=Trait.SOURCE | Trait.OWN_LAYOUT,
+    ),
+    OpDef(
+        "iota",
+        _iota_type,
+        _iota_ref,
+        ZERO_GRAD,
+        lambda *, dtype, shape, dimension: Factors((), (tuple(letters(len(shape))),)),
+        traits=Trait.SOURCE | Trait.OWN_LAYOUT,
+        attr_kinds={"shape": AttrKind.SHAPE, "dimension": AttrKind.DIM},
+    ),
+    OpDef(
+        "broadcast_in_dim",
+        _broadcast_type,
+        _broadcast_ref,
+        _broadcast_vjp,
+        _broadcast_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW | Trait.BROADCAST,
+        attr_kinds={"shape": AttrKind.SHAPE, "broadcast_dimensions": AttrKind.DIM_MAP},
+        shared_operands=(),
+    ),
+    OpDef(
+        "reshape",
+        _reshape_type,
+        lambda x, *, new_sizes: x.reshape(new_sizes),
+        lambda ct, x, *, out, new_sizes: _lax().reshape(ct, x.type.shape),
+        _reshape_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW,
+        attr_kinds={"new_sizes": AttrKind.SHAPE},
+        shared_operands=(),
+    ),
+    OpDef(
+        "transpose",
+        _transpose_type,
+        lambda x, *, permutation: np.transpose(x, permutation),
+        lambda ct, x, *, out, permutation: _lax().transpose(ct, np.argsort(permutation)),
+        _transpose_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW,
+        attr_kinds={"permutation": AttrKind.DIM_MAP},
+        shared_operands=(),
+    ),
+    OpDef(
+        "slice",
+        _slice_type,
+        _slice_ref,
+        _slice_vjp,
+        _slice_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW,
+        attr_kinds={
+            "start_indices": AttrKind.STARTS,
+            "limit_indices": AttrKind.WINDOW,
+            "strides": AttrKind.STRIDES,
+        },
+        shared_operands=(),
+    ),
     # Not linear in x: pad(x1 + x2, v) = pad(x1, v) + pad(x2, v) - v where padded. (A pad that
     # grows never keeps a pending sum anyway: the partitioner resolves before growing.)
-    OpDef("pad", _pad_type, _pad_ref, _pad_vjp, _pad_factors, traits=Trait.VIEW,
-          attr_kinds={"padding_config": AttrKind.PADDING}, shared_operands=(1,)),
-    OpDef("concatenate", _concat_type, lambda *xs, dimension: np.concatenate(xs, dimension),
-          _concat_vjp, _concat_factors, linear=Linearity.JOINT, traits=Trait.VIEW,
-          attr_kinds={"dimension": AttrKind.DIM}, shared_operands=()),
-    OpDef("rev", _rev_type, lambda x, *, dimensions: np.flip(x, dimensions) if dimensions else x,
-          lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions), _rev_factors,
-          linear=Linearity.JOINT, traits=Trait.VIEW, attr_kinds={"dimensions": AttrKind.DIMS},
-          shared_operands=()),
-    OpDef("sharding_constraint", lambda x, *, sharding: x, lambda x, *, sharding: x,
-          lambda ct, x, *, out, sharding: ct, elementwise_factors, linear=Linearity.JOINT,
-          traits=Trait.ANNOTATION),
+    OpDef(
+        "pad",
+        _pad_type,
+        _pad_ref,
+        _pad_vjp,
+        _pad_factors,
+        traits=Trait.VIEW,
+        attr_kinds={"padding_config": AttrKind.PADDING},
+        shared_operands=(1,),
+    ),
+    OpDef(
+        "concatenate",
+        _concat_type,
+        lambda *xs, dimension: np.concatenate(xs, dimension),
+        _concat_vjp,
+        _concat_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW,
+        attr_kinds={"dimension": AttrKind.DIM},
+        shared_operands=(),
+    ),
+    OpDef(
+        "rev",
+        _rev_type,
+        lambda x, *, dimensions: np.flip(x, dimensions) if dimensions else x,
+        lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions),
+        _rev_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.VIEW,
+        attr_kinds={"dimensions": AttrKind.DIMS},
+        shared_operands=(),
+    ),
+    OpDef(
+        "sharding_constraint",
+        lambda x, *, sharding: x,
+        lambda x, *, sharding: x,
+        lambda ct, x, *, out, sharding: ct,
+        elementwise_factors,
+        linear=Linearity.JOINT,
+        traits=Trait.ANNOTATION,
+    ),
 ]

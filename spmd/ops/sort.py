@@ -77,8 +77,22 @@ def bind_argsort(x: Any, dimension: int) -> Any:
 
 
 OPS = [
-    OpDef("sort", _sort_type, _sort_ref, _sort_vjp, _sort_factors,
-          attr_kinds={"dimension": AttrKind.DIM}, shared_operands=()),
-    OpDef("argsort", _argsort_type, _argsort_ref, ZERO_GRAD, _sort_factors,
-          attr_kinds={"dimension": AttrKind.DIM}, shared_operands=()),
+    OpDef(
+        "sort",
+        _sort_type,
+        _sort_ref,
+        _sort_vjp,
+        _sort_factors,
+        attr_kinds={"dimension": AttrKind.DIM},
+        shared_operands=(),
+    ),
+    OpDef(
+        "argsort",
+        _argsort_type,
+        _argsort_ref,
+        ZERO_GRAD,
+        _sort_factors,
+        attr_kinds={"dimension": AttrKind.DIM},
+        shared_operands=(),
+    ),
 ]

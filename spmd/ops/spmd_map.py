@@ -24,15 +24,17 @@ from spmd.ops.opdef import Factors, OpDef, Trait
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
 
 
-def dim_factor(spec_dim: Sequence[str], axis_names: Sequence[str],
-               axis_sizes: Sequence[int]) -> int:
+def dim_factor(
+    spec_dim: Sequence[str], axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> int:
     """How many blocks a dim split over `spec_dim` has."""
     sizes = dict(zip(axis_names, axis_sizes))
     return math.prod(sizes[a] for a in spec_dim)
 
 
-def block_shape(shape: Sequence[int], spec: Spec, axis_names: Sequence[str],
-                axis_sizes: Sequence[int]) -> tuple[int, ...] | None:
+def block_shape(
+    shape: Sequence[int], spec: Spec, axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> tuple[int, ...] | None:
     """The per-device shape of a global shape split by `spec` (None: it does not divide)."""
     out = []
     for size, axes in zip(shape, spec):
@@ -43,8 +45,9 @@ def block_shape(shape: Sequence[int], spec: Spec, axis_names: Sequence[str],
     return tuple(out)
 
 
-def global_shape(shape: Sequence[int], spec: Spec, axis_names: Sequence[str],
-                 axis_sizes: Sequence[int]) -> tuple[int, ...]:
+def global_shape(
+    shape: Sequence[int], spec: Spec, axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> tuple[int, ...]:
     """The global shape assembled from per-device blocks of `shape`."""
     return tuple(s * dim_factor(a, axis_names, axis_sizes) for s, a in zip(shape, spec))
 
@@ -55,14 +58,16 @@ def unmentioned_axes(spec: Spec, axis_names: Sequence[str]) -> tuple[str, ...]:
     return tuple(a for a in axis_names if a not in used)
 
 
-def _block_index(spec: Spec, coords: dict[str, int], axis_names: Sequence[str],
-                 axis_sizes: Sequence[int]) -> list[int]:
+def _block_index(
+    spec: Spec, coords: dict[str, int], axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> list[int]:
     """Per dim, which block a device with these mesh coordinates holds (major axis first)."""
     return [coords_index(coords, axes, axis_names, axis_sizes) for axes in spec]
 
 
-def split_global(value: np.ndarray, spec: Spec, axis_names: Sequence[str],
-                 axis_sizes: Sequence[int]) -> list[np.ndarray]:
+def split_global(
+    value: np.ndarray, spec: Spec, axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> list[np.ndarray]:
     """Each device's block of a global value (devices in row-major mesh order)."""
     local = block_shape(value.shape, spec, axis_names, axis_sizes)
     if local is None:
@@ -74,8 +79,9 @@ def split_global(value: np.ndarray, spec: Spec, axis_names: Sequence[str],
     return blocks
 
 
-def assemble_global(blocks: Sequence[np.ndarray], spec: Spec, axis_names: Sequence[str],
-                    axis_sizes: Sequence[int]) -> np.ndarray:
+def assemble_global(
+    blocks: Sequence[np.ndarray], spec: Spec, axis_names: Sequence[str], axis_sizes: Sequence[int]
+) -> np.ndarray:
     """The global value of per-device blocks; over an axis `spec` omits, device 0's block."""
     replicated = unmentioned_axes(spec, axis_names)
     local = blocks[0].shape
@@ -88,42 +94,64 @@ def assemble_global(blocks: Sequence[np.ndarray], spec: Spec, axis_names: Sequen
     return out
 
 
-def infer_shard_map(*in_types: TensorType, body: Graph, axis_names: tuple[str, ...],
-                    axis_sizes: tuple[int, ...], in_specs: tuple[Spec, ...],
-                    out_specs: tuple[Spec, ...]) -> tuple[TensorType, ...]:
+def infer_shard_map(
+    *in_types: TensorType,
+    body: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    in_specs: tuple[Spec, ...],
+    out_specs: tuple[Spec, ...],
+) -> tuple[TensorType, ...]:
     if len(in_types) != len(body.params) or len(in_specs) != len(in_types):
-        raise ShapeError(f"shard_map got {len(in_types)} inputs, its body takes "
-                         f"{len(body.params)} and it has {len(in_specs)} in_specs")
+        raise ShapeError(
+            f"shard_map got {len(in_types)} inputs, its body takes "
+            f"{len(body.params)} and it has {len(in_specs)} in_specs"
+        )
     for i, (t, spec, want) in enumerate(zip(in_types, in_specs, body.param_types)):
         local = block_shape(t.shape, spec, axis_names, axis_sizes) if t.ndim == len(spec) else None
         if local is None:
-            raise ShardingError(f"shard_map input {i} of shape {t.shape} does not split by "
-                                f"{spec!r} over mesh axes {dict(zip(axis_names, axis_sizes))}",
-                                hint="make each sharded dim a multiple of its mesh axes' sizes")
+            raise ShardingError(
+                f"shard_map input {i} of shape {t.shape} does not split by "
+                f"{spec!r} over mesh axes {dict(zip(axis_names, axis_sizes))}",
+                hint="make each sharded dim a multiple of its mesh axes' sizes",
+            )
         if local != want.shape or t.dtype != want.dtype:
-            raise ShapeError(f"shard_map input {i}: a {t} splits into blocks of shape {local}, "
-                             f"its body expects {want}")
-    return tuple(t.with_shape(global_shape(t.shape, spec, axis_names, axis_sizes))
-                 for t, spec in zip(body.result_types, out_specs))
+            raise ShapeError(
+                f"shard_map input {i}: a {t} splits into blocks of shape {local}, "
+                f"its body expects {want}"
+            )
+    return tuple(
+        t.with_shape(global_shape(t.shape, spec, axis_names, axis_sizes))
+        for t, spec in zip(body.result_types, out_specs)
+    )
 
 
-def reference_shard_map(*args: np.ndarray, body: Graph, axis_names: tuple[str, ...],
-                        axis_sizes: tuple[int, ...], in_specs: tuple[Spec, ...],
-                        out_specs: tuple[Spec, ...]) -> tuple[np.ndarray, ...]:
+def reference_shard_map(
+    *args: np.ndarray,
+    body: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    in_specs: tuple[Spec, ...],
+    out_specs: tuple[Spec, ...],
+) -> tuple[np.ndarray, ...]:
     from spmd.spmd_interpreter import evaluate_spmd
 
     n = math.prod(axis_sizes)
-    per_input = [split_global(np.asarray(a, dtype=dtypes.to_numpy(t.dtype)), spec, axis_names,
-                              axis_sizes)
-                 for a, t, spec in zip(args, body.param_types, in_specs)]
+    per_input = [
+        split_global(np.asarray(a, dtype=dtypes.to_numpy(t.dtype)), spec, axis_names, axis_sizes)
+        for a, t, spec in zip(args, body.param_types, in_specs)
+    ]
     per_device = [[blocks[d] for blocks in per_input] for d in range(n)]
     outs = evaluate_spmd(body, per_device, axis_names, axis_sizes)
-    return tuple(assemble_global([outs[d][j] for d in range(n)], spec, axis_names, axis_sizes)
-                 for j, spec in enumerate(out_specs))
+    return tuple(
+        assemble_global([outs[d][j] for d in range(n)], spec, axis_names, axis_sizes)
+        for j, spec in enumerate(out_specs)
+    )
 
 
-def factors_shard_map(*in_types: TensorType, body: Graph, out_specs: tuple[Spec, ...],
-                      **_: Any) -> Factors:
+def factors_shard_map(
+    *in_types: TensorType, body: Graph, out_specs: tuple[Spec, ...], **_: Any
+) -> Factors:
     """Every dim is its own blocked factor: the partitioner inlines the body instead."""
     counter = itertools.count()
 
@@ -136,26 +164,45 @@ def factors_shard_map(*in_types: TensorType, body: Graph, out_specs: tuple[Spec,
     return Factors(operands, results, blocked=frozenset(names))
 
 
-def vjp_shard_map(cts: tuple[Any, ...], *primals: Any, out: tuple[Any, ...], body: Graph,
-                  axis_names: tuple[str, ...], axis_sizes: tuple[int, ...],
-                  in_specs: tuple[Spec, ...], out_specs: tuple[Spec, ...]) -> list[Any]:
+def vjp_shard_map(
+    cts: tuple[Any, ...],
+    *primals: Any,
+    out: tuple[Any, ...],
+    body: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    in_specs: tuple[Spec, ...],
+    out_specs: tuple[Spec, ...],
+) -> list[Any]:
     """A shard_map of the body's VJP over (primals, cotangents of the outputs)."""
     from spmd.shard_map import grad_body
     from spmd.tracing import bind, type_of
 
     wrt = [i for i, t in enumerate(body.param_types) if dtypes.is_differentiable(t.dtype)]
-    given = [j for j, (t, ct) in enumerate(zip(body.result_types, cts))
-             if ct is not None and dtypes.is_differentiable(t.dtype)]
+    given = [
+        j
+        for j, (t, ct) in enumerate(zip(body.result_types, cts))
+        if ct is not None and dtypes.is_differentiable(t.dtype)
+    ]
     if not wrt or not given:
         return [None] * len(primals)
     ct_types = [type_of(cts[j]).with_dtype(body.result_types[j].dtype) for j in given]
-    ct_local = [t.with_shape(block_shape(t.shape, out_specs[j], axis_names, axis_sizes) or ())
-                for t, j in zip(ct_types, given)]
+    ct_local = [
+        t.with_shape(block_shape(t.shape, out_specs[j], axis_names, axis_sizes) or ())
+        for t, j in zip(ct_types, given)
+    ]
     graph = grad_body(body, axis_names, axis_sizes, in_specs, out_specs, wrt, given, ct_local)
     ct_values = [_cast(cts[j], body.result_types[j].dtype) for j in given]
-    results = bind("shard_map", *primals, *ct_values, body=graph, axis_names=axis_names,
-                   axis_sizes=axis_sizes, in_specs=in_specs + tuple(out_specs[j] for j in given),
-                   out_specs=tuple(in_specs[i] for i in wrt))
+    results = bind(
+        "shard_map",
+        *primals,
+        *ct_values,
+        body=graph,
+        axis_names=axis_names,
+        axis_sizes=axis_sizes,
+        in_specs=in_specs + tuple(out_specs[j] for j in given),
+        out_specs=tuple(in_specs[i] for i in wrt),
+    )
     grads: list[Any] = [None] * len(primals)
     for i, g in zip(wrt, results):
         grads[i] = g
@@ -169,8 +216,14 @@ def _cast(x: Any, dtype: str) -> Any:
 
 
 OPS = [
-    OpDef("shard_map", infer_shard_map, reference_shard_map, vjp_shard_map, factors_shard_map,
-          multi_output=True,
-          doc="Run a per-device body on every device of a mesh (spmd.shard_map).",
-          traits=Trait.CONTROL | Trait.OWN_LAYOUT),
+    OpDef(
+        "shard_map",
+        infer_shard_map,
+        reference_shard_map,
+        vjp_shard_map,
+        factors_shard_map,
+        multi_output=True,
+        doc="Run a per-device body on every device of a mesh (spmd.shard_map).",
+        traits=Trait.CONTROL | Trait.OWN_LAYOUT,
+    ),
 ]

@@ -29,8 +29,11 @@ PASSES: dict[str, Pass] = {
 DEFAULT_PIPELINE = ("simplify", "constant_fold", "scan_merge", "cse", "inline_remat", "dce")
 
 
-def optimize(graph: Graph, pipeline: tuple[str, ...] | list[str] = DEFAULT_PIPELINE,
-             verify: bool | None = None) -> Graph:
+def optimize(
+    graph: Graph,
+    pipeline: tuple[str, ...] | list[str] = DEFAULT_PIPELINE,
+    verify: bool | None = None,
+) -> Graph:
     """Run the named passes in order; verify after each when `verify` or SPMD_VERIFY=1."""
     if verify is None:
         verify = config.env("SPMD_VERIFY")

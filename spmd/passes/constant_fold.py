@@ -43,28 +43,45 @@ def constant_fold(graph: Graph) -> Graph:
 
 
 def _can_fold(op: Op, values: list[np.ndarray | None]) -> bool:
-    if REGISTRY[op.name].has(SMALLEST) or not is_foldable(op.name) or subgraphs(op) \
-            or not op.outputs:
+    if (
+        REGISTRY[op.name].has(SMALLEST)
+        or not is_foldable(op.name)
+        or subgraphs(op)
+        or not op.outputs
+    ):
         return False
     if any(v is None for v in values):
         return False
     return all(t.size <= FOLD_LIMIT for t in op.types)
 
 
-def _emit_constant(ops: list[Op], view: GraphView, vid: int, t: TensorType, value: np.ndarray,
-                   loc: str) -> None:
+def _emit_constant(
+    ops: list[Op], view: GraphView, vid: int, t: TensorType, value: np.ndarray, loc: str
+) -> None:
     """Define `vid` as `value`: one constant, or a scalar constant broadcast when a splat."""
     value = np.asarray(value, dtype=dtypes.to_numpy(t.dtype))
     raw = np.frombuffer(value.tobytes(), np.uint8).reshape(value.size, -1)
     if value.size > 1 and bool((raw == raw[:1]).all()):
         scalar = fresh_id()
         scalar_type = TensorType((), t.dtype, t.weak)
-        scalar_op = Op("constant", (), (scalar,), (scalar_type,),
-                       Attrs(value=value.reshape(-1)[0].copy().reshape(()), weak=t.weak), loc)
+        scalar_op = Op(
+            "constant",
+            (),
+            (scalar,),
+            (scalar_type,),
+            Attrs(value=value.reshape(-1)[0].copy().reshape(()), weak=t.weak),
+            loc,
+        )
         ops.append(scalar_op)
         view.add(scalar_op)
-        op = Op("broadcast_in_dim", (scalar,), (vid,), (t,),
-                Attrs(shape=t.shape, broadcast_dimensions=()), loc)
+        op = Op(
+            "broadcast_in_dim",
+            (scalar,),
+            (vid,),
+            (t,),
+            Attrs(shape=t.shape, broadcast_dimensions=()),
+            loc,
+        )
     else:
         op = Op("constant", (), (vid,), (t,), Attrs(value=value, weak=t.weak), loc)
     ops.append(op)

@@ -35,16 +35,25 @@ def _inline(graph: Graph, recompute: bool) -> Graph:
             continue
         body = inline_remat(op.attrs["body"])
         if bool(op.attrs["recompute"]) != recompute:
-            ops.append(Op(op.name, op.inputs, op.outputs, op.types,
-                          Attrs({**op.attrs, "body": body}), op.loc))
+            ops.append(
+                Op(
+                    op.name,
+                    op.inputs,
+                    op.outputs,
+                    op.types,
+                    Attrs({**op.attrs, "body": body}),
+                    op.loc,
+                )
+            )
             continue
         local = dict(zip(body.params, op.inputs))
         for inner in body.ops:
             inner = rename_inputs(inner, local)
             outs = tuple(fresh_id() for _ in inner.outputs)
             local.update(zip(inner.outputs, outs))
-            ops.append(Op(inner.name, inner.inputs, outs, inner.types, inner.attrs,
-                          inner.loc or op.loc))
+            ops.append(
+                Op(inner.name, inner.inputs, outs, inner.types, inner.attrs, inner.loc or op.loc)
+            )
         for v, r in zip(op.outputs, body.results):
             renamed[v] = local.get(r, r)
     results = tuple(renamed.get(v, v) for v in graph.results)

@@ -120,11 +120,13 @@ class RuleTable:
     def apply(self, op: Op, view: GraphView) -> int | Op | None:
         for rule in self.rules.get(op.name, ()):
             result = rule(op, view)
-            if isinstance(result, int) and len(op.types) == 1 and \
-                    view.types.get(result) == op.types[0]:
+            if (
+                isinstance(result, int)
+                and len(op.types) == 1
+                and view.types.get(result) == op.types[0]
+            ):
                 return result
-            if isinstance(result, Op) and result.outputs == op.outputs and \
-                    result.types == op.types:
+            if isinstance(result, Op) and result.outputs == op.outputs and result.types == op.types:
                 return result if result.loc else _with_loc(result, op.loc)
         return None
 

@@ -29,8 +29,13 @@ def merge_all(graph: Graph) -> Graph:
         if op.name != "scan":
             ops.append(op)
             continue
-        key = (op.inputs, op.attrs["num_consts"], op.attrs["num_carry"], op.attrs["length"],
-               op.attrs["reverse"])
+        key = (
+            op.inputs,
+            op.attrs["num_consts"],
+            op.attrs["num_carry"],
+            op.attrs["length"],
+            op.attrs["reverse"],
+        )
         for index in scans.get(key, []):
             merged = merge_scans(ops[index], op, renamed)
             if merged is not None:
@@ -49,15 +54,23 @@ def drop_unread_ys(graph: Graph) -> Graph:
     read = set(graph.results).union(*(op.inputs for op in graph.ops))
     ops = []
     for op in graph.ops:
-        if op.name != "scan" or all(v in read for v in op.outputs[op.attrs["num_carry"]:]):
+        if op.name != "scan" or all(v in read for v in op.outputs[op.attrs["num_carry"] :]):
             ops.append(op)
             continue
         kept = [i for i, v in enumerate(op.outputs) if i < op.attrs["num_carry"] or v in read]
         body = op.attrs["body"]
         attrs = Attrs(op.attrs)
         attrs["body"] = dce(body.replace(results=tuple(body.results[i] for i in kept)))
-        ops.append(Op("scan", op.inputs, tuple(op.outputs[i] for i in kept),
-                      tuple(op.types[i] for i in kept), attrs, op.loc))
+        ops.append(
+            Op(
+                "scan",
+                op.inputs,
+                tuple(op.outputs[i] for i in kept),
+                tuple(op.types[i] for i in kept),
+                attrs,
+                op.loc,
+            )
+        )
     return graph.replace(ops=tuple(map_subgraphs(op, drop_unread_ys) for op in ops))
 
 
@@ -72,14 +85,18 @@ def merge_scans(first: Op, second: Op, renamed: dict[int, int]) -> Op | None:
     num_carry = first.attrs["num_carry"]
     numbering = ValueNumbering(body)
     mapped = numbering.absorb(other)
-    if any(numbering.find(a) != mapped[b]
-           for a, b in zip(body.results[:num_carry], other.results[:num_carry])):
+    if any(
+        numbering.find(a) != mapped[b]
+        for a, b in zip(body.results[:num_carry], other.results[:num_carry])
+    ):
         return None
     outputs = list(first.outputs)
     types = list(first.types)
     results = list(body.results)
-    where = {numbering.find(v): out for v, out in zip(body.results[num_carry:],
-                                                      first.outputs[num_carry:])}
+    where = {
+        numbering.find(v): out
+        for v, out in zip(body.results[num_carry:], first.outputs[num_carry:])
+    }
     new_names = dict(zip(second.outputs[:num_carry], first.outputs[:num_carry]))
     ys = zip(other.results[num_carry:], second.outputs[num_carry:], second.types[num_carry:])
     for value, output, output_type in ys:

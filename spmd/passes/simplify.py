@@ -64,8 +64,7 @@ def transpose_transpose(op: Op, view: GraphView) -> int | Op | None:
     composed = tuple(inner.attrs["permutation"][p] for p in permutation)
     if composed == tuple(range(len(composed))):
         return inner.inputs[0]
-    return Op("transpose", inner.inputs, op.outputs, op.types, Attrs(permutation=composed),
-              op.loc)
+    return Op("transpose", inner.inputs, op.outputs, op.types, Attrs(permutation=composed), op.loc)
 
 
 @rules.on("transpose")
@@ -79,8 +78,11 @@ def transpose_of_dot(op: Op, view: GraphView) -> Op | None:
     batch = len(lb)
     lhs_free = view.types[dot.inputs[0]].ndim - batch - len(lc)
     rhs_free = view.types[dot.inputs[1]].ndim - batch - len(rc)
-    swapped = (*range(batch), *range(batch + lhs_free, batch + lhs_free + rhs_free),
-               *range(batch, batch + lhs_free))
+    swapped = (
+        *range(batch),
+        *range(batch + lhs_free, batch + lhs_free + rhs_free),
+        *range(batch, batch + lhs_free),
+    )
     if tuple(op.attrs["permutation"]) != swapped:
         return None
     attrs = Attrs({**dot.attrs, "dimension_numbers": ((rc, lc), (rb, lb))})

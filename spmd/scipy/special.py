@@ -8,8 +8,9 @@ from spmd import lax
 from spmd.numpy import core, reductions, ufuncs
 
 
-def logsumexp(a: Any, axis: Any = None, b: Any = None, keepdims: bool = False,
-              return_sign: bool = False) -> Any:
+def logsumexp(
+    a: Any, axis: Any = None, b: Any = None, keepdims: bool = False, return_sign: bool = False
+) -> Any:
     """log(sum(b * exp(a))) over `axis`, shifted by the max so large inputs do not overflow;
     with return_sign, (log|sum|, sign(sum)) as scipy's."""
     x = core.float_type(core.asarray(a))

@@ -1,4 +1,4 @@
-"""Mesh-group arithmetic (spmd/mesh.py, the one home the partitioner, collectives, backends
+"""Mesh-group arithmetic (spmd/mesh_groups.py, the one home the partitioner, collectives, backends
 and device batching use) against groupings derived by hand on a 2x2x2 mesh.
 
 Device d has coordinates (a, b, c) with d = 4a + 2b + c. A group over `axes` is the devices

@@ -6,8 +6,7 @@ sub-program: the factors below only relate the op's operands to its results.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,51 +15,17 @@ from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
-from spmd.ops.common import LETTERS
 from spmd.ops.opdef import NONDIFF, Factors, OpDef, Trait
 from spmd.ops.scan_residuals import split_residuals
-
-
-def _evaluate(graph: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    from spmd.interpreter import evaluate
-
-    return evaluate(graph, args)
-
-
-def _same(a: TensorType, b: TensorType) -> bool:
-    """Equal shape and dtype (the weak bit may differ)."""
-    return a.shape == b.shape and a.dtype == b.dtype
-
-
-def _check_params(name: str, graph: Graph, types: Sequence[TensorType]) -> None:
-    if len(graph.params) != len(types):
-        raise ShapeError(f"{name} sub-graph takes {len(graph.params)} values, got {len(types)}")
-    for i, (want, got) in enumerate(zip(graph.param_types, types)):
-        if not _same(want, got):
-            raise ShapeError(f"{name} operand {i} has type {got}, its sub-graph expects {want}")
-
-
-def _names() -> Iterator[str]:
-    """Factor names: a..Z, then a1..Z1, and so on."""
-    for round_ in itertools.count():
-        for c in LETTERS:
-            yield c if round_ == 0 else f"{c}{round_}"
-
-
-def _fresh_dims(names: Iterator[str], t: TensorType) -> tuple[str, ...]:
-    return tuple(next(names) for _ in t.shape)
-
-
-def is_diff(t: TensorType) -> bool:
-    return dtypes.is_differentiable(t.dtype)
-
-
-def ct_or_zeros(ct: Any, t: TensorType) -> Any:
-    """A cotangent, or zeros of type t for a None (zero) cotangent."""
-    from spmd import lax
-
-    return lax.full(t.shape, 0, t.dtype) if ct is None else ct
-
+from spmd.ops.subgraph import (
+    check_params,
+    ct_or_zeros,
+    evaluate_graph,
+    factor_names,
+    fresh_dims,
+    is_diff,
+    same_type,
+)
 
 # scan -----------------------------------------------------------------------------------
 
@@ -81,7 +46,7 @@ def _scan_type(
                 hint="every xs leaf needs the scan length as its leading dim",
             )
     slices = [TensorType(x.shape[1:], x.dtype, x.weak) for x in xs]
-    _check_params("scan", body, list(operands[:fixed]) + slices)
+    check_params("scan", body, list(operands[:fixed]) + slices)
     results = body.result_types
     carry = operands[num_consts:fixed]
     if len(results) < num_carry:
@@ -89,7 +54,7 @@ def _scan_type(
             f"scan body returns {len(results)} values, fewer than its {num_carry} carries"
         )
     for i, (c, r) in enumerate(zip(carry, results)):
-        if not _same(c, r):
+        if not same_type(c, r):
             raise ShapeError(f"scan carry {i} goes in as {c} and comes out as {r}")
     ys = tuple(TensorType((length,) + t.shape, t.dtype, t.weak) for t in results[num_carry:])
     return tuple(carry) + ys
@@ -107,7 +72,7 @@ def _scan_ref(
         for t in body.result_types[num_carry:]
     ]
     for i in reversed(range(length)) if reverse else range(length):
-        outs = _evaluate(body, consts + carry + [x[i] for x in xs])
+        outs = evaluate_graph(body, consts + carry + [x[i] for x in xs])
         carry = outs[:num_carry]
         for y, value in zip(ys, outs[num_carry:]):
             y[i] = value
@@ -119,13 +84,13 @@ def _scan_factors(
 ) -> Factors:
     """Each dim its own factor, except: the scan dim of xs and ys is one blocked factor,
     and a carry's dims are shared by the init and the final carry."""
-    names = _names()
+    names = factor_names()
     step = next(names)
     fixed = num_consts + num_carry
-    consts = [_fresh_dims(names, t) for t in types[:num_consts]]
-    carry = [_fresh_dims(names, t) for t in types[num_consts:fixed]]
-    xs = [(step,) + _fresh_dims(names, t)[1:] for t in types[fixed:]]
-    ys = [(step,) + _fresh_dims(names, t) for t in body.result_types[num_carry:]]
+    consts = [fresh_dims(names, t) for t in types[:num_consts]]
+    carry = [fresh_dims(names, t) for t in types[num_consts:fixed]]
+    xs = [(step,) + fresh_dims(names, t)[1:] for t in types[fixed:]]
+    ys = [(step,) + fresh_dims(names, t) for t in body.result_types[num_carry:]]
     return Factors(tuple(consts + carry + xs), tuple(carry + ys), blocked=frozenset({step}))
 
 
@@ -278,11 +243,11 @@ def _cond_type(
     if not branches:
         raise ShapeError("cond needs at least one branch")
     for graph in branches:
-        _check_params("cond", graph, operands)
+        check_params("cond", graph, operands)
     first = branches[0].result_types
     for graph in branches[1:]:
         other = graph.result_types
-        if len(other) != len(first) or not all(map(_same, first, other)):
+        if len(other) != len(first) or not all(map(same_type, first, other)):
             raise ShapeError(
                 "cond branches return different types: "
                 f"{', '.join(map(str, first))} vs {', '.join(map(str, other))}"
@@ -297,13 +262,13 @@ def _cond_ref(
     index: np.ndarray, *operands: np.ndarray, branches: tuple[Graph, ...]
 ) -> tuple[np.ndarray, ...]:
     chosen = int(np.clip(index, 0, len(branches) - 1))
-    return tuple(_evaluate(branches[chosen], operands))
+    return tuple(evaluate_graph(branches[chosen], operands))
 
 
 def _cond_factors(index: TensorType, *operands: TensorType, branches: tuple[Graph, ...]) -> Factors:
-    names = _names()
-    ins = [()] + [_fresh_dims(names, t) for t in operands]
-    outs = [_fresh_dims(names, t) for t in branches[0].result_types]
+    names = factor_names()
+    ins = [()] + [fresh_dims(names, t) for t in operands]
+    outs = [fresh_dims(names, t) for t in branches[0].result_types]
     return Factors(tuple(ins), tuple(outs))
 
 
@@ -336,17 +301,15 @@ def _while_type(
 ) -> tuple[TensorType, ...]:
     fixed = cond_num_consts + body_num_consts
     carry = operands[fixed:]
-    _check_params("while_loop cond", cond_graph, list(operands[:cond_num_consts]) + list(carry))
-    _check_params(
-        "while_loop body", body_graph, list(operands[cond_num_consts:fixed]) + list(carry)
-    )
+    check_params("while_loop cond", cond_graph, list(operands[:cond_num_consts]) + list(carry))
+    check_params("while_loop body", body_graph, list(operands[cond_num_consts:fixed]) + list(carry))
     pred = cond_graph.result_types
     if len(pred) != 1 or pred[0].shape != () or pred[0].dtype != "bool":
         raise DTypeError(
             f"while_loop cond must return one bool scalar, got {', '.join(map(str, pred))}"
         )
     out = body_graph.result_types
-    if len(out) != len(carry) or not all(map(_same, carry, out)):
+    if len(out) != len(carry) or not all(map(same_type, carry, out)):
         raise ShapeError(
             f"while_loop body turns {', '.join(map(str, carry))} into {', '.join(map(str, out))}"
         )
@@ -364,8 +327,8 @@ def _while_ref(
     cond_consts = list(args[:cond_num_consts])
     body_consts = list(args[cond_num_consts:fixed])
     carry = list(args[fixed:])
-    while bool(_evaluate(cond_graph, cond_consts + carry)[0]):
-        carry = _evaluate(body_graph, body_consts + carry)
+    while bool(evaluate_graph(cond_graph, cond_consts + carry)[0]):
+        carry = evaluate_graph(body_graph, body_consts + carry)
     return tuple(carry)
 
 
@@ -376,10 +339,10 @@ def _while_factors(
     cond_num_consts: int,
     body_num_consts: int,
 ) -> Factors:
-    names = _names()
+    names = factor_names()
     fixed = cond_num_consts + body_num_consts
-    consts = [_fresh_dims(names, t) for t in types[:fixed]]
-    carry = [_fresh_dims(names, t) for t in types[fixed:]]
+    consts = [fresh_dims(names, t) for t in types[:fixed]]
+    carry = [fresh_dims(names, t) for t in types[fixed:]]
     return Factors(tuple(consts + carry), tuple(carry))
 
 

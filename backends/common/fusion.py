@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backends.common.index_maps import (
+    IndexMap,
+    Refine,
+    ReshapeConflict,
+    broadcast_index,
+    inner_sizes,
+    reshape_index,
+    transpose_index,
+)
 from backends.common.loop_nest import (
     KernelSpec,
     Node,
@@ -218,25 +227,6 @@ def _may_join(op: Op, graph: Graph, owners: list[_Group], is_result: bool) -> bo
     return len(owners) == 1 or (len(owners) <= MAX_COPIES and duplicable(op, graph))
 
 
-# Per dim of a value: the loop dims that index it, outer first (a reshape may merge several
-# loop dims into one value dim); () = the dim is read at index 0.
-IndexMap = tuple[tuple[int, ...], ...]
-
-
-class _Refine(Exception):
-    """A reshape member needs loop dim `dim` split into `sizes` (the build restarts)."""
-
-    def __init__(self, dim: int, sizes: tuple[int, int]):
-        self.dim, self.sizes = dim, sizes
-
-
-class ReshapeConflict(Exception):
-    """Two reshape members need incompatible splits of the loop: `op` stays a view."""
-
-    def __init__(self, op: Op):
-        self.op = op
-
-
 def fuse(graph: Graph) -> list[Kernel]:
     """group_ops + build_kernel; a reshape that cannot share its group's loop is left out of
     fusion (it stays a view) and the graph is grouped again."""
@@ -256,7 +246,7 @@ def build_kernel(graph: Graph, group: _Group) -> Kernel:
     while True:
         try:
             return _build(graph, group, factors)
-        except _Refine as refine:
+        except Refine as refine:
             flat = [(d, k) for d, parts in enumerate(factors) for k in range(len(parts))]
             d, k = flat[refine.dim]
             factors[d][k : k + 1] = refine.sizes
@@ -279,7 +269,7 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
     def strides_of(shape: tuple[int, ...], index: IndexMap) -> tuple[int, ...]:
         strides = [0] * len(sizes)
         for own, dims in zip(contiguous_strides(shape), index):
-            for d, inner in zip(dims, _inner_sizes(dims, sizes)):
+            for d, inner in zip(dims, inner_sizes(dims, sizes)):
                 strides[d] += own * inner
         return tuple(strides)
 
@@ -310,7 +300,7 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
         if role(op) == "iota":
             dims = index[op.attrs["dimension"]]
             strides = [0] * len(sizes)
-            for d, inner in zip(dims, _inner_sizes(dims, sizes)):
+            for d, inner in zip(dims, inner_sizes(dims, sizes)):
                 strides[d] = inner
             return add(("iota", t.dtype, tuple(strides)))
         args = tuple(value(v, index) for v in op.inputs)
@@ -348,53 +338,10 @@ def _build(graph: Graph, group: _Group, factors: list[list[int]]) -> Kernel:
     )
 
 
-def _inner_sizes(dims: tuple[int, ...], sizes: tuple[int, ...]) -> list[int]:
-    """For loop dims merged row-major into one index: the product of the sizes after each."""
-    return [
-        int(np.prod([sizes[e] for e in dims[k + 1 :]], dtype=np.int64)) for k in range(len(dims))
-    ]
-
-
-def _transpose_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
-    found: list[tuple[int, ...]] = [()] * graph.types[op.inputs[0]].ndim
-    for k, p in enumerate(op.attrs["permutation"]):
-        found[p] = index[k]
-    return tuple(found)
-
-
-def _broadcast_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
-    shape = graph.types[op.inputs[0]].shape
-    return tuple(
-        index[d] if n != 1 else () for d, n in zip(op.attrs["broadcast_dimensions"], shape)
-    )
-
-
-def _reshape_index(graph: Graph, op: Op, index: IndexMap, sizes: tuple[int, ...]) -> IndexMap:
-    """The operand's dims take the result's loop dims in row-major order."""
-    shape = graph.types[op.inputs[0]].shape
-    queue = [d for dims in index for d in dims if sizes[d] != 1]
-    operand: list[tuple[int, ...]] = []
-    for n in shape:
-        dims: list[int] = []
-        while n > 1:
-            if not queue:
-                raise ReshapeConflict(op)
-            d = queue[0]
-            if n % sizes[d] == 0:
-                dims.append(queue.pop(0))
-                n //= sizes[d]
-            elif sizes[d] % n == 0:
-                raise _Refine(d, (n, sizes[d] // n))
-            else:
-                raise ReshapeConflict(op)
-        operand.append(tuple(dims))
-    return tuple(operand)
-
-
 ROWS: dict[str, Row] = {
-    "broadcast_in_dim": Row("remap", root=True, operand_index=_broadcast_index),
-    "transpose": Row("remap", operand_index=_transpose_index),
-    "reshape": Row("remap", regroups=True, operand_index=_reshape_index),
+    "broadcast_in_dim": Row("remap", root=True, operand_index=broadcast_index),
+    "transpose": Row("remap", operand_index=transpose_index),
+    "reshape": Row("remap", regroups=True, operand_index=reshape_index),
     "iota": Row("iota", root=True),
     "reduce": Row("reduce", root=True),
     "constant": Row("literal"),

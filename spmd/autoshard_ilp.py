@@ -169,7 +169,7 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
 def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
                 rates: dict[str, float], fixed: dict[int, Dims],
                 edge_time: Callable[..., float] | None = None,
-                memory_limit: float | None = None) -> list[Node]:
+                memory_limit: float | None = None, tie: float = TIE) -> list[Node]:
     """Parameters (all layouts, or the one the user fixed) then every top-level op, a
     pointwise chain as one node (spmd/autoshard_group.py), a scan with its body solved once
     where edge_time is given (spmd/autoshard_scan.py)."""
@@ -181,7 +181,7 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
         # argument is free the program should still receive it sliced (less to hold, nothing
         # to slice); a whole pass priced replicated weights out where the simulator charges
         # nothing (v5p 8x8x8 MLP 2.7x, CPU 2x4 MLP 1.2x the best hand plan)
-        strategies = [Strategy((), ((d, ()),), TIE * local_bytes(t, d, axis_size) / rates["hbm"],
+        strategies = [Strategy((), ((d, ()),), tie * local_bytes(t, d, axis_size) / rates["hbm"],
                                local_bytes(t, d, axis_size), _spec(d)) for d in options]
         nodes.append(Node(f"arg{i}", None, (v,), strategies))
     types = graph.types

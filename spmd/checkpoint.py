@@ -1,7 +1,7 @@
 """spmd.checkpoint: sharded, atomic checkpoints of pytrees (npy shard files + index.json).
 
-    save(dir, tree, step)  ->  dir/step_00000042/{index.json, leaf_0000.shard_000.npy, ...}
-    restore(dir, target)   ->  the tree, resharded onto the target's shardings
+save(dir, tree, step)  ->  dir/step_00000042/{index.json, leaf_0000.shard_000.npy, ...}
+restore(dir, target)   ->  the tree, resharded onto the target's shardings
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def latest_step(directory: str) -> int | None:
 
 # -- save ------------------------------------------------------------------------------------
 
+
 def _remove_leftovers(directory: str) -> None:
     """Temp folders and LATEST files of saves that crashed midway, and step folders without an
     index.json (never listed, never restorable), are deleted."""
@@ -104,13 +105,17 @@ def save(directory: str, tree: Any, step: int, keep: int | None = 3) -> str:
     if int(step) < 0:
         raise CheckpointError(f"checkpoint step must be >= 0, got {step!r}")
     final = os.path.join(directory, _step_name(step))
-    header = {"format": FORMAT, "version": VERSION, "step": int(step),
-              "tree": files.encode_tree(tree)}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "tree": files.encode_tree(tree),
+    }
 
     def publish(directory: str, step: int) -> None:
         _publish_latest(directory, step)
         if keep is not None:
-            for old in all_steps(directory)[:-max(int(keep), 1)]:
+            for old in all_steps(directory)[: -max(int(keep), 1)]:
                 _prune(directory, old)
 
     checkpoint_save.write_step(directory, final, tree, step, header, _remove_leftovers, publish)
@@ -119,24 +124,31 @@ def save(directory: str, tree: Any, step: int, keep: int | None = 3) -> str:
 
 # -- restore ---------------------------------------------------------------------------------
 
+
 def _load_index(directory: str, step: int | None) -> tuple[str, dict[str, Any]]:
     if step is None:
         step = latest_step(directory)
         if step is None:
-            raise CheckpointError(f"no checkpoint in {directory!r}",
-                                  hint="check the path, or save one first")
+            raise CheckpointError(
+                f"no checkpoint in {directory!r}", hint="check the path, or save one first"
+            )
     folder = os.path.join(directory, _step_name(step))
     path = os.path.join(folder, "index.json")
     try:
         with open(path, encoding="utf-8") as handle:
             index = json.load(handle)
     except OSError:
-        raise CheckpointError(f"no checkpoint for step {step} in {directory!r}",
-                              hint=f"available steps: {all_steps(directory)}") from None
+        raise CheckpointError(
+            f"no checkpoint for step {step} in {directory!r}",
+            hint=f"available steps: {all_steps(directory)}",
+        ) from None
     except (ValueError, RecursionError) as err:
         raise CheckpointError(f"corrupt index {path}: {err}") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT \
-            or index.get("version") != VERSION:
+    if (
+        not isinstance(index, dict)
+        or index.get("format") != FORMAT
+        or index.get("version") != VERSION
+    ):
         raise CheckpointError(f"{path} is not a {FORMAT} v{VERSION} index")
     checkpoint_index.check_folder(directory, folder)
     checkpoint_index.validate(index, folder, path)
@@ -166,9 +178,11 @@ class _Reader:
             out[files.local(piece, box[0])] = data[files.local(piece, tuple(entry["start"]))]
             covered[files.local(piece, box[0])] = True
         if not covered.all():
-            raise CheckpointError(f"checkpoint {self.folder} lacks part of leaf "
-                                  f"{self.leaf['path']!r} (range {box}): shard files missing "
-                                  "from index.json")
+            raise CheckpointError(
+                f"checkpoint {self.folder} lacks part of leaf "
+                f"{self.leaf['path']!r} (range {box}): shard files missing "
+                "from index.json"
+            )
         return out
 
 
@@ -194,8 +208,9 @@ def _restore_leaf(folder: str, leaf: dict[str, Any], sharding: Any) -> Any:
         buffer = np.zeros(buffer_shape, dtypes.to_numpy(leaf["dtype"]))
         buffer[tuple(slice(0, e - s) for s, e in zip(*box))] = reader.region(box)
         shards.append(buffer)
-    return Array(shards=shards, sharding=sharding, aval=TensorType(shape, leaf["dtype"]),
-                 committed=True)
+    return Array(
+        shards=shards, sharding=sharding, aval=TensorType(shape, leaf["dtype"]), committed=True
+    )
 
 
 def _target_sharding(leaf: Any) -> Any:
@@ -208,8 +223,9 @@ def _target_sharding(leaf: Any) -> Any:
     return None
 
 
-def restore(directory: str, target: Any = None, step: int | None = None,
-            shardings: Any = None) -> Any:
+def restore(
+    directory: str, target: Any = None, step: int | None = None, shardings: Any = None
+) -> Any:
     """Read checkpoint `step` (default: the latest).
 
     target: a pytree of Arrays / ShapeDtypeStructs / numpy arrays whose structure, shapes
@@ -229,9 +245,11 @@ def restore(directory: str, target: Any = None, step: int | None = None,
     missing = sorted(set(paths) - set(saved))
     extra = sorted(set(saved) - set(paths))
     if missing or extra:
-        raise CheckpointError(f"checkpoint {folder} does not match the target's structure: "
-                              f"missing from the checkpoint {missing}, not in the target {extra}",
-                              hint="restore with target=None to see what was saved")
+        raise CheckpointError(
+            f"checkpoint {folder} does not match the target's structure: "
+            f"missing from the checkpoint {missing}, not in the target {extra}",
+            hint="restore with target=None to see what was saved",
+        )
     per_leaf = _flat_shardings(shardings, len(paths))
     out = []
     for path, leaf, given in zip(paths, target_leaves, per_leaf):
@@ -251,10 +269,12 @@ def _check_leaf(folder: str, entry: dict[str, Any], leaf: Any) -> None:
     shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
     dtype = dtypes.name(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
     if shape != tuple(entry["shape"]) or dtype != entry["dtype"]:
-        raise CheckpointError(f"leaf {entry['path']!r} of checkpoint {folder} is "
-                              f"{entry['dtype']}{entry['shape']}, the target wants "
-                              f"{dtype}{list(shape)}",
-                              hint="restore into a target with the saved shapes and dtypes")
+        raise CheckpointError(
+            f"leaf {entry['path']!r} of checkpoint {folder} is "
+            f"{entry['dtype']}{entry['shape']}, the target wants "
+            f"{dtype}{list(shape)}",
+            hint="restore into a target with the saved shapes and dtypes",
+        )
 
 
 def _flat_shardings(shardings: Any, count: int) -> list[Any]:
@@ -267,8 +287,10 @@ def _flat_shardings(shardings: Any, count: int) -> list[Any]:
         return [shardings] * count
     flat = tree_leaves(shardings)
     if len(flat) != count:
-        raise CheckpointError(f"shardings has {len(flat)} entries for {count} leaves",
-                              hint="pass one sharding, or a pytree shaped like the target")
+        raise CheckpointError(
+            f"shardings has {len(flat)} entries for {count} leaves",
+            hint="pass one sharding, or a pytree shaped like the target",
+        )
     return flat
 
 

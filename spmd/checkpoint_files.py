@@ -23,6 +23,7 @@ _RAW = {"bfloat16": np.uint16}
 
 # -- tree structure ------------------------------------------------------------------------
 
+
 def encode_tree(tree: Any) -> Any:
     """JSON for the structure of a pytree of dicts, lists, tuples, namedtuples and None;
     anything else is a leaf (numbered in optree's order, so dict keys are sorted)."""
@@ -36,11 +37,18 @@ def encode_tree(tree: Any) -> Any:
             for key in keys:
                 if not isinstance(key, (str, int)):
                     raise CheckpointError(f"checkpoint dict keys must be str or int, got {key!r}")
-            return {"type": "dict", "keys": [[type(k).__name__, k] for k in keys],
-                    "children": [walk(node[k]) for k in keys]}
+            return {
+                "type": "dict",
+                "keys": [[type(k).__name__, k] for k in keys],
+                "children": [walk(node[k]) for k in keys],
+            }
         if isinstance(node, tuple) and hasattr(node, "_fields"):
-            return {"type": "namedtuple", "name": type(node).__name__,
-                    "fields": list(node._fields), "children": [walk(v) for v in node]}
+            return {
+                "type": "namedtuple",
+                "name": type(node).__name__,
+                "fields": list(node._fields),
+                "children": [walk(v) for v in node],
+            }
         if isinstance(node, (list, tuple)):
             return {"type": type(node).__name__, "children": [walk(v) for v in node]}
         counter[0] += 1
@@ -83,6 +91,7 @@ def leaf_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
 
 
 # -- arrays and files ------------------------------------------------------------------------
+
 
 def to_storable(data: np.ndarray, dtype: str) -> np.ndarray:
     raw = _RAW.get(dtype)
@@ -140,11 +149,15 @@ def read_shard(folder: str, entry: dict[str, Any], leaf: dict[str, Any]) -> np.n
         with os.fdopen(descriptor, "rb") as handle:
             payload = handle.read()
     except OSError as err:
-        raise CheckpointError(f"missing shard file {where}: {err.strerror}",
-                              hint="the checkpoint is incomplete; restore another step") from None
+        raise CheckpointError(
+            f"missing shard file {where}: {err.strerror}",
+            hint="the checkpoint is incomplete; restore another step",
+        ) from None
     if sha256(payload) != entry["sha256"]:
-        raise CheckpointError(f"corrupt shard file {where}: sha256 does not match index.json",
-                              hint="the file changed after it was written; restore another step")
+        raise CheckpointError(
+            f"corrupt shard file {where}: sha256 does not match index.json",
+            hint="the file changed after it was written; restore another step",
+        )
     try:
         data = np.load(io.BytesIO(payload), allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
@@ -152,12 +165,15 @@ def read_shard(folder: str, entry: dict[str, Any], leaf: dict[str, Any]) -> np.n
     want = tuple(b - a for a, b in zip(entry["start"], entry["stop"]))
     stored = np.dtype(_RAW.get(leaf["dtype"], dtypes.to_numpy(leaf["dtype"])))
     if data.shape != want or data.dtype != stored:
-        raise CheckpointError(f"shard file {where} holds {data.dtype}{list(data.shape)}, "
-                              f"index.json says {stored}{list(want)}")
+        raise CheckpointError(
+            f"shard file {where} holds {data.dtype}{list(data.shape)}, "
+            f"index.json says {stored}{list(want)}"
+        )
     return from_storable(data, leaf["dtype"])
 
 
 # -- index ranges ----------------------------------------------------------------------------
+
 
 def shard_boxes(shape: tuple[int, ...], sharding: Any) -> tuple[list[Box], list[tuple[int, ...]]]:
     """Per device of the sharding's mesh (row-major): the global range it holds, and its

@@ -39,8 +39,9 @@ def shard_path(folder: str, name: Any, index_path: str) -> str:
     """The shard file `name` inside folder; CheckpointError if it is not a plain file name of
     the folder (a `..`, an absolute path, a separator) or is a symlink or not a regular file."""
     if not isinstance(name, str) or not SHARD_NAME.match(name) or name in (".", ".."):
-        raise _fail(index_path, f"shard file {name!r} is not a plain file name inside the "
-                                "checkpoint folder")
+        raise _fail(
+            index_path, f"shard file {name!r} is not a plain file name inside the checkpoint folder"
+        )
     path = os.path.join(folder, name)
     try:
         info = os.lstat(path)
@@ -55,8 +56,11 @@ def check_folder(directory: str, folder: str) -> None:
     """The step folder is a folder of directory itself, not a symlink leading elsewhere."""
     inside = os.path.dirname(os.path.realpath(folder)) == os.path.realpath(directory)
     if os.path.islink(folder) or not inside:
-        raise CheckpointError(f"checkpoint folder {folder} is a symlink; restore refuses to "
-                              "follow it out of the checkpoint directory", hint=HINT)
+        raise CheckpointError(
+            f"checkpoint folder {folder} is a symlink; restore refuses to "
+            "follow it out of the checkpoint directory",
+            hint=HINT,
+        )
 
 
 def validate(index: Any, folder: str, path: str) -> None:
@@ -85,8 +89,9 @@ def validate(index: Any, folder: str, path: str) -> None:
     _check_tree(index["tree"], len(index["leaves"]), path)
 
 
-def _check_shards(leaf: dict[str, Any], shape: list[int], folder: str, path: str,
-                  where: str) -> None:
+def _check_shards(
+    leaf: dict[str, Any], shape: list[int], folder: str, path: str, where: str
+) -> None:
     """Shard ranges inside the leaf, covering it, each backed by a file large enough: so the
     leaf's elements never exceed what the shard files hold on disk."""
     itemsize = _RAW_ITEMSIZE.get(leaf["dtype"]) or dtypes.to_numpy(leaf["dtype"]).itemsize
@@ -108,12 +113,18 @@ def _check_shards(leaf: dict[str, Any], shape: list[int], folder: str, path: str
         except OSError:
             size = None  # a missing file is reported when a range needs it
         if size is not None and volume * itemsize > size:
-            raise _fail(path, f"{what} claims {volume} elements of {leaf['dtype']} but its file "
-                              f"{entry['file']!r} holds only {size} bytes")
+            raise _fail(
+                path,
+                f"{what} claims {volume} elements of {leaf['dtype']} but its file "
+                f"{entry['file']!r} holds only {size} bytes",
+            )
         held += volume
     if held < math.prod(shape):
-        raise _fail(path, f"{where} has shape {shape} ({math.prod(shape)} elements) but its "
-                          f"shards hold only {held}")
+        raise _fail(
+            path,
+            f"{where} has shape {shape} ({math.prod(shape)} elements) but its "
+            f"shards hold only {held}",
+        )
 
 
 def _is_key(pair: Any) -> bool:
@@ -142,8 +153,9 @@ def _check_tree(node: Any, leaves: int, path: str) -> None:
     names = node.get("keys") if kind == "dict" else node.get("fields")
     if kind == "dict" and (not isinstance(names, list) or not all(map(_is_key, names))):
         raise _fail(path, "a dict node's keys are not [type, key] pairs")
-    if kind == "namedtuple" and (not isinstance(names, list)
-                                 or not all(isinstance(f, str) for f in names)):
+    if kind == "namedtuple" and (
+        not isinstance(names, list) or not all(isinstance(f, str) for f in names)
+    ):
         raise _fail(path, "a namedtuple node's fields are not names")
     if names is not None and len(names) != len(children):
         raise _fail(path, f"a {kind} node has {len(names)} keys for {len(children)} children")

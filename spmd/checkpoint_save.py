@@ -40,9 +40,12 @@ def _world(leaves: list[Any]) -> tuple[int | None, int, Any]:
     from spmd.array import Array
     from spmd.sharding import NamedSharding
 
-    spread = any(isinstance(leaf, Array) and isinstance(leaf.sharding, NamedSharding)
-                 and len({d.process_index for d in leaf.sharding.mesh.devices.flat}) > 1
-                 for leaf in leaves)
+    spread = any(
+        isinstance(leaf, Array)
+        and isinstance(leaf.sharding, NamedSharding)
+        and len({d.process_index for d in leaf.sharding.mesh.devices.flat}) > 1
+        for leaf in leaves
+    )
     if not spread or distributed.process_count() == 1:
         return None, 1, lambda: None
     return distributed.process_index(), distributed.process_count(), distributed.barrier
@@ -63,37 +66,52 @@ def owned_shards(leaf: Any, me: int | None) -> list[tuple[int, files.Box, np.nda
     writer: dict[files.Box, int] = {}
     for box, device in zip(boxes, leaf.sharding.mesh.devices.flat):
         writer.setdefault(box, device.process_index)
-    mine = [(number, box) for number, (box, owner) in enumerate(writer.items())
-            if me in (owner, None)]
+    mine = [
+        (number, box) for number, (box, owner) in enumerate(writer.items()) if me in (owner, None)
+    ]
     if not mine:
         return []
-    local = {(tuple(s.start for s in shard.index), tuple(s.stop for s in shard.index)):
-             shard.data for shard in leaf.addressable_shards}
+    local = {
+        (tuple(s.start for s in shard.index), tuple(s.stop for s in shard.index)): shard.data
+        for shard in leaf.addressable_shards
+    }
     missing = [box for _, box in mine if box not in local]
     if missing:
-        raise CheckpointError(f"process {me} should write range {missing[0]} of a leaf of shape "
-                              f"{tuple(leaf.shape)} but holds none of it")
+        raise CheckpointError(
+            f"process {me} should write range {missing[0]} of a leaf of shape "
+            f"{tuple(leaf.shape)} but holds none of it"
+        )
     return [(number, box, np.asarray(local[box])) for number, box in mine]
 
 
-def _write_shards(folder: str, tree: Any, me: int | None) -> tuple[list[dict[str, Any]], list[list]]:
+def _write_shards(
+    folder: str, tree: Any, me: int | None
+) -> tuple[list[dict[str, Any]], list[list]]:
     """Writes this process's shard files; (each leaf's path, shape and dtype; each leaf's
     shard entries written here)."""
     paths, leaves, _ = files.leaf_paths(tree)
     described, written = [], []
     for number, (path, leaf) in enumerate(zip(paths, leaves)):
         # (np.asarray only for plain values: a multi-process Array is not fully addressable)
-        dtype = files.storable_dtype_name(leaf.dtype if hasattr(leaf, "dtype")
-                                          else np.asarray(leaf).dtype)
+        dtype = files.storable_dtype_name(
+            leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        )
         described.append({"path": path, "shape": list(np.shape(leaf)), "dtype": dtype})
         entries = []
         for count, box, data in owned_shards(leaf, me):
             name = f"leaf_{number:04d}.shard_{count:03d}.npy"
-            payload = files.npy_bytes(files.to_storable(np.asarray(data, dtypes.to_numpy(dtype)),
-                                                        dtype))
+            payload = files.npy_bytes(
+                files.to_storable(np.asarray(data, dtypes.to_numpy(dtype)), dtype)
+            )
             files.write_durably(os.path.join(folder, name), payload)
-            entries.append({"file": name, "start": list(box[0]), "stop": list(box[1]),
-                            "sha256": files.sha256(payload)})
+            entries.append(
+                {
+                    "file": name,
+                    "start": list(box[0]),
+                    "stop": list(box[1]),
+                    "sha256": files.sha256(payload),
+                }
+            )
         written.append(entries)
     return described, written
 
@@ -108,12 +126,16 @@ def _merge_parts(folder: str, count: int, mine: list[list]) -> list[list]:
             with open(path, encoding="utf-8") as handle:
                 part = json.load(handle)
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"process {rank}'s part of {folder} is missing or unreadable "
-                                  f"({err})", hint="every process must see the same checkpoint "
-                                  "directory (a shared filesystem across hosts)") from None
+            raise CheckpointError(
+                f"process {rank}'s part of {folder} is missing or unreadable ({err})",
+                hint="every process must see the same checkpoint "
+                "directory (a shared filesystem across hosts)",
+            ) from None
         if len(part) != len(merged):
-            raise CheckpointError(f"process {rank} saved {len(part)} leaves, process 0 saved "
-                                  f"{len(merged)}: every process must save the same tree")
+            raise CheckpointError(
+                f"process {rank} saved {len(part)} leaves, process 0 saved "
+                f"{len(merged)}: every process must save the same tree"
+            )
         for entries, theirs in zip(merged, part):
             entries.extend(theirs)
         os.remove(path)
@@ -128,11 +150,14 @@ def _find_temp(directory: str, final: str) -> str:
     pattern = re.compile(re.escape(os.path.basename(final)) + r"\.tmp-[0-9a-f]+$")
     found = [name for name in _listing(directory) if pattern.match(name)]
     if len(found) != 1:
-        raise CheckpointError(f"this process sees {len(found)} temp folders for "
-                              f"{os.path.basename(final)} in {directory!r}, expected the one "
-                              "process 0 made", hint="every process must see the same checkpoint "
-                              "directory (a shared filesystem across hosts), and no other job may "
-                              "save into it")
+        raise CheckpointError(
+            f"this process sees {len(found)} temp folders for "
+            f"{os.path.basename(final)} in {directory!r}, expected the one "
+            "process 0 made",
+            hint="every process must see the same checkpoint "
+            "directory (a shared filesystem across hosts), and no other job may "
+            "save into it",
+        )
     return os.path.join(directory, found[0])
 
 
@@ -143,8 +168,15 @@ def _listing(directory: str) -> list[str]:
         return []
 
 
-def write_step(directory: str, final: str, tree: Any, step: int, header: dict[str, Any],
-               remove_leftovers: Any, publish: Any) -> None:
+def write_step(
+    directory: str,
+    final: str,
+    tree: Any,
+    step: int,
+    header: dict[str, Any],
+    remove_leftovers: Any,
+    publish: Any,
+) -> None:
     """Writes `tree` as step folder `final` (see the module docstring). remove_leftovers(dir)
     and publish(dir, step) (LATEST, pruning) run on process 0 only."""
     me, count, barrier = _world(files.leaf_paths(tree)[1])
@@ -173,15 +205,25 @@ def write_step(directory: str, final: str, tree: Any, step: int, header: dict[st
     barrier()  # no process goes on (nor saves again) before the step is published
 
 
-def _commit(directory: str, final: str, temp: str, count: int, header: dict[str, Any],
-            described: list[dict[str, Any]], written: list[list], step: int,
-            publish: Any) -> None:
+def _commit(
+    directory: str,
+    final: str,
+    temp: str,
+    count: int,
+    header: dict[str, Any],
+    described: list[dict[str, Any]],
+    written: list[list],
+    step: int,
+    publish: Any,
+) -> None:
     try:
         shards = _merge_parts(temp, count, written)
-        index = dict(header, leaves=[dict(leaf, shards=entries)
-                                     for leaf, entries in zip(described, shards)])
-        files.write_durably(os.path.join(temp, "index.json"),
-                            json.dumps(index, indent=1).encode("utf-8"))
+        index = dict(
+            header, leaves=[dict(leaf, shards=entries) for leaf, entries in zip(described, shards)]
+        )
+        files.write_durably(
+            os.path.join(temp, "index.json"), json.dumps(index, indent=1).encode("utf-8")
+        )
         files.fsync_directory(temp)
         stale = None
         if os.path.exists(final):  # re-saving a step: move the old one aside first

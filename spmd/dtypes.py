@@ -65,7 +65,9 @@ def _name(dtype: object) -> str:
     try:
         name = np.dtype(dtype).name
     except TypeError:
-        raise DTypeError(f"unsupported dtype {dtype!r}", hint=f"use one of {', '.join(ALL)}") from None
+        raise DTypeError(
+            f"unsupported dtype {dtype!r}", hint=f"use one of {', '.join(ALL)}"
+        ) from None
     if name not in _NUMPY:
         raise DTypeError(f"unsupported dtype {name!r}", hint=f"use one of {', '.join(ALL)}")
     return name

@@ -88,8 +88,11 @@ def _traced_sharding(x: Tracer) -> Any:
     if mesh is None:
         return None
     types = dict(zip(x.trace.params, x.trace.param_types))
-    dims = {vid: s.dim_axes(len(types[vid].shape)) for vid, s in known.items()
-            if isinstance(s, NamedSharding) and vid in types}
+    dims = {
+        vid: s.dim_axes(len(types[vid].shape))
+        for vid, s in known.items()
+        if isinstance(s, NamedSharding) and vid in types
+    }
     for op in x.trace.ops:
         outs = _propagate(op, dims, [types.get(v) for v in op.inputs])
         types.update(zip(op.outputs, op.types))
@@ -140,6 +143,7 @@ def _user_spec(dims: tuple[DimSpec, ...]) -> PartitionSpec:
 
 # -- placement --------------------------------------------------------------------------------
 
+
 def as_sharding(s: Any, what: str = "sharding") -> Any:
     """A Sharding from a Sharding, a bare P (the current mesh's), a Device, or None."""
     if s is None or isinstance(s, Sharding):
@@ -149,20 +153,26 @@ def as_sharding(s: Any, what: str = "sharding") -> Any:
     if isinstance(s, PartitionSpec):
         mesh = current_mesh()
         if mesh is None:
-            raise ShardingError(f"{what} {s!r} is a bare PartitionSpec but no mesh is set",
-                                describe_loc(), "call it under `with spmd.set_mesh(mesh):`, or "
-                                "pass NamedSharding(mesh, spec)")
+            raise ShardingError(
+                f"{what} {s!r} is a bare PartitionSpec but no mesh is set",
+                describe_loc(),
+                "call it under `with spmd.set_mesh(mesh):`, or pass NamedSharding(mesh, spec)",
+            )
         return NamedSharding(mesh, s)
-    raise ShardingError(f"{what} must be a NamedSharding, a PartitionSpec or a Device, got "
-                        f"{s!r}", describe_loc(), "use NamedSharding(mesh, P('data', None))")
+    raise ShardingError(
+        f"{what} must be a NamedSharding, a PartitionSpec or a Device, got {s!r}",
+        describe_loc(),
+        "use NamedSharding(mesh, P('data', None))",
+    )
 
 
 def _is_spec_leaf(s: Any) -> bool:
     return s is None or isinstance(s, (Sharding, PartitionSpec, Device))
 
 
-def device_put(x: Any, device: Any = None, *, src: Any = None, donate: bool = False,
-               may_alias: Any = None) -> Any:
+def device_put(
+    x: Any, device: Any = None, *, src: Any = None, donate: bool = False, may_alias: Any = None
+) -> Any:
     """JAX's jax.device_put: x (a pytree) onto a Sharding, a bare P under a mesh, a Device,
     or a pytree of those matching x; padded per shard when the shape does not divide."""
     from spmd import dispatch
@@ -170,8 +180,9 @@ def device_put(x: Any, device: Any = None, *, src: Any = None, donate: bool = Fa
     if _is_spec_leaf(device):
         sharding = as_sharding(device, "device_put's sharding")
         return _on_device(dispatch.device_put(x, sharding), sharding)
-    leaves, spec_tree = optree.tree_flatten(device, is_leaf=_is_spec_leaf, none_is_leaf=True,
-                                            namespace="spmd")
+    leaves, spec_tree = optree.tree_flatten(
+        device, is_leaf=_is_spec_leaf, none_is_leaf=True, namespace="spmd"
+    )
     shardings = [as_sharding(s, "device_put's sharding") for s in leaves]
     return dispatch.device_put(x, optree.tree_unflatten(spec_tree, shardings))
 
@@ -190,8 +201,9 @@ def _on_device(out: Any, sharding: Any) -> Any:
     return optree.tree_map(label, out, namespace="spmd")
 
 
-def place(x: Any, out_sharding: Any = None, device: Any = None, *,
-          explicit_only: bool = True) -> Any:
+def place(
+    x: Any, out_sharding: Any = None, device: Any = None, *, explicit_only: bool = True
+) -> Any:
     """The result of a creation or contraction function, laid out as asked (JAX's
     `out_sharding=` / `device=`): a constraint inside jit, a device_put outside it."""
     target = out_sharding if out_sharding is not None else device
@@ -217,45 +229,59 @@ def _check_explicit(sharding: NamedSharding) -> None:
             if types[axis] != AxisType.Explicit:
                 raise ShardingError(
                     f"out_sharding {sharding.spec!r} names mesh axis {axis!r}, which is "
-                    f"{types[axis].value}", describe_loc(),
+                    f"{types[axis].value}",
+                    describe_loc(),
                     "make the axis Explicit (make_mesh(..., axis_types=(AxisType.Explicit, "
                     "...)), or spmd.sharding.explicit_axes), or use reshard / "
-                    "with_sharding_constraint")
+                    "with_sharding_constraint",
+                )
 
 
 def reshard(x: Any, out_shardings: Any) -> Any:
     """JAX's jax.reshard: x (a pytree) laid out as out_shardings (a sharding, a bare P, or a
     matching pytree), inside jit or outside it."""
     if _is_spec_leaf(out_shardings):
-        return optree.tree_map(lambda v: place(v, out_shardings, explicit_only=False), x,
-                               namespace="spmd")
-    specs = optree.tree_flatten(out_shardings, is_leaf=_is_spec_leaf, none_is_leaf=True,
-                                namespace="spmd")[0]
+        return optree.tree_map(
+            lambda v: place(v, out_shardings, explicit_only=False), x, namespace="spmd"
+        )
+    specs = optree.tree_flatten(
+        out_shardings, is_leaf=_is_spec_leaf, none_is_leaf=True, namespace="spmd"
+    )[0]
     leaves, tree = optree.tree_flatten(x, namespace="spmd")
     if len(specs) != len(leaves):
-        raise ShardingError(f"reshard got {len(leaves)} arrays but {len(specs)} shardings",
-                            describe_loc(), "give one sharding, or a pytree matching x")
-    return optree.tree_unflatten(tree, [place(v, s, explicit_only=False)
-                                        for v, s in zip(leaves, specs)])
+        raise ShardingError(
+            f"reshard got {len(leaves)} arrays but {len(specs)} shardings",
+            describe_loc(),
+            "give one sharding, or a pytree matching x",
+        )
+    return optree.tree_unflatten(
+        tree, [place(v, s, explicit_only=False) for v, s in zip(leaves, specs)]
+    )
 
 
-def _with_axis_types(f: Callable[..., Any], kind: AxisType, axes: Any,
-                     reshard_out: Any, reshard_in: Any) -> Callable[..., Any]:
+def _with_axis_types(
+    f: Callable[..., Any], kind: AxisType, axes: Any, reshard_out: Any, reshard_in: Any
+) -> Callable[..., Any]:
     @functools.wraps(f)
     def run(*args: Any, **kwargs: Any) -> Any:
         mesh = current_mesh()
         if mesh is None:
-            raise ShardingError(f"{kind.value.lower()}_axes needs a mesh", describe_loc(),
-                                "call it under `with spmd.set_mesh(mesh):`")
+            raise ShardingError(
+                f"{kind.value.lower()}_axes needs a mesh",
+                describe_loc(),
+                "call it under `with spmd.set_mesh(mesh):`",
+            )
         names = mesh.axis_names if axes is None else (axes,) if isinstance(axes, str) else axes
         for name in names:
             if name not in mesh.axis_names:
-                raise ShardingError(f"unknown mesh axis {name!r}", describe_loc(),
-                                    f"the mesh's axes are {mesh.axis_names!r}")
+                raise ShardingError(
+                    f"unknown mesh axis {name!r}",
+                    describe_loc(),
+                    f"the mesh's axes are {mesh.axis_names!r}",
+                )
         types = [kind if n in names else t for n, t in zip(mesh.axis_names, mesh.axis_types)]
         if reshard_in is not None:
-            args = reshard(args, reshard_in) if len(args) != 1 else (reshard(args[0],
-                                                                              reshard_in),)
+            args = reshard(args, reshard_in) if len(args) != 1 else (reshard(args[0], reshard_in),)
         with mesh.with_axis_types(types):
             out = f(*args, **kwargs)
         return out if reshard_out is None else reshard(out, reshard_out)
@@ -263,8 +289,9 @@ def _with_axis_types(f: Callable[..., Any], kind: AxisType, axes: Any,
     return run
 
 
-def auto_axes(f: Callable[..., Any] | None = None, *, axes: Any = None,
-              out_sharding: Any = None) -> Any:
+def auto_axes(
+    f: Callable[..., Any] | None = None, *, axes: Any = None, out_sharding: Any = None
+) -> Any:
     """JAX's auto_axes: run f with mesh axes Auto (the compiler chooses layouts), then lay
     the result out as out_sharding."""
     if f is None:
@@ -272,8 +299,9 @@ def auto_axes(f: Callable[..., Any] | None = None, *, axes: Any = None,
     return _with_axis_types(f, AxisType.Auto, axes, out_sharding, None)
 
 
-def explicit_axes(f: Callable[..., Any] | None = None, *, axes: Any = None,
-                  in_sharding: Any = None) -> Any:
+def explicit_axes(
+    f: Callable[..., Any] | None = None, *, axes: Any = None, in_sharding: Any = None
+) -> Any:
     """JAX's explicit_axes: run f with mesh axes Explicit, its inputs laid out as
     in_sharding."""
     if f is None:

@@ -42,8 +42,7 @@ def threefry2x32(k0: Any, k1: Any, c0: Any, c1: Any) -> tuple[Any, Any]:
 
     k0, k1 are uint32 scalars (or Python ints); c0, c1 uint32 arrays of one shape (or ints).
     """
-    shape = next((type_of(c).shape for c in (c0, c1) if not isinstance(c, (int, np.integer))),
-                 ())
+    shape = next((type_of(c).shape for c in (c0, c1) if not isinstance(c, (int, np.integer))), ())
     k0, k1, c0, c1 = (_u32(v, shape) for v in (k0, k1, c0, c1))
     schedule = (k0, k1, lax.bitwise_xor(lax.bitwise_xor(k0, k1), PARITY))
     x0, x1 = lax.add(c0, schedule[0]), lax.add(c1, schedule[1])
@@ -58,12 +57,13 @@ def threefry2x32(k0: Any, k1: Any, c0: Any, c1: Any) -> tuple[Any, Any]:
 
 # -- keys ----------------------------------------------------------------------------------
 
+
 def key(seed: Any) -> Any:
     """A key (uint32[2]) from an integer seed, as jax.random.PRNGKey.
 
-        >>> import numpy as np, spmd
-        >>> np.asarray(spmd.random.key(42)).tolist()
-        [0, 42]
+    >>> import numpy as np, spmd
+    >>> np.asarray(spmd.random.key(42)).tolist()
+    [0, 42]
     """
     if isinstance(seed, (int, np.integer)):
         value = int(seed)
@@ -80,8 +80,10 @@ def key(seed: Any) -> Any:
 def _check_key(k: Any) -> tuple[Any, Any]:
     t = type_of(k)
     if t.shape != (2,) or t.dtype != "uint32":
-        raise DTypeError(f"expected a key of type uint32[2], got {t}",
-                         hint="make one with spmd.random.key(seed), or index a split() result")
+        raise DTypeError(
+            f"expected a key of type uint32[2], got {t}",
+            hint="make one with spmd.random.key(seed), or index a split() result",
+        )
     word0 = lax.reshape(lax.slice(k, (0,), (1,)), ())
     word1 = lax.reshape(lax.slice(k, (1,), (2,)), ())
     return word0, word1
@@ -114,6 +116,7 @@ def fold_in(k: Any, data: Any) -> Any:
 
 # -- raw bits --------------------------------------------------------------------------------
 
+
 def _shape(shape: Any) -> tuple[int, ...]:
     from spmd.validate import check_shape
 
@@ -123,8 +126,10 @@ def _shape(shape: Any) -> tuple[int, ...]:
 def _global_index(shape: tuple[int, ...]) -> Any:
     """Each element's row-major index in the global array (uint32, an iota per dim)."""
     if math.prod(shape) > 2**32:
-        raise ShapeError(f"random arrays are limited to 2**32 elements, got shape {shape}",
-                         hint="draw several smaller arrays with keys from split()")
+        raise ShapeError(
+            f"random arrays are limited to 2**32 elements, got shape {shape}",
+            hint="draw several smaller arrays with keys from split()",
+        )
     index = lax.full(shape, 0, "uint32")
     stride = 1
     for dim in reversed(range(len(shape))):
@@ -172,7 +177,7 @@ def _unit_float(k: Any, shape: tuple[int, ...], dtype: str) -> Any:
     width = 8 if nmant < 8 else 8 * dtypes.itemsize(dtype)
     mantissa = lax.shift_right(_random_bits(k, shape, width), width - nmant)
     wide = "float64" if dtype == "float64" else "float32"  # exact: nmant bits fit
-    scaled = lax.mul(lax.convert_element_type(mantissa, wide), float(2.0 ** -nmant))
+    scaled = lax.mul(lax.convert_element_type(mantissa, wide), float(2.0**-nmant))
     return lax.convert_element_type(scaled, dtype)
 
 
@@ -185,8 +190,16 @@ def _float_dtype(dtype: Any) -> str:
 
 # -- distributions ---------------------------------------------------------------------------
 
-def uniform(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", minval: Any = 0.0,
-            maxval: Any = 1.0, *, out_sharding: Any = None) -> Any:
+
+def uniform(
+    k: Any,
+    shape: Sequence[int] = (),
+    dtype: Any = "float32",
+    minval: Any = 0.0,
+    maxval: Any = 1.0,
+    *,
+    out_sharding: Any = None,
+) -> Any:
     """Uniform floats in [minval, maxval) (laid out as out_sharding when given)."""
     from spmd.explicit import place
 
@@ -205,8 +218,9 @@ def _uniform(k: Any, shape: Sequence[int], dtype: Any, minval: Any, maxval: Any)
     return snp.asarray(snp.maximum(low, out), dtype)  # JAX's formula, rounding included
 
 
-def normal(k: Any, shape: Sequence[int] = (), dtype: Any = "float32", *,
-           out_sharding: Any = None) -> Any:
+def normal(
+    k: Any, shape: Sequence[int] = (), dtype: Any = "float32", *, out_sharding: Any = None
+) -> Any:
     """Standard normal floats (laid out as out_sharding when given)."""
     from spmd.explicit import place
 
@@ -229,10 +243,28 @@ def _normal(k: Any, shape: Sequence[int], dtype: Any) -> Any:
 
 
 # Giles (2010), "Approximating the erfinv function": single-precision polynomials.
-_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06,
-                   0.00021858087, -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
-_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844,
-                0.00573950773, -0.0076224613, 0.00943887047, 1.00167406, 2.83297682)
+_ERFINV_CENTRAL = (
+    2.81022636e-08,
+    3.43273939e-07,
+    -3.5233877e-06,
+    -4.39150654e-06,
+    0.00021858087,
+    -0.00125372503,
+    -0.00417768164,
+    0.246640727,
+    1.50140941,
+)
+_ERFINV_TAIL = (
+    -0.000200214257,
+    0.000100950558,
+    0.00134934322,
+    -0.00367342844,
+    0.00573950773,
+    -0.0076224613,
+    0.00943887047,
+    1.00167406,
+    2.83297682,
+)
 
 
 def erfinv(x: Any) -> Any:
@@ -251,8 +283,9 @@ def erfinv(x: Any) -> Any:
     return snp.where(snp.abs(x) == 1, inf, snp.where(w < 5.0, p_central, p_tail) * x)
 
 
-def truncated_normal(k: Any, lower: float, upper: float, shape: Sequence[int] = (),
-                     dtype: Any = "float32") -> Any:
+def truncated_normal(
+    k: Any, lower: float, upper: float, shape: Sequence[int] = (), dtype: Any = "float32"
+) -> Any:
     """Normal floats conditioned on [lower, upper] (inverse CDF of a uniform, as JAX)."""
     from spmd import numpy as snp
 

@@ -27,9 +27,16 @@ class _Abstract:
         self.aval = aval
 
 
-def shard_map(f: Callable[..., Any] | None = None, mesh: Mesh | None = None,
-              in_specs: Any = None, out_specs: Any = None, check_rep: bool | None = None, *,
-              axis_names: Any = frozenset(), check_vma: bool | None = None) -> Any:
+def shard_map(
+    f: Callable[..., Any] | None = None,
+    mesh: Mesh | None = None,
+    in_specs: Any = None,
+    out_specs: Any = None,
+    check_rep: bool | None = None,
+    *,
+    axis_names: Any = frozenset(),
+    check_vma: bool | None = None,
+) -> Any:
     """Map f over the blocks of its inputs on every device of `mesh`, as jax.shard_map.
 
     Each input is split by its PartitionSpec (in_specs: a pytree prefix of the args; a single
@@ -49,23 +56,34 @@ def shard_map(f: Callable[..., Any] | None = None, mesh: Mesh | None = None,
     """
     check = check_vma if check_vma is not None else check_rep if check_rep is not None else True
     if f is None:
-        return functools.partial(shard_map, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                 axis_names=axis_names, check_vma=check)
+        return functools.partial(
+            shard_map,
+            mesh=mesh,
+            in_specs=in_specs,
+            out_specs=out_specs,
+            axis_names=axis_names,
+            check_vma=check,
+        )
     from spmd.validate import check_callable
 
     check_callable("shard_map", f)
     if out_specs is None:
-        raise ShardingError("shard_map needs out_specs", describe_loc(),
-                            "pass out_specs=P(...) (P() for a value replicated on every device)")
+        raise ShardingError(
+            "shard_map needs out_specs",
+            describe_loc(),
+            "pass out_specs=P(...) (P() for a value replicated on every device)",
+        )
     eager = _EagerShardMap(None)
 
     @functools.wraps(f)
     def run(*args: Any) -> Any:
         grid = mesh if mesh is not None else current_mesh()
         if grid is None:
-            raise ShardingError("shard_map needs a mesh", describe_loc(),
-                                "pass mesh=spmd.make_mesh(...), or call it under "
-                                "`with spmd.set_mesh(mesh):`")
+            raise ShardingError(
+                "shard_map needs a mesh",
+                describe_loc(),
+                "pass mesh=spmd.make_mesh(...), or call it under `with spmd.set_mesh(mesh):`",
+            )
         _check_axis_names(axis_names, grid)
         if current_trace() is None:
             return eager.call(traced, grid, args)
@@ -88,21 +106,38 @@ def shard_map(f: Callable[..., Any] | None = None, mesh: Mesh | None = None,
         try:
             with mesh_axes(grid.axis_names, grid.axis_sizes):
                 body, out_tree, captured = autodiff.trace_to_graph(
-                    summing.body, [_Abstract(t) for t in local], treedef)
+                    summing.body, [_Abstract(t) for t in local], treedef
+                )
         finally:
             marks = _MARKS.pop()
             autodiff.cotangent_hook = hook
         outs_shown = tree_unflatten(out_tree, list(range(len(body.results))))
         out_given = _specs_per_leaf(out_specs, outs_shown, "out_specs")
-        out_dims = [_normalize(s, t.ndim, grid, f"output {j}")
-                    for j, (s, t) in enumerate(zip(out_given, body.result_types))]
+        out_dims = [
+            _normalize(s, t.ndim, grid, f"output {j}")
+            for j, (s, t) in enumerate(zip(out_given, body.result_types))
+        ]
         captured_dims = [((),) * type_of(c).ndim for c in captured]
         if check:
-            _check_varying(body, in_dims + captured_dims, out_dims, out_given, grid, marks,
-                           getattr(f, "__name__", "f"))
-        outs = bind("shard_map", *leaves, *captured, body=body, axis_names=grid.axis_names,
-                    axis_sizes=grid.axis_sizes, in_specs=tuple(in_dims + captured_dims),
-                    out_specs=tuple(out_dims))
+            _check_varying(
+                body,
+                in_dims + captured_dims,
+                out_dims,
+                out_given,
+                grid,
+                marks,
+                getattr(f, "__name__", "f"),
+            )
+        outs = bind(
+            "shard_map",
+            *leaves,
+            *captured,
+            body=body,
+            axis_names=grid.axis_names,
+            axis_sizes=grid.axis_sizes,
+            in_specs=tuple(in_dims + captured_dims),
+            out_specs=tuple(out_dims),
+        )
         eager.out_dims = out_dims
         return tree_unflatten(out_tree, list(outs))
 
@@ -139,8 +174,13 @@ class _InvariantCotangents:
     is the same on every device along some axes gets its cotangent summed over them (the
     transpose of the implicit pvary). Handles grads taken in the body itself."""
 
-    def __init__(self, f: Callable[..., Any], in_dims: list[Spec], grid: Mesh,
-                 marks: dict[int, frozenset[str]]):
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        in_dims: list[Spec],
+        grid: Mesh,
+        marks: dict[int, frozenset[str]],
+    ):
         self.f = f
         self.param_axes = [frozenset(a for dim in spec for a in dim) for spec in in_dims]
         self.grid = grid
@@ -165,8 +205,11 @@ class _InvariantCotangents:
             if not isinstance(ct, Tracer) or ct.trace is not trace:
                 out.append(ct)
                 continue
-            mine = env.get(p.id, frozenset()) if isinstance(p, Tracer) and p.trace is trace \
+            mine = (
+                env.get(p.id, frozenset())
+                if isinstance(p, Tracer) and p.trace is trace
                 else frozenset()
+            )
             extra = env.get(ct.id, frozenset()) - mine
             axes = tuple(a for a in self.grid.axis_names if a in extra)
             out.append(psum(ct, axes) if axes else ct)
@@ -194,16 +237,28 @@ def mark_varying(x: Any, axis_name: Any) -> Any:
     return tree_map(one, x)
 
 
-def _check_varying(body: Graph, in_dims: list[Spec], out_dims: list[Spec], out_given: list[Any],
-                   grid: Mesh, marks: dict[int, frozenset[str]], name: str) -> None:
+def _check_varying(
+    body: Graph,
+    in_dims: list[Spec],
+    out_dims: list[Spec],
+    out_given: list[Any],
+    grid: Mesh,
+    marks: dict[int, frozenset[str]],
+    name: str,
+) -> None:
     from spmd.varying import body_varying, check_out_specs
 
     param_axes = [frozenset(a for dim in spec for a in dim) for spec in in_dims]
     varies = body_varying(body, param_axes, marks)
     unmentioned = [unmentioned_axes(d, grid.axis_names) for d in out_dims]
-    check_out_specs(varies, unmentioned, [s if s is not None else PartitionSpec()
-                                          for s in out_given],
-                    grid.axis_names, grid.axis_sizes, name)
+    check_out_specs(
+        varies,
+        unmentioned,
+        [s if s is not None else PartitionSpec() for s in out_given],
+        grid.axis_names,
+        grid.axis_sizes,
+        name,
+    )
 
 
 def _own_spec(x: Any, grid: Mesh) -> Any:
@@ -219,10 +274,13 @@ def _own_spec(x: Any, grid: Mesh) -> Any:
 def _check_axis_names(axis_names: Any, grid: Mesh) -> None:
     names = set(axis_names or ())
     if names and names != set(grid.axis_names):
-        raise ShardingError(f"shard_map(axis_names={sorted(names)!r}) makes only some mesh axes "
-                            f"manual; spmd's shard_map is manual over all of "
-                            f"{grid.axis_names!r}", describe_loc(),
-                            "drop axis_names, or give every mesh axis")
+        raise ShardingError(
+            f"shard_map(axis_names={sorted(names)!r}) makes only some mesh axes "
+            f"manual; spmd's shard_map is manual over all of "
+            f"{grid.axis_names!r}",
+            describe_loc(),
+            "drop axis_names, or give every mesh axis",
+        )
 
 
 def _leaf_names(args: tuple) -> list[str]:
@@ -242,16 +300,21 @@ def _specs_per_leaf(specs: Any, tree: Any, what: str) -> list[Any]:
         return [specs] * len(tree_leaves(tree))
     if isinstance(specs, (tuple, list)) and isinstance(tree, (tuple, list)):
         if len(specs) != len(tree):
-            raise ShardingError(f"{what} has {len(specs)} entries but there are {len(tree)} "
-                                f"values to map", describe_loc(),
-                                f"give one PartitionSpec per value in {what}, or one P for all")
+            raise ShardingError(
+                f"{what} has {len(specs)} entries but there are {len(tree)} values to map",
+                describe_loc(),
+                f"give one PartitionSpec per value in {what}, or one P for all",
+            )
         return [s for spec, sub in zip(specs, tree) for s in _specs_per_leaf(spec, sub, what)]
     if isinstance(specs, dict) and isinstance(tree, dict) and set(specs) == set(tree):
         keys = sorted(tree)  # pytrees flatten dicts in sorted key order
         return [s for k in keys for s in _specs_per_leaf(specs[k], tree[k], what)]
-    raise ShardingError(f"{what} {specs!r} does not match the structure of the values",
-                        describe_loc(), f"make {what} a pytree prefix of the values, with "
-                        "PartitionSpec leaves (P(...) for one array, P() for replicated)")
+    raise ShardingError(
+        f"{what} {specs!r} does not match the structure of the values",
+        describe_loc(),
+        f"make {what} a pytree prefix of the values, with "
+        "PartitionSpec leaves (P(...) for one array, P() for replicated)",
+    )
 
 
 def _normalize(spec: Any, ndim: int, mesh: Mesh, what: str) -> Spec:
@@ -270,14 +333,23 @@ def _local_type(t: TensorType, spec: Spec, mesh: Mesh, what: str) -> TensorType:
         if size % parts:
             raise ShardingError(
                 f"shard_map {what} of shape {t.shape}: dim {dim} of size {size} does not split "
-                f"over mesh axes {axes!r} ({parts} devices)", describe_loc(),
-                f"make dim {dim} a multiple of {parts} (pad it), or shard it over fewer axes")
+                f"over mesh axes {axes!r} ({parts} devices)",
+                describe_loc(),
+                f"make dim {dim} a multiple of {parts} (pad it), or shard it over fewer axes",
+            )
     raise InternalError(f"{t} did not split by {spec} yet every dim divides")
 
 
-def grad_body(body: Graph, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...],
-              in_specs: Sequence[Spec], out_specs: Sequence[Spec], wrt: Sequence[int],
-              given: Sequence[int], ct_types: Sequence[TensorType]) -> Graph:
+def grad_body(
+    body: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    in_specs: Sequence[Spec],
+    out_specs: Sequence[Spec],
+    wrt: Sequence[int],
+    given: Sequence[int],
+    ct_types: Sequence[TensorType],
+) -> Graph:
     """The per-device VJP of `body`: params are its params then the cotangents of the results
     in `given`; results are the cotangents of the params in `wrt`.
 

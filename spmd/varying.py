@@ -18,19 +18,24 @@ from spmd.ir.graph import Graph, Op
 
 Axes = frozenset[str]
 INVARIANT_AFTER = ("all_reduce",)
-VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index",
-                 "all_gather")
+VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index", "all_gather")
 
 
-def body_varying(graph: Graph, param_axes: Sequence[Axes], marks: dict[int, Axes],
-                 ) -> list[Axes]:
+def body_varying(
+    graph: Graph,
+    param_axes: Sequence[Axes],
+    marks: dict[int, Axes],
+) -> list[Axes]:
     """The varying axes of each result of `graph`, given those of its params."""
     env = ops_varying(graph.ops, dict(zip(graph.params, param_axes)), marks)
     return [env.get(r, frozenset()) for r in graph.results]
 
 
-def ops_varying(ops: Sequence[Op], env: dict[int, Axes], marks: dict[int, Axes],
-                ) -> dict[int, Axes]:
+def ops_varying(
+    ops: Sequence[Op],
+    env: dict[int, Axes],
+    marks: dict[int, Axes],
+) -> dict[int, Axes]:
     """The varying axes of every value `ops` define, given those of the values in `env`."""
     env = dict(env)
     for op in ops:
@@ -48,35 +53,47 @@ def _op_varying(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
     if op.name in VARYING_AFTER:
         return [joined | axes] * len(op.outputs)
     if op.name == "scan":
-        return _loop_varying(op, ins, marks, op.attrs["body"], op.attrs["num_consts"],
-                             op.attrs["num_carry"], "scan")
+        return _loop_varying(
+            op, ins, marks, op.attrs["body"], op.attrs["num_consts"], op.attrs["num_carry"], "scan"
+        )
     if op.name == "while_loop":
         nc = op.attrs["cond_num_consts"]
         nb = op.attrs["body_num_consts"]
-        carry = ins[nc + nb:]
-        body_ins = ins[nc:nc + nb]
-        return _carry_fixpoint(op.attrs["body_graph"], body_ins, carry, marks, len(carry),
-                               "while_loop")
+        carry = ins[nc + nb :]
+        body_ins = ins[nc : nc + nb]
+        return _carry_fixpoint(
+            op.attrs["body_graph"], body_ins, carry, marks, len(carry), "while_loop"
+        )
     if op.name == "cond":
-        outs = [frozenset().union(*v) for v in zip(*(
-            body_varying(g, ins[1:], marks) for g in op.attrs["branches"]))]
+        outs = [
+            frozenset().union(*v)
+            for v in zip(*(body_varying(g, ins[1:], marks) for g in op.attrs["branches"]))
+        ]
         return [a | ins[0] for a in outs]
     return [joined] * len(op.outputs)
 
 
-def _loop_varying(op: Op, ins: list[Axes], marks: dict[int, Axes], body: Graph,
-                  num_consts: int, num_carry: int, what: str) -> list[Axes]:
+def _loop_varying(
+    op: Op,
+    ins: list[Axes],
+    marks: dict[int, Axes],
+    body: Graph,
+    num_consts: int,
+    num_carry: int,
+    what: str,
+) -> list[Axes]:
     consts = ins[:num_consts]
-    carry = ins[num_consts:num_consts + num_carry]
-    xs = ins[num_consts + num_carry:]
+    carry = ins[num_consts : num_consts + num_carry]
+    xs = ins[num_consts + num_carry :]
     n_out = len(op.outputs)
     outs = body_varying(body, consts + carry + xs, marks)
     _check_carry(carry, outs[:num_carry], what)
     return carry + outs[num_carry:n_out]
 
 
-def _carry_fixpoint(body: Graph, consts: list[Axes], carry: list[Axes],
-                    marks: dict[int, Axes], n: int, what: str) -> list[Axes]:
+def _carry_fixpoint(
+    body: Graph, consts: list[Axes], carry: list[Axes], marks: dict[int, Axes], n: int, what: str
+) -> list[Axes]:
     outs = body_varying(body, consts + carry, marks)
     _check_carry(carry, outs[:n], what)
     return carry
@@ -92,12 +109,18 @@ def _check_carry(carry_in: list[Axes], carry_out: list[Axes], what: str) -> None
                 f"but carry component {i} varies over the manual axes {names!r} in the "
                 f"output and over {tuple(sorted(before))!r} in the input",
                 hint=f"apply spmd.lax.pvary(init, {names!r}) to the initial carry value "
-                     f"of component {i}")
+                f"of component {i}",
+            )
 
 
-def check_out_specs(result_axes: Sequence[Axes], unmentioned: Sequence[tuple[str, ...]],
-                    out_specs: Sequence[object], mesh_names: tuple[str, ...],
-                    mesh_sizes: tuple[int, ...], fun_name: str) -> None:
+def check_out_specs(
+    result_axes: Sequence[Axes],
+    unmentioned: Sequence[tuple[str, ...]],
+    out_specs: Sequence[object],
+    mesh_names: tuple[str, ...],
+    mesh_sizes: tuple[int, ...],
+    fun_name: str,
+) -> None:
     """Each output must not vary over an axis its out_spec leaves out (it would be
     replicated there, and which device's block to return cannot be inferred)."""
     for j, (varies, left_out, spec) in enumerate(zip(result_axes, unmentioned, out_specs)):
@@ -111,5 +134,6 @@ def check_out_specs(result_axes: Sequence[Axes], unmentioned: Sequence[tuple[str
             f"the output is replicated across mesh axes {tuple(bad)!r}, but it varies over "
             "them",
             hint=f"shard the output over {tuple(bad)!r} in out_specs, reduce it with "
-                 f"spmd.lax.psum(..., {tuple(bad)!r}), or pass check_vma=False if it is "
-                 "replicated")
+            f"spmd.lax.psum(..., {tuple(bad)!r}), or pass check_vma=False if it is "
+            "replicated",
+        )

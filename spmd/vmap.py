@@ -34,15 +34,20 @@ class _Abstract:
         self.aval = aval
 
 
-def vmap(fun: Callable[..., Any], in_axes: Any = 0, out_axes: Any = 0,
-         axis_name: Any = None, axis_size: int | None = None,
-         spmd_axis_name: Any = None) -> Callable[..., Any]:
+def vmap(
+    fun: Callable[..., Any],
+    in_axes: Any = 0,
+    out_axes: Any = 0,
+    axis_name: Any = None,
+    axis_size: int | None = None,
+    spmd_axis_name: Any = None,
+) -> Callable[..., Any]:
     """Map fun over a new leading (or `in_axes`) dim of its arguments, as jax.vmap.
 
-        >>> import spmd, spmd.numpy as snp, numpy as np
-        >>> rows = spmd.vmap(lambda v: snp.dot(v, v))(np.arange(6.0).reshape(3, 2))
-        >>> np.asarray(rows).tolist()
-        [1.0, 13.0, 41.0]
+    >>> import spmd, spmd.numpy as snp, numpy as np
+    >>> rows = spmd.vmap(lambda v: snp.dot(v, v))(np.arange(6.0).reshape(3, 2))
+    >>> np.asarray(rows).tolist()
+    [1.0, 13.0, 41.0]
     """
     from spmd.validate import check_callable
 
@@ -92,15 +97,19 @@ def _axes_per_leaf(spec: Any, tree: Any, what: str) -> list[int | None]:
         return [None if spec is None else int(spec)] * n
     if isinstance(spec, (tuple, list)) and isinstance(tree, (tuple, list)):
         if len(spec) != len(tree):
-            raise ShapeError(f"vmap {what} {spec!r} has {len(spec)} entries for "
-                             f"{len(tree)} values", describe_loc(),
-                             f"give one entry per value in {what}, or one int for all")
+            raise ShapeError(
+                f"vmap {what} {spec!r} has {len(spec)} entries for {len(tree)} values",
+                describe_loc(),
+                f"give one entry per value in {what}, or one int for all",
+            )
         return [a for s, sub in zip(spec, tree) for a in _axes_per_leaf(s, sub, what)]
     if isinstance(spec, dict) and isinstance(tree, dict) and set(spec) == set(tree):
         return [a for k in sorted(tree) for a in _axes_per_leaf(spec[k], tree[k], what)]
-    raise ShapeError(f"vmap {what} {spec!r} does not match the structure of the values",
-                     describe_loc(), f"make {what} an int, None, or a pytree prefix of the "
-                     "values with int/None leaves")
+    raise ShapeError(
+        f"vmap {what} {spec!r} does not match the structure of the values",
+        describe_loc(),
+        f"make {what} an int, None, or a pytree prefix of the values with int/None leaves",
+    )
 
 
 def _batch_size(leaves: list[Any], axes: list[int | None], axis_size: int | None) -> int:
@@ -110,18 +119,25 @@ def _batch_size(leaves: list[Any], axes: list[int | None], axis_size: int | None
             continue
         shape = type_of(x).shape
         if not -len(shape) <= a < len(shape):
-            raise ShapeError(f"vmap in_axes {a} is out of range for argument leaf {i} of "
-                             f"shape {shape}", describe_loc(),
-                             f"use an axis from {-len(shape)} to {len(shape) - 1}, or None")
+            raise ShapeError(
+                f"vmap in_axes {a} is out of range for argument leaf {i} of shape {shape}",
+                describe_loc(),
+                f"use an axis from {-len(shape)} to {len(shape) - 1}, or None",
+            )
         sizes.add(shape[a])
     if len(sizes) > 1:
-        raise ShapeError(f"vmap got mapped axes of different sizes {sorted(sizes)}",
-                         describe_loc(), "every mapped argument needs the same size along "
-                         "its in_axes")
+        raise ShapeError(
+            f"vmap got mapped axes of different sizes {sorted(sizes)}",
+            describe_loc(),
+            "every mapped argument needs the same size along its in_axes",
+        )
     if not sizes:
         if axis_size is None:
-            raise ShapeError("vmap has no mapped argument (every in_axes is None)",
-                             describe_loc(), "map at least one argument, or pass axis_size=")
+            raise ShapeError(
+                "vmap has no mapped argument (every in_axes is None)",
+                describe_loc(),
+                "map at least one argument, or pass axis_size=",
+            )
         return int(axis_size)
     return sizes.pop()
 
@@ -145,15 +161,21 @@ def _example_type(x: Any, batched: bool) -> TensorType:
 def _from_front(x: Any, batched: bool, axis: int | None, size: int) -> Any:
     if axis is None:
         if batched:
-            raise ShapeError("vmap out_axes=None needs an output that does not depend on the "
-                             "mapped axis", describe_loc(), "use out_axes=0")
+            raise ShapeError(
+                "vmap out_axes=None needs an output that does not depend on the mapped axis",
+                describe_loc(),
+                "use out_axes=0",
+            )
         return x
     if not batched:
         x = _broadcast_front(x, size)
     ndim = type_of(x).ndim
     if not -ndim <= axis < ndim:
-        raise ShapeError(f"vmap out_axes {axis} is out of range for an output of rank {ndim}",
-                         describe_loc(), f"use an axis from {-ndim} to {ndim - 1}")
+        raise ShapeError(
+            f"vmap out_axes {axis} is out of range for an output of rank {ndim}",
+            describe_loc(),
+            f"use an axis from {-ndim} to {ndim - 1}",
+        )
     axis %= ndim
     if axis == 0:
         return x
@@ -167,8 +189,9 @@ def _broadcast_front(x: Any, size: int) -> Any:
     return lax.broadcast_in_dim(x, (size, *t.shape), tuple(range(1, t.ndim + 1)))
 
 
-def replay_batched(graph: Graph, ins: Sequence[Value], size: int,
-                   axis_name: str | None = None) -> list[Value]:
+def replay_batched(
+    graph: Graph, ins: Sequence[Value], size: int, axis_name: str | None = None
+) -> list[Value]:
     """Run `graph` (traced on one example) on batched inputs: (value, batched) per result.
     Collectives over `axis_name` become reductions over the batch dim."""
     from spmd.vmap_rules import named_axis_collective
@@ -207,8 +230,14 @@ def _is_elementwise(name: str) -> bool:
     from spmd.ops import REGISTRY
     from spmd.ops.elementwise import elementwise_factors
 
-    collective = name in ("all_reduce", "collective_permute", "all_gather", "all_to_all",
-                          "reduce_scatter", "sharding_constraint")
+    collective = name in (
+        "all_reduce",
+        "collective_permute",
+        "all_gather",
+        "all_to_all",
+        "reduce_scatter",
+        "sharding_constraint",
+    )
     return REGISTRY[name].factors is elementwise_factors and not collective
 
 

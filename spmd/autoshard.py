@@ -9,6 +9,7 @@ result is then pinned by a sharding constraint, so the partitioner does what was
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,9 +155,10 @@ def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
 
     best: Plan | None = None
     notes: list[str] = []
-    for logical, sizes, axes in views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)):
+    for (logical, sizes, axes), tie in itertools.product(
+            views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)), TIES):
         ledges = physical_edges(edges, axes)
-        nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit)
+        nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit, tie)
         try:
             sol = solve(graph, nodes, ledges, memory_limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
@@ -165,8 +167,8 @@ def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
         sol.nodes = to_physical(nodes, axes)
         plan = apply(graph, mesh, sol)
         rep = plan.report
-        notes.append(f"view {' | '.join(logical)}: HiGHS {sol.status} after {sol.search_s:.1f}"
-                     f" s, simulated {rep.step_time_s * 1e3:.3f} ms")
+        notes.append(f"view {' | '.join(logical)}, tie-break {tie:g}: HiGHS {sol.status} after "
+                     f"{sol.search_s:.1f} s, simulated {rep.step_time_s * 1e3:.3f} ms")
         fits = memory_limit is None or rep.peak_memory_bytes <= memory_limit
         if fits and (best is None or rep.step_time_s < best.report.step_time_s):
             best = plan

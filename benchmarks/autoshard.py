@@ -6,6 +6,7 @@ and problem size.
     python -m benchmarks.autoshard          # v5e 16x16
     python -m benchmarks.autoshard v5p      # tpu-sim v5p 8x8x8 (3-axis hand plans)
     python -m benchmarks.autoshard cpu      # the CPU 2x4 mesh
+    python -m benchmarks.autoshard pod      # 48 layers on 4096 chips under the chip's HBM
 """
 
 from __future__ import annotations
@@ -202,9 +203,24 @@ def report(r: dict[str, Any], where: str) -> None:
     print(plan, flush=True)
 
 
+def pod() -> None:
+    """48 scanned blocks b256 s2048 d4096 h32 f16384 on 4096 chips (tpu-sim v4 as 64 x 64),
+    the chip's HBM as memory_limit, against the hand plans."""
+    mesh = spmd.make_mesh((64, 64), ALL, device="tpu-sim:v4")
+    one = block_shapes(256, 2048, 4096, 32, 16384)
+    plans = {name: stack(specs, 48, one)[0] for name, specs in BLOCK_PLANS.items()}
+    shapes = stack(BLOCK_PLANS["DP"], 48, one)[1]
+    hbm = spmd.sim.simulate(block, *[S(s, "float32", NamedSharding(mesh, P()))
+                                     for s in one], check_memory=False).hbm_bytes
+    r = compare("48 blocks in a scan, 4096 chips", scanned_blocks, mesh, shapes, plans, hbm)
+    for name, rep in r["hand"].items():
+        print(f"  {name}: fits {hbm / 2**30:.0f} GiB HBM: {rep.peak_memory_bytes <= hbm}")
+    report(r, "v4 64x64")
+
+
 def main() -> None:
     if len(sys.argv) > 1:
-        return other_mesh(sys.argv[1])
+        return pod() if sys.argv[1] == "pod" else other_mesh(sys.argv[1])
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
     mlp_shapes = [(4096, 4096), (4096, 16384), (16384, 4096)]
     programs = [("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),

@@ -43,19 +43,24 @@ def block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: Any) -> Any:
 
 def block_shapes(b: int, s: int, d: int, heads: int, f: int) -> list[tuple[int, ...]]:
     k = d // heads
-    return [(b, s, d), (d, heads, k), (d, heads, k), (d, heads, k), (heads, k, d), (d, f),
-            (f, d)]
+    return [(b, s, d), (d, heads, k), (d, heads, k), (d, heads, k), (heads, k, d), (d, f), (f, d)]
 
 
-MLP_PLANS = {"DP": [P(ALL), P(), P()], "FSDP": [P(ALL), P(ALL), P(ALL)],
-             "Megatron TP": [P(), P(None, ALL), P(ALL)],
-             "DP x TP": [P("data"), P(None, "model"), P("model")],
-             "FSDP x TP": [P("data"), P("data", "model"), P("model", "data")]}
+MLP_PLANS = {
+    "DP": [P(ALL), P(), P()],
+    "FSDP": [P(ALL), P(ALL), P(ALL)],
+    "Megatron TP": [P(), P(None, ALL), P(ALL)],
+    "DP x TP": [P("data"), P(None, "model"), P("model")],
+    "FSDP x TP": [P("data"), P("data", "model"), P("model", "data")],
+}
 # per weight role: activations, column-parallel (wq wk wv w1), row-parallel (wo w2)
-ROLES = {"DP": (P(ALL), P(), P()), "FSDP": (P(ALL), P(ALL), P(ALL)),
-         "Megatron TP": (P(), P(None, ALL), P(ALL)),
-         "DP x TP": (P("data"), P(None, "model"), P("model")),
-         "FSDP x TP": (P("data"), P("data", "model"), P("model", None, "data"))}
+ROLES = {
+    "DP": (P(ALL), P(), P()),
+    "FSDP": (P(ALL), P(ALL), P(ALL)),
+    "Megatron TP": (P(), P(None, ALL), P(ALL)),
+    "DP x TP": (P("data"), P(None, "model"), P("model")),
+    "FSDP x TP": (P("data"), P("data", "model"), P("model", None, "data")),
+}
 
 
 def _block_specs(act: Any, col: Any, row: Any) -> list[Any]:
@@ -63,8 +68,7 @@ def _block_specs(act: Any, col: Any, row: Any) -> list[Any]:
     return [col, col, col, row, col, w2]
 
 
-BLOCK_PLANS = {name: [act, *_block_specs(act, col, row)] for name, (act, col, row) in
-               ROLES.items()}
+BLOCK_PLANS = {name: [act, *_block_specs(act, col, row)] for name, (act, col, row) in ROLES.items()}
 
 
 LAYERS = 2
@@ -73,7 +77,7 @@ LAYERS = 2
 def gpt_loss(weights: tuple, x: Any, y: Any) -> Any:
     """LAYERS blocks, a final norm and an unembedding; cross-entropy against one-hot y."""
     for i in range(LAYERS):
-        x = block(x, *weights[6 * i:6 * i + 6])
+        x = block(x, *weights[6 * i : 6 * i + 6])
     logits = snp.einsum("bsd,dv->bsv", spmd.nn.standardize(x), weights[-1])
     return -snp.mean(snp.sum(y * spmd.nn.log_softmax(logits, axis=-1), axis=-1))
 
@@ -89,18 +93,23 @@ def gpt_shapes(b: int, s: int, d: int, heads: int, f: int, vocab: int) -> list:
     return [(b, s, d), (b, s, vocab), *per_layer * LAYERS, (d, vocab)]
 
 
-GPT_PLANS = {name: [act, act, *_block_specs(act, col, row) * LAYERS, col]
-             for name, (act, col, row) in ROLES.items()}
+GPT_PLANS = {
+    name: [act, act, *_block_specs(act, col, row) * LAYERS, col]
+    for name, (act, col, row) in ROLES.items()
+}
 
 
 def roles(dp: tuple[str, ...], tp: tuple[str, ...]) -> dict[str, tuple]:
     """ROLES for any mesh: data parallelism over the axes dp, tensor parallelism over tp
     (a 3-D mesh gets DP over two axes x TP over one and DP over one x TP over two)."""
     a = dp + tp
-    return {"DP": (P(a), P(), P()), "FSDP": (P(a), P(a), P(a)),
-            "Megatron TP": (P(), P(None, a), P(a)),
-            "DP x TP": (P(dp), P(None, tp), P(tp)),
-            "FSDP x TP": (P(dp), P(dp, tp), P(tp, None, dp))}
+    return {
+        "DP": (P(a), P(), P()),
+        "FSDP": (P(a), P(a), P(a)),
+        "Megatron TP": (P(), P(None, a), P(a)),
+        "DP x TP": (P(dp), P(None, tp), P(tp)),
+        "FSDP x TP": (P(dp), P(dp, tp), P(tp, None, dp)),
+    }
 
 
 def mesh_plans(splits: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> dict[str, dict]:
@@ -125,17 +134,24 @@ def scanned_blocks(x: Any, *stacked: Any) -> Any:
 
 def stack(specs: list, layers: int, shapes: list) -> tuple[list, list]:
     """Plans and shapes for the scanned program: the layer dim leads, unsharded."""
-    return ([specs[0]] + [P(None, *p) for p in specs[1:]],
-            [shapes[0]] + [(layers, *s) for s in shapes[1:]])
+    return (
+        [specs[0]] + [P(None, *p) for p in specs[1:]],
+        [shapes[0]] + [(layers, *s) for s in shapes[1:]],
+    )
 
 
-def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list],
-                 dtypes: list[str] | None = None) -> dict[str, Any]:
+def hand_reports(
+    f: Any, mesh: Any, shapes: list, plans: dict[str, list], dtypes: list[str] | None = None
+) -> dict[str, Any]:
     dtypes = dtypes or ["float32"] * len(shapes)
-    return {name: spmd.sim.simulate(f, *[S(s, d, NamedSharding(mesh, p))
-                                         for s, d, p in zip(shapes, dtypes, specs)],
-                                    check_memory=False)
-            for name, specs in plans.items()}
+    return {
+        name: spmd.sim.simulate(
+            f,
+            *[S(s, d, NamedSharding(mesh, p)) for s, d, p in zip(shapes, dtypes, specs)],
+            check_memory=False,
+        )
+        for name, specs in plans.items()
+    }
 
 
 def embedding_loss(weights: tuple, ids: Any, y: Any) -> Any:
@@ -151,29 +167,51 @@ def embedding_step(ids: Any, y: Any, *weights: Any) -> tuple:
     return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
 
 
-EMBEDDING = ([(64, 512), (64, 512, 1024), (262144, 1024), (1024, 1024), (1024, 1024)],
-             ["int32"] + ["float32"] * 4)
+EMBEDDING = (
+    [(64, 512), (64, 512, 1024), (262144, 1024), (1024, 1024), (1024, 1024)],
+    ["int32"] + ["float32"] * 4,
+)
 # the table as a column-parallel weight (TP shards d, which a gather keeps local)
-EMBEDDING_PLANS = {name: [act, act, col, col, _block_specs(act, col, row)[-1]]
-                   for name, (act, col, row) in ROLES.items()}
+EMBEDDING_PLANS = {
+    name: [act, act, col, col, _block_specs(act, col, row)[-1]]
+    for name, (act, col, row) in ROLES.items()
+}
 
 
-def compare(name: str, f: Any, mesh: Any, shapes: list, plans: dict[str, list],
-            memory_limit: float | None = None, time_limit_s: float = 60.0,
-            dtypes: list[str] | None = None) -> dict[str, Any]:
+def compare(
+    name: str,
+    f: Any,
+    mesh: Any,
+    shapes: list,
+    plans: dict[str, list],
+    memory_limit: float | None = None,
+    time_limit_s: float = 60.0,
+    dtypes: list[str] | None = None,
+) -> dict[str, Any]:
     hand = hand_reports(f, mesh, shapes, plans, dtypes)
     start = time.perf_counter()
     dtypes = dtypes or ["float32"] * len(shapes)
-    plan = spmd.sim.autoshard(f, *[S(s, d) for s, d in zip(shapes, dtypes)], mesh=mesh,
-                              memory_limit=memory_limit, time_limit_s=time_limit_s)
+    plan = spmd.sim.autoshard(
+        f,
+        *[S(s, d) for s, d in zip(shapes, dtypes)],
+        mesh=mesh,
+        memory_limit=memory_limit,
+        time_limit_s=time_limit_s,
+    )
     wall = time.perf_counter() - start
     best = min(hand, key=lambda k: hand[k].step_time_s)
     return {"name": name, "hand": hand, "plan": plan, "wall": wall, "best": best}
 
 
-MESHES = {"v5p": ((8, 8, 8), ("x", "y", "z"), "tpu-sim:v5p",
-                  [(("x", "y"), ("z",)), (("x",), ("y", "z"))]),
-          "cpu": ((2, 4), ALL, None, [(("data",), ("model",))])}
+MESHES = {
+    "v5p": (
+        (8, 8, 8),
+        ("x", "y", "z"),
+        "tpu-sim:v5p",
+        [(("x", "y"), ("z",)), (("x",), ("y", "z"))],
+    ),
+    "cpu": ((2, 4), ALL, None, [(("data",), ("model",))]),
+}
 
 
 def other_mesh(kind: str) -> None:
@@ -182,12 +220,21 @@ def other_mesh(kind: str) -> None:
     shape, names, device, splits = MESHES[kind]
     mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
     plans = mesh_plans(splits)
-    programs = [("MLP 4096x4096x16384", mlp, [(4096, 4096), (4096, 16384), (16384, 4096)],
-                 plans["mlp"]),
-                ("block b32 s512 d1024 h16 f4096", block, block_shapes(32, 512, 1024, 16, 4096),
-                 plans["block"]),
-                (f"GPT training step, {LAYERS} layers, vocab 8192", gpt_step,
-                 gpt_shapes(32, 512, 1024, 16, 4096, 8192), plans["gpt"])]
+    programs = [
+        ("MLP 4096x4096x16384", mlp, [(4096, 4096), (4096, 16384), (16384, 4096)], plans["mlp"]),
+        (
+            "block b32 s512 d1024 h16 f4096",
+            block,
+            block_shapes(32, 512, 1024, 16, 4096),
+            plans["block"],
+        ),
+        (
+            f"GPT training step, {LAYERS} layers, vocab 8192",
+            gpt_step,
+            gpt_shapes(32, 512, 1024, 16, 4096, 8192),
+            plans["gpt"],
+        ),
+    ]
     for name, f, shapes, hand in programs:  # HiGHS's limit is wall time: give the GPT step room
         report(compare(name, f, mesh, shapes, hand, time_limit_s=600.0), kind)
 
@@ -196,8 +243,10 @@ def report(r: dict[str, Any], where: str) -> None:
     plan, hand = r["plan"], r["hand"]
     print(f"\n{r['name']} ({where}): search {plan.search_s:.2f} s, {plan.problem}")
     for label, rep in [*hand.items(), ("autoshard", plan.report)]:
-        print(f"  {label:18s} step {rep.step_time_s * 1e3:8.3f} ms   peak "
-              f"{rep.peak_memory_bytes / 2**20:8.1f} MiB")
+        print(
+            f"  {label:18s} step {rep.step_time_s * 1e3:8.3f} ms   peak "
+            f"{rep.peak_memory_bytes / 2**20:8.1f} MiB"
+        )
     ratio = plan.report.step_time_s / hand[r["best"]].step_time_s
     print(f"  autoshard / best hand ({r['best']}) = {ratio:.3f}")
     print(plan, flush=True)
@@ -210,8 +259,9 @@ def pod() -> None:
     one = block_shapes(256, 2048, 4096, 32, 16384)
     plans = {name: stack(specs, 48, one)[0] for name, specs in BLOCK_PLANS.items()}
     shapes = stack(BLOCK_PLANS["DP"], 48, one)[1]
-    hbm = spmd.sim.simulate(block, *[S(s, "float32", NamedSharding(mesh, P()))
-                                     for s in one], check_memory=False).hbm_bytes
+    hbm = spmd.sim.simulate(
+        block, *[S(s, "float32", NamedSharding(mesh, P())) for s in one], check_memory=False
+    ).hbm_bytes
     r = compare("48 blocks in a scan, 4096 chips", scanned_blocks, mesh, shapes, plans, hbm)
     for name, rep in r["hand"].items():
         print(f"  {name}: fits {hbm / 2**30:.0f} GiB HBM: {rep.peak_memory_bytes <= hbm}")
@@ -223,20 +273,48 @@ def main() -> None:
         return pod() if sys.argv[1] == "pod" else other_mesh(sys.argv[1])
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
     mlp_shapes = [(4096, 4096), (4096, 16384), (16384, 4096)]
-    programs = [("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),
-                ("block b32 s512 d1024 h16 f4096", block, block_shapes(32, 512, 1024, 16, 4096),
-                 BLOCK_PLANS, None),
-                ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2 ** 20),
-                (f"GPT training step, {LAYERS} layers, vocab 8192", gpt_step,
-                 gpt_shapes(32, 512, 1024, 16, 4096, 8192), GPT_PLANS, None)]
+    programs = [
+        ("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),
+        (
+            "block b32 s512 d1024 h16 f4096",
+            block,
+            block_shapes(32, 512, 1024, 16, 4096),
+            BLOCK_PLANS,
+            None,
+        ),
+        ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2**20),
+        (
+            f"GPT training step, {LAYERS} layers, vocab 8192",
+            gpt_step,
+            gpt_shapes(32, 512, 1024, 16, 4096, 8192),
+            GPT_PLANS,
+            None,
+        ),
+    ]
     shapes = block_shapes(32, 512, 1024, 16, 4096)
     scanned = {name: stack(specs, 48, shapes)[0] for name, specs in BLOCK_PLANS.items()}
-    programs.append(("48 blocks in a scan (body solved once)", scanned_blocks,
-                     stack(BLOCK_PLANS["DP"], 48, shapes)[1], scanned, None))
+    programs.append(
+        (
+            "48 blocks in a scan (body solved once)",
+            scanned_blocks,
+            stack(BLOCK_PLANS["DP"], 48, shapes)[1],
+            scanned,
+            None,
+        )
+    )
     for name, f, shapes, plans, limit in programs:
         report(compare(name, f, mesh, shapes, plans, limit), "v5e 16x16")
-    report(compare("embedding 256k x 1024 + MLP 1024, SGD step", embedding_step, mesh,
-                   EMBEDDING[0], EMBEDDING_PLANS, dtypes=EMBEDDING[1]), "v5e 16x16")
+    report(
+        compare(
+            "embedding 256k x 1024 + MLP 1024, SGD step",
+            embedding_step,
+            mesh,
+            EMBEDDING[0],
+            EMBEDDING_PLANS,
+            dtypes=EMBEDDING[1],
+        ),
+        "v5e 16x16",
+    )
 
 
 if __name__ == "__main__":

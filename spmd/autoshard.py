@@ -12,18 +12,16 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from spmd.autoshard_cost import calibrate, describe_bytes, edge_time, plan_rows
-from spmd.autoshard_group import OPAQUE
-from spmd.autoshard_ilp import TIE, Dims, Node, Solution, build_nodes, solve
+from spmd.autoshard_cost import calibrate, describe_bytes, edge_time
+from spmd.autoshard_ilp import TIE, Dims, Node, build_nodes, solve
+from spmd.autoshard_plan import Plan, apply
 from spmd.errors import ShardingError
-from spmd.ir.graph import Attrs, Graph, Op, fresh_id
+from spmd.ir.graph import Graph
 from spmd.mesh import Mesh
 from spmd.tree import tree_flatten, tree_unflatten
 
-LARGE = 0.01  # tensors above this share of all bytes get a line of explanation
 TIES = (TIE, 1.0)  # argument tie-break weights tried on a 1-D or 2-D mesh
 
 
@@ -35,32 +33,14 @@ class _Auto:
 AUTO: Any = _Auto()  # jit(f, in_shardings=AUTO): let autoshard choose
 
 
-@dataclass
-class Plan:
-    """What autoshard chose: shardings per argument and result (pytrees like f's), the
-    sharding constraint it put on every op result, the simulated report, and why."""
-
-    in_shardings: tuple[Any, ...]
-    out_shardings: Any
-    constraints: list[tuple[str, str, Any]]  # (op, user line, sharding)
-    report: Any
-    explanation: list[str]
-    search_s: float
-    problem: dict[str, int]
-    graph: Graph = field(repr=False)
-    flat_in: tuple[Any, ...] = field(repr=False, default=())
-    flat_out: tuple[Any, ...] = field(repr=False, default=())
-    out_tree: Any = field(repr=False, default=None)
-
-    def __str__(self) -> str:
-        size = ", ".join(f"{k} {v}" for k, v in self.problem.items())
-        head = [f"autoshard plan: searched in {self.search_s:.2f} s ({size})",
-                *plan_rows(self.report)]
-        return "\n".join(head + ["  " + line for line in self.explanation])
-
-
-def autoshard(f: Callable[..., Any], *args: Any, mesh: Mesh, memory_limit: float | None = None,
-              objective: str = "step_time", time_limit_s: float = 60.0) -> Plan:
+def autoshard(
+    f: Callable[..., Any],
+    *args: Any,
+    mesh: Mesh,
+    memory_limit: float | None = None,
+    objective: str = "step_time",
+    time_limit_s: float = 60.0,
+) -> Plan:
     """Choose the layouts of f's arguments, results and contractions on `mesh`.
 
     args: arrays or ShapeDtypeStructs (a sharding already on one is kept as given).
@@ -69,13 +49,16 @@ def autoshard(f: Callable[..., Any], *args: Any, mesh: Mesh, memory_limit: float
     from spmd.api import JitFunction, jit
 
     if objective != "step_time":
-        raise ShardingError(f"autoshard objective {objective!r} is not supported",
-                            hint="use objective='step_time' (the only one so far)")
+        raise ShardingError(
+            f"autoshard objective {objective!r} is not supported",
+            hint="use objective='step_time' (the only one so far)",
+        )
     jitted = f if isinstance(f, JitFunction) else jit(f)
     lowered = jitted.lower(*_abstract(args, mesh))
     leaves, _ = tree_flatten(args)
-    plan = plan_graph(lowered.graph, mesh, _fixed(lowered.graph, leaves, mesh), memory_limit,
-                      time_limit_s)
+    plan = plan_graph(
+        lowered.graph, mesh, _fixed(lowered.graph, leaves, mesh), memory_limit, time_limit_s
+    )
     arg_tree = tree_flatten(args)[1]
     plan.in_shardings = tuple(tree_unflatten(arg_tree, list(plan.flat_in)))
     plan.out_shardings = tree_unflatten(lowered.out_tree, list(plan.flat_out))
@@ -83,13 +66,19 @@ def autoshard(f: Callable[..., Any], *args: Any, mesh: Mesh, memory_limit: float
     return plan
 
 
-def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: float | None,
-               time_limit_s: float = 60.0) -> Plan:
+def plan_graph(
+    graph: Graph,
+    mesh: Mesh,
+    fixed: dict[int, Dims],
+    memory_limit: float | None,
+    time_limit_s: float = 60.0,
+) -> Plan:
     """Solve, apply and simulate; under a memory limit, re-solve tighter while the simulated
     peak exceeds it (the integer program counts parameters and contraction results only)."""
     start = time.perf_counter()
     rates = calibrate(mesh)
     names = tuple(mesh.axis_names)
+
     def edges(t: Any, src: tuple, dst: Dims) -> float:
         return edge_time(mesh, rates, t, src, dst)
 
@@ -102,23 +91,38 @@ def plan_graph(graph: Graph, mesh: Mesh, fixed: dict[int, Dims], memory_limit: f
     plans, failures = [], []
     for tie in TIES:
         try:
-            plans.append((tie, _within_limit(graph, mesh, rates, edges, fixed, memory_limit,
-                                             time_limit_s, tie, has_scan)))
+            plans.append(
+                (
+                    tie,
+                    _within_limit(
+                        graph, mesh, rates, edges, fixed, memory_limit, time_limit_s, tie, has_scan
+                    ),
+                )
+            )
         except ShardingError as e:
             failures.append(e)
     if not plans:
         raise failures[0]
     plan = min((p for _, p in plans), key=lambda p: p.report.step_time_s)
     plan.search_s = time.perf_counter() - start
-    plan.explanation = [f"argument tie-break {t:g} HBM pass: simulated "
-                        f"{p.report.step_time_s * 1e3:.3f} ms" for t, p in plans
-                        ] + plan.explanation
+    plan.explanation = [
+        f"argument tie-break {t:g} HBM pass: simulated {p.report.step_time_s * 1e3:.3f} ms"
+        for t, p in plans
+    ] + plan.explanation
     return plan
 
 
-def _within_limit(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
-                  fixed: dict[int, Dims], memory_limit: float | None, time_limit_s: float,
-                  tie: float, has_scan: bool) -> Plan:
+def _within_limit(
+    graph: Graph,
+    mesh: Mesh,
+    rates: dict[str, float],
+    edges: Any,
+    fixed: dict[int, Dims],
+    memory_limit: float | None,
+    time_limit_s: float,
+    tie: float,
+    has_scan: bool,
+) -> Plan:
     """One solve (re-solved tighter while the simulated peak is over memory_limit)."""
     names, sizes = tuple(mesh.axis_names), tuple(mesh.axis_sizes)
     limit = memory_limit
@@ -130,25 +134,38 @@ def _within_limit(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
                 nodes = build_nodes(graph, names, sizes, rates, fixed, edges, limit, tie)
             sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
-            raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit}: "
-                                f"{e}", hint="raise memory_limit or use a bigger mesh") from None
+            raise ShardingError(
+                f"autoshard found no plan within memory_limit={memory_limit}: {e}",
+                hint="raise memory_limit or use a bigger mesh",
+            ) from None
         plan = apply(graph, mesh, sol)
-        notes.append(f"HiGHS: {sol.status} after {sol.search_s:.1f} s, objective "
-                     f"{sol.objective_s * 1e3:.3f} ms")
+        notes.append(
+            f"HiGHS: {sol.status} after {sol.search_s:.1f} s, objective "
+            f"{sol.objective_s * 1e3:.3f} ms"
+        )
         peak = plan.report.peak_memory_bytes
         if memory_limit is None or peak <= memory_limit:
             break
         notes.append(f"simulated peak {describe_bytes(peak)} > limit: re-solved tighter")
         limit = (limit or memory_limit) * memory_limit / peak * 0.97
     else:
-        raise ShardingError(f"autoshard found no plan whose simulated peak fits memory_limit="
-                            f"{memory_limit}", hint="raise memory_limit or use a bigger mesh")
+        raise ShardingError(
+            f"autoshard found no plan whose simulated peak fits memory_limit={memory_limit}",
+            hint="raise memory_limit or use a bigger mesh",
+        )
     plan.explanation = notes + plan.explanation
     return plan
 
 
-def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
-               memory_limit: float | None, time_limit_s: float, start: float) -> Plan:
+def _coarsened(
+    graph: Graph,
+    mesh: Mesh,
+    rates: dict[str, float],
+    edges: Any,
+    memory_limit: float | None,
+    time_limit_s: float,
+    start: float,
+) -> Plan:
     """A mesh of 3+ axes: solve on each 2-D view (spmd/autoshard_coarse.py), keep the plan
     with the shortest simulated step among those within memory_limit."""
     from spmd.autoshard_coarse import physical_edges, to_physical, views
@@ -156,7 +173,8 @@ def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
     best: Plan | None = None
     notes: list[str] = []
     for (logical, sizes, axes), tie in itertools.product(
-            views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)), TIES):
+        views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)), TIES
+    ):
         ledges = physical_edges(edges, axes)
         nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit, tie)
         try:
@@ -167,14 +185,19 @@ def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
         sol.nodes = to_physical(nodes, axes)
         plan = apply(graph, mesh, sol)
         rep = plan.report
-        notes.append(f"view {' | '.join(logical)}, tie-break {tie:g}: HiGHS {sol.status} after "
-                     f"{sol.search_s:.1f} s, simulated {rep.step_time_s * 1e3:.3f} ms")
+        notes.append(
+            f"view {' | '.join(logical)}, tie-break {tie:g}: HiGHS {sol.status} after "
+            f"{sol.search_s:.1f} s, simulated {rep.step_time_s * 1e3:.3f} ms"
+        )
         fits = memory_limit is None or rep.peak_memory_bytes <= memory_limit
         if fits and (best is None or rep.step_time_s < best.report.step_time_s):
             best = plan
     if best is None:
-        raise ShardingError(f"autoshard found no plan within memory_limit={memory_limit} on "
-                            "any 2-D view of the mesh", hint="raise memory_limit")
+        raise ShardingError(
+            f"autoshard found no plan within memory_limit={memory_limit} on "
+            "any 2-D view of the mesh",
+            hint="raise memory_limit",
+        )
     best.search_s = time.perf_counter() - start
     best.explanation = notes + best.explanation
     return best
@@ -182,121 +205,6 @@ def _coarsened(graph: Graph, mesh: Mesh, rates: dict[str, float], edges: Any,
 
 def _counts_memory(node: Node) -> bool:
     return node.op is None or node.op.name == "dot_general"
-
-
-def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
-    """The chosen layouts as shardings, the graph with constraints, its compiled SimReport."""
-    from spmd import dispatch
-    from spmd.sharding import NamedSharding
-
-    def sharding(d: Dims) -> Any:
-        return NamedSharding(mesh, dispatch.user_spec(d))
-
-    chosen = {v: s.gives[j] for node, k in zip(sol.nodes, sol.choice)
-              for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
-    flat_in = tuple(sharding(chosen[v][0]) for v in graph.params)
-    flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
-    constrained, constraints = constrain(graph, mesh, sol, chosen)
-    executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
-    report = executable.simulate(check_memory=False)
-    problem = {"nodes": len(sol.nodes), "strategies": sol.strategies, "edges": sol.edges,
-               "variables": sol.variables, "constraints": sol.constraints}
-    bodies = [node.body for node in sol.nodes if node.body is not None]
-    if bodies:  # each scan body's own program, solved once
-        problem["scan body nodes"] = sum(len(b.nodes) for b in bodies)
-        problem["scan body variables"] = sum(b.variables for b in bodies)
-    return Plan(flat_in, flat_out, constraints, report, explain(graph, sol, chosen),
-                sol.search_s, problem, constrained, flat_in, flat_out)
-
-
-def constrain(graph: Graph, mesh: Mesh, sol: Solution, chosen: dict[int, tuple],
-              ) -> tuple[Graph, list[tuple[str, str, Any]]]:
-    """graph with a sharding constraint on every op result; a scan's operands are pinned to
-    the layouts its body was solved for (the partitioner runs a body with the layouts its
-    operands have) and its body is constrained the same way."""
-    from spmd import dispatch
-    from spmd.sharding import NamedSharding, ShardingAttr
-
-    pins = pinned(sol, chosen)
-    bodies = {id(node.op): (node.body, node.strategies[k]) for node, k in
-              zip(sol.nodes, sol.choice) if node.body is not None}
-    rename: dict[int, int] = {}
-    ops: list[Op] = []
-    constraints: list[tuple[str, str, Any]] = []
-
-    def pin(v: int, t: Any, dims: Dims, name: str, loc: str) -> int:
-        new = fresh_id()
-        attr = ShardingAttr(tuple(mesh.axis_names), tuple(mesh.axis_sizes), dims)
-        ops.append(Op("sharding_constraint", (v,), (new,), (t,), Attrs(sharding=attr), loc))
-        constraints.append((name, loc, NamedSharding(mesh, dispatch.user_spec(dims))))
-        return new
-
-    for original in graph.ops:
-        op = _renamed(original, rename) if rename else original
-        if id(original) in bodies:
-            body, strategy = bodies[id(original)]
-            inner = {v: s.gives[j] for node, k in zip(body.nodes, body.choice)
-                     for s in [node.strategies[k]] for j, v in enumerate(node.outputs)}
-            new_body, inside = constrain(original.attrs["body"], mesh, body, inner)
-            inputs = tuple(pin(v, graph.types[v], d, "scan operand", op.loc)
-                           for v, d in zip(op.inputs, strategy.wants))
-            op = Op(op.name, inputs, op.outputs, op.types,
-                    Attrs({**op.attrs, "body": new_body}), op.loc)
-            constraints += inside
-        ops.append(op)
-        for v, t in zip(op.outputs, op.types):
-            if v in pins and op.name not in OPAQUE:
-                rename[v] = pin(v, t, pins[v], op.name, op.loc)
-    results = tuple(rename.get(v, v) for v in graph.results)
-    return graph.replace(ops=tuple(ops), results=results), constraints
-
-
-def pinned(sol: Solution, chosen: dict[int, tuple]) -> dict[int, Dims]:
-    """The layout to pin each op result to, so the partitioner does what the solver priced:
-    the one its producer's strategy gives; a pending sum is resolved into the layout its
-    consumers want when they agree (a reduce-scatter where the solver priced one)."""
-    wanted: dict[int, set[Dims]] = {}
-    for node, k in zip(sol.nodes, sol.choice):
-        for v, want in zip(node.inputs, node.strategies[k].wants):
-            wanted.setdefault(v, set()).add(want)
-    pins = {}
-    for node in sol.nodes:
-        if node.op is None:
-            continue
-        for v in node.outputs:
-            dims, partial = chosen[v]
-            wants = wanted.get(v, set())
-            pins[v] = next(iter(wants)) if partial and len(wants) == 1 else dims
-    return pins
-
-
-def _renamed(op: Op, rename: dict[int, int]) -> Op:
-    return Op(op.name, tuple(rename.get(v, v) for v in op.inputs), op.outputs, op.types,
-              op.attrs, op.loc)
-
-
-def explain(graph: Graph, sol: Solution, chosen: dict[int, tuple]) -> list[str]:
-    """A line per large tensor: its layout, the strategy that made it, the time it moves."""
-    types = graph.types
-    total = sum(t.nbytes for t in types.values()) or 1
-    lines = []
-    for node, k in zip(sol.nodes, sol.choice):
-        strat = node.strategies[k]
-        for v in node.outputs[-1:] if len(node.members) > 1 else node.outputs:
-            t = types[v]
-            if t.nbytes < LARGE * total:
-                continue
-            dims, partial = chosen[v]
-            what = "argument" if node.op is None else f"{node.name} at {node.op.loc or '?'}"
-            why = f"factors {strat.label}" if node.op is not None else "its consumers' layout"
-            pend = f", pending sum over {'+'.join(partial)} resolved downstream" if partial else ""
-            lines.append(f"{what} {t.dtype}{list(t.shape)} ({describe_bytes(t.nbytes)}): "
-                         f"{_spec(dims)} by {why}{pend}")
-    return lines
-
-
-def _spec(dims: Dims) -> str:
-    return "P(" + ", ".join("+".join(a) if a else "None" for a in dims) + ")"
 
 
 def _abstract(args: tuple, mesh: Mesh) -> tuple:
@@ -330,25 +238,47 @@ def lower_auto(jitted: Any, args: tuple, kwargs: dict) -> Any:
     from spmd.mesh import current_mesh
 
     leaves = jitted.dynamic_leaves(args, kwargs)
-    meshes = {s.mesh for x in leaves if (s := getattr(x, "sharding", None)) is not None
-              and hasattr(s, "mesh")}
+    meshes = {
+        s.mesh
+        for x in leaves
+        if (s := getattr(x, "sharding", None)) is not None and hasattr(s, "mesh")
+    }
     mesh = meshes.pop() if len(meshes) == 1 else current_mesh()
     if mesh is None:
-        raise ShardingError("jit(in_shardings=AUTO) needs the arguments on a mesh",
-                            hint="device_put them on a NamedSharding, or call inside `with mesh:`")
-    plan_jit = type(jitted)(jitted.fun, static_argnums=jitted.static_argnums,
-                            static_argnames=jitted.static_argnames)
+        raise ShardingError(
+            "jit(in_shardings=AUTO) needs the arguments on a mesh",
+            hint="device_put them on a NamedSharding, or call inside `with mesh:`",
+        )
+    plan_jit = type(jitted)(
+        jitted.fun, static_argnums=jitted.static_argnums, static_argnames=jitted.static_argnames
+    )
     if kwargs:
-        raise ShardingError("jit(in_shardings=AUTO) takes positional arguments only",
-                            hint="pass the keyword arguments positionally")
+        raise ShardingError(
+            "jit(in_shardings=AUTO) takes positional arguments only",
+            hint="pass the keyword arguments positionally",
+        )
     plan = autoshard(plan_jit, *args, mesh=mesh)
     jitted.last_plan = plan
-    return _AutoLowered(jitted, plan.graph, plan.out_tree, plan.flat_in, plan.flat_out,
-                        (False,) * len(plan.flat_in), Lowered)
+    return _AutoLowered(
+        jitted,
+        plan.graph,
+        plan.out_tree,
+        plan.flat_in,
+        plan.flat_out,
+        (False,) * len(plan.flat_in),
+        Lowered,
+    )
 
 
-def _AutoLowered(jitted: Any, graph: Graph, out_tree: Any, flat_in: tuple, flat_out: tuple,
-                 donate: tuple, base: type) -> Any:
+def _AutoLowered(
+    jitted: Any,
+    graph: Graph,
+    out_tree: Any,
+    flat_in: tuple,
+    flat_out: tuple,
+    donate: tuple,
+    base: type,
+) -> Any:
     """A Lowered whose compile keeps the plan's result shardings."""
 
     class AutoLowered(base):  # type: ignore[misc, valid-type]

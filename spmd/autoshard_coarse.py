@@ -24,8 +24,9 @@ def views(names: tuple[str, ...], sizes: tuple[int, ...]) -> list[tuple[tuple, t
         runs = (names[:i], names[i:])
         size = dict(zip(names, sizes))
         logical = tuple(".".join(r) for r in runs)
-        out.append((logical, tuple(math.prod(size[a] for a in r) for r in runs),
-                    dict(zip(logical, runs))))
+        out.append(
+            (logical, tuple(math.prod(size[a] for a in r) for r in runs), dict(zip(logical, runs)))
+        )
     return out
 
 
@@ -35,19 +36,26 @@ def expand(dims: Dims, axes: dict[str, tuple[str, ...]]) -> Dims:
 
 def physical_edges(edge_time: Any, axes: dict[str, tuple[str, ...]]) -> Any:
     """The mesh's edge pricing, asked in physical axes about a logical layout change."""
+
     def edges(t: Any, src: tuple, dst: Dims) -> float:
         dims, partial = src
-        return edge_time(t, (expand(dims, axes), tuple(a for g in partial for a in axes[g])),
-                         expand(dst, axes))
+        return edge_time(
+            t, (expand(dims, axes), tuple(a for g in partial for a in axes[g])), expand(dst, axes)
+        )
+
     return edges
 
 
 def to_physical(nodes: list, axes: dict[str, tuple[str, ...]]) -> list:
     """The nodes with every strategy's layouts in physical axes (what apply() pins)."""
+
     def strategy(s: Any) -> Any:
         return dataclasses.replace(
-            s, wants=tuple(expand(w, axes) for w in s.wants),
-            gives=tuple((expand(d, axes), tuple(a for g in p for a in axes[g]))
-                        for d, p in s.gives))
-    return [dataclasses.replace(n, strategies=[strategy(s) for s in n.strategies])
-            for n in nodes]
+            s,
+            wants=tuple(expand(w, axes) for w in s.wants),
+            gives=tuple(
+                (expand(d, axes), tuple(a for g in p for a in axes[g])) for d, p in s.gives
+            ),
+        )
+
+    return [dataclasses.replace(n, strategies=[strategy(s) for s in n.strategies]) for n in nodes]

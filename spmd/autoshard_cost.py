@@ -29,7 +29,7 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
     n = 2048
     mat = ShapeDtypeStruct((n, n), "float32", rep)
     r = simulate(spmd.jit(lambda a, b: a @ b), mat, mat, check_memory=False)
-    rates = {"flops": 2.0 * n ** 3 / max(r.compute_time_s, 1e-12)}
+    rates = {"flops": 2.0 * n**3 / max(r.compute_time_s, 1e-12)}
     vec = ShapeDtypeStruct((1 << 24,), "float32", rep)
     r = simulate(spmd.jit(lambda a: snp.exp(a)), vec, check_memory=False)
     rates["hbm"] = 2.0 * vec.aval.nbytes / max(r.compute_time_s, 1e-12)
@@ -47,8 +47,9 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
     return rates
 
 
-def edge_time(mesh: Mesh, rates: dict[str, float], t: TensorType,
-              src: tuple[Dims, tuple[str, ...]], dst: Dims) -> float:
+def edge_time(
+    mesh: Mesh, rates: dict[str, float], t: TensorType, src: tuple[Dims, tuple[str, ...]], dst: Dims
+) -> float:
     """Seconds to bring a value from src (dims, pending-sum axes) into dst: the planner's
     bytes over the slowest axis involved, plus one collective latency per axis, plus a
     local slice's pass over HBM where dst shards an axis src has nowhere (the simulator
@@ -68,7 +69,8 @@ def edge_time(mesh: Mesh, rates: dict[str, float], t: TensorType,
         return slice_s
     axes = set(partial) | {a for d, e in zip(dims, dst) if d != e for a in d + e}
     axes = {a for a in axes if f"bw:{a}" in rates} or {
-        a for a in mesh.axis_names if f"bw:{a}" in rates}
+        a for a in mesh.axis_names if f"bw:{a}" in rates
+    }
     if not axes:
         return 0.0
     bw = min(rates[f"bw:{a}"] for a in axes)
@@ -115,8 +117,13 @@ def _moved(mesh: Mesh, t: TensorType, dims: Dims, partial: tuple[str, ...], dst:
     return moved + steps
 
 
-def _steps(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...]],
-           dst: Dims, local: float) -> float:
+def _steps(
+    shape: tuple[int, ...],
+    size: dict[str, int],
+    cur: list[tuple[str, ...]],
+    dst: Dims,
+    local: float,
+) -> float:
     """All-to-alls (a minor run of axes leaving dim i for the end of dim j), then gathers."""
     moved = 0.0
     again = True
@@ -125,7 +132,7 @@ def _steps(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ..
         for i, j, run in _runs(shape, size, cur, dst):
             n = _prod(size[a] for a in run)
             moved += local * (n - 1) / n
-            cur[i], cur[j] = cur[i][:-len(run)], cur[j] + run
+            cur[i], cur[j] = cur[i][: -len(run)], cur[j] + run
             again = True
             break
     for i, axes in enumerate(cur):
@@ -138,8 +145,9 @@ def _steps(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ..
     return moved
 
 
-def _runs(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...]],
-          dst: Dims) -> list[tuple[int, int, tuple[str, ...]]]:
+def _runs(
+    shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...]], dst: Dims
+) -> list[tuple[int, int, tuple[str, ...]]]:
     out = []
     for i, axes in enumerate(cur):
         for length in range(len(axes), 0, -1):
@@ -148,9 +156,12 @@ def _runs(shape: tuple[int, ...], size: dict[str, int], cur: list[tuple[str, ...
                 continue
             for j in range(len(cur)):
                 grown = cur[j] + run
-                if j != i and tuple(dst[j][:len(grown)]) == grown and \
-                        shape[i] % _prod(size[a] for a in axes) == 0 and \
-                        shape[j] % _prod(size[a] for a in grown) == 0:
+                if (
+                    j != i
+                    and tuple(dst[j][: len(grown)]) == grown
+                    and shape[i] % _prod(size[a] for a in axes) == 0
+                    and shape[j] % _prod(size[a] for a in grown) == 0
+                ):
                     out.append((i, j, run))
     return out
 
@@ -162,8 +173,9 @@ def _prod(xs: Any) -> int:
     return out
 
 
-def planner_moved(mesh: Mesh, t: TensorType, dims: Dims, partial: tuple[str, ...],
-                  dst: Dims) -> float:
+def planner_moved(
+    mesh: Mesh, t: TensorType, dims: Dims, partial: tuple[str, ...], dst: Dims
+) -> float:
     """The resharding planner's exact bytes for the same change (slow; for checks)."""
     from spmd import dispatch
 
@@ -171,7 +183,7 @@ def planner_moved(mesh: Mesh, t: TensorType, dims: Dims, partial: tuple[str, ...
 
 
 def describe_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{n:.0f} B"
@@ -179,7 +191,11 @@ def describe_bytes(n: float) -> str:
 
 def plan_rows(report: Any) -> list[str]:
     """The plan's simulated figures in one line each."""
-    return [(f"step time {report.step_time_s * 1e3:.3f} ms "
-             f"(compute {report.compute_time_s * 1e3:.3f} ms, "
-             f"collectives {report.collective_time_s * 1e3:.3f} ms)"),
-            f"peak memory {describe_bytes(report.peak_memory_bytes)} per device"]
+    return [
+        (
+            f"step time {report.step_time_s * 1e3:.3f} ms "
+            f"(compute {report.compute_time_s * 1e3:.3f} ms, "
+            f"collectives {report.collective_time_s * 1e3:.3f} ms)"
+        ),
+        f"peak memory {describe_bytes(report.peak_memory_bytes)} per device",
+    ]

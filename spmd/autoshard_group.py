@@ -77,10 +77,16 @@ def group_inputs(ops: list[Op]) -> tuple[int, ...]:
     return tuple(seen)
 
 
-def group_strategies(ops: list[Op], types: dict[int, TensorType], names: tuple[str, ...],
-                     sizes: tuple[int, ...], rates: dict[str, float],
-                     layouts: Callable[..., list[Dims]], make: Callable[..., object],
-                     escapes: set[int]) -> list:
+def group_strategies(
+    ops: list[Op],
+    types: dict[int, TensorType],
+    names: tuple[str, ...],
+    sizes: tuple[int, ...],
+    rates: dict[str, float],
+    layouts: Callable[..., list[Dims]],
+    make: Callable[..., object],
+    escapes: set[int],
+) -> list:
     """One strategy per even layout of the group's shape; a scalar operand stays replicated.
     Priced as the simulator's fusion: one pass over what the group reads from outside and
     what it gives outside (`escapes`), not a pass per op."""
@@ -88,7 +94,8 @@ def group_strategies(ops: list[Op], types: dict[int, TensorType], names: tuple[s
     inputs = group_inputs(ops)
     axis_size = dict(zip(names, sizes))
     touched = sum(types[v].nbytes for v in inputs) + sum(
-        types[v].nbytes for op in ops for v in op.outputs if v in escapes)
+        types[v].nbytes for op in ops for v in op.outputs if v in escapes
+    )
     out_bytes = sum(t.nbytes for op in ops for t in op.types)
     found = []
     for d in layouts(shape, names, sizes):
@@ -96,8 +103,7 @@ def group_strategies(ops: list[Op], types: dict[int, TensorType], names: tuple[s
         wants = tuple(d if types[v].shape == shape else ((),) * types[v].ndim for v in inputs)
         gives = tuple((d, ()) for op in ops for _ in op.outputs)
         label = "P(" + ", ".join("+".join(a) if a else "None" for a in d) + ")"
-        found.append(make(wants, gives, touched / shards / rates["hbm"], out_bytes / shards,
-                          label))
+        found.append(make(wants, gives, touched / shards / rates["hbm"], out_bytes / shards, label))
     return found
 
 

@@ -84,8 +84,10 @@ def layouts(shape: tuple[int, ...], names: tuple[str, ...], sizes: tuple[int, ..
     out: list[Dims] = []
     for assign in itertools.product(range(-1, len(shape)), repeat=len(names)):
         dims = [tuple(a for a, d in zip(names, assign) if d == i) for i in range(len(shape))]
-        ok = all(n % math.prod(sizes[names.index(a)] for a in axes) == 0 and (n > 1 or not axes)
-                 for n, axes in zip(shape, dims))
+        ok = all(
+            n % math.prod(sizes[names.index(a)] for a in axes) == 0 and (n > 1 or not axes)
+            for n, axes in zip(shape, dims)
+        )
         if ok:
             out.append(tuple(dims))
     return out
@@ -95,26 +97,37 @@ def local_bytes(t: TensorType, dims: Dims, axis_size: dict[str, int]) -> float:
     return t.nbytes / math.prod(axis_size[a] for d in dims for a in d)
 
 
-def op_strategies(op: Op, types: dict[int, TensorType], names: tuple[str, ...],
-                  sizes: tuple[int, ...], rates: dict[str, float]) -> list[Strategy]:
+def op_strategies(
+    op: Op,
+    types: dict[int, TensorType],
+    names: tuple[str, ...],
+    sizes: tuple[int, ...],
+    rates: dict[str, float],
+) -> list[Strategy]:
     """Each assignment of mesh axes to the op's factors that splits every dim evenly."""
     in_types = [types[v] for v in op.inputs]
     f = None if op.name in OPAQUE else REGISTRY[op.name].factors(*in_types, **op.attrs)
     axis_size = dict(zip(names, sizes))
     out_types = list(op.types)
     if f is None:  # no factor rule: run replicated (documented limit of this first version)
-        rep = Strategy(tuple(((),) * t.ndim for t in in_types),
-                       tuple((((),) * t.ndim, ()) for t in out_types),
-                       _op_time(op, in_types, out_types, {}, axis_size, rates, None), 0.0,
-                       "replicated")
+        rep = Strategy(
+            tuple(((),) * t.ndim for t in in_types),
+            tuple((((),) * t.ndim, ()) for t in out_types),
+            _op_time(op, in_types, out_types, {}, axis_size, rates, None),
+            0.0,
+            "replicated",
+        )
         return [rep]
     extent: dict[str, int] = {}
     for fdims, t in zip(f.operands + f.results, in_types + out_types):
         for factor, n in zip(fdims, t.shape):
             if factor is not None and n > 1:
                 extent[factor] = n
-    factors = [x for x in sorted(extent) if x not in f.blocked
-               and not (x in f.reduce and f.reduce_kind != "sum")]
+    factors = [
+        x
+        for x in sorted(extent)
+        if x not in f.blocked and not (x in f.reduce and f.reduce_kind != "sum")
+    ]
     found: list[Strategy] = []
     for assign in itertools.product([None, *factors], repeat=len(names)):
         fa = {x: tuple(a for a, y in zip(names, assign) if y == x) for x in factors}
@@ -133,14 +146,21 @@ def op_strategies(op: Op, types: dict[int, TensorType], names: tuple[str, ...],
     return found
 
 
-def _dims(fdims: tuple[str | None, ...], fa: dict[str, tuple[str, ...]],
-          shape: tuple[int, ...]) -> Dims:
+def _dims(
+    fdims: tuple[str | None, ...], fa: dict[str, tuple[str, ...]], shape: tuple[int, ...]
+) -> Dims:
     return tuple(fa.get(x, ()) if x is not None and n > 1 else () for x, n in zip(fdims, shape))
 
 
-def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
-             fa: dict[str, tuple[str, ...]], axis_size: dict[str, int],
-             rates: dict[str, float], f: object) -> float:
+def _op_time(
+    op: Op,
+    in_types: list[TensorType],
+    out_types: list[TensorType],
+    fa: dict[str, tuple[str, ...]],
+    axis_size: dict[str, int],
+    rates: dict[str, float],
+    f: object,
+) -> float:
     """A contraction is priced by its FLOPs at the chip's rate, anything else by the bytes
     it touches at memory bandwidth; both divided by the shards the strategy makes."""
     shards = math.prod(axis_size[a] for axes in fa.values() for a in axes)
@@ -150,8 +170,9 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
             extent.update({x: n for x, n in zip(fd, t.shape) if x is not None})
         # local extents; as the simulator's matmul unit: M (lhs free), N (rhs free) and K
         # (contracted) each a product, each padded to the systolic tile, batch not padded
-        local = {x: -(-n // math.prod(axis_size[a] for a in fa.get(x, ())))
-                 for x, n in extent.items()}
+        local = {
+            x: -(-n // math.prod(axis_size[a] for a in fa.get(x, ()))) for x, n in extent.items()
+        }
         lhs, rhs = set(f.operands[0]), set(f.operands[1])  # type: ignore[attr-defined]
         k_set = set(f.reduce)  # type: ignore[attr-defined]
         batch = (lhs & rhs) - k_set
@@ -166,10 +187,16 @@ def _op_time(op: Op, in_types: list[TensorType], out_types: list[TensorType],
     return touched / shards / rates["hbm"]
 
 
-def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
-                rates: dict[str, float], fixed: dict[int, Dims],
-                edge_time: Callable[..., float] | None = None,
-                memory_limit: float | None = None, tie: float = TIE) -> list[Node]:
+def build_nodes(
+    graph: Graph,
+    names: tuple[str, ...],
+    sizes: tuple[int, ...],
+    rates: dict[str, float],
+    fixed: dict[int, Dims],
+    edge_time: Callable[..., float] | None = None,
+    memory_limit: float | None = None,
+    tie: float = TIE,
+) -> list[Node]:
     """Parameters (all layouts, or the one the user fixed) then every top-level op, a
     pointwise chain as one node (spmd/autoshard_group.py), a scan with its body solved once
     where edge_time is given (spmd/autoshard_scan.py)."""
@@ -181,8 +208,16 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
         # argument is free the program should still receive it sliced (less to hold, nothing
         # to slice); a whole pass priced replicated weights out where the simulator charges
         # nothing (v5p 8x8x8 MLP 2.7x, CPU 2x4 MLP 1.2x the best hand plan)
-        strategies = [Strategy((), ((d, ()),), tie * local_bytes(t, d, axis_size) / rates["hbm"],
-                               local_bytes(t, d, axis_size), _spec(d)) for d in options]
+        strategies = [
+            Strategy(
+                (),
+                ((d, ()),),
+                tie * local_bytes(t, d, axis_size) / rates["hbm"],
+                local_bytes(t, d, axis_size),
+                _spec(d),
+            )
+            for d in options
+        ]
         nodes.append(Node(f"arg{i}", None, (v,), strategies))
     types = graph.types
     chains = groups(graph)
@@ -196,23 +231,37 @@ def build_nodes(graph: Graph, names: tuple[str, ...], sizes: tuple[int, ...],
         if op.name == "scan" and edge_time is not None:
             from spmd.autoshard_scan import scan_node
 
-            strategy, body = scan_node(op, names, sizes, rates, edge_time, build_nodes, solve,
-                                       Strategy, memory_limit)
+            strategy, body = scan_node(
+                op, names, sizes, rates, edge_time, build_nodes, solve, Strategy, memory_limit
+            )
             nodes.append(Node("scan", op, op.outputs, [strategy], op.inputs, (op,), body))
             continue
         if len(ops) == 1 and not pointwise(op, types):
-            nodes.append(Node(op.name, op, op.outputs, undominated(
-                op_strategies(op, types, names, sizes, rates)), op.inputs, (op,)))
+            nodes.append(
+                Node(
+                    op.name,
+                    op,
+                    op.outputs,
+                    undominated(op_strategies(op, types, names, sizes, rates)),
+                    op.inputs,
+                    (op,),
+                )
+            )
             continue
         # what the chain's fusion writes: results and values other nodes read
         escapes = {v for o in ops for v in o.outputs if readers.get(v, set()) - {k}}
-        strategies = group_strategies(ops, types, names, sizes, rates, layouts, Strategy,
-                                      escapes)
-        nodes.append(Node(f"{len(ops)} pointwise ops", op,
-                          tuple(v for o in ops for v in o.outputs), strategies,
-                          group_inputs(ops), tuple(ops)))
+        strategies = group_strategies(ops, types, names, sizes, rates, layouts, Strategy, escapes)
+        nodes.append(
+            Node(
+                f"{len(ops)} pointwise ops",
+                op,
+                tuple(v for o in ops for v in o.outputs),
+                strategies,
+                group_inputs(ops),
+                tuple(ops),
+            )
+        )
     return nodes
-
 
 
 def _spec(d: Dims) -> str:
@@ -227,7 +276,7 @@ def _edge(given: dict, want: dict, times: dict, cost: list[float], rows: Rows, n
     this local-marginal form is integral on trees, tight in practice); returns the new n."""
     if len(given) == 1 or len(want) == 1:  # one side is fixed: the other pays
         for (g, w), t in times.items():
-            for col in (want[w] if len(given) == 1 else given[g]):
+            for col in want[w] if len(given) == 1 else given[g]:
                 cost[col] += t
         return n
     index = {pair: n + m for m, pair in enumerate(times)}
@@ -239,9 +288,14 @@ def _edge(given: dict, want: dict, times: dict, cost: list[float], rows: Rows, n
     return n + len(times)
 
 
-def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tuple, Dims], float],
-          memory_limit: float | None, memory_of: Callable[[Node], bool],
-          time_limit_s: float = 60.0) -> Solution:
+def solve(
+    graph: Graph,
+    nodes: list[Node],
+    edge_time: Callable[[TensorType, tuple, Dims], float],
+    memory_limit: float | None,
+    memory_of: Callable[[Node], bool],
+    time_limit_s: float = 60.0,
+) -> Solution:
     """Build and solve the integer program; raises RuntimeError when HiGHS finds nothing."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
@@ -256,8 +310,14 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
     cost = [s.cost_s for node in nodes for s in node.strategies]
     rows: list[tuple[list[int], list[float], float, float]] = []
     for k, node in enumerate(nodes):  # one strategy per node
-        rows.append((list(range(offset[k], offset[k] + len(node.strategies))),
-                     [1.0] * len(node.strategies), 1.0, 1.0))
+        rows.append(
+            (
+                list(range(offset[k], offset[k] + len(node.strategies))),
+                [1.0] * len(node.strategies),
+                1.0,
+                1.0,
+            )
+        )
     edges = 0
     types = graph.types
     users: dict[int, list[tuple[int, int]]] = {}
@@ -287,10 +347,18 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
             n = _edge(given, wanted, times, cost, rows, n)
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:
-        cols = [offset[k] + s for k, node in enumerate(nodes) if memory_of(node)
-                for s in range(len(node.strategies))]
-        mem = [node.strategies[s].memory for node in nodes if memory_of(node)
-               for s in range(len(node.strategies))]
+        cols = [
+            offset[k] + s
+            for k, node in enumerate(nodes)
+            if memory_of(node)
+            for s in range(len(node.strategies))
+        ]
+        mem = [
+            node.strategies[s].memory
+            for node in nodes
+            if memory_of(node)
+            for s in range(len(node.strategies))
+        ]
         rows.append((cols, mem, 0.0, float(memory_limit)))
     r_idx, c_idx, vals = [], [], []
     for r, (cols, coefs, _, _) in enumerate(rows):
@@ -302,12 +370,27 @@ def solve(graph: Graph, nodes: list[Node], edge_time: Callable[[TensorType, tupl
     hi = np.array([row[3] for row in rows])
     integrality = np.zeros(n)
     integrality[:n_x] = 1
-    res = milp(np.array(cost), constraints=LinearConstraint(a, lo, hi), integrality=integrality,
-               bounds=Bounds(np.zeros(n), np.ones(n)),
-               options={"time_limit": time_limit_s, "disp": False})
+    res = milp(
+        np.array(cost),
+        constraints=LinearConstraint(a, lo, hi),
+        integrality=integrality,
+        bounds=Bounds(np.zeros(n), np.ones(n)),
+        options={"time_limit": time_limit_s, "disp": False},
+    )
     if res.x is None:
         raise RuntimeError(res.message)
-    choice = [int(np.argmax(res.x[offset[k]:offset[k] + len(node.strategies)]))
-              for k, node in enumerate(nodes)]
-    return Solution(nodes, choice, float(res.fun), n, len(rows), n_x, edges,
-                    time.perf_counter() - start, str(res.message))
+    choice = [
+        int(np.argmax(res.x[offset[k] : offset[k] + len(node.strategies)]))
+        for k, node in enumerate(nodes)
+    ]
+    return Solution(
+        nodes,
+        choice,
+        float(res.fun),
+        n,
+        len(rows),
+        n_x,
+        edges,
+        time.perf_counter() - start,
+        str(res.message),
+    )

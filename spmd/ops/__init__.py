@@ -16,6 +16,7 @@ from spmd.ops import (
     reduce,
     remat,
     shape,
+    slicing,
     sort,
     spmd_map,
 )
@@ -34,6 +35,7 @@ for _family in (
     elementwise,
     reduce,
     shape,
+    slicing,
     contract,
     index,
     control,

@@ -219,25 +219,12 @@ class _Run:
         k, params = self.chunk(tp)
         role = self.pick([0 if s is None else 1 if s.kind == FORWARD else 2 for s in row])
 
-        def idle(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
-            return (
-                lax.zeros_like(x_in),
-                lax.zeros_like(xs),
-                tree_map(lax.zeros_like, params),
-                lax.constant(np.float32(0)),
-            )
-
-        def run_forward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
-            y = self.stage_fn(params, x_in)
-            check_stage_output(y, x_in, 0)
-            return y, *idle(params, x_in, xs, ct)[1:]
-
         def run_backward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
             d_params, dx, loss = self.stage_backward(row, params, xs, ct)
             return lax.zeros_like(x_in), dx, d_params, loss
 
         y, dx, d_params, loss = control.switch(
-            role, [idle, run_forward, run_backward], params, x_in, xs, ct
+            role, [idle_slot, forward_slot(self.stage_fn), run_backward], params, x_in, xs, ct
         )
         self.accumulate(tp, k, d_params, loss)
         return y, dx
@@ -342,3 +329,24 @@ def _sum_unmentioned(g: Any, spec: PartitionSpec, grid: Mesh, axis: str) -> Any:
     named = {n for e in _axes_of(spec) for n in e}
     axes = tuple(a for a in grid.axis_names if a != axis and a not in named)
     return psum(g, axes) if axes else g
+
+
+def idle_slot(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
+    """A mixed tick's idle branch: zeros shaped like (y, dx, d_params, loss)."""
+    return (
+        lax.zeros_like(x_in),
+        lax.zeros_like(xs),
+        tree_map(lax.zeros_like, params),
+        lax.constant(np.float32(0)),
+    )
+
+
+def forward_slot(stage_fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    """A mixed tick's forward branch: the stage's output, zeros for the backward's results."""
+
+    def forward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
+        y = stage_fn(params, x_in)
+        check_stage_output(y, x_in, 0)
+        return y, *idle_slot(params, x_in, xs, ct)[1:]
+
+    return forward

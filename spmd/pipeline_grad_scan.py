@@ -15,8 +15,8 @@ import numpy as np
 from spmd import control, lax
 from spmd.autodiff import value_and_grad, vjp
 from spmd.collective_api import ppermute
-from spmd.pipeline_checks import check_stage_output, like
-from spmd.pipeline_grad import _masked_add, _masked_put, _Run, _slots
+from spmd.pipeline_checks import like
+from spmd.pipeline_grad import _masked_add, _masked_put, _Run, _slots, forward_slot, idle_slot
 from spmd.pipeline_schedule import BACKWARD, FORWARD
 from spmd.tracing import type_of
 from spmd.tree import tree_map
@@ -110,19 +110,6 @@ class ScanRun(_Run):
         starts_loss = lax.bitwise_and(self.last, lax.ge(row["loss"], zero))
         target = lax.dynamic_index_in_dim(self.target, lax.max(row["loss"], zero), keepdims=False)
 
-        def idle(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
-            return (
-                lax.zeros_like(x_in),
-                lax.zeros_like(xs),
-                tree_map(lax.zeros_like, params),
-                lax.constant(np.float32(0)),
-            )
-
-        def forward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
-            y = self.stage_fn(params, x_in)
-            check_stage_output(y, x_in, 0)
-            return y, *idle(params, x_in, xs, ct)[1:]
-
         def backward(params: Any, x_in: Any, xs: Any, ct: Any) -> Any:
             y, vjp_fn = vjp(self.stage_fn, params, xs)
             value, g = value_and_grad(self.loss_fn)(y, target)
@@ -142,7 +129,7 @@ class ScanRun(_Run):
 
         role = self.at(row["role"])[0]
         y, dx, d_params, added = control.switch(
-            role, [idle, forward, backward], params, x_in, xs, ct
+            role, [idle_slot, forward_slot(self.stage_fn), backward], params, x_in, xs, ct
         )
         doing_b = lax.eq(role, lax.constant(np.int32(2)))
         grads = tree_map(lambda g, d: _masked_add(g, d, k, doing_b), grads, d_params)

@@ -13,31 +13,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 
-import spmd
-import spmd.numpy as snp
 from spmd import NamedSharding, P, checkpoint, distributed
 
-STEPS = 8
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when run with runpy
+from train_resume import STEPS, placed, train_step  # the same model and step
+
 SPECS = {"w1": P(None, "model"), "b1": P("model"), "w2": P("model", None)}
-
-
-def loss_fn(params: dict, x: spmd.Array, y: spmd.Array) -> spmd.Array:
-    hidden = snp.tanh(x @ params["w1"] + params["b1"])
-    return snp.mean((hidden @ params["w2"] - y) ** 2)
-
-
-@spmd.jit
-def train_step(params: dict, x: spmd.Array, y: spmd.Array) -> tuple[dict, spmd.Array]:
-    loss, grads = spmd.value_and_grad(loss_fn)(params, x, y)
-    return spmd.tree_map(lambda p, g: p - 0.2 * g, params, grads), loss
-
-
-def placed(mesh: spmd.Mesh, value: np.ndarray, spec: P) -> spmd.Array:
-    sharding = NamedSharding(mesh, spec)
-    return distributed.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def main(argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """spmd.pipeline(unroll=False): the forward ticks as one lax.scan with the schedule table as
 data. Outputs and gradients equal the stages run in sequence (numpy oracle) for GPipe and
-interleaved (a last group smaller than the ring included) and on a 2x2x2 data x pipe x
-model mesh; the program does not grow with the number of microbatches (the unrolled one
+interleaved (a last group smaller than the ring included; the 2x2x2 data x pipe x model
+case is test_pipeline_gpipe.py's, run with unroll=False too); the program does not grow with the number of microbatches (the unrolled one
 does); its permute is named once, for every tick."""
 
 import numpy as np

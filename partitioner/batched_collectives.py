@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spmd import dtypes
-from spmd.ir.graph import Graph, Op
+from spmd.ir.graph import Op
 from spmd.mesh import axis_groups
 
 if TYPE_CHECKING:
@@ -216,65 +215,3 @@ def _permute(b: Batcher, op: Op, x: int) -> int:
 def _keep(b: Batcher, op: Op, x: int) -> int:
     """The collective stays in the batched program; `Batched.run_op` executes it."""
     return b.run_per_device(op, [x])[0]
-
-
-def unbucket(program: Graph) -> Graph:
-    """Split each all-reduce bucket (partitioner/combine.py: concatenate -> all_reduce ->
-    slices) back into one all-reduce per member. Batched, an all-reduce is a reduce and a
-    broadcast on the device axis, so a bucket only adds the concatenate's copy and strided
-    slices of the device-major result (copied again by their users); elementwise reduce
-    kinds commute with concatenation, so the values are the same."""
-    producers = program.producers
-    users = program.users()
-    results = set(program.results)
-    replaced: dict[int, list[Op]] = {}  # id of an op -> ops in its place (empty: dropped)
-    for op in program.ops:
-        split = _split_bucket(op, producers, users, results, program.types)
-        if split is None:
-            continue
-        concatenate, slices, members = split
-        replaced[id(concatenate)] = []
-        replaced[id(op)] = members
-        replaced.update({id(s): [] for s in slices})
-    if not replaced:
-        return program
-    ops = [new for op in program.ops for new in replaced.get(id(op), [op])]
-    return program.replace(ops=tuple(ops))
-
-
-def _split_bucket(
-    op: Op,
-    producers: dict[int, Op],
-    users: dict[int, list[Op]],
-    results: set[int],
-    types: dict[int, Any],
-) -> tuple[Op, list[Op], list[Op]] | None:
-    """(the concatenate, the slices, one all-reduce per piece) when `op` is a bucket whose
-    result is only read by slices that pick the pieces back out, else None."""
-    if op.name != "all_reduce" or op.attrs.get("kind", "sum") not in _REDUCE_KINDS:
-        return None
-    concatenate = producers.get(op.inputs[0])
-    if (
-        concatenate is None
-        or concatenate.name != "concatenate"
-        or len(users.get(concatenate.outputs[0], [])) != 1
-        or op.types[0].ndim != 1
-        or concatenate.outputs[0] in results
-        or op.outputs[0] in results
-    ):
-        return None
-    pieces, offset = {}, 0
-    for v in concatenate.inputs:
-        size = types[v].size
-        pieces[(offset, offset + size)] = v
-        offset += size
-    slices = users.get(op.outputs[0], [])
-    members = []
-    for s in slices:
-        if s.name != "slice" or tuple(s.attrs["strides"]) != (1,):
-            return None
-        bounds = (s.attrs["start_indices"][0], s.attrs["limit_indices"][0])
-        if bounds not in pieces:
-            return None
-        members.append(replace(op, inputs=(pieces[bounds],), outputs=s.outputs, types=s.types))
-    return concatenate, slices, members

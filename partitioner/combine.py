@@ -1,5 +1,7 @@
 """Collective optimisation: independent all-reduces over the same axes, kind and dtype
-are combined into one bucket (flatten, concatenate, one all-reduce, split back).
+are combined into one bucket (flatten, concatenate, one all-reduce, split back);
+`unbucket` is its inverse, for device batching. The subject of both is the all-reduce
+bucket pattern, so they name its ops.
 
 Members must not depend on each other. The program is re-scheduled so every member's
 input is computed before the bucket and every user of a member runs after it, so
@@ -9,6 +11,7 @@ data-parallel gradients cost one collective instead of one per parameter.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import MeshShape
@@ -16,6 +19,7 @@ from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 
 BUCKET_BYTES = 64 << 20  # a cap like XLA's all-reduce combiner threshold
+REDUCE_KINDS = ("sum", "max", "min", "prod")  # elementwise: they commute with concatenation
 
 
 def _descendants(ops: list[Op], start: int) -> set[int]:
@@ -155,3 +159,66 @@ def _bucket_ops(members: list[Op]) -> tuple[list[Op], CollectiveRecord]:
         group_size=first.attrs["group_size"],
     )
     return new, record
+
+
+def unbucket(program: Graph) -> Graph:
+    """Split each all-reduce bucket (`_bucket_ops`: concatenate -> all_reduce -> slices)
+    back into one all-reduce per member, for device batching (partitioner/device_batching.py).
+    Batched, an all-reduce is a reduce and a broadcast on the device axis, so a bucket only
+    adds the concatenate's copy and strided slices of the device-major result (copied again
+    by their users); elementwise reduce kinds commute with concatenation, so the values are
+    the same."""
+    producers = program.producers
+    users = program.users()
+    results = set(program.results)
+    replaced: dict[int, list[Op]] = {}  # id of an op -> ops in its place (empty: dropped)
+    for op in program.ops:
+        split = _split_bucket(op, producers, users, results, program.types)
+        if split is None:
+            continue
+        concatenate, slices, members = split
+        replaced[id(concatenate)] = []
+        replaced[id(op)] = members
+        replaced.update({id(s): [] for s in slices})
+    if not replaced:
+        return program
+    ops = [new for op in program.ops for new in replaced.get(id(op), [op])]
+    return program.replace(ops=tuple(ops))
+
+
+def _split_bucket(
+    op: Op,
+    producers: dict[int, Op],
+    users: dict[int, list[Op]],
+    results: set[int],
+    types: dict[int, Any],
+) -> tuple[Op, list[Op], list[Op]] | None:
+    """(the concatenate, the slices, one all-reduce per piece) when `op` is a bucket whose
+    result is only read by slices that pick the pieces back out, else None."""
+    if op.name != "all_reduce" or op.attrs.get("kind", "sum") not in REDUCE_KINDS:
+        return None
+    concatenate = producers.get(op.inputs[0])
+    if (
+        concatenate is None
+        or concatenate.name != "concatenate"
+        or len(users.get(concatenate.outputs[0], [])) != 1
+        or op.types[0].ndim != 1
+        or concatenate.outputs[0] in results
+        or op.outputs[0] in results
+    ):
+        return None
+    pieces, offset = {}, 0
+    for v in concatenate.inputs:
+        size = types[v].size
+        pieces[(offset, offset + size)] = v
+        offset += size
+    slices = users.get(op.outputs[0], [])
+    members = []
+    for s in slices:
+        if s.name != "slice" or tuple(s.attrs["strides"]) != (1,):
+            return None
+        bounds = (s.attrs["start_indices"][0], s.attrs["limit_indices"][0])
+        if bounds not in pieces:
+            return None
+        members.append(replace(op, inputs=(pieces[bounds],), outputs=s.outputs, types=s.types))
+    return concatenate, slices, members

@@ -23,13 +23,14 @@ stay unbatched: pad's value, gather's indices), with its attrs shifted by `attr_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from partitioner.batched_collectives import batch_collective, unbucket
+from partitioner.batched_collectives import batch_collective
+from partitioner.combine import unbucket
 from spmd import dtypes
 from spmd.errors import InternalError
 from spmd.interpreter import run_reference
@@ -81,6 +82,11 @@ class Batched:
 
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
     return tuple(d + 1 for d in dims)
+
+
+def _holds_per_device(op: Op) -> bool:
+    """Whether an op of op's sub-graphs depends on the device (a collective, axis_index)."""
+    return any(REGISTRY[s.name].has(Trait.PER_DEVICE) for sub in subgraphs(op) for s in sub.walk())
 
 
 class Batcher:
@@ -141,20 +147,17 @@ class Batcher:
     # -- one op ----------------------------------------------------------------------------
     def add(self, op: Op, ins: list[int]) -> list[int]:
         opdef = REGISTRY[op.name]
-        if any(REGISTRY[s.name].has(Trait.PER_DEVICE) for sub in subgraphs(op) for s in sub.walk()):
-            if op.name == "scan":
-                return self.scan(op, ins)
+        own = OWN_RULES.get(op.name)
+        if own is not None:
+            got = own(self, op, ins)
+            if got is not None:
+                return got
+        if _holds_per_device(op):
             raise NotBatchable(f"{op.name} holds collectives in its sub-graphs")
-        if op.name == "axis_index":
-            return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
         if opdef.has(Trait.COLLECTIVE):
             return [batch_collective(self, op, self.to_batched(ins[0]))]
         if not any(self.batched[v] for v in ins):
             return self.copy(op, ins)
-        if op.name == "scan":  # a backend runs a scan op natively: its body is batched too
-            return self.scan(op, ins)
-        if op.name == "dynamic_slice" and all(v in self.known for v in ins[1:]):
-            return [self.static_slices(op, ins)]
         attrs = with_leading_axis(opdef, op.attrs, self.n)
         shared = opdef.shared_operands or ()
         if attrs is None or any(self.batched[ins[i]] for i in shared):
@@ -164,10 +167,33 @@ class Batcher:
         self.fold(out, op, ins)
         return [out]
 
-    def scan(self, op: Op, ins: list[int]) -> list[int]:
-        """A scan on batched values: its body is batched too (a layer stack, its body
-        talking to other devices under tensor parallelism). xs and ys carry the scan dim first, so the device axis
-        moves to dim 1 inside the loop and back after it."""
+    # -- the ops this pass rewrites its own way (OWN_RULES): None falls back to the above --
+    def axis_index(self, op: Op, ins: list[int]) -> list[int]:
+        """Each device's index in its group: a constant over the device axis."""
+        return [self.constant(self.group_indices(op.attrs["axes"]), batched=True)]
+
+    def broadcast(self, op: Op, ins: list[int]) -> list[int] | None:
+        """An unbatched broadcast is remembered, so that `to_batched` of its result is one
+        broadcast of its source."""
+        if self.batched[ins[0]]:
+            return None
+        outs = self.copy(op, ins)
+        self.broadcasts[outs[0]] = (ins[0], tuple(op.attrs["broadcast_dimensions"]))
+        return outs
+
+    def dynamic_slice(self, op: Op, ins: list[int]) -> list[int] | None:
+        """With starts known now (the partitioner's axis_index * size): static slices."""
+        if not any(self.batched[v] for v in ins) or not all(v in self.known for v in ins[1:]):
+            return None
+        return [self.static_slices(op, ins)]
+
+    def scan(self, op: Op, ins: list[int]) -> list[int] | None:
+        """A scan on batched values, or whose body talks to other devices (a layer stack
+        under tensor parallelism): its body is batched too, since a backend runs a scan op
+        natively. xs and ys carry the scan dim first, so the device axis moves to dim 1
+        inside the loop and back after it."""
+        if not _holds_per_device(op) and not any(self.batched[v] for v in ins):
+            return None
         a = op.attrs
         fixed = a["num_consts"] + a["num_carry"]
         body = batch_program(a["body"], self.axis_names, self.mesh_shape)
@@ -203,8 +229,6 @@ class Batcher:
         for v, t in zip(outs, op.types):
             self.types[v] = t
             self.batched[v] = False
-        if op.name == "broadcast_in_dim":
-            self.broadcasts[outs[0]] = (ins[0], tuple(op.attrs["broadcast_dimensions"]))
         if len(outs) == 1:
             self.fold(outs[0], op, ins)
         return list(outs)
@@ -212,11 +236,6 @@ class Batcher:
     def fold(self, out: int, op: Op, ins: list[int]) -> None:
         """Compute small values that depend only on known values (start indices)."""
         if subgraphs(op) or not all(v in self.known for v in ins):
-            return
-        if op.name == "constant":
-            value = np.asarray(op.attrs["value"])
-            if value.size <= KNOWN_MAX_ELEMENTS:
-                self.known[out] = value
             return
         if self.per_device_type(out).size > KNOWN_MAX_ELEMENTS:
             return
@@ -279,6 +298,15 @@ class Batcher:
             for i, m in enumerate(members):
                 out[m] = i
         return out
+
+
+# The ops device batching rewrites its own way, tried before the generic rule.
+OWN_RULES: dict[str, Callable[[Batcher, Op, list[int]], list[int] | None]] = {
+    "axis_index": Batcher.axis_index,
+    "broadcast_in_dim": Batcher.broadcast,
+    "dynamic_slice": Batcher.dynamic_slice,
+    "scan": Batcher.scan,
+}
 
 
 def batch_program(program: Graph, axis_names: Sequence[str], mesh_shape: Sequence[int]) -> Batched:

@@ -14,20 +14,24 @@ from op_name_branches import op_names, scan
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Passes whose subject is one op: the op they rewrite, by name, is their pattern.
+# Passes whose subject is one op (or one pattern of ops): matching those ops by name is the
+# pass, not a fact about them that belongs on their OpDef.
 SUBJECTS = {
-    "spmd/passes/simplify.py": {"neg", "transpose", "dot_general", "reshape"},  # rule patterns
+    # peephole identities: each rule is keyed by op in a RuleTable and matches its producer
+    # (neg of neg, transpose of transpose or of a dot, reshape of reshape)
+    "spmd/passes/simplify.py": {"neg", "transpose", "dot_general", "reshape"},
+    # merges sibling scans over the same xs and prunes a scan's unread ys
     "spmd/passes/scan_merge.py": {"scan"},
+    # inlines remat regions and drops checkpoint_name markers
     "spmd/passes/inline_remat.py": {"remat", "checkpoint_name"},
-    "partitioner/combine.py": {"all_reduce"},
+    # the all-reduce combiner and its inverse (concatenate -> all_reduce -> slices)
+    "partitioner/combine.py": {"all_reduce", "concatenate", "slice"},
 }
 # Files other helpers were converting in the same session (issue 16): lines that branch,
 # at most; the numbers only go down.
 PENDING = {
     "backends/tpu_sim/simulate.py": 9,
     "backends/tpu_sim/units.py": 4,
-    "partitioner/device_batching.py": 6,
-    "partitioner/batched_collectives.py": 3,
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from launch.stacked import StackedProgram
-from partitioner.batched_collectives import unbucket
+from partitioner.combine import unbucket
 from partitioner.combine import combine_all_reduces
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType

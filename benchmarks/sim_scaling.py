@@ -132,7 +132,7 @@ def time_abstract_step(chip: str, shape: tuple[int, int], config: Config) -> dic
     traced = time.perf_counter()
     compiled = lowered.compile()
     partitioned = time.perf_counter()
-    report = compiled.simulate()
+    report = compiled.simulate(check_memory=False)  # peak HBM is a column, not a gate
     done = time.perf_counter()
     return {
         "trace_s": traced - start,

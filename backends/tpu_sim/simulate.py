@@ -52,6 +52,7 @@ class Simulator:
         self.notes: list[str] = []
         self._units: dict[int, list[Unit]] = {}
         self._events: dict[int, int] = {}
+        self._deps: dict[int, tuple[list[list[int]], list[int], list[tuple[float, int]]]] = {}
         self._repeat = 1  # events stand for this many executions (collapsed scans)
 
     # -- units -----------------------------------------------------------------------------
@@ -99,26 +100,48 @@ class Simulator:
         """
         ready = dict(zip(graph.params, ready_in))
         units = self.units(graph)
-        order = self._order(units, ready) if self.overlap else range(len(units))
+        order = self._order(graph, units, ready) if self.overlap else range(len(units))
         for i in order:
             self._run_unit(units[i], ready)
         return [ready.get(v, 0.0) for v in graph.results]
 
     def _run_unit(self, unit: Unit, ready: dict[int, float]) -> None:
-        start = max((ready.get(v, 0.0) for v in unit.inputs), default=0.0)
         if unit.op is not None:
             outs = self.control(unit.op, [ready.get(v, 0.0) for v in unit.op.inputs])
             ready.update(zip(unit.op.outputs, outs))
             return
-        if unit.time <= 0.0 and unit.flops <= 0.0:
-            ready.update(dict.fromkeys(unit.outputs, start))
-            return
-        ready.update(dict.fromkeys(unit.outputs, self.emit(unit, start)))
+        get = ready.get
+        start = max([get(v, 0.0) for v in unit.inputs]) if unit.inputs else 0.0
+        if unit.time > 0.0 or unit.flops > 0.0:
+            start = self.emit(unit, start)
+        for v in unit.outputs:
+            ready[v] = start
 
-    def _order(self, units: list[Unit], ready: dict[int, float]) -> Iterator[int]:
+    def _order(self, graph: Graph, units: list[Unit], ready: dict[int, float]) -> Iterator[int]:
         """Units in list-schedule order: of those whose producers have run, the one whose
         inputs are ready first (program order breaks ties). Yields lazily: a unit's ready
         time is read off the timeline once its producers have been scheduled."""
+        users, counts, roots = self._dependencies(graph, units)
+        waiting = list(counts)
+        heap = list(roots)
+        while heap:
+            _, i = heapq.heappop(heap)
+            yield i
+            for j in users[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    start = max((ready.get(v, 0.0) for v in units[j].inputs), default=0.0)
+                    heapq.heappush(heap, (start, j))
+
+    def _dependencies(
+        self, graph: Graph, units: list[Unit]
+    ) -> tuple[list[list[int]], list[int], list[tuple[float, int]]]:
+        """Per unit: the units that read it, how many units it waits for, and the heap of
+        units that wait for none; built once per graph (a scan body is scheduled per
+        iteration)."""
+        key = id(graph)
+        if key in self._deps:
+            return self._deps[key]
         producer: dict[int, int] = {}
         for i, u in enumerate(units):
             for v in u.op.outputs if u.op is not None else u.outputs:
@@ -132,14 +155,8 @@ class Simulator:
                 users[d].append(i)
         heap = [(0.0, i) for i, w in enumerate(waiting) if w == 0]
         heapq.heapify(heap)
-        while heap:
-            _, i = heapq.heappop(heap)
-            yield i
-            for j in users[i]:
-                waiting[j] -= 1
-                if waiting[j] == 0:
-                    start = max((ready.get(v, 0.0) for v in units[j].inputs), default=0.0)
-                    heapq.heappush(heap, (start, j))
+        self._deps[key] = (users, waiting, heap)
+        return users, waiting, heap
 
     def emit(self, unit: Unit, start: float) -> float:
         """Put one unit on the timeline and into its report row; returns its end time."""

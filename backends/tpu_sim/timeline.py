@@ -19,7 +19,7 @@ STREAMS = ("compute", "ici")
 COMM_CATEGORIES = frozenset({"collective", "communication", "ici", "send", "recv"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One span on one device's stream; times in seconds."""
 
@@ -78,7 +78,14 @@ class Timeline:
         ready: float = 0.0,
     ) -> Event:
         """Append an event on `device` starting once its stream is free and at >= `ready`."""
-        return self.add_group([device], name, duration, category, args, ready)[0]
+        if duration < 0:
+            self._negative(name, duration)
+        stream = "ici" if category in COMM_CATEGORIES else "compute"
+        start = max(ready, self._earliest(device, stream))
+        event = Event(device, stream, name, start, duration, category, dict(args or {}))
+        self._free[device][stream] = event.end
+        self.events.append(event)
+        return event
 
     def add_group(
         self,
@@ -91,10 +98,7 @@ class Timeline:
     ) -> list[Event]:
         """One synchronised event across `devices` (a collective): all start together."""
         if duration < 0:
-            raise SimulationError(
-                f"event {name!r} has negative duration {duration!r}",
-                hint="durations are seconds >= 0",
-            )
+            self._negative(name, duration)
         devices = list(devices)
         stream = self._stream(category)
         start = max([ready, *(self._earliest(d, stream) for d in devices)])
@@ -105,6 +109,12 @@ class Timeline:
             self.events.append(event)
             events.append(event)
         return events
+
+    def _negative(self, name: str, duration: float) -> None:
+        raise SimulationError(
+            f"event {name!r} has negative duration {duration!r}",
+            hint="durations are seconds >= 0",
+        )
 
     def device_end(self, device: int) -> float:
         """When `device`'s last event finishes."""

@@ -1,28 +1,16 @@
 """NullCommunicator: records every collective and returns right-shaped arrays without moving bytes.
 
-For compile-only tests. Imports nothing of ours except collectives.base.
+For compile-only tests. Imports nothing of ours except collectives.base and the record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from collectives.base import Axes, Communicator, all_to_all_shape, block, gathered_shape
-
-
-@dataclass(frozen=True)
-class CollectiveRecord:
-    """One recorded collective call."""
-
-    kind: str
-    axes: Axes
-    bytes: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    where: str | None = None
+from spmd.collective_record import CollectiveRecord
 
 
 class NullCommunicator(Communicator):
@@ -37,10 +25,13 @@ class NullCommunicator(Communicator):
     def _record(self, kind: str, x: np.ndarray | None, axes: Axes, where: str | None) -> int:
         """Appends a record; returns the group size."""
         shape = () if x is None else tuple(x.shape)
-        dtype = np.dtype(np.uint8) if x is None else x.dtype
+        dtype = "uint8" if x is None else x.dtype.name
         nbytes = 0 if x is None else int(x.nbytes)
-        self.records.append(CollectiveRecord(kind, axes, nbytes, shape, dtype, where))
-        return self.group_size(axes)
+        size = self.group_size(axes)
+        self.records.append(
+            CollectiveRecord(kind, axes, nbytes, shape, dtype, where, group_size=size)
+        )
+        return size
 
     def _all_reduce(self, x: np.ndarray, axes: Axes, op: str, where: str | None) -> np.ndarray:
         if self._record("all_reduce", x, axes, where) == 1:

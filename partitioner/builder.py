@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import AxisTuple, MeshShape
+from spmd.collective_record import CollectiveRecord
 from spmd.errors import InternalError
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import MeshShape
+from spmd.collective_record import CollectiveRecord
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from partitioner.collective_report import CollectiveRecord
 from partitioner.spec import AxisTuple, ShardSpec
+from spmd.collective_record import CollectiveRecord
 from spmd.ir.graph import Graph, Op
 
 if TYPE_CHECKING:

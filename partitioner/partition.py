@@ -15,7 +15,6 @@ from typing import Any
 
 from partitioner.builder import ProgramBuilder
 from partitioner.choose import choose_factor_axes
-from partitioner.collective_report import CollectiveRecord
 from partitioner.combine import combine_all_reduces
 from partitioner.control import partition_cond, partition_scan, partition_while
 from partitioner.gathering import gather_own_rows, scatter_local_rows
@@ -25,6 +24,7 @@ from partitioner.reshard import IDENTITY, ReplicationWarning, mask_padding, resh
 from partitioner.slicing import realign_concat, realign_pad, realign_slice
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type, padded_dims
 from spmd import config
+from spmd.collective_record import CollectiveRecord
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.verifier import verify

@@ -88,7 +88,7 @@ def test_null_transport_records_calls_and_returns_right_shapes(mesh_shape, axis_
             if len(members) == 1:
                 np.testing.assert_array_equal(got, want)
             record = comm.records[-1]
-            assert (record.kind, record.axes, record.where) == (case.kind, axes, "f.py:1")
+            assert (record.kind, record.axes, record.loc) == (case.kind, axes, "f.py:1")
             assert (record.shape, record.dtype, record.bytes) == (x.shape, x.dtype, x.nbytes)
     comm.barrier()
     assert comm.records[-1].kind == "barrier"

@@ -1,5 +1,7 @@
-"""One record per collective the partitioner inserts: what, over which axes, how many
-bytes, for which user line, and why. No reason, no collective."""
+"""One record per collective: what, over which axes, how many bytes, for which user line,
+and why. The partitioner writes one for each collective it inserts (no reason, no
+collective); a `NullCommunicator` (collectives/null.py) one for each call it sees. Core, so
+that both layers import it (docs/architecture.md); it imports nothing of ours."""
 
 from __future__ import annotations
 
@@ -9,15 +11,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class CollectiveRecord:
-    """bytes: the per-device operand payload (the buffer one device feeds in, as XLA counts)."""
+    """bytes: the per-device operand payload (the buffer one device feeds in, as XLA counts);
+    loc: the user's line (None where a runtime call names none)."""
 
     kind: str
     axes: tuple[str, ...]
     bytes: int
     shape: tuple[int, ...]
     dtype: str
-    loc: str
-    reason: str
+    loc: str | None = None
+    reason: str = ""
     value: int = field(default=0, repr=False, compare=False)  # the collective's output id
     group_size: int = field(default=1, compare=False)
 

@@ -1,0 +1,164 @@
+"""Issue 20, the irregular model: a mixture-of-experts transformer (spmd/nn_moe.py), where the
+expert weights [E, d, f] want their expert dim sharded and the tokens their group dim, with an
+all-to-all between. autoshard's plan against the uniform hand plans (DP, FSDP, Megatron TP,
+DP x TP, FSDP x TP: each expert's [d, f] laid out as a dense FFN's, the expert dim replicated)
+and against expert parallelism (experts over the mesh, tokens over the mesh, the dense
+weights replicated: GShard's plan): simulated step time, peak memory, search time.
+
+    python -m benchmarks.autoshard_moe          # tpu-sim v5e 16x16
+    python -m benchmarks.autoshard_moe v5p      # tpu-sim v5p 8x8x8
+    python -m benchmarks.autoshard_moe cpu      # the CPU 2x4 mesh
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import spmd
+import spmd.nn_moe
+import spmd.numpy as snp
+import spmd.sim
+from benchmarks.autoshard import hand_reports, report, roles
+from spmd.api import ShapeDtypeStruct as S
+from spmd.sharding import P
+
+LAYERS = 1
+AUX = 0.01  # weight of the load-balancing loss
+
+
+def attention(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
+    h = spmd.nn.standardize(x)
+    q = snp.einsum("bsd,dhk->bshk", h, wq)
+    k = snp.einsum("bsd,dhk->bshk", h, wk)
+    v = snp.einsum("bsd,dhk->bshk", h, wv)
+    scores = snp.einsum("bshk,bthk->bhst", q, k)
+    out = snp.einsum("bhst,bthk->bshk", spmd.nn.softmax(scores, axis=-1), v)
+    return x + snp.einsum("bshk,hkd->bsd", out, wo)
+
+
+def moe_layer(x: Any, router: Any, w_in: Any, w_out: Any) -> Any:
+    """A pre-norm residual MoE feed-forward (top-2, capacity factor 1.25): each sequence of
+    x [batch, seq, d] is one routing group."""
+    h = spmd.nn.standardize(x)
+    return x + spmd.nn_moe.moe(h, router, w_in, w_out, top_k=2)
+
+
+def moe_loss(weights: tuple, x: Any, y: Any) -> Any:
+    """LAYERS blocks of attention + MoE; squared error against y plus the balancing loss."""
+    aux = 0.0
+    for i in range(LAYERS):
+        wq, wk, wv, wo, router, w_in, w_out = weights[7 * i : 7 * i + 7]
+        x = attention(x, wq, wk, wv, wo)
+        aux = aux + spmd.nn_moe.load_balance_loss(spmd.nn.standardize(x), router)
+        x = moe_layer(x, router, w_in, w_out)
+    return snp.mean((x - y) ** 2) + AUX * aux
+
+
+def moe_step(x: Any, y: Any, *weights: Any) -> tuple:
+    """One SGD training step (forward, backward, update): the new weights."""
+    grads = spmd.grad(moe_loss)(weights, x, y)
+    return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
+
+
+def layer_shapes(b: int, s: int, d: int, experts: int, f: int) -> list[tuple[int, ...]]:
+    return [(b, s, d), (d, experts), (experts, d, f), (experts, f, d)]
+
+
+def step_shapes(b: int, s: int, d: int, heads: int, experts: int, f: int) -> list:
+    k = d // heads
+    attn = [(d, heads, k), (d, heads, k), (d, heads, k), (heads, k, d)]
+    return [(b, s, d), (b, s, d), *(attn + layer_shapes(b, s, d, experts, f)[1:]) * LAYERS]
+
+
+def plans(dp: tuple[str, ...], tp: tuple[str, ...], splits: int = 1) -> dict[str, dict]:
+    """Hand plans for the layer and the step. Uniform: each role's spec from
+    benchmarks/autoshard.py's roles, an expert's [d, f] as a column-parallel weight and its
+    [f, d] as a row-parallel one (the expert dim replicated), the router column-parallel.
+    Expert parallelism (EP): experts and tokens over every axis, the rest replicated."""
+    out: dict[str, dict] = {"layer": {}, "step": {}}
+    tag = f" {'.'.join(dp)}|{'.'.join(tp)}" if splits > 1 else ""
+    for name, (act, col, row) in roles(dp, tp).items():
+        key = name if name in ("DP", "FSDP", "Megatron TP") else name + tag
+        wo = row
+        w2 = P(*row[:1], *row[2:]) if len(row) > 2 else row
+        layer = [col, P(None, *col), P(None, *w2)]
+        out["layer"][key] = [act, *layer]
+        out["step"][key] = [act, act, *([col, col, col, wo] + layer) * LAYERS]
+    a = dp + tp
+    out["layer"]["EP"] = [P(a), P(), P(a), P(a)]
+    out["step"]["EP"] = [P(a), P(a), *([P()] * 5 + [P(a), P(a)]) * LAYERS]
+    return out
+
+
+MESHES = {
+    "v5e": ((16, 16), ("data", "model"), "tpu-sim:v5e", [(("data",), ("model",))]),
+    "v5p": (
+        (8, 8, 8),
+        ("x", "y", "z"),
+        "tpu-sim:v5p",
+        [(("x", "y"), ("z",)), (("x",), ("y", "z"))],
+    ),
+    "cpu": ((2, 4), ("data", "model"), None, [(("data",), ("model",))]),
+}
+# batch, seq, d_model, heads, experts, d_ff per mesh: one expert per chip (GShard's layout)
+SIZES = {
+    "v5e": (256, 512, 1024, 16, 256, 2048),
+    "v5p": (512, 512, 1024, 16, 512, 2048),
+    "cpu": (8, 16, 16, 2, 8, 32),
+}
+
+
+def compare(name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list]) -> dict:
+    reports = hand_reports(f, mesh, shapes, hand)
+    start = time.perf_counter()
+    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh, time_limit_s=600.0)
+    wall = time.perf_counter() - start
+    best = min(reports, key=lambda k: reports[k].step_time_s)
+    return {"name": name, "hand": reports, "plan": plan, "wall": wall, "best": best}
+
+
+def summary(r: dict) -> str:
+    """The ratios the issue asks for: vs the best uniform plan and vs expert parallelism."""
+    t = r["plan"].report.step_time_s
+    uniform = {k: v.step_time_s for k, v in r["hand"].items() if not k.startswith("EP")}
+    ep = {k: v.step_time_s for k, v in r["hand"].items() if k.startswith("EP")}
+    bu, be = min(uniform, key=uniform.get), min(ep, key=ep.get)
+    return (
+        f"  autoshard {t * 1e3:.3f} ms: / best uniform ({bu}) {t / uniform[bu]:.3f}, "
+        f"/ best expert parallel ({be}) {t / ep[be]:.3f}; search {r['plan'].search_s:.1f} s"
+    )
+
+
+def main() -> None:
+    kind = sys.argv[1] if len(sys.argv) > 1 else "v5e"
+    shape, names, device, splits = MESHES[kind]
+    mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
+    b, s, d, heads, experts, f = SIZES[kind]
+    hand: dict[str, dict] = {"layer": {}, "step": {}}
+    for dp, tp in splits:
+        for k, v in plans(dp, tp, len(splits)).items():
+            hand[k].update(v)
+    programs = [
+        (
+            f"MoE layer b{b} s{s} d{d} E{experts} f{f} top-2",
+            moe_layer,
+            layer_shapes(b, s, d, experts, f),
+            hand["layer"],
+        ),
+        (
+            f"MoE training step, {LAYERS} layer(s) attention + MoE",
+            moe_step,
+            step_shapes(b, s, d, heads, experts, f),
+            hand["step"],
+        ),
+    ]
+    for name, fn, shapes, plans_ in programs:
+        r = compare(name, fn, mesh, shapes, plans_)
+        report(r, kind)
+        print(summary(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

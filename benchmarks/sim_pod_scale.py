@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,6 @@ def published_rows() -> None:
 def attention_rows() -> None:
     """Layers of an 8B-like model (MHA) at sequence 8192: fused attention vs the unfused
     einsum-softmax-einsum whose S x S scores go through HBM."""
-    from dataclasses import replace
-
     base = replace(
         MAXTEXT_1B,
         name="seq8192",
@@ -89,11 +88,33 @@ def attention_rows() -> None:
         )
 
 
+# TensorCores per device of libtpu's deviceless topology, as a fraction of a chip: v4's lists
+# each of a chip's two TensorCores as a device (v4:2x2x1 has 8 devices of num_cores 1), the
+# other chips one device per chip (v5p:2x2x1: 4 devices of num_cores 2, megacore)
+LIBTPU_DEVICE_SHARE = {"v4": 0.5}
+
+
+def libtpu_chip(name: str) -> Any:
+    """The simulator's chip cut down to what one device of libtpu's topology is."""
+    chip = load_chip(name)
+    share = LIBTPU_DEVICE_SHARE.get(name, 1.0)
+    if share == 1.0:
+        return chip
+    return replace(
+        chip,
+        peak_flops_bf16=chip.peak_flops_bf16 * share,
+        peak_flops_int8=chip.peak_flops_int8 * share,
+        peak_flops_f32=chip.peak_flops_f32 * share,
+        hbm_bandwidth=chip.hbm_bandwidth * share,
+        vpu_elements_per_cycle=chip.vpu_elements_per_cycle * share,
+    )
+
+
 def libtpu_rows(folder: Path) -> None:
     """Geomean of simulated / libtpu seconds per op class, calibrated and at 100% of spec."""
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
-        chip = load_chip(path.stem)
+        chip = libtpu_chip(path.stem)
         ratios: dict[tuple[str, bool], list[float]] = {}
         for row in data["rows"]:
             truth = row["cycles"] / chip.clock_hz

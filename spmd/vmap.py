@@ -1,11 +1,12 @@
 """spmd.vmap: JAX's vectorizing map, as a tracing transform over the op registry.
 
 f is traced once on one example's types into a graph; the graph is then replayed on the
-batched values, each op by its batching rule: elementwise ops (their factor rule maps every
-dim to itself) run on the batched operands as they are, shape ops and contractions shift
-their dim attributes past the batch dim, and any other op (gather, sort, control flow,
-collectives...) runs once per example and the results are stacked. Every op is bound with
-spmd.lax, so vmap composes with jit, grad and sharded arrays. The batch dim is kept first.
+batched values, each op by its batching rule (spmd/vmap_rules.py): an op whose OpDef says
+it batches (`shared_operands`: elementwise ops, shape ops, reductions, contractions, sort...)
+runs once on the batched operands with its dim attributes shifted past the batch dim, as
+device batching runs it; any other op (control flow, scatter, collectives...) runs once per
+example and the results are stacked. Every op is bound with spmd.lax, so vmap composes with
+jit, grad and sharded arrays. The batch dim is kept first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.tracing import bind, describe_loc, loc_scope, type_of
 from spmd.tree import tree_flatten, tree_unflatten
+from spmd.vmap_rules import batch, named_axis_collective
 
 Value = tuple[Any, bool]  # (value, has the batch dim first)
 
@@ -194,8 +196,6 @@ def replay_batched(
 ) -> list[Value]:
     """Run `graph` (traced on one example) on batched inputs: (value, batched) per result.
     Collectives over `axis_name` become reductions over the batch dim."""
-    from spmd.vmap_rules import named_axis_collective
-
     env: dict[int, Value] = dict(zip(graph.params, ins))
     for op in graph.ops:
         args = [env[v] for v in op.inputs]
@@ -213,32 +213,10 @@ def _batch_op(op: Op, args: list[Value], size: int) -> list[Value]:
     if not any(b for _, b in args):
         out = bind(op.name, *[v for v, _ in args], **attrs)
         return [(o, False) for o in _as_list(out)]
-    from spmd.vmap_rules import RULES, elementwise
-
-    if op.name in RULES:
-        got = RULES[op.name](args, attrs, size)
-    elif _is_elementwise(op.name):
-        got = elementwise(op.name, args, attrs, size)
-    else:
-        got = None
+    got = batch(op.name, args, attrs, size)
     if got is not None:
         return [(o, True) for o in _as_list(got)]
     return _per_example(op, args, attrs, size)
-
-
-def _is_elementwise(name: str) -> bool:
-    from spmd.ops import REGISTRY
-    from spmd.ops.elementwise import elementwise_factors
-
-    collective = name in (
-        "all_reduce",
-        "collective_permute",
-        "all_gather",
-        "all_to_all",
-        "reduce_scatter",
-        "sharding_constraint",
-    )
-    return REGISTRY[name].factors is elementwise_factors and not collective
 
 
 def _per_example(op: Op, args: list[Value], attrs: dict[str, Any], size: int) -> list[Value]:

@@ -1,6 +1,13 @@
-"""Batching rules of spmd.vmap, one per op name: the op on operands whose first dim is the
-batch (unbatched operands are broadcast to it first). A rule returns the batched results, or
-None to fall back to running the op once per example. Ops without a rule fall back too.
+"""Batching rules of spmd.vmap: an op on operands whose first dim is the batch (unbatched
+operands are broadcast to it first). A rule returns the batched results, or None to fall back
+to running the op once per example.
+
+The rule of most ops is their registry facts, the same ones device batching uses
+(partitioner/device_batching.py): an op with `shared_operands` runs once over the batch, its
+attributes shifted by `attr_kinds` (spmd/ops/attrs.py with_leading_axis), its shared operands
+unbatched. RULES holds what vmap does better than that, per op: a dot_general or gather with
+one batched side batches without broadcasting the other, and a sharding constraint gains a
+replicated batch dim.
 """
 
 from __future__ import annotations
@@ -9,8 +16,13 @@ from collections.abc import Callable
 from typing import Any
 
 from spmd import lax
+from spmd.errors import ShapeError
+from spmd.ir.graph import Op
 from spmd.ir.types import TensorType
-from spmd.tracing import bind, type_of
+from spmd.ops import REGISTRY
+from spmd.ops.attrs import with_leading_axis
+from spmd.sharding import ShardingAttr
+from spmd.tracing import bind, describe_loc, type_of
 
 Args = list[tuple[Any, bool]]
 Rule = Callable[[Args, dict[str, Any], int], Any]
@@ -24,38 +36,36 @@ def _batched(v: Any, b: bool, size: int) -> Any:
     return lax.broadcast_in_dim(v, (size, *t.shape), tuple(range(1, t.ndim + 1)))
 
 
-def _all(args: Args, size: int) -> list[Any]:
-    return [_batched(v, b, size) for v, b in args]
+def batch(name: str, args: Args, attrs: dict[str, Any], size: int) -> Any:
+    """The op batched: its own rule in RULES, else its registry facts; None: per example."""
+    rule = RULES.get(name)
+    if rule is not None:
+        return rule(args, attrs, size)
+    return leading_axis(name, args, attrs, size)
 
 
-def elementwise(name: str, args: Args, attrs: dict[str, Any], size: int) -> Any:
-    """Same-shape operands: the batch dim is one more dim mapped to itself."""
-    return bind(name, *_all(args, size), **attrs)
+def leading_axis(name: str, args: Args, attrs: dict[str, Any], size: int) -> Any:
+    """The op once over the batch dim, by its OpDef (as device batching runs it)."""
+    opdef = REGISTRY[name]
+    shifted = with_leading_axis(opdef, attrs, size)
+    shared = opdef.shared_operands or ()
+    if shifted is None or any(args[i][1] for i in shared):
+        return None
+    operands = [v if i in shared else _batched(v, b, size) for i, (v, b) in enumerate(args)]
+    return bind(name, *operands, **shifted)
 
 
 def _shift(dims: Any) -> tuple[int, ...]:
     return tuple(int(d) + 1 for d in dims)
 
 
-def _unary(name: str, fix: Callable[[dict[str, Any], Any], dict[str, Any]]) -> Rule:
-    def rule(args: Args, attrs: dict[str, Any], size: int) -> Any:
-        (x, b), *rest = args
-        if any(rb for _, rb in rest):
-            return None
-        x = _batched(x, b, size)
-        return bind(name, x, *[v for v, _ in rest], **fix(attrs, x))
-
-    return rule
-
-
 def _dot_general(args: Args, attrs: dict[str, Any], size: int) -> Any:
     """Both batched: a new batch dim; one batched: its batch dim is a free dim, moved first."""
     (lhs, lb_), (rhs, rb_) = args
+    if lb_ and rb_:
+        return leading_axis("dot_general", args, attrs, size)
     (lc, rc), (lb, rb) = attrs["dimension_numbers"]
     pet = attrs.get("preferred_element_type")
-    if lb_ and rb_:
-        dn = ((_shift(lc), _shift(rc)), ((0, *_shift(lb)), (0, *_shift(rb))))
-        return bind("dot_general", lhs, rhs, dimension_numbers=dn, preferred_element_type=pet)
     if lb_:
         dn = ((_shift(lc), tuple(rc)), (_shift(lb), tuple(rb)))
         at = len(lb)  # result: batch dims, then lhs free dims (ours first among them)
@@ -74,23 +84,6 @@ def _front(x: Any, at: int) -> Any:
     return lax.transpose(x, (at, *[d for d in range(ndim) if d != at]))
 
 
-def _concatenate(args: Args, attrs: dict[str, Any], size: int) -> Any:
-    return bind("concatenate", *_all(args, size), dimension=int(attrs["dimension"]) + 1)
-
-
-def _select(args: Args, attrs: dict[str, Any], size: int) -> Any:
-    pred, on_true, on_false = _all(args, size)
-    return bind("select", pred, on_true, on_false)
-
-
-def _pad(args: Args, attrs: dict[str, Any], size: int) -> Any:
-    (x, b), (value, vb) = args
-    if vb:
-        return None
-    config = ((0, 0, 0), *attrs["padding_config"])
-    return bind("pad", _batched(x, b, size), value, padding_config=config)
-
-
 def _gather(args: Args, attrs: dict[str, Any], size: int) -> Any:
     """x[..., indices, ...] along `axis`: a batched x gathers past its batch dim; batched
     indices put the batch where the indices go, then first. Both batched: per example."""
@@ -104,93 +97,71 @@ def _gather(args: Args, attrs: dict[str, Any], size: int) -> Any:
 
 
 def _sharding_constraint(args: Args, attrs: dict[str, Any], size: int) -> Any:
-    from spmd.sharding import ShardingAttr
-
     ((x, b),) = args
     s = attrs["sharding"]
     batched = ShardingAttr(s.axis_names, s.axis_sizes, ((), *s.dims))
     return bind("sharding_constraint", _batched(x, b, size), sharding=batched)
 
 
-def _with(**fixes: Callable[[Any, Any], Any]) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-    def fix(attrs: dict[str, Any], x: Any) -> dict[str, Any]:
-        out = dict(attrs)
-        for key, f in fixes.items():
-            out[key] = f(out[key], x)
-        return out
-
-    return fix
+RULES: dict[str, Rule] = {
+    "dot_general": _dot_general,
+    "gather": _gather,
+    "sharding_constraint": _sharding_constraint,
+}
 
 
-def _size_first(shape: Any, x: Any) -> tuple[int, ...]:
-    return (type_of(x).shape[0], *shape)
-
-
-def named_axis_collective(op: Any, args: Args, size: int, name: str) -> list[tuple[Any, bool]]:
+def named_axis_collective(op: Op, args: Args, size: int, name: str) -> list[tuple[Any, bool]]:
     """A collective over vmap's axis_name: psum/pmax/pmin reduce the batch dim, axis_index is
     the example's position, all_gather concatenates the examples (results are unbatched)."""
-    from spmd.errors import ShapeError
-    from spmd.tracing import describe_loc
-
     if tuple(op.attrs["axes"]) != (name,):
         raise ShapeError(
             f"{op.name} over {op.attrs['axes']!r} mixes vmap's axis {name!r} with shard_map axes",
             describe_loc(),
             "do the two collectives one by one",
         )
-    if op.name == "axis_index":
-        return [(lax.iota("int32", (size,)), True)]
+    rule = NAMED_AXIS_RULES.get(op.name)
+    got = None if rule is None else rule(op, args, size)
+    if got is None:
+        raise ShapeError(
+            f"{op.name} over vmap's axis {name!r} is not supported",
+            describe_loc(),
+            "use psum, pmean, pmax, pmin, axis_index or all_gather over a vmapped axis",
+        )
+    return [got]
+
+
+def _axis_index(op: Op, args: Args, size: int) -> tuple[Any, bool]:
+    return lax.iota("int32", (size,)), True
+
+
+def _all_reduce(op: Op, args: Args, size: int) -> tuple[Any, bool] | None:
     ((x, batched),) = args
     kind = op.attrs.get("kind")
-    if op.name == "all_reduce" and kind in ("sum", "max", "min"):
-        if batched:
-            return [(lax.reduce(x, kind, (0,)), False)]
-        return [(lax.mul(x, size) if kind == "sum" else x, False)]
-    if op.name == "all_gather":
-        x = _batched(x, batched, size)
-        t = type_of(x)
-        dim = int(op.attrs["dim"])
-        moved = (
-            _front(x, 0)
-            if dim == 0
-            else lax.transpose(x, (*range(1, dim + 1), 0, *range(dim + 1, t.ndim)))
-        )
-        shape = list(t.shape[1:])
-        shape[dim] *= size
-        return [(lax.reshape(moved, shape), False)]
-    raise ShapeError(
-        f"{op.name} over vmap's axis {name!r} is not supported",
-        describe_loc(),
-        "use psum, pmean, pmax, pmin, axis_index or all_gather over a vmapped axis",
+    if kind not in ("sum", "max", "min"):
+        return None
+    if batched:
+        return lax.reduce(x, kind, (0,)), False
+    return (lax.mul(x, size) if kind == "sum" else x), False
+
+
+def _all_gather(op: Op, args: Args, size: int) -> tuple[Any, bool]:
+    ((x, batched),) = args
+    x = _batched(x, batched, size)
+    t = type_of(x)
+    dim = int(op.attrs["dim"])
+    moved = (
+        _front(x, 0)
+        if dim == 0
+        else lax.transpose(x, (*range(1, dim + 1), 0, *range(dim + 1, t.ndim)))
     )
+    shape = list(t.shape[1:])
+    shape[dim] *= size
+    return lax.reshape(moved, shape), False
 
 
-RULES: dict[str, Rule] = {
-    "dot_general": _dot_general,
-    "concatenate": _concatenate,
-    "select": _select,
-    "gather": _gather,
-    "pad": _pad,
-    "sharding_constraint": _sharding_constraint,
-    "broadcast_in_dim": _unary(
-        "broadcast_in_dim",
-        _with(shape=_size_first, broadcast_dimensions=lambda d, x: (0, *_shift(d))),
-    ),
-    "reshape": _unary("reshape", _with(new_sizes=_size_first)),
-    "transpose": _unary("transpose", _with(permutation=lambda p, x: (0, *_shift(p)))),
-    "reduce": _unary("reduce", _with(axes=lambda a, x: _shift(a))),
-    "argmax": _unary("argmax", _with(axis=lambda a, x: int(a) + 1)),
-    "argmin": _unary("argmin", _with(axis=lambda a, x: int(a) + 1)),
-    "cumsum": _unary("cumsum", _with(axis=lambda a, x: int(a) + 1)),
-    "sort": _unary("sort", _with(dimension=lambda a, x: int(a) + 1)),
-    "argsort": _unary("argsort", _with(dimension=lambda a, x: int(a) + 1)),
-    "rev": _unary("rev", _with(dimensions=lambda d, x: _shift(d))),
-    "slice": _unary(
-        "slice",
-        _with(
-            start_indices=lambda s, x: (0, *s),
-            limit_indices=_size_first,
-            strides=lambda s, x: None if s is None else (1, *s),
-        ),
-    ),
+# What an op over vmap's named axis becomes on the batch dim (None: not supported).
+NAMED_AXIS_RULES: dict[str, Callable[[Op, Args, int], tuple[Any, bool] | None]] = {
+    "axis_index": _axis_index,
+    "all_reduce": _all_reduce,
+    "all_gather": _all_gather,
 }

@@ -2,8 +2,9 @@
 
 User shardings (params, results, sharding_constraint) are seeds and never change. An op
 with a known operand or result passes the known factors' mesh axes to its unknown
-values; when two values disagree on a factor, the bigger one wins (resharding the
-smaller moves fewer bytes). Values nothing reaches have no preference.
+values; when two values disagree on a factor, the one costlier to reshard wins (the
+bigger, less the product's bytes for an operand split on a contracted dim, whose
+product then needs summing). Values nothing reaches have no preference.
 """
 
 from __future__ import annotations
@@ -27,23 +28,53 @@ def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
 def factor_axes(
     op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any], include_results: bool = True
 ) -> dict[str, AxisTuple]:
-    """Mesh axes of each factor, from the op's known values (bigger values first)."""
+    """Mesh axes of each factor, from the op's known values (the costlier to move first).
+
+    A mesh axis may shard two factors that never share a value (a scan's carry and its
+    stacked weights); within one value it shards one dim at most."""
     values = list(zip(op.inputs, f.operands))
     if include_results:
         values += list(zip(op.outputs, f.results))
     values = [(v, fd) for v, fd in values if v in known]
-    values.sort(key=lambda p: -types[p[0]].nbytes)
+    result_bytes = sum(types[v].nbytes for v in op.outputs)
+    values.sort(key=lambda p: -_claim_bytes(p[0], p[1], known[p[0]], op, f, types, result_bytes))
+    near = _neighbours(f)
     out: dict[str, AxisTuple] = {}
-    used: set[str] = set()
     for vid, fdims in values:
         for factor, axes, n in zip(fdims, known[vid], types[vid].shape):
             if factor is None or not axes or factor in out or factor in f.blocked or n == 1:
                 continue
-            if used & set(axes):
+            if any(set(out[g]) & set(axes) for g in near.get(factor, ()) if g in out):
                 continue
             out[factor] = axes
-            used |= set(axes)
     return out
+
+
+def _claim_bytes(
+    vid: int, fdims: Any, dims: Dims, op: Op, f: Factors, types: dict[int, Any], result: int
+) -> int:
+    """What a value's layout is worth keeping: the bytes resharding it would move. An
+    operand sharded on a contracted factor also leaves the result a pending sum, which
+    resolving moves about the result's bytes: a weight sharded on its input dim loses to
+    an activation whose batch sharding keeps the (bigger) product sharded."""
+    own = types[vid].nbytes
+    if vid in op.outputs:
+        return own
+    contracted = any(
+        factor in f.reduce and axes and n > 1
+        for factor, axes, n in zip(fdims, dims, types[vid].shape)
+    )
+    return own - result if contracted else own
+
+
+def _neighbours(f: Factors) -> dict[str, set[str]]:
+    """Per factor, the factors that share a value with it."""
+    near: dict[str, set[str]] = {}
+    for fdims in f.operands + f.results:
+        names = {x for x in fdims if x is not None}
+        for x in names:
+            near.setdefault(x, set()).update(names - {x})
+    return near
 
 
 def dims_from_factors(

@@ -16,11 +16,10 @@ import numpy as np
 from spmd import dtypes
 from spmd.ir.graph import Op
 from spmd.mesh import axis_groups
+from spmd.ops.collective import REDUCERS
 
 if TYPE_CHECKING:
     from partitioner.device_batching import Batcher
-
-_REDUCE_KINDS = ("sum", "max", "min", "prod")
 
 
 class _Group:
@@ -83,7 +82,7 @@ def batch_collective(b: Batcher, op: Op, x: int) -> int:
     """The collective `op` on batched x, as ordinary ops (or kept, to run by numpy)."""
     a = op.attrs
     rule, combines = RULES[op.name]
-    if combines and (a.get("kind", "sum") not in _REDUCE_KINDS or b.types[x].dtype == "bool"):
+    if combines and (a.get("kind", "sum") not in REDUCERS or b.types[x].dtype == "bool"):
         return _keep(b, op, x)
     g = _Group(b, a["axes"])
     if g.k == 1 and "pairs" not in a:  # one device per group: x itself (a permute may zero it)

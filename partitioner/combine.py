@@ -17,9 +17,9 @@ from partitioner.spec import MeshShape
 from spmd.collective_record import CollectiveRecord
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
+from spmd.ops.collective import REDUCERS
 
 BUCKET_BYTES = 64 << 20  # a cap like XLA's all-reduce combiner threshold
-REDUCE_KINDS = ("sum", "max", "min", "prod")  # elementwise: they commute with concatenation
 
 
 def _descendants(ops: list[Op], start: int) -> set[int]:
@@ -195,7 +195,7 @@ def _split_bucket(
 ) -> tuple[Op, list[Op], list[Op]] | None:
     """(the concatenate, the slices, one all-reduce per piece) when `op` is a bucket whose
     result is only read by slices that pick the pieces back out, else None."""
-    if op.name != "all_reduce" or op.attrs.get("kind", "sum") not in REDUCE_KINDS:
+    if op.name != "all_reduce" or op.attrs.get("kind", "sum") not in REDUCERS:
         return None
     concatenate = producers.get(op.inputs[0])
     if (

@@ -15,6 +15,7 @@ import numpy as np
 from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
+from spmd.ops import opdef as _opdef
 from spmd.tracing import bind, type_of
 from spmd.validate import as_ints, check_shape
 
@@ -37,34 +38,30 @@ def _pair(x: Any, y: Any) -> tuple[Any, Any]:
     return x, y
 
 
-def _binary(name: str) -> Any:
-    def op(x: Any, y: Any) -> Any:
-        return bind(name, *_pair(x, y))
+def _elementwise(opdef: _opdef.OpDef) -> Any:
+    """spmd.lax's function for an elementwise op (named by its OpDef.public)."""
+    name = opdef.name
+    if opdef.public is not None and opdef.public.arity == 2:
 
+        def op(x: Any, y: Any) -> Any:
+            return bind(name, *_pair(x, y))
+
+        op.__doc__ = f"Elementwise `{name}` (lax semantics: equal shapes and dtypes)."
+    else:
+
+        def op(x: Any) -> Any:
+            return bind(name, x)
+
+        op.__doc__ = f"Elementwise `{name}`."
     op.__name__ = name
-    op.__doc__ = f"Elementwise `{name}` (lax semantics: equal shapes and dtypes)."
     return op
 
 
-def _unary(name: str) -> Any:
-    def op(x: Any) -> Any:
-        return bind(name, x)
-
-    op.__name__ = name
-    op.__doc__ = f"Elementwise `{name}`."
-    return op
-
-
-add, sub, mul, div, rem, pow = (_binary(n) for n in ("add", "sub", "mul", "div", "rem", "pow"))
-max, min, atan2 = _binary("max"), _binary("min"), _binary("atan2")
-eq, ne, lt, le, gt, ge = (_binary(n) for n in ("eq", "ne", "lt", "le", "gt", "ge"))
-bitwise_and, bitwise_or, bitwise_xor = _binary("and"), _binary("or"), _binary("xor")
-shift_left, shift_right = _binary("shift_left"), _binary("shift_right")
-neg, exp, log, log1p, expm1 = (_unary(n) for n in ("neg", "exp", "log", "log1p", "expm1"))
-tanh, logistic, sin, cos, tan = (_unary(n) for n in ("tanh", "logistic", "sin", "cos", "tan"))
-sqrt, rsqrt, abs, sign = (_unary(n) for n in ("sqrt", "rsqrt", "abs", "sign"))
-floor, ceil, round, erf = (_unary(n) for n in ("floor", "ceil", "round", "erf"))
-bitwise_not, is_finite = _unary("not"), _unary("is_finite")
+# add, sub, mul, exp, bitwise_and, ...: one function per registry entry naming one, so a
+# new elementwise op needs no line here.
+globals().update(
+    {d.public.lax: _elementwise(d) for d in _opdef.REGISTRY.values() if d.public is not None}
+)
 
 
 def select(pred: Any, on_true: Any, on_false: Any) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_graph import ROOT, all_modules, imports, resolve
+from import_graph import ROOT, all_modules, cycle_breakers, imports, resolve
 
 DOC = ROOT / "docs" / "architecture.md"
 HEADER = "| layer | modules | imports at import time | also inside functions |"
@@ -69,6 +69,16 @@ def violations() -> list[str]:
 
 def test_every_import_obeys_the_architecture_table():
     assert violations() == []
+
+
+# Function-level imports that would close an import cycle if moved to the top (one per name
+# imported): each is a debt of the design (docs/architecture.md); the count only goes down.
+CYCLE_BREAKERS = 35
+
+
+def test_no_more_function_level_imports_break_a_cycle():
+    found = cycle_breakers()
+    assert len(found) <= CYCLE_BREAKERS, "\n".join(f"{m}:{line} -> {t}" for m, line, t in found)
 
 
 def test_the_table_names_every_package_and_only_known_layers():

@@ -7,14 +7,17 @@ from typing import Any
 from spmd import dtypes, lax
 from spmd.errors import DTypeError
 from spmd.numpy.core import asarray, float_type, promote_args
+from spmd.ops import opdef as _opdef
 from spmd.tracing import type_of
 
 
-def _binary(name: str, prim: Any, need: str = "") -> Any:
+def _binary(name: str, prim: Any, form: _opdef.NumpyForm) -> Any:
     def fn(x: Any, y: Any) -> Any:
         a, b = promote_args(name, x, y)
-        if need == "int_or_bool" and dtypes.is_float(type_of(a).dtype):
+        if form is _opdef.NumpyForm.INT_OR_BOOL and dtypes.is_float(type_of(a).dtype):
             raise DTypeError(f"{name} needs integer or bool inputs, got {type_of(a).dtype}")
+        if form is _opdef.NumpyForm.FLOAT:
+            a, b = float_type(a), float_type(b)
         return prim(a, b)
 
     fn.__name__ = name
@@ -31,34 +34,22 @@ def _unary_float(name: str, prim: Any) -> Any:
     return fn
 
 
-add = _binary("add", lax.add)
-subtract = _binary("subtract", lax.sub)
-multiply = _binary("multiply", lax.mul)
-maximum = _binary("maximum", lax.max)
-minimum = _binary("minimum", lax.min)
-equal = _binary("equal", lax.eq)
-not_equal = _binary("not_equal", lax.ne)
-less = _binary("less", lax.lt)
-less_equal = _binary("less_equal", lax.le)
-greater = _binary("greater", lax.gt)
-greater_equal = _binary("greater_equal", lax.ge)
-bitwise_and = _binary("bitwise_and", lax.bitwise_and, "int_or_bool")
-bitwise_or = _binary("bitwise_or", lax.bitwise_or, "int_or_bool")
-bitwise_xor = _binary("bitwise_xor", lax.bitwise_xor, "int_or_bool")
-arctan2 = _binary("arctan2", lambda a, b: lax.atan2(float_type(a), float_type(b)))
+def _ufunc(public: _opdef.Public) -> Any:
+    """spmd.numpy's function for an elementwise op (named by its OpDef.public)."""
+    prim = getattr(lax, public.lax)
+    if public.arity == 2:
+        return _binary(public.numpy, prim, public.numpy_form)
+    return _unary_float(public.numpy, prim)
 
-exp = _unary_float("exp", lax.exp)
-log = _unary_float("log", lax.log)
-log1p = _unary_float("log1p", lax.log1p)
-expm1 = _unary_float("expm1", lax.expm1)
-tanh = _unary_float("tanh", lax.tanh)
-sin = _unary_float("sin", lax.sin)
-cos = _unary_float("cos", lax.cos)
-tan = _unary_float("tan", lax.tan)
-sqrt = _unary_float("sqrt", lax.sqrt)
-floor = _unary_float("floor", lax.floor)
-ceil = _unary_float("ceil", lax.ceil)
-isfinite = _unary_float("isfinite", lax.is_finite)
+
+# add, multiply, exp, bitwise_and, ...: one function per registry entry naming one, so a
+# new elementwise op needs no line here.
+_UFUNCS = {
+    d.public.numpy: _ufunc(d.public)
+    for d in _opdef.REGISTRY.values()
+    if d.public and d.public.numpy
+}
+globals().update(_UFUNCS)
 
 
 def negative(x: Any) -> Any:
@@ -194,9 +185,9 @@ def promote_args_keep_dtype(*values: Any) -> list[Any]:
 def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Any:
     out = asarray(x)
     if a_min is not None:
-        out = maximum(out, a_min)
+        out = _UFUNCS["maximum"](out, a_min)
     if a_max is not None:
-        out = minimum(out, a_max)
+        out = _UFUNCS["minimum"](out, a_max)
     return out
 
 

@@ -34,6 +34,8 @@ from spmd.ops.attention_ref import (
     ungroup,
     ungroup_scores,
 )
+from spmd.ops.common import lax as _lax
+from spmd.ops.common import numpy as public_numpy
 from spmd.ops.opdef import Factors, OpDef
 
 # The oracle's helpers live in attention_ref; backends/cpu/attention.py imports them from here.
@@ -195,9 +197,9 @@ def _fwd_vjp(
     nn.ring_attention, which merges blocks by their lse) enters as one more value column:
     d lse / d scores = the probabilities, so with v' = [v, 1], out' = [out, 0] and
     d_out' = [d_out, d_lse] the backward's d_p gains d_lse per row and its delta does not."""
-    from spmd import lax
-    from spmd import numpy as snp
     from spmd.tracing import bind
+
+    lax, snp = _lax(), public_numpy()
 
     d_out, d_lse = cts[0], cts[1] if len(cts) > 1 else None
     if d_out is None and d_lse is None:
@@ -247,8 +249,7 @@ def _unfused(
 ) -> Any:
     """The op's forward composed of primitive ops (for derivatives of its backward only:
     it builds the S x S scores)."""
-    from spmd import numpy as snp
-
+    snp = public_numpy()
     bias, mask = split_extra(extra, has_bias, has_mask)
     n, kh = q.type.shape[-2], k.type.shape[-2]
     t, s = q.type.shape[-3], k.type.shape[-3]
@@ -265,12 +266,6 @@ def _unfused(
     weights = snp.exp(logits - peak)
     probs = weights / snp.sum(weights, axis=-1, keepdims=True)
     return snp.einsum("...nts,...snh->...tnh", probs, v)
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _bwd_vjp(

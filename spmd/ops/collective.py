@@ -16,6 +16,7 @@ import numpy as np
 
 from spmd.errors import InternalError, ShapeError
 from spmd.ir.types import TensorType
+from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.elementwise import elementwise_factors
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef, Trait
@@ -158,8 +159,7 @@ def _blocked_factors(*dim_attrs: str) -> Any:
 def _all_reduce_vjp(
     ct: Any, x: Any, *, out: Any, axes: Any, group_size: int, kind: str = "sum"
 ) -> Any:
-    from spmd import lax
-
+    lax = public_lax()
     summed = _lax().psum(ct, axes)
     if kind == "sum":
         return summed

@@ -17,15 +17,10 @@ from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, same_dtypes
+from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef
 
 DimNums = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def free_dims(ndim: int, contract: tuple[int, ...], batch: tuple[int, ...]) -> list[int]:

@@ -15,6 +15,7 @@ from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
+from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import NONDIFF, Factors, OpDef, Trait
 from spmd.ops.scan_residuals import split_residuals
 from spmd.ops.subgraph import (
@@ -193,8 +194,9 @@ def _scan_vjp_step(
 ) -> Any:
     """One backward step: (consts, ct_carry, acc, carry_i, x_i, ct_y_i) ->
     (ct of carry_i, acc + ct of consts, ct of x_i)."""
-    from spmd import lax
     from spmd.autodiff import backward, replay
+
+    lax = public_lax()
 
     nx = len(body.params) - nc - ncar
 

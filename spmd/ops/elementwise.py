@@ -14,14 +14,9 @@ import numpy as np
 from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
+from spmd.ops.common import lax as _lax
 from spmd.ops.common import letters, need_float, same_dtypes, same_shapes
-from spmd.ops.opdef import ZERO_GRAD, Factors, Linearity, OpDef, Trait
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
+from spmd.ops.opdef import ZERO_GRAD, Factors, Linearity, NumpyForm, OpDef, Public, Trait
 
 
 def elementwise_factors(*types: TensorType, **_: Any) -> Factors:
@@ -65,10 +60,24 @@ def _unary(
     vjp: Any,
     float_only: bool = True,
     linear: Linearity = Linearity.NONE,
+    numpy: str = "",
 ) -> OpDef:
+    """spmd.lax.<name> too, and spmd.numpy.<numpy> (integers computed in float32) if named."""
+    public = Public(name, 1, numpy, NumpyForm.FLOAT)
     return OpDef(
-        name, _unary_type(float_only), _quiet(ref), vjp, elementwise_factors, linear=linear
+        name,
+        _unary_type(float_only),
+        _quiet(ref),
+        vjp,
+        elementwise_factors,
+        linear=linear,
+        public=public,
     )
+
+
+def _public(name: str, numpy: str = "", form: NumpyForm = NumpyForm.PROMOTE) -> Public:
+    """A binary op's spmd.lax.<name> (and spmd.numpy.<numpy>, if named)."""
+    return Public(name, 2, numpy, form)
 
 
 def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -169,20 +178,29 @@ def _mul(*a: Any) -> Any:
 
 OPS = [
     _unary("neg", np.negative, lambda ct, x, *, out: _lax().neg(ct), False, linear=Linearity.JOINT),
-    _unary("exp", np.exp, lambda ct, x, *, out: _mul(ct, out)),
-    _unary("log", np.log, lambda ct, x, *, out: _lax().div(ct, x)),
-    _unary("log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0))),
-    _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, _lax().add(out, 1.0))),
-    _unary("tanh", np.tanh, lambda ct, x, *, out: _mul(ct, _lax().sub(1.0, _mul(out, out)))),
+    _unary("exp", np.exp, lambda ct, x, *, out: _mul(ct, out), numpy="exp"),
+    _unary("log", np.log, lambda ct, x, *, out: _lax().div(ct, x), numpy="log"),
+    _unary(
+        "log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0)), numpy="log1p"
+    ),
+    _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, _lax().add(out, 1.0)), numpy="expm1"),
+    _unary(
+        "tanh",
+        np.tanh,
+        lambda ct, x, *, out: _mul(ct, _lax().sub(1.0, _mul(out, out))),
+        numpy="tanh",
+    ),
     _unary(
         "logistic",
         lambda x: 1 / (1 + np.exp(-x)),
         lambda ct, x, *, out: _mul(ct, _mul(out, _lax().sub(1.0, out))),
     ),
-    _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, _lax().cos(x))),
-    _unary("cos", np.cos, lambda ct, x, *, out: _lax().neg(_mul(ct, _lax().sin(x)))),
-    _unary("tan", np.tan, lambda ct, x, *, out: _mul(ct, _lax().add(1.0, _mul(out, out)))),
-    _unary("sqrt", np.sqrt, lambda ct, x, *, out: _lax().div(_mul(ct, 0.5), out)),
+    _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, _lax().cos(x)), numpy="sin"),
+    _unary("cos", np.cos, lambda ct, x, *, out: _lax().neg(_mul(ct, _lax().sin(x))), numpy="cos"),
+    _unary(
+        "tan", np.tan, lambda ct, x, *, out: _mul(ct, _lax().add(1.0, _mul(out, out))), numpy="tan"
+    ),
+    _unary("sqrt", np.sqrt, lambda ct, x, *, out: _lax().div(_mul(ct, 0.5), out), numpy="sqrt"),
     _unary(
         "rsqrt",
         lambda x: 1 / np.sqrt(x),
@@ -197,8 +215,8 @@ OPS = [
     ),
     _unary("abs", np.abs, lambda ct, x, *, out: _mul(ct, _lax().sign(x)), False),
     _unary("sign", np.sign, ZERO_GRAD, False),
-    _unary("floor", np.floor, ZERO_GRAD),
-    _unary("ceil", np.ceil, ZERO_GRAD),
+    _unary("floor", np.floor, ZERO_GRAD, numpy="floor"),
+    _unary("ceil", np.ceil, ZERO_GRAD, numpy="ceil"),
     _unary("round", np.round, ZERO_GRAD),
     OpDef(
         "is_finite",
@@ -206,6 +224,7 @@ OPS = [
         np.isfinite,
         ZERO_GRAD,
         elementwise_factors,
+        public=Public("is_finite", 1, "isfinite", NumpyForm.FLOAT),
     ),
     OpDef(
         "add",
@@ -214,6 +233,7 @@ OPS = [
         lambda ct, x, y, *, out: (ct, ct),
         elementwise_factors,
         linear=Linearity.JOINT,
+        public=_public("add", "add"),
     ),
     OpDef(
         "sub",
@@ -222,6 +242,7 @@ OPS = [
         lambda ct, x, y, *, out: (ct, _lax().neg(ct)),
         elementwise_factors,
         linear=Linearity.JOINT,
+        public=_public("sub", "subtract"),
     ),
     OpDef(
         "mul",
@@ -230,6 +251,7 @@ OPS = [
         lambda ct, x, y, *, out: (_mul(ct, y), _mul(ct, x)),
         elementwise_factors,
         linear=Linearity.EACH,
+        public=_public("mul", "multiply"),
     ),
     OpDef(
         "div",
@@ -238,6 +260,7 @@ OPS = [
         lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
         elementwise_factors,
         linear=Linearity.FIRST,
+        public=_public("div"),
     ),
     OpDef(
         "rem",
@@ -248,38 +271,77 @@ OPS = [
             _mul(_lax().neg(ct), _lax().round(_lax().div(_lax().sub(x, out), y))),
         ),
         elementwise_factors,
+        public=_public("rem"),
     ),
-    OpDef("pow", _binary_type("pow"), _quiet(np.power), _pow_vjp, elementwise_factors),
+    OpDef(
+        "pow",
+        _binary_type("pow"),
+        _quiet(np.power),
+        _pow_vjp,
+        elementwise_factors,
+        public=_public("pow"),
+    ),
     OpDef(
         "atan2",
         _binary_type("atan2"),
         _quiet(np.arctan2),
         lambda ct, x, y, *, out: _atan2_vjp(ct, x, y),
         elementwise_factors,
+        public=_public("atan2", "arctan2", NumpyForm.FLOAT),
     ),
-    OpDef("max", _binary_type("max"), _quiet(np.maximum), _minmax_vjp("gt"), elementwise_factors),
-    OpDef("min", _binary_type("min"), _quiet(np.minimum), _minmax_vjp("lt"), elementwise_factors),
+    OpDef(
+        "max",
+        _binary_type("max"),
+        _quiet(np.maximum),
+        _minmax_vjp("gt"),
+        elementwise_factors,
+        public=_public("max", "maximum"),
+    ),
+    OpDef(
+        "min",
+        _binary_type("min"),
+        _quiet(np.minimum),
+        _minmax_vjp("lt"),
+        elementwise_factors,
+        public=_public("min", "minimum"),
+    ),
     *(
-        OpDef(n, _binary_type(n, "bool"), _quiet(f), ZERO_GRAD, elementwise_factors)
-        for n, f in (
-            ("eq", np.equal),
-            ("ne", np.not_equal),
-            ("lt", np.less),
-            ("le", np.less_equal),
-            ("gt", np.greater),
-            ("ge", np.greater_equal),
+        OpDef(n, _binary_type(n, "bool"), _quiet(f), ZERO_GRAD, elementwise_factors, public=p)
+        for n, f, p in (
+            ("eq", np.equal, _public("eq", "equal")),
+            ("ne", np.not_equal, _public("ne", "not_equal")),
+            ("lt", np.less, _public("lt", "less")),
+            ("le", np.less_equal, _public("le", "less_equal")),
+            ("gt", np.greater, _public("gt", "greater")),
+            ("ge", np.greater_equal, _public("ge", "greater_equal")),
         )
     ),
-    OpDef("and", _bool_or_int("and"), np.bitwise_and, ZERO_GRAD, elementwise_factors),
-    OpDef("or", _bool_or_int("or"), np.bitwise_or, ZERO_GRAD, elementwise_factors),
-    OpDef("xor", _bool_or_int("xor"), np.bitwise_xor, ZERO_GRAD, elementwise_factors),
-    OpDef("not", _bool_or_int("not", unary=True), np.invert, ZERO_GRAD, elementwise_factors),
+    *(
+        OpDef(
+            n,
+            _bool_or_int(n),
+            f,
+            ZERO_GRAD,
+            elementwise_factors,
+            public=Public(f"bitwise_{n}", 2, f"bitwise_{n}", NumpyForm.INT_OR_BOOL),
+        )
+        for n, f in (("and", np.bitwise_and), ("or", np.bitwise_or), ("xor", np.bitwise_xor))
+    ),
+    OpDef(
+        "not",
+        _bool_or_int("not", unary=True),
+        np.invert,
+        ZERO_GRAD,
+        elementwise_factors,
+        public=Public("bitwise_not", 1),
+    ),
     OpDef(
         "shift_left",
         _bool_or_int("shift_left"),
         _quiet(np.left_shift),
         ZERO_GRAD,
         elementwise_factors,
+        public=_public("shift_left"),
     ),
     OpDef(
         "shift_right",
@@ -287,6 +349,7 @@ OPS = [
         _quiet(np.right_shift),
         ZERO_GRAD,
         elementwise_factors,
+        public=_public("shift_right"),
     ),
     OpDef(
         "select",

@@ -15,14 +15,8 @@ from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, check_axis, letters, same_dtypes
+from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef, Trait
-from spmd.tracing import type_of
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _check_starts(name: str, x: TensorType, starts: tuple[TensorType, ...]) -> None:
@@ -83,7 +77,7 @@ def _dynamic_slice_vjp(
     ct: Any, x: Any, *starts: Any, out: Any, slice_sizes: tuple[int, ...]
 ) -> tuple[Any, ...]:
     lax = _lax()
-    zeros = lax.full(type_of(x).shape, 0, type_of(x).dtype)
+    zeros = lax.full(x.type.shape, 0, x.type.dtype)
     return (lax.dynamic_update_slice(zeros, ct, starts),) + (None,) * len(starts)
 
 
@@ -118,9 +112,9 @@ def _dynamic_update_factors(x: TensorType, update: TensorType, *starts: TensorTy
 
 def _dynamic_update_vjp(ct: Any, x: Any, update: Any, *starts: Any, out: Any) -> tuple[Any, ...]:
     lax = _lax()
-    hole = lax.full(type_of(update).shape, 0, type_of(ct).dtype)
+    hole = lax.full(update.type.shape, 0, out.type.dtype)
     ct_x = lax.dynamic_update_slice(ct, hole, starts)
-    ct_update = lax.dynamic_slice(ct, starts, type_of(update).shape)
+    ct_update = lax.dynamic_slice(ct, starts, update.type.shape)
     return (ct_x, ct_update) + (None,) * len(starts)
 
 
@@ -176,7 +170,7 @@ def _gather_factors(x: TensorType, indices: TensorType, *, axis: int) -> Factors
 
 def _gather_vjp(ct: Any, x: Any, indices: Any, *, out: Any, axis: int) -> tuple[Any, None]:
     lax = _lax()
-    zeros = lax.full(type_of(x).shape, 0, type_of(x).dtype)
+    zeros = lax.full(x.type.shape, 0, x.type.dtype)
     return lax.scatter_add(zeros, indices, ct, axis), None
 
 

@@ -144,6 +144,26 @@ class Linearity(enum.Enum):
         return False
 
 
+class NumpyForm(enum.Enum):
+    """How an op's generated spmd.numpy function treats its operands before the op."""
+
+    PROMOTE = "promote"  # broadcast and promote (JAX's rules)
+    INT_OR_BOOL = "int_or_bool"  # promote, refuse floating-point operands
+    FLOAT = "float"  # promote, compute integers in float32
+
+
+@dataclass(frozen=True)
+class Public:
+    """The public functions made from an elementwise op's entry (no hand-written wrapper):
+    spmd.lax.<lax> with lax semantics (spmd/lax.py) and, where `numpy` is set,
+    spmd.numpy.<numpy> with numpy's (spmd/numpy/ufuncs.py)."""
+
+    lax: str
+    arity: int  # 1 or 2 operands
+    numpy: str = ""
+    numpy_form: NumpyForm = NumpyForm.PROMOTE
+
+
 @dataclass(frozen=True)
 class OpDef:
     """One op's registry entry."""
@@ -164,6 +184,7 @@ class OpDef:
     # else the operands that must be the same in every instance and stay without the axis
     # (pad's value, gather's indices).
     shared_operands: tuple[int, ...] | None = None
+    public: Public | None = None  # the generated public functions, if any
 
     def has(self, trait: Trait) -> bool:
         """Whether it has the trait (any of them, for a union). On the ints: Flag's `&` costs

@@ -14,15 +14,10 @@ from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
+from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
 
 KINDS = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod, "and": np.all, "or": np.any}
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _reduce_type(x: TensorType, *, kind: str, axes: tuple[int, ...]) -> TensorType:

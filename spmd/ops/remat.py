@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
+from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.opdef import Factors, Linearity, OpDef, Trait, is_impure
 
@@ -116,7 +118,6 @@ def split_remat(body: Graph, policy: Policy) -> Split:
 
 def _split(body: Graph, policy: Policy) -> Split:
     """Trace the region's VJP and cut it where the policy saves forward values."""
-    from spmd import dtypes
     from spmd.autodiff import backward, replay, trace_flat
     from spmd.passes.cse import cse
     from spmd.passes.dce import dce
@@ -197,8 +198,9 @@ def remat_backward(
     op: Op, out_cts: Sequence[Any], primals: Sequence[Any], residuals: Sequence[Any]
 ) -> list[Any]:
     """Cotangents of a remat op's inputs: a recompute region on (primals, cts, residuals)."""
-    from spmd import dtypes, lax
     from spmd.tracing import bind
+
+    lax = public_lax()
 
     body: Graph = op.attrs["body"]
     split = split_remat(body, op.attrs["policy"])

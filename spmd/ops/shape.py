@@ -14,14 +14,9 @@ from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, letters
+from spmd.ops.common import lax as _lax
 from spmd.ops.elementwise import elementwise_factors
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _fresh(n: int, used: str = "") -> str:

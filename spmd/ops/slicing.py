@@ -13,14 +13,9 @@ import numpy as np
 from spmd import dtypes
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
+from spmd.ops.common import lax as _lax
 from spmd.ops.common import letters, same_dtypes
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef, Trait
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _slice_type(

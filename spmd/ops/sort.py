@@ -12,13 +12,8 @@ import numpy as np
 from spmd import dtypes
 from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
+from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef
-
-
-def _lax() -> Any:
-    from spmd import lax
-
-    return lax
 
 
 def _sort_type(x: TensorType, *, dimension: int) -> TensorType:

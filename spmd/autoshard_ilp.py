@@ -7,9 +7,9 @@ to one consumer) costs the time to reshard the producer's layout (pending sum in
 into the layout the consumer's strategy wants; the product x[p, s] * x[c, t] is linearised
 per pair of distinct layouts (l given, m wanted) by a continuous e[l, m] whose marginals are
 the choices: sum_m e[l, m] = a[l], sum_l e[l, m] = b[m], with a, b sums of x (Alpa's form;
-its LP relaxation is integral on trees, so HiGHS mostly stops at the root). An edge with one
-side fixed adds its time to the other side's x. Imports nothing of the pipeline: the costs
-come in as functions (spmd/autoshard_cost.py).
+its LP relaxation is integral on trees, so HiGHS mostly stops at the root); a layout change
+several consumers share is paid once (spmd/autoshard_edges.py). Imports nothing of the
+pipeline: the costs come in as functions (spmd/autoshard_cost.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spmd.autoshard_edges import price_value
 from spmd.autoshard_group import (
     OPAQUE,
     group_inputs,
@@ -268,26 +269,6 @@ def _spec(d: Dims) -> str:
     return "P(" + ", ".join("+".join(a) if a else "None" for a in d) + ")"
 
 
-Rows = list[tuple[list[int], list[float], float, float]]
-
-
-def _edge(given: dict, want: dict, times: dict, cost: list[float], rows: Rows, n: int) -> int:
-    """e[g, w] for every pair, its marginals the two nodes' choices (the LP relaxation of
-    this local-marginal form is integral on trees, tight in practice); returns the new n."""
-    if len(given) == 1 or len(want) == 1:  # one side is fixed: the other pays
-        for (g, w), t in times.items():
-            for col in want[w] if len(given) == 1 else given[g]:
-                cost[col] += t
-        return n
-    index = {pair: n + m for m, pair in enumerate(times)}
-    cost += times.values()
-    for side, classes in ((0, given), (1, want)):
-        for key, cols in classes.items():
-            pairs = [index[pair] for pair in times if pair[side] == key]
-            rows.append((pairs + cols, [1.0] * len(pairs) + [-1.0] * len(cols), 0.0, 0.0))
-    return n + len(times)
-
-
 def solve(
     graph: Graph,
     nodes: list[Node],
@@ -336,15 +317,16 @@ def solve(
                 for c in cols:
                     cost[c] += t
             continue
-        # each consumer pays its own reshard: where several want one layout the partitioner
-        # reshards once (an over-count; pricing it once made HiGHS miss its time limit)
+        consumers = []  # a layout change several consumers share is priced once
         for c, i in users.pop(v):
             edges += 1
             wanted: dict[Dims, list[int]] = {}
             for s, strat in enumerate(nodes[c].strategies):
                 wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
-            times = {(g, w): edge_time(types[v], g, w) for g in given for w in wanted}
-            n = _edge(given, wanted, times, cost, rows, n)
+            consumers.append(wanted)
+        n = price_value(
+            given, consumers, lambda g, w, t=types[v]: edge_time(t, g, w), cost, rows, n
+        )
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:
         cols = [

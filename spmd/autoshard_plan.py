@@ -115,8 +115,29 @@ def constrain(
         constraints.append((name, loc, NamedSharding(mesh, dispatch.user_spec(dims))))
         return new
 
+    wants = operand_wants(sol)
+    have = {**{v: chosen[v][0] for v in graph.params if v in chosen}, **pins}
+    moved: dict[tuple[int, Dims], int] = {}  # one reshard per (value, layout), as priced
+
+    def operand(v: int, want: Dims | None, loc: str) -> int:
+        if want is None or not want or have.get(v, want) == want:
+            return rename.get(v, v)
+        if (v, want) not in moved:
+            moved[v, want] = pin(rename.get(v, v), graph.types[v], want, "operand", loc)
+        return moved[v, want]
+
     for original in graph.ops:
         op = _renamed(original, rename) if rename else original
+        if id(original) in wants:  # the operands in the layouts the strategy was priced for
+            w = wants[id(original)]
+            op = Op(
+                op.name,
+                tuple(operand(v, w.get(v), op.loc) for v in original.inputs),
+                op.outputs,
+                op.types,
+                op.attrs,
+                op.loc,
+            )
         if id(original) in bodies:
             body, strategy = bodies[id(original)]
             inner = {
@@ -159,6 +180,21 @@ def pinned(sol: Solution, chosen: dict[int, tuple]) -> dict[int, Dims]:
             wants = wanted.get(v, set())
             pins[v] = next(iter(wants)) if partial and len(wants) == 1 else dims
     return pins
+
+
+def operand_wants(sol: Solution) -> dict[int, dict[int, Dims]]:
+    """Per op (by id) the layout its node's chosen strategy wants each operand in: the
+    partitioner then runs the op the way the solver priced it (left to itself it may pick
+    another factor assignment: a contraction over a dim the solver kept whole)."""
+    out: dict[int, dict[int, Dims]] = {}
+    for node, k in zip(sol.nodes, sol.choice):
+        if node.op is None or node.body is not None:
+            continue
+        for v, want in zip(node.inputs, node.strategies[k].wants):
+            for member in node.members:
+                if v in member.inputs and member.name not in OPAQUE:
+                    out.setdefault(id(member), {})[v] = want
+    return out
 
 
 def _renamed(op: Op, rename: dict[int, int]) -> Op:

@@ -52,3 +52,52 @@ def test_closed_form_is_a_lower_bound_where_the_permute_schedule_needs_extra_rou
     exact = planner_moved(mesh, t, (M, N), (), (D, N))
     assert exact == pytest.approx(2048 * 3)
     assert _moved(mesh, t, (M, N), (), (D, N)) == pytest.approx(4096)
+
+
+def test_a_layout_change_consumers_share_is_priced_once():
+    """One producer (2 layouts), three consumers (2-3 layouts each, one with a single
+    strategy): the integer program's optimum equals brute force where each distinct
+    (given, wanted) pair the consumers take is paid once, as the partitioner reshards once."""
+    import itertools
+
+    import numpy as np
+    from scipy.optimize import LinearConstraint, milp
+
+    from spmd.autoshard_edges import price_value
+
+    # the producer would rather give layout 0, every consumer would rather take layout 1:
+    # one shared change (1.5) beats consumers each paying it or paying to take layout 0
+    node_cost = [[0.0, 5.0], [1.0, 0.0, 1.0], [0.0, 1.0], [0.1]]
+    wants = [[0, 1, 2], [1, 0], [1]]  # consumer strategy -> the layout it wants
+    t = np.array([[0.0, 1.5, 2.0], [1.0, 0.0, 2.5]])
+    offset = np.cumsum([0] + [len(c) for c in node_cost])
+    cost = [float(c) for cs in node_cost for c in cs]
+    rows = [(list(range(offset[k], offset[k + 1])), [1.0] * len(node_cost[k]), 1.0, 1.0)
+            for k in range(4)]
+    given = {0: [0], 1: [1]}
+    consumers = [{} for _ in wants]
+    for c, ws in enumerate(wants):
+        for s, w in enumerate(ws):
+            consumers[c].setdefault(w, []).append(int(offset[c + 1]) + s)
+    n = price_value(given, consumers, lambda g, w: float(t[g, w]), cost, rows, len(cost))
+    a = np.zeros((len(rows), n))
+    for r, (cols, coefs, _, _) in enumerate(rows):
+        a[r, cols] = coefs
+    integrality = np.zeros(n)
+    integrality[: offset[-1]] = 1
+    res = milp(np.array(cost), constraints=LinearConstraint(
+        a, [r[2] for r in rows], [r[3] for r in rows]), integrality=integrality,
+        bounds=(0, 1))
+    brute = min(
+        sum(node_cost[k][s] for k, s in enumerate(choice))
+        + sum(t[choice[0], w] for w in {wants[c][choice[c + 1]] for c in range(3)})
+        for choice in itertools.product(*(range(len(c)) for c in node_cost))
+    )
+    per_consumer = min(
+        sum(node_cost[k][s] for k, s in enumerate(choice))
+        + sum(t[choice[0], wants[c][choice[c + 1]]] for c in range(3))
+        for choice in itertools.product(*(range(len(c)) for c in node_cost))
+    )
+    assert res.fun == pytest.approx(brute) and brute < per_consumer - 0.1
+    # e for the 2x3 and 2x2 pairs of the two many-layout consumers; y for (0, 1) and (1, 0)
+    assert n - offset[-1] == 6 + 4 + 2

@@ -15,7 +15,7 @@ from spmd.errors import InternalError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.spmd_map import Spec, block_shape, dim_factor, unmentioned_axes
-from spmd.sharding import Mesh, PartitionSpec, current_mesh, normalize_spec
+from spmd.sharding import Mesh, PartitionSpec, ShardingAttr, current_mesh, normalize_spec
 from spmd.tracing import bind, current_trace, describe_loc, type_of
 from spmd.tree import tree_flatten, tree_leaves, tree_structure, tree_unflatten
 
@@ -375,6 +375,13 @@ def grad_body(
     if captured:
         raise InternalError("the VJP body of a shard_map captured outer values")
     return dce(graph)
+
+
+def constrain(x: Any, spec: Spec, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...]) -> Any:
+    """x with a sharding constraint to `spec`, where a mesh axis splits it (identity on values)."""
+    if not any(spec):
+        return x
+    return bind("sharding_constraint", x, sharding=ShardingAttr(axis_names, axis_sizes, spec))
 
 
 def _only_on_first(ct: Any, axes: tuple[str, ...]) -> Any:

@@ -175,7 +175,7 @@ def vjp_shard_map(
     out_specs: tuple[Spec, ...],
 ) -> list[Any]:
     """A shard_map of the body's VJP over (primals, cotangents of the outputs)."""
-    from spmd.shard_map import grad_body
+    from spmd.shard_map import constrain, grad_body
     from spmd.tracing import bind, type_of
 
     wrt = [i for i, t in enumerate(body.param_types) if dtypes.is_differentiable(t.dtype)]
@@ -192,7 +192,12 @@ def vjp_shard_map(
         for t, j in zip(ct_types, given)
     ]
     graph = grad_body(body, axis_names, axis_sizes, in_specs, out_specs, wrt, given, ct_local)
-    ct_values = [_cast(cts[j], body.result_types[j].dtype) for j in given]
+    # the cotangents in the layout the VJP's shard_map reads them in, so the partitioner
+    # builds them there (the ones of `.sum()` are a broadcast: else global on every device)
+    ct_values = [
+        constrain(_cast(cts[j], body.result_types[j].dtype), out_specs[j], axis_names, axis_sizes)
+        for j in given
+    ]
     results = bind(
         "shard_map",
         *primals,

@@ -21,15 +21,27 @@ import spmd
 import spmd.sim
 from backends.tpu_sim.chips import load_chip
 from backends.tpu_sim.cost_model import op_time
-from benchmarks.sim_models import MAXTEXT_1B, MAXTEXT_16B, Model, abstract_args, train_step
+from benchmarks.sim_models import (
+    LLAMA2_70B,
+    LLAMA31_8B,
+    MAXTEXT_1B,
+    MAXTEXT_16B,
+    Model,
+    abstract_args,
+    train_step,
+)
 from benchmarks.sim_scaling import Config, time_abstract_step
 
 
 def simulate_model(
-    model: Model, mesh_shape: tuple[int, ...], names: tuple[str, ...], **options: Any
+    model: Model,
+    mesh_shape: tuple[int, ...],
+    names: tuple[str, ...],
+    chip: str = "v5e",
+    **options: Any,
 ) -> tuple[Any, float]:
     """(report, wall seconds) of one abstract train step of `model`, FSDP on 'data'."""
-    mesh = spmd.make_mesh(mesh_shape, names, device="tpu-sim:v5e")
+    mesh = spmd.make_mesh(mesh_shape, names, device=f"tpu-sim:{chip}")
     batch = names if len(names) > 1 else "data"
     args = abstract_args(model, mesh, batch_axes=batch)
     start = time.perf_counter()
@@ -38,29 +50,51 @@ def simulate_model(
     return report, time.perf_counter() - start
 
 
-def published_rows() -> None:
-    """MaxText's v5e table (configs/v5e/README.md): 16B at 120 TFLOP/s/chip on 1x v5e-256,
-    117 on 2x v5e-256; its step time is model FLOPs per chip / that rate."""
+# (model, chip, mesh shape, axis names, measured step: seconds, or TFLOP/s per chip)
+PUBLISHED = [
+    # MaxText configs/v5e/README.md: 16B at 120 TFLOP/s/chip on 1x v5e-256, 117 on 2x; the
+    # step is model FLOPs per chip / that rate
+    (MAXTEXT_16B, "v5e", (256,), ("data",), ("rate", 120e12)),
+    (MAXTEXT_16B, "v5e", (2, 256), ("replica", "data"), ("rate", 117e12)),
+    (MAXTEXT_1B, "v5e", (256,), ("data",), None),
+    # tpu-recipes training/trillium/{Llama2-70B,Llama3.1-8B/v6e-256}-MaxText: logged step times
+    (LLAMA2_70B, "v6e", (256,), ("data",), ("step", 17.373)),
+    (LLAMA31_8B, "v6e", (256,), ("data",), ("step", 4.546)),
+]
+
+
+def published_rows() -> list[tuple[int, float]]:
+    """Simulated vs measured step per published run; returns (sequence, ratio) per run."""
     print(
-        "model            pod          measured s  simulated s  ratio  sim FLOPs/model  "
+        "model            pod          seq  measured s  simulated s  ratio  sim FLOPs/model  "
         "peak GiB  wall s"
     )
-    for model, shape, names, rate in [
-        (MAXTEXT_16B, (256,), ("data",), 120e12),
-        (MAXTEXT_16B, (2, 256), ("replica", "data"), 117e12),
-        (MAXTEXT_1B, (256,), ("data",), None),
-    ]:
+    out = []
+    for model, chip, shape, names, measured_as in PUBLISHED:
         chips = math.prod(shape)
         for calibrated in (True, False):
-            report, wall = simulate_model(model, shape, names, calibrated=calibrated)
+            report, wall = simulate_model(model, shape, names, chip, calibrated=calibrated)
             per_chip = model.model_flops(chips) / chips
-            measured = per_chip / rate if rate else float("nan")
-            pod = f"{'2x ' if len(shape) > 1 else ''}v5e-256" + ("" if calibrated else " ideal")
+            measured = float("nan")
+            if measured_as is not None:
+                kind, value = measured_as
+                measured = value if kind == "step" else per_chip / value
+            ratio = report.step_time_s / measured
+            if calibrated and measured_as is not None:
+                out.append((model.seq, ratio))
+            pod = f"{'2x ' if len(shape) > 1 else ''}{chip}-{shape[-1]}"
+            pod += "" if calibrated else " ideal"
             print(
-                f"{model.name:<16} {pod:<12} {measured:>10.3f} {report.step_time_s:>12.3f} "
-                f"{report.step_time_s / measured:>6.3f} {report.flops / per_chip:>16.3f} "
-                f"{report.peak_memory_bytes / 2**30:>9.2f} {wall:>7.2f}"
+                f"{model.name:<16} {pod:<12} {model.seq:>4} {measured:>10.3f} "
+                f"{report.step_time_s:>12.3f} {ratio:>6.3f} {report.flops / per_chip:>16.3f} "
+                f"{report.peak_memory_bytes / 2**30:>9.2f} {wall:>7.2f}",
+                flush=True,
             )
+    for seq in sorted({s for s, _ in out}):
+        errors = [max(r, 1 / r) for s, r in out if s == seq]
+        geomean = math.exp(sum(map(math.log, errors)) / len(errors))
+        print(f"sequence {seq}: geomean error {geomean:.3f}x over {len(errors)} run(s)")
+    return out
 
 
 def attention_rows() -> None:

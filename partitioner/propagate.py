@@ -102,6 +102,12 @@ def propagate(graph: Graph, mesh: MeshShape, seeds: dict[int, Dims]) -> dict[int
             dims = op.attrs["sharding"].dims
             known[op.outputs[0]] = dims
             fixed.add(op.outputs[0])
+            # the constrained value's producer is asked for that layout too (XLA's
+            # annotation is on the value itself): it weighs making it so against resharding
+            src = op.inputs[0]
+            if src not in fixed:
+                known[src] = dims
+                fixed.add(src)
     for _ in range(4):
         changed = False
         for order in (graph.ops, tuple(reversed(graph.ops))):

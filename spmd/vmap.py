@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 
 from spmd import lax
+from spmd.autodiff import trace_to_graph
+from spmd.collective_api import current_mesh_axes, mesh_axes
 from spmd.errors import ShapeError
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.tracing import bind, describe_loc, loc_scope, type_of
 from spmd.tree import tree_flatten, tree_unflatten
+from spmd.validate import check_callable
 from spmd.vmap_rules import batch, named_axis_collective
 
 Value = tuple[Any, bool]  # (value, has the batch dim first)
@@ -51,16 +54,12 @@ def vmap(
     >>> np.asarray(rows).tolist()
     [1.0, 13.0, 41.0]
     """
-    from spmd.validate import check_callable
-
     check_callable("vmap", fun)
     if axis_name is not None and not isinstance(axis_name, str):
         raise ShapeError(f"vmap axis_name must be a string, got {axis_name!r}", describe_loc())
 
     @functools.wraps(fun)
     def run(*args: Any) -> Any:
-        from spmd.autodiff import trace_to_graph
-
         leaves, treedef = tree_flatten(args)
         axes = _axes_per_leaf(in_axes, args, "in_axes")
         size = _batch_size(leaves, axes, axis_size)
@@ -83,8 +82,6 @@ def _named_axis(axis_name: str | None, size: int) -> Iterator[None]:
     if axis_name is None:
         yield
         return
-    from spmd.collective_api import current_mesh_axes, mesh_axes
-
     outer = current_mesh_axes()
     names = (outer.axis_names if outer else ()) + (axis_name,)
     sizes = (outer.axis_sizes if outer else ()) + (size,)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from spmd import dtypes
+from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY, Trait
@@ -20,8 +21,6 @@ SMALLEST = Trait.SOURCE | Trait.BROADCAST  # already as small as they get
 
 def constant_fold(graph: Graph) -> Graph:
     """Evaluate small all-constant ops with the reference interpreter."""
-    from spmd.interpreter import run_reference
-
     view = GraphView(graph)
     ops: list[Op] = []
     for op in graph.ops:

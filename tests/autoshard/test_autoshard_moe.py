@@ -14,7 +14,6 @@ import pytest
 import spmd
 import spmd.nn_moe
 import spmd.sim
-from benchmarks.autoshard_moe import moe_layer as moe_residual
 from spmd import dispatch
 from spmd.api import ShapeDtypeStruct as S
 from spmd.sharding import NamedSharding, P
@@ -92,14 +91,25 @@ def test_expert_parallelism_reshards_by_two_all_to_alls():
     np.testing.assert_allclose(np.asarray(f(*args)), reference(*args), rtol=2e-4, atol=2e-5)
 
 
-def test_auto_sharded_moe_layer_equals_the_unsharded_reference():
+def moe_residual_top1(x, router, w_in, w_out):
+    return x + spmd.nn_moe.moe(x, router, w_in, w_out)
+
+
+def test_autoshard_between_fixed_token_and_expert_layouts_plans_the_all_to_alls():
+    """Tokens' groups and experts given sharded over data x model (as ShapeDtypeStructs,
+    which autoshard keeps): the plan reshards by the same two all-to-alls as the hand plan
+    above, no gather, and its program equals the per-token loop."""
     mesh = spmd.make_mesh((2, 4), ALL)
-    args = _data(SMALL, seed=2)
-    plan = spmd.sim.autoshard(moe_residual, *args, mesh=mesh, time_limit_s=10)
+    shapes = [(8, 8, 16), (16, 8), (8, 16, 64), (8, 64, 16)]
+    args = _data(shapes, seed=2)
+    given = [NamedSharding(mesh, P(ALL)), None, NamedSharding(mesh, P(ALL))]
+    abstract = [S(s, "float32", g) for s, g in zip(shapes, given + given[-1:])]
+    plan = spmd.sim.autoshard(moe_residual_top1, *abstract, mesh=mesh, time_limit_s=10)
     run = dispatch.compile_graph(plan.graph, plan.flat_in, plan.flat_out, (False,) * 4)
     got = np.asarray(run(list(args))[0])
-    np.testing.assert_allclose(got, np.asarray(moe_residual(*args)), rtol=2e-4, atol=2e-5)
-    assert plan.problem["nodes"] > 0
+    np.testing.assert_allclose(got, args[0] + reference(*args), rtol=2e-4, atol=2e-5)
+    recs = [(r.kind, r.axes, r.bytes) for r in run.collectives()]
+    assert recs == [("all_to_all", ALL, 8 * 1 * 2 * 16 * F32)] * 2, recs
 
 
 def _hand(mesh, shapes, specs):
@@ -117,12 +127,38 @@ def test_autoshard_finds_expert_parallelism_on_v5e_16x16():
     hand = plans(("data",), ("model",))["layer"]
     times = {
         name: spmd.sim.simulate(
-            moe_residual, *_hand(mesh, shapes, hand[name]), check_memory=False
+            moe_residual_top1, *_hand(mesh, shapes, hand[name]), check_memory=False
         ).step_time_s
         for name in ("DP", "FSDP", "EP")
     }
-    plan = spmd.sim.autoshard(moe_residual, *[S(s, "float32") for s in shapes], mesh=mesh)
+    plan = spmd.sim.autoshard(moe_residual_top1, *[S(s, "float32") for s in shapes], mesh=mesh)
     t = plan.report.step_time_s
     assert t <= 1.05 * times["EP"] and t < 0.5 * min(times["DP"], times["FSDP"]), (plan, times)
     kinds = {r.op for r in plan.report.ops if r.kind == "collective"}
     assert kinds == {"all_to_all"}, kinds
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_expert_parallel_gradients_equal_the_unsharded_ones():
+    """The backward of the dispatch and combine einsums under expert parallelism (their
+    transposes reshard by all-to-alls too) gives the unsharded gradients."""
+    import spmd.numpy as snp
+
+    mesh = spmd.make_mesh((2, 4), ALL)
+    shapes = [(8, 8, 16), (16, 8), (8, 16, 64), (8, 64, 16)]
+    args = _data(shapes, seed=3)
+
+    def loss(weights, x):
+        return snp.sum(spmd.nn_moe.moe(x, *weights, top_k=2) ** 2)
+
+    def grads(x, router, w_in, w_out):
+        return spmd.grad(loss, argnums=(0, 1))((router, w_in, w_out), x)
+
+    specs = [P(ALL), P(), P(ALL), P(ALL)]
+    f = spmd.jit(grads, in_shardings=tuple(NamedSharding(mesh, p) for p in specs))
+    got, want = spmd.tree_leaves(f(*args)), spmd.tree_leaves(spmd.jit(grads)(*args))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4)
+    kinds = [r.kind for r in f.lower(*args).compile().collectives()]
+    assert kinds.count("all_to_all") >= 4, kinds  # two forward, two in the transposes

@@ -20,7 +20,6 @@ from typing import Any
 import spmd
 import spmd.sim
 from backends.tpu_sim.chips import load_chip
-from backends.tpu_sim.cost_model import op_time
 from benchmarks.sim_models import (
     LLAMA2_70B,
     LLAMA31_8B,
@@ -31,6 +30,7 @@ from benchmarks.sim_models import (
     train_step,
 )
 from benchmarks.sim_scaling import Config, time_abstract_step
+from spmd.sharding import NamedSharding, P
 
 
 def simulate_model(
@@ -141,6 +141,7 @@ def libtpu_chip(name: str) -> Any:
         peak_flops_f32=chip.peak_flops_f32 * share,
         hbm_bandwidth=chip.hbm_bandwidth * share,
         vpu_elements_per_cycle=chip.vpu_elements_per_cycle * share,
+        xlu_elements_per_cycle=chip.xlu_elements_per_cycle * share,
     )
 
 
@@ -165,18 +166,29 @@ def libtpu_rows(folder: Path) -> None:
         print(f"{path.stem:<4} sim/libtpu geomean (ideal->calibrated): " + ", ".join(cells))
 
 
+# libtpu's programs (benchmarks/sim_libtpu_estimates.py), traced and simulated as one op each
+PROGRAMS = {
+    "matmul": lambda a, b: a @ b,
+    "add": lambda a, b: a + b,
+    "exp": lambda a: spmd.numpy.exp(a),
+    "reduce": lambda a: a.sum(-1),
+    "transpose": lambda a: a.T + 1,
+}
+
+
 def _predict(chip: Any, row: dict[str, Any]) -> float:
+    """The simulator's seconds for the program libtpu priced (fusions and all), on one chip."""
+    mesh = spmd.make_mesh((1,), ("d",), device=f"tpu-sim:{chip.name}")
+    layout = NamedSharding(mesh, P())
     if row["kind"] == "matmul":
         m, n, k = row["m"], row["n"], row["k"]
-        return op_time(
-            chip, 2.0 * m * n * k, 2.0 * (m * k + k * n + m * n), "bf16", mxu_dims=(m, n, k)
-        )
-    size = row["size"]
-    width = 2 if row["dtype"] == "bf16" else 4
-    reads = {"add": 2, "exp": 1, "reduce": 1, "transpose": 1}[row["kind"]]
-    writes = size // 1024 if row["kind"] == "reduce" else size
-    flops = 0.0 if chip.vpu_elements_per_cycle else size * (10 if row["kind"] == "exp" else 1)
-    return op_time(chip, flops, (reads * size + writes) * width, "float32", elements=size)
+        args = [spmd.ShapeDtypeStruct(s, "bfloat16", layout) for s in ((m, k), (k, n))]
+    else:
+        dtype = "bfloat16" if row["dtype"] == "bf16" else "float32"
+        shape = (row["size"] // 1024, 1024)
+        args = [spmd.ShapeDtypeStruct(shape, dtype, layout)] * (2 if row["kind"] == "add" else 1)
+    step = spmd.jit(PROGRAMS[row["kind"]])
+    return spmd.sim.simulate(step, *args, chip=chip, check_memory=False).step_time_s
 
 
 def scaling_row() -> None:

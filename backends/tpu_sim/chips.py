@@ -40,6 +40,7 @@ OPTIONAL: dict[str, dict[str, float]] = {
         "matmul": 1.0,
         "hbm": 1.0,
         "vpu_elements_per_cycle": 0.0,
+        "xlu_elements_per_cycle": 0.0,
         "op_overhead_s": 0.0,
         "matmul_overhead_s": 0.0,
         "ici_bandwidth": 1.0,
@@ -73,6 +74,7 @@ class ChipSpec:
     matmul_efficiency: float = 1.0  # fraction of peak a large MXU-bound matmul reaches
     hbm_efficiency: float = 1.0  # fraction of HBM bandwidth a streaming op reaches
     vpu_elements_per_cycle: float = 0.0  # elements a fusion streams per cycle (0: no limit)
+    xlu_elements_per_cycle: float = 0.0  # elements a transpose moves across lanes (0: free)
     op_overhead_s: float = 0.0  # fixed cost of one VPU kernel (fusion, copy)
     matmul_overhead_s: float = 0.0  # fixed cost of one MXU kernel
     ici_efficiency: float = 1.0  # fraction of link bandwidth a large collective reaches
@@ -111,6 +113,7 @@ class ChipSpec:
             matmul_efficiency=1.0,
             hbm_efficiency=1.0,
             vpu_elements_per_cycle=0.0,
+            xlu_elements_per_cycle=0.0,
             op_overhead_s=0.0,
             matmul_overhead_s=0.0,
             ici_efficiency=1.0,

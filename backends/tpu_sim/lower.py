@@ -23,6 +23,7 @@ class Costing:
     kind: str
     flops_per_element: float = 0.0
     note: str = ""
+    lanes: bool = False  # moves elements across vector lanes (the XLU), fuses into its consumer
 
 
 ELEMENTWISE = Costing("elementwise", 1.0)
@@ -97,7 +98,11 @@ LOWERINGS: dict[str, Costing] = {
     "argsort": Costing("reduce", 10.0, "sorting network: ~log2(n) compare passes per element"),
     "reshape": VIEW,
     "sharding_constraint": VIEW,
-    "transpose": COPY,
+    "transpose": Costing(
+        "copy",
+        note="through the cross-lane unit; XLA fuses it into an elementwise consumer",
+        lanes=True,
+    ),
     "slice": COPY,
     "pad": COPY,
     "concatenate": COPY,

@@ -38,6 +38,7 @@ class Unit:
     producer: bool = False  # can fuse into its consumer (its root is elementwise or a view)
     mxu: tuple[int, int, int] | None = None  # a matmul's (M, N, K), to re-price it fused
     mxu_flops: float = 0.0  # the matmul's own FLOPs (FLOPs of fused prologue ops aside)
+    lane_elements: float = 0.0  # elements moved across vector lanes (transposes)
     dtype: str = "float32"
 
 
@@ -155,7 +156,8 @@ def _single(
         op.outputs,
         flops,
         nbytes,
-        producer=row.kind == "elementwise",
+        producer=row.kind == "elementwise" or row.lanes,
+        lane_elements=float(size) if row.lanes else 0.0,
     )
 
 
@@ -247,16 +249,21 @@ def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) ->
         mxu=root.mxu,
         mxu_flops=root.mxu_flops,
         dtype=root.dtype,
+        lane_elements=sum(p.lane_elements for p in parts) + root.lane_elements,
     )
 
 
 def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
     """Roofline of an elementwise/reduce/copy/fusion unit: HBM traffic vs the elements the
     VPU streams (its largest operand or result). Its FLOPs are reported, not timed: the
-    VPU's rate per element hardly depends on the op (libtpu prices exp like add)."""
+    VPU's rate per element hardly depends on the op (libtpu prices exp like add). On a
+    calibrated chip the elements a fused transpose moves across lanes add at the XLU's
+    rate (libtpu prices a.T + 1 above a + 1)."""
     if unit.kind != "copy":
         unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
     types = graph.types
     elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types), default=0)
     flops = 0.0 if chip.vpu_elements_per_cycle else unit.flops  # ideal chip: FLOPs at f32 peak
     unit.time = op_time(chip, flops, unit.bytes, "float32", elements=elements)
+    if chip.xlu_elements_per_cycle and unit.lane_elements:
+        unit.time += unit.lane_elements / (chip.xlu_elements_per_cycle * chip.clock_hz)

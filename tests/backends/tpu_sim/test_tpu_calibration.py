@@ -111,3 +111,20 @@ def test_latency_hiding_schedule_hides_a_weight_all_gather_behind_the_previous_l
     assert serial.step_time_s == pytest.approx(serial.compute_time_s + serial.collective_time_s)
     assert hidden.step_time_s < serial.step_time_s - 0.5 * serial.collective_time_s
     assert hidden.step_time_s >= max(hidden.compute_time_s, hidden.collective_time_s) * 0.999
+
+
+def _simulated(f, *shapes, dtype="float32"):
+    mesh = spmd.make_mesh((1,), ("d",), device="tpu-sim:v5e")
+    args = [sds(s, dtype, NamedSharding(mesh, P())) for s in shapes]
+    return spmd.sim.simulate(spmd.jit(f), *args, check_memory=False)
+
+
+def test_a_transpose_fuses_into_its_consumer_and_moves_its_elements_at_the_xlu_rate():
+    # a.T + 1 is one fusion (as in libtpu's HLO): the add's VPU stream plus the transpose's
+    # 2^24 elements across lanes (was a copy through HBM and then the add: two kernels)
+    n = 2**24
+    report = _simulated(lambda a: a.T + 1, (n // 1024, 1024))
+    vpu = n / (V5E.vpu_elements_per_cycle * V5E.clock_hz)
+    lanes = n / (V5E.xlu_elements_per_cycle * V5E.clock_hz)
+    assert [r.count for r in report.ops] == [1]
+    assert report.step_time_s == pytest.approx(V5E.op_overhead_s + vpu + lanes)

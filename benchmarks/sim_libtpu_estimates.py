@@ -20,7 +20,7 @@ from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-CLOCK_HZ = {"v4": 1.05e9, "v5e": 1.5e9, "v5p": 1.75e9, "v6e": 1.5e9}  # configs/chips/*.toml
+CLOCK_HZ = {"v4": 1.05e9, "v5e": 1.5e9, "v5p": 1.75e9, "v6e": 1.75e9}  # configs/chips/*.toml
 
 
 def estimated_cycles(fun, *args) -> int:
@@ -91,8 +91,13 @@ def main(topology: str) -> None:
                 }
             )
     chip = topology.split(":")[0]
+    # v4's deviceless topology lists each TensorCore as a device (num_cores 1): its
+    # estimates are half a chip's (benchmarks/sim_pod_scale.py LIBTPU_DEVICE_SHARE)
+    meta = {"devices": len(topo.devices), "cores_per_device": topo.devices[0].num_cores}
     json.dump(
-        {"topology": topology, "clock_hz": CLOCK_HZ[chip], "rows": rows}, sys.stdout, indent=1
+        {"topology": topology, "clock_hz": CLOCK_HZ[chip], **meta, "rows": rows},
+        sys.stdout,
+        indent=1,
     )
 
 

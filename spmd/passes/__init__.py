@@ -1,14 +1,16 @@
 """Generic graph passes, registered by name; `optimize` runs a pipeline of them.
 
 With SPMD_VERIFY=1 the verifier runs after every pass and names the pass that broke
-the graph.
+the graph. The passes read op facts from spmd.ops.opdef (not the package), so that op
+families may use them while spmd.ops loads; the package is imported here so that the
+registry is filled before any pass runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from spmd import config
+from spmd import config, ops  # noqa: F401  (fills the registry)
 from spmd.ir.graph import Graph
 from spmd.passes.constant_fold import constant_fold
 from spmd.passes.cse import cse

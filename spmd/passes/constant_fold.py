@@ -11,7 +11,7 @@ from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
 from spmd.ir.types import TensorType
-from spmd.ops import REGISTRY, Trait
+from spmd.ops.opdef import REGISTRY, Trait
 from spmd.passes.purity import is_foldable
 from spmd.passes.rules import GraphView, map_subgraphs
 

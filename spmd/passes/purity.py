@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from spmd.ops import REGISTRY, Trait
-from spmd.ops.opdef import is_impure
+from spmd.ops.opdef import REGISTRY, Trait, is_impure
 
 __all__ = ["is_foldable", "is_impure"]
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from spmd.ir.graph import Attrs, Graph, Op
 from spmd.ir.types import TensorType
-from spmd.ops import REGISTRY, Trait
+from spmd.ops.opdef import REGISTRY, Trait
 
 Rule = Callable[[Op, "GraphView"], "int | Op | None"]
 MAX_ROUNDS = 8

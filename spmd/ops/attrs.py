@@ -10,8 +10,13 @@ from typing import Any
 from spmd.ops.opdef import AttrKind, OpDef
 
 
+def _shift_one(d: int) -> int:
+    """A dim index past a new leading axis: one more, or as it is when it counts from the end."""
+    return int(d) + 1 if int(d) >= 0 else int(d)
+
+
 def _shift(dims: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(d) + 1 for d in dims)
+    return tuple(_shift_one(d) for d in dims)
 
 
 def with_leading_axis(opdef: OpDef, attrs: dict[str, Any], n: int) -> dict[str, Any] | None:
@@ -25,7 +30,7 @@ def with_leading_axis(opdef: OpDef, attrs: dict[str, Any], n: int) -> dict[str, 
             continue
         a = attrs[key]
         if kind is AttrKind.DIM:
-            out[key] = int(a) + 1
+            out[key] = _shift_one(a)
         elif kind is AttrKind.DIMS:
             out[key] = _shift(a)
         elif kind is AttrKind.DIM_MAP:

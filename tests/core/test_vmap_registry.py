@@ -13,6 +13,7 @@ import spmd
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Op, fresh_id
 from spmd.ops import REGISTRY
+from spmd.ops.attrs import with_leading_axis
 from spmd.tracing import bind
 from tests.partitioner.test_device_batching import batchable_ops, value
 from tests.test_registry_coverage import SAMPLES
@@ -50,3 +51,14 @@ def test_vmap_runs_the_op_once_over_the_batch(name: str) -> None:
         for g, w in zip(got, want):
             np.testing.assert_allclose(np.asarray(g)[e], w, rtol=1e-5, atol=1e-6, equal_nan=True)
             assert np.asarray(g).dtype == w.dtype
+
+
+def test_a_dim_counted_from_the_end_stays_as_it_is_past_the_new_axis() -> None:
+    """with_leading_axis (vmap and device batching): -1 names the last dim before and after."""
+    assert with_leading_axis(REGISTRY["cumsum"], {"axis": -1, "reverse": False}, 3) == {
+        "axis": -1, "reverse": False}
+    assert with_leading_axis(REGISTRY["reduce"], {"kind": "sum", "axes": (0, -1)}, 3) == {
+        "kind": "sum", "axes": (1, -1)}
+    x = np.arange(24.0, dtype=np.float32).reshape(2, 3, 4)
+    got = spmd.vmap(lambda v: spmd.lax.cumsum(v, -1))(x)
+    np.testing.assert_array_equal(np.asarray(got), np.cumsum(x, -1))

@@ -24,6 +24,10 @@ class Costing:
     flops_per_element: float = 0.0
     note: str = ""
     lanes: bool = False  # moves elements across vector lanes (the XLU), fuses into its consumer
+    walk: str = "body"  # control ops: "scan" (body x length), "cond" (costliest branch),
+    # "while" (cond and body x while_iterations), "body" (its one body once)
+    flops_scale: float = 1.0  # attention: its FLOPs over the forward's two matmuls
+    in_place: int = -1  # the operand a copy reads and writes in place (-1: reads all, writes all)
 
 
 ELEMENTWISE = Costing("elementwise", 1.0)
@@ -110,7 +114,9 @@ LOWERINGS: dict[str, Costing] = {
     "gather": COPY,
     "scatter_add": Costing("copy", note="reads operand and updates, writes the operand"),
     "dynamic_slice": COPY,
-    "dynamic_update_slice": Costing("copy", note="in place: reads and writes the update only"),
+    "dynamic_update_slice": Costing(
+        "copy", note="in place: reads and writes the update only", in_place=1
+    ),
     "constant": FREE,
     "axis_index": FREE,
     "all_reduce": COLLECTIVE,
@@ -118,9 +124,11 @@ LOWERINGS: dict[str, Costing] = {
     "reduce_scatter": COLLECTIVE,
     "all_to_all": COLLECTIVE,
     "collective_permute": COLLECTIVE,
-    "scan": CONTROL,
-    "cond": CONTROL,
-    "while_loop": CONTROL,
+    "scan": Costing("control", note="its body x length, carries chained", walk="scan"),
+    "cond": Costing("control", note="its costliest branch", walk="cond"),
+    "while_loop": Costing(
+        "control", note="cond and body x while_iterations (trip count unknown)", walk="while"
+    ),
     "shard_map": CONTROL,
     "remat": CONTROL,
     "checkpoint_name": VIEW,
@@ -133,6 +141,7 @@ LOWERINGS: dict[str, Costing] = {
         "attention",
         note="fused backward: recomputes QK^T, then dV, dP, dQ, dK (5 matmuls "
         "to the forward's 2); HBM traffic of its operands and results",
+        flops_scale=2.5,
     ),
 }
 

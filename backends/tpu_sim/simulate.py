@@ -13,6 +13,7 @@ from typing import Any
 from spmd.ir.graph import Graph, Op
 
 from .chips import ChipSpec
+from .lower import costing
 from .memory import MemoryTracker
 from .report import OpRow, SimReport
 from .timeline import Timeline
@@ -75,17 +76,7 @@ class Simulator:
             if u.op is None:
                 count += 1
                 continue
-            op = u.op
-            if op.name == "scan":
-                count += op.attrs["length"] * self.events(op.attrs["body"])
-            elif op.name == "cond":
-                count += max(self.events(b) for b in op.attrs["branches"])
-            elif op.name == "while_loop":
-                count += self.while_iterations * (
-                    self.events(op.attrs["cond_graph"]) + self.events(op.attrs["body_graph"])
-                )
-            else:
-                count += self.events(op.attrs["body"])
+            count += EVENTS[costing(u.op.name).walk](self, u.op)
         self._events[key] = count
         return count
 
@@ -181,14 +172,13 @@ class Simulator:
     def control(self, op: Op, ready_in: list[float]) -> list[float]:
         """Scan: the body x length (carries chain); cond: the costliest branch; while: the
         body x `while_iterations` (its trip count is data-dependent)."""
-        if op.name == "scan":
-            return self.scan(op, ready_in)
-        if op.name == "cond":
-            branches = op.attrs["branches"]
-            costliest = max(branches, key=self.static_time)
-            return self.schedule(costliest, ready_in[1:])
-        if op.name == "while_loop":
-            return self.while_loop(op, ready_in)
+        return CONTROL[costing(op.name).walk](self, op, ready_in)
+
+    def cond(self, op: Op, ready_in: list[float]) -> list[float]:
+        costliest = max(op.attrs["branches"], key=self.static_time)
+        return self.schedule(costliest, ready_in[1:])
+
+    def body(self, op: Op, ready_in: list[float]) -> list[float]:
         return self.schedule(op.attrs["body"], ready_in)
 
     def scan(self, op: Op, ready_in: list[float]) -> list[float]:
@@ -237,14 +227,8 @@ class Simulator:
         for u in self.units(graph):
             if u.op is None:
                 total += u.time
-            elif u.op.name == "scan":
-                total += u.op.attrs["length"] * self.static_time(u.op.attrs["body"])
-            elif u.op.name == "cond":
-                total += max(self.static_time(b) for b in u.op.attrs["branches"])
-            elif u.op.name == "while_loop":
-                total += self.while_iterations * self.static_time(u.op.attrs["body_graph"])
             else:
-                total += self.static_time(u.op.attrs["body"])
+                total += STATIC[costing(u.op.name).walk](self, u.op)
         return total
 
     # -- memory ----------------------------------------------------------------------------
@@ -342,3 +326,28 @@ class Simulator:
             overlap=self.overlap,
             notes=list(self.notes),
         )
+
+
+# Per control walk (backends/tpu_sim/lower.py rows): timeline events of one execution, the
+# scheduler's method, and serial seconds.
+EVENTS = {
+    "scan": lambda sim, op: op.attrs["length"] * sim.events(op.attrs["body"]),
+    "cond": lambda sim, op: max(sim.events(b) for b in op.attrs["branches"]),
+    "while": lambda sim, op: (
+        sim.while_iterations
+        * (sim.events(op.attrs["cond_graph"]) + sim.events(op.attrs["body_graph"]))
+    ),
+    "body": lambda sim, op: sim.events(op.attrs["body"]),
+}
+CONTROL = {
+    "scan": Simulator.scan,
+    "cond": Simulator.cond,
+    "while": Simulator.while_loop,
+    "body": Simulator.body,
+}
+STATIC = {
+    "scan": lambda sim, op: op.attrs["length"] * sim.static_time(op.attrs["body"]),
+    "cond": lambda sim, op: max(sim.static_time(b) for b in op.attrs["branches"]),
+    "while": lambda sim, op: sim.while_iterations * sim.static_time(op.attrs["body_graph"]),
+    "body": lambda sim, op: sim.static_time(op.attrs["body"]),
+}

@@ -39,6 +39,7 @@ class Unit:
     mxu: tuple[int, int, int] | None = None  # a matmul's (M, N, K), to re-price it fused
     mxu_flops: float = 0.0  # the matmul's own FLOPs (FLOPs of fused prologue ops aside)
     lane_elements: float = 0.0  # elements moved across vector lanes (transposes)
+    members: int = 1  # ops fused into this unit
     dtype: str = "float32"
 
 
@@ -96,8 +97,7 @@ def _attention(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
     results; FLOPs are the forward's two matmuls (the backward's five), causal tiles only."""
     q, k, v = (graph.types[x] for x in op.inputs[:3])
     flops = attention_flops(q.shape, k.shape, v.shape[-1], bool(op.attrs["is_causal"]))
-    if op.name == "dot_product_attention_bwd":
-        flops *= 2.5
+    flops *= costing(op.name).flops_scale
     nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
     dtype = _peak_dtype(chip, q.dtype)
     seconds = op_time(chip, flops, nbytes, dtype, mxu_dims=(q.shape[-3], k.shape[-3], q.shape[-1]))
@@ -114,7 +114,7 @@ def _collective(
     shift = 1
     pairs = op.attrs.get("pairs", ())
     moving = [(s, d) for s, d in pairs if s != d]
-    if op.name == "collective_permute":
+    if "pairs" in op.attrs:  # a permute: its ring distance sets the hops
         size = int(op.attrs.get("group_size", 1)) or 1
         shift = (moving[0][1] - moving[0][0]) % size if moving else 0
     seconds = collective_time(chip, topology, op.name, nbytes, indices, shift=shift)
@@ -144,8 +144,8 @@ def _single(
             producer=row.kind == "view",
         )
     nbytes = _nbytes(graph, op.inputs) + _nbytes(graph, op.outputs)
-    if op.name == "dynamic_update_slice":
-        nbytes = 2 * _nbytes(graph, op.inputs[1:2])
+    if row.in_place >= 0:
+        nbytes = 2 * _nbytes(graph, op.inputs[row.in_place : row.in_place + 1])
     size = sum(graph.types[v].size for v in (op.inputs[:1] if row.kind == "reduce" else op.outputs))
     flops = row.flops_per_element * size
     return Unit(
@@ -200,7 +200,7 @@ def build_units(
     for u in done:
         if u.kind in ("elementwise", "reduce", "copy", "fusion"):
             _price(u, graph, chip)
-        elif u.kind == "matmul" and u.mxu is not None and u.name != "dot_general":
+        elif u.kind == "matmul" and u.mxu is not None and u.members > 1:
             # a matmul with fused operand producers: it reads their inputs instead, and the
             # VPU work runs beside the MXU (XLA's fused convolution)
             u.bytes = _nbytes(graph, u.inputs) + _nbytes(graph, u.outputs)
@@ -250,6 +250,7 @@ def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) ->
         mxu_flops=root.mxu_flops,
         dtype=root.dtype,
         lane_elements=sum(p.lane_elements for p in parts) + root.lane_elements,
+        members=count,
     )
 
 

@@ -2,7 +2,9 @@
 
 `vjp` traces the function to a graph, replays it in the caller's context (a trace or
 eager), and runs each op's registry VJP rule backwards. Rules are written with
-spmd.lax, so the backward pass is traced (or run) like user code. `jvp` transposes
+spmd.lax, so the backward pass is traced (or run) like user code. This engine binds its own
+few ops (zeros, sums, casts) and imports the registry alone (spmd/ir/opdef.py), so the
+rules of the ops holding sub-graphs (scan, cond, remat) import it. `jvp` transposes
 the (linear) VJP once more, so no separate forward-mode rules are needed.
 """
 
@@ -11,24 +13,26 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from spmd import dtypes
+from spmd.array import Array
 from spmd.errors import DTypeError, InternalError, NonDifferentiableError, ShapeError
 from spmd.ir.graph import Graph, Op
+from spmd.ir.opdef import NONDIFF, REGISTRY, ZERO_GRAD
 from spmd.ir.types import TensorType
-from spmd.ops import REGISTRY, ZERO_GRAD
-from spmd.ops.opdef import NONDIFF
-from spmd.ops.remat import remat_backward, replay_remat
 from spmd.tracing import (
     Trace,
     Tracer,
     bind,
+    concrete_value,
     current_trace,
     describe_loc,
     loc_scope,
     trace_scope,
     type_of,
 )
-from spmd.tree import tree_flatten, tree_unflatten
+from spmd.tree import tree_flatten, tree_map, tree_unflatten
 
 
 def trace_to_graph(
@@ -100,25 +104,30 @@ def _as_traced(trace: Trace, x: Any) -> Tracer:
 
 
 def _constant_in(trace: Trace, x: Any) -> Tracer:
-    from spmd import lax
-
     t = type_of(x)
-    import numpy as np
+    return bind("constant", value=np.asarray(x, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
 
-    return lax.constant(np.asarray(x, dtype=dtypes.to_numpy(t.dtype)), weak=t.weak)
+
+def _full(t: TensorType, fill: float) -> Any:
+    """fill in every element of type t (lax.full, bound here: this engine is below spmd.lax)."""
+    value = bind("constant", value=np.asarray(fill, dtype=dtypes.to_numpy(t.dtype)), weak=False)
+    if not t.shape:
+        return value
+    return bind("broadcast_in_dim", value, shape=t.shape, broadcast_dimensions=())
 
 
 def replay(graph: Graph, args: Sequence[Any]) -> dict[Any, Any]:
     """Run graph's ops with `bind` in the current context; returns value id -> value
-    (and ("remat", id) -> the residuals a remat region saved for its backward)."""
+    (and ("residuals", id) -> what an op with a residual_vjp saved for its backward)."""
     env: dict[Any, Any] = {
         v: _as_value(x, t) for v, x, t in zip(graph.params, args, graph.param_types)
     }
     for op in graph.ops:
         with loc_scope(op.loc):
             ins = [env[v] for v in op.inputs]
-            if op.name == "remat":  # the forward that also returns what the policy saves
-                outs, env[("remat", op.outputs[0])] = replay_remat(op, ins)
+            residual_vjp = REGISTRY[op.name].residual_vjp
+            if residual_vjp is not None:  # the forward that also returns its residuals
+                outs, env[("residuals", op.outputs[0])] = residual_vjp[0](op, ins)
             else:
                 outs = bind(op.name, *ins, **op.attrs)
         outs = outs if REGISTRY[op.name].multi_output else (outs,)
@@ -128,9 +137,6 @@ def replay(graph: Graph, args: Sequence[Any]) -> dict[Any, Any]:
 
 def _as_value(x: Any, t: TensorType) -> Any:
     """A Tracer or Array for x (VJP rules read `.type` off their primals)."""
-    from spmd.array import Array
-    from spmd.tracing import concrete_value
-
     if isinstance(x, (Tracer, Array)):
         return x
     value = concrete_value(x, t)
@@ -141,8 +147,6 @@ def _as_value(x: Any, t: TensorType) -> Any:
 
 def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> list[Any]:
     """Cotangents of graph.params given cotangents of graph.results (None means zero)."""
-    from spmd import lax
-
     cts: dict[int, Any] = {}
     for vid, ct in zip(graph.results, result_cts):
         if ct is not None:
@@ -159,19 +163,17 @@ def backward(graph: Graph, env: dict[int, Any], result_cts: Sequence[Any]) -> li
     out = []
     for vid, t in zip(graph.params, graph.param_types):
         ct = cts.get(vid)
-        out.append(ct if ct is not None else lax.full(t.shape, 0, t.dtype))
+        out.append(ct if ct is not None else _full(t, 0))
     return out
 
 
 def _accumulate(cts: dict[int, Any], vid: int, ct: Any, graph: Graph) -> None:
-    from spmd import lax
-
     if ct is None or not dtypes.is_differentiable(graph.types[vid].dtype):
         return
     t = graph.types[vid]
     if type_of(ct).dtype != t.dtype:
-        ct = lax.convert_element_type(ct, t.dtype)
-    cts[vid] = ct if vid not in cts else lax.add(cts[vid], ct)
+        ct = bind("convert_element_type", ct, new_dtype=t.dtype, weak=False)
+    cts[vid] = ct if vid not in cts else bind("add", cts[vid], ct)
 
 
 def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
@@ -191,11 +193,12 @@ def _op_vjp(op: Op, out_cts: list[Any], env: dict[int, Any]) -> Sequence[Any]:
             "function",
         )
     primals = [env[v] for v in op.inputs]
-    if op.name == "remat":
-        residuals = env.get(("remat", op.outputs[0]))
+    if opdef.residual_vjp is not None:
+        replay_op, backward_op = opdef.residual_vjp
+        residuals = env.get(("residuals", op.outputs[0]))
         if residuals is None:
-            residuals = replay_remat(op, primals)[1]
-        return remat_backward(op, out_cts, primals, residuals)
+            residuals = replay_op(op, primals)[1]
+        return backward_op(op, out_cts, primals, residuals)
     outs = [env[v] for v in op.outputs]
     if opdef.multi_output:
         result = opdef.vjp(tuple(out_cts), *primals, out=tuple(outs), **op.attrs)
@@ -257,7 +260,6 @@ def vjp(fun: Callable[..., Any], *primals: Any, has_aux: bool = False) -> tuple[
 
 def _replay_aux(aux: Any, graph: Graph, env: dict[int, Any]) -> Any:
     """aux was traced in the child trace; map its tracers to the replayed values."""
-    from spmd.tree import tree_map
 
     def convert(x: Any) -> Any:
         if isinstance(x, Tracer) and x.id in env:
@@ -274,7 +276,7 @@ def value_and_grad(
     fun: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
 ) -> Callable[..., Any]:
     """Like jax.value_and_grad: f must return a float scalar (or (scalar, aux))."""
-    from spmd.validate import check_argnums, check_callable
+    from spmd.validate import check_argnums, check_callable  # the API's argument checks
 
     check_callable("grad", fun)
     many = isinstance(argnums, (tuple, list))
@@ -306,9 +308,7 @@ def value_and_grad(
                 describe_loc(),
                 "reduce the output first (e.g. .sum() or .mean()), or use vjp",
             )
-        from spmd import lax
-
-        grads = vjp_fn(lax.full((), 1.0, t.dtype))
+        grads = vjp_fn(_full(TensorType((), t.dtype), 1.0))
         grads = grads if many else grads[0]
         value = (out, result[2]) if has_aux else out
         return value, grads
@@ -347,11 +347,8 @@ def jvp(
     tangents: Sequence[Any],
 ) -> tuple[Any, Any]:
     """(f(primals), J @ tangents), by transposing the linear VJP map."""
-    from spmd import lax
-    from spmd.tree import tree_map
-
     out, vjp_fn = vjp(fun, *primals)
-    ct_zero = tree_map(lambda o: lax.zeros_like(o), out)
+    ct_zero = tree_map(lambda o: _full(type_of(o), 0), out)
     _, vjp_of_vjp = vjp(vjp_fn, ct_zero)
     (tangent_out,) = vjp_of_vjp(tuple(tangents))
     return out, tangent_out

@@ -14,6 +14,7 @@ import numpy as np
 from spmd import dtypes
 from spmd.errors import InternalError
 from spmd.ir.graph import Graph, Op
+from spmd.ir.opdef import REGISTRY  # filled by spmd.ops, which built the graph
 
 
 def evaluate(
@@ -65,8 +66,6 @@ class run_op_scope:
 
 def run_reference(op: Op, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """One op through its registry reference, cast to its declared output types."""
-    from spmd.ops import REGISTRY
-
     opdef = REGISTRY[op.name]
     out = opdef.reference(*inputs, **op.attrs)
     outs = out if opdef.multi_output else (out,)

@@ -24,6 +24,7 @@ from spmd.errors import (
     user_frame,
 )
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
+from spmd.ir.opdef import REGISTRY
 from spmd.ir.types import TensorType
 
 
@@ -203,11 +204,10 @@ def concrete_value(x: Any, t: TensorType) -> np.ndarray:
 
 def bind(name: str, *inputs: Any, **attrs: Any) -> Any:
     """Apply op `name`: record it in the active trace, or run it now when none is active."""
-    from spmd.ops import REGISTRY  # the ops' VJP rules trace with this module
-
     opdef = REGISTRY.get(name)
-    if opdef is None:
-        raise InternalError(f"unknown op {name!r}")
+    if opdef is None:  # REGISTRY is filled by importing spmd.ops (spmd.lax does)
+        loaded = "" if REGISTRY else " (spmd.ops is not loaded)"
+        raise InternalError(f"unknown op {name!r}{loaded}")
     in_types = [type_of(x) for x in inputs]
     try:
         out = opdef.infer(*in_types, **attrs)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd.autodiff import vjp
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.attention_ref import (
@@ -37,6 +38,7 @@ from spmd.ops.attention_ref import (
 from spmd.ops.common import lax as _lax
 from spmd.ops.common import numpy as public_numpy
 from spmd.ops.opdef import Factors, OpDef
+from spmd.tracing import bind
 
 # The oracle's helpers live in attention_ref; backends/cpu/attention.py imports them from here.
 __all__ = [
@@ -197,8 +199,6 @@ def _fwd_vjp(
     nn.ring_attention, which merges blocks by their lse) enters as one more value column:
     d lse / d scores = the probabilities, so with v' = [v, 1], out' = [out, 0] and
     d_out' = [d_out, d_lse] the backward's d_p gains d_lse per row and its delta does not."""
-    from spmd.tracing import bind
-
     lax, snp = _lax(), public_numpy()
 
     d_out, d_lse = cts[0], cts[1] if len(cts) > 1 else None
@@ -286,8 +286,6 @@ def _bwd_vjp(
     """Second-order derivatives: the backward as a function of (q, k, v, d_out[, bias]) is
     the VJP of the unfused forward; out and lse are functions of q, k, v, so all of the
     dependence flows through those (their own cotangents are zero)."""
-    from spmd.autodiff import vjp
-
     lax = _lax()
     attrs = (scale, is_causal, has_bias, has_mask)
     mask = extra[1:] if has_bias else extra

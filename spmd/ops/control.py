@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd.autodiff import backward, replay, trace_flat, vjp_graph
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
@@ -27,6 +28,7 @@ from spmd.ops.subgraph import (
     is_diff,
     same_type,
 )
+from spmd.tracing import bind
 
 # scan -----------------------------------------------------------------------------------
 
@@ -108,9 +110,7 @@ def _scan_vjp(
     """A forward scan stacks each step's input carry and the residuals the backward step
     needs (spmd/ops/scan_residuals.py), then a reverse scan runs the body's VJP on them,
     carrying the carry's cotangent and the consts' summed cotangent."""
-    from spmd.autodiff import trace_flat
-    from spmd.passes.dce import dce
-    from spmd.tracing import bind
+    from spmd.passes.dce import dce  # the passes import the registry's families
 
     nc, ncar = num_consts, num_carry
     fixed = nc + ncar
@@ -194,8 +194,6 @@ def _scan_vjp_step(
 ) -> Any:
     """One backward step: (consts, ct_carry, acc, carry_i, x_i, ct_y_i) ->
     (ct of carry_i, acc + ct of consts, ct of x_i)."""
-    from spmd.autodiff import backward, replay
-
     lax = public_lax()
 
     nx = len(body.params) - nc - ncar
@@ -278,9 +276,6 @@ def _cond_vjp(
     cts: Sequence[Any], index: Any, *operands: Any, out: Any, branches: tuple[Graph, ...]
 ) -> tuple[Any, ...]:
     """A cond over the branches' VJP graphs, on the same index."""
-    from spmd.autodiff import vjp_graph
-    from spmd.tracing import bind
-
     mask = [is_diff(t) for t in branches[0].param_types]
     if not any(mask):
         return (None,) * (1 + len(operands))

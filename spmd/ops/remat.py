@@ -17,12 +17,15 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
-from spmd.errors import ShapeError
+from spmd.autodiff import backward, replay, trace_flat
+from spmd.errors import InternalError, ShapeError
+from spmd.interpreter import evaluate
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.opdef import Factors, Linearity, OpDef, Trait, is_impure
+from spmd.tracing import bind
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,6 @@ def _remat_type(
 def _remat_ref(
     *args: np.ndarray, body: Graph, policy: Policy, recompute: bool
 ) -> tuple[np.ndarray, ...]:
-    from spmd.interpreter import evaluate
-
     return tuple(evaluate(body, args))
 
 
@@ -86,8 +87,6 @@ def _remat_factors(*types: TensorType, body: Graph, policy: Policy, recompute: b
 def _remat_vjp(*_: Any, **__: Any) -> Any:
     """Never called: spmd.autodiff differentiates remat regions itself (it needs the
     residuals saved when the forward was replayed, see forward_and_backward)."""
-    from spmd.errors import InternalError
-
     raise InternalError("remat's VJP goes through spmd.autodiff (this is a bug in spmd)")
 
 
@@ -118,8 +117,7 @@ def split_remat(body: Graph, policy: Policy) -> Split:
 
 def _split(body: Graph, policy: Policy) -> Split:
     """Trace the region's VJP and cut it where the policy saves forward values."""
-    from spmd.autodiff import backward, replay, trace_flat
-    from spmd.passes.cse import cse
+    from spmd.passes.cse import cse  # the passes import the registry's families
     from spmd.passes.dce import dce
     from spmd.passes.rules import rename_inputs
 
@@ -139,8 +137,6 @@ def _split(body: Graph, policy: Policy) -> Split:
         step, list(body.param_types) + [body.result_types[i] for i in diff_out]
     )
     if captured:
-        from spmd.errors import InternalError
-
         raise InternalError("a remat body captured outer values (this is a bug in spmd)")
     primal = set(graph.params[:n])
     saved_ops: list[Op] = []
@@ -186,8 +182,6 @@ def _renamed(op: Op, rename: dict[int, int]) -> Op:
 
 def replay_remat(op: Op, ins: Sequence[Any]) -> tuple[list[Any], tuple[Any, ...]]:
     """Run a remat op's forward for differentiation: (its outputs, the saved residuals)."""
-    from spmd.tracing import bind
-
     split = split_remat(op.attrs["body"], op.attrs["policy"])
     outs = bind("remat", *ins, body=split.forward, policy=op.attrs["policy"], recompute=False)
     k = len(op.outputs)
@@ -198,8 +192,6 @@ def remat_backward(
     op: Op, out_cts: Sequence[Any], primals: Sequence[Any], residuals: Sequence[Any]
 ) -> list[Any]:
     """Cotangents of a remat op's inputs: a recompute region on (primals, cts, residuals)."""
-    from spmd.tracing import bind
-
     lax = public_lax()
 
     body: Graph = op.attrs["body"]
@@ -234,6 +226,7 @@ OPS = [
         multi_output=True,
         doc="A rematerialised region (jax.checkpoint): body graph, saving policy.",
         traits=Trait.CONTROL,
+        residual_vjp=(replay_remat, remat_backward),
     ),
     OpDef(
         "checkpoint_name",

@@ -10,6 +10,7 @@ import numpy as np
 
 from spmd import dtypes
 from spmd.errors import ShapeError
+from spmd.interpreter import evaluate
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS
@@ -17,8 +18,6 @@ from spmd.ops.common import lax as public_lax
 
 
 def evaluate_graph(graph: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    from spmd.interpreter import evaluate
-
     return evaluate(graph, args)
 
 

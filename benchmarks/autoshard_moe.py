@@ -3,7 +3,9 @@ expert weights [E, d, f] want their expert dim sharded and the tokens their grou
 all-to-all between. autoshard's plan against the uniform hand plans (DP, FSDP, Megatron TP,
 DP x TP, FSDP x TP: each expert's [d, f] laid out as a dense FFN's, the expert dim replicated)
 and against expert parallelism (experts over the mesh, tokens over the mesh, the dense
-weights replicated: GShard's plan): simulated step time, peak memory, search time.
+weights replicated: GShard's plan), as input shardings only ("EP") and with GShard's
+annotations on the dispatched buffers ("EP + annotations"): simulated step time, peak
+memory, search time.
 
     python -m benchmarks.autoshard_moe          # tpu-sim v5e 16x16
     python -m benchmarks.autoshard_moe v5p      # tpu-sim v5p 8x8x8
@@ -12,6 +14,7 @@ weights replicated: GShard's plan): simulated step time, peak memory, search tim
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
@@ -22,7 +25,7 @@ import spmd.numpy as snp
 import spmd.sim
 from benchmarks.autoshard import hand_reports, report, roles
 from spmd.api import ShapeDtypeStruct as S
-from spmd.sharding import P
+from spmd.sharding import NamedSharding, P
 
 LAYERS = 1
 AUX = 0.01  # weight of the load-balancing loss
@@ -38,27 +41,27 @@ def attention(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
     return x + snp.einsum("bshk,hkd->bsd", out, wo)
 
 
-def moe_layer(x: Any, router: Any, w_in: Any, w_out: Any) -> Any:
+def moe_layer(x: Any, router: Any, w_in: Any, w_out: Any, shardings: Any = None) -> Any:
     """A pre-norm residual MoE feed-forward (top-2, capacity factor 1.25): each sequence of
-    x [batch, seq, d] is one routing group."""
+    x [batch, seq, d] is one routing group. shardings: GShard's annotations (spmd/nn_moe.py)."""
     h = spmd.nn.standardize(x)
-    return x + spmd.nn_moe.moe(h, router, w_in, w_out, top_k=2)
+    return x + spmd.nn_moe.moe(h, router, w_in, w_out, top_k=2, shardings=shardings)
 
 
-def moe_loss(weights: tuple, x: Any, y: Any) -> Any:
+def moe_loss(weights: tuple, x: Any, y: Any, shardings: Any = None) -> Any:
     """LAYERS blocks of attention + MoE; squared error against y plus the balancing loss."""
     aux = 0.0
     for i in range(LAYERS):
         wq, wk, wv, wo, router, w_in, w_out = weights[7 * i : 7 * i + 7]
         x = attention(x, wq, wk, wv, wo)
         aux = aux + spmd.nn_moe.load_balance_loss(spmd.nn.standardize(x), router)
-        x = moe_layer(x, router, w_in, w_out)
+        x = moe_layer(x, router, w_in, w_out, shardings)
     return snp.mean((x - y) ** 2) + AUX * aux
 
 
-def moe_step(x: Any, y: Any, *weights: Any) -> tuple:
+def moe_step(x: Any, y: Any, *weights: Any, shardings: Any = None) -> tuple:
     """One SGD training step (forward, backward, update): the new weights."""
-    grads = spmd.grad(moe_loss)(weights, x, y)
+    grads = spmd.grad(moe_loss)(weights, x, y, shardings)
     return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
 
 
@@ -111,7 +114,12 @@ SIZES = {
 
 
 def compare(name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list]) -> dict:
+    """Every hand plan, EP again with GShard's annotations (the dispatch masks on the groups,
+    the expert buffers on the experts, over every axis), then autoshard's plan."""
     reports = hand_reports(f, mesh, shapes, hand)
+    every = NamedSharding(mesh, P(tuple(mesh.axis_names)))
+    annotated = functools.partial(f, shardings=(every, every))
+    reports |= hand_reports(annotated, mesh, shapes, {"EP + annotations": hand["EP"]})
     start = time.perf_counter()
     plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh, time_limit_s=600.0)
     wall = time.perf_counter() - start

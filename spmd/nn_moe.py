@@ -75,16 +75,29 @@ def moe(
     capacity_factor: float = 1.25,
     top_k: int = 1,
     activation: Any = nn.gelu,
+    shardings: tuple[Any, Any] | None = None,
 ) -> Any:
-    """The layer's output [G, S, d]: sum over a token's kept choices of gate * expert(x)."""
+    """The layer's output [G, S, d]: sum over a token's kept choices of gate * expert(x).
+
+    shardings: (tokens, experts), GShard's annotations: the [G, S, E, C] dispatch and combine
+    masks are constrained to `tokens`, the [E, G, C, d] expert buffers to `experts`
+    (e.g. both NamedSharding(mesh, P(axes)): groups, then experts, over `axes`); None leaves
+    every layout to the partitioner."""
     _, s, _ = x.shape
     experts = router.shape[-1]
     probs = nn.softmax(snp.einsum("gsd,de->gse", x, router), axis=-1)
     dispatch, combine = route(probs, capacity(s, experts, capacity_factor, top_k), top_k)
-    expert_in = snp.einsum("gsec,gsd->egcd", dispatch, x)  # the all-to-all: groups to experts
+    tokens, by_expert = shardings or (None, None)
+    dispatch, combine = _pin(dispatch, tokens), _pin(combine, tokens)
+    # the all-to-all: groups to experts
+    expert_in = _pin(snp.einsum("gsec,gsd->egcd", dispatch, x), by_expert)
     h = activation(snp.einsum("egcd,edf->egcf", expert_in, w_in))
-    expert_out = snp.einsum("egcf,efd->egcd", h, w_out)
+    expert_out = _pin(snp.einsum("egcf,efd->egcd", h, w_out), by_expert)
     return snp.einsum("gsec,egcd->gsd", combine, expert_out)  # and back: experts to groups
+
+
+def _pin(x: Any, sharding: Any) -> Any:
+    return x if sharding is None else lax.with_sharding_constraint(x, sharding)
 
 
 def load_balance_loss(x: Any, router: Any) -> Any:

@@ -6,6 +6,7 @@ parallelism, beating every uniform plan."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -72,16 +73,19 @@ def test_moe_equals_the_per_token_loop(top_k, factor):
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5)
 
 
-def test_expert_parallelism_reshards_by_two_all_to_alls():
+@pytest.mark.parametrize("annotated", [False, True])
+def test_expert_parallelism_reshards_by_two_all_to_alls(annotated):
     """Groups and experts both over data x model: dispatch's [E, G, C, d] moves its 8 devices'
     axes from G to E and the experts' output back, each an all-to-all of the local buffer
-    (E, G/8, C, d) = (8, 1, 2, 16) float32 = 1024 B; nothing else is communicated."""
+    (E, G/8, C, d) = (8, 1, 2, 16) float32 = 1024 B; nothing else is communicated. The same
+    with GShard's annotations (masks on the groups, expert buffers on the experts)."""
     mesh = spmd.make_mesh((2, 4), ALL)
     shapes = [(8, 8, 16), (16, 8), (8, 16, 64), (8, 64, 16)]  # C = ceil(8 * 1.25 / 8) = 2
     args = _data(shapes, seed=1)
     specs = [P(ALL), P(), P(ALL), P(ALL)]
+    every = NamedSharding(mesh, P(ALL))
     f = spmd.jit(
-        spmd.nn_moe.moe,
+        functools.partial(spmd.nn_moe.moe, shardings=(every, every) if annotated else None),
         in_shardings=tuple(NamedSharding(mesh, p) for p in specs),
         out_shardings=NamedSharding(mesh, P(ALL)),
     )

@@ -379,9 +379,8 @@ def grad_body(
 
 def constrain(x: Any, spec: Spec, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...]) -> Any:
     """x with a sharding constraint to `spec`, where a mesh axis splits it (identity on values)."""
-    if not any(spec):
-        return x
-    return bind("sharding_constraint", x, sharding=ShardingAttr(axis_names, axis_sizes, spec))
+    attr = ShardingAttr(axis_names, axis_sizes, spec)
+    return bind("sharding_constraint", x, sharding=attr) if any(spec) else x
 
 
 def _only_on_first(ct: Any, axes: tuple[str, ...]) -> Any:

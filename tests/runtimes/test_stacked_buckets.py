@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from launch.stacked import StackedProgram
-from partitioner.combine import unbucket
-from partitioner.combine import combine_all_reduces
+from partitioner.combine import combine_all_reduces, unbucket
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 from spmd.spmd_interpreter import evaluate_spmd

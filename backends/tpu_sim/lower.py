@@ -108,7 +108,7 @@ LOWERINGS: dict[str, Costing] = {
         lanes=True,
     ),
     "slice": COPY,
-    "pad": COPY,
+    "pad": Costing("elementwise", 0.0, "XLA fuses a pad into its consumer"),
     "concatenate": COPY,
     "rev": COPY,
     "gather": COPY,

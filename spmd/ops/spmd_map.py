@@ -19,6 +19,7 @@ from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.mesh import coords_index, device_coords
+from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import Factors, OpDef, Trait
 
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
@@ -215,9 +216,7 @@ def vjp_shard_map(
 
 
 def _cast(x: Any, dtype: str) -> Any:
-    from spmd import lax
-
-    return lax.convert_element_type(x, dtype)
+    return public_lax().convert_element_type(x, dtype)
 
 
 OPS = [

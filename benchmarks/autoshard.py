@@ -75,8 +75,9 @@ LAYERS = 2
 
 
 def gpt_loss(weights: tuple, x: Any, y: Any) -> Any:
-    """LAYERS blocks, a final norm and an unembedding; cross-entropy against one-hot y."""
-    for i in range(LAYERS):
+    """Blocks (6 weights each), a final norm and an unembedding; cross-entropy against
+    one-hot y."""
+    for i in range((len(weights) - 1) // 6):
         x = block(x, *weights[6 * i : 6 * i + 6])
     logits = snp.einsum("bsd,dv->bsv", spmd.nn.standardize(x), weights[-1])
     return -snp.mean(snp.sum(y * spmd.nn.log_softmax(logits, axis=-1), axis=-1))
@@ -88,9 +89,11 @@ def gpt_step(x: Any, y: Any, *weights: Any) -> tuple:
     return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
 
 
-def gpt_shapes(b: int, s: int, d: int, heads: int, f: int, vocab: int) -> list:
+def gpt_shapes(
+    b: int, s: int, d: int, heads: int, f: int, vocab: int, layers: int = LAYERS
+) -> list:
     per_layer = block_shapes(b, s, d, heads, f)[1:]
-    return [(b, s, d), (b, s, vocab), *per_layer * LAYERS, (d, vocab)]
+    return [(b, s, d), (b, s, vocab), *per_layer * layers, (d, vocab)]
 
 
 GPT_PLANS = {
@@ -112,7 +115,9 @@ def roles(dp: tuple[str, ...], tp: tuple[str, ...]) -> dict[str, tuple]:
     }
 
 
-def mesh_plans(splits: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> dict[str, dict]:
+def mesh_plans(
+    splits: list[tuple[tuple[str, ...], tuple[str, ...]]], layers: int = LAYERS
+) -> dict[str, dict]:
     """MLP, block and GPT hand plans for each (dp axes, tp axes) split; uniform plans once."""
     out: dict[str, dict] = {"mlp": {}, "block": {}, "gpt": {}}
     for dp, tp in splits:
@@ -122,7 +127,7 @@ def mesh_plans(splits: list[tuple[tuple[str, ...], tuple[str, ...]]]) -> dict[st
             w2 = P(*row[:1], *row[2:]) if len(row) > 2 else row
             out["mlp"][key] = [act, col, w2]
             out["block"][key] = [act, *_block_specs(act, col, row)]
-            out["gpt"][key] = [act, act, *_block_specs(act, col, row) * LAYERS, col]
+            out["gpt"][key] = [act, act, *_block_specs(act, col, row) * layers, col]
     return out
 
 
@@ -241,7 +246,10 @@ def other_mesh(kind: str) -> None:
 
 def report(r: dict[str, Any], where: str) -> None:
     plan, hand = r["plan"], r["hand"]
-    print(f"\n{r['name']} ({where}): search {plan.search_s:.2f} s, {plan.problem}")
+    print(
+        f"\n{r['name']} ({where}): search {plan.search_s:.2f} s "
+        f"({plan.search_cpu_s:.2f} s CPU), {plan.problem}"
+    )
     for label, rep in [*hand.items(), ("autoshard", plan.report)]:
         print(
             f"  {label:18s} step {rep.step_time_s * 1e3:8.3f} ms   peak "

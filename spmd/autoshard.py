@@ -9,20 +9,17 @@ result is then pinned by a sharding constraint, so the partitioner does what was
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
 from spmd.autoshard_cost import calibrate, describe_bytes, edge_time
-from spmd.autoshard_ilp import TIE, Dims, Node, build_nodes, solve
+from spmd.autoshard_ilp import Dims, Node, build_nodes, solve
 from spmd.autoshard_plan import Plan, apply
 from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
 from spmd.mesh import Mesh
 from spmd.tree import tree_flatten, tree_unflatten
-
-TIES = (TIE, 1.0)  # argument tie-break weights tried on a 1-D or 2-D mesh
 
 
 class _Auto:
@@ -75,7 +72,7 @@ def plan_graph(
 ) -> Plan:
     """Solve, apply and simulate; under a memory limit, re-solve tighter while the simulated
     peak exceeds it (the integer program counts parameters and contraction results only)."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rates = calibrate(mesh)
     names = tuple(mesh.axis_names)
 
@@ -84,31 +81,11 @@ def plan_graph(
 
     has_scan = any(op.name == "scan" for op in graph.ops)
     if len(names) >= 3 and not fixed and not has_scan:
-        return _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s, start)
-    # the argument tie-break's weight is a guess the simulator settles: a whole HBM pass
-    # suits the v5e GPT step (1.03x vs 1.18x at 1%), 1% the v5p and CPU MLPs (1.00x vs 2.7x
-    # and 1.2x); both are solved and the plan simulated faster is kept
-    plans, failures = [], []
-    for tie in TIES:
-        try:
-            plans.append(
-                (
-                    tie,
-                    _within_limit(
-                        graph, mesh, rates, edges, fixed, memory_limit, time_limit_s, tie, has_scan
-                    ),
-                )
-            )
-        except ShardingError as e:
-            failures.append(e)
-    if not plans:
-        raise failures[0]
-    plan = min((p for _, p in plans), key=lambda p: p.report.step_time_s)
+        plan = _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s)
+    else:
+        plan = _within_limit(graph, mesh, rates, edges, fixed, memory_limit, time_limit_s, has_scan)
     plan.search_s = time.perf_counter() - start
-    plan.explanation = [
-        f"argument tie-break {t:g} HBM pass: simulated {p.report.step_time_s * 1e3:.3f} ms"
-        for t, p in plans
-    ] + plan.explanation
+    plan.search_cpu_s = time.process_time() - cpu
     return plan
 
 
@@ -120,7 +97,6 @@ def _within_limit(
     fixed: dict[int, Dims],
     memory_limit: float | None,
     time_limit_s: float,
-    tie: float,
     has_scan: bool,
 ) -> Plan:
     """One solve (re-solved tighter while the simulated peak is over memory_limit)."""
@@ -131,7 +107,7 @@ def _within_limit(
     for _ in range(4):
         try:
             if not nodes or has_scan:  # a scan's body is re-solved under the tighter limit
-                nodes = build_nodes(graph, names, sizes, rates, fixed, edges, limit, tie)
+                nodes = build_nodes(graph, names, sizes, rates, fixed, edges, limit)
             sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
             raise ShardingError(
@@ -164,7 +140,6 @@ def _coarsened(
     edges: Any,
     memory_limit: float | None,
     time_limit_s: float,
-    start: float,
 ) -> Plan:
     """A mesh of 3+ axes: solve on each 2-D view (spmd/autoshard_coarse.py), keep the plan
     with the shortest simulated step among those within memory_limit."""
@@ -172,11 +147,9 @@ def _coarsened(
 
     best: Plan | None = None
     notes: list[str] = []
-    for (logical, sizes, axes), tie in itertools.product(
-        views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)), TIES
-    ):
+    for logical, sizes, axes in views(tuple(mesh.axis_names), tuple(mesh.axis_sizes)):
         ledges = physical_edges(edges, axes)
-        nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit, tie)
+        nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit)
         try:
             sol = solve(graph, nodes, ledges, memory_limit, _counts_memory, time_limit_s)
         except RuntimeError as e:
@@ -186,7 +159,7 @@ def _coarsened(
         plan = apply(graph, mesh, sol)
         rep = plan.report
         notes.append(
-            f"view {' | '.join(logical)}, tie-break {tie:g}: HiGHS {sol.status} after "
+            f"view {' | '.join(logical)}: HiGHS {sol.status} after "
             f"{sol.search_s:.1f} s, simulated {rep.step_time_s * 1e3:.3f} ms"
         )
         fits = memory_limit is None or rep.peak_memory_bytes <= memory_limit
@@ -198,7 +171,6 @@ def _coarsened(
             "any 2-D view of the mesh",
             hint="raise memory_limit",
         )
-    best.search_s = time.perf_counter() - start
     best.explanation = notes + best.explanation
     return best
 

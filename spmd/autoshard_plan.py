@@ -32,11 +32,15 @@ class Plan:
     flat_in: tuple[Any, ...] = field(repr=False, default=())
     flat_out: tuple[Any, ...] = field(repr=False, default=())
     out_tree: Any = field(repr=False, default=None)
+    search_cpu_s: float = 0.0  # CPU seconds of this process (HiGHS's threads included)
 
     def __str__(self) -> str:
         size = ", ".join(f"{k} {v}" for k, v in self.problem.items())
         head = [
-            f"autoshard plan: searched in {self.search_s:.2f} s ({size})",
+            (
+                f"autoshard plan: searched in {self.search_s:.2f} s, "
+                f"{self.search_cpu_s:.2f} s of CPU ({size})"
+            ),
             *plan_rows(self.report),
         ]
         return "\n".join(head + ["  " + line for line in self.explanation])

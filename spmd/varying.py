@@ -11,14 +11,12 @@ cannot be inferred), and a scan/while carry whose output varies over more axes t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from spmd.errors import ShardingError
 from spmd.ir.graph import Graph, Op
 
 Axes = frozenset[str]
-INVARIANT_AFTER = ("all_reduce",)
-VARYING_AFTER = ("reduce_scatter", "all_to_all", "collective_permute", "axis_index", "all_gather")
 
 
 def body_varying(
@@ -46,31 +44,47 @@ def ops_varying(
 
 
 def _op_varying(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    rule = RULES.get(op.name)
+    if rule is not None:
+        return rule(op, ins, marks)
     joined = frozenset().union(*ins) if ins else frozenset()
-    axes = frozenset(op.attrs.get("axes", ()) or ())
-    if op.name in INVARIANT_AFTER:
-        return [joined - axes] * len(op.outputs)
-    if op.name in VARYING_AFTER:
-        return [joined | axes] * len(op.outputs)
-    if op.name == "scan":
-        return _loop_varying(
-            op, ins, marks, op.attrs["body"], op.attrs["num_consts"], op.attrs["num_carry"], "scan"
-        )
-    if op.name == "while_loop":
-        nc = op.attrs["cond_num_consts"]
-        nb = op.attrs["body_num_consts"]
-        carry = ins[nc + nb :]
-        body_ins = ins[nc : nc + nb]
-        return _carry_fixpoint(
-            op.attrs["body_graph"], body_ins, carry, marks, len(carry), "while_loop"
-        )
-    if op.name == "cond":
-        outs = [
-            frozenset().union(*v)
-            for v in zip(*(body_varying(g, ins[1:], marks) for g in op.attrs["branches"]))
-        ]
-        return [a | ins[0] for a in outs]
     return [joined] * len(op.outputs)
+
+
+def _axes(op: Op, ins: list[Axes]) -> tuple[Axes, Axes]:
+    """(the axes the operands vary over, the op's own axes)."""
+    return frozenset().union(*ins) if ins else frozenset(), frozenset(op.attrs.get("axes") or ())
+
+
+def _invariant(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    joined, axes = _axes(op, ins)
+    return [joined - axes] * len(op.outputs)
+
+
+def _varying(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    joined, axes = _axes(op, ins)
+    return [joined | axes] * len(op.outputs)
+
+
+def _scan(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    a = op.attrs
+    return _loop_varying(op, ins, marks, a["body"], a["num_consts"], a["num_carry"], "scan")
+
+
+def _while(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    nc = op.attrs["cond_num_consts"]
+    nb = op.attrs["body_num_consts"]
+    carry = ins[nc + nb :]
+    body_ins = ins[nc : nc + nb]
+    return _carry_fixpoint(op.attrs["body_graph"], body_ins, carry, marks, len(carry), "while_loop")
+
+
+def _cond(op: Op, ins: list[Axes], marks: dict[int, Axes]) -> list[Axes]:
+    outs = [
+        frozenset().union(*v)
+        for v in zip(*(body_varying(g, ins[1:], marks) for g in op.attrs["branches"]))
+    ]
+    return [a | ins[0] for a in outs]
 
 
 def _loop_varying(
@@ -137,3 +151,20 @@ def check_out_specs(
             f"spmd.lax.psum(..., {tuple(bad)!r}), or pass check_vma=False if it is "
             "replicated",
         )
+
+
+# The ops whose results vary otherwise than where their operands do (JAX's per-primitive
+# vma rules): psum/pmax/pmin make a value the same over their axes; the other collectives
+# and axis_index make it vary over them; control flow runs its sub-graphs.
+Rule = Callable[[Op, list[Axes], dict[int, Axes]], list[Axes]]
+RULES: dict[str, Rule] = {
+    "all_reduce": _invariant,
+    "reduce_scatter": _varying,
+    "all_to_all": _varying,
+    "collective_permute": _varying,
+    "axis_index": _varying,
+    "all_gather": _varying,
+    "scan": _scan,
+    "while_loop": _while,
+    "cond": _cond,
+}

@@ -36,7 +36,6 @@ PENDING = {
     "spmd/executables.py": 1,
     "spmd/explicit.py": 1,
     "spmd/tracing.py": 1,
-    "spmd/varying.py": 5,
 }
 
 

@@ -157,7 +157,7 @@ def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:
         attr = op.attrs.get("sharding")
         if isinstance(attr, ShardingAttr):
             return make_mesh(attr.axis_sizes, attr.axis_names)
-        if op.name == "shard_map":
+        if "axis_sizes" in op.attrs:  # an op whose attributes spell its mesh (shard_map)
             return make_mesh(op.attrs["axis_sizes"], op.attrs["axis_names"])
     return None
 

@@ -19,6 +19,7 @@ import optree
 from spmd import dtypes
 from spmd.errors import ShardingError
 from spmd.mesh import AxisType, Device, current_mesh
+from spmd.ops import REGISTRY, Trait
 from spmd.sharding import (
     DimSpec,
     NamedSharding,
@@ -108,12 +109,10 @@ def _traced_sharding(x: Tracer) -> Any:
 def _propagate(op: Any, dims: dict[int, tuple[DimSpec, ...]], in_types: list[Any]) -> list[Any]:
     """Result dim shardings of one op from its operands' (factor signature; see module doc)."""
     attr = op.attrs.get("sharding")
-    if op.name == "sharding_constraint" and isinstance(attr, ShardingAttr):
-        return [attr.dims]
+    if REGISTRY[op.name].has(Trait.ANNOTATION) and isinstance(attr, ShardingAttr):
+        return [attr.dims]  # an annotation that spells its layout: sharding_constraint
     if not any(i in dims for i in op.inputs):
         return [None] * len(op.outputs)
-    from spmd.ops import REGISTRY
-
     if any(t is None for t in in_types):
         return [None] * len(op.outputs)
     factors = REGISTRY[op.name].factors(*in_types, **op.attrs)

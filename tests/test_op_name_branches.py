@@ -33,8 +33,6 @@ PENDING = {
     "spmd/autoshard_group.py": 1,
     "spmd/autoshard_ilp.py": 3,
     "spmd/autoshard_scan.py": 1,
-    "spmd/executables.py": 1,
-    "spmd/explicit.py": 1,
     "spmd/tracing.py": 1,
 }
 

@@ -57,11 +57,8 @@ def _elementwise(opdef: _opdef.OpDef) -> Any:
     return op
 
 
-# add, sub, mul, exp, bitwise_and, ...: one function per registry entry naming one, so a
-# new elementwise op needs no line here.
-globals().update(
-    {d.public.lax: _elementwise(d) for d in _opdef.REGISTRY.values() if d.public is not None}
-)
+# add, sub, exp, bitwise_and, ...: one per registry entry naming one (a new op: no line here)
+globals().update({d.public.lax: _elementwise(d) for d in _opdef.REGISTRY.values() if d.public})
 
 
 def select(pred: Any, on_true: Any, on_false: Any) -> Any:
@@ -136,9 +133,15 @@ def transpose(x: Any, permutation: Sequence[int]) -> Any:
     return bind("transpose", x, permutation=permutation)
 
 
+def _from_end(axis: int, x: Any) -> int:
+    """A negative dim counts from the end (the IR's dims do not); out of range: the op says."""
+    ndim = type_of(x).ndim
+    return axis + ndim if -ndim <= axis < 0 else axis
+
+
 def reduce(x: Any, kind: str, axes: Sequence[int]) -> Any:
     """Reduce over `axes` with kind in sum/max/min/prod/and/or."""
-    axes = tuple(sorted(as_ints("reduce axes", axes)))
+    axes = tuple(sorted(_from_end(a, x) for a in as_ints("reduce axes", axes)))
     if not axes:
         return x
     return bind("reduce", x, kind=kind, axes=axes)
@@ -161,15 +164,17 @@ def reduce_prod(x: Any, axes: Sequence[int]) -> Any:
 
 
 def argmax(x: Any, axis: int, index_dtype: Any = "int32") -> Any:
-    return bind("argmax", x, axis=int(axis), index_dtype=dtypes.canonical(index_dtype))
+    axis = _from_end(int(axis), x)
+    return bind("argmax", x, axis=axis, index_dtype=dtypes.canonical(index_dtype))
 
 
 def argmin(x: Any, axis: int, index_dtype: Any = "int32") -> Any:
-    return bind("argmin", x, axis=int(axis), index_dtype=dtypes.canonical(index_dtype))
+    axis = _from_end(int(axis), x)
+    return bind("argmin", x, axis=axis, index_dtype=dtypes.canonical(index_dtype))
 
 
 def cumsum(x: Any, axis: int = 0, reverse: bool = False) -> Any:
-    return bind("cumsum", x, axis=int(axis), reverse=bool(reverse))
+    return bind("cumsum", x, axis=_from_end(int(axis), x), reverse=bool(reverse))
 
 
 def dot_general(

@@ -31,6 +31,15 @@ def choose_factor_axes(p: Partitioner, op: Op, f: Factors) -> tuple[FactorAxes, 
         ("as the result wants", factor_axes_from(p, op, f, results_first=True)),
         ("as the operands are", factor_axes_from(p, op, f, results_first=False)),
     ]
+    if f.reduce and not f.even_split:
+        # a contraction whose operands disagree: each operand's layout taken as it is (the
+        # smaller one's too: keeping it may spare gathering it, as a cotangent sharded on
+        # the batch against an expert weight sharded on the experts)
+        current = {v: p.env[v][1].dims for v in op.inputs}
+        for i, v in enumerate(op.inputs):
+            if any(current[v]) and op.inputs.index(v) == i:
+                fa = factor_axes(op, f, current, p.types, include_results=False, first=v)
+                candidates.append((f"as operand {i} is", fa))
     for what, fa in list(candidates):
         if one_sided_contraction(p, op, f, fa):
             candidates.append((f"{what}, contracted dims gathered", gathered(p, op, f, fa)))
@@ -42,16 +51,17 @@ def choose_factor_axes(p: Partitioner, op: Op, f: Factors) -> tuple[FactorAxes, 
         return unique[0][1], ""
     costs = [plan_cost(p, op, f, fa) for _, fa in unique]
     best = min(range(len(unique)), key=lambda i: (costs[i], i))
+    words = [_describe(fa, f) for _, fa in unique]
+    words = [  # two plans of one kind (gathering different operands): name their factors
+        w if words.count(w) == 1 else f"{w} {_describe(fa, Factors((), ()))}"
+        for w, (_, fa) in zip(words, unique)
+    ]
     rejected = "; ".join(
-        f"{_describe(unique[i][1], f)} {costs[i]:.0f} B"
+        f"{words[i]} {costs[i]:.0f} B"
         for i in range(len(unique))
         if i != best and costs[i] > costs[best]
     )
-    note = (
-        f"chose {_describe(unique[best][1], f)} {costs[best]:.0f} B moved over {rejected}"
-        if rejected
-        else ""
-    )
+    note = f"chose {words[best]} {costs[best]:.0f} B moved over {rejected}" if rejected else ""
     return unique[best][1], note
 
 

@@ -26,18 +26,29 @@ def op_factors(op: Op, types: dict[int, Any]) -> Factors | None:
 
 
 def factor_axes(
-    op: Op, f: Factors, known: dict[int, Dims], types: dict[int, Any], include_results: bool = True
+    op: Op,
+    f: Factors,
+    known: dict[int, Dims],
+    types: dict[int, Any],
+    include_results: bool = True,
+    first: int | None = None,
 ) -> dict[str, AxisTuple]:
     """Mesh axes of each factor, from the op's known values (the costlier to move first).
 
     A mesh axis may shard two factors that never share a value (a scan's carry and its
-    stacked weights); within one value it shards one dim at most."""
+    stacked weights); within one value it shards one dim at most. `first`: that value's
+    layout claims before the others'."""
     values = list(zip(op.inputs, f.operands))
     if include_results:
         values += list(zip(op.outputs, f.results))
     values = [(v, fd) for v, fd in values if v in known]
     result_bytes = sum(types[v].nbytes for v in op.outputs)
-    values.sort(key=lambda p: -_claim_bytes(p[0], p[1], known[p[0]], op, f, types, result_bytes))
+    values.sort(
+        key=lambda p: (
+            p[0] != first,
+            -_claim_bytes(p[0], p[1], known[p[0]], op, f, types, result_bytes),
+        )
+    )
     near = _neighbours(f)
     out: dict[str, AxisTuple] = {}
     for vid, fdims in values:

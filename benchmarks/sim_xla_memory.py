@@ -28,6 +28,7 @@ CONFIGS = {  # layers, d_model, heads, head_dim, d_ff, vocab, batch per device, 
     "1b-2l": (2, 2048, 16, 128, 7168, 32000, 1, 2048),  # 1B's layer, 2 of them (compiles fast)
     "1b-2l-b4": (2, 2048, 16, 128, 7168, 32000, 4, 2048),  # activations outweigh weights
     "small": (2, 1024, 8, 128, 4096, 32000, 2, 1024),
+    "16b-2l": (2, 4096, 64, 128, 28672, 32000, 1, 2048),  # 16B's layer, 2 of them
 }
 
 

@@ -30,6 +30,9 @@ STOP_GRACE_S = 3.0
 
 def main(argv: list[str] | None = None) -> int:
     options = parser().parse_args(argv)
+    # Ctrl-C stops the job even where the launcher was started with SIGINT ignored (a shell's
+    # background job): Python keeps an inherited SIG_IGN, and the ranks would outlive us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     options.simulate = options.simulate or take_simulate_flag(options)
     try:
         shape, names = check(options)

@@ -108,7 +108,8 @@ def test_autoshard_between_fixed_token_and_expert_layouts_plans_the_all_to_alls(
     args = _data(shapes, seed=2)
     given = [NamedSharding(mesh, P(ALL)), None, NamedSharding(mesh, P(ALL))]
     abstract = [S(s, "float32", g) for s, g in zip(shapes, given + given[-1:])]
-    plan = spmd.sim.autoshard(moe_residual_top1, *abstract, mesh=mesh, time_limit_s=10)
+    # HiGHS proves the optimum in seconds; its limit is wall time, generous for a loaded CI
+    plan = spmd.sim.autoshard(moe_residual_top1, *abstract, mesh=mesh, time_limit_s=120)
     run = dispatch.compile_graph(plan.graph, plan.flat_in, plan.flat_out, (False,) * 4)
     got = np.asarray(run(list(args))[0])
     np.testing.assert_allclose(got, args[0] + reference(*args), rtol=2e-4, atol=2e-5)
@@ -122,8 +123,9 @@ def _hand(mesh, shapes, specs):
 
 def test_autoshard_finds_expert_parallelism_on_v5e_16x16():
     """256 experts, one per chip: the plan matches expert parallelism (experts and groups over
-    every chip, two all-to-alls) and beats every uniform plan, which replicate or gather the
-    experts' 2 x 256 x 512 x 1024 weights."""
+    every chip, its only collectives all-to-alls) and is under half of DP's and FSDP's, which
+    replicate or gather the experts' 2 x 256 x 512 x 1024 weights (every uniform plan is
+    compared in benchmarks/autoshard_moe.py; the TP plans take longer to simulate)."""
     from benchmarks.autoshard_moe import layer_shapes, plans
 
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
@@ -135,7 +137,8 @@ def test_autoshard_finds_expert_parallelism_on_v5e_16x16():
         ).step_time_s
         for name in ("DP", "FSDP", "EP")
     }
-    plan = spmd.sim.autoshard(moe_residual_top1, *[S(s, "float32") for s in shapes], mesh=mesh)
+    args = [S(s, "float32") for s in shapes]
+    plan = spmd.sim.autoshard(moe_residual_top1, *args, mesh=mesh, time_limit_s=120)
     t = plan.report.step_time_s
     assert t <= 1.05 * times["EP"] and t < 0.5 * min(times["DP"], times["FSDP"]), (plan, times)
     kinds = {r.op for r in plan.report.ops if r.kind == "collective"}

@@ -7,9 +7,9 @@ to one consumer) costs the time to reshard the producer's layout (pending sum in
 into the layout the consumer's strategy wants; the product x[p, s] * x[c, t] is linearised
 per pair of distinct layouts (l given, m wanted) by a continuous e[l, m] whose marginals are
 the choices: sum_m e[l, m] = a[l], sum_l e[l, m] = b[m], with a, b sums of x (Alpa's form;
-its LP relaxation is integral on trees, so HiGHS mostly stops at the root); a layout change
-several consumers share is paid once (spmd/autoshard_edges.py). Imports nothing of the
-pipeline: the costs come in as functions (spmd/autoshard_cost.py).
+its LP relaxation is integral on trees, so HiGHS mostly stops at the root); a gather or a
+pending sum several consumers share is paid once (spmd/autoshard_edges.py). Imports nothing
+of the pipeline: the costs come in as functions (spmd/autoshard_cost.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spmd.autoshard_edges import price_value
+from spmd.autoshard_edges import gathers, price_value
 from spmd.autoshard_group import (
     OPAQUE,
     group_inputs,
@@ -325,7 +325,7 @@ def solve(
                 wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
             consumers.append(wanted)
         n = price_value(
-            given, consumers, lambda g, w, t=types[v]: edge_time(t, g, w), cost, rows, n
+            given, consumers, lambda g, w, t=types[v]: edge_time(t, g, w), cost, rows, n, gathers
         )
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:

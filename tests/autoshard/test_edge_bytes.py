@@ -54,10 +54,10 @@ def test_closed_form_is_a_lower_bound_where_the_permute_schedule_needs_extra_rou
     assert _moved(mesh, t, (M, N), (), (D, N)) == pytest.approx(4096)
 
 
-def test_a_layout_change_consumers_share_is_priced_once():
+def _optimum(shared):
     """One producer (2 layouts), three consumers (2-3 layouts each, one with a single
-    strategy): the integer program's optimum equals brute force where each distinct
-    (given, wanted) pair the consumers take is paid once, as the partitioner reshards once."""
+    strategy), solved with price_value's edges: (optimum, brute force with each distinct
+    pair paid once, brute force with each consumer paying, variables added)."""
     import itertools
 
     import numpy as np
@@ -74,12 +74,12 @@ def test_a_layout_change_consumers_share_is_priced_once():
     cost = [float(c) for cs in node_cost for c in cs]
     rows = [(list(range(offset[k], offset[k + 1])), [1.0] * len(node_cost[k]), 1.0, 1.0)
             for k in range(4)]
-    given = {0: [0], 1: [1]}
     consumers = [{} for _ in wants]
     for c, ws in enumerate(wants):
         for s, w in enumerate(ws):
             consumers[c].setdefault(w, []).append(int(offset[c + 1]) + s)
-    n = price_value(given, consumers, lambda g, w: float(t[g, w]), cost, rows, len(cost))
+    n = price_value({0: [0], 1: [1]}, consumers, lambda g, w: float(t[g, w]), cost, rows,
+                    len(cost), shared)
     a = np.zeros((len(rows), n))
     for r, (cols, coefs, _, _) in enumerate(rows):
         a[r, cols] = coefs
@@ -88,16 +88,33 @@ def test_a_layout_change_consumers_share_is_priced_once():
     res = milp(np.array(cost), constraints=LinearConstraint(
         a, [r[2] for r in rows], [r[3] for r in rows]), integrality=integrality,
         bounds=(0, 1))
-    brute = min(
-        sum(node_cost[k][s] for k, s in enumerate(choice))
-        + sum(t[choice[0], w] for w in {wants[c][choice[c + 1]] for c in range(3)})
-        for choice in itertools.product(*(range(len(c)) for c in node_cost))
-    )
-    per_consumer = min(
-        sum(node_cost[k][s] for k, s in enumerate(choice))
-        + sum(t[choice[0], wants[c][choice[c + 1]]] for c in range(3))
-        for choice in itertools.product(*(range(len(c)) for c in node_cost))
-    )
-    assert res.fun == pytest.approx(brute) and brute < per_consumer - 0.1
+    choices = list(itertools.product(*(range(len(c)) for c in node_cost)))
+
+    def total(choice, taken):
+        return sum(node_cost[k][s] for k, s in enumerate(choice)) + sum(
+            t[choice[0], w] for w in taken)
+
+    once = min(total(ch, {wants[c][ch[c + 1]] for c in range(3)}) for ch in choices)
+    each = min(total(ch, [wants[c][ch[c + 1]] for c in range(3)]) for ch in choices)
+    return res.fun, once, each, n - offset[-1]
+
+
+def test_a_layout_change_consumers_share_is_priced_once():
+    """The integer program's optimum equals brute force where each distinct (given, wanted)
+    pair the consumers take is paid once, as the partitioner reshards once; where sharing
+    is off (`shared` false), each consumer pays."""
+    got, once, each, added = _optimum(lambda g, w: True)
+    assert got == pytest.approx(once) and once < each - 0.1
     # e for the 2x3 and 2x2 pairs of the two many-layout consumers; y for (0, 1) and (1, 0)
-    assert n - offset[-1] == 6 + 4 + 2
+    assert added == 6 + 4 + 2
+    got, once, each, added = _optimum(lambda g, w: False)
+    assert got == pytest.approx(each) and added == 6 + 4
+
+
+def test_the_changes_priced_once_are_gathers_and_pending_sums():
+    from spmd.autoshard_edges import gathers
+
+    assert gathers(((D, N), ()), (N, N))  # an all-gather
+    assert gathers(((N, N), ("model",)), (N, M))  # a reduce-scatter
+    assert not gathers(((D, N), ()), (N, D))  # an all-to-all: each consumer pays
+    assert not gathers(((N, N), ()), (D, N))  # a slice: each consumer pays

@@ -22,16 +22,18 @@ from spmd.api import ShapeDtypeStruct as S
 
 pytest.importorskip("scipy")
 
+# the GPT step with one layer: forward, backward and update as with two (the benchmark's),
+# half the integer program and half the hand plans' simulations
 PROGRAMS = {"mlp": (mlp, [(4096, 4096), (4096, 16384), (16384, 4096)]),
             "block": (block, block_shapes(32, 512, 1024, 16, 4096)),
-            "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192))}
+            "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192, layers=1))}
 
 
 def _ratio(kind: str, program: str, time_limit_s: float = 60.0) -> tuple[float, dict]:
     shape, names, device, splits = MESHES[kind]
     mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
     f, shapes = PROGRAMS[program]
-    hand = hand_reports(f, mesh, shapes, mesh_plans(splits)[program])
+    hand = hand_reports(f, mesh, shapes, mesh_plans(splits, layers=1)[program])
     plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh,
                               time_limit_s=time_limit_s)
     best = min(r.step_time_s for r in hand.values())
@@ -59,10 +61,13 @@ def test_block_plan_within_5_percent_of_the_best_hand_plan_on_v5p_8x8x8():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # about 4 min measured at load 20 (HiGHS optimal after 72 s)
-def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan_on_cpu_2x4():
+@pytest.mark.timeout(1500)  # TIMES measured at load 14
+@pytest.mark.parametrize("kind", ["v5p", "cpu"])
+def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan(kind):
+    """v5p: one solve per 2-D view, no second weight; the partitioner runs each contraction
+    as priced (its operands pinned), which closed the 1.13x the v5p step had."""
     # HiGHS's limit is wall time: under load its default 60 s ended with a plan 11x worse
-    ratio, hand = _ratio("cpu", "gpt", time_limit_s=600.0)
+    ratio, hand = _ratio(kind, "gpt", time_limit_s=600.0)
     assert ratio <= 1.05, (ratio, hand)
 
 

@@ -144,13 +144,15 @@ def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan_on_v5e_16
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_auto_sharded_gpt_training_step_equals_unsharded_reference():
-    """Forward, backward and the SGD update, every op result pinned, on a CPU 2x4 mesh."""
+    """Forward, backward and the SGD update, every op result pinned, on a CPU 2x4 mesh.
+    Whatever incumbent HiGHS has at its limit, the program it gives must be exact: 5 s (it
+    takes 8-16 s of CPU to prove this tiny program's optimum, its costs are all alike)."""
     from benchmarks.autoshard import gpt_shapes, gpt_step
 
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     shapes = gpt_shapes(4, 8, 16, 4, 32, 16)
     args = [a * 0.3 for a in _data(shapes, seed=3)]
-    plan = spmd.sim.autoshard(gpt_step, *args, mesh=mesh, time_limit_s=30)
+    plan = spmd.sim.autoshard(gpt_step, *args, mesh=mesh, time_limit_s=5)
     from spmd import dispatch
 
     n = len(shapes)

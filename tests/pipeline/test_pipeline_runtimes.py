@@ -56,25 +56,31 @@ def oracle() -> tuple[float, float]:
     return loss, float(h.sum() + w.sum() + b.sum())
 
 
+@pytest.fixture(scope="module")
+def local() -> tuple[float, float]:
+    """The local runtime's numbers, launched once for every test of this module."""
+    return launch()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_local_runtime_gives_the_oracle_numbers():
-    np.testing.assert_allclose(launch(), oracle(), rtol=1e-4)
+def test_local_runtime_gives_the_oracle_numbers(local):
+    np.testing.assert_allclose(local, oracle(), rtol=1e-4)
 
 
 @pytest.mark.mpi
 @pytest.mark.timeout(600)
-def test_mpi_gives_the_local_numbers():
-    np.testing.assert_allclose(launch("--runtime", "mpi"), launch(), rtol=1e-5)
+def test_mpi_gives_the_local_numbers(local):
+    np.testing.assert_allclose(launch("--runtime", "mpi"), local, rtol=1e-5)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_tcp_gives_the_local_numbers():
-    np.testing.assert_allclose(launch("--runtime", "tcp"), launch(), rtol=1e-5)
+def test_tcp_gives_the_local_numbers(local):
+    np.testing.assert_allclose(launch("--runtime", "tcp"), local, rtol=1e-5)
 
 
 @pytest.mark.ray
 @pytest.mark.timeout(600)
-def test_ray_gives_the_local_numbers():
-    np.testing.assert_allclose(launch("--runtime", "ray"), launch(), rtol=1e-5)
+def test_ray_gives_the_local_numbers(local):
+    np.testing.assert_allclose(launch("--runtime", "ray"), local, rtol=1e-5)

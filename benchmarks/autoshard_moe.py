@@ -23,7 +23,7 @@ import spmd
 import spmd.nn_moe
 import spmd.numpy as snp
 import spmd.sim
-from benchmarks.autoshard import hand_reports, report, roles
+from benchmarks.autoshard import report, roles
 from spmd.api import ShapeDtypeStruct as S
 from spmd.sharding import NamedSharding, P
 
@@ -113,18 +113,51 @@ SIZES = {
 }
 
 
-def compare(name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list]) -> dict:
+def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list], outs: Any) -> dict:
+    """Each hand plan's SimReport, its results laid out as outs(plan) says (the layer's output
+    as its input, the step's new weights as the old, as a training loop needs them; summary
+    says whether autoshard's plan, free to choose, did the same)."""
+
+    def named(p: Any) -> NamedSharding:
+        return NamedSharding(mesh, p)
+
+    return {
+        name: spmd.sim.simulate(
+            spmd.jit(f, out_shardings=_each(named, outs(specs))),
+            *[S(s, "float32", named(p)) for s, p in zip(shapes, specs)],
+            check_memory=False,
+        )
+        for name, specs in plans.items()
+    }
+
+
+def _each(fn: Any, specs: Any) -> Any:
+    """fn of one PartitionSpec, or of each in a tuple of them."""
+    return fn(specs) if isinstance(specs, P) else tuple(fn(p) for p in specs)
+
+
+def layer_outs(specs: list) -> Any:
+    return specs[0]
+
+
+def step_outs(specs: list) -> Any:
+    return tuple(specs[2:])
+
+
+def compare(name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list], outs: Any) -> dict:
     """Every hand plan, EP again with GShard's annotations (the dispatch masks on the groups,
     the expert buffers on the experts, over every axis), then autoshard's plan."""
-    reports = hand_reports(f, mesh, shapes, hand)
+    reports = hand_reports(f, mesh, shapes, hand, outs)
     every = NamedSharding(mesh, P(tuple(mesh.axis_names)))
     annotated = functools.partial(f, shardings=(every, every))
-    reports |= hand_reports(annotated, mesh, shapes, {"EP + annotations": hand["EP"]})
+    reports |= hand_reports(annotated, mesh, shapes, {"EP + annotations": hand["EP"]}, outs)
     start = time.perf_counter()
     plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh, time_limit_s=600.0)
     wall = time.perf_counter() - start
     best = min(reports, key=lambda k: reports[k].step_time_s)
-    return {"name": name, "hand": reports, "plan": plan, "wall": wall, "best": best}
+    ins = [x.spec for x in plan.flat_in]
+    kept = [x.spec for x in plan.flat_out] == list(_each(lambda p: p, outs(ins)))
+    return {"name": name, "hand": reports, "plan": plan, "wall": wall, "best": best, "kept": kept}
 
 
 def summary(r: dict) -> str:
@@ -135,7 +168,8 @@ def summary(r: dict) -> str:
     bu, be = min(uniform, key=uniform.get), min(ep, key=ep.get)
     return (
         f"  autoshard {t * 1e3:.3f} ms: / best uniform ({bu}) {t / uniform[bu]:.3f}, "
-        f"/ best expert parallel ({be}) {t / ep[be]:.3f}; search {r['plan'].search_s:.1f} s"
+        f"/ best expert parallel ({be}) {t / ep[be]:.3f}; search {r['plan'].search_s:.1f} s; "
+        f"results laid out as the arguments: {r['kept']}"
     )
 
 
@@ -154,16 +188,18 @@ def main() -> None:
             moe_layer,
             layer_shapes(b, s, d, experts, f),
             hand["layer"],
+            layer_outs,
         ),
         (
             f"MoE training step, {LAYERS} layer(s) attention + MoE",
             moe_step,
             step_shapes(b, s, d, heads, experts, f),
             hand["step"],
+            step_outs,
         ),
     ]
-    for name, fn, shapes, plans_ in programs:
-        r = compare(name, fn, mesh, shapes, plans_)
+    for name, fn, shapes, plans_, outs in programs:
+        r = compare(name, fn, mesh, shapes, plans_, outs)
         report(r, kind)
         print(summary(r), flush=True)
 

@@ -221,11 +221,13 @@ def _fusible(
     consumers = [u for o in producer.outputs for u in users.get(o, [])]
     if all(u is op for u in consumers):
         return True
-    # copies only of single ops or small fusions (XLA recomputes the loss's convert-sub-exp
-    # in each consumer rather than keep an f32 [B, S, V]): copying big fusions into fusions
+    # copies only of single ops, or of a small fusion into elementwise and reduce consumers
+    # (XLA recomputes the loss's convert-sub-exp in each rather than keep an f32 [B, S, V];
+    # a matmul takes a multi-consumer operand from HBM): copying big fusions into fusions
     # would grow them exponentially
-    small = producer.kind == "elementwise" or (producer.kind == "fusion" and producer.members <= 4)
-    return small and all(kinds[id(u)] in FUSIBLE_USERS for u in consumers)
+    if producer.kind == "fusion" and producer.members <= 4:
+        return all(kinds[id(u)] in CONSUMER_KINDS for u in consumers)
+    return producer.kind == "elementwise" and all(kinds[id(u)] in FUSIBLE_USERS for u in consumers)
 
 
 def _merge(parts: list[Unit], root: Unit, member_ops: list[list[Op]], op: Op) -> Unit:

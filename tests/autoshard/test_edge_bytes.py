@@ -72,27 +72,34 @@ def _optimum(shared):
     t = np.array([[0.0, 1.5, 2.0], [1.0, 0.0, 2.5]])
     offset = np.cumsum([0] + [len(c) for c in node_cost])
     cost = [float(c) for cs in node_cost for c in cs]
-    rows = [(list(range(offset[k], offset[k + 1])), [1.0] * len(node_cost[k]), 1.0, 1.0)
-            for k in range(4)]
+    rows = [
+        (list(range(offset[k], offset[k + 1])), [1.0] * len(node_cost[k]), 1.0, 1.0)
+        for k in range(4)
+    ]
     consumers = [{} for _ in wants]
     for c, ws in enumerate(wants):
         for s, w in enumerate(ws):
             consumers[c].setdefault(w, []).append(int(offset[c + 1]) + s)
-    n = price_value({0: [0], 1: [1]}, consumers, lambda g, w: float(t[g, w]), cost, rows,
-                    len(cost), shared)
+    n = price_value(
+        {0: [0], 1: [1]}, consumers, lambda g, w: float(t[g, w]), cost, rows, len(cost), shared
+    )
     a = np.zeros((len(rows), n))
     for r, (cols, coefs, _, _) in enumerate(rows):
         a[r, cols] = coefs
     integrality = np.zeros(n)
     integrality[: offset[-1]] = 1
-    res = milp(np.array(cost), constraints=LinearConstraint(
-        a, [r[2] for r in rows], [r[3] for r in rows]), integrality=integrality,
-        bounds=(0, 1))
+    res = milp(
+        np.array(cost),
+        constraints=LinearConstraint(a, [r[2] for r in rows], [r[3] for r in rows]),
+        integrality=integrality,
+        bounds=(0, 1),
+    )
     choices = list(itertools.product(*(range(len(c)) for c in node_cost)))
 
     def total(choice, taken):
         return sum(node_cost[k][s] for k, s in enumerate(choice)) + sum(
-            t[choice[0], w] for w in taken)
+            t[choice[0], w] for w in taken
+        )
 
     once = min(total(ch, {wants[c][ch[c + 1]] for c in range(3)}) for ch in choices)
     each = min(total(ch, [wants[c][ch[c + 1]] for c in range(3)]) for ch in choices)

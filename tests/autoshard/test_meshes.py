@@ -24,9 +24,11 @@ pytest.importorskip("scipy")
 
 # the GPT step with one layer: forward, backward and update as with two (the benchmark's),
 # half the integer program and half the hand plans' simulations
-PROGRAMS = {"mlp": (mlp, [(4096, 4096), (4096, 16384), (16384, 4096)]),
-            "block": (block, block_shapes(32, 512, 1024, 16, 4096)),
-            "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192, layers=1))}
+PROGRAMS = {
+    "mlp": (mlp, [(4096, 4096), (4096, 16384), (16384, 4096)]),
+    "block": (block, block_shapes(32, 512, 1024, 16, 4096)),
+    "gpt": (gpt_step, gpt_shapes(32, 512, 1024, 16, 4096, 8192, layers=1)),
+}
 
 
 def _ratio(kind: str, program: str, time_limit_s: float = 60.0) -> tuple[float, dict]:
@@ -34,8 +36,9 @@ def _ratio(kind: str, program: str, time_limit_s: float = 60.0) -> tuple[float, 
     mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
     f, shapes = PROGRAMS[program]
     hand = hand_reports(f, mesh, shapes, mesh_plans(splits, layers=1)[program])
-    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh,
-                              time_limit_s=time_limit_s)
+    plan = spmd.sim.autoshard(
+        f, *[S(s, "float32") for s in shapes], mesh=mesh, time_limit_s=time_limit_s
+    )
     best = min(r.step_time_s for r in hand.values())
     return plan.report.step_time_s / best, {k: r.step_time_s for k, r in hand.items()}
 
@@ -84,12 +87,16 @@ def test_scan_body_plan_meets_a_memory_limit_replicated_stacked_weights_exceed()
     mesh = spmd.make_mesh((16, 16), ("data", "model"), device="tpu-sim:v5e")
     shapes = [(4096, 4096), (8, 4096, 16384), (8, 16384, 4096)]
     dp = [P(("data", "model")), P(), P()]
-    replicated = spmd.sim.simulate(layers, *[S(s, "float32", NamedSharding(mesh, p))
-                                             for s, p in zip(shapes, dp)], check_memory=False)
+    replicated = spmd.sim.simulate(
+        layers,
+        *[S(s, "float32", NamedSharding(mesh, p)) for s, p in zip(shapes, dp)],
+        check_memory=False,
+    )
     limit = 1 << 30  # the stacked weights alone are 4 GiB replicated
     assert replicated.peak_memory_bytes > limit
-    plan = spmd.sim.autoshard(layers, *[S(s, "float32") for s in shapes], mesh=mesh,
-                              memory_limit=limit)
+    plan = spmd.sim.autoshard(
+        layers, *[S(s, "float32") for s in shapes], mesh=mesh, memory_limit=limit
+    )
     assert plan.report.peak_memory_bytes <= limit, plan
 
 
@@ -102,7 +109,8 @@ def test_embedding_model_plan_beats_every_uniform_hand_plan_on_v5e_16x16():
     from benchmarks.autoshard import ALL, EMBEDDING, EMBEDDING_PLANS, compare, embedding_step
 
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
-    r = compare("embedding", embedding_step, mesh, EMBEDDING[0], EMBEDDING_PLANS,
-                dtypes=EMBEDDING[1])
+    r = compare(
+        "embedding", embedding_step, mesh, EMBEDDING[0], EMBEDDING_PLANS, dtypes=EMBEDDING[1]
+    )
     best = r["hand"][r["best"]].step_time_s
     assert r["plan"].report.step_time_s < 0.5 * best, (r["plan"], r["hand"])

@@ -28,6 +28,7 @@ from spmd.ops.subgraph import (
     is_diff,
     same_type,
 )
+from spmd.passes.dce import dce
 from spmd.tracing import bind
 
 # scan -----------------------------------------------------------------------------------
@@ -110,8 +111,6 @@ def _scan_vjp(
     """A forward scan stacks each step's input carry and the residuals the backward step
     needs (spmd/ops/scan_residuals.py), then a reverse scan runs the body's VJP on them,
     carrying the carry's cotangent and the consts' summed cotangent."""
-    from spmd.passes.dce import dce  # the passes import the registry's families
-
     nc, ncar = num_consts, num_carry
     fixed = nc + ncar
     const_t = body.param_types[:nc]

@@ -25,6 +25,9 @@ from spmd.ir.types import TensorType
 from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.opdef import Factors, Linearity, OpDef, Trait, is_impure
+from spmd.passes.cse import cse
+from spmd.passes.dce import dce
+from spmd.passes.rules import rename_inputs
 from spmd.tracing import bind
 
 
@@ -117,9 +120,6 @@ def split_remat(body: Graph, policy: Policy) -> Split:
 
 def _split(body: Graph, policy: Policy) -> Split:
     """Trace the region's VJP and cut it where the policy saves forward values."""
-    from spmd.passes.cse import cse  # the passes import the registry's families
-    from spmd.passes.dce import dce
-    from spmd.passes.rules import rename_inputs
 
     diff_out = [i for i, t in enumerate(body.result_types) if dtypes.is_differentiable(t.dtype)]
     diff_in = tuple(i for i, t in enumerate(body.param_types) if dtypes.is_differentiable(t.dtype))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from spmd import config, ops  # noqa: F401  (fills the registry)
+from spmd import config
 from spmd.ir.graph import Graph
 from spmd.passes.constant_fold import constant_fold
 from spmd.passes.cse import cse

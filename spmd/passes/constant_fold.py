@@ -10,8 +10,8 @@ import numpy as np
 from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id, subgraphs
+from spmd.ir.opdef import REGISTRY, Trait
 from spmd.ir.types import TensorType
-from spmd.ops.opdef import REGISTRY, Trait
 from spmd.passes.purity import is_foldable
 from spmd.passes.rules import GraphView, map_subgraphs
 

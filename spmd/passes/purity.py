@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from spmd.ops.opdef import REGISTRY, Trait, is_impure
+from spmd.ir.opdef import REGISTRY, Trait, is_impure
 
 __all__ = ["is_foldable", "is_impure"]
 

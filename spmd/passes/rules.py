@@ -11,8 +11,8 @@ from collections.abc import Callable
 import numpy as np
 
 from spmd.ir.graph import Attrs, Graph, Op
+from spmd.ir.opdef import REGISTRY, Trait
 from spmd.ir.types import TensorType
-from spmd.ops.opdef import REGISTRY, Trait
 
 Rule = Callable[[Op, "GraphView"], "int | Op | None"]
 MAX_ROUNDS = 8

@@ -14,8 +14,8 @@ import numpy as np
 from spmd import dtypes
 from spmd.interpreter import run_reference
 from spmd.ir.graph import Graph, Op
+from spmd.ir.opdef import REGISTRY
 from spmd.mesh import axis_groups
-from spmd.ops import REGISTRY
 
 
 def run_collective_lockstep(

@@ -21,6 +21,7 @@ from spmd.ir.types import TensorType
 from spmd.mesh import coords_index, device_coords
 from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import Factors, OpDef, Trait
+from spmd.spmd_interpreter import evaluate_spmd
 
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
 
@@ -135,8 +136,6 @@ def reference_shard_map(
     in_specs: tuple[Spec, ...],
     out_specs: tuple[Spec, ...],
 ) -> tuple[np.ndarray, ...]:
-    from spmd.spmd_interpreter import evaluate_spmd
-
     n = math.prod(axis_sizes)
     per_input = [
         split_global(np.asarray(a, dtype=dtypes.to_numpy(t.dtype)), spec, axis_names, axis_sizes)

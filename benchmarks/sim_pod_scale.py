@@ -142,6 +142,7 @@ def libtpu_chip(name: str) -> Any:
         hbm_bandwidth=chip.hbm_bandwidth * share,
         vpu_elements_per_cycle=chip.vpu_elements_per_cycle * share,
         xlu_elements_per_cycle=chip.xlu_elements_per_cycle * share,
+        reduce_elements_per_cycle=chip.reduce_elements_per_cycle * share,
     )
 
 

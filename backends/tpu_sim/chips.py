@@ -41,6 +41,7 @@ OPTIONAL: dict[str, dict[str, float]] = {
         "hbm": 1.0,
         "vpu_elements_per_cycle": 0.0,
         "xlu_elements_per_cycle": 0.0,
+        "reduce_elements_per_cycle": 0.0,
         "op_overhead_s": 0.0,
         "matmul_overhead_s": 0.0,
         "ici_bandwidth": 1.0,
@@ -75,6 +76,7 @@ class ChipSpec:
     hbm_efficiency: float = 1.0  # fraction of HBM bandwidth a streaming op reaches
     vpu_elements_per_cycle: float = 0.0  # elements a fusion streams per cycle (0: no limit)
     xlu_elements_per_cycle: float = 0.0  # elements a transpose moves across lanes (0: free)
+    reduce_elements_per_cycle: float = 0.0  # a reduction's input stream (0: the VPU's rate)
     op_overhead_s: float = 0.0  # fixed cost of one VPU kernel (fusion, copy)
     matmul_overhead_s: float = 0.0  # fixed cost of one MXU kernel
     ici_efficiency: float = 1.0  # fraction of link bandwidth a large collective reaches
@@ -114,6 +116,7 @@ class ChipSpec:
             hbm_efficiency=1.0,
             vpu_elements_per_cycle=0.0,
             xlu_elements_per_cycle=0.0,
+            reduce_elements_per_cycle=0.0,
             op_overhead_s=0.0,
             matmul_overhead_s=0.0,
             ici_efficiency=1.0,

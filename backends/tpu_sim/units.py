@@ -264,12 +264,23 @@ def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
     VPU streams (its largest operand or result). Its FLOPs are reported, not timed: the
     VPU's rate per element hardly depends on the op (libtpu prices exp like add). On a
     calibrated chip the elements a fused transpose moves across lanes add at the XLU's
-    rate (libtpu prices a.T + 1 above a + 1)."""
+    rate (libtpu prices a.T + 1 above a + 1). A reduction (no result as big as the stream)
+    streams at the chip's reduce rate, and each operand as big as the stream past the first
+    is read from HBM before it (libtpu prices a + b as exp(a) plus b's read)."""
     if unit.kind != "copy":
         unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
     types = graph.types
     elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types), default=0)
     flops = 0.0 if chip.vpu_elements_per_cycle else unit.flops  # ideal chip: FLOPs at f32 peak
-    unit.time = op_time(chip, flops, unit.bytes, "float32", elements=elements)
+    streamed = elements
+    if chip.reduce_elements_per_cycle and all(
+        types[v].size < elements for v in unit.outputs if v in types
+    ):  # op_time streams at the VPU's rate: scale a reduction's elements to the reduce rate
+        streamed = elements * chip.vpu_elements_per_cycle / chip.reduce_elements_per_cycle
+    unit.time = op_time(chip, flops, unit.bytes, "float32", elements=streamed)
+    if chip.vpu_elements_per_cycle and unit.kind != "copy":
+        ins = dict.fromkeys(v for v in unit.inputs if v in types)  # x + x reads x once
+        full = [types[v].nbytes for v in ins if types[v].size == elements]
+        unit.time += sum(full[1:]) / (chip.hbm_bandwidth * chip.hbm_efficiency)
     if chip.xlu_elements_per_cycle and unit.lane_elements:
         unit.time += unit.lane_elements / (chip.xlu_elements_per_cycle * chip.clock_hz)

@@ -264,21 +264,22 @@ def _price(unit: Unit, graph: Graph, chip: ChipSpec) -> None:
     VPU streams (its largest operand or result). Its FLOPs are reported, not timed: the
     VPU's rate per element hardly depends on the op (libtpu prices exp like add). On a
     calibrated chip the elements a fused transpose moves across lanes add at the XLU's
-    rate (libtpu prices a.T + 1 above a + 1). A reduction (no result as big as the stream)
-    streams at the chip's reduce rate, and each operand as big as the stream past the first
-    is read from HBM before it (libtpu prices a + b as exp(a) plus b's read)."""
+    rate (libtpu prices a.T + 1 above a + 1). A lone reduce streams at the chip's reduce
+    rate, and a lone elementwise op reads each operand as big as its stream past the first
+    from HBM before it (libtpu prices a + b as exp(a) plus b's read). Both are fitted to
+    libtpu's single-op kernels only: it prices fusions by other rules (v6e, 2^24 bf16:
+    exp(a)+b 0.52x and a+b+c 0.61x of exp(a)), so fusions keep the VPU rate."""
     if unit.kind != "copy":
         unit.bytes = _nbytes(graph, unit.inputs) + _nbytes(graph, unit.outputs)
     types = graph.types
     elements = max((types[v].size for v in (*unit.inputs, *unit.outputs) if v in types), default=0)
     flops = 0.0 if chip.vpu_elements_per_cycle else unit.flops  # ideal chip: FLOPs at f32 peak
     streamed = elements
-    if chip.reduce_elements_per_cycle and all(
-        types[v].size < elements for v in unit.outputs if v in types
-    ):  # op_time streams at the VPU's rate: scale a reduction's elements to the reduce rate
+    if unit.kind == "reduce" and chip.reduce_elements_per_cycle:
+        # op_time streams at the VPU's rate: scale the elements to the reduce rate
         streamed = elements * chip.vpu_elements_per_cycle / chip.reduce_elements_per_cycle
     unit.time = op_time(chip, flops, unit.bytes, "float32", elements=streamed)
-    if chip.vpu_elements_per_cycle and unit.kind != "copy":
+    if unit.kind == "elementwise" and chip.vpu_elements_per_cycle:
         ins = dict.fromkeys(v for v in unit.inputs if v in types)  # x + x reads x once
         full = [types[v].nbytes for v in ins if types[v].size == elements]
         unit.time += sum(full[1:]) / (chip.hbm_bandwidth * chip.hbm_efficiency)

@@ -143,6 +143,10 @@ def test_a_second_full_size_operand_is_read_before_the_vpu_stream():
     assert add == pytest.approx(1711.5e-6, rel=0.05)
     # a broadcast row is not a second stream: a + bias costs what exp(a) does
     assert _simulated(lambda a, b: a + b, shape, (1024,)).step_time_s == pytest.approx(vpu)
+    # the rule is libtpu's for a lone add only: a fusion keeps the VPU rate (libtpu prices
+    # exp(a) + b below exp(a) at 2^24 elements)
+    fused = _simulated(lambda a, b: spmd.numpy.exp(a) + b, shape, shape)
+    assert [r.count for r in fused.ops] == [1] and fused.step_time_s == pytest.approx(vpu)
 
 
 # libtpu's a.sum(-1) of 2^16, 2^20, 2^24, 2^26 elements on v5e, microseconds (bf16, f32)

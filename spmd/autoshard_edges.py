@@ -36,9 +36,11 @@ def price_value(
     rows: Rows,
     n: int,
     shared: Callable[[Any, Any], bool] = lambda given, wanted: True,
+    charged: list[tuple[int, float]] | None = None,
 ) -> int:
     """Add the edges from one producer's layouts (given) to each consumer's wanted layouts;
-    a pair `shared` accepts is paid once; returns the new variable count."""
+    a pair `shared` accepts is paid once; returns the new variable count. `charged`, where
+    given, receives (column, seconds) for each gather's charge (spmd/autoshard_overlap.py)."""
     times: dict[tuple, float] = {}
     terms: dict[tuple, list[list[int]]] = {}  # layout pair -> per consumer, cols summing to e_c
     for wanted in consumers:
@@ -63,12 +65,15 @@ def price_value(
         t = times[pair]
         if t <= 0.0:
             continue
+        log = charged if charged is not None and gathers(*pair) else []
         if len(sums) == 1 or not shared(*pair):  # each consumer's own e (or x) pays
             for cols in sums:
                 for col in cols:
                     cost[col] += t
+                    log.append((col, t))
             continue
         cost.append(t)  # y: paid once, whichever consumers take the pair
+        log.append((n, t))
         for cols in sums:
             rows.append(([n, *cols], [1.0] + [-1.0] * len(cols), 0.0, float("inf")))
         n += 1

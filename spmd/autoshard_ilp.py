@@ -31,6 +31,7 @@ from spmd.autoshard_group import (
     pointwise,
     undominated,
 )
+from spmd.autoshard_overlap import hide_argument_gathers
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
@@ -278,8 +279,11 @@ def solve(
     memory_limit: float | None,
     memory_of: Callable[[Node], bool],
     time_limit_s: float = 60.0,
+    hide_gathers: bool = True,
 ) -> Solution:
-    """Build and solve the integer program; raises RuntimeError when HiGHS finds nothing."""
+    """Build and solve the integer program; raises RuntimeError when HiGHS finds nothing.
+    hide_gathers: take back argument gathers the schedule hides (spmd/autoshard_overlap.py);
+    a scan body's parameters are not there at time 0."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -304,6 +308,7 @@ def solve(
     edges = 0
     types = graph.types
     users: dict[int, list[tuple[int, int]]] = {}
+    charged: dict[int, list[tuple[int, float]]] = {}
     for k, node in enumerate(nodes):
         for i, v in enumerate(node.inputs):  # a scan body's carry param reads its result
             if v in where:
@@ -326,9 +331,19 @@ def solve(
             for s, strat in enumerate(nodes[c].strategies):
                 wanted.setdefault(strat.wants[i], []).append(offset[c] + s)
             consumers.append(wanted)
+        log = charged.setdefault(v, []) if nodes[p].op is None and hide_gathers else None
         n = price_value(
-            given, consumers, lambda g, w, t=types[v]: edge_time(t, g, w), cost, rows, n, gathers
+            given,
+            consumers,
+            lambda g, w, t=types[v]: edge_time(t, g, w),
+            cost,
+            rows,
+            n,
+            gathers,
+            log,
         )
+    upper: dict[int, float] = {}
+    n = hide_argument_gathers(nodes, offset, charged, cost, rows, n, upper)
     n_x = offset[-1] + len(nodes[-1].strategies) if nodes else 0
     if memory_limit is not None:
         cols = [
@@ -354,11 +369,13 @@ def solve(
     hi = np.array([row[3] for row in rows])
     integrality = np.zeros(n)
     integrality[:n_x] = 1
+    high = np.ones(n)
+    high[list(upper)] = list(upper.values())
     res = milp(
         np.array(cost) * US,
         constraints=LinearConstraint(a, lo, hi),
         integrality=integrality,
-        bounds=Bounds(np.zeros(n), np.ones(n)),
+        bounds=Bounds(np.zeros(n), high),
         options={"time_limit": time_limit_s, "disp": False, "mip_rel_gap": GAP},
     )
     if res.x is None:

@@ -45,7 +45,12 @@ def scan_node(
             dataclasses.replace(s, memory=s.memory * a["length"]) for s in node.strategies
         ]
     sol = solve(
-        body, nodes, edge_time, memory_limit, lambda n: n.op is None or n.op.name == "dot_general"
+        body,
+        nodes,
+        edge_time,
+        memory_limit,
+        lambda n: n.op is None or n.op.name == "dot_general",
+        hide_gathers=False,
     )
     chosen = {
         v: s.gives[j]

@@ -65,16 +65,17 @@ def test_block_plan_within_5_percent_of_the_best_hand_plan_on_v5p_8x8x8():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # 4 s each measured at load 6
-@pytest.mark.parametrize("kind, bar", [("v5p", 1.05), ("cpu", 1.08)])
-def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan(kind, bar):
+@pytest.mark.parametrize("kind", ["v5p", "cpu"])
+def test_gpt_training_step_plan_within_5_percent_of_the_best_hand_plan(kind):
     """v5p: one solve per 2-D view, no second weight; the partitioner runs each contraction
     as priced (its operands pinned), which closed the 1.13x the v5p step had (now 0.74x).
-    CPU 2x4 misses the issue's 1.05 (1.053x FSDP here, 1.062x with two layers): the embedded
-    runtime's model overlaps collectives with compute (step 18.5 ms = compute 18.3 ms +
-    collectives 3.3 ms hidden) and the integer program adds them; its bound guards that."""
+    CPU 2x4 (was 1.04-1.06x FSDP): the simulator hides FSDP's weight gathers behind compute
+    and the integer program added them, so it chose DP; it now takes back the gathers an
+    argument's readers leave time for (spmd/autoshard_overlap.py) and prices a collective
+    over both axes at its own rate (spmd/autoshard_cost.py)."""
     # HiGHS's limit is wall time: under load its default 60 s ended with a plan 11x worse
     ratio, hand = _ratio(kind, "gpt", time_limit_s=600.0)
-    assert ratio <= bar, (ratio, hand)
+    assert ratio <= 1.05, (ratio, hand)
 
 
 @pytest.mark.timeout(75)  # 15 s measured at load 20

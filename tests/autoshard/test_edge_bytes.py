@@ -125,3 +125,23 @@ def test_the_changes_priced_once_are_gathers_and_pending_sums():
     assert gathers(((N, N), ("model",)), (N, M))  # a reduce-scatter
     assert not gathers(((D, N), ()), (N, D))  # an all-to-all: each consumer pays
     assert not gathers(((N, N), ()), (D, N))  # a slice: each consumer pays
+
+
+@pytest.mark.timeout(120)  # calibration: a few small simulations
+@pytest.mark.parametrize("spec", [("data", "model"), ("model", "data")])
+def test_gather_time_matches_the_simulator_whether_one_dim_or_two_hold_the_axes(spec):
+    """P(data+model) gathers in one collective over both axes (its own rate, measured by
+    calibrate); P(model, data) in one per dim. The simulated gather is the oracle."""
+    from spmd.api import ShapeDtypeStruct
+    from spmd.autoshard_cost import calibrate, edge_time
+    from spmd.sharding import NamedSharding, P
+    from spmd.sim import simulate
+
+    mesh = spmd.make_mesh((2, 4), ("data", "model"))
+    shape = (4096, 1024)
+    dims = (tuple(spec), ()) if spec == DM else ((spec[0],), (spec[1],))
+    x = ShapeDtypeStruct(shape, "float32", NamedSharding(mesh, P(*dims)))
+    gather = spmd.jit(lambda a: a * 1.0, out_shardings=NamedSharding(mesh, P()))
+    simulated = simulate(gather, x, check_memory=False).collective_time_s
+    priced = edge_time(mesh, calibrate(mesh), TensorType(shape, "float32"), (dims, ()), (N, N))
+    assert priced == pytest.approx(simulated, rel=0.15), (priced, simulated)

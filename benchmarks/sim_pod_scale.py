@@ -67,7 +67,7 @@ def published_rows() -> list[tuple[int, float]]:
     """Simulated vs measured step per published run; returns (sequence, ratio) per run."""
     print(
         "model            pod          seq  measured s  simulated s  ratio  sim FLOPs/model  "
-        "peak GiB  wall s"
+        "peak GiB  host GiB  wall s"
     )
     out = []
     for model, chip, shape, names, measured_as in PUBLISHED:
@@ -87,7 +87,8 @@ def published_rows() -> list[tuple[int, float]]:
             print(
                 f"{model.name:<16} {pod:<12} {model.seq:>4} {measured:>10.3f} "
                 f"{report.step_time_s:>12.3f} {ratio:>6.3f} {report.flops / per_chip:>16.3f} "
-                f"{report.peak_memory_bytes / 2**30:>9.2f} {wall:>7.2f}",
+                f"{report.peak_memory_bytes / 2**30:>9.2f} {report.peak_host_bytes / 2**30:>9.2f} "
+                f"{wall:>7.2f}",
                 flush=True,
             )
     for seq in sorted({s for s, _ in out}):

@@ -39,6 +39,33 @@ class checkpoint_policies:
         return Policy("names", tuple(names))
 
     @staticmethod
+    def save_and_offload_only_these_names(
+        *,
+        names_which_can_be_saved: Any,
+        names_which_can_be_offloaded: Any,
+        offload_src: str = "device",
+        offload_dst: str = "pinned_host",
+    ) -> Policy:
+        """Save the first names in device memory and the second ones in `offload_dst`
+        memory (moved there after the forward makes them, back before the backward reads
+        them); recompute everything else. Numerics are those of saving both."""
+        saved = tuple(names_which_can_be_saved)
+        offloaded = tuple(names_which_can_be_offloaded)
+        both = set(saved) & set(offloaded)
+        if both:
+            raise SpmdError(
+                f"names {sorted(both)} are both saved and offloaded",
+                hint="list each name in names_which_can_be_saved or "
+                "names_which_can_be_offloaded, not both",
+            )
+        if (offload_src, offload_dst) != ("device", "pinned_host"):
+            raise SpmdError(
+                f"offload from {offload_src!r} to {offload_dst!r} is not supported",
+                hint='use offload_src="device", offload_dst="pinned_host"',
+            )
+        return Policy("names_offload", saved, offloaded, offload_src, offload_dst)
+
+    @staticmethod
     def save_any_names_but_these(*names: str) -> Policy:
         """Save every checkpoint_name value except those with these names."""
         return Policy("names_but", tuple(names))

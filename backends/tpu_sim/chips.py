@@ -48,6 +48,7 @@ OPTIONAL: dict[str, dict[str, float]] = {
         "collective_call_s": 0.0,
     },
     "dcn": {"bandwidth": 0.0, "latency_s": 0.0},
+    "host": {"bandwidth": 0.0},
 }
 
 
@@ -83,6 +84,7 @@ class ChipSpec:
     collective_call_s: float = 0.0  # fixed cost of one collective call (sync, setup)
     dcn_bandwidth: float = 0.0  # bytes/s per chip between slices (0: no multi-slice)
     dcn_latency_s: float = 0.0  # per DCN transfer step
+    host_bandwidth: float = 0.0  # bytes/s one way per chip to host memory (0: copies free)
 
     @property
     def ndim(self) -> int:
@@ -197,6 +199,7 @@ def load_chip(name: str) -> ChipSpec:
         ("efficiency", "ici_bandwidth"): "ici_efficiency",
         ("dcn", "bandwidth"): "dcn_bandwidth",
         ("dcn", "latency_s"): "dcn_latency_s",
+        ("host", "bandwidth"): "host_bandwidth",
     }
     for table, fields in OPTIONAL.items():
         section = data.get(table, {})

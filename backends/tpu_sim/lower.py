@@ -28,6 +28,7 @@ class Costing:
     # "while" (cond and body x while_iterations), "body" (its one body once)
     flops_scale: float = 1.0  # attention: its FLOPs over the forward's two matmuls
     in_place: int = -1  # the operand a copy reads and writes in place (-1: reads all, writes all)
+    memory: bool = False  # with a `memory` attr: a copy over the host link (remat offload)
 
 
 ELEMENTWISE = Costing("elementwise", 1.0)
@@ -131,7 +132,11 @@ LOWERINGS: dict[str, Costing] = {
     ),
     "shard_map": CONTROL,
     "remat": CONTROL,
-    "checkpoint_name": VIEW,
+    "checkpoint_name": Costing(
+        "view",
+        note="a name; with `memory` an offloaded residual's copy over the host link",
+        memory=True,
+    ),
     "dot_product_attention": Costing(
         "attention",
         note="fused (flash): QK^T and PV on the MXU (causal: only kept tiles); "

@@ -52,6 +52,7 @@ class SimReport:
     peak_buffers: tuple[Buffer, ...] = ()
     overlap: bool = False
     notes: list[str] = field(default_factory=list)
+    peak_host_bytes: int = 0  # offloaded residuals in pinned host memory
     program: Any = field(default=None, repr=False, compare=False)  # the simulated Graph
 
     @property
@@ -110,6 +111,11 @@ class SimReport:
             (
                 f"  peak HBM        {_fmt_bytes(self.peak_memory_bytes)} of "
                 f"{_fmt_bytes(self.hbm_bytes)} per device"
+                + (
+                    f" (+ {_fmt_bytes(self.peak_host_bytes)} offloaded to host)"
+                    if self.peak_host_bytes
+                    else ""
+                )
             ),
             "  time by kind    "
             + ", ".join(

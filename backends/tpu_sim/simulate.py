@@ -55,6 +55,8 @@ class Simulator:
         self._events: dict[int, int] = {}
         self._deps: dict[int, tuple[list[list[int]], list[int], list[tuple[float, int]]]] = {}
         self._repeat = 1  # events stand for this many executions (collapsed scans)
+        self._host: dict[int, set[int]] = {}
+        self.host_memory = MemoryTracker(1 << 62)  # offloaded residuals (pinned host)
 
     # -- units -----------------------------------------------------------------------------
     def units(self, graph: Graph) -> list[Unit]:
@@ -151,7 +153,7 @@ class Simulator:
 
     def emit(self, unit: Unit, start: float) -> float:
         """Put one unit on the timeline and into its report row; returns its end time."""
-        category = "collective" if unit.kind == "collective" else "compute"
+        category = HOST_KINDS.get(unit.kind, "compute")
         duration = unit.time * self._repeat
         args: dict[str, Any] = {"loc": unit.loc, "flops": unit.flops, "bytes": unit.bytes}
         if self._repeat > 1:
@@ -232,6 +234,23 @@ class Simulator:
         return total
 
     # -- memory ----------------------------------------------------------------------------
+    def host_values(self, graph: Graph) -> set[int]:
+        """Values in host memory: offloaded residuals, and a scan's stacked ys of them."""
+        key = id(graph)
+        if key in self._host:
+            return self._host[key]
+        host: set[int] = set()
+        for u in self.units(graph):
+            if u.kind == "to_host":
+                host.update(u.outputs)
+            elif u.op is not None and costing(u.op.name).walk == "scan":
+                body = u.op.attrs["body"]
+                inner = self.host_values(body)
+                k = int(u.op.attrs["num_carry"])
+                host.update(v for v, r in list(zip(u.op.outputs, body.results))[k:] if r in inner)
+        self._host[key] = host
+        return host
+
     def transient_peak(self, graph: Graph) -> int:
         """Peak bytes a graph's execution allocates beyond its params (sub-graph temporaries)."""
         tracker = MemoryTracker(1 << 62)
@@ -275,17 +294,25 @@ class Simulator:
         for v in list(live):
             if last.get(v, -1) < 0:  # a donated argument nothing reads
                 tracker.free(live.pop(v))
+        host = self.host_values(graph)
         for i, u in enumerate(units):
             for v in u.outputs:
                 if v in alias:
                     continue
                 live[v] = f"%{v} {u.name} {types[v]}"
-                tracker.alloc(live[v], types[v].nbytes, u.loc or None)
+                # offloaded residuals live in host memory (counted there at the top level)
+                owner = tracker if v not in host else self.host_memory if keep_params else None
+                if owner is not None:
+                    owner.alloc(live[v], types[v].nbytes, u.loc or None)
             if u.op is not None:
                 self._transient(u.op, tracker)
             for v in {alias.get(x, x) for x in u.inputs} | set(u.outputs):
                 if v in live and last.get(v, -1) <= i and v not in params:
-                    tracker.free(live.pop(v))
+                    name = live.pop(v)
+                    if v not in host:
+                        tracker.free(name)
+                    elif keep_params:
+                        self.host_memory.free(name)
 
     def _transient(self, op: Op, tracker: MemoryTracker) -> None:
         subs = [
@@ -307,7 +334,7 @@ class Simulator:
         self.track(program, tracker, donated=self.donate)
         self.schedule(program, [0.0] * len(program.params))
         rows = list(self.rows.values())
-        compute = sum(r.time_s for r in rows if r.kind != "collective")
+        compute = sum(r.time_s for r in rows if r.kind not in HOST_KINDS)
         collective = sum(r.time_s for r in rows if r.kind == "collective")
         return SimReport(
             chip=self.chip.name,
@@ -319,6 +346,7 @@ class Simulator:
             flops=sum(r.flops for r in rows),
             peak_flops=self.chip.peak_flops_bf16,
             peak_memory_bytes=tracker.peak,
+            peak_host_bytes=self.host_memory.peak,
             hbm_bytes=self.chip.hbm_bytes,
             ops=rows,
             timeline=self.timeline,
@@ -326,6 +354,10 @@ class Simulator:
             overlap=self.overlap,
             notes=list(self.notes),
         )
+
+
+# Timeline streams of the units that do not run on compute.
+HOST_KINDS = {"collective": "collective", "to_host": "host", "from_host": "host"}
 
 
 # Per control walk (backends/tpu_sim/lower.py rows): timeline events of one execution, the

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from spmd.errors import SimulationError
 
-STREAMS = ("compute", "ici")
-# Categories that run on the ICI stream; everything else is compute.
+STREAMS = ("compute", "ici", "host")
+# Categories that run on the ICI stream; "host" (copies over the host link) on its own;
+# everything else is compute.
 COMM_CATEGORIES = frozenset({"collective", "communication", "ici", "send", "recv"})
 
 
@@ -57,6 +58,8 @@ class Timeline:
         self._free = [dict.fromkeys(STREAMS, 0.0) for _ in range(num_devices)]
 
     def _stream(self, category: str) -> str:
+        if category == "host":
+            return "host"
         return "ici" if category in COMM_CATEGORIES else "compute"
 
     def _earliest(self, device: int, stream: str) -> float:
@@ -80,7 +83,7 @@ class Timeline:
         """Append an event on `device` starting once its stream is free and at >= `ready`."""
         if duration < 0:
             self._negative(name, duration)
-        stream = "ici" if category in COMM_CATEGORIES else "compute"
+        stream = self._stream(category)
         start = max(ready, self._earliest(device, stream))
         event = Event(device, stream, name, start, duration, category, dict(args or {}))
         self._free[device][stream] = event.end

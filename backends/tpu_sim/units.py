@@ -123,10 +123,23 @@ def _collective(
     )
 
 
+def _host_copy(op: Op, graph: Graph, chip: ChipSpec) -> Unit:
+    """An offloaded residual moving between HBM and host memory over the chip's host link
+    (its own stream: it overlaps compute that does not wait for it)."""
+    nbytes = _nbytes(graph, op.outputs)
+    time = nbytes / chip.host_bandwidth if chip.host_bandwidth > 0 else 0.0
+    kind = "from_host" if op.attrs["memory"] == "device" else "to_host"
+    return Unit(
+        f"copy to {op.attrs['memory']}", kind, op.loc, op.inputs, op.outputs, 0, nbytes, time
+    )
+
+
 def _single(
     op: Op, graph: Graph, chip: ChipSpec, topology: Topology, axis_names: tuple[str, ...]
 ) -> Unit:
     row = costing(op.name)
+    if row.memory and op.attrs.get("memory"):
+        return _host_copy(op, graph, chip)
     if row.kind == "matmul":
         return _matmul(op, graph, chip)
     if row.kind == "attention":

@@ -20,7 +20,7 @@ from spmd import dtypes
 from spmd.autodiff import backward, replay, trace_flat
 from spmd.errors import InternalError, ShapeError
 from spmd.interpreter import evaluate
-from spmd.ir.graph import Graph, Op
+from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
 from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
@@ -37,11 +37,19 @@ class Policy:
 
     kind: "nothing" (only the region's inputs), "everything", "dots" (every dot_general),
     "dots_no_batch" (dot_generals without batch dims), "names" (checkpoint_name values in
-    `names`), "names_but" (every checkpoint_name value except those in `names`).
+    `names`), "names_but" (every checkpoint_name value except those in `names`),
+    "names_offload" (as "names", and also the `offload` names: saved, but kept in `dst`
+    memory (host) between the forward and the backward).
     """
 
     kind: str = "nothing"
     names: tuple[str, ...] = ()
+    offload: tuple[str, ...] = ()
+    src: str = "device"
+    dst: str = "pinned_host"
+
+    def offloaded(self, op: Op) -> bool:
+        return op.name == "checkpoint_name" and op.attrs["label"] in self.offload
 
     def saveable(self, op: Op) -> bool:
         if self.kind == "everything":
@@ -54,13 +62,24 @@ class Policy:
             return False
         if self.kind == "names":
             return op.attrs["label"] in self.names
+        if self.kind == "names_offload":
+            return op.attrs["label"] in self.names or op.attrs["label"] in self.offload
         return self.kind == "names_but" and op.attrs["label"] not in self.names
 
     def __repr__(self) -> str:
-        return f"{self.kind}{list(self.names) if self.names else ''}"
+        offload = f"+offload{list(self.offload)}" if self.offload else ""
+        return f"{self.kind}{list(self.names) if self.names else ''}{offload}"
 
 
-POLICY_KINDS = ("nothing", "everything", "dots", "dots_no_batch", "names", "names_but")
+POLICY_KINDS = (
+    "nothing",
+    "everything",
+    "dots",
+    "dots_no_batch",
+    "names",
+    "names_but",
+    "names_offload",
+)
 
 
 def _remat_type(
@@ -102,6 +121,7 @@ class Split:
     backward: Graph
     n_residuals: int
     diff_params: tuple[int, ...]  # indices of body params that get a cotangent
+    primals: tuple[int, ...]  # indices of body params the backward reads (its first params)
 
 
 _SPLITS: dict[tuple[int, Policy], tuple[Graph, Split]] = {}
@@ -170,7 +190,69 @@ def _split(body: Graph, policy: Policy) -> Split:
     rename = dict(zip(graph.params[:n], body.params))
     copied = tuple(_renamed(op, rename) for op in primal_ops)
     forward = dce(cse(body.replace(ops=body.ops + copied, results=body.results + tuple(residuals))))
-    return Split(forward, backward_graph, len(residuals), diff_in)
+    offloaded = {op.outputs[0]: op.attrs["label"] for op in saved_ops if policy.offloaded(op)}
+    if offloaded:
+        forward, backward_graph = _offload(forward, backward_graph, residuals, offloaded, policy)
+    # primals the backward does not read (saved under a name instead) are not passed to it,
+    # so a scan need not stack them for its backward
+    read = {v for op in backward_graph.ops for v in op.inputs} | set(backward_graph.results)
+    primals = tuple(i for i in range(n) if backward_graph.params[i] in read)
+    keep = [*primals, *range(n, len(backward_graph.params))]
+    backward_graph = backward_graph.replace(
+        params=tuple(backward_graph.params[i] for i in keep),
+        param_types=tuple(backward_graph.param_types[i] for i in keep),
+    )
+    return Split(forward, backward_graph, len(residuals), diff_in, primals)
+
+
+def _offload(
+    forward: Graph,
+    backward: Graph,
+    residuals: list[int],
+    labels: dict[int, str],
+    policy: Policy,
+) -> tuple[Graph, Graph]:
+    """Move offloaded residuals to `policy.dst` memory at the end of the forward and back
+    to `policy.src` memory at the start of the backward: checkpoint_name ops with a
+    `memory` attribute, which inline_remat keeps (the TPU simulator prices the copies)."""
+    n_res = len(residuals)
+    types = backward.types
+    f_results = list(forward.results)
+    f_ops = list(forward.ops)
+    b_params = list(backward.params)
+    b_ops: list[Op] = []
+    for i, r in enumerate(residuals):
+        if r not in labels:
+            continue
+        t = types[r]
+        fi = len(f_results) - n_res + i
+        host = fresh_id()
+        attrs = {"label": labels[r]}
+        f_ops.append(
+            Op(
+                "checkpoint_name",
+                (f_results[fi],),
+                (host,),
+                (t,),
+                Attrs({**attrs, "memory": policy.dst}),
+            )
+        )
+        f_results[fi] = host
+        bi = len(b_params) - n_res + i
+        param = b_params[bi]
+        b_params[bi] = fresh_id()
+        b_ops.append(
+            Op(
+                "checkpoint_name",
+                (b_params[bi],),
+                (param,),
+                (t,),
+                Attrs({**attrs, "memory": policy.src}),
+            )
+        )
+    forward = forward.replace(ops=tuple(f_ops), results=tuple(f_results))
+    backward = backward.replace(params=tuple(b_params), ops=tuple(b_ops) + backward.ops)
+    return forward, backward
 
 
 def _renamed(op: Op, rename: dict[int, int]) -> Op:
@@ -203,7 +285,7 @@ def remat_backward(
     ]
     outs = bind(
         "remat",
-        *primals,
+        *[primals[i] for i in split.primals],
         *cts,
         *residuals,
         body=split.backward,
@@ -230,12 +312,13 @@ OPS = [
     ),
     OpDef(
         "checkpoint_name",
-        lambda x, *, label: x,
-        lambda x, *, label: x,
-        lambda ct, x, *, out, label: ct,
-        lambda x, *, label: Factors.parse(f"{letters(x.ndim)}->{letters(x.ndim)}"),
+        lambda x, *, label, memory="": x,
+        lambda x, *, label, memory="": x,
+        lambda ct, x, *, out, label, memory="": ct,
+        lambda x, *, label, memory="": Factors.parse(f"{letters(x.ndim)}->{letters(x.ndim)}"),
         linear=Linearity.JOINT,
         traits=Trait.ANNOTATION,
-        doc="Identity that names a value for save_only_these_names policies.",
+        doc="Identity that names a value for save_only_these_names policies; with `memory` "
+        "(an offloaded residual) it moves the value to that memory (host or device).",
     ),
 ]

@@ -1,4 +1,5 @@
-"""Inline rematerialised regions. After it: no `remat` or `checkpoint_name` op, anywhere.
+"""Inline rematerialised regions. After it: no `remat` op and no `checkpoint_name` but those
+that move an offloaded residual between memories (a `memory` attribute), anywhere.
 
 Forward regions (recompute=False) are inlined first and CSE merges them with any copy of the
 same forward (a region replayed for its residuals); backward regions (recompute=True) are
@@ -27,7 +28,7 @@ def _inline(graph: Graph, recompute: bool) -> Graph:
     ops: list[Op] = []
     for op in graph.ops:
         op = rename_inputs(op, renamed)
-        if op.name == "checkpoint_name":
+        if op.name == "checkpoint_name" and not op.attrs.get("memory"):
             renamed[op.outputs[0]] = op.inputs[0]
             continue
         if op.name != "remat":

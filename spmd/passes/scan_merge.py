@@ -15,8 +15,32 @@ from spmd.passes.rules import map_subgraphs, rename_inputs
 def scan_merge(graph: Graph) -> Graph:
     """Fold each scan into an earlier one over the same operands that computes its carries.
 
-    Dead scans go first and unread ys after, so a merge never makes a loop do more work."""
-    return drop_unread_ys(merge_all(dce(graph)))
+    Dead scans go first and unread xs and ys after, so a merge never makes a loop do more
+    work (a remat region's backward that reads a name saved instead of its input leaves
+    that input's stack unread)."""
+    return drop_unread_ys(drop_unread_xs(merge_all(dce(graph))))
+
+
+def drop_unread_xs(graph: Graph) -> Graph:
+    """Each scan without the xs its body never reads."""
+    ops = []
+    for op in graph.ops:
+        op = map_subgraphs(op, drop_unread_xs)
+        if op.name == "scan":
+            body = op.attrs["body"]
+            read = set(body.results).union(*(o.inputs for o in body.ops))
+            start = op.attrs["num_consts"] + op.attrs["num_carry"]
+            kept = [i for i, v in enumerate(body.params) if i < start or v in read]
+            if len(kept) < len(body.params):
+                attrs = Attrs(op.attrs)
+                attrs["body"] = body.replace(
+                    params=tuple(body.params[i] for i in kept),
+                    param_types=tuple(body.param_types[i] for i in kept),
+                )
+                inputs = tuple(op.inputs[i] for i in kept)
+                op = Op("scan", inputs, op.outputs, op.types, attrs, op.loc)
+        ops.append(op)
+    return graph.replace(ops=tuple(ops))
 
 
 def merge_all(graph: Graph) -> Graph:

@@ -7,7 +7,8 @@ ops before their first reader. The integer program adds every edge to the step t
 it takes back what that schedule hides: per argument a continuous h_v (microseconds) with
 
     h_v <= the gathers charged on v's edges (the columns that pay them),
-    sum of h_u over arguments first read at or before node k <= contractions before k,
+    sum of h_u over arguments first read at or before node k <= contractions before k
+    (each at its fastest strategy),
 
 the second a row per node that first reads an argument: the ICI stream, busy from time 0,
 can hide no more gathering than the compute that runs before the reader needs it (only
@@ -55,15 +56,16 @@ def hide_argument_gathers(
         upper[n] = sum(t for _, t in terms) * US
         readers.setdefault(first[v], []).append(n)
         n += 1
+    # the budget is a constant: each contraction before the reader at its fastest strategy,
+    # a lower bound, as a budget must be (tied to the chosen strategies' columns instead,
+    # HiGHS took as long and chose the same plans)
     hidden: list[int] = []
+    budget, done = 0.0, 0
     for k in sorted(readers):
         hidden += readers[k]
-        cols, coefs = [], []
-        for j, node in enumerate(nodes[:k]):
-            if node.op is None or node.op.name not in SURE:
-                continue
-            for s, strat in enumerate(node.strategies):
-                cols.append(offset[j] + s)
-                coefs.append(-strat.cost_s * US)
-        rows.append((hidden + cols, [1.0] * len(hidden) + coefs, -float("inf"), 0.0))
+        for node in nodes[done:k]:
+            if node.op is not None and node.op.name in SURE:
+                budget += min(s.cost_s for s in node.strategies)
+        rows.append((list(hidden), [1.0] * len(hidden), -float("inf"), budget * US))
+        done = k
     return n

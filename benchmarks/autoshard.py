@@ -28,15 +28,20 @@ def mlp(x: Any, w1: Any, w2: Any) -> Any:
     return snp.tanh(x @ w1) @ w2
 
 
-def block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: Any) -> Any:
-    """A pre-norm transformer block (forward), batch x seq x d_model."""
+def attention(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
+    """A pre-norm residual multi-head attention, batch x seq x d_model."""
     h = spmd.nn.standardize(x)
     q = snp.einsum("bsd,dhk->bshk", h, wq)
     k = snp.einsum("bsd,dhk->bshk", h, wk)
     v = snp.einsum("bsd,dhk->bshk", h, wv)
     scores = snp.einsum("bshk,bthk->bhst", q, k)
-    attention = snp.einsum("bhst,bthk->bshk", spmd.nn.softmax(scores, axis=-1), v)
-    x = x + snp.einsum("bshk,hkd->bsd", attention, wo)
+    out = snp.einsum("bhst,bthk->bshk", spmd.nn.softmax(scores, axis=-1), v)
+    return x + snp.einsum("bshk,hkd->bsd", out, wo)
+
+
+def block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: Any) -> Any:
+    """A pre-norm transformer block (forward), batch x seq x d_model."""
+    x = attention(x, wq, wk, wv, wo)
     h = spmd.nn.standardize(x)
     return x + snp.einsum("bsf,fd->bsd", spmd.nn.gelu(snp.einsum("bsd,df->bsf", h, w1)), w2)
 

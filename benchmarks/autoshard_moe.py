@@ -23,22 +23,12 @@ import spmd
 import spmd.nn_moe
 import spmd.numpy as snp
 import spmd.sim
-from benchmarks.autoshard import report, roles
+from benchmarks.autoshard import attention, report, roles
 from spmd.api import ShapeDtypeStruct as S
 from spmd.sharding import NamedSharding, P
 
 LAYERS = 1
 AUX = 0.01  # weight of the load-balancing loss
-
-
-def attention(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
-    h = spmd.nn.standardize(x)
-    q = snp.einsum("bsd,dhk->bshk", h, wq)
-    k = snp.einsum("bsd,dhk->bshk", h, wk)
-    v = snp.einsum("bsd,dhk->bshk", h, wv)
-    scores = snp.einsum("bshk,bthk->bhst", q, k)
-    out = snp.einsum("bhst,bthk->bshk", spmd.nn.softmax(scores, axis=-1), v)
-    return x + snp.einsum("bshk,hkd->bsd", out, wo)
 
 
 def moe_layer(x: Any, router: Any, w_in: Any, w_out: Any, shardings: Any = None) -> Any:

@@ -12,7 +12,7 @@ it takes back what that schedule hides: per argument a continuous h_v (microseco
 
 the second a row per node that first reads an argument: the ICI stream, busy from time 0,
 can hide no more gathering than the compute that runs before the reader needs it (only
-contractions count: see SURE). On the CPU 2x4 GPT step this is what FSDP needed (its
+contractions count: see counts_as_compute). On the CPU 2x4 GPT step this is what FSDP needed (its
 gathers are hidden; summed, they made DP look 4% cheaper than it simulates). Both
 are linear, so the step is priced as compute + edges - hidden, max(0, t_coll - t_hideable)
 per prefix. Only gathers are taken back: an all-to-all or a slice of an argument still pays
@@ -23,11 +23,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from spmd.ir.opdef import REGISTRY, AttrKind
+
 US = 1e6  # as spmd/autoshard_ilp.py: h_v and its rows in microseconds
-# the compute a budget counts: contractions, priced by FLOPs as the simulator does; the rest
-# is priced unfused (an upper bound: the simulator fuses a broadcast or a chain into its
-# reader), and a budget must not promise more hiding than the schedule gives
-SURE = ("dot_general", "scan")
+
+
+def counts_as_compute(node: Any) -> bool:
+    """What a budget counts: contractions (an op whose attributes spell dot dims) and scans
+    of them, priced by FLOPs as the simulator does; the rest is priced unfused (an upper
+    bound: the simulator fuses a broadcast or a chain into its reader), and a budget must
+    not promise more hiding than the schedule gives."""
+    if node.op is None:
+        return False
+    if node.body is not None:  # a scan, its body solved once
+        return True
+    kinds = REGISTRY[node.op.name].attr_kinds.values()
+    return any(kind is AttrKind.DOT_DIMS for kind in kinds)
 
 
 def hide_argument_gathers(
@@ -64,7 +75,7 @@ def hide_argument_gathers(
     for k in sorted(readers):
         hidden += readers[k]
         for node in nodes[done:k]:
-            if node.op is not None and node.op.name in SURE:
+            if counts_as_compute(node):
                 budget += min(s.cost_s for s in node.strategies)
         rows.append((list(hidden), [1.0] * len(hidden), -float("inf"), budget * US))
         done = k

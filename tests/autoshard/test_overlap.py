@@ -38,7 +38,7 @@ def _solve(nodes, charged, base):
 
 def _node(name, cost_s, inputs=()):
     op = None if name == "arg" else NS(name=name)
-    return NS(op=op, inputs=inputs, strategies=[NS(cost_s=cost_s)])
+    return NS(op=op, inputs=inputs, strategies=[NS(cost_s=cost_s)], body=None)
 
 
 @pytest.mark.parametrize("gather_us, matmul_us, exposed_us", [(5, 3, 2), (2, 3, 0)])

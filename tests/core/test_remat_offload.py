@@ -16,6 +16,7 @@ from backends.tpu_sim.chips import load_chip
 from spmd import lax
 from spmd.errors import SpmdError
 from spmd.sharding import NamedSharding, P
+from tests.core.test_remat import stack
 
 cp = spmd.checkpoint_policies
 OFFLOAD = cp.save_and_offload_only_these_names(
@@ -37,13 +38,6 @@ def loss(policy, use=True):
         return (y.astype("float32") ** 2).mean()
 
     return f
-
-
-def stack(seed=0, layers=3, batch=8, width=16):
-    rng = np.random.default_rng(seed)
-    p = {n: (rng.standard_normal((layers, width, width)) * 0.3).astype(np.float32)
-         for n in "ab"}
-    return p, rng.standard_normal((batch, width)).astype(np.float32)
 
 
 def _close(got, want):

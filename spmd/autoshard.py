@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from spmd.autoshard_cost import calibrate, describe_bytes, edge_time
+from spmd.autoshard_cost import calibrate, describe_bytes, edge_time, is_contraction
 from spmd.autoshard_ilp import Dims, Node, build_nodes, solve
 from spmd.autoshard_plan import Plan, apply
 from spmd.errors import ShardingError
@@ -176,7 +176,7 @@ def _coarsened(
 
 
 def _counts_memory(node: Node) -> bool:
-    return node.op is None or node.op.name == "dot_general"
+    return node.op is None or is_contraction(node.op)
 
 
 def _abstract(args: tuple, mesh: Mesh) -> tuple:

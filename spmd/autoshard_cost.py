@@ -11,10 +11,17 @@ import functools
 import itertools
 from typing import Any
 
+from spmd.ir.opdef import REGISTRY, AttrKind
 from spmd.ir.types import TensorType
 from spmd.mesh import Mesh
 
 Dims = tuple[tuple[str, ...], ...]
+
+
+def is_contraction(op: Any) -> bool:
+    """An op priced by its FLOPs: one whose attributes spell dot dimensions (the OpDef's
+    fact, not its name)."""
+    return any(kind is AttrKind.DOT_DIMS for kind in REGISTRY[op.name].attr_kinds.values())
 
 
 @functools.lru_cache(maxsize=16)

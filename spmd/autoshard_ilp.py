@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spmd.autoshard_cost import is_contraction
 from spmd.autoshard_edges import gathers, price_value
 from spmd.autoshard_group import (
     OPAQUE,
@@ -169,7 +170,7 @@ def _op_time(
     """A contraction is priced by its FLOPs at the chip's rate, anything else by the bytes
     it touches at memory bandwidth; both divided by the shards the strategy makes."""
     shards = math.prod(axis_size[a] for axes in fa.values() for a in axes)
-    if op.name == "dot_general" and f is not None:
+    if is_contraction(op) and f is not None:
         extent: dict[str, int] = {}
         for fd, t in zip(f.operands + f.results, in_types + out_types):  # type: ignore[attr-defined]
             extent.update({x: n for x, n in zip(fd, t.shape) if x is not None})

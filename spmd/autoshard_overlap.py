@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spmd.ir.opdef import REGISTRY, AttrKind
+from spmd.autoshard_cost import is_contraction
 
 US = 1e6  # as spmd/autoshard_ilp.py: h_v and its rows in microseconds
 
@@ -37,8 +37,7 @@ def counts_as_compute(node: Any) -> bool:
         return False
     if node.body is not None:  # a scan, its body solved once
         return True
-    kinds = REGISTRY[node.op.name].attr_kinds.values()
-    return any(kind is AttrKind.DOT_DIMS for kind in kinds)
+    return is_contraction(node.op)
 
 
 def hide_argument_gathers(

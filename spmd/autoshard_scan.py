@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from spmd.autoshard_cost import is_contraction
 from spmd.ir.graph import Op
 
 Dims = tuple[tuple[str, ...], ...]
@@ -49,7 +50,7 @@ def scan_node(
         nodes,
         edge_time,
         memory_limit,
-        lambda n: n.op is None or n.op.name == "dot_general",
+        lambda n: n.op is None or is_contraction(n.op),
         hide_gathers=False,
     )
     chosen = {

@@ -46,7 +46,7 @@ def imports(path: Path, name: str | None = None) -> list[tuple[str, int, bool]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             names = [f"{base}.{alias.name}" for alias in node.names]
             found += [(name, node.lineno, id(node) in top_level) for name in names]
     return found
@@ -70,9 +70,13 @@ def _top_level_nodes(tree: ast.Module) -> list[ast.AST]:
 
 
 def _type_checking_nodes(tree: ast.Module) -> list[ast.AST]:
-    return [inner for node in tree.body
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for stmt in node.body for inner in ast.walk(stmt)]
+    return [
+        inner
+        for node in tree.body
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    ]
 
 
 def all_modules() -> dict[str, Path]:
@@ -156,9 +160,12 @@ def largest_cycle(edges: dict[str, set[str]]) -> list[str]:
 def lazy_imports() -> list[tuple[str, int, str]]:
     """(module, line, imported module) for every function-level import of one of ours."""
     mods = all_modules()
-    return [(name, line, target) for name, path in mods.items()
-            for imported, line, at_top in imports(path, name)
-            if not at_top and (target := resolve(imported, mods)) is not None]
+    return [
+        (name, line, target)
+        for name, path in mods.items()
+        for imported, line, at_top in imports(path, name)
+        if not at_top and (target := resolve(imported, mods)) is not None
+    ]
 
 
 def cycle_breakers(lazy: list[tuple[str, int, str]] | None = None) -> list[tuple[str, int, str]]:

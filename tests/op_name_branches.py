@@ -30,15 +30,15 @@ def _strings(node: ast.AST) -> list[str]:
         return [node.value]
     if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         return [s for e in node.elts for s in _strings(e)]
-    if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("frozenset", "set",
-                                                                       "tuple"):
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("frozenset", "set", "tuple"):
         return [s for a in node.args for s in _strings(a)]
     return []
 
 
 def _is_name(node: ast.AST) -> bool:
     return (isinstance(node, ast.Attribute) and node.attr == "name") or (
-        isinstance(node, ast.Name) and node.id in NAME_VARS)
+        isinstance(node, ast.Name) and node.id in NAME_VARS
+    )
 
 
 def branches(path: Path, names: frozenset[str]) -> Iterator[tuple[int, str]]:
@@ -87,8 +87,10 @@ def main() -> None:
     for file, hits in found.items():
         package = "spmd/passes" if file.startswith("spmd/passes/") else file.split("/")[0]
         per_package[package] += len({line for line, _ in hits})
-        print(f"{file}: {len({line for line, _ in hits})} lines: "
-              + ", ".join(sorted({n for _, n in hits})))
+        print(
+            f"{file}: {len({line for line, _ in hits})} lines: "
+            + ", ".join(sorted({n for _, n in hits}))
+        )
     print(dict(per_package), "total", sum(per_package.values()))
 
 

@@ -10,8 +10,11 @@ import pytest
 from spmd import errors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ERROR_CLASSES = [cls for _, cls in inspect.getmembers(errors, inspect.isclass)
-                 if issubclass(cls, errors.SpmdError) and cls is not errors.SpmdError]
+ERROR_CLASSES = [
+    cls
+    for _, cls in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(cls, errors.SpmdError) and cls is not errors.SpmdError
+]
 
 
 def doc_sections() -> set[str]:

@@ -24,8 +24,9 @@ def too_long(paths: list[Path], limit: int) -> list[str]:
 
 
 def test_every_module_is_at_most_400_lines():
-    paths = [p for package in PACKAGES if (ROOT / package).is_dir()
-             for p in python_files(ROOT / package)]
+    paths = [
+        p for package in PACKAGES if (ROOT / package).is_dir() for p in python_files(ROOT / package)
+    ]
     assert paths
     assert too_long(paths, MODULE_LIMIT) == []
 

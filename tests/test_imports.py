@@ -46,8 +46,14 @@ def test_every_package_has_modules():
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_module_imports_in_a_fresh_interpreter(package):
     names = modules_of(package)
-    done = subprocess.run([sys.executable, "-c", CHILD, *names], cwd=REPO, capture_output=True,
-                          text=True, timeout=540, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *names],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     failed = json.loads(done.stdout.strip().splitlines()[-1])
     assert failed == {}, "\n".join(f"{name}: {why}" for name, why in failed.items())
@@ -55,10 +61,26 @@ def test_every_module_imports_in_a_fresh_interpreter(package):
 
 # The compiler core and the partitioner load alone: none of the public API comes with them
 # (spmd/__init__.py is a lazy facade; docs/architecture.md, issue 16).
-CORE = ("spmd.ir.graph", "spmd.ir.printer", "spmd.ops", "spmd.passes", "spmd.tracing",
-        "spmd.autodiff", "spmd.interpreter", "spmd.mesh", "partitioner.partition")
-API = ("spmd.api", "spmd.dispatch", "spmd.executables", "spmd.numpy", "spmd.lax", "launch",
-       "backends")
+CORE = (
+    "spmd.ir.graph",
+    "spmd.ir.printer",
+    "spmd.ops",
+    "spmd.passes",
+    "spmd.tracing",
+    "spmd.autodiff",
+    "spmd.interpreter",
+    "spmd.mesh",
+    "partitioner.partition",
+)
+API = (
+    "spmd.api",
+    "spmd.dispatch",
+    "spmd.executables",
+    "spmd.numpy",
+    "spmd.lax",
+    "launch",
+    "backends",
+)
 ALONE = """
 import importlib, json, sys
 importlib.import_module(sys.argv[1])
@@ -70,21 +92,35 @@ print(json.dumps(sorted(m for m in sys.modules if m in sys.argv[2:])))
 def test_the_core_imports_without_the_public_api():
     loaded = {}
     for name in CORE:
-        done = subprocess.run([sys.executable, "-c", ALONE, name, *API], cwd=REPO,
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", ALONE, name, *API],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         loaded[name] = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == {name: [] for name in CORE}
 
 
 def test_the_facade_loads_each_name_on_first_use():
-    code = ("import sys, spmd; assert 'spmd.api' not in sys.modules; "
-            "import spmd.vmap, spmd.shard_map, spmd.checkpoint; "
-            "assert callable(spmd.jit) and 'spmd.api' in sys.modules; "
-            "assert spmd.vmap.__name__ == 'vmap' and spmd.shard_map.__name__ == 'shard_map'; "
-            "assert callable(spmd.checkpoint) and callable(spmd.checkpoint.save); "
-            "assert spmd.config.jax_enable_x64 in (True, False); "
-            "from spmd import *; from spmd import numpy, lax, jit, P; print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
+    code = (
+        "import sys, spmd; assert 'spmd.api' not in sys.modules; "
+        "import spmd.vmap, spmd.shard_map, spmd.checkpoint; "
+        "assert callable(spmd.jit) and 'spmd.api' in sys.modules; "
+        "assert spmd.vmap.__name__ == 'vmap' and spmd.shard_map.__name__ == 'shard_map'; "
+        "assert callable(spmd.checkpoint) and callable(spmd.checkpoint.save); "
+        "assert spmd.config.jax_enable_x64 in (True, False); "
+        "from spmd import *; from spmd import numpy, lax, jit, P; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -46,7 +46,8 @@ def layer_of(module: str, table: dict[str, tuple[list[str], set[str], set[str]]]
 
 def allowed(target: str, names: set[str], table: dict) -> bool:
     return layer_of(target, table) in names or any(
-        target == n or target.startswith(n + ".") for n in names)
+        target == n or target.startswith(n + ".") for n in names
+    )
 
 
 def violations() -> list[str]:
@@ -62,8 +63,10 @@ def violations() -> list[str]:
                 continue
             if not allowed(target, eager if at_top else lazy, table):
                 when = "at import time" if at_top else "inside a function"
-                bad.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {target} "
-                           f"({layer_of(target, table)}) {when}")
+                bad.append(
+                    f"{path.relative_to(ROOT)}:{line} ({layer}) imports {target} "
+                    f"({layer_of(target, table)}) {when}"
+                )
     return bad
 
 
@@ -98,26 +101,49 @@ def test_core_modules_never_reach_the_api_at_import_time():
 
 
 def test_rules_parser_reads_a_table_and_picks_the_longest_prefix():
-    rows = ["x", HEADER, "|---|---|---|---|", "| core | spmd.ir, spmd.ops | core | facade (a debt) |",
-            "| facade | spmd | core, facade | |", "", "| not | a | row | |"]
+    rows = [
+        "x",
+        HEADER,
+        "|---|---|---|---|",
+        "| core | spmd.ir, spmd.ops | core | facade (a debt) |",
+        "| facade | spmd | core, facade | |",
+        "",
+        "| not | a | row | |",
+    ]
     text = "\n".join(rows)
     table = rules(text)
-    assert table == {"core": (["spmd.ir", "spmd.ops"], {"core"}, {"core", "facade"}),
-                     "facade": (["spmd"], {"core", "facade"}, {"core", "facade"})}
+    assert table == {
+        "core": (["spmd.ir", "spmd.ops"], {"core"}, {"core", "facade"}),
+        "facade": (["spmd"], {"core", "facade"}, {"core", "facade"}),
+    }
     assert layer_of("spmd.ops.elementwise", table) == "core"
     assert layer_of("spmd.api", table) == "facade"
     assert layer_of("spmd.opsx", table) == "facade"
 
 
-@pytest.mark.parametrize("source,expected", [
-    (("import os\nfrom . import sibling\nfrom ..ir import graph\n"
-      "try:\n    import backends.cpu\nexcept ImportError:\n    pass\n"
-      "def f():\n    from launch import local\n"),
-     [("os", 1, True), ("spmd.passes.sibling", 2, True), ("spmd.ir.graph", 3, True),
-      ("backends.cpu", 5, True), ("launch.local", 9, False)]),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import launch.runtime\n",
-     [("typing.TYPE_CHECKING", 1, True)]),
-])
+@pytest.mark.parametrize(
+    "source,expected",
+    [
+        (
+            (
+                "import os\nfrom . import sibling\nfrom ..ir import graph\n"
+                "try:\n    import backends.cpu\nexcept ImportError:\n    pass\n"
+                "def f():\n    from launch import local\n"
+            ),
+            [
+                ("os", 1, True),
+                ("spmd.passes.sibling", 2, True),
+                ("spmd.ir.graph", 3, True),
+                ("backends.cpu", 5, True),
+                ("launch.local", 9, False),
+            ],
+        ),
+        (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import launch.runtime\n",
+            [("typing.TYPE_CHECKING", 1, True)],
+        ),
+    ],
+)
 def test_import_parser_sees_relative_lazy_and_type_checking_imports(tmp_path, source, expected):
     sample = tmp_path / "mod.py"
     sample.write_text(source)

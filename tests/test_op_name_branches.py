@@ -47,21 +47,25 @@ def test_no_branch_on_an_op_name_outside_the_registry_and_the_tables():
             if extra:
                 wrong.append(f"{file}: branches on {sorted(extra)}")
         elif len(lines) > PENDING.get(file, 0):
-            wrong.append(f"{file}:{min(lines)}: branches on {sorted(names)} "
-                         f"({len(lines)} lines)")
-    assert wrong == [], ("ask the op's OpDef (spmd.ops.Trait, Linearity, attr_kinds) or a "
-                         "table keyed by op instead:\n" + "\n".join(wrong))
+            wrong.append(f"{file}:{min(lines)}: branches on {sorted(names)} ({len(lines)} lines)")
+    assert wrong == [], (
+        "ask the op's OpDef (spmd.ops.Trait, Linearity, attr_kinds) or a "
+        "table keyed by op instead:\n" + "\n".join(wrong)
+    )
 
 
 def test_the_scanner_finds_a_branch(tmp_path):
     """The scanner is not blind: equality, membership and a named set of op names."""
     code = tmp_path / "backends" / "x.py"
     code.parent.mkdir()
-    code.write_text('OPS = frozenset({"exp", "log"})\n'
-                    'def f(op, name):\n'
-                    '    if op.name == "reduce" or name in ("add", "mul"):\n'
-                    '        return op.name in OPS\n'
-                    '    return op.dtype.name in ("float32",)\n')
+    code.write_text(
+        'OPS = frozenset({"exp", "log"})\n'
+        "def f(op, name):\n"
+        '    if op.name == "reduce" or name in ("add", "mul"):\n'
+        "        return op.name in OPS\n"
+        '    return op.dtype.name in ("float32",)\n'
+    )
     found = scan(tmp_path, op_names())
-    assert found == {"backends/x.py": [(3, "add"), (3, "mul"), (3, "reduce"), (4, "exp"),
-                                       (4, "log")]}
+    assert found == {
+        "backends/x.py": [(3, "add"), (3, "mul"), (3, "reduce"), (4, "exp"), (4, "log")]
+    }

@@ -34,12 +34,26 @@ print(np.asarray(lax.hypot2(x, x)).tolist(), np.asarray(snp.hypot2(np.arange(3),
 
 @pytest.mark.timeout(120)
 def test_a_new_op_gets_its_public_functions_from_its_opdef():
-    done = subprocess.run([sys.executable, "-c", NEW_OP], cwd=REPO, capture_output=True,
-                          text=True, timeout=100, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", NEW_OP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # oracle: x*x + y*y; numpy's form promotes the int arange with 2 and computes in float
-    assert done.stdout.split() == ["[2.0,", "8.0,", "18.0]", "[4.0,", "5.0,", "8.0]",
-                                   "hypot2", "hypot2"]
+    assert done.stdout.split() == [
+        "[2.0,",
+        "8.0,",
+        "18.0]",
+        "[4.0,",
+        "5.0,",
+        "8.0]",
+        "hypot2",
+        "hypot2",
+    ]
 
 
 def test_every_named_function_is_the_ops_and_runs_its_reference():
@@ -57,4 +71,5 @@ def test_every_named_function_is_the_ops_and_runs_its_reference():
         if p.numpy:
             assert getattr(snp, p.numpy).__name__ == p.numpy
             np.testing.assert_array_equal(
-                np.asarray(getattr(snp, p.numpy)(*args)), opdef.reference(*args))
+                np.asarray(getattr(snp, p.numpy)(*args)), opdef.reference(*args)
+            )

@@ -20,8 +20,12 @@ from spmd.ops import NONDIFF, REGISTRY, ZERO_GRAD, Factors, Linearity, Trait
 from spmd.ops.attrs import with_leading_axis
 
 ROOT = Path(__file__).resolve().parent.parent
-F23, F3, I32, B23 = (TensorType((2, 3), "float32"), TensorType((3,), "float32"),
-                     TensorType((), "int32"), TensorType((2, 3), "bool"))
+F23, F3, I32, B23 = (
+    TensorType((2, 3), "float32"),
+    TensorType((3,), "float32"),
+    TensorType((), "int32"),
+    TensorType((2, 3), "bool"),
+)
 INT23 = TensorType((2, 3), "int32")
 GROUP = {"axes": ("data",), "group_size": 2}
 Sample = tuple[tuple[TensorType, ...], dict[str, Any]]
@@ -36,11 +40,17 @@ def sharding() -> Any:
 SAMPLES: dict[str, Callable[[], Sample]] = {
     # elementwise ops: the first operand list their type rule accepts
     **{name: (lambda: ((F23,), {})) for name in elementwise(1, "float32")},
-    **{name: (lambda: ((B23,), {})) for name in elementwise(1, "bool")
-       if name not in elementwise(1, "float32")},
+    **{
+        name: (lambda: ((B23,), {}))
+        for name in elementwise(1, "bool")
+        if name not in elementwise(1, "float32")
+    },
     **{name: (lambda: ((F23, F23), {})) for name in elementwise(2, "float32")},
-    **{name: (lambda: ((INT23, INT23), {})) for name in elementwise(2, "int32")
-       if name not in elementwise(2, "float32")},
+    **{
+        name: (lambda: ((INT23, INT23), {}))
+        for name in elementwise(2, "int32")
+        if name not in elementwise(2, "float32")
+    },
     **{name: (lambda: ((B23, F23, F23), {})) for name in elementwise(3, "bool")},
     "convert_element_type": lambda: ((F23,), {"new_dtype": "int32", "weak": False}),
     "constant": lambda: ((), {"value": np.ones((2, 3), np.float32), "weak": False}),
@@ -48,8 +58,10 @@ SAMPLES: dict[str, Callable[[], Sample]] = {
     "broadcast_in_dim": lambda: ((F3,), {"shape": (2, 3), "broadcast_dimensions": (1,)}),
     "reshape": lambda: ((F23,), {"new_sizes": (3, 2)}),
     "transpose": lambda: ((F23,), {"permutation": (1, 0)}),
-    "slice": lambda: ((F23,), {"start_indices": (0, 1), "limit_indices": (2, 3),
-                               "strides": (1, 1)}),
+    "slice": lambda: (
+        (F23,),
+        {"start_indices": (0, 1), "limit_indices": (2, 3), "strides": (1, 1)},
+    ),
     "pad": lambda: ((F23, TensorType((), "float32")), {"padding_config": ((1, 0, 0), (0, 1, 1))}),
     "concatenate": lambda: ((F23, F23), {"dimension": 0}),
     "rev": lambda: ((F23,), {"dimensions": (0,)}),
@@ -60,20 +72,27 @@ SAMPLES: dict[str, Callable[[], Sample]] = {
     "cumsum": lambda: ((F23,), {"axis": 1, "reverse": False}),
     "sort": lambda: ((F23,), {"dimension": 1}),
     "argsort": lambda: ((F23,), {"dimension": 0}),
-    "dot_general": lambda: ((F23, TensorType((3, 4), "float32")),
-                            {"dimension_numbers": (((1,), (0,)), ((), ())),
-                             "preferred_element_type": None}),
+    "dot_general": lambda: (
+        (F23, TensorType((3, 4), "float32")),
+        {"dimension_numbers": (((1,), (0,)), ((), ())), "preferred_element_type": None},
+    ),
     "dynamic_slice": lambda: ((F23, I32, I32), {"slice_sizes": (1, 2)}),
     "dynamic_update_slice": lambda: ((F23, TensorType((1, 2), "float32"), I32, I32), {}),
     "gather": lambda: ((F23, TensorType((4,), "int32")), {"axis": 0}),
-    "scatter_add": lambda: ((F23, TensorType((4,), "int32"), TensorType((4, 3), "float32")),
-                            {"axis": 0}),
+    "scatter_add": lambda: (
+        (F23, TensorType((4,), "int32"), TensorType((4, 3), "float32")),
+        {"axis": 0},
+    ),
     "all_reduce": lambda: ((F23,), {**GROUP, "kind": "sum"}),
     "all_gather": lambda: ((F23,), {**GROUP, "dim": 0}),
-    "reduce_scatter": lambda: ((TensorType((4, 3), "float32"),), {**GROUP, "dim": 0,
-                                                                    "kind": "sum"}),
-    "all_to_all": lambda: ((TensorType((4, 2), "float32"),), {**GROUP, "split_dim": 0,
-                                                                "concat_dim": 1}),
+    "reduce_scatter": lambda: (
+        (TensorType((4, 3), "float32"),),
+        {**GROUP, "dim": 0, "kind": "sum"},
+    ),
+    "all_to_all": lambda: (
+        (TensorType((4, 2), "float32"),),
+        {**GROUP, "split_dim": 0, "concat_dim": 1},
+    ),
     "collective_permute": lambda: ((F23,), {**GROUP, "pairs": ((0, 1), (1, 0))}),
     "axis_index": lambda: ((), dict(GROUP)),
 }
@@ -94,8 +113,11 @@ X = np.ones((4, 3), np.float32)
 
 
 def _while(x: Any) -> Any:
-    return lax.while_loop(lambda c: lax.lt(c[0], 3), lambda c: (lax.add(c[0], 1), c[1]),
-                          (lax.constant(np.int32(0)), x))
+    return lax.while_loop(
+        lambda c: lax.lt(c[0], 3),
+        lambda c: (lax.add(c[0], 1), c[1]),
+        (lax.constant(np.int32(0)), x),
+    )
 
 
 def _shard_map(x: Any) -> Any:
@@ -106,28 +128,63 @@ def _shard_map(x: Any) -> Any:
     return shard_map(lambda b: lax.psum(b, "data"), mesh, spmd.P("data"), spmd.P())(x)
 
 
-SAMPLES.update({
-    "scan": traced_sample("scan", lambda x: lax.scan(lambda c, r: (lax.add(c, r), r),
-                                                     lax.reduce_sum(x, (0,)), x), X),
-    "cond": traced_sample("cond", lambda x: lax.cond(lax.gt(lax.reduce_sum(x, (0, 1)), 0.0),
-                                                     lax.exp, lax.neg, x), X),
-    "while_loop": traced_sample("while_loop", _while, X),
-    "shard_map": traced_sample("shard_map", _shard_map, X),
-    "remat": traced_sample("remat", lambda x: __import__("spmd").remat(lax.exp)(x), X),
-})
+SAMPLES.update(
+    {
+        "scan": traced_sample(
+            "scan",
+            lambda x: lax.scan(lambda c, r: (lax.add(c, r), r), lax.reduce_sum(x, (0,)), x),
+            X,
+        ),
+        "cond": traced_sample(
+            "cond",
+            lambda x: lax.cond(lax.gt(lax.reduce_sum(x, (0, 1)), 0.0), lax.exp, lax.neg, x),
+            X,
+        ),
+        "while_loop": traced_sample("while_loop", _while, X),
+        "shard_map": traced_sample("shard_map", _shard_map, X),
+        "remat": traced_sample("remat", lambda x: __import__("spmd").remat(lax.exp)(x), X),
+    }
+)
 Q, KV = TensorType((2, 5, 4, 8), "float32"), TensorType((2, 6, 2, 8), "float32")
 ATTENTION = {"scale": 0.35, "is_causal": True, "has_bias": True, "has_mask": False}
-SAMPLES.update({
-    "checkpoint_name": lambda: ((F23,), {"label": "h"}),
-    "dot_product_attention": lambda: ((Q, KV, KV, TensorType((1, 4, 5, 6), "float32")),
-                                      ATTENTION),
-    "dot_product_attention_bwd": lambda: ((Q, KV, KV, Q, TensorType((2, 4, 5), "float32"), Q,
-                                           TensorType((2, 1, 5, 6), "float32")), ATTENTION),
-})
+SAMPLES.update(
+    {
+        "checkpoint_name": lambda: ((F23,), {"label": "h"}),
+        "dot_product_attention": lambda: (
+            (Q, KV, KV, TensorType((1, 4, 5, 6), "float32")),
+            ATTENTION,
+        ),
+        "dot_product_attention_bwd": lambda: (
+            (
+                Q,
+                KV,
+                KV,
+                Q,
+                TensorType((2, 4, 5), "float32"),
+                Q,
+                TensorType((2, 1, 5, 6), "float32"),
+            ),
+            ATTENTION,
+        ),
+    }
+)
 # Ops being written concurrently: a missing sample is not a failure for them (yet).
-OWNED_ELSEWHERE = {"cond", "scan", "while_loop", "shard_map", "all_reduce", "all_gather",
-                   "reduce_scatter", "all_to_all", "collective_permute", "axis_index", "gather",
-                   "scatter_add", "dynamic_slice", "dynamic_update_slice"}
+OWNED_ELSEWHERE = {
+    "cond",
+    "scan",
+    "while_loop",
+    "shard_map",
+    "all_reduce",
+    "all_gather",
+    "reduce_scatter",
+    "all_to_all",
+    "collective_permute",
+    "axis_index",
+    "gather",
+    "scatter_add",
+    "dynamic_slice",
+    "dynamic_update_slice",
+}
 
 
 def test_registry_is_not_empty_and_names_match_entries():
@@ -204,13 +261,18 @@ COMBINE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 def _linear_groups(linear: Linearity, in_types: tuple[TensorType, ...]) -> list[list[int]]:
     """The operands that OpDef.linear says may be partial together, one list per case."""
     floats = [i for i, t in enumerate(in_types) if dtypes.is_float(t.dtype)]
-    return {Linearity.JOINT: [floats], Linearity.EACH: [[i] for i in floats],
-            Linearity.FIRST: [[0]], Linearity.BRANCHES: [[1, 2]],
-            Linearity.SAME_REDUCTION: [[0]]}[linear]
+    return {
+        Linearity.JOINT: [floats],
+        Linearity.EACH: [[i] for i in floats],
+        Linearity.FIRST: [[0]],
+        Linearity.BRANCHES: [[1, 2]],
+        Linearity.SAME_REDUCTION: [[0]],
+    }[linear]
 
 
-@pytest.mark.parametrize("name", sorted(n for n, d in REGISTRY.items()
-                                        if d.linear is not Linearity.NONE))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, d in REGISTRY.items() if d.linear is not Linearity.NONE)
+)
 def test_linearity_holds_on_the_reference(name):
     """What OpDef.linear claims (the partitioner keeps a pending reduction through the op)
     holds for the numpy reference: f(a (+) b) = f(a) (+) f(b) in the operands it names."""
@@ -229,10 +291,14 @@ def test_linearity_holds_on_the_reference(name):
             for i in group:
                 b[i] = _value(in_types[i], rng)
                 both[i] = COMBINE[kind](a[i], b[i])
-            want = COMBINE[kind](opdef.reference(*a, **run_attrs),
-                                 opdef.reference(*b, **run_attrs))
-            np.testing.assert_allclose(opdef.reference(*both, **run_attrs), want, rtol=1e-5,
-                                       atol=1e-5, err_msg=f"{name} {kind} operands {group}")
+            want = COMBINE[kind](opdef.reference(*a, **run_attrs), opdef.reference(*b, **run_attrs))
+            np.testing.assert_allclose(
+                opdef.reference(*both, **run_attrs),
+                want,
+                rtol=1e-5,
+                atol=1e-5,
+                err_msg=f"{name} {kind} operands {group}",
+            )
 
 
 def test_traits_match_what_the_op_does():
@@ -253,8 +319,9 @@ def test_traits_match_what_the_op_does():
         assert set(opdef.attr_kinds) <= set(attrs) | {"weak"}, (name, opdef.attr_kinds)
 
 
-@pytest.mark.parametrize("table", ["backends.cpu.mathlib:SCALAR",
-                                   "backends.gpu.cuda_math:EXPRESSIONS"])
+@pytest.mark.parametrize(
+    "table", ["backends.cpu.mathlib:SCALAR", "backends.gpu.cuda_math:EXPRESSIONS"]
+)
 def test_every_elementwise_op_has_scalar_code(table):
     """A new elementwise op needs exactly one row in each backend's scalar table."""
     module, _, attr = table.partition(":")
@@ -264,8 +331,9 @@ def test_every_elementwise_op_has_scalar_code(table):
     assert sorted(set(rows) - ops) == [], f"{table} has rows for ops that are not elementwise"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, d in REGISTRY.items()
-                                        if d.shared_operands is not None))
+@pytest.mark.parametrize(
+    "name", sorted(n for n, d in REGISTRY.items() if d.shared_operands is not None)
+)
 def test_with_leading_axis_runs_every_instance_at_once(name):
     """Device batching's rule, from attr_kinds: the op on operands stacked over n instances
     (shared operands once) equals the op on each instance, stacked (numpy references)."""
@@ -277,8 +345,9 @@ def test_with_leading_axis_runs_every_instance_at_once(name):
     for k in range(1, n):
         for i in shared:
             per[k][i] = per[0][i]
-    stacked = [per[0][i] if i in shared else np.stack([p[i] for p in per])
-               for i in range(len(in_types))]
+    stacked = [
+        per[0][i] if i in shared else np.stack([p[i] for p in per]) for i in range(len(in_types))
+    ]
     got = opdef.reference(*stacked, **with_leading_axis(opdef, dict(attrs), n))
     want = np.stack([opdef.reference(*p, **attrs) for p in per])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

@@ -97,8 +97,9 @@ def fast_and_general_cases(check: Checker) -> None:
         second = check.run(kind, x, inputs, **kwargs)  # cached plan; first is still held
         check.expect(first is not second, f"{kind}{shape}: held result overwritten")
         if fast is not None:
-            check.expect(check.plan_is_fast(kind, x, **kwargs) == fast,
-                         f"{kind}{shape}: fast != {fast}")
+            check.expect(
+                check.plan_is_fast(kind, x, **kwargs) == fast, f"{kind}{shape}: fast != {fast}"
+            )
 
 
 def strides_are_part_of_the_plan(check: Checker) -> None:

@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 MESH_IDS = ["x".join(map(str, shape)) for shape, _ in MESHES]
 
 
-def mpiexec(*args: str, timeout: float = 120.0, env_extra: dict[str, str] | None = None,
-            check: bool = True) -> str:
+def mpiexec(
+    *args: str, timeout: float = 120.0, env_extra: dict[str, str] | None = None, check: bool = True
+) -> str:
     """Runs the MPI helper on 8 ranks; returns its output, failing the test on a bad exit
     (unless check=False: a job that loses a rank may be torn down by mpiexec)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **(env_extra or {}))

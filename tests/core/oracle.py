@@ -47,16 +47,21 @@ def assert_close(actual: Any, expected: Any, dtype: str | None = None, scale: fl
         np.testing.assert_array_equal(actual, expected.astype(actual.dtype))
         return
     rtol, atol = TOLERANCE[dtype]
-    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
-                               rtol=rtol * scale, atol=atol * scale)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected.astype(np.float64), rtol=rtol * scale, atol=atol * scale
+    )
 
 
-def rand(rng: np.random.Generator, shape: tuple[int, ...], dtype: str,
-         low: float = -3.0, high: float = 3.0) -> np.ndarray:
+def rand(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    dtype: str,
+    low: float = -3.0,
+    high: float = 3.0,
+) -> np.ndarray:
     """Seeded values of `dtype` in [low, high) (ints: integers in that range; bool: coin flips)."""
     if dtype == "bool":
         return rng.random(shape) < 0.5
     if dtype.startswith(("int", "uint")):
         return rng.integers(int(low), int(high), size=shape).astype(dtype)
     return rng.uniform(low, high, size=shape).astype(np_dtype(dtype))
-

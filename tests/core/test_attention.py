@@ -58,8 +58,12 @@ def make(case, seed=0):
     if has_mask:
         mask = rng.random((b, 1, t, s)) > 0.3
         mask[0, 0, 3, :] = False  # a fully masked row: JAX averages v over all keys
-    attrs = {"scale": 1 / np.sqrt(h), "is_causal": causal, "has_bias": has_bias,
-             "has_mask": has_mask}
+    attrs = {
+        "scale": 1 / np.sqrt(h),
+        "is_causal": causal,
+        "has_bias": has_bias,
+        "has_mask": has_mask,
+    }
     return q, k, v, bias, mask, attrs
 
 
@@ -77,8 +81,7 @@ def test_reference_and_tiled_kernel_match_the_unfused_oracle(case, monkeypatch):
     np.testing.assert_allclose(out2, want, atol=2e-5)
     np.testing.assert_allclose(lse2, lse, atol=2e-5)
     d_out = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
-    ref = REGISTRY["dot_product_attention_bwd"].reference(q, k, v, out, lse, d_out, *extra,
-                                                          **attrs)
+    ref = REGISTRY["dot_product_attention_bwd"].reference(q, k, v, out, lse, d_out, *extra, **attrs)
     bwd = Op("dot_product_attention_bwd", (), (), (), attrs, "")
     got = tiled.run_native(bwd, [q, k, v, out, lse, d_out, *extra])
     assert len(got) == len(ref) == 3 + (bias is not None)
@@ -94,7 +97,8 @@ def test_backward_reference_matches_finite_differences(case):
     out, lse = REGISTRY["dot_product_attention"].reference(q, k, v, *extra, **attrs)
     d_out = np.random.default_rng(2).standard_normal(out.shape)
     grads = REGISTRY["dot_product_attention_bwd"].reference(
-        q, k, v, out, lse, d_out.astype(np.float32), *extra, **attrs)
+        q, k, v, out, lse, d_out.astype(np.float32), *extra, **attrs
+    )
     primals = [q, k, v] + ([bias] if bias is not None else [])
     rng = np.random.default_rng(3)
     eps = 1e-4
@@ -129,15 +133,19 @@ def _loss(fn):
 
 def test_grads_under_jit_equal_the_unfused_composition_and_no_scores_are_stored():
     q, k, v, _, _, _ = make((2, 24, 24, 4, 2, 8, True, False, False))
-    fused = spmd.jit(spmd.grad(_loss(lambda q, k, v: nn.dot_product_attention(
-        q, k, v, is_causal=True)), argnums=(0, 1, 2)))
-    plain = spmd.jit(spmd.grad(_loss(lambda q, k, v: _unfused_spmd(q, k, v, True)),
-                               argnums=(0, 1, 2)))
+    fused = spmd.jit(
+        spmd.grad(
+            _loss(lambda q, k, v: nn.dot_product_attention(q, k, v, is_causal=True)),
+            argnums=(0, 1, 2),
+        )
+    )
+    plain = spmd.jit(
+        spmd.grad(_loss(lambda q, k, v: _unfused_spmd(q, k, v, True)), argnums=(0, 1, 2))
+    )
     for a, b in zip(fused(q, k, v), plain(q, k, v)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     graph = fused.lower(q, k, v).graph
-    assert {op.name for op in graph.ops} >= {"dot_product_attention",
-                                            "dot_product_attention_bwd"}
+    assert {op.name for op in graph.ops} >= {"dot_product_attention", "dot_product_attention_bwd"}
     s_by_s = [t for op in graph.ops for t in op.types if t.shape[-2:] == (24, 24)]
     assert s_by_s == []
 
@@ -147,10 +155,15 @@ def test_batch_and_heads_sharding_needs_no_collectives():
     mesh = spmd.make_mesh((2, 2), ("data", "model"))
     sharding = NamedSharding(mesh, P("data", None, "model"))
     args = [spmd.device_put(x, sharding) for x in (q, k, v)]
-    f = spmd.jit(spmd.grad(_loss(lambda q, k, v: nn.dot_product_attention(
-        q, k, v, is_causal=True)), argnums=(0, 1, 2)))
-    want = spmd.jit(spmd.grad(_loss(lambda q, k, v: _unfused_spmd(q, k, v, True)),
-                              argnums=(0, 1, 2)))(q, k, v)
+    f = spmd.jit(
+        spmd.grad(
+            _loss(lambda q, k, v: nn.dot_product_attention(q, k, v, is_causal=True)),
+            argnums=(0, 1, 2),
+        )
+    )
+    want = spmd.jit(
+        spmd.grad(_loss(lambda q, k, v: _unfused_spmd(q, k, v, True)), argnums=(0, 1, 2))
+    )(q, k, v)
     for a, b in zip(f(*args), want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     assert f.lower(*args).compile().collectives() == []
@@ -161,8 +174,9 @@ def test_three_dim_inputs_bias_and_mask_broadcast():
     q = rng.standard_normal((6, 2, 4)).astype(np.float32)
     bias = rng.standard_normal((6, 6)).astype(np.float32)
     mask = rng.random((6, 6)) > 0.2
-    got = np.asarray(spmd.jit(lambda q, b, m: nn.dot_product_attention(q, q, q, b, m))(
-        q, bias, mask))
+    got = np.asarray(
+        spmd.jit(lambda q, b, m: nn.dot_product_attention(q, q, q, b, m))(q, bias, mask)
+    )
     want = unfused(q[None].astype(np.float64), q[None], q[None], bias, mask)[0]
     np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -179,8 +193,9 @@ def test_simulator_charges_matmul_flops_and_only_qkvo_bytes():
 
     b, t, n, h = 4, 4096, 16, 128
     x = spmd.ShapeDtypeStruct((b, t, n, h), "bfloat16")
-    report = spmd.sim.simulate(lambda q, k, v: nn.dot_product_attention(q, k, v, is_causal=True),
-                               x, x, x, chip="v5e")
+    report = spmd.sim.simulate(
+        lambda q, k, v: nn.dot_product_attention(q, k, v, is_causal=True), x, x, x, chip="v5e"
+    )
     row = next(r for r in report.ops if r.op == "dot_product_attention")
     assert row.flops == pytest.approx(2.0 * b * n * (t * (t + 1) / 2) * 2 * h)
     qkvo = 4 * b * t * n * h * 2
@@ -193,8 +208,9 @@ def test_second_order_grads_equal_the_unfused_composition():
 
     def outer(fn):
         inner = spmd.grad(_loss(fn), argnums=(0, 1, 2))
-        return spmd.grad(lambda q, k, v: sum((g ** 2).sum() for g in inner(q, k, v)),
-                         argnums=(0, 1, 2))
+        return spmd.grad(
+            lambda q, k, v: sum((g**2).sum() for g in inner(q, k, v)), argnums=(0, 1, 2)
+        )
 
     fused = outer(lambda q, k, v: nn.dot_product_attention(q, k, v, is_causal=True))
     plain = outer(lambda q, k, v: _unfused_spmd(q, k, v, True))

@@ -27,7 +27,7 @@ def test_x64_off_narrows_64_bit_inputs_like_jax(x64_off):
     assert out.dtype == np.float32 and np.asarray(out).dtype == np.float32
     np.testing.assert_array_equal(np.asarray(out), 2 * x)
     assert snp.zeros(2, dtype=np.float64).dtype == np.float32
-    assert spmd.grad(lambda v: snp.sum(v ** 2))(x).dtype == np.float32
+    assert spmd.grad(lambda v: snp.sum(v**2))(x).dtype == np.float32
     mesh = spmd.make_mesh((4,), ("d",))
     placed = spmd.device_put(x, spmd.NamedSharding(mesh, spmd.P("d")))
     assert placed.dtype == np.float32 and np.asarray(placed).dtype == np.float32
@@ -65,10 +65,22 @@ def test_default_is_jax_32_bit_and_the_environment_variable_opts_in():
     env = {"PATH": ""}
     for value, want in (("", "float32"), ("1", "float64"), ("0", "float32")):
         env["SPMD_ENABLE_X64"] = value
-        out = subprocess.run([sys.executable, "-c", code], check=False, env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.stdout.strip() == want, (value, out.stderr)
     env["SPMD_ENABLE_X64"] = "maybe"
-    bad = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "SPMD_ENABLE_X64" in bad.stderr

@@ -32,6 +32,7 @@ def op_names(fun, *args) -> list[str]:
 
 # cond / switch -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("jitted", [False, True])
 @pytest.mark.parametrize("flag", [True, False])
 def test_cond_picks_the_branch_like_python_if(jitted, flag):
@@ -105,13 +106,15 @@ def test_cond_weak_and_strong_branch_results_agree():
 
 # scan ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("jitted", [False, True])
 def test_scan_cumulative_sum_matches_numpy(jitted):
     xs = rand(5, 3)
 
     def f(xs):
-        return control.scan(lambda c, x: (lax.add(c, x), lax.mul(c, 2.0)),
-                            np.zeros(3, np.float32), xs)
+        return control.scan(
+            lambda c, x: (lax.add(c, x), lax.mul(c, 2.0)), np.zeros(3, np.float32), xs
+        )
 
     carry, ys = (spmd.jit(f) if jitted else f)(xs)
     prefix = np.concatenate([np.zeros((1, 3), np.float32), np.cumsum(xs, 0)[:-1]])
@@ -121,8 +124,9 @@ def test_scan_cumulative_sum_matches_numpy(jitted):
 
 def test_scan_reverse_runs_from_the_end():
     xs = rand(6)
-    carry, ys = control.scan(lambda c, x: (lax.add(lax.mul(c, 0.5), x), c), np.float32(0), xs,
-                             reverse=True)
+    carry, ys = control.scan(
+        lambda c, x: (lax.add(lax.mul(c, 0.5), x), c), np.float32(0), xs, reverse=True
+    )
     c, expect = np.float32(0), np.zeros(6, np.float32)
     for i in reversed(range(6)):
         expect[i] = c
@@ -140,8 +144,9 @@ def test_scan_pytree_carry_xs_and_ys():
         count = lax.add(count, x["v"][1])
         return (total, count), Pair(a=total, b=None)
 
-    (total, count), ys = spmd.jit(lambda xs: control.scan(
-        step, (np.zeros(2, np.float32), np.int32(0)), xs))(xs)
+    (total, count), ys = spmd.jit(
+        lambda xs: control.scan(step, (np.zeros(2, np.float32), np.int32(0)), xs)
+    )(xs)
     prods = xs["u"] * xs["v"][0][:, None]
     np.testing.assert_allclose(total, prods.sum(0), rtol=1e-5)
     assert int(count) == 6 and ys.b is None
@@ -205,16 +210,18 @@ def test_scan_weak_python_scalar_init_is_promoted():
 def test_scan_carry_changing_dtype_is_a_shape_error_at_the_users_line():
     with pytest.raises(ShapeError) as err:
         where = here()
-        control.scan(lambda c, x: (lax.convert_element_type(c, "float16"), None),
-                     np.float32(0), rand(3))
+        control.scan(
+            lambda c, x: (lax.convert_element_type(c, "float16"), None), np.float32(0), rand(3)
+        )
     assert where in str(err.value) and "float16" in str(err.value)
 
 
 def test_scan_carry_changing_shape_names_the_leaf():
     with pytest.raises(ShapeError) as err:
         where = here()
-        control.scan(lambda c, x: ({"h": lax.broadcast(c["h"], (2,))}, None),
-                     {"h": np.float32(0)}, rand(3))
+        control.scan(
+            lambda c, x: ({"h": lax.broadcast(c["h"], (2,))}, None), {"h": np.float32(0)}, rand(3)
+        )
     assert where in str(err.value) and "['h']" in str(err.value)
 
 
@@ -224,8 +231,11 @@ def test_scan_xs_of_different_lengths_is_a_shape_error():
 
 
 def test_scan_factors_block_the_scan_dim_and_share_carry_dims():
-    graph = spmd.jit(lambda c, xs: control.scan(lambda c, x: (lax.add(c, x), lax.neg(x)), c, xs)
-                     ).lower(rand(2), rand(5, 2)).graph
+    graph = (
+        spmd.jit(lambda c, xs: control.scan(lambda c, x: (lax.add(c, x), lax.neg(x)), c, xs))
+        .lower(rand(2), rand(5, 2))
+        .graph
+    )
     op = next(op for op in graph.ops if op.name == "scan")
     factors = REGISTRY["scan"].factors(*[graph.types[v] for v in op.inputs], **op.attrs)
     (carry_in, xs), (carry_out, ys) = factors.operands, factors.results
@@ -235,12 +245,19 @@ def test_scan_factors_block_the_scan_dim_and_share_carry_dims():
 
 # fori_loop / while_loop -----------------------------------------------------------------
 
+
 def test_fori_loop_static_bounds_lowers_to_scan():
     x = rand(3)
 
     def f(x):
-        return control.fori_loop(2, 6, lambda i, v: lax.add(
-            lax.mul(v, 0.5), lax.broadcast(lax.convert_element_type(i, "float32"), (3,))), x)
+        return control.fori_loop(
+            2,
+            6,
+            lambda i, v: lax.add(
+                lax.mul(v, 0.5), lax.broadcast(lax.convert_element_type(i, "float32"), (3,))
+            ),
+            x,
+        )
 
     expect = x.copy()
     for i in range(2, 6):
@@ -265,9 +282,11 @@ def test_while_loop_matches_python_while_with_pytree_and_closure():
     limit = np.float32(100)
 
     def f(x, limit):
-        return control.while_loop(lambda s: lax.lt(s["x"], limit),
-                                  lambda s: {"x": lax.mul(s["x"], 3.0), "n": lax.add(s["n"], 1)},
-                                  {"x": x, "n": np.int32(0)})
+        return control.while_loop(
+            lambda s: lax.lt(s["x"], limit),
+            lambda s: {"x": lax.mul(s["x"], 3.0), "n": lax.add(s["n"], 1)},
+            {"x": x, "n": np.int32(0)},
+        )
 
     for start in (0.5, 7.0, 200.0):
         out = spmd.jit(f)(np.float32(start), limit)
@@ -288,8 +307,11 @@ def test_while_loop_cond_must_return_a_bool_scalar():
 def test_while_loop_body_changing_shape_is_a_shape_error():
     with pytest.raises(ShapeError) as err:
         where = here()
-        control.while_loop(lambda x: lax.lt(lax.reduce_sum(x, (0,)), 1.0),
-                           lambda x: lax.concatenate([x, x], 0), rand(2))
+        control.while_loop(
+            lambda x: lax.lt(lax.reduce_sum(x, (0,)), 1.0),
+            lambda x: lax.concatenate([x, x], 0),
+            rand(2),
+        )
     assert where in str(err.value)
 
 

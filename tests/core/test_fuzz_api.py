@@ -20,14 +20,29 @@ from spmd.errors import ArgumentError, ConfigError, MeshError, ShapeError, SpmdE
 
 # Values a careless user passes where a size, an axis or an index belongs.
 BAD_NUMBERS = st.one_of(
-    st.integers(-(10**20), -1), st.integers(2**41, 10**20), st.sampled_from([2.5, -0.5, 1e30]),
-    st.just(float("nan")), st.just(float("inf")), st.just("3"), st.just(None), st.just(True),
-    st.just((2, -1)), st.just([1.5]), st.just(object()),
+    st.integers(-(10**20), -1),
+    st.integers(2**41, 10**20),
+    st.sampled_from([2.5, -0.5, 1e30]),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.just("3"),
+    st.just(None),
+    st.just(True),
+    st.just((2, -1)),
+    st.just([1.5]),
+    st.just(object()),
 )
 ANY_NUMBER = st.one_of(BAD_NUMBERS, st.integers(-4, 4))
-BAD_SPECS = st.one_of(st.just(P(1)), st.just(P("nope")), st.just(P("x", "x")),
-                      st.just(P(None, None, None, "x")), st.just("x"), st.just(3),
-                      st.just(P(("x", 2))), st.just(P(unreduced={"q"})))
+BAD_SPECS = st.one_of(
+    st.just(P(1)),
+    st.just(P("nope")),
+    st.just(P("x", "x")),
+    st.just(P(None, None, None, "x")),
+    st.just("x"),
+    st.just(3),
+    st.just(P(("x", 2))),
+    st.just(P(unreduced={"q"})),
+)
 
 X = np.arange(12.0, dtype=np.float32).reshape(3, 4)
 MESH = spmd.make_mesh((2, 4), ("x", "y"))
@@ -93,13 +108,16 @@ def _spec_calls() -> dict[str, Callable[[Any], Any]]:
         "named_sharding": lambda s: NamedSharding(MESH, s),
         "device_put": lambda s: spmd.device_put(np.ones((8, 8)), NamedSharding(MESH, s)),
         "jit_in_shardings": lambda s: spmd.jit(lambda a: a, in_shardings=s)(np.ones((8, 8))),
-        "shard_map_in": lambda s: spmd.shard_map(lambda a: a, mesh=MESH, in_specs=s,
-                                                 out_specs=P())(np.ones((8, 8))),
-        "shard_map_out": lambda s: spmd.shard_map(lambda a: a, mesh=MESH, in_specs=P(),
-                                                  out_specs=s)(np.ones((8, 8))),
+        "shard_map_in": lambda s: spmd.shard_map(lambda a: a, mesh=MESH, in_specs=s, out_specs=P())(
+            np.ones((8, 8))
+        ),
+        "shard_map_out": lambda s: spmd.shard_map(
+            lambda a: a, mesh=MESH, in_specs=P(), out_specs=s
+        )(np.ones((8, 8))),
         "reshard": lambda s: spmd.reshard(np.ones((8, 8)), NamedSharding(MESH, s)),
         "with_sharding_constraint": lambda s: spmd.jit(
-            lambda a: spmd.with_sharding_constraint(a, NamedSharding(MESH, s)))(np.ones((8, 8))),
+            lambda a: spmd.with_sharding_constraint(a, NamedSharding(MESH, s))
+        )(np.ones((8, 8))),
     }
 
 
@@ -110,12 +128,14 @@ def _run(call: Callable[[Any], Any], value: Any) -> None:
             np.asarray(leaf)  # results must be readable, not fail later
     except SpmdError as err:
         assert "test_fuzz_api.py" in str(err) or err.loc == "environment", (
-            f"error does not name the user's line:\n{err}")
+            f"error does not name the user's line:\n{err}"
+        )
     # anything else propagates and fails the test
 
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.mark.parametrize("name", sorted(_calls()))
@@ -132,10 +152,17 @@ def test_bad_specs_raise_spmd_errors(name, spec):
     _run(_spec_calls()[name], spec)
 
 
-@pytest.mark.parametrize("var, value", [
-    ("SPMD_BACKEND", "gpu-fast"), ("SPMD_LOCAL_MODE", "warp"), ("SPMD_CPU_THREADS", "-3"),
-    ("SPMD_CPU_THREADS", "many"), ("SPMD_NUM_DEVICES", "eight"), ("SPMD_VERIFY", "yes please"),
-])
+@pytest.mark.parametrize(
+    "var, value",
+    [
+        ("SPMD_BACKEND", "gpu-fast"),
+        ("SPMD_LOCAL_MODE", "warp"),
+        ("SPMD_CPU_THREADS", "-3"),
+        ("SPMD_CPU_THREADS", "many"),
+        ("SPMD_NUM_DEVICES", "eight"),
+        ("SPMD_VERIFY", "yes please"),
+    ],
+)
 def test_unknown_environment_values_are_refused_before_any_work(monkeypatch, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(ConfigError, match=var) as err:
@@ -143,19 +170,22 @@ def test_unknown_environment_values_are_refused_before_any_work(monkeypatch, var
     assert "hint" in str(err.value)
 
 
-@pytest.mark.parametrize("call, error", [
-    (lambda: spmd.jit(lambda a: a, static_argnums=5), ArgumentError),
-    (lambda: spmd.jit(lambda a, b: a, donate_argnums=(0, -3)), ArgumentError),
-    (lambda: spmd.jit(42), ArgumentError),
-    (lambda: spmd.grad(lambda a: a, argnums=1), ArgumentError),
-    (lambda: spmd.vmap("f"), ArgumentError),
-    (lambda: spmd.make_mesh((2.5, 4)), MeshError),
-    (lambda: spmd.ShapeDtypeStruct((2.5, 4), "float32"), ShapeError),
-    (lambda: spmd.ShapeDtypeStruct((-1, 4), "float32"), ShapeError),
-    (lambda: snp.eye(-2), ShapeError),
-    (lambda: snp.full((2, -3), 1.0), ShapeError),
-    (lambda: snp.repeat(X, -1), ShapeError),
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: spmd.jit(lambda a: a, static_argnums=5), ArgumentError),
+        (lambda: spmd.jit(lambda a, b: a, donate_argnums=(0, -3)), ArgumentError),
+        (lambda: spmd.jit(42), ArgumentError),
+        (lambda: spmd.grad(lambda a: a, argnums=1), ArgumentError),
+        (lambda: spmd.vmap("f"), ArgumentError),
+        (lambda: spmd.make_mesh((2.5, 4)), MeshError),
+        (lambda: spmd.ShapeDtypeStruct((2.5, 4), "float32"), ShapeError),
+        (lambda: spmd.ShapeDtypeStruct((-1, 4), "float32"), ShapeError),
+        (lambda: snp.eye(-2), ShapeError),
+        (lambda: snp.full((2, -3), 1.0), ShapeError),
+        (lambda: snp.repeat(X, -1), ShapeError),
+    ],
+)
 def test_each_listed_mistake_gets_its_class_at_the_door(call, error):
     with pytest.raises(error) as err:
         call()

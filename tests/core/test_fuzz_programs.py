@@ -42,15 +42,27 @@ def is_float(value: Any) -> bool:
     return np.dtype(value.dtype).kind == "f"
 
 
-UNARY_FLOAT = {"tanh": (snp.tanh, np.tanh), "sin": (snp.sin, np.sin),
-               "exp": (lambda x: snp.exp(snp.minimum(x, 10.0)), lambda x: np.exp(
-                   np.minimum(x, np.asarray(10.0, x.dtype))))}
-UNARY_ANY = {"neg": (lambda x: -x, np.negative), "abs": (snp.abs, np.abs),
-             "square": (lambda x: x * x, lambda x: x * x)}
-BINARY = {"add": (snp.add, np.add), "sub": (snp.subtract, np.subtract),
-          "mul": (snp.multiply, np.multiply), "max": (snp.maximum, np.maximum),
-          "min": (snp.minimum, np.minimum),
-          "select": (lambda a, b: snp.where(a > b, a, b), lambda a, b: np.where(a > b, a, b))}
+UNARY_FLOAT = {
+    "tanh": (snp.tanh, np.tanh),
+    "sin": (snp.sin, np.sin),
+    "exp": (
+        lambda x: snp.exp(snp.minimum(x, 10.0)),
+        lambda x: np.exp(np.minimum(x, np.asarray(10.0, x.dtype))),
+    ),
+}
+UNARY_ANY = {
+    "neg": (lambda x: -x, np.negative),
+    "abs": (snp.abs, np.abs),
+    "square": (lambda x: x * x, lambda x: x * x),
+}
+BINARY = {
+    "add": (snp.add, np.add),
+    "sub": (snp.subtract, np.subtract),
+    "mul": (snp.multiply, np.multiply),
+    "max": (snp.maximum, np.maximum),
+    "min": (snp.minimum, np.minimum),
+    "select": (lambda a, b: snp.where(a > b, a, b), lambda a, b: np.where(a > b, a, b)),
+}
 
 
 def run_step(step: Step, pool: list[Any], lib: str) -> Any:
@@ -90,8 +102,9 @@ def run_step(step: Step, pool: list[Any], lib: str) -> Any:
             return lax.pad(x, lax.constant(np.zeros((), x.dtype)), params[0])
         return np.pad(x, [(lo, hi) for lo, hi, _ in params[0]])
     if name == "concatenate":
-        return lax.concatenate([x, x], params[0]) if spmd_side else np.concatenate([x, x],
-                                                                                    params[0])
+        return (
+            lax.concatenate([x, x], params[0]) if spmd_side else np.concatenate([x, x], params[0])
+        )
     if name == "dot":
         axis = x.ndim - 1
         if spmd_side:
@@ -144,8 +157,11 @@ def draw_step(draw: Any, pool: list[np.ndarray]) -> Step:
 def draw_params(draw: Any, name: str, x: np.ndarray) -> tuple[Any, ...]:
     n = x.ndim
     if name == "scale":
-        return (draw(st.sampled_from([2, -1, 3])) if not is_float(x) else
-                draw(st.sampled_from([0.5, -1.5, 2.0, 0.0])),)
+        return (
+            draw(st.sampled_from([2, -1, 3]))
+            if not is_float(x)
+            else draw(st.sampled_from([0.5, -1.5, 2.0, 0.0])),
+        )
     if name in ("reduce_sum", "reduce_max"):
         return tuple(sorted(draw(st.sets(st.integers(0, n - 1), min_size=1))))
     if name == "transpose":
@@ -190,7 +206,9 @@ def assert_close(got: np.ndarray, want: np.ndarray, what: str, dtypes: set[str])
 
 @given(programs())
 def test_random_programs_match_numpy_and_survive_text_verify_and_optimize(case):
-    with spmd.enable_x64(True):  # the programs mix float64 with 32-bit types, as numpy (the oracle) does
+    with spmd.enable_x64(
+        True
+    ):  # the programs mix float64 with 32-bit types, as numpy (the oracle) does
         check_program(case)
 
 
@@ -217,4 +235,4 @@ def build_numpy(steps: list[Step], inputs: list[np.ndarray]) -> list[np.ndarray]
     pool: list[Any] = [np.asarray(v) for v in inputs]
     for step in steps:
         pool.append(np.asarray(run_step(step, pool, "numpy")))
-    return pool[len(inputs):]
+    return pool[len(inputs) :]

@@ -102,8 +102,11 @@ def scope(c: Case):
 
 # the registry ------------------------------------------------------------------------------
 
+
 def differentiable_ops() -> set[str]:
-    return {name for name, op in REGISTRY.items() if op.vjp is not NONDIFF and op.vjp is not ZERO_GRAD}
+    return {
+        name for name, op in REGISTRY.items() if op.vjp is not NONDIFF and op.vjp is not ZERO_GRAD
+    }
 
 
 LIVE_CASES = [c for c in CASES if c.op in REGISTRY]
@@ -157,6 +160,7 @@ def test_zero_grad_ops_give_zero_gradient(name):
 
 # grad / value_and_grad / vjp / jvp ---------------------------------------------------------
 
+
 def loss2(x, y):
     return lax.reduce_sum(lax.mul(lax.sin(x), lax.exp(y)), (0,))
 
@@ -185,17 +189,24 @@ def test_value_and_grad_with_aux():
 
 
 def params_loss(p):
-    hidden = lax.tanh(lax.add(lax.dot_general(p["w"], p["layers"][0].w, (((0,), (0,)), ((), ()))),
-                              p["layers"][0].b))
+    hidden = lax.tanh(
+        lax.add(
+            lax.dot_general(p["w"], p["layers"][0].w, (((0,), (0,)), ((), ()))), p["layers"][0].b
+        )
+    )
     out = lax.reduce_sum(lax.mul(hidden, p["layers"][1][0]), (0,))
     return lax.add(out, lax.reduce_sum(lax.mul(p["extra"][1], p["extra"][1]), (0, 1)))
 
 
 def test_grad_over_a_pytree_of_params_keeps_its_structure():
-    params = {"w": RNG.standard_normal(3),
-              "layers": [Layer(RNG.standard_normal((3, 2)), RNG.standard_normal(2)),
-                         (RNG.standard_normal(2), None)],
-              "extra": (None, RNG.standard_normal((2, 2)))}
+    params = {
+        "w": RNG.standard_normal(3),
+        "layers": [
+            Layer(RNG.standard_normal((3, 2)), RNG.standard_normal(2)),
+            (RNG.standard_normal(2), None),
+        ],
+        "extra": (None, RNG.standard_normal((2, 2))),
+    }
     got = spmd.grad(params_loss)(params)
     assert got["layers"][1][1] is None and got["extra"][0] is None
     assert isinstance(got["layers"][0], Layer)
@@ -209,9 +220,13 @@ def test_vjp_gives_the_transposed_jacobian_product():
     ct = {"a": RNG.standard_normal(4), "b": RNG.standard_normal(4)}
     out, vjp_fn = spmd.vjp(f, X, Y)
     np.testing.assert_allclose(out["a"], X * Y)
-    want = numeric_grad(lambda x, y: lax.add(
-        lax.reduce_sum(lax.mul(f(x, y)["a"], ct["a"]), (0,)),
-        lax.reduce_sum(lax.mul(f(x, y)["b"], ct["b"]), (0,))), (X, Y))
+    want = numeric_grad(
+        lambda x, y: lax.add(
+            lax.reduce_sum(lax.mul(f(x, y)["a"], ct["a"]), (0,)),
+            lax.reduce_sum(lax.mul(f(x, y)["b"], ct["b"]), (0,)),
+        ),
+        (X, Y),
+    )
     assert_trees_close(vjp_fn(ct), want)
 
 
@@ -235,10 +250,13 @@ def test_grad_through_jit_and_jit_of_grad():
 
 # control flow -------------------------------------------------------------------------------
 
+
 def rnn_loss(params, xs):
     def step(h, x):
-        pre = lax.add(lax.dot_general(h, params["u"], (((0,), (0,)), ((), ()))),
-                      lax.dot_general(x, params["w"], (((0,), (0,)), ((), ()))))
+        pre = lax.add(
+            lax.dot_general(h, params["u"], (((0,), (0,)), ((), ()))),
+            lax.dot_general(x, params["w"], (((0,), (0,)), ((), ()))),
+        )
         h = lax.tanh(lax.add(pre, params["b"]))
         return h, lax.reduce_sum(lax.mul(h, h), (0,))
 
@@ -247,8 +265,11 @@ def rnn_loss(params, xs):
 
 
 def test_grad_of_an_rnn_through_scan():
-    params = {"u": RNG.standard_normal((3, 3)) * 0.5, "w": RNG.standard_normal((2, 3)),
-              "b": RNG.standard_normal(3)}
+    params = {
+        "u": RNG.standard_normal((3, 3)) * 0.5,
+        "w": RNG.standard_normal((2, 3)),
+        "b": RNG.standard_normal(3),
+    }
     xs = RNG.standard_normal((5, 2))
     want = numeric_grad(rnn_loss, (params, xs))
     assert_trees_close(spmd.grad(rnn_loss, argnums=(0, 1))(params, xs), want)
@@ -286,8 +307,7 @@ def test_second_derivative_through_scan():
 def test_grad_through_scan_in_scan():
     def f(w, xs):
         def outer(c, row):
-            inner, _ = control.scan(lambda a, x: (lax.sin(lax.add(lax.mul(a, w), x)), None), c,
-                                    row)
+            inner, _ = control.scan(lambda a, x: (lax.sin(lax.add(lax.mul(a, w), x)), None), c, row)
             return inner, inner
 
         c, ys = control.scan(outer, np.array(0.3), xs)
@@ -344,6 +364,7 @@ def test_grad_through_fori_loop():
 
 # errors -----------------------------------------------------------------------------------
 
+
 def test_grad_of_a_non_scalar_output_is_a_shape_error_at_the_users_line():
     with pytest.raises(ShapeError) as err:
         where = here()
@@ -361,13 +382,15 @@ def test_grad_with_respect_to_an_int_input_is_a_dtype_error():
 def test_grad_through_while_loop_is_a_non_differentiable_error():
     def f(x):
         where.append(here())
-        out = control.while_loop(lambda c: lax.lt(c[0], 3), lambda c: (lax.add(c[0], 1),
-                                                                       lax.sin(c[1])), (0, x))
+        out = control.while_loop(
+            lambda c: lax.lt(c[0], 3), lambda c: (lax.add(c[0], 1), lax.sin(c[1])), (0, x)
+        )
         return lax.reduce_sum(out[1], (0,))
 
     where: list[str] = []
     with pytest.raises(NonDifferentiableError) as err:
         spmd.grad(f)(X)
     assert where[0] in str(err.value) and "while_loop" in str(err.value)
-    assert_trees_close(tree_map(np.asarray, tree_leaves(compiled(f, X)(X))),
-                       [np.sum(np.sin(np.sin(np.sin(X))))])
+    assert_trees_close(
+        tree_map(np.asarray, tree_leaves(compiled(f, X)(X))), [np.sum(np.sin(np.sin(np.sin(X))))]
+    )

@@ -75,8 +75,7 @@ def test_traced_scalar_index_uses_gather() -> None:
 
 def test_out_of_range_traced_indices_are_clamped_like_jax() -> None:
     f = spmd.jit(lambda x, i: x[0, 0, i])
-    np.testing.assert_array_equal(np.asarray(f(X, np.array([9, -9], np.int32))),
-                                  X[0, 0, [3, 0]])
+    np.testing.assert_array_equal(np.asarray(f(X, np.array([9, -9], np.int32))), X[0, 0, [3, 0]])
 
 
 def test_static_out_of_range_int_is_a_shape_error() -> None:
@@ -101,6 +100,7 @@ def test_traced_boolean_mask_error_names_the_users_line() -> None:
 
 # .at[] --------------------------------------------------------------------------------
 
+
 def _numpy_update(idx: Any, values: Any, how: str) -> np.ndarray:
     out = X.copy()
     if how == "set":
@@ -116,8 +116,15 @@ def _numpy_update(idx: Any, values: Any, how: str) -> np.ndarray:
     return out
 
 
-AT_INDICES = ["int", "negative_step", "newaxis", "array_2d_on_axis1", "two_arrays_separated",
-              "ellipsis_middle", "concrete_bool_mask"]
+AT_INDICES = [
+    "int",
+    "negative_step",
+    "newaxis",
+    "array_2d_on_axis1",
+    "two_arrays_separated",
+    "ellipsis_middle",
+    "concrete_bool_mask",
+]
 
 
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])

@@ -57,12 +57,16 @@ def shapes(x):
     return b, p, s, lax.reshape(lax.transpose(x, (1, 0)), (32,)), lax.rev(x, (0,))
 
 
-@pytest.mark.parametrize("fn,args", [
-    (elementwise_chain, (X48,)),
-    (matmul, (X48, np.ones((8, 3), F32))),
-    (reductions, (X48,)),
-    (shapes, (X48,)),
-], ids=["elementwise", "dot_general", "reduce", "shape"])
+@pytest.mark.parametrize(
+    "fn,args",
+    [
+        (elementwise_chain, (X48,)),
+        (matmul, (X48, np.ones((8, 3), F32))),
+        (reductions, (X48,)),
+        (shapes, (X48,)),
+    ],
+    ids=["elementwise", "dot_general", "reduce", "shape"],
+)
 def test_traced_program_round_trips(fn, args):
     assert_round_trip(trace(fn, *args))
 
@@ -73,11 +77,16 @@ CONSTANTS = [
     np.array([1.0, -0.0, np.nan, np.inf, 0.00787], ml_dtypes.bfloat16),
     np.array([65504.0, -0.0, np.nan], np.float16),
     np.array([True, False, True]),
-    np.array(-7, np.int8), np.array([0, 255], np.uint8),
-    np.array([-(2**15), 2**15 - 1], np.int16), np.array([2**31 - 1], np.int32),
-    np.array([-(2**63), 2**63 - 1], np.int64), np.array([2**64 - 1], np.uint64),
-    np.array([0, 2**32 - 1], np.uint32), np.array([1, 2], np.uint16),
-    np.zeros((2, 0, 3), F32), np.array(3.25, F32),
+    np.array(-7, np.int8),
+    np.array([0, 255], np.uint8),
+    np.array([-(2**15), 2**15 - 1], np.int16),
+    np.array([2**31 - 1], np.int32),
+    np.array([-(2**63), 2**63 - 1], np.int64),
+    np.array([2**64 - 1], np.uint64),
+    np.array([0, 2**32 - 1], np.uint32),
+    np.array([1, 2], np.uint16),
+    np.zeros((2, 0, 3), F32),
+    np.array(3.25, F32),
     np.arange(2000, dtype=F32).reshape(40, 50) / 7,  # large: printed as hex
     np.frombuffer(np.array([0xFFC00001, 0x7F800001], np.uint32).tobytes(), F32),  # NaN payloads
 ]
@@ -92,8 +101,9 @@ def test_constants_round_trip_bit_exactly(value, x64_on):
     assert parsed.tobytes() == value.tobytes()
 
 
-@pytest.mark.parametrize("value", [v for v in CONSTANTS if v.dtype.itemsize == 8],
-                         ids=lambda v: f"{v.dtype}{v.shape}")
+@pytest.mark.parametrize(
+    "value", [v for v in CONSTANTS if v.dtype.itemsize == 8], ids=lambda v: f"{v.dtype}{v.shape}"
+)
 def test_x64_off_stores_64_bit_constants_narrowed_as_jax(value):
     """JAX's canonicalisation is astype: float64 rounds, int64 wraps (INT_MIN becomes 0)."""
     with spmd.enable_x64(False):
@@ -115,9 +125,21 @@ def test_attribute_kinds_round_trip():
     from spmd.sharding import ShardingAttr
 
     sharding = ShardingAttr(("data", "model"), (2, 4), (("data",), (), ("data", "model")))
-    attrs = Attrs(a=1, b=-2.5e-300, c=float("inf"), d=True, e=None, f="bf16 \"quoted\"",
-                  g=(), h=(1,), i=((1, 2), ("x",)), j=sharding, k=TensorType((2,), "int8"),
-                  m=frozenset({"x", "y"}), n=-0.0)
+    attrs = Attrs(
+        a=1,
+        b=-2.5e-300,
+        c=float("inf"),
+        d=True,
+        e=None,
+        f='bf16 "quoted"',
+        g=(),
+        h=(1,),
+        i=((1, 2), ("x",)),
+        j=sharding,
+        k=TensorType((2,), "int8"),
+        m=frozenset({"x", "y"}),
+        n=-0.0,
+    )
     x = fresh_id()
     t = TensorType((3,), "float32", weak=True)
     op = Op("sharding_constraint", (x,), (fresh_id(),), (t,), attrs, "my file.py:7")
@@ -142,12 +164,15 @@ def test_ops_with_several_or_no_outputs_and_results_that_are_params():
 def test_nested_sub_graphs_round_trip():
     inner_x, inner_y = fresh_id(), fresh_id()
     t = TensorType((4,), "float32")
-    body = Graph((inner_x,), (t,), (Op("neg", (inner_x,), (inner_y,), (t,), Attrs(), "b.py:3"),),
-                 (inner_y,))
+    body = Graph(
+        (inner_x,), (t,), (Op("neg", (inner_x,), (inner_y,), (t,), Attrs(), "b.py:3"),), (inner_y,)
+    )
     other = Graph((fresh_id(),), (t,), (), ())
     other = other.replace(results=other.params)
     x, out = fresh_id(), fresh_id()
-    op = Op("cond", (x,), (out,), (t,), Attrs(branches=(body, other), then=body, length=3), "c.py:9")
+    op = Op(
+        "cond", (x,), (out,), (t,), Attrs(branches=(body, other), then=body, length=3), "c.py:9"
+    )
     graph = Graph((x,), (t,), (op,), (out,))
     text = assert_round_trip(graph)
     assert re.search(r"branches = \(graph\(%\d+: tensor<4xfloat32>\) \{\n +%\d+ = neg", text)
@@ -172,8 +197,9 @@ def while_program(x):
     return lax.while_loop(lambda carry: lax.lt(carry[0], 3), body, (lax.constant(0), x))[1]
 
 
-@pytest.mark.parametrize("fn,op", [(scan_program, "scan"), (cond_program, "cond"),
-                                   (while_program, "while_loop")])
+@pytest.mark.parametrize(
+    "fn,op", [(scan_program, "scan"), (cond_program, "cond"), (while_program, "while_loop")]
+)
 def test_control_ops_trace_verify_optimize_and_round_trip(fn, op):
     if op not in REGISTRY:
         pytest.skip(f"{op} is not registered yet")
@@ -195,12 +221,17 @@ def test_control_ops_trace_verify_optimize_and_round_trip(fn, op):
 def test_text_reads_like_stablehlo():
     text = print_graph(trace(matmul, X48, np.ones((8, 3), F32)), name="train")
     lines = text.split("\n")
-    assert re.fullmatch(r"func @train\(%\d+: tensor<4x8xfloat32>, %\d+: tensor<8x3xfloat32>\) "
-                        r"-> \(tensor<4x3xfloat32>\) \{", lines[0])
-    assert re.fullmatch(r"  %\d+ = dot_general\(%\d+, %\d+\) \{dimension_numbers = "
-                        r"\(\(\(1,\), \(0,\)\), \(\(\), \(\)\)\), preferred_element_type = "
-                        r"\"float32\"\} : tensor<4x3xfloat32> loc\(\"test_ir_text.py:\d+\"\)",
-                        lines[1])
+    assert re.fullmatch(
+        r"func @train\(%\d+: tensor<4x8xfloat32>, %\d+: tensor<8x3xfloat32>\) "
+        r"-> \(tensor<4x3xfloat32>\) \{",
+        lines[0],
+    )
+    assert re.fullmatch(
+        r"  %\d+ = dot_general\(%\d+, %\d+\) \{dimension_numbers = "
+        r"\(\(\(1,\), \(0,\)\), \(\(\), \(\)\)\), preferred_element_type = "
+        r"\"float32\"\} : tensor<4x3xfloat32> loc\(\"test_ir_text.py:\d+\"\)",
+        lines[1],
+    )
     assert re.fullmatch(r"  return %\d+", lines[2]) and lines[3] == "}"
 
 
@@ -220,20 +251,39 @@ def test_parse_reserves_ids_so_fresh_ids_do_not_collide():
     assert fresh_id() > 900000001
 
 
-@pytest.mark.parametrize("text,line,column,message", [
-    ("func @f() -> () {\n  %1 = neg(%0) : tensor<2xfloat32\n}", 2, 24, "unexpected character"),
-    ("func @f() -> () {\n  return %1 %2\n}", 2, 13, "expected '}'"),
-    ("func @f() -> () {\n  %1 = neg(%0) : tensor<2xfloat33>\n  return %1\n}", 2, 18,
-     "malformed type"),
-    ("func @f() -> () {\n  %1, %2 = neg(%0) : tensor<2xfloat32>\n  return\n}", 2, 12,
-     "defines 2 values but lists 1 types"),
-    ("func @f() -> () {\n  %1 = c() {v = ]} : tensor<2xfloat32>\n  return\n}", 2, 17,
-     "expected an attribute value"),
-    ("func @f() -> () {\n  %1 = c() {v = #opaque<\"x\">} : tensor<2xfloat32>\n  return\n}", 2,
-     17, "opaque"),
-    ("func @f( -> () {}", 1, 10, "expected 'value'"),
-    ("func @f() -> () {\n  return\n}\nextra", 4, 1, "expected 'end'"),
-])
+@pytest.mark.parametrize(
+    "text,line,column,message",
+    [
+        ("func @f() -> () {\n  %1 = neg(%0) : tensor<2xfloat32\n}", 2, 24, "unexpected character"),
+        ("func @f() -> () {\n  return %1 %2\n}", 2, 13, "expected '}'"),
+        (
+            "func @f() -> () {\n  %1 = neg(%0) : tensor<2xfloat33>\n  return %1\n}",
+            2,
+            18,
+            "malformed type",
+        ),
+        (
+            "func @f() -> () {\n  %1, %2 = neg(%0) : tensor<2xfloat32>\n  return\n}",
+            2,
+            12,
+            "defines 2 values but lists 1 types",
+        ),
+        (
+            "func @f() -> () {\n  %1 = c() {v = ]} : tensor<2xfloat32>\n  return\n}",
+            2,
+            17,
+            "expected an attribute value",
+        ),
+        (
+            'func @f() -> () {\n  %1 = c() {v = #opaque<"x">} : tensor<2xfloat32>\n  return\n}',
+            2,
+            17,
+            "opaque",
+        ),
+        ("func @f( -> () {}", 1, 10, "expected 'value'"),
+        ("func @f() -> () {\n  return\n}\nextra", 4, 1, "expected 'end'"),
+    ],
+)
 def test_malformed_text_raises_parse_error_with_line_and_column(text, line, column, message):
     with pytest.raises(IRParseError) as info:
         parse_graph(text)

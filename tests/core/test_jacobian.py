@@ -22,7 +22,7 @@ def finite_jacobian(g, x, eps=1e-6):
 
 
 def f(v):
-    return snp.tanh(v) * snp.sum(v ** 2)
+    return snp.tanh(v) * snp.sum(v**2)
 
 
 # Finite differences with a 1e-6 step need float64 (see tests/core/test_grad.py).
@@ -30,8 +30,7 @@ def f(v):
 @pytest.mark.parametrize("jac", [spmd.jacrev, spmd.jacfwd])
 def test_jacobians_match_finite_differences(jac):
     np.testing.assert_allclose(np.asarray(jac(f)(X)), finite_jacobian(f, X), atol=1e-8)
-    np.testing.assert_allclose(np.asarray(spmd.jit(jac(f))(X)), finite_jacobian(f, X),
-                               atol=1e-8)
+    np.testing.assert_allclose(np.asarray(spmd.jit(jac(f))(X)), finite_jacobian(f, X), atol=1e-8)
     m = np.arange(6.0).reshape(2, 3)
     np.testing.assert_allclose(np.asarray(jac(lambda w, v: w @ v, argnums=1)(m, X)), m)
     grid = np.arange(6.0).reshape(2, 3) / 5

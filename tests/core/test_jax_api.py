@@ -51,8 +51,9 @@ def test_axis_types_positional_and_defaults():
 
 
 def test_typeof_reads_shardings_outside_and_inside_jit(mesh):
-    x = spmd.device_put(np.arange(16.0, dtype=np.float32).reshape(4, 4),
-                        NamedSharding(mesh, P("x", "y")))
+    x = spmd.device_put(
+        np.arange(16.0, dtype=np.float32).reshape(4, 4), NamedSharding(mesh, P("x", "y"))
+    )
     t = spmd.typeof(x)
     assert (t.shape, t.dtype, str(t)) == ((4, 4), np.float32, "float32[4@x,4@y]")
     seen = {}
@@ -66,8 +67,12 @@ def test_typeof_reads_shardings_outside_and_inside_jit(mesh):
         return v
 
     f(x)
-    assert seen == {"v": "float32[4@x,4@y]", "twice": "float32[4@x,4@y]",
-                    "sum0": "float32[4@y]", "t": "float32[4@y,4@x]"}  # JAX's answers
+    assert seen == {
+        "v": "float32[4@x,4@y]",
+        "twice": "float32[4@x,4@y]",
+        "sum0": "float32[4@y]",
+        "t": "float32[4@y,4@x]",
+    }  # JAX's answers
     assert str(spmd.typeof(np.ones(3, np.int32))) == "int32[3]"
 
 
@@ -97,8 +102,9 @@ def test_auto_and_explicit_axes_switch_axis_types(mesh):
         assert seen == [(AxisType.Auto, AxisType.Auto)]
         assert spec_of(out) == P("x", None)
         np.testing.assert_array_equal(np.asarray(out), x + 1)
-        back = spmd.explicit_axes(lambda v: (spmd.get_abstract_mesh().axis_types, v),
-                                  axes="x", in_sharding=P("x"))
+        back = spmd.explicit_axes(
+            lambda v: (spmd.get_abstract_mesh().axis_types, v), axes="x", in_sharding=P("x")
+        )
         with spmd.set_mesh(mesh.with_axis_types((AxisType.Auto, AxisType.Auto))):
             types, v = back(x)
         assert types == (AxisType.Explicit, AxisType.Auto) and spec_of(v) == P("x")
@@ -120,9 +126,15 @@ def test_out_sharding_on_creation_and_contraction(mesh):
     np.testing.assert_allclose(np.asarray(e), a @ b, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(inside), a @ b, rtol=1e-5)
     assert (spec_of(d), spec_of(e), spec_of(n), spec_of(r), spec_of(z)) == (
-        P("x", "y"), P(None, "y"), P("x", "y"), P("y"), P("x"))
-    np.testing.assert_array_equal(np.asarray(n), np.asarray(spmd.random.normal(
-        spmd.random.key(1), (8, 4))))
+        P("x", "y"),
+        P(None, "y"),
+        P("x", "y"),
+        P("y"),
+        P("x"),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(n), np.asarray(spmd.random.normal(spmd.random.key(1), (8, 4)))
+    )
     assert one.devices() == {spmd.devices()[3]} and spec_of(inside) == P("x")
 
 
@@ -136,8 +148,7 @@ def test_unreduced_and_reduced_specs(mesh):
         NamedSharding(mesh, P(unreduced={"z"}))
     a = np.arange(32.0, dtype=np.float32).reshape(4, 8)
     with spmd.set_mesh(mesh):
-        partial = spmd.jit(lambda u: snp.dot(u, u.T, out_sharding=P(None, None,
-                                                                    unreduced={"y"})))
+        partial = spmd.jit(lambda u: snp.dot(u, u.T, out_sharding=P(None, None, unreduced={"y"})))
         out = spmd.reshard(partial(spmd.reshard(a, P(None, "y"))), P())
     np.testing.assert_allclose(np.asarray(out), a @ a.T, rtol=1e-6)  # the summed value
 
@@ -145,6 +156,7 @@ def test_unreduced_and_reduced_specs(mesh):
 def test_shard_map_decorator_with_set_mesh_lays_results_out_by_out_specs(mesh):
     x = np.arange(16.0, dtype=np.float32)
     with spmd.set_mesh(mesh):
+
         @spmd.shard_map(in_specs=P("x"), out_specs=P("x"))
         def double(block):
             return block * 2
@@ -166,16 +178,19 @@ def test_out_specs_that_need_unprovable_replication_are_refused(mesh):
     with pytest.raises(ShardingError, match="can't be statically inferred") as err:
         f(np.arange(8.0))
     assert "test_jax_api.py" in str(err.value) and "psum" in str(err.value)
-    loose = spmd.shard_map(lambda b: b * 2, mesh=mesh, in_specs=P("x"), out_specs=P(),
-                           check_vma=False)
+    loose = spmd.shard_map(
+        lambda b: b * 2, mesh=mesh, in_specs=P("x"), out_specs=P(), check_vma=False
+    )
     np.testing.assert_array_equal(np.asarray(loose(np.arange(8.0))), [0.0, 2, 4, 6])
     # psum'd and axis-free values are replicated: accepted
-    ok = spmd.shard_map(lambda b: (lax.psum(b, "x"), 3.0 * snp.ones(2)), mesh=mesh,
-                        in_specs=P("x"), out_specs=P())
+    ok = spmd.shard_map(
+        lambda b: (lax.psum(b, "x"), 3.0 * snp.ones(2)), mesh=mesh, in_specs=P("x"), out_specs=P()
+    )
     s, c = ok(np.arange(8.0))
     # all_gather's result counts as varying (JAX's rule): refused under P()
-    gather = spmd.shard_map(lambda b: lax.all_gather(b, "x", tiled=True), mesh=mesh,
-                            in_specs=P("x"), out_specs=P())
+    gather = spmd.shard_map(
+        lambda b: lax.all_gather(b, "x", tiled=True), mesh=mesh, in_specs=P("x"), out_specs=P()
+    )
     with pytest.raises(ShardingError, match="statically inferred"):
         gather(np.arange(8.0))
     np.testing.assert_array_equal(np.asarray(s), np.arange(4.0) + np.arange(4.0, 8.0))
@@ -188,16 +203,25 @@ def test_scan_carry_that_starts_replicated_and_becomes_varying_is_refused(mesh):
     def body(c, xi):
         return c + xi, None
 
-    bad = spmd.shard_map(lambda v: lax.scan(body, 0.0, v)[0][None], mesh=mesh,
-                         in_specs=P("x"), out_specs=P("x"))
+    bad = spmd.shard_map(
+        lambda v: lax.scan(body, 0.0, v)[0][None], mesh=mesh, in_specs=P("x"), out_specs=P("x")
+    )
     with pytest.raises(ShardingError, match="carry") as err:
         bad(x)
     assert "pvary" in str(err.value)
-    good = spmd.shard_map(lambda v: lax.scan(body, lax.pvary(0.0, "x"), v)[0][None],
-                          mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    good = spmd.shard_map(
+        lambda v: lax.scan(body, lax.pvary(0.0, "x"), v)[0][None],
+        mesh=mesh,
+        in_specs=P("x"),
+        out_specs=P("x"),
+    )
     np.testing.assert_array_equal(np.asarray(good(x)), [x[:4].sum(), x[4:].sum()])
-    cast = spmd.shard_map(lambda v: lax.scan(body, lax.pcast(0.0, "x", to="varying"), v)[0][None],
-                          mesh=mesh, in_specs=P("x"), out_specs=P("x"))
+    cast = spmd.shard_map(
+        lambda v: lax.scan(body, lax.pcast(0.0, "x", to="varying"), v)[0][None],
+        mesh=mesh,
+        in_specs=P("x"),
+        out_specs=P("x"),
+    )
     np.testing.assert_array_equal(np.asarray(cast(x)), [x[:4].sum(), x[4:].sum()])
     with pytest.raises(ShardingError):
         lax.pvary(1.0, "x")  # outside shard_map there is no axis to vary over
@@ -244,11 +268,11 @@ def test_logsumexp_matches_numpy():
 
 def test_dynamic_slice_in_dim_clamps_like_jax():
     x = np.arange(20).reshape(4, 5)
-    np.testing.assert_array_equal(np.asarray(lax.dynamic_slice_in_dim(x, 1, 2, axis=1)),
-                                  x[:, 1:3])
+    np.testing.assert_array_equal(np.asarray(lax.dynamic_slice_in_dim(x, 1, 2, axis=1)), x[:, 1:3])
     np.testing.assert_array_equal(np.asarray(lax.dynamic_slice_in_dim(x, 3, 2)), x[2:4])
-    got = spmd.jit(lambda v, i: lax.dynamic_update_slice_in_dim(v, np.zeros((4, 1), int), i,
-                                                                1))(x, 2)
+    got = spmd.jit(lambda v, i: lax.dynamic_update_slice_in_dim(v, np.zeros((4, 1), int), i, 1))(
+        x, 2
+    )
     want = x.copy()
     want[:, 2] = 0
     np.testing.assert_array_equal(np.asarray(got), want)
@@ -260,8 +284,9 @@ def test_allclose_isclose_array_equal_copy():
     a = np.array([1.0, np.inf, np.nan, 2.0])
     b = np.array([1.0 + 1e-9, np.inf, np.nan, 2.1])
     np.testing.assert_array_equal(np.asarray(snp.isclose(a, b)), np.isclose(a, b))
-    np.testing.assert_array_equal(np.asarray(snp.isclose(a, b, equal_nan=True)),
-                                  np.isclose(a, b, equal_nan=True))
+    np.testing.assert_array_equal(
+        np.asarray(snp.isclose(a, b, equal_nan=True)), np.isclose(a, b, equal_nan=True)
+    )
     assert bool(snp.allclose(a[:2], b[:2])) and not bool(snp.allclose(a, b))
     assert bool(snp.array_equal(np.arange(3), snp.arange(3)))
     assert not bool(snp.array_equal(np.arange(3), np.arange(4)))
@@ -290,8 +315,10 @@ def test_array_devices_and_device_put_onto_a_device(mesh):
     assert one.devices() == {spmd.devices()[5]} and one.device == spmd.devices()[5]
     with pytest.raises(ShardingError, match="no mesh"):
         spmd.device_put(np.arange(3.0), P("x"))
-    tree = spmd.device_put({"a": np.ones(8), "b": np.ones(4)},
-                           {"a": NamedSharding(mesh, P("x")), "b": NamedSharding(mesh, P())})
+    tree = spmd.device_put(
+        {"a": np.ones(8), "b": np.ones(4)},
+        {"a": NamedSharding(mesh, P("x")), "b": NamedSharding(mesh, P())},
+    )
     assert spec_of(tree["a"]) == P("x") and spec_of(tree["b"]) == P()
 
 
@@ -316,16 +343,23 @@ def test_visualize_inside_jit_shows_the_layout_in_the_type(mesh, capsys):
     assert "P('y')" in text and "dev 0,4" in text and "dev 3,7" in text
 
 
-@pytest.mark.parametrize("body, error", [
-    (lambda b: lax.all_gather(b, "y", axis=3, tiled=True), spmd.errors.ShapeError),
-    (lambda b: lax.psum_scatter(b, "y", scatter_dimension=0, tiled=True), spmd.errors.ShapeError),
-    (lambda b: lax.all_to_all(b, "y", 5, 0, tiled=True), spmd.errors.ShapeError),
-    (lambda b: lax.ppermute(b, "y", [(0, 9)]), ShardingError),
-    (lambda b: lax.psum(b, "z"), ShardingError),
-])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (lambda b: lax.all_gather(b, "y", axis=3, tiled=True), spmd.errors.ShapeError),
+        (
+            lambda b: lax.psum_scatter(b, "y", scatter_dimension=0, tiled=True),
+            spmd.errors.ShapeError,
+        ),
+        (lambda b: lax.all_to_all(b, "y", 5, 0, tiled=True), spmd.errors.ShapeError),
+        (lambda b: lax.ppermute(b, "y", [(0, 9)]), ShardingError),
+        (lambda b: lax.psum(b, "z"), ShardingError),
+    ],
+)
 def test_collective_mistakes_in_shard_map_name_the_users_line(mesh, body, error):
-    mapped = spmd.shard_map(body, mesh=mesh, in_specs=P("x", "y"), out_specs=P("x", "y"),
-                            check_vma=False)
+    mapped = spmd.shard_map(
+        body, mesh=mesh, in_specs=P("x", "y"), out_specs=P("x", "y"), check_vma=False
+    )
     with pytest.raises(error) as err:
         mapped(np.ones((6, 8)))
     assert "test_jax_api.py" in str(err.value)
@@ -358,10 +392,10 @@ def test_grad_in_a_shard_map_body_sums_the_cotangent_of_a_replicated_value():
     # JAX: w is the same on every device, so its cotangent is psum'd over 'b' (each block's
     # grad is the total); with the check off each device keeps its own block's grad
     np.testing.assert_allclose(np.asarray(summed), np.tile(total, (4, 1)), rtol=1e-5)
-    local_only = spmd.shard_map(body, mesh=mesh, in_specs=(P(), P("b")), out_specs=P("b"),
-                                check_vma=False)(w, xs)
-    np.testing.assert_allclose(np.asarray(local_only), [g.sum(0) for g in per_block],
-                               rtol=1e-5)
+    local_only = spmd.shard_map(
+        body, mesh=mesh, in_specs=(P(), P("b")), out_specs=P("b"), check_vma=False
+    )(w, xs)
+    np.testing.assert_allclose(np.asarray(local_only), [g.sum(0) for g in per_block], rtol=1e-5)
 
 
 def test_out_sharding_needs_explicit_axes_as_in_jax():

@@ -23,8 +23,12 @@ ALL = NUMERIC + ("bool",)
 CASES: list[tuple[str, Callable[..., Any], list[tuple[int, ...]], tuple[str, ...]]] = []
 
 
-def case(name: str, fn: Callable[..., Any], shapes: list[tuple[int, ...]],
-         dtypes: tuple[str, ...] = ("float32",)) -> None:
+def case(
+    name: str,
+    fn: Callable[..., Any],
+    shapes: list[tuple[int, ...]],
+    dtypes: tuple[str, ...] = ("float32",),
+) -> None:
     CASES.append((name, fn, shapes, dtypes))
 
 
@@ -93,30 +97,43 @@ case("dot_nd", lambda m, x, y: m.dot(x, y), [(2, 3, 4), (5, 4, 2)])
 case("dot_scalar", lambda m, x, y: m.dot(x, y), [(), (3,)])
 case("outer", lambda m, x, y: m.outer(x, y), [(3,), (2, 2)], ("float32", "int32"))
 case("inner", lambda m, x, y: m.inner(x, y), [(2, 4), (3, 4)])
-case("tensordot", lambda m, x, y: m.tensordot(x, y, axes=([0, 2], [2, 1])), [(3, 4, 5),
-                                                                                (2, 5, 3)])
+case("tensordot", lambda m, x, y: m.tensordot(x, y, axes=([0, 2], [2, 1])), [(3, 4, 5), (2, 5, 3)])
 case("tensordot_int", lambda m, x, y: m.tensordot(x, y, 1), [(3, 4), (4, 2)])
 EINSUMS = [
-    ("ij,jk->ik", [(3, 4), (4, 5)]), ("ij,ij->", [(3, 4), (3, 4)]), ("ii->i", [(4, 4)]),
-    ("ii", [(3, 3)]), ("ij->ji", [(3, 4)]), ("ij", [(3, 4)]), ("i,j", [(3,), (4,)]),
-    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]), ("...i,...i", [(3, 4), (4,)]),
-    ("bij,bjk,bkl->bil", [(2, 3, 4), (2, 4, 5), (2, 5, 3)]), ("ijk->", [(2, 3, 4)]),
-    ("ij,kl->ijkl", [(2, 3), (1, 2)]), ("iij->j", [(3, 3, 2)]), ("ab,bc,ca", [(2, 3), (3, 4),
-                                                                          (4, 2)]),
-    ("i...,i...->...", [(3, 1, 4), (3, 2, 1)]), ("ij,j->i", [(3, 0), (0,)]),
+    ("ij,jk->ik", [(3, 4), (4, 5)]),
+    ("ij,ij->", [(3, 4), (3, 4)]),
+    ("ii->i", [(4, 4)]),
+    ("ii", [(3, 3)]),
+    ("ij->ji", [(3, 4)]),
+    ("ij", [(3, 4)]),
+    ("i,j", [(3,), (4,)]),
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]),
+    ("...i,...i", [(3, 4), (4,)]),
+    ("bij,bjk,bkl->bil", [(2, 3, 4), (2, 4, 5), (2, 5, 3)]),
+    ("ijk->", [(2, 3, 4)]),
+    ("ij,kl->ijkl", [(2, 3), (1, 2)]),
+    ("iij->j", [(3, 3, 2)]),
+    ("ab,bc,ca", [(2, 3), (3, 4), (4, 2)]),
+    ("i...,i...->...", [(3, 1, 4), (3, 2, 1)]),
+    ("ij,j->i", [(3, 0), (0,)]),
 ]
 for spec, shapes in EINSUMS:
     case(f"einsum[{spec}]", lambda m, *xs, s=spec: m.einsum(s, *xs), shapes)
-case("einsum_repeated_operand", lambda m, x: m.einsum("ij,ij,ij->i", x, x, x), [(3, 4)],
-     ("float32", "int32"))
+case(
+    "einsum_repeated_operand",
+    lambda m, x: m.einsum("ij,ij,ij->i", x, x, x),
+    [(3, 4)],
+    ("float32", "int32"),
+)
 
 # indexing helpers
 case("take", lambda m, x: m.take(x, np.array([[0, 2], [-1, 1]]), axis=1), [(3, 4)], ALL)
 case("take_flat", lambda m, x: m.take(x, np.array([5, 0, 11])), [(3, 4)])
 ALONG = RNG.integers(-4, 4, size=(3, 4)).astype(np.int32)
 case("take_along_axis", lambda m, x: m.take_along_axis(x, ALONG, axis=1), [(3, 4)], ALL)
-case("take_along_axis_broadcast", lambda m, x: m.take_along_axis(x, ALONG[:1] % 3, axis=0),
-     [(3, 4)])
+case(
+    "take_along_axis_broadcast", lambda m, x: m.take_along_axis(x, ALONG[:1] % 3, axis=0), [(3, 4)]
+)
 case("diagonal", lambda m, x: m.diagonal(x, 1), [(4, 5)])
 case("trace", lambda m, x: m.trace(x), [(4, 4)], ("float32", "int32"))
 
@@ -136,35 +153,57 @@ PARAMS = [(name, fn, shapes, dtype) for name, fn, shapes, dts in CASES for dtype
 
 
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("name,fn,shapes,dtype", PARAMS,
-                         ids=[f"{p[0]}-{p[3]}" for p in PARAMS])
-def test_function_matches_numpy(name: str, fn: Callable[..., Any], shapes: list[tuple[int, ...]],
-                                dtype: str, jitted: bool) -> None:
+@pytest.mark.parametrize("name,fn,shapes,dtype", PARAMS, ids=[f"{p[0]}-{p[3]}" for p in PARAMS])
+def test_function_matches_numpy(
+    name: str, fn: Callable[..., Any], shapes: list[tuple[int, ...]], dtype: str, jitted: bool
+) -> None:
     args = _inputs(name, shapes, dtype)
     run = spmd.jit(lambda *xs: fn(snp, *xs)) if jitted else (lambda *xs: fn(snp, *xs))
     got = np.asarray(run(*args))
     expected = np.asarray(fn(np, *[_widen(a) for a in args]))
     tolerance_dtype = str(got.dtype)
     scale = 8.0 if name.startswith(("var", "std", "einsum", "matmul", "dot", "tensordot")) else 4.0
-    assert_close(got, expected.astype(np.float64) if got.dtype.kind == "f" or
-                 tolerance_dtype == "bfloat16" else expected, tolerance_dtype, scale)
+    assert_close(
+        got,
+        expected.astype(np.float64)
+        if got.dtype.kind == "f" or tolerance_dtype == "bfloat16"
+        else expected,
+        tolerance_dtype,
+        scale,
+    )
 
 
 # dtype rules (JAX's, not numpy's) -------------------------------------------------------
 
-@pytest.mark.parametrize("dtype,expected", [("bool", "int32"), ("int8", "int32"),
-                                            ("uint8", "uint32"), ("int32", "int32"),
-                                            ("int64", "int64"), ("float16", "float16"),
-                                            ("bfloat16", "bfloat16")])
+
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [
+        ("bool", "int32"),
+        ("int8", "int32"),
+        ("uint8", "uint32"),
+        ("int32", "int32"),
+        ("int64", "int64"),
+        ("float16", "float16"),
+        ("bfloat16", "bfloat16"),
+    ],
+)
 def test_sum_and_cumsum_accumulate_small_ints_in_32_bits(dtype: str, expected: str) -> None:
     x = np.ones((2, 3), np_dtype(dtype))
     assert np.asarray(snp.sum(x)).dtype == jax_dtype(expected)
     assert np.asarray(spmd.jit(snp.cumsum)(x)).dtype == jax_dtype(expected)
 
 
-@pytest.mark.parametrize("dtype,expected", [("int32", "float32"), ("bool", "float32"),
-                                            ("float16", "float16"), ("bfloat16", "bfloat16"),
-                                            ("float64", "float64")])
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [
+        ("int32", "float32"),
+        ("bool", "float32"),
+        ("float16", "float16"),
+        ("bfloat16", "bfloat16"),
+        ("float64", "float64"),
+    ],
+)
 def test_mean_and_var_give_floats(dtype: str, expected: str) -> None:
     x = np.ones((4,), np_dtype(dtype))
     assert np.asarray(snp.mean(x)).dtype == jax_dtype(expected)
@@ -173,38 +212,44 @@ def test_mean_and_var_give_floats(dtype: str, expected: str) -> None:
 
 @pytest.mark.parametrize("shapes", [((2, 3, 4), (4, 5)), ((3, 4), (2, 3, 4, 5))])
 def test_matmul_with_a_matrix_side_is_one_dot_without_broadcast_copies(
-        shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    shapes: tuple[tuple[int, ...], tuple[int, ...]],
+) -> None:
     """x[..., m, k] @ w[k, n] contracts w as is (one GEMM of ... * m rows), as jnp does,
     instead of broadcasting w over x's batch dims into a batch of copies."""
     graph = spmd.jit(lambda x, w: x @ w).lower(*(np.ones(s, np.float32) for s in shapes)).graph
     assert [op.name for op in graph.ops if op.name in ("dot_general", "broadcast_in_dim")] == [
-        "dot_general"]
+        "dot_general"
+    ]
 
 
 def test_half_precision_mean_is_computed_in_float32() -> None:
-    x = np.full((4096,), 1.0 + 2 ** -9, np.float16)  # a float16 running sum would lose bits
+    x = np.full((4096,), 1.0 + 2**-9, np.float16)  # a float16 running sum would lose bits
     assert float(snp.mean(x)) == pytest.approx(float(x[0]), rel=1e-3)
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda: snp.arange(5), ("int32", np.arange(5))),
-    (lambda: snp.arange(1, 2.0, 0.25), ("float32", np.arange(1, 2.0, 0.25))),
-    (lambda: snp.arange(10, 0, -3), ("int32", np.arange(10, 0, -3))),
-    (lambda: snp.zeros((2, 3)), ("float32", np.zeros((2, 3)))),
-    (lambda: snp.ones(4, dtype="int64"), ("int64", np.ones(4))),
-    (lambda: snp.full((2,), 1.5), ("float32", np.full((2,), 1.5))),
-    (lambda: snp.full((2,), 7), ("int32", np.full((2,), 7))),
-    (lambda: snp.zeros_like(np.ones(3, np.int64)), ("int64", np.zeros(3))),
-    (lambda: snp.ones_like(np.ones(3, np.float16), dtype="bool"), ("bool", np.ones(3))),
-    (lambda: snp.full_like(np.ones((2, 2), np.float32), 3), ("float32", np.full((2, 2), 3.0))),
-    (lambda: snp.eye(3, 4, k=1), ("float32", np.eye(3, 4, k=1))),
-    (lambda: snp.eye(3, dtype="int32"), ("int32", np.eye(3))),
-    (lambda: snp.linspace(0, 1, 7), ("float32", np.linspace(0, 1, 7))),
-    (lambda: snp.linspace(2, 3, 4, endpoint=False), ("float32", np.linspace(2, 3, 4, False))),
-    (lambda: snp.empty((0, 2)), ("float32", np.empty((0, 2)))),
-])
-def test_creation_functions_use_jax_default_dtypes(make: Callable[[], Any],
-                                                   expected: tuple[str, np.ndarray]) -> None:
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda: snp.arange(5), ("int32", np.arange(5))),
+        (lambda: snp.arange(1, 2.0, 0.25), ("float32", np.arange(1, 2.0, 0.25))),
+        (lambda: snp.arange(10, 0, -3), ("int32", np.arange(10, 0, -3))),
+        (lambda: snp.zeros((2, 3)), ("float32", np.zeros((2, 3)))),
+        (lambda: snp.ones(4, dtype="int64"), ("int64", np.ones(4))),
+        (lambda: snp.full((2,), 1.5), ("float32", np.full((2,), 1.5))),
+        (lambda: snp.full((2,), 7), ("int32", np.full((2,), 7))),
+        (lambda: snp.zeros_like(np.ones(3, np.int64)), ("int64", np.zeros(3))),
+        (lambda: snp.ones_like(np.ones(3, np.float16), dtype="bool"), ("bool", np.ones(3))),
+        (lambda: snp.full_like(np.ones((2, 2), np.float32), 3), ("float32", np.full((2, 2), 3.0))),
+        (lambda: snp.eye(3, 4, k=1), ("float32", np.eye(3, 4, k=1))),
+        (lambda: snp.eye(3, dtype="int32"), ("int32", np.eye(3))),
+        (lambda: snp.linspace(0, 1, 7), ("float32", np.linspace(0, 1, 7))),
+        (lambda: snp.linspace(2, 3, 4, endpoint=False), ("float32", np.linspace(2, 3, 4, False))),
+        (lambda: snp.empty((0, 2)), ("float32", np.empty((0, 2)))),
+    ],
+)
+def test_creation_functions_use_jax_default_dtypes(
+    make: Callable[[], Any], expected: tuple[str, np.ndarray]
+) -> None:
     dtype, values = expected
     for got in (make(), spmd.jit(make)()):
         got = np.asarray(got)

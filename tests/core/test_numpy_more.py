@@ -18,15 +18,17 @@ def test_logaddexp_and_exp2_match_numpy():
     a = np.array([-1000.0, 0.5, np.inf, -np.inf, 3.0])
     b = np.array([-1000.0, 2.0, 1.0, -np.inf, np.inf])
     assert_close(snp.logaddexp(a, b), np.logaddexp(a, b))  # the tolerance of its dtype
-    np.testing.assert_allclose(np.asarray(spmd.jit(snp.exp2)(np.array([1.0, -3.0]))),
-                               np.exp2([1.0, -3.0]))
+    np.testing.assert_allclose(
+        np.asarray(spmd.jit(snp.exp2)(np.array([1.0, -3.0]))), np.exp2([1.0, -3.0])
+    )
 
 
 @pytest.mark.parametrize("width", [1, (1, 2), ((0, 1), (2, 0))])
 def test_pad_constant(width):
     x = np.arange(6).reshape(2, 3)
-    np.testing.assert_array_equal(np.asarray(snp.pad(x, width, constant_values=7)),
-                                  np.pad(x, width, constant_values=7))
+    np.testing.assert_array_equal(
+        np.asarray(snp.pad(x, width, constant_values=7)), np.pad(x, width, constant_values=7)
+    )
     with pytest.raises(ShapeError):
         snp.pad(x, 1, mode="reflect")
     with pytest.raises(ShapeError):
@@ -36,8 +38,9 @@ def test_pad_constant(width):
 def test_nan_to_num_uses_the_dtypes_extremes():
     x = np.array([np.nan, np.inf, -np.inf, 1.5], np.float32)
     np.testing.assert_array_equal(np.asarray(snp.nan_to_num(x)), np.nan_to_num(x))
-    np.testing.assert_array_equal(np.asarray(snp.nan_to_num(x, nan=-1.0, posinf=9.0)),
-                                  np.nan_to_num(x, nan=-1.0, posinf=9.0))
+    np.testing.assert_array_equal(
+        np.asarray(snp.nan_to_num(x, nan=-1.0, posinf=9.0)), np.nan_to_num(x, nan=-1.0, posinf=9.0)
+    )
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, -1, -3])
@@ -52,8 +55,9 @@ def test_diag_builds_and_reads_diagonals(k):
 def test_median_matches_numpy(axis, keepdims):
     for shape in ((4, 5), (5, 4)):
         x = RNG.standard_normal(shape)
-        assert_close(snp.median(x, axis=axis, keepdims=keepdims),
-                     np.median(x, axis=axis, keepdims=keepdims))
+        assert_close(
+            snp.median(x, axis=axis, keepdims=keepdims), np.median(x, axis=axis, keepdims=keepdims)
+        )
 
 
 def test_dtype_helpers():

@@ -49,8 +49,10 @@ SIMPLIFY_CASES = {
     "transpose_transpose": (lambda x: lax.transpose(lax.transpose(x, (1, 0)), (1, 0)), []),
     "reshape_reshape": (lambda x: lax.reshape(lax.reshape(x, (12,)), (4, 3)), ["reshape"]),
     "reshape_back": (lambda x: lax.reshape(lax.reshape(x, (12,)), (3, 4)), []),
-    "convert_same": (lambda x: lax.convert_element_type(
-        lax.convert_element_type(x, "int32"), "int32"), ["convert_element_type"]),
+    "convert_same": (
+        lambda x: lax.convert_element_type(lax.convert_element_type(x, "int32"), "int32"),
+        ["convert_element_type"],
+    ),
     "select_true": (lambda x: lax.select(lax.full((3, 4), True), x, lax.neg(x)), []),
     "select_false": (lambda x: lax.select(lax.full((3, 4), False), lax.neg(x), x), []),
     "select_same": (lambda x: lax.select(lax.gt(x, 0.0), x, x), []),
@@ -67,8 +69,9 @@ def test_simplify_removes_identities_and_keeps_results(case):
 
 
 def test_simplify_composes_transposes_and_keeps_the_outer_loc():
-    graph = trace(lambda x: lax.transpose(lax.transpose(x, (1, 2, 0)), (1, 2, 0)),
-                  np.zeros((2, 3, 4), F32))
+    graph = trace(
+        lambda x: lax.transpose(lax.transpose(x, (1, 2, 0)), (1, 2, 0)), np.zeros((2, 3, 4), F32)
+    )
     after = dce(simplify(graph))
     assert names(after) == ["transpose"]
     assert after.ops[0].attrs["permutation"] == (2, 0, 1)
@@ -82,8 +85,7 @@ DOT_BATCHED = (((2,), (1,)), ((0,), (0,)))  # [b,m,k] x [b,k,n] -> [b,m,n]
 @pytest.mark.parametrize(("permutation", "folded"), [((0, 2, 1), True), ((1, 0, 2), False)])
 def test_simplify_folds_a_side_swapping_transpose_into_its_dot(permutation, folded):
     a, b = RNG.standard_normal((2, 3, 4)).astype(F32), RNG.standard_normal((2, 4, 5)).astype(F32)
-    graph = trace(lambda a, b: lax.transpose(
-        lax.dot_general(a, b, DOT_BATCHED), permutation), a, b)
+    graph = trace(lambda a, b: lax.transpose(lax.dot_general(a, b, DOT_BATCHED), permutation), a, b)
     after = dce(simplify(graph))
     assert names(after) == (["dot_general"] if folded else ["dot_general", "transpose"])
     assert after.ops[0].loc == graph.ops[0].loc
@@ -105,15 +107,26 @@ def test_simplify_never_changes_a_type_even_the_weak_bit():
     x = fresh_id()
     weak = TensorType((3, 4), "float32", weak=True)
     one, ones, out = fresh_id(), fresh_id(), fresh_id()
-    graph = Graph((x,), (weak,), (
-        Op("constant", (), (one,), (TensorType((), "float32"),), Attrs(value=np.array(1, F32))),
-        Op("broadcast_in_dim", (one,), (ones,), (T34,),
-           Attrs(shape=(3, 4), broadcast_dimensions=())),
-        Op("convert_element_type", (x,), (fresh_id(),), (T34,), Attrs(new_dtype="float32")),
-    ), ())
+    graph = Graph(
+        (x,),
+        (weak,),
+        (
+            Op("constant", (), (one,), (TensorType((), "float32"),), Attrs(value=np.array(1, F32))),
+            Op(
+                "broadcast_in_dim",
+                (one,),
+                (ones,),
+                (T34,),
+                Attrs(shape=(3, 4), broadcast_dimensions=()),
+            ),
+            Op("convert_element_type", (x,), (fresh_id(),), (T34,), Attrs(new_dtype="float32")),
+        ),
+        (),
+    )
     convert_out = graph.ops[2].outputs[0]
-    graph = graph.replace(ops=graph.ops + (Op("mul", (convert_out, ones), (out,), (T34,)),),
-                          results=(out,))
+    graph = graph.replace(
+        ops=graph.ops + (Op("mul", (convert_out, ones), (out,), (T34,)),), results=(out,)
+    )
     verify(graph)
     after = dce(simplify(graph))
     assert names(after) == ["convert_element_type"]  # x*1 -> the strong convert, not weak x
@@ -121,8 +134,12 @@ def test_simplify_never_changes_a_type_even_the_weak_bit():
 
 
 def test_constant_fold_evaluates_small_constant_subprograms_at_their_loc():
-    graph = trace(lambda x: lax.add(x, lax.exp(lax.add(lax.full((3, 4), 1.0, "float32"),
-                                                       lax.iota("float32", (3, 4), 1)))), X)
+    graph = trace(
+        lambda x: lax.add(
+            x, lax.exp(lax.add(lax.full((3, 4), 1.0, "float32"), lax.iota("float32", (3, 4), 1)))
+        ),
+        X,
+    )
     after = dce(constant_fold(graph))
     assert names(after) == ["constant", "add"]
     folded = after.ops[0]
@@ -131,8 +148,12 @@ def test_constant_fold_evaluates_small_constant_subprograms_at_their_loc():
 
 
 def test_constant_fold_keeps_splats_small_and_big_values_unfolded():
-    graph = trace(lambda: (lax.mul(lax.full((8, 8), 3, "int32"), lax.full((8, 8), 2, "int32")),
-                           lax.neg(lax.full((FOLD_LIMIT + 1,), 2.0, "float32"))))
+    graph = trace(
+        lambda: (
+            lax.mul(lax.full((8, 8), 3, "int32"), lax.full((8, 8), 2, "int32")),
+            lax.neg(lax.full((FOLD_LIMIT + 1,), 2.0, "float32")),
+        )
+    )
     after = dce(constant_fold(graph))
     assert "mul" not in names(after) and "neg" in names(after)
     splat = after.producers[after.results[0]]
@@ -146,11 +167,21 @@ def test_constant_fold_keeps_sharding_constraints():
 
     c, out = fresh_id(), fresh_id()
     t = TensorType((2,), "float32")
-    graph = Graph((), (), (
-        Op("constant", (), (c,), (t,), Attrs(value=np.ones(2, F32), weak=False)),
-        Op("sharding_constraint", (c,), (out,), (t,),
-           Attrs(sharding=ShardingAttr(("d",), (2,), (("d",),)))),
-    ), (out,))
+    graph = Graph(
+        (),
+        (),
+        (
+            Op("constant", (), (c,), (t,), Attrs(value=np.ones(2, F32), weak=False)),
+            Op(
+                "sharding_constraint",
+                (c,),
+                (out,),
+                (t,),
+                Attrs(sharding=ShardingAttr(("d",), (2,), (("d",),))),
+            ),
+        ),
+        (out,),
+    )
     assert constant_fold(graph) == graph
 
 
@@ -161,8 +192,12 @@ def test_cse_merges_equal_pure_ops_and_keeps_impure_ones():
     check_same_results(graph, after, X)
     key, a, b = fresh_id(), fresh_id(), fresh_id()
     t = TensorType((2,), "uint32")
-    rng = Graph((key,), (t,), (Op("rng_bit_generator", (key,), (a,), (t,)),
-                               Op("rng_bit_generator", (key,), (b,), (t,))), (a, b))
+    rng = Graph(
+        (key,),
+        (t,),
+        (Op("rng_bit_generator", (key,), (a,), (t,)), Op("rng_bit_generator", (key,), (b,), (t,))),
+        (a, b),
+    )
     assert cse(rng) == rng
 
 
@@ -170,9 +205,16 @@ def test_cse_and_dce_work_inside_sub_graphs():
     inner = fresh_id()
     t = TensorType((2,), "float32")
     n1, n2, dead = fresh_id(), fresh_id(), fresh_id()
-    body = Graph((inner,), (t,), (Op("neg", (inner,), (n1,), (t,)),
-                                  Op("neg", (inner,), (n2,), (t,)),
-                                  Op("exp", (inner,), (dead,), (t,))), (n1, n2))
+    body = Graph(
+        (inner,),
+        (t,),
+        (
+            Op("neg", (inner,), (n1,), (t,)),
+            Op("neg", (inner,), (n2,), (t,)),
+            Op("exp", (inner,), (dead,), (t,)),
+        ),
+        (n1, n2),
+    )
     x, out = fresh_id(), fresh_id()
     graph = Graph((x,), (t,), (Op("scan", (x,), (out,), (t,), Attrs(body=body)),), (out,))
     new_body = dce(cse(graph)).ops[0].attrs["body"]
@@ -182,8 +224,16 @@ def test_cse_and_dce_work_inside_sub_graphs():
 def test_dce_drops_unused_ops_but_keeps_effects():
     x, used, unused = fresh_id(), fresh_id(), fresh_id()
     t = TensorType((2,), "float32")
-    graph = Graph((x,), (t,), (Op("neg", (x,), (used,), (t,)), Op("exp", (x,), (unused,), (t,)),
-                               Op("print", (x,), (), ())), (used,))
+    graph = Graph(
+        (x,),
+        (t,),
+        (
+            Op("neg", (x,), (used,), (t,)),
+            Op("exp", (x,), (unused,), (t,)),
+            Op("print", (x,), (), ()),
+        ),
+        (used,),
+    )
     assert names(dce(graph)) == ["neg", "print"]
 
 
@@ -235,8 +285,9 @@ def test_verifier_catches_a_wrong_recorded_type():
     bad = Op("exp", exp.inputs, exp.outputs, (TensorType((3, 4), "float64"),), exp.attrs, exp.loc)
     with pytest.raises(VerifierError) as info:
         verify(graph.replace(ops=(neg, bad)))
-    assert "records type tensor<3x4xfloat64> but its inputs give tensor<3x4xfloat32>" in \
-        str(info.value)
+    assert "records type tensor<3x4xfloat64> but its inputs give tensor<3x4xfloat32>" in str(
+        info.value
+    )
     assert exp.loc in str(info.value)  # the user's line of the op
 
 

@@ -70,9 +70,14 @@ def _ones(dtype: str) -> np.ndarray:
 # With x64 off (the default) 64-bit inputs are narrowed first and 64-bit results after
 # (checked against JAX 0.10.2): (array dtype, array dtype or Python scalar) -> result dtype.
 NARROWED = [
-    ("uint32", "int32", "int32"), ("int32", "int64", "int32"), ("float32", "float64", "float32"),
-    ("bfloat16", "float64", "float32"), ("uint64", "int8", "int32"),
-    ("int64", "float16", "float16"), ("int64", 2, "int32"), ("float64", 1, "float32"),
+    ("uint32", "int32", "int32"),
+    ("int32", "int64", "int32"),
+    ("float32", "float64", "float32"),
+    ("bfloat16", "float64", "float32"),
+    ("uint64", "int8", "int32"),
+    ("int64", "float16", "float16"),
+    ("int64", 2, "int32"),
+    ("float64", 1, "float32"),
     ("uint64", 3, "uint32"),
 ]
 
@@ -100,8 +105,9 @@ def test_arrays_promote_along_jax_lattice(a: str, b: str, expected: str) -> None
 
 
 @pytest.mark.usefixtures("x64_on")
-@pytest.mark.parametrize("a,scalar,expected,weak", WEAK,
-                         ids=[f"{a}-{type(s).__name__}" for a, s, _, _ in WEAK])
+@pytest.mark.parametrize(
+    "a,scalar,expected,weak", WEAK, ids=[f"{a}-{type(s).__name__}" for a, s, _, _ in WEAK]
+)
 def test_python_scalars_are_weakly_typed(a: str, scalar: Any, expected: str, weak: bool) -> None:
     x = _ones(a)
     for op in (snp.add, snp.multiply):
@@ -111,10 +117,16 @@ def test_python_scalars_are_weakly_typed(a: str, scalar: Any, expected: str, wea
     assert np.asarray(traced).dtype == np_dtype(expected)
 
 
-@pytest.mark.parametrize("a,b,expected", [
-    (1, 2, ("int32", True)), (1, 2.0, ("float32", True)), (1.0, 2.0, ("float32", True)),
-    (True, 2, ("int32", True)), (True, False, ("bool", False)),
-])
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        (1, 2, ("int32", True)),
+        (1, 2.0, ("float32", True)),
+        (1.0, 2.0, ("float32", True)),
+        (True, 2, ("int32", True)),
+        (True, False, ("bool", False)),
+    ],
+)
 def test_two_python_scalars_stay_weak(a: Any, b: Any, expected: tuple[str, bool]) -> None:
     assert _type(snp.add(a, b)) == expected
 
@@ -124,8 +136,10 @@ def test_weak_result_promotes_like_a_scalar_afterwards() -> None:
     assert _type(snp.add(weak, np.ones(3, np.float16))) == ("float16", False)
 
 
-@pytest.mark.parametrize("dtype,expected", [("int32", "float32"), ("int8", "float32"),
-                                            ("float16", "float16"), ("bool", "float32")])
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [("int32", "float32"), ("int8", "float32"), ("float16", "float16"), ("bool", "float32")],
+)
 def test_true_divide_and_transcendentals_give_floats(dtype: str, expected: str) -> None:
     x = _ones(dtype)
     assert snp.true_divide(x, x).type.dtype == expected

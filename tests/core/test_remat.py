@@ -14,12 +14,15 @@ import spmd.sim
 from spmd import lax
 from spmd.errors import SpmdError
 
-POLICIES = [None, spmd.checkpoint_policies.nothing_saveable,
-            spmd.checkpoint_policies.everything_saveable,
-            spmd.checkpoint_policies.dots_saveable,
-            spmd.checkpoint_policies.dots_with_no_batch_dims_saveable,
-            spmd.checkpoint_policies.save_only_these_names("h"),
-            spmd.checkpoint_policies.save_any_names_but_these("h")]
+POLICIES = [
+    None,
+    spmd.checkpoint_policies.nothing_saveable,
+    spmd.checkpoint_policies.everything_saveable,
+    spmd.checkpoint_policies.dots_saveable,
+    spmd.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    spmd.checkpoint_policies.save_only_these_names("h"),
+    spmd.checkpoint_policies.save_any_names_but_these("h"),
+]
 
 
 def block(x, w):
@@ -29,8 +32,10 @@ def block(x, w):
 
 def data(seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((3, 4)).astype(np.float32),
-            rng.standard_normal((4, 4)).astype(np.float32))
+    return (
+        rng.standard_normal((3, 4)).astype(np.float32),
+        rng.standard_normal((4, 4)).astype(np.float32),
+    )
 
 
 def _close(got, want):
@@ -78,15 +83,14 @@ def stack_loss(policy, use=True):
 
     def loss(p, x):
         y, _ = lax.scan(body, x, p)
-        return (y ** 2).mean()
+        return (y**2).mean()
 
     return loss
 
 
 def stack(seed=0, layers=3, batch=8, width=16):
     rng = np.random.default_rng(seed)
-    p = {n: (rng.standard_normal((layers, width, width)) * 0.3).astype(np.float32)
-         for n in "ab"}
+    p = {n: (rng.standard_normal((layers, width, width)) * 0.3).astype(np.float32) for n in "ab"}
     return p, rng.standard_normal((batch, width)).astype(np.float32)
 
 
@@ -94,8 +98,10 @@ def _forward_scan(graph):
     return next(op for op in graph.ops if op.name == "scan")
 
 
-@pytest.mark.parametrize("policy,stacked", [(spmd.checkpoint_policies.nothing_saveable, 1),
-                                            (spmd.checkpoint_policies.dots_saveable, 3)])
+@pytest.mark.parametrize(
+    "policy,stacked",
+    [(spmd.checkpoint_policies.nothing_saveable, 1), (spmd.checkpoint_policies.dots_saveable, 3)],
+)
 def test_remat_inside_scan_matches_and_stacks_fewer_residuals(policy, stacked):
     p, x = stack()
     want = spmd.jit(spmd.value_and_grad(stack_loss(None, use=False)))(p, x)
@@ -103,8 +109,9 @@ def test_remat_inside_scan_matches_and_stacks_fewer_residuals(policy, stacked):
     got = f(p, x)
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
     for name in "ab":
-        np.testing.assert_allclose(np.asarray(got[1][name]), np.asarray(want[1][name]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got[1][name]), np.asarray(want[1][name]), rtol=1e-5, atol=1e-6
+        )
     scan = _forward_scan(f.lower(p, x).graph)
     assert len(scan.outputs) == 1 + stacked  # the carry, then what each step saves
 
@@ -112,10 +119,12 @@ def test_remat_inside_scan_matches_and_stacks_fewer_residuals(policy, stacked):
 def test_simulator_counts_recomputed_flops_and_smaller_activations():
     big = {n: spmd.ShapeDtypeStruct((8, 1024, 1024), "bfloat16") for n in "ab"}
     x = spmd.ShapeDtypeStruct((4096, 1024), "bfloat16")
-    plain = spmd.sim.simulate(spmd.value_and_grad(stack_loss(None, use=False)), big, x,
-                              chip="v5e", check_memory=False)
-    remat = spmd.sim.simulate(spmd.value_and_grad(stack_loss(None)), big, x, chip="v5e",
-                              check_memory=False)
+    plain = spmd.sim.simulate(
+        spmd.value_and_grad(stack_loss(None, use=False)), big, x, chip="v5e", check_memory=False
+    )
+    remat = spmd.sim.simulate(
+        spmd.value_and_grad(stack_loss(None)), big, x, chip="v5e", check_memory=False
+    )
     matmul = 2 * 4096 * 1024 * 1024 * 2 * 8  # forward dots of the stack
     assert plain.flops == pytest.approx(3 * matmul, rel=0.02)
     assert remat.flops == pytest.approx(4 * matmul, rel=0.02)  # the forward once more
@@ -145,16 +154,16 @@ def test_remat_on_a_sharded_mesh_matches_and_keeps_its_recomputation():
 
     p, x = stack(batch=8, width=16)
     mesh = spmd.make_mesh((2, 2), ("data", "model"))
-    ps = {n: spmd.device_put(w, NamedSharding(mesh, P(None, None, "model"))) for n, w in
-          p.items()}
+    ps = {n: spmd.device_put(w, NamedSharding(mesh, P(None, None, "model"))) for n, w in p.items()}
     xs = spmd.device_put(x, NamedSharding(mesh, P("data")))
     want = spmd.jit(spmd.value_and_grad(stack_loss(None, use=False)))(p, x)
     f = spmd.jit(spmd.value_and_grad(stack_loss(spmd.checkpoint_policies.nothing_saveable)))
     got = f(ps, xs)
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-5)
     for name in "ab":
-        np.testing.assert_allclose(np.asarray(got[1][name]), np.asarray(want[1][name]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got[1][name]), np.asarray(want[1][name]), rtol=1e-5, atol=1e-6
+        )
     program = f.lower(ps, xs).compile().executable.partitioned.program
     scans = [op for op in program.ops if op.name == "scan"]
     backward = scans[-1].attrs["body"]

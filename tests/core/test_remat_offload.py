@@ -43,8 +43,9 @@ def loss(policy, use=True):
 def _close(got, want):
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-6)
     for n in "ab":
-        np.testing.assert_allclose(np.asarray(got[1][n]), np.asarray(want[1][n]),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got[1][n]), np.asarray(want[1][n]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_offloaded_grads_equal_plain_grad_on_one_device_and_a_mesh():
@@ -54,36 +55,39 @@ def test_offloaded_grads_equal_plain_grad_on_one_device_and_a_mesh():
     _close(f(p, x), want)
     _close(spmd.value_and_grad(loss(OFFLOAD))(p, x), want)  # eagerly
     mesh = spmd.make_mesh((2, 2), ("data", "model"))
-    ps = {n: spmd.device_put(w, NamedSharding(mesh, P(None, None, "model")))
-          for n, w in p.items()}
+    ps = {n: spmd.device_put(w, NamedSharding(mesh, P(None, None, "model"))) for n, w in p.items()}
     _close(f(ps, spmd.device_put(x, NamedSharding(mesh, P("data")))), want)
     # h saved (moved to host and back), not recomputed: as many dots as save-h-and-g
     graph = f.lower(p, x).graph
     moves = [op.attrs["memory"] for op in graph.walk() if op.name == "checkpoint_name"]
     assert sorted(moves) == ["device", "pinned_host"]
     saved = spmd.jit(spmd.value_and_grad(loss(cp.save_only_these_names("h", "g"))))
-    dots = [sum(op.name == "dot_general" for op in g.lower(p, x).graph.walk())
-            for g in (f, saved)]
+    dots = [sum(op.name == "dot_general" for op in g.lower(p, x).graph.walk()) for g in (f, saved)]
     assert dots[0] == dots[1]
 
 
 def test_a_name_both_saved_and_offloaded_is_an_error():
     with pytest.raises(SpmdError, match="both saved and offloaded"):
         cp.save_and_offload_only_these_names(
-            names_which_can_be_saved=["h"], names_which_can_be_offloaded=["h"])
+            names_which_can_be_saved=["h"], names_which_can_be_offloaded=["h"]
+        )
     with pytest.raises(SpmdError, match="not supported"):
         cp.save_and_offload_only_these_names(
-            names_which_can_be_saved=[], names_which_can_be_offloaded=["h"],
-            offload_src="pinned_host", offload_dst="device")
+            names_which_can_be_saved=[],
+            names_which_can_be_offloaded=["h"],
+            offload_src="pinned_host",
+            offload_dst="device",
+        )
 
 
 def test_simulator_moves_offloaded_residuals_out_of_hbm_over_the_host_link():
     layers, batch, width = 8, 4096, 1024
     big = {n: spmd.ShapeDtypeStruct((layers, width, width), "bfloat16") for n in "ab"}
     x = spmd.ShapeDtypeStruct((batch, width), "bfloat16")
-    reports = [spmd.sim.simulate(spmd.value_and_grad(loss(policy)), big, x, chip="v5e",
-                                 check_memory=False)
-               for policy in (cp.save_only_these_names("h", "g"), OFFLOAD)]
+    reports = [
+        spmd.sim.simulate(spmd.value_and_grad(loss(policy)), big, x, chip="v5e", check_memory=False)
+        for policy in (cp.save_only_these_names("h", "g"), OFFLOAD)
+    ]
     saved, offloaded = reports
     h_slice = batch * width * 2  # one layer's h, bf16
     stacked = layers * h_slice

@@ -23,16 +23,21 @@ F32 = 4
 
 def qkv(kv_heads: int = KH, seed: int = 0) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((B, T, N, H)).astype(np.float32),
-            rng.standard_normal((B, T, kv_heads, H)).astype(np.float32),
-            rng.standard_normal((B, T, kv_heads, H)).astype(np.float32))
+    return (
+        rng.standard_normal((B, T, N, H)).astype(np.float32),
+        rng.standard_normal((B, T, kv_heads, H)).astype(np.float32),
+        rng.standard_normal((B, T, kv_heads, H)).astype(np.float32),
+    )
 
 
 def ring(causal: bool) -> Any:
     mesh = spmd.make_mesh((2, 4), ("data", "seq"))
     return spmd.shard_map(
         lambda q, k, v: spmd.nn.ring_attention(q, k, v, axis_name="seq", is_causal=causal),
-        mesh=mesh, in_specs=P("data", "seq"), out_specs=P("data", "seq"))
+        mesh=mesh,
+        in_specs=P("data", "seq"),
+        out_specs=P("data", "seq"),
+    )
 
 
 def on_interpreter(fn: Any, args: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -44,11 +49,13 @@ def on_interpreter(fn: Any, args: tuple[np.ndarray, ...], monkeypatch: pytest.Mo
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [KH, N])
 def test_ring_attention_matches_the_unsharded_op_forward_and_grads(
-        causal: bool, kv_heads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    causal: bool, kv_heads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = qkv(kv_heads)
     got = spmd.jit(ring(causal))(*args)
-    np.testing.assert_allclose(np.asarray(got), unfused(*(a.astype(np.float64) for a in args),
-                                                        causal=causal), atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(got), unfused(*(a.astype(np.float64) for a in args), causal=causal), atol=2e-5
+    )
 
     def weights(o: Any) -> Any:  # a cotangent that differs per element
         return (o * snp.cos(o)).sum()
@@ -75,8 +82,16 @@ def test_the_fused_ops_lse_cotangent_matches_the_unfused_composition() -> None:
     scale = 1 / np.sqrt(H)
 
     def fused(q: Any, k: Any, v: Any) -> Any:
-        out, lse = bind("dot_product_attention", q, k, v, scale=scale, is_causal=True,
-                        has_bias=False, has_mask=False)
+        out, lse = bind(
+            "dot_product_attention",
+            q,
+            k,
+            v,
+            scale=scale,
+            is_causal=True,
+            has_bias=False,
+            has_mask=False,
+        )
         return (out * c_out).sum() + (lse * c_lse).sum()
 
     def composed(q: Any, k: Any, v: Any) -> Any:
@@ -98,12 +113,17 @@ def test_collective_report_lists_each_hop_with_its_block_bytes() -> None:
     q, k, v = qkv()
     records = spmd.jit(ring(True)).lower(q, k, v).compile().collectives()
     assert sorted((r.kind, r.axes, r.bytes, r.reason) for r in records) == sorted(
-        ("collective_permute", ("seq",), block,
-         f"ring attention: key/value blocks, hop {h} of 3") for h in (1, 2, 3) for _ in "kv")
+        ("collective_permute", ("seq",), block, f"ring attention: key/value blocks, hop {h} of 3")
+        for h in (1, 2, 3)
+        for _ in "kv"
+    )
     # Backward: the key/value gradients travel the ring the other way, 3 hops each.
     grad = spmd.jit(spmd.grad(lambda q, k, v: ring(True)(q, k, v).sum(), argnums=(0, 1, 2)))
-    back = [r for r in grad.lower(q, k, v).compile().collectives()
-            if r.reason.startswith("backward of ring attention")]
+    back = [
+        r
+        for r in grad.lower(q, k, v).compile().collectives()
+        if r.reason.startswith("backward of ring attention")
+    ]
     assert sorted((r.kind, r.bytes) for r in back) == [("collective_permute", block)] * 6
 
 
@@ -114,11 +134,17 @@ def test_simulator_overlaps_each_hop_with_the_previous_blocks_attention() -> Non
     # (Blocks under ~5000 tokens are link-bound on v5e: flops per byte moved = the block.)
     n, tb, heads, hd = 16, 8192, 8, 128
     mesh = spmd.make_mesh((n,), ("seq",), device="tpu-sim:v5e")
-    x = spmd.ShapeDtypeStruct((1, n * tb, heads, hd), "bfloat16",
-                              NamedSharding(mesh, P(None, "seq")))
-    f = spmd.jit(spmd.shard_map(
-        lambda q, k, v: spmd.nn.ring_attention(q, k, v, axis_name="seq"), mesh=mesh,
-        in_specs=P(None, "seq"), out_specs=P(None, "seq")))
+    x = spmd.ShapeDtypeStruct(
+        (1, n * tb, heads, hd), "bfloat16", NamedSharding(mesh, P(None, "seq"))
+    )
+    f = spmd.jit(
+        spmd.shard_map(
+            lambda q, k, v: spmd.nn.ring_attention(q, k, v, axis_name="seq"),
+            mesh=mesh,
+            in_specs=P(None, "seq"),
+            out_specs=P(None, "seq"),
+        )
+    )
     hidden = spmd.sim.simulate(f, x, x, x, check_memory=False)
     exposed = spmd.sim.simulate(f, x, x, x, check_memory=False, overlap=False)
     hops = [r for r in hidden.collectives() if r.op == "collective_permute"]
@@ -127,6 +153,7 @@ def test_simulator_overlaps_each_hop_with_the_previous_blocks_attention() -> Non
     attention = [r for r in hidden.ops if r.op == "dot_product_attention"]
     assert sum(r.flops * r.count for r in attention) == n * 4 * tb * tb * heads * hd
     assert exposed.step_time_s == pytest.approx(
-        exposed.compute_time_s + exposed.collective_time_s, rel=1e-6)
+        exposed.compute_time_s + exposed.collective_time_s, rel=1e-6
+    )
     assert hidden.exposed_collective_s < 0.5 * hidden.collective_time_s
     assert hidden.step_time_s < exposed.step_time_s

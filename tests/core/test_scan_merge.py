@@ -72,6 +72,7 @@ def finite_difference(loss64, args: list[np.ndarray], wrt: int, eps: float = 1e-
 
 # one scan under grad --------------------------------------------------------------------
 
+
 def rnn_loss(w, xs):
     def body(c, x):
         c2 = lax.tanh(lax.add(lax.mul(c, w), x))
@@ -102,8 +103,7 @@ def test_grad_of_a_scan_runs_one_forward_scan():
     value, grad = evaluate(after, [w, xs])
     args = [w.astype(np.float64), xs.astype(np.float64)]
     np.testing.assert_allclose(value, rnn_loss64(*args), rtol=1e-5)
-    np.testing.assert_allclose(grad, finite_difference(rnn_loss64, args, 0), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(grad, finite_difference(rnn_loss64, args, 0), rtol=1e-4, atol=1e-5)
 
 
 def test_grad_through_jit_matches_finite_differences_for_every_input():
@@ -111,8 +111,9 @@ def test_grad_through_jit_matches_finite_differences_for_every_input():
     grads = spmd.jit(spmd.grad(rnn_loss, argnums=(0, 1)))(w, xs)
     args = [w.astype(np.float64), xs.astype(np.float64)]
     for i, got in enumerate(grads):
-        np.testing.assert_allclose(np.asarray(got), finite_difference(rnn_loss64, args, i),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(got), finite_difference(rnn_loss64, args, i), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_a_merge_never_makes_the_loop_compute_ys_nobody_reads():
@@ -138,6 +139,7 @@ def test_a_merge_never_makes_the_loop_compute_ys_nobody_reads():
 
 
 # nested scans ---------------------------------------------------------------------------
+
 
 def nested_loss(w, xs):
     def inner(c, x):
@@ -175,14 +177,22 @@ def test_nested_scans_merge_at_every_level():
     value, grad = evaluate(after, [w, xs])
     args = [w.astype(np.float64), xs.astype(np.float64)]
     np.testing.assert_allclose(value, nested_loss64(*args), rtol=1e-5)
-    np.testing.assert_allclose(grad, finite_difference(nested_loss64, args, 0), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        grad, finite_difference(nested_loss64, args, 0), rtol=1e-4, atol=1e-5
+    )
 
 
 # what must not merge --------------------------------------------------------------------
 
-def two_scans(first_xs: int, second_xs: int, first_w: int = 0, second_w: int = 0,
-              second_reverse: bool = False, second_carry=lax.tanh):
+
+def two_scans(
+    first_xs: int,
+    second_xs: int,
+    first_w: int = 0,
+    second_w: int = 0,
+    second_reverse: bool = False,
+    second_carry=lax.tanh,
+):
     """Two user scans over (w[k], xs[k]); the merge may only fire when all match."""
 
     def f(w0, w1, xs0, xs1):
@@ -204,13 +214,17 @@ def two_scans(first_xs: int, second_xs: int, first_w: int = 0, second_w: int = 0
     return f
 
 
-@pytest.mark.parametrize("case, merged", [
-    ((0, 0), 1),
-    ((0, 1), 2),
-    ((0, 0, 0, 1), 2),
-    ((0, 0, 0, 0, True), 2),
-    ((0, 0, 0, 0, False, lax.sin), 2),
-], ids=["same", "other_xs", "other_consts", "other_direction", "other_carry"])
+@pytest.mark.parametrize(
+    "case, merged",
+    [
+        ((0, 0), 1),
+        ((0, 1), 2),
+        ((0, 0, 0, 1), 2),
+        ((0, 0, 0, 0, True), 2),
+        ((0, 0, 0, 0, False, lax.sin), 2),
+    ],
+    ids=["same", "other_xs", "other_consts", "other_direction", "other_carry"],
+)
 def test_user_scans_merge_only_when_operands_direction_and_carries_match(case, merged):
     args = [rand(3), rand(3), rand(5, 3), rand(5, 3)]
     graph = trace(two_scans(*case), *args)
@@ -229,23 +243,27 @@ def test_scans_whose_carry_depends_on_an_impure_op_stay_apart():
 
     def body() -> Graph:
         c, x, noise, out = fresh_id(), fresh_id(), fresh_id(), fresh_id()
-        ops = (Op("rng_normal", (), (noise,), (t,), Attrs(shape=(3,))),
-               Op("add", (c, noise), (out,), (t,)),
-               Op("mul", (out, x), (fresh_id(),), (t,)))
+        ops = (
+            Op("rng_normal", (), (noise,), (t,), Attrs(shape=(3,))),
+            Op("add", (c, noise), (out,), (t,)),
+            Op("mul", (out, x), (fresh_id(),), (t,)),
+        )
         return Graph((c, x), (t, t), ops, (out, ops[2].outputs[0]))
 
     init, xs = fresh_id(), fresh_id()
     attrs = {"num_consts": 0, "num_carry": 1, "length": 4, "reverse": False}
-    first = Op("scan", (init, xs), (fresh_id(), fresh_id()), (t, stacked),
-               Attrs(body=body(), **attrs))
-    second = Op("scan", (init, xs), (fresh_id(), fresh_id()), (t, stacked),
-                Attrs(body=body(), **attrs))
-    graph = Graph((init, xs), (t, stacked), (first, second),
-                  first.outputs + second.outputs)
+    first = Op(
+        "scan", (init, xs), (fresh_id(), fresh_id()), (t, stacked), Attrs(body=body(), **attrs)
+    )
+    second = Op(
+        "scan", (init, xs), (fresh_id(), fresh_id()), (t, stacked), Attrs(body=body(), **attrs)
+    )
+    graph = Graph((init, xs), (t, stacked), (first, second), first.outputs + second.outputs)
     assert len(scans(scan_merge(graph))) == 2
 
 
 # the canonical form ---------------------------------------------------------------------
+
 
 def test_canonical_form_ignores_value_ids_but_not_structure():
     def f(x):
@@ -271,6 +289,7 @@ def test_scan_merge_is_a_registered_pass_in_the_default_pipeline():
 
 # the sharded transformer ----------------------------------------------------------------
 
+
 def model_all_reduces_in_scan_bodies(transformer, config, mesh) -> int:
     params = transformer.init_params(config, mesh)
     data = transformer.load_corpus(config)[:8]
@@ -279,8 +298,11 @@ def model_all_reduces_in_scan_bodies(transformer, config, mesh) -> int:
     state = optimizer.init(params)
     step = transformer.make_train_step(optimizer, mesh, params, state)
     records = step.lower(params, state, batch).compile().collectives()
-    return sum(1 for r in records
-               if r.kind == "all_reduce" and r.axes == ("model",) and "scan body" in r.reason)
+    return sum(
+        1
+        for r in records
+        if r.kind == "all_reduce" and r.axes == ("model",) and "scan body" in r.reason
+    )
 
 
 def test_sharded_transformer_train_step_does_megatrons_four_all_reduces_per_layer(monkeypatch):
@@ -290,8 +312,7 @@ def test_sharded_transformer_train_step_does_megatrons_four_all_reduces_per_laye
     monkeypatch.syspath_prepend(str(EXAMPLES))
     import transformer
 
-    config = transformer.Config(vocab=32, context=8, width=16, heads=4, layers=2,
-                                batch_size=8)
+    config = transformer.Config(vocab=32, context=8, width=16, heads=4, layers=2, batch_size=8)
     mesh = transformer.parse_mesh("2x4")
     merged = model_all_reduces_in_scan_bodies(transformer, config, mesh)
     monkeypatch.setitem(PASSES, "scan_merge", lambda graph: graph)

@@ -15,8 +15,12 @@ from spmd.errors import ShapeError, ShardingError
 from spmd.shard_map import shard_map
 from tests.core.oracle import assert_close
 
-MESHES = [((8,), ("x",)), ((2, 4), ("data", "model")), ((4, 2), ("data", "model")),
-          ((2, 2, 2), ("a", "b", "c"))]
+MESHES = [
+    ((8,), ("x",)),
+    ((2, 4), ("data", "model")),
+    ((4, 2), ("data", "model")),
+    ((2, 2, 2), ("a", "b", "c")),
+]
 
 
 def _axis_groups(names: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -32,8 +36,9 @@ MESH_AXES = [(shape, names, axes) for shape, names in MESHES for axes in _axis_g
 MESH_IDS = [f"{'x'.join(map(str, s))}-{','.join(a)}" for s, _, a in MESH_AXES]
 
 
-def group_of(coords: tuple[int, ...], shape: tuple[int, ...], names: tuple[str, ...],
-             axes: tuple[str, ...]) -> list[tuple[int, ...]]:
+def group_of(
+    coords: tuple[int, ...], shape: tuple[int, ...], names: tuple[str, ...], axes: tuple[str, ...]
+) -> list[tuple[int, ...]]:
     """The devices of coords' group over `axes`, in group order (first axis major)."""
     pos = [names.index(a) for a in axes]
     members = []
@@ -45,8 +50,9 @@ def group_of(coords: tuple[int, ...], shape: tuple[int, ...], names: tuple[str, 
     return members
 
 
-def expected_blocks(x: np.ndarray, shape: tuple[int, ...], names: tuple[str, ...],
-                    axes: tuple[str, ...], oracle) -> np.ndarray:
+def expected_blocks(
+    x: np.ndarray, shape: tuple[int, ...], names: tuple[str, ...], axes: tuple[str, ...], oracle
+) -> np.ndarray:
     """Per device (row-major), oracle(group's blocks, index in group), concatenated on dim 0."""
     all_coords = list(itertools.product(*(range(s) for s in shape)))
     blocks = dict(zip(all_coords, np.split(x, len(all_coords), axis=0)))
@@ -68,45 +74,64 @@ def _a2a_untiled_1_0(gb: list, i: int) -> np.ndarray:
 # name -> (body(x, axes), oracle(group blocks, index), block shape from the group size g)
 COLLECTIVES = {
     "psum": (lambda x, a: lax.psum(x, a), lambda gb, i: np.sum(gb, axis=0), lambda g: (8, 8)),
-    "pmean": (lambda x, a: lax.pmean(x, a), lambda gb, i: np.mean(gb, axis=0),
-              lambda g: (8, 8)),
+    "pmean": (lambda x, a: lax.pmean(x, a), lambda gb, i: np.mean(gb, axis=0), lambda g: (8, 8)),
     "pmax": (lambda x, a: lax.pmax(x, a), lambda gb, i: np.max(gb, axis=0), lambda g: (8, 8)),
     "pmin": (lambda x, a: lax.pmin(x, a), lambda gb, i: np.min(gb, axis=0), lambda g: (8, 8)),
-    "all_gather": (lambda x, a: lax.all_gather(x, a), lambda gb, i: np.stack(gb),
-                   lambda g: (2, 3)),
-    "all_gather_axis1": (lambda x, a: lax.all_gather(x, a, axis=1),
-                         lambda gb, i: np.stack(gb, axis=1), lambda g: (2, 3)),
-    "all_gather_tiled_axis1": (lambda x, a: lax.all_gather(x, a, axis=1, tiled=True),
-                               lambda gb, i: np.concatenate(gb, axis=1), lambda g: (2, 3)),
-    "psum_scatter_tiled": (lambda x, a: lax.psum_scatter(x, a, tiled=True),
-                           lambda gb, i: np.split(np.sum(gb, axis=0), len(gb))[i],
-                           lambda g: (8, 3)),
+    "all_gather": (lambda x, a: lax.all_gather(x, a), lambda gb, i: np.stack(gb), lambda g: (2, 3)),
+    "all_gather_axis1": (
+        lambda x, a: lax.all_gather(x, a, axis=1),
+        lambda gb, i: np.stack(gb, axis=1),
+        lambda g: (2, 3),
+    ),
+    "all_gather_tiled_axis1": (
+        lambda x, a: lax.all_gather(x, a, axis=1, tiled=True),
+        lambda gb, i: np.concatenate(gb, axis=1),
+        lambda g: (2, 3),
+    ),
+    "psum_scatter_tiled": (
+        lambda x, a: lax.psum_scatter(x, a, tiled=True),
+        lambda gb, i: np.split(np.sum(gb, axis=0), len(gb))[i],
+        lambda g: (8, 3),
+    ),
     "psum_scatter_tiled_dim1": (
         lambda x, a: lax.psum_scatter(x, a, scatter_dimension=1, tiled=True),
-        lambda gb, i: np.split(np.sum(gb, axis=0), len(gb), axis=1)[i], lambda g: (2, 8)),
-    "psum_scatter": (lambda x, a: lax.psum_scatter(x, a), lambda gb, i: np.sum(gb, axis=0)[i],
-                     lambda g: (g, 3)),
+        lambda gb, i: np.split(np.sum(gb, axis=0), len(gb), axis=1)[i],
+        lambda g: (2, 8),
+    ),
+    "psum_scatter": (
+        lambda x, a: lax.psum_scatter(x, a),
+        lambda gb, i: np.sum(gb, axis=0)[i],
+        lambda g: (g, 3),
+    ),
     "all_to_all_tiled": (
         lambda x, a: lax.all_to_all(x, a, 0, 1, tiled=True),
         lambda gb, i: np.concatenate([np.split(b, len(gb))[i] for b in gb], axis=1),
-        lambda g: (8, 2)),
+        lambda g: (8, 2),
+    ),
     "all_to_all_tiled_1_0": (
         lambda x, a: lax.all_to_all(x, a, 1, 0, tiled=True),
         lambda gb, i: np.concatenate([np.split(b, len(gb), axis=1)[i] for b in gb], axis=0),
-        lambda g: (2, 8)),
-    "all_to_all_0_1": (lambda x, a: lax.all_to_all(x, a, 0, 1), _a2a_untiled_0_1,
-                       lambda g: (g, 3)),
-    "all_to_all_1_0": (lambda x, a: lax.all_to_all(x, a, 1, 0), _a2a_untiled_1_0,
-                       lambda g: (3, g)),
+        lambda g: (2, 8),
+    ),
+    "all_to_all_0_1": (lambda x, a: lax.all_to_all(x, a, 0, 1), _a2a_untiled_0_1, lambda g: (g, 3)),
+    "all_to_all_1_0": (lambda x, a: lax.all_to_all(x, a, 1, 0), _a2a_untiled_1_0, lambda g: (3, g)),
     "ppermute_shift": (
-        lambda x, a: lax.ppermute(x, a, [(k, (k + 1) % lax.axis_size(a))
-                                         for k in range(lax.axis_size(a))]),
-        lambda gb, i: gb[(i - 1) % len(gb)], lambda g: (2, 3)),
+        lambda x, a: lax.ppermute(
+            x, a, [(k, (k + 1) % lax.axis_size(a)) for k in range(lax.axis_size(a))]
+        ),
+        lambda gb, i: gb[(i - 1) % len(gb)],
+        lambda g: (2, 3),
+    ),
     "ppermute_partial": (
         lambda x, a: lax.ppermute(x, a, [(0, lax.axis_size(a) - 1)]),
-        lambda gb, i: gb[0] if i == len(gb) - 1 else np.zeros_like(gb[0]), lambda g: (2, 3)),
-    "axis_index": (lambda x, a: lax.broadcast_in_dim(lax.axis_index(a), (1,), ()),
-                   lambda gb, i: np.array([i], dtype=np.int32), lambda g: (1,)),
+        lambda gb, i: gb[0] if i == len(gb) - 1 else np.zeros_like(gb[0]),
+        lambda g: (2, 3),
+    ),
+    "axis_index": (
+        lambda x, a: lax.broadcast_in_dim(lax.axis_index(a), (1,), ()),
+        lambda gb, i: np.array([i], dtype=np.int32),
+        lambda g: (1,),
+    ),
 }
 
 
@@ -124,8 +149,17 @@ def test_collective_in_shard_map_matches_numpy(shape, names, axes, name):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["psum", "all_gather_tiled_axis1", "psum_scatter",
-                                  "all_to_all_0_1", "ppermute_shift", "axis_index"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "psum",
+        "all_gather_tiled_axis1",
+        "psum_scatter",
+        "all_to_all_0_1",
+        "ppermute_shift",
+        "axis_index",
+    ],
+)
 def test_collective_under_jit_matches_eager(name):
     shape, names = (2, 4), ("data", "model")
     axes = ("model", "data")
@@ -148,8 +182,9 @@ def test_splitting_and_assembling_follow_specs_on_every_dim():
     first = shard_map(lambda b: b, mesh, P("data", "model"), P("data"), check_vma=False)(x)
     np.testing.assert_array_equal(np.asarray(first), np.concatenate([x[:4, :3], x[4:, :3]]))
     # one dim over two axes, major first; replicated input
-    both = shard_map(lambda b, w: lax.add(b, w), mesh, (P(("model", "data")), P()),
-                     P(("model", "data")))(x, np.ones((1, 12), np.float32))
+    both = shard_map(
+        lambda b, w: lax.add(b, w), mesh, (P(("model", "data")), P()), P(("model", "data"))
+    )(x, np.ones((1, 12), np.float32))
     np.testing.assert_array_equal(np.asarray(both), x + 1)
 
 
@@ -161,8 +196,9 @@ def test_pytrees_of_args_outputs_and_psum():
     def body(tree):
         return lax.psum(tree, "data"), lax.axis_size("data")
 
-    (out, size) = shard_map(body, mesh, ({"x": P("data"), "y": P()},), ({"x": P(), "y": P()},
-                                                                        P()))({"x": x, "y": y})
+    (out, size) = shard_map(body, mesh, ({"x": P("data"), "y": P()},), ({"x": P(), "y": P()}, P()))(
+        {"x": x, "y": y}
+    )
     np.testing.assert_allclose(np.asarray(out["x"]), x.reshape(4, 2).sum(0))
     np.testing.assert_allclose(np.asarray(out["y"]), y * 4)
     assert int(np.asarray(size)) == 4
@@ -172,8 +208,11 @@ def test_mesh_from_with_block_and_psum_of_python_scalar():
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     x = np.arange(8.0, dtype=np.float32)
     with mesh:
-        mapped = shard_map(lambda b: lax.mul(b, float(lax.psum(1, ("data", "model")))),
-                           in_specs=P(("data", "model")), out_specs=P(("data", "model")))
+        mapped = shard_map(
+            lambda b: lax.mul(b, float(lax.psum(1, ("data", "model")))),
+            in_specs=P(("data", "model")),
+            out_specs=P(("data", "model")),
+        )
         np.testing.assert_array_equal(np.asarray(mapped(x)), x * 8)
 
 
@@ -221,8 +260,9 @@ def test_megatron_mlp_and_its_grads_equal_unsharded():
     def block(xb, w1b, w2b):  # column-parallel, then row-parallel + psum
         return lax.psum(_matmul(lax.tanh(_matmul(xb, w1b)), w2b), "model")
 
-    mlp = shard_map(block, mesh, (P("data", None), P(None, "model"), P("model", None)),
-                    P("data", None))
+    mlp = shard_map(
+        block, mesh, (P("data", None), P(None, "model"), P("model", None)), P("data", None)
+    )
     h = np.tanh(x @ w1)
     assert_close(mlp(x, w1, w2), h @ w2)
     assert_close(spmd.jit(mlp)(x, w1, w2), h @ w2)
@@ -249,17 +289,31 @@ def numerical_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 # name -> (body over axis 'model' of mesh (2, 4) data/model, in spec, out spec, global shape)
 GRAD_CASES = {
     "psum": (lambda b: lax.psum(lax.tanh(b), "model"), P("data", "model"), P("data"), (4, 8)),
-    "all_gather": (lambda b: lax.all_gather(lax.sin(b), "model", tiled=True), P("data", "model"),
-                   P("data"), (4, 8)),
-    "psum_scatter": (lambda b: lax.psum_scatter(lax.mul(b, b), "model", scatter_dimension=1,
-                                                tiled=True), P("data"), P("data", "model"),
-                     (4, 8)),
-    "ppermute": (lambda b: lax.ppermute(lax.tanh(b), "model", [(0, 1), (1, 2), (2, 3), (3, 0)]),
-                 P("data", "model"), P("data", "model"), (4, 8)),
-    "all_to_all": (lambda b: lax.all_to_all(lax.tanh(b), "model", 1, 0, tiled=True),
-                   P("data", "model"), P("data", "model"), (4, 16)),
-    "unreplicated_output_from_device_0": (lambda b: lax.tanh(b), P("data", "model"), P(),
-                                          (4, 8)),
+    "all_gather": (
+        lambda b: lax.all_gather(lax.sin(b), "model", tiled=True),
+        P("data", "model"),
+        P("data"),
+        (4, 8),
+    ),
+    "psum_scatter": (
+        lambda b: lax.psum_scatter(lax.mul(b, b), "model", scatter_dimension=1, tiled=True),
+        P("data"),
+        P("data", "model"),
+        (4, 8),
+    ),
+    "ppermute": (
+        lambda b: lax.ppermute(lax.tanh(b), "model", [(0, 1), (1, 2), (2, 3), (3, 0)]),
+        P("data", "model"),
+        P("data", "model"),
+        (4, 8),
+    ),
+    "all_to_all": (
+        lambda b: lax.all_to_all(lax.tanh(b), "model", 1, 0, tiled=True),
+        P("data", "model"),
+        P("data", "model"),
+        (4, 16),
+    ),
+    "unreplicated_output_from_device_0": (lambda b: lax.tanh(b), P("data", "model"), P(), (4, 8)),
     "pmax": (lambda b: lax.pmax(b, ("data", "model")), P("data", "model"), P(), (4, 8)),
 }
 
@@ -274,8 +328,13 @@ def test_grad_through_collective_matches_finite_differences(name):
     x = rng.standard_normal(shape)
     # JAX refuses a value varying over an axis its out_spec leaves out (all_gather's result
     # counts as varying) unless the check is off (check_vma=False)
-    mapped = shard_map(body, mesh, in_spec, out_spec,
-                       check_vma=name not in ("unreplicated_output_from_device_0", "all_gather"))
+    mapped = shard_map(
+        body,
+        mesh,
+        in_spec,
+        out_spec,
+        check_vma=name not in ("unreplicated_output_from_device_0", "all_gather"),
+    )
     r = rng.standard_normal(np.asarray(mapped(x)).shape)
 
     def loss(v):
@@ -284,8 +343,7 @@ def test_grad_through_collective_matches_finite_differences(name):
 
     want = numerical_grad(loss, x)
     np.testing.assert_allclose(np.asarray(spmd.grad(loss)(x)), want, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(np.asarray(spmd.jit(spmd.grad(loss))(x)), want, rtol=1e-6,
-                               atol=1e-8)
+    np.testing.assert_allclose(np.asarray(spmd.jit(spmd.grad(loss))(x)), want, rtol=1e-6, atol=1e-8)
 
 
 def test_unreplicated_output_under_jit_comes_from_device_0():
@@ -315,8 +373,7 @@ def test_captured_tracer_is_a_replicated_input_and_gets_its_grad():
 
 def _psum_tanh_map():
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
-    return shard_map(lambda b: lax.psum(lax.tanh(b), "model"), mesh, P("data", "model"),
-                     P("data"))
+    return shard_map(lambda b: lax.psum(lax.tanh(b), "model"), mesh, P("data", "model"), P("data"))
 
 
 def test_jvp_through_shard_map_matches_numpy():
@@ -347,14 +404,14 @@ def _second_order(mapped):
 def test_grad_of_grad_through_shard_map_eager():
     x = np.random.default_rng(8).standard_normal((4, 8))
     th = np.tanh(x)
-    want = 2 * (1 - th ** 2) * (-2 * th * (1 - th ** 2))
+    want = 2 * (1 - th**2) * (-2 * th * (1 - th**2))
     assert_close(_second_order(_psum_tanh_map())(x), want)
 
 
 def test_grad_of_grad_through_shard_map_under_jit():
     x = np.random.default_rng(8).standard_normal((4, 8))
     th = np.tanh(x)
-    want = 2 * (1 - th ** 2) * (-2 * th * (1 - th ** 2))
+    want = 2 * (1 - th**2) * (-2 * th * (1 - th**2))
     got = spmd.jit(_second_order(_psum_tanh_map()))(x)
     assert_close(got, want)
 
@@ -418,4 +475,5 @@ def test_untiled_size_mismatch_is_a_shape_error():
         shard_map(lambda b: lax.psum_scatter(b, "data"), mesh, P(), P())(np.ones((3,)))
     with pytest.raises(ShardingError, match="appears twice"):
         shard_map(lambda b: lax.ppermute(b, "data", [(0, 1), (2, 1)]), mesh, P(), P())(
-            np.ones((3,)))
+            np.ones((3,))
+        )

@@ -18,8 +18,10 @@ W = RNG.standard_normal((4, 3)).astype(np.float32)
 def loop(f, *args, in_axes=0):
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
     n = next(np.shape(a)[ax] for a, ax in zip(args, axes) if ax is not None)
-    rows = [f(*[a if ax is None else np.take(a, i, axis=ax) for a, ax in zip(args, axes)])
-            for i in range(n)]
+    rows = [
+        f(*[a if ax is None else np.take(a, i, axis=ax) for a, ax in zip(args, axes)])
+        for i in range(n)
+    ]
     return np.stack([np.asarray(r) for r in rows])
 
 
@@ -51,8 +53,7 @@ def test_vmap_matches_the_per_example_loop(name):
     xs = RNG.standard_normal((5, 4)).astype(np.float32)
     want = loop(f, xs)
     np.testing.assert_allclose(np.asarray(spmd.vmap(f)(xs)), want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(spmd.jit(spmd.vmap(f))(xs)), want, rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(spmd.jit(spmd.vmap(f))(xs)), want, rtol=1e-5, atol=1e-6)
 
 
 def test_in_axes_out_axes_and_unmapped_arguments():
@@ -60,8 +61,9 @@ def test_in_axes_out_axes_and_unmapped_arguments():
     b = RNG.standard_normal(3).astype(np.float32)
     got = spmd.vmap(lambda u, v: u * v, in_axes=(1, None), out_axes=1)(a, b)
     np.testing.assert_allclose(np.asarray(got), a * b[:, None], rtol=1e-6)
-    tree = spmd.vmap(lambda d: {"s": d["x"] + d["y"], "c": 2.0},
-                     in_axes=({"x": 0, "y": None},))({"x": a, "y": b[0]})
+    tree = spmd.vmap(lambda d: {"s": d["x"] + d["y"], "c": 2.0}, in_axes=({"x": 0, "y": None},))(
+        {"x": a, "y": b[0]}
+    )
     np.testing.assert_allclose(np.asarray(tree["s"]), a + b[0], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(tree["c"]), np.full(3, 2.0))  # broadcast out
     const = spmd.vmap(lambda u: snp.ones(2), in_axes=None, axis_size=4)(a)
@@ -119,13 +121,15 @@ def test_collectives_over_the_vmapped_axis():
     np.testing.assert_allclose(np.asarray(centred), xs - xs.mean(0), rtol=1e-5, atol=1e-6)
     top = spmd.vmap(lambda v: lax.pmax(v, "b"), axis_name="b")(xs)
     np.testing.assert_array_equal(np.asarray(top), np.broadcast_to(xs.max(0), xs.shape))
-    where = spmd.vmap(lambda v: lax.axis_index("b") + 0 * v.sum().astype("int32"),
-                      axis_name="b")(xs)
+    where = spmd.vmap(lambda v: lax.axis_index("b") + 0 * v.sum().astype("int32"), axis_name="b")(
+        xs
+    )
     np.testing.assert_array_equal(np.asarray(where), [0, 1, 2])
     everyone = spmd.vmap(lambda v: lax.all_gather(v, "b"), axis_name="b")(xs)
     np.testing.assert_array_equal(np.asarray(everyone), np.broadcast_to(xs, (3, 3, 4)))
-    grads = spmd.grad(lambda w: spmd.vmap(lambda v: lax.psum(v * w, "b"),
-                                          axis_name="b")(xs).sum())(np.float32(2.0))
+    grads = spmd.grad(lambda w: spmd.vmap(lambda v: lax.psum(v * w, "b"), axis_name="b")(xs).sum())(
+        np.float32(2.0)
+    )
     np.testing.assert_allclose(float(grads), 3 * xs.sum(), rtol=1e-5)
     with pytest.raises(ShapeError, match="not supported"):
         spmd.vmap(lambda v: lax.ppermute(v, "b", [(0, 1)]), axis_name="b")(xs)

@@ -29,8 +29,9 @@ def test_vmap_runs_the_op_once_over_the_batch(name: str) -> None:
     rng = np.random.default_rng(sum(map(ord, name)))
     fixed = [value(t, rng) for t in in_types]
     mapped = [i == 0 or i not in shared for i in range(len(in_types))]
-    rows = [[value(t, rng) if m else None for t, m in zip(in_types, mapped)]
-            for _ in range(EXAMPLES)]
+    rows = [
+        [value(t, rng) if m else None for t, m in zip(in_types, mapped)] for _ in range(EXAMPLES)
+    ]
     args = [np.stack([r[i] for r in rows]) if m else fixed[i] for i, m in enumerate(mapped)]
     in_axes = tuple(0 if m else None for m in mapped)
 
@@ -44,8 +45,13 @@ def test_vmap_runs_the_op_once_over_the_batch(name: str) -> None:
     got = list(got) if isinstance(got, (tuple, list)) else [got]
     out = REGISTRY[name].infer(*in_types, **attrs)
     outs = out if isinstance(out, tuple) else (out,)
-    op = Op(name, tuple(fresh_id() for _ in in_types), tuple(fresh_id() for _ in outs), outs,
-            Attrs(attrs))
+    op = Op(
+        name,
+        tuple(fresh_id() for _ in in_types),
+        tuple(fresh_id() for _ in outs),
+        outs,
+        Attrs(attrs),
+    )
     for e, row in enumerate(rows):
         want = run_reference(op, [x if x is not None else fixed[i] for i, x in enumerate(row)])
         for g, w in zip(got, want):
@@ -56,9 +62,13 @@ def test_vmap_runs_the_op_once_over_the_batch(name: str) -> None:
 def test_a_dim_counted_from_the_end_stays_as_it_is_past_the_new_axis() -> None:
     """with_leading_axis (vmap and device batching): -1 names the last dim before and after."""
     assert with_leading_axis(REGISTRY["cumsum"], {"axis": -1, "reverse": False}, 3) == {
-        "axis": -1, "reverse": False}
+        "axis": -1,
+        "reverse": False,
+    }
     assert with_leading_axis(REGISTRY["reduce"], {"kind": "sum", "axes": (0, -1)}, 3) == {
-        "kind": "sum", "axes": (1, -1)}
+        "kind": "sum",
+        "axes": (1, -1),
+    }
     x = np.arange(24.0, dtype=np.float32).reshape(2, 3, 4)
     got = spmd.vmap(lambda v: spmd.lax.cumsum(v, -1))(x)
     np.testing.assert_array_equal(np.asarray(got), np.cumsum(x, -1))

@@ -72,8 +72,7 @@ def jit_matmul_layouts(api: Api) -> dict[str, Any]:
     b = api.jax.device_put(_x((16, 8), 1), api.NamedSharding(mesh, api.P(None, "y")))
     out = api.jax.jit(lambda u, v: u @ v)(a, b)
     colsum = api.jax.jit(lambda u: u.sum(axis=0))(a)
-    pinned = api.jax.jit(lambda u, v: u @ v,
-                         out_shardings=api.NamedSharding(mesh, api.P()))(a, b)
+    pinned = api.jax.jit(lambda u, v: u @ v, out_shardings=api.NamedSharding(mesh, api.P()))(a, b)
     return {"out": out, "colsum": colsum, "pinned": pinned}
 
 
@@ -94,6 +93,7 @@ def shard_map_psum(api: Api) -> dict[str, Any]:
     mesh = api.mesh((8,), ("i",))
     x = _x((16,))
     with api.jax.set_mesh(mesh):
+
         @api.jax.shard_map(in_specs=api.P("i"), out_specs=api.P())
         def total(block):
             return api.lax.psum(block.sum(keepdims=True), "i")
@@ -109,24 +109,25 @@ def shard_map_matmul(api: Api) -> dict[str, Any]:
     mesh = api.mesh((2, 4), ("x", "y"))
     a, b = _x((8, 16)), _x((16, 8), 1)
     with api.jax.set_mesh(mesh):
-        @api.jax.shard_map(in_specs=(api.P("x", "y"), api.P("y", None)),
-                           out_specs=api.P("x", None))
+
+        @api.jax.shard_map(in_specs=(api.P("x", "y"), api.P("y", None)), out_specs=api.P("x", None))
         def matmul_reduce(u, v):
             return api.lax.psum(u @ v, "y")
 
-        @api.jax.shard_map(in_specs=(api.P("x", "y"), api.P("y", None)),
-                           out_specs=api.P("x", "y"))
+        @api.jax.shard_map(in_specs=(api.P("x", "y"), api.P("y", None)), out_specs=api.P("x", "y"))
         def matmul_scatter(u, v):
             return api.lax.psum_scatter(u @ v, "y", scatter_dimension=1, tiled=True)
 
         # all_gather's result still counts as varying over 'x' (JAX): the check is off
-        @api.jax.shard_map(in_specs=api.P("x", None), out_specs=api.P(None, None),
-                           check_vma=False)
+        @api.jax.shard_map(in_specs=api.P("x", None), out_specs=api.P(None, None), check_vma=False)
         def gather(u):
             return api.lax.all_gather(u, "x", tiled=True)
 
-        return {"reduce": matmul_reduce(a, b), "scatter": matmul_scatter(a, b),
-                "gathered": gather(a)}
+        return {
+            "reduce": matmul_reduce(a, b),
+            "scatter": matmul_scatter(a, b),
+            "gathered": gather(a),
+        }
 
 
 def shard_map_scan_carry(api: Api) -> dict[str, Any]:
@@ -137,6 +138,7 @@ def shard_map_scan_carry(api: Api) -> dict[str, Any]:
         return c + xi, c * xi
 
     with api.jax.set_mesh(mesh):
+
         @api.jax.shard_map(in_specs=api.P("i"), out_specs=(api.P("i"), api.P("i")))
         def running(block):
             carry, ys = api.lax.scan(body, api.pvary(api.jnp.float32(0.0), "i"), block)
@@ -173,8 +175,13 @@ def tensor_parallel_mlp(api: Api) -> dict[str, Any]:
     params = [(w1, b1), (w2, b2)]
     loss = _mlp_loss(api)
     (dw1, db1), (dw2, db2) = api.jax.jit(api.jax.grad(loss))(params, batch)
-    return {"loss": api.jax.jit(loss)(params, batch), "dw1": dw1, "db1": db1, "dw2": dw2,
-            "db2": db2}
+    return {
+        "loss": api.jax.jit(loss)(params, batch),
+        "dw1": dw1,
+        "db1": db1,
+        "dw2": dw2,
+        "db2": db2,
+    }
 
 
 def vmapped(api: Api) -> dict[str, Any]:
@@ -201,12 +208,15 @@ def numpy_names(api: Api) -> dict[str, Any]:
     return {
         "logsumexp": api.logsumexp(v, axis=1),
         "allclose": jnp.allclose(jnp.ones(3), jnp.ones(3) + 1e-9),
-        "three": three, "three_dtype": str(three.dtype),
-        "int_dtype": str(jnp.int32(3.7).dtype), "int_value": jnp.int32(3.7),
+        "three": three,
+        "three_dtype": str(three.dtype),
+        "int_dtype": str(jnp.int32(3.7).dtype),
+        "int_value": jnp.int32(3.7),
         "take_fill": jnp.take(jnp.arange(4.0), jnp.array([0, 9, -1])),
         "slice_in_dim": api.lax.dynamic_slice_in_dim(jnp.arange(10.0), 7, 4),
         "copy": jnp.copy(jnp.arange(3.0)),
-        "sorted": jnp.sort(v, axis=0), "argsorted": jnp.argsort(v[0]),
+        "sorted": jnp.sort(v, axis=0),
+        "argsorted": jnp.argsort(v[0]),
     }
 
 
@@ -214,11 +224,16 @@ def default_dtypes(api: Api) -> dict[str, Any]:
     jnp = api.jnp
     x = np.arange(4.0)  # numpy's float64
     with api.x64_off():
-        return {"floats": jnp.array([3.0]), "ints": jnp.array([3, 1]),
-                "from_float64": jnp.asarray(x) * 2, "jit": api.jax.jit(lambda v: v + 1)(x),
-                "sum_ints": jnp.sum(np.arange(5)), "mean_ints": jnp.mean(np.arange(5)),
-                "asked_float64": jnp.zeros(2, dtype=np.float64),
-                "grad": api.jax.grad(lambda v: jnp.sum(v ** 2))(x)}
+        return {
+            "floats": jnp.array([3.0]),
+            "ints": jnp.array([3, 1]),
+            "from_float64": jnp.asarray(x) * 2,
+            "jit": api.jax.jit(lambda v: v + 1)(x),
+            "sum_ints": jnp.sum(np.arange(5)),
+            "mean_ints": jnp.mean(np.arange(5)),
+            "asked_float64": jnp.zeros(2, dtype=np.float64),
+            "grad": api.jax.grad(lambda v: jnp.sum(v**2))(x),
+        }
 
 
 def eager_layouts(api: Api) -> dict[str, Any]:
@@ -228,12 +243,21 @@ def eager_layouts(api: Api) -> dict[str, Any]:
         x = api.jax.device_put(_x((8, 8)), api.P("x", "y"))
         v = api.jax.device_put(_x((8,), 1), api.P("y"))
         with api.jax.set_mesh(api.mesh((2, 4), ("x", "y"), auto=False)):  # out_sharding needs
-            noise = api.jax.random.normal(api.jax.random.key(0), (8, 4),  # Explicit axes
-                                          out_sharding=api.P("x", None))
-        return {"plus": x + 1, "scaled": x * v, "rowsum": x.sum(axis=1),
-                "total": api.jnp.sum(x), "transposed": x.T, "zeros": api.jnp.zeros(
-                    (8, 4), device=api.NamedSharding(mesh, api.P(None, "y"))),
-                "noise_layout": str(layout(noise)), "noise_dtype": str(noise.dtype)}
+            noise = api.jax.random.normal(
+                api.jax.random.key(0),
+                (8, 4),  # Explicit axes
+                out_sharding=api.P("x", None),
+            )
+        return {
+            "plus": x + 1,
+            "scaled": x * v,
+            "rowsum": x.sum(axis=1),
+            "total": api.jnp.sum(x),
+            "transposed": x.T,
+            "zeros": api.jnp.zeros((8, 4), device=api.NamedSharding(mesh, api.P(None, "y"))),
+            "noise_layout": str(layout(noise)),
+            "noise_dtype": str(noise.dtype),
+        }
 
 
 def set_mesh_placement(api: Api) -> dict[str, Any]:
@@ -243,10 +267,16 @@ def set_mesh_placement(api: Api) -> dict[str, Any]:
     for kind, auto in (("auto", True), ("explicit", False)):
         with api.jax.set_mesh(api.mesh((2, 4), ("x", "y"), auto)):
             x = api.jax.device_put(_x((8,)), api.P("x"))
-            out.update({f"{kind}_zeros": jnp.zeros(4), f"{kind}_arange": jnp.arange(4.0),
-                        f"{kind}_asarray": jnp.asarray(_x((3,))), f"{kind}_sum": jnp.ones(3) + 1,
-                        f"{kind}_mixed": x + _x((8,), 1), f"{kind}_put": api.jax.device_put(
-                            _x((2,)))})
+            out.update(
+                {
+                    f"{kind}_zeros": jnp.zeros(4),
+                    f"{kind}_arange": jnp.arange(4.0),
+                    f"{kind}_asarray": jnp.asarray(_x((3,))),
+                    f"{kind}_sum": jnp.ones(3) + 1,
+                    f"{kind}_mixed": x + _x((8,), 1),
+                    f"{kind}_put": api.jax.device_put(_x((2,))),
+                }
+            )
     return out
 
 
@@ -255,9 +285,11 @@ def bare_specs(api: Api) -> dict[str, Any]:
     mesh = api.mesh((4, 2), ("data", "model"))
     a, w = _x((16, 8)), _x((8, 4), 1)
     with api.jax.set_mesh(mesh):
-        f = api.jax.jit(lambda u, v: api.jnp.tanh(u @ v),
-                        in_shardings=(api.P("data", None), api.P(None, "model")),
-                        out_shardings=api.P("data", "model"))
+        f = api.jax.jit(
+            lambda u, v: api.jnp.tanh(u @ v),
+            in_shardings=(api.P("data", None), api.P(None, "model")),
+            out_shardings=api.P("data", "model"),
+        )
         g = api.jax.jit(lambda u: api.jax.lax.with_sharding_constraint(u * 2, api.P("model")))
         return {"f": f(a, w), "g": g(a), "put": api.jax.device_put(a, api.P(None, "model"))}
 
@@ -273,9 +305,11 @@ def data_parallel_step(api: Api) -> dict[str, Any]:
         return jnp.mean((jnp.tanh(x @ w) - y) ** 2)
 
     with api.jax.set_mesh(mesh):
+
         @api.jax.jit
-        @api.jax.shard_map(in_specs=(api.P(), api.P("batch"), api.P("batch")),
-                           out_specs=(api.P(), api.P()))
+        @api.jax.shard_map(
+            in_specs=(api.P(), api.P("batch"), api.P("batch")), out_specs=(api.P(), api.P())
+        )
         def step(w, x, y):
             loss, g = api.jax.value_and_grad(local_loss)(w, x, y)
             return api.lax.pmean(loss, "batch"), w - 0.1 * api.lax.pmean(g, "batch")
@@ -289,13 +323,14 @@ def mnist_style_training(api: Api) -> dict[str, Any]:
     the batch sharded over a data axis and the params replicated."""
     jnp, nn = api.jnp, api.jax.nn
     sizes = (12, 16, 10)
-    params = [(_x((m, n), i) * 0.3, _x((n,), 10 + i) * 0.1)
-              for i, (m, n) in enumerate(itertools.pairwise(sizes))]
+    params = [
+        (_x((m, n), i) * 0.3, _x((n,), 10 + i) * 0.1)
+        for i, (m, n) in enumerate(itertools.pairwise(sizes))
+    ]
     labels = np.random.default_rng(7).integers(0, 10, 32)
     mesh = api.mesh((8,), ("data",))
     images = api.jax.device_put(_x((32, 12), 20), api.NamedSharding(mesh, api.P("data")))
-    targets = api.jax.device_put(nn.one_hot(labels, 10),
-                                 api.NamedSharding(mesh, api.P("data")))
+    targets = api.jax.device_put(nn.one_hot(labels, 10), api.NamedSharding(mesh, api.P("data")))
 
     def predict(params, x):
         for w, b in params[:-1]:
@@ -316,8 +351,12 @@ def mnist_style_training(api: Api) -> dict[str, Any]:
     for _ in range(3):
         params = update(params, (images, targets))
     right = jnp.argmax(predict(params, images), axis=1) == jnp.argmax(targets, axis=1)
-    return {"w1": params[0][0], "b2": params[1][1], "loss": loss(params, (images, targets)),
-            "accuracy": jnp.mean(right)}
+    return {
+        "w1": params[0][0],
+        "b2": params[1][1],
+        "loss": loss(params, (images, targets)),
+        "accuracy": jnp.mean(right),
+    }
 
 
 def explicit_types(api: Api) -> dict[str, Any]:
@@ -336,17 +375,36 @@ def explicit_types(api: Api) -> dict[str, Any]:
 
         out = f(x)
         dot = api.jnp.dot(x, x, out_sharding=api.P("x", None))
-        seen.update(out=out, dot=dot, outside=str(api.jax.typeof(x)),
-                    mesh_types=str(api.jax.sharding.get_abstract_mesh().axis_types))
+        seen.update(
+            out=out,
+            dot=dot,
+            outside=str(api.jax.typeof(x)),
+            mesh_types=str(api.jax.sharding.get_abstract_mesh().axis_types),
+        )
     return seen
 
 
 PROGRAMS: dict[str, Callable[[Api], dict[str, Any]]] = {
-    f.__name__: f for f in (sharded_elementwise, jit_matmul_layouts, sharding_constraint,
-                            shard_map_psum, shard_map_matmul, shard_map_scan_carry,
-                            tensor_parallel_mlp, vmapped, numpy_names, default_dtypes,
-                            eager_layouts, set_mesh_placement, bare_specs, data_parallel_step,
-                            mnist_style_training, explicit_types, random_numbers)
+    f.__name__: f
+    for f in (
+        sharded_elementwise,
+        jit_matmul_layouts,
+        sharding_constraint,
+        shard_map_psum,
+        shard_map_matmul,
+        shard_map_scan_carry,
+        tensor_parallel_mlp,
+        vmapped,
+        numpy_names,
+        default_dtypes,
+        eager_layouts,
+        set_mesh_placement,
+        bare_specs,
+        data_parallel_step,
+        mnist_style_training,
+        explicit_types,
+        random_numbers,
+    )
 }
 
 
@@ -377,6 +435,5 @@ def run_program(name: str, api: Api) -> tuple[dict[str, np.ndarray], dict[str, A
             continue
         arr = np.asarray(value)
         arrays[full] = arr
-        meta[full] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
-                      "layout": layout(value)}
+        meta[full] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "layout": layout(value)}
     return arrays, meta

@@ -42,8 +42,12 @@ def live_jax(tmp_path_factory) -> Path:
     if importlib.util.find_spec("jax") is None:
         pytest.skip("JAX is not installed: compared with the recorded outputs only")
     out = tmp_path_factory.mktemp("jax")
-    subprocess.run([sys.executable, str(HERE / "record_jax.py"), str(out)], check=True,
-                   timeout=600, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(HERE / "record_jax.py"), str(out)],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
     return out
 
 
@@ -57,11 +61,16 @@ def compare(name: str, outputs: tuple[dict, dict], want_arrays: dict, want_meta:
             assert got == want, f"{key}: spmd {got!r}, JAX {want!r}"
             continue
         assert (got["dtype"], got["shape"]) == (want["dtype"], want["shape"]), key
-        assert got["layout"] == want["layout"], f"{key}: spmd lays it out {got['layout']}, " \
-                                                f"JAX {want['layout']}"
-        np.testing.assert_allclose(arrays[key].astype(np.float64),
-                                   want_arrays[key].astype(np.float64), rtol=2e-5, atol=2e-5,
-                                   err_msg=key)
+        assert got["layout"] == want["layout"], (
+            f"{key}: spmd lays it out {got['layout']}, JAX {want['layout']}"
+        )
+        np.testing.assert_allclose(
+            arrays[key].astype(np.float64),
+            want_arrays[key].astype(np.float64),
+            rtol=2e-5,
+            atol=2e-5,
+            err_msg=key,
+        )
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))

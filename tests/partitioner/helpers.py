@@ -28,8 +28,13 @@ def mesh(name: str) -> spmd.Mesh:
     return _MESHES[name]
 
 
-def rand(shape: Sequence[int], dtype: str = "float32", seed: int = 0, low: float = -2.0,
-         high: float = 2.0) -> np.ndarray:
+def rand(
+    shape: Sequence[int],
+    dtype: str = "float32",
+    seed: int = 0,
+    low: float = -2.0,
+    high: float = 2.0,
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if dtype == "bool":
         return rng.random(shape) < 0.5
@@ -49,8 +54,9 @@ def assert_matches(actual: Any, expected: Any, scale: float = 1.0) -> None:
         np.testing.assert_array_equal(actual, expected)
         return
     rtol, atol = TOLERANCE[name]
-    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
-                               rtol=rtol * scale, atol=atol * scale)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected.astype(np.float64), rtol=rtol * scale, atol=atol * scale
+    )
 
 
 def check_shards(out: spmd.Array, full: np.ndarray) -> None:
@@ -59,9 +65,15 @@ def check_shards(out: spmd.Array, full: np.ndarray) -> None:
         np.testing.assert_array_equal(np.asarray(shard.data), full[shard.index])
 
 
-def check_sharded(fn: Callable[..., Any], args: Sequence[np.ndarray], mesh_name: str,
-                  in_specs: Sequence[Any], out_spec: Any = None, scale: float = 1.0,
-                  commit: bool = True) -> list[Any]:
+def check_sharded(
+    fn: Callable[..., Any],
+    args: Sequence[np.ndarray],
+    mesh_name: str,
+    in_specs: Sequence[Any],
+    out_spec: Any = None,
+    scale: float = 1.0,
+    commit: bool = True,
+) -> list[Any]:
     """fn sharded (inputs placed by in_specs; outputs as out_spec when given) against the
     same fn jitted with no shardings. Returns the sharded outputs."""
     m = mesh(mesh_name)

@@ -21,9 +21,13 @@ def put(x: np.ndarray, *spec: object) -> spmd.Array:
 def test_in_shardings_one_per_argument_and_pytrees() -> None:
     x = np.arange(32, dtype=np.float32).reshape(8, 4)
     params = {"w": np.ones((4, 8), np.float32), "b": np.zeros(8, np.float32)}
-    f = spmd.jit(lambda x, p: x @ p["w"] + p["b"],
-                 in_shardings=(NamedSharding(MESH, P("data")),
-                               {"w": NamedSharding(MESH, P(None, "model")), "b": None}))
+    f = spmd.jit(
+        lambda x, p: x @ p["w"] + p["b"],
+        in_shardings=(
+            NamedSharding(MESH, P("data")),
+            {"w": NamedSharding(MESH, P(None, "model")), "b": None},
+        ),
+    )
     out = f(x, params)
     np.testing.assert_allclose(np.asarray(out), x @ params["w"])
     assert out.sharding == NamedSharding(MESH, P("data", "model"))
@@ -40,8 +44,11 @@ def test_one_sharding_applies_to_every_argument() -> None:
 def test_bare_partition_spec_uses_the_enclosing_mesh() -> None:
     x = np.arange(16, dtype=np.float32).reshape(8, 2)
     with MESH:
-        f = spmd.jit(lambda a: spmd.with_sharding_constraint(a * 2, P("model")),
-                     in_shardings=P("data"), out_shardings=P("model"))
+        f = spmd.jit(
+            lambda a: spmd.with_sharding_constraint(a * 2, P("model")),
+            in_shardings=P("data"),
+            out_shardings=P("model"),
+        )
         out = f(x)
     np.testing.assert_allclose(np.asarray(out), x * 2)
     assert out.sharding == NamedSharding(MESH, P("model"))
@@ -53,11 +60,14 @@ def test_wrong_number_of_in_shardings_is_a_sharding_error() -> None:
         f(np.ones(2), np.ones(2))
 
 
-@pytest.mark.parametrize("spec,message", [
-    (P("nope"), "unknown mesh axis 'nope'"),
-    (P("data", "data"), "used twice"),
-    (P("data", None, "model"), "has 3 entries but the array has rank 2"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (P("nope"), "unknown mesh axis 'nope'"),
+        (P("data", "data"), "used twice"),
+        (P("data", None, "model"), "has 3 entries but the array has rank 2"),
+    ],
+)
 def test_bad_specs_name_the_user_line(spec: P, message: str) -> None:
     with pytest.raises(errors.ShardingError, match=message) as err:
         spmd.device_put(np.ones((4, 4)), NamedSharding(MESH, spec))

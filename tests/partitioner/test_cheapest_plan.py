@@ -146,20 +146,22 @@ def test_pending_sum_of_bf16_values_is_summed_in_bf16() -> None:
     # collective: one all-reduce of [16, 4] bf16 = 128 B, as XLA's partitioner emits it (the
     # float32 one would be 256 B).
     def grad_w(x: Any, w: Any) -> Any:
-        return spmd.grad(lambda w_: spmd.numpy.sum(
-            (x @ w_.astype("bfloat16")).astype("float32")))(w)
+        return spmd.grad(lambda w_: spmd.numpy.sum((x @ w_.astype("bfloat16")).astype("float32")))(
+            w
+        )
 
     x = rand(8, 16).astype("bfloat16")
     args = [put(x, "2x4", "data"), put(rand(16, 4, seed=1), "2x4")]
     f = spmd.jit(grad_w)
     recs = records(f, *args)
     assert [(r.kind, r.axes, r.bytes, r.dtype) for r in recs] == [
-        ("all_reduce", ("data",), 16 * 4 * 2, "bfloat16")]
+        ("all_reduce", ("data",), 16 * 4 * 2, "bfloat16")
+    ]
     # Two bf16 partial sums added in bf16 round once more than the unsharded dot (XLA too):
     # agreement to bf16's precision (8 bits of mantissa).
     got = np.asarray(f(*args)).astype(np.float64)
     want = np.asarray(spmd.jit(grad_w)(x, rand(16, 4, seed=1))).astype(np.float64)
-    np.testing.assert_allclose(got, want, rtol=2 ** -6, atol=2 ** -6 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=2**-6, atol=2**-6 * np.abs(want).max())
 
 
 def middle_rows(a: Any) -> Any:
@@ -283,7 +285,8 @@ def test_reshape_merging_a_2d_sharded_array_moves_the_minor_axis_once() -> None:
     f = spmd.jit(flatten, out_shardings=sharding("2x4", ("data", "model")))
     recs = records(f, put(x, "2x4", "data", "model"))
     assert [(r.kind, r.axes, r.bytes, r.moved) for r in recs] == [
-        ("all_to_all", ("model",), 8 * 8 * F32, 192)]
+        ("all_to_all", ("model",), 8 * 8 * F32, 192)
+    ]
     np.testing.assert_array_equal(np.asarray(f(put(x, "2x4", "data", "model"))), x.reshape(-1))
 
 
@@ -304,7 +307,8 @@ def test_slice_of_an_uneven_dim_then_replicated_realigns_the_window_first() -> N
     recs = records(f, x)
     assert [(r.kind, r.axes, r.bytes, r.shape) for r in recs] == [
         ("collective_permute", ("model",), 8 * 2 * F32, (8, 2)),
-        ("all_gather", ("model",), 8 * 2 * F32, (8, 2))]
+        ("all_gather", ("model",), 8 * 2 * F32, (8, 2)),
+    ]
     assert sum(r.moved for r in recs) == 256
     assert "gathering the dim 768 B" in recs[0].reason
     np.testing.assert_array_equal(np.asarray(f(x)), (x * 2.0)[:, 12:18])

@@ -61,6 +61,7 @@ def check_against_unsharded(f_sharded: Any, fn: Any, args: list[Any], scale: flo
 
 # -- (a) data-parallel MLP training step ---------------------------------------------------
 
+
 def mlp_loss(params: dict[str, Any], x: Any, y: Any) -> Any:
     hidden = snp.tanh(x @ params["w1"] + params["b1"])
     return snp.mean((hidden @ params["w2"] - y) ** 2)
@@ -71,8 +72,9 @@ def sgd_step(params: dict[str, Any], x: Any, y: Any) -> Any:
     return spmd.tree_map(lambda p, g: p - 0.1 * g, params, grads), loss
 
 
-@pytest.mark.parametrize("mesh_name,batch_axes", [("8", ("data",)), ("2x4", ("data",)),
-                                                  ("2x4", ("data", "model"))])
+@pytest.mark.parametrize(
+    "mesh_name,batch_axes", [("8", ("data",)), ("2x4", ("data",)), ("2x4", ("data", "model"))]
+)
 def test_data_parallel_step_is_one_all_reduce(mesh_name: str, batch_axes: tuple) -> None:
     params = {"w1": rand(16, 32), "b1": rand(32, seed=1), "w2": rand(32, 4, seed=2)}
     placed = {k: put(v, mesh_name) for k, v in params.items()}
@@ -90,6 +92,7 @@ def test_data_parallel_step_is_one_all_reduce(mesh_name: str, batch_axes: tuple)
 
 # -- (b) Megatron MLP ----------------------------------------------------------------------
 
+
 def megatron_mlp(x: Any, w1: Any, w2: Any) -> Any:
     hidden = nn.relu(x @ w1)  # @megatron_up
     return hidden @ w2  # @megatron_down
@@ -100,8 +103,11 @@ def megatron_loss(x: Any, w1: Any, w2: Any) -> Any:
 
 
 def megatron_args(batch: int = 4, d_in: int = 16, d_hidden: int = 32, d_out: int = 8) -> list:
-    return [put(rand(batch, d_in), "2x4"), put(rand(d_in, d_hidden, seed=1), "2x4", None, "model"),
-            put(rand(d_hidden, d_out, seed=2), "2x4", "model", None)]
+    return [
+        put(rand(batch, d_in), "2x4"),
+        put(rand(d_in, d_hidden, seed=1), "2x4", None, "model"),
+        put(rand(d_hidden, d_out, seed=2), "2x4", "model", None),
+    ]
 
 
 def test_megatron_forward_is_one_all_reduce() -> None:
@@ -123,8 +129,10 @@ def test_megatron_forward_and_backward_wrt_x() -> None:
     # Forward: the (4, 8) activation before tanh (tanh is nonlinear): 128 bytes, caused
     # by tanh. Backward: dx = d_hidden @ w1.T contracts over the sharded hidden dim:
     # pending sum of (batch, d_in) = (4, 16): 256 bytes. One depends on the other: no bucket.
-    assert summary(recs) == [("all_reduce", ("model",), 4 * 8 * F32, (4, 8)),
-                             ("all_reduce", ("model",), 4 * 16 * F32, (4, 16))]
+    assert summary(recs) == [
+        ("all_reduce", ("model",), 4 * 8 * F32, (4, 8)),
+        ("all_reduce", ("model",), 4 * 16 * F32, (4, 16)),
+    ]
     check_against_unsharded(f, megatron_loss, args)
 
 
@@ -134,6 +142,7 @@ def test_gradient_records_name_the_user_line() -> None:
 
 
 # -- (c) attention, heads sharded over model -----------------------------------------------
+
 
 def attention(x: Any, wq: Any, wk: Any, wv: Any, wo: Any) -> Any:
     q = snp.einsum("btd,dhk->bhtk", x, wq)
@@ -162,6 +171,7 @@ def test_attention_heads_sharded_is_one_all_reduce() -> None:
 
 
 # -- (d) layernorm and (h) softmax over a sharded feature dim ------------------------------
+
 
 def standardize(x: Any) -> Any:
     return nn.standardize(x)  # @standardize
@@ -203,6 +213,7 @@ def test_softmax_over_sharded_dim_is_max_then_sum() -> None:
 
 
 # -- (e) reduce-scatter, (f) all-to-all, (g) all-gather ------------------------------------
+
 
 def contract_then_shard(a: Any, b: Any) -> Any:
     product = a @ b
@@ -252,6 +263,7 @@ def test_unsharding_a_dim_is_one_all_gather_of_the_local_shard(rows: int) -> Non
 
 # -- (i) a 2D (data x model) transformer block ---------------------------------------------
 
+
 def transformer_block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: Any) -> Any:
     x = x + attention(nn.standardize(x), wq, wk, wv, wo)  # @block_attention
     return x + nn.relu(nn.standardize(x) @ w1) @ w2  # @block_mlp
@@ -259,8 +271,10 @@ def transformer_block(x: Any, wq: Any, wk: Any, wv: Any, wo: Any, w1: Any, w2: A
 
 def test_2d_transformer_block_is_two_all_reduces_over_model() -> None:
     batch, time, d_model, d_ff = 4, 6, 16, 32
-    mlp = [put(rand(d_model, d_ff, seed=5), "2x4", None, "model"),
-           put(rand(d_ff, d_model, seed=6), "2x4", "model")]
+    mlp = [
+        put(rand(d_model, d_ff, seed=5), "2x4", None, "model"),
+        put(rand(d_ff, d_model, seed=6), "2x4", "model"),
+    ]
     args = [put(rand(batch, time, d_model), "2x4", "data")] + attention_weights() + mlp
     f = spmd.jit(transformer_block)
     recs = records(f, *args)

@@ -30,14 +30,22 @@ def sample_op(name: str) -> Op:
     in_types, attrs = SAMPLES[name]()
     out = REGISTRY[name].infer(*in_types, **attrs)
     outs = out if isinstance(out, tuple) else (out,)
-    return Op(name, tuple(fresh_id() for _ in in_types), tuple(fresh_id() for _ in outs),
-              outs, Attrs(attrs))
+    return Op(
+        name,
+        tuple(fresh_id() for _ in in_types),
+        tuple(fresh_id() for _ in outs),
+        outs,
+        Attrs(attrs),
+    )
 
 
 def batchable_ops() -> list[str]:
     """Every op of the registry that batches (OpDef.shared_operands) and has operands."""
-    return sorted(name for name, opdef in REGISTRY.items()
-                  if opdef.shared_operands is not None and SAMPLES[name]()[0])
+    return sorted(
+        name
+        for name, opdef in REGISTRY.items()
+        if opdef.shared_operands is not None and SAMPLES[name]()[0]
+    )
 
 
 def value(t: TensorType, rng: np.random.Generator) -> np.ndarray:
@@ -49,14 +57,22 @@ def value(t: TensorType, rng: np.random.Generator) -> np.ndarray:
     return rng.normal(size=t.shape).astype(dtypes.to_numpy(t.dtype))
 
 
-def one_op_program(op: Op, params: list[int], in_types: tuple[TensorType, ...],
-                   constants: dict[int, np.ndarray]) -> Graph:
+def one_op_program(
+    op: Op, params: list[int], in_types: tuple[TensorType, ...], constants: dict[int, np.ndarray]
+) -> Graph:
     """op with operands `params` as per-device params, the others constants (the same on
     every device)."""
-    ops = [Op("constant", (), (v,), (in_types[i],), Attrs(value=constants[i]))
-           for i, v in enumerate(op.inputs) if i not in params]
-    return Graph(tuple(op.inputs[i] for i in params), tuple(in_types[i] for i in params),
-                 (*ops, op), op.outputs)
+    ops = [
+        Op("constant", (), (v,), (in_types[i],), Attrs(value=constants[i]))
+        for i, v in enumerate(op.inputs)
+        if i not in params
+    ]
+    return Graph(
+        tuple(op.inputs[i] for i in params),
+        tuple(in_types[i] for i in params),
+        (*ops, op),
+        op.outputs,
+    )
 
 
 @pytest.mark.parametrize("shared", ["per_device", "constant"])
@@ -69,8 +85,9 @@ def test_batched_op_matches_each_device_alone(name: str, shared: str) -> None:
     rng = np.random.default_rng(sum(map(ord, name)))
     fixed = {i: value(t, rng) for i, t in enumerate(in_types)}
     keep = REGISTRY[name].shared_operands
-    params = [i for i in range(len(in_types))
-              if i == 0 or (shared == "per_device" and i not in keep)]
+    params = [
+        i for i in range(len(in_types)) if i == 0 or (shared == "per_device" and i not in keep)
+    ]
     program = one_op_program(op, params, in_types, fixed)
     per_device = [[value(in_types[i], rng) for i in params] for _ in range(N)]
     batched = batch_program(program, NAMES, MESH)
@@ -101,11 +118,18 @@ def test_stacked_runtime_runs_the_batched_program_on_every_backend(backend: str)
     t = TensorType((4, 3), "float32")
     x, i, g, s, y = (fresh_id() for _ in range(5))
     it = TensorType((4,), "int32")
-    ops = (Op("convert_element_type", (x,), (i,), (t.with_dtype("int32"),),
-              Attrs(new_dtype="int32", weak=False)),
-           Op("reduce", (i,), (g,), (it,), Attrs(kind="max", axes=(1,))),
-           Op("gather", (x, g), (s,), (TensorType((4, 3), "float32"),), Attrs(axis=0)),
-           Op("add", (s, x), (y,), (t,)))
+    ops = (
+        Op(
+            "convert_element_type",
+            (x,),
+            (i,),
+            (t.with_dtype("int32"),),
+            Attrs(new_dtype="int32", weak=False),
+        ),
+        Op("reduce", (i,), (g,), (it,), Attrs(kind="max", axes=(1,))),
+        Op("gather", (x, g), (s,), (TensorType((4, 3), "float32"),), Attrs(axis=0)),
+        Op("add", (s, x), (y,), (t,)),
+    )
     program = Graph((x,), (t,), ops, (y,))
     rng = np.random.default_rng(0)
     args = [[rng.uniform(0, 3.9, (4, 3)).astype(np.float32)] for _ in range(N)]

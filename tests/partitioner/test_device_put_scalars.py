@@ -37,8 +37,10 @@ def test_scalar_device_put_is_replicated_and_keeps_its_value(mesh_name, name):
 def test_scalar_as_jit_argument_matches_numpy(mesh_name, name):
     value = SCALARS[name]
     placed = spmd.device_put(value, NamedSharding(mesh(mesh_name), P()))
-    rows = spmd.device_put(np.arange(8, dtype=np.float32),
-                           NamedSharding(mesh(mesh_name), P(mesh(mesh_name).axis_names[0])))
+    rows = spmd.device_put(
+        np.arange(8, dtype=np.float32),
+        NamedSharding(mesh(mesh_name), P(mesh(mesh_name).axis_names[0])),
+    )
 
     @spmd.jit
     def scale(x, s, t):

@@ -26,8 +26,10 @@ def put(x: np.ndarray, *spec: Any) -> spmd.Array:
 
 def logits_and_targets(v: int = 32) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((8, 4, v)).astype(np.float32),
-            rng.integers(-v, v, (8, 4)).astype(np.int32))
+    return (
+        rng.standard_normal((8, 4, v)).astype(np.float32),
+        rng.integers(-v, v, (8, 4)).astype(np.int32),
+    )
 
 
 def pick(lp: Any, t: Any) -> Any:
@@ -69,7 +71,8 @@ def test_take_along_axis_over_a_sharded_vocabulary_sums_one_hit() -> None:
     args = (put(lp, "data", None, "model"), put(t, "data"))
     recs = f.lower(*args).compile().collectives()
     assert [(r.kind, r.axes, r.bytes, r.shape) for r in recs] == [
-        ("all_reduce", ("model",), 4 * 4 * 1 * F32, (4, 4, 1))]
+        ("all_reduce", ("model",), 4 * 4 * 1 * F32, (4, 4, 1))
+    ]
     want = np.take_along_axis(lp, np.where(t < 0, t + 32, t)[:, :, None], axis=-1)
     np.testing.assert_array_equal(np.asarray(f(*args)), want)
 
@@ -108,8 +111,13 @@ def test_one_hot_over_a_large_vocabulary_is_never_built_globally() -> None:
 def iota_view(n: int) -> tuple[GraphView, int]:
     """A pass's view of a program that has just defined an iota of n elements."""
     out = fresh_id()
-    op = Op("iota", (), (out,), (TensorType((n,), "int32"),),
-            Attrs(dtype="int32", shape=(n,), dimension=0))
+    op = Op(
+        "iota",
+        (),
+        (out,),
+        (TensorType((n,), "int32"),),
+        Attrs(dtype="int32", shape=(n,), dimension=0),
+    )
     view = GraphView(Graph((), (), (op,), (out,)))
     view.add(op)
     return view, out

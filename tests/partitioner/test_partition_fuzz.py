@@ -19,8 +19,20 @@ import spmd.numpy as snp
 from spmd import NamedSharding, P, nn
 from tests.partitioner.helpers import MESH_SHAPES, assert_matches, check_shards, mesh
 
-OPS = ("tanh", "sin", "mul_other", "add_other", "center_rows", "scale_cols", "transpose",
-       "reshape", "self_dot", "softmax", "constrain", "where")
+OPS = (
+    "tanh",
+    "sin",
+    "mul_other",
+    "add_other",
+    "center_rows",
+    "scale_cols",
+    "transpose",
+    "reshape",
+    "self_dot",
+    "softmax",
+    "constrain",
+    "where",
+)
 FINAL = ("none", "sum0", "sum1", "max0", "max1", "mean_all")
 
 
@@ -45,9 +57,13 @@ def programs(draw: Any, min_size: int) -> dict[str, Any]:
     ops = draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=4))
     constraint_specs = [draw(specs(mesh_name, 2)) for _ in ops]
     return {
-        "mesh": mesh_name, "shape": (rows, cols), "ops": ops,
-        "x_spec": draw(specs(mesh_name, 2)), "y_spec": draw(specs(mesh_name, 2)),
-        "constraints": constraint_specs, "final": draw(st.sampled_from(FINAL)),
+        "mesh": mesh_name,
+        "shape": (rows, cols),
+        "ops": ops,
+        "x_spec": draw(specs(mesh_name, 2)),
+        "y_spec": draw(specs(mesh_name, 2)),
+        "constraints": constraint_specs,
+        "final": draw(st.sampled_from(FINAL)),
         "out_spec": draw(st.one_of(st.none(), specs(mesh_name, 2))),
     }
 

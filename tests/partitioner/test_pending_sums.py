@@ -28,6 +28,9 @@ def test_contraction_then_add_and_transpose_keep_the_sum_pending() -> None:
     def f(a, w, b, v):
         return lax.transpose(lax.add(a @ w, b @ v), (1, 0))
 
-    check_sharded(f, [rand((4, 8)), rand((8, 3), seed=1), rand((4, 8), seed=2),
-                      rand((8, 3), seed=3)], "2x4",
-                  [(None, "model"), ("model",), (None, "model"), ("model",)])
+    check_sharded(
+        f,
+        [rand((4, 8)), rand((8, 3), seed=1), rand((4, 8), seed=2), rand((8, 3), seed=3)],
+        "2x4",
+        [(None, "model"), ("model",), (None, "model"), ("model",)],
+    )

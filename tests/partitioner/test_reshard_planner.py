@@ -39,8 +39,12 @@ def addends(x: np.ndarray, spec: ShardSpec, mesh: MeshShape) -> list[np.ndarray]
     return out
 
 
-def run_reshard(x: np.ndarray, src: ShardSpec, dst: tuple, mesh: MeshShape,
-                ) -> tuple[list[Any], ShardSpec, np.ndarray]:
+def run_reshard(
+    x: np.ndarray,
+    src: ShardSpec,
+    dst: tuple,
+    mesh: MeshShape,
+) -> tuple[list[Any], ShardSpec, np.ndarray]:
     """Plan src -> dst, run the program on every device, reassemble the result."""
     gtype = TensorType(x.shape, str(x.dtype))
     b = ProgramBuilder(mesh)
@@ -61,26 +65,56 @@ def data(*shape: int) -> np.ndarray:
 # V = bytes of the value on one device after the collective, n = the axis size.
 TABLE = [
     # dim sharded on a -> replicated: all-gather(a), V(n-1)/n; V = 8*4*4 = 128, n = 8.
-    ("all-gather", MESH_8, (8, 4), ShardSpec((("data",), ())), ((), ()),
-     [("all_gather", ("data",))], 128 * 7 / 8),
+    (
+        "all-gather",
+        MESH_8,
+        (8, 4),
+        ShardSpec((("data",), ())),
+        ((), ()),
+        [("all_gather", ("data",))],
+        128 * 7 / 8,
+    ),
     # replicated -> dim sharded: local slice, nothing moves.
     ("local-slice", MESH_2X4, (8, 4), ShardSpec.replicated(2), ((), ("model",)), [], 0.0),
     # partial over a -> replicated: all-reduce(a), 2V(n-1)/n; V = 128, n = 4.
-    ("all-reduce", MESH_2X4, (8, 4), ShardSpec(((), ()), ("model",)), ((), ()),
-     [("all_reduce", ("model",))], 2 * 128 * 3 / 4),
+    (
+        "all-reduce",
+        MESH_2X4,
+        (8, 4),
+        ShardSpec(((), ()), ("model",)),
+        ((), ()),
+        [("all_reduce", ("model",))],
+        2 * 128 * 3 / 4,
+    ),
     # partial over a -> dim sharded on a: reduce-scatter(a), nV(n-1)/n; V = 128/4 = 32.
-    ("reduce-scatter", MESH_2X4, (8, 4), ShardSpec(((), ()), ("model",)), (("model",), ()),
-     [("reduce_scatter", ("model",))], 4 * 32 * 3 / 4),
+    (
+        "reduce-scatter",
+        MESH_2X4,
+        (8, 4),
+        ShardSpec(((), ()), ("model",)),
+        (("model",), ()),
+        [("reduce_scatter", ("model",))],
+        4 * 32 * 3 / 4,
+    ),
     # dim i on a -> dim j on a: all-to-all(a), V(n-1)/n; V = 128/8 = 16, n = 8.
-    ("all-to-all", MESH_8, (8, 8), ShardSpec((("data",), ())), ((), ("data",)),
-     [("all_to_all", ("data",))], 32 * 7 / 8),
+    (
+        "all-to-all",
+        MESH_8,
+        (8, 8),
+        ShardSpec((("data",), ())),
+        ((), ("data",)),
+        [("all_to_all", ("data",))],
+        32 * 7 / 8,
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,mesh,shape,src,dst,kinds,moved",
-                         [pytest.param(*row, id=row[0]) for row in TABLE])
-def test_table_collective_kind_and_result(name: str, mesh: MeshShape, shape: tuple, src: ShardSpec,
-                                          dst: tuple, kinds: list, moved: float) -> None:
+@pytest.mark.parametrize(
+    "name,mesh,shape,src,dst,kinds,moved", [pytest.param(*row, id=row[0]) for row in TABLE]
+)
+def test_table_collective_kind_and_result(
+    name: str, mesh: MeshShape, shape: tuple, src: ShardSpec, dst: tuple, kinds: list, moved: float
+) -> None:
     x = data(*shape)
     recs, spec, out = run_reshard(x, src, dst, mesh)
     assert [(r.kind, r.axes) for r in recs] == kinds
@@ -93,11 +127,12 @@ def test_table_collective_kind_and_result(name: str, mesh: MeshShape, shape: tup
         assert r.bytes == local.nbytes and r.shape == local.shape and r.reason
 
 
-@pytest.mark.parametrize("name,mesh,shape,src,dst,kinds,moved", [
-    pytest.param(*row, id=row[0])
-    for row in TABLE])
-def test_table_estimate_bytes(name: str, mesh: MeshShape, shape: tuple, src: ShardSpec,
-                              dst: tuple, kinds: list, moved: float) -> None:
+@pytest.mark.parametrize(
+    "name,mesh,shape,src,dst,kinds,moved", [pytest.param(*row, id=row[0]) for row in TABLE]
+)
+def test_table_estimate_bytes(
+    name: str, mesh: MeshShape, shape: tuple, src: ShardSpec, dst: tuple, kinds: list, moved: float
+) -> None:
     assert estimate_bytes(TensorType(shape, "float32"), src, dst, mesh) == pytest.approx(moved)
 
 
@@ -114,8 +149,12 @@ ROUND_TRIPS = [
     (MESH_2X4, (12, 4), ShardSpec(((), ()), ("model",), "max"), ((), ())),
     (MESH_2X4, (10, 4), ShardSpec(((), ()), ("model",)), (("model",), ())),
     (MESH_2X4, (6, 8), ShardSpec((("data",), ()), ("model",)), (("data",), ("model",))),
-    (MESH_2X2X2, (8, 4, 6), ShardSpec((("data",), ("model",), ("pipe",))),
-     (("pipe",), (), ("data", "model"))),
+    (
+        MESH_2X2X2,
+        (8, 4, 6),
+        ShardSpec((("data",), ("model",), ("pipe",))),
+        (("pipe",), (), ("data", "model")),
+    ),
     (MESH_2X2X2, (5, 3, 2), ShardSpec((("data", "pipe"), (), ("model",))), ((), ("pipe",), ())),
     (MESH_8, (7,), ShardSpec((("data",),)), ((),)),
     (MESH_8, (1, 9), ShardSpec(((), ("data",))), (("data",), ())),
@@ -123,10 +162,12 @@ ROUND_TRIPS = [
 ]
 
 
-@pytest.mark.parametrize("mesh,shape,src,dst", ROUND_TRIPS,
-                         ids=[f"{s}:{src}->{dst}" for _, s, src, dst in ROUND_TRIPS])
-def test_round_trip_gives_target_layout(mesh: MeshShape, shape: tuple, src: ShardSpec,
-                                        dst: tuple) -> None:
+@pytest.mark.parametrize(
+    "mesh,shape,src,dst", ROUND_TRIPS, ids=[f"{s}:{src}->{dst}" for _, s, src, dst in ROUND_TRIPS]
+)
+def test_round_trip_gives_target_layout(
+    mesh: MeshShape, shape: tuple, src: ShardSpec, dst: tuple
+) -> None:
     x = data(*shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ReplicationWarning)
@@ -146,6 +187,8 @@ def test_layout_split_assemble_round_trip_uneven_multi_axis() -> None:
             spec = ShardSpec(dims)
             shards = split(x, spec, mesh)
             assert len(shards) == mesh.num_devices
-            assert all(s.shape == local_type(TensorType(x.shape, "float32"), spec, mesh).shape
-                       for s in shards)
+            assert all(
+                s.shape == local_type(TensorType(x.shape, "float32"), spec, mesh).shape
+                for s in shards
+            )
             np.testing.assert_array_equal(assemble(shards, x.shape, spec, mesh), x)

@@ -21,9 +21,11 @@ F32, F16 = 4, 2
 
 def inputs() -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(0)
-    return (rng.normal(size=(B, D)).astype(np.float32),
-            (rng.normal(size=(L, D, F)) / 4).astype(np.float32),
-            (rng.normal(size=(L, F, D)) / 4).astype(np.float32))
+    return (
+        rng.normal(size=(B, D)).astype(np.float32),
+        (rng.normal(size=(L, D, F)) / 4).astype(np.float32),
+        (rng.normal(size=(L, F, D)) / 4).astype(np.float32),
+    )
 
 
 def put(x: np.ndarray, *spec: Any) -> spmd.Array:
@@ -42,11 +44,12 @@ def stacked_loss(w1: Any, w2: Any, x: Any) -> Any:
         return h + snp.tanh(h @ ws[0]) @ ws[1], None
 
     h, _ = lax.scan(spmd.remat(layer), x, (w1, w2))
-    return (h ** 2).mean()
+    return (h**2).mean()
 
 
 def test_stacked_weight_gradients_are_reduce_scattered_to_the_weights_layout(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     x, w1, w2 = inputs()
     grad = spmd.grad(stacked_loss, argnums=(0, 1))
     want = reference(grad, (w1, w2, x), monkeypatch)
@@ -62,12 +65,14 @@ def test_stacked_weight_gradients_are_reduce_scattered_to_the_weights_layout(
     grads = [r for r in compiled.collectives() if r.kind not in ("all_gather",)]
     assert sorted((r.kind, r.axes, r.bytes, r.shape, r.moved) for r in grads) == [
         ("reduce_scatter", FSDP, D * F * F32, (D, F), D * F * F32 * 7 / 8),
-        ("reduce_scatter", FSDP, D * F * F32, (F, D), D * F * F32 * 7 / 8)]
+        ("reduce_scatter", FSDP, D * F * F32, (F, D), D * F * F32 * 7 / 8),
+    ]
     assert all("scan body, x3" in r.reason for r in grads)
 
 
 def shared_loss(w1: Any, w2: Any, x: Any) -> Any:
     """w1 is a scan constant (its gradient a carried accumulator), compute in float16."""
+
     def layer(h: Any, w: Any) -> Any:
         return h + snp.tanh(h @ w1.astype("float16")) @ w.astype("float16"), None
 
@@ -76,7 +81,8 @@ def shared_loss(w1: Any, w2: Any, x: Any) -> Any:
 
 
 def test_a_carried_gradient_accumulator_stays_sharded_and_sums_in_the_compute_dtype(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     x, w1, w2 = inputs()
     w1 = w1[0]
     grad = spmd.grad(shared_loss, argnums=(0, 1))
@@ -90,5 +96,7 @@ def test_a_carried_gradient_accumulator_stays_sharded_and_sums_in_the_compute_dt
     # Each layer reduce-scatters the float16 partial gradient of w1 and of its w2 slice:
     # 16 x 32 x 2 B = 1024 B in, 1024 * 7/8 = 896 B sent per device; no all-reduce.
     grads = [r for r in compiled.collectives() if r.kind != "all_gather"]
-    assert sorted((r.kind, r.bytes, r.dtype, r.moved) for r in grads) == [
-        ("reduce_scatter", D * F * F16, "float16", D * F * F16 * 7 / 8)] * 2
+    assert (
+        sorted((r.kind, r.bytes, r.dtype, r.moved) for r in grads)
+        == [("reduce_scatter", D * F * F16, "float16", D * F * F16 * 7 / 8)] * 2
+    )

@@ -11,9 +11,16 @@ import spmd.numpy as snp
 from spmd import NamedSharding, P
 from tests.partitioner.helpers import mesh, rand
 
-SPECS = [("8", P("data")), ("8", P(None, "data")), ("2x4", P("data", "model")),
-         ("2x4", P(("data", "model"))), ("2x4", P("model", "data")), ("4x2", P(None, "model")),
-         ("2x2x2", P(("pipe", "data"), "model")), ("2x4", P())]
+SPECS = [
+    ("8", P("data")),
+    ("8", P(None, "data")),
+    ("2x4", P("data", "model")),
+    ("2x4", P(("data", "model"))),
+    ("2x4", P("model", "data")),
+    ("4x2", P(None, "model")),
+    ("2x2x2", P(("pipe", "data"), "model")),
+    ("2x4", P()),
+]
 
 
 @pytest.mark.parametrize("mesh_name,spec", SPECS, ids=[f"{m}-{s}" for m, s in SPECS])
@@ -36,8 +43,10 @@ def test_device_put_round_trip_and_shards(mesh_name: str, spec: P, shape: tuple)
     shard_count = int(np.prod([mesh(mesh_name).shape[a] for d in dims for a in d]))
     assert (covered == 8 // shard_count).all()
     # Device buffers are padded to equal shapes: ceil(n / k) along each sharded dim.
-    local = tuple(-(-n // int(np.prod([mesh(mesh_name).shape[a] for a in d]))) if d else n
-                  for n, d in zip(shape, dims))
+    local = tuple(
+        -(-n // int(np.prod([mesh(mesh_name).shape[a] for a in d]))) if d else n
+        for n, d in zip(shape, dims)
+    )
     assert all(b.shape == local for b in arr.device_buffers())
 
 

@@ -14,8 +14,9 @@ def mlp_forward(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[np.ndarray]
     return hs
 
 
-def mlp_grads(w: np.ndarray, b: np.ndarray, x: np.ndarray,
-              target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mlp_grads(
+    w: np.ndarray, b: np.ndarray, x: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """d/d(w, b, x) of sum(output * target)."""
     hs = mlp_forward(w, b, x)
     g = target
@@ -36,8 +37,9 @@ def megatron_forward(w1: np.ndarray, w2: np.ndarray, x: np.ndarray) -> np.ndarra
     return h
 
 
-def megatron_grads(w1: np.ndarray, w2: np.ndarray, x: np.ndarray,
-                   target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def megatron_grads(
+    w1: np.ndarray, w2: np.ndarray, x: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """d/d(w1, w2, x) of sum(output * target)."""
     hs, us = [x], []
     for s in range(w1.shape[0]):

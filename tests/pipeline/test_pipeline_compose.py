@@ -48,12 +48,14 @@ def test_five_adamw_steps_match_the_oracle_gradients(how):
 
     def grads_of(params):
         if how == "1f1b":
-            return spmd.pipeline_value_and_grad(stage, lambda y, tt: snp.sum(y * tt), params,
-                                                x, t, num_microbatches=4, mesh=mesh)[1]
+            return spmd.pipeline_value_and_grad(
+                stage, lambda y, tt: snp.sum(y * tt), params, x, t, num_microbatches=4, mesh=mesh
+            )[1]
 
         def loss(params):
             y = spmd.pipeline(stage, params, x, num_microbatches=4, mesh=mesh)
             return snp.sum(y * t) / 4
+
         return spmd.grad(loss)(params)
 
     @spmd.jit
@@ -70,15 +72,16 @@ def test_five_adamw_steps_match_the_oracle_gradients(how):
         gw, gb, _ = mlp_grads(rw, rb, x, t)
         ref, ref_state = opt.update({"w": gw / 4, "b": gb / 4}, ref_state, ref)
     for k in ("w", "b"):
-        np.testing.assert_allclose(np.asarray(params[k]), np.asarray(ref[k]), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(np.asarray(params[k]), np.asarray(ref[k]), rtol=1e-5, atol=1e-6)
 
 
 def test_data_x_pipe_mesh_from_the_arrays_own_shardings():
     mesh = spmd.make_mesh((2, 4), ("data", "pipe"))
     w, b, x, _ = setup(p=4, m=2)
-    params = {"w": spmd.device_put(w, NamedSharding(mesh, P("pipe"))),
-              "b": spmd.device_put(b, NamedSharding(mesh, P("pipe")))}
+    params = {
+        "w": spmd.device_put(w, NamedSharding(mesh, P("pipe"))),
+        "b": spmd.device_put(b, NamedSharding(mesh, P("pipe"))),
+    }
     xs = spmd.device_put(x, NamedSharding(mesh, P("data")))
     y = spmd.pipeline(stage, params, xs, num_microbatches=2)
     np.testing.assert_allclose(np.asarray(y), mlp_forward(w, b, x)[-1], rtol=1e-5, atol=1e-6)

@@ -14,9 +14,22 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline.py"
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["1f1b", "gpipe", "interleaved"])
 def test_example_matches_the_unpipelined_model(schedule):
-    out = subprocess.run([sys.executable, str(EXAMPLE), "--schedule", schedule, "--steps", "3",
-                          "--microbatches", "4"], capture_output=True, text=True, timeout=600,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--schedule",
+            schedule,
+            "--steps",
+            "3",
+            "--microbatches",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
     gap = float(re.search(r"parameter after 3 steps: (\S+)", out).group(1))
     assert gap < 1e-5
     losses = re.findall(r"loss (\S+)\s+unpipelined (\S+)", out)

@@ -32,8 +32,15 @@ def run(p, m, schedule="gpipe", v=1):
     w, b, x, t = data(p * v, 2 * m)
 
     def loss(w, b, x):
-        y = spmd.pipeline(stage, {"w": w, "b": b}, x, num_microbatches=m, schedule=schedule,
-                          stages_per_device=v, mesh=mesh)
+        y = spmd.pipeline(
+            stage,
+            {"w": w, "b": b},
+            x,
+            num_microbatches=m,
+            schedule=schedule,
+            stages_per_device=v,
+            mesh=mesh,
+        )
         return snp.sum(y * t), y
 
     (_, y), grads = spmd.jit(spmd.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(w, b, x)
@@ -55,8 +62,10 @@ def test_interleaved_outputs_and_grads_equal_the_sequential_stages(p, v, m):
 def test_eager_call_with_placed_parameters_finds_the_mesh():
     mesh = spmd.make_mesh((4,), ("pipe",))
     w, b, x, _ = data(4, 8)
-    params = {"w": spmd.device_put(w, spmd.NamedSharding(mesh, P("pipe"))),
-              "b": spmd.device_put(b, spmd.NamedSharding(mesh, P("pipe")))}
+    params = {
+        "w": spmd.device_put(w, spmd.NamedSharding(mesh, P("pipe"))),
+        "b": spmd.device_put(b, spmd.NamedSharding(mesh, P("pipe"))),
+    }
     y = spmd.pipeline(stage, params, x, num_microbatches=4)
     np.testing.assert_allclose(np.asarray(y), mlp_forward(w, b, x)[-1], rtol=1e-5, atol=1e-6)
 
@@ -66,8 +75,7 @@ def test_collective_report_names_each_permute_stage_and_microbatch():
     w, b, x, t = data(4, 8)
 
     def loss(w, b):
-        return snp.sum(spmd.pipeline(stage, {"w": w, "b": b}, x, num_microbatches=2,
-                                     mesh=mesh) * t)
+        return snp.sum(spmd.pipeline(stage, {"w": w, "b": b}, x, num_microbatches=2, mesh=mesh) * t)
 
     records = spmd.jit(spmd.grad(loss, argnums=(0, 1))).lower(w, b).compile().collectives()
     permutes = [r for r in records if r.kind == "collective_permute"]
@@ -81,7 +89,8 @@ def test_collective_report_names_each_permute_stage_and_microbatch():
         "pipeline gpipe tick 3: stage 2->3 microbatch 1",
     ]
     assert sorted(r for r in reasons if r.startswith("backward of")) == sorted(
-        f"backward of {r}" for r in forward)
+        f"backward of {r}" for r in forward
+    )
     assert all(r.axes == ("pipe",) and r.bytes == 4 * 4 * 4 for r in permutes)
     assert all(r.loc.startswith("test_pipeline_gpipe.py:") for r in permutes)
 
@@ -105,20 +114,32 @@ def test_composes_with_data_and_tensor_parallelism_on_a_2x2x2_mesh(unroll):
     specs = {"w1": P("pipe", None, "model"), "w2": P("pipe", "model", None)}
 
     def loss(w1, w2, x):
-        y = spmd.pipeline(megatron_stage, {"w1": w1, "w2": w2}, x, num_microbatches=m,
-                          mesh=mesh, param_specs=specs, input_spec=P("data"), unroll=unroll)
+        y = spmd.pipeline(
+            megatron_stage,
+            {"w1": w1, "w2": w2},
+            x,
+            num_microbatches=m,
+            mesh=mesh,
+            param_specs=specs,
+            input_spec=P("data"),
+            unroll=unroll,
+        )
         return snp.sum(y * t), y
 
-    (_, y), grads = spmd.jit(spmd.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
-        w1, w2, x)
+    (_, y), grads = spmd.jit(spmd.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(w1, w2, x)
     np.testing.assert_allclose(np.asarray(y), megatron_forward(w1, w2, x), rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, megatron_grads(w1, w2, x, t)):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
-    if not unroll:  # collectives() lists top-level ops; the scan's are checked in test_pipeline_scan
+    if (
+        not unroll
+    ):  # collectives() lists top-level ops; the scan's are checked in test_pipeline_scan
         return
     compiled = spmd.jit(lambda w1, w2, x: loss(w1, w2, x)[1]).lower(w1, w2, x).compile()
-    kinds = {(r.kind, r.axes) for r in compiled.collectives() if "shard_map" in r.reason
-             or r.reason.startswith("pipeline")}
+    kinds = {
+        (r.kind, r.axes)
+        for r in compiled.collectives()
+        if "shard_map" in r.reason or r.reason.startswith("pipeline")
+    }
     assert ("collective_permute", ("pipe",)) in kinds and ("all_reduce", ("model",)) in kinds
 
 
@@ -127,8 +148,15 @@ def test_errors_name_the_mistake():
     w, b, x, _ = data(4, 8)
     params = {"w": w, "b": b}
     with pytest.raises(ShapeError, match="leading dim must be the number of stages 8"):
-        spmd.pipeline(stage, params, x, num_microbatches=4, mesh=mesh, schedule="interleaved",
-                      stages_per_device=2)
+        spmd.pipeline(
+            stage,
+            params,
+            x,
+            num_microbatches=4,
+            mesh=mesh,
+            schedule="interleaved",
+            stages_per_device=2,
+        )
     with pytest.raises(ShapeError, match="does not split into 3 microbatches"):
         spmd.pipeline(stage, params, x, num_microbatches=3, mesh=mesh)
     with pytest.raises(ShardingError, match="'stage' is not a mesh axis"):
@@ -148,9 +176,14 @@ def test_inside_jit_specs_come_from_the_arguments_shardings():
     w2 = (rng.standard_normal((2, 8, D)) * 0.4).astype(np.float32)
     x = rng.standard_normal((8, D)).astype(np.float32)
     put = spmd.device_put
-    args = (put(w1, spmd.NamedSharding(mesh, P("pipe", None, "model"))),
-            put(w2, spmd.NamedSharding(mesh, P("pipe", "model", None))),
-            put(x, spmd.NamedSharding(mesh, P("data"))))
-    y = spmd.jit(lambda w1, w2, x: spmd.pipeline(megatron_stage, {"w1": w1, "w2": w2}, x,
-                                                 num_microbatches=2, mesh=mesh))(*args)
+    args = (
+        put(w1, spmd.NamedSharding(mesh, P("pipe", None, "model"))),
+        put(w2, spmd.NamedSharding(mesh, P("pipe", "model", None))),
+        put(x, spmd.NamedSharding(mesh, P("data"))),
+    )
+    y = spmd.jit(
+        lambda w1, w2, x: spmd.pipeline(
+            megatron_stage, {"w1": w1, "w2": w2}, x, num_microbatches=2, mesh=mesh
+        )
+    )(*args)
     np.testing.assert_allclose(np.asarray(y), megatron_forward(w1, w2, x), rtol=1e-5, atol=1e-5)

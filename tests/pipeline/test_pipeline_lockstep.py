@@ -25,8 +25,11 @@ def mse(y, t):
 
 def tick_counts(schedule, p, m):
     kinds = [{s.kind for s in row if s} for row in make_schedule(schedule, p, m).ticks]
-    return (sum(k == {"F"} for k in kinds), sum(k == {"B"} for k in kinds),
-            sum(len(k) == 2 for k in kinds))
+    return (
+        sum(k == {"F"} for k in kinds),
+        sum(k == {"B"} for k in kinds),
+        sum(len(k) == 2 for k in kinds),
+    )
 
 
 @pytest.mark.parametrize("schedule,m", [("1f1b", 4), ("1f1b", 8), ("gpipe", 8)])
@@ -37,12 +40,21 @@ def test_lockstep_flops_are_one_slot_per_tick(schedule, m):
     x = np.zeros((m * MB, W), np.float32)
 
     def step(params, x, t):
-        return spmd.pipeline_value_and_grad(block, mse, params, x, t, num_microbatches=m,
-                                            schedule=schedule, mesh=mesh, param_specs=P("pipe"))
+        return spmd.pipeline_value_and_grad(
+            block,
+            mse,
+            params,
+            x,
+            t,
+            num_microbatches=m,
+            schedule=schedule,
+            mesh=mesh,
+            param_specs=P("pipe"),
+        )
 
     report = spmd.jit(step).lower(params, x, x).compile().simulate(check_memory=False)
     forward = 2 * (2 * MB * W * 4 * W)  # two matmuls
-    backward = forward + 2 * forward   # the recomputed forward, then dx and dw of each matmul
+    backward = forward + 2 * forward  # the recomputed forward, then dx and dw of each matmul
     f_only, b_only, mixed = tick_counts(schedule, p, m)
     one_slot = f_only * forward + (b_only + mixed) * backward
     # below the count by up to 7% measured: gradients nobody reads are pruned (the first

@@ -20,9 +20,15 @@ MESH = ["--mesh", "2x4", "--axes", "data,pipe"]
 
 def launch(*args: str, timeout: float = 400.0) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "launch.cli", *MESH, *args, str(SCRIPT)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *MESH, *args, str(SCRIPT)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = re.findall(r"RESULT loss=(\S+) checksum=(\S+)", done.stdout)
     assert len(found) == 1, done.stdout[-3000:]

@@ -18,8 +18,16 @@ def grads_and_output(p, m, schedule="gpipe", v=1, unroll=False):
     w, b, x, t = data(p * v, 2 * m)
 
     def loss(w, b, x):
-        y = spmd.pipeline(stage, {"w": w, "b": b}, x, num_microbatches=m, schedule=schedule,
-                          stages_per_device=v, mesh=mesh, unroll=unroll)
+        y = spmd.pipeline(
+            stage,
+            {"w": w, "b": b},
+            x,
+            num_microbatches=m,
+            schedule=schedule,
+            stages_per_device=v,
+            mesh=mesh,
+            unroll=unroll,
+        )
         return snp.sum(y * t), y
 
     f = spmd.jit(spmd.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
@@ -27,10 +35,19 @@ def grads_and_output(p, m, schedule="gpipe", v=1, unroll=False):
     return (w, b, x, t), y, grads, f.lower(w, b, x).compile()
 
 
-@pytest.mark.parametrize("p,m,schedule,v", [
-    (2, 1, "gpipe", 1), (4, 4, "gpipe", 1), (4, 16, "gpipe", 1), (8, 8, "gpipe", 1),
-    (2, 2, "interleaved", 2), (4, 8, "interleaved", 2), (4, 6, "interleaved", 2),
-    (2, 3, "interleaved", 3)])
+@pytest.mark.parametrize(
+    "p,m,schedule,v",
+    [
+        (2, 1, "gpipe", 1),
+        (4, 4, "gpipe", 1),
+        (4, 16, "gpipe", 1),
+        (8, 8, "gpipe", 1),
+        (2, 2, "interleaved", 2),
+        (4, 8, "interleaved", 2),
+        (4, 6, "interleaved", 2),
+        (2, 3, "interleaved", 3),
+    ],
+)
 def test_scan_outputs_and_grads_equal_the_sequential_stages(p, m, schedule, v):
     (w, b, x, t), y, grads, _ = grads_and_output(p, m, schedule, v)
     np.testing.assert_allclose(np.asarray(y), mlp_forward(w, b, x)[-1], rtol=1e-5, atol=1e-5)
@@ -54,5 +71,6 @@ def test_program_size_does_not_grow_with_microbatches():
 def test_the_scan_permute_is_named_for_every_tick():
     ops = per_device_ops(grads_and_output(4, 4)[3])
     reasons = {op.attrs["reason"] for op in ops if op.name == "collective_permute"}
-    assert any(r.startswith("pipeline gpipe ticks 0-5 (scan over the table)")
-               for r in reasons), reasons
+    assert any(r.startswith("pipeline gpipe ticks 0-5 (scan over the table)") for r in reasons), (
+        reasons
+    )

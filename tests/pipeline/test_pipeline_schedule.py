@@ -20,8 +20,12 @@ def _check_complete_and_ordered(s):
             key = (slot.kind, slot.stage, slot.microbatch)
             assert key not in when
             when[key] = t
-    want = {(k, j, i) for k in (FORWARD, BACKWARD) for j in range(s.stages)
-            for i in range(s.microbatches)}
+    want = {
+        (k, j, i)
+        for k in (FORWARD, BACKWARD)
+        for j in range(s.stages)
+        for i in range(s.microbatches)
+    }
     assert set(when) == want
     for (kind, j, i), t in when.items():
         if kind == FORWARD and j > 0:
@@ -85,11 +89,14 @@ def test_backward_cost_weighs_the_bubble():
     assert one_f_one_b(4, 4).bubble_fraction(backward_cost=2.0) > 3 / 7
 
 
-@pytest.mark.parametrize("args,match", [
-    (("zigzag", 4, 4), "unknown pipeline schedule"),
-    (("gpipe", 4, 4, 2), "one stage per device"),
-    (("gpipe", 0, 4), "positive int"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (("zigzag", 4, 4), "unknown pipeline schedule"),
+        (("gpipe", 4, 4, 2), "one stage per device"),
+        (("gpipe", 0, 4), "positive int"),
+    ],
+)
 def test_bad_schedule_arguments_raise(args, match):
     with pytest.raises(ShapeError, match=match):
         make_schedule(*args)

@@ -58,9 +58,11 @@ def test_lockstep_time_counts_masked_slots_and_shifts():
     forwards = sum(1 for row in table.ticks if {s.kind for s in row if s} == {"F"})
     assert mixed > 0
     assert lockstep_seconds(table, 1.0, 3.0, 0.0) == pytest.approx(
-        forwards + 3.0 * (table.num_ticks - forwards))
+        forwards + 3.0 * (table.num_ticks - forwards)
+    )
     assert lockstep_seconds(table, 1.0, 3.0, 0.5) == pytest.approx(
-        forwards + 3.0 * (table.num_ticks - forwards) + 0.5 * (table.num_ticks - 1 + mixed))
+        forwards + 3.0 * (table.num_ticks - forwards) + 0.5 * (table.num_ticks - 1 + mixed)
+    )
 
 
 def test_negative_costs_raise():
@@ -86,9 +88,16 @@ def test_simulated_slice_bubble_within_five_points_of_theory(schedule):
 def test_simulated_interleaved_bubble_is_lower_than_gpipe():
     mesh = spmd.make_mesh((4,), ("pipe",))
     x = np.zeros((256, 4096), np.float32)
-    flat = simulate_pipeline(tanh_stage, np.zeros((4, 4096, 4096), np.float32), x,
-                             num_microbatches=8, mesh=mesh)
-    circular = simulate_pipeline(tanh_stage, np.zeros((8, 4096, 4096), np.float32), x,
-                                 num_microbatches=8, mesh=mesh, schedule="interleaved",
-                                 stages_per_device=2)
+    flat = simulate_pipeline(
+        tanh_stage, np.zeros((4, 4096, 4096), np.float32), x, num_microbatches=8, mesh=mesh
+    )
+    circular = simulate_pipeline(
+        tanh_stage,
+        np.zeros((8, 4096, 4096), np.float32),
+        x,
+        num_microbatches=8,
+        mesh=mesh,
+        schedule="interleaved",
+        stages_per_device=2,
+    )
     assert circular.bubble_fraction < flat.bubble_fraction

@@ -31,13 +31,25 @@ def check(schedule, p, m, v=1, unroll=True):
     b = (rng.standard_normal((s, D)) * 0.1).astype(np.float32)
     x = rng.standard_normal((batch, D)).astype(np.float32)
     t = rng.standard_normal((batch, D)).astype(np.float32)
-    step = spmd.jit(lambda w, b, x, t: spmd.pipeline_value_and_grad(
-        stage, dot_loss, {"w": w, "b": b}, x, t, num_microbatches=m, schedule=schedule,
-        stages_per_device=v, mesh=mesh, unroll=unroll))
+    step = spmd.jit(
+        lambda w, b, x, t: spmd.pipeline_value_and_grad(
+            stage,
+            dot_loss,
+            {"w": w, "b": b},
+            x,
+            t,
+            num_microbatches=m,
+            schedule=schedule,
+            stages_per_device=v,
+            mesh=mesh,
+            unroll=unroll,
+        )
+    )
     loss, grads = step(w, b, x, t)
     # the loss is the mean over microbatches of each one's sum(y * t)
-    np.testing.assert_allclose(float(loss), (mlp_forward(w, b, x)[-1] * t).sum() / m,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        float(loss), (mlp_forward(w, b, x)[-1] * t).sum() / m, rtol=1e-5, atol=1e-5
+    )
     dw, db, _ = mlp_grads(w, b, x, t)
     np.testing.assert_allclose(np.asarray(grads["w"]), dw / m, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(grads["b"]), db / m, rtol=1e-4, atol=1e-6)
@@ -65,13 +77,19 @@ def test_report_names_forward_and_gradient_shifts():
     mesh = spmd.make_mesh((2,), ("pipe",))
     w, b = np.ones((2, D, D), np.float32), np.zeros((2, D), np.float32)
     x = t = np.ones((4, D), np.float32)
-    step = spmd.jit(lambda w, b: spmd.pipeline_value_and_grad(
-        stage, dot_loss, {"w": w, "b": b}, x, t, num_microbatches=2, mesh=mesh))
-    reasons = [r.reason for r in step.lower(w, b).compile().collectives()
-               if r.kind == "collective_permute"]
+    step = spmd.jit(
+        lambda w, b: spmd.pipeline_value_and_grad(
+            stage, dot_loss, {"w": w, "b": b}, x, t, num_microbatches=2, mesh=mesh
+        )
+    )
+    reasons = [
+        r.reason for r in step.lower(w, b).compile().collectives() if r.kind == "collective_permute"
+    ]
     assert "pipeline 1f1b tick 0: forward stage 0->1 microbatch 0" in reasons
-    assert any(r.startswith("pipeline 1f1b tick") and "gradient stage 1->0 microbatch 0" in r
-               for r in reasons)
+    assert any(
+        r.startswith("pipeline 1f1b tick") and "gradient stage 1->0 microbatch 0" in r
+        for r in reasons
+    )
     assert len(reasons) == 4  # two microbatches, one forward and one gradient shift each
 
 
@@ -88,15 +106,26 @@ def test_composes_with_data_and_tensor_parallelism_on_a_2x2x2_mesh(unroll):
     def megatron_stage(params, h):
         return h + spmd.lax.psum(snp.tanh(h @ params["w1"]) @ params["w2"], "model")
 
-    step = spmd.jit(lambda w1, w2, x, t: spmd.pipeline_value_and_grad(
-        megatron_stage, dot_loss, {"w1": w1, "w2": w2}, x, t, num_microbatches=m, mesh=mesh,
-        param_specs={"w1": P("pipe", None, "model"), "w2": P("pipe", "model", None)},
-        input_spec=P("data"), unroll=unroll))
+    step = spmd.jit(
+        lambda w1, w2, x, t: spmd.pipeline_value_and_grad(
+            megatron_stage,
+            dot_loss,
+            {"w1": w1, "w2": w2},
+            x,
+            t,
+            num_microbatches=m,
+            mesh=mesh,
+            param_specs={"w1": P("pipe", None, "model"), "w2": P("pipe", "model", None)},
+            input_spec=P("data"),
+            unroll=unroll,
+        )
+    )
     loss, grads = step(w1, w2, x, t)
     # mean over the 2 data shards x m microbatches
     scale = 2 * m
-    np.testing.assert_allclose(float(loss), (megatron_forward(w1, w2, x) * t).sum() / scale,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        float(loss), (megatron_forward(w1, w2, x) * t).sum() / scale, rtol=1e-5, atol=1e-5
+    )
     d1, d2, _ = megatron_grads(w1, w2, x, t)
     np.testing.assert_allclose(np.asarray(grads["w1"]), d1 / scale, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(grads["w2"]), d2 / scale, rtol=1e-4, atol=1e-6)
@@ -122,15 +151,26 @@ def _memory(schedule, m, mb=8, width=256):
         return h + snp.tanh(h @ q["w1"]) @ q["w2"]
 
     if schedule == "autodiff":
+
         def loss(w1, w2, x):
             y = spmd.pipeline(wide, {"w1": w1, "w2": w2}, x, num_microbatches=m, mesh=mesh)
             return snp.sum(y * x)
+
         f = spmd.jit(spmd.value_and_grad(loss, argnums=(0, 1)))
         return f.lower(w1, w2, x).compile().memory_per_device(), x.nbytes
 
-    f = spmd.jit(lambda w1, w2, x: spmd.pipeline_value_and_grad(
-        wide, dot_loss, {"w1": w1, "w2": w2}, x, x, num_microbatches=m, schedule=schedule,
-        mesh=mesh))
+    f = spmd.jit(
+        lambda w1, w2, x: spmd.pipeline_value_and_grad(
+            wide,
+            dot_loss,
+            {"w1": w1, "w2": w2},
+            x,
+            x,
+            num_microbatches=m,
+            schedule=schedule,
+            mesh=mesh,
+        )
+    )
     return f.lower(w1, w2, x).compile().memory_per_device(), x.nbytes
 
 

@@ -27,8 +27,17 @@ def gpt():
 
 
 def small(gpt, **changes):
-    return gpt.Config(context=8, width=16, heads=4, layers=4, steps=20, batch_size=8,
-                      learning_rate=2e-2, warmup_steps=4, **changes)
+    return gpt.Config(
+        context=8,
+        width=16,
+        heads=4,
+        layers=4,
+        steps=20,
+        batch_size=8,
+        learning_rate=2e-2,
+        warmup_steps=4,
+        **changes,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +46,13 @@ def unpipelined(gpt):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("mesh,stages,microbatches", [
-    ("2x2x2", 2, 4), pytest.param("1x4x2", 4, 8, marks=pytest.mark.slow)])
-def test_pipelined_gpt_trains_like_the_unpipelined_one(gpt, unpipelined, mesh, stages,
-                                                       microbatches):
+@pytest.mark.parametrize(
+    "mesh,stages,microbatches",
+    [("2x2x2", 2, 4), pytest.param("1x4x2", 4, 8, marks=pytest.mark.slow)],
+)
+def test_pipelined_gpt_trains_like_the_unpipelined_one(
+    gpt, unpipelined, mesh, stages, microbatches
+):
     config = small(gpt, pipeline=stages, microbatches=microbatches)
     got = gpt.train(config, gpt.parse_mesh(mesh, pipeline=stages), progress=False)
     assert got.params["layers"]["qkv"].sharding.spec[:1] == ("pipe",)
@@ -53,8 +65,24 @@ def test_pipelined_gpt_trains_like_the_unpipelined_one(gpt, unpipelined, mesh, s
 
 
 def test_pipeline_flag_runs_from_the_command_line(gpt, capsys):
-    result = gpt.main(["--steps", "2", "--batch-size", "8", "--context", "8", "--width", "16",
-                       "--mesh", "2x2x2", "--pipeline", "2", "--microbatches", "2"])
+    result = gpt.main(
+        [
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--context",
+            "8",
+            "--width",
+            "16",
+            "--mesh",
+            "2x2x2",
+            "--pipeline",
+            "2",
+            "--microbatches",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "data=2 x pipe=2 x model=2" in out and len(result.losses) == 2
     with pytest.raises(SystemExit):

@@ -29,29 +29,48 @@ def local() -> dict[str, np.ndarray]:
     finally:
         sys.path.remove(str(SCRIPT.parent))
     gpt = script.example()
-    result = gpt.train(script.small_config(gpt, STEPS), gpt.parse_mesh("2x2x2", pipeline=2),
-                       progress=False)
+    result = gpt.train(
+        script.small_config(gpt, STEPS), gpt.parse_mesh("2x2x2", pipeline=2), progress=False
+    )
     return {"losses": np.asarray(result.losses), **script.flat_params(gpt, result.params)}
 
 
 def launched(runtime: str, tmp_path: Path) -> dict[str, np.ndarray]:
     out = tmp_path / f"{runtime}.npz"
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
-               SPMD_COLLECTIVE_TIMEOUT="120")
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "--mesh", "2x2x2", "--axes",
-                           "data,pipe,model", "--runtime", runtime, str(SCRIPT), str(out),
-                           str(STEPS)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=800, check=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SPMD_COLLECTIVE_TIMEOUT="120")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "--mesh",
+            "2x2x2",
+            "--axes",
+            "data,pipe,model",
+            "--runtime",
+            runtime,
+            str(SCRIPT),
+            str(out),
+            str(STEPS),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+        check=False,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     processes = 1 if runtime == "ray" else 8  # ray: one controller driving 8 actors
-    assert f"RESULT runtime={runtime} processes={processes}" in done.stdout, \
-        done.stdout[-3000:]
+    assert f"RESULT runtime={runtime} processes={processes}" in done.stdout, done.stdout[-3000:]
     with np.load(out) as saved:
         return dict(saved)
 
 
-@pytest.mark.parametrize("runtime", [pytest.param("mpi", marks=pytest.mark.mpi), "tcp",
-                                     pytest.param("ray", marks=pytest.mark.ray)])
+@pytest.mark.parametrize(
+    "runtime",
+    [pytest.param("mpi", marks=pytest.mark.mpi), "tcp", pytest.param("ray", marks=pytest.mark.ray)],
+)
 def test_pipelined_transformer_matches_the_local_runtime(runtime: str, local, tmp_path: Path):
     got = launched(runtime, tmp_path)
     assert sorted(got) == sorted(local)

@@ -56,7 +56,8 @@ def test_unknown_kinds_are_launch_errors() -> None:
 
 
 def test_the_embedded_runtime_is_a_runtime_and_compiles_through_the_registry(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from launch.runtime import local_runtime
 
     monkeypatch.setenv("SPMD_BACKEND", "cpu")

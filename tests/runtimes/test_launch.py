@@ -23,8 +23,15 @@ MESH = ["--mesh", "2x4", "--axes", "data,model"]
 
 def launch(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def result(output: str) -> tuple[float, float]:
@@ -55,15 +62,20 @@ def assert_no_orphans(marker: str) -> None:
     assert survivors(marker) == []
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--mesh", "2xx4", str(SCRIPT)], "malformed mesh '2xx4'"),
-    (["--mesh", "4x4", "--runtime", "mpi", "--processes", "8", str(SCRIPT)],
-     "mesh 4x4 needs 16 devices but 8 process(es) x 1 local device(s) give 8"),
-    (["--mesh", "2x4", "missing_script.py"], "script 'missing_script.py' not found"),
-    (["--mesh", "2x4", "--axes", "data", str(SCRIPT)], "must give 2 distinct names"),
-    (["--mesh", "2x4", "--device", "tpu", str(SCRIPT)], "is not cpu, gpu or tpu-sim:<chip>"),
-    (["--mesh", "2x4"], "the following arguments are required: script"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--mesh", "2xx4", str(SCRIPT)], "malformed mesh '2xx4'"),
+        (
+            ["--mesh", "4x4", "--runtime", "mpi", "--processes", "8", str(SCRIPT)],
+            "mesh 4x4 needs 16 devices but 8 process(es) x 1 local device(s) give 8",
+        ),
+        (["--mesh", "2x4", "missing_script.py"], "script 'missing_script.py' not found"),
+        (["--mesh", "2x4", "--axes", "data", str(SCRIPT)], "must give 2 distinct names"),
+        (["--mesh", "2x4", "--device", "tpu", str(SCRIPT)], "is not cpu, gpu or tpu-sim:<chip>"),
+        (["--mesh", "2x4"], "the following arguments are required: script"),
+    ],
+)
 def test_bad_launch_input_gets_one_line_and_exit_2(args, message) -> None:
     assert_one_line_error(launch(*args), message)
 
@@ -119,8 +131,23 @@ def start_waiting_job(marker: str) -> tuple[subprocess.Popen, dict[int, int]]:
     its output is drained by a thread, so a full pipe can never hold up its exit."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "launch.cli", *MESH, "--runtime", "mpi", str(SCRIPT), "--wait",
-         marker], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            *MESH,
+            "--runtime",
+            "mpi",
+            str(SCRIPT),
+            "--wait",
+            marker,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pids: dict[int, int] = {}
     while len(pids) < 8:
         line = process.stdout.readline()

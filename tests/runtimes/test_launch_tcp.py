@@ -31,29 +31,52 @@ TCP = ["--runtime", "tcp"]
 
 
 def test_each_process_gets_torchrun_variables_and_only_them() -> None:
-    base = {"RANK": "7", "PMI_SIZE": "8", "MASTER_PORT": "1", "KEEP": "yes",
-            "SPMD_JOB_SECRET": "an-old-job-s-secret"}
+    base = {
+        "RANK": "7",
+        "PMI_SIZE": "8",
+        "MASTER_PORT": "1",
+        "KEEP": "yes",
+        "SPMD_JOB_SECRET": "an-old-job-s-secret",
+    }
     environments = torchrun_environments(base, 3)
     port = environments[0]["MASTER_PORT"]
     assert port != "1" and port.isdigit()
     secret = environments[0]["SPMD_JOB_SECRET"]  # a fresh one per job, the same for its ranks
     assert len(secret) == 64 and secret != torchrun_environments(base, 3)[0]["SPMD_JOB_SECRET"]
     for rank, environment in enumerate(environments):
-        assert environment == {"KEEP": "yes", "OMP_NUM_THREADS": "1", "RANK": str(rank),
-                               "LOCAL_RANK": str(rank), "WORLD_SIZE": "3", "LOCAL_WORLD_SIZE": "3",
-                               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-                               "SPMD_LAUNCHER_PID": str(os.getpid()), "SPMD_JOB_SECRET": secret}
+        assert environment == {
+            "KEEP": "yes",
+            "OMP_NUM_THREADS": "1",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "3",
+            "LOCAL_WORLD_SIZE": "3",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "SPMD_LAUNCHER_PID": str(os.getpid()),
+            "SPMD_JOB_SECRET": secret,
+        }
     assert torchrun_environments({"OMP_NUM_THREADS": "4"}, 1)[0]["OMP_NUM_THREADS"] == "4"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--mesh", "2x2", *TCP, "--processes", "3", str(SCRIPT)],
-     "--runtime tcp runs one device per process: --processes 3 must equal the size 4 of mesh 2x2"),
-    (["--mesh", "2x2", *TCP, "--processes", "8", str(SCRIPT)],
-     "--processes 8 must equal the size 4 of mesh 2x2"),
-    (["--mesh", "2x2", *TCP, "--hosts", "n1,n2", str(SCRIPT)], "--hosts/--hostfile need --runtime mpi"),
-    (["--mesh", "2x2", "--runtime", "tcpx", str(SCRIPT)], "invalid choice: 'tcpx'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--mesh", "2x2", *TCP, "--processes", "3", str(SCRIPT)],
+            "--runtime tcp runs one device per process: --processes 3 must equal the size 4 of mesh 2x2",
+        ),
+        (
+            ["--mesh", "2x2", *TCP, "--processes", "8", str(SCRIPT)],
+            "--processes 8 must equal the size 4 of mesh 2x2",
+        ),
+        (
+            ["--mesh", "2x2", *TCP, "--hosts", "n1,n2", str(SCRIPT)],
+            "--hosts/--hostfile need --runtime mpi",
+        ),
+        (["--mesh", "2x2", "--runtime", "tcpx", str(SCRIPT)], "invalid choice: 'tcpx'"),
+    ],
+)
 def test_bad_tcp_input_gets_one_line_and_exit_2(args, message) -> None:
     assert_one_line_error(launch(*args), message)
 
@@ -98,14 +121,19 @@ def test_a_raising_process_stops_the_job_with_its_traceback_once() -> None:
     done = launch("--mesh", "2x2", *TCP, str(SCRIPT), "--fail-on-rank", "2", marker)
     assert done.returncode == 1
     assert done.stderr.count("Traceback (most recent call last)") == 1, done.stderr
-    assert len(re.findall("^ValueError: deliberate failure on process 2$", done.stderr,
-                          re.MULTILINE)) == 1, done.stderr
+    assert (
+        len(re.findall("^ValueError: deliberate failure on process 2$", done.stderr, re.MULTILINE))
+        == 1
+    ), done.stderr
     assert "[spmd rank 2] Traceback" in done.stderr and "train_small.py" in done.stderr
     assert "runpy" not in done.stderr and "tcp_entry" not in done.stderr  # the user's frames only
     # the raising rank is named, not a peer it stopped (those exit 87 and may be reaped first)
-    assert re.search(r"^spmd-launch: process 2 \(pid \d+ on \S+\) exited with code 1; "
-                     r"stopping the others$",
-                     done.stderr, re.MULTILINE), done.stderr
+    assert re.search(
+        r"^spmd-launch: process 2 \(pid \d+ on \S+\) exited with code 1; "
+        r"stopping the others$",
+        done.stderr,
+        re.MULTILINE,
+    ), done.stderr
     assert_no_orphans(marker)
 
 
@@ -122,7 +150,12 @@ def start_waiting_job(tmp_path: Path, marker: str) -> tuple[subprocess.Popen, di
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "--mesh", "2x2", *TCP, str(script), marker],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     pids: dict[int, int] = {}
     while len(pids) < 4:
         line = process.stdout.readline()
@@ -151,8 +184,11 @@ def test_a_killed_process_ends_the_job(tmp_path) -> None:
     os.kill(pids[1], signal.SIGKILL)
     code, output = finish(process, start, marker)
     assert code == 128 + signal.SIGKILL
-    assert re.search(rf"spmd-launch: process 1 \(pid {pids[1]} on \S+\) was killed by SIGKILL; "
-                     r"stopping the others\n", output), output
+    assert re.search(
+        rf"spmd-launch: process 1 \(pid {pids[1]} on \S+\) was killed by SIGKILL; "
+        r"stopping the others\n",
+        output,
+    ), output
     assert "Traceback" not in output
 
 

@@ -25,11 +25,18 @@ from collectives import auth
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "runtimes" / "scripts" / "train_small.py"
-MPI_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME",
-                 "SPMD_BIND_ADDR")
+MPI_VARIABLES = (
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "MPI_LOCALNRANKS",
+    "SPMD_RUNTIME",
+    "SPMD_BIND_ADDR",
+)
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                       reason="needs root and iproute2 to make network namespaces"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="needs root and iproute2 to make network namespaces",
+    ),
     pytest.mark.slow,
     pytest.mark.timeout(240),
 ]
@@ -77,13 +84,29 @@ def start_job(hosts, *args: str) -> list[subprocess.Popen]:
     start_job.count = getattr(start_job, "count", 0) + 1
     names, addresses = hosts
     env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR=addresses[0],
-               MASTER_PORT=str(29500 + start_job.count), WORLD_SIZE="2", SPMD_MESH="1x2", SPMD_AXES="data,model",
-               SPMD_JOB_SECRET=auth.new_secret(), SPMD_COLLECTIVE_TIMEOUT="60")
+    env.update(
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR=addresses[0],
+        MASTER_PORT=str(29500 + start_job.count),
+        WORLD_SIZE="2",
+        SPMD_MESH="1x2",
+        SPMD_AXES="data,model",
+        SPMD_JOB_SECRET=auth.new_secret(),
+        SPMD_COLLECTIVE_TIMEOUT="60",
+    )
     command = [sys.executable, "-m", "launch.tcp_entry", str(SCRIPT), *args]  # starts tcp
-    return [subprocess.Popen(["ip", "netns", "exec", names[rank], *command], cwd=REPO,
-                             env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    return [
+        subprocess.Popen(
+            ["ip", "netns", "exec", names[rank], *command],
+            cwd=REPO,
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
 
 
 def local_result(monkeypatch: pytest.MonkeyPatch) -> str:
@@ -111,7 +134,9 @@ def test_two_hosts_train_with_the_local_runtime_numbers(hosts, monkeypatch) -> N
     finally:
         for process in processes:
             process.kill()
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    assert [p.returncode for p in processes] == [0, 0], (
+        outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    )
     assert "processes=2" in outputs[0][0]  # one job over both hosts, not two local ones
     assert local_result(monkeypatch) in outputs[0][0]
 
@@ -185,14 +210,38 @@ def start_mpi_job(hosts, launcher: Path, *args: str) -> subprocess.Popen:
     """spmd-launch --runtime mpi in host a, rank 0 on host a and rank 1 on host b."""
     names, addresses = hosts
     env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HYDRA_LAUNCHER="ssh",
-               HYDRA_LAUNCHER_EXEC=str(launcher), SPMD_COLLECTIVE_TIMEOUT="60",
-               NETNS_HOSTS=",".join(f"{a}={n}" for a, n in zip(addresses, names)))
-    command = [sys.executable, "-m", "launch.cli", "--mesh", "1x2", "--axes", "data,model",
-               "--runtime", "mpi", "--hosts", ",".join(addresses), str(SCRIPT), *args]
-    return subprocess.Popen(["ip", "netns", "exec", names[0], *command], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    env.update(
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        HYDRA_LAUNCHER="ssh",
+        HYDRA_LAUNCHER_EXEC=str(launcher),
+        SPMD_COLLECTIVE_TIMEOUT="60",
+        NETNS_HOSTS=",".join(f"{a}={n}" for a, n in zip(addresses, names)),
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "--mesh",
+        "1x2",
+        "--axes",
+        "data,model",
+        "--runtime",
+        "mpi",
+        "--hosts",
+        ",".join(addresses),
+        str(SCRIPT),
+        *args,
+    ]
+    return subprocess.Popen(
+        ["ip", "netns", "exec", names[0], *command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture
@@ -203,8 +252,9 @@ def launcher(tmp_path) -> Path:
     return path
 
 
-def test_mpi_across_two_hosts_trains_with_the_local_runtime_numbers(hosts, launcher,
-                                                                    monkeypatch) -> None:
+def test_mpi_across_two_hosts_trains_with_the_local_runtime_numbers(
+    hosts, launcher, monkeypatch
+) -> None:
     process = start_mpi_job(hosts, launcher)
     try:
         out, err = process.communicate(timeout=180)

@@ -22,8 +22,10 @@ import pytest
 from test_multihost import MPI_VARIABLES, REPO, SCRIPT, hosts, local_result, output
 
 pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
-                       reason="needs root and iproute2 to make network namespaces"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="needs root and iproute2 to make network namespaces",
+    ),
     pytest.mark.ray,
     pytest.mark.slow,
     pytest.mark.timeout(400),  # 85 s measured (two `ray start`s and the job) under load 20
@@ -33,10 +35,18 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 PORT = 6391 + os.getpid() % 500  # not Ray's default 6379
 
 
-def in_host(name: str, environment: dict[str, str], *command: str,
-            timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", name, *command], cwd=REPO, env=environment,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def in_host(
+    name: str, environment: dict[str, str], *command: str, timeout: float
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ip", "netns", "exec", name, *command],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -49,18 +59,42 @@ def cluster(hosts):
     with open(os.open(token, os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
         handle.write(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES and k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token, RAY_USAGE_STATS_ENABLED="0",
-               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+    )
     head = f"{addresses[0]}:{PORT}"
     try:
-        started = in_host(names[0], env, RAY, "start", "--head", f"--port={PORT}",
-                          f"--node-ip-address={addresses[0]}", f"--temp-dir={folder}/a",
-                          "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-                          timeout=150)
+        started = in_host(
+            names[0],
+            env,
+            RAY,
+            "start",
+            "--head",
+            f"--port={PORT}",
+            f"--node-ip-address={addresses[0]}",
+            f"--temp-dir={folder}/a",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            timeout=150,
+        )
         assert started.returncode == 0, started.stderr[-3000:]
-        joined = in_host(names[1], env, RAY, "start", f"--address={head}",
-                         f"--node-ip-address={addresses[1]}", f"--temp-dir={folder}/b",
-                         "--num-cpus=1", "--disable-usage-stats", timeout=150)
+        joined = in_host(
+            names[1],
+            env,
+            RAY,
+            "start",
+            f"--address={head}",
+            f"--node-ip-address={addresses[1]}",
+            f"--temp-dir={folder}/b",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            timeout=150,
+        )
         assert joined.returncode == 0, joined.stderr[-3000:]
         yield head, env
     finally:
@@ -71,16 +105,33 @@ def cluster(hosts):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_ray_across_two_hosts_trains_with_the_local_runtime_numbers(hosts, cluster,
-                                                                    monkeypatch) -> None:
+def test_ray_across_two_hosts_trains_with_the_local_runtime_numbers(
+    hosts, cluster, monkeypatch
+) -> None:
     names, addresses = hosts
     head, env = cluster
-    done = in_host(names[0], dict(env, SPMD_COLLECTIVE_TIMEOUT="60"), sys.executable, "-m",
-                   "launch.cli", "--mesh", "1x2", "--axes", "data,model", "--runtime", "ray",
-                   "--address", head, str(SCRIPT), timeout=200)
+    done = in_host(
+        names[0],
+        dict(env, SPMD_COLLECTIVE_TIMEOUT="60"),
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "--mesh",
+        "1x2",
+        "--axes",
+        "data,model",
+        "--runtime",
+        "ray",
+        "--address",
+        head,
+        str(SCRIPT),
+        timeout=200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"ACTOR HOSTS {addresses[0]},{addresses[1]}" in done.stdout or \
-        f"ACTOR HOSTS {addresses[1]},{addresses[0]}" in done.stdout, done.stdout
+    assert (
+        f"ACTOR HOSTS {addresses[0]},{addresses[1]}" in done.stdout
+        or f"ACTOR HOSTS {addresses[1]},{addresses[0]}" in done.stdout
+    ), done.stdout
     assert local_result(monkeypatch) in done.stdout
     with contextlib.suppress(OSError), open("/tmp/ray/ray_current_cluster") as handle:
         assert head not in handle.read()  # a plain ray.init() on this machine never finds it

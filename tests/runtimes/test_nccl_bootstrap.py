@@ -21,7 +21,7 @@ SCRIPT = REPO / "tests" / "runtimes" / "scripts" / "nccl_exchange.py"
 
 
 def test_a_row_is_the_key_a_flag_and_the_id_bytes() -> None:
-    uid = tuple(range(-128, 0)) 
+    uid = tuple(range(-128, 0))
     row = pack_row(0x0102030405060708, uid)
     assert row.dtype == np.uint8 and row.shape == (ROW_BYTES,)
     assert bytes(row[:8]) == bytes([8, 7, 6, 5, 4, 3, 2, 1])  # little-endian int64
@@ -49,9 +49,17 @@ def test_four_mpi_ranks_exchange_ids_through_buffers_only() -> None:
 
     env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "SPMD_RUNTIME")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([mpiexec_path(), "-n", "4", sys.executable, str(SCRIPT)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=100, check=False)
+    done = subprocess.run(
+        [mpiexec_path(), "-n", "4", sys.executable, str(SCRIPT)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # (the ranks' lines may interleave in mpiexec's output)
-    assert sorted(re.findall(r"EXCHANGED rank=(\d) groups=3", done.stdout)) == list("0123"), \
+    assert sorted(re.findall(r"EXCHANGED rank=(\d) groups=3", done.stdout)) == list("0123"), (
         done.stdout
+    )

@@ -172,7 +172,6 @@ def test_a_killed_actor_is_detected(runtime) -> None:
     assert time.monotonic() - start < 10
 
 
-
 def stuck_or_killed(kind: str, device: int):
     """A function for run_on_devices: `device` sleeps (stuck) or SIGKILLs itself a moment
     after the others entered an all_reduce that waits for it (a 2 s collective timeout)."""
@@ -204,8 +203,7 @@ def test_a_stuck_actor_is_blamed_not_the_ones_that_timed_out_waiting(runtime) ->
     with pytest.raises(RemoteError) as caught:
         runtime.run_on_devices(stuck_or_killed("stuck", 2), (4,), ("x",))
     text = str(caught.value)
-    assert text.startswith(f"device 2 (Ray actor, pid {pid} on 127.0.0.1) is stuck: devices "), \
-        text
+    assert text.startswith(f"device 2 (Ray actor, pid {pid} on 127.0.0.1) is stuck: devices "), text
     assert "Error: " in text.split(" said:\n", 1)[1]  # a waiting device's own error follows
     assert caught.value.loc.startswith("test_ray.py:")
     assert "ray/_private" not in caught.value.loc and "worker.py" not in text

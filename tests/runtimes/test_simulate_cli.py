@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120
 
 # A training loop that knows nothing about simulation: it reads float(loss) every step.
-TINY_SCRIPT = textwrap.dedent('''
+TINY_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     import spmd
@@ -51,13 +51,20 @@ TINY_SCRIPT = textwrap.dedent('''
     for i in range(1000):
         w, loss = step(w, x)
         print(f"step {i} loss {float(loss):.4f}")
-''')
+""")
 
 
 def launch(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], check=False, cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args],
+        check=False,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
 
 
 def step_time_ms(output: str) -> float:
@@ -80,8 +87,16 @@ def check_trace(path: Path, tracks: int) -> None:
 
 def test_train_example_prints_its_step_and_stops(tmp_path: Path) -> None:
     trace = tmp_path / "train.json"
-    done = launch("--device", "tpu-sim:v5e", "--mesh", "16x16", "--trace", str(trace),
-                  str(REPO / "examples" / "train.py"), "--simulate")
+    done = launch(
+        "--device",
+        "tpu-sim:v5e",
+        "--mesh",
+        "16x16",
+        "--trace",
+        str(trace),
+        str(REPO / "examples" / "train.py"),
+        "--simulate",
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "TPU simulation: v5e x 256 (mesh 16x16 [data,model]" in out
@@ -93,9 +108,18 @@ def test_train_example_prints_its_step_and_stops(tmp_path: Path) -> None:
 
 
 def test_transformer_example_simulates_its_pod_step(tmp_path: Path) -> None:
-    done = launch("--device", "tpu-sim:v5e", "--mesh", "16x16", "--simulate",
-                  "--trace", str(tmp_path / "gpt.json"), "--trace-devices", "4",
-                  str(REPO / "examples" / "transformer.py"))
+    done = launch(
+        "--device",
+        "tpu-sim:v5e",
+        "--mesh",
+        "16x16",
+        "--simulate",
+        "--trace",
+        str(tmp_path / "gpt.json"),
+        "--trace-devices",
+        "4",
+        str(REPO / "examples" / "transformer.py"),
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "GPT 607M parameters" in out
@@ -124,8 +148,18 @@ def tiny_step_oracle(width: int) -> float:
 def test_unchanged_script_matches_in_process_simulation(tmp_path: Path) -> None:
     script = tmp_path / "tiny.py"
     script.write_text(TINY_SCRIPT)
-    done = launch("--device", "tpu-sim:v5e", "--mesh", "16x16", "--simulate",
-                  "--trace", str(tmp_path / "t.json"), str(script), "1024", cwd=tmp_path)
+    done = launch(
+        "--device",
+        "tpu-sim:v5e",
+        "--mesh",
+        "16x16",
+        "--simulate",
+        "--trace",
+        str(tmp_path / "t.json"),
+        str(script),
+        "1024",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "2 program(s) simulated" in out  # init and step
@@ -139,8 +173,16 @@ def test_unchanged_script_matches_in_process_simulation(tmp_path: Path) -> None:
 def test_model_too_big_for_hbm_names_its_buffers(tmp_path: Path) -> None:
     script = tmp_path / "tiny.py"
     script.write_text(TINY_SCRIPT)
-    done = launch("--device", "tpu-sim:v5e", "--mesh", "16x16", "--simulate", str(script),
-                  str(1 << 18), cwd=tmp_path)
+    done = launch(
+        "--device",
+        "tpu-sim:v5e",
+        "--mesh",
+        "16x16",
+        "--simulate",
+        str(script),
+        str(1 << 18),
+        cwd=tmp_path,
+    )
     assert done.returncode == 1
     assert "out of HBM" in done.stderr and "largest live buffers" in done.stderr
     assert "16.00 GiB" in done.stderr and "tiny.py:12" in done.stderr  # the init line
@@ -154,9 +196,14 @@ def test_script_without_a_tpu_sim_mesh_is_told(tmp_path: Path) -> None:
     assert "2.0" in done.stdout and "no jitted call on a tpu-sim:v5e mesh" in done.stderr
 
 
-@pytest.mark.parametrize("extra", [["--device", "cpu"], ["--device", "tpu-sim:v5e",
-                                                         "--runtime", "mpi"],
-                                   ["--device", "tpu-sim:nope"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--device", "cpu"],
+        ["--device", "tpu-sim:v5e", "--runtime", "mpi"],
+        ["--device", "tpu-sim:nope"],
+    ],
+)
 def test_bad_simulate_input_exits_2(tmp_path: Path, extra: list[str]) -> None:
     script = tmp_path / "s.py"
     script.write_text("pass\n")

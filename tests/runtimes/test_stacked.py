@@ -21,9 +21,12 @@ from tests.partitioner import test_partition_differential as differential
 from tests.partitioner.helpers import assert_matches, rand
 
 MESHES = {(8,): ("a",), (2, 4): ("a", "b"), (4, 2): ("a", "b"), (2, 2, 2): ("a", "b", "c")}
-GROUPS = {(8,): [("a",)], (2, 4): [("a",), ("b",), ("a", "b"), ("b", "a")],
-          (4, 2): [("a",), ("b",), ("b", "a")],
-          (2, 2, 2): [("a",), ("c",), ("c", "a"), ("b", "c"), ("a", "b", "c"), ("c", "b", "a")]}
+GROUPS = {
+    (8,): [("a",)],
+    (2, 4): [("a",), ("b",), ("a", "b"), ("b", "a")],
+    (4, 2): [("a",), ("b",), ("b", "a")],
+    (2, 2, 2): [("a",), ("c",), ("c", "a"), ("b", "c"), ("a", "b", "c"), ("c", "b", "a")],
+}
 
 
 def _cases() -> list[Any]:
@@ -32,8 +35,9 @@ def _cases() -> list[Any]:
         for axes in groups:
             k = math.prod(mesh_shape[MESHES[mesh_shape].index(a)] for a in axes)
             name = "x".join(map(str, mesh_shape)) + "-" + "".join(axes)
-            out += [pytest.param(mesh_shape, axes, kind, id=f"{kind[0]}-{name}")
-                    for kind in _kinds(k)]
+            out += [
+                pytest.param(mesh_shape, axes, kind, id=f"{kind[0]}-{name}") for kind in _kinds(k)
+            ]
     return out
 
 
@@ -69,8 +73,9 @@ def one_op_program(name: str, shape: tuple[int, ...], dtype: str, **attrs: Any) 
     return Graph((x,), (xt,), (op,), (y, x))
 
 
-def run_both(program: Graph, mesh_shape: tuple[int, ...], args: list[list[np.ndarray]]
-             ) -> tuple[Any, Any, StackedProgram]:
+def run_both(
+    program: Graph, mesh_shape: tuple[int, ...], args: list[list[np.ndarray]]
+) -> tuple[Any, Any, StackedProgram]:
     names = MESHES[mesh_shape]
     stacked = StackedProgram(program, names, mesh_shape, native=True)
     assert stacked.native
@@ -78,8 +83,9 @@ def run_both(program: Graph, mesh_shape: tuple[int, ...], args: list[list[np.nda
 
 
 @pytest.mark.parametrize("mesh_shape,axes,kind", _cases())
-def test_collective_batched_matches_group_reference(mesh_shape: tuple[int, ...],
-                                                    axes: tuple[str, ...], kind: Any) -> None:
+def test_collective_batched_matches_group_reference(
+    mesh_shape: tuple[int, ...], axes: tuple[str, ...], kind: Any
+) -> None:
     name, shape, dtype, attrs = kind
     names = MESHES[mesh_shape]
     k = math.prod(mesh_shape[names.index(a)] for a in axes)
@@ -130,8 +136,12 @@ def test_collectives_in_sub_graphs_fall_back_to_numpy() -> None:
     xt = TensorType((3,), "float32")
     inner_x = fresh_id()
     inner_y = fresh_id()
-    body = Graph((inner_x,), (xt,), (Op("all_reduce", (inner_x,), (inner_y,), (xt,),
-                                        Attrs(axes=("a",), group_size=2)),), (inner_y,))
+    body = Graph(
+        (inner_x,),
+        (xt,),
+        (Op("all_reduce", (inner_x,), (inner_y,), (xt,), Attrs(axes=("a",), group_size=2)),),
+        (inner_y,),
+    )
     outer = Op("cond", (), (), (), Attrs(branches=(body,)))
     with pytest.raises(NotBatchable):
         batch_program(Graph((), (), (outer,), ()), ("a",), (2,))
@@ -182,16 +192,23 @@ def native_stacked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 @pytest.mark.parametrize("fn,shapes,mesh_name,in_specs,out_spec,scale", differential.FAMILIES)
-def test_differential_suite_on_native_stacked(fn: Any, shapes: Any, mesh_name: str,
-                                              in_specs: Any, out_spec: Any, scale: float,
-                                              native_stacked: list[bool]) -> None:
+def test_differential_suite_on_native_stacked(
+    fn: Any,
+    shapes: Any,
+    mesh_name: str,
+    in_specs: Any,
+    out_spec: Any,
+    scale: float,
+    native_stacked: list[bool],
+) -> None:
     differential.test_sharded_matches_unsharded(fn, shapes, mesh_name, in_specs, out_spec, scale)
     assert all(native_stacked)
 
 
 @pytest.mark.parametrize("backend", ["interpreter", "cpu"])
-def test_scan_with_collectives_in_its_body_runs_batched(backend: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scan_with_collectives_in_its_body_runs_batched(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A Megatron layer stack under lax.scan: the body's all-reduces run on the device axis
     of one batched program (no device threads meeting at every layer)."""
     import spmd
@@ -210,13 +227,15 @@ def test_scan_with_collectives_in_its_body_runs_batched(backend: str,
             return h + snp.tanh(h @ ws[0]) @ ws[1], h.sum()
 
         h, ys = lax.scan(layer, x, (w1, w2))
-        return (h ** 2).mean() + ys.sum()
+        return (h**2).mean() + ys.sum()
 
     step = spmd.jit(spmd.value_and_grad(model, argnums=(1, 2)))
     want_loss, want_grads = step(x, w1, w2)
-    args = (spmd.device_put(x, NamedSharding(mesh, P("data"))),
-            spmd.device_put(w1, NamedSharding(mesh, P(None, None, "model"))),
-            spmd.device_put(w2, NamedSharding(mesh, P(None, "model"))))
+    args = (
+        spmd.device_put(x, NamedSharding(mesh, P("data"))),
+        spmd.device_put(w1, NamedSharding(mesh, P(None, None, "model"))),
+        spmd.device_put(w2, NamedSharding(mesh, P(None, "model"))),
+    )
     compiled = step.lower(*args).compile()
     loss, grads = compiled(*args)
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
@@ -228,15 +247,16 @@ def test_scan_with_collectives_in_its_body_runs_batched(backend: str,
 
 
 @pytest.mark.parametrize("order", ["rows", "reversed", "other_base", "strided"])
-def test_stack_shards_reuses_the_stacked_result_only_when_rows_are_consecutive(
-        order: str) -> None:
+def test_stack_shards_reuses_the_stacked_result_only_when_rows_are_consecutive(order: str) -> None:
     """The previous step's result split per device comes back as a view of that result;
     any other shards are copied by np.stack. Either way the values are np.stack's."""
     result = rand((8, 64, 80), seed=1)  # 20 KB per shard: above RESTACK_MIN_BYTES
-    shards = {"rows": [result[d] for d in range(8)],
-              "reversed": [result[d] for d in reversed(range(8))],
-              "other_base": [result[d] for d in range(7)] + [rand((64, 80), seed=2)],
-              "strided": [result[d, :, ::2] for d in range(8)]}[order]
+    shards = {
+        "rows": [result[d] for d in range(8)],
+        "reversed": [result[d] for d in reversed(range(8))],
+        "other_base": [result[d] for d in range(7)] + [rand((64, 80), seed=2)],
+        "strided": [result[d, :, ::2] for d in range(8)],
+    }[order]
     stacked = stacked_module.stack_shards(shards)
     np.testing.assert_array_equal(stacked, np.stack(shards))
     assert np.shares_memory(stacked, result) == (order == "rows")

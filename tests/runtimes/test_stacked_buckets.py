@@ -28,8 +28,7 @@ def bucketed_program(kind: str, extra_use: bool) -> Graph:
         params.append(x)
         types.append(t)
         ops.append(Op("mul", (x, x), (sq,), (t,)))
-        ops.append(Op("all_reduce", (sq,), (y,), (t,),
-                      Attrs(axes=("a",), group_size=2, kind=kind)))
+        ops.append(Op("all_reduce", (sq,), (y,), (t,), Attrs(axes=("a",), group_size=2, kind=kind)))
         outs.append(y)
     program = Graph(tuple(params), tuple(types), tuple(ops), tuple(outs))
     combined, _ = combine_all_reduces(program, [], None)

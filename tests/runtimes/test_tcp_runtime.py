@@ -45,16 +45,34 @@ def start_world(size: int, *args: str) -> list[subprocess.Popen]:
     """size plain python processes with torchrun's variables, each running tcp_worker.py."""
     env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
     mesh, axes = MESHES[size]
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), WORLD_SIZE=str(size), SPMD_MESH=mesh,
-               SPMD_AXES=axes, SPMD_COLLECTIVE_TIMEOUT="40", SPMD_JOB_SECRET=SECRET)
-    return [subprocess.Popen([sys.executable, str(WORKER), *args], cwd=REPO,
-                             env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for rank in range(size)]
+    env.update(
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        WORLD_SIZE=str(size),
+        SPMD_MESH=mesh,
+        SPMD_AXES=axes,
+        SPMD_COLLECTIVE_TIMEOUT="40",
+        SPMD_JOB_SECRET=SECRET,
+    )
+    return [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), *args],
+            cwd=REPO,
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(size)
+    ]
 
 
-def finish(processes: list[subprocess.Popen], timeout: float,
-           ) -> tuple[list[int], list[float], list[str], list[str]]:
+def finish(
+    processes: list[subprocess.Popen],
+    timeout: float,
+) -> tuple[list[int], list[float], list[str], list[str]]:
     """(exit codes, exit times, stdouts, stderrs); kills everything and fails on a hang."""
     deadline = time.monotonic() + timeout
     ended: dict[int, float] = {}
@@ -68,8 +86,12 @@ def finish(processes: list[subprocess.Popen], timeout: float,
     outputs = [process.communicate() for process in processes]
     stuck = [rank for rank in range(len(processes)) if rank not in ended]
     assert not stuck, f"ranks {stuck} hung:\n" + "\n".join(e[-2000:] for _, e in outputs)
-    return ([p.returncode for p in processes], [ended[r] for r in range(len(processes))],
-            [o for o, _ in outputs], [e for _, e in outputs])
+    return (
+        [p.returncode for p in processes],
+        [ended[r] for r in range(len(processes))],
+        [o for o, _ in outputs],
+        [e for _, e in outputs],
+    )
 
 
 def result(output: str) -> tuple[float, float]:
@@ -96,7 +118,9 @@ def check_world(size: int, monkeypatch: pytest.MonkeyPatch, budget: float = 150)
     for rank, out in enumerate(outs):
         assert f"STARTED rank={rank} count={size} local=[{rank}] kind=tcp" in out
         assert "FAIL" not in out, out[-4000:]
-        checks = [int(n) for n in re.findall(r"RESULT \(.*\) rank=\d+ checks=(\d+) failures=0", out)]
+        checks = [
+            int(n) for n in re.findall(r"RESULT \(.*\) rank=\d+ checks=(\d+) failures=0", out)
+        ]
         assert len(checks) == (4 if size == 8 else 2) and min(checks) > 50, out[-2000:]
     assert sum("RESULT loss=" in out for out in outs) == 1
     np.testing.assert_allclose(result(outs[0]), local_result(size, monkeypatch), rtol=1e-5)
@@ -125,8 +149,11 @@ def test_a_raising_process_stops_every_process_with_its_traceback_once() -> None
     assert "[spmd rank 2] Traceback" in errs[2] and "train_small.py" in errs[2]
     assert "ValueError: deliberate failure on process 2" in errs[2]
     for rank in (0, 1, 3):
-        assert re.search(rf"\[spmd rank {rank}\] stopping: process 2 \(pid {processes[2].pid} "
-                         r"on \S+\) failed with ValueError", errs[rank]), errs[rank]
+        assert re.search(
+            rf"\[spmd rank {rank}\] stopping: process 2 \(pid {processes[2].pid} "
+            r"on \S+\) failed with ValueError",
+            errs[rank],
+        ), errs[rank]
         assert codes[rank] == PEER_STOPPED_CODE  # so a launcher can tell who failed first
 
 
@@ -144,8 +171,9 @@ def test_a_killed_process_stops_the_others() -> None:
     assert all(code != 0 for code in codes), codes
     assert max(ended) - killed < 10
     for rank in (0, 2, 3):
-        assert "process 1 at 127.0.0.1 closed its connection without a goodbye" in errs[rank], \
-            errs[rank]
+        assert "process 1 at 127.0.0.1 closed its connection without a goodbye" in errs[rank], errs[
+            rank
+        ]
 
 
 def clean_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
@@ -158,11 +186,20 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None
 
 def test_unreachable_master_is_a_launch_error(monkeypatch) -> None:
     port = free_port()
-    clean_environment(monkeypatch, RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), SPMD_RENDEZVOUS_TIMEOUT="0.5")
+    clean_environment(
+        monkeypatch,
+        RANK="1",
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        SPMD_RENDEZVOUS_TIMEOUT="0.5",
+    )
     start = time.monotonic()
-    with pytest.raises(LaunchError, match=f"rank 1 could not reach rank 0 at 127.0.0.1:{port} "
-                                          r"within 0.5 s") as caught:
+    with pytest.raises(
+        LaunchError,
+        match=f"rank 1 could not reach rank 0 at 127.0.0.1:{port} "
+        r"within 0.5 s",
+    ) as caught:
         distributed.initialize()
     assert time.monotonic() - start < 5
     assert "MASTER_PORT" in caught.value.hint
@@ -170,12 +207,16 @@ def test_unreachable_master_is_a_launch_error(monkeypatch) -> None:
 
 
 def test_explicit_tcp_runtime_with_one_process(monkeypatch) -> None:
-    clean_environment(monkeypatch, RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
+    clean_environment(
+        monkeypatch, RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+    )
     distributed.initialize("tcp", install_excepthook=False)
     try:
-        assert (distributed.runtime_kind(), distributed.process_index(),
-                distributed.process_count()) == ("tcp", 0, 1)
+        assert (
+            distributed.runtime_kind(),
+            distributed.process_index(),
+            distributed.process_count(),
+        ) == ("tcp", 0, 1)
         assert [d.id for d in distributed.local_devices()] == [0]
         distributed.barrier()
     finally:
@@ -195,8 +236,12 @@ def test_world_size_disagreement_fails_both_ranks() -> None:
 
     def join(rank: int, world_size: int) -> None:
         try:
-            rendezvous(Launch(rank, world_size, "127.0.0.1", port, rank), 1000 + rank, 10.0,
-                       SECRET.encode())
+            rendezvous(
+                Launch(rank, world_size, "127.0.0.1", port, rank),
+                1000 + rank,
+                10.0,
+                SECRET.encode(),
+            )
         except LaunchError as exc:
             errors[rank] = exc.problem
 
@@ -219,8 +264,10 @@ def test_a_rank_with_another_secret_is_told_so_and_rank_0_keeps_waiting() -> Non
         except LaunchError as exc:
             errors[rank] = exc.problem
 
-    threads = [threading.Thread(target=join, args=args)
-               for args in ((0, SECRET.encode(), 4.0), (1, b"another-job-s-secret-000000", 10.0))]
+    threads = [
+        threading.Thread(target=join, args=args)
+        for args in ((0, SECRET.encode(), 4.0), (1, b"another-job-s-secret-000000", 10.0))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -233,20 +280,26 @@ def test_a_rank_with_another_secret_is_told_so_and_rank_0_keeps_waiting() -> Non
 def pair() -> tuple[list[SocketChannel], list[SocketCommunicator]]:
     """Two connected channels in this process and a (2,) mesh's communicators over them."""
     mailboxes = [Mailbox(), Mailbox()]
-    channels = [SocketChannel(m, host="127.0.0.1", label="process", secret=SECRET.encode())
-                for m in mailboxes]
+    channels = [
+        SocketChannel(m, host="127.0.0.1", label="process", secret=SECRET.encode())
+        for m in mailboxes
+    ]
     table = [("127.0.0.1", c.port) for c in channels]
     for rank, channel in enumerate(channels):
         channel.connect(table, me=rank)
-    comms = [SocketCommunicator(r, (2,), ("x",), channels[r], mailboxes[r], [0, 1])
-             for r in range(2)]
+    comms = [
+        SocketCommunicator(r, (2,), ("x",), channels[r], mailboxes[r], [0, 1]) for r in range(2)
+    ]
     return channels, comms
 
 
-@pytest.mark.parametrize("how,message", [
-    ("killed", "process 1 at 127.0.0.1 closed its connection without a goodbye"),
-    ("exited", "process 1 exited while process 0 still waits for it"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("killed", "process 1 at 127.0.0.1 closed its connection without a goodbye"),
+        ("exited", "process 1 exited while process 0 still waits for it"),
+    ],
+)
 def test_a_peer_leaving_is_a_remote_error_naming_it(how, message) -> None:
     channels, comms = pair()
     if how == "killed":
@@ -273,9 +326,12 @@ def test_collective_timeout_is_honoured(monkeypatch) -> None:
     thread.join(5)
     np.testing.assert_array_equal(result_of_one[0], np.arange(4.0) * 2)
     start = time.monotonic()
-    with pytest.raises(CollectiveTimeoutError, match=rf"waited more than 0.5 s on process 0 "
-                       rf"\(pid {os.getpid()}\); process 1 at 127.0.0.1:\d+ \(member 1 of the "
-                       r"group\) never sent"):
+    with pytest.raises(
+        CollectiveTimeoutError,
+        match=rf"waited more than 0.5 s on process 0 "
+        rf"\(pid {os.getpid()}\); process 1 at 127.0.0.1:\d+ \(member 1 of the "
+        r"group\) never sent",
+    ):
         comms[0].all_gather(np.ones(2), "x", 0)
     assert time.monotonic() - start < 3
     for channel in channels:

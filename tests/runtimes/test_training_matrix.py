@@ -63,15 +63,25 @@ def as_numpy(params: dict[str, Any]) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in params.items()}
 
 
-def train_in_process(steps: int, checkpoint_dir: Path | None = None,
-                     stop_after: int | None = None, resume: bool = False) -> Any:
+def train_in_process(
+    steps: int,
+    checkpoint_dir: Path | None = None,
+    stop_after: int | None = None,
+    resume: bool = False,
+) -> Any:
     module = example()
     config = module["Config"](steps=steps)
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
     directory = str(checkpoint_dir) if checkpoint_dir else None
-    return module["train"](config, mesh, checkpoint_dir=directory,
-                           checkpoint_every=100 if steps == FULL else 15,
-                           stop_after=stop_after, resume=resume, progress=False)
+    return module["train"](
+        config,
+        mesh,
+        checkpoint_dir=directory,
+        checkpoint_every=100 if steps == FULL else 15,
+        stop_after=stop_after,
+        resume=resume,
+        progress=False,
+    )
 
 
 _REFERENCES: dict[tuple[str, int], tuple[dict[str, np.ndarray], float]] = {}
@@ -94,13 +104,15 @@ def stopped_and_resumed(tmp_path: Path, steps: int) -> Any:
     return train_in_process(steps, tmp_path, resume=True)
 
 
-def assert_matches(params: dict[str, np.ndarray], accuracy: float, backend: str,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+def assert_matches(
+    params: dict[str, np.ndarray], accuracy: float, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     want, want_accuracy = reference(backend, monkeypatch)
     assert sorted(params) == sorted(want)
     for name in want:
-        np.testing.assert_allclose(params[name], want[name], rtol=RTOL, atol=ATOL,
-                                   err_msg=f"parameter {name}")
+        np.testing.assert_allclose(
+            params[name], want[name], rtol=RTOL, atol=ATOL, err_msg=f"parameter {name}"
+        )
     if length(backend) == FULL:
         assert accuracy >= 0.97, accuracy
         assert want_accuracy >= 0.97, want_accuracy
@@ -108,8 +120,9 @@ def assert_matches(params: dict[str, np.ndarray], accuracy: float, backend: str,
 
 @pytest.mark.parametrize("backend", ["cpu", "interpreter"])
 @pytest.mark.parametrize("mode", ["stacked", "threads"])
-def test_embedded_runtime(mode: str, backend: str, tmp_path: Path,
-                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_runtime(
+    mode: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reference(backend, monkeypatch)
     monkeypatch.setenv("SPMD_BACKEND", backend)
     monkeypatch.setenv("SPMD_LOCAL_MODE", mode)
@@ -118,12 +131,35 @@ def test_embedded_runtime(mode: str, backend: str, tmp_path: Path,
 
 
 def launch(runtime: str, backend: str, *args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", SPMD_BACKEND=backend,
-               SPMD_COLLECTIVE_TIMEOUT="120", **DETERMINISTIC)
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "--mesh", "2x4", "--axes",
-                           "data,model", "--runtime", runtime, str(EXAMPLE), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        SPMD_BACKEND=backend,
+        SPMD_COLLECTIVE_TIMEOUT="120",
+        **DETERMINISTIC,
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "--mesh",
+            "2x4",
+            "--axes",
+            "data,model",
+            "--runtime",
+            runtime,
+            str(EXAMPLE),
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     return output
@@ -131,14 +167,21 @@ def launch(runtime: str, backend: str, *args: str) -> str:
 
 @pytest.mark.parametrize("backend", ["cpu", "interpreter"])
 @pytest.mark.parametrize("runtime", [pytest.param("mpi", marks=pytest.mark.mpi), "tcp"])
-def test_multi_controller_runtime(runtime: str, backend: str, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multi_controller_runtime(
+    runtime: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """spmd-launch runs the example halfway, saving a checkpoint from every process; a second
     spmd-launch resumes from it, then gathers and saves the final parameters (interpreter
     rows: one launch)."""
     saved, steps = tmp_path / "params.npz", length(backend)
-    common = ("--steps", str(steps), "--checkpoint-dir", str(tmp_path / "checkpoints"),
-              "--checkpoint-every", str(steps // 2))
+    common = (
+        "--steps",
+        str(steps),
+        "--checkpoint-dir",
+        str(tmp_path / "checkpoints"),
+        "--checkpoint-every",
+        str(steps // 2),
+    )
     if backend == "interpreter":
         output = launch(runtime, backend, *common, "--save-params", str(saved))
         assert f"{steps} steps run" in output
@@ -165,8 +208,9 @@ def ray_runtime():
 
 @pytest.mark.ray
 @pytest.mark.parametrize("backend", ["cpu", "interpreter"])
-def test_ray_runtime(ray_runtime: Any, backend: str, tmp_path: Path,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_runtime(
+    ray_runtime: Any, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The controller picks the backend (SPMD_BACKEND here) and every actor compiles the
     per-device program with it."""
     import ray

@@ -52,8 +52,11 @@ def assert_refused_and_step_1_intact(directory, match: str) -> None:
 @pytest.mark.parametrize("how", ["relative", "absolute", "etc_passwd"])
 def test_shard_paths_outside_the_folder_are_refused(saved, how) -> None:
     directory, folder, index, outside = saved
-    name = {"relative": os.path.relpath(outside, folder), "absolute": str(outside),
-            "etc_passwd": "../../../../../../../../etc/passwd"}[how]
+    name = {
+        "relative": os.path.relpath(outside, folder),
+        "absolute": str(outside),
+        "etc_passwd": "../../../../../../../../etc/passwd",
+    }[how]
     point_w_at(folder, index, name, outside.read_bytes())
     assert_refused_and_step_1_intact(directory, "is not a plain file name inside the checkpoint")
 
@@ -76,24 +79,28 @@ def test_a_symlinked_step_folder_is_refused(saved, tmp_path) -> None:
 def _drop(key):
     def change(index):
         index.pop(key)
+
     return change
 
 
 def _set_leaf(key, value):
     def change(index):
         index["leaves"][1][key] = value
+
     return change
 
 
 def _set_shard(key, value):
     def change(index):
         index["leaves"][1]["shards"][0][key] = value
+
     return change
 
 
 def _drop_shard_key(key):
     def change(index):
         index["leaves"][1]["shards"][0].pop(key)
+
     return change
 
 
@@ -104,14 +111,18 @@ MALFORMED = {
     "unknown dtype": (_set_leaf("dtype", "object"), "unknown dtype 'object'"),
     "negative dim": (_set_leaf("shape", [3, -4]), "not a list of non-negative integers"),
     "huge shape": (_set_leaf("shape", [3, 10**12]), "outside the leaf's shape|shards hold only"),
-    "shape with more elements than the shards": (_set_leaf("shape", [300, 4]),
-                                                 "shards hold only 12"),
+    "shape with more elements than the shards": (
+        _set_leaf("shape", [300, 4]),
+        "shards hold only 12",
+    ),
     "shard range past the file": (_set_shard("stop", [3000, 4]), "outside the leaf's shape"),
     "shard without sha256": (_drop_shard_key("sha256"), "lacks a sha256"),
     "shard without file": (_drop_shard_key("file"), "None is not a plain file name"),
     "start of wrong rank": (_set_shard("start", [0]), "has 1 entries, the leaf has 2"),
-    "tree leaf out of range": (lambda i: i["tree"]["children"][0].update(index=7),
-                               "tree leaf index 7"),
+    "tree leaf out of range": (
+        lambda i: i["tree"]["children"][0].update(index=7),
+        "tree leaf index 7",
+    ),
     "bad tree node": (lambda i: i["tree"].update(type="set"), "type 'set' is unknown"),
     "not an object": (lambda i: i["leaves"].append([1, 2]), "leaf 2 is not an object"),
 }

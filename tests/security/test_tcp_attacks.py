@@ -66,8 +66,9 @@ def test_a_rendezvous_impostor_is_refused_and_the_real_rank_joins(caplog) -> Non
     tables: dict[int, list] = {}
 
     def rank(number: int) -> None:
-        tables[number] = rendezvous(Launch(number, 2, "127.0.0.1", port, number), 5000 + number,
-                                    20.0, SECRET)
+        tables[number] = rendezvous(
+            Launch(number, 2, "127.0.0.1", port, number), 5000 + number, 20.0, SECRET
+        )
 
     with caplog.at_level(logging.WARNING, logger="spmd.security"):
         zero = threading.Thread(target=rank, args=(0,))
@@ -76,8 +77,12 @@ def test_a_rendezvous_impostor_is_refused_and_the_real_rank_joins(caplog) -> Non
         with connect_retrying(port) as impostor:  # the old protocol: a JSON hello, no secret
             impostor.sendall((json.dumps(hello) + "\n").encode())
             assert receive(impostor) == b""  # closed without the table
-        with connect_retrying(port) as impostor, pytest.raises(  # a guessed secret
-                auth.AuthenticationError, match="does not hold this job's"):
+        with (
+            connect_retrying(port) as impostor,
+            pytest.raises(  # a guessed secret
+                auth.AuthenticationError, match="does not hold this job's"
+            ),
+        ):
             auth.client_handshake(impostor, b"guessed-secret-0123456789abcdef", 1)
         one = threading.Thread(target=rank, args=(1,))
         one.start()
@@ -123,14 +128,26 @@ class Evil:
 def attacks(marker: Path) -> list[bytes]:
     """What an attacker without the secret sends to a rank's port."""
     evil = pickle.dumps(Evil(str(marker)))
-    legacy = pickle.dumps((("__spmd_control__", "abort", 1, "fake traceback"),
-                           np.dtype(np.uint8), (0,)))
+    legacy = pickle.dumps(
+        (("__spmd_control__", "abort", 1, "fake traceback"), np.dtype(np.uint8), (0,))
+    )
     ident = wire.collective_id(("test", "attacked"))
-    injected = [b"".join(part for part in wire.encode_array(
-        wire.DATA, 1, (ident, step, 1), np.full(3, 1000.0)) if part) for step in range(1, 21)]
+    injected = [
+        b"".join(
+            part
+            for part in wire.encode_array(wire.DATA, 1, (ident, step, 1), np.full(3, 1000.0))
+            if part
+        )
+        for step in range(1, 21)
+    ]
     spoofed = wire.encode_text(wire.ABORT, 1, "process 1 failed with FakeError")
-    return [struct.pack("!I", len(evil)) + evil, struct.pack("!I", len(legacy)) + legacy,
-            b"\x00\x00\x00\x09garbage!!", spoofed, *injected]
+    return [
+        struct.pack("!I", len(evil)) + evil,
+        struct.pack("!I", len(legacy)) + legacy,
+        b"\x00\x00\x00\x09garbage!!",
+        spoofed,
+        *injected,
+    ]
 
 
 def hit(port: int, payload: bytes) -> None:
@@ -154,13 +171,28 @@ def local_result(monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.mark.timeout(180)
 def test_a_job_under_attack_finishes_with_the_numbers_of_a_quiet_run(tmp_path, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k not in MPI_VARIABLES}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), WORLD_SIZE="2", SPMD_MESH="1x2",
-               SPMD_AXES="data,model", SPMD_JOB_SECRET=auth.new_secret(), SPMD_TEST_PAUSE="2",
-               SPMD_COLLECTIVE_TIMEOUT="60")
-    processes = [subprocess.Popen([sys.executable, str(WORKER)], env=dict(env, RANK=str(rank)),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for rank in range(2)]
+    env.update(
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        WORLD_SIZE="2",
+        SPMD_MESH="1x2",
+        SPMD_AXES="data,model",
+        SPMD_JOB_SECRET=auth.new_secret(),
+        SPMD_TEST_PAUSE="2",
+        SPMD_COLLECTIVE_TIMEOUT="60",
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     try:
         ports = []
         for process in processes:

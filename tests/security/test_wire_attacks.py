@@ -125,12 +125,16 @@ def test_garbage_bytes_are_refused_and_the_job_goes_on(payload) -> None:
 
 def test_spoofed_abort_and_goodbye_from_an_outsider_do_nothing() -> None:
     channels, comms = world()
-    for kind, text in ((wire.ABORT, "process 1 failed with FakeError: run rm -rf"),
-                       (wire.GOODBYE, "")):
+    for kind, text in (
+        (wire.ABORT, "process 1 failed with FakeError: run rm -rf"),
+        (wire.GOODBYE, ""),
+    ):
         message = wire.encode_text(kind, 1, text)
         attack(channels[0].port, message)
-        attack(channels[0].port, auth.PREFACE.pack(auth.MAGIC, auth.VERSION, 1, b"n" * 32)
-               + b"\0" * 32 + message)  # a preface without the secret, then the message
+        attack(
+            channels[0].port,
+            auth.PREFACE.pack(auth.MAGIC, auth.VERSION, 1, b"n" * 32) + b"\0" * 32 + message,
+        )  # a preface without the secret, then the message
     check_results_unchanged(comms)
     assert channels[0].mailbox.error is None and not channels[0].mailbox.departed
     teardown(channels)
@@ -139,11 +143,15 @@ def test_spoofed_abort_and_goodbye_from_an_outsider_do_nothing() -> None:
 def test_injected_all_reduce_data_never_reaches_a_collective() -> None:
     channels, comms = world()
     for step in range(1, 40):  # the steps the next collectives will use, from member 1
-        head, payload = wire.encode_array(wire.DATA, 1, (comms[0].tag_id, step, 1),
-                                          np.full(6, 1001.0))
+        head, payload = wire.encode_array(
+            wire.DATA, 1, (comms[0].tag_id, step, 1), np.full(6, 1001.0)
+        )
         attack(channels[0].port, head + bytes(payload), wait_s=0.0)
-        attack(channels[0].port, legacy_message((comms[0].tag, step, 1), np.full(6, 1001.0)),
-               wait_s=0.0)
+        attack(
+            channels[0].port,
+            legacy_message((comms[0].tag, step, 1), np.full(6, 1001.0)),
+            wait_s=0.0,
+        )
     check_results_unchanged(comms)
     teardown(channels)
 
@@ -176,25 +184,31 @@ def test_a_member_that_breaks_the_wire_format_is_named_not_a_reader_crash() -> N
     head[6] = 99  # a dtype code off the allow-list
     with lock:
         connection.sendall(bytes(head))
-    with pytest.raises(RemoteError, match=r"process 1 at 127.0.0.1 sent a malformed message "
-                                          r"\(WireError: dtype code 99 is not one of the allowed"):
+    with pytest.raises(
+        RemoteError,
+        match=r"process 1 at 127.0.0.1 sent a malformed message "
+        r"\(WireError: dtype code 99 is not one of the allowed",
+    ):
         comms[0].all_reduce(np.ones(2), "x")
     teardown(channels)
 
 
-@pytest.mark.parametrize("field,value,error", [
-    (0, b"XXXX", "not an spmd message"),
-    (1, 7, "wire format version 7"),
-    (2, 42, "unknown message kind 42"),
-    (4, 33, "33 dimensions"),
-    (9, 1 << 50, "but 1125899906842624 payload bytes"),
-    (5, 0, "claims sender 0, its connection authenticated as 1"),
-])
+@pytest.mark.parametrize(
+    "field,value,error",
+    [
+        (0, b"XXXX", "not an spmd message"),
+        (1, 7, "wire format version 7"),
+        (2, 42, "unknown message kind 42"),
+        (4, 33, "33 dimensions"),
+        (9, 1 << 50, "but 1125899906842624 payload bytes"),
+        (5, 0, "claims sender 0, its connection authenticated as 1"),
+    ],
+)
 def test_every_header_field_is_checked_before_the_payload(field, value, error) -> None:
     head = bytearray(wire.encode_array(wire.DATA, 1, (5, 1, 1), np.zeros((2, 3)))[0])
     fields = list(wire.HEADER.unpack_from(head))
     fields[field] = value
-    head[:wire.HEADER.size] = wire.HEADER.pack(*fields)
+    head[: wire.HEADER.size] = wire.HEADER.pack(*fields)
     channels, comms = world()
     connection, lock, _ = channels[1]._connection(0)
     with lock:

@@ -30,10 +30,15 @@ def sharded_tree(mesh):
     def put(x, *spec):
         return spmd.device_put(x, spmd.NamedSharding(mesh, spmd.P(*spec)))
 
-    return {"params": {"w": put(W, "data", "model"), "b": put(B, "model"),
-                       "embed": put(E, None, "data")},
-            "opt": {"step": np.int32(7), "mu": [put(W * 2, "model"), None]},
-            "meta": (1.5, 3)}
+    return {
+        "params": {
+            "w": put(W, "data", "model"),
+            "b": put(B, "model"),
+            "embed": put(E, None, "data"),
+        },
+        "opt": {"step": np.int32(7), "mu": [put(W * 2, "model"), None]},
+        "meta": (1.5, 3),
+    }
 
 
 def as_numpy(tree):
@@ -51,11 +56,16 @@ def assert_tree_equal(got, want):
 
 def target_on(mesh, specs):
     """A ShapeDtypeStruct target with the given spec per param."""
-    return {"params": {name: spmd.ShapeDtypeStruct(value.shape, value.dtype,
-                                                   spmd.NamedSharding(mesh, spmd.P(*specs[name])))
-                       for name, value in (("w", W), ("b", B), ("embed", E))},
-            "opt": {"step": np.int32(0), "mu": [spmd.ShapeDtypeStruct(W.shape, W.dtype), None]},
-            "meta": (0.0, 0)}
+    return {
+        "params": {
+            name: spmd.ShapeDtypeStruct(
+                value.shape, value.dtype, spmd.NamedSharding(mesh, spmd.P(*specs[name]))
+            )
+            for name, value in (("w", W), ("b", B), ("embed", E))
+        },
+        "opt": {"step": np.int32(0), "mu": [spmd.ShapeDtypeStruct(W.shape, W.dtype), None]},
+        "meta": (0.0, 0),
+    }
 
 
 def test_save_writes_each_unique_shard_once_with_an_index(tmp_path):
@@ -68,8 +78,9 @@ def test_save_writes_each_unique_shard_once_with_an_index(tmp_path):
     assert len(by_path["params/b"]["shards"]) == 4  # replicated over "data": written once
     assert len(by_path["opt/mu/0"]["shards"]) == 4
     assert by_path["params/embed"]["dtype"] == "bfloat16"
-    assert by_path["params/b"]["shards"][3]["start"] == [9] and \
-        by_path["params/b"]["shards"][3]["stop"] == [10]
+    assert by_path["params/b"]["shards"][3]["start"] == [9] and by_path["params/b"]["shards"][3][
+        "stop"
+    ] == [10]
     assert (tmp_path / "LATEST").read_text() == "step_00000042"
     assert checkpoint.latest_step(str(tmp_path)) == 42
     assert checkpoint.all_steps(str(tmp_path)) == [42]
@@ -84,15 +95,18 @@ def test_restore_without_target_gives_numpy_in_the_saved_structure(tmp_path):
     assert_tree_equal(got, tree)
 
 
-@pytest.mark.parametrize("mesh_shape,specs", [
-    ((8, 1), {"w": ("data",), "b": ("data",), "embed": (None, "data")}),
-    ((4, 2), {"w": ("model", "data"), "b": (("data", "model"),), "embed": ("data",)}),
-    ((1,), {"w": (), "b": (), "embed": ()}),
-])
+@pytest.mark.parametrize(
+    "mesh_shape,specs",
+    [
+        ((8, 1), {"w": ("data",), "b": ("data",), "embed": (None, "data")}),
+        ((4, 2), {"w": ("model", "data"), "b": (("data", "model"),), "embed": ("data",)}),
+        ((1,), {"w": (), "b": (), "embed": ()}),
+    ],
+)
 def test_save_on_2x4_restores_exactly_on_another_mesh(tmp_path, mesh_shape, specs):
     tree = sharded_tree(mesh_2x4())
     checkpoint.save(str(tmp_path), tree, step=3)
-    mesh = spmd.make_mesh(mesh_shape, ("data", "model")[:len(mesh_shape)])
+    mesh = spmd.make_mesh(mesh_shape, ("data", "model")[: len(mesh_shape)])
     got = checkpoint.restore(str(tmp_path), target_on(mesh, specs))
     assert_tree_equal(got, tree)
     for name in ("w", "b", "embed"):
@@ -123,8 +137,7 @@ def test_restore_reads_each_shard_file_once_and_only_where_needed(tmp_path, monk
 def test_restored_arrays_feed_jit_on_their_new_mesh(tmp_path):
     checkpoint.save(str(tmp_path), sharded_tree(mesh_2x4()), step=3)
     mesh = spmd.make_mesh((4, 2), ("data", "model"))
-    got = checkpoint.restore(str(tmp_path), target_on(mesh, {"w": ("data",), "b": (),
-                                                             "embed": ()}))
+    got = checkpoint.restore(str(tmp_path), target_on(mesh, {"w": ("data",), "b": (), "embed": ()}))
     out = spmd.jit(lambda p: (p["w"] * 2).sum(axis=1) + p["b"][:1])(got["params"])
     np.testing.assert_allclose(np.asarray(out), (W * 2).sum(axis=1) + B[:1], rtol=1e-5)
 
@@ -205,8 +218,9 @@ class Killed(BaseException):
     """Stands for SIGKILL: no handler of ours runs after it."""
 
 
-def test_a_kill_at_any_point_of_pruning_never_leaves_a_listed_step_unrestorable(tmp_path,
-                                                                                  monkeypatch):
+def test_a_kill_at_any_point_of_pruning_never_leaves_a_listed_step_unrestorable(
+    tmp_path, monkeypatch
+):
     tree = {"a": np.arange(3.0), "b": [np.ones((2, 2), np.int32), np.float32(5)]}
     real_rmtree = checkpoint.shutil.rmtree
     files_per_step = len(os.listdir(checkpoint.save(str(tmp_path / "probe"), tree, step=0)))
@@ -244,8 +258,7 @@ def test_the_next_save_removes_step_folders_without_index_and_latest_temp_files(
     (tmp_path / "notes.txt").write_text("not ours: kept")
     assert checkpoint.all_steps(str(tmp_path)) == [1]
     checkpoint.save(str(tmp_path), {"x": np.ones(2)}, step=2, keep=None)
-    assert sorted(os.listdir(tmp_path)) == ["LATEST", "notes.txt", "step_00000001",
-                                            "step_00000002"]
+    assert sorted(os.listdir(tmp_path)) == ["LATEST", "notes.txt", "step_00000001", "step_00000002"]
 
 
 def test_latest_falls_back_when_latest_names_a_missing_step(tmp_path):
@@ -281,8 +294,10 @@ def test_a_missing_or_truncated_shard_is_detected(tmp_path):
     folder, by_path = saved(tmp_path)  # a fresh copy of step 8
     other = by_path["params/w"]["shards"][0]
     original = (folder / other["file"]).read_bytes()
-    for payload, error in ((original[:40], "holds only 40 bytes"),  # caught before reading
-                           (b"\0" * len(original), "unreadable shard file")):
+    for payload, error in (
+        (original[:40], "holds only 40 bytes"),  # caught before reading
+        (b"\0" * len(original), "unreadable shard file"),
+    ):
         (folder / other["file"]).write_bytes(payload)
         index_path = folder / "index.json"
         index = json.loads(index_path.read_text())
@@ -330,12 +345,21 @@ def test_no_pickle_files_are_written(tmp_path):
 
 def test_bfloat16_round_trip_is_bit_exact_sharded(tmp_path):
     mesh = mesh_2x4()
-    values = np.array([1.0, -0.0, np.inf, 3.140625, 1e-30, np.nan, 65280.0, -2.5],
-                      ml_dtypes.bfloat16)
+    values = np.array(
+        [1.0, -0.0, np.inf, 3.140625, 1e-30, np.nan, 65280.0, -2.5], ml_dtypes.bfloat16
+    )
     x = spmd.device_put(values, spmd.NamedSharding(mesh, spmd.P("model")))
     checkpoint.save(str(tmp_path), {"x": x}, step=0)
-    got = checkpoint.restore(str(tmp_path), {"x": spmd.ShapeDtypeStruct(
-        (8,), "bfloat16", spmd.NamedSharding(spmd.make_mesh((8,), ("data",)), spmd.P("data")))})
+    got = checkpoint.restore(
+        str(tmp_path),
+        {
+            "x": spmd.ShapeDtypeStruct(
+                (8,),
+                "bfloat16",
+                spmd.NamedSharding(spmd.make_mesh((8,), ("data",)), spmd.P("data")),
+            )
+        },
+    )
     assert got["x"].dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(np.asarray(got["x"]).view(np.uint16), values.view(np.uint16))
 
@@ -348,8 +372,9 @@ def test_a_zero1_training_state_resumes_identically(tmp_path):
     opt = optim.adamw(1e-2, weight_decay=0.1, shard_state_over="data", mesh=mesh)
     replicated = spmd.NamedSharding(mesh, spmd.P())
     params = {"w": spmd.device_put(W, replicated)}
-    x = spmd.device_put(RNG.standard_normal((16, 12)).astype(np.float32),
-                        spmd.NamedSharding(mesh, spmd.P("data")))
+    x = spmd.device_put(
+        RNG.standard_normal((16, 12)).astype(np.float32), spmd.NamedSharding(mesh, spmd.P("data"))
+    )
 
     @spmd.jit
     def step(params, state):

@@ -15,8 +15,10 @@ N = 50
 
 
 def data() -> dict[str, np.ndarray]:
-    return {"x": np.arange(N * 3, dtype=np.float32).reshape(N, 3),
-            "y": np.arange(N, dtype=np.int32)}
+    return {
+        "x": np.arange(N * 3, dtype=np.float32).reshape(N, 3),
+        "y": np.arange(N, dtype=np.int32),
+    }
 
 
 def rows(batches: list) -> list[list[int]]:
@@ -66,8 +68,9 @@ def test_tuple_input_yields_tuples():
 
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_process_slices_partition_the_global_batch(count):
-    loaders = [DataLoader(data(), 8, seed=1, process_index=i, process_count=count)
-               for i in range(count)]
+    loaders = [
+        DataLoader(data(), 8, seed=1, process_index=i, process_count=count) for i in range(count)
+    ]
     for step in range(len(loaders[0])):
         pieces = [loader.local_indices(0, step) for loader in loaders]
         assert {len(p) for p in pieces} == {8 // count}
@@ -101,7 +104,7 @@ def test_state_from_another_loader_is_refused():
 
 @pytest.mark.parametrize("shape,axis", [((2, 4), "data"), ((8,), "data"), ((4, 2), "data")])
 def test_batches_are_sharded_over_the_data_axis(shape, axis):
-    mesh = spmd.make_mesh(shape, ("data", "model")[:len(shape)])
+    mesh = spmd.make_mesh(shape, ("data", "model")[: len(shape)])
     loader = DataLoader(data(), 8, mesh=mesh, batch_axis=axis, seed=0)
     batch = next(iter(loader))
     assert batch["x"].sharding == spmd.NamedSharding(mesh, P(axis, None))
@@ -111,7 +114,7 @@ def test_batches_are_sharded_over_the_data_axis(shape, axis):
     per_device = 8 // shape[0]
     for shard in batch["y"].addressable_shards:
         start = shard.index[0].start
-        np.testing.assert_array_equal(shard.data, indices[start:start + per_device])
+        np.testing.assert_array_equal(shard.data, indices[start : start + per_device])
         assert shard.data.shape == (per_device,)
 
 

@@ -40,8 +40,9 @@ def leaves(tree: object) -> list[np.ndarray]:
 def assert_same_parameters(got: object, want: object, rtol: float = 1e-5) -> None:
     for a, b in zip(leaves(got), leaves(want), strict=True):
         assert a.shape == b.shape
-        assert np.linalg.norm(a - b) <= rtol * max(np.linalg.norm(b), 1e-30), \
+        assert np.linalg.norm(a - b) <= rtol * max(np.linalg.norm(b), 1e-30), (
             f"relative difference {np.linalg.norm(a - b) / np.linalg.norm(b):.2e}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,9 @@ def gpt() -> ModuleType:
 
 
 def mlp_config(mlp: ModuleType) -> object:
-    return mlp.Config(hidden=32, steps=20, batch_size=32, learning_rate=1e-2, warmup_steps=4,
-                      dropout=0.25)
+    return mlp.Config(
+        hidden=32, steps=20, batch_size=32, learning_rate=1e-2, warmup_steps=4, dropout=0.25
+    )
 
 
 class Runs(dict):
@@ -101,11 +103,16 @@ def test_mlp_weights_are_laid_out_megatron_style(mlp_runs):
 def test_mlp_resumed_from_a_checkpoint_continues_the_same_loss_curve(mlp, mlp_runs, tmp_path):
     config = mlp_config(mlp)
     mesh = mlp.parse_mesh("2x4")
-    first = mlp.train(config, mesh, checkpoint_dir=str(tmp_path), checkpoint_every=5,
-                      stop_after=12, progress=False)
+    first = mlp.train(
+        config,
+        mesh,
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=5,
+        stop_after=12,
+        progress=False,
+    )
     np.testing.assert_allclose(first.losses, mlp_runs["2x4"].losses[:12], rtol=1e-6)
-    resumed = mlp.train(config, mesh, checkpoint_dir=str(tmp_path), resume=True,
-                        progress=False)
+    resumed = mlp.train(config, mesh, checkpoint_dir=str(tmp_path), resume=True, progress=False)
     assert len(resumed.losses) == 10  # from the step-10 checkpoint
     np.testing.assert_allclose(resumed.losses, mlp_runs["2x4"].losses[10:], rtol=1e-6)
     assert_same_parameters(resumed.params, mlp_runs["2x4"].params, rtol=1e-6)
@@ -127,14 +134,29 @@ def test_mlp_started_like_torchrun_trains_as_one_two_process_job(mlp, capsys):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")}
-    env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               OMP_NUM_THREADS="1", PYTHONPATH=str(EXAMPLES.parent),
-               SPMD_JOB_SECRET="a-per-job-secret-both-ranks-share")
-    processes = [subprocess.Popen([sys.executable, str(EXAMPLES / "train.py"), *flags],
-                                  env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SPMD_RUNTIME")
+    }
+    env.update(
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(EXAMPLES.parent),
+        SPMD_JOB_SECRET="a-per-job-secret-both-ranks-share",
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "train.py"), *flags],
+            env=dict(env, RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     try:
         outputs = [process.communicate(timeout=120) for process in processes]
     finally:
@@ -146,8 +168,16 @@ def test_mlp_started_like_torchrun_trains_as_one_two_process_job(mlp, capsys):
 
 
 def gpt_config(gpt: ModuleType) -> object:
-    return gpt.Config(context=8, width=16, heads=4, layers=2, steps=20, batch_size=8,
-                      learning_rate=2e-2, warmup_steps=4)
+    return gpt.Config(
+        context=8,
+        width=16,
+        heads=4,
+        layers=2,
+        steps=20,
+        batch_size=8,
+        learning_rate=2e-2,
+        warmup_steps=4,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,20 @@ STEPS = 5
 
 
 def make_params() -> dict[str, np.ndarray]:
-    return {"w": RNG.standard_normal((8, 4)).astype(np.float32),
-            "b": RNG.standard_normal((4,)).astype(np.float32)}
+    return {
+        "w": RNG.standard_normal((8, 4)).astype(np.float32),
+        "b": RNG.standard_normal((4,)).astype(np.float32),
+    }
 
 
-GRADS = [{k: RNG.standard_normal(v.shape).astype(np.float32) for k, v in make_params().items()}
-         for _ in range(STEPS)]
+GRADS = [
+    {k: RNG.standard_normal(v.shape).astype(np.float32) for k, v in make_params().items()}
+    for _ in range(STEPS)
+]
 
 
 # -- numpy oracles ---------------------------------------------------------------------------
+
 
 def np_schedule(lr, step):
     return lr(step) if callable(lr) else lr
@@ -97,17 +102,26 @@ def assert_params_close(got, want, rtol=2e-5, atol=2e-6):
 
 CASES = {
     "sgd": (lambda: optim.sgd(0.1), lambda p, g: np_sgd(p, g, 0.1)),
-    "momentum": (lambda: optim.sgd(0.05, momentum=0.9),
-                 lambda p, g: np_sgd(p, g, 0.05, 0.9)),
-    "nesterov": (lambda: optim.sgd(0.05, momentum=0.9, nesterov=True),
-                 lambda p, g: np_sgd(p, g, 0.05, 0.9, True)),
-    "adamw": (lambda: optim.adamw(1e-2, weight_decay=0.1),
-              lambda p, g: np_adamw(p, g, 1e-2, wd=0.1)),
+    "momentum": (lambda: optim.sgd(0.05, momentum=0.9), lambda p, g: np_sgd(p, g, 0.05, 0.9)),
+    "nesterov": (
+        lambda: optim.sgd(0.05, momentum=0.9, nesterov=True),
+        lambda p, g: np_sgd(p, g, 0.05, 0.9, True),
+    ),
+    "adamw": (
+        lambda: optim.adamw(1e-2, weight_decay=0.1),
+        lambda p, g: np_adamw(p, g, 1e-2, wd=0.1),
+    ),
     "adamw_clip_schedule": (
-        lambda: optim.adamw(optim.warmup_cosine(3e-2, 2, 4, end=1e-3), b1=0.8, b2=0.95,
-                            eps=1e-6, weight_decay=0.01, clip_norm=1.5),
-        lambda p, g: np_adamw(p, g, np_warmup_cosine(3e-2, 2, 4, 1e-3), 0.8, 0.95, 1e-6,
-                              0.01, 1.5)),
+        lambda: optim.adamw(
+            optim.warmup_cosine(3e-2, 2, 4, end=1e-3),
+            b1=0.8,
+            b2=0.95,
+            eps=1e-6,
+            weight_decay=0.01,
+            clip_norm=1.5,
+        ),
+        lambda p, g: np_adamw(p, g, np_warmup_cosine(3e-2, 2, 4, 1e-3), 0.8, 0.95, 1e-6, 0.01, 1.5),
+    ),
 }
 
 
@@ -126,8 +140,10 @@ def test_sharded_params_give_the_same_result_and_state_follows_the_param(name):
     make, oracle = CASES[name]
     params = make_params()
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
-    shardings = {"w": spmd.NamedSharding(mesh, spmd.P("data", "model")),
-                 "b": spmd.NamedSharding(mesh, spmd.P("model"))}
+    shardings = {
+        "w": spmd.NamedSharding(mesh, spmd.P("data", "model")),
+        "b": spmd.NamedSharding(mesh, spmd.P("model")),
+    }
     placed = {k: spmd.device_put(v, shardings[k]) for k, v in params.items()}
     grads = [{k: spmd.device_put(v, shardings[k]) for k, v in g.items()} for g in GRADS]
     got, state = run(make(), placed, grads)
@@ -203,14 +219,16 @@ def test_zero1_shards_moments_over_data_and_matches_unsharded():
 
     plain_params, plain_state, plain_kinds = results["plain"]
     zero_params, zero_state, zero_kinds = results["zero"]
-    assert_params_close(zero_params, {k: np.asarray(v) for k, v in plain_params.items()},
-                        rtol=1e-5, atol=1e-6)
+    assert_params_close(
+        zero_params, {k: np.asarray(v) for k, v in plain_params.items()}, rtol=1e-5, atol=1e-6
+    )
     assert zero_state["mu"]["w"].sharding.spec == spmd.P("data")
     assert zero_state["nu"]["b"].sharding.spec == spmd.P()  # 4 rows do not divide by 8
     shard = zero_state["mu"]["w"].addressable_shards[0]
     assert shard.data.shape == (1, 4)
-    np.testing.assert_allclose(np.asarray(zero_state["mu"]["w"]), np.asarray(plain_state["mu"]["w"]),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(zero_state["mu"]["w"]), np.asarray(plain_state["mu"]["w"]), rtol=1e-5, atol=1e-7
+    )
     assert "all_gather" in zero_kinds, zero_kinds
     assert "reduce_scatter" in zero_kinds, zero_kinds  # w's gradient, straight to its shard
     assert "all_gather" not in plain_kinds and "reduce_scatter" not in plain_kinds, plain_kinds
@@ -218,7 +236,9 @@ def test_zero1_shards_moments_over_data_and_matches_unsharded():
 
 def test_zero1_keeps_the_params_own_sharding_and_adds_the_data_axis():
     mesh = spmd.make_mesh((2, 4), ("data", "model"))
-    w = spmd.device_put(np.ones((8, 4), np.float32), spmd.NamedSharding(mesh, spmd.P(None, "model")))
+    w = spmd.device_put(
+        np.ones((8, 4), np.float32), spmd.NamedSharding(mesh, spmd.P(None, "model"))
+    )
     opt = optim.adamw(1e-3, shard_state_over="data", mesh=mesh)
     state = opt.init({"w": w})
     assert state["mu"]["w"].sharding.spec == spmd.P("data", "model")

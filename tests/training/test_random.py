@@ -63,8 +63,10 @@ def test_keys_split_and_fold_in_follow_jax():
         assert np.asarray(rnd.key(-1)).tolist() == [2**32 - 1, 2**32 - 1]
     # jax.random.key_data(jax.random.split(jax.random.key(0))), JAX 0.10.2 (partitionable
     # threefry): key i is threefry of counter (0, i), Random123's first vector for i = 0
-    assert np.asarray(rnd.split(rnd.key(0))).tolist() == [[1797259609, 2579123966],
-                                                          [928981903, 3453687069]]
+    assert np.asarray(rnd.split(rnd.key(0))).tolist() == [
+        [1797259609, 2579123966],
+        [928981903, 3453687069],
+    ]
     assert tuple(np.asarray(rnd.split(rnd.key(0)))[0]) == KNOWN_ANSWERS[0][2]
     folded = np.asarray(rnd.fold_in(rnd.key(5), 9)).tolist()
     assert folded == list(numpy_threefry((0, 5), (0, 9)))
@@ -85,18 +87,22 @@ def test_traced_seed_gives_the_same_key_as_a_python_seed():
     np.testing.assert_array_equal(np.asarray(got), np.asarray(rnd.key(77)))
 
 
-MESHES = [((8,), ("data",), ("data", None)),
-          ((2, 4), ("data", "model"), ("data", "model")),
-          ((4, 2), ("data", "model"), ("model", "data")),
-          ((2, 4), ("data", "model"), (None, ("data", "model")))]
+MESHES = [
+    ((8,), ("data",), ("data", None)),
+    ((2, 4), ("data", "model"), ("data", "model")),
+    ((4, 2), ("data", "model"), ("model", "data")),
+    ((2, 4), ("data", "model"), (None, ("data", "model"))),
+]
 
 
 def draw_all(k):
-    return {"bits": rnd.bits(k, (16, 12)),
-            "uniform": rnd.uniform(k, (16, 12), minval=-2.0, maxval=3.0),
-            "normal": rnd.normal(k, (16, 12)),
-            "bernoulli": rnd.bernoulli(k, 0.25, (16, 12)),
-            "randint": rnd.randint(k, (16, 12), -5, 17)}
+    return {
+        "bits": rnd.bits(k, (16, 12)),
+        "uniform": rnd.uniform(k, (16, 12), minval=-2.0, maxval=3.0),
+        "normal": rnd.normal(k, (16, 12)),
+        "bernoulli": rnd.bernoulli(k, 0.25, (16, 12)),
+        "randint": rnd.randint(k, (16, 12), -5, 17),
+    }
 
 
 @pytest.mark.parametrize("mesh_shape,names,spec", MESHES)
@@ -129,7 +135,9 @@ def test_permutation_is_the_same_sharded_and_is_a_permutation():
 
 def test_a_prefix_of_a_larger_draw_is_the_smaller_draw():
     k = rnd.key(11)
-    np.testing.assert_array_equal(np.asarray(rnd.bits(k, (10,))), np.asarray(rnd.bits(k, (50,)))[:10])
+    np.testing.assert_array_equal(
+        np.asarray(rnd.bits(k, (10,))), np.asarray(rnd.bits(k, (50,)))[:10]
+    )
 
 
 def ks_statistic(samples: np.ndarray, cdf) -> float:

@@ -20,10 +20,23 @@ from backends.cpu import compile_program
 from backends.interpreter import InterpretedProgram
 from spmd.interpreter import evaluate
 
-UNARY = [jnp.exp, jnp.tanh, jnp.sin, jnp.abs, lambda x: jnp.sqrt(jnp.abs(x)),
-         lambda x: x * x, lambda x: -x, lambda x: jnp.maximum(x, 0.0)]
-BINARY = [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - b,
-          lambda a, b: jnp.minimum(a, b), lambda a, b: jnp.where(a > b, a, b)]
+UNARY = [
+    jnp.exp,
+    jnp.tanh,
+    jnp.sin,
+    jnp.abs,
+    lambda x: jnp.sqrt(jnp.abs(x)),
+    lambda x: x * x,
+    lambda x: -x,
+    lambda x: jnp.maximum(x, 0.0),
+]
+BINARY = [
+    lambda a, b: a + b,
+    lambda a, b: a * b,
+    lambda a, b: a - b,
+    lambda a, b: jnp.minimum(a, b),
+    lambda a, b: jnp.where(a > b, a, b),
+]
 REDUCTIONS = [None, jnp.sum, jnp.max, jnp.min]
 
 
@@ -35,8 +48,13 @@ def lowered(f: object, *args: np.ndarray) -> spmd.ir.graph.Graph:
 def chains(draw: st.DrawFn) -> tuple:
     rows = draw(st.sampled_from([1, 3, 7, 16]))
     cols = draw(st.sampled_from([1, 5, 13, 64]))
-    steps = draw(st.lists(st.tuples(st.booleans(), st.integers(0, 7), st.integers(0, 4),
-                                    st.booleans()), min_size=1, max_size=6))
+    steps = draw(
+        st.lists(
+            st.tuples(st.booleans(), st.integers(0, 7), st.integers(0, 4), st.booleans()),
+            min_size=1,
+            max_size=6,
+        )
+    )
     reduction = draw(st.sampled_from(range(len(REDUCTIONS))))
     axis = draw(st.sampled_from([0, 1, None]))
     dtype = draw(st.sampled_from(["float32", "float64"]))
@@ -78,8 +96,9 @@ def test_gelu_fuses_into_one_kernel() -> None:
     x = np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32)
     exe = compile_program(lowered(gelu, x))
     assert len(exe.kernels) == 1
-    np.testing.assert_allclose(exe([x])[0], evaluate(lowered(gelu, x), [x])[0], rtol=2e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        exe([x])[0], evaluate(lowered(gelu, x), [x])[0], rtol=2e-6, atol=1e-6
+    )
 
 
 def test_softmax_reductions_end_kernels_and_match() -> None:
@@ -112,8 +131,9 @@ def test_memory_plan_reuses_temporaries_and_reports_peak() -> None:
     nbytes = x.nbytes
     assert exe.memory_per_device() <= 2 * nbytes + 3 * nbytes  # params + 2 temps + result
     assert exe.memory_per_device() >= 3 * nbytes
-    np.testing.assert_allclose(exe([x * 0.01, x * 0.1])[0],
-                               evaluate(graph, [x * 0.01, x * 0.1])[0], rtol=1e-5)
+    np.testing.assert_allclose(
+        exe([x * 0.01, x * 0.1])[0], evaluate(graph, [x * 0.01, x * 0.1])[0], rtol=1e-5
+    )
 
 
 def test_donated_param_is_updated_in_place() -> None:
@@ -165,8 +185,17 @@ def test_second_process_hits_the_disk_cache(tmp_path: Path) -> None:
     env = dict(os.environ, SPMD_CACHE_DIR=str(tmp_path))
     script = CACHE_SCRIPT.format(salt=float(os.getpid() % 1000))
     root = Path(__file__).resolve().parents[3]
-    runs = [subprocess.run([sys.executable, "-c", script], env=env, cwd=root, check=True,
-                           capture_output=True, text=True).stdout.split() for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=root,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        for _ in range(2)
+    ]
     (hits1, n1, _), (hits2, n2, _) = runs
     assert int(hits1) == 0 and int(n1) >= 1
     assert int(hits2) == int(n2)

@@ -17,7 +17,7 @@ def native_backend(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("fn,shapes,mesh_name,in_specs,out_spec,scale", differential.FAMILIES)
-def test_sharded_matches_unsharded_on_cpu_backend(fn: Any, shapes: Any, mesh_name: str,
-                                                  in_specs: Any, out_spec: Any,
-                                                  scale: float) -> None:
+def test_sharded_matches_unsharded_on_cpu_backend(
+    fn: Any, shapes: Any, mesh_name: str, in_specs: Any, out_spec: Any, scale: float
+) -> None:
     differential.test_sharded_matches_unsharded(fn, shapes, mesh_name, in_specs, out_spec, scale)

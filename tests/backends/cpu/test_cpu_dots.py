@@ -27,7 +27,8 @@ def _batched_dot() -> tuple[object, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("threaded_is_faster", [True, False])
 def test_dot_the_native_kernel_cannot_take_tries_the_blas_threads_and_keeps_the_faster(
-        monkeypatch: pytest.MonkeyPatch, threaded_is_faster: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, threaded_is_faster: bool
+) -> None:
     op, a, b = _batched_dot()
     monkeypatch.setattr(dots, "BLAS_THREADS_MIN_MACS", 1)  # big enough to try the BLAS threads
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "0")  # the BLAS variants only (native: test_cpu_gemm)
@@ -37,8 +38,9 @@ def test_dot_the_native_kernel_cannot_take_tries_the_blas_threads_and_keeps_the_
     cost = {2: 1.0, 1: 2.0} if threaded_is_faster else {2: 2.0, 1: 1.0}
     real = dots.run_blas
 
-    def recording(op: object, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray,
-                  used: int = 1) -> None:
+    def recording(
+        op: object, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, used: int = 1
+    ) -> None:
         ran.append(used)
         now[0] += cost[used]
         real(op, lhs, rhs, out, used)
@@ -49,7 +51,7 @@ def test_dot_the_native_kernel_cannot_take_tries_the_blas_threads_and_keeps_the_
         out = np.empty((8, 64, 48), np.float32)
         threads.run(op, a, b, out)
         np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
-    assert set(ran[:2 * Fastest.TRIALS]) == {1, 2}  # both variants were tried
+    assert set(ran[: 2 * Fastest.TRIALS]) == {1, 2}  # both variants were tried
     assert (threads.kind, threads.chosen) == ("blas", 2 if threaded_is_faster else 1)
     assert ran[-3:] == [threads.chosen] * 3
 
@@ -61,8 +63,9 @@ def test_blas_threads_are_the_callers_again_after_a_threaded_dot() -> None:
     out = np.empty((8, 64, 48), np.float32)
     with threadpool_limits(1, "blas"):
         dots.run_blas(op, a, b, out, 2)
-        assert all(info["num_threads"] == 1 for info in threadpool_info()
-                   if info["user_api"] == "blas")
+        assert all(
+            info["num_threads"] == 1 for info in threadpool_info() if info["user_api"] == "blas"
+        )
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
 
 
@@ -77,14 +80,18 @@ def test_one_thread_never_tries_a_split(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _dot_types(lhs: tuple[int, ...], rhs: tuple[int, ...]) -> tuple[object, object, object]:
-    graph = spmd.jit(lambda a, b: jnp.matmul(a, b)).lower(
-        np.ones(lhs, np.float32), np.ones(rhs, np.float32)).graph
+    graph = (
+        spmd.jit(lambda a, b: jnp.matmul(a, b))
+        .lower(np.ones(lhs, np.float32), np.ones(rhs, np.float32))
+        .graph
+    )
     (op,) = [op for op in graph.ops if op.name == "dot_general"]
     return op, graph.types[op.inputs[0]], graph.types[op.inputs[1]]
 
 
-def test_a_program_uses_the_blas_threads_where_most_work_is_in_dots_our_workers_cannot_split(
-        ) -> None:
+def test_a_program_uses_the_blas_threads_where_most_work_is_in_dots_our_workers_cannot_split() -> (
+    None
+):
     batched = _dot_types((8, 64, 256), (8, 256, 256))  # 8 GEMMs the native kernel takes
     one_gemm = _dot_types((128, 256), (256, 1024))  # one GEMM: only the BLAS splits it
     too_big = _dot_types((2, 512, 512), (2, 512, 512))  # beyond NATIVE_MAX_DIM
@@ -101,8 +108,9 @@ def test_a_blas_threads_program_splits_no_kernel_and_tries_no_native_split() -> 
     from backends.cpu import compile_program
 
     x, w = np.ones((128, 256), np.float32), np.ones((256, 1024), np.float32)
-    exe = compile_program(spmd.jit(lambda x, w: jnp.tanh(x @ w) * 2).lower(x, w).graph,
-                          num_threads=2)
+    exe = compile_program(
+        spmd.jit(lambda x, w: jnp.tanh(x @ w) * 2).lower(x, w).graph, num_threads=2
+    )
     assert exe.blas_threads
     assert all(len(s.chunks) == 1 for s in exe.steps if s.kind == "kernel")
     np.testing.assert_allclose(exe([x, w])[0], np.tanh(x @ w) * 2, rtol=1e-5)
@@ -113,10 +121,18 @@ def test_a_blas_threads_program_splits_no_kernel_and_tries_no_native_split() -> 
 def test_numpys_blas_is_found_when_scipy_loaded_its_own() -> None:
     """scipy's wheel brings a second OpenBLAS; the BLAS-threads choice must still find numpy's
     (it was disabled for the whole suite once autoshard's tests imported scipy)."""
-    code = ("import scipy.linalg, numpy\n"
-            "from backends.cpu import dots\n"
-            "lib = dots._blas_library()\n"
-            "print('numpy' in lib.filepath if lib is not None else 'none')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=True, cwd=Path(__file__).resolve().parents[3])
+    code = (
+        "import scipy.linalg, numpy\n"
+        "from backends.cpu import dots\n"
+        "lib = dots._blas_library()\n"
+        "print('numpy' in lib.filepath if lib is not None else 'none')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert done.stdout.strip().splitlines()[-1] == "True", done.stdout + done.stderr

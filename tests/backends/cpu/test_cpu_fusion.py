@@ -79,8 +79,10 @@ def test_transposed_and_reshaped_operands_are_read_in_place() -> None:
     np.testing.assert_allclose(exe([a, b])[0], evaluate(graph, [a, b])[0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("dtype,kind", [("float32", "sum"), ("float64", "max"),
-                                        ("int32", "sum"), ("int8", "min"), ("float32", "min")])
+@pytest.mark.parametrize(
+    "dtype,kind",
+    [("float32", "sum"), ("float64", "max"), ("int32", "sum"), ("int8", "min"), ("float32", "min")],
+)
 def test_reduce_over_every_dim_splits_across_threads(dtype: str, kind: str) -> None:
     reduce = {"sum": jnp.sum, "max": jnp.max, "min": jnp.min}[kind]
     rng = np.random.default_rng(4)
@@ -108,6 +110,7 @@ def test_tiny_program_dispatch_reuses_buffers() -> None:
 def test_results_land_in_the_callers_arrays() -> None:
     """into[k] receives result k: computed there by its kernel or dot, copied otherwise
     (a param passed through, the same value returned twice)."""
+
     def f(x: object, w: object) -> object:
         y = jnp.tanh(x) * 2
         return y, x @ w, x, y
@@ -117,10 +120,13 @@ def test_results_land_in_the_callers_arrays() -> None:
     graph = lowered(f, x, w)
     exe = compile_program(graph)
     want = evaluate(graph, [x, w])
-    into = [np.empty((4, 5), np.float32), np.empty((4, 3), np.float32), None,
-            np.empty((4, 5), np.float32)]
+    into = [
+        np.empty((4, 5), np.float32),
+        np.empty((4, 3), np.float32),
+        None,
+        np.empty((4, 5), np.float32),
+    ]
     got = exe([x, w], into)
     assert got[0] is into[0] and got[1] is into[1] and got[3] is into[3]
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-

@@ -11,15 +11,23 @@ from backends.cpu import dots, gemm
 from backends.cpu.trials import Fastest
 
 SHAPES = [  # (B, M, K, N)
-    (1, 1, 1, 1), (1, 1, 64, 64), (3, 5, 7, 13), (2, 4, 1, 24), (2, 9, 3, 1), (1, 17, 33, 65),
-    (4, 32, 64, 64), (3, 64, 16, 64), (2, 6, 5, 31), (1, 128, 128, 128), (5, 3, 2, 47),
+    (1, 1, 1, 1),
+    (1, 1, 64, 64),
+    (3, 5, 7, 13),
+    (2, 4, 1, 24),
+    (2, 9, 3, 1),
+    (1, 17, 33, 65),
+    (4, 32, 64, 64),
+    (3, 64, 16, 64),
+    (2, 6, 5, 31),
+    (1, 128, 128, 128),
+    (5, 3, 2, 47),
 ]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_native_gemm_matches_a_float64_matmul(shape: tuple[int, int, int, int],
-                                              dtype: str) -> None:
+def test_native_gemm_matches_a_float64_matmul(shape: tuple[int, int, int, int], dtype: str) -> None:
     batch, m, k, n = shape
     rng = np.random.default_rng(sum(shape))
     a = rng.standard_normal((batch, m, k)).astype(dtype)
@@ -49,8 +57,12 @@ def test_column_tiles_cover_every_column_once() -> None:
         assert all(w <= 8 for _, widths in tiles for w in widths)
 
 
-def _dot(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], dtype: str = "float32",
-         transpose: bool = False) -> tuple[object, np.ndarray, np.ndarray]:
+def _dot(
+    lhs_shape: tuple[int, ...],
+    rhs_shape: tuple[int, ...],
+    dtype: str = "float32",
+    transpose: bool = False,
+) -> tuple[object, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     a = rng.standard_normal(lhs_shape).astype(dtype)
     b = rng.standard_normal(rhs_shape).astype(dtype)
@@ -64,19 +76,28 @@ def _dot(lhs_shape: tuple[int, ...], rhs_shape: tuple[int, ...], dtype: str = "f
     return op, a, b
 
 
-def _run_with_fake_clock(monkeypatch: pytest.MonkeyPatch, variants: dots.DotThreads,
-                         op: object, a: np.ndarray, b: np.ndarray, expected: np.ndarray,
-                         cost: dict[tuple[str, int], float], calls: int) -> list[tuple[str, int]]:
+def _run_with_fake_clock(
+    monkeypatch: pytest.MonkeyPatch,
+    variants: dots.DotThreads,
+    op: object,
+    a: np.ndarray,
+    b: np.ndarray,
+    expected: np.ndarray,
+    cost: dict[tuple[str, int], float],
+    calls: int,
+) -> list[tuple[str, int]]:
     ran: list[tuple[str, int]] = []
     now = [0.0]  # each run advances the fake clock by its variant's cost
     real = {"blas": dots.run_blas, "native": dots.run_native}
 
     def recording(kind: str) -> object:
-        def run(op: object, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray,
-                threads: int = 1) -> None:
+        def run(
+            op: object, lhs: np.ndarray, rhs: np.ndarray, out: np.ndarray, threads: int = 1
+        ) -> None:
             ran.append((kind, threads))
             now[0] += cost[(kind, threads)]
             real[kind](op, lhs, rhs, out, threads)
+
         return run
 
     monkeypatch.setattr(dots, "run_blas", recording("blas"))
@@ -94,7 +115,8 @@ VARIANTS = [("blas", 1), ("native", 1), ("native", 2)]
 
 @pytest.mark.parametrize("fastest", VARIANTS)
 def test_batched_dot_keeps_the_fastest_of_blas_native_and_native_split(
-        monkeypatch: pytest.MonkeyPatch, fastest: tuple[str, int]) -> None:
+    monkeypatch: pytest.MonkeyPatch, fastest: tuple[str, int]
+) -> None:
     """A batched dot the native kernel takes tries it unsplit and split over our workers
     beside the BLAS on one thread (not the BLAS's own threads: see dots.DotThreads)."""
     monkeypatch.setenv("SPMD_NATIVE_GEMM", "1")
@@ -118,31 +140,33 @@ def test_small_dots_try_no_split(monkeypatch: pytest.MonkeyPatch, threads: int) 
     op, a, b = _dot((8, 32, 64), (8, 64, 24))
     cost = {("blas", 1): 2.0, ("native", 1): 1.0}
     variants = dots.DotThreads(threads)
-    ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost,
-                               2 * Fastest.TRIALS + 2)
+    ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost, 2 * Fastest.TRIALS + 2)
     assert set(ran) == set(cost)
     assert (variants.kind, variants.chosen) == ("native", 1)
 
 
-def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+def test_native_disabled_or_unfit_dots_try_only_the_blas(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dots, "BLAS_THREADS_MIN_MACS", 1)
     cost = {("blas", 1): 1.0, ("blas", 2): 2.0, ("native", 1): 0.5, ("native", 2): 0.5}
-    cases = [("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
-             ("1", _dot((2, 8, 300), (2, 300, 8))),  # k above NATIVE_MAX_DIM
-             ("1", _dot((2, 8, 16), (2, 16, 8), "int32"))]  # not a float dtype
+    cases = [
+        ("0", _dot((8, 32, 64), (8, 64, 24))),  # disabled by the env var
+        ("1", _dot((2, 8, 300), (2, 300, 8))),  # k above NATIVE_MAX_DIM
+        ("1", _dot((2, 8, 16), (2, 16, 8), "int32")),
+    ]  # not a float dtype
     for flag, (op, a, b) in cases:
         monkeypatch.setenv("SPMD_NATIVE_GEMM", flag)
         variants = dots.DotThreads(2, blas_threads=True)
-        ran = _run_with_fake_clock(monkeypatch, variants, op, a, b, a @ b, cost,
-                                   2 * Fastest.TRIALS + 1)
+        ran = _run_with_fake_clock(
+            monkeypatch, variants, op, a, b, a @ b, cost, 2 * Fastest.TRIALS + 1
+        )
         assert set(ran) == {("blas", 1), ("blas", 2)}  # one thread and the BLAS's own
         assert (variants.kind, variants.chosen) == ("blas", 1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("layout", ["ab", "aT", "bT", "aTbT", "sliced", "every_other_column",
-                                    "reversed"])
+@pytest.mark.parametrize(
+    "layout", ["ab", "aT", "bT", "aTbT", "sliced", "every_other_column", "reversed"]
+)
 def test_native_gemm_reads_strided_operands(layout: str, dtype: str) -> None:
     """a with any strides; b packed first where its columns are not contiguous."""
     rng = np.random.default_rng(2)
@@ -161,8 +185,9 @@ def test_native_gemm_reads_strided_operands(layout: str, dtype: str) -> None:
     out = np.full((batch, m, n), np.nan, dtype)
     gemm.run_gemm(0, batch, a, b, out)
     tolerance = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64),
-                               rtol=tolerance, atol=tolerance * 4)
+    np.testing.assert_allclose(
+        out, a.astype(np.float64) @ b.astype(np.float64), rtol=tolerance, atol=tolerance * 4
+    )
 
 
 def test_native_dot_takes_a_transposed_lhs() -> None:

@@ -17,10 +17,20 @@ from spmd import lax
 from spmd.interpreter import evaluate
 
 HALF = ["bfloat16", "float16"]
-EXACT_UNARY = [lambda x: -x, lambda x: jnp.sqrt(jnp.abs(x)), lambda x: x * x,
-               lambda x: jnp.floor(x * 3), lambda x: jnp.maximum(x, 0.25)]
-EXACT_BINARY = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b,
-                lambda a, b: a / (jnp.abs(b) + 1), lambda a, b: jnp.where(a > b, a, b)]
+EXACT_UNARY = [
+    lambda x: -x,
+    lambda x: jnp.sqrt(jnp.abs(x)),
+    lambda x: x * x,
+    lambda x: jnp.floor(x * 3),
+    lambda x: jnp.maximum(x, 0.25),
+]
+EXACT_BINARY = [
+    lambda a, b: a + b,
+    lambda a, b: a - b,
+    lambda a, b: a * b,
+    lambda a, b: a / (jnp.abs(b) + 1),
+    lambda a, b: jnp.where(a > b, a, b),
+]
 
 
 def run_both(f: object, *args: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -38,8 +48,10 @@ def assert_same_bits(got: np.ndarray, want: np.ndarray) -> None:
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(st.sampled_from(HALF), st.lists(st.tuples(st.booleans(), st.integers(0, 4),
-                                                 st.booleans()), min_size=1, max_size=8))
+@given(
+    st.sampled_from(HALF),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.booleans()), min_size=1, max_size=8),
+)
 def test_half_chain_rounds_after_every_op(dtype: str, steps: list) -> None:
     rng = np.random.default_rng(len(steps))
     x = (rng.standard_normal((9, 33)) * 3).astype(dtype)
@@ -49,8 +61,7 @@ def test_half_chain_rounds_after_every_op(dtype: str, steps: list) -> None:
         for binary, k, through_f32 in steps:
             a = EXACT_BINARY[k](a, b) if binary else EXACT_UNARY[k](a)
             if through_f32:  # a round trip must not keep float32 bits
-                a = lax.convert_element_type(lax.convert_element_type(a, "float32") * 1.001,
-                                             dtype)
+                a = lax.convert_element_type(lax.convert_element_type(a, "float32") * 1.001, dtype)
         return a
 
     (got,), (want,) = run_both(f, x, y)
@@ -81,8 +92,10 @@ def test_float64_to_float16_rounds_once_and_bfloat16_via_float32() -> None:
     # once); f64 -> bf16 is "Cast to F32 first", then f32 -> bf16 (rounds twice). Written with
     # an explicit float32 step so the oracle does not depend on the ml_dtypes version (0.7
     # rounds f64 -> bf16 once, earlier versions went through f32).
-    jax_semantics = {"float16": x.astype(np.float16),
-                     "bfloat16": x.astype(np.float32).astype(ml_dtypes.bfloat16)}
+    jax_semantics = {
+        "float16": x.astype(np.float16),
+        "bfloat16": x.astype(np.float32).astype(ml_dtypes.bfloat16),
+    }
     # Element 501 is 1 + 2**-8 + 2**-40: rounded once it is 1 + 2**-7 (0x3F81); through f32
     # the 2**-40 is lost, the tie goes to even: 1.0 (0x3F80).
     assert jax_semantics["bfloat16"][len(nudged) + 1].view(np.uint16) == 0x3F80

@@ -35,8 +35,14 @@ STEP = textwrap.dedent("""
 
 def _faults_per_step(tuning: str) -> float:
     env = {**os.environ, "SPMD_MALLOC_TUNING": tuning, "SPMD_BACKEND": "cpu"}
-    out = subprocess.run([sys.executable, "-c", STEP], env=env, capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", STEP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     return int(out.split()[-1]) / 10
 
 

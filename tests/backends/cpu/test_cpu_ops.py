@@ -30,8 +30,9 @@ def single_op_graph(name: str, in_types: list[TensorType], **attrs: object) -> G
     return Graph(params, tuple(in_types), (op,), (out,))
 
 
-def sample(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
-           special: bool = True) -> np.ndarray:
+def sample(
+    shape: tuple[int, ...], dtype: str, rng: np.random.Generator, special: bool = True
+) -> np.ndarray:
     np_dtype = dtypes.to_numpy(dtype)
     if dtype == "bool":
         return rng.random(shape) < 0.5
@@ -48,16 +49,18 @@ def sample(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
     return x
 
 
-def check(graph: Graph, args: list[np.ndarray], dtype: str, scale: float = 1.0,
-          **kwargs: object) -> None:
+def check(
+    graph: Graph, args: list[np.ndarray], dtype: str, scale: float = 1.0, **kwargs: object
+) -> None:
     want = evaluate(graph, args)
     got = compile_program(graph, **kwargs)(args)
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and g.shape == w.shape
         if dtypes.is_float(dtypes.canonical(w.dtype)):
             tol = TOLERANCE[dtypes.canonical(w.dtype)] * scale
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64),
-                                       rtol=tol, atol=tol, equal_nan=True)
+            np.testing.assert_allclose(
+                g.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol, equal_nan=True
+            )
         else:
             np.testing.assert_array_equal(g, w)
 
@@ -128,20 +131,28 @@ def test_convert_element_type_matches_reference(src: str) -> None:
             x = sample(shape, src, rng, special=False)
             if dtypes.is_float(src) and dtypes.is_unsigned(dst):
                 x = np.abs(x)  # numpy's negative float -> uint cast is platform-defined
-            graph = single_op_graph("convert_element_type", [TensorType(shape, src)],
-                                    new_dtype=dst)
+            graph = single_op_graph("convert_element_type", [TensorType(shape, src)], new_dtype=dst)
             check(graph, [x], dst)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16", "int32",
-                                   "uint8", "bool"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float64", "bfloat16", "float16", "int32", "uint8", "bool"]
+)
 @pytest.mark.parametrize("kind", ["sum", "max", "min", "prod", "and", "or"])
 def test_reduce_matches_reference_over_any_axes(kind: str, dtype: str) -> None:
     if (kind in ("and", "or")) != (dtype == "bool") and kind in ("and", "or"):
         pytest.skip("and/or reduce bool only")
     rng = np.random.default_rng(5)
-    for shape, axes in [((), ()), ((0,), (0,)), ((7,), (0,)), ((3, 5), (1,)), ((3, 5), (0,)),
-                        ((2, 0, 3), (1,)), ((2, 3, 13), (0, 2)), ((4, 1, 5), (1, 2))]:
+    for shape, axes in [
+        ((), ()),
+        ((0,), (0,)),
+        ((7,), (0,)),
+        ((3, 5), (1,)),
+        ((3, 5), (0,)),
+        ((2, 0, 3), (1,)),
+        ((2, 3, 13), (0, 2)),
+        ((4, 1, 5), (1, 2)),
+    ]:
         if 0 in shape and kind in ("max", "min") and dtype in ("bfloat16", "bool"):
             continue  # the reference cannot make the identity of these (np.iinfo fails)
         x = sample(shape, dtype, rng, special=False)
@@ -170,21 +181,36 @@ def test_shape_ops_match_reference(dtype: str) -> None:
             continue
         check(single_op_graph(name, t, **attrs), [x], dtype)
     for dimension in (0, 1):
-        check(single_op_graph("iota", [], dtype=dtype if dtype != "bool" else "int32",
-                              shape=(4, 3), dimension=dimension), [], dtype)
+        check(
+            single_op_graph(
+                "iota",
+                [],
+                dtype=dtype if dtype != "bool" else "int32",
+                shape=(4, 3),
+                dimension=dimension,
+            ),
+            [],
+            dtype,
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "int32"])
 def test_dot_general_matches_reference(dtype: str) -> None:
     rng = np.random.default_rng(7)
-    cases = [((3, 4), (4, 5), (((1,), (0,)), ((), ()))),
-             ((2, 3, 4), (2, 5, 4), (((2,), (2,)), ((0,), (0,)))),
-             ((4, 3), (4,), (((0,), (0,)), ((), ()))),
-             ((0, 3), (3, 2), (((1,), (0,)), ((), ())))]
+    cases = [
+        ((3, 4), (4, 5), (((1,), (0,)), ((), ()))),
+        ((2, 3, 4), (2, 5, 4), (((2,), (2,)), ((0,), (0,)))),
+        ((4, 3), (4,), (((0,), (0,)), ((), ()))),
+        ((0, 3), (3, 2), (((1,), (0,)), ((), ()))),
+    ]
     for ls, rs, dims in cases:
         lhs, rhs = sample(ls, dtype, rng, False), sample(rs, dtype, rng, False)
-        graph = single_op_graph("dot_general", [TensorType(ls, dtype), TensorType(rs, dtype)],
-                                dimension_numbers=dims, preferred_element_type=None)
+        graph = single_op_graph(
+            "dot_general",
+            [TensorType(ls, dtype), TensorType(rs, dtype)],
+            dimension_numbers=dims,
+            preferred_element_type=None,
+        )
         check(graph, [lhs, rhs], dtype)
 
 
@@ -194,8 +220,9 @@ def test_remaining_ops_run_through_the_fallback() -> None:
     t = TensorType((4, 6), "float32")
     graph = single_op_graph("argmax", [t], axis=1, index_dtype="int32")
     check(graph, [x], "int32")
-    pad = single_op_graph("pad", [t, TensorType((), "float32")],
-                          padding_config=((1, 0, 0), (0, 2, 1)))
+    pad = single_op_graph(
+        "pad", [t, TensorType((), "float32")], padding_config=((1, 0, 0), (0, 2, 1))
+    )
     check(pad, [x, np.float32(0.5)], "float32")
     cat = single_op_graph("concatenate", [t, t], dimension=1)
     check(cat, [x, x], "float32")

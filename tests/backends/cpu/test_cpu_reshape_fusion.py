@@ -52,17 +52,13 @@ def test_conflicting_splits_leave_one_reshape_as_a_view() -> None:
 
 CASES = {
     "split_then_reduce_middle": (lambda x: jnp.sum(x.reshape(4, 3, 10) * 2, axis=1), (12, 10)),
-    "merge_then_reduce_last": (lambda x: jnp.max(jnp.tanh(x).reshape(6, 20), axis=1),
-                               (6, 4, 5)),
+    "merge_then_reduce_last": (lambda x: jnp.max(jnp.tanh(x).reshape(6, 20), axis=1), (6, 4, 5)),
     "reshape_under_broadcast": (lambda x: x + jnp.exp(x[0]).reshape(1, 6, 5), (3, 6, 5)),
     "transpose_then_merge": (lambda x: (x.T * 3).reshape(35) + 1, (5, 7)),
-    "merge_split_chain": (lambda x: (x.reshape(24) * 2).reshape(3, 8) - x.reshape(3, 8),
-                          (2, 3, 4)),
-    "iota_through_reshape": (lambda x: x + jnp.arange(20, dtype=jnp.float32).reshape(4, 5),
-                             (4, 5)),
+    "merge_split_chain": (lambda x: (x.reshape(24) * 2).reshape(3, 8) - x.reshape(3, 8), (2, 3, 4)),
+    "iota_through_reshape": (lambda x: x + jnp.arange(20, dtype=jnp.float32).reshape(4, 5), (4, 5)),
     "small_leading_reduction": (lambda x: jnp.sum((x * 2).reshape(3, 4, 7), axis=0), (12, 7)),
-    "unit_dims_and_split": (lambda x: jnp.sum(x.reshape(1, 2, 1, 6, 1), axis=3) * x[:, :1],
-                            (2, 6)),
+    "unit_dims_and_split": (lambda x: jnp.sum(x.reshape(1, 2, 1, 6, 1), axis=3) * x[:, :1], (2, 6)),
 }
 
 
@@ -72,9 +68,18 @@ def test_reshape_fusion_matches_interpreter(name: str) -> None:
     _run(f, _rand(*shape))
 
 
-@pytest.mark.parametrize(("a", "b", "ok"), [
-    ((2, 4, 5), (8, 5), True), ((8, 5), (2, 4, 5), True), ((6,), (2, 3), True),
-    ((4, 6), (3, 8), False), ((2, 3), (3, 2), False), ((1, 6, 1), (6,), True),
-    ((0, 3), (3, 0), False), ((0, 3), (1, 0, 3), True)])
+@pytest.mark.parametrize(
+    ("a", "b", "ok"),
+    [
+        ((2, 4, 5), (8, 5), True),
+        ((8, 5), (2, 4, 5), True),
+        ((6,), (2, 3), True),
+        ((4, 6), (3, 8), False),
+        ((2, 3), (3, 2), False),
+        ((1, 6, 1), (6,), True),
+        ((0, 3), (3, 0), False),
+        ((0, 3), (1, 0, 3), True),
+    ],
+)
 def test_splits_and_merges(a: tuple[int, ...], b: tuple[int, ...], ok: bool) -> None:
     assert splits_and_merges(a, b) is ok

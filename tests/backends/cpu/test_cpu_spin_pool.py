@@ -71,7 +71,8 @@ def test_split_runs_match_one_unsplit_run(workers: int, chunks: int) -> None:
 
 
 def test_workers_that_went_back_to_sleep_wake_for_the_next_chunk(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(spin_pool, "SPIN_POLLS", 10)  # idle almost at once
     fn, address = _tanh_kernel()
     pool = spin_pool.SpinPool(1)

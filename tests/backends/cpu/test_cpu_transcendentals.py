@@ -12,9 +12,36 @@ import spmd
 import spmd.numpy as jnp
 from backends.cpu import compile_program
 
-EDGES = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45, 0.1, -0.1,
-         88.72283172607422, 88.72283935546875, 88.7228, 89.0, -86.0, -86.00001, -87.33,
-         -103.97207, -103.97208, -103.9728, -104.0, 9.0, 9.01, -9.0, 10.0, 20.0, -20.0]
+EDGES = [
+    np.nan,
+    np.inf,
+    -np.inf,
+    0.0,
+    -0.0,
+    1e-30,
+    -1e-30,
+    1e-45,
+    -1e-45,
+    0.1,
+    -0.1,
+    88.72283172607422,
+    88.72283935546875,
+    88.7228,
+    89.0,
+    -86.0,
+    -86.00001,
+    -87.33,
+    -103.97207,
+    -103.97208,
+    -103.9728,
+    -104.0,
+    9.0,
+    9.01,
+    -9.0,
+    10.0,
+    20.0,
+    -20.0,
+]
 
 
 def inputs() -> np.ndarray:
@@ -33,11 +60,13 @@ def ulp_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.where(same, 0.0, np.nan_to_num(diff, nan=np.inf))))
 
 
-@pytest.mark.parametrize("name, ours, reference, max_ulp", [
-    ("exp", jnp.exp, np.exp, 1.0), ("tanh", jnp.tanh, np.tanh, 2.0)])
+@pytest.mark.parametrize(
+    "name, ours, reference, max_ulp",
+    [("exp", jnp.exp, np.exp, 1.0), ("tanh", jnp.tanh, np.tanh, 2.0)],
+)
 def test_float32_transcendental_within_ulps_everywhere(
-        name: str, ours: Callable[..., object], reference: Callable[..., np.ndarray],
-        max_ulp: float) -> None:
+    name: str, ours: Callable[..., object], reference: Callable[..., np.ndarray], max_ulp: float
+) -> None:
     x = inputs()
     exe = compile_program(spmd.jit(ours).lower(x).graph)
     got = exe([x])[0]

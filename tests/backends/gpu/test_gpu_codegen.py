@@ -38,8 +38,9 @@ def single_op_graph(name: str, in_types: list[TensorType], **attrs: object) -> G
     params = tuple(fresh_id() for _ in in_types)
     out_type = REGISTRY[name].infer(*in_types, **attrs)
     out = fresh_id()
-    return Graph(params, tuple(in_types), (Op(name, params, (out,), (out_type,), Attrs(attrs)),),
-                 (out,))
+    return Graph(
+        params, tuple(in_types), (Op(name, params, (out,), (out_type,), Attrs(attrs)),), (out,)
+    )
 
 
 def op_cases() -> list[tuple[str, list[TensorType], dict]]:
@@ -60,8 +61,13 @@ def op_cases() -> list[tuple[str, list[TensorType], dict]]:
             cases.append((name, [TensorType((37,), dtype)] * 2, {}))
         cases.append(("select", [TensorType((37,), "bool")] + [TensorType((37,), dtype)] * 2, {}))
         for dst in dtypes.ALL:
-            cases.append(("convert_element_type", [TensorType((37,), dtype)],
-                          {"new_dtype": dst, "weak": False}))
+            cases.append(
+                (
+                    "convert_element_type",
+                    [TensorType((37,), dtype)],
+                    {"new_dtype": dst, "weak": False},
+                )
+            )
     return cases
 
 
@@ -70,19 +76,36 @@ def reduce_cases() -> list[tuple[str, list[TensorType], dict]]:
     for dtype in ["float32", "float64", "bfloat16", "float16", "int8", "int32", "uint64", "bool"]:
         kinds = ["and", "or"] if dtype == "bool" else ["sum", "max", "min", "prod"]
         for kind in kinds:
-            for shape, axes in [((), ()), ((7,), (0,)), ((3, 500), (1,)), ((300, 5), (0,)),
-                                ((2, 3, 13), (0, 2)), ((4096,), (0,))]:
+            for shape, axes in [
+                ((), ()),
+                ((7,), (0,)),
+                ((3, 500), (1,)),
+                ((300, 5), (0,)),
+                ((2, 3, 13), (0, 2)),
+                ((4096,), (0,)),
+            ]:
                 cases.append(("reduce", [TensorType(shape, dtype)], {"kind": kind, "axes": axes}))
     return cases
 
 
 def shape_cases() -> list[tuple[str, list[TensorType], dict]]:
-    return [("broadcast_in_dim", [TensorType((3, 1, 5), "float32")],
-             {"shape": (2, 3, 4, 5), "broadcast_dimensions": (1, 2, 3)}),
-            ("broadcast_in_dim", [TensorType((), "bfloat16")], {"shape": (8, 16),
-                                                                "broadcast_dimensions": ()}),
-            *[("iota", [], {"dtype": d, "shape": (4, 8), "dimension": k})
-              for d in ("int32", "float32", "bfloat16", "uint8") for k in (0, 1)]]
+    return [
+        (
+            "broadcast_in_dim",
+            [TensorType((3, 1, 5), "float32")],
+            {"shape": (2, 3, 4, 5), "broadcast_dimensions": (1, 2, 3)},
+        ),
+        (
+            "broadcast_in_dim",
+            [TensorType((), "bfloat16")],
+            {"shape": (8, 16), "broadcast_dimensions": ()},
+        ),
+        *[
+            ("iota", [], {"dtype": d, "shape": (4, 8), "dimension": k})
+            for d in ("int32", "float32", "bfloat16", "uint8")
+            for k in (0, 1)
+        ],
+    ]
 
 
 def compile_cuda(kernels: list[codegen.CudaKernel], tmp_path: Path, optimize: bool = True) -> str:
@@ -94,9 +117,13 @@ def compile_cuda(kernels: list[codegen.CudaKernel], tmp_path: Path, optimize: bo
     source.write_text(codegen.module_source(kernels))
     out = tmp_path / "kernels.ptx"
     flags = [] if optimize else ["-Xcicc", "-O0"]
-    result = subprocess.run([NVCC, "--ptx", "-arch=sm_90", "-std=c++17", *flags, "-o", str(out),
-                             str(source)], check=False, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [NVCC, "--ptx", "-arch=sm_90", "-std=c++17", *flags, "-o", str(out), str(source)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ptx = out.read_text()
     assert all(f".entry {name}(" in ptx for name in names)
@@ -122,8 +149,10 @@ def test_every_registered_op_has_a_gpu_lowering_row() -> None:
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_every_fused_op_and_dtype_compiles_with_nvcc(tmp_path: Path) -> None:
-    graphs = [single_op_graph(name, types, **attrs)
-              for name, types, attrs in op_cases() + reduce_cases() + shape_cases()]
+    graphs = [
+        single_op_graph(name, types, **attrs)
+        for name, types, attrs in op_cases() + reduce_cases() + shape_cases()
+    ]
     kernels = kernels_of(graphs)
     assert len(kernels) >= len(graphs)
     compile_cuda(kernels, tmp_path, optimize=False)
@@ -133,18 +162,32 @@ def test_packed_path_and_block_reduce_are_chosen() -> None:
     x = np.ones((64, 32), np.float32)
     gelu = kernel_sources(spmd.jit(lambda v: jnp.tanh(v) * v + 1.0).lower(x).graph)
     assert [k.vec for k in gelu] == [4] and "spmd_pack<float, 4>" in gelu[0].source
-    row_sum = kernel_sources(spmd.jit(lambda v: jnp.sum(v * v, axis=1)).lower(
-        np.ones((8, 1000), np.float32)).graph)
+    row_sum = kernel_sources(
+        spmd.jit(lambda v: jnp.sum(v * v, axis=1)).lower(np.ones((8, 1000), np.float32)).graph
+    )
     assert [k.strategy for k in row_sum] == ["block", "finish"]
     assert "__shfl_down_sync" in row_sum[0].source
     column_sum = kernel_sources(spmd.jit(lambda v: jnp.sum(v, axis=0)).lower(x).graph)
     assert [k.strategy for k in column_sum] == ["thread"]
 
 
-UNARY = [jnp.exp, jnp.tanh, jnp.sin, jnp.abs, lambda x: jnp.sqrt(jnp.abs(x)),
-         lambda x: x * x, lambda x: -x, lambda x: jnp.maximum(x, 0.0)]
-BINARY_FNS = [lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - b,
-              lambda a, b: jnp.minimum(a, b), lambda a, b: jnp.where(a > b, a, b)]
+UNARY = [
+    jnp.exp,
+    jnp.tanh,
+    jnp.sin,
+    jnp.abs,
+    lambda x: jnp.sqrt(jnp.abs(x)),
+    lambda x: x * x,
+    lambda x: -x,
+    lambda x: jnp.maximum(x, 0.0),
+]
+BINARY_FNS = [
+    lambda a, b: a + b,
+    lambda a, b: a * b,
+    lambda a, b: a - b,
+    lambda a, b: jnp.minimum(a, b),
+    lambda a, b: jnp.where(a > b, a, b),
+]
 REDUCTIONS = [None, jnp.sum, jnp.max, jnp.min]
 
 
@@ -152,8 +195,13 @@ REDUCTIONS = [None, jnp.sum, jnp.max, jnp.min]
 def chains(draw: st.DrawFn) -> tuple:
     rows = draw(st.sampled_from([1, 3, 7, 16, 300]))
     cols = draw(st.sampled_from([1, 5, 13, 64, 512]))
-    steps = draw(st.lists(st.tuples(st.booleans(), st.integers(0, 7), st.integers(0, 4),
-                                    st.booleans()), min_size=1, max_size=6))
+    steps = draw(
+        st.lists(
+            st.tuples(st.booleans(), st.integers(0, 7), st.integers(0, 4), st.booleans()),
+            min_size=1,
+            max_size=6,
+        )
+    )
     reduction = draw(st.sampled_from(range(len(REDUCTIONS))))
     axis = draw(st.sampled_from([0, 1, None]))
     dtype = draw(st.sampled_from(["float32", "float64", "bfloat16", "float16"]))
@@ -223,25 +271,35 @@ def host_case(index: int, graph: Graph) -> str:
     body = codegen._Body(spec, ["i0"])
     lines = [f"static void case{index}(const char* dir) {{", "  char path[4096]; long size = 0;"]
     n_out = len(spec.arg_dtypes) - spec.n_in
-    for arg, dtype in enumerate(spec.arg_dtypes[:spec.n_in]):
+    for arg, dtype in enumerate(spec.arg_dtypes[: spec.n_in]):
         storage = cuda_math.STORAGE_TYPE[dtype]
-        lines += [f'  snprintf(path, sizeof path, "%s/case{index}_in{arg}.bin", dir);',
-                  f"  const {storage}* a{arg} = (const {storage}*)read_all(path, &size);"]
+        lines += [
+            f'  snprintf(path, sizeof path, "%s/case{index}_in{arg}.bin", dir);',
+            f"  const {storage}* a{arg} = (const {storage}*)read_all(path, &size);",
+        ]
     n = spec.domain[0]
     for k in range(n_out):
         storage = cuda_math.STORAGE_TYPE[spec.arg_dtypes[spec.n_in + k]]
-        lines.append(f"  {storage}* a{spec.n_in + k} = ({storage}*)malloc({n} * sizeof({storage}));")
+        lines.append(
+            f"  {storage}* a{spec.n_in + k} = ({storage}*)malloc({n} * sizeof({storage}));"
+        )
     lines.append(f"  for (long long i0 = 0; i0 < {n}; ++i0) {{")
     lines += ["    " + s for s in body.emit() + body.stores()]
     out = spec.n_in
     storage = cuda_math.STORAGE_TYPE[spec.arg_dtypes[out]]
-    lines += ["  }", f'  snprintf(path, sizeof path, "%s/case{index}_out.bin", dir);',
-              f"  write_all(path, a{out}, {n} * sizeof({storage}));", "  (void)size;", "}"]
+    lines += [
+        "  }",
+        f'  snprintf(path, sizeof path, "%s/case{index}_out.bin", dir);',
+        f"  write_all(path, a{out}, {n} * sizeof({storage}));",
+        "  (void)size;",
+        "}",
+    ]
     return "\n".join(lines)
 
 
-def sample(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
-           special: bool = True) -> np.ndarray:
+def sample(
+    shape: tuple[int, ...], dtype: str, rng: np.random.Generator, special: bool = True
+) -> np.ndarray:
     if dtype == "bool":
         return rng.random(shape) < 0.5
     np_dtype = dtypes.to_numpy(dtype)
@@ -257,8 +315,7 @@ def sample(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
     return x
 
 
-def host_inputs(name: str, types: list[TensorType], rng: np.random.Generator
-                ) -> list[np.ndarray]:
+def host_inputs(name: str, types: list[TensorType], rng: np.random.Generator) -> list[np.ndarray]:
     dtype = types[-1].dtype
     args = [sample(t.shape, t.dtype, rng, special=k == 0) for k, t in enumerate(types)]
     if name in ("log", "sqrt", "rsqrt", "log1p"):
@@ -279,9 +336,15 @@ def host_inputs(name: str, types: list[TensorType], rng: np.random.Generator
 @pytest.mark.skipif(GXX is None, reason="g++ is not installed")
 def test_elementwise_emitter_on_the_host_matches_the_reference(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    cases = [(name, types, attrs) for name, types, attrs in op_cases()
-             if not (name == "convert_element_type" and dtypes.is_float(types[0].dtype)
-                     and dtypes.is_unsigned(attrs["new_dtype"]))]  # numpy: platform-defined
+    cases = [
+        (name, types, attrs)
+        for name, types, attrs in op_cases()
+        if not (
+            name == "convert_element_type"
+            and dtypes.is_float(types[0].dtype)
+            and dtypes.is_unsigned(attrs["new_dtype"])
+        )
+    ]  # numpy: platform-defined
     graphs, wants = [], []
     for index, (name, types, attrs) in enumerate(cases):
         graph = single_op_graph(name, types, **attrs)
@@ -300,12 +363,17 @@ def test_elementwise_emitter_on_the_host_matches_the_reference(tmp_path: Path) -
     program += ["int main(int argc, char** argv) {", "  (void)argc;"]
     program += [f"  case{i}(argv[1]);" for i in range(len(graphs))] + ["  return 0;", "}"]
     (tmp_path / "host.cpp").write_text("\n".join(program))
-    built = subprocess.run([GXX, "-std=c++17", "-O1", "-w", "-o", str(tmp_path / "host"),
-                            str(tmp_path / "host.cpp")], check=False, capture_output=True, text=True,
-                           timeout=300)
+    built = subprocess.run(
+        [GXX, "-std=c++17", "-O1", "-w", "-o", str(tmp_path / "host"), str(tmp_path / "host.cpp")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-4000:]
-    ran = subprocess.run([str(tmp_path / "host"), str(tmp_path)], check=False, capture_output=True,
-                         timeout=60)
+    ran = subprocess.run(
+        [str(tmp_path / "host"), str(tmp_path)], check=False, capture_output=True, timeout=60
+    )
     assert ran.returncode == 0, ran.stderr
     failures = []
     for index, ((name, types, attrs), want) in enumerate(zip(cases, wants)):
@@ -320,5 +388,8 @@ def _close(got: np.ndarray, want: np.ndarray, dtype: str) -> bool:
     if not dtypes.is_float(dtype):
         return bool(np.array_equal(got, want))
     tol = TOLERANCE[dtype]
-    return bool(np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol,
-                            equal_nan=True))
+    return bool(
+        np.allclose(
+            got.astype(np.float64), want.astype(np.float64), rtol=tol, atol=tol, equal_nan=True
+        )
+    )

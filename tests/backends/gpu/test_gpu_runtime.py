@@ -31,12 +31,14 @@ def single_op_graph(name: str, in_types: list[TensorType], **attrs: object) -> G
     params = tuple(fresh_id() for _ in in_types)
     out_type = REGISTRY[name].infer(*in_types, **attrs)
     out = fresh_id()
-    return Graph(params, tuple(in_types), (Op(name, params, (out,), (out_type,), Attrs(attrs)),),
-                 (out,))
+    return Graph(
+        params, tuple(in_types), (Op(name, params, (out,), (out_type,), Attrs(attrs)),), (out,)
+    )
 
 
-def sample(shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
-           special: bool = True) -> np.ndarray:
+def sample(
+    shape: tuple[int, ...], dtype: str, rng: np.random.Generator, special: bool = True
+) -> np.ndarray:
     if dtype == "bool":
         return rng.random(shape) < 0.5
     np_dtype = dtypes.to_numpy(dtype)
@@ -60,8 +62,9 @@ def check(graph: Graph, args: list[np.ndarray], scale: float = 1.0, **kwargs: ob
         dtype = dtypes.canonical(w.dtype)
         if dtypes.is_float(dtype):
             tol = TOLERANCE[dtype] * scale
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol,
-                                       atol=tol, equal_nan=True)
+            np.testing.assert_allclose(
+                g.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol, equal_nan=True
+            )
         else:
             np.testing.assert_array_equal(g, w)
 
@@ -117,21 +120,28 @@ def test_convert_element_type_matches_reference(src: str) -> None:
         x = sample((11,), src, rng, special=False)
         if dtypes.is_float(src) and dtypes.is_unsigned(dst):
             x = np.abs(x)
-        check(single_op_graph("convert_element_type", [TensorType((11,), src)], new_dtype=dst),
-              [x])
+        check(single_op_graph("convert_element_type", [TensorType((11,), src)], new_dtype=dst), [x])
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16", "int32",
-                                   "uint8", "bool"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float64", "bfloat16", "float16", "int32", "uint8", "bool"]
+)
 @pytest.mark.parametrize("kind", ["sum", "max", "min", "prod", "and", "or"])
 def test_reduce_matches_reference(kind: str, dtype: str) -> None:
     _skip_without_gpu()
     if (kind in ("and", "or")) != (dtype == "bool") and kind in ("and", "or"):
         pytest.skip("and/or reduce bool only")
     rng = np.random.default_rng(5)
-    for shape, axes in [((), ()), ((7,), (0,)), ((3, 5), (1,)), ((300, 5), (0,)),
-                        ((2, 3, 13), (0, 2)), ((3, 5000), (1,)), ((100000,), (0,)),
-                        ((2, 0, 3), (1,))]:
+    for shape, axes in [
+        ((), ()),
+        ((7,), (0,)),
+        ((3, 5), (1,)),
+        ((300, 5), (0,)),
+        ((2, 3, 13), (0, 2)),
+        ((3, 5000), (1,)),
+        ((100000,), (0,)),
+        ((2, 0, 3), (1,)),
+    ]:
         x = sample(shape, dtype, rng, special=False)
         if kind == "prod" and dtypes.is_float(dtype):
             x = (np.sign(x) * (1 + np.abs(x) / 1e4)).astype(x.dtype)
@@ -144,14 +154,20 @@ def test_reduce_matches_reference(kind: str, dtype: str) -> None:
 def test_dot_general_matches_reference(dtype: str) -> None:
     _skip_without_gpu()
     rng = np.random.default_rng(7)
-    cases = [((3, 4), (4, 5), (((1,), (0,)), ((), ()))),
-             ((2, 3, 64), (2, 5, 64), (((2,), (2,)), ((0,), (0,)))),
-             ((4, 3), (4,), (((0,), (0,)), ((), ()))),
-             ((0, 3), (3, 2), (((1,), (0,)), ((), ())))]
+    cases = [
+        ((3, 4), (4, 5), (((1,), (0,)), ((), ()))),
+        ((2, 3, 64), (2, 5, 64), (((2,), (2,)), ((0,), (0,)))),
+        ((4, 3), (4,), (((0,), (0,)), ((), ()))),
+        ((0, 3), (3, 2), (((1,), (0,)), ((), ()))),
+    ]
     for ls, rs, dims in cases:
         lhs, rhs = sample(ls, dtype, rng, False), sample(rs, dtype, rng, False)
-        graph = single_op_graph("dot_general", [TensorType(ls, dtype), TensorType(rs, dtype)],
-                                dimension_numbers=dims, preferred_element_type=None)
+        graph = single_op_graph(
+            "dot_general",
+            [TensorType(ls, dtype), TensorType(rs, dtype)],
+            dimension_numbers=dims,
+            preferred_element_type=None,
+        )
         check(graph, [lhs, rhs], scale=10.0)
 
 
@@ -164,7 +180,7 @@ def softmax(x: object) -> object:
 def test_softmax_and_gelu_programs_match(shape: tuple[int, ...]) -> None:
     _skip_without_gpu()
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    for f in (softmax, lambda v: 0.5 * v * (1 + jnp.tanh(0.79788 * (v + 0.044715 * v ** 3)))):
+    for f in (softmax, lambda v: 0.5 * v * (1 + jnp.tanh(0.79788 * (v + 0.044715 * v**3)))):
         graph = spmd.jit(f).lower(x).graph
         check(graph, [x], scale=10.0)
 
@@ -174,10 +190,13 @@ def test_shape_ops_views_and_fallbacks_match() -> None:
     rng = np.random.default_rng(6)
     x = sample((3, 1, 5), "float32", rng)
     t = [TensorType((3, 1, 5), "float32")]
-    for name, attrs in [("broadcast_in_dim", {"shape": (2, 3, 4, 5),
-                                              "broadcast_dimensions": (1, 2, 3)}),
-                        ("reshape", {"new_sizes": (5, 3)}), ("transpose", {"permutation": (2, 0, 1)}),
-                        ("rev", {"dimensions": (0, 2)}), ("cumsum", {"axis": 2, "reverse": False})]:
+    for name, attrs in [
+        ("broadcast_in_dim", {"shape": (2, 3, 4, 5), "broadcast_dimensions": (1, 2, 3)}),
+        ("reshape", {"new_sizes": (5, 3)}),
+        ("transpose", {"permutation": (2, 0, 1)}),
+        ("rev", {"dimensions": (0, 2)}),
+        ("cumsum", {"axis": 2, "reverse": False}),
+    ]:
         check(single_op_graph(name, t, **attrs), [x])
 
 
@@ -197,4 +216,3 @@ def test_donated_param_is_updated_in_place() -> None:
 def _skip_without_gpu() -> None:
     if not GPU:
         pytest.skip("needs cupy (pip install 'spmd[gpu]') and a GPU")
-

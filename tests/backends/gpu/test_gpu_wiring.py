@@ -72,8 +72,10 @@ def test_a_sharded_program_on_a_gpu_mesh_matches_the_interpreter() -> None:
     w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
     mesh = spmd.make_mesh((2, 4), ("data", "model"), device="gpu")
     f = spmd.jit(lambda a, b: spmd.numpy.tanh(a @ b).sum(axis=0))
-    got = f(spmd.device_put(x, NamedSharding(mesh, P("data", "model"))),
-            spmd.device_put(w, NamedSharding(mesh, P("model", None))))
+    got = f(
+        spmd.device_put(x, NamedSharding(mesh, P("data", "model"))),
+        spmd.device_put(w, NamedSharding(mesh, P("model", None))),
+    )
     np.testing.assert_allclose(np.asarray(got), np.tanh(x @ w).sum(axis=0), rtol=1e-5)
 
 
@@ -84,9 +86,25 @@ def test_spmd_launch_on_gpu_without_one_exits_2_before_starting_processes() -> N
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[3]
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "--mesh", "2x4", "--runtime",
-                           "mpi", "--device", "gpu", str(repo / "examples" / "train.py")],
-                          cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "--mesh",
+            "2x4",
+            "--runtime",
+            "mpi",
+            "--device",
+            "gpu",
+            str(repo / "examples" / "train.py"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "device='gpu' cannot run on this machine" in done.stderr
     assert "MLP 64-256-10" not in done.stdout  # no process started the script

@@ -64,7 +64,8 @@ def test_user_chip_in_spmd_config_path(tmp_path: Path, monkeypatch: pytest.Monke
 def test_toml_missing_a_field_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "chips").mkdir()
     (tmp_path / "chips" / "broken.toml").write_text(
-        '[compute]\npeak_flops_bf16 = 1.0\n[memory]\n[interconnect]\n')
+        "[compute]\npeak_flops_bf16 = 1.0\n[memory]\n[interconnect]\n"
+    )
     monkeypatch.setenv("SPMD_CONFIG_PATH", str(tmp_path))
     with pytest.raises(SimulationError, match=r"lacks \[compute\] field\(s\) peak_flops_int8"):
         load_chip("broken")

@@ -47,8 +47,10 @@ def test_all_reduce_costs_two_all_gathers():
     assert all_reduce == pytest.approx(2 * all_gather)
 
 
-@pytest.mark.parametrize("kind", ["all_gather", "reduce_scatter", "all_reduce", "all_to_all",
-                                  "broadcast", "collective_permute"])
+@pytest.mark.parametrize(
+    "kind",
+    ["all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast", "collective_permute"],
+)
 def test_doubling_a_large_payload_doubles_the_time(kind: str):
     # Bandwidth-bound regime of the scaling book's T = max(latency, bytes / W).
     topology = topology_for(V5E, (16, 16))
@@ -123,7 +125,8 @@ def test_mxu_padding_makes_129_cost_like_256():
     assert padded == pytest.approx(full)
     v6e = load_chip("v6e").ideal()  # 256x256 MXU: 129 already pads to 256
     assert op_time(v6e, 2 * 129**3, 0, mxu_dims=(129,) * 3) == pytest.approx(
-        op_time(v6e, 2 * 256**3, 0, mxu_dims=(256,) * 3))
+        op_time(v6e, 2 * 256**3, 0, mxu_dims=(256,) * 3)
+    )
 
 
 def test_dtype_rates_order_int8_bf16_f32():
@@ -148,8 +151,10 @@ MESHES = [(16, 16), (8, 4), (2, 4, 8), (256,), (4, 4, 4), (8, 8), (1, 8), (64, 6
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-@pytest.mark.parametrize("kind", ["all_gather", "reduce_scatter", "all_reduce", "all_to_all",
-                                  "broadcast", "collective_permute"])
+@pytest.mark.parametrize(
+    "kind",
+    ["all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast", "collective_permute"],
+)
 def test_times_are_finite_and_grow_with_bytes_on_every_layout(mesh: tuple[int, ...], kind: str):
     chip = load_chip("v4" if math.prod(mesh) > 256 else "v5e")
     topology = topology_for(chip, mesh)

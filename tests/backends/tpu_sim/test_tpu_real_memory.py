@@ -13,8 +13,18 @@ import spmd.sim
 from benchmarks.sim_models import MAXTEXT_1B, MAXTEXT_16B, abstract_args, train_step
 from spmd.sharding import NamedSharding, P
 
-SMALL = replace(MAXTEXT_1B, name="small", layers=2, d_model=512, heads=4, kv_heads=4,
-                d_ff=1024, vocab=1024, seq=512, batch_per_device=2)
+SMALL = replace(
+    MAXTEXT_1B,
+    name="small",
+    layers=2,
+    d_model=512,
+    heads=4,
+    kv_heads=4,
+    d_ff=1024,
+    vocab=1024,
+    seq=512,
+    batch_per_device=2,
+)
 
 
 def _peak(model, chips=8, donate=True, **options):
@@ -35,8 +45,9 @@ def test_donated_state_is_not_counted_twice():
 
     each = 8192 * 4096 * 4 // 8
     kept = spmd.sim.simulate(spmd.jit(adam), *state, state[0], check_memory=False)
-    donated = spmd.sim.simulate(spmd.jit(adam, donate_argnums=(0, 1, 2)), *state, state[0],
-                                check_memory=False)
+    donated = spmd.sim.simulate(
+        spmd.jit(adam, donate_argnums=(0, 1, 2)), *state, state[0], check_memory=False
+    )
     assert kept.peak_memory_bytes == pytest.approx(7 * each, abs=64)  # p, m, v, g, new p, m, v
     assert donated.peak_memory_bytes <= 5 * each + 64  # new buffers replace donated ones
 

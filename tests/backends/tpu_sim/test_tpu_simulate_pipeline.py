@@ -27,8 +27,9 @@ from spmd.sharding import NamedSharding, P
 HERE = Path(__file__).name
 
 
-def sds(shape: tuple[int, ...], dtype: str = "bfloat16", sharding: object = None
-        ) -> spmd.ShapeDtypeStruct:
+def sds(
+    shape: tuple[int, ...], dtype: str = "bfloat16", sharding: object = None
+) -> spmd.ShapeDtypeStruct:
     return spmd.ShapeDtypeStruct(shape, dtype, sharding)
 
 
@@ -139,8 +140,7 @@ def test_abstract_4096_chip_v4_step_of_a_1b_transformer_simulates_in_under_10_s(
 
 def test_chrome_trace_has_one_track_per_device(tmp_path: Path):
     mesh = spmd.make_mesh((2, 4), ("data", "model"), device="tpu-sim:v5e")
-    report = _simulate_step(mesh, Config(layers=2, d_model=256, heads=4, d_ff=512, batch=8,
-                                          seq=64))
+    report = _simulate_step(mesh, Config(layers=2, d_model=256, heads=4, d_ff=512, batch=8, seq=64))
     path = report.to_chrome_trace(tmp_path / "trace.json")
     events = json.loads(path.read_text())["traceEvents"]
     tracks = {e["pid"] for e in events if e["ph"] == "X"}
@@ -150,7 +150,8 @@ def test_chrome_trace_has_one_track_per_device(tmp_path: Path):
     assert len(set(per_device)) == 1 and per_device[0] > 10
     assert {e["cat"] for e in events if e["ph"] == "X"} == {"compute", "collective"}
     assert max(e["ts"] + e["dur"] for e in events if e["ph"] == "X") == pytest.approx(
-        report.step_time_s * 1e6)
+        report.step_time_s * 1e6
+    )
 
 
 def test_out_of_memory_names_the_largest_buffers_and_the_user_line():
@@ -176,8 +177,9 @@ def test_overlap_runs_a_collective_beside_independent_compute():
     b = sds((8192, 8192), sharding=NamedSharding(mesh, P("data")))
     w = sds((8192, 16384), sharding=NamedSharding(mesh, P()))
     replicated = NamedSharding(mesh, P())
-    f = spmd.jit(lambda a, b, w: (a * 2, b @ w),
-                 out_shardings=(replicated, NamedSharding(mesh, P("data"))))
+    f = spmd.jit(
+        lambda a, b, w: (a * 2, b @ w), out_shardings=(replicated, NamedSharding(mesh, P("data")))
+    )
     compiled = f.lower(a, b, w).compile()
     serial = compiled.simulate(overlap=False)
     overlapped = compiled.simulate()  # the latency-hiding schedule is the default
@@ -185,8 +187,10 @@ def test_overlap_runs_a_collective_beside_independent_compute():
     assert serial.collective_time_s > 0.3 * serial.step_time_s
     # The all-gather of `a * 2` hides behind the independent matmul.
     assert overlapped.step_time_s < serial.step_time_s * 0.8
-    assert overlapped.step_time_s >= max(overlapped.compute_time_s,
-                                         overlapped.collective_time_s) * 0.999
+    assert (
+        overlapped.step_time_s
+        >= max(overlapped.compute_time_s, overlapped.collective_time_s) * 0.999
+    )
 
 
 def test_compare_prints_shardings_side_by_side(capsys: pytest.CaptureFixture[str]):
@@ -196,8 +200,13 @@ def test_compare_prints_shardings_side_by_side(capsys: pytest.CaptureFixture[str
     data_parallel = [NamedSharding(mesh, P(("data", "model"))), NamedSharding(mesh, P())]
     megatron = [NamedSharding(mesh, P("data")), NamedSharding(mesh, P(None, "model"))]
     gathered = [NamedSharding(mesh, P(None, "model")), NamedSharding(mesh, P("model"))]
-    reports = spmd.sim.compare(matmul, (x, w), [data_parallel, megatron, gathered],
-                               labels=["dp", "megatron", "k-split"], calibrated=False)
+    reports = spmd.sim.compare(
+        matmul,
+        (x, w),
+        [data_parallel, megatron, gathered],
+        labels=["dp", "megatron", "k-split"],
+        calibrated=False,
+    )
     out = capsys.readouterr().out
     assert "dp" in out and "megatron" in out and "bytes moved" in out and "peak HBM" in out
     assert len(reports) == 3

@@ -15,8 +15,13 @@ from spmd.errors import SimulationError
 def _program(timeline: Timeline) -> None:
     for d in range(timeline.num_devices):
         timeline.add(d, "matmul", 10e-6, args={"flops": 1e9})
-    timeline.add_group(range(timeline.num_devices), "all_reduce", 5e-6, "collective",
-                       args={"bytes": 1024, "axes": ("data",)})
+    timeline.add_group(
+        range(timeline.num_devices),
+        "all_reduce",
+        5e-6,
+        "collective",
+        args={"bytes": 1024, "axes": ("data",)},
+    )
     for d in range(timeline.num_devices):
         timeline.add(d, "tanh", 4e-6)
 

@@ -42,22 +42,40 @@ def main() -> None:
     @spmd.jit
     def step(params, x, t):
         loss, grads = spmd.pipeline_value_and_grad(
-            stage, loss_fn, params, x, t, num_microbatches=4, mesh=mesh,
-            param_specs=P("pipe"), input_spec=P("data"))
+            stage,
+            loss_fn,
+            params,
+            x,
+            t,
+            num_microbatches=4,
+            mesh=mesh,
+            param_specs=P("pipe"),
+            input_spec=P("data"),
+        )
         return spmd.tree_map(lambda p, g: p - 0.5 * g, params, grads), loss
 
     @spmd.jit
     def forward_sum(params, x):
-        y = spmd.pipeline(stage, params, x, num_microbatches=2, mesh=mesh,
-                          param_specs=P("pipe"), input_spec=P("data"))
+        y = spmd.pipeline(
+            stage,
+            params,
+            x,
+            num_microbatches=2,
+            mesh=mesh,
+            param_specs=P("pipe"),
+            input_spec=P("data"),
+        )
         return snp.sum(y) + sum(snp.sum(p) for p in spmd.tree_leaves(params))
 
     for _ in range(STEPS):
         params, loss = step(params, xs, ts)
     total = float(forward_sum(params, xs))
     if distributed.process_index() == 0:
-        print(f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
-              f"processes={distributed.process_count()}", flush=True)
+        print(
+            f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
+            f"processes={distributed.process_count()}",
+            flush=True,
+        )
     distributed.barrier()
 
 

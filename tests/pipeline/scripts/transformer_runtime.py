@@ -31,8 +31,18 @@ def example():
 
 def small_config(gpt, steps: int):
     """The test's sizes (tests/pipeline/test_pipeline_transformer.py small())."""
-    return gpt.Config(context=8, width=16, heads=4, layers=4, steps=steps, batch_size=8,
-                      learning_rate=2e-2, warmup_steps=4, pipeline=2, microbatches=4)
+    return gpt.Config(
+        context=8,
+        width=16,
+        heads=4,
+        layers=4,
+        steps=steps,
+        batch_size=8,
+        learning_rate=2e-2,
+        warmup_steps=4,
+        pipeline=2,
+        microbatches=4,
+    )
 
 
 def flat_params(gpt, params) -> dict[str, np.ndarray]:
@@ -53,9 +63,12 @@ def main(out: str, steps: int) -> None:
     values = flat_params(gpt, whole)
     if distributed.process_index() == 0:
         np.savez(out, losses=np.asarray(result.losses), **values)
-        print(f"RESULT runtime={distributed.runtime_kind()} "
-              f"processes={distributed.process_count()} loss {result.losses[0]:.4f} -> "
-              f"{result.losses[-1]:.4f}", flush=True)
+        print(
+            f"RESULT runtime={distributed.runtime_kind()} "
+            f"processes={distributed.process_count()} loss {result.losses[0]:.4f} -> "
+            f"{result.losses[-1]:.4f}",
+            flush=True,
+        )
     distributed.barrier()
 
 

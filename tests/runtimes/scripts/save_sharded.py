@@ -25,11 +25,13 @@ KEEP = 2
 def values(step: int) -> dict:
     """The tree saved at `step`: float, bfloat16-free integer and scalar leaves of odd sizes."""
     rng = np.random.default_rng(step)
-    return {"w": rng.standard_normal((8, 6)).astype(np.float32),
-            "b": rng.standard_normal(6).astype(np.float32),
-            "r": rng.integers(-9, 9, (3, 5)).astype(np.int32),
-            "n": np.arange(step, step + 4, dtype=np.float64),
-            "step": np.int64(step)}
+    return {
+        "w": rng.standard_normal((8, 6)).astype(np.float32),
+        "b": rng.standard_normal(6).astype(np.float32),
+        "r": rng.integers(-9, 9, (3, 5)).astype(np.int32),
+        "n": np.arange(step, step + 4, dtype=np.float64),
+        "step": np.int64(step),
+    }
 
 
 SPECS = {"w": P("data", "model"), "b": P("model"), "r": P()}
@@ -41,7 +43,8 @@ def placed(mesh, tree: dict, specs: dict) -> dict:
     for name, spec in specs.items():
         value = tree[name]
         out[name] = distributed.make_array_from_callback(
-            value.shape, NamedSharding(mesh, spec), lambda index, v=value: v[index])
+            value.shape, NamedSharding(mesh, spec), lambda index, v=value: v[index]
+        )
     return out
 
 

@@ -26,21 +26,32 @@ def run_collectives() -> None:
     size = distributed.process_count()
     meshes = MESHES if size == 8 else [((4,), ("x",)), ((2, 2), ("a", "b"))]
     for mesh_shape, axis_names in meshes:
-        comm = SocketCommunicator(distributed.process_index(), mesh_shape, axis_names,
-                                  runtime.channel, runtime.mailbox, range(size),
-                                  tag=("test", mesh_shape))
+        comm = SocketCommunicator(
+            distributed.process_index(),
+            mesh_shape,
+            axis_names,
+            runtime.channel,
+            runtime.mailbox,
+            range(size),
+            tag=("test", mesh_shape),
+        )
         checks, failures = run_checks(comm)
         for failure in failures:
             print(f"FAIL {mesh_shape} {failure}", flush=True)
-        print(f"RESULT {mesh_shape} rank={comm.rank} checks={checks} failures={len(failures)}",
-              flush=True)
+        print(
+            f"RESULT {mesh_shape} rank={comm.rank} checks={checks} failures={len(failures)}",
+            flush=True,
+        )
 
 
 def main(argv: list[str]) -> None:
     distributed.initialize()  # no argument: the torchrun variables choose the tcp runtime
     local = [d.id for d in distributed.local_devices()]
-    print(f"STARTED rank={distributed.process_index()} count={distributed.process_count()} "
-          f"local={local} kind={distributed.runtime_kind()}", flush=True)
+    print(
+        f"STARTED rank={distributed.process_index()} count={distributed.process_count()} "
+        f"local={local} kind={distributed.runtime_kind()}",
+        flush=True,
+    )
     if "collectives" in argv[0]:
         run_collectives()
     if "train" not in argv[0]:

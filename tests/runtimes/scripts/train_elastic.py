@@ -35,12 +35,17 @@ def main(argv: list[str]) -> None:
     y = np.sin(x[:, :4]).astype(np.float32)
     start = checkpoint.latest_step(directory) or 0
     if start:
-        params = checkpoint.restore(directory, step=start, shardings={
-            name: NamedSharding(mesh, spec) for name, spec in SPECS.items()})
+        params = checkpoint.restore(
+            directory,
+            step=start,
+            shardings={name: NamedSharding(mesh, spec) for name, spec in SPECS.items()},
+        )
     else:
-        initial = {"w1": (rng.standard_normal((16, 32)) / 4).astype(np.float32),
-                   "b1": np.zeros(32, np.float32),
-                   "w2": (rng.standard_normal((32, 4)) / 6).astype(np.float32)}
+        initial = {
+            "w1": (rng.standard_normal((16, 32)) / 4).astype(np.float32),
+            "b1": np.zeros(32, np.float32),
+            "w2": (rng.standard_normal((32, 4)) / 6).astype(np.float32),
+        }
         params = {name: placed(mesh, value, SPECS[name]) for name, value in initial.items()}
     if rank == 0:
         print(f"MESH {'x'.join(map(str, mesh.axis_sizes))} processes={count}", flush=True)

@@ -46,9 +46,11 @@ def main(argv: list[str]) -> None:
     if start:
         initial = checkpoint.restore(directory, step=start)
     else:
-        initial = {"w1": (rng.standard_normal((16, 32)) / 4).astype(np.float32),
-                   "b1": np.zeros(32, np.float32),
-                   "w2": (rng.standard_normal((32, 4)) / 6).astype(np.float32)}
+        initial = {
+            "w1": (rng.standard_normal((16, 32)) / 4).astype(np.float32),
+            "b1": np.zeros(32, np.float32),
+            "w2": (rng.standard_normal((32, 4)) / 6).astype(np.float32),
+        }
     rank = distributed.process_index()
     if rank == 0:
         print(f"RESUMED step={start}", flush=True)
@@ -58,8 +60,9 @@ def main(argv: list[str]) -> None:
         params, loss = train_step(params, x_array, y_array)
         if rank == 0:
             print(f"LOSS step={step} {float(loss):.9g}", flush=True)
-            host = {name: np.asarray(value.addressable_shards[0].data)
-                    for name, value in params.items()}
+            host = {
+                name: np.asarray(value.addressable_shards[0].data) for name, value in params.items()
+            }
             checkpoint.save(directory, host, step=step + 1, keep=2)
         first_attempt = not os.environ.get("SPMD_RESTART")
         if step == fail_at and rank == 1 and first_attempt:

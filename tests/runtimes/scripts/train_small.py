@@ -47,11 +47,13 @@ def main() -> None:
     x = rng.standard_normal((32, 16)).astype(np.float32)
     y = np.sin(x[:, :4]).astype(np.float32)
     params = {
-        "w1": global_array(mesh, (rng.standard_normal((16, 32)) / 4).astype(np.float32),
-                           P(None, "model")),
+        "w1": global_array(
+            mesh, (rng.standard_normal((16, 32)) / 4).astype(np.float32), P(None, "model")
+        ),
         "b1": global_array(mesh, np.zeros(32, np.float32), P("model")),
-        "w2": global_array(mesh, (rng.standard_normal((32, 4)) / 6).astype(np.float32),
-                           P("model", None)),
+        "w2": global_array(
+            mesh, (rng.standard_normal((32, 4)) / 6).astype(np.float32), P("model", None)
+        ),
     }
     x_sharding = NamedSharding(mesh, P("data", None))
     x_local = x[distributed.process_local_slices(x_sharding, x.shape)]
@@ -61,8 +63,11 @@ def main() -> None:
         params, loss = train_step(params, x_array, y_array)
     total = float(checksum(params))
     if distributed.process_index() == 0:
-        print(f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
-              f"processes={distributed.process_count()} mesh={dict(mesh.shape)}", flush=True)
+        print(
+            f"RESULT loss={float(loss):.9g} checksum={total:.9g} "
+            f"processes={distributed.process_count()} mesh={dict(mesh.shape)}",
+            flush=True,
+        )
     if distributed.runtime_kind() == "ray":  # where each device's actor ran (multi-host tests)
         from spmd import dispatch
 

@@ -25,8 +25,15 @@ def main() -> None:
     print(f"PORT {runtime.channel.port}", flush=True)
     time.sleep(float(os.environ.get("SPMD_TEST_PAUSE", "1")))
     size, rank = distributed.process_count(), distributed.process_index()
-    comm = SocketCommunicator(rank, (size,), ("x",), runtime.channel, runtime.mailbox,
-                              range(size), tag=("test", "attacked"))  # an attacker can guess it
+    comm = SocketCommunicator(
+        rank,
+        (size,),
+        ("x",),
+        runtime.channel,
+        runtime.mailbox,
+        range(size),
+        tag=("test", "attacked"),
+    )  # an attacker can guess it
     for _ in range(20):
         total = comm.all_reduce(np.full(3, rank + 1.0), "x")
     print(f"ALLREDUCE {total.tolist()}", flush=True)

@@ -1,5 +1,5 @@
-"""The code is formatted by `ruff format` (the packages, examples and benchmarks; the
-[tool.ruff.format] table in pyproject.toml says what is excluded) and passes `ruff check`."""
+"""The code is formatted by `ruff format` (packages, examples, benchmarks and tests; the
+[tool.ruff.format] table in pyproject.toml excludes only Markdown) and passes `ruff check`."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import spmd
 import spmd.numpy as snp
 import spmd.sim
 from spmd.api import ShapeDtypeStruct as S
+from spmd.autoshard_cost import sim_options
 from spmd.sharding import NamedSharding, P
 
 ALL = ("data", "model")
@@ -159,6 +160,7 @@ def hand_reports(
             f,
             *[S(s, d, NamedSharding(mesh, p)) for s, d, p in zip(shapes, dtypes, specs)],
             check_memory=False,
+            **sim_options(mesh),
         )
         for name, specs in plans.items()
     }

@@ -25,6 +25,7 @@ import spmd.numpy as snp
 import spmd.sim
 from benchmarks.autoshard import attention, report, roles
 from spmd.api import ShapeDtypeStruct as S
+from spmd.autoshard_cost import sim_options
 from spmd.sharding import NamedSharding, P
 
 LAYERS = 1
@@ -116,6 +117,7 @@ def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list], outs: 
             spmd.jit(f, out_shardings=_each(named, outs(specs))),
             *[S(s, "float32", named(p)) for s, p in zip(shapes, specs)],
             check_memory=False,
+            **sim_options(mesh),
         )
         for name, specs in plans.items()
     }

@@ -18,6 +18,13 @@ from spmd.mesh import Mesh
 Dims = tuple[tuple[str, ...], ...]
 
 
+def sim_options(mesh: Mesh) -> dict[str, str]:
+    """The simulator options autoshard prices a mesh with: a tpu-sim mesh's own chip; a CPU
+    mesh the host's (configs/chips/cpu_host.toml), not spmd.sim's default v5e, so the plan
+    chosen for the embedded runtime weighs its compute against its shared-memory copies."""
+    return {} if str(mesh.device_kind).startswith("tpu-sim") else {"chip": "cpu_host"}
+
+
 def is_contraction(op: Any) -> bool:
     """An op priced by its FLOPs: one whose attributes spell dot dimensions (the OpDef's
     fact, not its name)."""
@@ -38,12 +45,13 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
     from spmd.sim import simulate
 
     rep = NamedSharding(mesh, P())
+    options = {"check_memory": False, **sim_options(mesh)}
     n = 2048
     mat = ShapeDtypeStruct((n, n), "float32", rep)
-    r = simulate(spmd.jit(lambda a, b: a @ b), mat, mat, check_memory=False)
+    r = simulate(spmd.jit(lambda a, b: a @ b), mat, mat, **options)
     rates = {"flops": 2.0 * n**3 / max(r.compute_time_s, 1e-12)}
     vec = ShapeDtypeStruct((1 << 24,), "float32", rep)
-    r = simulate(spmd.jit(lambda a: snp.exp(a)), vec, check_memory=False)
+    r = simulate(spmd.jit(lambda a: snp.exp(a)), vec, **options)
     rates["hbm"] = 2.0 * vec.aval.nbytes / max(r.compute_time_s, 1e-12)
     live = [(a, n) for a, n in zip(mesh.axis_names, mesh.axis_sizes) if n > 1]
     for k in range(1, len(live) + 1):
@@ -54,7 +62,7 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
             for rows in (size, size * 8192):
                 x = ShapeDtypeStruct((rows, 64), "float32", NamedSharding(mesh, P(axes)))
                 gather = spmd.jit(lambda a: a * 1.0, out_shardings=rep)
-                times.append(simulate(gather, x, check_memory=False).collective_time_s)
+                times.append(simulate(gather, x, **options).collective_time_s)
             moved = (size * 8192 - size) * 64 * 4 * (size - 1) / size  # received per device
             key = "+".join(sorted(axes))
             rates[f"bw:{key}"] = moved / max(times[1] - times[0], 1e-15)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from spmd.autoshard_cost import describe_bytes, plan_rows
+from spmd.autoshard_cost import describe_bytes, plan_rows, sim_options
 from spmd.autoshard_group import OPAQUE
 from spmd.autoshard_ilp import Dims, Solution
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
@@ -64,7 +64,7 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
     flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
     constrained, constraints = constrain(graph, mesh, sol, chosen)
     executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
-    report = executable.simulate(check_memory=False)
+    report = executable.simulate(check_memory=False, **sim_options(mesh))
     problem = {
         "nodes": len(sol.nodes),
         "strategies": sol.strategies,

@@ -17,6 +17,7 @@ import spmd.nn_moe
 import spmd.sim
 from spmd import dispatch
 from spmd.api import ShapeDtypeStruct as S
+from spmd.autoshard_cost import sim_options
 from spmd.sharding import NamedSharding, P
 
 pytest.importorskip("scipy")
@@ -99,22 +100,29 @@ def moe_residual_top1(x, router, w_in, w_out):
     return x + spmd.nn_moe.moe(x, router, w_in, w_out)
 
 
-def test_autoshard_between_fixed_token_and_expert_layouts_plans_the_all_to_alls():
+def test_autoshard_between_fixed_token_and_expert_layouts_reshards_without_a_gather():
     """Tokens' groups and experts given sharded over data x model (as ShapeDtypeStructs,
-    which autoshard keeps): the plan reshards by the same two all-to-alls as the hand plan
-    above, no gather, and its program equals the per-token loop."""
+    which autoshard keeps): the plan moves tokens between the two layouts without gathering
+    either, as fast as the hand plan's two all-to-alls on the CPU host's model (within 5%:
+    on this tiny layer every reshard costs its latency, and the solver may take a permute
+    plan where the hand plan has an all-to-all), and its program equals the per-token loop."""
     mesh = spmd.make_mesh((2, 4), ALL)
     shapes = [(8, 8, 16), (16, 8), (8, 16, 64), (8, 64, 16)]
     args = _data(shapes, seed=2)
-    given = [NamedSharding(mesh, P(ALL)), None, NamedSharding(mesh, P(ALL))]
-    abstract = [S(s, "float32", g) for s, g in zip(shapes, given + given[-1:])]
+    every = NamedSharding(mesh, P(ALL))
+    given = [every, None, every, every]
+    abstract = [S(s, "float32", g) for s, g in zip(shapes, given)]
     # HiGHS proves the optimum in seconds; its limit is wall time, generous for a loaded CI
     plan = spmd.sim.autoshard(moe_residual_top1, *abstract, mesh=mesh, time_limit_s=120)
     run = dispatch.compile_graph(plan.graph, plan.flat_in, plan.flat_out, (False,) * 4)
     got = np.asarray(run(list(args))[0])
     np.testing.assert_allclose(got, args[0] + reference(*args), rtol=2e-4, atol=2e-5)
-    recs = [(r.kind, r.axes, r.bytes) for r in run.collectives()]
-    assert recs == [("all_to_all", ALL, 8 * 1 * 2 * 16 * F32)] * 2, recs
+    kinds = {r.kind for r in run.collectives()}
+    assert kinds <= {"all_to_all", "collective_permute"}, kinds
+    hand = spmd.jit(moe_residual_top1, out_shardings=every)
+    ep = spmd.sim.simulate(hand, *abstract, check_memory=False, **sim_options(mesh))
+    assert [r.op for r in ep.ops if r.kind == "collective"] == ["all_to_all"] * 2
+    assert plan.report.step_time_s <= 1.05 * ep.step_time_s, (plan, ep.step_time_s)
 
 
 def _hand(mesh, shapes, specs):

@@ -133,7 +133,7 @@ def test_gather_time_matches_the_simulator_whether_one_dim_or_two_hold_the_axes(
     """P(data+model) gathers in one collective over both axes (its own rate, measured by
     calibrate); P(model, data) in one per dim. The simulated gather is the oracle."""
     from spmd.api import ShapeDtypeStruct
-    from spmd.autoshard_cost import calibrate, edge_time
+    from spmd.autoshard_cost import calibrate, edge_time, sim_options
     from spmd.sharding import NamedSharding, P
     from spmd.sim import simulate
 
@@ -142,6 +142,6 @@ def test_gather_time_matches_the_simulator_whether_one_dim_or_two_hold_the_axes(
     dims = (tuple(spec), ()) if spec == DM else ((spec[0],), (spec[1],))
     x = ShapeDtypeStruct(shape, "float32", NamedSharding(mesh, P(*dims)))
     gather = spmd.jit(lambda a: a * 1.0, out_shardings=NamedSharding(mesh, P()))
-    simulated = simulate(gather, x, check_memory=False).collective_time_s
+    simulated = simulate(gather, x, check_memory=False, **sim_options(mesh)).collective_time_s
     priced = edge_time(mesh, calibrate(mesh), TensorType(shape, "float32"), (dims, ()), (N, N))
     assert priced == pytest.approx(simulated, rel=0.15), (priced, simulated)

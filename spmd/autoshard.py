@@ -13,7 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from spmd.autoshard_cost import calibrate, describe_bytes, edge_time, is_contraction
+from spmd.autoshard_cost import (
+    calibrate,
+    describe_bytes,
+    edge_time,
+    is_contraction,
+    is_counted_loop,
+)
 from spmd.autoshard_ilp import Dims, Node, build_nodes, solve
 from spmd.autoshard_plan import Plan, apply
 from spmd.errors import ShardingError
@@ -79,7 +85,7 @@ def plan_graph(
     def edges(t: Any, src: tuple, dst: Dims) -> float:
         return edge_time(mesh, rates, t, src, dst)
 
-    has_scan = any(op.name == "scan" for op in graph.ops)
+    has_scan = any(is_counted_loop(op) for op in graph.ops)
     if len(names) >= 3 and not fixed and not has_scan:
         plan = _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s)
     else:

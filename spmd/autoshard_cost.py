@@ -11,7 +11,7 @@ import functools
 import itertools
 from typing import Any
 
-from spmd.ir.opdef import REGISTRY, AttrKind
+from spmd.ir.opdef import REGISTRY, AttrKind, Trait
 from spmd.ir.types import TensorType
 from spmd.mesh import Mesh
 
@@ -29,6 +29,11 @@ def is_contraction(op: Any) -> bool:
     """An op priced by its FLOPs: one whose attributes spell dot dimensions (the OpDef's
     fact, not its name)."""
     return any(kind is AttrKind.DOT_DIMS for kind in REGISTRY[op.name].attr_kinds.values())
+
+
+def is_counted_loop(op: Any) -> bool:
+    """A loop whose body is solved once for all its steps (spmd/autoshard_scan.py)."""
+    return REGISTRY[op.name].has(Trait.COUNTED_LOOP)
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,15 +15,20 @@ from collections.abc import Callable
 
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
-from spmd.ops import REGISTRY
+from spmd.ops import REGISTRY, Trait
 
 Dims = tuple[tuple[str, ...], ...]
-OPAQUE = {"shard_map", "constant", "iota"}  # the partitioner lays these out itself
+
+
+def own_layout(op: Op) -> bool:
+    """The partitioner lays its results out itself (from attributes or users: constant, iota,
+    shard_map), so the search neither prices a factor rule for it nor pins it."""
+    return REGISTRY[op.name].has(Trait.OWN_LAYOUT)
 
 
 def pointwise(op: Op, types: dict[int, TensorType]) -> bool:
     """One result, nothing reduced or blocked, every operand's factors the result's or none."""
-    if op.name in OPAQUE or len(op.outputs) != 1 or op.name not in REGISTRY:
+    if op.name not in REGISTRY or own_layout(op) or len(op.outputs) != 1:
         return False
     f = REGISTRY[op.name].factors(*[types[v] for v in op.inputs], **op.attrs)
     if f is None or f.reduce or f.blocked or len(f.results) != 1:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spmd.autoshard_cost import is_contraction
+from spmd.autoshard_cost import is_contraction, is_counted_loop
 from spmd.autoshard_edges import gathers, price_value
 from spmd.autoshard_group import (
-    OPAQUE,
     group_inputs,
     group_strategies,
     groups,
+    own_layout,
     pointwise,
     undominated,
 )
@@ -112,7 +112,7 @@ def op_strategies(
 ) -> list[Strategy]:
     """Each assignment of mesh axes to the op's factors that splits every dim evenly."""
     in_types = [types[v] for v in op.inputs]
-    f = None if op.name in OPAQUE else REGISTRY[op.name].factors(*in_types, **op.attrs)
+    f = None if own_layout(op) else REGISTRY[op.name].factors(*in_types, **op.attrs)
     axis_size = dict(zip(names, sizes))
     out_types = list(op.types)
     if f is None:  # no factor rule: run replicated (documented limit of this first version)
@@ -140,8 +140,8 @@ def op_strategies(
         fa = {x: axes for x, axes in fa.items() if axes}
         if any(extent[x] % math.prod(axis_size[a] for a in axes) for x, axes in fa.items()):
             continue
-        if op.name == "reshape" and any(x not in f.operands[0] for x in fa):
-            continue
+        if f.even_split and any(x not in f.operands[0] for x in fa):
+            continue  # only an operand factor may be sharded (reshape)
         wants = tuple(_dims(fd, fa, t.shape) for fd, t in zip(f.operands, in_types))
         partial = tuple(a for a in names if any(a in fa.get(x, ()) for x in f.reduce))
         gives = tuple((_dims(fd, fa, t.shape), partial) for fd, t in zip(f.results, out_types))
@@ -233,7 +233,7 @@ def build_nodes(
                 readers.setdefault(v, set()).add(k)
     for k, ops in enumerate(chains):
         op = ops[-1]
-        if op.name == "scan" and edge_time is not None:
+        if is_counted_loop(op) and edge_time is not None:
             from spmd.autoshard_scan import scan_node
 
             strategy, body = scan_node(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spmd.autoshard_cost import describe_bytes, plan_rows, sim_options
-from spmd.autoshard_group import OPAQUE
+from spmd.autoshard_group import own_layout
 from spmd.autoshard_ilp import Dims, Solution
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.mesh import Mesh
@@ -161,7 +161,7 @@ def constrain(
             constraints += inside
         ops.append(op)
         for v, t in zip(op.outputs, op.types):
-            if v in pins and op.name not in OPAQUE:
+            if v in pins and not own_layout(op):
                 rename[v] = pin(v, t, pins[v], op.name, op.loc)
     results = tuple(rename.get(v, v) for v in graph.results)
     return graph.replace(ops=tuple(ops), results=results), constraints
@@ -196,7 +196,7 @@ def operand_wants(sol: Solution) -> dict[int, dict[int, Dims]]:
             continue
         for v, want in zip(node.inputs, node.strategies[k].wants):
             for member in node.members:
-                if v in member.inputs and member.name not in OPAQUE:
+                if v in member.inputs and not own_layout(member):
                     out.setdefault(id(member), {})[v] = want
     return out
 

@@ -96,6 +96,9 @@ class Trait(enum.Flag):
     OWN_LAYOUT = enum.auto()
     ANNOTATION = enum.auto()  # identity on values, kept so a later pass can read it
     IMPURE = enum.auto()  # two calls with equal inputs may differ, or it acts on the world
+    # runs its body `length` times over its xs' leading dim, threading the carries (scan):
+    # one body's program stands for every step
+    COUNTED_LOOP = enum.auto()
 
 
 class AttrKind(enum.Enum):

@@ -351,7 +351,7 @@ OPS = [
         _scan_factors,
         multi_output=True,
         doc="Loop a body graph over the leading dim of xs, threading a carry.",
-        traits=Trait.CONTROL,
+        traits=Trait.CONTROL | Trait.COUNTED_LOOP,
     ),
     OpDef(
         "cond",

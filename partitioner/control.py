@@ -1,5 +1,6 @@
 """Partitioning of control flow: scan, cond and while_loop bodies become per-device
-sub-programs, partitioned recursively with the layouts their operands already have.
+sub-programs, partitioned recursively (through the Partitioner's `partition_body`) with the
+layouts their operands already have.
 
 A carry keeps one layout across iterations (the body's carry results are resharded to
 the layout the carry came in with), and the scan dim of xs/ys is never sharded. A scan
@@ -55,8 +56,6 @@ def _inner_records(p: Partitioner, records: list[CollectiveRecord], what: str) -
 
 
 def partition_scan(p: Partitioner, op: Op) -> None:
-    from partitioner.partition import partition
-
     a = op.attrs
     nc, ncar = a["num_consts"], a["num_carry"]
     fixed = nc + ncar
@@ -65,7 +64,7 @@ def partition_scan(p: Partitioner, op: Op) -> None:
     body = a["body"]
     ys = len(body.results) - ncar
     body_in = dims[:fixed] + [d[1:] for d in dims[fixed:]]
-    trial = partition(body, p.mesh, body_in, [None] * (ncar + ys))
+    trial = p.partition_body(body, body_in, [None] * (ncar + ys))
     want = _result_layouts(p, op, body, body_in, [s.dims for s in trial.result_specs], ncar)
     # A carry that starts replicated takes the layout the body gives it (a gradient
     # accumulator starts as zeros but should stay sharded like its parameter).
@@ -74,7 +73,7 @@ def partition_scan(p: Partitioner, op: Op) -> None:
             dims[nc + i] = want[i] or trial.result_specs[i].dims
     local_in = [p.operand(v, d, op.loc, "scan operand") for v, d in zip(operands, dims)]
     body_in = dims[:fixed] + [d[1:] for d in dims[fixed:]]
-    sub = partition(body, p.mesh, body_in, list(dims[nc:fixed]) + want[ncar:])
+    sub = p.partition_body(body, body_in, list(dims[nc:fixed]) + want[ncar:])
     _inner_records(p, sub.records, f"scan body, x{a['length']}")
     outs = p.b.emit("scan", local_in, op.loc, **{**a, "body": sub.program})
     out_dims = list(dims[nc:fixed]) + [((),) + s.dims for s in sub.result_specs[ncar:]]
@@ -107,16 +106,14 @@ def _extends(have: Dims, hint: Dims) -> bool:
 
 
 def partition_cond(p: Partitioner, op: Op) -> None:
-    from partitioner.partition import partition
-
     branches = op.attrs["branches"]
     index = p.operand(op.inputs[0], (), op.loc, "cond index")
     operands = list(op.inputs[1:])
     dims = _current(p, op, operands, [False] * len(operands))
     local_in = [p.operand(v, d, op.loc, "cond operand") for v, d in zip(operands, dims)]
-    first = partition(branches[0], p.mesh, dims, [None] * len(branches[0].results))
+    first = p.partition_body(branches[0], dims, [None] * len(branches[0].results))
     out_dims = [s.dims for s in first.result_specs]
-    subs = [first] + [partition(g, p.mesh, dims, out_dims) for g in branches[1:]]
+    subs = [first] + [p.partition_body(g, dims, out_dims) for g in branches[1:]]
     for i, sub in enumerate(subs):
         _inner_records(p, sub.records, f"cond branch {i}")
     outs = p.b.emit("cond", [index] + local_in, op.loc, branches=tuple(s.program for s in subs))
@@ -125,16 +122,14 @@ def partition_cond(p: Partitioner, op: Op) -> None:
 
 
 def partition_while(p: Partitioner, op: Op) -> None:
-    from partitioner.partition import partition
-
     a = op.attrs
     ncc, nbc = a["cond_num_consts"], a["body_num_consts"]
     operands = list(op.inputs)
     dims = _current(p, op, operands, [False] * len(operands))
     local_in = [p.operand(v, d, op.loc, "while_loop operand") for v, d in zip(operands, dims)]
     carry = dims[ncc + nbc :]
-    cond = partition(a["cond_graph"], p.mesh, dims[:ncc] + carry, [()])
-    body = partition(a["body_graph"], p.mesh, dims[ncc : ncc + nbc] + carry, list(carry))
+    cond = p.partition_body(a["cond_graph"], dims[:ncc] + carry, [()])
+    body = p.partition_body(a["body_graph"], dims[ncc : ncc + nbc] + carry, list(carry))
     _inner_records(p, cond.records, "while_loop cond")
     _inner_records(p, body.records, "while_loop body")
     outs = p.b.emit(

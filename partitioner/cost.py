@@ -1,5 +1,5 @@
 """What a layout change costs, measured by planning it: the resharding planner runs on a
-scratch program and the bytes its collectives move (DESIGN.md's table) are summed.
+scratch program (partitioner/dry_run.py) and the bytes its collectives move are summed.
 
 The partitioner compares alternative plans with these figures, so the estimate and the
 emitted collectives can never disagree.
@@ -8,25 +8,15 @@ emitted collectives can never disagree.
 from __future__ import annotations
 
 import functools
-import warnings
-from collections.abc import Callable
 
-from partitioner.builder import ProgramBuilder
+from partitioner.dry_run import plan_moved
+from partitioner.reshard import reshard
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, local_type
 from spmd.ir.types import TensorType
 
 Dims = tuple[AxisTuple, ...]
-Plan = Callable[[ProgramBuilder, int], object]
 
-
-def plan_moved(mesh: MeshShape, local: TensorType, plan: Plan) -> float:
-    """Bytes per device that `plan(builder, x)` moves, x being a value of type `local`."""
-    b = ProgramBuilder(mesh)
-    x = b.param(local)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        plan(b, x)
-    return sum(r.moved for r in b.records)
+__all__ = ["plan_moved", "reshard_moved"]
 
 
 def reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims) -> float:
@@ -39,8 +29,6 @@ def reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims)
 @functools.lru_cache(maxsize=4096)
 def _reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims) -> float:
     """Memoised: a program asks about the same few layout changes again and again."""
-    from partitioner.reshard import reshard
-
     return plan_moved(
         mesh, local_type(gtype, src, mesh), lambda b, x: reshard(b, x, gtype, src, dst, "", "cost")
     )

@@ -86,6 +86,13 @@ class Partitioner:
             self.resharded[key] = reshard(self.b, lv, self.types[v], spec, dst, loc, reason)[0]
         return self.resharded[key]
 
+    def partition_body(
+        self, body: Graph, in_dims: Sequence[Dims | None], out_dims: Sequence[Dims | None]
+    ) -> Partitioned:
+        """A control-flow body (scan, cond, while_loop) partitioned for this mesh: the rules
+        of partitioner/control.py recurse through it, so they need not import this module."""
+        return partition(body, self.mesh, in_dims, out_dims)
+
     def note(self, v: int) -> str:
         return f" ({self.notes[v]})" if v in self.notes else ""
 

@@ -12,7 +12,7 @@ import functools
 import warnings
 
 from partitioner.builder import ProgramBuilder
-from partitioner.cost import plan_moved
+from partitioner.dry_run import plan_moved
 from partitioner.permute_plan import permute_plan, pieces
 from partitioner.spec import AxisTuple, MeshShape, ShardSpec, shard_size
 from spmd.ir.types import TensorType

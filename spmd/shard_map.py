@@ -15,9 +15,9 @@ from spmd.errors import InternalError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.spmd_map import Spec, block_shape, dim_factor, unmentioned_axes
-from spmd.sharding import Mesh, PartitionSpec, ShardingAttr, current_mesh, normalize_spec
+from spmd.sharding import Mesh, PartitionSpec, current_mesh, normalize_spec
 from spmd.tracing import bind, current_trace, describe_loc, type_of
-from spmd.tree import tree_flatten, tree_leaves, tree_structure, tree_unflatten
+from spmd.tree import tree_flatten, tree_leaves, tree_unflatten
 
 
 class _Abstract:
@@ -338,63 +338,3 @@ def _local_type(t: TensorType, spec: Spec, mesh: Mesh, what: str) -> TensorType:
                 f"make dim {dim} a multiple of {parts} (pad it), or shard it over fewer axes",
             )
     raise InternalError(f"{t} did not split by {spec} yet every dim divides")
-
-
-def grad_body(
-    body: Graph,
-    axis_names: tuple[str, ...],
-    axis_sizes: tuple[int, ...],
-    in_specs: Sequence[Spec],
-    out_specs: Sequence[Spec],
-    wrt: Sequence[int],
-    given: Sequence[int],
-    ct_types: Sequence[TensorType],
-) -> Graph:
-    """The per-device VJP of `body`: params are its params then the cotangents of the results
-    in `given`; results are the cotangents of the params in `wrt`.
-
-    An output whose spec leaves out mesh axes came from device 0 along them, so only that
-    device gets its cotangent; an input replicated over axes sums its cotangents over them.
-    """
-    from spmd.autodiff import backward, replay, trace_to_graph
-    from spmd.passes.dce import dce
-
-    n = len(body.params)
-
-    def run(*args: Any) -> list[Any]:
-        env = replay(body, args[:n])
-        cts: list[Any] = [None] * len(body.results)
-        for j, ct in zip(given, args[n:]):
-            cts[j] = _only_on_first(ct, unmentioned_axes(out_specs[j], axis_names))
-        param_cts = backward(body, env, cts)
-        return [_sum_over(param_cts[i], unmentioned_axes(in_specs[i], axis_names)) for i in wrt]
-
-    leaves = [_Abstract(t) for t in list(body.param_types) + list(ct_types)]
-    with mesh_axes(axis_names, axis_sizes):
-        graph, _, captured = trace_to_graph(run, leaves, tree_structure(tuple(leaves)))
-    if captured:
-        raise InternalError("the VJP body of a shard_map captured outer values")
-    return dce(graph)
-
-
-def constrain(x: Any, spec: Spec, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...]) -> Any:
-    """x with a sharding constraint to `spec`, where a mesh axis splits it (identity on values)."""
-    attr = ShardingAttr(axis_names, axis_sizes, spec)
-    return bind("sharding_constraint", x, sharding=attr) if any(spec) else x
-
-
-def _only_on_first(ct: Any, axes: tuple[str, ...]) -> Any:
-    """ct on the device at index 0 along `axes`, zeros on the others."""
-    from spmd import collective_api, lax
-
-    if not axes:
-        return ct
-    first = lax.eq(collective_api.axis_index(axes), 0)
-    mask = lax.broadcast_in_dim(first, type_of(ct).shape, ())
-    return lax.select(mask, ct, lax.zeros_like(ct))
-
-
-def _sum_over(ct: Any, axes: tuple[str, ...]) -> Any:
-    from spmd import collective_api
-
-    return collective_api.psum(ct, axes) if axes else ct

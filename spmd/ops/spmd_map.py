@@ -15,13 +15,17 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd.autodiff import backward, replay, trace_flat
 from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.mesh import coords_index, device_coords
 from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import Factors, OpDef, Trait
+from spmd.passes.dce import dce
+from spmd.sharding import ShardingAttr
 from spmd.spmd_interpreter import evaluate_spmd
+from spmd.tracing import bind, type_of
 
 Spec = tuple[tuple[str, ...], ...]  # per dim, the mesh axes (major first) that split it
 
@@ -175,9 +179,6 @@ def vjp_shard_map(
     out_specs: tuple[Spec, ...],
 ) -> list[Any]:
     """A shard_map of the body's VJP over (primals, cotangents of the outputs)."""
-    from spmd.shard_map import constrain, grad_body
-    from spmd.tracing import bind, type_of
-
     wrt = [i for i, t in enumerate(body.param_types) if dtypes.is_differentiable(t.dtype)]
     given = [
         j
@@ -216,6 +217,63 @@ def vjp_shard_map(
 
 def _cast(x: Any, dtype: str) -> Any:
     return public_lax().convert_element_type(x, dtype)
+
+
+def grad_body(
+    body: Graph,
+    axis_names: tuple[str, ...],
+    axis_sizes: tuple[int, ...],
+    in_specs: Sequence[Spec],
+    out_specs: Sequence[Spec],
+    wrt: Sequence[int],
+    given: Sequence[int],
+    ct_types: Sequence[TensorType],
+) -> Graph:
+    """The per-device VJP of `body`: params are its params then the cotangents of the results
+    in `given`; results are the cotangents of the params in `wrt`.
+
+    An output whose spec leaves out mesh axes came from device 0 along them, so only that
+    device gets its cotangent; an input replicated over axes sums its cotangents over them.
+    """
+    # the facade's stack of bound mesh axes, which the body's collectives (and their VJP
+    # rules) resolve their axis names against
+    from spmd.collective_api import mesh_axes
+
+    n = len(body.params)
+
+    def run(*args: Any) -> list[Any]:
+        env = replay(body, args[:n])
+        cts: list[Any] = [None] * len(body.results)
+        for j, ct in zip(given, args[n:]):
+            cts[j] = _only_on_first(ct, unmentioned_axes(out_specs[j], axis_names))
+        param_cts = backward(body, env, cts)
+        return [_sum_over(param_cts[i], unmentioned_axes(in_specs[i], axis_names)) for i in wrt]
+
+    with mesh_axes(axis_names, axis_sizes):
+        graph, captured = trace_flat(run, list(body.param_types) + list(ct_types))
+    if captured:
+        raise InternalError("the VJP body of a shard_map captured outer values")
+    return dce(graph)
+
+
+def constrain(x: Any, spec: Spec, axis_names: tuple[str, ...], axis_sizes: tuple[int, ...]) -> Any:
+    """x with a sharding constraint to `spec`, where a mesh axis splits it (identity on values)."""
+    attr = ShardingAttr(axis_names, axis_sizes, spec)
+    return bind("sharding_constraint", x, sharding=attr) if any(spec) else x
+
+
+def _only_on_first(ct: Any, axes: tuple[str, ...]) -> Any:
+    """ct on the device at index 0 along `axes`, zeros on the others."""
+    if not axes:
+        return ct
+    lax = public_lax()
+    first = lax.eq(lax.axis_index(axes), 0)
+    mask = lax.broadcast_in_dim(first, type_of(ct).shape, ())
+    return lax.select(mask, ct, lax.zeros_like(ct))
+
+
+def _sum_over(ct: Any, axes: tuple[str, ...]) -> Any:
+    return public_lax().psum(ct, axes) if axes else ct
 
 
 OPS = [

@@ -14,9 +14,16 @@ import numpy as np
 
 from spmd import control, lax
 from spmd.autodiff import value_and_grad, vjp
-from spmd.collective_api import ppermute
+from spmd.collective_api import axis_index, ppermute
 from spmd.pipeline_checks import like
-from spmd.pipeline_grad import _masked_add, _masked_put, _Run, _slots, forward_slot, idle_slot
+from spmd.pipeline_grad_ticks import (
+    UnrolledRun,
+    forward_slot,
+    idle_slot,
+    masked_add,
+    masked_put,
+    slots,
+)
 from spmd.pipeline_schedule import BACKWARD, FORWARD
 from spmd.tracing import type_of
 from spmd.tree import tree_map
@@ -32,8 +39,8 @@ COLUMNS = (
 )
 
 
-class ScanRun(_Run):
-    """_Run's buffers and loss rules, its ticks as one scan."""
+class ScanRun(UnrolledRun):
+    """UnrolledRun's buffers and loss rules, its ticks as one scan."""
 
     def table_data(self) -> dict[str, Any]:
         """Per tick ([T, p] or [T]) int32 columns of the table and its buffer plan."""
@@ -66,9 +73,9 @@ class ScanRun(_Run):
         self.target = lax.reshape(t, (m, tt.shape[0] // m) + tt.shape[1:])
         mb = lax.squeeze(lax.slice_in_dim(self.micro, 0, 1, axis=0), (0,))
         carry = (
-            _slots(mb, self.buffers.stash_slots),
-            _slots(mb, self.buffers.f_inbox_slots),
-            _slots(mb, self.buffers.b_inbox_slots),
+            slots(mb, self.buffers.stash_slots),
+            slots(mb, self.buffers.f_inbox_slots),
+            slots(mb, self.buffers.b_inbox_slots),
             tree_map(lax.zeros_like, self.params),
             lax.constant(np.float32(0)),
         )
@@ -80,8 +87,6 @@ class ScanRun(_Run):
         self.first = lax.eq(self.me, lax.constant(np.int32(0)))
         self.last = lax.eq(self.me, lax.constant(np.int32(self.table.devices - 1)))
         self.first_replica = lax.constant(True)
-        from spmd.collective_api import axis_index
-
         for a in self.replicated:
             self.first_replica = lax.bitwise_and(
                 self.first_replica, lax.eq(axis_index(a), lax.constant(np.int32(0)))
@@ -102,7 +107,7 @@ class ScanRun(_Run):
         )
         take = lax.bitwise_and(self.first, lax.ge(row["inject"], zero))
         x_in = lax.select(like(take, x_in), injected, x_in)
-        stash = _masked_put(stash, x_in, *self.at(row["f_stash_write"]))
+        stash = masked_put(stash, x_in, *self.at(row["f_stash_write"]))
         xs = lax.dynamic_index_in_dim(stash, self.at(row["b_stash_read"])[0], keepdims=False)
         ct = lax.dynamic_index_in_dim(b_inbox, self.at(row["b_inbox_read"])[0], keepdims=False)
         k = self.at(row["chunk"])[0]
@@ -132,12 +137,12 @@ class ScanRun(_Run):
             role, [idle_slot, forward_slot(self.stage_fn), backward], params, x_in, xs, ct
         )
         doing_b = lax.eq(role, lax.constant(np.int32(2)))
-        grads = tree_map(lambda g, d: _masked_add(g, d, k, doing_b), grads, d_params)
+        grads = tree_map(lambda g, d: masked_add(g, d, k, doing_b), grads, d_params)
         name = (
             f"pipeline {self.table.name} ticks 0-{self.table.num_ticks - 1} (scan over the table)"
         )
         got = ppermute(y, self.axis, self.forward_ring, reason=f"{name}: forward stage k->k+1")
-        f_inbox = _masked_put(f_inbox, got, *self.at(row["f_inbox_write"]))
+        f_inbox = masked_put(f_inbox, got, *self.at(row["f_inbox_write"]))
         got = ppermute(dx, self.axis, self.backward_ring, reason=f"{name}: gradient k+1->k")
-        b_inbox = _masked_put(b_inbox, got, *self.at(row["b_inbox_write"]))
+        b_inbox = masked_put(b_inbox, got, *self.at(row["b_inbox_write"]))
         return stash, f_inbox, b_inbox, grads, lax.add(loss, added)

@@ -67,7 +67,7 @@ def run_mpi(max_mb: float) -> None:
     """Our MPICommunicator (watchdog on, and off) against raw mpi4py blocking calls, interleaved."""
     from mpi4py import MPI
 
-    from collectives import MPICommunicator
+    from collectives.mpi import MPICommunicator
 
     world = MPI.COMM_WORLD
     count = world.Get_size()

@@ -1,11 +1,12 @@
 """Collectives over groups of mesh axes: the Communicator interface and its transports.
 
-Imports nothing of ours except spmd.errors; mpi4py is imported only when MPICommunicator is used.
+Imports nothing of ours except spmd.errors. Only the transports that need no optional package
+are re-exported here; the others are imported from their own modules
+(`from collectives.mpi import MPICommunicator` loads mpi4py), so importing collectives never
+loads mpi4py, ray or cupy.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from collectives.base import (
     Communicator,
@@ -29,12 +30,3 @@ __all__ = [
     "group_size",
     "run_on_devices",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """Imports the MPI transport (and so mpi4py) only when it is asked for."""
-    if name == "MPICommunicator":
-        from collectives.mpi import MPICommunicator
-
-        return MPICommunicator
-    raise AttributeError(f"module 'collectives' has no attribute {name!r}")

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ml_dtypes
 import numpy as np
 
-from collectives import MPICommunicator
+from collectives.mpi import MPICommunicator
 from collectives.mpi_plans import MAX_PLANS
 
 COUNT = 4

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 from cases import MESHES, run_checks
 
-from collectives import MPICommunicator
+from collectives.mpi import MPICommunicator
 
 
 def run_suite() -> None:

@@ -4,7 +4,9 @@ planner's steps and the mesh's simulator (spmd/autoshard_ilp.py, autoshard_cost.
 chains grouped (autoshard_group.py), a scan's body solved once (autoshard_scan.py); every op
 result is then pinned by a sharding constraint, so the partitioner does what was priced.
 
-`spmd.jit(f, in_shardings=spmd.AUTO)` plans on the mesh its arguments are on.
+`spmd.jit(f, in_shardings=spmd.AUTO)` plans on the mesh its arguments are on. Donated
+arguments (donate_argnums) come back in their layout: a result that aliases one (same shape
+and dtype, XLA's rule) is laid out as it by a constraint of the program (autoshard_ties.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from spmd.autoshard_cost import (
 )
 from spmd.autoshard_ilp import Dims, Node, build_nodes, solve
 from spmd.autoshard_plan import Plan, apply
+from spmd.autoshard_ties import donated_ties
 from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
 from spmd.mesh import Mesh
@@ -43,11 +46,21 @@ def autoshard(
     memory_limit: float | None = None,
     objective: str = "step_time",
     time_limit_s: float = 60.0,
+    donate_argnums: int | tuple[int, ...] | None = None,
 ) -> Plan:
     """Choose the layouts of f's arguments, results and contractions on `mesh`.
 
     args: arrays or ShapeDtypeStructs (a sharding already on one is kept as given).
     memory_limit: bytes per device the parameters and contraction results may take.
+    donate_argnums: as jit's (default: those of f when it is a jitted function). Each result
+    takes the first donated argument leaf left with its shape and dtype (XLA's aliasing) and
+    gets its layout: the integer program makes the two layout choices one, so a training step
+    returns its new weights as it takes the old, and pays for that in the plan it picks.
+    `plan.ties` maps each tied result leaf to its argument leaf (flat indices).
+
+    >>> plan = autoshard(sgd_step, w, x, mesh=mesh, donate_argnums=0)  # doctest: +SKIP
+    >>> plan.out_shardings == plan.in_shardings[0]  # doctest: +SKIP
+    True
     """
     from spmd.api import JitFunction, jit
 
@@ -58,11 +71,26 @@ def autoshard(
         )
     jitted = f if isinstance(f, JitFunction) else jit(f)
     lowered = jitted.lower(*_abstract(args, mesh))
-    leaves, _ = tree_flatten(args)
+    leaves, arg_tree = tree_flatten(args)
+    g = lowered.graph
+    donate = jitted.donate_argnums if donate_argnums is None else donate_argnums
+    donated = type(jitted)(
+        jitted.fun,
+        static_argnums=jitted.static_argnums,
+        static_argnames=jitted.static_argnames,
+        donate_argnums=donate,
+    )._donated_leaves(args, {})
+    ties = donated_ties(g.param_types, g.result_types, donated)
     plan = plan_graph(
-        lowered.graph, mesh, _fixed(lowered.graph, leaves, mesh), memory_limit, time_limit_s
+        g,
+        mesh,
+        _fixed(g, leaves, mesh),
+        memory_limit,
+        time_limit_s,
+        tuple((g.results[j], g.params[i]) for j, i in ties.items()),
+        donated,
     )
-    arg_tree = tree_flatten(args)[1]
+    plan.ties = ties
     plan.in_shardings = tuple(tree_unflatten(arg_tree, list(plan.flat_in)))
     plan.out_shardings = tree_unflatten(lowered.out_tree, list(plan.flat_out))
     plan.out_tree = lowered.out_tree
@@ -75,9 +103,13 @@ def plan_graph(
     fixed: dict[int, Dims],
     memory_limit: float | None,
     time_limit_s: float = 60.0,
+    ties: tuple[tuple[int, int], ...] = (),
+    donated: tuple[bool, ...] = (),
 ) -> Plan:
     """Solve, apply and simulate; under a memory limit, re-solve tighter while the simulated
-    peak exceeds it (the integer program counts parameters and contraction results only)."""
+    peak exceeds it (the integer program counts parameters and contraction results only).
+    ties: (result, argument) values laid out alike; donated: per parameter, simulated as
+    jit's donation (its buffer reused)."""
     start, cpu = time.perf_counter(), time.process_time()
     rates = calibrate(mesh)
     names = tuple(mesh.axis_names)
@@ -87,9 +119,11 @@ def plan_graph(
 
     has_scan = any(is_counted_loop(op) for op in graph.ops)
     if len(names) >= 3 and not fixed and not has_scan:
-        plan = _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s)
+        plan = _coarsened(graph, mesh, rates, edges, memory_limit, time_limit_s, ties, donated)
     else:
-        plan = _within_limit(graph, mesh, rates, edges, fixed, memory_limit, time_limit_s, has_scan)
+        plan = _within_limit(
+            graph, mesh, rates, edges, fixed, memory_limit, time_limit_s, has_scan, ties, donated
+        )
     plan.search_s = time.perf_counter() - start
     plan.search_cpu_s = time.process_time() - cpu
     return plan
@@ -104,6 +138,8 @@ def _within_limit(
     memory_limit: float | None,
     time_limit_s: float,
     has_scan: bool,
+    ties: tuple[tuple[int, int], ...],
+    donated: tuple[bool, ...],
 ) -> Plan:
     """One solve (re-solved tighter while the simulated peak is over memory_limit)."""
     names, sizes = tuple(mesh.axis_names), tuple(mesh.axis_sizes)
@@ -114,17 +150,18 @@ def _within_limit(
         try:
             if not nodes or has_scan:  # a scan's body is re-solved under the tighter limit
                 nodes = build_nodes(graph, names, sizes, rates, fixed, edges, limit)
-            sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s)
+            sol = solve(graph, nodes, edges, limit, _counts_memory, time_limit_s, ties=ties)
         except RuntimeError as e:
             raise ShardingError(
                 f"autoshard found no plan within memory_limit={memory_limit}: {e}",
                 hint="raise memory_limit or use a bigger mesh",
             ) from None
-        plan = apply(graph, mesh, sol)
+        plan = apply(graph, mesh, sol, donated)
         notes.append(
             f"HiGHS: {sol.status} after {sol.search_s:.1f} s, objective "
             f"{sol.objective_s * 1e3:.3f} ms"
         )
+        notes += sol.notes
         peak = plan.report.peak_memory_bytes
         if memory_limit is None or peak <= memory_limit:
             break
@@ -146,6 +183,8 @@ def _coarsened(
     edges: Any,
     memory_limit: float | None,
     time_limit_s: float,
+    ties: tuple[tuple[int, int], ...],
+    donated: tuple[bool, ...],
 ) -> Plan:
     """A mesh of 3+ axes: solve on each 2-D view (spmd/autoshard_coarse.py), keep the plan
     with the shortest simulated step among those within memory_limit."""
@@ -157,17 +196,18 @@ def _coarsened(
         ledges = physical_edges(edges, axes)
         nodes = build_nodes(graph, logical, sizes, rates, {}, ledges, memory_limit)
         try:
-            sol = solve(graph, nodes, ledges, memory_limit, _counts_memory, time_limit_s)
+            sol = solve(graph, nodes, ledges, memory_limit, _counts_memory, time_limit_s, ties=ties)
         except RuntimeError as e:
             notes.append(f"view {' | '.join(logical)}: no plan ({e})")
             continue
         sol.nodes = to_physical(nodes, axes)
-        plan = apply(graph, mesh, sol)
+        plan = apply(graph, mesh, sol, donated)
         rep = plan.report
         notes.append(
             f"view {' | '.join(logical)}: HiGHS {sol.status} after "
             f"{sol.search_s:.1f} s, simulated {rep.step_time_s * 1e3:.3f} ms"
         )
+        notes += sol.notes
         fits = memory_limit is None or rep.peak_memory_bytes <= memory_limit
         if fits and (best is None or rep.step_time_s < best.report.step_time_s):
             best = plan
@@ -235,7 +275,7 @@ def lower_auto(jitted: Any, args: tuple, kwargs: dict) -> Any:
             "jit(in_shardings=AUTO) takes positional arguments only",
             hint="pass the keyword arguments positionally",
         )
-    plan = autoshard(plan_jit, *args, mesh=mesh)
+    plan = autoshard(plan_jit, *args, mesh=mesh, donate_argnums=jitted.donate_argnums)
     jitted.last_plan = plan
     return _AutoLowered(
         jitted,
@@ -243,7 +283,7 @@ def lower_auto(jitted: Any, args: tuple, kwargs: dict) -> Any:
         plan.out_tree,
         plan.flat_in,
         plan.flat_out,
-        (False,) * len(plan.flat_in),
+        jitted._donated_leaves(args, kwargs),
         Lowered,
     )
 

@@ -33,6 +33,7 @@ from spmd.autoshard_group import (
     undominated,
 )
 from spmd.autoshard_overlap import hide_argument_gathers
+from spmd.autoshard_ties import tie_rows
 from spmd.ir.graph import Graph, Op
 from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
@@ -242,16 +243,8 @@ def build_nodes(
             nodes.append(Node("scan", op, op.outputs, [strategy], op.inputs, (op,), body))
             continue
         if len(ops) == 1 and not pointwise(op, types):
-            nodes.append(
-                Node(
-                    op.name,
-                    op,
-                    op.outputs,
-                    undominated(op_strategies(op, types, names, sizes, rates)),
-                    op.inputs,
-                    (op,),
-                )
-            )
+            strategies = undominated(op_strategies(op, types, names, sizes, rates))
+            nodes.append(Node(op.name, op, op.outputs, strategies, op.inputs, (op,)))
             continue
         # what the chain's fusion writes: results and values other nodes read
         escapes = {v for o in ops for v in o.outputs if readers.get(v, set()) - {k}}
@@ -281,10 +274,12 @@ def solve(
     memory_of: Callable[[Node], bool],
     time_limit_s: float = 60.0,
     hide_gathers: bool = True,
+    ties: tuple[tuple[int, int], ...] = (),
 ) -> Solution:
     """Build and solve the integer program; raises RuntimeError when HiGHS finds nothing.
     hide_gathers: take back argument gathers the schedule hides (spmd/autoshard_overlap.py);
-    a scan body's parameters are not there at time 0."""
+    a scan body's parameters are not there at time 0. ties: (result, argument) values whose
+    layouts must be equal (spmd/autoshard_ties.py)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import coo_matrix
 
@@ -306,6 +301,7 @@ def solve(
                 1.0,
             )
         )
+    dropped = tie_rows(ties, nodes, offset, where, rows)
     edges = 0
     types = graph.types
     users: dict[int, list[tuple[int, int]]] = {}
@@ -395,4 +391,5 @@ def solve(
         edges,
         time.perf_counter() - start,
         str(res.message),
+        [f"result %{r} not tied to argument %{a}: they share no layout" for r, a in dropped],
     )

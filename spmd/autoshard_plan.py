@@ -33,6 +33,7 @@ class Plan:
     flat_out: tuple[Any, ...] = field(repr=False, default=())
     out_tree: Any = field(repr=False, default=None)
     search_cpu_s: float = 0.0  # CPU seconds of this process (HiGHS's threads included)
+    ties: dict[int, int] = field(default_factory=dict)  # result leaf -> donated argument leaf
 
     def __str__(self) -> str:
         size = ", ".join(f"{k} {v}" for k, v in self.problem.items())
@@ -46,8 +47,9 @@ class Plan:
         return "\n".join(head + ["  " + line for line in self.explanation])
 
 
-def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
-    """The chosen layouts as shardings, the graph with constraints, its compiled SimReport."""
+def apply(graph: Graph, mesh: Mesh, sol: Solution, donated: tuple[bool, ...] = ()) -> Plan:
+    """The chosen layouts as shardings, the graph with constraints, its compiled SimReport
+    (donated parameters' buffers reused, as jit's donate_argnums)."""
     from spmd import dispatch
     from spmd.sharding import NamedSharding
 
@@ -63,8 +65,10 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution) -> Plan:
     flat_in = tuple(sharding(chosen[v][0]) for v in graph.params)
     flat_out = tuple(sharding(chosen[v][0]) for v in graph.results)
     constrained, constraints = constrain(graph, mesh, sol, chosen)
-    executable = dispatch.compile_graph(constrained, flat_in, flat_out, (False,) * len(flat_in))
-    report = executable.simulate(check_memory=False, **sim_options(mesh))
+    donate = tuple(donated) or (False,) * len(flat_in)
+    executable = dispatch.compile_graph(constrained, flat_in, flat_out, donate)
+    options = {"donate": donate} if any(donate) else {}
+    report = executable.simulate(check_memory=False, **options, **sim_options(mesh))
     problem = {
         "nodes": len(sol.nodes),
         "strategies": sol.strategies,

@@ -107,6 +107,9 @@ _SHADOWED = frozenset(
 
 def __getattr__(name: str) -> Any:
     if name in _FROM:
+        # spmd.numpy installs Array's and Tracer's operators (spmd/array_methods.py), which
+        # every public function may hand the user: load it with the first public name.
+        importlib.import_module("spmd.numpy")
         value = getattr(importlib.import_module(f"spmd.{_FROM[name]}"), name)
     elif name in _MODULES:
         value = importlib.import_module(f"spmd.{_MODULES[name]}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import optree
 
+import spmd.numpy  # noqa: F401  (installs Array's and Tracer's operators: spmd/array_methods.py)
 from spmd import config, dtypes
 from spmd.array import Array
 from spmd.autodiff import _as_traced

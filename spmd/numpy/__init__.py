@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+from spmd.array import Array
+from spmd.array_methods import ArrayMethods
 from spmd.numpy.core import asarray, astype, broadcast_shapes, result_type
 from spmd.numpy.creation import (
     arange,
@@ -55,6 +59,7 @@ from spmd.numpy.manipulation import (
     triu,
     vstack,
 )
+from spmd.numpy.methods import install_array_methods
 from spmd.numpy.more import (
     diag,
     dtype,
@@ -115,7 +120,7 @@ uint8, uint16, uint32, uint64, bool_ = (
 )
 pi, e, inf, nan = 3.141592653589793, 2.718281828459045, float("inf"), float("nan")
 newaxis = None
-ndarray = __import__("spmd.array", fromlist=["Array"]).Array  # isinstance(x, snp.ndarray)
+ndarray = Array  # isinstance(x, snp.ndarray)
 
 __all__ = [
     "abs",
@@ -213,3 +218,7 @@ __all__ = [
     "zeros",
     "zeros_like",
 ]
+
+# An Array's and a Tracer's operators and methods are this namespace's functions, installed
+# on their shared base here (as jax.numpy does), so the core never imports this layer.
+install_array_methods(ArrayMethods, sys.modules[__name__])

@@ -24,7 +24,7 @@ from spmd.errors import (
     user_frame,
 )
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
-from spmd.ir.opdef import REGISTRY
+from spmd.ir.opdef import REGISTRY, Trait
 from spmd.ir.types import TensorType
 
 
@@ -243,7 +243,8 @@ def _run_eager(
     out_types: tuple[TensorType, ...],
     attrs: dict[str, Any],
 ) -> Any:
-    if opdef.name != "shard_map" and any(isinstance(x, Array) and x.is_sharded for x in inputs):
+    sharded = any(isinstance(x, Array) and x.is_sharded for x in inputs)
+    if sharded and not opdef.has(Trait.MESH_REFERENCE):
         return Array.run_sharded(opdef, inputs, in_types, attrs)
     args = [concrete_value(x, t) for x, t in zip(inputs, in_types)]
     out = opdef.reference(*args, **attrs)

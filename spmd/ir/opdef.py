@@ -99,6 +99,10 @@ class Trait(enum.Flag):
     # runs its body `length` times over its xs' leading dim, threading the carries (scan):
     # one body's program stands for every step
     COUNTED_LOOP = enum.auto()
+    # its reference runs every device of a mesh itself (splits its operands by its specs,
+    # runs the body per device, assembles): outside jit it takes sharded operands whole
+    # instead of being jitted and partitioned (shard_map)
+    MESH_REFERENCE = enum.auto()
 
 
 class AttrKind(enum.Enum):

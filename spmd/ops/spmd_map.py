@@ -285,6 +285,6 @@ OPS = [
         factors_shard_map,
         multi_output=True,
         doc="Run a per-device body on every device of a mesh (spmd.shard_map).",
-        traits=Trait.CONTROL | Trait.OWN_LAYOUT,
+        traits=Trait.CONTROL | Trait.OWN_LAYOUT | Trait.MESH_REFERENCE,
     ),
 ]

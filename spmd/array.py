@@ -1,18 +1,21 @@
 """spmd.Array: a concrete value, laid out on devices by a sharding.
 
 It holds either the global value or one buffer per device (its shards); each view is
-built from the other on demand. The runtime decides which it keeps.
+built from the other on demand. The runtime decides which it keeps. On a mesh the views
+are built by the layer that places arrays on devices (spmd/placement.py), which registers
+itself here with `use_placement` when imported; every maker of a mesh Array imports it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from spmd import dtypes
 from spmd.array_methods import ArrayMethods
+from spmd.errors import InternalError
 from spmd.ir.types import TensorType
 from spmd.sharding import NamedSharding, Sharding, SingleDeviceSharding
 
@@ -29,10 +32,22 @@ class Shard:
         return f"Shard(device={self.device!r}, index={self.index!r}, shape={self.data.shape})"
 
 
+class Placement(Protocol):
+    """How an Array on a mesh moves between its global value and its shards (through the
+    installed runtime, which may hold shards in other processes): spmd/placement.py."""
+
+    def assemble(self, array: Array) -> np.ndarray: ...
+
+    def split(self, array: Array) -> list[np.ndarray]: ...
+
+    def addressable_shards(self, array: Array) -> list[Shard]: ...
+
+
 class Array(ArrayMethods):
     """A concrete array: np.asarray works, and so do operators and spmd.numpy."""
 
     __array_priority__ = 100
+    _placement_layer: ClassVar[Placement | None] = None  # set once, by use_placement
 
     def __init__(
         self,
@@ -65,24 +80,32 @@ class Array(ArrayMethods):
                 "this Array was donated to a jit call and deleted; use the call's result instead"
             )
         if self._value is None:
-            from spmd import placement  # the API layer: it reaches the runtime
-
-            self._value = placement.assemble(self)
+            on_one = isinstance(self.sharding, SingleDeviceSharding)
+            self._value = self._shards[0] if on_one else self._placement().assemble(self)
         return self._value
 
     def device_buffers(self) -> list[np.ndarray]:
         """One buffer per device of the sharding's mesh (padded shards for uneven splits)."""
         if self._shards is None:
-            from spmd import placement
-
-            self._shards = placement.split(self)
+            on_one = isinstance(self.sharding, SingleDeviceSharding)
+            self._shards = [self._value] if on_one else self._placement().split(self)
         return self._shards
 
     @property
     def addressable_shards(self) -> list[Shard]:
-        from spmd import placement
+        if isinstance(self.sharding, SingleDeviceSharding):
+            value = self._global_value()
+            index = tuple(slice(0, n) for n in value.shape)
+            return [Shard(self.sharding.device, index, value)]
+        return self._placement().addressable_shards(self)
 
-        return placement.addressable_shards(self)
+    def _placement(self) -> Placement:
+        if Array._placement_layer is None:
+            raise InternalError(
+                "an Array on a mesh was made before spmd.placement was imported; this is a "
+                "bug in spmd (whatever makes one imports spmd.placement)"
+            )
+        return Array._placement_layer
 
     @property
     def is_sharded(self) -> bool:
@@ -155,6 +178,18 @@ class Array(ArrayMethods):
 
     def is_deleted(self) -> bool:
         return self.deleted
+
+
+def use_placement(placement: Placement) -> None:
+    """The one registration point: spmd/placement.py hands itself over when imported."""
+    Array._placement_layer = placement
+
+
+def global_value(a: Any, t: TensorType) -> np.ndarray:
+    """a's whole value (an Array's, or any array-like's) as a numpy array of t's dtype."""
+    value = a._global_value() if hasattr(a, "_global_value") else np.asarray(a)
+    want = dtypes.to_numpy(t.dtype)
+    return value if value.dtype == want else value.astype(want)
 
 
 def block_until_ready(tree: Any) -> Any:

@@ -11,8 +11,8 @@ import numpy as np
 from partitioner import layout
 from partitioner.memory import peak_bytes
 from partitioner.partition import partition
-from spmd import dtypes
-from spmd.array import Array
+from spmd import placement  # noqa: F401  (registers how mesh Arrays, made here, read shards)
+from spmd.array import Array, global_value
 from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.printer import print_graph
@@ -134,13 +134,6 @@ def _simulated(executable: Any, args: Sequence[Any]) -> list[Any] | None:
     from spmd import sim  # spmd.sim is a user module above spmd.api (it jits)
 
     return sim.on_call(executable, args)
-
-
-def global_value(a: Any, t: TensorType) -> np.ndarray:
-    """a's whole value as a numpy array of t's dtype."""
-    value = a._global_value() if hasattr(a, "_global_value") else np.asarray(a)
-    want = dtypes.to_numpy(t.dtype)
-    return value if value.dtype == want else value.astype(want)
 
 
 def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:

@@ -1,17 +1,18 @@
 """Arrays on devices: device_put splits a value into shards; assemble, split and
-addressable_shards move between an Array's global value and its shards (through the
-installed runtime, which may hold the shards in other processes)."""
+addressable_shards move between a mesh Array's global value and its shards (through the
+installed runtime, which may hold the shards in other processes). Importing it registers
+these with spmd.array (`use_placement`), so every maker of a mesh Array imports it."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
 from partitioner import layout
-from spmd.array import Array, Shard
+from spmd.array import Array, Shard, global_value, use_placement
 from spmd.errors import ShardingError
-from spmd.executables import global_value
 from spmd.runtime_state import current_runtime, runtime_api
 from spmd.sharding import NamedSharding, Sharding, SingleDeviceSharding
 from spmd.specs import mesh_shape, spec_of
@@ -21,8 +22,6 @@ from spmd.tree import tree_flatten, tree_unflatten
 
 def assemble(array: Any) -> np.ndarray:
     sharding = array.sharding
-    if isinstance(sharding, SingleDeviceSharding):
-        return array._shards[0]
     installed = current_runtime()
     if installed is not None:
         return runtime_api().assemble(installed, array)
@@ -33,8 +32,6 @@ def assemble(array: Any) -> np.ndarray:
 
 def split(array: Any) -> list[np.ndarray]:
     sharding = array.sharding
-    if isinstance(sharding, SingleDeviceSharding):
-        return [array._value]
     return layout.split(
         array._value,
         spec_of(sharding, array.ndim),
@@ -45,9 +42,6 @@ def split(array: Any) -> list[np.ndarray]:
 
 def addressable_shards(array: Any) -> list[Any]:
     sharding = array.sharding
-    if isinstance(sharding, SingleDeviceSharding):
-        value = array._global_value()
-        return [Shard(sharding.device, tuple(slice(0, n) for n in value.shape), value)]
     mesh = mesh_shape(sharding.mesh)
     spec = spec_of(sharding, array.ndim)
     out = []
@@ -101,3 +95,6 @@ def _device_put_one(x: Any, sharding: Any) -> Any:
     if installed is not None:
         shards = installed.put(shards, sharding.mesh)
     return Array(shards=shards, sharding=sharding, aval=t.strong(), committed=True)
+
+
+use_placement(sys.modules[__name__])  # assemble, split, addressable_shards: spmd.array.Placement

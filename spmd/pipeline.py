@@ -20,19 +20,9 @@ import numpy as np
 from spmd import lax
 from spmd.collective_api import axis_index, ppermute, psum
 from spmd.errors import InternalError, ShapeError
-from spmd.pipeline_checks import (
-    check_input,
-    check_stage_dim,
-    check_stage_output,
-    circular,
-    like,
-    mesh_of,
-    own_spec,
-    pipe_size,
-    stage_specs,
-)
+from spmd.pipeline_checks import check_stage_output, lay_out, like
 from spmd.pipeline_scan import run_forward_scan
-from spmd.pipeline_schedule import FORWARD, Schedule, Slot, make_schedule
+from spmd.pipeline_schedule import FORWARD, Schedule, Slot
 from spmd.shard_map import shard_map
 from spmd.sharding import Mesh, PartitionSpec
 from spmd.tracing import type_of
@@ -82,26 +72,31 @@ def pipeline(
             hint="use spmd.pipeline_value_and_grad(stage_fn, loss_fn, params, "
             "inputs, targets, schedule='1f1b')",
         )
-    grid = mesh_of(mesh, stage_params, inputs)
-    p = pipe_size(grid, axis)
-    table = make_schedule(schedule, p, num_microbatches, stages_per_device)
-    leaves, treedef = tree_flatten(stage_params)
-    check_stage_dim(leaves, table.stages)
-    leaves = [circular(x, p, stages_per_device) for x in leaves]
-    pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
-    check_input(inputs, xspec, grid, axis, num_microbatches)
+    layout = lay_out(
+        stage_params,
+        inputs,
+        axis=axis,
+        num_microbatches=num_microbatches,
+        schedule=schedule,
+        stages_per_device=stages_per_device,
+        mesh=mesh,
+        param_specs=param_specs,
+        input_spec=input_spec,
+    )
+    table, xspec = layout.table, layout.input_spec
 
     def body(local_leaves: list[Any], x: Any) -> Any:
-        params = tree_unflatten(treedef, local_leaves)
+        params = tree_unflatten(layout.treedef, local_leaves)
         if unroll:
             return run_forward(stage_fn, params, x, table, axis)
         rows = table.forward_ticks()
         _check_forward_rows(rows, table)
         return run_forward_scan(stage_fn, params, x, table, axis, rows)
 
-    mapped = shard_map(body, mesh=grid, in_specs=(pspecs, xspec), out_specs=xspec)
-    return mapped(leaves, inputs)
+    mapped = shard_map(
+        body, mesh=layout.grid, in_specs=(layout.param_specs, xspec), out_specs=xspec
+    )
+    return mapped(layout.leaves, inputs)
 
 
 def run_forward(

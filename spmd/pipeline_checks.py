@@ -1,17 +1,63 @@
-"""Argument checks and layouts shared by spmd.pipeline and spmd.pipeline_value_and_grad:
-the mesh and pipe axis, the stage dim of the parameters, their specs, the batch split, and
-the circular (interleaved) stage order. Api-level; imports no backend.
+"""Argument checks and layouts shared by spmd.pipeline, spmd.pipeline_value_and_grad and
+spmd.simulate_pipeline: the mesh and pipe axis, the stage dim of the parameters, their
+specs, the batch split, and the circular (interleaved) stage order; `lay_out` runs them all
+on the keyword arguments the three share. Api-level; imports no backend.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from spmd import lax
 from spmd.errors import ShapeError, ShardingError
+from spmd.pipeline_schedule import Schedule, make_schedule
 from spmd.sharding import Mesh, NamedSharding, P, PartitionSpec, current_mesh
 from spmd.tracing import Tracer, describe_loc, type_of
-from spmd.tree import tree_leaves
+from spmd.tree import tree_flatten, tree_leaves
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """A pipeline's checked arguments: its mesh, the schedule table (its `devices` are the
+    pipe axis's), the stage parameters' leaves (stacked stages) and the specs they and the
+    inputs map with."""
+
+    grid: Mesh
+    table: Schedule
+    leaves: list[Any]
+    treedef: Any
+    param_specs: list[PartitionSpec]
+    input_spec: PartitionSpec
+
+
+def lay_out(
+    stage_params: Any,
+    inputs: Any,
+    *,
+    axis: str,
+    num_microbatches: int,
+    schedule: str,
+    stages_per_device: int,
+    mesh: Mesh | None,
+    param_specs: Any,
+    input_spec: PartitionSpec | None,
+    circular_order: bool = True,
+) -> PipelineLayout:
+    """The keyword arguments the pipeline entry points share, checked and laid out (their
+    docstrings say what each means). circular_order: the leaves in circular layout (device
+    d holds stages d, d+p, ...), as the pipeline runs them; False keeps stage order."""
+    grid = mesh_of(mesh, stage_params, inputs)
+    p = pipe_size(grid, axis)
+    table = make_schedule(schedule, p, num_microbatches, stages_per_device)
+    leaves, treedef = tree_flatten(stage_params)
+    check_stage_dim(leaves, table.stages)
+    if circular_order:
+        leaves = [circular(x, p, stages_per_device) for x in leaves]
+    pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
+    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
+    check_input(inputs, xspec, grid, axis, num_microbatches)
+    return PipelineLayout(grid, table, leaves, treedef, pspecs, xspec)
 
 
 def like(pred: Any, x: Any) -> Any:

@@ -23,18 +23,9 @@ from spmd.collective_api import psum
 from spmd.errors import ShapeError
 from spmd.pipeline import pipeline
 from spmd.pipeline_buffers import plan
-from spmd.pipeline_checks import (
-    check_input,
-    check_stage_dim,
-    circular,
-    mesh_of,
-    own_spec,
-    pipe_size,
-    stage_specs,
-)
+from spmd.pipeline_checks import circular, lay_out
 from spmd.pipeline_grad_scan import ScanRun
 from spmd.pipeline_grad_ticks import UnrolledRun
-from spmd.pipeline_schedule import make_schedule
 from spmd.shard_map import shard_map
 from spmd.sharding import Mesh, P, PartitionSpec
 from spmd.tracing import describe_loc, type_of
@@ -68,15 +59,20 @@ def pipeline_value_and_grad(
     "interleaved" (stages_per_device > 1). unroll=False runs the ticks as one lax.scan
     with the table as data (spmd/pipeline_grad_scan.py): one tick's program for any m, p.
     """
-    grid = mesh_of(mesh, stage_params, inputs)
-    p = pipe_size(grid, axis)
-    table = make_schedule(schedule, p, num_microbatches, stages_per_device)
-    leaves, treedef = tree_flatten(stage_params)
-    check_stage_dim(leaves, table.stages)
-    leaves = [circular(x, p, stages_per_device) for x in leaves]
-    pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
-    check_input(inputs, xspec, grid, axis, num_microbatches)
+    layout = lay_out(
+        stage_params,
+        inputs,
+        axis=axis,
+        num_microbatches=num_microbatches,
+        schedule=schedule,
+        stages_per_device=stages_per_device,
+        mesh=mesh,
+        param_specs=param_specs,
+        input_spec=input_spec,
+    )
+    grid, table, p = layout.grid, layout.table, layout.table.devices
+    leaves, treedef = layout.leaves, layout.treedef
+    pspecs, xspec = layout.param_specs, layout.input_spec
     if type_of(targets).shape[:1] != type_of(inputs).shape[:1]:
         raise ShapeError(
             f"pipeline_value_and_grad: targets of shape {type_of(targets).shape} "

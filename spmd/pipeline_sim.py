@@ -20,15 +20,7 @@ from typing import Any
 from spmd import sim
 from spmd.autodiff import vjp
 from spmd.collective_api import ppermute
-from spmd.pipeline_checks import (
-    check_input,
-    check_stage_dim,
-    mesh_of,
-    own_spec,
-    pipe_size,
-    stage_specs,
-)
-from spmd.pipeline_schedule import make_schedule
+from spmd.pipeline_checks import lay_out
 from spmd.shard_map import shard_map
 from spmd.sharding import Mesh, NamedSharding, PartitionSpec
 from spmd.tracing import type_of
@@ -55,14 +47,21 @@ def simulate_pipeline(
     costs the stage's forward+backward minus its forward, or all of it with `recompute`
     (default for 1F1B, whose backward recomputes the stage forward). Returns a PipelineSim:
     step_time_s, bubble_fraction, timeline (to_chrome_trace shows the bubbles)."""
-    grid = mesh_of(mesh, stage_params, inputs)
-    p = pipe_size(grid, axis)
-    table = make_schedule(schedule, p, num_microbatches, stages_per_device)
-    leaves, treedef = tree_flatten(stage_params)
-    check_stage_dim(leaves, table.stages)
-    pspecs = stage_specs(param_specs, leaves, treedef, grid, axis)
-    xspec = input_spec if input_spec is not None else own_spec(inputs, grid, axis)
-    check_input(inputs, xspec, grid, axis, num_microbatches)
+    layout = lay_out(
+        stage_params,
+        inputs,
+        axis=axis,
+        num_microbatches=num_microbatches,
+        schedule=schedule,
+        stages_per_device=stages_per_device,
+        mesh=mesh,
+        param_specs=param_specs,
+        input_spec=input_spec,
+        circular_order=False,
+    )
+    grid, table, p = layout.grid, layout.table, layout.table.devices
+    leaves, treedef = layout.leaves, layout.treedef
+    pspecs, xspec = layout.param_specs, layout.input_spec
     options.setdefault("check_memory", False)
     one_stage = [
         _shape(x, (p,) + tuple(type_of(x).shape[1:]), grid, s) for x, s in zip(leaves, pspecs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from spmd.ir.graph import Graph
 from spmd.ir.printer import print_graph
 from spmd.ir.types import TensorType
 from spmd.passes import optimize
+from spmd.shape_dtype import ShapeDtypeStruct
 from spmd.sharding import NamedSharding, PartitionSpec, Sharding, current_mesh
 from spmd.tracing import (
     Trace,
@@ -36,29 +36,7 @@ from spmd.tracing import (
     type_of,
 )
 from spmd.tree import tree_flatten, tree_unflatten
-from spmd.validate import check_argnums, check_argnums_in_call, check_callable, check_shape
-
-
-@dataclass(frozen=True, init=False)
-class ShapeDtypeStruct:
-    """An abstract argument for `lower`: shape, dtype and optional sharding."""
-
-    shape: tuple[int, ...]
-    dtype: Any
-    sharding: Any = None
-    weak_type: bool = False
-
-    def __init__(self, shape: Any, dtype: Any, sharding: Any = None, weak_type: bool = False):
-        # written out (not generated) so that errors find the caller's line
-        object.__setattr__(self, "shape", check_shape("ShapeDtypeStruct", shape))
-        dtypes.canonical(dtype)
-        object.__setattr__(self, "dtype", dtype)
-        object.__setattr__(self, "sharding", sharding)
-        object.__setattr__(self, "weak_type", weak_type)
-
-    @property
-    def aval(self) -> TensorType:
-        return TensorType(tuple(self.shape), dtypes.canonical(self.dtype), self.weak_type)
+from spmd.validate import check_argnums, check_argnums_in_call, check_callable
 
 
 def _leaf_type(x: Any) -> TensorType:

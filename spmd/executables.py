@@ -26,6 +26,7 @@ from spmd.sharding import (
     SingleDeviceSharding,
     make_mesh,
 )
+from spmd.sim_calls import on_call  # abstract calls, tpu-sim time (spmd.sim)
 from spmd.specs import mesh_shape, spec_of, user_spec
 
 
@@ -37,7 +38,7 @@ class SingleDeviceExecutable:
         self.program = runtime_api().compile_single_device(graph)
 
     def __call__(self, args: Sequence[Any]) -> list[Any]:
-        if (abstract := _simulated(self, args)) is not None:
+        if (abstract := on_call(self, args)) is not None:
             return abstract
         outs = self.program([global_value(a, t) for a, t in zip(args, self.graph.param_types)])
         return [Array(o, weak=t.weak) for o, t in zip(outs, self.graph.result_types)]
@@ -72,7 +73,7 @@ class ShardedExecutable:
         ]
 
     def __call__(self, args: Sequence[Any]) -> list[Any]:
-        if (abstract := _simulated(self, args)) is not None:
+        if (abstract := on_call(self, args)) is not None:
             return abstract
         per_param = [
             self._shards_for(a, t, spec)
@@ -127,13 +128,6 @@ class ShardedExecutable:
     def simulate(self, **options: Any) -> Any:
         """The TPU simulator's SimReport for one call of the per-device program."""
         return simulator().simulate(self.partitioned.program, self.mesh, **options)
-
-
-def _simulated(executable: Any, args: Sequence[Any]) -> list[Any] | None:
-    """Abstract calls (spmd.sim) get ShapeDtypeStruct results; tpu-sim meshes accrue time."""
-    from spmd import sim  # spmd.sim is a user module above spmd.api (it jits)
-
-    return sim.on_call(executable, args)
 
 
 def find_mesh(graph: Graph, shardings: Sequence[Any]) -> Mesh | None:

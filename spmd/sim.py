@@ -15,85 +15,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from spmd.api import JitFunction, ShapeDtypeStruct, jit
 from spmd.array import Array
 from spmd.errors import ShardingError
 from spmd.sharding import Sharding
+from spmd.sim_calls import (
+    STATE,
+    SimulatedProgram,
+    SimulatedValue,
+    SimulationDone,
+    on_call,
+    record,
+)
 from spmd.tree import tree_flatten, tree_unflatten
-
-
-@dataclass
-class _State:
-    depth: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
-    last: Any = None
-    elapsed_s: float = 0.0
-    steps: int = 0
-    programs: dict[int, SimulatedProgram] | None = None  # set inside first_step()
-
-
-@dataclass
-class SimulatedProgram:
-    """A program simulated under `first_step()`: its report and the user line that called it."""
-
-    report: Any
-    loc: str
-    calls: int = 1
-    executable: Any = field(default=None, repr=False)
-
-
-class SimulationDone(BaseException):
-    """Raised under `first_step()` when the script reads a simulated value: its step is done."""
-
-    def __init__(self, loc: str | None):
-        self.loc = loc
-        super().__init__(f"the script read a simulated value at {loc or '?'}")
-
-
-class SimulatedValue(ShapeDtypeStruct):
-    """A jitted result under `first_step()`: shape, dtype and sharding only.
-
-    Jitted functions take it like any array; reading it or eager math on it (float(),
-    np.asarray, print, `x + 1` outside jit) raises SimulationDone.
-    """
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return self.aval.size
-
-    def _read(self, *args: Any, **kwargs: Any) -> Any:
-        from spmd.errors import describe_loc
-
-        raise SimulationDone(describe_loc())
-
-    __array__ = __float__ = __int__ = __index__ = __bool__ = __complex__ = _read
-    item = tolist = __str__ = __format__ = __len__ = __iter__ = __getitem__ = _read
-    __neg__ = __pos__ = __abs__ = __round__ = __lt__ = __le__ = __gt__ = __ge__ = _read
-
-
-for _name in (
-    "add",
-    "sub",
-    "mul",
-    "truediv",
-    "floordiv",
-    "mod",
-    "pow",
-    "matmul",
-    "and",
-    "or",
-    "xor",
-):
-    setattr(SimulatedValue, f"__{_name}__", SimulatedValue._read)
-    setattr(SimulatedValue, f"__r{_name}__", SimulatedValue._read)
-_STATE = _State()
 
 
 @contextlib.contextmanager
@@ -103,31 +39,31 @@ def abstract(**options: Any) -> Iterator[None]:
     Options go to the simulator (chip=, topology=, slices=, overlap=, fuse=, calibrated=,
     check_memory=, donate=).
     """
-    saved = dict(_STATE.options)
-    _STATE.depth += 1
-    _STATE.options.update(options)
+    saved = dict(STATE.options)
+    STATE.depth += 1
+    STATE.options.update(options)
     try:
         yield
     finally:
-        _STATE.depth -= 1
-        _STATE.options = saved
+        STATE.depth -= 1
+        STATE.options = saved
 
 
 def last_report() -> Any:
     """The SimReport of the latest simulated call (abstract, or numerics on a tpu-sim mesh)."""
-    return _STATE.last
+    return STATE.last
 
 
 def elapsed() -> float:
     """Simulated seconds accrued by calls since the last `reset()`."""
-    return _STATE.elapsed_s
+    return STATE.elapsed_s
 
 
 def reset() -> None:
     """Forget the accrued simulated time and the last report."""
-    _STATE.elapsed_s = 0.0
-    _STATE.steps = 0
-    _STATE.last = None
+    STATE.elapsed_s = 0.0
+    STATE.steps = 0
+    STATE.last = None
 
 
 @contextlib.contextmanager
@@ -138,56 +74,13 @@ def first_step(**options: Any) -> Iterator[dict[int, SimulatedProgram]]:
     program) and returns SimulatedValues. The script stops with SimulationDone where it first
     reads one (float(loss) after its step).
     """
-    saved = (_STATE.programs, dict(_STATE.options))
-    _STATE.programs = {}
-    _STATE.options.update(options)
+    saved = (STATE.programs, dict(STATE.options))
+    STATE.programs = {}
+    STATE.options.update(options)
     try:
-        yield _STATE.programs
+        yield STATE.programs
     finally:
-        _STATE.programs, _STATE.options = saved
-
-
-def _record(executable: Any, report: Any) -> None:
-    from spmd.tracing import user_loc
-
-    programs = _STATE.programs
-    if programs is None:
-        return
-    entry = programs.get(id(executable))
-    if entry is not None and entry.executable is executable:
-        entry.calls += 1
-        return
-    programs[id(executable)] = SimulatedProgram(report, user_loc() or "?", 1, executable)
-
-
-def on_call(executable: Any, args: Sequence[Any]) -> list[Any] | None:
-    """Called by the dispatcher on every call of a compiled program.
-
-    Abstract calls (ShapeDtypeStruct args, or inside `abstract()`) return ShapeDtypeStructs
-    and allocate nothing; real calls on a tpu-sim mesh run normally while the simulated time
-    accrues (the report is cached per program: cost does not depend on the data).
-    """
-    mesh = getattr(executable, "mesh", None)
-    on_tpu_sim = mesh is not None and str(mesh.device_kind).startswith("tpu-sim")
-    is_abstract = (
-        _STATE.depth > 0
-        or any(isinstance(a, ShapeDtypeStruct) for a in args)
-        or (on_tpu_sim and _STATE.programs is not None)
-    )
-    if not is_abstract and not on_tpu_sim:
-        return None
-    report = executable.simulate(**_STATE.options)
-    _STATE.last = report
-    _STATE.elapsed_s += report.step_time_s
-    _STATE.steps += 1
-    _record(executable, report)
-    if not is_abstract:
-        return None
-    shardings = getattr(executable, "out_shardings", None) or [None] * len(executable.graph.results)
-    kind = ShapeDtypeStruct if _STATE.programs is None else SimulatedValue
-    return [
-        kind(t.shape, t.dtype, s, t.weak) for t, s in zip(executable.graph.result_types, shardings)
-    ]
+        STATE.programs, STATE.options = saved
 
 
 def _abstract_leaf(x: Any, sharding: Any = None) -> Any:
@@ -238,8 +131,8 @@ def simulate(f: Callable[..., Any], *args: Any, **options: Any) -> Any:
     jitted = f if isinstance(f, JitFunction) else jit(f)
     compiled = jitted.lower(*abstract_args(args)).compile()
     report = compiled.simulate(**options)
-    _STATE.last = report
-    _record(compiled, report)
+    STATE.last = report
+    record(compiled, report)
     return report
 
 

@@ -16,8 +16,6 @@ from spmd.ir.types import TensorType
 
 Dims = tuple[AxisTuple, ...]
 
-__all__ = ["plan_moved", "reshard_moved"]
-
 
 def reshard_moved(mesh: MeshShape, gtype: TensorType, src: ShardSpec, dst: Dims) -> float:
     """Bytes per device that reshard(src -> dst) moves (pending sums resolved too)."""

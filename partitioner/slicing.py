@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from partitioner.builder import ProgramBuilder
 from partitioner.choose import generic_cost
-from partitioner.cost import plan_moved
+from partitioner.dry_run import plan_moved
 from partitioner.permute_plan import permute_plan, pieces
 from partitioner.spec import ShardSpec
 from spmd.ir.graph import Op

@@ -147,7 +147,7 @@ def _send(
 
 def lockstep_seconds(schedule: Any, forward_s: float, backward_s: float, shift_s: float) -> float:
     """The SPMD program's time: a tick of one kind runs it on every device (masked where
-    idle); a tick that mixes them branches on each device's role (spmd/pipeline_grad.py),
+    idle); a tick that mixes them branches on each device's role (spmd/pipeline_grad_ticks.py),
     so it lasts its longer slot; then one shift per direction used."""
     total = 0.0
     for t, row in enumerate(schedule.ticks):

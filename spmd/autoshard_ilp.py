@@ -39,7 +39,7 @@ from spmd.ir.types import TensorType
 from spmd.ops import REGISTRY
 
 Dims = tuple[tuple[str, ...], ...]
-TILE = 128  # MXU tile the matrix dims of a contraction are padded to
+TILE = 128  # MXU tile the matrix dims of a contraction are padded to, unless rates say
 TIE = 0.01  # share of an HBM pass that prices an argument's local bytes
 GAP = 0.01  # HiGHS stops at a plan proven within 1% of the optimum the model prices
 US = 1e6  # costs go to HiGHS in microseconds: in seconds a small program's are under its
@@ -182,12 +182,13 @@ def _op_time(
         }
         lhs, rhs = set(f.operands[0]), set(f.operands[1])  # type: ignore[attr-defined]
         k_set = set(f.reduce)  # type: ignore[attr-defined]
+        tile = int(rates.get("tile", TILE))
         batch = (lhs & rhs) - k_set
         mnk = [lhs - batch - k_set, rhs - batch - k_set, k_set]
         work = math.prod(local[x] for x in batch - {None})
         for g in mnk:
             n = math.prod(local[x] for x in g - {None})
-            work *= -(-n // TILE) * TILE
+            work *= -(-n // tile) * tile
         touched = sum(t.nbytes for t in in_types + out_types) / shards
         return max(2.0 * work / rates["flops"], touched / rates["hbm"])
     touched = sum(t.nbytes for t in in_types + out_types)

@@ -1,7 +1,8 @@
 """Issue 20: autoshard's plan against hand plans (pure DP, FSDP, Megatron TP, DP x TP,
 FSDP x TP) on tpu-sim v5e 16x16 for an MLP, a transformer block (forward) and a GPT training
 step (forward, backward, SGD update): simulated step time and peak memory, with search time
-and problem size.
+and problem size. A training step (GPT, embedding) returns its new weights in the old
+weights' layouts: the hand plans by out_shardings, autoshard by donate_argnums.
 
     python -m benchmarks.autoshard          # v5e 16x16
     python -m benchmarks.autoshard v5p      # tpu-sim v5p 8x8x8 (3-axis hand plans)
@@ -152,12 +153,26 @@ def stack(specs: list, layers: int, shapes: list) -> tuple[list, list]:
 
 
 def hand_reports(
-    f: Any, mesh: Any, shapes: list, plans: dict[str, list], dtypes: list[str] | None = None
+    f: Any,
+    mesh: Any,
+    shapes: list,
+    plans: dict[str, list],
+    dtypes: list[str] | None = None,
+    donate: tuple[int, ...] = (),
 ) -> dict[str, Any]:
+    """Each plan's SimReport; with donate, the results are the donated arguments' successors
+    in order (a step's new weights), laid out as them."""
     dtypes = dtypes or ["float32"] * len(shapes)
+
+    def tied(specs: list) -> Any:
+        if not donate:
+            return f
+        outs = tuple(NamedSharding(mesh, specs[i]) for i in donate)
+        return spmd.jit(f, out_shardings=outs, donate_argnums=donate)
+
     return {
         name: spmd.sim.simulate(
-            f,
+            tied(specs),
             *[S(s, d, NamedSharding(mesh, p)) for s, d, p in zip(shapes, dtypes, specs)],
             check_memory=False,
             **sim_options(mesh),
@@ -177,6 +192,11 @@ def embedding_step(ids: Any, y: Any, *weights: Any) -> tuple:
     """One SGD step of embedding_loss: the new table and MLP weights."""
     grads = spmd.grad(embedding_loss)(weights, ids, y)
     return tuple(w - 1e-3 * g for w, g in zip(weights, grads))
+
+
+def weights_of(shapes: list) -> tuple[int, ...]:
+    """A step's donated arguments: everything after its two data arguments."""
+    return tuple(range(2, len(shapes)))
 
 
 EMBEDDING = (
@@ -199,8 +219,9 @@ def compare(
     memory_limit: float | None = None,
     time_limit_s: float = 60.0,
     dtypes: list[str] | None = None,
+    donate: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    hand = hand_reports(f, mesh, shapes, plans, dtypes)
+    hand = hand_reports(f, mesh, shapes, plans, dtypes, donate)
     start = time.perf_counter()
     dtypes = dtypes or ["float32"] * len(shapes)
     plan = spmd.sim.autoshard(
@@ -209,6 +230,7 @@ def compare(
         mesh=mesh,
         memory_limit=memory_limit,
         time_limit_s=time_limit_s,
+        donate_argnums=donate,
     )
     wall = time.perf_counter() - start
     best = min(hand, key=lambda k: hand[k].step_time_s)
@@ -232,23 +254,32 @@ def other_mesh(kind: str) -> None:
     shape, names, device, splits = MESHES[kind]
     mesh = spmd.make_mesh(shape, names, **({"device": device} if device else {}))
     plans = mesh_plans(splits)
+    gpt = gpt_shapes(32, 512, 1024, 16, 4096, 8192)
     programs = [
-        ("MLP 4096x4096x16384", mlp, [(4096, 4096), (4096, 16384), (16384, 4096)], plans["mlp"]),
+        (
+            "MLP 4096x4096x16384",
+            mlp,
+            [(4096, 4096), (4096, 16384), (16384, 4096)],
+            plans["mlp"],
+            (),
+        ),
         (
             "block b32 s512 d1024 h16 f4096",
             block,
             block_shapes(32, 512, 1024, 16, 4096),
             plans["block"],
+            (),
         ),
         (
             f"GPT training step, {LAYERS} layers, vocab 8192",
             gpt_step,
-            gpt_shapes(32, 512, 1024, 16, 4096, 8192),
+            gpt,
             plans["gpt"],
+            weights_of(gpt),
         ),
     ]
-    for name, f, shapes, hand in programs:  # HiGHS's limit is wall time: give the GPT step room
-        report(compare(name, f, mesh, shapes, hand, time_limit_s=600.0), kind)
+    for name, f, shapes, hand, donate in programs:  # HiGHS's limit is wall time: give room
+        report(compare(name, f, mesh, shapes, hand, time_limit_s=600.0, donate=donate), kind)
 
 
 def report(r: dict[str, Any], where: str) -> None:
@@ -288,22 +319,25 @@ def main() -> None:
         return pod() if sys.argv[1] == "pod" else other_mesh(sys.argv[1])
     mesh = spmd.make_mesh((16, 16), ALL, device="tpu-sim:v5e")
     mlp_shapes = [(4096, 4096), (4096, 16384), (16384, 4096)]
+    gpt = gpt_shapes(32, 512, 1024, 16, 4096, 8192)
     programs = [
-        ("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None),
+        ("MLP 4096x4096x16384", mlp, mlp_shapes, MLP_PLANS, None, ()),
         (
             "block b32 s512 d1024 h16 f4096",
             block,
             block_shapes(32, 512, 1024, 16, 4096),
             BLOCK_PLANS,
             None,
+            (),
         ),
-        ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2**20),
+        ("MLP, memory_limit 256 MiB", mlp, mlp_shapes, MLP_PLANS, 256 * 2**20, ()),
         (
             f"GPT training step, {LAYERS} layers, vocab 8192",
             gpt_step,
-            gpt_shapes(32, 512, 1024, 16, 4096, 8192),
+            gpt,
             GPT_PLANS,
             None,
+            weights_of(gpt),
         ),
     ]
     shapes = block_shapes(32, 512, 1024, 16, 4096)
@@ -315,10 +349,11 @@ def main() -> None:
             stack(BLOCK_PLANS["DP"], 48, shapes)[1],
             scanned,
             None,
+            (),
         )
     )
-    for name, f, shapes, plans, limit in programs:
-        report(compare(name, f, mesh, shapes, plans, limit), "v5e 16x16")
+    for name, f, shapes, plans, limit, donate in programs:
+        report(compare(name, f, mesh, shapes, plans, limit, donate=donate), "v5e 16x16")
     report(
         compare(
             "embedding 256k x 1024 + MLP 1024, SGD step",
@@ -327,6 +362,7 @@ def main() -> None:
             EMBEDDING[0],
             EMBEDDING_PLANS,
             dtypes=EMBEDDING[1],
+            donate=weights_of(EMBEDDING[0]),
         ),
         "v5e 16x16",
     )

@@ -5,7 +5,9 @@ DP x TP, FSDP x TP: each expert's [d, f] laid out as a dense FFN's, the expert d
 and against expert parallelism (experts over the mesh, tokens over the mesh, the dense
 weights replicated: GShard's plan), as input shardings only ("EP") and with GShard's
 annotations on the dispatched buffers ("EP + annotations"): simulated step time, peak
-memory, search time.
+memory, search time. Every plan returns its results as a training loop needs them (the
+layer's output as its input, the step's new weights as the old): hand plans by out_shardings,
+autoshard by donate_argnums (its plan free to return them otherwise is printed too).
 
     python -m benchmarks.autoshard_moe          # tpu-sim v5e 16x16
     python -m benchmarks.autoshard_moe v5p      # tpu-sim v5p 8x8x8
@@ -104,17 +106,19 @@ SIZES = {
 }
 
 
-def hand_reports(f: Any, mesh: Any, shapes: list, plans: dict[str, list], outs: Any) -> dict:
+def hand_reports(
+    f: Any, mesh: Any, shapes: list, plans: dict[str, list], outs: Any, donate: tuple
+) -> dict:
     """Each hand plan's SimReport, its results laid out as outs(plan) says (the layer's output
-    as its input, the step's new weights as the old, as a training loop needs them; summary
-    says whether autoshard's plan, free to choose, did the same)."""
+    as its input, the step's new weights as the old, as a training loop needs them), the
+    arguments they replace donated."""
 
     def named(p: Any) -> NamedSharding:
         return NamedSharding(mesh, p)
 
     return {
         name: spmd.sim.simulate(
-            spmd.jit(f, out_shardings=_each(named, outs(specs))),
+            spmd.jit(f, out_shardings=_each(named, outs(specs)), donate_argnums=donate),
             *[S(s, "float32", named(p)) for s, p in zip(shapes, specs)],
             check_memory=False,
             **sim_options(mesh),
@@ -136,32 +140,53 @@ def step_outs(specs: list) -> Any:
     return tuple(specs[2:])
 
 
-def compare(name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list], outs: Any) -> dict:
+# the arguments each program's results replace: the layer's x, the step's weights
+LAYER_DONATE = (0,)
+
+
+def step_donate(shapes: list) -> tuple[int, ...]:
+    return tuple(range(2, len(shapes)))
+
+
+def compare(
+    name: str, f: Any, mesh: Any, shapes: list, hand: dict[str, list], outs: Any, donate: tuple
+) -> dict:
     """Every hand plan, EP again with GShard's annotations (the dispatch masks on the groups,
-    the expert buffers on the experts, over every axis), then autoshard's plan."""
-    reports = hand_reports(f, mesh, shapes, hand, outs)
+    the expert buffers on the experts, over every axis), then autoshard's plan with the same
+    arguments donated (their results tied to their layouts) and, for reference, free."""
+    reports = hand_reports(f, mesh, shapes, hand, outs, donate)
     every = NamedSharding(mesh, P(tuple(mesh.axis_names)))
     annotated = functools.partial(f, shardings=(every, every))
-    reports |= hand_reports(annotated, mesh, shapes, {"EP + annotations": hand["EP"]}, outs)
+    reports |= hand_reports(annotated, mesh, shapes, {"EP + annotations": hand["EP"]}, outs, donate)
+    args = [S(s, "float32") for s in shapes]
     start = time.perf_counter()
-    plan = spmd.sim.autoshard(f, *[S(s, "float32") for s in shapes], mesh=mesh, time_limit_s=600.0)
+    plan = spmd.sim.autoshard(f, *args, mesh=mesh, time_limit_s=600.0, donate_argnums=donate)
     wall = time.perf_counter() - start
+    free = spmd.sim.autoshard(f, *args, mesh=mesh, time_limit_s=600.0)
     best = min(reports, key=lambda k: reports[k].step_time_s)
-    ins = [x.spec for x in plan.flat_in]
-    kept = [x.spec for x in plan.flat_out] == list(_each(lambda p: p, outs(ins)))
-    return {"name": name, "hand": reports, "plan": plan, "wall": wall, "best": best, "kept": kept}
+    return {"name": name, "hand": reports, "plan": plan, "wall": wall, "best": best, "free": free}
 
 
-def summary(r: dict) -> str:
+def kept(plan: Any, outs: Any) -> bool:
+    """Whether the plan returns its results in the layouts outs says (its arguments')."""
+    want = outs([x.spec for x in plan.flat_in])
+    return [x.spec for x in plan.flat_out] == ([want] if isinstance(want, P) else list(want))
+
+
+def summary(r: dict, outs: Any) -> str:
     """The ratios the issue asks for: vs the best uniform plan and vs expert parallelism."""
     t = r["plan"].report.step_time_s
     uniform = {k: v.step_time_s for k, v in r["hand"].items() if not k.startswith("EP")}
     ep = {k: v.step_time_s for k, v in r["hand"].items() if k.startswith("EP")}
     bu, be = min(uniform, key=uniform.get), min(ep, key=ep.get)
+    free = r["free"].report.step_time_s
     return (
         f"  autoshard {t * 1e3:.3f} ms: / best uniform ({bu}) {t / uniform[bu]:.3f}, "
         f"/ best expert parallel ({be}) {t / ep[be]:.3f}; search {r['plan'].search_s:.1f} s; "
-        f"results laid out as the arguments: {r['kept']}"
+        f"results laid out as the arguments: {kept(r['plan'], outs)}\n"
+        f"  free to return them otherwise: {free * 1e3:.3f} ms (/ best expert parallel "
+        f"{free / ep[be]:.3f}, laid out as the arguments: {kept(r['free'], outs)}, "
+        f"search {r['free'].search_s:.1f} s)"
     )
 
 
@@ -181,6 +206,7 @@ def main() -> None:
             layer_shapes(b, s, d, experts, f),
             hand["layer"],
             layer_outs,
+            LAYER_DONATE,
         ),
         (
             f"MoE training step, {LAYERS} layer(s) attention + MoE",
@@ -188,12 +214,13 @@ def main() -> None:
             step_shapes(b, s, d, heads, experts, f),
             hand["step"],
             step_outs,
+            step_donate(step_shapes(b, s, d, heads, experts, f)),
         ),
     ]
-    for name, fn, shapes, plans_, outs in programs:
-        r = compare(name, fn, mesh, shapes, plans_, outs)
+    for name, fn, shapes, plans_, outs, donate in programs:
+        r = compare(name, fn, mesh, shapes, plans_, outs, donate)
         report(r, kind)
-        print(summary(r), flush=True)
+        print(summary(r, outs), flush=True)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def autoshard(
         tuple((g.results[j], g.params[i]) for j, i in ties.items()),
         donated,
     )
-    plan.ties = ties
+    # a tie its sides could not hold (no layout in common) is noted in the explanation
+    plan.ties = {j: i for j, i in ties.items() if plan.flat_out[j] == plan.flat_in[i]}
     plan.in_shardings = tuple(tree_unflatten(arg_tree, list(plan.flat_in)))
     plan.out_shardings = tree_unflatten(lowered.out_tree, list(plan.flat_out))
     plan.out_tree = lowered.out_tree

@@ -77,6 +77,18 @@ def test_a_replicated_donated_weight_comes_back_replicated_where_a_free_plan_sha
     assert tied.report.step_time_s > free.report.step_time_s  # the tie is paid, in the plan
 
 
+def test_a_tie_no_layout_satisfies_is_left_out_and_said():
+    """iota's result is laid out by the partitioner (replicated), the argument is fixed to
+    P('data'): no layout is both, so the plan keeps both and says the tie was not held."""
+    mesh = spmd.make_mesh((2, 4), ("data", "model"))
+    w = S((8,), "float32", NamedSharding(mesh, P("data")))
+    plan = spmd.sim.autoshard(
+        lambda w: snp.arange(8.0, dtype="float32"), w, mesh=mesh, donate_argnums=0
+    )
+    assert plan.ties == {} and plan.out_shardings.spec == P()
+    assert any("not tied" in line for line in plan.explanation), plan.explanation
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # 2-3 s at load 1
 def test_tied_gpt_step_within_5_percent_of_the_best_hand_plan_with_the_same_ties():

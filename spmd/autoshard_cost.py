@@ -21,9 +21,10 @@ Dims = tuple[tuple[str, ...], ...]
 
 def sim_options(mesh: Mesh) -> dict[str, str]:
     """The simulator options autoshard prices a mesh with: a tpu-sim mesh's own chip; a CPU
-    mesh the host's (configs/chips/cpu_host.toml), not spmd.sim's default v5e, so the plan
-    chosen for the embedded runtime weighs its compute against its shared-memory copies."""
-    return {} if str(mesh.device_kind).startswith("tpu-sim") else {"chip": "cpu_host"}
+    mesh one logical device of the embedded runtime as measured on this host
+    (configs/chips/cpu_local.toml), not spmd.sim's default v5e, so the plan chosen for the
+    local runtime weighs its compute against its shared-memory copies as they run."""
+    return {} if str(mesh.device_kind).startswith("tpu-sim") else {"chip": "cpu_local"}
 
 
 def is_contraction(op: Any) -> bool:

@@ -366,7 +366,7 @@ def scatter_add(x: Any, indices: Any, updates: Any, axis: int = 0) -> Any:
 
 def with_sharding_constraint(x: Any, sharding: Any) -> Any:
     """Ask the partitioner to lay x out as `sharding` here (identity on values)."""
-    from spmd.sharding import sharding_attr
+    from spmd.named_sharding import sharding_attr
 
     return bind("sharding_constraint", x, sharding=sharding_attr(sharding, type_of(x)))
 

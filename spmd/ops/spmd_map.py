@@ -20,10 +20,10 @@ from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.mesh import coords_index, device_coords
+from spmd.named_sharding import ShardingAttr
 from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import Factors, OpDef, Trait
 from spmd.passes.dce import dce
-from spmd.named_sharding import ShardingAttr
 from spmd.spmd_interpreter import evaluate_spmd
 from spmd.tracing import bind, type_of
 

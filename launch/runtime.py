@@ -15,7 +15,8 @@ from backends import registry
 from partitioner import layout
 from spmd import config, dispatch
 from spmd.errors import LaunchError, ShapeError, ShardingError
-from spmd.sharding import Device, Mesh, NamedSharding
+from spmd.mesh import Device, Mesh
+from spmd.named_sharding import NamedSharding
 
 Shard = Any  # a numpy array (held here), a remote handle (Ray), or None (another process's)
 

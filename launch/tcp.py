@@ -24,7 +24,7 @@ from collectives.sockets import SocketChannel, SocketCommunicator, bind_address
 from launch.multicontroller import MultiControllerRuntime
 from spmd import config
 from spmd.errors import LaunchError, RemoteError
-from spmd.sharding import Mesh
+from spmd.mesh import Mesh
 
 RETRY_S = 0.05
 # After a peer is lost, how long this process may go on (to raise from a collective and print

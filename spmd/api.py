@@ -23,9 +23,10 @@ from spmd.executables import compile_graph
 from spmd.ir.graph import Graph
 from spmd.ir.printer import print_graph
 from spmd.ir.types import TensorType
+from spmd.mesh import current_mesh
+from spmd.named_sharding import NamedSharding, PartitionSpec, Sharding
 from spmd.passes import optimize
 from spmd.shape_dtype import ShapeDtypeStruct
-from spmd.sharding import NamedSharding, PartitionSpec, Sharding, current_mesh
 from spmd.tracing import (
     Trace,
     Tracer,

@@ -17,7 +17,7 @@ from spmd import dtypes
 from spmd.array_methods import ArrayMethods
 from spmd.errors import InternalError
 from spmd.ir.types import TensorType
-from spmd.sharding import NamedSharding, Sharding, SingleDeviceSharding
+from spmd.named_sharding import NamedSharding, Sharding, SingleDeviceSharding
 
 
 class Shard:

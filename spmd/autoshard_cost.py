@@ -48,7 +48,7 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
     import spmd
     import spmd.numpy as snp
     from spmd.api import ShapeDtypeStruct
-    from spmd.sharding import NamedSharding, P
+    from spmd.named_sharding import NamedSharding, P
     from spmd.sim import simulate
 
     rep = NamedSharding(mesh, P())

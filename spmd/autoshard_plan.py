@@ -51,7 +51,7 @@ def apply(graph: Graph, mesh: Mesh, sol: Solution, donated: tuple[bool, ...] = (
     """The chosen layouts as shardings, the graph with constraints, its compiled SimReport
     (donated parameters' buffers reused, as jit's donate_argnums)."""
     from spmd import dispatch
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     def sharding(d: Dims) -> Any:
         return NamedSharding(mesh, dispatch.user_spec(d))
@@ -104,7 +104,7 @@ def constrain(
     the layouts its body was solved for (the partitioner runs a body with the layouts its
     operands have) and its body is constrained the same way."""
     from spmd import dispatch
-    from spmd.sharding import NamedSharding, ShardingAttr
+    from spmd.named_sharding import NamedSharding, ShardingAttr
 
     pins = pinned(sol, chosen)
     bodies = {

@@ -189,7 +189,7 @@ class _Reader:
 def _restore_leaf(folder: str, leaf: dict[str, Any], sharding: Any) -> Any:
     from spmd.array import Array
     from spmd.ir.types import TensorType
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     shape = tuple(leaf["shape"])
     reader = _Reader(folder, leaf)
@@ -278,7 +278,7 @@ def _check_leaf(folder: str, entry: dict[str, Any], leaf: Any) -> None:
 
 
 def _flat_shardings(shardings: Any, count: int) -> list[Any]:
-    from spmd.sharding import Sharding
+    from spmd.named_sharding import Sharding
     from spmd.tree import tree_leaves
 
     if shardings is None:

@@ -38,7 +38,7 @@ def _world(leaves: list[Any]) -> tuple[int | None, int, Any]:
     process alone, whichever it is (a tree of host values: save it from one process)."""
     from spmd import distributed
     from spmd.array import Array
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     spread = any(
         isinstance(leaf, Array)
@@ -56,7 +56,7 @@ def owned_shards(leaf: Any, me: int | None) -> list[tuple[int, files.Box, np.nda
     writes (None: the only writer, every range): a replicated range once, by the process of its
     first device in mesh order; a plain value (the same on every process) by process 0."""
     from spmd.array import Array
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     if not (isinstance(leaf, Array) and isinstance(leaf.sharding, NamedSharding)):
         value = np.asarray(leaf)

@@ -15,7 +15,8 @@ import numpy as np
 
 import spmd
 from spmd.errors import CheckpointError, ShapeError
-from spmd.sharding import Mesh, NamedSharding, PartitionSpec, current_mesh
+from spmd.mesh import Mesh, current_mesh
+from spmd.named_sharding import NamedSharding, PartitionSpec
 
 Batch = dict[str, Any] | tuple[Any, ...]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from spmd import config, dispatch
 from spmd.errors import LaunchError
-from spmd.sharding import Device, Mesh, NamedSharding, make_mesh
+from spmd.mesh import Device, Mesh, make_mesh
+from spmd.named_sharding import NamedSharding
 
 
 def initialize(runtime: str | None = None, **options: Any) -> None:

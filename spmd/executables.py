@@ -17,15 +17,9 @@ from spmd.errors import ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.printer import print_graph
 from spmd.ir.types import TensorType
+from spmd.mesh import Mesh, make_mesh
+from spmd.named_sharding import NamedSharding, PartitionSpec, ShardingAttr, SingleDeviceSharding
 from spmd.runtime_state import runtime, runtime_api, simulator
-from spmd.sharding import (
-    Mesh,
-    NamedSharding,
-    PartitionSpec,
-    ShardingAttr,
-    SingleDeviceSharding,
-    make_mesh,
-)
 from spmd.sim_calls import on_call  # abstract calls, tpu-sim time (spmd.sim)
 from spmd.specs import mesh_shape, spec_of, user_spec
 

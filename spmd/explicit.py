@@ -19,8 +19,7 @@ import optree
 from spmd import dtypes
 from spmd.errors import ShardingError
 from spmd.mesh import AxisType, Device, current_mesh
-from spmd.ops import REGISTRY, Trait
-from spmd.sharding import (
+from spmd.named_sharding import (
     DimSpec,
     NamedSharding,
     PartitionSpec,
@@ -28,6 +27,7 @@ from spmd.sharding import (
     ShardingAttr,
     SingleDeviceSharding,
 )
+from spmd.ops import REGISTRY, Trait
 from spmd.tracing import Tracer, current_trace, describe_loc, type_of
 
 

@@ -87,7 +87,7 @@ class StateSharding:
 
     def __init__(self, axis: str | None, mesh: Any, param_specs: Any = None):
         if axis is not None and mesh is None:
-            from spmd.sharding import current_mesh
+            from spmd.mesh import current_mesh
 
             mesh = current_mesh()  # the mesh of an enclosing `with mesh:` block
         if axis is not None and mesh is None:
@@ -117,7 +117,7 @@ class StateSharding:
 
     def param_shardings(self, params: Any) -> list[Any] | None:
         """With ZeRO-1, updated params go back to their own layout (an all-gather)."""
-        from spmd.sharding import NamedSharding, PartitionSpec
+        from spmd.named_sharding import NamedSharding, PartitionSpec
 
         if self.axis is None:
             return None
@@ -132,7 +132,7 @@ class StateSharding:
         ]
 
     def _zero_spec(self, shape: tuple[int, ...], base: tuple[Any, ...]) -> Any:
-        from spmd.sharding import NamedSharding, PartitionSpec
+        from spmd.named_sharding import NamedSharding, PartitionSpec
 
         entries = list(base) + [None] * (len(shape) - len(base))
         used = {a for e in entries if e for a in ((e,) if isinstance(e, str) else e)}
@@ -163,7 +163,7 @@ def _with_axis(entry: Any, axis: str) -> Any:
 
 
 def _spec_of(leaf: Any, mesh: Any) -> tuple[Any, ...]:
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     sharding = getattr(leaf, "sharding", None)
     if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
@@ -191,7 +191,7 @@ def _zeros_like(params: Any) -> Any:
     """Zeros laid out like each parameter (a committed sharded parameter's state is too)."""
     from spmd.array import Array
     from spmd.dispatch import device_put
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     snp = _snp()
 

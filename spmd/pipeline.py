@@ -20,11 +20,12 @@ import numpy as np
 from spmd import lax
 from spmd.collective_api import axis_index, ppermute, psum
 from spmd.errors import InternalError, ShapeError
+from spmd.mesh import Mesh
+from spmd.named_sharding import PartitionSpec
 from spmd.pipeline_checks import check_stage_output, lay_out, like
 from spmd.pipeline_scan import run_forward_scan
 from spmd.pipeline_schedule import FORWARD, Schedule, Slot
 from spmd.shard_map import shard_map
-from spmd.sharding import Mesh, PartitionSpec
 from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_unflatten
 

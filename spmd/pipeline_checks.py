@@ -11,8 +11,9 @@ from typing import Any
 
 from spmd import lax
 from spmd.errors import ShapeError, ShardingError
+from spmd.mesh import Mesh, current_mesh
+from spmd.named_sharding import NamedSharding, P, PartitionSpec
 from spmd.pipeline_schedule import Schedule, make_schedule
-from spmd.sharding import Mesh, NamedSharding, P, PartitionSpec, current_mesh
 from spmd.tracing import Tracer, describe_loc, type_of
 from spmd.tree import tree_flatten, tree_leaves
 

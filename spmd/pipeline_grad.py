@@ -21,13 +21,14 @@ import numpy as np
 
 from spmd.collective_api import psum
 from spmd.errors import ShapeError
+from spmd.mesh import Mesh
+from spmd.named_sharding import P, PartitionSpec
 from spmd.pipeline import pipeline
 from spmd.pipeline_buffers import plan
 from spmd.pipeline_checks import circular, lay_out
 from spmd.pipeline_grad_scan import ScanRun
 from spmd.pipeline_grad_ticks import UnrolledRun
 from spmd.shard_map import shard_map
-from spmd.sharding import Mesh, P, PartitionSpec
 from spmd.tracing import describe_loc, type_of
 from spmd.tree import tree_flatten, tree_unflatten
 

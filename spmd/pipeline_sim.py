@@ -20,9 +20,10 @@ from typing import Any
 from spmd import sim
 from spmd.autodiff import vjp
 from spmd.collective_api import ppermute
+from spmd.mesh import Mesh
+from spmd.named_sharding import NamedSharding, PartitionSpec
 from spmd.pipeline_checks import lay_out
 from spmd.shard_map import shard_map
-from spmd.sharding import Mesh, NamedSharding, PartitionSpec
 from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_map, tree_unflatten
 

@@ -13,8 +13,8 @@ import numpy as np
 from partitioner import layout
 from spmd.array import Array, Shard, global_value, use_placement
 from spmd.errors import ShardingError
+from spmd.named_sharding import NamedSharding, Sharding, SingleDeviceSharding
 from spmd.runtime_state import current_runtime, runtime_api
-from spmd.sharding import NamedSharding, Sharding, SingleDeviceSharding
 from spmd.specs import mesh_shape, spec_of
 from spmd.tracing import type_of
 from spmd.tree import tree_flatten, tree_unflatten

@@ -14,8 +14,9 @@ from spmd.collective_api import mesh_axes
 from spmd.errors import InternalError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
+from spmd.mesh import Mesh, current_mesh
+from spmd.named_sharding import PartitionSpec, normalize_spec
 from spmd.ops.spmd_map import Spec, block_shape, dim_factor, unmentioned_axes
-from spmd.sharding import Mesh, PartitionSpec, current_mesh, normalize_spec
 from spmd.tracing import bind, current_trace, describe_loc, type_of
 from spmd.tree import tree_flatten, tree_leaves, tree_unflatten
 
@@ -154,7 +155,7 @@ class _EagerShardMap:
     def call(self, traced: Callable[..., Any], grid: Mesh, args: tuple) -> Any:
         from spmd.api import JitFunction
         from spmd.dispatch import user_spec
-        from spmd.sharding import NamedSharding
+        from spmd.named_sharding import NamedSharding
 
         if grid not in self.jitted:
             owner = self
@@ -263,7 +264,7 @@ def _check_varying(
 
 def _own_spec(x: Any, grid: Mesh) -> Any:
     """in_specs=None: an Array keeps its own spec on this mesh; anything else is replicated."""
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     sharding = getattr(x, "sharding", None)
     if isinstance(sharding, NamedSharding) and sharding.mesh == grid:

@@ -20,7 +20,7 @@ from typing import Any
 from spmd.api import JitFunction, ShapeDtypeStruct, jit
 from spmd.array import Array
 from spmd.errors import ShardingError
-from spmd.sharding import Sharding
+from spmd.named_sharding import Sharding
 from spmd.sim_calls import (
     STATE,
     SimulatedProgram,

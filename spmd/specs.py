@@ -10,7 +10,7 @@ from partitioner.cost import reshard_moved as _reshard_moved
 from partitioner.spec import MeshShape, ShardSpec
 from spmd.ir.types import TensorType
 from spmd.mesh import Mesh
-from spmd.sharding import PartitionSpec, Sharding
+from spmd.named_sharding import PartitionSpec, Sharding
 
 
 def mesh_shape(mesh: Mesh) -> MeshShape:

@@ -25,7 +25,7 @@ def _traced_blocks(x: Any) -> dict[tuple[tuple[int, int], ...], list[int]]:
     a dim over axes of n devices in all splits into blocks of ceil(size / n), the last
     clipped, numbered major axis first (as arrays are laid out)."""
     from spmd.explicit import typeof
-    from spmd.sharding import NamedSharding
+    from spmd.named_sharding import NamedSharding
 
     sharding = typeof(x).sharding
     if not isinstance(sharding, NamedSharding):

@@ -19,9 +19,9 @@ from spmd import lax
 from spmd.errors import ShapeError
 from spmd.ir.graph import Op
 from spmd.ir.types import TensorType
+from spmd.named_sharding import ShardingAttr
 from spmd.ops import REGISTRY
 from spmd.ops.attrs import with_leading_axis
-from spmd.sharding import ShardingAttr
 from spmd.tracing import bind, describe_loc, type_of
 
 Args = list[tuple[Any, bool]]

@@ -287,7 +287,7 @@ def parse_number(text: str) -> int | float:
 
 def parse_sharding(text: str, error: Any) -> Any:
     """`#sharding<[data=2,model=4] [{data}, {}]>` to a ShardingAttr."""
-    from spmd.sharding import ShardingAttr
+    from spmd.named_sharding import ShardingAttr
 
     match = re.fullmatch(r"#sharding<\[([^\]]*)\]\s*\[([^\]]*)\]>", text)
     if match is None:

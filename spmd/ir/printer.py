@@ -1,7 +1,7 @@
 """IR text: prints a Graph as readable StableHLO-like text that spmd.ir.parser reads back.
 
 Value ids are printed as they are (`%1234`, process-unique), not renumbered, so that
-`parse_graph(print_graph(g)) == g` holds exactly. Imports only the IR and spmd.sharding.
+`parse_graph(print_graph(g)) == g` holds exactly. Imports only the IR and spmd.named_sharding.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class Printer:
 
 def format_scalar_attr(value: Any) -> str:
     """Any attribute value other than a tuple or a Graph."""
-    from spmd.sharding import ShardingAttr
+    from spmd.named_sharding import ShardingAttr
 
     if value is None:
         return "none"

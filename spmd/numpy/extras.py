@@ -116,7 +116,7 @@ def placed(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _on_set_mesh(x: Any) -> Any:
     from spmd.array import Array
     from spmd.mesh import set_mesh_in_effect
-    from spmd.sharding import NamedSharding, PartitionSpec
+    from spmd.named_sharding import NamedSharding, PartitionSpec
 
     mesh = set_mesh_in_effect()
     if mesh is None or not isinstance(x, Array) or isinstance(x.sharding, NamedSharding):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.autodiff import vjp
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
@@ -35,8 +36,6 @@ from spmd.ops.attention_ref import (
     ungroup,
     ungroup_scores,
 )
-from spmd.ops.common import lax as _lax
-from spmd.ops.common import numpy as public_numpy
 from spmd.ops.opdef import Factors, OpDef
 from spmd.tracing import bind
 
@@ -199,20 +198,22 @@ def _fwd_vjp(
     nn.ring_attention, which merges blocks by their lse) enters as one more value column:
     d lse / d scores = the probabilities, so with v' = [v, 1], out' = [out, 0] and
     d_out' = [d_out, d_lse] the backward's d_p gains d_lse per row and its delta does not."""
-    lax, snp = _lax(), public_numpy()
-
     d_out, d_lse = cts[0], cts[1] if len(cts) > 1 else None
     if d_out is None and d_lse is None:
         return (None,) * (3 + len(extra))
     o, lse = out
     v_in = v
+    last = o.type.ndim - 1
     if d_out is None:
-        d_out = snp.zeros(o.type.shape, o.type.dtype)
+        d_out = prim.full(o.type.shape, 0, o.type.dtype)
     if d_lse is not None:
-        col = snp.swapaxes(d_lse, -1, -2)[..., None].astype(o.type.dtype)
-        d_out = snp.concatenate([d_out, col], axis=-1)
-        o = snp.concatenate([o, snp.zeros_like(col)], axis=-1)
-        v = snp.concatenate([v, snp.ones(v.type.shape[:-1] + (1,), v.type.dtype)], axis=-1)
+        # d_lse [*b,N,T] as a column [*b,T,N,1]
+        nb = last - 2
+        col = prim.transpose(d_lse, (*range(nb), nb + 1, nb))
+        col = prim.convert_element_type(prim.expand_dims(col, (last,)), o.type.dtype)
+        d_out = prim.concatenate([d_out, col], last)
+        o = prim.concatenate([o, prim.zeros_like(col)], last)
+        v = prim.concatenate([v, prim.full(v.type.shape[:-1] + (1,), 1, v.type.dtype)], last)
     grads = bind(
         "dot_product_attention_bwd",
         q,
@@ -229,9 +230,9 @@ def _fwd_vjp(
     )
     result = list(grads[:3])
     if d_lse is not None:
-        result[2] = result[2][..., : v_in.type.shape[-1]]
+        result[2] = prim.slice_in_dim(result[2], 0, v_in.type.shape[-1], 1, last)
     if has_bias:
-        result.append(lax.convert_element_type(grads[3], extra[0].type.dtype))
+        result.append(prim.convert_element_type(grads[3], extra[0].type.dtype))
     if has_mask:
         result.append(None)
     return tuple(result)
@@ -249,23 +250,50 @@ def _unfused(
 ) -> Any:
     """The op's forward composed of primitive ops (for derivatives of its backward only:
     it builds the S x S scores)."""
-    snp = public_numpy()
     bias, mask = split_extra(extra, has_bias, has_mask)
+    nb = q.type.ndim - 3
+    batch = tuple(range(nb))
     n, kh = q.type.shape[-2], k.type.shape[-2]
     t, s = q.type.shape[-3], k.type.shape[-3]
-    k, v = snp.repeat(k, n // kh, axis=-2), snp.repeat(v, n // kh, axis=-2)
-    logits = snp.einsum("...tnh,...snh->...nts", q, k) * scale
+    k, v = _repeat_heads(k, n // kh), _repeat_heads(v, n // kh)
+    # "...tnh,...snh->...nts": batch dims and heads are dot_general's batch, h contracts
+    logits = prim.dot_general(q, k, (((nb + 2,), (nb + 2,)), ((*batch, nb + 1), (*batch, nb + 1))))
+    logits = prim.mul(logits, scale)
+    shape, dtype = logits.type.shape, logits.type.dtype
+    every = tuple(range(nb + 3))
     if bias is not None:
-        logits = logits + bias.astype(logits.dtype)
-    keep = np.tril(np.ones((t, s), bool)) if is_causal else None
+        logits = prim.add(
+            logits, prim.broadcast_in_dim(prim.convert_element_type(bias, dtype), shape, every)
+        )
+    keep = None
+    if is_causal:
+        tril = prim.constant(np.tril(np.ones((t, s), bool)))
+        keep = prim.broadcast_in_dim(tril, shape, (nb + 1, nb + 2))
     if mask is not None:
-        keep = mask if keep is None else snp.logical_and(mask, keep)
+        wide = prim.broadcast_in_dim(mask, shape, every)
+        keep = wide if keep is None else prim.bitwise_and(wide, keep)
     if keep is not None:
-        logits = snp.where(keep, logits, LARGE_NEGATIVE)
-    peak = _lax().stop_gradient(snp.max(logits, axis=-1, keepdims=True))
-    weights = snp.exp(logits - peak)
-    probs = weights / snp.sum(weights, axis=-1, keepdims=True)
-    return snp.einsum("...nts,...snh->...tnh", probs, v)
+        logits = prim.select(keep, logits, LARGE_NEGATIVE)
+    rows = every[:-1]
+    peak = prim.broadcast_in_dim(
+        prim.stop_gradient(prim.reduce_max(logits, (nb + 2,))), shape, rows
+    )
+    weights = prim.exp(prim.sub(logits, peak))
+    probs = prim.div(
+        weights, prim.broadcast_in_dim(prim.reduce_sum(weights, (nb + 2,)), shape, rows)
+    )
+    # "...nts,...snh->...tnh": s contracts; the result [*b,n,t,h] puts t before n
+    out = prim.dot_general(probs, v, (((nb + 2,), (nb,)), ((*batch, nb), (*batch, nb + 1))))
+    return prim.transpose(out, (*batch, nb + 1, nb, nb + 2))
+
+
+def _repeat_heads(x: Any, r: int) -> Any:
+    """x [*b,S,K,H] with each head repeated r times in place: [*b,S,K*r,H] (numpy.repeat)."""
+    shape = x.type.shape
+    nb = len(shape) - 3
+    big = shape[: nb + 2] + (r,) + shape[nb + 2 :]
+    wide = prim.broadcast_in_dim(x, big, (*range(nb + 2), nb + 3))
+    return prim.reshape(wide, shape[: nb + 1] + (shape[nb + 1] * r, shape[nb + 2]))
 
 
 def _bwd_vjp(
@@ -286,7 +314,6 @@ def _bwd_vjp(
     """Second-order derivatives: the backward as a function of (q, k, v, d_out[, bias]) is
     the VJP of the unfused forward; out and lse are functions of q, k, v, so all of the
     dependence flows through those (their own cotangents are zero)."""
-    lax = _lax()
     attrs = (scale, is_causal, has_bias, has_mask)
     mask = extra[1:] if has_bias else extra
 
@@ -297,7 +324,7 @@ def _bwd_vjp(
     bias = extra[:1] if has_bias else ()
     _, pullback = vjp(backward, q, k, v, d_out, *bias)
     filled = tuple(
-        lax.full(t.type.shape, 0, t.type.dtype) if ct is None else ct for ct, t in zip(cts, out)
+        prim.full(t.type.shape, 0, t.type.dtype) if ct is None else ct for ct, t in zip(cts, out)
     )
     grads = pullback(filled)
     result = [*grads[:3], None, None, grads[3]]

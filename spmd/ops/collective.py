@@ -14,20 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from spmd import primitives as prim
 from spmd.errors import InternalError, ShapeError
 from spmd.ir.types import TensorType
-from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.elementwise import elementwise_factors
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef, Trait
+from spmd.tracing import bind
 
 REDUCERS = {"sum": np.add, "max": np.maximum, "min": np.minimum, "prod": np.multiply}
-
-
-def _lax() -> Any:
-    from spmd import collective_api
-
-    return collective_api
 
 
 def _single(name: str) -> Any:
@@ -159,12 +154,11 @@ def _blocked_factors(*dim_attrs: str) -> Any:
 def _all_reduce_vjp(
     ct: Any, x: Any, *, out: Any, axes: Any, group_size: int, kind: str = "sum"
 ) -> Any:
-    lax = public_lax()
-    summed = _lax().psum(ct, axes)
+    summed = bind("all_reduce", ct, axes=axes, group_size=group_size, kind="sum")
     if kind == "sum":
         return summed
-    hit = lax.convert_element_type(lax.eq(x, out), x.type.dtype)
-    return lax.mul(summed, hit)
+    hit = prim.convert_element_type(prim.eq(x, out), x.type.dtype)
+    return prim.mul(summed, hit)
 
 
 OPS = [
@@ -181,8 +175,8 @@ OPS = [
         "all_gather",
         _gather_type,
         _single("all_gather"),
-        lambda ct, x, *, out, axes, group_size, dim: _lax().psum_scatter(
-            ct, axes, scatter_dimension=dim, tiled=True
+        lambda ct, x, *, out, axes, group_size, dim: bind(
+            "reduce_scatter", ct, axes=axes, group_size=group_size, dim=dim, kind="sum"
         ),
         _blocked_factors("dim"),
         extra={"group_reference": group_all_gather},
@@ -193,8 +187,8 @@ OPS = [
         "reduce_scatter",
         _scatter_type,
         _single("reduce_scatter"),
-        lambda ct, x, *, out, axes, group_size, dim, kind="sum": _lax().all_gather(
-            ct, axes, axis=dim, tiled=True
+        lambda ct, x, *, out, axes, group_size, dim, kind="sum": bind(
+            "all_gather", ct, axes=axes, group_size=group_size, dim=dim
         ),
         _blocked_factors("dim"),
         extra={"group_reference": group_reduce_scatter},
@@ -205,8 +199,13 @@ OPS = [
         "all_to_all",
         _all_to_all_type,
         _single("all_to_all"),
-        lambda ct, x, *, out, axes, group_size, split_dim, concat_dim: _lax().all_to_all(
-            ct, axes, concat_dim, split_dim, tiled=True
+        lambda ct, x, *, out, axes, group_size, split_dim, concat_dim: bind(
+            "all_to_all",
+            ct,
+            axes=axes,
+            group_size=group_size,
+            split_dim=concat_dim,
+            concat_dim=split_dim,
         ),
         _blocked_factors("split_dim", "concat_dim"),
         extra={"group_reference": group_all_to_all},
@@ -217,11 +216,13 @@ OPS = [
         "collective_permute",
         lambda x, **_: x,
         _single("collective_permute"),
-        lambda ct, x, *, out, axes, group_size, pairs, reason="": _lax().ppermute(
+        lambda ct, x, *, out, axes, group_size, pairs, reason="": bind(
+            "collective_permute",
             ct,
-            axes,
-            tuple((d, s) for s, d in pairs),
-            reason=f"backward of {reason}" if reason else "",
+            axes=axes,
+            group_size=group_size,
+            pairs=tuple((d, s) for s, d in pairs),
+            **({"reason": f"backward of {reason}"} if reason else {}),
         ),
         elementwise_factors,
         extra={"group_reference": group_permute},

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from spmd import dtypes
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
-
-
-def lax() -> ModuleType:
-    """spmd.lax, which the VJP rules emit their ops with. It is made from this registry (its
-    elementwise functions come from the OpDefs' `public`), so it sits above spmd.ops and is
-    imported on first use: the one way the op families reach the public layer."""
-    from spmd import lax as public_lax
-
-    return public_lax
-
-
-def numpy() -> ModuleType:
-    """spmd.numpy, for the VJP rules that compose the ops numpy-style (attention's)."""
-    from spmd import numpy as public_numpy
-
-    return public_numpy
-
 
 LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

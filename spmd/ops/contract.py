@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, same_dtypes
-from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef
 
 DimNums = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]]]
@@ -127,17 +127,16 @@ def _transpose_side(
     dtype: str,
 ) -> Any:
     """Cotangent of one operand: contract ct with the other operand, then permute back."""
-    lax = _lax()
     nb = len(my_batch)
     other_free = free_dims(other.type.ndim, other_contract, other_batch)
-    d = lax.dot_general(
+    d = prim.dot_general(
         ct, other, ((tuple(ct_other), tuple(other_free)), (tuple(range(nb)), tuple(other_batch)))
     )
     other_rest = [i for i in range(other.type.ndim) if i not in other_free and i not in other_batch]
     src = list(my_batch) + free_dims(me_ndim, my_contract, my_batch)
     src += [my_contract[other_contract.index(r)] for r in other_rest]
-    d = lax.transpose(d, [src.index(j) for j in range(me_ndim)])
-    return lax.convert_element_type(d, dtype)
+    d = prim.transpose(d, [src.index(j) for j in range(me_ndim)])
+    return prim.convert_element_type(d, dtype)
 
 
 def _dot_vjp(
@@ -156,7 +155,7 @@ def _dot_vjp(
     ct_lf = list(range(nb, nb + nlf))
     ct_rf = list(range(nb + nlf, nb + nlf + nrf))
     if preferred_element_type is not None:
-        ct = _lax().convert_element_type(ct, lhs.type.dtype)
+        ct = prim.convert_element_type(ct, lhs.type.dtype)
     d_lhs = _transpose_side(ct, rhs, lhs.type.ndim, lc, lb, rc, rb, ct_rf, lhs.type.dtype)
     d_rhs = _transpose_side(ct, lhs, rhs.type.ndim, rc, rb, lc, lb, ct_lf, rhs.type.dtype)
     return d_lhs, d_rhs

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.autodiff import backward, replay, trace_flat, vjp_graph
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
-from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import NONDIFF, Factors, OpDef, Trait
 from spmd.ops.scan_residuals import split_residuals
 from spmd.ops.subgraph import (
@@ -193,8 +193,6 @@ def _scan_vjp_step(
 ) -> Any:
     """One backward step: (consts, ct_carry, acc, carry_i, x_i, ct_y_i) ->
     (ct of carry_i, acc + ct of consts, ct of x_i)."""
-    lax = public_lax()
-
     nx = len(body.params) - nc - ncar
 
     def step(*args: Any) -> list[Any]:
@@ -212,7 +210,7 @@ def _scan_vjp_step(
         for i, ct in zip(d_y, ct_y):
             result_cts[ncar + i] = ct
         param_cts = backward(body, env, result_cts)
-        new_acc = [lax.add(a, param_cts[i]) for a, i in zip(acc, d_const)]
+        new_acc = [prim.add(a, param_cts[i]) for a, i in zip(acc, d_const)]
         return (
             [param_cts[nc + i] for i in d_carry] + new_acc + [param_cts[nc + ncar + i] for i in d_x]
         )

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
-from spmd.ops.common import lax as _lax
 from spmd.ops.common import letters, need_float, same_dtypes, same_shapes
 from spmd.ops.opdef import ZERO_GRAD, Factors, Linearity, NumpyForm, OpDef, Public, Trait
 
@@ -91,23 +91,21 @@ def _int_div(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _pow_vjp(ct: Any, x: Any, y: Any, *, out: Any) -> tuple[Any, Any]:
-    lax = _lax()
-    dx = lax.mul(ct, lax.mul(y, lax.pow(x, lax.sub(y, 1.0))))
-    safe_log = lax.select(lax.eq(x, 0.0), lax.zeros_like(x), lax.log(lax.abs(x)))
-    return dx, lax.mul(ct, lax.mul(out, safe_log))
+    dx = prim.mul(ct, prim.mul(y, prim.pow(x, prim.sub(y, 1.0))))
+    safe_log = prim.select(prim.eq(x, 0.0), prim.zeros_like(x), prim.log(prim.abs(x)))
+    return dx, prim.mul(ct, prim.mul(out, safe_log))
 
 
 def _minmax_vjp(pick_first: str) -> Callable[..., tuple[Any, Any]]:
     """Ties split the cotangent in half between both operands (as JAX does)."""
 
     def vjp(ct: Any, x: Any, y: Any, *, out: Any) -> tuple[Any, Any]:
-        lax = _lax()
-        first = getattr(lax, pick_first)(x, y)
-        half = lax.mul(ct, 0.5)
-        zero = lax.zeros_like(ct)
-        tie = lax.eq(x, y)
-        dx = lax.select(tie, half, lax.select(first, ct, zero))
-        dy = lax.select(tie, half, lax.select(first, zero, ct))
+        first = getattr(prim, pick_first)(x, y)
+        half = prim.mul(ct, 0.5)
+        zero = prim.zeros_like(ct)
+        tie = prim.eq(x, y)
+        dx = prim.select(tie, half, prim.select(first, ct, zero))
+        dy = prim.select(tie, half, prim.select(first, zero, ct))
         return dx, dy
 
     return vjp
@@ -139,7 +137,7 @@ def _convert_ref(x: np.ndarray, *, new_dtype: str, weak: bool = False) -> np.nda
 def _convert_vjp(ct: Any, x: Any, *, out: Any, new_dtype: str, weak: bool = False) -> Any:
     if not dtypes.is_float(x.type.dtype):
         return None
-    return _lax().convert_element_type(ct, x.type.dtype, x.type.weak)
+    return prim.convert_element_type(ct, x.type.dtype, x.type.weak)
 
 
 def _select_type(p: TensorType, a: TensorType, b: TensorType) -> TensorType:
@@ -153,9 +151,8 @@ def _select_type(p: TensorType, a: TensorType, b: TensorType) -> TensorType:
 
 
 def _select_vjp(ct: Any, p: Any, a: Any, b: Any, *, out: Any) -> tuple[Any, Any, Any]:
-    lax = _lax()
-    zero = lax.zeros_like(ct)
-    return None, lax.select(p, ct, zero), lax.select(p, zero, ct)
+    zero = prim.zeros_like(ct)
+    return None, prim.select(p, ct, zero), prim.select(p, zero, ct)
 
 
 def _bool_or_int(name: str, unary: bool = False) -> Callable[..., TensorType]:
@@ -173,47 +170,43 @@ def _bool_or_int(name: str, unary: bool = False) -> Callable[..., TensorType]:
 
 
 def _mul(*a: Any) -> Any:
-    return _lax().mul(*a)
+    return prim.mul(*a)
 
 
 OPS = [
-    _unary("neg", np.negative, lambda ct, x, *, out: _lax().neg(ct), False, linear=Linearity.JOINT),
+    _unary("neg", np.negative, lambda ct, x, *, out: prim.neg(ct), False, linear=Linearity.JOINT),
     _unary("exp", np.exp, lambda ct, x, *, out: _mul(ct, out), numpy="exp"),
-    _unary("log", np.log, lambda ct, x, *, out: _lax().div(ct, x), numpy="log"),
-    _unary(
-        "log1p", np.log1p, lambda ct, x, *, out: _lax().div(ct, _lax().add(x, 1.0)), numpy="log1p"
-    ),
-    _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, _lax().add(out, 1.0)), numpy="expm1"),
+    _unary("log", np.log, lambda ct, x, *, out: prim.div(ct, x), numpy="log"),
+    _unary("log1p", np.log1p, lambda ct, x, *, out: prim.div(ct, prim.add(x, 1.0)), numpy="log1p"),
+    _unary("expm1", np.expm1, lambda ct, x, *, out: _mul(ct, prim.add(out, 1.0)), numpy="expm1"),
     _unary(
         "tanh",
         np.tanh,
-        lambda ct, x, *, out: _mul(ct, _lax().sub(1.0, _mul(out, out))),
+        lambda ct, x, *, out: _mul(ct, prim.sub(1.0, _mul(out, out))),
         numpy="tanh",
     ),
     _unary(
         "logistic",
         lambda x: 1 / (1 + np.exp(-x)),
-        lambda ct, x, *, out: _mul(ct, _mul(out, _lax().sub(1.0, out))),
+        lambda ct, x, *, out: _mul(ct, _mul(out, prim.sub(1.0, out))),
     ),
-    _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, _lax().cos(x)), numpy="sin"),
-    _unary("cos", np.cos, lambda ct, x, *, out: _lax().neg(_mul(ct, _lax().sin(x))), numpy="cos"),
+    _unary("sin", np.sin, lambda ct, x, *, out: _mul(ct, prim.cos(x)), numpy="sin"),
+    _unary("cos", np.cos, lambda ct, x, *, out: prim.neg(_mul(ct, prim.sin(x))), numpy="cos"),
     _unary(
-        "tan", np.tan, lambda ct, x, *, out: _mul(ct, _lax().add(1.0, _mul(out, out))), numpy="tan"
+        "tan", np.tan, lambda ct, x, *, out: _mul(ct, prim.add(1.0, _mul(out, out))), numpy="tan"
     ),
-    _unary("sqrt", np.sqrt, lambda ct, x, *, out: _lax().div(_mul(ct, 0.5), out), numpy="sqrt"),
+    _unary("sqrt", np.sqrt, lambda ct, x, *, out: prim.div(_mul(ct, 0.5), out), numpy="sqrt"),
     _unary(
         "rsqrt",
         lambda x: 1 / np.sqrt(x),
-        lambda ct, x, *, out: _mul(ct, _mul(_lax().div(out, x), -0.5)),
+        lambda ct, x, *, out: _mul(ct, _mul(prim.div(out, x), -0.5)),
     ),
     _unary(
         "erf",
         lambda x: _erf(x),
-        lambda ct, x, *, out: _mul(
-            ct, _mul(_lax().exp(_lax().neg(_mul(x, x))), 2 / np.sqrt(np.pi))
-        ),
+        lambda ct, x, *, out: _mul(ct, _mul(prim.exp(prim.neg(_mul(x, x))), 2 / np.sqrt(np.pi))),
     ),
-    _unary("abs", np.abs, lambda ct, x, *, out: _mul(ct, _lax().sign(x)), False),
+    _unary("abs", np.abs, lambda ct, x, *, out: _mul(ct, prim.sign(x)), False),
     _unary("sign", np.sign, ZERO_GRAD, False),
     _unary("floor", np.floor, ZERO_GRAD, numpy="floor"),
     _unary("ceil", np.ceil, ZERO_GRAD, numpy="ceil"),
@@ -239,7 +232,7 @@ OPS = [
         "sub",
         _binary_type("sub"),
         _quiet(np.subtract),
-        lambda ct, x, y, *, out: (ct, _lax().neg(ct)),
+        lambda ct, x, y, *, out: (ct, prim.neg(ct)),
         elementwise_factors,
         linear=Linearity.JOINT,
         public=_public("sub", "subtract"),
@@ -257,7 +250,7 @@ OPS = [
         "div",
         _binary_type("div"),
         _quiet(_int_div),
-        lambda ct, x, y, *, out: (_lax().div(ct, y), _lax().neg(_lax().div(_mul(ct, out), y))),
+        lambda ct, x, y, *, out: (prim.div(ct, y), prim.neg(prim.div(_mul(ct, out), y))),
         elementwise_factors,
         linear=Linearity.FIRST,
         public=_public("div"),
@@ -268,7 +261,7 @@ OPS = [
         _quiet(np.fmod),
         lambda ct, x, y, *, out: (
             ct,
-            _mul(_lax().neg(ct), _lax().round(_lax().div(_lax().sub(x, out), y))),
+            _mul(prim.neg(ct), prim.round(prim.div(prim.sub(x, out), y))),
         ),
         elementwise_factors,
         public=_public("rem"),
@@ -381,9 +374,8 @@ OPS = [replace(d, traits=Trait.ELEMENTWISE, shared_operands=()) for d in OPS]
 
 
 def _atan2_vjp(ct: Any, x: Any, y: Any) -> tuple[Any, Any]:
-    lax = _lax()
-    denom = lax.add(_mul(x, x), _mul(y, y))
-    return lax.div(_mul(ct, y), denom), lax.neg(lax.div(_mul(ct, x), denom))
+    denom = prim.add(_mul(x, x), _mul(y, y))
+    return prim.div(_mul(ct, y), denom), prim.neg(prim.div(_mul(ct, x), denom))
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, check_axis, letters, same_dtypes
-from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef, Trait
 
 
@@ -76,9 +76,8 @@ def _dynamic_slice_factors(
 def _dynamic_slice_vjp(
     ct: Any, x: Any, *starts: Any, out: Any, slice_sizes: tuple[int, ...]
 ) -> tuple[Any, ...]:
-    lax = _lax()
-    zeros = lax.full(x.type.shape, 0, x.type.dtype)
-    return (lax.dynamic_update_slice(zeros, ct, starts),) + (None,) * len(starts)
+    zeros = prim.full(x.type.shape, 0, x.type.dtype)
+    return (prim.dynamic_update_slice(zeros, ct, starts),) + (None,) * len(starts)
 
 
 # dynamic_update_slice -------------------------------------------------------------------
@@ -111,10 +110,9 @@ def _dynamic_update_factors(x: TensorType, update: TensorType, *starts: TensorTy
 
 
 def _dynamic_update_vjp(ct: Any, x: Any, update: Any, *starts: Any, out: Any) -> tuple[Any, ...]:
-    lax = _lax()
-    hole = lax.full(update.type.shape, 0, out.type.dtype)
-    ct_x = lax.dynamic_update_slice(ct, hole, starts)
-    ct_update = lax.dynamic_slice(ct, starts, update.type.shape)
+    hole = prim.full(update.type.shape, 0, out.type.dtype)
+    ct_x = prim.dynamic_update_slice(ct, hole, starts)
+    ct_update = prim.dynamic_slice(ct, starts, update.type.shape)
     return (ct_x, ct_update) + (None,) * len(starts)
 
 
@@ -169,9 +167,8 @@ def _gather_factors(x: TensorType, indices: TensorType, *, axis: int) -> Factors
 
 
 def _gather_vjp(ct: Any, x: Any, indices: Any, *, out: Any, axis: int) -> tuple[Any, None]:
-    lax = _lax()
-    zeros = lax.full(x.type.shape, 0, x.type.dtype)
-    return lax.scatter_add(zeros, indices, ct, axis), None
+    zeros = prim.full(x.type.shape, 0, x.type.dtype)
+    return prim.scatter_add(zeros, indices, ct, axis), None
 
 
 def _scatter_type(
@@ -220,7 +217,7 @@ def _scatter_factors(
 def _scatter_vjp(
     ct: Any, x: Any, indices: Any, updates: Any, *, out: Any, axis: int
 ) -> tuple[Any, None, Any]:
-    return ct, None, _lax().gather(ct, indices, axis)
+    return ct, None, prim.gather(ct, indices, axis)
 
 
 OPS = [

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import DTypeError, ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
-from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
 
 KINDS = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod, "and": np.all, "or": np.any}
@@ -56,21 +56,20 @@ def _reduce_factors(x: TensorType, *, kind: str, axes: tuple[int, ...]) -> Facto
 def _keep_axes(value: Any, x: Any, axes: tuple[int, ...]) -> Any:
     """Broadcast a reduced value back to x's shape."""
     kept = tuple(i for i in range(x.type.ndim) if i not in axes)
-    return _lax().broadcast_in_dim(value, x.type.shape, kept)
+    return prim.broadcast_in_dim(value, x.type.shape, kept)
 
 
 def _reduce_vjp(ct: Any, x: Any, *, out: Any, kind: str, axes: tuple[int, ...]) -> Any:
-    lax = _lax()
     ct_full = _keep_axes(ct, x, axes)
     if kind == "sum":
         return ct_full
     if kind in ("max", "min"):
         # The cotangent is shared equally among the positions that reached the extremum.
-        hit = lax.convert_element_type(lax.eq(x, _keep_axes(out, x, axes)), x.type.dtype)
-        count = _keep_axes(lax.reduce_sum(hit, axes), x, axes)
-        return lax.div(lax.mul(ct_full, hit), count)
+        hit = prim.convert_element_type(prim.eq(x, _keep_axes(out, x, axes)), x.type.dtype)
+        count = _keep_axes(prim.reduce_sum(hit, axes), x, axes)
+        return prim.div(prim.mul(ct_full, hit), count)
     if kind == "prod":
-        return lax.div(lax.mul(ct_full, _keep_axes(out, x, axes)), x)
+        return prim.div(prim.mul(ct_full, _keep_axes(out, x, axes)), x)
     return None
 
 
@@ -144,7 +143,7 @@ OPS = [
         "cumsum",
         _cumsum_type,
         _cumsum_ref,
-        lambda ct, x, *, out, axis, reverse: _lax().cumsum(ct, axis, not reverse),
+        lambda ct, x, *, out, axis, reverse: prim.cumsum(ct, axis, not reverse),
         _cumsum_factors,
         linear=Linearity.JOINT,
         attr_kinds={"axis": AttrKind.DIM},

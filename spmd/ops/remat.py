@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.autodiff import backward, replay, trace_flat
 from spmd.errors import InternalError, ShapeError
 from spmd.interpreter import evaluate
 from spmd.ir.graph import Attrs, Graph, Op, fresh_id
 from spmd.ir.types import TensorType
-from spmd.ops.common import lax as public_lax
 from spmd.ops.common import letters
 from spmd.ops.opdef import Factors, Linearity, OpDef, Trait, is_impure
 from spmd.passes.cse import cse
@@ -274,12 +274,11 @@ def remat_backward(
     op: Op, out_cts: Sequence[Any], primals: Sequence[Any], residuals: Sequence[Any]
 ) -> list[Any]:
     """Cotangents of a remat op's inputs: a recompute region on (primals, cts, residuals)."""
-    lax = public_lax()
 
     body: Graph = op.attrs["body"]
     split = split_remat(body, op.attrs["policy"])
     cts = [
-        lax.full(t.shape, 0, t.dtype) if ct is None else ct
+        prim.full(t.shape, 0, t.dtype) if ct is None else ct
         for ct, t in zip(out_cts, body.result_types)
         if dtypes.is_differentiable(t.dtype)
     ]

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS, letters
-from spmd.ops.common import lax as _lax
 from spmd.ops.elementwise import elementwise_factors
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, Linearity, OpDef, Trait
 
@@ -88,11 +88,10 @@ def _broadcast_factors(
 def _broadcast_vjp(
     ct: Any, x: Any, *, out: Any, shape: tuple[int, ...], broadcast_dimensions: tuple[int, ...]
 ) -> Any:
-    lax = _lax()
     dims = broadcast_dimensions
     summed = [d for d in range(len(shape)) if d not in dims]
     summed += [d for i, d in enumerate(dims) if x.type.shape[i] == 1 and shape[d] != 1]
-    return lax.reshape(lax.reduce_sum(ct, sorted(summed)), x.type.shape)
+    return prim.reshape(prim.reduce_sum(ct, sorted(summed)), x.type.shape)
 
 
 # reshape --------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ OPS = [
         "reshape",
         _reshape_type,
         lambda x, *, new_sizes: x.reshape(new_sizes),
-        lambda ct, x, *, out, new_sizes: _lax().reshape(ct, x.type.shape),
+        lambda ct, x, *, out, new_sizes: prim.reshape(ct, x.type.shape),
         _reshape_factors,
         linear=Linearity.JOINT,
         traits=Trait.VIEW,
@@ -222,7 +221,7 @@ OPS = [
         "transpose",
         _transpose_type,
         lambda x, *, permutation: np.transpose(x, permutation),
-        lambda ct, x, *, out, permutation: _lax().transpose(ct, np.argsort(permutation)),
+        lambda ct, x, *, out, permutation: prim.transpose(ct, np.argsort(permutation)),
         _transpose_factors,
         linear=Linearity.JOINT,
         traits=Trait.VIEW,

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import ShapeError
 from spmd.ir.types import TensorType
-from spmd.ops.common import lax as _lax
 from spmd.ops.common import letters, same_dtypes
 from spmd.ops.opdef import AttrKind, Factors, Linearity, OpDef, Trait
 
@@ -59,8 +59,8 @@ def _slice_vjp(
         used = s + (n - 1) * st + 1 if n else s
         config.append((s, size - used, st - 1) if n else (0, size, 0))
     if any(n == 0 for n in ct.type.shape):
-        return _lax().zeros_like(x)
-    return _lax().pad(ct, 0, config)
+        return prim.zeros_like(x)
+    return prim.pad(ct, 0, config)
 
 
 def _pad_type(x: TensorType, v: TensorType, *, padding_config: Any) -> TensorType:
@@ -107,18 +107,17 @@ def _pad_factors(x: TensorType, v: TensorType, *, padding_config: Any) -> Factor
 
 
 def _pad_vjp(ct: Any, x: Any, v: Any, *, out: Any, padding_config: Any) -> tuple[Any, Any]:
-    lax = _lax()
     unneg = [(max(-lo, 0), max(-hi, 0), 0) for lo, hi, _ in padding_config]
-    full = lax.pad(ct, 0, unneg) if any(a or b for a, b, _ in unneg) else ct
+    full = prim.pad(ct, 0, unneg) if any(a or b for a, b, _ in unneg) else ct
     starts, limits, strides = [], [], []
     for (lo, _, it), n in zip(padding_config, x.type.shape):
         start = max(lo, 0)
         starts.append(start)
         limits.append(start + (n - 1) * (it + 1) + 1 if n else start)
         strides.append(it + 1)
-    ct_x = lax.slice(full, starts, limits, strides)
+    ct_x = prim.slice(full, starts, limits, strides)
     all_axes = tuple(range(x.type.ndim))
-    ct_v = lax.sub(lax.reduce_sum(ct, all_axes), lax.reduce_sum(ct_x, all_axes))
+    ct_v = prim.sub(prim.reduce_sum(ct, all_axes), prim.reduce_sum(ct_x, all_axes))
     return ct_x, ct_v
 
 
@@ -148,7 +147,7 @@ def _concat_vjp(ct: Any, *xs: Any, out: Any, dimension: int) -> tuple[Any, ...]:
     cts, offset = [], 0
     for x in xs:
         n = x.type.shape[dimension]
-        cts.append(_lax().slice_in_dim(ct, offset, offset + n, 1, dimension))
+        cts.append(prim.slice_in_dim(ct, offset, offset + n, 1, dimension))
         offset += n
     return tuple(cts)
 
@@ -207,7 +206,7 @@ OPS = [
         "rev",
         _rev_type,
         lambda x, *, dimensions: np.flip(x, dimensions) if dimensions else x,
-        lambda ct, x, *, out, dimensions: _lax().rev(ct, dimensions),
+        lambda ct, x, *, out, dimensions: prim.rev(ct, dimensions),
         _rev_factors,
         linear=Linearity.JOINT,
         traits=Trait.VIEW,

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.ir.types import TensorType
 from spmd.ops.common import check_axis, letters
-from spmd.ops.common import lax as _lax
 from spmd.ops.opdef import ZERO_GRAD, AttrKind, Factors, OpDef
 
 
@@ -46,7 +46,6 @@ def _sort_factors(x: TensorType, *, dimension: int) -> Factors:
 
 def _sort_vjp(ct: Any, x: Any, *, out: Any, dimension: int) -> Any:
     """dx[idx[j]] = ct[j] along `dimension`: a scatter of ct through the sorting permutation."""
-    lax = _lax()
     t = x.type
     if t.ndim == 0:
         return ct
@@ -55,14 +54,14 @@ def _sort_vjp(ct: Any, x: Any, *, out: Any, dimension: int) -> Any:
     order = [d for d in range(t.ndim) if d != dimension] + [dimension]
     inverse = [int(i) for i in np.argsort(order)]
     rows = t.size // n if n else 0
-    idx = lax.reshape(lax.transpose(bind_argsort(x, dimension), order), (rows, n))
-    row_start = lax.mul(lax.iota("int32", (rows, n), 0), n)
-    flat_idx = lax.reshape(lax.add(idx, row_start), (rows * n,))
-    flat_ct = lax.reshape(lax.transpose(ct, order), (rows * n,))
-    zeros = lax.full((rows * n,), 0, dtypes.canonical(t.dtype))
-    scattered = lax.scatter_add(zeros, flat_idx, flat_ct, 0)
-    moved = lax.reshape(scattered, tuple(t.shape[d] for d in order))
-    return lax.transpose(moved, inverse)
+    idx = prim.reshape(prim.transpose(bind_argsort(x, dimension), order), (rows, n))
+    row_start = prim.mul(prim.iota("int32", (rows, n), 0), n)
+    flat_idx = prim.reshape(prim.add(idx, row_start), (rows * n,))
+    flat_ct = prim.reshape(prim.transpose(ct, order), (rows * n,))
+    zeros = prim.full((rows * n,), 0, dtypes.canonical(t.dtype))
+    scattered = prim.scatter_add(zeros, flat_idx, flat_ct, 0)
+    moved = prim.reshape(scattered, tuple(t.shape[d] for d in order))
+    return prim.transpose(moved, inverse)
 
 
 def bind_argsort(x: Any, dimension: int) -> Any:

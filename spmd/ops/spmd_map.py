@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.autodiff import backward, replay, trace_flat
 from spmd.errors import InternalError, ShapeError, ShardingError
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.mesh import coords_index, device_coords
 from spmd.named_sharding import ShardingAttr
-from spmd.ops.common import lax as public_lax
 from spmd.ops.opdef import Factors, OpDef, Trait
 from spmd.passes.dce import dce
 from spmd.spmd_interpreter import evaluate_spmd
@@ -216,7 +216,7 @@ def vjp_shard_map(
 
 
 def _cast(x: Any, dtype: str) -> Any:
-    return public_lax().convert_element_type(x, dtype)
+    return prim.convert_element_type(x, dtype)
 
 
 def grad_body(
@@ -241,13 +241,19 @@ def grad_body(
 
     n = len(body.params)
 
+    def group_of(axes: tuple[str, ...]) -> int:
+        return dim_factor(axes, axis_names, axis_sizes)
+
     def run(*args: Any) -> list[Any]:
         env = replay(body, args[:n])
         cts: list[Any] = [None] * len(body.results)
         for j, ct in zip(given, args[n:]):
-            cts[j] = _only_on_first(ct, unmentioned_axes(out_specs[j], axis_names))
+            cts[j] = _only_on_first(ct, unmentioned_axes(out_specs[j], axis_names), group_of)
         param_cts = backward(body, env, cts)
-        return [_sum_over(param_cts[i], unmentioned_axes(in_specs[i], axis_names)) for i in wrt]
+        return [
+            _sum_over(param_cts[i], unmentioned_axes(in_specs[i], axis_names), group_of)
+            for i in wrt
+        ]
 
     with mesh_axes(axis_names, axis_sizes):
         graph, captured = trace_flat(run, list(body.param_types) + list(ct_types))
@@ -262,18 +268,21 @@ def constrain(x: Any, spec: Spec, axis_names: tuple[str, ...], axis_sizes: tuple
     return bind("sharding_constraint", x, sharding=attr) if any(spec) else x
 
 
-def _only_on_first(ct: Any, axes: tuple[str, ...]) -> Any:
+def _only_on_first(ct: Any, axes: tuple[str, ...], group_of: Callable[..., int]) -> Any:
     """ct on the device at index 0 along `axes`, zeros on the others."""
     if not axes:
         return ct
-    lax = public_lax()
-    first = lax.eq(lax.axis_index(axes), 0)
-    mask = lax.broadcast_in_dim(first, type_of(ct).shape, ())
-    return lax.select(mask, ct, lax.zeros_like(ct))
+    index = bind("axis_index", axes=axes, group_size=group_of(axes))
+    first = prim.eq(index, 0)
+    mask = prim.broadcast_in_dim(first, type_of(ct).shape, ())
+    return prim.select(mask, ct, prim.zeros_like(ct))
 
 
-def _sum_over(ct: Any, axes: tuple[str, ...]) -> Any:
-    return public_lax().psum(ct, axes) if axes else ct
+def _sum_over(ct: Any, axes: tuple[str, ...], group_of: Callable[..., int]) -> Any:
+    """ct summed over the devices along `axes` (psum)."""
+    if not axes:
+        return ct
+    return bind("all_reduce", ct, axes=axes, group_size=group_of(axes), kind="sum")
 
 
 OPS = [

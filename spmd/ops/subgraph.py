@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from spmd import dtypes
+from spmd import primitives as prim
 from spmd.errors import ShapeError
 from spmd.interpreter import evaluate
 from spmd.ir.graph import Graph
 from spmd.ir.types import TensorType
 from spmd.ops.common import LETTERS
-from spmd.ops.common import lax as public_lax
 
 
 def evaluate_graph(graph: Graph, args: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -51,4 +51,4 @@ def is_diff(t: TensorType) -> bool:
 
 def ct_or_zeros(ct: Any, t: TensorType) -> Any:
     """A cotangent, or zeros of type t for a None (zero) cotangent."""
-    return public_lax().full(t.shape, 0, t.dtype) if ct is None else ct
+    return prim.full(t.shape, 0, t.dtype) if ct is None else ct

@@ -58,12 +58,10 @@ def _elementwise(opdef: OpDef) -> Any:
     return op
 
 
-# add, sub, exp, bitwise_and, ...: one per registry entry naming one (a new op: no line here)
-
-
 def __getattr__(name: str) -> Any:
-    """add, sub, exp, bitwise_and, ...: made from the registry entry whose `public` names it,
-    on first use (rules run at trace time, once every op family has registered its ops)."""
+    """add, sub, exp, bitwise_and, ...: made from the registry entry whose `public` names it
+    (a new op: no line here), on first use (rules run at trace time, once every op family
+    has registered its ops)."""
     for opdef in REGISTRY.values():
         if opdef.public is not None and opdef.public.lax == name:
             # cached, so the next use is a plain attribute (none shadows a builtin used here)

@@ -234,11 +234,8 @@ def grad_body(
 
     An output whose spec leaves out mesh axes came from device 0 along them, so only that
     device gets its cotangent; an input replicated over axes sums its cotangents over them.
+    The body's collectives carry their groups, so their VJP rules need no bound mesh axes.
     """
-    # the facade's stack of bound mesh axes, which the body's collectives (and their VJP
-    # rules) resolve their axis names against
-    from spmd.collective_api import mesh_axes
-
     n = len(body.params)
 
     def group_of(axes: tuple[str, ...]) -> int:
@@ -255,8 +252,7 @@ def grad_body(
             for i in wrt
         ]
 
-    with mesh_axes(axis_names, axis_sizes):
-        graph, captured = trace_flat(run, list(body.param_types) + list(ct_types))
+    graph, captured = trace_flat(run, list(body.param_types) + list(ct_types))
     if captured:
         raise InternalError("the VJP body of a shard_map captured outer values")
     return dce(graph)

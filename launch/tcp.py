@@ -299,6 +299,8 @@ class TCPRuntime(MultiControllerRuntime):
         """An uncaught exception ends this process and, through an abort message, the others;
         a RemoteError caused by a peer's failure is one line (that peer prints its traceback)."""
         lost = self.channel.lost
+        if isinstance(value, RemoteError) and lost is None:
+            lost = self._awaited_abort()
         if isinstance(value, RemoteError) and lost is not None:
             self._stop(f"stopping: {lost[1]}", PEER_STOPPED_CODE)
         text = "".join(traceback.format_exception(value)).rstrip()
@@ -310,6 +312,16 @@ class TCPRuntime(MultiControllerRuntime):
             f"{socket.gethostname()}) failed with {summary}",
         )
         self._stop(None, 130 if isinstance(value, KeyboardInterrupt) else 1)
+
+    def _awaited_abort(self) -> tuple[int, str] | None:
+        """The peer this process waited for may have left because a third process failed (it
+        stops with a goodbye), and that failure's abort may still be on its way here: wait
+        for it a moment before blaming this process."""
+        with self.mailbox.cond:
+            self.mailbox.cond.wait_for(
+                lambda: self.channel.lost is not None, timeout=PEER_LOST_GRACE_S
+            )
+        return self.channel.lost
 
     def _peer_lost(self, peer: int, text: str) -> None:
         """Called by a socket reader: ends this process unless it ends by itself first."""

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import pkgutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fresh_python import fresh_python
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("spmd", "partitioner", "collectives", "backends", "launch")
@@ -46,16 +46,7 @@ def test_every_package_has_modules():
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_module_imports_in_a_fresh_interpreter(package):
     names = modules_of(package)
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, *names],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    failed = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = json.loads(fresh_python(CHILD, *names, timeout=540).strip().splitlines()[-1])
     assert failed == {}, "\n".join(f"{name}: {why}" for name, why in failed.items())
 
 
@@ -92,16 +83,7 @@ print(json.dumps(sorted(m for m in sys.modules if m in sys.argv[2:])))
 def test_the_core_imports_without_the_public_api():
     loaded = {}
     for name in CORE:
-        done = subprocess.run(
-            [sys.executable, "-c", ALONE, name, *API],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        loaded[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        loaded[name] = json.loads(fresh_python(ALONE, name, *API).strip().splitlines()[-1])
     assert loaded == {name: [] for name in CORE}
 
 
@@ -115,12 +97,4 @@ def test_the_facade_loads_each_name_on_first_use():
         "assert spmd.config.jax_enable_x64 in (True, False); "
         "from spmd import *; from spmd import numpy, lax, jit, P; print('ok')"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.stdout.strip() == "ok", done.stderr[-3000:]
+    assert fresh_python(code).strip() == "ok"

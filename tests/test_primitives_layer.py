@@ -5,14 +5,11 @@ elementwise functions from the registry when first asked, and spmd.lax re-export
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.fresh_python import fresh_python
 
 ALONE = """
 import json, sys
@@ -24,16 +21,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(("spmd.ops", "spm
 
 @pytest.mark.timeout(120)
 def test_primitives_load_without_any_op_family_or_the_public_layer():
-    done = subprocess.run(
-        [sys.executable, "-c", ALONE],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == []
+    assert json.loads(fresh_python(ALONE, timeout=100)) == []
 
 
 def test_elementwise_builders_come_from_the_registry_and_spmd_lax_shares_them():

@@ -4,18 +4,13 @@ with no line written in either module."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import spmd.numpy as snp
 from spmd import lax
 from spmd.ops import REGISTRY
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.fresh_python import fresh_python
 
 NEW_OP = """
 from dataclasses import replace
@@ -34,17 +29,9 @@ print(np.asarray(lax.hypot2(x, x)).tolist(), np.asarray(snp.hypot2(np.arange(3),
 
 @pytest.mark.timeout(120)
 def test_a_new_op_gets_its_public_functions_from_its_opdef():
-    done = subprocess.run(
-        [sys.executable, "-c", NEW_OP],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = fresh_python(NEW_OP, timeout=100)
     # oracle: x*x + y*y; numpy's form promotes the int arange with 2 and computes in float
-    assert done.stdout.split() == [
+    assert out.split() == [
         "[2.0,",
         "8.0,",
         "18.0]",

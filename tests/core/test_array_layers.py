@@ -4,31 +4,17 @@ defines them loads alone, and once the layer is loaded they behave as numpy does
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import spmd
 import spmd.numpy as snp
 from spmd.sharding import NamedSharding, P
-
-REPO = Path(__file__).resolve().parent.parent.parent
+from tests.fresh_python import fresh_python
 
 
 def _fresh(code: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip()
+    return fresh_python(code).strip()
 
 
 def test_the_core_array_has_no_numpy_layer_until_spmd_numpy_is_imported():

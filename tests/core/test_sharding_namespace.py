@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -17,8 +14,7 @@ import spmd.explicit
 import spmd.mesh
 import spmd.named_sharding
 from spmd.sharding import Mesh, NamedSharding, P, auto_axes, explicit_axes, reshard
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.fresh_python import fresh_python
 
 
 def test_every_public_name_is_the_defining_modules_object():
@@ -62,13 +58,4 @@ print(json.dumps(sorted(m for m in ("spmd.sharding", "spmd.explicit", "spmd.trac
 
 
 def test_the_core_module_loads_without_the_public_one_or_the_tracer():
-    done = subprocess.run(
-        [sys.executable, "-c", ALONE],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(fresh_python(ALONE).strip().splitlines()[-1]) == []

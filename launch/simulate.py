@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends.tpu_sim.abstract import simulate_program
+from backends.tpu_sim.chips import load_chip
 from backends.tpu_sim.pipeline import schedule_timeline
 
 
@@ -17,6 +18,11 @@ def simulate(program: Any, mesh: Any, **options: Any) -> Any:
     return simulate_program(
         program, mesh.axis_names, mesh.axis_sizes, mesh.device_kind, mesh.topology, **options
     )
+
+
+def chip(name: str) -> Any:
+    """The ChipSpec a SimReport's `chip` names (configs/chips/<name>.toml)."""
+    return load_chip(name)
 
 
 def pipeline_timeline(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from typing import Any
 
+from spmd import runtime_state
 from spmd.ir.opdef import REGISTRY, AttrKind, Trait
 from spmd.ir.types import TensorType
 from spmd.mesh import Mesh
@@ -57,7 +57,8 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
     mat = ShapeDtypeStruct((n, n), "float32", rep)
     r = simulate(spmd.jit(lambda a, b: a @ b), mat, mat, **options)
     rates = {"flops": 2.0 * n**3 / max(r.compute_time_s, 1e-12)}
-    rates["tile"] = _matrix_tile(r.compute_time_s, n, rep, options)
+    # the tile the chip pads a matmul's M, N and K to (cpu_local: 1, no padding; v5e: 128)
+    rates["tile"] = float(runtime_state.simulator().chip(r.chip).mxu_dim)
     vec = ShapeDtypeStruct((1 << 24,), "float32", rep)
     r = simulate(spmd.jit(lambda a: snp.exp(a)), vec, **options)
     rates["hbm"] = 2.0 * vec.aval.nbytes / max(r.compute_time_s, 1e-12)
@@ -76,21 +77,6 @@ def calibrate(mesh: Mesh) -> dict[str, float]:
             rates[f"bw:{key}"] = moved / max(times[1] - times[0], 1e-15)
             rates[f"lat:{key}"] = max(times[0], 0.0)
     return rates
-
-
-def _matrix_tile(t_n: float, n: int, rep: Any, options: dict) -> float:
-    """The tile the chip pads a matmul's M, N and K to, read off the simulator: an n + 8
-    cube costs ((n + tile) / n)^3 of the n cube where n is a multiple of the tile, about 1
-    where there is none (cpu_host: mxu_dim 1; tpu-sim v5e: 128). Both cubes compute-bound."""
-    import spmd
-    from spmd.api import ShapeDtypeStruct
-    from spmd.sim import simulate
-
-    m = n + 8
-    mat = ShapeDtypeStruct((m, m), "float32", rep)
-    r = simulate(spmd.jit(lambda a, b: a @ b), mat, mat, **options)
-    padded = n * (r.compute_time_s / max(t_n, 1e-15)) ** (1 / 3)
-    return float(2 ** round(math.log2(padded - n))) if padded > m + 4 else 1.0  # a power of 2
 
 
 def edge_time(
